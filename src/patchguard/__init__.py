@@ -1,0 +1,3 @@
+"""patchguard: kernel patch protection for Linux."""
+
+__version__ = "0.1.0"

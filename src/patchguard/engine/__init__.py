@@ -1,0 +1,1 @@
+"""Snapshot, findings and (later) baselines: the engine knows surfaces only by their interface."""

@@ -1,0 +1,275 @@
+"""BTF (BPF Type Format): name kernel functions by BTF type id and back.
+
+The kernel exports its types as raw BTF: /sys/kernel/btf/vmlinux for the core kernel, and one
+split BTF per module (/sys/kernel/btf/<module>) whose type ids and string offsets continue
+those of vmlinux. bpf(2) reports attach points (fentry/fexit, kfuncs, struct_ops) as BTF ids,
+so this is what turns `attach_btf_id` into a function name.
+
+Layout (include/uapi/linux/btf.h): a struct btf_header, then the type section, a sequence of
+struct btf_type {name_off, info, size/type} each followed by kind-specific trailing data, then
+the string section (NUL-terminated names addressed by name_off). Only what naming needs is
+decoded; the rest of each type is skipped, exactly, by kind.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from array import array
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from patchguard.kernel.errors import KernelAccessError, oserror_reason
+
+BTF_MAGIC = 0xEB9F
+BTF_VERSION = 1
+BTF_HEADER_FORMAT = "HBBIIIII"  # struct btf_header, without its byte order
+BTF_HEADER_SIZE = struct.calcsize("<" + BTF_HEADER_FORMAT)  # 24
+BTF_TYPE_WORDS = 3  # struct btf_type: name_off, info, size/type
+
+# Kind number -> (name, trailing u32 words always, trailing u32 words per vlen item).
+# From the uapi structs: btf_array is 3 words, btf_member 3, btf_enum 2, btf_param 2,
+# btf_var 1, btf_var_secinfo 3, btf_decl_tag 1, btf_enum64 3; INT is followed by one u32.
+BTF_KINDS: dict[int, tuple[str, int, int]] = {
+    1: ("INT", 1, 0),
+    2: ("PTR", 0, 0),
+    3: ("ARRAY", 3, 0),
+    4: ("STRUCT", 0, 3),
+    5: ("UNION", 0, 3),
+    6: ("ENUM", 0, 2),
+    7: ("FWD", 0, 0),
+    8: ("TYPEDEF", 0, 0),
+    9: ("VOLATILE", 0, 0),
+    10: ("CONST", 0, 0),
+    11: ("RESTRICT", 0, 0),
+    12: ("FUNC", 0, 0),
+    13: ("FUNC_PROTO", 0, 2),
+    14: ("VAR", 1, 0),
+    15: ("DATASEC", 0, 3),
+    16: ("FLOAT", 0, 0),
+    17: ("DECL_TAG", 1, 0),
+    18: ("TYPE_TAG", 0, 0),
+    19: ("ENUM64", 0, 3),
+}
+BTF_KIND_FUNC = 12
+
+
+def btf_info_kind(info: int) -> int:
+    return (info >> 24) & 0x1F
+
+
+def btf_info_vlen(info: int) -> int:
+    return info & 0xFFFF
+
+
+class BtfFormatError(KernelAccessError):
+    """The bytes are not valid BTF; str() says where and what is wrong in one line."""
+
+    def __init__(self, reason: str, where: str = "BTF") -> None:
+        super().__init__(where, reason)
+
+
+@dataclass(frozen=True)
+class BtfHeader:
+    """struct btf_header; section offsets are relative to the end of the header (hdr_len)."""
+
+    magic: int
+    version: int
+    flags: int
+    hdr_len: int
+    type_off: int
+    type_len: int
+    str_off: int
+    str_len: int
+    byteorder: str  # "<" or ">": BTF is written in the byte order of the kernel that made it
+
+
+def parse_header(data: bytes | memoryview) -> BtfHeader:
+    if len(data) < 8:
+        raise BtfFormatError(f"truncated header ({len(data)} bytes, need at least 8)")
+    byteorder = _byteorder(bytes(data[:2]))
+    hdr_len = struct.unpack_from(byteorder + "I", data, 4)[0]
+    if hdr_len < BTF_HEADER_SIZE:
+        raise BtfFormatError(f"header length {hdr_len} is shorter than struct btf_header (24)")
+    if len(data) < hdr_len:
+        raise BtfFormatError(f"truncated header ({len(data)} bytes, hdr_len says {hdr_len})")
+    header = BtfHeader(*struct.unpack_from(byteorder + BTF_HEADER_FORMAT, data, 0), byteorder)
+    if header.version != BTF_VERSION:
+        raise BtfFormatError(f"unsupported BTF version {header.version} (expected 1)")
+    return header
+
+
+def _byteorder(magic: bytes) -> str:
+    if struct.unpack("<H", magic)[0] == BTF_MAGIC:
+        return "<"
+    if struct.unpack(">H", magic)[0] == BTF_MAGIC:
+        return ">"
+    raise BtfFormatError(f"bad magic {magic.hex()} (expected BTF magic 0xeb9f)")
+
+
+def _section(data: memoryview, header: BtfHeader, name: str, off: int, length: int) -> memoryview:
+    start = header.hdr_len + off
+    if start + length > len(data):
+        raise BtfFormatError(
+            f"truncated {name} section (needs bytes {start}..{start + length}, have {len(data)})"
+        )
+    return data[start : start + length]
+
+
+@dataclass(frozen=True, eq=False)
+class Btf:
+    """One parsed BTF object: vmlinux, or a module's split BTF on top of `base`.
+
+    Type ids run from `start_id` to `start_id + len(self) - 1`; ids below `start_id` belong
+    to `base` (for vmlinux, only id 0, void). Lookups of base ids are passed to the base.
+    """
+
+    header: BtfHeader
+    start_id: int  # first type id defined here: 1 for vmlinux, base's next id for a module
+    start_str_off: int  # name_off values below this address the base's string section
+    words: array[int] = field(repr=False)  # the type section as u32 words, native order
+    offsets: array[int] = field(repr=False)  # index in `words` of each type, by id - start_id
+    strings: bytes = field(repr=False)
+    base: Btf | None = field(default=None, repr=False)
+
+    @classmethod
+    def parse(cls, data: bytes, base: Btf | None = None) -> Btf:
+        """Parse raw BTF; `base` is vmlinux's Btf when `data` is a module's split BTF."""
+        view = memoryview(data)
+        header = parse_header(view)
+        types = _section(view, header, "type", header.type_off, header.type_len)
+        strings = _section(view, header, "string", header.str_off, header.str_len)
+        if header.type_len % 4 or header.type_off % 4:
+            raise BtfFormatError(f"type section at {header.type_off} is not 4-byte aligned")
+        if header.str_len and strings[-1] != 0:
+            raise BtfFormatError("string section does not end with NUL (truncated?)")
+        words = array("I")
+        if words.itemsize != 4:  # pragma: no cover - every platform CPython runs on today
+            raise BtfFormatError("array('I') is not 32-bit on this platform")
+        words.frombytes(types)
+        if header.byteorder != ("<" if sys.byteorder == "little" else ">"):
+            words.byteswap()
+        start_id = base.start_id + len(base) if base is not None else 1
+        offsets = _type_offsets(words, start_id)
+        start_str_off = base.start_str_off + base.header.str_len if base is not None else 0
+        return cls(header, start_id, start_str_off, words, offsets, bytes(strings), base)
+
+    @classmethod
+    def load(cls, path: Path | str, base: Btf | None = None) -> Btf:
+        """Read and parse a BTF file; any failure is a KernelAccessError naming the path."""
+        where = str(path)
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise KernelAccessError(where, oserror_reason(exc)) from exc
+        try:
+            return cls.parse(data, base)
+        except BtfFormatError as exc:
+            raise BtfFormatError(f"corrupt BTF: {exc.reason}", where) from exc
+
+    def __len__(self) -> int:
+        """Number of types defined in this object (not counting void or the base's types)."""
+        return len(self.offsets)
+
+    @property
+    def end_id(self) -> int:
+        """One past the last type id defined here."""
+        return self.start_id + len(self.offsets)
+
+    def _owner(self, type_id: int) -> Btf:
+        btf = self
+        while type_id < btf.start_id and btf.base is not None:
+            btf = btf.base
+        if not (btf.start_id <= type_id < btf.end_id or type_id == 0):
+            raise KeyError(f"no BTF type id {type_id} (ids run 1..{self.end_id - 1})")
+        return btf
+
+    def _info(self, type_id: int) -> tuple[int, int]:
+        """(name_off, info) of a type defined in this object."""
+        at = self.offsets[type_id - self.start_id]
+        return self.words[at], self.words[at + 1]
+
+    def kind(self, type_id: int) -> str:
+        """The BTF kind name ("FUNC", "STRUCT", ...); id 0 (void) is "UNKN" as in the kernel."""
+        btf = self._owner(type_id)
+        if type_id == 0:
+            return "UNKN"
+        return BTF_KINDS[btf_info_kind(btf._info(type_id)[1])][0]
+
+    def name(self, type_id: int) -> str:
+        """The type's name; "" for anonymous types and void."""
+        btf = self._owner(type_id)
+        if type_id == 0:
+            return ""
+        return self.string(btf._info(type_id)[0])
+
+    def func_name(self, type_id: int) -> str | None:
+        """The function's name if `type_id` is a FUNC, else None (also for unknown ids)."""
+        try:
+            btf = self._owner(type_id)
+        except KeyError:
+            return None
+        if type_id == 0:
+            return None
+        name_off, info = btf._info(type_id)
+        return self.string(name_off) if btf_info_kind(info) == BTF_KIND_FUNC else None
+
+    def func_id(self, name: str) -> int | None:
+        """The type id of the FUNC named `name`, here first and then in the base; else None."""
+        found = self._func_index.get(name)
+        if found is None and self.base is not None:
+            return self.base.func_id(name)
+        return found
+
+    def string(self, name_off: int) -> str:
+        """The NUL-terminated string at `name_off`, following split BTF into the base."""
+        if name_off < self.start_str_off and self.base is not None:
+            return self.base.string(name_off)
+        off = name_off - self.start_str_off
+        if not 0 <= off < len(self.strings):
+            raise BtfFormatError(f"name_off {name_off} is outside the string section")
+        end = self.strings.find(b"\0", off)
+        return self.strings[off:end].decode("utf-8", errors="replace")
+
+    @cached_property
+    def _func_index(self) -> dict[str, int]:
+        # Built on first use and only over FUNC types: most callers never look up by name.
+        # If a name repeats (static functions in different units), the lowest id wins.
+        index: dict[str, int] = {}
+        words, start_id = self.words, self.start_id
+        for n, at in enumerate(self.offsets):
+            if (words[at + 1] >> 24) & 0x1F == BTF_KIND_FUNC:
+                index.setdefault(self.string(words[at]), start_id + n)
+        return index
+
+
+def _type_offsets(words: array[int], start_id: int) -> array[int]:
+    """Word index of each struct btf_type, skipping each kind's trailing data exactly."""
+    # Flattened for speed: vmlinux has ~100k types and this loop is most of the parse time.
+    trailing = [(0, 0)] * 32
+    for kind, (_, fixed, per_vlen) in BTF_KINDS.items():
+        trailing[kind] = (fixed, per_vlen)
+    known = [kind in BTF_KINDS for kind in range(32)]
+    offsets = array("I")
+    append = offsets.append
+    total = len(words)
+    at = 0
+    while at < total:
+        if at + BTF_TYPE_WORDS > total:
+            raise BtfFormatError(f"truncated type section: type id {start_id + len(offsets)}")
+        info = words[at + 1]
+        kind = (info >> 24) & 0x1F
+        if not known[kind]:
+            type_id = start_id + len(offsets)
+            raise BtfFormatError(f"unknown BTF kind {kind} at type id {type_id}")
+        fixed, per_vlen = trailing[kind]
+        append(at)
+        at += BTF_TYPE_WORDS + fixed + per_vlen * (info & 0xFFFF)
+    if at > total:
+        type_id = start_id + len(offsets) - 1
+        raise BtfFormatError(f"truncated type section: type id {type_id} runs past its end")
+    return offsets
+
+
+__all__ = ["BTF_KINDS", "Btf", "BtfFormatError", "BtfHeader", "parse_header"]

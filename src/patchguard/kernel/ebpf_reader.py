@@ -1,0 +1,94 @@
+"""The eBPF kernel-memory reader: bpf_probe_read_kernel inside a raw-tracepoint program, run on
+demand by BPF_PROG_TEST_RUN. It needs no /proc/kcore and no module, only CAP_SYS_ADMIN, BPF
+and a lockdown below `confidentiality` (which refuses bpf_probe_read_kernel: LOCKDOWN_BPF_READ_KERNEL).
+
+The program reads ctx->args[0] (address) and ctx->args[1] (length) into the value of a
+one-entry array map and returns the helper's result; user space then reads the map value.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from patchguard.kernel import bpf
+from patchguard.kernel.bpf_insn import (
+    R0, R1, R2, R3, R6, R10, add64_imm, call, exit_insn, jeq_imm, jgt_imm, ld_map_fd,
+    ldx_mem, mov64_imm, mov64_reg, st_mem,
+)
+from patchguard.kernel.errors import KernelAccessError, explain_errno
+from patchguard.kernel.memory import MemoryReadError
+
+BPF_MAP_TYPE_ARRAY = 2
+BPF_PROG_TYPE_RAW_TRACEPOINT = 17
+BPF_FUNC_map_lookup_elem = 1
+BPF_FUNC_probe_read_kernel = 113
+CHUNK = 4096  # one page: a fault on one page then fails only that page's read
+
+
+def reader_program(map_fd: int, chunk: int) -> bytes:
+    return b"".join([
+        mov64_reg(R6, R1),                 # r6 = ctx (struct bpf_raw_tracepoint_args *)
+        st_mem(4, R10, -4, 0),             # key = 0 on the stack
+        mov64_reg(R2, R10),
+        add64_imm(R2, -4),
+        *[ld_map_fd(R1, map_fd)],
+        call(BPF_FUNC_map_lookup_elem),
+        jeq_imm(R0, 0, 6),                 # no value: return 0 - the caller sees no data
+        mov64_reg(R1, R0),                 # dst = map value
+        ldx_mem(8, R2, R6, 8),             # size = args[1]
+        jgt_imm(R2, chunk, 3),             # bound it for the verifier (and for safety)
+        ldx_mem(8, R3, R6, 0),             # src = args[0]
+        call(BPF_FUNC_probe_read_kernel),
+        exit_insn(),                       # r0 = 0 or -EFAULT
+        mov64_imm(R0, -22),                # -EINVAL: size out of bounds
+        exit_insn(),
+    ])
+
+
+class EbpfReader:
+    name = "ebpf"
+
+    def __init__(self, map_fd: int, prog_fd: int) -> None:
+        self._map_fd = map_fd
+        self._prog_fd = prog_fd
+        self._key = struct.pack("<I", 0)
+
+    @classmethod
+    def open(cls) -> EbpfReader:
+        """Load the reader; KernelAccessError says why not (no BPF, EPERM, lockdown)."""
+        map_fd = bpf.map_create(BPF_MAP_TYPE_ARRAY, 4, CHUNK, 1, "pg_kmem")
+        try:
+            prog_fd = bpf.prog_load(BPF_PROG_TYPE_RAW_TRACEPOINT, reader_program(map_fd, CHUNK),
+                                    "pg_kmem_read")
+        except bpf.BpfError as exc:
+            os.close(map_fd)
+            raise KernelAccessError("eBPF memory reader", _load_refusal(exc)) from exc
+        return cls(map_fd, prog_fd)
+
+    def read(self, address: int, size: int) -> bytes:
+        out = bytearray()
+        while len(out) < size:
+            at = address + len(out)
+            n = min(size - len(out), CHUNK - (at % CHUNK))  # never cross a page in one read
+            out += self._read_chunk(at, n)
+        return bytes(out)
+
+    def _read_chunk(self, address: int, size: int) -> bytes:
+        ret = bpf.prog_test_run(self._prog_fd, struct.pack("<QQ", address, size))
+        if ret < 0:
+            raise MemoryReadError(address, size, f"bpf_probe_read_kernel: {explain_errno(-ret)}")
+        return bpf.map_lookup(self._map_fd, self._key, CHUNK)[:size]
+
+    def close(self) -> None:
+        for fd in (self._prog_fd, self._map_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._prog_fd = self._map_fd = -1
+
+
+def _load_refusal(exc: bpf.BpfError) -> str:
+    if "unknown func" in exc.reason or "bpf_probe_read_kernel" in exc.reason:
+        return ("the kernel refuses bpf_probe_read_kernel (lockdown=confidentiality, or a kernel "
+                f"without it): {exc.reason}")
+    return f"cannot load the reader program: {exc.reason}"

@@ -1,0 +1,166 @@
+"""/proc/kallsyms as a symbol table: address -> symbol+offset [module], name -> address, and the
+ranges of core text and of the tables the kernel patches itself through."""
+
+from __future__ import annotations
+
+import bisect
+import re
+from dataclasses import dataclass
+from functools import cached_property
+
+from patchguard.kernel.errors import KernelAccessError
+
+# "ffffffff81000000 T _stext" or "ffffffffc0a01000 t foo\t[mod]"; one pass of one regex over the
+# whole text is several times faster than splitting 122k lines one by one.
+_LINE = re.compile(r"^([0-9a-fA-F]+) (\S) (\S+)(?:\t\[([^\]\s]+)\])?[ \t]*$", re.M)
+
+# The bounds of what patchguard protects, by their linker symbol names (start, end).
+# Without CONFIG_KALLSYMS_ALL some end markers are missing; the later candidates are the next
+# boundaries the linker script puts after them.
+RANGE_SYMBOLS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "text": ("_stext", ("_etext",)),
+    "entry_text": ("__entry_text_start", ("__entry_text_end",)),
+    "rodata": ("__start_rodata", ("__end_rodata", "__end_rodata_aligned")),
+    "ro_after_init": ("__start_ro_after_init", ("__end_ro_after_init",)),
+    "jump_table": ("__start___jump_table", ("__stop___jump_table",)),
+    "static_call_sites": ("__start_static_call_sites", ("__stop_static_call_sites",)),
+    "static_call_tramp_key": ("__start_static_call_tramp_key", ("__stop_static_call_tramp_key",)),
+}
+
+
+# Not modules: the kernel files its trampolines and JITed BPF programs under these names.
+PSEUDO_MODULES = frozenset({"__builtin__ftrace", "__builtin__kprobes", "bpf"})
+
+
+@dataclass(frozen=True)
+class Symbol:
+    address: int
+    type: str  # nm(1) letter: T/t text, D/d data, R/r read-only, B/b bss, ...
+    name: str
+    module: str | None = None  # None for core kernel symbols
+
+    @property
+    def is_text(self) -> bool:
+        return self.type in "Tt"
+
+
+@dataclass(frozen=True)
+class Location:
+    """An address named as symbol+offset [module], the way the kernel prints %pS."""
+
+    symbol: Symbol
+    offset: int
+
+    def __str__(self) -> str:
+        mod = f" [{self.symbol.module}]" if self.symbol.module else ""
+        return f"{self.symbol.name}+{self.offset:#x}{mod}"
+
+
+@dataclass(frozen=True)
+class AddressRange:
+    name: str
+    start: int
+    end: int  # exclusive
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    def __contains__(self, address: object) -> bool:
+        return isinstance(address, int) and self.start <= address < self.end
+
+
+class SymbolTable:
+    """Symbols sorted by address; lookups by address (bisect) and by name (lazy index).
+
+    Kept as parallel lists and made into Symbol records only when asked for: building 122k
+    objects up front would cost more than the parse itself.
+    """
+
+    def __init__(self, rows: list[tuple[str, str, str, str]]) -> None:
+        addresses = [int(row[0], 16) for row in rows]
+        order = sorted(range(len(rows)), key=addresses.__getitem__)  # kallsyms is nearly sorted
+        self._addresses = [addresses[i] for i in order]
+        self._rows = [rows[i] for i in order]
+
+    @classmethod
+    def parse(cls, text: str, source: str = "/proc/kallsyms") -> SymbolTable:
+        """Parse kallsyms text; raise KernelAccessError if addresses are hidden or none parse."""
+        rows: list[tuple[str, str, str, str]] = _LINE.findall(text)
+        if not rows:
+            raise KernelAccessError(source, "no symbol lines found (empty or not kallsyms text)")
+        table = cls(rows)
+        if not table._addresses[-1]:
+            raise KernelAccessError(
+                source,
+                "every address reads as zero: kernel.kptr_restrict hides them from this user "
+                "(run as root with kptr_restrict <= 1)",
+            )
+        return table
+
+    def _symbol(self, i: int) -> Symbol:
+        _, typ, name, mod = self._rows[i]
+        return Symbol(self._addresses[i], typ, name, mod or None)
+
+    @property
+    def symbols(self) -> list[Symbol]:
+        return [self._symbol(i) for i in range(len(self._rows))]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @cached_property
+    def _by_name(self) -> dict[str, list[int]]:
+        index: dict[str, list[int]] = {}
+        for i, row in enumerate(self._rows):
+            index.setdefault(row[2], []).append(i)
+        return index
+
+    def find(self, name: str, module: str | None = None) -> list[Symbol]:
+        """Every symbol of that name (static functions repeat), in `module` if one is named."""
+        found = [self._symbol(i) for i in self._by_name.get(name, [])]
+        return [s for s in found if module is None or s.module == module]
+
+    def address_of(self, name: str, module: str | None = None) -> int | None:
+        """The address of `name`, preferring the core kernel's symbol over a module's."""
+        found = self.find(name, module)
+        if not found:
+            return None
+        core = [s for s in found if s.module is None]
+        return (core or found)[0].address
+
+    def lookup(self, address: int) -> Location | None:
+        """The symbol at or below `address` (kallsyms carries no sizes: the nearest one below)."""
+        i = bisect.bisect_right(self._addresses, address) - 1
+        if i < 0:
+            return None
+        # Several names can share an address (aliases): name it by the first one listed.
+        sym = self._symbol(bisect.bisect_left(self._addresses, self._addresses[i]))
+        return Location(sym, address - sym.address)
+
+    def next_address(self, address: int) -> int | None:
+        """The first symbol address strictly above `address`: an upper bound of its symbol."""
+        i = bisect.bisect_right(self._addresses, address)
+        return self._addresses[i] if i < len(self._addresses) else None
+
+    def range(self, name: str) -> AddressRange | None:
+        """A protected range by its short name (see RANGE_SYMBOLS), None if not visible."""
+        start_sym, end_syms = RANGE_SYMBOLS[name]
+        start = self.address_of(start_sym)
+        ends = (self.address_of(sym) for sym in end_syms)
+        end = next((e for e in ends if e is not None), None)
+        if start is None or end is None or end <= start:
+            return None
+        return AddressRange(name, start, end)
+
+    def ranges(self) -> dict[str, AddressRange]:
+        found = {name: self.range(name) for name in RANGE_SYMBOLS}
+        return {name: r for name, r in found.items() if r is not None}
+
+    def modules(self) -> set[str]:
+        """Names of the modules that have symbols here (one of the module cross-views)."""
+        return {row[3] for row in self._rows if row[3] and row[3] not in PSEUDO_MODULES}
+
+    def in_core_text(self, address: int) -> bool:
+        text = self.range("text")
+        return text is not None and address in text

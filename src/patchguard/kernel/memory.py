@@ -1,0 +1,32 @@
+"""KernelMemory: one interface to read kernel virtual memory, with two readers behind it.
+
+- `ebpf`: a tiny raw-tracepoint program that calls bpf_probe_read_kernel, run by
+  BPF_PROG_TEST_RUN (kernel/ebpf_reader.py). Works where /proc/kcore does not exist.
+- `kcore`: the ELF core image /proc/kcore (kernel/kcore.py), on kernels that have it.
+The scan uses whichever works and says which.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from patchguard.kernel.errors import KernelAccessError
+
+
+class MemoryReadError(KernelAccessError):
+    """A read of kernel memory failed (unmapped, refused by lockdown, ...)."""
+
+    def __init__(self, address: int, size: int, reason: str) -> None:
+        super().__init__(f"kernel memory {address:#x}+{size:#x}", reason)
+        self.address = address
+        self.size = size
+
+
+class KernelMemory(Protocol):
+    name: str  # "ebpf" or "kcore": shown in the scan so the user knows how memory was read
+
+    def read(self, address: int, size: int) -> bytes:
+        """Exactly `size` bytes at kernel virtual `address`, or MemoryReadError."""
+        ...
+
+    def close(self) -> None: ...

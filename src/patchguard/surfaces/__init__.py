@@ -1,0 +1,1 @@
+"""One module per protected structure or hookable interface of the kernel."""

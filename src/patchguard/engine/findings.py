@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 # Evidence values stay JSON-shaped so that `scan --json` can print them as they are.
-Evidence = Mapping[str, "str | int | bool | None | list[str] | list[int]"]
+Evidence = Mapping[str, "str | int | bool | list[str] | list[int] | None"]
 
 
 class Severity(enum.IntEnum):

@@ -7,10 +7,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from patchguard.kernel.errors import KernelAccessError
+from patchguard.kernel.errors import KernelAccessError, oserror_reason
 
 if TYPE_CHECKING:
+    from patchguard.kernel.btf import Btf
     from patchguard.kernel.kallsyms import SymbolTable
+    from patchguard.kernel.memory import KernelMemory
 
 
 class Kernel:
@@ -18,6 +20,12 @@ class Kernel:
 
     def __init__(self, root: Path | str = "/") -> None:
         self.root = Path(root)
+        # eBPF objects patchguard itself loaded (the memory reader): not findings about the host.
+        self.own_prog_ids: set[int] = set()
+        self.own_map_ids: set[int] = set()
+        self._memory: KernelMemory | None = None
+        self._memory_error: KernelAccessError | None = None
+        self._module_btf: dict[str, Btf] = {}
 
     @property
     def live(self) -> bool:
@@ -29,8 +37,6 @@ class Kernel:
 
     def read_text(self, kernel_path: str) -> str:
         """Read a pseudo file; OSError is turned into a one-line KernelAccessError."""
-        from patchguard.kernel.errors import oserror_reason
-
         try:
             return self.path(kernel_path).read_text(errors="replace")
         except OSError as exc:
@@ -41,6 +47,58 @@ class Kernel:
         from patchguard.kernel.kallsyms import SymbolTable
 
         return SymbolTable.parse(self.read_text("/proc/kallsyms"))
+
+    @cached_property
+    def vmlinux_btf(self) -> Btf:
+        from patchguard.kernel.btf import Btf
+
+        return Btf.load(self.path("/sys/kernel/btf/vmlinux"))
+
+    @cached_property
+    def _btf_names(self) -> dict[int, str]:
+        from patchguard.kernel.bpf_objects import all_btf
+
+        return {obj.btf_id: obj.name for obj in all_btf()}
+
+    def btf_func_name(self, btf_obj_id: int, type_id: int) -> str | None:
+        """Name of FUNC `type_id` in kernel BTF object `btf_obj_id` (vmlinux or a module)."""
+        from patchguard.kernel.btf import Btf
+
+        name = self._btf_names.get(btf_obj_id, "vmlinux") if btf_obj_id else "vmlinux"
+        if name == "vmlinux":
+            return self.vmlinux_btf.func_name(type_id)
+        if name not in self._module_btf:
+            path = self.path(f"/sys/kernel/btf/{name}")
+            self._module_btf[name] = Btf.load(path, base=self.vmlinux_btf)
+        module_btf = self._module_btf[name]
+        func = module_btf.func_name(type_id)
+        # A split BTF resolves vmlinux ids too: only its own ids are the module's functions.
+        return f"{func} [{name}]" if func and type_id >= module_btf.start_id else func
+
+    @property
+    def memory_reader(self) -> str | None:
+        """Which reader the scan used ("ebpf", "kcore"), None if none was opened."""
+        return self._memory.name if self._memory is not None else None
+
+    def memory(self) -> KernelMemory:
+        """The kernel-memory reader that works here: eBPF first, then /proc/kcore."""
+        if self._memory is not None:
+            return self._memory
+        if self._memory_error is not None:
+            raise self._memory_error
+        from patchguard.kernel.memory import open_reader
+
+        try:
+            self._memory = open_reader(self)
+        except KernelAccessError as exc:
+            self._memory_error = exc
+            raise
+        return self._memory
+
+    def close(self) -> None:
+        if self._memory is not None:
+            self._memory.close()
+            self._memory = None
 
 
 __all__ = ["Kernel", "KernelAccessError"]

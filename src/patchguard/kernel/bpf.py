@@ -39,41 +39,156 @@ BPF_LINK_GET_FD_BY_ID = 30
 BPF_LINK_GET_NEXT_ID = 31
 BPF_LINK_DETACH = 34
 
-PROG_TYPES = (
-    "unspec socket_filter kprobe sched_cls sched_act tracepoint xdp perf_event cgroup_skb "
-    "cgroup_sock lwt_in lwt_out lwt_xmit sock_ops sk_skb cgroup_device sk_msg raw_tracepoint "
-    "cgroup_sock_addr lwt_seg6local lirc_mode2 sk_reuseport flow_dissector cgroup_sysctl "
-    "raw_tracepoint_writable cgroup_sockopt tracing struct_ops ext lsm sk_lookup syscall "
-    "netfilter"
-).split()
-MAP_TYPES = (
-    "unspec hash array prog_array perf_event_array percpu_hash percpu_array stack_trace "
-    "cgroup_array lru_hash lru_percpu_hash lpm_trie array_of_maps hash_of_maps devmap sockmap "
-    "cpumap xskmap sockhash cgroup_storage reuseport_sockarray percpu_cgroup_storage queue stack "
-    "sk_storage devmap_hash struct_ops ringbuf inode_storage task_storage bloom_filter "
-    "user_ringbuf cgrp_storage arena"
-).split()
-LINK_TYPES = (
-    "unspec raw_tracepoint tracing cgroup iter netns xdp perf_event kprobe_multi struct_ops "
-    "netfilter tcx uprobe_multi netkit sockmap"
-).split()
-ATTACH_TYPES = (
-    "cgroup_inet_ingress cgroup_inet_egress cgroup_inet_sock_create cgroup_sock_ops "
-    "sk_skb_stream_parser sk_skb_stream_verdict cgroup_device sk_msg_verdict cgroup_inet4_bind "
-    "cgroup_inet6_bind cgroup_inet4_connect cgroup_inet6_connect cgroup_inet4_post_bind "
-    "cgroup_inet6_post_bind cgroup_udp4_sendmsg cgroup_udp6_sendmsg lirc_mode2 flow_dissector "
-    "cgroup_sysctl cgroup_udp4_recvmsg cgroup_udp6_recvmsg cgroup_getsockopt cgroup_setsockopt "
-    "trace_raw_tp trace_fentry trace_fexit modify_return lsm_mac trace_iter "
-    "cgroup_inet4_getpeername cgroup_inet6_getpeername cgroup_inet4_getsockname "
-    "cgroup_inet6_getsockname xdp_devmap cgroup_inet_sock_release xdp_cpumap sk_lookup xdp "
-    "sk_skb_verdict sk_reuseport_select sk_reuseport_select_or_migrate perf_event "
-    "trace_kprobe_multi lsm_cgroup struct_ops netfilter tcx_ingress tcx_egress "
-    "trace_uprobe_multi cgroup_unix_connect cgroup_unix_sendmsg cgroup_unix_recvmsg "
-    "cgroup_unix_getpeername cgroup_unix_getsockname netkit_primary netkit_peer "
-    "trace_kprobe_session trace_uprobe_session"
-).split()
-PERF_EVENT_TYPES = "unspec uprobe uretprobe kprobe kretprobe tracepoint event".split()
-TASK_FD_TYPES = "raw_tracepoint tracepoint kprobe kretprobe uprobe uretprobe".split()
+PROG_TYPES = [
+    "unspec",
+    "socket_filter",
+    "kprobe",
+    "sched_cls",
+    "sched_act",
+    "tracepoint",
+    "xdp",
+    "perf_event",
+    "cgroup_skb",
+    "cgroup_sock",
+    "lwt_in",
+    "lwt_out",
+    "lwt_xmit",
+    "sock_ops",
+    "sk_skb",
+    "cgroup_device",
+    "sk_msg",
+    "raw_tracepoint",
+    "cgroup_sock_addr",
+    "lwt_seg6local",
+    "lirc_mode2",
+    "sk_reuseport",
+    "flow_dissector",
+    "cgroup_sysctl",
+    "raw_tracepoint_writable",
+    "cgroup_sockopt",
+    "tracing",
+    "struct_ops",
+    "ext",
+    "lsm",
+    "sk_lookup",
+    "syscall",
+    "netfilter",
+]
+MAP_TYPES = [
+    "unspec",
+    "hash",
+    "array",
+    "prog_array",
+    "perf_event_array",
+    "percpu_hash",
+    "percpu_array",
+    "stack_trace",
+    "cgroup_array",
+    "lru_hash",
+    "lru_percpu_hash",
+    "lpm_trie",
+    "array_of_maps",
+    "hash_of_maps",
+    "devmap",
+    "sockmap",
+    "cpumap",
+    "xskmap",
+    "sockhash",
+    "cgroup_storage",
+    "reuseport_sockarray",
+    "percpu_cgroup_storage",
+    "queue",
+    "stack",
+    "sk_storage",
+    "devmap_hash",
+    "struct_ops",
+    "ringbuf",
+    "inode_storage",
+    "task_storage",
+    "bloom_filter",
+    "user_ringbuf",
+    "cgrp_storage",
+    "arena",
+]
+LINK_TYPES = [
+    "unspec",
+    "raw_tracepoint",
+    "tracing",
+    "cgroup",
+    "iter",
+    "netns",
+    "xdp",
+    "perf_event",
+    "kprobe_multi",
+    "struct_ops",
+    "netfilter",
+    "tcx",
+    "uprobe_multi",
+    "netkit",
+    "sockmap",
+]
+ATTACH_TYPES = [
+    "cgroup_inet_ingress",
+    "cgroup_inet_egress",
+    "cgroup_inet_sock_create",
+    "cgroup_sock_ops",
+    "sk_skb_stream_parser",
+    "sk_skb_stream_verdict",
+    "cgroup_device",
+    "sk_msg_verdict",
+    "cgroup_inet4_bind",
+    "cgroup_inet6_bind",
+    "cgroup_inet4_connect",
+    "cgroup_inet6_connect",
+    "cgroup_inet4_post_bind",
+    "cgroup_inet6_post_bind",
+    "cgroup_udp4_sendmsg",
+    "cgroup_udp6_sendmsg",
+    "lirc_mode2",
+    "flow_dissector",
+    "cgroup_sysctl",
+    "cgroup_udp4_recvmsg",
+    "cgroup_udp6_recvmsg",
+    "cgroup_getsockopt",
+    "cgroup_setsockopt",
+    "trace_raw_tp",
+    "trace_fentry",
+    "trace_fexit",
+    "modify_return",
+    "lsm_mac",
+    "trace_iter",
+    "cgroup_inet4_getpeername",
+    "cgroup_inet6_getpeername",
+    "cgroup_inet4_getsockname",
+    "cgroup_inet6_getsockname",
+    "xdp_devmap",
+    "cgroup_inet_sock_release",
+    "xdp_cpumap",
+    "sk_lookup",
+    "xdp",
+    "sk_skb_verdict",
+    "sk_reuseport_select",
+    "sk_reuseport_select_or_migrate",
+    "perf_event",
+    "trace_kprobe_multi",
+    "lsm_cgroup",
+    "struct_ops",
+    "netfilter",
+    "tcx_ingress",
+    "tcx_egress",
+    "trace_uprobe_multi",
+    "cgroup_unix_connect",
+    "cgroup_unix_sendmsg",
+    "cgroup_unix_recvmsg",
+    "cgroup_unix_getpeername",
+    "cgroup_unix_getsockname",
+    "netkit_primary",
+    "netkit_peer",
+    "trace_kprobe_session",
+    "trace_uprobe_session",
+]
+PERF_EVENT_TYPES = ["unspec", "uprobe", "uretprobe", "kprobe", "kretprobe", "tracepoint", "event"]
+TASK_FD_TYPES = ["raw_tracepoint", "tracepoint", "kprobe", "kretprobe", "uprobe", "uretprobe"]
 
 
 def enum_name(names: list[str], value: int) -> str:
@@ -140,8 +255,9 @@ def c_string(raw: bytes) -> str:
 
 
 def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, name: str) -> int:
-    attr = struct.pack("<IIIIIII16s", map_type, key_size, value_size, max_entries, 0, 0, 0,
-                       name.encode()[:15])
+    attr = struct.pack(
+        "<IIIIIII16s", map_type, key_size, value_size, max_entries, 0, 0, 0, name.encode()[:15]
+    )
     fd, _ = sys_bpf(BPF_MAP_CREATE, attr, "MAP_CREATE")
     return fd
 
@@ -167,8 +283,18 @@ def prog_load(
     lic = ctypes.create_string_buffer(license.encode())
     log = ctypes.create_string_buffer(1 << 16)
     attr = bytearray(ATTR_SIZE)
-    struct.pack_into("<IIQQIIQ", attr, 0, prog_type, len(insns) // 8, addr_of(code),
-                     addr_of(lic), 1, len(log), addr_of(log))
+    struct.pack_into(
+        "<IIQQIIQ",
+        attr,
+        0,
+        prog_type,
+        len(insns) // 8,
+        addr_of(code),
+        addr_of(lic),
+        1,
+        len(log),
+        addr_of(log),
+    )
     struct.pack_into("<16s", attr, 48, name.encode()[:15])
     struct.pack_into("<I", attr, 68, expected_attach_type)
     struct.pack_into("<I", attr, 108, attach_btf_id)
@@ -195,8 +321,9 @@ def prog_test_run(prog_fd: int, ctx: bytes) -> int:
 
 def raw_tracepoint_open(name: str, prog_fd: int) -> int:
     tp = ctypes.create_string_buffer(name.encode())
-    fd, _ = sys_bpf(BPF_RAW_TRACEPOINT_OPEN, struct.pack("<QI", addr_of(tp), prog_fd),
-                    "RAW_TRACEPOINT_OPEN")
+    fd, _ = sys_bpf(
+        BPF_RAW_TRACEPOINT_OPEN, struct.pack("<QI", addr_of(tp), prog_fd), "RAW_TRACEPOINT_OPEN"
+    )
     return fd
 
 
@@ -223,4 +350,10 @@ def task_fd_query(pid: int, fd: int) -> tuple[int, str, str, int, int]:
     _, out = sys_bpf(BPF_TASK_FD_QUERY, attr, "TASK_FD_QUERY")
     prog_id, fd_type = struct.unpack_from("<II", out, 24)
     offset, addr = struct.unpack_from("<QQ", out, 32)
-    return prog_id, enum_name(TASK_FD_TYPES, fd_type), name.value.decode(errors="replace"), offset, addr
+    return (
+        prog_id,
+        enum_name(TASK_FD_TYPES, fd_type),
+        name.value.decode(errors="replace"),
+        offset,
+        addr,
+    )

@@ -9,7 +9,15 @@ from __future__ import annotations
 import struct
 
 # Instruction classes and fields (uapi linux/bpf_common.h, linux/bpf.h).
-BPF_LD, BPF_LDX, BPF_ST, BPF_STX, BPF_ALU, BPF_JMP, BPF_ALU64 = 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x07
+BPF_LD, BPF_LDX, BPF_ST, BPF_STX, BPF_ALU, BPF_JMP, BPF_ALU64 = (
+    0x00,
+    0x01,
+    0x02,
+    0x03,
+    0x04,
+    0x05,
+    0x07,
+)
 BPF_W, BPF_H, BPF_B, BPF_DW = 0x00, 0x08, 0x10, 0x18
 BPF_IMM, BPF_MEM = 0x00, 0x60
 BPF_K, BPF_X = 0x00, 0x08

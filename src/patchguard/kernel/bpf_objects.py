@@ -139,6 +139,8 @@ def prog_info(fd: int) -> ProgInfo:
 # Where each link type keeps its name pointer and length, inside the union at offset 16.
 _NAME_FIELDS = {"raw_tracepoint": (16, 24), "iter": (16, 24), "uprobe_multi": (16, 48)}
 _PERF_NAME_FIELDS = (24, 32)  # perf_event: uprobe file_name / kprobe func_name / tp_name
+# Where each link type keeps its attach_type (enum bpf_attach_type).
+_ATTACH_TYPE_AT = {"tracing": 16, "cgroup": 24, "netns": 20, "tcx": 20, "netkit": 20, "sockmap": 20}
 
 
 def link_info(fd: int) -> LinkInfo:
@@ -160,16 +162,20 @@ def link_info(fd: int) -> LinkInfo:
 
 
 def _decode_link(raw: bytes, link_type: str, name: str | None) -> LinkInfo:
-    base = {"link_id": _u32(raw, 4), "link_type": link_type, "prog_id": _u32(raw, 8)}
-    attach_at = {"tracing": 16, "cgroup": 24, "netns": 20, "tcx": 20, "netkit": 20, "sockmap": 20}
-    attach = bpf.enum_name(bpf.ATTACH_TYPES, _u32(raw, attach_at[link_type])) if (
-        link_type in attach_at
-    ) else None
+    link_id, prog_id = _u32(raw, 4), _u32(raw, 8)
+    at = _ATTACH_TYPE_AT.get(link_type)
+    attach = bpf.enum_name(bpf.ATTACH_TYPES, _u32(raw, at)) if at is not None else None
     if link_type == "tracing":
-        return LinkInfo(**base, attach_type=attach, target_obj_id=_u32(raw, 20),
-                        target_btf_id=_u32(raw, 24))
-    target = _link_target(raw, link_type, name)
-    return LinkInfo(**base, attach_type=attach, target=target)
+        return LinkInfo(
+            link_id,
+            link_type,
+            prog_id,
+            attach,
+            None,
+            target_obj_id=_u32(raw, 20),
+            target_btf_id=_u32(raw, 24),
+        )
+    return LinkInfo(link_id, link_type, prog_id, attach, _link_target(raw, link_type, name))
 
 
 def _link_target(raw: bytes, link_type: str, name: str | None) -> str | None:
@@ -196,6 +202,8 @@ def _link_target(raw: bytes, link_type: str, name: str | None) -> str | None:
         return f"netfilter pf {pf} hook {hook} priority {prio}"
     if link_type == "kprobe_multi":
         return f"kprobe_multi ({_u32(raw, 24)} functions)"
+    if link_type == "raw_tracepoint" and name is not None:
+        return f"raw_tracepoint:{name}"
     return name
 
 

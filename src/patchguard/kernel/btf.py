@@ -94,7 +94,12 @@ def parse_header(data: bytes | memoryview) -> BtfHeader:
         raise BtfFormatError(f"header length {hdr_len} is shorter than struct btf_header (24)")
     if len(data) < hdr_len:
         raise BtfFormatError(f"truncated header ({len(data)} bytes, hdr_len says {hdr_len})")
-    header = BtfHeader(*struct.unpack_from(byteorder + BTF_HEADER_FORMAT, data, 0), byteorder)
+    magic, version, flags, _, type_off, type_len, str_off, str_len = struct.unpack_from(
+        byteorder + BTF_HEADER_FORMAT, data, 0
+    )
+    header = BtfHeader(
+        magic, version, flags, hdr_len, type_off, type_len, str_off, str_len, byteorder
+    )
     if header.version != BTF_VERSION:
         raise BtfFormatError(f"unsupported BTF version {header.version} (expected 1)")
     return header

@@ -1,6 +1,7 @@
 """The eBPF kernel-memory reader: bpf_probe_read_kernel inside a raw-tracepoint program, run on
 demand by BPF_PROG_TEST_RUN. It needs no /proc/kcore and no module, only CAP_SYS_ADMIN, BPF
-and a lockdown below `confidentiality` (which refuses bpf_probe_read_kernel: LOCKDOWN_BPF_READ_KERNEL).
+and a lockdown below `confidentiality`, which refuses bpf_probe_read_kernel
+(LOCKDOWN_BPF_READ_KERNEL).
 
 The program reads ctx->args[0] (address) and ctx->args[1] (length) into the value of a
 one-entry array map and returns the helper's result; user space then reads the map value.
@@ -13,9 +14,24 @@ import struct
 
 from patchguard.kernel import bpf
 from patchguard.kernel.bpf_insn import (
-    R0, R1, R2, R3, R6, R10, add64_imm, call, exit_insn, jeq_imm, jgt_imm, ld_map_fd,
-    ldx_mem, mov64_imm, mov64_reg, st_mem,
+    R0,
+    R1,
+    R2,
+    R3,
+    R6,
+    R10,
+    add64_imm,
+    call,
+    exit_insn,
+    jeq_imm,
+    jgt_imm,
+    ld_map_fd,
+    ldx_mem,
+    mov64_imm,
+    mov64_reg,
+    st_mem,
 )
+from patchguard.kernel.bpf_objects import map_info, prog_info
 from patchguard.kernel.errors import KernelAccessError, explain_errno
 from patchguard.kernel.memory import MemoryReadError
 
@@ -27,23 +43,25 @@ CHUNK = 4096  # one page: a fault on one page then fails only that page's read
 
 
 def reader_program(map_fd: int, chunk: int) -> bytes:
-    return b"".join([
-        mov64_reg(R6, R1),                 # r6 = ctx (struct bpf_raw_tracepoint_args *)
-        st_mem(4, R10, -4, 0),             # key = 0 on the stack
-        mov64_reg(R2, R10),
-        add64_imm(R2, -4),
-        *[ld_map_fd(R1, map_fd)],
-        call(BPF_FUNC_map_lookup_elem),
-        jeq_imm(R0, 0, 6),                 # no value: return 0 - the caller sees no data
-        mov64_reg(R1, R0),                 # dst = map value
-        ldx_mem(8, R2, R6, 8),             # size = args[1]
-        jgt_imm(R2, chunk, 3),             # bound it for the verifier (and for safety)
-        ldx_mem(8, R3, R6, 0),             # src = args[0]
-        call(BPF_FUNC_probe_read_kernel),
-        exit_insn(),                       # r0 = 0 or -EFAULT
-        mov64_imm(R0, -22),                # -EINVAL: size out of bounds
-        exit_insn(),
-    ])
+    return b"".join(
+        [
+            mov64_reg(R6, R1),  # r6 = ctx (struct bpf_raw_tracepoint_args *)
+            st_mem(4, R10, -4, 0),  # key = 0 on the stack
+            mov64_reg(R2, R10),
+            add64_imm(R2, -4),
+            *[ld_map_fd(R1, map_fd)],
+            call(BPF_FUNC_map_lookup_elem),
+            jeq_imm(R0, 0, 6),  # no value: return 0 - the caller sees no data
+            mov64_reg(R1, R0),  # dst = map value
+            ldx_mem(8, R2, R6, 8),  # size = args[1]
+            jgt_imm(R2, chunk, 3),  # bound it for the verifier (and for safety)
+            ldx_mem(8, R3, R6, 0),  # src = args[0]
+            call(BPF_FUNC_probe_read_kernel),
+            exit_insn(),  # r0 = 0 or -EFAULT
+            mov64_imm(R0, -22),  # -EINVAL: size out of bounds
+            exit_insn(),
+        ]
+    )
 
 
 class EbpfReader:
@@ -53,14 +71,18 @@ class EbpfReader:
         self._map_fd = map_fd
         self._prog_fd = prog_fd
         self._key = struct.pack("<I", 0)
+        # Our own objects: the ebpf surface leaves them out of what it reports about the host.
+        self.prog_id = prog_info(prog_fd).prog_id
+        self.map_id = map_info(map_fd).map_id
 
     @classmethod
     def open(cls) -> EbpfReader:
         """Load the reader; KernelAccessError says why not (no BPF, EPERM, lockdown)."""
         map_fd = bpf.map_create(BPF_MAP_TYPE_ARRAY, 4, CHUNK, 1, "pg_kmem")
         try:
-            prog_fd = bpf.prog_load(BPF_PROG_TYPE_RAW_TRACEPOINT, reader_program(map_fd, CHUNK),
-                                    "pg_kmem_read")
+            prog_fd = bpf.prog_load(
+                BPF_PROG_TYPE_RAW_TRACEPOINT, reader_program(map_fd, CHUNK), "pg_kmem_read"
+            )
         except bpf.BpfError as exc:
             os.close(map_fd)
             raise KernelAccessError("eBPF memory reader", _load_refusal(exc)) from exc
@@ -89,6 +111,8 @@ class EbpfReader:
 
 def _load_refusal(exc: bpf.BpfError) -> str:
     if "unknown func" in exc.reason or "bpf_probe_read_kernel" in exc.reason:
-        return ("the kernel refuses bpf_probe_read_kernel (lockdown=confidentiality, or a kernel "
-                f"without it): {exc.reason}")
+        return (
+            "the kernel refuses bpf_probe_read_kernel (lockdown=confidentiality, or a kernel "
+            f"without it): {exc.reason}"
+        )
     return f"cannot load the reader program: {exc.reason}"

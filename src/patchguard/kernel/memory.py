@@ -8,9 +8,12 @@ The scan uses whichever works and says which.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from patchguard.kernel.errors import KernelAccessError
+
+if TYPE_CHECKING:
+    from patchguard.kernel import Kernel
 
 
 class MemoryReadError(KernelAccessError):
@@ -30,3 +33,26 @@ class KernelMemory(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def open_reader(kernel: Kernel) -> KernelMemory:
+    """The first reader that opens: eBPF (needs no kcore), then /proc/kcore. If neither
+    works, one error that gives both reasons."""
+    from patchguard.kernel.ebpf_reader import EbpfReader
+    from patchguard.kernel.kcore import KcoreReader
+
+    if not kernel.live:
+        raise KernelAccessError("kernel memory", "a captured tree has no live kernel memory")
+    reasons = []
+    try:
+        reader = EbpfReader.open()
+        kernel.own_prog_ids.add(reader.prog_id)
+        kernel.own_map_ids.add(reader.map_id)
+        return reader
+    except KernelAccessError as exc:
+        reasons.append(f"eBPF reader: {exc.reason}")
+    try:
+        return KcoreReader.open(str(kernel.path("/proc/kcore")))
+    except KernelAccessError as exc:
+        reasons.append(f"/proc/kcore: {exc.reason}")
+    raise KernelAccessError("kernel memory", "; ".join(reasons))

@@ -1,0 +1,78 @@
+"""Scan speed as ratios measured in one run.
+
+floor = read /proc/kallsyms + read and SHA-256 the core kernel text through the same memory
+reader the scan uses. The scan does that and more (every surface); target: scan <= 1.5 x floor.
+Also: kallsyms parse time for this kernel's symbol count (target <= 80 ms for 122k symbols).
+Run as root: .venv/bin/python bench/scan.py [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from patchguard.engine.scan import run_scan
+from patchguard.kernel import Kernel
+from patchguard.kernel.kallsyms import SymbolTable
+from patchguard.surfaces import all_surfaces
+
+PAGE = 4096
+
+
+def median_seconds(fn: Callable[[], object], rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def floor_once(kernel: Kernel, start: int, end: int) -> None:
+    Path("/proc/kallsyms").read_bytes()
+    memory = kernel.memory()
+    digest = hashlib.sha256()
+    for at in range(start, end, PAGE):
+        digest.update(memory.read(at, min(PAGE, end - at)))
+
+
+def scan_once() -> None:
+    kernel = Kernel()
+    try:
+        run_scan(kernel, all_surfaces())
+    finally:
+        kernel.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5)
+    rounds = parser.parse_args().rounds
+
+    text = Path("/proc/kallsyms").read_text()
+    parse = median_seconds(lambda: SymbolTable.parse(text), rounds)
+    symbols = len(SymbolTable.parse(text))
+
+    kernel = Kernel()
+    core = kernel.kallsyms.range("text")
+    assert core is not None, "kallsyms shows no _stext/_etext"
+    floor = median_seconds(lambda: floor_once(kernel, core.start, core.end), rounds)
+    reader = kernel.memory_reader
+    kernel.close()
+    scan = median_seconds(scan_once, rounds)
+
+    print(f"kallsyms parse: {parse * 1000:.1f} ms for {symbols} symbols (target <= 80 ms for 122k)")
+    print(
+        f"floor (kallsyms read + {core.size / 1e6:.1f} MB core text read+sha256 via {reader}): "
+        f"{floor * 1000:.1f} ms"
+    )
+    print(f"scan (all surfaces): {scan * 1000:.1f} ms")
+    print(f"ratio scan/floor: {scan / floor:.2f} (target <= 1.5)")
+
+
+if __name__ == "__main__":
+    main()

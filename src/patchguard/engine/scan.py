@@ -1,0 +1,79 @@
+"""One scan: every surface collected and assessed, with what could not be read."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from patchguard.engine.findings import Finding, Gap, Severity
+from patchguard.kernel import Kernel
+from patchguard.surfaces.base import Surface, SurfaceState
+
+
+@dataclass(frozen=True)
+class SurfaceResult:
+    surface: Surface
+    state: SurfaceState
+    findings: list[Finding]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ScanReport:
+    host: str
+    kernel_release: str
+    boot_id: str
+    started_at: str
+    seconds: float
+    memory_reader: str | None
+    results: list[SurfaceResult] = field(default_factory=list)
+
+    @property
+    def findings(self) -> list[Finding]:
+        every = [f for r in self.results for f in r.findings]
+        return sorted(every, key=lambda f: (-f.severity, f.surface, f.subject))
+
+    @property
+    def gaps(self) -> list[Gap]:
+        return [g for r in self.results for g in r.state.gaps]
+
+    def worst(self) -> Severity | None:
+        return max((f.severity for f in self.findings), default=None)
+
+
+def _boot_id(kernel: Kernel) -> str:
+    try:
+        return kernel.read_text("/proc/sys/kernel/random/boot_id").strip()
+    except OSError:
+        return ""
+
+
+def run_scan(
+    kernel: Kernel,
+    surfaces: Sequence[Surface],
+    progress: Callable[[Surface], None] | None = None,
+) -> ScanReport:
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    results = []
+    for surface in surfaces:
+        if progress is not None:
+            progress(surface)
+        s0 = time.perf_counter()
+        state = surface.collect(kernel)
+        results.append(
+            SurfaceResult(surface, state, surface.assess(state), time.perf_counter() - s0)
+        )
+    return ScanReport(
+        host=platform.node(),
+        kernel_release=os.uname().release if kernel.live else kernel.root.name,
+        boot_id=_boot_id(kernel),
+        started_at=started.isoformat(timespec="seconds"),
+        seconds=time.perf_counter() - t0,
+        memory_reader=kernel.memory_reader,
+        results=results,
+    )

@@ -1,0 +1,124 @@
+"""Scan output: the JSON document (schema `patchguard.scan/1`, see docs/scan-json.md) and the
+terminal view (rich)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from patchguard.engine.findings import Finding, Severity
+from patchguard.engine.scan import ScanReport
+
+SCHEMA = "patchguard.scan/1"
+SEVERITY_STYLE = {
+    Severity.CRITICAL: "bold white on red",
+    Severity.HIGH: "bold red",
+    Severity.MEDIUM: "yellow",
+    Severity.LOW: "cyan",
+    Severity.INFO: "dim",
+}
+
+
+def _plain(value: Any) -> Any:
+    """Records to JSON values: dataclasses to objects, enums to their names."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {"kind": type(value).__name__, **out}
+    if isinstance(value, Severity):
+        return value.label
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def finding_json(f: Finding) -> dict[str, Any]:
+    out: dict[str, Any] = _plain(f)
+    out.pop("kind", None)
+    return out
+
+
+def to_json(report: ScanReport) -> dict[str, Any]:
+    counts = {s.label: 0 for s in Severity}
+    for f in report.findings:
+        counts[f.severity.label] += 1
+    return {
+        "schema": SCHEMA,
+        "host": report.host,
+        "kernel_release": report.kernel_release,
+        "boot_id": report.boot_id,
+        "started_at": report.started_at,
+        "seconds": round(report.seconds, 3),
+        "memory_reader": report.memory_reader,
+        "summary": counts,
+        "surfaces": [
+            {
+                "name": r.surface.name,
+                "title": r.surface.title,
+                "status": r.state.status.value,
+                "counts": dict(r.state.counts),
+                "seconds": round(r.seconds, 3),
+                "records": [_plain(rec) for rec in r.state.records],
+            }
+            for r in report.results
+        ],
+        "findings": [finding_json(f) for f in report.findings],
+        "unavailable": [
+            {"surface": g.surface, "what": g.what, "reason": g.reason} for g in report.gaps
+        ],
+    }
+
+
+def render(report: ScanReport, console: Console) -> None:
+    reader = report.memory_reader or "none"
+    console.print(
+        f"[bold]patchguard scan[/] {report.host} · kernel {report.kernel_release} · "
+        f"memory reader: {reader} · {report.seconds:.2f}s"
+    )
+    table = Table(title="Surfaces", title_justify="left")
+    for col in ("surface", "status", "counts", "findings"):
+        table.add_column(col)
+    for r in report.results:
+        status = r.state.status.value
+        style = {"ok": "green", "partial": "yellow", "unavailable": "red"}[status]
+        counts = ", ".join(f"{k} {v}" for k, v in r.state.counts.items())
+        table.add_row(r.surface.title, Text(status, style), counts, str(len(r.findings)))
+    console.print(table)
+    _render_findings(report.findings, console)
+    if report.gaps:
+        console.print("[bold]Could not be checked[/]")
+        for g in report.gaps:
+            console.print(
+                f"  [red]unavailable[/] {g.surface}: {g.what}: {g.reason}", highlight=False
+            )
+
+
+def _render_findings(findings: list[Finding], console: Console) -> None:
+    if not findings:
+        console.print("[green]No findings.[/]")
+        return
+    console.print(f"[bold]Findings ({len(findings)})[/]")
+    for f in findings:
+        label = Text(f" {f.severity.label.upper()} ", SEVERITY_STYLE[f.severity])
+        head = Text.assemble(
+            label,
+            " ",
+            (f.subject, "bold"),
+            f"  [{f.surface}/{f.technique}"
+            + (f" {f.attack_id}" if f.attack_id else "")
+            + f", {f.disposition}]",
+        )
+        console.print(head)
+        console.print(f"    {f.summary}", highlight=False)
+        for key, value in f.evidence.items():
+            if value not in (None, [], ""):
+                shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+                console.print(f"      {key}: {shown}", highlight=False, markup=False)

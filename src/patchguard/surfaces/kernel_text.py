@@ -1,0 +1,56 @@
+"""Core kernel text (_stext.._etext) read through the kernel-memory reader and hashed page by
+page: the picture that `baseline` keeps and `check` re-verifies. A scan without a baseline
+records the reader used, the size and the digest; its findings come with the baseline
+(`patchguard check`)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from patchguard.engine.findings import Finding, Gap
+from patchguard.kernel import Kernel, KernelAccessError
+from patchguard.kernel.memory import KernelMemory
+from patchguard.surfaces.base import SurfaceState
+
+NAME = "kernel_text"
+PAGE = 4096
+
+
+@dataclass(frozen=True)
+class TextImage:
+    reader: str  # "ebpf" or "kcore"
+    start: int
+    end: int
+    size: int
+    sha256: str  # of the whole range
+
+
+def hash_range(memory: KernelMemory, start: int, end: int) -> str:
+    """SHA-256 of [start, end), read a page at a time."""
+    whole = hashlib.sha256()
+    for at in range(start, end, PAGE):
+        whole.update(memory.read(at, min(PAGE, end - at)))
+    return whole.hexdigest()
+
+
+class KernelTextSurface:
+    name = NAME
+    title = "Core kernel text"
+
+    def collect(self, kernel: Kernel) -> SurfaceState:
+        try:
+            text = kernel.kallsyms.range("text")
+            if text is None:
+                return SurfaceState(
+                    NAME, [], gaps=[Gap(NAME, "core text", "kallsyms shows no _stext/_etext")]
+                )
+            memory = kernel.memory()
+            digest = hash_range(memory, text.start, text.end)
+        except KernelAccessError as exc:
+            return SurfaceState(NAME, [], gaps=[Gap(NAME, "core text", str(exc))])
+        image = TextImage(memory.name, text.start, text.end, text.size, digest)
+        return SurfaceState(NAME, [image], {"bytes": text.size})
+
+    def assess(self, state: SurfaceState) -> list[Finding]:
+        return []

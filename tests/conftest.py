@@ -1,0 +1,56 @@
+"""Shared test set-up: the live-suite guard and the root/BPF facts of the machine."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from patchguard.kernel import bpf
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--require-live",
+        action="store_true",
+        help="fail the run if the live suite did not run (a root machine with BPF must run it)",
+    )
+
+
+def bpf_usable() -> str | None:
+    """None if bpf(2) answers here, else why not."""
+    if os.geteuid() != 0:
+        return "not root"
+    try:
+        next(bpf.next_ids(bpf.BPF_PROG_GET_NEXT_ID, "PROG_GET_NEXT_ID"), None)
+    except bpf.BpfError as exc:
+        if exc.errno != errno.ENOENT:
+            return str(exc)
+    return None
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if not config.getoption("--require-live") or config.getoption("collectonly"):
+        return
+    if bpf_usable() is not None:
+        return  # the machine truly cannot run them; each skip says why
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    passed = reporter.stats.get("passed", []) if reporter is not None else []
+    live = [r for r in passed if "/live/" in r.nodeid or r.nodeid.startswith("live/")]
+    if not live:
+        if reporter is not None:
+            reporter.write_line(
+                "FAILED: --require-live: this machine has root and BPF, but no live test passed",
+                red=True,
+            )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def live_kernel() -> None:
+    """Skip (saying why) where the kernel or user cannot run live tests."""
+    why_not = bpf_usable()
+    if why_not is not None:
+        pytest.skip(f"live kernel tests need root and bpf(2): {why_not}")

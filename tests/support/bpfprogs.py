@@ -1,0 +1,171 @@
+"""Real eBPF programs for the live tests, built from raw instructions (no compiler), and the
+ways real tools attach them. Every attach returns an object whose close() detaches it; tests
+use them in `with` blocks or fixtures so the kernel is left as it was, even on failure."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import os
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from patchguard.kernel import bpf
+from patchguard.kernel.bpf_insn import R0, R1, call, exit_insn, mov64_imm
+from patchguard.kernel.bpf_objects import all_progs, prog_info
+from patchguard.kernel.mounts import ensure_mounted
+
+BPF_PROG_TYPE_TRACEPOINT = 5
+BPF_PROG_TYPE_RAW_TRACEPOINT = 17
+BPF_FUNC_send_signal = 109
+BPF_FUNC_get_current_pid_tgid = 14
+
+NR_PERF_EVENT_OPEN = 298
+PERF_TYPE_TRACEPOINT = 2
+PERF_FLAG_FD_CLOEXEC = 8
+PERF_EVENT_IOC_ENABLE = 0x2400
+PERF_EVENT_IOC_SET_BPF = 0x40042408  # _IOW('$', 8, __u32)
+TRACEFS = Path("/sys/kernel/tracing")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def return_zero() -> bytes:
+    return mov64_imm(R0, 0) + exit_insn()
+
+
+def calls_helper(helper_id: int, arg1: int = 0) -> bytes:
+    """r1 = arg1; call helper; r0 = 0; exit."""
+    return mov64_imm(R1, arg1) + call(helper_id) + return_zero()
+
+
+@dataclass
+class Loaded:
+    """A loaded program and whatever keeps it attached; close() undoes all of it."""
+
+    prog_fd: int
+    prog_id: int
+    fds: list[int] = field(default_factory=list)
+    pin: str | None = None
+
+    def close(self) -> None:
+        for fd in [*self.fds, self.prog_fd]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()
+        self.prog_fd = -1
+        if self.pin is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.pin)
+            self.pin = None
+
+    def __enter__(self) -> Loaded:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load(prog_type: int, insns: bytes, name: str) -> Loaded:
+    fd = bpf.prog_load(prog_type, insns, name)
+    return Loaded(fd, prog_info(fd).prog_id)
+
+
+def tracepoint_id(category: str, event: str) -> int:
+    reason = ensure_mounted("tracefs")
+    if reason:
+        raise RuntimeError(reason)
+    return int((TRACEFS / "events" / category / event / "id").read_text())
+
+
+def perf_event_open_tracepoint(tp_id: int) -> int:
+    # struct perf_event_attr, PERF_ATTR_SIZE_VER0 (64 bytes): type, size, config, sample_period
+    attr = ctypes.create_string_buffer(struct.pack("<IIQQ", PERF_TYPE_TRACEPOINT, 64, tp_id, 1), 64)
+    fd = _libc.syscall(NR_PERF_EVENT_OPEN, attr, -1, 0, -1, PERF_FLAG_FD_CLOEXEC)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "perf_event_open")
+    return int(fd)
+
+
+def attach_tracepoint(
+    category: str, event: str, name: str = "pg_test_tp", insns: bytes | None = None
+) -> Loaded:
+    """The way most tools attach a tracepoint program: perf_event_open + PERF_EVENT_IOC_SET_BPF
+    (no BPF link object exists; the perf event fd keeps it attached)."""
+    prog = load(BPF_PROG_TYPE_TRACEPOINT, insns or return_zero(), name)
+    try:
+        pfd = perf_event_open_tracepoint(tracepoint_id(category, event))
+        prog.fds.append(pfd)
+        fcntl.ioctl(pfd, PERF_EVENT_IOC_SET_BPF, prog.prog_fd)
+        fcntl.ioctl(pfd, PERF_EVENT_IOC_ENABLE, 0)
+    except BaseException:
+        prog.close()
+        raise
+    return prog
+
+
+def attach_raw_tracepoint(tp_name: str, name: str = "pg_test_rawtp") -> Loaded:
+    """A raw tracepoint through a BPF link (BPF_RAW_TRACEPOINT_OPEN)."""
+    prog = load(BPF_PROG_TYPE_RAW_TRACEPOINT, return_zero(), name)
+    try:
+        prog.fds.append(bpf.raw_tracepoint_open(tp_name, prog.prog_fd))
+    except BaseException:
+        prog.close()
+        raise
+    return prog
+
+
+def bpffs() -> str:
+    """A mounted bpffs (mounted read-write at /sys/fs/bpf if there is none)."""
+    from patchguard.kernel.bpf_owners import bpffs_mounts
+
+    mounts = bpffs_mounts()
+    if mounts:
+        return mounts[0]
+    reason = ensure_mounted_bpffs()
+    if reason:
+        raise RuntimeError(reason)
+    return "/sys/fs/bpf"
+
+
+def ensure_mounted_bpffs() -> str | None:
+    rc = _libc.mount(b"bpf", b"/sys/fs/bpf", b"bpf", 0, None)
+    return None if rc == 0 else os.strerror(ctypes.get_errno())
+
+
+def pinned_orphan(name: str = "pg_test_pinned") -> Loaded:
+    """A program pinned in bpffs whose loader has closed every fd: only the pin keeps it."""
+    prog = load(BPF_PROG_TYPE_TRACEPOINT, return_zero(), name)
+    path = os.path.join(bpffs(), f"patchguard-test-{os.getpid()}-{prog.prog_id}")
+    try:
+        bpf.obj_pin(prog.prog_fd, path)
+    except BaseException:
+        prog.close()
+        raise
+    prog.pin = path
+    os.close(prog.prog_fd)
+    prog.prog_fd = -1
+    return prog
+
+
+def wait_gone(prog_id: int, timeout: float = 5.0) -> bool:
+    """True once the kernel no longer lists the program (raw_tp programs linger ~1 s after
+    their last reference goes: the release is RCU-deferred)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if prog_id not in {p.prog_id for p in all_progs()}:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@contextlib.contextmanager
+def loaded(prog: Loaded) -> Iterator[Loaded]:
+    try:
+        yield prog
+    finally:
+        prog.close()

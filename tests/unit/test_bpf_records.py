@@ -1,0 +1,150 @@
+"""Pure pieces of the eBPF layer: instruction decoding, call sites, link info decoding,
+/proc fdinfo and mountinfo parsing (captured on 6.18-fc), and the findings for a program."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from patchguard.engine.findings import Severity
+from patchguard.kernel import bpf_insn as bi
+from patchguard.kernel.bpf_objects import _decode_link, call_sites
+from patchguard.kernel.bpf_owners import parse_exe_link, parse_fdinfo
+from patchguard.kernel.mounts import mounted_types
+from patchguard.surfaces.ebpf import Attachment, BpfProgram, Owner, assess_program
+
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "6.18-fc"
+
+
+def test_call_sites_separate_helpers_kfuncs_and_bpf_to_bpf_calls() -> None:
+    prog = b"".join(
+        [
+            bi.call(0x1234),  # helper, imm = offset from __bpf_call_base after fixup
+            bi.insn(bi.BPF_JMP | bi.BPF_CALL, src=bi.BPF_PSEUDO_KFUNC_CALL, imm=777),
+            bi.insn(bi.BPF_JMP | bi.BPF_CALL, src=bi.BPF_PSEUDO_CALL, imm=3),  # bpf-to-bpf
+            bi.call(0x1234),  # the same helper twice is listed once
+            bi.ld_map_fd(bi.R1, 5),  # its second slot has code 0: not a call
+            bi.exit_insn(),
+        ]
+    )
+    sites = call_sites(prog)
+    assert sites.helper_offsets == (0x1234,)
+    assert sites.kfunc_btf_ids == (777,)
+    assert not sites.hidden
+
+
+def test_zeroed_helper_targets_mean_hidden() -> None:
+    assert call_sites(bi.call(0) + bi.exit_insn()).hidden
+    assert not call_sites(bi.exit_insn()).hidden
+
+
+def test_instruction_encoding_round_trips() -> None:
+    code = bi.ldx_mem(8, bi.R2, bi.R6, 8) + bi.ld_map_fd(bi.R1, 9)
+    assert bi.decode(code) == [
+        (bi.BPF_LDX | bi.BPF_MEM | bi.BPF_DW, 2, 6, 8, 0),
+        (bi.BPF_LD | bi.BPF_DW | bi.BPF_IMM, 1, bi.BPF_PSEUDO_MAP_FD, 0, 9),
+        (0, 0, 0, 0, 0),
+    ]
+
+
+def _link_raw(link_type: int, link_id: int, prog_id: int, union: bytes) -> bytes:
+    return struct.pack("<III4x", link_type, link_id, prog_id) + union.ljust(80, b"\0")
+
+
+def test_decode_links_of_several_types() -> None:
+    tracing = _decode_link(_link_raw(2, 7, 40, struct.pack("<III", 24, 1, 5150)), "tracing", None)
+    assert (tracing.attach_type, tracing.target_obj_id, tracing.target_btf_id) == (
+        "trace_fentry",
+        1,
+        5150,
+    )
+    raw = _decode_link(_link_raw(1, 8, 41, b""), "raw_tracepoint", "sys_enter")
+    assert raw.target == "raw_tracepoint:sys_enter"
+    kprobe = _decode_link(
+        _link_raw(7, 9, 42, struct.pack("<I4xQII", 3, 0, 0, 0x10)), "perf_event", "commit_creds"
+    )
+    assert kprobe.target == "kprobe:commit_creds+0x10"
+    tp = _decode_link(_link_raw(7, 10, 43, struct.pack("<I", 5)), "perf_event", "sys_enter_kill")
+    assert tp.target == "tracepoint:sys_enter_kill"
+    nf = _decode_link(_link_raw(10, 11, 44, struct.pack("<IIiI", 2, 1, -100, 0)), "netfilter", None)
+    assert nf.target == "netfilter pf 2 hook 1 priority -100"
+    xdp = _decode_link(_link_raw(6, 12, 45, struct.pack("<I", 3)), "xdp", None)
+    assert xdp.target == "ifindex 3"
+
+
+def test_fdinfo_of_real_bpf_fds() -> None:
+    prog = parse_fdinfo((FIXTURE / "fdinfo" / "bpf-prog").read_text())
+    assert prog["prog_id"] == "111" and prog["prog_type"] == "17"
+    link = parse_fdinfo((FIXTURE / "fdinfo" / "bpf_link").read_text())
+    assert (link["link_id"], link["prog_id"], link["tp_name"]) == ("92", "111", "sys_enter")
+    assert "prog_id" not in parse_fdinfo((FIXTURE / "fdinfo" / "perf_event").read_text())
+    assert parse_fdinfo("odd line without colon\n: empty key\n") == {"": "empty key"}
+
+
+def test_exe_link_deleted_suffix() -> None:
+    assert parse_exe_link("/usr/bin/agent (deleted)") == ("/usr/bin/agent", True)
+    assert parse_exe_link("/usr/bin/agent") == ("/usr/bin/agent", False)
+
+
+def test_mountinfo_finds_pseudo_filesystems() -> None:
+    types = mounted_types((FIXTURE / "proc" / "self" / "mountinfo").read_text())
+    assert types["/sys/fs/bpf"] == "bpf"
+    assert types["/sys/kernel/tracing"] == "tracefs"
+    assert mounted_types("truncated line\n1 2 3\n") == {}
+
+
+def _program(**overrides: object) -> BpfProgram:
+    base: dict[str, object] = dict(
+        prog_id=7,
+        prog_type="kprobe",
+        name="x",
+        tag="00",
+        loaded_at="",
+        created_by_uid=0,
+        map_ids=(),
+        btf_id=0,
+        attach_btf=None,
+        helpers=(),
+        kfuncs=(),
+        attachments=(),
+        owners=(Owner(1, "agent", "/usr/bin/agent", False, False, 3),),
+        pins=(),
+    )
+    base.update(overrides)
+    return BpfProgram(**base)  # type: ignore[arg-type]
+
+
+def techniques(prog: BpfProgram) -> dict[str, Severity]:
+    return {f.technique: f.severity for f in assess_program(prog)}
+
+
+def test_benign_program_has_no_finding() -> None:
+    attach = (Attachment("perf_event", "tracepoint:sched_switch"),)
+    assert techniques(_program(attachments=attach, helpers=("bpf_ktime_get_ns",))) == {}
+
+
+def test_rootkit_helpers_and_sensitive_hooks() -> None:
+    prog = _program(
+        helpers=("bpf_probe_write_user",),
+        attachments=(Attachment("perf_event", "kprobe:__x64_sys_getdents64"),),
+    )
+    found = techniques(prog)
+    assert found == {"rootkit-helper": Severity.HIGH, "sensitive-hook": Severity.MEDIUM}
+
+
+def test_orphan_and_deleted_loader() -> None:
+    assert techniques(_program(owners=()))["orphan-program"] == Severity.MEDIUM
+    assert "orphan-program" not in techniques(_program(owners=(), pins=("/sys/fs/bpf/x",)))
+    deleted = (Owner(9, "ldr", "/tmp/ldr", True, False, 4),)
+    assert techniques(_program(owners=deleted))["loader-deleted"] == Severity.HIGH
+    missing = (Owner(9, "ldr", "/tmp/gone", False, True, 4),)
+    finding = next(
+        f for f in assess_program(_program(owners=missing)) if f.technique == "loader-deleted"
+    )
+    assert "not on disk" in finding.summary and finding.attack_id == "T1070.004"
+
+
+def test_lsm_program_is_named_with_its_hook() -> None:
+    prog = _program(prog_type="lsm", attach_btf="bpf_lsm_file_open")
+    found = techniques(prog)
+    assert found["lsm-hook"] == Severity.MEDIUM and found["sensitive-hook"] == Severity.MEDIUM

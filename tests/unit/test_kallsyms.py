@@ -1,0 +1,86 @@
+"""kallsyms parsing on an excerpt of this machine's /proc/kallsyms (6.18-fc) and hand-made
+edge cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from patchguard.kernel import Kernel, KernelAccessError
+from patchguard.kernel.kallsyms import SymbolTable
+
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "6.18-fc"
+
+
+@pytest.fixture(scope="module")
+def table() -> SymbolTable:
+    return Kernel(FIXTURE).kallsyms
+
+
+def test_names_an_address_as_symbol_plus_offset(table: SymbolTable) -> None:
+    entry = table.address_of("entry_SYSCALL_64")
+    assert entry == 0xFFFFFFFF81000080
+    assert str(table.lookup(entry + 0x12)) == "entry_SYSCALL_64+0x12"
+    assert str(table.lookup(entry)) == "entry_SYSCALL_64+0x0"
+
+
+def test_ranges_of_text_and_patch_tables(table: SymbolTable) -> None:
+    ranges = table.ranges()
+    assert ranges["text"].start == 0xFFFFFFFF81000000
+    assert ranges["text"].end == 0xFFFFFFFF8220BB08
+    assert ranges["jump_table"].size == 0xFFFFFFFF8289D900 - 0xFFFFFFFF82880B10
+    assert ranges["static_call_sites"].start == ranges["jump_table"].end
+    # This kernel has no CONFIG_KALLSYMS_ALL: no __end_rodata, so no rodata range is claimed.
+    assert "rodata" not in ranges
+    assert table.in_core_text(table.address_of("x64_sys_call") or 0)
+
+
+def test_pseudo_modules_are_not_modules(table: SymbolTable) -> None:
+    trampoline = table.find("ftrace_trampoline")
+    assert trampoline and trampoline[0].module == "__builtin__ftrace"
+    assert table.modules() == set()
+
+
+def test_module_symbols_and_core_preference() -> None:
+    text = (
+        "ffffffff81000000 T _stext\n"
+        "ffffffff81100000 T shared_name\n"
+        "ffffffff82000000 T _etext\n"
+        "ffffffffc0a00000 t shared_name\t[evil]\n"
+        "ffffffffc0a00100 t hook_kill\t[evil]\n"
+    )
+    table = SymbolTable.parse(text)
+    assert table.modules() == {"evil"}
+    assert table.address_of("shared_name") == 0xFFFFFFFF81100000
+    assert table.address_of("shared_name", module="evil") == 0xFFFFFFFFC0A00000
+    assert str(table.lookup(0xFFFFFFFFC0A00104)) == "hook_kill+0x4 [evil]"
+    assert not table.in_core_text(0xFFFFFFFFC0A00104)
+
+
+def test_zeroed_addresses_are_a_clear_error() -> None:
+    hidden = "0000000000000000 T _stext\n0000000000000000 t foo\t[mod]\n"
+    with pytest.raises(KernelAccessError, match="kptr_restrict"):
+        SymbolTable.parse(hidden)
+
+
+def test_odd_and_truncated_lines_are_skipped() -> None:
+    text = (
+        "ffffffff81000000 T _stext\n"
+        "ffffffff81000010 T\n"  # truncated: no name
+        "garbage line\n"
+        "ffffffff8100002"  # cut mid-address at the end of a read
+    )
+    table = SymbolTable.parse(text)
+    assert len(table) == 1
+    assert table.lookup(0x10) is None  # below every symbol
+
+
+def test_empty_text_is_an_error() -> None:
+    with pytest.raises(KernelAccessError, match="no symbol lines"):
+        SymbolTable.parse("")
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(KernelAccessError, match="/proc/kallsyms"):
+        _ = Kernel(tmp_path).kallsyms

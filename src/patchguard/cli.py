@@ -61,7 +61,7 @@ def cmd_scan(args: argparse.Namespace, out: Console, err: Console) -> int:
     surfaces = _select(args.surface)
     kernel = Kernel(args.root)
     if kernel.live and os.geteuid() != 0:
-        err.print(f"patchguard: {ROOT_NOTE}", highlight=False)
+        print(f"patchguard: {ROOT_NOTE}", file=sys.stderr)
     try:
         if err.is_terminal and not args.json:
             with err.status("scanning") as status:
@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(cmd_scan(args, out, err))
     except ValueError as exc:
-        err.print(f"patchguard: {exc}", highlight=False, markup=False)
+        print(f"patchguard: {exc}", file=sys.stderr)  # one line, never wrapped
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_ERROR

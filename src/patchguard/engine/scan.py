@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from patchguard.engine.findings import Finding, Gap, Severity
 from patchguard.kernel import Kernel
+from patchguard.kernel.errors import oserror_reason
 from patchguard.surfaces.base import Surface, SurfaceState
 
 
@@ -52,6 +53,18 @@ def _boot_id(kernel: Kernel) -> str:
         return ""
 
 
+def _collect(surface: Surface, kernel: Kernel) -> SurfaceState:
+    """A surface's state; an OSError it did not turn into a gap itself (a file that vanished or
+    was refused mid-read) becomes one here, so one surface never stops the scan."""
+    try:
+        return surface.collect(kernel)
+    except OSError as exc:
+        where = exc.filename or surface.name
+        return SurfaceState(
+            surface.name, [], gaps=[Gap(surface.name, str(where), oserror_reason(exc))]
+        )
+
+
 def run_scan(
     kernel: Kernel,
     surfaces: Sequence[Surface],
@@ -64,7 +77,7 @@ def run_scan(
         if progress is not None:
             progress(surface)
         s0 = time.perf_counter()
-        state = surface.collect(kernel)
+        state = _collect(surface, kernel)
         results.append(
             SurfaceResult(surface, state, surface.assess(state), time.perf_counter() - s0)
         )

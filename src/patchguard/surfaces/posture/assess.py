@@ -1,0 +1,248 @@
+"""Findings from posture records: each weak setting, with what was read and why it matters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from patchguard.engine.findings import Evidence, Finding, Severity
+from patchguard.surfaces.posture.boot_params import BOOT_PARAMS
+from patchguard.surfaces.posture.cross_checks import kexec, module_loading
+from patchguard.surfaces.posture.paths import (
+    CMDLINE,
+    CPUINFO,
+    EFI,
+    KALLSYMS,
+    LOCKDOWN,
+    SECURE_BOOT_VAR,
+    TAINTED,
+    VULNERABILITIES,
+)
+from patchguard.surfaces.posture.records import (
+    Cmdline,
+    CpuProtection,
+    CpuVulnerability,
+    Kaslr,
+    Lockdown,
+    SecureBoot,
+    Setting,
+    Taint,
+)
+from patchguard.surfaces.posture.rules import (
+    MODULE_TAINTS,
+    SYSCTL_RULES,
+    TAINT_FINDINGS,
+    WITHOUT_CPU_PROTECTION,
+)
+from patchguard.surfaces.posture.weakness import weakness
+
+
+def _assess_lockdown(lockdown: Lockdown) -> list[Finding]:
+    why = (
+        "root can change the running kernel: write kernel memory through /dev/mem and MSRs, "
+        "load unsigned modules, kexec an unsigned kernel and override ACPI tables"
+    )
+    if lockdown.mode is None:
+        return [
+            weakness(
+                "lockdown-missing",
+                Severity.HIGH,
+                "lockdown",
+                f"The lockdown LSM is not active, so {why}.",
+                {"path": LOCKDOWN, "value": None, "expected": "integrity or confidentiality"},
+            )
+        ]
+    if lockdown.mode == "none":
+        return [
+            weakness(
+                "lockdown-off",
+                Severity.HIGH,
+                "lockdown",
+                f"Kernel lockdown is off (none), so {why}.",
+                {"path": LOCKDOWN, "value": "none", "expected": "integrity or confidentiality"},
+            )
+        ]
+    return []
+
+
+def _assess_taint(taint: Taint) -> list[Finding]:
+    findings = []
+    for flag in taint.flags:
+        if flag.letter not in TAINT_FINDINGS:
+            continue
+        severity, technique, why = TAINT_FINDINGS[flag.letter]
+        findings.append(
+            weakness(
+                "taint-" + technique,
+                severity,
+                f"taint {flag.letter}",
+                f"The kernel is tainted {flag.letter} ({flag.meaning}): {why}.",
+                {
+                    "path": TAINTED,
+                    "value": str(taint.value),
+                    "bit": flag.bit,
+                    "letter": flag.letter,
+                    "expected": f"bit {flag.bit} clear",
+                },
+                "T1547.006" if flag.letter in MODULE_TAINTS else None,
+            )
+        )
+    return findings
+
+
+def _assess_cmdline(cmdline: Cmdline) -> list[Finding]:
+    findings = []
+    for rule in BOOT_PARAMS:
+        if not cmdline.has(rule.name):
+            continue
+        value = cmdline.last(rule.name)
+        severity = rule.weak(value)
+        if severity is None:
+            continue
+        shown = rule.name if value is None else f"{rule.name}={value}"
+        findings.append(
+            weakness(
+                "weakening-boot-param",
+                severity,
+                f"boot parameter {shown}",
+                f"The kernel was booted with {shown}, which {rule.why}.",
+                {"path": CMDLINE, "param": rule.name, "value": value, "expected": rule.expected},
+            )
+        )
+    return findings
+
+
+def _assess_setting(setting: Setting) -> list[Finding]:
+    rule = SYSCTL_RULES.get(setting.name)
+    if rule is None or setting.value is None:
+        return []
+    try:
+        severity = rule.judge(int(setting.value))
+    except ValueError:
+        return []
+    if severity is None:
+        return []
+    return [
+        weakness(
+            rule.technique,
+            severity,
+            f"sysctl {setting.name}",
+            f"{setting.name} is {setting.value}: {rule.why}.",
+            {"path": setting.path, "value": setting.value, "expected": rule.expected},
+        )
+    ]
+
+
+def _assess_secure_boot(sb: SecureBoot) -> list[Finding]:
+    evidence: Evidence = {"path": SECURE_BOOT_VAR, "value": sb.detail, "expected": "1"}
+    if not sb.efi:
+        return [
+            weakness(
+                "boot-unverified",
+                Severity.INFO,
+                "Secure Boot",
+                "Not an EFI boot, so there is no Secure Boot state to read: nothing in firmware "
+                "is known to check the kernel image before it runs.",
+                {"path": EFI, "value": sb.detail, "expected": "an EFI boot with Secure Boot"},
+            )
+        ]
+    if sb.enabled is None:
+        return [
+            weakness(
+                "secure-boot-unsupported",
+                Severity.LOW,
+                "Secure Boot",
+                "The firmware has no SecureBoot variable, so it does not verify the kernel "
+                "image it boots.",
+                evidence,
+            )
+        ]
+    if not sb.enabled:
+        return [
+            weakness(
+                "secure-boot-off",
+                Severity.MEDIUM,
+                "Secure Boot",
+                "Secure Boot is off: the firmware boots any kernel image, so a modified kernel "
+                "or boot loader on disk is not stopped.",
+                evidence,
+            )
+        ]
+    return []
+
+
+def _assess_cpu(protection: CpuProtection) -> list[Finding]:
+    without = WITHOUT_CPU_PROTECTION.get(protection.flag)
+    if protection.present or without is None:
+        return []
+    return [
+        weakness(
+            f"no-{protection.flag}",
+            Severity.MEDIUM,
+            f"cpu {protection.flag}",
+            f"The CPUs do not report {protection.flag}, so it is not in force and {without}.",
+            {"path": CPUINFO, "value": "absent", "flag": protection.flag, "expected": "present"},
+        )
+    ]
+
+
+def _assess_vulnerability(vuln: CpuVulnerability) -> list[Finding]:
+    if not vuln.status.startswith("Vulnerable"):
+        return []
+    # Meltdown reads kernel memory directly; the others leak through narrower channels.
+    severity = Severity.MEDIUM if vuln.name == "meltdown" else Severity.LOW
+    return [
+        weakness(
+            "cpu-vulnerable",
+            severity,
+            f"cpu vulnerability {vuln.name}",
+            f"The kernel reports the CPUs vulnerable to {vuln.name} ({vuln.status}), so user "
+            "space may be able to read memory it should not through a side channel.",
+            {
+                "path": f"{VULNERABILITIES}/{vuln.name}",
+                "value": vuln.status,
+                "expected": "Not affected, or Mitigation: ...",
+            },
+        )
+    ]
+
+
+def _assess_kaslr(kaslr: Kaslr) -> list[Finding]:
+    if kaslr.in_effect is not False:
+        return []
+    return [
+        weakness(
+            "kaslr-off",
+            Severity.MEDIUM,
+            "KASLR",
+            f"KASLR is not in effect ({kaslr.detail}): kernel addresses are those of the "
+            "published vmlinux, so an exploit needs no address leak.",
+            {
+                "path": KALLSYMS,
+                "value": None if kaslr.stext is None else f"{kaslr.stext:#x}",
+                "expected": f"_stext != {kaslr.default:#x}",
+            },
+        )
+    ]
+
+
+def assess_records(records: Sequence[object]) -> list[Finding]:
+    """Findings from posture records alone; cross-checks (modules, kexec) need several."""
+    findings: list[Finding] = []
+    for record in records:
+        if isinstance(record, Lockdown):
+            findings += _assess_lockdown(record)
+        elif isinstance(record, Taint):
+            findings += _assess_taint(record)
+        elif isinstance(record, Cmdline):
+            findings += _assess_cmdline(record)
+        elif isinstance(record, Setting):
+            findings += _assess_setting(record)
+        elif isinstance(record, SecureBoot):
+            findings += _assess_secure_boot(record)
+        elif isinstance(record, CpuProtection):
+            findings += _assess_cpu(record)
+        elif isinstance(record, CpuVulnerability):
+            findings += _assess_vulnerability(record)
+        elif isinstance(record, Kaslr):
+            findings += _assess_kaslr(record)
+    return findings + module_loading(records) + kexec(records)

@@ -1,0 +1,78 @@
+"""Findings that need several records: a setting excused by another, or by lockdown."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TypeVar
+
+from patchguard.engine.findings import Finding, Severity
+from patchguard.surfaces.posture.records import Lockdown, Setting
+from patchguard.surfaces.posture.rules import LOCKED_DOWN
+from patchguard.surfaces.posture.weakness import weakness
+
+T = TypeVar("T")
+
+
+def _all(records: Sequence[object], kind: type[T]) -> list[T]:
+    return [r for r in records if isinstance(r, kind)]
+
+
+def _one(records: Sequence[object], kind: type[T]) -> T | None:
+    found = _all(records, kind)
+    return found[0] if found else None
+
+
+def _lockdown_on(records: Sequence[object]) -> bool:
+    """Unknown lockdown counts as off: a setting is not excused by what was not read."""
+    lockdown = _one(records, Lockdown)
+    return lockdown is not None and lockdown.mode in LOCKED_DOWN
+
+
+def _setting(records: Sequence[object], name: str) -> Setting | None:
+    return next((s for s in _all(records, Setting) if s.name == name), None)
+
+
+def module_loading(records: Sequence[object]) -> list[Finding]:
+    """Loadable modules are normal; unsigned ones without lockdown are the rootkit's door."""
+    disabled = _setting(records, "kernel.modules_disabled")
+    if disabled is None or disabled.value != "0":
+        return []  # modules off, not built, or not read (a gap says so)
+    sig = _setting(records, "module.sig_enforce")
+    if sig is not None and sig.value == "Y":
+        return []
+    # Lockdown refuses unsigned modules, but only where signature checking is built.
+    if sig is not None and sig.value is not None and _lockdown_on(records):
+        return []
+    sig_value = None if sig is None else sig.value
+    return [
+        weakness(
+            "unsigned-modules-loadable",
+            Severity.MEDIUM,
+            "kernel modules",
+            "Root can load kernel modules without a valid signature (modules_disabled=0, "
+            "signatures not enforced), the simplest way to run code in the kernel and patch it.",
+            {
+                "path": disabled.path,
+                "value": disabled.value,
+                "sig_enforce": sig_value,
+                "expected": "modules_disabled=1, or sig_enforce=Y, or lockdown",
+            },
+            "T1547.006",
+        )
+    ]
+
+
+def kexec(records: Sequence[object]) -> list[Finding]:
+    setting = _setting(records, "kernel.kexec_load_disabled")
+    if setting is None or setting.value != "0" or _lockdown_on(records):
+        return []
+    return [
+        weakness(
+            "kexec-load-allowed",
+            Severity.LOW,
+            "sysctl kernel.kexec_load_disabled",
+            "kexec_load_disabled is 0 and lockdown is off: root can boot into another, "
+            "unsigned kernel without going through firmware or the boot loader.",
+            {"path": setting.path, "value": "0", "expected": "1, or lockdown"},
+        )
+    ]

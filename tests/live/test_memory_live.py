@@ -1,0 +1,68 @@
+"""The eBPF kernel-memory reader on the running kernel."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import pytest
+
+from patchguard.kernel import Kernel
+from patchguard.kernel.bpf_objects import all_progs
+from patchguard.kernel.ebpf_reader import CHUNK, EbpfReader
+from patchguard.kernel.memory import MemoryReadError
+from patchguard.surfaces.kernel_text import hash_range
+
+pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
+
+SWAPGS = bytes.fromhex("0f01f8")
+
+
+@pytest.fixture
+def kernel() -> Iterator[Kernel]:
+    k = Kernel()
+    try:
+        yield k
+    finally:
+        k.close()
+
+
+def test_entry_syscall_64_starts_with_swapgs(kernel: Kernel) -> None:
+    entry = kernel.kallsyms.address_of("entry_SYSCALL_64")
+    assert entry is not None
+    memory = kernel.memory()
+    assert memory.name == "ebpf"
+    head = memory.read(entry, 16)
+    # With IBT the function may start with ENDBR64 (f3 0f 1e fa) before SWAPGS.
+    assert head.startswith(SWAPGS) or head[4:].startswith(SWAPGS), head.hex()
+
+
+def test_core_text_hashes_the_same_twice(kernel: Kernel) -> None:
+    text = kernel.kallsyms.range("text")
+    assert text is not None and text.size > 1 << 20
+    memory = kernel.memory()
+    first = hash_range(memory, text.start, text.end)
+    assert first == hash_range(memory, text.start, text.end)
+    # and the same bytes read in other slices hash the same: page splitting is right
+    odd = hashlib.sha256()
+    at = text.start
+    while at < text.end:
+        n = min(CHUNK + 123, text.end - at)
+        odd.update(memory.read(at, n))
+        at += n
+    assert odd.hexdigest() == first
+
+
+def test_unmapped_address_is_a_clear_error(kernel: Kernel) -> None:
+    with pytest.raises(MemoryReadError, match=r"kernel memory 0x10\+0x8: bpf_probe_read_kernel"):
+        kernel.memory().read(0x10, 8)
+
+
+def test_reader_closes_its_program() -> None:
+    reader = EbpfReader.open()
+    prog_id = reader.prog_id
+    assert prog_id in {p.prog_id for p in all_progs()}
+    reader.close()
+    from support.bpfprogs import wait_gone
+
+    assert wait_gone(prog_id)

@@ -1,0 +1,89 @@
+"""The modules surface on the running kernel.
+
+On the 6.18 "fc" machine there is no /proc/modules and /sys/module holds only built-ins (no
+`initstate`): the state must be UNAVAILABLE with the no-module-support reason and no findings.
+On a kernel with loadable modules (the Debian 6.1 lab) the records must match what the kernel
+lists, and a clean guest must show no hidden module. Each test records which case ran.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from patchguard.engine.findings import Finding, Severity
+from patchguard.kernel import Kernel
+from patchguard.surfaces.base import Status, SurfaceState
+from patchguard.surfaces.modules import (
+    NO_MODULE_SUPPORT,
+    ModulesSurface,
+    ProcModule,
+    SysfsModule,
+    parse_proc_modules,
+)
+
+pytestmark = [
+    pytest.mark.live,
+    pytest.mark.skipif(os.geteuid() != 0, reason="vmallocinfo and kallsyms addresses need root"),
+]
+
+PROC_MODULES = Path("/proc/modules")
+
+
+@pytest.fixture(scope="module")
+def scanned() -> tuple[SurfaceState, list[Finding]]:
+    surface = ModulesSurface()
+    state = surface.collect(Kernel())
+    return state, surface.assess(state)
+
+
+def case(request: pytest.FixtureRequest, text: str) -> None:
+    request.node.user_properties.append(("case", text))
+    print(f"case: {text}")
+
+
+def loaded_in_sysfs() -> set[str]:
+    return {p.parent.name for p in Path("/sys/module").glob("*/initstate")}
+
+
+def test_module_list(
+    scanned: tuple[SurfaceState, list[Finding]], request: pytest.FixtureRequest
+) -> None:
+    state, findings = scanned
+    if not PROC_MODULES.exists():
+        case(request, "no /proc/modules: no loadable module support")
+        assert [(g.what, g.reason) for g in state.gaps] == [
+            ("loadable module list (/proc/modules)", NO_MODULE_SUPPORT)
+        ]
+        assert state.status is Status.UNAVAILABLE
+        assert loaded_in_sysfs() == set()  # /sys/module holds built-ins only
+        assert not any(state.counts.values())
+        assert findings == []
+        return
+    case(request, "/proc/modules present: records asserted")
+    listed = {m.name for m in parse_proc_modules(PROC_MODULES.read_text())}
+    recorded = {r.name for r in state.records if isinstance(r, ProcModule)}
+    assert len(listed ^ recorded) <= 2  # a module may load or unload between the two reads
+    assert state.counts["proc_modules"] == len(recorded)
+
+
+def test_sysfs_view(
+    scanned: tuple[SurfaceState, list[Finding]], request: pytest.FixtureRequest
+) -> None:
+    state, _ = scanned
+    recorded = {r.name for r in state.records if isinstance(r, SysfsModule)}
+    truth = loaded_in_sysfs()
+    case(request, f"{len(truth)} loaded modules in /sys/module")
+    assert len(truth ^ recorded) <= 2
+    assert state.counts["sysfs"] == len(recorded)
+
+
+def test_no_module_is_hidden(
+    scanned: tuple[SurfaceState, list[Finding]], request: pytest.FixtureRequest
+) -> None:
+    state, findings = scanned
+    hidden = [f for f in findings if f.technique == "hidden-module" and f.severity >= Severity.HIGH]
+    case(request, f"{state.counts['modules']} modules across the views")
+    assert hidden == [], [f.summary for f in hidden]

@@ -19,8 +19,7 @@ from patchguard.engine.scan import run_scan
 from patchguard.kernel import Kernel
 from patchguard.kernel.kallsyms import SymbolTable
 from patchguard.surfaces import all_surfaces
-
-PAGE = 4096
+from patchguard.surfaces.kernel_text import READ_SIZE
 
 
 def median_seconds(fn: Callable[[], object], rounds: int) -> float:
@@ -36,8 +35,8 @@ def floor_once(kernel: Kernel, start: int, end: int) -> None:
     Path("/proc/kallsyms").read_bytes()
     memory = kernel.memory()
     digest = hashlib.sha256()
-    for at in range(start, end, PAGE):
-        digest.update(memory.read(at, min(PAGE, end - at)))
+    for at in range(start, end, READ_SIZE):
+        digest.update(memory.read(at, min(READ_SIZE, end - at)))
 
 
 def scan_once() -> None:
@@ -54,7 +53,7 @@ def main() -> None:
     rounds = parser.parse_args().rounds
 
     text = Path("/proc/kallsyms").read_text()
-    parse = median_seconds(lambda: SymbolTable.parse(text), rounds)
+    parse = median_seconds(lambda: SymbolTable.parse(text).build(), rounds)
     symbols = len(SymbolTable.parse(text))
 
     kernel = Kernel()

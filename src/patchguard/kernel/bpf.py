@@ -270,6 +270,22 @@ def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes:
     return v.raw
 
 
+class MapReader:
+    """MAP_LOOKUP_ELEM of one key, again and again, with buffers made once (a hot path: the
+    memory reader calls it for every chunk it reads)."""
+
+    def __init__(self, map_fd: int, key: bytes, value_size: int) -> None:
+        self._key = ctypes.create_string_buffer(key, len(key))
+        self._value = ctypes.create_string_buffer(value_size)
+        attr = struct.pack("<IIQQQ", map_fd, 0, addr_of(self._key), addr_of(self._value), 0)
+        self._attr = ctypes.create_string_buffer(attr.ljust(ATTR_SIZE, b"\0"), ATTR_SIZE)
+
+    def __call__(self) -> bytes:
+        if _libc.syscall(NR_BPF, BPF_MAP_LOOKUP_ELEM, self._attr, ATTR_SIZE) < 0:
+            raise BpfError("MAP_LOOKUP_ELEM", ctypes.get_errno())
+        return self._value.raw
+
+
 def prog_load(
     prog_type: int,
     insns: bytes,

@@ -39,7 +39,10 @@ BPF_MAP_TYPE_ARRAY = 2
 BPF_PROG_TYPE_RAW_TRACEPOINT = 17
 BPF_FUNC_map_lookup_elem = 1
 BPF_FUNC_probe_read_kernel = 113
-CHUNK = 4096  # one page: a fault on one page then fails only that page's read
+PAGE = 4096
+# One test run reads up to CHUNK bytes: 16 pages per two syscalls. A fault anywhere fails the
+# whole chunk, so a failed chunk is read again page by page to name the page that failed.
+CHUNK = 64 * 1024
 
 
 def reader_program(map_fd: int, chunk: int) -> bytes:
@@ -70,7 +73,7 @@ class EbpfReader:
     def __init__(self, map_fd: int, prog_fd: int) -> None:
         self._map_fd = map_fd
         self._prog_fd = prog_fd
-        self._key = struct.pack("<I", 0)
+        self._lookup = bpf.MapReader(map_fd, struct.pack("<I", 0), CHUNK)
         # Our own objects: the ebpf surface leaves them out of what it reports about the host.
         self.prog_id = prog_info(prog_fd).prog_id
         self.map_id = map_info(map_fd).map_id
@@ -92,15 +95,27 @@ class EbpfReader:
         out = bytearray()
         while len(out) < size:
             at = address + len(out)
-            n = min(size - len(out), CHUNK - (at % CHUNK))  # never cross a page in one read
-            out += self._read_chunk(at, n)
+            n = min(size - len(out), CHUNK - (at % CHUNK))  # chunks stay CHUNK-aligned
+            try:
+                out += self._read_chunk(at, n)
+            except MemoryReadError:
+                if n <= PAGE:
+                    raise
+                out += self._read_pages(at, n)
+        return bytes(out)
+
+    def _read_pages(self, address: int, size: int) -> bytes:
+        out = bytearray()
+        while len(out) < size:
+            at = address + len(out)
+            out += self._read_chunk(at, min(size - len(out), PAGE - (at % PAGE)))
         return bytes(out)
 
     def _read_chunk(self, address: int, size: int) -> bytes:
         ret = bpf.prog_test_run(self._prog_fd, struct.pack("<QQ", address, size))
         if ret < 0:
             raise MemoryReadError(address, size, f"bpf_probe_read_kernel: {explain_errno(-ret)}")
-        return bpf.map_lookup(self._map_fd, self._key, CHUNK)[:size]
+        return self._lookup()[:size]
 
     def close(self) -> None:
         for fd in (self._prog_fd, self._map_fd):

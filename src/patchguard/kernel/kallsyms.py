@@ -70,55 +70,80 @@ class AddressRange:
         return isinstance(address, int) and self.start <= address < self.end
 
 
-class SymbolTable:
-    """Symbols sorted by address; lookups by address (bisect) and by name (lazy index).
+_MODULE = re.compile(r"\t\[([^\]\s]+)\]")
+_NONZERO = re.compile(r"^(?!0+ )[0-9a-fA-F]+ \S \S", re.M)
+Row = tuple[str, str, str, str]  # address (hex), type, name, module ("" for core)
 
-    Kept as parallel lists and made into Symbol records only when asked for: building 122k
-    objects up front would cost more than the parse itself.
+
+class SymbolTable:
+    """kallsyms text with lookups by name (direct search) and by address (bisect).
+
+    A scan asks for a handful of names; parsing 122k lines for that would cost more than
+    reading the file. So names are found by searching the text, and the sorted address table
+    is built the first time an address is looked up.
     """
 
-    def __init__(self, rows: list[tuple[str, str, str, str]]) -> None:
-        addresses = [int(row[0], 16) for row in rows]
-        order = sorted(range(len(rows)), key=addresses.__getitem__)  # kallsyms is nearly sorted
-        self._addresses = [addresses[i] for i in order]
-        self._rows = [rows[i] for i in order]
+    def __init__(self, text: str) -> None:
+        self._text = text
 
     @classmethod
     def parse(cls, text: str, source: str = "/proc/kallsyms") -> SymbolTable:
-        """Parse kallsyms text; raise KernelAccessError if addresses are hidden or none parse."""
-        rows: list[tuple[str, str, str, str]] = _LINE.findall(text)
-        if not rows:
+        """Check kallsyms text; raise KernelAccessError if addresses are hidden or none parse."""
+        if not _LINE.search(text):
             raise KernelAccessError(source, "no symbol lines found (empty or not kallsyms text)")
-        table = cls(rows)
-        if not table._addresses[-1]:
+        if not _NONZERO.search(text):
             raise KernelAccessError(
                 source,
                 "every address reads as zero: kernel.kptr_restrict hides them from this user "
                 "(run as root with kptr_restrict <= 1)",
             )
-        return table
+        return cls(text)
+
+    @cached_property
+    def _table(self) -> tuple[list[int], list[Row]]:
+        rows: list[Row] = _LINE.findall(self._text)
+        addresses = [int(row[0], 16) for row in rows]
+        order = sorted(range(len(rows)), key=addresses.__getitem__)  # kallsyms is nearly sorted
+        return [addresses[i] for i in order], [rows[i] for i in order]
+
+    def build(self) -> SymbolTable:
+        """Parse every line now (address lookups do it on first use)."""
+        _ = self._table
+        return self
+
+    @property
+    def _addresses(self) -> list[int]:
+        return self._table[0]
 
     def _symbol(self, i: int) -> Symbol:
-        _, typ, name, mod = self._rows[i]
+        _, typ, name, mod = self._table[1][i]
         return Symbol(self._addresses[i], typ, name, mod or None)
 
     @property
     def symbols(self) -> list[Symbol]:
-        return [self._symbol(i) for i in range(len(self._rows))]
+        return [self._symbol(i) for i in range(len(self))]
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._addresses)
 
-    @cached_property
-    def _by_name(self) -> dict[str, list[int]]:
-        index: dict[str, list[int]] = {}
-        for i, row in enumerate(self._rows):
-            index.setdefault(row[2], []).append(i)
-        return index
+    def _rows_named(self, name: str) -> list[Row]:
+        """Every line whose name field is exactly `name`, in file order (core kernel first)."""
+        text, needle, found = self._text, f" {name}", []
+        pos = text.find(needle)
+        while pos >= 0:
+            end = pos + len(needle)
+            if end == len(text) or text[end] in "\n\t":  # the whole name, not a prefix
+                line_end = text.find("\n", end)
+                line = text[text.rfind("\n", 0, pos) + 1 : line_end if line_end >= 0 else None]
+                match = _LINE.match(line)
+                if match and match.group(3) == name:
+                    found.append(match.groups(""))
+            pos = text.find(needle, end)
+        return found
 
     def find(self, name: str, module: str | None = None) -> list[Symbol]:
         """Every symbol of that name (static functions repeat), in `module` if one is named."""
-        found = [self._symbol(i) for i in self._by_name.get(name, [])]
+        found = [Symbol(int(a, 16), t, n, m or None) for a, t, n, m in self._rows_named(name)]
         return [s for s in found if module is None or s.module == module]
 
     def address_of(self, name: str, module: str | None = None) -> int | None:
@@ -159,7 +184,7 @@ class SymbolTable:
 
     def modules(self) -> set[str]:
         """Names of the modules that have symbols here (one of the module cross-views)."""
-        return {row[3] for row in self._rows if row[3] and row[3] not in PSEUDO_MODULES}
+        return {m for m in _MODULE.findall(self._text) if m not in PSEUDO_MODULES}
 
     def in_core_text(self, address: int) -> bool:
         text = self.range("text")

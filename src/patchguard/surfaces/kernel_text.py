@@ -14,7 +14,7 @@ from patchguard.kernel.memory import KernelMemory
 from patchguard.surfaces.base import SurfaceState
 
 NAME = "kernel_text"
-PAGE = 4096
+READ_SIZE = 64 * 1024  # per read call; the eBPF reader serves 64 KiB per test run
 
 
 @dataclass(frozen=True)
@@ -27,10 +27,10 @@ class TextImage:
 
 
 def hash_range(memory: KernelMemory, start: int, end: int) -> str:
-    """SHA-256 of [start, end), read a page at a time."""
+    """SHA-256 of [start, end), read READ_SIZE bytes at a time."""
     whole = hashlib.sha256()
-    for at in range(start, end, PAGE):
-        whole.update(memory.read(at, min(PAGE, end - at)))
+    for at in range(start, end, READ_SIZE):
+        whole.update(memory.read(at, min(READ_SIZE, end - at)))
     return whole.hexdigest()
 
 

@@ -128,7 +128,8 @@ class SymbolTable:
 
     def _rows_named(self, name: str) -> list[Row]:
         """Every line whose name field is exactly `name`, in file order (core kernel first)."""
-        text, needle, found = self._text, f" {name}", []
+        text, needle = self._text, f" {name}"
+        found: list[Row] = []
         pos = text.find(needle)
         while pos >= 0:
             end = pos + len(needle)
@@ -137,7 +138,8 @@ class SymbolTable:
                 line = text[text.rfind("\n", 0, pos) + 1 : line_end if line_end >= 0 else None]
                 match = _LINE.match(line)
                 if match and match.group(3) == name:
-                    found.append(match.groups(""))
+                    address, typ, _, module = match.groups("")
+                    found.append((address, typ, name, module))
             pos = text.find(needle, end)
         return found
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -97,6 +99,60 @@ def test_programs_are_gone_after_detach() -> None:
     for prog_id in ids:
         assert bp.wait_gone(prog_id), f"prog {prog_id} still listed 5 s after detach"
     assert not set(ids) & set(programs(scan_json("ebpf")))
+
+
+def test_program_kept_only_by_a_map_is_an_orphan() -> None:
+    prog = bp.tail_call_orphan("pg_t_orphan")
+    try:
+        doc = scan_json("ebpf")
+        record = programs(doc)[prog.prog_id]
+        assert record["owners"] == [] and record["pins"] == [] and record["attachments"] == []
+        orphan = [f for f in findings_for(doc, prog.prog_id) if f["technique"] == "orphan-program"]
+        assert orphan and orphan[0]["severity"] == "medium"
+    finally:
+        prog.close()
+    assert bp.wait_gone(prog.prog_id)
+
+
+LOADER = """
+import os, sys, time
+from patchguard.kernel import bpf
+from patchguard.kernel.bpf_insn import R0, exit_insn, mov64_imm
+fd = bpf.prog_load(5, mov64_imm(R0, 0) + exit_insn(), "pg_t_deleted")
+os.unlink(sys.argv[1])  # the loader removes its own executable
+print("ready", flush=True)
+sys.stdin.read()  # hold the program until the test closes stdin
+"""
+
+
+def test_loader_whose_executable_was_deleted(tmp_path: Path) -> None:
+    exe = tmp_path / "agent"
+    shutil.copy2(os.path.realpath(sys.executable), exe)
+    env = {
+        **os.environ,
+        "PYTHONHOME": sys.base_prefix,
+        "PYTHONPATH": str(Path(bp.__file__).parents[2] / "src"),
+    }
+    child = subprocess.Popen(
+        [str(exe), "-c", LOADER, str(exe)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        doc = scan_json("ebpf")
+        prog = next(p for p in programs(doc).values() if p["name"] == "pg_t_deleted")
+        assert prog["owners"][0]["pid"] == child.pid
+        assert prog["owners"][0]["exe_deleted"] is True
+        deleted = [
+            f for f in findings_for(doc, prog["prog_id"]) if f["technique"] == "loader-deleted"
+        ]
+        assert deleted and deleted[0]["severity"] == "high" and str(exe) in deleted[0]["summary"]
+    finally:
+        child.communicate(input="", timeout=10)
+    assert bp.wait_gone(prog["prog_id"])
 
 
 def test_scan_leaves_out_its_own_memory_reader() -> None:

@@ -21,6 +21,7 @@ from patchguard.kernel.mounts import ensure_mounted
 
 BPF_PROG_TYPE_TRACEPOINT = 5
 BPF_PROG_TYPE_RAW_TRACEPOINT = 17
+BPF_MAP_TYPE_PROG_ARRAY = 3
 BPF_FUNC_send_signal = 109
 BPF_FUNC_get_current_pid_tgid = 14
 
@@ -149,6 +150,26 @@ def pinned_orphan(name: str = "pg_test_pinned") -> Loaded:
     prog.pin = path
     os.close(prog.prog_fd)
     prog.prog_fd = -1
+    return prog
+
+
+def tail_call_orphan(name: str = "pg_test_tail") -> Loaded:
+    """A program kept alive only by a pinned prog_array (a tail-call table), the way a loader
+    can leave a program behind with no fd, no pin and no link of its own."""
+    prog = load(BPF_PROG_TYPE_TRACEPOINT, return_zero(), name)
+    try:
+        table = bpf.map_create(BPF_MAP_TYPE_PROG_ARRAY, 4, 4, 1, "pg_test_calls")
+        prog.fds.append(table)
+        bpf.map_update(table, struct.pack("<I", 0), struct.pack("<I", prog.prog_fd))
+        path = os.path.join(bpffs(), f"patchguard-test-{os.getpid()}-calls-{prog.prog_id}")
+        bpf.obj_pin(table, path)
+        prog.pin = path
+    except BaseException:
+        prog.close()
+        raise
+    for fd in [prog.prog_fd, *prog.fds]:
+        os.close(fd)
+    prog.prog_fd, prog.fds = -1, []
     return prog
 
 

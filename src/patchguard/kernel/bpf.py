@@ -270,6 +270,13 @@ def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes:
     return v.raw
 
 
+def map_update(map_fd: int, key: bytes, value: bytes) -> None:
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value, len(value))
+    attr = struct.pack("<IIQQQ", map_fd, 0, addr_of(k), addr_of(v), 0)
+    sys_bpf(BPF_MAP_UPDATE_ELEM, attr, "MAP_UPDATE_ELEM")
+
+
 class MapReader:
     """MAP_LOOKUP_ELEM of one key, again and again, with buffers made once (a hot path: the
     memory reader calls it for every chunk it reads)."""

@@ -33,3 +33,9 @@ def explain_errno(err: int) -> str:
 
 def oserror_reason(exc: OSError) -> str:
     return explain_errno(exc.errno) if exc.errno is not None else str(exc)
+
+
+def is_enoent(exc: KernelAccessError) -> bool:
+    """The file is not there (as opposed to refused or unreadable)."""
+    cause = exc.__cause__
+    return isinstance(cause, OSError) and cause.errno == errno.ENOENT

@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import errno
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from patchguard.engine.findings import Disposition, Evidence, Finding, Gap, Severity
-from patchguard.kernel.errors import KernelAccessError
+from patchguard.engine.findings import Disposition, Evidence, Finding, Severity
+from patchguard.kernel.errors import KernelAccessError, is_enoent
 from patchguard.kernel.kallsyms import PSEUDO_MODULES
 from patchguard.surfaces.base import SurfaceState
+from patchguard.surfaces.reading import Reading, records_of
 
 if TYPE_CHECKING:
     from patchguard.kernel import Kernel
@@ -275,34 +275,9 @@ def unaccounted_areas(areas: Sequence[VmallocArea], addresses: Iterable[int]) ->
 
 
 @dataclass
-class _Reading:
-    kernel: Kernel
-    records: list[object] = field(default_factory=list)
-    gaps: list[Gap] = field(default_factory=list)
-    full: dict[str, set[str]] = field(default_factory=dict)
-    partial: dict[str, set[str]] = field(default_factory=dict)
-
-    def gap(self, what: str, reason: str) -> None:
-        self.gaps.append(Gap(SURFACE, what, reason))
-
-    def text(self, what: str, path: str) -> str | None:
-        try:
-            return self.kernel.read_text(path)
-        except KernelAccessError as exc:
-            self.gap(what, str(exc))
-            return None
-
-    def optional(self, path: str) -> str | None:
-        """A file some kernels or configurations lack: None without a gap."""
-        try:
-            return self.kernel.read_text(path)
-        except KernelAccessError:
-            return None
-
-
-def _enoent(exc: KernelAccessError) -> bool:
-    cause = exc.__cause__
-    return isinstance(cause, OSError) and cause.errno == errno.ENOENT
+class _Reading(Reading):
+    full: dict[str, set[str]] = field(default_factory=dict)  # view -> every module it shows
+    partial: dict[str, set[str]] = field(default_factory=dict)  # views that can only add
 
 
 def _loader_symbols(kernel: Kernel) -> tuple[str, ...] | None:
@@ -319,7 +294,7 @@ def _collect_proc(r: _Reading) -> None:
     try:
         text = r.kernel.read_text(PROC_MODULES)
     except KernelAccessError as exc:
-        if not _enoent(exc):
+        if not is_enoent(exc):
             r.gap(what, str(exc))
             return
         loader = _loader_symbols(r.kernel)
@@ -387,7 +362,7 @@ def _section_addresses(r: _Reading, name: str) -> list[int]:
 
 def _known_addresses(r: _Reading, names: set[str]) -> list[int]:
     """Every address of a visible module: /proc/modules bases, sysfs sections, kallsyms."""
-    found = [m.address for m in _all(r.records, ProcModule) if m.address]
+    found = [m.address for m in records_of(r.records, ProcModule) if m.address]
     for name in sorted(names):
         found += _section_addresses(r, name)
     with contextlib.suppress(KernelAccessError):  # its gap is recorded by the kallsyms view
@@ -422,13 +397,9 @@ def _collect_vmalloc(r: _Reading) -> None:
 
 
 def _transient(records: Sequence[object]) -> set[str]:
-    states = [(m.name, m.state) for m in _all(records, ProcModule)]
-    states += [(m.name, m.initstate) for m in _all(records, SysfsModule)]
+    states = [(m.name, m.state) for m in records_of(records, ProcModule)]
+    states += [(m.name, m.initstate) for m in records_of(records, SysfsModule)]
     return {name for name, state in states if state in TRANSIENT_STATES}
-
-
-def _all(records: Sequence[object], kind: type[T]) -> list[T]:
-    return [r for r in records if isinstance(r, kind)]
 
 
 class ModulesSurface:
@@ -436,7 +407,7 @@ class ModulesSurface:
     title = "Loadable modules (cross-view)"
 
     def collect(self, kernel: Kernel) -> SurfaceState:
-        r = _Reading(kernel)
+        r = _Reading(SURFACE, kernel)
         _collect_proc(r)
         _collect_sysfs(r)
         _collect_kallsyms(r)
@@ -447,7 +418,7 @@ class ModulesSurface:
             "modules": len(views),
             "hidden": sum(bool(v.hidden_from) for v in views),
             **{view: len(names) for view, names in r.full.items()},
-            "loader_allocations": len(_all(r.records, VmallocArea)),
+            "loader_allocations": len(records_of(r.records, VmallocArea)),
         }
         return SurfaceState(SURFACE, tuple(r.records), counts, tuple(r.gaps))
 
@@ -570,8 +541,8 @@ def _assess_taints(name: str, letters: str) -> list[Finding]:
 
 def _taints_by_module(records: Sequence[object]) -> dict[str, str]:
     taints: dict[str, str] = {}
-    for name, letters in [(m.name, m.taints) for m in _all(records, ProcModule)] + [
-        (m.name, m.taints) for m in _all(records, SysfsModule)
+    for name, letters in [(m.name, m.taints) for m in records_of(records, ProcModule)] + [
+        (m.name, m.taints) for m in records_of(records, SysfsModule)
     ]:
         taints[name] = "".join(sorted(set(taints.get(name, "") + letters)))
     return taints
@@ -605,13 +576,13 @@ def _assess_missing_list(missing: ModuleListMissing) -> Finding:
 
 
 def assess_records(records: Sequence[object]) -> list[Finding]:
-    found = [f for v in _all(records, ModuleViews) for f in _assess_views(v)]
-    found += [f for m in _all(records, ModuleMemory) for f in _assess_memory(m)]
-    found += [f for m in _all(records, ProcModule) for f in _assess_state(m)]
+    found = [f for v in records_of(records, ModuleViews) for f in _assess_views(v)]
+    found += [f for m in records_of(records, ModuleMemory) for f in _assess_memory(m)]
+    found += [f for m in records_of(records, ProcModule) for f in _assess_state(m)]
     found += [
         f for n, t in sorted(_taints_by_module(records).items()) for f in _assess_taints(n, t)
     ]
-    found += [_assess_missing_list(m) for m in _all(records, ModuleListMissing)]
+    found += [_assess_missing_list(m) for m in records_of(records, ModuleListMissing)]
     return found
 
 

@@ -15,17 +15,17 @@ trace_uprobe_show() and trace_fprobe_show() in kernel/trace/.
 
 from __future__ import annotations
 
-import errno
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, TypeVar
 
-from patchguard.engine.findings import Disposition, Evidence, Finding, Gap, Severity
-from patchguard.kernel.errors import KernelAccessError
+from patchguard.engine.findings import Disposition, Evidence, Finding, Severity
+from patchguard.kernel.errors import KernelAccessError, is_enoent
 from patchguard.kernel.mounts import ensure_mounted
 from patchguard.surfaces.base import SurfaceState
+from patchguard.surfaces.reading import Reading, records_of
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -380,31 +380,6 @@ def parse_dynamic_events(text: str) -> list[DynamicEvent]:
 # --- collect ------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Reading:
-    kernel: Kernel
-    records: list[object] = field(default_factory=list)
-    gaps: list[Gap] = field(default_factory=list)
-    files_read: int = 0
-
-    def gap(self, what: str, reason: str) -> None:
-        self.gaps.append(Gap(SURFACE, what, reason))
-
-    def text(self, what: str, path: str) -> str | None:
-        try:
-            text = self.kernel.read_text(path)
-        except KernelAccessError as exc:
-            self.gap(what, str(exc))
-            return None
-        self.files_read += 1
-        return text
-
-
-def _enoent(exc: KernelAccessError) -> bool:
-    cause = exc.__cause__
-    return isinstance(cause, OSError) and cause.errno == errno.ENOENT
-
-
 def _populated(path: Path) -> bool:
     """A mount point exists as an empty directory even when nothing is mounted on it."""
     try:
@@ -413,7 +388,7 @@ def _populated(path: Path) -> bool:
         return False
 
 
-def _tracefs(r: _Reading) -> str | None:
+def _tracefs(r: Reading) -> str | None:
     reason = ensure_mounted("tracefs", r.kernel.root)
     found = next((d for d in TRACEFS_DIRS if _populated(r.kernel.path(d))), None)
     if found is None:
@@ -424,26 +399,26 @@ def _tracefs(r: _Reading) -> str | None:
     return found
 
 
-def _collect_ftrace(r: _Reading, tracefs: str) -> None:
+def _collect_ftrace(r: Reading, tracefs: str) -> None:
     text = r.text("ftrace enabled_functions", f"{tracefs}/enabled_functions")
     if text is not None:
         r.records.extend(parse_enabled_functions(text))
 
 
-def _event_file(r: _Reading, tracefs: str, name: str) -> str:
+def _event_file(r: Reading, tracefs: str, name: str) -> str:
     path = f"{tracefs}/{name}"
     try:
         text = r.kernel.read_text(path)
     except KernelAccessError as exc:
         # The file exists exactly when its kind of event is built into the kernel.
-        absent = "; this kernel does not build these events" if _enoent(exc) else ""
+        absent = "; this kernel does not build these events" if is_enoent(exc) else ""
         r.gap(f"dynamic trace events ({name})", f"{exc}{absent}")
         return ""
     r.files_read += 1
     return text
 
 
-def _collect_events(r: _Reading, tracefs: str) -> None:
+def _collect_events(r: Reading, tracefs: str) -> None:
     seen: set[tuple[str, str]] = set()
     for name in EVENT_FILES:
         for event in parse_dynamic_events(_event_file(r, tracefs, name)):
@@ -452,7 +427,7 @@ def _collect_events(r: _Reading, tracefs: str) -> None:
                 r.records.append(event)
 
 
-def _collect_kprobes(r: _Reading) -> None:
+def _collect_kprobes(r: Reading) -> None:
     reason = ensure_mounted("debugfs", r.kernel.root)
     try:
         r.kernel.path(KPROBE_LIST).stat()
@@ -466,18 +441,14 @@ def _collect_kprobes(r: _Reading) -> None:
         r.records.extend(parse_kprobe_list(text))
 
 
-def _all(records: Sequence[object], kind: type[T]) -> list[T]:
-    return [r for r in records if isinstance(r, kind)]
-
-
-def _counts(r: _Reading) -> dict[str, int]:
-    hooks = _all(r.records, FtraceHook)
-    events = _all(r.records, DynamicEvent)
+def _counts(r: Reading) -> dict[str, int]:
+    hooks = records_of(r.records, FtraceHook)
+    events = records_of(r.records, DynamicEvent)
     return {
         "ftrace_functions": len(hooks),
         "ipmodify": sum(h.ipmodify for h in hooks),
         "direct": sum(h.direct_call for h in hooks),
-        "kprobes": len(_all(r.records, Kprobe)),
+        "kprobes": len(records_of(r.records, Kprobe)),
         "dynamic_events": len(events),
         "uprobes": sum(e.binary is not None for e in events),
         # Says that files were read and held nothing, which zero hooks alone cannot say.
@@ -490,7 +461,7 @@ class TracingSurface:
     title = "ftrace, kprobes and trace events"
 
     def collect(self, kernel: Kernel) -> SurfaceState:
-        r = _Reading(kernel)
+        r = Reading(SURFACE, kernel)
         tracefs = _tracefs(r)
         if tracefs is not None:
             _collect_ftrace(r, tracefs)
@@ -686,10 +657,10 @@ def _assess_event(event: DynamicEvent) -> list[Finding]:
 
 
 def assess_records(records: Sequence[object]) -> list[Finding]:
-    probed = {p.symbol for p in _all(records, Kprobe) if p.symbol and "FTRACE" in p.flags}
-    found = _assess_ftrace(_all(records, FtraceHook), probed)
-    found += [f for probe in _all(records, Kprobe) for f in _assess_kprobe(probe)]
-    found += [f for event in _all(records, DynamicEvent) for f in _assess_event(event)]
+    probed = {p.symbol for p in records_of(records, Kprobe) if p.symbol and "FTRACE" in p.flags}
+    found = _assess_ftrace(records_of(records, FtraceHook), probed)
+    found += [f for probe in records_of(records, Kprobe) for f in _assess_kprobe(probe)]
+    found += [f for event in records_of(records, DynamicEvent) for f in _assess_event(event)]
     return found
 
 

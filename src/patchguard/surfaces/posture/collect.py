@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from patchguard.engine.findings import Gap
-from patchguard.kernel.errors import KernelAccessError, oserror_reason
+from patchguard.kernel.errors import KernelAccessError, is_enoent, oserror_reason
 from patchguard.kernel.mounts import ensure_mounted
 from patchguard.surfaces.posture.parsers import (
     decode_taint,
@@ -50,6 +48,7 @@ from patchguard.surfaces.posture.records import (
     Taint,
 )
 from patchguard.surfaces.posture.rules import CPU_PROTECTIONS, SYSCTLS
+from patchguard.surfaces.reading import Reading
 
 if TYPE_CHECKING:
     from patchguard.kernel import Kernel
@@ -57,42 +56,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-@dataclass
-class _Reading:
-    """What collect() has read so far, and what it could not."""
-
-    kernel: Kernel
-    records: list[object] = field(default_factory=list)
-    gaps: list[Gap] = field(default_factory=list)
-
-    def gap(self, what: str, reason: str) -> None:
-        self.gaps.append(Gap(SURFACE, what, reason))
-
-    def text(self, what: str, path: str) -> str | None:
-        """The file's text, or None with a gap recorded."""
-        try:
-            return self.kernel.read_text(path)
-        except KernelAccessError as exc:
-            self.gap(what, str(exc))
-            return None
-
-    def parsed(self, what: str, path: str, parse: Callable[[str], T]) -> T | None:
-        text = self.text(what, path)
-        if text is None:
-            return None
-        try:
-            return parse(text)
-        except ValueError as exc:
-            self.gap(what, f"{path}: unexpected content: {exc}")
-            return None
-
-
-def _is_enoent(exc: KernelAccessError) -> bool:
-    cause = exc.__cause__
-    return isinstance(cause, OSError) and cause.errno == errno.ENOENT
-
-
-def _collect_security(r: _Reading) -> None:
+def _collect_security(r: Reading) -> None:
     reason = ensure_mounted("securityfs", r.kernel.root)
     if reason is not None:
         r.gap("lockdown mode", reason)
@@ -105,7 +69,7 @@ def _collect_security(r: _Reading) -> None:
         text = r.kernel.read_text(LOCKDOWN)
     except KernelAccessError as exc:
         # No lockdown file and no lockdown in the LSM list: the LSM is simply not running.
-        if _is_enoent(exc) and lsms is not None and "lockdown" not in lsms:
+        if is_enoent(exc) and lsms is not None and "lockdown" not in lsms:
             r.records.append(Lockdown(None))
         else:
             r.gap("lockdown mode", str(exc))
@@ -116,20 +80,20 @@ def _collect_security(r: _Reading) -> None:
         r.gap("lockdown mode", f"{LOCKDOWN}: unexpected content: {exc}")
 
 
-def _collect_taint(r: _Reading) -> None:
+def _collect_taint(r: Reading) -> None:
     value = r.parsed("taint", TAINTED, parse_taint)
     if value is not None:
         r.records.append(Taint(value, tuple(decode_taint(value))))
 
 
-def _collect_setting(r: _Reading, name: str, path: str, absent: str) -> None:
+def _collect_setting(r: Reading, name: str, path: str, absent: str) -> None:
     try:
         text = r.kernel.read_text(path)
     except KernelAccessError as exc:
         # A missing file under a /proc/sys (or /sys/module) that exists is a setting this
         # kernel does not have; a missing tree is a capture that left it out.
         top = "/".join(path.split("/")[:3])
-        if _is_enoent(exc) and r.kernel.path(top).is_dir():
+        if is_enoent(exc) and r.kernel.path(top).is_dir():
             r.records.append(Setting(name, path, None, absent))
         else:
             r.gap(f"setting {name}", str(exc))
@@ -144,7 +108,7 @@ def _collect_setting(r: _Reading, name: str, path: str, absent: str) -> None:
     r.records.append(Setting(name, path, value))
 
 
-def _collect_settings(r: _Reading) -> None:
+def _collect_settings(r: Reading) -> None:
     modules_built = r.kernel.path(PROC_MODULES).exists()
     no_modules = (
         "not present: the kernel is built without loadable modules (CONFIG_MODULES), so no "
@@ -162,7 +126,7 @@ def _collect_settings(r: _Reading) -> None:
     _collect_setting(r, "module.sig_enforce", SIG_ENFORCE, absent)
 
 
-def _collect_secure_boot(r: _Reading) -> None:
+def _collect_secure_boot(r: Reading) -> None:
     if not r.kernel.path(EFI).is_dir():
         if r.kernel.path("/sys/firmware").is_dir():
             r.records.append(SecureBoot(False, None, f"not an EFI boot (no {EFI})"))
@@ -186,7 +150,7 @@ def _collect_secure_boot(r: _Reading) -> None:
     r.records.append(SecureBoot(True, enabled, "SecureBoot variable is " + str(int(enabled))))
 
 
-def _collect_cpu(r: _Reading) -> None:
+def _collect_cpu(r: Reading) -> None:
     flags = r.parsed("CPU protections", CPUINFO, parse_cpu_flags)
     if flags is not None:
         r.records.extend(CpuProtection(f, f in flags, why) for f, why in CPU_PROTECTIONS.items())
@@ -201,7 +165,7 @@ def _collect_cpu(r: _Reading) -> None:
             r.records.append(CpuVulnerability(name, text.strip()))
 
 
-def _collect_kaslr(r: _Reading, cmdline: Cmdline | None) -> None:
+def _collect_kaslr(r: Reading, cmdline: Cmdline | None) -> None:
     # Stream kallsyms up to _stext (the second line on 6.x) rather than read 5 MB of it.
     try:
         with r.kernel.path(KALLSYMS).open(errors="replace") as f:
@@ -240,7 +204,7 @@ def _collect_kaslr(r: _Reading, cmdline: Cmdline | None) -> None:
 
 def read_posture(kernel: Kernel) -> tuple[list[object], list[Gap]]:
     """Every posture record that could be read, and a gap for each one that could not."""
-    r = _Reading(kernel)
+    r = Reading(SURFACE, kernel)
     _collect_security(r)
     _collect_taint(r)
     cmdline = r.parsed("kernel command line", CMDLINE, parse_cmdline)

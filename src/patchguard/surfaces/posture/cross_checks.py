@@ -3,33 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypeVar
 
 from patchguard.engine.findings import Finding, Severity
 from patchguard.surfaces.posture.records import Lockdown, Setting
 from patchguard.surfaces.posture.rules import LOCKED_DOWN
 from patchguard.surfaces.posture.weakness import weakness
-
-T = TypeVar("T")
-
-
-def _all(records: Sequence[object], kind: type[T]) -> list[T]:
-    return [r for r in records if isinstance(r, kind)]
-
-
-def _one(records: Sequence[object], kind: type[T]) -> T | None:
-    found = _all(records, kind)
-    return found[0] if found else None
+from patchguard.surfaces.reading import one_of, records_of
 
 
 def _lockdown_on(records: Sequence[object]) -> bool:
     """Unknown lockdown counts as off: a setting is not excused by what was not read."""
-    lockdown = _one(records, Lockdown)
+    lockdown = one_of(records, Lockdown)
     return lockdown is not None and lockdown.mode in LOCKED_DOWN
 
 
 def _setting(records: Sequence[object], name: str) -> Setting | None:
-    return next((s for s in _all(records, Setting) if s.name == name), None)
+    return next((s for s in records_of(records, Setting) if s.name == name), None)
 
 
 def module_loading(records: Sequence[object]) -> list[Finding]:

@@ -84,3 +84,13 @@ def test_empty_text_is_an_error() -> None:
 def test_missing_file_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(KernelAccessError, match="/proc/kallsyms"):
         _ = Kernel(tmp_path).kallsyms
+
+
+def test_symbols_exactly_at_an_address(table: SymbolTable) -> None:
+    base = table.address_of("__bpf_call_base")
+    assert base is not None
+    assert [s.name for s in table.at(base)] == ["__bpf_call_base"]
+    assert table.at(base + 1) == []
+    # _stext shares its address with other names: all of them, in file order
+    names = [s.name for s in table.at(0xFFFFFFFF81000000)]
+    assert "_stext" in names and len(names) >= 2

@@ -3,6 +3,7 @@ can feed captured trees; the live kernel is root "/"."""
 
 from __future__ import annotations
 
+import threading
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +27,9 @@ class Kernel:
         self._memory: KernelMemory | None = None
         self._memory_error: KernelAccessError | None = None
         self._module_btf: dict[str, Btf] = {}
+        self._kallsyms: SymbolTable | None = None
+        # Surfaces are collected in parallel: what they share is loaded once, under this lock.
+        self._lock = threading.RLock()
 
     @property
     def live(self) -> bool:
@@ -42,11 +46,15 @@ class Kernel:
         except OSError as exc:
             raise KernelAccessError(kernel_path, oserror_reason(exc)) from exc
 
-    @cached_property
+    @property
     def kallsyms(self) -> SymbolTable:
+        """The symbol table, read once; surfaces running in parallel share that one read."""
         from patchguard.kernel.kallsyms import SymbolTable
 
-        return SymbolTable.parse(self.read_text("/proc/kallsyms"))
+        with self._lock:
+            if self._kallsyms is None:
+                self._kallsyms = SymbolTable.parse(self.read_text("/proc/kallsyms"))
+            return self._kallsyms
 
     @cached_property
     def vmlinux_btf(self) -> Btf:
@@ -82,6 +90,10 @@ class Kernel:
 
     def memory(self) -> KernelMemory:
         """The kernel-memory reader that works here: eBPF first, then /proc/kcore."""
+        with self._lock:
+            return self._open_memory()
+
+    def _open_memory(self) -> KernelMemory:
         if self._memory is not None:
             return self._memory
         if self._memory_error is not None:

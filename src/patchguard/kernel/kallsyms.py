@@ -156,6 +156,22 @@ class SymbolTable:
         core = [s for s in found if s.module is None]
         return (core or found)[0].address
 
+    def at(self, address: int) -> list[Symbol]:
+        """The symbols that start exactly at `address`, found in the text without building the
+        address table (naming a BPF helper needs only this)."""
+        text, needle = self._text, f"{address:016x} "
+        found: list[Symbol] = []
+        pos = text.find(needle)
+        while pos >= 0:
+            if pos == 0 or text[pos - 1] == "\n":
+                line_end = text.find("\n", pos)
+                match = _LINE.match(text[pos : line_end if line_end >= 0 else None])
+                if match:
+                    a, t, n, m = match.groups("")
+                    found.append(Symbol(int(a, 16), t, n, m or None))
+            pos = text.find(needle, pos + len(needle))
+        return found
+
     def lookup(self, address: int) -> Location | None:
         """The symbol at or below `address` (kallsyms carries no sizes: the nearest one below)."""
         i = bisect.bisect_right(self._addresses, address) - 1

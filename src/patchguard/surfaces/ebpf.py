@@ -19,7 +19,6 @@ from patchguard.kernel import Kernel, KernelAccessError
 from patchguard.kernel import bpf_objects as objs
 from patchguard.kernel.bpf import BpfError
 from patchguard.kernel.bpf_owners import Holder, Owners, find_owners
-from patchguard.kernel.kallsyms import SymbolTable
 from patchguard.surfaces.base import SurfaceState
 
 NAME = "ebpf"
@@ -181,19 +180,27 @@ class _Names:
     def __init__(self, kernel: Kernel, gaps: list[Gap]) -> None:
         self._kernel = kernel
         self._gaps = gaps
-        self._syms: SymbolTable | None = None
         self._call_base: int | None = None
-        try:
-            self._syms = kernel.kallsyms
-            self._call_base = self._syms.address_of("__bpf_call_base")
-        except KernelAccessError as exc:
-            gaps.append(Gap(NAME, "helper names", str(exc)))
+        self._helpers: dict[int, str] = {}
 
     def helper(self, offset: int) -> str:
-        if self._syms is None or self._call_base is None:
-            return f"helper@{offset:+#x}"
-        loc = self._syms.lookup(self._call_base + offset)
-        return loc.symbol.name if loc and loc.offset == 0 else f"helper@{offset:+#x}"
+        if offset not in self._helpers:
+            self._helpers[offset] = self._helper_name(offset)
+        return self._helpers[offset]
+
+    def _helper_name(self, offset: int) -> str:
+        unnamed = f"helper@{offset:+#x}"
+        try:
+            syms = self._kernel.kallsyms
+            if self._call_base is None:
+                self._call_base = syms.address_of("__bpf_call_base")
+        except KernelAccessError as exc:
+            self._gaps.append(Gap(NAME, "helper names", str(exc)))
+            return unnamed
+        if self._call_base is None:
+            return unnamed
+        found = syms.at(self._call_base + offset)
+        return found[0].name if found else unnamed
 
     def btf_func(self, obj_id: int, type_id: int) -> str | None:
         if not type_id:

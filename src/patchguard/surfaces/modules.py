@@ -370,11 +370,22 @@ def _known_addresses(r: _Reading, names: set[str]) -> list[int]:
     return [a for a in found if a]
 
 
+# Only the lines that can matter here: a caller inside a module ("[mod]") or the loader's own.
+# Most of vmallocinfo is neither, and parsing it whole costs more than the rest of the surface.
+_LOADER_CALLS = tuple(f" {caller}+0x" for caller in sorted(LOADER_CALLERS))
+
+
+def _module_area_lines(text: str) -> str:
+    return "\n".join(
+        line for line in text.splitlines() if "]" in line or any(c in line for c in _LOADER_CALLS)
+    )
+
+
 def _collect_vmalloc(r: _Reading) -> None:
     text = r.text("module memory (/proc/vmallocinfo)", VMALLOCINFO)
     if text is None:
         return
-    areas = parse_vmallocinfo(text)
+    areas = parse_vmallocinfo(_module_area_lines(text))
     r.partial[VMALLOC_CALLER_VIEW] = {
         a.caller_module for a in areas if a.caller_module and a.caller_module not in PSEUDO_MODULES
     }

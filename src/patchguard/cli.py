@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 
@@ -18,6 +19,7 @@ from patchguard.surfaces import all_surfaces
 from patchguard.surfaces.base import Surface
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+DEFAULT_BASELINE = "/var/lib/patchguard/baseline.zip"
 ROOT_NOTE = (
     "not running as root: kallsyms addresses read as zero, bpf(2) enumeration, the kernel-memory "
     "reader, tracefs and securityfs need root; those checks will be reported unavailable"
@@ -40,6 +42,36 @@ def _parser() -> argparse.ArgumentParser:
         "--surface", action="append", metavar="NAME", help="only this surface (repeatable)"
     )
     scan.add_argument("--root", default="/", help="read a captured tree instead of the live kernel")
+
+    base = sub.add_parser("baseline", help="the trusted picture of the kernel's code")
+    base_sub = base.add_subparsers(dest="baseline_command", required=True)
+    create = base_sub.add_parser("create", help="record the running kernel's code and tables")
+    create.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help=f"where to write it (default {DEFAULT_BASELINE}, or $PATCHGUARD_BASELINE)",
+    )
+    create.add_argument(
+        "--key",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="host signing key, created on first use (default "
+        "/var/lib/patchguard/host.key, or $PATCHGUARD_KEY)",
+    )
+
+    check = sub.add_parser("check", help="compare the running kernel with the baseline")
+    check.add_argument("--baseline", type=Path, default=None, metavar="PATH")
+    check.add_argument("--key", type=Path, default=None, metavar="PATH")
+    check.add_argument("--json", action="store_true", help="print the patchguard.scan/1 document")
+    check.add_argument(
+        "--fail-on",
+        default="high",
+        metavar="SEVERITY",
+        help="exit 1 if a finding is at or above this (default high)",
+    )
     return parser
 
 
@@ -78,12 +110,77 @@ def cmd_scan(args: argparse.Namespace, out: Console, err: Console) -> int:
     return EXIT_FINDINGS if worst is not None and worst >= threshold else EXIT_CLEAN
 
 
+def _baseline_path(given: Path | None) -> Path:
+    return given or Path(os.environ.get("PATCHGUARD_BASELINE") or DEFAULT_BASELINE)
+
+
+def cmd_baseline_create(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from patchguard.engine.baseline_store import save_baseline
+    from patchguard.engine.integrity import capture
+    from patchguard.engine.keys import HostKey, default_key_path
+
+    key = HostKey.load_or_create(args.key or default_key_path())
+    path = _baseline_path(args.out)
+    kernel = Kernel()
+    try:
+        taken = capture(kernel)
+    finally:
+        kernel.close()
+    save_baseline(taken.baseline, path, key)
+    meta = taken.baseline.meta
+    sizes = ", ".join(f"{r.name} {len(r.data)} bytes" for r in taken.baseline.regions.values())
+    out.print(
+        f"baseline written to {path} (signed by host key {key.fingerprint()})", highlight=False
+    )
+    out.print(
+        f"  kernel {meta.kernel_release}, boot {meta.boot_id}, "
+        f"KASLR offset {meta.kaslr_offset:#x}, read through {meta.reader}",
+        highlight=False,
+    )
+    out.print(f"  {sizes}", highlight=False)
+    for gap in taken.gaps:
+        out.print(f"  not recorded: {gap.what}: {gap.reason}", highlight=False)
+    return EXIT_CLEAN
+
+
+def cmd_check(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from patchguard.engine.integrity import run_check
+    from patchguard.engine.keys import HostKey, default_key_path
+    from patchguard.report import render, to_json
+
+    threshold = Severity.parse(args.fail_on)
+    key = HostKey.load(args.key or default_key_path())
+    kernel = Kernel()
+    try:
+        report = run_check(kernel, _baseline_path(args.baseline), key.public_key_bytes())
+    finally:
+        kernel.close()
+    if args.json:
+        print(json.dumps(to_json(report), indent=2))
+    else:
+        render(report, out)
+    worst = report.worst()
+    return EXIT_FINDINGS if worst is not None and worst >= threshold else EXIT_CLEAN
+
+
+COMMANDS = {
+    ("scan", None): cmd_scan,
+    ("baseline", "create"): cmd_baseline_create,
+    ("check", None): cmd_check,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from patchguard.engine.baseline_store import BaselineError
+    from patchguard.engine.keys import KeyFileError
+    from patchguard.kernel import KernelAccessError
+
     args = _parser().parse_args(argv)
     out, err = Console(), Console(stderr=True)
+    command = COMMANDS[(args.command, getattr(args, "baseline_command", None))]
     try:
-        return int(cmd_scan(args, out, err))
-    except ValueError as exc:
+        return int(command(args, out, err))
+    except (ValueError, BaselineError, KeyFileError, KernelAccessError) as exc:
         print(f"patchguard: {exc}", file=sys.stderr)  # one line, never wrapped
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -52,6 +52,7 @@ def to_json(report: ScanReport) -> dict[str, Any]:
         counts[f.severity.label] += 1
     return {
         "schema": SCHEMA,
+        "command": report.command,
         "host": report.host,
         "kernel_release": report.kernel_release,
         "boot_id": report.boot_id,

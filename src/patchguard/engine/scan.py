@@ -33,6 +33,7 @@ class ScanReport:
     seconds: float
     memory_reader: str | None
     results: list[SurfaceResult] = field(default_factory=list)
+    command: str = "scan"  # or "check": what produced the report
 
     @property
     def findings(self) -> list[Finding]:
@@ -91,6 +92,18 @@ def run_scan(
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = list(pool.map(run, surfaces))
+    return report_for(kernel, results, t0, started)
+
+
+def report_for(
+    kernel: Kernel,
+    results: list[SurfaceResult],
+    t0: float,
+    started: datetime | None = None,
+    command: str = "scan",
+) -> ScanReport:
+    """The report of results gathered since perf_counter() read `t0`."""
+    started = started or datetime.now(UTC)
     return ScanReport(
         host=platform.node(),
         kernel_release=os.uname().release if kernel.live else kernel.root.name,
@@ -99,4 +112,5 @@ def run_scan(
         seconds=time.perf_counter() - t0,
         memory_reader=kernel.memory_reader,
         results=results,
+        command=command,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -85,6 +86,7 @@ class SymbolTable:
 
     def __init__(self, text: str) -> None:
         self._text = text
+        self._ranges: dict[str, AddressRange | None] = {}  # asked for on every classified run
 
     @classmethod
     def parse(cls, text: str, source: str = "/proc/kallsyms") -> SymbolTable:
@@ -188,6 +190,11 @@ class SymbolTable:
 
     def range(self, name: str) -> AddressRange | None:
         """A protected range by its short name (see RANGE_SYMBOLS), None if not visible."""
+        if name not in self._ranges:
+            self._ranges[name] = self._find_range(name)
+        return self._ranges[name]
+
+    def _find_range(self, name: str) -> AddressRange | None:
         start_sym, end_syms = RANGE_SYMBOLS[name]
         start = self.address_of(start_sym)
         ends = (self.address_of(sym) for sym in end_syms)
@@ -199,6 +206,28 @@ class SymbolTable:
     def ranges(self) -> dict[str, AddressRange]:
         found = {name: self.range(name) for name in RANGE_SYMBOLS}
         return {name: r for name, r in found.items() if r is not None}
+
+    def _lines_with(self, needle: str) -> Iterator[Symbol]:
+        """Symbols of every line containing `needle`, found by str.find (no full parse)."""
+        text = self._text
+        pos = text.find(needle)
+        while pos >= 0:
+            start = text.rfind("\n", 0, pos) + 1
+            end = text.find("\n", pos)
+            end = end if end >= 0 else len(text)
+            match = _LINE.match(text, start, end)
+            if match:
+                a, t, n, m = match.groups("")
+                yield Symbol(int(a, 16), t, n, m or None)
+            pos = text.find(needle, end)
+
+    def with_prefix(self, prefix: str) -> list[Symbol]:
+        """Every symbol whose name starts with `prefix` (e.g. the __SCT__ trampolines)."""
+        return [s for s in self._lines_with(f" {prefix}") if s.name.startswith(prefix)]
+
+    def in_modules(self, modules: set[str]) -> list[Symbol]:
+        """Every symbol of the named modules or pseudo modules ([bpf], [__builtin__ftrace])."""
+        return [s for s in self._lines_with("\t[") if s.module in modules]
 
     def modules(self) -> set[str]:
         """Names of the modules that have symbols here (one of the module cross-views)."""

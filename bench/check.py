@@ -1,0 +1,113 @@
+"""`check` speed as ratios measured in one run.
+
+floor = read and SHA-256 the same bytes (every baseline region) through the same memory
+reader; check = verify the signed manifest and the boot, re-read every region, hash each page,
+explain what changed. Target: check (nothing changed) <= 1.3 x floor.
+Scaling: the same with 10 and 100 programs attached to distinct tracepoints (each flips its
+tracepoint's jump labels and static calls), printing the cost per explained site. (fentry
+programs are refused on these machines; the QEMU lab measures those.)
+Run as root: .venv/bin/python bench/check.py [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from patchguard.engine.baseline_store import read_manifest, save_baseline
+from patchguard.engine.integrity import capture, read_chunks, verify
+from patchguard.engine.keys import HostKey
+from patchguard.kernel import Kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support import bpfprogs as bp
+
+
+def median_ms(fn: Callable[[], object], rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+def floor_once(kernel: Kernel, spans: list[tuple[int, int]]) -> None:
+    memory = kernel.memory()
+    for start, size in spans:
+        for _, chunk in read_chunks(memory, start, start + size):
+            view = memoryview(chunk)
+            for i in range(0, len(chunk), 4096):
+                hashlib.sha256(view[i : i + 4096]).digest()
+
+
+def tracepoints(limit: int) -> Iterator[tuple[str, str]]:
+    events = Path("/sys/kernel/tracing/events")
+    for category in sorted(p for p in events.iterdir() if p.is_dir()):
+        if category.name in ("syscalls", "ftrace"):
+            continue  # syscalls share one site; ftrace events are not attachable
+        for event in sorted(p for p in category.iterdir() if (p / "id").exists()):
+            yield category.name, event.name
+            limit -= 1
+            if limit == 0:
+                return
+
+
+@contextlib.contextmanager
+def attached(n: int) -> Iterator[int]:
+    progs: list[bp.Loaded] = []
+    try:
+        for category, event in tracepoints(n * 3):
+            if len(progs) == n:
+                break
+            with contextlib.suppress(OSError, RuntimeError, bp.bpf.BpfError):
+                progs.append(bp.attach_tracepoint(category, event, "pg_bench"))
+        yield len(progs)
+    finally:
+        for prog in progs:
+            prog.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=7)
+    rounds = parser.parse_args().rounds
+    bp.tracepoint_id("sched", "sched_switch")  # mounts tracefs if needed
+
+    kernel = Kernel()
+    with tempfile.TemporaryDirectory() as tmp:
+        key = HostKey.load_or_create(Path(tmp) / "host.key")
+        path = Path(tmp) / "baseline.zip"
+        save_baseline(capture(kernel).baseline, path, key)
+        public = key.public_key_bytes()
+        spans = [(e.start, e.size) for e in read_manifest(path, public).regions.values()]
+        covered = sum(size for _, size in spans)
+        floor = median_ms(lambda: floor_once(kernel, spans), rounds)
+        check = median_ms(lambda: verify(kernel, path, public), rounds)
+        print(f"bytes covered: {covered} ({covered / 1e6:.1f} MB) through {kernel.memory_reader}")
+        print(f"floor (read + sha256 per page): {floor:.1f} ms")
+        print(f"check, nothing changed: {check:.1f} ms")
+        print(f"ratio check/floor: {check / floor:.2f} (target <= 1.3)")
+        for n in (10, 100):
+            with attached(n) as got:
+                outcome = verify(kernel, path, public)
+                sites = outcome.state.counts["explained"]
+                tampering = outcome.state.counts["tampering"]
+                ms = median_ms(lambda: verify(kernel, path, public), max(3, rounds // 2))
+            per_site = (ms - check) / sites if sites else float("nan")
+            print(
+                f"{got} tracepoint programs: {sites} explained sites, {tampering} tampering, "
+                f"check {ms:.1f} ms, {per_site:.2f} ms per explained site"
+            )
+    kernel.close()
+
+
+if __name__ == "__main__":
+    main()

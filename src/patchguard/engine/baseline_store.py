@@ -1,0 +1,515 @@
+"""The baseline file: a signed zip of kernel memory regions, their page hashes and the boot.
+
+Format `patchguard.baseline/1` is a zip archive with these members:
+
+`manifest.json` (stored), UTF-8 JSON, one object:
+    format      "patchguard.baseline/1"
+    meta        the BaselineMeta fields: boot_id, kernel_release, kaslr_offset (int),
+                created_at (ISO 8601 UTC), host, reader ("ebpf"/"kcore"), patchguard_version
+    regions     list, in order, of {name, start (hex string, "0xffffffff81000000": kernel
+                addresses do not fit a JSON reader's 2**53), size (bytes), sha256 (hex of the
+                whole data), page_sha256 (hex of each 4 KiB page from start, last one short),
+                stored {encoding "zlib", size, sha256 of the stored zlib stream}}
+    sites       the JSON-able facts about patch sites, as given (tuples come back as lists)
+    signer      {public_key (raw ed25519, hex), fingerprint (16 hex of its sha256)}
+`regions/<name>.zlib` (stored), each region's bytes as a zlib stream (level 1); names are
+    [A-Za-z0-9_.-], not starting with a dot. The manifest signs the stored stream's hash, so
+    every byte of the file is verified by read_manifest without decompressing anything.
+`manifest.sig` (stored), the 64-byte ed25519 signature of the exact bytes of manifest.json.
+
+Only the manifest is signed; it carries the sha256 of every region, so the signature covers
+the data too. A loader reads nothing from the file as fact before the signature verifies
+against the key it was given: the format name and signer it peeks at before that only pick
+the error message. Region data is only decompressed up to the size the signed manifest gives.
+
+Files are written atomically (a temporary file in the same directory, fsync, rename over the
+final name, fsync the directory), mode 0600; a failure removes the temporary file and leaves
+any previous baseline as it was. Member timestamps are fixed, so the same baseline and key
+give the same bytes.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import secrets
+import zipfile
+import zlib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import IO, NoReturn
+
+from patchguard.engine.baseline import PAGE, Baseline, BaselineMeta, Region, page_hashes
+from patchguard.engine.keys import HostKey, fingerprint_of, verify_signature
+
+FORMAT = "patchguard.baseline/1"
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+REGION_DIR = "regions/"
+REGION_LEVEL = 1  # deflate level: ~19 MB of kernel text in well under a second
+MAX_MANIFEST = 64 * 1024 * 1024  # ~67 bytes of page hash per 4 KiB page: 64 MiB is ~4 GB
+MAX_SIGNATURE = 4096
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+_REGION_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*\Z")
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+_META_FIELDS: dict[str, type] = {
+    "boot_id": str,
+    "kernel_release": str,
+    "kaslr_offset": int,
+    "created_at": str,
+    "host": str,
+    "reader": str,
+    "patchguard_version": str,
+}
+
+
+class BaselineError(Exception):
+    """The baseline cannot be used: str() is one line, `<path>: <what is wrong>`."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class RegionEntry:
+    """What the signed manifest says about one region (its data stays in the zip)."""
+
+    name: str
+    start: int
+    size: int
+    sha256: str
+    page_sha256: tuple[str, ...]
+    stored_size: int  # the zlib stream as stored in the zip
+    stored_sha256: str
+
+    @property
+    def member(self) -> str:
+        return f"{REGION_DIR}{self.name}.zlib"
+
+    @cached_property
+    def page_digests(self) -> bytes:
+        """The page hashes as raw 32-byte digests, back to back: `check` compares each page's
+        digest() with a slice of this, which is cheaper than formatting hex per page."""
+        return bytes.fromhex("".join(self.page_sha256))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A verified manifest: everything in the baseline except the region bytes."""
+
+    meta: BaselineMeta
+    regions: Mapping[str, RegionEntry]
+    sites: Mapping[str, object]
+    signer_fingerprint: str
+
+
+# ---------------------------------------------------------------------------- saving
+
+
+def _manifest_bytes(baseline: Baseline, key: HostKey, packed: Mapping[str, bytes]) -> bytes:
+    regions = []
+    for name, region in baseline.regions.items():
+        if name != region.name:
+            raise ValueError(f"region {region.name!r} is filed under the name {name!r}")
+        if not _REGION_NAME.match(name):
+            raise ValueError(f"region name {name!r}: use letters, digits, '_', '-' and '.'")
+        if region.page_sha256 != page_hashes(region.data):
+            raise ValueError(f"region {name}: page_sha256 does not match its data")
+        regions.append(
+            {
+                "name": name,
+                "start": f"{region.start:#x}",
+                "size": len(region.data),
+                "sha256": hashlib.sha256(region.data).hexdigest(),
+                "page_sha256": list(region.page_sha256),
+                "stored": {
+                    "encoding": "zlib",
+                    "size": len(packed[name]),
+                    "sha256": hashlib.sha256(packed[name]).hexdigest(),
+                },
+            }
+        )
+    manifest = {
+        "format": FORMAT,
+        "meta": asdict(baseline.meta),
+        "regions": regions,
+        "sites": baseline.sites,
+        "signer": {"public_key": key.public_key_bytes().hex(), "fingerprint": key.fingerprint()},
+    }
+    try:
+        text = json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"baseline sites or meta are not JSON: {exc}") from exc
+    return (text + "\n").encode()
+
+
+def _member(name: str, compress: int) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
+    info.compress_type = compress
+    info.external_attr = 0o600 << 16
+    return info
+
+
+def _write_zip(
+    out: IO[bytes], packed: Mapping[str, bytes], manifest: bytes, signature: bytes
+) -> None:
+    with zipfile.ZipFile(out, "w") as zf:
+        # Stored, not deflated: check reads it every time, and page hashes barely compress.
+        zf.writestr(_member(MANIFEST, zipfile.ZIP_STORED), manifest)
+        for name, stream in packed.items():
+            zf.writestr(_member(f"{REGION_DIR}{name}.zlib", zipfile.ZIP_STORED), stream)
+        zf.writestr(_member(SIGNATURE, zipfile.ZIP_STORED), signature)
+
+
+def _why(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno, str(exc.errno)) if exc.errno is not None else None
+    text = (exc.strerror or str(exc)).lower()
+    return f"{text} ({name})" if name else text
+
+
+def save_baseline(baseline: Baseline, path: Path, key: HostKey) -> None:
+    """Sign and write `baseline` to `path` atomically, mode 0600.
+
+    ValueError if the baseline itself is inconsistent (region names, page hashes, sites not
+    JSON); BaselineError if the file cannot be written. Either way no temporary file stays
+    behind and a previous baseline at `path` is untouched.
+    """
+    # Regions are compressed here and stored as they are, so the signed manifest can carry
+    # the hash of the stored bytes: `check` verifies every byte of the file without
+    # decompressing 19 MB, and decompresses a region only when a page of it changed.
+    packed = {name: zlib.compress(r.data, REGION_LEVEL) for name, r in baseline.regions.items()}
+    manifest = _manifest_bytes(baseline, key, packed)
+    signature = key.sign(manifest)
+    directory = path.parent
+    tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise BaselineError(path, f"cannot write the baseline: {_why(exc)}") from exc
+    try:
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), 0o600)
+            _write_zip(out, packed, manifest, signature)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise BaselineError(path, f"cannot write the baseline: {_why(exc)}") from exc
+        raise
+    try:
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # some file systems cannot fsync a directory
+            raise BaselineError(
+                path, f"written, but the directory could not be flushed: {_why(exc)}"
+            ) from exc
+
+
+# ---------------------------------------------------------------------------- loading
+
+_NOT_A_BASELINE = "truncated or not a patchguard baseline"
+_CORRUPT_MEMBER = (
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    NotImplementedError,
+    RuntimeError,
+    ValueError,
+)
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except OSError as exc:
+        raise BaselineError(path, f"cannot read the baseline: {_why(exc)}") from exc
+    except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError) as exc:
+        raise BaselineError(path, f"{_NOT_A_BASELINE} ({exc})") from exc
+
+
+def _read_member(path: Path, zf: zipfile.ZipFile, name: str, limit: int) -> bytes:
+    """At most `limit` + 1 bytes of a member (so a caller can tell 'too long')."""
+    try:
+        with zf.open(name) as member:
+            return member.read(limit + 1)
+    except KeyError:
+        raise BaselineError(path, f"missing member {name}: {_NOT_A_BASELINE}") from None
+    except OSError as exc:
+        raise BaselineError(path, f"cannot read member {name}: {_why(exc)}") from exc
+    except _CORRUPT_MEMBER as exc:
+        raise BaselineError(path, f"member {name} is corrupt: {exc}") from exc
+
+
+def _peek(manifest_bytes: bytes) -> dict[str, object]:
+    """Parse the manifest, before it is verified, only to choose an error message."""
+    try:
+        parsed = json.loads(manifest_bytes)
+    except (ValueError, RecursionError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _signer_of(peeked: Mapping[str, object]) -> bytes | None:
+    signer = peeked.get("signer")
+    if isinstance(signer, dict) and isinstance(signer.get("public_key"), str):
+        try:
+            raw = bytes.fromhex(signer["public_key"])
+        except ValueError:
+            return None
+        return raw if len(raw) == 32 else None
+    return None
+
+
+def _verify(path: Path, manifest_bytes: bytes, signature: bytes, public_key: bytes) -> None:
+    if verify_signature(public_key, manifest_bytes, signature):
+        return
+    expected = fingerprint_of(public_key)
+    claimed = _signer_of(_peek(manifest_bytes))
+    if claimed is None:
+        why = f"the manifest was changed, or signed by another key (expected {expected})"
+    elif claimed != public_key and verify_signature(claimed, manifest_bytes, signature):
+        why = f"signed by another key (fingerprint {fingerprint_of(claimed)}, expected {expected})"
+    elif claimed == public_key:
+        why = f"the manifest was changed after it was signed (by key {expected})"
+    else:
+        why = (
+            "the manifest was changed, or signed by another key "
+            f"(fingerprint {fingerprint_of(claimed)}, expected {expected})"
+        )
+    raise BaselineError(path, f"signature does not match: {why}")
+
+
+def _malformed(path: Path, what: str) -> NoReturn:
+    raise BaselineError(path, f"signed manifest is malformed: {what}")
+
+
+def _parse_meta(path: Path, raw: object) -> BaselineMeta:
+    if not isinstance(raw, dict):
+        _malformed(path, "meta is not an object")
+    values: dict[str, object] = {}
+    for field, kind in _META_FIELDS.items():
+        value = raw.get(field)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            _malformed(path, f"meta.{field} is not a {kind.__name__}")
+        values[field] = value
+    return BaselineMeta(**values)  # type: ignore[arg-type]  # checked field by field above
+
+
+def _all_sha256_hex(values: list[object]) -> bool:
+    """Every value a 64-digit hex string; checked in bulk (a baseline of core text has ~4,700
+    of them and `check` reads them every time)."""
+    if not values:
+        return True
+    if set(map(type, values)) != {str} or set(map(len, values)) != {64}:  # type: ignore[arg-type]
+        return False
+    try:  # fromhex skips spaces: the length of what it decodes tells if there were any
+        return len(bytes.fromhex("".join(values))) == 32 * len(values)  # type: ignore[arg-type]
+    except ValueError:
+        return False
+
+
+def _parse_region(path: Path, raw: object) -> RegionEntry:
+    if not isinstance(raw, dict):
+        _malformed(path, "a region entry is not an object")
+    name = raw.get("name")
+    if not isinstance(name, str) or not _REGION_NAME.match(name):
+        _malformed(path, f"region name {name!r} is not a valid name")
+    start, size, digest, pages = (raw.get(k) for k in ("start", "size", "sha256", "page_sha256"))
+    if not isinstance(start, str) or not start.startswith("0x"):
+        _malformed(path, f"region {name}: start is not a hex address")
+    try:
+        start_address = int(start, 16)
+    except ValueError:
+        _malformed(path, f"region {name}: start {start!r} is not a hex address")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        _malformed(path, f"region {name}: size is not a byte count")
+    if not isinstance(digest, str) or not _HEX64.match(digest):
+        _malformed(path, f"region {name}: sha256 is not a SHA-256 hex digest")
+    if not isinstance(pages, list) or not _all_sha256_hex(pages):
+        _malformed(path, f"region {name}: page_sha256 is not a list of SHA-256 hex digests")
+    if len(pages) != -(-size // PAGE):
+        _malformed(path, f"region {name}: {len(pages)} page hashes for {size} bytes")
+    stored = raw.get("stored")
+    if not isinstance(stored, dict) or stored.get("encoding") != "zlib":
+        _malformed(path, f"region {name}: stored is not a zlib stream description")
+    stored_size, stored_digest = stored.get("size"), stored.get("sha256")
+    if not isinstance(stored_size, int) or isinstance(stored_size, bool) or stored_size < 0:
+        _malformed(path, f"region {name}: stored.size is not a byte count")
+    if not isinstance(stored_digest, str) or not _HEX64.match(stored_digest):
+        _malformed(path, f"region {name}: stored.sha256 is not a SHA-256 hex digest")
+    return RegionEntry(name, start_address, size, digest, tuple(pages), stored_size, stored_digest)
+
+
+def _parse_manifest(path: Path, parsed: dict[str, object], public_key: bytes) -> Manifest:
+    meta = _parse_meta(path, parsed.get("meta"))
+    raw_regions = parsed.get("regions")
+    if not isinstance(raw_regions, list):
+        _malformed(path, "regions is not a list")
+    regions: dict[str, RegionEntry] = {}
+    for raw in raw_regions:
+        entry = _parse_region(path, raw)
+        if entry.name in regions:
+            _malformed(path, f"region {entry.name} is listed twice")
+        regions[entry.name] = entry
+    sites = parsed.get("sites")
+    if not isinstance(sites, dict):
+        _malformed(path, "sites is not an object")
+    if _signer_of(parsed) != public_key:
+        _malformed(path, "the signer it names is not the key that signed it")
+    return Manifest(meta, regions, sites, fingerprint_of(public_key))
+
+
+def _read_verified_manifest(path: Path, zf: zipfile.ZipFile, public_key: bytes) -> Manifest:
+    manifest_bytes = _read_member(path, zf, MANIFEST, MAX_MANIFEST)
+    if len(manifest_bytes) > MAX_MANIFEST:
+        raise BaselineError(path, f"{MANIFEST} is larger than {MAX_MANIFEST >> 20} MiB")
+    peeked = _peek(manifest_bytes)
+    if not peeked:
+        raise BaselineError(path, f"{MANIFEST} is not a JSON object: {_NOT_A_BASELINE}")
+    if peeked.get("format") != FORMAT:
+        found = peeked.get("format")
+        what = f"unknown format {found!r}" if isinstance(found, str) else "no format name"
+        raise BaselineError(path, f"{what} (this patchguard reads {FORMAT})")
+    if SIGNATURE not in zf.namelist():
+        raise BaselineError(path, f"signature missing: no {SIGNATURE}; the baseline is unsigned")
+    signature = _read_member(path, zf, SIGNATURE, MAX_SIGNATURE)
+    _verify(path, manifest_bytes, signature, public_key)
+    # Verified: these are the bytes that were signed, so what was peeked can now be trusted.
+    return _parse_manifest(path, peeked, public_key)
+
+
+def _differing_pages(expected: tuple[str, ...], actual: tuple[str, ...]) -> list[int]:
+    return [i for i, (a, b) in enumerate(zip(expected, actual, strict=False)) if a != b]
+
+
+def _pages_text(pages: list[int]) -> str:
+    if len(pages) == 1:
+        return f"page {pages[0]} differs"
+    shown = ", ".join(str(p) for p in pages[:5])
+    more = f" and {len(pages) - 5} more" if len(pages) > 5 else ""
+    return f"pages {shown}{more} differ"
+
+
+def _read_stored(path: Path, zf: zipfile.ZipFile, entry: RegionEntry) -> bytes:
+    """A region's stored zlib stream, checked against the signed manifest: one hash, no
+    decompression. A flipped byte anywhere in it is found here."""
+    stored = _read_member(path, zf, entry.member, entry.stored_size)
+    if len(stored) != entry.stored_size or hashlib.sha256(stored).hexdigest() != (
+        entry.stored_sha256
+    ):
+        raise BaselineError(
+            path,
+            f"region {entry.name}: stored data does not match its manifest "
+            "(changed after it was signed)",
+        )
+    return stored
+
+
+def _read_region_data(path: Path, zf: zipfile.ZipFile, entry: RegionEntry) -> bytes:
+    stored = _read_stored(path, zf, entry)
+    try:
+        data = zlib.decompressobj().decompress(stored, entry.size + 1)
+    except zlib.error as exc:
+        raise BaselineError(path, f"region {entry.name}: stored data is corrupt: {exc}") from exc
+    if len(data) != entry.size:
+        longer = "more than" if len(data) > entry.size else f"{len(data)} bytes, not"
+        raise BaselineError(
+            path, f"region {entry.name}: data is {longer} the {entry.size} bytes its manifest says"
+        )
+    actual_pages = page_hashes(data)
+    if hashlib.sha256(data).hexdigest() != entry.sha256:
+        differ = _differing_pages(entry.page_sha256, actual_pages)
+        pages = f" ({_pages_text(differ)})" if differ else ""
+        raise BaselineError(path, f"region {entry.name}: data does not match its manifest{pages}")
+    if actual_pages != entry.page_sha256:
+        differ = _differing_pages(entry.page_sha256, actual_pages)
+        raise BaselineError(
+            path,
+            f"region {entry.name}: its manifest's page hashes do not match its data "
+            f"({_pages_text(differ)})",
+        )
+    return data
+
+
+def read_manifest(path: Path, public_key: bytes, stored: bool = True) -> Manifest:
+    """Verify the signature and (unless `stored` is False, for a caller that runs
+    verify_stored itself, say beside other work) the stored bytes of every region; return
+    meta, page hashes and sites. Region data stays packed (decompressed only by read_region)."""
+    with _open_zip(path) as zf:
+        manifest = _read_verified_manifest(path, zf, public_key)
+        if stored:
+            _verify_stored(path, zf, manifest)
+        return manifest
+
+
+def verify_stored(path: Path, manifest: Manifest) -> None:
+    """Hash every region's stored stream against the verified manifest (BaselineError if one
+    was changed after signing); nothing is decompressed."""
+    with _open_zip(path) as zf:
+        _verify_stored(path, zf, manifest)
+
+
+def _verify_stored(path: Path, zf: zipfile.ZipFile, manifest: Manifest) -> None:
+    for entry in manifest.regions.values():
+        _read_stored(path, zf, entry)
+
+
+def read_region(path: Path, name: str, manifest: Manifest) -> bytes:
+    """One region's bytes, checked against `manifest` (from read_manifest on the same file).
+
+    The manifest is passed in, not re-read, so the bytes are checked against hashes whose
+    signature was verified; a file replaced since then fails that check.
+    """
+    entry = manifest.regions.get(name)
+    if entry is None:
+        known = ", ".join(manifest.regions) or "none"
+        raise BaselineError(path, f"no region {name} in this baseline (it has: {known})")
+    with _open_zip(path) as zf:
+        return _read_region_data(path, zf, entry)
+
+
+def load_baseline(path: Path, public_key: bytes) -> Baseline:
+    """Read and verify the whole baseline: signature, then every region against the manifest."""
+    with _open_zip(path) as zf:
+        manifest = _read_verified_manifest(path, zf, public_key)
+        regions = {
+            name: Region(name, entry.start, _read_region_data(path, zf, entry), entry.page_sha256)
+            for name, entry in manifest.regions.items()
+        }
+    return Baseline(manifest.meta, regions, manifest.sites)
+
+
+def check_boot(
+    baseline: Baseline | Manifest,
+    boot_id: str,
+    kernel_release: str,
+    path: Path | str = "baseline",
+) -> None:
+    """BaselineError unless the baseline was taken on this kernel release and this boot."""
+    meta = baseline.meta
+    if meta.kernel_release != kernel_release:
+        raise BaselineError(
+            path,
+            f"taken on another kernel: baseline kernel {meta.kernel_release}, running "
+            f"{kernel_release}; take a new baseline on this kernel",
+        )
+    if meta.boot_id != boot_id:
+        raise BaselineError(
+            path,
+            f"taken in another boot: baseline boot_id {meta.boot_id}, this boot {boot_id} "
+            "(addresses and patched sites change at every boot); take a new baseline",
+        )

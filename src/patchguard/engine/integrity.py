@@ -1,0 +1,362 @@
+"""Code integrity: take the baseline of kernel text and the tables the kernel patches itself
+through, and later compare the live kernel against it. An unchanged page costs one hash; every
+changed byte run is classified by engine/explain.py as explained (a jump label, static call,
+ftrace site or kprobe with a visible owner) or tampering."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from patchguard import __version__
+from patchguard.engine.baseline import PAGE, Baseline, BaselineMeta, Region, page_hashes
+from patchguard.engine.baseline_store import (
+    Manifest,
+    RegionEntry,
+    check_boot,
+    read_manifest,
+    read_region,
+    verify_stored,
+)
+from patchguard.engine.explain import (
+    ChangedRun,
+    KernelRead,
+    SiteIndex,
+    Verdict,
+    decode_jump_table,
+    decode_static_call_sites,
+    diff_runs,
+    explain,
+)
+from patchguard.engine.findings import Disposition, Finding, Gap, Severity
+from patchguard.kernel import Kernel, KernelAccessError
+from patchguard.kernel.memory import KernelMemory
+from patchguard.surfaces.base import SurfaceState
+
+if TYPE_CHECKING:
+    from patchguard.engine.scan import ScanReport
+
+SURFACE = "kernel_text"
+READ_SIZE = 64 * 1024
+X86_64_DEFAULT_STEXT = 0xFFFFFFFF81000000
+
+# What a baseline keeps: (region name, kallsyms range name). Text first: it is what `check`
+# compares; the tables after it are the trusted source of where the kernel may patch itself.
+REGIONS = (
+    ("core_text", "text"),
+    ("jump_table", "jump_table"),
+    ("static_call_sites", "static_call_sites"),
+    ("rodata", "rodata"),
+)
+
+
+def read_chunks(memory: KernelMemory, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+    for at in range(start, end, READ_SIZE):
+        yield at, memory.read(at, min(READ_SIZE, end - at))
+
+
+def capture_region(memory: KernelMemory, name: str, start: int, end: int) -> Region:
+    data = b"".join(chunk for _, chunk in read_chunks(memory, start, end))
+    return Region(name, start, data, page_hashes(data))
+
+
+def static_call_trampolines(kernel: Kernel) -> list[tuple[str, int]]:
+    """Every `__SCT__*` trampoline in kallsyms: where a static call may legitimately jump."""
+    return [(s.name, s.address) for s in kernel.kallsyms.with_prefix("__SCT__") if s.is_text]
+
+
+def boot_id(kernel: Kernel) -> str:
+    return kernel.read_text("/proc/sys/kernel/random/boot_id").strip()
+
+
+def kaslr_offset(kernel: Kernel) -> int:
+    stext = kernel.kallsyms.address_of("_stext")
+    return (stext - X86_64_DEFAULT_STEXT) if stext is not None else 0
+
+
+@dataclass(frozen=True)
+class Capture:
+    baseline: Baseline
+    gaps: list[Gap]
+
+
+def capture(kernel: Kernel) -> Capture:
+    """Read everything a baseline keeps from the live kernel; what cannot be read is a gap."""
+    memory = kernel.memory()
+    syms = kernel.kallsyms
+    regions: dict[str, Region] = {}
+    gaps: list[Gap] = []
+    for region, range_name in REGIONS:
+        bounds = syms.range(range_name)
+        if bounds is None:
+            gaps.append(
+                Gap(
+                    SURFACE,
+                    region,
+                    f"kallsyms does not bound it ({range_name} start "
+                    "or end symbol not visible: CONFIG_KALLSYMS_ALL)",
+                )
+            )
+            continue
+        try:
+            regions[region] = capture_region(memory, region, bounds.start, bounds.end)
+        except KernelAccessError as exc:
+            gaps.append(Gap(SURFACE, region, str(exc)))
+    if "core_text" not in regions:
+        raise KernelAccessError(
+            "baseline", "core kernel text could not be read: " + "; ".join(g.reason for g in gaps)
+        )
+    meta = BaselineMeta(
+        boot_id=boot_id(kernel),
+        kernel_release=os.uname().release,
+        kaslr_offset=kaslr_offset(kernel),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        host=platform.node(),
+        reader=memory.name,
+        patchguard_version=__version__,
+    )
+    sites = {"static_call_trampolines": [[n, a] for n, a in static_call_trampolines(kernel)]}
+    return Capture(Baseline(meta, regions, sites), gaps)
+
+
+def changed_pages(
+    memory: KernelMemory, start: int, page_digests: bytes, size: int
+) -> dict[int, bytes]:
+    """The live bytes of each page whose SHA-256 differs from the baseline's (`page_digests`:
+    32-byte digests back to back), by page index. An unchanged page costs one read (in 64 KiB
+    chunks) and one hash."""
+    changed: dict[int, bytes] = {}
+    for at, chunk in read_chunks(memory, start, start + size):
+        first = (at - start) // PAGE
+        view = memoryview(chunk)
+        for i in range(0, len(chunk), PAGE):
+            page, n = view[i : i + PAGE], first + i // PAGE
+            if hashlib.sha256(page).digest() != page_digests[32 * n : 32 * n + 32]:
+                changed[n] = bytes(page)
+    return changed
+
+
+def page_spans(pages: dict[int, bytes]) -> Iterator[tuple[int, bytes]]:
+    """Runs of consecutive changed pages joined, so a patch across a page boundary is one
+    change: (first page index, bytes)."""
+    run: list[int] = []
+    for page in sorted(pages):
+        if run and page != run[-1] + 1:
+            yield run[0], b"".join(pages[p] for p in run)
+            run = []
+        run.append(page)
+    if run:
+        yield run[0], b"".join(pages[p] for p in run)
+
+
+# --- check --------------------------------------------------------------------------------
+
+FTRACE_ENTRY_POINTS = ("ftrace_caller", "ftrace_regs_caller")
+
+
+@dataclass(frozen=True)
+class Owners:
+    """Who may legitimately patch code right now, as the kernel shows it: functions with an
+    ftrace or BPF tracing owner, the trampolines they call, and kprobe addresses."""
+
+    ftrace: dict[int, str]
+    trampolines: frozenset[int]
+    kprobes: dict[int, str]
+
+
+def ftrace_trampolines(kernel: Kernel) -> frozenset[int]:
+    """ftrace_caller/ftrace_regs_caller and every trampoline the kernel lists in kallsyms under
+    [__builtin__ftrace] (ftrace ops trampolines) or [bpf] (BPF trampolines, programs)."""
+    syms = kernel.kallsyms
+    found = {s.address for s in syms.in_modules({"__builtin__ftrace", "bpf"})}
+    found |= {a for name in FTRACE_ENTRY_POINTS if (a := syms.address_of(name))}
+    return frozenset(found)
+
+
+def current_owners(kernel: Kernel) -> tuple[Owners, list[Gap]]:
+    """Read the owners from the ebpf and tracing surfaces (their gaps come along: an owner
+    that cannot be seen cannot explain anything)."""
+    from patchguard.surfaces.ebpf import BpfLink, EbpfSurface
+    from patchguard.surfaces.tracing import FtraceHook, Kprobe, TracingSurface
+
+    ebpf, tracing = EbpfSurface().collect(kernel), TracingSurface().collect(kernel)
+    ftrace: dict[int, str] = {}
+    for link in ebpf.records:
+        if isinstance(link, BpfLink) and link.link_type == "tracing" and link.target:
+            address = kernel.kallsyms.address_of(link.target.split(" [")[0])
+            if address is not None:
+                holders = ", ".join(f"pid {o.pid} {o.exe or o.comm}" for o in link.owners)
+                pins = ", ".join(link.pins)
+                who = holders or pins or "no process or pin"
+                ftrace[address] = f"BPF link {link.link_id} (prog {link.prog_id}; {who})"
+    kprobes: dict[int, str] = {}
+    for rec in tracing.records:
+        if isinstance(rec, FtraceHook):
+            address = kernel.kallsyms.address_of(rec.function, rec.module)
+            if address is not None:
+                owner = ", ".join(c.owner or c.address for c in rec.callbacks) or rec.direct
+                ftrace.setdefault(address, f"ftrace ops ({owner or 'enabled_functions'})")
+        elif isinstance(rec, Kprobe) and rec.address and rec.active:
+            kprobes[rec.address] = f"kprobe on {rec.target}"
+    owners = Owners(ftrace, ftrace_trampolines(kernel), kprobes)
+    return owners, [*ebpf.gaps, *tracing.gaps]
+
+
+def site_index(kernel: Kernel, path: Path, manifest: Manifest, owners: Owners) -> SiteIndex:
+    """Where the kernel may patch itself, from the baseline's own copies of its tables (the
+    live tables are verified as regions like any other read-only data)."""
+    jump = manifest.regions.get("jump_table")
+    calls = manifest.regions.get("static_call_sites")
+    trampolines = manifest.sites.get("static_call_trampolines", [])
+    assert isinstance(trampolines, list)
+    return SiteIndex(
+        jump_entries=decode_jump_table(read_region(path, jump.name, manifest), jump.start)
+        if jump
+        else (),
+        static_call_sites=decode_static_call_sites(
+            read_region(path, calls.name, manifest), calls.start
+        )
+        if calls
+        else (),
+        trampolines=[(str(n), int(a)) for n, a in trampolines],
+        ftrace_owners=owners.ftrace,
+        ftrace_trampolines=owners.trampolines,
+        kprobes=owners.kprobes,
+    )
+
+
+def _hex(data: bytes) -> str:
+    return data.hex(" ")
+
+
+def verdict_finding(v: Verdict) -> Finding:
+    evidence: dict[str, str | int | bool | list[str] | list[int] | None] = {
+        "address": f"{v.address:#x}",
+        "old": _hex(v.old),
+        "new": _hex(v.new),
+        "disasm_old": v.disasm_old,
+        "disasm_new": v.disasm_new,
+        "owner": v.owner,
+    }
+    if v.explained:
+        return Finding(
+            SURFACE,
+            v.technique,
+            Severity.INFO,
+            v.location,
+            v.explanation,
+            Disposition.EXPLAINED,
+            None,
+            evidence,
+        )
+    return Finding(
+        SURFACE,
+        v.technique,
+        Severity.CRITICAL,
+        v.location,
+        v.explanation,
+        Disposition.TAMPERING,
+        "T1014",
+        evidence,
+    )
+
+
+def _table_finding(entry: RegionEntry, run: ChangedRun, kernel: Kernel) -> Finding:
+    """A change inside a table the kernel never rewrites after boot (jump table, static call
+    sites, rodata): someone redirected what the kernel trusts."""
+    where = kernel.kallsyms.lookup(run.address)
+    return Finding(
+        SURFACE,
+        "patched-table",
+        Severity.CRITICAL,
+        f"{entry.name}+{run.address - entry.start:#x}" + (f" ({where})" if where else ""),
+        f"read-only kernel data in {entry.name} changed: {len(run.old)} bytes at "
+        f"{run.address:#x} differ from the baseline",
+        Disposition.TAMPERING,
+        "T1014",
+        {"address": f"{run.address:#x}", "old": _hex(run.old), "new": _hex(run.new)},
+    )
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    state: SurfaceState
+    findings: list[Finding]
+
+
+def verify(kernel: Kernel, path: Path, public_key: bytes) -> CheckOutcome:
+    """Compare the live kernel with the signed baseline at `path` (BaselineError if it cannot be
+    trusted or belongs to another boot)."""
+    manifest = read_manifest(path, public_key, stored=False)
+    check_boot(manifest, boot_id(kernel), os.uname().release, path)
+    # The stored region bytes are verified beside the kernel reads (both mostly wait on the
+    # kernel or hash with the GIL released); any region data is used only after it passed.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        stored = pool.submit(verify_stored, path, manifest)
+        changed = {
+            e.name: changed_pages(kernel.memory(), e.start, e.page_digests, e.size)
+            for e in manifest.regions.values()
+        }
+        stored.result()
+    findings: list[Finding] = []
+    gaps: list[Gap] = []
+    counts = {
+        "bytes": sum(e.size for e in manifest.regions.values()),
+        "pages": sum(len(e.page_sha256) for e in manifest.regions.values()),
+        "changed_pages": sum(len(c) for c in changed.values()),
+    }
+    index: SiteIndex | None = None
+    for entry in manifest.regions.values():
+        if not changed[entry.name]:
+            continue
+        old = read_region(path, entry.name, manifest)
+        runs = [
+            run
+            for first, live in page_spans(changed[entry.name])
+            for run in diff_runs(
+                old[first * PAGE : first * PAGE + len(live)], live, entry.start + first * PAGE
+            )
+        ]
+        if entry.name != "core_text":
+            findings += [_table_finding(entry, run, kernel) for run in runs]
+            continue
+        if index is None:
+            owners, owner_gaps = current_owners(kernel)
+            gaps += owner_gaps
+            index = site_index(kernel, path, manifest, owners)
+        verdicts = explain(runs, index, kernel.kallsyms, _reader(kernel.memory()))
+        findings += [verdict_finding(v) for v in verdicts]
+    counts["explained"] = sum(f.disposition == Disposition.EXPLAINED for f in findings)
+    counts["tampering"] = sum(f.disposition == Disposition.TAMPERING for f in findings)
+    return CheckOutcome(SurfaceState(SURFACE, [], counts, gaps), findings)
+
+
+def _reader(memory: KernelMemory) -> KernelRead:
+    def read(address: int, size: int) -> bytes | None:
+        try:
+            return memory.read(address, size)
+        except KernelAccessError:
+            return None
+
+    return read
+
+
+def run_check(kernel: Kernel, path: Path, public_key: bytes) -> ScanReport:
+    """`patchguard check` as a report of the same shape as a scan: one surface, kernel_text."""
+    from patchguard.engine.scan import SurfaceResult, report_for
+    from patchguard.surfaces.kernel_text import KernelTextSurface
+
+    started, t0 = datetime.now(UTC), time.perf_counter()
+    outcome = verify(kernel, path, public_key)
+    result = SurfaceResult(
+        KernelTextSurface(), outcome.state, outcome.findings, time.perf_counter() - t0
+    )
+    return report_for(kernel, [result], t0, started, command="check")

@@ -30,6 +30,7 @@ from patchguard.engine.explain import (
     ChangedRun,
     KernelRead,
     SiteIndex,
+    Symbols,
     Verdict,
     decode_jump_table,
     decode_static_call_sites,
@@ -37,6 +38,12 @@ from patchguard.engine.explain import (
     explain,
 )
 from patchguard.engine.findings import Disposition, Finding, Gap, Severity
+from patchguard.engine.syscalls import (
+    DISPATCH_FUNCTIONS,
+    DispatchEntry,
+    dispatch_entries,
+    redirected,
+)
 from patchguard.kernel import Kernel, KernelAccessError
 from patchguard.kernel.memory import KernelMemory
 from patchguard.surfaces.base import SurfaceState
@@ -123,8 +130,38 @@ def capture(kernel: Kernel) -> Capture:
         reader=memory.name,
         patchguard_version=__version__,
     )
-    sites = {"static_call_trampolines": [[n, a] for n, a in static_call_trampolines(kernel)]}
+    sites = {
+        "static_call_trampolines": [[n, a] for n, a in static_call_trampolines(kernel)],
+        "syscall_dispatch": [
+            [e.function, e.insn, e.size, e.lo, e.hi, e.target, e.target_name]
+            for e in syscall_dispatch(kernel, regions["core_text"])
+        ],
+    }
     return Capture(Baseline(meta, regions, sites), gaps)
+
+
+def syscall_dispatch(kernel: Kernel, text: Region) -> list[DispatchEntry]:
+    """The direct jumps of x64_sys_call and friends (kernels that dispatch through code), each
+    with the syscall numbers it serves, from the captured text."""
+    syms = kernel.kallsyms
+    entries: list[DispatchEntry] = []
+    for function in DISPATCH_FUNCTIONS:
+        start = syms.address_of(function)
+        end = syms.next_address(start) if start is not None else None
+        if start is None or end is None or not (text.start <= start < end <= text.end):
+            continue
+        code = text.data[start - text.start : end - text.start]
+        entries += dispatch_entries(function, code, start, syms)
+    return entries
+
+
+def dispatch_of(manifest: Manifest) -> list[DispatchEntry]:
+    raw = manifest.sites.get("syscall_dispatch", [])
+    assert isinstance(raw, list)
+    return [
+        DispatchEntry(str(f), int(i), int(n), int(lo), int(hi), int(t), str(name))
+        for f, i, n, lo, hi, t, name in raw
+    ]
 
 
 def changed_pages(
@@ -269,6 +306,36 @@ def verdict_finding(v: Verdict) -> Finding:
     )
 
 
+def dispatch_finding(
+    v: Verdict, dispatch: list[DispatchEntry], read: KernelRead, symbols: Symbols
+) -> Finding | None:
+    """A tampered jump inside x64_sys_call (or friends) said as what it is: a syscall hook."""
+    if v.explained:
+        return None
+    hit = redirected(dispatch, v.address, v.address + max(len(v.new), 1), read, symbols)
+    if hit is None:
+        return None
+    entry, sentence = hit
+    base = verdict_finding(v)
+    evidence = {
+        **base.evidence,
+        "syscall": entry.syscall,
+        "nr": entry.nr,
+        "dispatch": entry.function,
+        "baseline_target": entry.target_name,
+    }
+    return Finding(
+        SURFACE,
+        "syscall-hook",
+        Severity.CRITICAL,
+        entry.describe(),
+        sentence,
+        Disposition.TAMPERING,
+        "T1014",
+        evidence,
+    )
+
+
 def _table_finding(entry: RegionEntry, run: ChangedRun, kernel: Kernel) -> Finding:
     """A change inside a table the kernel never rewrites after boot (jump table, static call
     sites, rodata): someone redirected what the kernel trusts."""
@@ -284,6 +351,23 @@ def _table_finding(entry: RegionEntry, run: ChangedRun, kernel: Kernel) -> Findi
         "T1014",
         {"address": f"{run.address:#x}", "old": _hex(run.old), "new": _hex(run.new)},
     )
+
+
+@dataclass(frozen=True)
+class SyscallDispatch:
+    """How this kernel dispatches system calls, as `check` verified it."""
+
+    method: str  # "code" (x64_sys_call and friends, 6.9+ and backports) or "sys_call_table"
+    functions: tuple[str, ...]
+    syscalls_mapped: int  # dispatch jumps resolved to one syscall number
+
+
+def dispatch_record(kernel: Kernel, dispatch: list[DispatchEntry]) -> SyscallDispatch:
+    functions = tuple(dict.fromkeys(e.function for e in dispatch))
+    if functions:
+        return SyscallDispatch("code", functions, sum(e.nr is not None for e in dispatch))
+    table = kernel.kallsyms.address_of("sys_call_table")
+    return SyscallDispatch("sys_call_table" if table else "unknown", (), 0)
 
 
 @dataclass(frozen=True)
@@ -332,11 +416,18 @@ def verify(kernel: Kernel, path: Path, public_key: bytes) -> CheckOutcome:
             owners, owner_gaps = current_owners(kernel)
             gaps += owner_gaps
             index = site_index(kernel, path, manifest, owners)
-        verdicts = explain(runs, index, kernel.kallsyms, _reader(kernel.memory()))
-        findings += [verdict_finding(v) for v in verdicts]
+        read = _reader(kernel.memory())
+        verdicts = explain(runs, index, kernel.kallsyms, read)
+        dispatch = dispatch_of(manifest)
+        findings += [
+            dispatch_finding(v, dispatch, read, kernel.kallsyms) or verdict_finding(v)
+            for v in verdicts
+        ]
+    how = dispatch_record(kernel, dispatch_of(manifest))
+    counts["syscalls_mapped"] = how.syscalls_mapped
     counts["explained"] = sum(f.disposition == Disposition.EXPLAINED for f in findings)
     counts["tampering"] = sum(f.disposition == Disposition.TAMPERING for f in findings)
-    return CheckOutcome(SurfaceState(SURFACE, [], counts, gaps), findings)
+    return CheckOutcome(SurfaceState(SURFACE, [how], counts, gaps), findings)
 
 
 def _reader(memory: KernelMemory) -> KernelRead:

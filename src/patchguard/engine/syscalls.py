@@ -1,0 +1,196 @@
+"""Syscall dispatch through code (x86-64 since 6.9, and stable backports such as Debian's
+6.1.85+): `x64_sys_call(regs, nr)` is a `switch (nr)` that the compiler turns into a tree of
+`cmp esi, K` / `je` / `ja` ending in direct jumps to `__x64_sys_*`. Following the tree with the
+range of `nr` each branch leaves gives, for every jump, the syscall number it serves, so a
+retargeted jump is reported as "syscall 62 (kill) redirected to ...", not only as changed code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import capstone
+
+from patchguard.engine.explain import KernelRead, Symbols
+
+DISPATCH_FUNCTIONS = ("x64_sys_call", "x32_sys_call", "ia32_sys_call")
+U32 = 0xFFFFFFFF
+# What the dispatch jumps to: the pt_regs wrappers, or the inner function where the compiler
+# inlined the wrapper (argument-less syscalls such as getpid).
+SYSCALL_PREFIXES = (
+    "__x64_sys_",
+    "__ia32_sys_",
+    "__x32_compat_sys_",
+    "__ia32_compat_sys_",
+    "__do_sys_",
+    "__do_compat_sys_",
+    "__se_sys_",
+)
+# What nr can be on a path: inclusive bounds (unsigned 32-bit) and values ruled out between
+# them by an earlier `je` (a compare tree tests equality before it splits the range).
+Range = tuple[int, int, frozenset[int]]
+
+
+@dataclass(frozen=True)
+class DispatchEntry:
+    """One direct jump or call of a dispatch function and the syscall numbers that reach it."""
+
+    function: str
+    insn: int  # address of the jmp/call
+    size: int
+    lo: int  # nr range that reaches this instruction (less `excluded`)
+    hi: int
+    target: int
+    target_name: str  # "__x64_sys_kill"
+
+    @property
+    def nr(self) -> int | None:
+        return self.lo if self.lo == self.hi else None
+
+    @property
+    def syscall(self) -> str:
+        name = self.target_name
+        for prefix in SYSCALL_PREFIXES:
+            if name.startswith(prefix):
+                return name[len(prefix) :]
+        return name
+
+    def describe(self) -> str:
+        which = (
+            f"syscall {self.nr} ({self.syscall})"
+            if self.nr is not None
+            else (f"syscalls {self.lo}..{self.hi} ({self.syscall})")
+        )
+        return f"{self.function}: {which}"
+
+
+def _trim(lo: int, hi: int, out: frozenset[int]) -> Range | None:
+    """Normalise: move the ends past excluded values; None when nothing is left."""
+    while lo <= hi and lo in out:
+        lo += 1
+    while hi >= lo and hi in out:
+        hi -= 1
+    return (lo, hi, frozenset(v for v in out if lo < v < hi)) if lo <= hi else None
+
+
+def _branch(mnemonic: str, k: int, r: Range) -> tuple[Range | None, Range | None]:
+    """(range if taken, range if not) for a conditional jump after `cmp nr, k` (unsigned)."""
+    lo, hi, out = r
+    equal = _trim(max(lo, k), min(hi, k), out)
+    other = _trim(lo, hi, out | {k})
+    above = _trim(max(lo, k + 1), hi, out)
+    at_most = _trim(lo, min(hi, k), out)
+    below = _trim(lo, min(hi, k - 1), out) if k > 0 else None
+    at_least = _trim(max(lo, k), hi, out)
+    return {
+        "je": (equal, other),
+        "jne": (other, equal),
+        "ja": (above, at_most),
+        "jbe": (at_most, above),
+        "jae": (at_least, below),
+        "jb": (below, at_least),
+    }[mnemonic]
+
+
+def _target(op_str: str) -> int | None:
+    try:
+        return int(op_str, 16) if op_str.startswith("0x") else None
+    except ValueError:
+        return None
+
+
+class _Walker:
+    def __init__(self, function: str, code: bytes, start: int, symbols: Symbols) -> None:
+        self.function, self.code, self.start, self.symbols = function, code, start, symbols
+        self.md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        self.seen: set[tuple[int, Range]] = set()
+        self.entries: list[DispatchEntry] = []
+
+    def inside(self, address: int) -> bool:
+        return self.start <= address < self.start + len(self.code)
+
+    def insns(self, address: int) -> Iterator[capstone.CsInsn]:
+        yield from self.md.disasm(self.code[address - self.start :], address)
+
+    def walk(self, address: int, r: Range) -> None:
+        work = [(address, r)]
+        while work:
+            at, nr = work.pop()
+            if (at, nr) in self.seen or not self.inside(at):
+                continue
+            self.seen.add((at, nr))
+            self._block(at, nr, work)
+
+    def _block(self, at: int, r: Range, work: list[tuple[int, Range]]) -> None:
+        """Follow straight-line code from `at` with nr in `r`; branches go onto `work`."""
+        k: int | None = None
+        for insn in self.insns(at):
+            m, target = insn.mnemonic, _target(insn.op_str)
+            if m == "cmp" and insn.op_str.startswith("esi, "):
+                k = int(insn.op_str.split(", ")[1], 0) & U32
+            elif m == "test" and insn.op_str == "esi, esi":
+                k = 0
+            elif m in ("je", "jne", "ja", "jbe", "jae", "jb") and k is not None and target:
+                taken, fall = _branch(m, k, r)
+                if taken is not None:
+                    if self.inside(target):
+                        work.append((target, taken))
+                    else:
+                        self._record(insn, target, taken)
+                if fall is None:
+                    return
+                r = fall
+            elif m in ("jmp", "call") and target is not None:
+                if self.inside(target) and m == "jmp":
+                    work.append((target, r))
+                    return
+                # A tail jump ends the path; so does a call, which the compiler emits only for
+                # syscalls that do not return (exit, exit_group): what follows is another case.
+                self._record(insn, target, r)
+                return
+            elif m in ("ret", "int3", "ud2") or m.startswith("j"):
+                return
+
+    def _record(self, insn: capstone.CsInsn, target: int, r: Range) -> None:
+        loc = self.symbols.lookup(target)
+        name = loc.symbol.name if loc is not None and loc.offset == 0 else f"{target:#x}"
+        self.entries.append(
+            DispatchEntry(self.function, insn.address, insn.size, r[0], r[1], target, name)
+        )
+
+
+def dispatch_entries(
+    function: str, code: bytes, start: int, symbols: Symbols
+) -> list[DispatchEntry]:
+    """Every direct jump/call of one dispatch function, with the nr range that reaches it."""
+    walker = _Walker(function, code, start, symbols)
+    walker.walk(start, (0, U32, frozenset()))
+    unique = {(e.insn, e.lo, e.hi): e for e in walker.entries}
+    return sorted(unique.values(), key=lambda e: (e.lo, e.insn))
+
+
+def _decode_branch(code: bytes, address: int) -> int | None:
+    """Destination of a jmp/call rel32 (e9/e8) or jmp rel8 (eb) at `address`, else None."""
+    if len(code) >= 5 and code[0] in (0xE8, 0xE9):
+        return address + 5 + int.from_bytes(code[1:5], "little", signed=True)
+    if len(code) >= 2 and code[0] == 0xEB:
+        return address + 2 + int.from_bytes(code[1:2], "little", signed=True)
+    return None
+
+
+def redirected(
+    entries: list[DispatchEntry], start: int, end: int, read: KernelRead, symbols: Symbols
+) -> tuple[DispatchEntry, str] | None:
+    """If a changed run [start, end) hits a dispatch jump, that entry and a sentence saying
+    where the syscall goes now (read from the live instruction)."""
+    for entry in entries:
+        if entry.insn < end and start < entry.insn + entry.size:
+            live = read(entry.insn, entry.size)
+            dest = _decode_branch(live, entry.insn) if live is not None else None
+            where = "code that no longer decodes as a jump"
+            if dest is not None:
+                loc = symbols.lookup(dest)
+                where = str(loc) if loc is not None else f"{dest:#x} (no symbol)"
+            return entry, f"{entry.describe()} redirected from {entry.target_name} to {where}"
+    return None

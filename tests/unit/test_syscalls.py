@@ -1,0 +1,96 @@
+"""Syscall dispatch through code, on the real bytes of x64_sys_call captured from this
+machine's kernel (6.18-fc: tests/fixtures/6.18-fc/x64_sys_call.json, with the kallsyms lines of
+every function it jumps to)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from patchguard.engine.explain import SiteIndex, diff_runs, explain
+from patchguard.engine.integrity import dispatch_finding
+from patchguard.engine.syscalls import DispatchEntry, dispatch_entries
+from patchguard.kernel.kallsyms import SymbolTable
+
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "6.18-fc" / "x64_sys_call.json"
+EVIL = 0xFFFFFFFF81F00000  # a made-up "hook" function in core text, for the redirect
+
+
+@pytest.fixture(scope="module")
+def captured() -> dict[str, Any]:
+    return json.loads(FIXTURE.read_text())  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def symbols(captured: dict[str, Any]) -> SymbolTable:
+    lines = [*captured["kallsyms"], f"{EVIL:016x} t evil_hook"]
+    return SymbolTable.parse("\n".join(sorted(lines)) + "\n").build()
+
+
+@pytest.fixture(scope="module")
+def entries(captured: dict[str, Any], symbols: SymbolTable) -> list[DispatchEntry]:
+    code = bytes.fromhex(captured["code"])
+    return dispatch_entries("x64_sys_call", code, int(captured["start"], 16), symbols)
+
+
+def by_syscall(entries: list[DispatchEntry]) -> dict[str, int | None]:
+    return {e.syscall: e.nr for e in entries if e.nr is not None}
+
+
+def test_each_jump_gets_its_syscall_number(entries: list[DispatchEntry]) -> None:
+    numbers = by_syscall(entries)
+    # x86-64 numbers from arch/x86/entry/syscalls/syscall_64.tbl
+    assert numbers["read"] == 0 and numbers["write"] == 1 and numbers["getpid"] == 39
+    assert numbers["kill"] == 62 and numbers["getdents64"] == 217
+    assert numbers["execve"] == 59 and numbers["openat"] == 257
+    assert sum(e.nr is not None for e in entries) >= 360
+    # what is left as a range is the default case: sys_ni_syscall
+    assert {e.syscall for e in entries if e.nr is None} == {"ni_syscall"}
+
+
+def test_no_number_is_served_twice(entries: list[DispatchEntry]) -> None:
+    numbers = [e.nr for e in entries if e.nr is not None]
+    assert len(numbers) == len(set(numbers))
+
+
+def test_retargeted_kill_is_reported_as_a_syscall_hook(
+    captured: dict[str, Any], entries: list[DispatchEntry], symbols: SymbolTable
+) -> None:
+    start = int(captured["start"], 16)
+    code = bytes.fromhex(captured["code"])
+    kill = next(e for e in entries if e.syscall == "kill")
+    assert code[kill.insn - start] == 0xE9  # jmp rel32 __x64_sys_kill
+    rel = EVIL - (kill.insn + 5)
+    patched = bytearray(code)
+    patched[kill.insn - start + 1 : kill.insn - start + 5] = rel.to_bytes(4, "little", signed=True)
+
+    def read(address: int, size: int) -> bytes:
+        return bytes(patched[address - start : address - start + size])
+
+    runs = diff_runs(code, bytes(patched), start)
+    verdicts = explain(runs, SiteIndex(), symbols, read)
+    assert len(verdicts) == 1 and not verdicts[0].explained
+    finding = dispatch_finding(verdicts[0], entries, read, symbols)
+    assert finding is not None
+    assert finding.technique == "syscall-hook" and finding.severity.label == "critical"
+    assert finding.summary == (
+        "x64_sys_call: syscall 62 (kill) redirected from __x64_sys_kill to evil_hook+0x0"
+    )
+    assert finding.evidence["nr"] == 62 and finding.evidence["baseline_target"] == "__x64_sys_kill"
+
+
+def test_change_elsewhere_is_not_called_a_syscall_hook(
+    captured: dict[str, Any], entries: list[DispatchEntry], symbols: SymbolTable
+) -> None:
+    start = int(captured["start"], 16)
+    code = bytes.fromhex(captured["code"])
+    patched = bytearray(code)
+    patched[0] = 0xCC  # the first cmp, not a dispatch jump
+
+    runs = diff_runs(code, bytes(patched), start)
+    verdicts = explain(runs, SiteIndex(), symbols, lambda a, n: bytes(patched[a - start :][:n]))
+    assert not verdicts[0].explained
+    assert dispatch_finding(verdicts[0], entries, lambda a, n: None, symbols) is None

@@ -72,6 +72,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SEVERITY",
         help="exit 1 if a finding is at or above this (default high)",
     )
+    guard = sub.add_parser("guard", help="run the guard daemon in the foreground")
+    guard.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="guard config (TOML; default: built-in defaults, see docs/guard.md)",
+    )
+    config = sub.add_parser("config", help="guard configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    config_check = config_sub.add_parser("check", help="validate a guard config file")
+    config_check.add_argument("file", type=Path)
     return parser
 
 
@@ -163,24 +175,46 @@ def cmd_check(args: argparse.Namespace, out: Console, err: Console) -> int:
     return EXIT_FINDINGS if worst is not None and worst >= threshold else EXIT_CLEAN
 
 
+def cmd_guard(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from patchguard.guard.daemon import main as guard_main
+
+    return guard_main(args.config)
+
+
+def cmd_config_check(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from patchguard.guard.config import load_config
+
+    config = load_config(args.file)
+    out.print(
+        f"{args.file}: valid (sweeps every {config.sweep_mean:g}s "
+        f"+-{config.sweep_jitter:.0%}, triggers every {config.trigger_interval:g}s)",
+        highlight=False,
+    )
+    return EXIT_CLEAN
+
+
 COMMANDS = {
     ("scan", None): cmd_scan,
     ("baseline", "create"): cmd_baseline_create,
     ("check", None): cmd_check,
+    ("guard", None): cmd_guard,
+    ("config", "check"): cmd_config_check,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from patchguard.engine.baseline_store import BaselineError
     from patchguard.engine.keys import KeyFileError
+    from patchguard.guard.config import ConfigError
     from patchguard.kernel import KernelAccessError
 
     args = _parser().parse_args(argv)
     out, err = Console(), Console(stderr=True)
-    command = COMMANDS[(args.command, getattr(args, "baseline_command", None))]
+    sub = getattr(args, "baseline_command", None) or getattr(args, "config_command", None)
+    command = COMMANDS[(args.command, sub)]
     try:
         return int(command(args, out, err))
-    except (ValueError, BaselineError, KeyFileError, KernelAccessError) as exc:
+    except (ValueError, BaselineError, KeyFileError, KernelAccessError, ConfigError) as exc:
         print(f"patchguard: {exc}", file=sys.stderr)  # one line, never wrapped
         return EXIT_ERROR
     except KeyboardInterrupt:

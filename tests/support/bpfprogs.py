@@ -22,6 +22,8 @@ from patchguard.kernel.mounts import ensure_mounted
 BPF_PROG_TYPE_TRACEPOINT = 5
 BPF_PROG_TYPE_RAW_TRACEPOINT = 17
 BPF_MAP_TYPE_PROG_ARRAY = 3
+BPF_PROG_TYPE_SK_LOOKUP = 30
+BPF_SK_LOOKUP = 36  # enum bpf_attach_type
 BPF_FUNC_send_signal = 109
 BPF_FUNC_get_current_pid_tgid = 14
 
@@ -71,8 +73,8 @@ class Loaded:
         self.close()
 
 
-def load(prog_type: int, insns: bytes, name: str) -> Loaded:
-    fd = bpf.prog_load(prog_type, insns, name)
+def load(prog_type: int, insns: bytes, name: str, expected_attach_type: int = 0) -> Loaded:
+    fd = bpf.prog_load(prog_type, insns, name, expected_attach_type=expected_attach_type)
     return Loaded(fd, prog_info(fd).prog_id)
 
 
@@ -114,6 +116,27 @@ def attach_raw_tracepoint(tp_name: str, name: str = "pg_test_rawtp") -> Loaded:
     prog = load(BPF_PROG_TYPE_RAW_TRACEPOINT, return_zero(), name)
     try:
         prog.fds.append(bpf.raw_tracepoint_open(tp_name, prog.prog_fd))
+    except BaseException:
+        prog.close()
+        raise
+    return prog
+
+
+def attach_sk_lookup(name: str = "pg_test_sklookup") -> Loaded:
+    """An sk_lookup program that answers SK_PASS (the normal lookup goes on), attached to this
+    network namespace through a BPF link: a link type that BPF_LINK_DETACH can detach."""
+    prog = load(
+        BPF_PROG_TYPE_SK_LOOKUP,
+        mov64_imm(R0, 1) + exit_insn(),
+        name,
+        expected_attach_type=BPF_SK_LOOKUP,
+    )
+    try:
+        netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            prog.fds.append(bpf.link_create(prog.prog_fd, netns, BPF_SK_LOOKUP))
+        finally:
+            os.close(netns)
     except BaseException:
         prog.close()
         raise

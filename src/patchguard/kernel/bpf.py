@@ -35,6 +35,7 @@ BPF_RAW_TRACEPOINT_OPEN = 17
 BPF_BTF_GET_FD_BY_ID = 19
 BPF_TASK_FD_QUERY = 20
 BPF_BTF_GET_NEXT_ID = 23
+BPF_LINK_CREATE = 28
 BPF_LINK_GET_FD_BY_ID = 30
 BPF_LINK_GET_NEXT_ID = 31
 BPF_LINK_DETACH = 34
@@ -358,6 +359,14 @@ def obj_pin(fd: int, path: str) -> None:
 def obj_get(path: str) -> int:
     p = ctypes.create_string_buffer(os.fsencode(path))
     fd, _ = sys_bpf(BPF_OBJ_GET, struct.pack("<QII", addr_of(p), 0, 0), "OBJ_GET")
+    return fd
+
+
+def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
+    """BPF_LINK_CREATE for the attach kinds that need only a target fd (netns, cgroup, ...)."""
+    fd, _ = sys_bpf(
+        BPF_LINK_CREATE, struct.pack("<IIII", prog_fd, target_fd, attach_type, 0), "LINK_CREATE"
+    )
     return fd
 
 

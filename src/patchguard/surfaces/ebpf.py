@@ -337,6 +337,14 @@ def assess_program(prog: BpfProgram) -> list[Finding]:
             f"runs on {', '.join(sorted(set(sensitive)))}: a path rootkits hook to hide or "
             "tamper (syscalls, exec, credentials, files)",
         )
+    if prog.prog_type == "sk_lookup":
+        add(
+            "socket-steering",
+            Severity.MEDIUM,
+            "an sk_lookup program picks which socket gets "
+            "each new connection in its network namespace: a backdoor can sit behind any port",
+            "T1205",
+        )
     if prog.prog_type == "lsm":
         add(
             "lsm-hook",

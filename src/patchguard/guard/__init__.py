@@ -1,0 +1,1 @@
+"""The guard: a daemon that re-checks the kernel at random moments and answers findings."""

@@ -1,0 +1,275 @@
+"""`patchguard guard`: full sweeps at random moments, cheap triggers every second, and the
+configured responses to every new finding."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+import patchguard
+from patchguard.engine.findings import Disposition, Finding, Severity
+from patchguard.engine.scan import run_scan
+from patchguard.guard.config import GuardConfig, load_config
+from patchguard.guard.metrics import Metrics
+from patchguard.guard.responses import bugcheck, contain
+from patchguard.guard.sinks import LogSink, Spool, SyslogSink, WebhookSink
+from patchguard.guard.systemd import Watchdog, notify
+from patchguard.guard.triggers import TriggerState
+from patchguard.kernel import Kernel
+from patchguard.report import finding_json
+from patchguard.surfaces import all_surfaces
+from patchguard.surfaces.base import Surface
+
+FindingKey = tuple[str, str, str]
+
+
+def next_interval(mean: float, jitter: float) -> float:
+    """mean x (1 +- jitter), uniform, drawn from `secrets`: an attacker cannot predict it."""
+    u = secrets.randbelow(1_000_001) / 1_000_000  # [0, 1]
+    return mean * (1 + jitter * (2 * u - 1))
+
+
+def files_digest(root: Path) -> dict[str, str]:
+    """SHA-256 of every file of the installed package: the guard's own integrity."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*.py"))
+    }
+
+
+def _key(f: Finding) -> FindingKey:
+    return (f.surface, f.technique, f.subject)
+
+
+class Guard:
+    def __init__(self, config: GuardConfig, config_path: Path | None, out: IO[str]) -> None:
+        self.config, self.config_path = config, config_path
+        self.kernel = Kernel()
+        self.log = LogSink(out)
+        self.alerts: list[LogSink | SyslogSink | WebhookSink] = []
+        self._open_alert_sinks()
+        self.metrics = Metrics(config.metrics)
+        self.stop = threading.Event()
+        self.reload = threading.Event()
+        self.active: dict[str, set[FindingKey]] = {}  # per surface: findings seen last time
+        self.records: dict[str, Sequence[object]] = {}
+        self.surfaces = {s.name: s for s in all_surfaces()}
+        self.package = Path(patchguard.__file__).parent
+        self.files = files_digest(self.package)
+        self.config_digest = self._config_digest()
+
+    # --- set-up ----------------------------------------------------------------------------
+    def _open_alert_sinks(self) -> None:
+        self.alerts = []
+        if self.config.webhook:
+            self.alerts.append(WebhookSink(self.config.webhook, Spool(self.config.spool)))
+        if self.config.syslog:
+            self.alerts.append(SyslogSink())
+
+    def _config_digest(self) -> str | None:
+        if self.config_path is None:
+            return None
+        try:
+            return hashlib.sha256(self.config_path.read_bytes()).hexdigest()
+        except OSError:
+            return None
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        (self.reload if signum == signal.SIGHUP else self.stop).set()
+
+    # --- the loop --------------------------------------------------------------------------
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+        self.log.send(
+            {
+                "event": "start",
+                "version": patchguard.__version__,
+                "sweep_mean": self.config.sweep_mean,
+            }
+        )
+        watchdog = Watchdog()
+        self.sweep()
+        triggers = TriggerState(self.kernel)
+        next_sweep = time.monotonic() + next_interval(
+            self.config.sweep_mean, self.config.sweep_jitter
+        )
+        notify("READY=1")
+        while not self.stop.wait(self.config.trigger_interval):
+            watchdog.ping()
+            if self.reload.is_set():
+                self._reload()
+            fired = triggers.fired()
+            if fired:
+                names = sorted({s for t in fired for s in t.surfaces})
+                self.metrics.triggered([t.name for t in fired])
+                self.collect([self.surfaces[n] for n in names], f"trigger:{fired[0].name}")
+            if time.monotonic() >= next_sweep:
+                self.sweep()
+                next_sweep = time.monotonic() + next_interval(
+                    self.config.sweep_mean, self.config.sweep_jitter
+                )
+        notify("STOPPING=1")
+        self.log.send({"event": "stop"})
+        for sink in self.alerts:
+            if isinstance(sink, WebhookSink):
+                sink.close()
+        self.kernel.close()
+        return 0
+
+    def _reload(self) -> None:
+        self.reload.clear()
+        if self.config_path is None:
+            return
+        try:
+            self.config = load_config(self.config_path)
+        except Exception as exc:  # a bad new config keeps the old one running
+            self.log.send({"event": "reload-failed", "message": str(exc)})
+            return
+        for sink in self.alerts:
+            if isinstance(sink, WebhookSink):
+                sink.close()
+        self._open_alert_sinks()
+        self.config_digest = self._config_digest()
+        self.log.send({"event": "reloaded", "config": str(self.config_path)})
+
+    # --- sweeps and triggers --------------------------------------------------------------
+    def sweep(self) -> None:
+        t0 = time.monotonic()
+        findings = self.collect(list(self.surfaces.values()), "sweep")
+        findings += self.handle("guard", self.self_check(), "sweep")
+        if self.config.baseline is not None:
+            findings += self.handle("kernel_text", self.check_baseline(), "sweep")
+        self.metrics.swept(time.monotonic() - t0, findings)
+        self.log.send(
+            {
+                "event": "sweep",
+                "seconds": round(time.monotonic() - t0, 3),
+                "findings": len(findings),
+            }
+        )
+
+    def collect(self, surfaces: list[Surface], why: str) -> list[Finding]:
+        report = run_scan(self.kernel, surfaces)
+        self.metrics.unavailable(sum(1 for r in report.results if r.state.gaps))
+        found: list[Finding] = []
+        for result in report.results:
+            self.records[result.surface.name] = result.state.records
+            found += self.handle(result.surface.name, result.findings, why)
+        return found
+
+    def check_baseline(self) -> list[Finding]:
+        from patchguard.engine.baseline_store import BaselineError
+        from patchguard.engine.integrity import verify
+        from patchguard.engine.keys import HostKey, KeyFileError
+
+        assert self.config.baseline is not None
+        try:
+            key = HostKey.load(self.config.key)
+            return verify(self.kernel, self.config.baseline, key.public_key_bytes()).findings
+        except (BaselineError, KeyFileError) as exc:
+            return [
+                Finding(
+                    "kernel_text",
+                    "baseline-untrusted",
+                    Severity.CRITICAL,
+                    str(self.config.baseline),
+                    f"the baseline cannot be trusted: {exc}",
+                    Disposition.TAMPERING,
+                    "T1565.001",
+                    {"error": str(exc)},
+                )
+            ]
+
+    def self_check(self) -> list[Finding]:
+        """The guard's own files and its config, against what they were when it started."""
+        found = []
+        now = files_digest(self.package)
+        changed = sorted(
+            k for k in self.files.keys() | now.keys() if self.files.get(k) != now.get(k)
+        )
+        if changed:
+            found.append(
+                Finding(
+                    "guard",
+                    "guard-files-changed",
+                    Severity.CRITICAL,
+                    str(self.package),
+                    "the guard's installed files changed while it runs: " + ", ".join(changed[:10]),
+                    Disposition.TAMPERING,
+                    "T1562.001",
+                    {"files": changed[:50]},
+                )
+            )
+        digest = self._config_digest()
+        if digest != self.config_digest:
+            found.append(
+                Finding(
+                    "guard",
+                    "config-changed",
+                    Severity.CRITICAL,
+                    str(self.config_path),
+                    "the guard's config changed without a "
+                    "reload (SIGHUP); the running config is the old one",
+                    Disposition.TAMPERING,
+                    "T1562.001",
+                    {"path": str(self.config_path)},
+                )
+            )
+        return found
+
+    # --- responses -------------------------------------------------------------------------
+    def handle(self, surface: str, findings: list[Finding], why: str) -> list[Finding]:
+        """Respond to the findings not seen in the last look at this surface."""
+        keys = {_key(f) for f in findings}
+        before = self.active.get(surface, set())
+        self.active[surface] = keys
+        new = [f for f in findings if _key(f) not in before]
+        for finding in new:
+            self.respond(finding, why)
+        return findings
+
+    def respond(self, finding: Finding, why: str) -> None:
+        event: dict[str, Any] = {"event": "finding", "why": why, "finding": finding_json(finding)}
+        actions = self.config.responses_for(finding.severity)
+        if finding.disposition in (Disposition.EXPLAINED, Disposition.ALLOWED):
+            actions = tuple(a for a in actions if a == "log")  # shown, never acted on
+        if "log" in actions:
+            self.log.send(event)
+        if "alert" in actions:
+            for sink in self.alerts:
+                sink.send(event)
+        if "contain" in actions:
+            result = contain(finding, self.records.get(finding.surface, ()))
+            self.log.send(
+                {
+                    "event": "contain",
+                    "subject": finding.subject,
+                    "done": result.done,
+                    "not_done": result.not_done,
+                }
+            )
+        if "bugcheck" in actions:
+            report = bugcheck(
+                [event["finding"]], self.config.spool.parent, self.config.bugcheck_dry_run
+            )
+            self.log.send(
+                {
+                    "event": "bugcheck",
+                    "report": str(report),
+                    "dry_run": self.config.bugcheck_dry_run,
+                }
+            )
+
+
+def main(config_path: Path | None, out: IO[str] = sys.stdout) -> int:
+    config = load_config(config_path) if config_path is not None else GuardConfig()
+    return Guard(config, config_path, out).run()

@@ -1,0 +1,130 @@
+"""Where the guard's events go: JSON lines on stdout (journald keeps them), syslog, and a
+webhook whose alerts are spooled on disk first, so none is lost while the endpoint is down and
+they arrive in order, once, when it is back."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import syslog
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+Event = Mapping[str, Any]
+SYSLOG_PRIORITY = {
+    "info": syslog.LOG_INFO,
+    "low": syslog.LOG_NOTICE,
+    "medium": syslog.LOG_WARNING,
+    "high": syslog.LOG_ERR,
+    "critical": syslog.LOG_CRIT,
+}
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class LogSink:
+    """One JSON object per line (schema: docs/guard.md)."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+
+    def send(self, event: Event) -> None:
+        line = json.dumps({"ts": now_iso(), **event}, sort_keys=True)
+        with self._lock:
+            self._out.write(line + "\n")
+            self._out.flush()
+
+
+class SyslogSink:
+    def __init__(self) -> None:
+        syslog.openlog("patchguard", syslog.LOG_PID, syslog.LOG_DAEMON)
+
+    def send(self, event: Event) -> None:
+        finding = event.get("finding") or {}
+        priority = SYSLOG_PRIORITY.get(finding.get("severity", "info"), syslog.LOG_INFO)
+        text = event.get("message") or f"{finding.get('subject')}: {finding.get('summary')}"
+        syslog.syslog(priority, f"{event.get('event')}: {text}")
+
+
+class Spool:
+    """Alerts as numbered files in a directory: written atomically, delivered in order."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock = threading.Lock()
+        names = [p.name for p in directory.glob("*.json")]
+        self._next = max((int(n.split(".")[0]) for n in names), default=0) + 1
+
+    def put(self, event: Event) -> Path:
+        with self._lock:
+            seq, self._next = self._next, self._next + 1
+        path = self.directory / f"{seq:012d}.json"
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(event, f, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return path
+
+    def pending(self) -> list[Path]:
+        return sorted(self.directory.glob("*.json"))
+
+
+def post_json(url: str, body: bytes, timeout: float = 5.0) -> None:
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        if not 200 <= response.status < 300:
+            raise urllib.error.HTTPError(url, response.status, "not 2xx", response.headers, None)
+
+
+class WebhookSink:
+    """Spools each alert, and a delivery thread posts the spool in order with backoff."""
+
+    def __init__(
+        self, url: str, spool: Spool, post: Callable[[str, bytes], None] = post_json
+    ) -> None:
+        self.url, self.spool, self._post = url, spool, post
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._deliver, name="webhook", daemon=True)
+        self._thread.start()
+
+    def send(self, event: Event) -> None:
+        self.spool.put({"ts": now_iso(), **event})
+        self._wake.set()
+
+    def _deliver(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            for path in self.spool.pending():
+                try:
+                    self._post(self.url, path.read_bytes())
+                except (OSError, urllib.error.URLError, ValueError):
+                    break  # the endpoint is down: keep this one and everything after it
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                backoff = 1.0
+            else:
+                self._wake.wait(timeout=5.0)  # nothing pending: sleep until the next alert
+                self._wake.clear()
+                continue
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 60.0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=5)

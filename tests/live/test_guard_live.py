@@ -1,0 +1,165 @@
+"""`patchguard guard` on the running kernel: a new hook is alerted within the bound, `contain`
+detaches what can be detached, and an alert made while the webhook is down is spooled and
+delivered once when it is back."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import bpfprogs as bp
+from support.receiver import Receiver
+
+pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
+
+
+class GuardProcess:
+    def __init__(self, config: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "patchguard.cli", "guard", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.seen: list[dict[str, Any]] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.events.put(json.loads(line))
+
+    def wait_event(self, predicate: Any, timeout: float) -> dict[str, Any] | None:
+        deadline = time.monotonic() + timeout
+        for event in self.seen:
+            if predicate(event):
+                return event
+        while time.monotonic() < deadline:
+            try:
+                event = self.events.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            self.seen.append(event)
+            if predicate(event):
+                return event
+        return None
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def is_prog(prog_id: int) -> Any:
+    def match(event: dict[str, Any]) -> bool:
+        finding = event.get("finding") or {}
+        return finding.get("evidence", {}).get("prog_id") == prog_id
+
+    return match
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver().start()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+@pytest.fixture
+def guard(tmp_path: Path, receiver: Receiver) -> Iterator[GuardProcess]:
+    config = tmp_path / "guard.toml"
+    config.write_text(f"""
+[guard]
+baseline = ""
+spool = "{tmp_path / "spool"}"
+trigger_interval = 1.0
+sweep_mean = 600
+[responses]
+medium = ["log", "alert", "contain"]
+high = ["log", "alert"]
+[alert]
+webhook = "{receiver.url}"
+""")
+    g = GuardProcess(config)
+    try:
+        assert g.wait_event(lambda e: e.get("event") == "sweep", 60), "no first sweep"
+        yield g
+    finally:
+        code = g.stop()
+        assert code == 0, g.proc.stderr.read() if g.proc.stderr else code
+        assert g.wait_event(lambda e: e.get("event") == "stop", 5)
+
+
+def test_new_hook_is_alerted_within_two_seconds(guard: GuardProcess, receiver: Receiver) -> None:
+    with bp.attach_raw_tracepoint("sys_enter", "pg_g_raw") as prog:
+        attached = time.monotonic()
+        alert = receiver.wait_for(is_prog(prog.prog_id), timeout=5)
+        latency = time.monotonic() - attached
+        assert alert is not None, "no alert for the new program"
+        assert alert["finding"]["technique"] == "sensitive-hook"
+        assert latency < 2.0, f"alert after {latency:.2f}s"
+        # raw_tracepoint links have no detach operation: contain must say so, not pretend
+        contained = guard.wait_event(
+            lambda e: e.get("event") == "contain" and str(prog.prog_id) in e.get("subject", ""), 5
+        )
+        assert contained is not None and contained["done"] == []
+        assert "LINK_DETACH" in contained["not_done"][0]
+
+
+def test_contain_detaches_a_link_that_can_be_detached(guard: GuardProcess) -> None:
+    with bp.attach_sk_lookup("pg_g_sklookup") as prog:
+        contained = guard.wait_event(
+            lambda e: e.get("event") == "contain" and str(prog.prog_id) in e.get("subject", ""), 5
+        )
+        assert contained is not None
+        assert any("detached" in d for d in contained["done"]), contained
+        from patchguard.kernel.bpf_objects import link_info
+
+        # our own fd keeps the link object; detached, it no longer names a network namespace
+        info = link_info(prog.fds[0])
+        assert info.prog_id == prog.prog_id and info.target == "netns ino 0"
+
+
+def test_perf_event_hook_cannot_be_contained_and_says_why(guard: GuardProcess) -> None:
+    with bp.attach_tracepoint("syscalls", "sys_enter_kill", "pg_g_tp") as prog:
+        contained = guard.wait_event(
+            lambda e: e.get("event") == "contain" and str(prog.prog_id) in e.get("subject", ""), 5
+        )
+    assert contained is not None and contained["done"] == []
+    assert "only its holder can detach" in contained["not_done"][0]
+    assert f"pid {os.getpid()}" in contained["not_done"][0]
+
+
+def test_alert_is_spooled_while_the_webhook_is_down(
+    guard: GuardProcess, receiver: Receiver, tmp_path: Path
+) -> None:
+    receiver.stop()
+    with bp.attach_tracepoint("syscalls", "sys_enter_kill", "pg_g_spool") as prog:
+        logged = guard.wait_event(is_prog(prog.prog_id), timeout=5)
+        assert logged is not None, "the finding was not logged"
+        deadline = time.monotonic() + 5
+        while not list((tmp_path / "spool").glob("*.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list((tmp_path / "spool").glob("*.json")), "the alert was not spooled"
+        receiver.start()  # same port
+        alert = receiver.wait_for(is_prog(prog.prog_id), timeout=20)
+    assert alert is not None, "the spooled alert never arrived"
+    time.sleep(1.5)
+    assert sum(is_prog(prog.prog_id)(b) for b in receiver.bodies) == 1, "delivered twice"
+    assert not list((tmp_path / "spool").glob("*.json"))

@@ -80,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="guard config (TOML; default: built-in defaults, see docs/guard.md)",
     )
+    guard.add_argument(
+        "--print-unit",
+        action="store_true",
+        help="print the systemd unit for this installation and exit",
+    )
     config = sub.add_parser("config", help="guard configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     config_check = config_sub.add_parser("check", help="validate a guard config file")
@@ -178,6 +183,11 @@ def cmd_check(args: argparse.Namespace, out: Console, err: Console) -> int:
 def cmd_guard(args: argparse.Namespace, out: Console, err: Console) -> int:
     from patchguard.guard.daemon import main as guard_main
 
+    if args.print_unit:
+        unit = (Path(__file__).parent / "guard" / "patchguard-guard.service").read_text()
+        exe = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "patchguard" else None
+        print(unit.replace("@PATCHGUARD@", str(exe or "/usr/local/bin/patchguard")), end="")
+        return EXIT_CLEAN
     return guard_main(args.config)
 
 

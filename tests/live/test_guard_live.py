@@ -163,3 +163,96 @@ def test_alert_is_spooled_while_the_webhook_is_down(
     time.sleep(1.5)
     assert sum(is_prog(prog.prog_id)(b) for b in receiver.bodies) == 1, "delivered twice"
     assert not list((tmp_path / "spool").glob("*.json"))
+
+
+def _start(tmp_path: Path, body: str) -> GuardProcess:
+    config = tmp_path / "guard.toml"
+    config.write_text(f'[guard]\nspool = "{tmp_path / "spool"}"\ntrigger_interval = 0.2\n' + body)
+    g = GuardProcess(config)
+    assert g.wait_event(lambda e: e.get("event") == "sweep", 60), "no first sweep"
+    return g
+
+
+def test_sighup_reloads_and_a_bad_config_keeps_the_old(tmp_path: Path) -> None:
+    g = _start(tmp_path, 'baseline = ""\nsweep_mean = 600\n')
+    try:
+        config = tmp_path / "guard.toml"
+        config.write_text(config.read_text().replace("sweep_mean = 600", "sweep_mean = 500"))
+        g.proc.send_signal(signal.SIGHUP)
+        assert g.wait_event(lambda e: e.get("event") == "reloaded", 5)
+        config.write_text("[guard]\nsweep_mean = -3\n")
+        g.proc.send_signal(signal.SIGHUP)
+        failed = g.wait_event(lambda e: e.get("event") == "reload-failed", 5)
+        assert failed and "guard.sweep_mean: must be more than 0 seconds" in failed["message"]
+        assert g.proc.poll() is None, "a bad config must not stop the guard"
+    finally:
+        assert g.stop() == 0
+
+
+def test_untrusted_baseline_is_a_critical_finding(tmp_path: Path) -> None:
+    (tmp_path / "baseline.zip").write_bytes(b"not a baseline")
+    g = _start(
+        tmp_path,
+        f'baseline = "{tmp_path / "baseline.zip"}"\n'
+        f'key = "{tmp_path / "host.key"}"\nsweep_mean = 600\n',
+    )
+    try:
+        found = g.wait_event(
+            lambda e: (e.get("finding") or {}).get("technique") == "baseline-untrusted", 10
+        )
+        assert found is not None and found["finding"]["severity"] == "critical"
+    finally:
+        assert g.stop() == 0
+
+
+def test_config_changed_without_reload_is_a_critical_finding(tmp_path: Path) -> None:
+    g = _start(tmp_path, 'baseline = ""\nsweep_mean = 1\nsweep_jitter = 0\n')
+    try:
+        config = tmp_path / "guard.toml"
+        config.write_text(config.read_text() + "\n# edited behind the guard's back\n")
+        found = g.wait_event(
+            lambda e: (e.get("finding") or {}).get("technique") == "config-changed", 10
+        )
+        assert found is not None and found["finding"]["severity"] == "critical"
+    finally:
+        assert g.stop() == 0
+
+
+def test_bugcheck_dry_run_writes_the_report_and_nothing_else(tmp_path: Path) -> None:
+    g = _start(
+        tmp_path,
+        'baseline = ""\nsweep_mean = 600\n[responses]\nmedium = ["log", '
+        '"bugcheck"]\n[bugcheck]\ndry_run = true\n',
+    )
+    try:
+        event = g.wait_event(lambda e: e.get("event") == "bugcheck", 10)
+        assert event is not None and event["dry_run"] is True
+        report = json.loads(Path(event["report"]).read_text())
+        assert report["dry_run"] is True and report["findings"]
+    finally:
+        assert g.stop() == 0
+
+
+def test_watchdog_and_ready_notifications(tmp_path: Path) -> None:
+    import socket
+
+    sock_path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(sock_path)
+        sock.settimeout(10)
+        env = {**os.environ, "NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "400000"}
+        config = tmp_path / "guard.toml"
+        config.write_text('[guard]\nbaseline = ""\ntrigger_interval = 0.1\n')
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "patchguard.cli", "guard", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            env=env,
+        )
+        try:
+            got = [sock.recv(256).decode() for _ in range(3)]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+        stopping = sock.recv(256).decode()
+    assert got[0] == "READY=1" and "WATCHDOG=1" in got[1:]
+    assert stopping in ("WATCHDOG=1", "STOPPING=1")

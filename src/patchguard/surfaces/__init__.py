@@ -8,6 +8,7 @@ from patchguard.surfaces.base import Surface
 def all_surfaces() -> list[Surface]:
     """Every surface, in the order the scan shows them."""
     from patchguard.surfaces.ebpf import EbpfSurface
+    from patchguard.surfaces.entry import EntrySurface
     from patchguard.surfaces.kernel_text import KernelTextSurface
     from patchguard.surfaces.modules import ModulesSurface
     from patchguard.surfaces.posture import PostureSurface
@@ -16,6 +17,7 @@ def all_surfaces() -> list[Surface]:
     return [
         PostureSurface(),
         KernelTextSurface(),
+        EntrySurface(),
         EbpfSurface(),
         TracingSurface(),
         ModulesSurface(),

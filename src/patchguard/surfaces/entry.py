@@ -1,0 +1,194 @@
+"""Syscall entry points and the interrupt table: PatchGuard's "critical MSRs" and IDT.
+
+MSR_LSTAR (64-bit SYSCALL), MSR_CSTAR (compat SYSCALL) and MSR_IA32_SYSENTER_EIP hold the
+addresses the CPU jumps to on a system call; a rootkit that rewrites them owns every syscall
+without touching kernel text. Each CPU's value, read through /dev/cpu/N/msr (the `msr`
+module), must be the entry point kallsyms names. The IDT (`idt_table`, visible with
+CONFIG_KALLSYMS_ALL) must send every vector into kernel text.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+from dataclasses import dataclass
+
+from patchguard.engine.findings import Disposition, Finding, Gap, Severity
+from patchguard.kernel import Kernel, KernelAccessError
+from patchguard.kernel.errors import oserror_reason
+from patchguard.surfaces.base import SurfaceState
+
+NAME = "entry"
+# MSR number -> (name, entry points kallsyms may name for it)
+ENTRY_MSRS = {
+    0xC0000082: ("MSR_LSTAR", ("entry_SYSCALL_64",)),
+    0xC0000083: ("MSR_CSTAR", ("entry_SYSCALL_compat", "ignore_sysret")),
+    0x00000176: ("MSR_IA32_SYSENTER_EIP", ("entry_SYSENTER_compat", "entry_SYSENTER_32")),
+}
+IDT_VECTORS = 256
+GATE_SIZE = 16  # struct gate_struct on x86-64
+
+
+@dataclass(frozen=True)
+class MsrValue:
+    cpu: int
+    msr: str
+    value: int
+    symbol: str | None  # kallsyms name at that address (offset 0), if any
+    expected: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.symbol in self.expected
+
+
+@dataclass(frozen=True)
+class IdtGate:
+    vector: int
+    handler: int
+    location: str | None  # symbol+offset
+    in_text: bool
+
+
+def cpus(kernel: Kernel) -> list[int]:
+    """Online CPUs from /sys/devices/system/cpu/online ("0-3,6")."""
+    text = kernel.read_text("/sys/devices/system/cpu/online").strip()
+    found: list[int] = []
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        found += range(int(lo), int(hi or lo) + 1)
+    return found
+
+
+def decode_gate(raw: bytes) -> int:
+    """The handler address of one x86-64 IDT gate (offset_low, segment, bits, offset_middle,
+    offset_high, reserved)."""
+    low, _seg, _bits, middle, high, _ = struct.unpack("<HHHHII", raw)
+    return int(low | (middle << 16) | (high << 32))
+
+
+def _ensure_msr_device(kernel: Kernel) -> str | None:
+    if os.path.exists("/dev/cpu/0/msr"):
+        return None
+    if not os.path.isdir("/lib/modules"):
+        return (
+            "no /dev/cpu/*/msr and this kernel has no loadable modules to provide it "
+            "(CONFIG_X86_MSR=m needs `modprobe msr`)"
+        )
+    done = subprocess.run(["modprobe", "msr"], capture_output=True, text=True, check=False)
+    if not os.path.exists("/dev/cpu/0/msr"):
+        why = done.stderr.strip() or f"exit {done.returncode}"
+        return f"no /dev/cpu/*/msr, and `modprobe msr` failed: {why}"
+    return None
+
+
+def read_msrs(kernel: Kernel, gaps: list[Gap]) -> list[MsrValue]:
+    reason = _ensure_msr_device(kernel) if kernel.live else "MSRs are read only on the live kernel"
+    if reason:
+        gaps.append(Gap(NAME, "syscall entry MSRs", reason))
+        return []
+    values: list[MsrValue] = []
+    for cpu in cpus(kernel):
+        try:
+            fd = os.open(f"/dev/cpu/{cpu}/msr", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            gaps.append(Gap(NAME, f"MSRs of CPU {cpu}", oserror_reason(exc)))
+            continue
+        try:
+            for number, (msr, expected) in ENTRY_MSRS.items():
+                try:
+                    value = struct.unpack("<Q", os.pread(fd, 8, number))[0]
+                except OSError as exc:  # EIO: this CPU does not have it (no compat, no 32-bit)
+                    gaps.append(Gap(NAME, f"{msr} on CPU {cpu}", oserror_reason(exc)))
+                    continue
+                found = kernel.kallsyms.at(value)
+                symbol = next(
+                    (s.name for s in found if s.name in expected), found[0].name if found else None
+                )
+                values.append(MsrValue(cpu, msr, value, symbol, expected))
+        finally:
+            os.close(fd)
+    return values
+
+
+def read_idt(kernel: Kernel, gaps: list[Gap]) -> list[IdtGate]:
+    idt = kernel.kallsyms.address_of("idt_table")
+    if idt is None:
+        gaps.append(
+            Gap(
+                NAME,
+                "IDT",
+                "idt_table is not in kallsyms (built without "
+                "CONFIG_KALLSYMS_ALL): the interrupt table cannot be found",
+            )
+        )
+        return []
+    try:
+        raw = kernel.memory().read(idt, IDT_VECTORS * GATE_SIZE)
+    except KernelAccessError as exc:
+        gaps.append(Gap(NAME, "IDT", str(exc)))
+        return []
+    text = kernel.kallsyms.range("text")
+    gates = []
+    for vector in range(IDT_VECTORS):
+        handler = decode_gate(raw[vector * GATE_SIZE : (vector + 1) * GATE_SIZE])
+        if handler == 0:
+            continue  # not set up: the CPU raises #GP for it
+        loc = kernel.kallsyms.lookup(handler)
+        gates.append(
+            IdtGate(
+                vector, handler, str(loc) if loc else None, text is not None and handler in text
+            )
+        )
+    return gates
+
+
+class EntrySurface:
+    name = NAME
+    title = "Syscall entry MSRs and IDT"
+
+    def collect(self, kernel: Kernel) -> SurfaceState:
+        gaps: list[Gap] = []
+        try:
+            records: list[object] = [*read_msrs(kernel, gaps), *read_idt(kernel, gaps)]
+        except KernelAccessError as exc:
+            return SurfaceState(NAME, [], gaps=[*gaps, Gap(NAME, "entry points", str(exc))])
+        counts = {
+            "msr_values": sum(isinstance(r, MsrValue) for r in records),
+            "idt_gates": sum(isinstance(r, IdtGate) for r in records),
+        }
+        return SurfaceState(NAME, records, counts, gaps)
+
+    def assess(self, state: SurfaceState) -> list[Finding]:
+        findings = []
+        for r in state.records:
+            if isinstance(r, MsrValue) and not r.ok:
+                findings.append(
+                    Finding(
+                        NAME,
+                        "syscall-entry-hijack",
+                        Severity.CRITICAL,
+                        f"{r.msr} on CPU {r.cpu}",
+                        f"{r.msr} points at {r.symbol or hex(r.value)}, not at "
+                        f"{' or '.join(r.expected)}: every system call goes through it first",
+                        Disposition.TAMPERING,
+                        "T1014",
+                        {"value": f"{r.value:#x}", "symbol": r.symbol, "cpu": r.cpu},
+                    )
+                )
+            elif isinstance(r, IdtGate) and not r.in_text:
+                findings.append(
+                    Finding(
+                        NAME,
+                        "idt-hijack",
+                        Severity.CRITICAL,
+                        f"IDT vector {r.vector}",
+                        f"IDT vector {r.vector} sends the CPU to {r.location or hex(r.handler)}, "
+                        "outside kernel text",
+                        Disposition.TAMPERING,
+                        "T1014",
+                        {"handler": f"{r.handler:#x}", "location": r.location},
+                    )
+                )
+        return findings

@@ -94,3 +94,31 @@ def test_change_elsewhere_is_not_called_a_syscall_hook(
     verdicts = explain(runs, SiteIndex(), symbols, lambda a, n: bytes(patched[a - start :][:n]))
     assert not verdicts[0].explained
     assert dispatch_finding(verdicts[0], entries, lambda a, n: None, symbols) is None
+
+
+def test_surface_flags_a_target_outside_syscall_functions() -> None:
+    from patchguard.surfaces.base import SurfaceState
+    from patchguard.surfaces.syscalls import SyscallsSurface, SyscallTarget
+
+    good = SyscallTarget(
+        "x64_sys_call", 62, 62, 0xFFFFFFFF8124A000, 0xFFFFFFFF81300000, "__x64_sys_kill", True
+    )
+    bad = SyscallTarget(
+        "sys_call_table",
+        217,
+        217,
+        0xFFFFFFFF82200000 + 8 * 217,
+        0xFFFFFFFFC0A00000,
+        "hook_getdents64+0x0 [rk]",
+        False,
+    )
+    findings = SyscallsSurface().assess(SurfaceState("syscalls", [good, bad]))
+    assert [f.subject for f in findings] == ["sys_call_table: syscall 217"]
+    assert "hook_getdents64" in findings[0].summary
+    assert findings[0].evidence["slot"] == f"{0xFFFFFFFF82200000 + 8 * 217:#x}"
+
+
+def test_address_after_reads_the_next_line(symbols: SymbolTable, captured: dict[str, Any]) -> None:
+    start = int(captured["start"], 16)
+    assert symbols.address_after(start) == start + len(bytes.fromhex(captured["code"]))
+    assert symbols.address_after(start + 1) is None  # not a symbol address

@@ -103,15 +103,24 @@ def _target(op_str: str) -> int | None:
 class _Walker:
     def __init__(self, function: str, code: bytes, start: int, symbols: Symbols) -> None:
         self.function, self.code, self.start, self.symbols = function, code, start, symbols
-        self.md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        # One linear pass: a dispatch function is straight code, no data between cases, so
+        # every branch target is an instruction start of this listing.
+        self.listing = {i[0]: i for i in md.disasm_lite(code, start)}
+        self.order = sorted(self.listing)
+        self.index = {address: n for n, address in enumerate(self.order)}
         self.seen: set[tuple[int, Range]] = set()
         self.entries: list[DispatchEntry] = []
 
     def inside(self, address: int) -> bool:
         return self.start <= address < self.start + len(self.code)
 
-    def insns(self, address: int) -> Iterator[capstone.CsInsn]:
-        yield from self.md.disasm(self.code[address - self.start :], address)
+    def insns(self, address: int) -> Iterator[tuple[int, int, str, str]]:
+        n = self.index.get(address)
+        if n is None:  # a branch into the middle of an instruction: not a compiler's tree
+            return
+        for a in self.order[n:]:
+            yield self.listing[a]
 
     def walk(self, address: int, r: Range) -> None:
         work = [(address, r)]
@@ -126,10 +135,11 @@ class _Walker:
         """Follow straight-line code from `at` with nr in `r`; branches go onto `work`."""
         k: int | None = None
         for insn in self.insns(at):
-            m, target = insn.mnemonic, _target(insn.op_str)
-            if m == "cmp" and insn.op_str.startswith("esi, "):
-                k = int(insn.op_str.split(", ")[1], 0) & U32
-            elif m == "test" and insn.op_str == "esi, esi":
+            _, _, m, op_str = insn
+            target = _target(op_str)
+            if m == "cmp" and op_str.startswith("esi, "):
+                k = int(op_str.split(", ")[1], 0) & U32
+            elif m == "test" and op_str == "esi, esi":
                 k = 0
             elif m in ("je", "jne", "ja", "jbe", "jae", "jb") and k is not None and target:
                 taken, fall = _branch(m, k, r)
@@ -152,11 +162,11 @@ class _Walker:
             elif m in ("ret", "int3", "ud2") or m.startswith("j"):
                 return
 
-    def _record(self, insn: capstone.CsInsn, target: int, r: Range) -> None:
+    def _record(self, insn: tuple[int, int, str, str], target: int, r: Range) -> None:
         loc = self.symbols.lookup(target)
         name = loc.symbol.name if loc is not None and loc.offset == 0 else f"{target:#x}"
         self.entries.append(
-            DispatchEntry(self.function, insn.address, insn.size, r[0], r[1], target, name)
+            DispatchEntry(self.function, insn[0], insn[1], r[0], r[1], target, name)
         )
 
 

@@ -183,6 +183,21 @@ class SymbolTable:
         sym = self._symbol(bisect.bisect_left(self._addresses, self._addresses[i]))
         return Location(sym, address - sym.address)
 
+    def address_after(self, address: int) -> int | None:
+        """The next higher address kallsyms lists after the line of `address`, read from the
+        text without building the table: core kernel symbols are printed in address order."""
+        text, needle = self._text, f"{address:016x} "
+        pos = text.find(needle)
+        while pos >= 0:
+            line = text.find("\n", pos)
+            if line < 0:
+                return None
+            nxt = text[line + 1 : line + 17]
+            if len(nxt) == 16 and int(nxt, 16) > address:
+                return int(nxt, 16)
+            pos = line + 1 if text.startswith(needle, line + 1) else -1
+        return None
+
     def next_address(self, address: int) -> int | None:
         """The first symbol address strictly above `address`: an upper bound of its symbol."""
         i = bisect.bisect_right(self._addresses, address)
@@ -220,6 +235,10 @@ class SymbolTable:
                 a, t, n, m = match.groups("")
                 yield Symbol(int(a, 16), t, n, m or None)
             pos = text.find(needle, end)
+
+    def containing(self, part: str) -> list[Symbol]:
+        """Every symbol whose line contains `part` (filter the names further yourself)."""
+        return list(self._lines_with(part))
 
     def with_prefix(self, prefix: str) -> list[Symbol]:
         """Every symbol whose name starts with `prefix` (e.g. the __SCT__ trampolines)."""

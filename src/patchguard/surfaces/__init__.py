@@ -12,12 +12,14 @@ def all_surfaces() -> list[Surface]:
     from patchguard.surfaces.kernel_text import KernelTextSurface
     from patchguard.surfaces.modules import ModulesSurface
     from patchguard.surfaces.posture import PostureSurface
+    from patchguard.surfaces.syscalls import SyscallsSurface
     from patchguard.surfaces.tracing import TracingSurface
 
     return [
         PostureSurface(),
         KernelTextSurface(),
         EntrySurface(),
+        SyscallsSurface(),
         EbpfSurface(),
         TracingSurface(),
         ModulesSurface(),

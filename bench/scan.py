@@ -73,8 +73,10 @@ def main() -> None:
         f"{floor * 1000:.1f} ms"
     )
     print(f"scan (all surfaces): {scan * 1000:.1f} ms, ratio {scan / floor:.2f} (target <= 1.5)")
-    print(f"scan without syscall dispatch analysis: {without * 1000:.1f} ms, ratio "
-          f"{without / floor:.2f}")
+    print(
+        f"scan without syscall dispatch analysis: {without * 1000:.1f} ms, ratio "
+        f"{without / floor:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from patchguard import __version__
 from patchguard.engine.findings import Severity
-from patchguard.engine.scan import run_scan
+from patchguard.engine.scan import ScanReport, run_scan
 from patchguard.kernel import Kernel
 from patchguard.surfaces import all_surfaces
 from patchguard.surfaces.base import Surface
@@ -104,8 +104,6 @@ def _select(names: Sequence[str] | None) -> list[Surface]:
 
 
 def cmd_scan(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from patchguard.report import render, to_json
-
     threshold = Severity.parse(args.fail_on)
     surfaces = _select(args.surface)
     kernel = Kernel(args.root)
@@ -119,7 +117,14 @@ def cmd_scan(args: argparse.Namespace, out: Console, err: Console) -> int:
             report = run_scan(kernel, surfaces)
     finally:
         kernel.close()
-    if args.json:
+    return _emit(report, args.json, out, threshold)
+
+
+def _emit(report: ScanReport, as_json: bool, out: Console, threshold: Severity) -> int:
+    """Print a scan or check report and turn its worst finding into the exit code."""
+    from patchguard.report import render, to_json
+
+    if as_json:
         print(json.dumps(to_json(report), indent=2))
     else:
         render(report, out)
@@ -163,7 +168,6 @@ def cmd_baseline_create(args: argparse.Namespace, out: Console, err: Console) ->
 def cmd_check(args: argparse.Namespace, out: Console, err: Console) -> int:
     from patchguard.engine.integrity import run_check
     from patchguard.engine.keys import HostKey, default_key_path
-    from patchguard.report import render, to_json
 
     threshold = Severity.parse(args.fail_on)
     key = HostKey.load(args.key or default_key_path())
@@ -172,12 +176,7 @@ def cmd_check(args: argparse.Namespace, out: Console, err: Console) -> int:
         report = run_check(kernel, _baseline_path(args.baseline), key.public_key_bytes())
     finally:
         kernel.close()
-    if args.json:
-        print(json.dumps(to_json(report), indent=2))
-    else:
-        render(report, out)
-    worst = report.worst()
-    return EXIT_FINDINGS if worst is not None and worst >= threshold else EXIT_CLEAN
+    return _emit(report, args.json, out, threshold)
 
 
 def cmd_guard(args: argparse.Namespace, out: Console, err: Console) -> int:

@@ -54,13 +54,22 @@ def baseline(env: dict[str, str]) -> Path:
     return Path(env["PATCHGUARD_BASELINE"])
 
 
+def unexplained(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Findings other than the kernel's own explained patching. Other software on the machine
+    (QEMU's io_uring, a tracer) can flip a static key between two checks: that is shown as
+    explained, and is not what these tests are about."""
+    return [f for f in doc["findings"] if f["disposition"] != "explained"]
+
+
 def test_unchanged_kernel_checks_clean_twice(env: dict[str, str], baseline: Path) -> None:
     for _ in range(2):
         code, doc = check(env)
         assert code == 0 and doc["command"] == "check"
-        assert doc["findings"] == []
+        assert unexplained(doc) == []
         counts = doc["surfaces"][0]["counts"]
-        assert counts["changed_pages"] == 0 and counts["bytes"] > 18_000_000
+        assert counts["bytes"] > 18_000_000 and counts["tampering"] == 0
+        # on a quiet machine nothing changes at all; anything that did is explained
+        assert counts["changed_pages"] == 0 or counts["explained"] > 0
     assert Path(env["PATCHGUARD_KEY"]).stat().st_mode & 0o777 == 0o600
     assert baseline.stat().st_mode & 0o777 == 0o600
 
@@ -79,10 +88,11 @@ def test_tracepoint_attach_is_explained_then_clean(env: dict[str, str], baseline
     # tracepoint's static call (trampoline and the inline call site) is retargeted
     assert found.get("syscall_trace_enter+0xe2") == "jump-label", found
     assert found.get("__SCT__tp_func_sys_enter+0x0") == "static-call-trampoline", found
-    jump = next(f for f in doc["findings"] if f["technique"] == "jump-label")
+    jump = next(f for f in doc["findings"] if f["subject"] == "syscall_trace_enter+0xe2")
     assert (jump["evidence"]["old"], jump["evidence"]["new"]) == ("66 90", "eb 61")
     code, doc = check(env)
-    assert code == 0 and doc["findings"] == []
+    assert code == 0 and unexplained(doc) == []
+    assert not set(found) & {f["subject"] for f in doc["findings"]}, "still patched after detach"
 
 
 def test_raw_tracepoint_link_is_explained_then_clean(env: dict[str, str], baseline: Path) -> None:
@@ -92,7 +102,8 @@ def test_raw_tracepoint_link_is_explained_then_clean(env: dict[str, str], baseli
     assert code == 0 and found, "attaching to sys_enter patches the kernel's code"
     assert bp.wait_gone(prog.prog_id)
     code, doc = check(env)
-    assert code == 0 and doc["findings"] == []
+    assert code == 0 and unexplained(doc) == []
+    assert not set(found) & {f["subject"] for f in doc["findings"]}, "still patched after detach"
 
 
 def _rewrite(path: Path, change: dict[str, bytes | None]) -> None:

@@ -1,0 +1,1 @@
+"""Policy: vendor hook manifests and the signed, hash-chained exception ledger."""

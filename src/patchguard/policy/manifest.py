@@ -1,0 +1,313 @@
+"""The hook manifest: a product declares, in TOML, every hook it puts into the kernel.
+
+docs/manifest.md documents the schema. A manifest is read strictly: an unknown key, a wrong
+type or a missing field is a ManifestError naming the file, the line and the key, because a
+manifest becomes the exact description an exception is granted for; nothing is guessed.
+The same checks run on the parsed content a ledger request carries (`manifest_from_dict`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+from patchguard.kernel.bpf import PROG_TYPES
+from patchguard.policy.toml_lines import decode_error_position, line_of
+
+MAX_MANIFEST = 1024 * 1024  # a manifest lists hooks; a megabyte of it is not a manifest
+_SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")  # kallsyms names: "foo", "foo.isra.0"
+_MODULE = re.compile(r"[A-Za-z0-9_-]+\Z")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}\Z")
+KPROBE_KINDS = ("kprobe", "kretprobe")
+
+
+class ManifestError(Exception):
+    """A malformed manifest; str() is one line: `<file>:<line>: <key>: <what is wrong>`."""
+
+    def __init__(self, source: str, line: int | None, key: str, reason: str) -> None:
+        where = f"{source}:{line}" if line else source
+        super().__init__(f"{where}: {key}: {reason}" if key else f"{where}: {reason}")
+        self.source, self.line, self.key, self.reason = source, line, key, reason
+
+
+@dataclass(frozen=True)
+class Loader:
+    path: str  # absolute path of the executable that loads the programs
+    sha256: str  # lowercase hex of its contents
+
+
+@dataclass(frozen=True)
+class DeclaredBpfProgram:
+    name: str  # the program name as bpf(2) reports it (at most 15 characters)
+    prog_type: str  # as the ebpf surface names it: "tracepoint", "kprobe", "tracing", ...
+    attach: tuple[str, ...]  # "tracepoint:sys_enter_kill", "kprobe:do_sys_openat2", "vfs_read"
+    helpers: tuple[str, ...]  # kernel helper functions: "bpf_get_current_pid_tgid"
+    kfuncs: tuple[str, ...]
+    loader: Loader
+
+
+@dataclass(frozen=True)
+class DeclaredFtrace:
+    function: str  # the traced kernel function
+    owner: str  # the callback (ftrace_ops func) that runs on it
+    module: str | None = None  # the module the callback lives in
+
+
+@dataclass(frozen=True)
+class DeclaredKprobe:
+    symbol: str
+    offset: int = 0
+    kind: str = "kprobe"
+    module: str | None = None
+
+
+@dataclass(frozen=True)
+class DeclaredModule:
+    name: str
+    signer: str  # the module signature's signer, as modinfo prints it
+
+
+@dataclass(frozen=True)
+class DeclaredLivepatch:
+    name: str
+    functions: tuple[str, ...]  # the kernel functions it replaces
+
+
+@dataclass(frozen=True)
+class Manifest:
+    vendor: str
+    product: str
+    version: str
+    contact: str
+    justification: str
+    bpf_programs: tuple[DeclaredBpfProgram, ...] = ()
+    ftrace: tuple[DeclaredFtrace, ...] = ()
+    kprobes: tuple[DeclaredKprobe, ...] = ()
+    modules: tuple[DeclaredModule, ...] = ()
+    livepatches: tuple[DeclaredLivepatch, ...] = ()
+    sha256: str = ""  # of the file it was read from; not part of to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The content in the TOML's own shape (what a ledger request carries)."""
+
+        def some(**values: Any) -> dict[str, Any]:
+            return {k: v for k, v in values.items() if v is not None}
+
+        return {
+            "vendor": self.vendor,
+            "product": self.product,
+            "version": self.version,
+            "contact": self.contact,
+            "justification": self.justification,
+            "bpf_program": [
+                {
+                    "name": p.name,
+                    "prog_type": p.prog_type,
+                    "attach": list(p.attach),
+                    "helpers": list(p.helpers),
+                    "kfuncs": list(p.kfuncs),
+                    "loader": {"path": p.loader.path, "sha256": p.loader.sha256},
+                }
+                for p in self.bpf_programs
+            ],
+            "ftrace": [
+                some(function=f.function, owner=f.owner, module=f.module) for f in self.ftrace
+            ],
+            "kprobe": [
+                some(symbol=k.symbol, offset=k.offset, kind=k.kind, module=k.module)
+                for k in self.kprobes
+            ],
+            "module": [{"name": m.name, "signer": m.signer} for m in self.modules],
+            "livepatch": [
+                {"name": p.name, "functions": list(p.functions)} for p in self.livepatches
+            ],
+        }
+
+
+class _Reader:
+    """Typed reads from the parsed TOML, each failure a ManifestError with its line."""
+
+    def __init__(self, source: str, text: str | None) -> None:
+        self.source, self.text = source, text
+
+    def fail(self, key: str, reason: str) -> NoReturn:
+        line = line_of(self.text, key) if self.text is not None else None
+        raise ManifestError(self.source, line, key, reason)
+
+    def table(self, raw: object, where: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            self.fail(where, "expected a table")
+        for name in raw:
+            if name not in allowed:
+                self.fail(f"{where}.{name}" if where else name, "unknown key")
+        return raw
+
+    def string(self, raw: dict[str, Any], name: str, where: str, optional: bool = False) -> Any:
+        key = f"{where}.{name}" if where else name
+        if name not in raw:
+            if optional:
+                return None
+            self.fail(key, "missing")
+        value = raw[name]
+        if not isinstance(value, str) or not value.strip():
+            self.fail(key, "expected a non-empty string")
+        return value
+
+    def symbol(self, raw: dict[str, Any], name: str, where: str, optional: bool = False) -> Any:
+        value = self.string(raw, name, where, optional)
+        if value is not None and not _SYMBOL.match(value):
+            self.fail(f"{where}.{name}", f"{value!r} is not a kernel symbol name")
+        return value
+
+    def strings(
+        self, raw: dict[str, Any], name: str, where: str, symbols: bool, default: bool = False
+    ) -> tuple[str, ...]:
+        key = f"{where}.{name}"
+        value = raw.get(name, [] if default else None)
+        if value is None:
+            self.fail(key, "missing")
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            self.fail(key, "expected a list of strings")
+        for item in value:
+            if symbols and not _SYMBOL.match(item):
+                self.fail(key, f"{item!r} is not a kernel symbol name")
+            if value.count(item) > 1:
+                self.fail(key, f"{item!r} is listed twice")
+        return tuple(value)
+
+    def tables(self, raw: dict[str, Any], name: str) -> list[tuple[str, dict[str, Any]]]:
+        value = raw.get(name, [])
+        if not isinstance(value, list):
+            self.fail(name, f"expected [[{name}]] tables")
+        return [(f"{name}[{i}]", item) for i, item in enumerate(value)]
+
+
+def _bpf_program(r: _Reader, where: str, raw: object) -> DeclaredBpfProgram:
+    allowed = ("name", "prog_type", "attach", "helpers", "kfuncs", "loader")
+    t = r.table(raw, where, allowed)
+    prog_type = r.string(t, "prog_type", where)
+    if prog_type not in PROG_TYPES:
+        r.fail(f"{where}.prog_type", f"unknown program type {prog_type!r}")
+    attach = t.get("attach")
+    if isinstance(attach, str):
+        attach = [attach]  # one attach point may be written without the list
+    if attach == []:
+        r.fail(f"{where}.attach", "expected at least one attach point")
+    if "loader" not in t:
+        r.fail(f"{where}.loader", "missing (a table: {path, sha256})")
+    loader = r.table(t["loader"], f"{where}.loader", ("path", "sha256"))
+    path = r.string(loader, "path", f"{where}.loader")
+    digest = r.string(loader, "sha256", f"{where}.loader")
+    if not path.startswith("/"):
+        r.fail(f"{where}.loader.path", "expected an absolute path")
+    if not _SHA256.match(digest):
+        r.fail(f"{where}.loader.sha256", "expected 64 hex digits (sha256sum of the loader)")
+    return DeclaredBpfProgram(
+        name=r.string(t, "name", where),
+        prog_type=prog_type,
+        attach=r.strings({**t, "attach": attach}, "attach", where, symbols=False),
+        helpers=r.strings(t, "helpers", where, symbols=True),
+        kfuncs=r.strings(t, "kfuncs", where, symbols=True, default=True),
+        loader=Loader(path, digest.lower()),
+    )
+
+
+def _kprobe(r: _Reader, where: str, raw: object) -> DeclaredKprobe:
+    t = r.table(raw, where, ("symbol", "offset", "kind", "module"))
+    offset = t.get("offset", 0)
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        r.fail(f"{where}.offset", "expected a byte offset (0 or more)")
+    kind = t.get("kind", "kprobe")
+    if kind not in KPROBE_KINDS:
+        r.fail(f"{where}.kind", f"expected one of {', '.join(KPROBE_KINDS)}")
+    module = r.string(t, "module", where, optional=True)
+    if module is not None and not _MODULE.match(module):
+        r.fail(f"{where}.module", f"{module!r} is not a module name")
+    return DeclaredKprobe(r.symbol(t, "symbol", where), offset, kind, module)
+
+
+def _module(r: _Reader, where: str, raw: object) -> DeclaredModule:
+    t = r.table(raw, where, ("name", "signer"))
+    name = r.string(t, "name", where)
+    if not _MODULE.match(name):
+        r.fail(f"{where}.name", f"{name!r} is not a module name")
+    return DeclaredModule(name, r.string(t, "signer", where))
+
+
+def _ftrace(r: _Reader, where: str, raw: object) -> DeclaredFtrace:
+    t = r.table(raw, where, ("function", "owner", "module"))
+    module = r.string(t, "module", where, optional=True)
+    if module is not None and not _MODULE.match(module):
+        r.fail(f"{where}.module", f"{module!r} is not a module name")
+    return DeclaredFtrace(r.symbol(t, "function", where), r.string(t, "owner", where), module)
+
+
+def _livepatch(r: _Reader, where: str, raw: object) -> DeclaredLivepatch:
+    t = r.table(raw, where, ("name", "functions"))
+    name = r.string(t, "name", where)
+    functions = r.strings(t, "functions", where, symbols=True)
+    if not functions:
+        r.fail(f"{where}.functions", "expected at least one function")
+    return DeclaredLivepatch(name, functions)
+
+
+_TOP = ("vendor", "product", "version", "contact", "justification")
+_HOOKS = ("bpf_program", "ftrace", "kprobe", "module", "livepatch")
+T = TypeVar("T")
+
+
+def _each(
+    r: _Reader, t: dict[str, Any], name: str, read: Callable[[_Reader, str, object], T]
+) -> tuple[T, ...]:
+    return tuple(read(r, where, item) for where, item in r.tables(t, name))
+
+
+def manifest_from_dict(raw: object, source: str, text: str | None = None) -> Manifest:
+    """Check parsed manifest content (from TOML, or from a ledger request) and build it.
+
+    `text`, when given, is the TOML the content came from: errors then carry line numbers."""
+    r = _Reader(source, text)
+    t = r.table(raw, "", _TOP + _HOOKS)
+    about = {name: r.string(t, name, "") for name in _TOP}
+    manifest = Manifest(
+        **about,
+        bpf_programs=_each(r, t, "bpf_program", _bpf_program),
+        ftrace=_each(r, t, "ftrace", _ftrace),
+        kprobes=_each(r, t, "kprobe", _kprobe),
+        modules=_each(r, t, "module", _module),
+        livepatches=_each(r, t, "livepatch", _livepatch),
+    )
+    hooks = (manifest.bpf_programs, manifest.ftrace, manifest.kprobes, manifest.modules)
+    if not any(hooks) and not manifest.livepatches:
+        r.fail("", "declares no hooks (no bpf_program, ftrace, kprobe, module or livepatch)")
+    return manifest
+
+
+def parse_manifest(data: bytes, source: str) -> Manifest:
+    """Parse manifest bytes; `source` names the file in errors."""
+    try:
+        text = data.decode("utf-8")
+        raw = tomllib.loads(text)
+    except UnicodeDecodeError as exc:
+        raise ManifestError(source, None, "", f"not UTF-8 text (byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        line, reason = decode_error_position(exc, text)
+        raise ManifestError(source, line, "", f"not valid TOML: {reason}") from None
+    manifest = manifest_from_dict(raw, source, text)
+    return replace(manifest, sha256=hashlib.sha256(data).hexdigest())
+
+
+def load_manifest(path: Path) -> Manifest:
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_MANIFEST + 1)
+    except OSError as exc:
+        raise ManifestError(str(path), None, "", f"cannot read it: {exc.strerror}") from None
+    if len(data) > MAX_MANIFEST:
+        raise ManifestError(str(path), None, "", "larger than 1 MiB: not a manifest")
+    return parse_manifest(data, str(path))

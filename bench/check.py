@@ -22,9 +22,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from patchguard.engine.baseline_store import read_manifest, save_baseline
-from patchguard.engine.integrity import capture, read_chunks, verify
+from patchguard.engine.integrity import capture, verify
 from patchguard.engine.keys import HostKey
 from patchguard.kernel import Kernel
+from patchguard.kernel.memory import read_chunks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support import bpfprogs as bp

@@ -18,8 +18,8 @@ from pathlib import Path
 from patchguard.engine.scan import run_scan
 from patchguard.kernel import Kernel
 from patchguard.kernel.kallsyms import SymbolTable
+from patchguard.kernel.memory import read_chunks
 from patchguard.surfaces import all_surfaces
-from patchguard.surfaces.kernel_text import READ_SIZE
 
 
 def median_seconds(fn: Callable[[], object], rounds: int) -> float:
@@ -35,8 +35,8 @@ def floor_once(kernel: Kernel, start: int, end: int) -> None:
     Path("/proc/kallsyms").read_bytes()
     memory = kernel.memory()
     digest = hashlib.sha256()
-    for at in range(start, end, READ_SIZE):
-        digest.update(memory.read(at, min(READ_SIZE, end - at)))
+    for _, chunk in read_chunks(memory, start, end):
+        digest.update(chunk)
 
 
 def scan_once(skip: tuple[str, ...] = ()) -> None:

@@ -45,15 +45,14 @@ from patchguard.engine.syscalls import (
     redirected,
 )
 from patchguard.kernel import Kernel, KernelAccessError
-from patchguard.kernel.memory import KernelMemory
+from patchguard.kernel.kallsyms import X86_64_DEFAULT_STEXT
+from patchguard.kernel.memory import KernelMemory, read_chunks
 from patchguard.surfaces.base import SurfaceState
 
 if TYPE_CHECKING:
     from patchguard.engine.scan import ScanReport
 
 SURFACE = "kernel_text"
-READ_SIZE = 64 * 1024
-X86_64_DEFAULT_STEXT = 0xFFFFFFFF81000000
 
 # What a baseline keeps: (region name, kallsyms range name). Text first: it is what `check`
 # compares; the tables after it are the trusted source of where the kernel may patch itself.
@@ -65,11 +64,6 @@ REGIONS = (
 )
 
 
-def read_chunks(memory: KernelMemory, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-    for at in range(start, end, READ_SIZE):
-        yield at, memory.read(at, min(READ_SIZE, end - at))
-
-
 def capture_region(memory: KernelMemory, name: str, start: int, end: int) -> Region:
     data = b"".join(chunk for _, chunk in read_chunks(memory, start, end))
     return Region(name, start, data, page_hashes(data))
@@ -78,10 +72,6 @@ def capture_region(memory: KernelMemory, name: str, start: int, end: int) -> Reg
 def static_call_trampolines(kernel: Kernel) -> list[tuple[str, int]]:
     """Every `__SCT__*` trampoline in kallsyms: where a static call may legitimately jump."""
     return [(s.name, s.address) for s in kernel.kallsyms.with_prefix("__SCT__") if s.is_text]
-
-
-def boot_id(kernel: Kernel) -> str:
-    return kernel.read_text("/proc/sys/kernel/random/boot_id").strip()
 
 
 def kaslr_offset(kernel: Kernel) -> int:
@@ -122,7 +112,7 @@ def capture(kernel: Kernel) -> Capture:
             "baseline", "core kernel text could not be read: " + "; ".join(g.reason for g in gaps)
         )
     meta = BaselineMeta(
-        boot_id=boot_id(kernel),
+        boot_id=kernel.boot_id(),
         kernel_release=os.uname().release,
         kaslr_offset=kaslr_offset(kernel),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -380,7 +370,7 @@ def verify(kernel: Kernel, path: Path, public_key: bytes) -> CheckOutcome:
     """Compare the live kernel with the signed baseline at `path` (BaselineError if it cannot be
     trusted or belongs to another boot)."""
     manifest = read_manifest(path, public_key, stored=False)
-    check_boot(manifest, boot_id(kernel), os.uname().release, path)
+    check_boot(manifest, kernel.boot_id(), os.uname().release, path)
     # The stored region bytes are verified beside the kernel reads (both mostly wait on the
     # kernel or hash with the GIL released); any region data is used only after it passed.
     with ThreadPoolExecutor(max_workers=1) as pool:

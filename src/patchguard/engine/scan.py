@@ -50,7 +50,7 @@ class ScanReport:
 
 def _boot_id(kernel: Kernel) -> str:
     try:
-        return kernel.read_text("/proc/sys/kernel/random/boot_id").strip()
+        return kernel.boot_id()
     except OSError:
         return ""
 

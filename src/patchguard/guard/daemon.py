@@ -97,8 +97,10 @@ class Guard:
             }
         )
         watchdog = Watchdog()
-        self.sweep()
+        # Read the triggers before the first sweep: whatever appears after this reading is
+        # either in the sweep or fires a trigger; nothing falls between the two.
         triggers = TriggerState(self.kernel)
+        self.sweep()
         next_sweep = time.monotonic() + next_interval(
             self.config.sweep_mean, self.config.sweep_jitter
         )

@@ -46,6 +46,10 @@ class Kernel:
         except OSError as exc:
             raise KernelAccessError(kernel_path, oserror_reason(exc)) from exc
 
+    def boot_id(self) -> str:
+        """/proc/sys/kernel/random/boot_id: which boot a scan or baseline belongs to."""
+        return self.read_text("/proc/sys/kernel/random/boot_id").strip()
+
     @property
     def kallsyms(self) -> SymbolTable:
         """The symbol table, read once; surfaces running in parallel share that one read."""

@@ -29,6 +29,9 @@ RANGE_SYMBOLS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+# x86-64: __START_KERNEL_map + LOAD_PHYSICAL_ADDR (16 MiB), where _stext sits without KASLR.
+X86_64_DEFAULT_STEXT = 0xFFFFFFFF81000000
+
 # Not modules: the kernel files its trampolines and JITed BPF programs under these names.
 PSEUDO_MODULES = frozenset({"__builtin__ftrace", "__builtin__kprobes", "bpf"})
 

@@ -8,12 +8,22 @@ The scan uses whichever works and says which.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
 from patchguard.kernel.errors import KernelAccessError
 
 if TYPE_CHECKING:
     from patchguard.kernel import Kernel
+
+
+READ_SIZE = 64 * 1024  # per read call: the eBPF reader serves up to 64 KiB per test run
+
+
+def read_chunks(memory: KernelMemory, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """(address, bytes) for [start, end) in READ_SIZE reads."""
+    for at in range(start, end, READ_SIZE):
+        yield at, memory.read(at, min(READ_SIZE, end - at))
 
 
 class MemoryReadError(KernelAccessError):

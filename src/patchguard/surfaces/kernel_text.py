@@ -10,11 +10,10 @@ from dataclasses import dataclass
 
 from patchguard.engine.findings import Finding, Gap
 from patchguard.kernel import Kernel, KernelAccessError
-from patchguard.kernel.memory import KernelMemory
+from patchguard.kernel.memory import KernelMemory, read_chunks
 from patchguard.surfaces.base import SurfaceState
 
 NAME = "kernel_text"
-READ_SIZE = 64 * 1024  # per read call; the eBPF reader serves 64 KiB per test run
 
 
 @dataclass(frozen=True)
@@ -27,10 +26,10 @@ class TextImage:
 
 
 def hash_range(memory: KernelMemory, start: int, end: int) -> str:
-    """SHA-256 of [start, end), read READ_SIZE bytes at a time."""
+    """SHA-256 of [start, end), read in READ_SIZE chunks."""
     whole = hashlib.sha256()
-    for at in range(start, end, READ_SIZE):
-        whole.update(memory.read(at, min(READ_SIZE, end - at)))
+    for _, chunk in read_chunks(memory, start, end):
+        whole.update(chunk)
     return whole.hexdigest()
 
 

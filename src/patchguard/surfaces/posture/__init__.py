@@ -15,6 +15,7 @@ assess, cross_checks and weakness (findings), surface (PostureSurface).
 
 from __future__ import annotations
 
+from patchguard.kernel.kallsyms import X86_64_DEFAULT_STEXT
 from patchguard.surfaces.posture.assess import assess_records
 from patchguard.surfaces.posture.boot_params import (
     BOOT_PARAMS,
@@ -49,7 +50,6 @@ from patchguard.surfaces.posture.paths import (
     VULNERABILITIES,
 )
 from patchguard.surfaces.posture.records import (
-    X86_64_DEFAULT_STEXT,
     ActiveLsms,
     BootParam,
     Cmdline,

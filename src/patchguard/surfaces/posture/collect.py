@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from patchguard.engine.findings import Gap
 from patchguard.kernel.errors import KernelAccessError, is_enoent, oserror_reason
+from patchguard.kernel.kallsyms import X86_64_DEFAULT_STEXT
 from patchguard.kernel.mounts import ensure_mounted
 from patchguard.surfaces.posture.parsers import (
     decode_taint,
@@ -36,7 +37,6 @@ from patchguard.surfaces.posture.paths import (
     VULNERABILITIES,
 )
 from patchguard.surfaces.posture.records import (
-    X86_64_DEFAULT_STEXT,
     ActiveLsms,
     Cmdline,
     CpuProtection,

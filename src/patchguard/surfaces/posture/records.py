@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # x86_64: __START_KERNEL_map + LOAD_PHYSICAL_ADDR (16 MiB), where _stext sits without KASLR.
-X86_64_DEFAULT_STEXT = 0xFFFFFFFF81000000
+from patchguard.kernel.kallsyms import X86_64_DEFAULT_STEXT
 
 
 @dataclass(frozen=True)

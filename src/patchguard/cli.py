@@ -27,7 +27,11 @@ ROOT_NOTE = (
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="patchguard", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="patchguard",
+        description="Kernel patch protection for Linux: scan the live kernel, baseline and check "
+        "its code, guard it, and keep a public ledger of sanctioned hooks.",
+    )
     parser.add_argument("--version", action="version", version=f"patchguard {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     scan = sub.add_parser("scan", help="read every surface of the live kernel and report")
@@ -85,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the systemd unit for this installation and exit",
     )
+    from patchguard.policy import cli as policy_cli
+
+    policy_cli.register(sub)  # exceptions ..., ledger ...
     config = sub.add_parser("config", help="guard configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     config_check = config_sub.add_parser("check", help="validate a guard config file")
@@ -218,6 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from patchguard.kernel import KernelAccessError
 
     args = _parser().parse_args(argv)
+    handler = getattr(args, "policy_handler", None)
+    if handler is not None:  # the policy commands print their own one-line errors
+        return int(handler(args))
     out, err = Console(), Console(stderr=True)
     sub = getattr(args, "baseline_command", None) or getattr(args, "config_command", None)
     command = COMMANDS[(args.command, sub)]

@@ -21,6 +21,7 @@ U32 = 0xFFFFFFFF
 SYSCALL_PREFIXES = (
     "__x64_sys_",
     "__ia32_sys_",
+    "__x64_compat_sys_",
     "__x32_compat_sys_",
     "__ia32_compat_sys_",
     "__do_sys_",

@@ -49,6 +49,14 @@ class IdtGate:
     handler: int
     location: str | None  # symbol+offset
     in_text: bool
+    # An exception vector the kernel never set up after boot (#VE without TDX, #CP without
+    # CET, the reserved ones) keeps the early boot handler it got first, in freed init text:
+    # the CPU never raises it there, so it is recorded, not reported.
+    early_boot: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.in_text or self.early_boot
 
 
 def cpus(kernel: Kernel) -> list[int]:
@@ -136,9 +144,14 @@ def read_idt(kernel: Kernel, gaps: list[Gap]) -> list[IdtGate]:
         if handler == 0:
             continue  # not set up: the CPU raises #GP for it
         loc = kernel.kallsyms.lookup(handler)
+        early = vector < 32 and loc is not None and loc.symbol.name == "early_idt_handler_array"
         gates.append(
             IdtGate(
-                vector, handler, str(loc) if loc else None, text is not None and handler in text
+                vector,
+                handler,
+                str(loc) if loc else None,
+                text is not None and handler in text,
+                early,
             )
         )
     return gates
@@ -177,7 +190,7 @@ class EntrySurface:
                         {"value": f"{r.value:#x}", "symbol": r.symbol, "cpu": r.cpu},
                     )
                 )
-            elif isinstance(r, IdtGate) and not r.in_text:
+            elif isinstance(r, IdtGate) and not r.ok:
                 findings.append(
                     Finding(
                         NAME,

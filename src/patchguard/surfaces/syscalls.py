@@ -108,8 +108,12 @@ def read_tables(kernel: Kernel, names: SyscallNames) -> list[SyscallTarget]:
         if bounds is None:
             continue
         entries = min((bounds[1] - bounds[0]) // 8, MAX_TABLE_ENTRIES)
-        raw = kernel.memory().read(bounds[0], entries * 8)
-        for nr, (pointer,) in enumerate(struct.iter_unpack("<Q", raw)):
+        pointers = [
+            p for (p,) in struct.iter_unpack("<Q", kernel.memory().read(bounds[0], entries * 8))
+        ]
+        while pointers and pointers[-1] == 0:
+            pointers.pop()  # alignment padding up to the next symbol, not syscalls
+        for nr, pointer in enumerate(pointers):
             name, ok = _target(kernel, names, pointer)
             found.append(SyscallTarget(table, nr, nr, bounds[0] + 8 * nr, pointer, name, ok))
     return found

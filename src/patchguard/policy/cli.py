@@ -1,0 +1,232 @@
+"""`patchguard exceptions ...` and `patchguard ledger ...`: thin calls into the policy layer.
+
+`register(subparsers)` adds both command groups to the main parser; every command stores its
+handler as `args.policy_handler`, which takes the parsed args and returns the exit code:
+0 done (or the ledger verifies), 1 the ledger does not verify, 2 an error, printed as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from patchguard.engine.keys import HostKey, KeyFileError
+from patchguard.policy import exceptions as ops
+from patchguard.policy.ledger import (
+    LedgerError,
+    default_ledger_path,
+    export_json,
+    load,
+    read_rows,
+    replay,
+    verify,
+)
+from patchguard.policy.manifest import ManifestError, load_manifest
+from patchguard.policy.rules import ROLES
+
+EXIT_OK, EXIT_BAD_LEDGER, EXIT_ERROR = 0, 1, 2
+Handler = Callable[[argparse.Namespace], int]
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
+
+
+class UsageError(Exception):
+    """A bad argument value, caught before anything is written."""
+
+
+def _ledger(args: argparse.Namespace) -> Path:
+    return Path(args.ledger) if args.ledger else default_ledger_path()
+
+
+def _key(args: argparse.Namespace) -> HostKey:
+    return HostKey.load(Path(args.key))  # never created here: a mistyped path is an error
+
+
+def _print(text: str) -> None:
+    print(text, flush=True)
+
+
+def _request(args: argparse.Namespace) -> int:
+    if not _DATE.match(args.expires):
+        raise UsageError(f"--expires: {args.expires!r} is not a date (YYYY-MM-DD)")
+    try:
+        expires = date.fromisoformat(args.expires)
+    except ValueError:
+        raise UsageError(f"--expires: {args.expires!r} is not a date (YYYY-MM-DD)") from None
+    manifest = load_manifest(Path(args.manifest))
+    done = ops.request_exception(_ledger(args), _key(args), manifest, expires, args.scope)
+    _print(done.description)
+    return EXIT_OK
+
+
+def _decision(approve: bool) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        done = ops.decide(_ledger(args), _key(args), args.id, approve, args.reason)
+        _print(done.description)
+        return EXIT_OK
+
+    return handler
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    _print(ops.revoke(_ledger(args), _key(args), args.id, args.reason).description)
+    return EXIT_OK
+
+
+def _list(args: argparse.Namespace) -> int:
+    now = datetime.now(UTC)
+    for r in ops.requests(_ledger(args)):
+        m = r.manifest
+        scope = "all hosts" if r.scope is None else ",".join(r.scope)
+        _print(
+            f"#{r.id}\t{r.status_at(now)}\t{m.vendor}\t{m.product} {m.version}\t{scope}\t"
+            f"expires {r.expires}"
+        )
+    return EXIT_OK
+
+
+def _init(args: argparse.Namespace) -> int:
+    _print(ops.init_ledger(_ledger(args), _key(args), args.owner).description)
+    return EXIT_OK
+
+
+def _key_add(args: argparse.Namespace) -> int:
+    try:
+        public_key = bytes.fromhex(args.public_key)
+    except ValueError:
+        public_key = b""
+    if len(public_key) != 32:
+        raise UsageError("PUBLIC_KEY: expected 64 hex digits (`patchguard ledger key show`)")
+    roles = args.role or []
+    done = ops.grant_key(_ledger(args), _key(args), public_key, args.owner, roles)
+    _print(done.description)
+    return EXIT_OK
+
+
+def _key_show(args: argparse.Namespace) -> int:
+    # --create is the one way to make a new actor key: everywhere else a missing key is a typo
+    key = HostKey.load_or_create(Path(args.key)) if args.create else _key(args)
+    _print(f"fingerprint {key.fingerprint()}\npublic key {key.public_key_bytes().hex()}")
+    return EXIT_OK
+
+
+def _max_expiry(args: argparse.Namespace) -> int:
+    _print(ops.set_max_expiry(_ledger(args), _key(args), args.days).description)
+    return EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    path = _ledger(args)
+    result = verify(path, args.root, args.head)
+    if not result.ok:
+        print(f"patchguard: {path}: does not verify: {result.reason}", file=sys.stderr)
+        return EXIT_BAD_LEDGER
+    _print(f"{path}: {result.entries} entries verify; head {result.head or '(empty)'}")
+    return EXIT_OK
+
+
+def _show(args: argparse.Namespace) -> int:
+    path = _ledger(args)
+    if args.json:
+        _print(json.dumps(export_json(path), indent=2))
+        return EXIT_OK
+    loaded = replay(read_rows(path))
+    for entry, line in zip(loaded.entries, loaded.descriptions, strict=True):
+        _print(f"{entry.seq}\t{entry.time}\t{entry.kind}\t{line}")
+    if not loaded.result.ok:
+        print(f"patchguard: {path}: does not verify: {loaded.result.reason}", file=sys.stderr)
+        return EXIT_BAD_LEDGER
+    return EXIT_OK
+
+
+def _duration(value: timedelta | None) -> str:
+    if value is None:
+        return "-"
+    seconds = int(value.total_seconds())
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    return f"{days}d {hours}h" if days else f"{hours}h {rest // 60}m" if hours else f"{rest}s"
+
+
+def _report(args: argparse.Namespace) -> int:
+    stats = ops.vendor_report(load(_ledger(args)).state.requests.values())
+    _print("vendor\trequests\tapproved\tdenied\tmedian time to decision")
+    for s in stats:
+        median = _duration(s.median_to_decision)
+        _print(f"{s.vendor}\t{s.requests}\t{s.approvals}\t{s.denials}\t{median}")
+    return EXIT_OK
+
+
+def _guarded(handler: Handler) -> Handler:
+    """Every expected failure becomes one line on stderr and exit 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except (UsageError, LedgerError, ManifestError, KeyFileError) as exc:
+            print(f"patchguard: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+
+    return run
+
+
+def _add(
+    group: Any, name: str, handler: Handler, help_text: str, key: bool = False
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = group.add_parser(name, help=help_text)
+    parser.add_argument(
+        "--ledger",
+        metavar="PATH",
+        help="the ledger (default $PATCHGUARD_LEDGER, else "
+        "/var/lib/patchguard/ledger.db; a .json path reads an export)",
+    )
+    if key:
+        parser.add_argument("--key", required=True, metavar="KEY", help="signing key (PEM file)")
+    parser.set_defaults(policy_handler=_guarded(handler))
+    return parser
+
+
+def register(subparsers: Any) -> None:
+    """Add `exceptions` and `ledger` to the main parser's subparsers."""
+    exc = subparsers.add_parser("exceptions", help="request and decide hook exceptions")
+    ex = exc.add_subparsers(dest="exceptions_command", required=True)
+    p = _add(ex, "request", _request, "request an exception for a hook manifest", key=True)
+    p.add_argument("manifest", metavar="MANIFEST")
+    p.add_argument("--expires", required=True, metavar="DATE", help="YYYY-MM-DD (required)")
+    p.add_argument("--scope", nargs="+", metavar="SELECTOR", help="host selectors (default all)")
+    for name, handler in (("approve", _decision(True)), ("deny", _decision(False))):
+        p = _add(ex, name, handler, f"{name} a pending request", key=True)
+        p.add_argument("id", type=int, metavar="ID")
+        p.add_argument("--reason", required=True, metavar="TEXT")
+    p = _add(ex, "revoke", _revoke, "end an approved exception", key=True)
+    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("--reason", required=True, metavar="TEXT")
+    _add(ex, "list", _list, "every request and its status now")
+
+    led = subparsers.add_parser("ledger", help="the signed, hash-chained exception ledger")
+    lg = led.add_subparsers(dest="ledger_command", required=True)
+    p = _add(lg, "init", _init, "start a ledger: entry 1 names its owner's key", key=True)
+    p.add_argument("--owner", required=True, metavar="NAME")
+    p = _add(lg, "key-add", _key_add, "record who owns a key, and its roles", key=True)
+    p.add_argument("public_key", metavar="PUBLIC_KEY", help="raw ed25519 public key, hex")
+    p.add_argument("--owner", required=True, metavar="NAME", help="vendor or organisation")
+    p.add_argument("--role", action="append", choices=ROLES, help="repeatable; none: owner only")
+    p = _add(lg, "key-show", _key_show, "print a key's fingerprint and public key", key=True)
+    p.add_argument(
+        "--create",
+        action="store_true",
+        help="create the key (ed25519, mode 0600) if the file does not exist",
+    )
+    p = _add(lg, "max-expiry", _max_expiry, "set the longest allowed exception", key=True)
+    p.add_argument("days", type=int, metavar="DAYS")
+    p = _add(lg, "verify", _verify, "check every hash, link, signature and rule")
+    p.add_argument("--root", metavar="FINGERPRINT", help="the key entry 1 must be signed by")
+    p.add_argument("--head", metavar="HASH", help="a published entry hash that must be present")
+    p = _add(lg, "show", _show, "print every entry")
+    p.add_argument("--json", action="store_true", help="the export, for publishing")
+    _add(lg, "report", _report, "per vendor: requests, approvals, denials, time to decision")

@@ -1,0 +1,265 @@
+"""The exception ledger in SQLite: append-only, hash-chained, every entry signed by its actor.
+
+One table, `entries`, one row per entry (policy/chain.py says what is hashed and signed),
+marked as a patchguard ledger by `PRAGMA user_version = 1`. Triggers refuse UPDATE and DELETE,
+which stops accidents; deliberate edits are what `verify` is for. An append runs in one
+BEGIN IMMEDIATE transaction: take the write lock, replay and verify every entry, check the new
+one against the rules, insert, commit. A crash, a full disk or a refusal anywhere before the
+commit leaves the ledger as it was (SQLite rolls back a half-written transaction when the file
+is next opened). An export (`export_json`) verifies exactly like the database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from patchguard.engine.keys import HostKey
+from patchguard.policy.chain import (
+    COLUMNS,
+    FORMAT,
+    GENESIS_HASH,
+    Entry,
+    check_link,
+    entry_from_row,
+    seal,
+)
+from patchguard.policy.rules import LedgerState, RuleError
+
+DEFAULT_LEDGER = Path("/var/lib/patchguard/ledger.db")
+LEDGER_ENV = "PATCHGUARD_LEDGER"
+USER_VERSION = 1
+_APPEND_ONLY = "SELECT RAISE(ABORT, 'the patchguard ledger is append-only')"
+_SCHEMA = (
+    "CREATE TABLE entries (seq INTEGER PRIMARY KEY, time TEXT NOT NULL, kind TEXT NOT NULL, "
+    "actor TEXT NOT NULL, actor_key TEXT NOT NULL, subject INTEGER, payload TEXT NOT NULL, "
+    "prev_hash TEXT NOT NULL, hash TEXT NOT NULL, signature TEXT NOT NULL)",
+    f"CREATE TRIGGER entries_no_update BEFORE UPDATE ON entries BEGIN {_APPEND_ONLY}; END",
+    f"CREATE TRIGGER entries_no_delete BEFORE DELETE ON entries BEGIN {_APPEND_ONLY}; END",
+    f"PRAGMA user_version = {USER_VERSION}",
+)
+
+
+class LedgerError(Exception):
+    """The ledger cannot be read, does not verify, or refused an entry; str() is one line."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = Path(path), reason
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    entries: int  # rows read
+    head: str | None  # hash of the last entry that verified
+    bad_seq: int | None = None  # the first bad entry
+    reason: str | None = None  # "entry 7: hash does not match its contents"
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A ledger read back: the entries that verified, what each did, and the state they make."""
+
+    result: VerifyResult
+    entries: tuple[Entry, ...]
+    descriptions: tuple[str, ...]  # one line per entry, for `ledger show` and the guard's sinks
+    state: LedgerState = field(compare=False)
+
+
+def default_ledger_path() -> Path:
+    """`PATCHGUARD_LEDGER` if set (and not empty), else DEFAULT_LEDGER."""
+    return Path(os.environ.get(LEDGER_ENV) or DEFAULT_LEDGER)
+
+
+def replay(rows: Sequence[Sequence[object]]) -> Replay:
+    """Check rows in order (numbering, hash, link, signature, rules); stop at the first bad
+    one, keeping the entries before it (shown, but a failed Replay is never acted on)."""
+    state, entries, lines = LedgerState(), list[Entry](), list[str]()
+    previous: Entry | None = None
+    for position, row in enumerate(rows, 1):
+        entry = entry_from_row(row, position)
+        reason = entry if isinstance(entry, str) else check_link(entry, previous)
+        if reason is None and isinstance(entry, Entry):
+            try:
+                lines.append(state.apply(entry))
+            except RuleError as exc:
+                reason = f"entry {entry.seq}: {exc}"
+        if reason is not None:
+            seq = row[0] if row and isinstance(row[0], int) else None
+            head = previous.hash if previous else None
+            result = VerifyResult(False, len(rows), head, seq, reason)
+            return Replay(result, tuple(entries), tuple(lines), state)
+        assert isinstance(entry, Entry)
+        entries.append(entry)
+        previous = entry
+    result = VerifyResult(True, len(rows), previous.hash if previous else None)
+    return Replay(result, tuple(entries), tuple(lines), state)
+
+
+def _connect(path: Path, create: bool) -> sqlite3.Connection:
+    if not create and not path.exists():
+        raise LedgerError(path, "no ledger here (start one with `patchguard ledger init`)")
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    # A reader opens read-write when it can: only then can SQLite roll back a transaction
+    # that a killed appender left behind, instead of refusing to read.
+    mode = "rwc" if create else ("rw" if os.access(path, os.W_OK) else "ro")
+    uri = f"{path.resolve().as_uri()}?mode={mode}"
+    conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+    conn.execute("PRAGMA synchronous = FULL")  # a committed entry survives a power cut
+    return conn
+
+
+def _is_ledger(conn: sqlite3.Connection, path: Path, create: bool) -> bool:
+    """True if the file holds the ledger's table; an empty database (say, one whose first
+    append was refused) is an empty ledger, given its schema when `create` is set."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    if version == 0 and not tables:
+        for statement in _SCHEMA if create else ():
+            conn.execute(statement)
+        return create
+    if version != USER_VERSION or "entries" not in tables:
+        raise LedgerError(path, f"not a patchguard ledger (user_version {version})")
+    return True
+
+
+def _select(conn: sqlite3.Connection) -> list[tuple[object, ...]]:
+    return list(conn.execute(f"SELECT {', '.join(COLUMNS)} FROM entries ORDER BY seq"))
+
+
+def _insert(conn: sqlite3.Connection, entry: Entry) -> None:
+    marks = ", ".join("?" for _ in COLUMNS)
+    values = [getattr(entry, name) for name in COLUMNS]
+    conn.execute(f"INSERT INTO entries ({', '.join(COLUMNS)}) VALUES ({marks})", values)
+
+
+def _rows_from_json(path: Path) -> list[tuple[object, ...]]:
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise LedgerError(path, f"cannot read the export: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise LedgerError(path, f"not a patchguard ledger export ({FORMAT})")
+    entries = doc.get("entries")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise LedgerError(path, "entries is not a list of objects")
+    return [tuple(e.get(name) for name in COLUMNS) for e in entries]
+
+
+def read_rows(path: Path) -> list[tuple[object, ...]]:
+    """Every stored row in seq order, unjudged. A `.json` path is read as an export."""
+    if path.suffix == ".json":
+        return _rows_from_json(path)
+    try:
+        conn = _connect(path, create=False)
+        try:
+            return _select(conn) if _is_ledger(conn, path, create=False) else []
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise LedgerError(path, f"cannot read the ledger: {exc}") from None
+
+
+def verify(path: Path, root: str | None = None, head: str | None = None) -> VerifyResult:
+    """Check the whole ledger. `root`: the fingerprint entry 1 must be signed by; `head`: a hash
+    published earlier, which must still be in it. Together they catch a ledger rewritten
+    from the start or cut short, which no chain can show by itself."""
+    rows = read_rows(path)
+    result = replay(rows).result
+    if not result.ok:
+        return result
+    if root is not None and (not rows or rows[0][3] != root):
+        signer = f"by {rows[0][3]}" if rows else "(the ledger is empty)"
+        return VerifyResult(
+            False, len(rows), result.head, 1, f"entry 1: signed {signer}, not {root}"
+        )
+    if head is not None and head not in {row[8] for row in rows}:
+        reason = f"no entry has the known hash {head}: the ledger was cut short or rewritten"
+        return VerifyResult(False, len(rows), result.head, None, reason)
+    return result
+
+
+def load(path: Path) -> Replay:
+    """The verified ledger; LedgerError if any entry is bad (nothing in it is then trusted)."""
+    loaded = replay(read_rows(path))
+    if not loaded.result.ok:
+        raise LedgerError(path, f"does not verify: {loaded.result.reason}")
+    return loaded
+
+
+@dataclass(frozen=True)
+class Appended:
+    entry: Entry
+    description: str
+
+
+def append(
+    path: Path,
+    key: HostKey,
+    kind: str,
+    payload: Mapping[str, Any],
+    subject: int | None = None,
+    now: datetime | None = None,
+) -> Appended:
+    """Sign and add one entry (a request's subject is its own number), all or nothing."""
+    when = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    try:
+        conn = _connect(path, create=True)
+    except (sqlite3.Error, OSError) as exc:
+        raise LedgerError(path, f"cannot open the ledger: {exc}") from None
+    try:
+        conn.execute("BEGIN IMMEDIATE")  # the write lock before reading the head
+        try:
+            done = _append_locked(conn, path, key, kind, payload, subject, when)
+            conn.execute("COMMIT")
+            return done
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        raise LedgerError(path, f"cannot append, nothing written: {exc}") from None
+    finally:
+        conn.close()
+
+
+def _append_locked(
+    conn: sqlite3.Connection,
+    path: Path,
+    key: HostKey,
+    kind: str,
+    payload: Mapping[str, Any],
+    subject: int | None,
+    when: datetime,
+) -> Appended:
+    _is_ledger(conn, path, create=True)
+    loaded = replay(_select(conn))
+    if not loaded.result.ok:
+        raise LedgerError(path, f"does not verify, nothing appended: {loaded.result.reason}")
+    last = loaded.entries[-1] if loaded.entries else None
+    if last is not None and when < last.when:
+        raise LedgerError(path, f"the clock ({when.isoformat()}) is behind entry {last.seq}")
+    seq = last.seq + 1 if last else 1
+    prev = last.hash if last else GENESIS_HASH
+    entry = seal(seq, when, kind, key, seq if kind == "request" else subject, payload, prev)
+    try:
+        description = loaded.state.apply(entry)
+    except RuleError as exc:
+        raise LedgerError(path, f"refused: {exc}") from None
+    _insert(conn, entry)
+    return Appended(entry, description)
+
+
+def export_json(path: Path) -> dict[str, Any]:
+    """Every row as stored, for publishing; anyone can run `ledger verify` on the file."""
+    rows = read_rows(path)
+    entries = [dict(zip(COLUMNS, row, strict=True)) for row in rows]
+    return {"format": FORMAT, "entries": entries}

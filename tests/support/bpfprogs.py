@@ -24,6 +24,8 @@ BPF_PROG_TYPE_RAW_TRACEPOINT = 17
 BPF_MAP_TYPE_PROG_ARRAY = 3
 BPF_PROG_TYPE_SK_LOOKUP = 30
 BPF_SK_LOOKUP = 36  # enum bpf_attach_type
+BPF_PROG_TYPE_TRACING = 26
+BPF_TRACE_FENTRY = 24
 BPF_FUNC_send_signal = 109
 BPF_FUNC_get_current_pid_tgid = 14
 
@@ -137,6 +139,32 @@ def attach_sk_lookup(name: str = "pg_test_sklookup") -> Loaded:
             prog.fds.append(bpf.link_create(prog.prog_fd, netns, BPF_SK_LOOKUP))
         finally:
             os.close(netns)
+    except BaseException:
+        prog.close()
+        raise
+    return prog
+
+
+def attach_fentry(function: str, name: str = "pg_test_fentry") -> Loaded:
+    """An fentry program on a kernel function, through a BPF link (BPF_LINK_CREATE with
+    BPF_TRACE_FENTRY): the kernel patches the function's ftrace site to call a BPF trampoline.
+    `function` is a BTF name (`__do_sys_getppid`, not `__x64_sys_getppid`). Refused with EPERM
+    on these VMs' kernel; the QEMU lab's Debian kernel allows it."""
+    from patchguard.kernel import Kernel
+
+    btf_id = Kernel().vmlinux_btf.func_id(function)
+    if btf_id is None:
+        raise RuntimeError(f"no BTF FUNC named {function}")
+    fd = bpf.prog_load(
+        BPF_PROG_TYPE_TRACING,
+        return_zero(),
+        name,
+        expected_attach_type=BPF_TRACE_FENTRY,
+        attach_btf_id=btf_id,
+    )
+    prog = Loaded(fd, prog_info(fd).prog_id)
+    try:
+        prog.fds.append(bpf.link_create(prog.prog_fd, 0, BPF_TRACE_FENTRY))
     except BaseException:
         prog.close()
         raise

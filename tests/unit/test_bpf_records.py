@@ -148,3 +148,10 @@ def test_lsm_program_is_named_with_its_hook() -> None:
     prog = _program(prog_type="lsm", attach_btf="bpf_lsm_file_open")
     found = techniques(prog)
     assert found["lsm-hook"] == Severity.MEDIUM and found["sensitive-hook"] == Severity.MEDIUM
+
+
+def test_both_names_of_a_link_fd_are_links() -> None:
+    from patchguard.kernel.bpf_owners import FD_KINDS
+
+    # created by BPF_LINK_CREATE / RAW_TRACEPOINT_OPEN, and re-opened from a pin (6.1, lab)
+    assert FD_KINDS["anon_inode:bpf_link"] == FD_KINDS["anon_inode:bpf-link"] == "link"

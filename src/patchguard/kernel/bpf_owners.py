@@ -17,6 +17,7 @@ from patchguard.kernel.mounts import mounted_types
 FD_KINDS = {
     "anon_inode:bpf-prog": "prog",
     "anon_inode:bpf_link": "link",
+    "anon_inode:bpf-link": "link",  # a link fd from BPF_OBJ_GET (a pin) is named this way
     "anon_inode:bpf-map": "map",
     "anon_inode:[perf_event]": "perf_event",
 }

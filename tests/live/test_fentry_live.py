@@ -1,0 +1,109 @@
+"""fentry programs: the kernel patches the target's ftrace site to call a BPF trampoline, and
+`check` must explain that change by the BPF link that owns it. These VMs' kernel refuses
+fentry (EPERM, a policy of this kernel): there the test says so and checks the refusal is one
+clear line; the QEMU lab's Debian kernel runs it for real (tests/lab/test_lab_live.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import bpfprogs as bp
+
+from patchguard.kernel.bpf import BpfError
+
+pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
+TARGET = "__do_sys_getppid"
+
+
+def cli(env: dict[str, str], *args: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "patchguard.cli", *args, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode in (0, 1), out.stderr
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def test_fentry_site_change_is_explained_by_its_link(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PATCHGUARD_KEY": str(tmp_path / "host.key"),
+        "PATCHGUARD_BASELINE": str(tmp_path / "baseline.zip"),
+    }
+    subprocess.run(
+        [sys.executable, "-m", "patchguard.cli", "baseline", "create"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    try:
+        prog = bp.attach_fentry(TARGET, "pg_t_fentry")
+    except BpfError as exc:
+        print(f"case: fentry refused by this kernel: {exc}")
+        assert exc.errno in (1, 524) and "\n" not in str(exc)
+        return
+    with prog:
+        scan = cli(env, "scan", "--surface", "ebpf")
+        ebpf = scan["surfaces"][0]["records"]
+        record = next(r for r in ebpf if r.get("prog_id") == prog.prog_id)
+        assert record["attach_btf"] == TARGET
+        link = next(a for a in record["attachments"] if a["via"] == "link")
+        assert link["link_type"] == "tracing" and link["attach_type"] == "trace_fentry"
+        assert link["target"] == TARGET
+        doc = cli(env, "check")
+        sites = [f for f in doc["findings"] if f["technique"] == "ftrace-site"]
+        assert sites, doc["findings"]
+        assert all(f["disposition"] == "explained" for f in sites), sites
+        assert any(
+            f["subject"].startswith(TARGET)
+            and f"prog {prog.prog_id}" in (f["evidence"]["owner"] or "")
+            for f in sites
+        ), sites
+    doc = cli(env, "check")
+    assert not [f for f in doc["findings"] if f["subject"].startswith(TARGET)]
+
+
+def test_pinned_link_without_its_loader_still_explains_the_site(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PATCHGUARD_KEY": str(tmp_path / "host.key"),
+        "PATCHGUARD_BASELINE": str(tmp_path / "baseline.zip"),
+    }
+    subprocess.run(
+        [sys.executable, "-m", "patchguard.cli", "baseline", "create"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    try:
+        prog = bp.attach_fentry(TARGET, "pg_t_pinned")
+    except BpfError as exc:
+        pytest.skip(f"fentry refused by this kernel ({exc}); the lab runs this")
+    pin = os.path.join(bp.bpffs(), f"patchguard-test-{os.getpid()}-fentry-link")
+    try:
+        bp.bpf.obj_pin(prog.fds[0], pin)
+        prog.close()  # the loader's fds are gone: only the pin keeps the link
+        doc = cli(env, "check")
+        sites = [f for f in doc["findings"] if f["subject"].startswith(TARGET)]
+        assert sites and all(f["disposition"] == "explained" for f in sites), sites
+        assert any(pin in (f["evidence"]["owner"] or "") for f in sites), [
+            f["evidence"]["owner"] for f in sites
+        ]
+    finally:
+        if os.path.exists(pin):
+            os.unlink(pin)
+    assert bp.wait_gone(prog.prog_id)
+    doc = cli(env, "check")
+    assert not [f for f in doc["findings"] if f["subject"].startswith(TARGET)]

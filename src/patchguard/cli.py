@@ -46,6 +46,14 @@ def _parser() -> argparse.ArgumentParser:
         "--surface", action="append", metavar="NAME", help="only this surface (repeatable)"
     )
     scan.add_argument("--root", default="/", help="read a captured tree instead of the live kernel")
+    scan.add_argument(
+        "--ledger",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="exception ledger whose live exceptions mark covered hooks allowed "
+        "(default $PATCHGUARD_LEDGER, else /var/lib/patchguard/ledger.db if present)",
+    )
 
     base = sub.add_parser("baseline", help="the trusted picture of the kernel's code")
     base_sub = base.add_subparsers(dest="baseline_command", required=True)
@@ -116,12 +124,20 @@ def cmd_scan(args: argparse.Namespace, out: Console, err: Console) -> int:
     kernel = Kernel(args.root)
     if kernel.live and os.geteuid() != 0:
         print(f"patchguard: {ROOT_NOTE}", file=sys.stderr)
+    from patchguard.policy.ledger import default_ledger_path
+    from patchguard.policy.match import ledger_policy
+
+    policy, why_not = ledger_policy(args.ledger or default_ledger_path())
+    if why_not:
+        print(f"patchguard: {why_not}", file=sys.stderr)
     try:
         if err.is_terminal and not args.json:
             with err.status("scanning") as status:
-                report = run_scan(kernel, surfaces, lambda s: status.update(f"scanning {s.title}…"))
+                report = run_scan(
+                    kernel, surfaces, lambda s: status.update(f"scanning {s.title}…"), policy=policy
+                )
         else:
-            report = run_scan(kernel, surfaces)
+            report = run_scan(kernel, surfaces, policy=policy)
     finally:
         kernel.close()
     return _emit(report, args.json, out, threshold)

@@ -67,10 +67,16 @@ def _collect(surface: Surface, kernel: Kernel) -> SurfaceState:
         )
 
 
-def _run_one(surface: Surface, kernel: Kernel) -> SurfaceResult:
+Policy = Callable[[list[Finding], SurfaceState], list[Finding]]
+
+
+def _run_one(surface: Surface, kernel: Kernel, policy: Policy | None) -> SurfaceResult:
     s0 = time.perf_counter()
     state = _collect(surface, kernel)
-    return SurfaceResult(surface, state, surface.assess(state), time.perf_counter() - s0)
+    findings = surface.assess(state)
+    if policy is not None:
+        findings = policy(findings, state)
+    return SurfaceResult(surface, state, findings, time.perf_counter() - s0)
 
 
 def run_scan(
@@ -78,17 +84,19 @@ def run_scan(
     surfaces: Sequence[Surface],
     progress: Callable[[Surface], None] | None = None,
     workers: int = 2,
+    policy: Policy | None = None,
 ) -> ScanReport:
     """Collect and assess every surface. Surfaces are independent, and most of their time is
     spent in the kernel (reads, bpf(2)) with the GIL released, so a small pool overlaps them;
-    results keep the order of `surfaces`."""
+    results keep the order of `surfaces`. `policy` rewrites each surface's findings (the
+    exceptions in force mark what they cover as allowed)."""
     started = datetime.now(UTC)
     t0 = time.perf_counter()
 
     def run(surface: Surface) -> SurfaceResult:
         if progress is not None:
             progress(surface)
-        return _run_one(surface, kernel)
+        return _run_one(surface, kernel, policy)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = list(pool.map(run, surfaces))

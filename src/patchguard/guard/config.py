@@ -24,6 +24,7 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class GuardConfig:
     baseline: Path | None = Path("/var/lib/patchguard/baseline.zip")
+    ledger: Path | None = Path("/var/lib/patchguard/ledger.db")  # exceptions in force
     key: Path = Path("/var/lib/patchguard/host.key")
     spool: Path = Path("/var/lib/patchguard/spool")
     sweep_mean: float = 300.0  # seconds between full sweeps, on average
@@ -65,7 +66,7 @@ def _take(table: dict[str, Any], key: str, kinds: tuple[type, ...], where: str, 
 
 def _guard_table(table: dict[str, Any], path: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in ("baseline", "key", "spool"):
+    for key in ("baseline", "ledger", "key", "spool"):
         if key in table:
             value = _take(table, key, (str,), "guard", path)
             out[key] = Path(value) if value else None

@@ -65,6 +65,7 @@ class Guard:
         self.package = Path(patchguard.__file__).parent
         self.files = files_digest(self.package)
         self.config_digest = self._config_digest()
+        self._ledger_problem: str | None = None
 
     # --- set-up ----------------------------------------------------------------------------
     def _open_alert_sinks(self) -> None:
@@ -160,7 +161,13 @@ class Guard:
         )
 
     def collect(self, surfaces: list[Surface], why: str) -> list[Finding]:
-        report = run_scan(self.kernel, surfaces)
+        from patchguard.policy.match import ledger_policy
+
+        policy, why_not = ledger_policy(self.config.ledger) if self.config.ledger else (None, None)
+        if why_not and why_not != self._ledger_problem:
+            self.log.send({"event": "ledger-untrusted", "message": why_not})
+        self._ledger_problem = why_not
+        report = run_scan(self.kernel, surfaces, policy=policy)
         self.metrics.unavailable(sum(1 for r in report.results if r.state.gaps))
         found: list[Finding] = []
         for result in report.results:

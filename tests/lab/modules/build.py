@@ -1,0 +1,113 @@
+"""Build the lab's test rootkits (the *.c here) on the HOST against the lab guest's kernel
+headers, and cache the .ko files by source hash. Never load them on the host.
+
+    python3 tests/lab/modules/build.py      # prints the directory holding the .ko files
+
+The cache key hashes every source file here (Makefile, *.c, *.h) and the lab build's key (which
+covers the kernel and headers versions), so a second run, or a run after an unrelated change,
+builds nothing. The .ko files go to $PATCHGUARD_LAB_CACHE/modules/<key>/ (another directory
+under the user's cache if that one is not writable); kbuild runs in a scratch copy, so the
+repository gets no build products.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CACHE = Path(os.environ.get("PATCHGUARD_LAB_CACHE", "/var/cache/patchguard-lab"))
+MODULES = ("pg_syscall_hook", "pg_inline_hook")
+COMPILER = "gcc-12"  # what Debian's 6.1 kernels are built with (linux-compiler-gcc-12-x86)
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def sources() -> list[Path]:
+    return sorted(p for p in HERE.iterdir() if p.name == "Makefile" or p.suffix in (".c", ".h"))
+
+
+def lab_build() -> dict[str, str]:
+    lab = CACHE / "current" / "lab.json"
+    if not lab.is_file():
+        raise BuildError(f"lab not built: run lab/build (no {lab})")
+    info: dict[str, str] = json.loads(lab.read_text())
+    return info
+
+
+def cache_key(lab: dict[str, str]) -> str:
+    digest = hashlib.sha256(f"{lab['key']} {lab['kernel_release']}\n".encode())
+    for path in sources():
+        digest.update(f"{path.name} {len(path.read_bytes())}\n".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_root() -> Path:
+    preferred = CACHE / "modules"
+    try:
+        preferred.mkdir(exist_ok=True)
+        if os.access(preferred, os.W_OK):
+            return preferred
+    except OSError:
+        pass
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return home / "patchguard-lab-modules"
+
+
+def build() -> Path:
+    """The directory of the built .ko files, building them first if the cache has none."""
+    lab = lab_build()
+    root = cache_root()
+    out = root / cache_key(lab)
+    if all((out / f"{name}.ko").is_file() for name in MODULES):
+        return out
+    for tool in (COMPILER, "make"):
+        if shutil.which(tool) is None:
+            raise BuildError(f"{tool} not found: the test modules build with {COMPILER} and make")
+    kbuild = CACHE / "current" / lab.get("kbuild", "kbuild")
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="pg-modules-", dir=root) as tmp:
+        work = Path(tmp) / "src"
+        work.mkdir()
+        for path in sources():
+            shutil.copy2(path, work / path.name)
+        run = subprocess.run(
+            ["make", "-C", str(kbuild), f"M={work}", f"CC={COMPILER}", "modules"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        missing = [name for name in MODULES if not (work / f"{name}.ko").is_file()]
+        if run.returncode != 0 or missing:
+            raise BuildError(
+                f"kbuild failed (exit {run.returncode}, missing {missing}):\n"
+                f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+            )
+        staged = Path(tmp) / "ko"
+        staged.mkdir()
+        for name in MODULES:
+            shutil.copy2(work / f"{name}.ko", staged / f"{name}.ko")
+        (staged / "build.log").write_text(run.stdout + run.stderr)
+        shutil.rmtree(out, ignore_errors=True)  # an incomplete earlier attempt
+        staged.rename(out)
+    for old in root.iterdir():  # builds of older sources
+        if old != out and old.is_dir() and not old.name.startswith("pg-modules-"):
+            shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+if __name__ == "__main__":
+    try:
+        print(build())
+    except BuildError as exc:
+        print(f"build.py: {exc}", file=sys.stderr)
+        sys.exit(1)

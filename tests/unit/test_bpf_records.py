@@ -155,3 +155,14 @@ def test_both_names_of_a_link_fd_are_links() -> None:
 
     # created by BPF_LINK_CREATE / RAW_TRACEPOINT_OPEN, and re-opened from a pin (6.1, lab)
     assert FD_KINDS["anon_inode:bpf_link"] == FD_KINDS["anon_inode:bpf-link"] == "link"
+
+
+def test_map_operations_are_named_by_their_helper() -> None:
+    from patchguard.surfaces.ebpf import helper_name
+
+    # seen for a bpftrace one-liner on 6.18-fc: a per-CPU hash map's inlined lookup and update
+    assert helper_name("__htab_map_lookup_elem") == "bpf_map_lookup_elem"
+    assert helper_name("htab_percpu_map_update_elem") == "bpf_map_update_elem"
+    assert helper_name("array_map_lookup_elem") == "bpf_map_lookup_elem"
+    assert helper_name("bpf_get_current_comm") == "bpf_get_current_comm"
+    assert helper_name("bpf_send_signal") == "bpf_send_signal"

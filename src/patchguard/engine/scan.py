@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from patchguard.engine.findings import Finding, Gap, Severity
+from patchguard.engine.findings import Disposition, Finding, Gap, Severity
 from patchguard.kernel import Kernel
 from patchguard.kernel.errors import oserror_reason
 from patchguard.surfaces.base import Surface, SurfaceState
@@ -45,7 +45,14 @@ class ScanReport:
         return [g for r in self.results for g in r.state.gaps]
 
     def worst(self) -> Severity | None:
-        return max((f.severity for f in self.findings), default=None)
+        """The most severe finding that calls for action: an explained change and a hook an
+        exception allows are shown, but do not decide the exit code."""
+        acting = [
+            f
+            for f in self.findings
+            if f.disposition not in (Disposition.EXPLAINED, Disposition.ALLOWED)
+        ]
+        return max((f.severity for f in acting), default=None)
 
 
 def _boot_id(kernel: Kernel) -> str:

@@ -77,6 +77,30 @@ SENSITIVE_PREFIXES = (
 )
 
 
+# The verifier turns map helper calls into calls of the map type's own operation (or inlines
+# them around __htab_map_lookup_elem and friends): name those by the helper the program called,
+# so a report, and a manifest, read the same on every kernel and map type.
+MAP_OPS = (
+    "lookup_elem",
+    "update_elem",
+    "delete_elem",
+    "push_elem",
+    "pop_elem",
+    "peek_elem",
+    "lookup_percpu_elem",
+)
+
+
+def helper_name(function: str) -> str:
+    """The BPF helper a called kernel function implements: `htab_map_lookup_elem` and
+    `__htab_map_lookup_elem` -> `bpf_map_lookup_elem`; helpers keep their own name."""
+    if not function.startswith("bpf_"):
+        for op in MAP_OPS:
+            if function.endswith(f"_map_{op}"):
+                return f"bpf_map_{op}"
+    return function
+
+
 @dataclass(frozen=True)
 class Owner:
     pid: int
@@ -200,7 +224,7 @@ class _Names:
         if self._call_base is None:
             return unnamed
         found = syms.at(self._call_base + offset)
-        return found[0].name if found else unnamed
+        return helper_name(found[0].name) if found else unnamed
 
     def btf_func(self, obj_id: int, type_id: int) -> str | None:
         if not type_id:

@@ -122,3 +122,30 @@ def test_address_after_reads_the_next_line(symbols: SymbolTable, captured: dict[
     start = int(captured["start"], 16)
     assert symbols.address_after(start) == start + len(bytes.fromhex(captured["code"]))
     assert symbols.address_after(start + 1) is None  # not a symbol address
+
+
+def test_redirect_is_named_by_the_jump_that_changed_not_its_neighbour(
+    captured: dict[str, Any], entries: list[DispatchEntry], symbols: SymbolTable
+) -> None:
+    """Found in the lab: a verdict's bytes reach past the change into the next dispatch jump;
+    the finding must name the syscall whose jump changed."""
+    start = int(captured["start"], 16)
+    code = bytes.fromhex(captured["code"])
+    by_insn = {e.insn: e for e in entries if e.nr is not None}
+    # a jump right before another one that serves a lower number (listed first)
+    hooked, neighbour = next(
+        (e, by_insn[e.insn + e.size])
+        for e in by_insn.values()
+        if e.insn + e.size in by_insn and by_insn[e.insn + e.size].lo < e.lo
+    )
+    patched = bytearray(code)
+    at = hooked.insn - start
+    patched[at + 1 : at + 5] = (EVIL - (hooked.insn + 5)).to_bytes(4, "little", signed=True)
+
+    def read(address: int, size: int) -> bytes:
+        return bytes(patched[address - start : address - start + size])
+
+    verdicts = explain(diff_runs(code, bytes(patched), start), SiteIndex(), symbols, read)
+    finding = dispatch_finding(verdicts[0], entries, read, symbols)
+    assert finding is not None and finding.evidence["nr"] == hooked.nr != neighbour.nr
+    assert f"syscall {hooked.nr} ({hooked.syscall})" in finding.summary

@@ -302,7 +302,10 @@ def dispatch_finding(
     """A tampered jump inside x64_sys_call (or friends) said as what it is: a syscall hook."""
     if v.explained:
         return None
-    hit = redirected(dispatch, v.address, v.address + max(len(v.new), 1), read, symbols)
+    # only the bytes that changed: the verdict's context can reach the next dispatch jump
+    differ = [i for i, (a, b) in enumerate(zip(v.old, v.new, strict=False)) if a != b]
+    end = v.address + (differ[-1] + 1 if differ else 1)
+    hit = redirected(dispatch, v.address, end, read, symbols)
     if hit is None:
         return None
     entry, sentence = hit

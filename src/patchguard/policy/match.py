@@ -13,6 +13,7 @@ from pathlib import Path
 
 from patchguard.engine.findings import Disposition, Finding, Severity
 from patchguard.engine.scan import Policy
+from patchguard.kernel.errors import oserror_reason
 from patchguard.policy.manifest import DeclaredBpfProgram
 from patchguard.policy.rules import Request
 from patchguard.surfaces.base import SurfaceState
@@ -122,8 +123,12 @@ def ledger_policy(path: Path) -> tuple[Policy | None, str | None]:
     from patchguard.policy.exceptions import live_exceptions
     from patchguard.policy.ledger import LedgerError
 
-    if not path.exists():
+    try:
+        path.stat()
+    except FileNotFoundError:
         return None, None
+    except OSError as exc:  # not root: /var/lib/patchguard is 0700
+        return None, f"cannot read the exception ledger {path}: {oserror_reason(exc)}"
     try:
         live = live_exceptions(path)
     except LedgerError as exc:

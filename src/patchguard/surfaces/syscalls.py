@@ -75,7 +75,8 @@ def _target(kernel: Kernel, names: SyscallNames, address: int) -> tuple[str, boo
         return f"{address:#x}", False
     at_start = loc.offset == 0 and loc.symbol.module is None
     ok = at_start and is_syscall_function(loc.symbol.name) and kernel.kallsyms.in_core_text(address)
-    return (loc.symbol.name if loc.offset == 0 else str(loc)), ok
+    module = f" [{loc.symbol.module}]" if loc.symbol.module else ""
+    return (loc.symbol.name + module if loc.offset == 0 else str(loc)), ok
 
 
 def _bounds(kernel: Kernel, name: str) -> tuple[int, int] | None:

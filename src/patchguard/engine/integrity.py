@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from patchguard.engine.scan import ScanReport
 
 SURFACE = "kernel_text"
+SYSCALL_TABLES = ("sys_call_table", "ia32_sys_call_table", "x32_sys_call_table")
 
 # What a baseline keeps: (region name, kallsyms range name). Text first: it is what `check`
 # compares; the tables after it are the trusted source of where the kernel may patch itself.
@@ -329,20 +330,71 @@ def dispatch_finding(
     )
 
 
-def _table_finding(entry: RegionEntry, run: ChangedRun, kernel: Kernel) -> Finding:
+def _table_findings(
+    entry: RegionEntry, run: ChangedRun, kernel: Kernel, old: bytes
+) -> list[Finding]:
     """A change inside a table the kernel never rewrites after boot (jump table, static call
-    sites, rodata): someone redirected what the kernel trusts."""
+    sites, rodata): someone redirected what the kernel trusts. In a syscall table, each
+    changed slot is said as the syscall it redirects."""
+    slots = _syscall_slots(entry, run, kernel, old)
+    if slots:
+        return slots
     where = kernel.kallsyms.lookup(run.address)
+    return [
+        Finding(
+            SURFACE,
+            "patched-table",
+            Severity.CRITICAL,
+            f"{entry.name}+{run.address - entry.start:#x}" + (f" ({where})" if where else ""),
+            f"read-only kernel data in {entry.name} changed: {len(run.old)} bytes at "
+            f"{run.address:#x} differ from the baseline",
+            Disposition.TAMPERING,
+            "T1014",
+            {"address": f"{run.address:#x}", "old": _hex(run.old), "new": _hex(run.new)},
+        )
+    ]
+
+
+def _syscall_slots(
+    entry: RegionEntry, run: ChangedRun, kernel: Kernel, old: bytes
+) -> list[Finding]:
+    syms = kernel.kallsyms
+    for table in SYSCALL_TABLES:
+        start = syms.address_of(table)
+        end = syms.address_after(start) if start is not None else None
+        if start is None or end is None or not start <= run.address < end:
+            continue
+        first = (run.address - start) // 8
+        last = (run.address + max(len(run.old), 1) - 1 - start) // 8
+        return [
+            _slot_finding(entry, kernel, old, table, start, nr) for nr in range(first, last + 1)
+        ]
+    return []
+
+
+def _slot_finding(
+    entry: RegionEntry, kernel: Kernel, old: bytes, table: str, start: int, nr: int
+) -> Finding:
+    at = start + 8 * nr
+    was = int.from_bytes(old[at - entry.start : at - entry.start + 8], "little")
+    now = int.from_bytes(kernel.memory().read(at, 8), "little")
+    was_loc, now_loc = kernel.kallsyms.lookup(was), kernel.kallsyms.lookup(now)
     return Finding(
         SURFACE,
-        "patched-table",
+        "syscall-hook",
         Severity.CRITICAL,
-        f"{entry.name}+{run.address - entry.start:#x}" + (f" ({where})" if where else ""),
-        f"read-only kernel data in {entry.name} changed: {len(run.old)} bytes at "
-        f"{run.address:#x} differ from the baseline",
+        f"{table}[{nr}]",
+        f"{table} entry {nr} redirected from {was_loc or hex(was)} to {now_loc or hex(now)}",
         Disposition.TAMPERING,
         "T1014",
-        {"address": f"{run.address:#x}", "old": _hex(run.old), "new": _hex(run.new)},
+        {
+            "address": f"{at:#x}",
+            "nr": nr,
+            "old": f"{was:#x}",
+            "new": f"{now:#x}",
+            "baseline_target": str(was_loc) if was_loc else None,
+            "target": str(now_loc) if now_loc else None,
+        },
     )
 
 
@@ -403,7 +455,7 @@ def verify(kernel: Kernel, path: Path, public_key: bytes) -> CheckOutcome:
             )
         ]
         if entry.name != "core_text":
-            findings += [_table_finding(entry, run, kernel) for run in runs]
+            findings += [f for run in runs for f in _table_findings(entry, run, kernel, old)]
             continue
         if index is None:
             owners, owner_gaps = current_owners(kernel)

@@ -184,3 +184,21 @@ def _vmlinux_func_id(name: str) -> int:
     found = Kernel().vmlinux_btf.func_id(name)
     assert found is not None
     return found
+
+
+def test_probe_write_user_is_refused_or_reported() -> None:
+    """bpf_probe_write_user (helper 36), the helper rootkits use to lie to user space: these
+    VMs' verifier refuses it (the error must be one clear line with the verifier's reason);
+    where a kernel accepts it (the lab), the scan reports the program as a rootkit helper."""
+    insns = bp.calls_helper(36)
+    try:
+        prog = bp.load(bp.BPF_PROG_TYPE_TRACEPOINT, insns, "pg_t_wuser")
+    except BpfError as exc:
+        print(f"case: refused: {exc}")
+        assert exc.where == "bpf(PROG_LOAD)" and "\n" not in str(exc)
+        verifier = exc.reason.split(": ", 1)[1]
+        assert verifier and not verifier.startswith("processed "), verifier
+        return
+    with prog:
+        found = {f["technique"] for f in findings_for(scan_json("ebpf"), prog.prog_id)}
+    assert "rootkit-helper" in found

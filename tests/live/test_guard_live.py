@@ -256,3 +256,23 @@ def test_watchdog_and_ready_notifications(tmp_path: Path) -> None:
         stopping = sock.recv(256).decode()
     assert got[0] == "READY=1" and "WATCHDOG=1" in got[1:]
     assert stopping in ("WATCHDOG=1", "STOPPING=1")
+
+
+def test_metrics_endpoint_serves_the_guards_counters(tmp_path: Path) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    g = _start(
+        tmp_path, f'baseline = ""\nsweep_mean = 600\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    finally:
+        assert g.stop() == 0
+    body = text.decode()
+    assert "patchguard_sweeps_total 1.0" in body
+    assert "patchguard_sweep_duration_seconds_count 1.0" in body
+    assert 'patchguard_findings{severity="medium",surface="posture"}' in body

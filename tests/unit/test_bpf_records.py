@@ -166,3 +166,15 @@ def test_map_operations_are_named_by_their_helper() -> None:
     assert helper_name("array_map_lookup_elem") == "bpf_map_lookup_elem"
     assert helper_name("bpf_get_current_comm") == "bpf_get_current_comm"
     assert helper_name("bpf_send_signal") == "bpf_send_signal"
+
+
+def test_verifier_reason_skips_the_statistics() -> None:
+    from patchguard.kernel.bpf import verifier_reason
+
+    log = (
+        "0: R1=ctx() R10=fp0\n0: (b7) r1 = 0\n1: (85) call bpf_probe_write_user#36\n"
+        "unknown func bpf_probe_write_user#36\n"
+        "processed 2 insns (limit 1000000) max_states_per_insn 0 total_states 0\n"
+    )
+    assert verifier_reason(log) == "unknown func bpf_probe_write_user#36"
+    assert verifier_reason("") == ""

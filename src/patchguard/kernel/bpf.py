@@ -294,6 +294,18 @@ class MapReader:
         return self._value.raw
 
 
+def verifier_reason(log: str) -> str:
+    """The verifier's reason for a refusal: its last line that is not the statistics it
+    prints at the end ("processed N insns ...", "verification time ...")."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    reasons = [
+        line
+        for line in lines
+        if not line.startswith(("processed ", "verification time", "stack depth"))
+    ]
+    return reasons[-1] if reasons else ""
+
+
 def prog_load(
     prog_type: int,
     insns: bytes,
@@ -326,8 +338,7 @@ def prog_load(
     ret = _libc.syscall(NR_BPF, BPF_PROG_LOAD, buf, ATTR_SIZE)
     if ret < 0:
         err = ctypes.get_errno()
-        verifier = log.value.decode(errors="replace").strip().splitlines()
-        raise BpfError("PROG_LOAD", err, verifier[-1] if verifier else "")
+        raise BpfError("PROG_LOAD", err, verifier_reason(log.value.decode(errors="replace")))
     return int(ret)
 
 

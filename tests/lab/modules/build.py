@@ -24,6 +24,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("PATCHGUARD_LAB_CACHE", "/var/cache/patchguard-lab"))
 MODULES = ("pg_syscall_hook", "pg_inline_hook")
+# The second boot's (rootkit_checks2.py): issue 5 items 3-5 and the livepatch.
+MODULES2 = ("pg_hide_module", "pg_ftrace_hook", "pg_kprobe_hook", "pg_livepatch")
+ALL_MODULES = MODULES + MODULES2
 COMPILER = "gcc-12"  # what Debian's 6.1 kernels are built with (linux-compiler-gcc-12-x86)
 
 
@@ -68,7 +71,7 @@ def build() -> Path:
     lab = lab_build()
     root = cache_root()
     out = root / cache_key(lab)
-    if all((out / f"{name}.ko").is_file() for name in MODULES):
+    if all((out / f"{name}.ko").is_file() for name in ALL_MODULES):
         return out
     for tool in (COMPILER, "make"):
         if shutil.which(tool) is None:
@@ -86,7 +89,7 @@ def build() -> Path:
             text=True,
             check=False,
         )
-        missing = [name for name in MODULES if not (work / f"{name}.ko").is_file()]
+        missing = [name for name in ALL_MODULES if not (work / f"{name}.ko").is_file()]
         if run.returncode != 0 or missing:
             raise BuildError(
                 f"kbuild failed (exit {run.returncode}, missing {missing}):\n"
@@ -94,7 +97,7 @@ def build() -> Path:
             )
         staged = Path(tmp) / "ko"
         staged.mkdir()
-        for name in MODULES:
+        for name in ALL_MODULES:
             shutil.copy2(work / f"{name}.ko", staged / f"{name}.ko")
         (staged / "build.log").write_text(run.stdout + run.stderr)
         shutil.rmtree(out, ignore_errors=True)  # an incomplete earlier attempt

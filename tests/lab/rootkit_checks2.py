@@ -1,0 +1,248 @@
+"""Run INSIDE the lab guest (by test_lab_rootkits2.py through lab/run): the second set of test
+rootkits (issue 5 items 3, 4, 5) and the livepatch module, and what patchguard says about them,
+as one JSON document written to <results>/rootkit_checks2.json (argv[1], default /results,
+where the host put the .ko files).
+
+Steps: find where the kprobe's second probe goes (the instruction after commit_creds' ftrace
+NOP); `patchguard baseline create`; `check`; insmod pg_ftrace_hook, pg_kprobe_hook and
+pg_livepatch (waiting for the livepatch transition); make the hooks run; record what the kernel
+shows (enabled_functions, kprobes/list, /sys/kernel/livepatch); `check --json`, `scan --json
+--surface tracing --surface modules`; unload all three (the livepatch disabled first); `check`
+again; then insmod pg_hide_module, which cannot be unloaded, and `scan --surface modules`.
+Each step is measured, not asserted, so the host test can say which one failed; a step that
+raises is recorded as that step's error and the rest still run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from patchguard.engine import x86
+from patchguard.kernel import Kernel
+
+RESULTS = Path(sys.argv[1] if len(sys.argv) > 1 else "/results")
+WORK = Path("/tmp/patchguard-rootkits2")
+ENV = {
+    **os.environ,
+    "PATCHGUARD_KEY": str(WORK / "host.key"),
+    "PATCHGUARD_BASELINE": str(WORK / "baseline.zip"),
+}
+FTRACE_TARGET = "__x64_sys_getdents64"
+KPROBE_TARGET = "commit_creds"
+LIVEPATCH = "pg_livepatch"
+LIVEPATCH_TARGET = "cmdline_proc_show"
+KLP = Path("/sys/kernel/livepatch")
+ENABLED_FUNCTIONS = Path("/sys/kernel/tracing/enabled_functions")
+KPROBE_LIST = Path("/sys/kernel/debug/kprobes/list")
+HIDE = "pg_hide_module"
+out: dict[str, Any] = {"steps": {}}
+
+
+def step(name: str, measure: Callable[[], Any]) -> Any:
+    t0 = time.monotonic()
+    try:
+        value = measure()
+    except Exception as exc:
+        value = None
+        out.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
+    out["steps"][name] = round(time.monotonic() - t0, 2)
+    out[name] = value
+    print(f"rootkit_checks2: {name}: {out['steps'][name]} s", file=sys.stderr, flush=True)
+    return value
+
+
+def run(*argv: str) -> dict[str, Any]:
+    done = subprocess.run(argv, capture_output=True, text=True, env=ENV, check=False)
+    return {"rc": done.returncode, "stdout": done.stdout[-4000:], "stderr": done.stderr[-4000:]}
+
+
+def patchguard(*args: str) -> dict[str, Any]:
+    """One patchguard command (`python3 -m patchguard.cli`); with --json, its parsed report."""
+    done = subprocess.run(
+        [sys.executable, "-m", "patchguard.cli", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        check=False,
+    )
+    result: dict[str, Any] = {"rc": done.returncode, "stderr": done.stderr[-4000:]}
+    if "--json" in args and done.stdout.strip():
+        result["report"] = json.loads(done.stdout)
+    else:
+        result["stdout"] = done.stdout[-4000:]
+    return result
+
+
+def addresses() -> dict[str, Any]:
+    """The probed and patched functions, and the kprobe's body offset: the instruction right
+    after commit_creds' 5-byte ftrace NOP (so that probe is an INT3, not an ftrace kprobe)."""
+    kernel = Kernel()
+    try:
+        syms = kernel.kallsyms
+        found = {n: syms.address_of(n) for n in (FTRACE_TARGET, KPROBE_TARGET, LIVEPATCH_TARGET)}
+        missing = [name for name, address in found.items() if address is None]
+        if missing:
+            raise LookupError(f"not in kallsyms: {', '.join(missing)}")
+        entry = kernel.memory().read(found[KPROBE_TARGET] or 0, 5)
+        if entry != x86.NOP5:
+            raise LookupError(f"{KPROBE_TARGET} does not start with the ftrace NOP5: {entry.hex()}")
+        result: dict[str, Any] = {name: hex(a) for name, a in found.items() if a is not None}
+        result["kprobe_offset"] = len(x86.NOP5)
+        return result
+    finally:
+        kernel.close()
+
+
+def insmod(module: str, *params: str) -> dict[str, Any]:
+    return {"params": list(params), **run("insmod", str(RESULTS / f"{module}.ko"), *params)}
+
+
+def module_params(module: str) -> dict[str, str]:
+    where = Path("/sys/module") / module / "parameters"
+    return {p.name: p.read_text().strip() for p in sorted(where.iterdir())}
+
+
+def pg_symbols() -> dict[str, str]:
+    """Every symbol of the pg_* modules in /proc/kallsyms: name -> "0xaddress [module]"."""
+    found: dict[str, str] = {}
+    for line in Path("/proc/kallsyms").read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[3].startswith("[pg_"):
+            found[parts[2]] = f"0x{parts[0]} {parts[3]}"
+    return found
+
+
+def read_tree(root: Path) -> dict[str, str]:
+    """Every readable file under root (sysfs attributes), relative path -> content; a
+    directory maps to "/"."""
+    found: dict[str, str] = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_dir():
+            found[str(path.relative_to(root))] = "/"
+        elif path.is_file():
+            try:
+                found[str(path.relative_to(root))] = path.read_text().strip()
+            except OSError as exc:
+                found[str(path.relative_to(root))] = f"<{exc.strerror}>"
+    return found
+
+
+def livepatch_wait(enabled: bool) -> dict[str, Any]:
+    """Wait (30 s at most) for the livepatch transition to finish; signal stragglers."""
+    where = KLP / LIVEPATCH
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 30:
+        if not where.exists():
+            return {"gone": True, "seconds": round(time.monotonic() - t0, 2)}
+        if (where / "transition").read_text().strip() == "0":
+            state = (where / "enabled").read_text().strip()
+            return {"enabled": state, "seconds": round(time.monotonic() - t0, 2)}
+        if time.monotonic() - t0 > 5 and (where / "signal").exists():
+            (where / "signal").write_text("1")
+        time.sleep(0.2)
+    raise TimeoutError(f"livepatch transition to enabled={int(enabled)} did not finish in 30 s")
+
+
+def load() -> dict[str, Any]:
+    where = out.get("addresses") or {}
+    loaded = {
+        "ftrace": insmod("pg_ftrace_hook", f"func={FTRACE_TARGET}"),
+        "kprobe": insmod(
+            "pg_kprobe_hook", f"func={KPROBE_TARGET}", f"offset={where['kprobe_offset']}"
+        ),
+        "livepatch": insmod(LIVEPATCH),
+    }
+    if loaded["livepatch"]["rc"] == 0:
+        loaded["livepatch_transition"] = livepatch_wait(True)
+    time.sleep(1)  # the kprobe optimizer runs a few jiffies after registration
+    return loaded
+
+
+def trigger() -> dict[str, Any]:
+    """Make the hooks run: getdents64 (a /proc listing), commit_creds (an exec) and
+    /proc/cmdline (the livepatched function)."""
+    listed = len(os.listdir("/proc"))
+    execs = run("true")["rc"]
+    return {"proc_entries": listed, "exec_rc": execs, "cmdline": Path("/proc/cmdline").read_text()}
+
+
+def kernel_views() -> dict[str, Any]:
+    """What the kernel shows of the hooks: enabled_functions lines of the hooked functions,
+    kprobes/list, /sys/kernel/livepatch and the modules' counters."""
+    functions = (FTRACE_TARGET, KPROBE_TARGET, LIVEPATCH_TARGET)
+    enabled = ENABLED_FUNCTIONS.read_text().splitlines()
+    return {
+        "enabled_functions": [line for line in enabled if line.split()[0] in functions],
+        "kprobes": KPROBE_LIST.read_text().splitlines(),
+        "livepatch": read_tree(KLP),
+        "ftrace_params": module_params("pg_ftrace_hook"),
+        "kprobe_params": module_params("pg_kprobe_hook"),
+        "symbols": pg_symbols(),
+    }
+
+
+def unload() -> dict[str, Any]:
+    done: dict[str, Any] = {
+        "ftrace": run("rmmod", "pg_ftrace_hook"),
+        "kprobe": run("rmmod", "pg_kprobe_hook"),
+    }
+    enabled = KLP / LIVEPATCH / "enabled"
+    if enabled.exists():
+        enabled.write_text("0")
+        done["livepatch_transition"] = livepatch_wait(False)
+    done["livepatch"] = run("rmmod", LIVEPATCH)
+    done["left"] = [
+        line for line in Path("/proc/modules").read_text().splitlines() if "pg_" in line
+    ]
+    return done
+
+
+def hidden_views() -> dict[str, Any]:
+    """Where pg_hide_module still shows after it hid itself."""
+    vmalloc = Path("/proc/vmallocinfo").read_text().splitlines()
+    return {
+        "proc_modules": HIDE in Path("/proc/modules").read_text(),
+        "sysfs": (Path("/sys/module") / HIDE).exists(),
+        "kallsyms": [s for s, where in pg_symbols().items() if where.endswith(f"[{HIDE}]")],
+        "vmalloc_callers": [line for line in vmalloc if f"[{HIDE}]" in line],
+        "taint": int(Path("/proc/sys/kernel/tainted").read_text()),
+    }
+
+
+def kernel_log() -> list[str]:
+    lines = run("dmesg")["stdout"].splitlines()
+    keep = ("pg_", "livepatch", "BUG", "Oops", "WARNING", "general protection", "ftrace")
+    return [line for line in lines if any(word in line for word in keep)]
+
+
+WORK.mkdir(parents=True, exist_ok=True)
+step("addresses", addresses)
+step("livepatch_supported", lambda: KLP.is_dir())
+step("cmdline_before", lambda: Path("/proc/cmdline").read_text())
+step("baseline", lambda: patchguard("baseline", "create"))
+step("check_before", lambda: patchguard("check", "--json"))
+if out["addresses"]:
+    step("load", load)
+step("trigger", trigger)
+step("views", kernel_views)
+step("check_loaded", lambda: patchguard("check", "--json"))
+step(
+    "scan_loaded",
+    lambda: patchguard("scan", "--json", "--surface", "tracing", "--surface", "modules"),
+)
+step("unload", unload)
+step("trigger_after", trigger)
+step("kprobes_after", lambda: KPROBE_LIST.read_text().splitlines())
+step("check_after", lambda: patchguard("check", "--json"))
+step("insmod_hide", lambda: insmod(HIDE))
+step("hidden_views", hidden_views)
+step("scan_hidden", lambda: patchguard("scan", "--json", "--surface", "modules"))
+step("kernel_log", kernel_log)
+(RESULTS / "rootkit_checks2.json").write_text(json.dumps(out, indent=1))
+print(json.dumps({"steps": out["steps"], "errors": out.get("errors", {})}, indent=1))

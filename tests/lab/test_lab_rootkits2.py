@@ -172,29 +172,19 @@ def test_scan_reports_the_ftrace_ipmodify_hook(guest: Results) -> None:
     assert f"({evidence['owners'][0]})" in hook["summary"]
 
 
-def test_check_sees_the_ftrace_site_of_the_hook_and_names_its_owner(guest: Results) -> None:
-    """What check says today: the changed site (NOP5 -> call of the ops' trampoline) is a
-    legitimate ftrace state whose owner enabled_functions names, so it is `explained` (info)."""
+def test_check_reports_the_ipmodify_module_hook_at_its_ftrace_site(guest: Results) -> None:
+    """The changed site (NOP5 -> call of the ops' trampoline) is a legitimate ftrace state, but
+    its owner is an IPMODIFY ops of an out-of-tree module that no policy declares: the method
+    of ftrace rootkits, reported as tampering with the handler named."""
     site = _one(guest, "check_loaded", subject=f"{FTRACE_TARGET}+0x0")
     evidence = site["evidence"]
-    assert site["technique"] == "ftrace-site"
+    assert site["technique"] == "ftrace-ipmodify-hook"
+    assert site["disposition"] == "tampering" and site["severity"] == "critical"
     assert int(evidence["address"], 16) == _address(guest, FTRACE_TARGET)
     assert evidence["old"] == "0f 1f 44 00 00" and evidence["new"].startswith("e8 ")
     tramp = re.search(r"tramp: (0x[0-9a-f]+)", _enabled(guest, FTRACE_TARGET))
     assert tramp and evidence["disasm_new"] == f"call {tramp[1]}"
-    assert re.search(rf"pg_ftrace_callback\+0x0/0x[0-9a-f]+ \[{FTRACE_HOOK}\]", evidence["owner"])
-    assert site["disposition"] == "explained" and site["severity"] == "info"
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="integrity.current_owners takes any enabled_functions callback as the owner of an "
-    "ftrace site, so an IPMODIFY ops of an out-of-tree, undeclared module is 'explained' (info) "
-    "like a tracer: check alone passes an ftrace rootkit",
-)
-def test_check_does_not_pass_an_ipmodify_module_hook_as_benign(guest: Results) -> None:
-    site = _one(guest, "check_loaded", subject=f"{FTRACE_TARGET}+0x0")
-    assert site["disposition"] != "explained" or site["severity"] in ("high", "critical")
+    assert re.search(rf"pg_ftrace_callback\+0x0/0x[0-9a-f]+ \[{FTRACE_HOOK}\]", evidence["handler"])
 
 
 # --- item 5: the kprobes ------------------------------------------------------------------------
@@ -253,12 +243,6 @@ def test_check_explains_the_ftrace_site_of_the_ftrace_kprobe(guest: Results) -> 
     assert sites[0]["evidence"]["owner"].startswith("ftrace ops (kprobe_ftrace_handler+0x0/")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="integrity.current_owners gives the [FTRACE] kprobe at commit_creds+0x0 a 1-byte "
-    "INT3 kprobe site, so the first byte of its ftrace CALL is judged by the kprobe rule: "
-    "'kprobe site of kprobe on commit_creds+0x0 holds .byte 0xe8' (inline-hook, critical)",
-)
 def test_check_does_not_call_the_ftrace_kprobe_tampering(guest: Results) -> None:
     wrong = _findings(
         guest, "check_loaded", subject=f"{KPROBE_TARGET}+0x0", disposition="tampering"
@@ -266,12 +250,6 @@ def test_check_does_not_call_the_ftrace_kprobe_tampering(guest: Results) -> None
     assert wrong == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with more than one ftrace ops the kernel points ftrace_caller's `call ftrace_stub` "
-    "(ftrace_call, ftrace_regs_call) at arch_ftrace_ops_list_func; check judges those labels "
-    "as function ftrace sites and reports them as inline-hook tampering",
-)
 def test_check_accepts_ftrace_caller_calling_the_ops_list(guest: Results) -> None:
     wrong = [
         f
@@ -289,7 +267,7 @@ def test_check_explains_the_livepatched_function(guest: Results) -> None:
     assert site["disposition"] == "explained", site  # never tampering
     assert site["technique"] == "ftrace-site"
     assert int(site["evidence"]["address"], 16) == _address(guest, LIVEPATCH_TARGET)
-    assert site["evidence"]["owner"].startswith("ftrace ops (klp_ftrace_handler+0x0/")
+    assert site["evidence"]["owner"] == f"livepatch {LIVEPATCH} (vmlinux/{LIVEPATCH_TARGET},1)"
     assert re.search(r"\sI\s", _enabled(guest, LIVEPATCH_TARGET))  # klp ops are IPMODIFY
 
 
@@ -298,15 +276,10 @@ def test_scan_shows_the_livepatch_module(guest: Results) -> None:
     assert taint["subject"] == f"module {LIVEPATCH}" and taint["severity"] == "info"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the tracing surface does not read /sys/kernel/livepatch: the klp_ftrace_handler "
-    "IPMODIFY ops on the patched function is an ftrace-ipmodify finding (high, suspicious), "
-    "not explained by the livepatch",
-)
 def test_scan_explains_the_livepatch_ipmodify_ops(guest: Results) -> None:
     found = _findings(guest, "scan_loaded", subject=LIVEPATCH_TARGET)
     assert found and all(f["disposition"] == "explained" for f in found), found
+    assert found[0]["technique"] == "livepatch" and found[0]["severity"] == "info"
 
 
 # --- after unloading ----------------------------------------------------------------------------

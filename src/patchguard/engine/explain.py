@@ -109,6 +109,10 @@ class SiteIndex:
         ftrace_owners: Mapping[int, str] | None = None,  # function address -> owner
         ftrace_trampolines: Iterable[int] = (),  # ftrace_caller, bpf_trampoline_*, ...
         kprobes: Mapping[int, str] | None = None,  # probed address -> owner
+        # the call inside ftrace_caller/ftrace_regs_caller (labels ftrace_call,
+        # ftrace_regs_call) -> what it may call: ftrace_stub with one ftrace user, the ops list
+        # function with several, or a registered ops' own function
+        ftrace_callers: Mapping[int, Mapping[int, str]] | None = None,
     ) -> None:
         # Init sites are never patched after boot (jump_label_can_update(), static_call's
         # "if (!init && static_call_is_init(site))"): their memory may hold other code by now.
@@ -121,6 +125,7 @@ class SiteIndex:
         self._starts = [s.address for s in self._sites]
         self.ftrace_owners = dict(ftrace_owners or {})
         self.ftrace_trampolines = frozenset(ftrace_trampolines)
+        self.ftrace_callers = {a: dict(t) for a, t in (ftrace_callers or {}).items()}
 
     def overlapping(self, start: int, end: int) -> list[Site]:
         """The sites whose widest form overlaps [start, end), found in O(log n)."""
@@ -305,6 +310,8 @@ def _ftrace(run: ChangedRun, view: _View, index: SiteIndex, symbols: Symbols) ->
     if loc is None or not loc.symbol.is_text or loc.offset >= 9:
         return None
     func = site = loc.symbol.address
+    if func in index.ftrace_callers:
+        return _ftrace_caller(run, view, index.ftrace_callers[func], loc.symbol.name, symbols)
     if view.get(func, 4, False) in x86.ENDBRS and view.get(func, 4, True) in x86.ENDBRS:
         site = func + 4
     old, new = view.get(site, 5, False), view.get(site, 5, True)
@@ -324,6 +331,34 @@ def _ftrace(run: ChangedRun, view: _View, index: SiteIndex, symbols: Symbols) ->
     else:
         judged = (True, f"ftrace site calls {dest} for {owner}", owner)
     return _verdict(site, old, new, judged, "ftrace-site", symbols)
+
+
+def _ftrace_caller(
+    run: ChangedRun, view: _View, targets: Mapping[int, str], label: str, symbols: Symbols
+) -> Verdict | None:
+    """ftrace retargets the call at `ftrace_call`/`ftrace_regs_call` when the set of ftrace
+    users changes: ftrace_stub, the ops list function, or one ops' own function."""
+    loc = symbols.lookup(run.address)
+    assert loc is not None
+    site = loc.symbol.address
+    old, new = view.get(site, 5, False), view.get(site, 5, True)
+    if old is None or new is None or not run.end <= site + 5:
+        return None
+    hop = x86.branch(new, site)
+    if hop is None or new[0] != x86.CALL:
+        judged: Judged = _no(f"{label} no longer holds a call")
+    elif hop.dest in targets:
+        judged = (
+            True,
+            f"{label} calls {targets[hop.dest]}, as ftrace does for its current users",
+            targets[hop.dest],
+        )
+    else:
+        judged = _no(
+            f"{label} calls {_name(symbols, hop.dest)}, which is not ftrace's own "
+            "dispatch or a registered ftrace ops"
+        )
+    return _verdict(site, old, new, judged, "ftrace-caller", symbols)
 
 
 def classify(

@@ -38,6 +38,7 @@ from patchguard.engine.explain import (
     explain,
 )
 from patchguard.engine.findings import Disposition, Finding, Gap, Severity
+from patchguard.engine.owners import Owners, current_owners
 from patchguard.engine.syscalls import (
     DISPATCH_FUNCTIONS,
     DispatchEntry,
@@ -187,56 +188,6 @@ def page_spans(pages: dict[int, bytes]) -> Iterator[tuple[int, bytes]]:
 
 # --- check --------------------------------------------------------------------------------
 
-FTRACE_ENTRY_POINTS = ("ftrace_caller", "ftrace_regs_caller")
-
-
-@dataclass(frozen=True)
-class Owners:
-    """Who may legitimately patch code right now, as the kernel shows it: functions with an
-    ftrace or BPF tracing owner, the trampolines they call, and kprobe addresses."""
-
-    ftrace: dict[int, str]
-    trampolines: frozenset[int]
-    kprobes: dict[int, str]
-
-
-def ftrace_trampolines(kernel: Kernel) -> frozenset[int]:
-    """ftrace_caller/ftrace_regs_caller and every trampoline the kernel lists in kallsyms under
-    [__builtin__ftrace] (ftrace ops trampolines) or [bpf] (BPF trampolines, programs)."""
-    syms = kernel.kallsyms
-    found = {s.address for s in syms.in_modules({"__builtin__ftrace", "bpf"})}
-    found |= {a for name in FTRACE_ENTRY_POINTS if (a := syms.address_of(name))}
-    return frozenset(found)
-
-
-def current_owners(kernel: Kernel) -> tuple[Owners, list[Gap]]:
-    """Read the owners from the ebpf and tracing surfaces (their gaps come along: an owner
-    that cannot be seen cannot explain anything)."""
-    from patchguard.surfaces.ebpf import BpfLink, EbpfSurface
-    from patchguard.surfaces.tracing import FtraceHook, Kprobe, TracingSurface
-
-    ebpf, tracing = EbpfSurface().collect(kernel), TracingSurface().collect(kernel)
-    ftrace: dict[int, str] = {}
-    for link in ebpf.records:
-        if isinstance(link, BpfLink) and link.link_type == "tracing" and link.target:
-            address = kernel.kallsyms.address_of(link.target.split(" [")[0])
-            if address is not None:
-                holders = ", ".join(f"pid {o.pid} {o.exe or o.comm}" for o in link.owners)
-                pins = ", ".join(link.pins)
-                who = holders or pins or "no process or pin"
-                ftrace[address] = f"BPF link {link.link_id} (prog {link.prog_id}; {who})"
-    kprobes: dict[int, str] = {}
-    for rec in tracing.records:
-        if isinstance(rec, FtraceHook):
-            address = kernel.kallsyms.address_of(rec.function, rec.module)
-            if address is not None:
-                owner = ", ".join(c.owner or c.address for c in rec.callbacks) or rec.direct
-                ftrace.setdefault(address, f"ftrace ops ({owner or 'enabled_functions'})")
-        elif isinstance(rec, Kprobe) and rec.address and rec.active:
-            kprobes[rec.address] = f"kprobe on {rec.target}"
-    owners = Owners(ftrace, ftrace_trampolines(kernel), kprobes)
-    return owners, [*ebpf.gaps, *tracing.gaps]
-
 
 def site_index(kernel: Kernel, path: Path, manifest: Manifest, owners: Owners) -> SiteIndex:
     """Where the kernel may patch itself, from the baseline's own copies of its tables (the
@@ -258,6 +209,7 @@ def site_index(kernel: Kernel, path: Path, manifest: Manifest, owners: Owners) -
         ftrace_owners=owners.ftrace,
         ftrace_trampolines=owners.trampolines,
         kprobes=owners.kprobes,
+        ftrace_callers=owners.callers,
     )
 
 
@@ -327,6 +279,30 @@ def dispatch_finding(
         Disposition.TAMPERING,
         "T1014",
         evidence,
+    )
+
+
+def ipmodify_finding(v: Verdict, owners: Owners, symbols: Symbols) -> Finding | None:
+    """A function's ftrace site calling into an IPMODIFY ftrace ops whose handler is in a
+    module (not a livepatch): the ftrace-rootkit method, named as such."""
+    loc = symbols.lookup(v.address)
+    if v.explained or loc is None or loc.offset > 4:
+        return None
+    handler = owners.ipmodify_hooks.get(loc.symbol.address)
+    if handler is None:
+        return None
+    base = verdict_finding(v)
+    return Finding(
+        SURFACE,
+        "ftrace-ipmodify-hook",
+        Severity.CRITICAL,
+        base.subject,
+        f"the ftrace site of {loc.symbol.name} now calls an IPMODIFY ftrace ops whose handler "
+        f"is {handler}: a module can send every call of {loc.symbol.name} elsewhere, the "
+        "method of ftrace rootkits",
+        Disposition.TAMPERING,
+        "T1014",
+        {**base.evidence, "handler": handler},
     )
 
 
@@ -443,6 +419,7 @@ def verify(kernel: Kernel, path: Path, public_key: bytes) -> CheckOutcome:
         "changed_pages": sum(len(c) for c in changed.values()),
     }
     index: SiteIndex | None = None
+    owners = Owners({}, frozenset(), {})
     for entry in manifest.regions.values():
         if not changed[entry.name]:
             continue
@@ -465,7 +442,9 @@ def verify(kernel: Kernel, path: Path, public_key: bytes) -> CheckOutcome:
         verdicts = explain(runs, index, kernel.kallsyms, read)
         dispatch = dispatch_of(manifest)
         findings += [
-            dispatch_finding(v, dispatch, read, kernel.kallsyms) or verdict_finding(v)
+            dispatch_finding(v, dispatch, read, kernel.kallsyms)
+            or ipmodify_finding(v, owners, kernel.kallsyms)
+            or verdict_finding(v)
             for v in verdicts
         ]
     how = dispatch_record(kernel, dispatch_of(manifest))

@@ -15,6 +15,7 @@ trace_uprobe_show() and trace_fprobe_show() in kernel/trace/.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -110,6 +111,8 @@ SENSITIVE_PREFIXES: tuple[tuple[str, str], ...] = (
 )
 # The ftrace handler of kprobes placed on a function's ftrace site ([FTRACE] in kprobes/list).
 KPROBE_HANDLER = "kprobe_ftrace_handler"
+KLP_HANDLER = "klp_ftrace_handler"
+LIVEPATCH = "/sys/kernel/livepatch"
 # Hooks there serve hiding or finding hidden kernel symbols, which tools rarely need.
 ROOTKIT_ONLY = frozenset({"module-list", "kallsyms"})
 
@@ -220,6 +223,40 @@ class Kprobe:
     @property
     def active(self) -> bool:
         return "GONE" not in self.flags and "DISABLED" not in self.flags
+
+
+@dataclass(frozen=True)
+class Livepatched:
+    """A function an enabled livepatch replaces (/sys/kernel/livepatch/<patch>/<obj>/<func>)."""
+
+    function: str
+    patch: str
+    where: str  # "vmlinux/cmdline_proc_show,1"
+
+    def __str__(self) -> str:
+        return f"livepatch {self.patch} ({self.where})"
+
+
+def read_livepatches(kernel: Kernel) -> list[Livepatched]:
+    """The functions of every enabled livepatch; none where the kernel has no livepatch."""
+    root = kernel.path(LIVEPATCH)
+    found: list[Livepatched] = []
+    try:
+        patches = sorted(os.listdir(root))
+    except OSError:
+        return found
+    for patch in patches:
+        try:
+            if (root / patch / "enabled").read_text().strip() != "1":
+                continue
+            objects = [o for o in sorted(os.listdir(root / patch)) if (root / patch / o).is_dir()]
+            for obj in objects:
+                for func in sorted(os.listdir(root / patch / obj)):
+                    if (root / patch / obj / func).is_dir():
+                        found.append(Livepatched(func.split(",")[0], patch, f"{obj}/{func}"))
+        except OSError:
+            continue  # a patch going away while we look
+    return found
 
 
 @dataclass(frozen=True)
@@ -467,6 +504,7 @@ class TracingSurface:
             _collect_ftrace(r, tracefs)
             _collect_events(r, tracefs)
         _collect_kprobes(r)
+        r.records.extend(read_livepatches(kernel))
         return SurfaceState(SURFACE, tuple(r.records), _counts(r), tuple(r.gaps))
 
     def assess(self, state: SurfaceState) -> list[Finding]:
@@ -564,7 +602,26 @@ def _sensitive_hook(hook: FtraceHook, category: str) -> Finding:
     )
 
 
-def _assess_hook(hook: FtraceHook, per_function: bool, probed: set[str]) -> list[Finding]:
+def _livepatch(hook: FtraceHook, patch: Livepatched) -> Finding:
+    return Finding(
+        SURFACE,
+        "livepatch",
+        Severity.INFO,
+        _subject(hook.function, hook.module),
+        f"{hook.function} is replaced by {patch}: the kernel's own live patching, "
+        "through ftrace with IPMODIFY",
+        Disposition.EXPLAINED,
+        None,
+        {**_hook_evidence(hook), "livepatch": str(patch)},
+    )
+
+
+def _assess_hook(
+    hook: FtraceHook, per_function: bool, probed: set[str], patched: dict[str, Livepatched]
+) -> list[Finding]:
+    patch = patched.get(hook.function)
+    if patch is not None and {symbol_name(o) for o in hook.owners} == {KLP_HANDLER}:
+        return [_livepatch(hook, patch)]
     found = [_ipmodify(hook)] if hook.ipmodify else []
     if hook.direct_call and not _bpf_trampoline(hook.direct):
         found.append(_direct_unaccounted(hook))
@@ -575,9 +632,11 @@ def _assess_hook(hook: FtraceHook, per_function: bool, probed: set[str]) -> list
     return found
 
 
-def _assess_ftrace(hooks: list[FtraceHook], probed: set[str]) -> list[Finding]:
+def _assess_ftrace(
+    hooks: list[FtraceHook], probed: set[str], patched: dict[str, Livepatched]
+) -> list[Finding]:
     per_function = len(hooks) <= GLOBAL_TRACER_FUNCTIONS
-    found = [f for hook in hooks for f in _assess_hook(hook, per_function, probed)]
+    found = [f for hook in hooks for f in _assess_hook(hook, per_function, probed, patched)]
     if not per_function:
         found.append(
             _finding(
@@ -658,7 +717,8 @@ def _assess_event(event: DynamicEvent) -> list[Finding]:
 
 def assess_records(records: Sequence[object]) -> list[Finding]:
     probed = {p.symbol for p in records_of(records, Kprobe) if p.symbol and "FTRACE" in p.flags}
-    found = _assess_ftrace(records_of(records, FtraceHook), probed)
+    patched = {p.function: p for p in records_of(records, Livepatched)}
+    found = _assess_ftrace(records_of(records, FtraceHook), probed, patched)
     found += [f for probe in records_of(records, Kprobe) for f in _assess_kprobe(probe)]
     found += [f for event in records_of(records, DynamicEvent) for f in _assess_event(event)]
     return found

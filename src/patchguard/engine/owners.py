@@ -1,0 +1,106 @@
+"""Who may legitimately patch kernel code right now, as the kernel shows it: BPF tracing links,
+ftrace ops (enabled_functions), livepatches (/sys/kernel/livepatch) and kprobes. `check`
+explains a changed ftrace, kprobe or ftrace_caller site only by an owner read here.
+
+Not an owner: an IPMODIFY ftrace ops whose handler lives in a module and is not a livepatch.
+Redirecting a function's execution from a module is the method of ftrace rootkits, so such a
+hook is reported (`ipmodify_hooks`), never used to explain a change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from patchguard.engine.findings import Gap
+from patchguard.kernel import Kernel
+
+FTRACE_CALL_LABELS = ("ftrace_call", "ftrace_regs_call")  # inside ftrace_(regs_)caller
+FTRACE_DISPATCH = ("ftrace_stub", "arch_ftrace_ops_list_func", "ftrace_ops_list_func")
+KLP_HANDLER = "klp_ftrace_handler"
+
+
+@dataclass(frozen=True)
+class Owners:
+    ftrace: dict[int, str]  # function address -> owner
+    trampolines: frozenset[int]  # ftrace_caller, ftrace/BPF trampolines
+    kprobes: dict[int, str]  # probed address -> owner (INT3 or optimized-kprobe sites)
+    callers: dict[int, dict[int, str]] = field(default_factory=dict)  # see SiteIndex
+    ipmodify_hooks: dict[int, str] = field(default_factory=dict)  # function -> module handler
+
+
+def livepatched(kernel: Kernel) -> dict[str, str]:
+    """Function name -> "livepatch NAME (object/function,sympos)" for enabled livepatches."""
+    from patchguard.surfaces.tracing import read_livepatches
+
+    return {p.function: str(p) for p in read_livepatches(kernel)}
+
+
+def _handler_symbol(owner: str) -> tuple[str, str | None]:
+    """("pg_cb", "pg_mod") from a %pS owner such as "pg_cb+0x0/0x17 [pg_mod]"."""
+    name = owner.split("+")[0].strip()
+    module = owner.split("[", 1)[1].rstrip("]").strip() if "[" in owner else None
+    return name, module
+
+
+def current_owners(kernel: Kernel) -> tuple[Owners, list[Gap]]:
+    """Read the owners from the ebpf and tracing surfaces (their gaps come along: an owner
+    that cannot be seen cannot explain anything)."""
+    from patchguard.surfaces.ebpf import BpfLink, EbpfSurface
+    from patchguard.surfaces.tracing import FtraceHook, Kprobe, TracingSurface
+
+    syms = kernel.kallsyms
+    ebpf, tracing = EbpfSurface().collect(kernel), TracingSurface().collect(kernel)
+    owners = Owners({}, ftrace_trampolines(kernel), {})
+    dispatch = {a: n for n in FTRACE_DISPATCH if (a := syms.address_of(n)) is not None}
+    for link in ebpf.records:
+        if isinstance(link, BpfLink) and link.link_type == "tracing" and link.target:
+            address = syms.address_of(link.target.split(" [")[0])
+            if address is not None:
+                holders = ", ".join(f"pid {o.pid} {o.exe or o.comm}" for o in link.owners)
+                who = holders or ", ".join(link.pins) or "no process or pin"
+                owners.ftrace[address] = f"BPF link {link.link_id} (prog {link.prog_id}; {who})"
+    patched = livepatched(kernel)
+    for rec in tracing.records:
+        if isinstance(rec, FtraceHook):
+            _add_hook(kernel, owners, dispatch, patched, rec)
+        elif isinstance(rec, Kprobe) and rec.address and rec.active and "FTRACE" not in rec.flags:
+            # an [FTRACE] kprobe uses the function's ftrace site, owned through ftrace
+            owners.kprobes[rec.address] = f"kprobe on {rec.target}"
+    for label in FTRACE_CALL_LABELS:
+        if (address := syms.address_of(label)) is not None:
+            owners.callers[address] = dispatch
+    return owners, [*ebpf.gaps, *tracing.gaps]
+
+
+def _add_hook(
+    kernel: Kernel, owners: Owners, dispatch: dict[int, str], patched: dict[str, str], hook: object
+) -> None:
+    from patchguard.surfaces.tracing import FtraceHook
+
+    assert isinstance(hook, FtraceHook)
+    address = kernel.kallsyms.address_of(hook.function, hook.module)
+    if address is None:
+        return
+    handlers = [c.owner or c.address for c in hook.callbacks]
+    for handler in handlers:  # with one user, ftrace_call calls that ops' function itself
+        name, module = _handler_symbol(handler)
+        if (func := kernel.kallsyms.address_of(name, module)) is not None:
+            dispatch.setdefault(func, name + (f" [{module}]" if module else ""))
+    if hook.function in patched and any(KLP_HANDLER in h for h in handlers):
+        owners.ftrace[address] = patched[hook.function]
+        return
+    from_module = [h for h in handlers if "[" in h and KLP_HANDLER not in h]
+    if hook.ipmodify and from_module:
+        owners.ipmodify_hooks[address] = from_module[0]
+        return
+    owners.ftrace.setdefault(
+        address, f"ftrace ops ({', '.join(handlers) or hook.direct or 'enabled_functions'})"
+    )
+
+
+def ftrace_trampolines(kernel: Kernel) -> frozenset[int]:
+    """ftrace_caller/ftrace_regs_caller and every trampoline the kernel lists in kallsyms under
+    [__builtin__ftrace] (ftrace ops trampolines) or [bpf] (BPF trampolines, programs)."""
+    syms = kernel.kallsyms
+    found = {s.address for s in syms.in_modules({"__builtin__ftrace", "bpf"})}
+    found |= {a for name in ("ftrace_caller", "ftrace_regs_caller") if (a := syms.address_of(name))}
+    return frozenset(found)

@@ -11,7 +11,7 @@ runs patchguard and records what it said; it is asserted here.
 - pg_hide_module: takes itself off the module list and out of sysfs; loaded last (it cannot
   be unloaded).
 
-The tests marked xfail(strict=True) state what patchguard should say and does not yet (see
+Tests marked xfail(strict=True), if any, state what patchguard should say and does not yet (see
 each reason); they turn into failures once it does, so the marker is then removed.
 """
 
@@ -324,12 +324,6 @@ def test_scan_finds_the_hidden_module(guest: Results) -> None:
     assert guest["scan_hidden"]["rc"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="vmallocinfo prints %pK addresses, hashed with kptr_restrict=0, so the module memory "
-    "check falls back to counting, with 2 areas per module before 6.4 (core + init): 18 loader "
-    "areas for 17 visible modules pass, though a live module holds only its core area",
-)
 def test_scan_finds_the_hidden_module_memory(guest: Results) -> None:
     memory = _one(guest, "scan_hidden", technique="hidden-module", subject="module memory")
     assert memory["severity"] == "high" and memory["disposition"] == "tampering"

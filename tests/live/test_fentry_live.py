@@ -107,3 +107,22 @@ def test_pinned_link_without_its_loader_still_explains_the_site(tmp_path: Path) 
     assert bp.wait_gone(prog.prog_id)
     doc = cli(env, "check")
     assert not [f for f in doc["findings"] if f["subject"].startswith(TARGET)]
+
+
+def test_lsm_program_is_reported_with_its_hook(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    try:
+        prog = bp.attach_lsm("file_open", "pg_t_lsm")
+    except BpfError as exc:
+        print(f"case: LSM programs refused by this kernel: {exc}")
+        assert exc.errno in (1, 22, 524) and "\n" not in str(exc)
+        return
+    with prog:
+        doc = cli(env, "scan", "--surface", "ebpf")
+    record = next(r for r in doc["surfaces"][0]["records"] if r.get("prog_id") == prog.prog_id)
+    assert record["prog_type"] == "lsm" and record["attach_btf"] == "bpf_lsm_file_open"
+    assert [a["attach_type"] for a in record["attachments"]] == ["lsm_mac"]
+    techniques = {
+        f["technique"] for f in doc["findings"] if f["evidence"].get("prog_id") == prog.prog_id
+    }
+    assert {"lsm-hook", "sensitive-hook"} <= techniques

@@ -26,6 +26,8 @@ BPF_PROG_TYPE_SK_LOOKUP = 30
 BPF_SK_LOOKUP = 36  # enum bpf_attach_type
 BPF_PROG_TYPE_TRACING = 26
 BPF_TRACE_FENTRY = 24
+BPF_PROG_TYPE_LSM = 29
+BPF_LSM_MAC = 27
 BPF_FUNC_send_signal = 109
 BPF_FUNC_get_current_pid_tgid = 14
 
@@ -145,26 +147,34 @@ def attach_sk_lookup(name: str = "pg_test_sklookup") -> Loaded:
     return prog
 
 
+def attach_lsm(hook: str, name: str = "pg_test_lsm") -> Loaded:
+    """An LSM program on `bpf_lsm_<hook>` that returns 0 (allow), through a BPF link: the way
+    security agents enforce policy. Needs `bpf` among the active LSMs (the lab's Debian kernel
+    has it; these VMs refuse the load with EPERM)."""
+    return _attach_btf(f"bpf_lsm_{hook}", BPF_PROG_TYPE_LSM, BPF_LSM_MAC, name)
+
+
 def attach_fentry(function: str, name: str = "pg_test_fentry") -> Loaded:
     """An fentry program on a kernel function, through a BPF link (BPF_LINK_CREATE with
     BPF_TRACE_FENTRY): the kernel patches the function's ftrace site to call a BPF trampoline.
     `function` is a BTF name (`__do_sys_getppid`, not `__x64_sys_getppid`). Refused with EPERM
     on these VMs' kernel; the QEMU lab's Debian kernel allows it."""
+    return _attach_btf(function, BPF_PROG_TYPE_TRACING, BPF_TRACE_FENTRY, name)
+
+
+def _attach_btf(function: str, prog_type: int, attach_type: int, name: str) -> Loaded:
+    """Load a program verified against BTF function `function` and attach it by a link."""
     from patchguard.kernel import Kernel
 
     btf_id = Kernel().vmlinux_btf.func_id(function)
     if btf_id is None:
         raise RuntimeError(f"no BTF FUNC named {function}")
     fd = bpf.prog_load(
-        BPF_PROG_TYPE_TRACING,
-        return_zero(),
-        name,
-        expected_attach_type=BPF_TRACE_FENTRY,
-        attach_btf_id=btf_id,
+        prog_type, return_zero(), name, expected_attach_type=attach_type, attach_btf_id=btf_id
     )
     prog = Loaded(fd, prog_info(fd).prog_id)
     try:
-        prog.fds.append(bpf.link_create(prog.prog_fd, 0, BPF_TRACE_FENTRY))
+        prog.fds.append(bpf.link_create(prog.prog_fd, 0, attach_type))
     except BaseException:
         prog.close()
         raise
@@ -241,3 +251,37 @@ def loaded(prog: Loaded) -> Iterator[Loaded]:
         yield prog
     finally:
         prog.close()
+
+
+BPF_PROG_TYPE_NETFILTER = 32  # enum bpf_prog_type (BPF_NETFILTER, the attach type, is 45)
+NF_ACCEPT = 1
+
+
+def attach_netfilter(
+    pf: int, hooknum: int, priority: int, name: str = "pg_test_nf", pin: bool = False
+) -> Loaded:
+    """A netfilter program that answers NF_ACCEPT (traffic keeps flowing), hooked through a
+    BPF_NETFILTER link into this network namespace's hook list `pf`/`hooknum` (an NFPROTO_* and
+    an NF_INET_* hook) at `priority`: the way BPF firewalls hook. With `pin` the link is pinned
+    in bpffs and every fd is closed, so only the pin keeps the hook. Needs 6.4+ and
+    CONFIG_NETFILTER_BPF_LINK."""
+    prog = load(
+        BPF_PROG_TYPE_NETFILTER,
+        mov64_imm(R0, NF_ACCEPT) + exit_insn(),
+        name,
+        expected_attach_type=bpf.BPF_NETFILTER,
+    )
+    try:
+        link = bpf.link_create_netfilter(prog.prog_fd, pf, hooknum, priority)
+        prog.fds.append(link)
+        if pin:
+            path = os.path.join(bpffs(), f"patchguard-test-{os.getpid()}-nf-{prog.prog_id}")
+            bpf.obj_pin(link, path)
+            prog.pin = path
+            for fd in [prog.prog_fd, *prog.fds]:
+                os.close(fd)
+            prog.prog_fd, prog.fds = -1, []
+    except BaseException:
+        prog.close()
+        raise
+    return prog

@@ -39,6 +39,7 @@ BPF_LINK_CREATE = 28
 BPF_LINK_GET_FD_BY_ID = 30
 BPF_LINK_GET_NEXT_ID = 31
 BPF_LINK_DETACH = 34
+BPF_NETFILTER = 45  # enum bpf_attach_type
 
 PROG_TYPES = [
     "unspec",
@@ -378,6 +379,16 @@ def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
     fd, _ = sys_bpf(
         BPF_LINK_CREATE, struct.pack("<IIII", prog_fd, target_fd, attach_type, 0), "LINK_CREATE"
     )
+    return fd
+
+
+def link_create_netfilter(
+    prog_fd: int, pf: int, hooknum: int, priority: int, nf_flags: int = 0
+) -> int:
+    """BPF_LINK_CREATE with BPF_NETFILTER: link_create.netfilter {pf, hooknum, priority, flags}
+    follows the common fields at offset 16; the hook goes into the caller's network namespace."""
+    attr = struct.pack("<IIIIIIiI", prog_fd, 0, BPF_NETFILTER, 0, pf, hooknum, priority, nf_flags)
+    fd, _ = sys_bpf(BPF_LINK_CREATE, attr, "LINK_CREATE")
     return fd
 
 

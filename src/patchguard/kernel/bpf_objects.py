@@ -69,6 +69,16 @@ class ProgInfo:
 
 
 @dataclass(frozen=True)
+class NetfilterAttach:
+    """Where a BPF_NETFILTER link hooks: bpf_link_info.netfilter (pf is an NFPROTO_*)."""
+
+    pf: int
+    hooknum: int
+    priority: int
+    flags: int  # BPF_F_NETFILTER_IP_DEFRAG
+
+
+@dataclass(frozen=True)
 class LinkInfo:
     link_id: int
     link_type: str
@@ -77,6 +87,7 @@ class LinkInfo:
     target: str | None = None  # tracepoint name, kprobe function, uprobe file, ifindex, ...
     target_obj_id: int = 0  # tracing: the BTF object that holds target_btf_id
     target_btf_id: int = 0
+    netfilter: NetfilterAttach | None = None  # netfilter: the hook it runs on
 
 
 @dataclass(frozen=True)
@@ -175,7 +186,11 @@ def _decode_link(raw: bytes, link_type: str, name: str | None) -> LinkInfo:
             target_obj_id=_u32(raw, 20),
             target_btf_id=_u32(raw, 24),
         )
-    return LinkInfo(link_id, link_type, prog_id, attach, _link_target(raw, link_type, name))
+    netfilter = None
+    if link_type == "netfilter":
+        netfilter = NetfilterAttach(*struct.unpack_from("<IIiI", raw, 16))
+    target = _link_target(raw, link_type, name)
+    return LinkInfo(link_id, link_type, prog_id, attach, target, netfilter=netfilter)
 
 
 def _link_target(raw: bytes, link_type: str, name: str | None) -> str | None:

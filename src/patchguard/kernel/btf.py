@@ -53,6 +53,8 @@ BTF_KINDS: dict[int, tuple[str, int, int]] = {
     19: ("ENUM64", 0, 3),
 }
 BTF_KIND_FUNC = 12
+BTF_KIND_STRUCT = 4
+BTF_KIND_UNION = 5
 
 
 def btf_info_kind(info: int) -> int:
@@ -236,6 +238,58 @@ class Btf:
             raise BtfFormatError(f"name_off {name_off} is outside the string section")
         end = self.strings.find(b"\0", off)
         return self.strings[off:end].decode("utf-8", errors="replace")
+
+    def struct_id(self, name: str) -> int | None:
+        """The type id of the STRUCT named `name` (not a FWD), here first, then in the base."""
+        found = self._struct_index.get(name)
+        if found is None and self.base is not None:
+            return self.base.struct_id(name)
+        return found
+
+    def member_offset(self, struct_name: str, member: str) -> int | None:
+        """Byte offset of `member` in STRUCT `struct_name`, looking into anonymous struct and
+        union members (randomized_struct_fields_start wraps most of task_struct in one);
+        None if there is no such struct or member, or the member is a bitfield."""
+        type_id = self.struct_id(struct_name)
+        return None if type_id is None else self._member_bits(type_id, member, 0)
+
+    def _member_bits(self, type_id: int, member: str, depth: int) -> int | None:
+        btf = self._owner(type_id)
+        at = btf.offsets[type_id - btf.start_id]
+        info = btf.words[at + 1]
+        if btf_info_kind(info) not in (BTF_KIND_STRUCT, BTF_KIND_UNION) or depth > 8:
+            return None
+        kind_flag = info >> 31  # set: each offset word is bitfield_size << 24 | bit offset
+        for n in range(btf_info_vlen(info)):
+            name_off, member_type, word = btf.words[at + 3 + 3 * n : at + 6 + 3 * n]
+            bits = word & 0xFFFFFF if kind_flag else word
+            name = self.string(name_off)
+            if name == member:
+                bitfield = kind_flag and word >> 24
+                return None if bitfield or bits % 8 else bits // 8
+            if not name:  # anonymous struct or union: its members are the outer struct's
+                inner = self._member_bits(self._resolved(member_type), member, depth + 1)
+                if inner is not None:
+                    return bits // 8 + inner
+        return None
+
+    def _resolved(self, type_id: int) -> int:
+        """Through typedefs and qualifiers to the type they name."""
+        for _ in range(16):
+            if self.kind(type_id) not in ("TYPEDEF", "VOLATILE", "CONST", "RESTRICT", "TYPE_TAG"):
+                break
+            btf = self._owner(type_id)
+            type_id = btf.words[btf.offsets[type_id - btf.start_id] + 2]
+        return type_id
+
+    @cached_property
+    def _struct_index(self) -> dict[str, int]:
+        index: dict[str, int] = {}
+        words, start_id = self.words, self.start_id
+        for n, at in enumerate(self.offsets):
+            if (words[at + 1] >> 24) & 0x1F == BTF_KIND_STRUCT and words[at]:
+                index.setdefault(self.string(words[at]), start_id + n)
+        return index
 
     @cached_property
     def _func_index(self) -> dict[str, int]:

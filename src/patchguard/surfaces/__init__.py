@@ -11,7 +11,9 @@ def all_surfaces() -> list[Surface]:
     from patchguard.surfaces.entry import EntrySurface
     from patchguard.surfaces.kernel_text import KernelTextSurface
     from patchguard.surfaces.modules import ModulesSurface
+    from patchguard.surfaces.netfilter import NetfilterSurface
     from patchguard.surfaces.posture import PostureSurface
+    from patchguard.surfaces.processes import ProcessesSurface
     from patchguard.surfaces.syscalls import SyscallsSurface
     from patchguard.surfaces.tracing import TracingSurface
 
@@ -23,4 +25,6 @@ def all_surfaces() -> list[Surface]:
         EbpfSurface(),
         TracingSurface(),
         ModulesSurface(),
+        ProcessesSurface(),
+        NetfilterSurface(),
     ]

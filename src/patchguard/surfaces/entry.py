@@ -37,6 +37,7 @@ class MsrValue:
     value: int
     symbol: str | None  # kallsyms name at that address (offset 0), if any
     expected: tuple[str, ...]
+    module: str | None = None  # the module of that symbol: where a redirect leads
 
     @property
     def ok(self) -> bool:
@@ -111,10 +112,9 @@ def read_msrs(kernel: Kernel, gaps: list[Gap]) -> list[MsrValue]:
                     gaps.append(Gap(NAME, f"{msr} on CPU {cpu}", oserror_reason(exc)))
                     continue
                 found = kernel.kallsyms.at(value)
-                symbol = next(
-                    (s.name for s in found if s.name in expected), found[0].name if found else None
-                )
-                values.append(MsrValue(cpu, msr, value, symbol, expected))
+                named = next((s for s in found if s.name in expected), found[0] if found else None)
+                symbol, module = (named.name, named.module) if named else (None, None)
+                values.append(MsrValue(cpu, msr, value, symbol, expected, module))
         finally:
             os.close(fd)
     return values
@@ -157,6 +157,12 @@ def read_idt(kernel: Kernel, gaps: list[Gap]) -> list[IdtGate]:
     return gates
 
 
+def _where(r: MsrValue) -> str:
+    if r.symbol is None:
+        return f"{r.value:#x}, which no kernel or module symbol covers"
+    return f"{r.symbol} [{r.module}]" if r.module else r.symbol
+
+
 class EntrySurface:
     name = NAME
     title = "Syscall entry MSRs and IDT"
@@ -183,11 +189,16 @@ class EntrySurface:
                         "syscall-entry-hijack",
                         Severity.CRITICAL,
                         f"{r.msr} on CPU {r.cpu}",
-                        f"{r.msr} points at {r.symbol or hex(r.value)}, not at "
-                        f"{' or '.join(r.expected)}: every system call goes through it first",
+                        f"{r.msr} points at {_where(r)}, not at {' or '.join(r.expected)}: "
+                        "every system call goes through it first",
                         Disposition.TAMPERING,
                         "T1014",
-                        {"value": f"{r.value:#x}", "symbol": r.symbol, "cpu": r.cpu},
+                        {
+                            "value": f"{r.value:#x}",
+                            "symbol": r.symbol,
+                            "module": r.module,
+                            "cpu": r.cpu,
+                        },
                     )
                 )
             elif isinstance(r, IdtGate) and not r.ok:

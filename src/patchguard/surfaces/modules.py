@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, TypeVar
 from patchguard.engine.findings import Disposition, Evidence, Finding, Severity
 from patchguard.kernel.errors import KernelAccessError, is_enoent
 from patchguard.kernel.kallsyms import PSEUDO_MODULES
+from patchguard.kernel.memory import KERNEL_SPACE  # %pK prints hashed or zeroed values below it
 from patchguard.surfaces.base import SurfaceState
 from patchguard.surfaces.reading import Reading, records_of
 
@@ -65,8 +66,6 @@ LOADER_CALLERS = frozenset(
 # A module still loading holds one more before 6.4 (its init area).
 AREAS_PER_MODULE_OLD = 1
 AREAS_PER_MODULE = 7
-# Real kernel addresses sit in the top half; %pK prints hashed or zeroed values otherwise.
-KERNEL_SPACE = 0xFFFF800000000000
 
 # Module taint letters (taint_flags[] entries with .module set, kernel/panic.c).
 MODULE_TAINTS: dict[str, tuple[str, Severity, str]] = {

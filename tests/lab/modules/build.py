@@ -26,7 +26,9 @@ CACHE = Path(os.environ.get("PATCHGUARD_LAB_CACHE", "/var/cache/patchguard-lab")
 MODULES = ("pg_syscall_hook", "pg_inline_hook")
 # The second boot's (rootkit_checks2.py): issue 5 items 3-5 and the livepatch.
 MODULES2 = ("pg_hide_module", "pg_ftrace_hook", "pg_kprobe_hook", "pg_livepatch")
-ALL_MODULES = MODULES + MODULES2
+# The third boot's (rootkit_checks3.py): issue 5 items 6-8.
+MODULES3 = ("pg_hide_pid", "pg_nf_hook", "pg_lstar")
+ALL_MODULES = MODULES + MODULES2 + MODULES3
 COMPILER = "gcc-12"  # what Debian's 6.1 kernels are built with (linux-compiler-gcc-12-x86)
 
 

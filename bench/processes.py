@@ -1,0 +1,95 @@
+"""Hidden-process surface speed as ratios measured in one run.
+
+floor = list /proc once + ask kill(pid, 0) about the same number of pids through the same
+cheapest probe (kernel/pids.py). collect does that and more: the task directory of every
+listed process, a BPF task iterator walk (where the kernel allows it), and the re-checks of
+any suspect. Printed at the machine's pid_max and at 30,000 pids, then again with 2,000 extra
+sleeping processes alive (they cost one task-directory listing each), which are killed in
+`finally`. The first collect of a Kernel also parses vmlinux BTF for the iterator's offsets:
+shown apart, since the guard keeps its Kernel.
+Run as root: .venv/bin/python bench/processes.py [--rounds N] [--spawn N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from patchguard.kernel import Kernel
+from patchguard.kernel.pids import answering
+from patchguard.surfaces.processes import ProcessesSurface
+
+PIDS = 30_000
+
+
+def median_ms(fn: Callable[[], object], rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+def floor_once(pids: int) -> None:
+    os.listdir("/proc")
+    answering(range(1, pids + 1))
+
+
+def report(label: str, kernel: Kernel, pids: int, rounds: int) -> None:
+    surface = ProcessesSurface(probe_below=pids + 1)
+    floor = median_ms(lambda: floor_once(pids), rounds)
+    cost = median_ms(lambda: surface.collect(kernel), rounds)
+    counts = surface.collect(kernel).counts
+    print(
+        f"processes{label}: {pids:,} pids probed in {cost:.1f} ms "
+        f"(floor {floor:.1f} ms, ratio {cost / floor:.2f}; "
+        f"{counts['processes']} processes, {counts['threads']} threads, "
+        f"{counts['tasks_iterated']} iterated)"
+    )
+
+
+@contextmanager
+def sleepers(count: int) -> Iterator[None]:
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        for _ in range(count):
+            children.append(subprocess.Popen(["sleep", "600"]))
+        yield
+    finally:
+        for child in children:
+            child.kill()  # only our own children, by pid
+        for child in children:
+            child.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--spawn", type=int, default=2000)
+    args = parser.parse_args()
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+
+    t0 = time.perf_counter()
+    kernel = Kernel()
+    state = ProcessesSurface().collect(kernel)
+    first = (time.perf_counter() - t0) * 1000
+    gaps = "; ".join(f"{g.what}: {g.reason}" for g in state.gaps) or "none"
+    print(f"first collect (with the vmlinux BTF parse): {first:.1f} ms; gaps: {gaps}")
+
+    report(" at pid_max", kernel, pid_max - 1, args.rounds)
+    report("", kernel, PIDS, args.rounds)
+    with sleepers(args.spawn):
+        report(f" +{args.spawn} sleepers", kernel, PIDS, args.rounds)
+    probe_ms = median_ms(lambda: answering(range(1, PIDS + 1)), args.rounds)
+    print(f"kill(pid, 0) probe: {probe_ms * 1000 / PIDS:.2f} us per pid")
+
+
+if __name__ == "__main__":
+    main()

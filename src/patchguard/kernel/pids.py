@@ -1,0 +1,39 @@
+"""Probing the pid space: which pids the kernel answers for, asked one pid at a time.
+
+kill(pid, 0) sends nothing; it looks the pid up (find_vpid(), then the task) and answers 0,
+EPERM (it exists, we may not signal it) or ESRCH (no such task). It never goes through
+getdents, so a rootkit that filters the /proc listing does not hide from it. It is the cheapest
+question one can ask about a pid (about 0.6 us through ctypes, 0.9 us through os.kill, whose
+exception per missing pid costs more; stat of /proc/<pid> costs 3 us), so it probes every pid
+and stat confirms the few suspects.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from collections.abc import Iterable
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_kill = _libc.kill
+_kill.argtypes = [ctypes.c_int, ctypes.c_int]
+_kill.restype = ctypes.c_int
+
+
+def answering(pids: Iterable[int]) -> list[int]:
+    """The pids kill(pid, 0) finds: 0 or EPERM; ESRCH means no task has that pid."""
+    kill, last_errno, esrch = _kill, ctypes.get_errno, errno.ESRCH
+    return [pid for pid in pids if kill(pid, 0) == 0 or last_errno() != esrch]
+
+
+def stat_answers(proc_dir: str | os.PathLike[str], pid: int) -> bool:
+    """stat("/proc/<pid>"): proc_pid_lookup() finds any task, thread or leader, listed or not."""
+    try:
+        os.stat(os.path.join(proc_dir, str(pid)))
+    except OSError:
+        return False
+    return True
+
+
+__all__ = ["answering", "stat_answers"]

@@ -1,0 +1,186 @@
+"""The netfilter surface on the running kernel: a real BPF netfilter program hooked into this
+network namespace's ipv4 output list, found with its program, hook, priority and owner, and
+gone after detach; and the nfnetlink hook dump, which works (the lab's Debian 6.1 kernel, with
+nfnetlink_hook) or is a gap that names what the kernel answered (these VMs' 6.18, built without
+CONFIG_NETFILTER_NETLINK_HOOK: EINVAL). Each test records which case ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import gzip
+import os
+import socket
+import sys
+from collections.abc import Iterator
+
+import pytest
+from support import bpfprogs as bp
+
+from patchguard.engine.findings import Finding, Severity
+from patchguard.kernel import Kernel
+from patchguard.kernel.bpf import BpfError
+from patchguard.kernel.nfnetlink_hook import HookDumpError, HookSocket
+from patchguard.surfaces.base import SurfaceState
+from patchguard.surfaces.netfilter import (
+    BpfNetfilterHook,
+    NetfilterHook,
+    NetfilterSurface,
+    NetfilterViews,
+    config_option,
+    dump_failure,
+)
+
+pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
+
+NFPROTO_IPV4, NF_INET_LOCAL_OUT = 2, 3
+PRIORITY = 4242  # unusual, so the hook is ours
+HOOK_LISTS = "netfilter hook lists (nfnetlink hook dump)"
+
+
+def case(request: pytest.FixtureRequest, text: str) -> None:
+    request.node.user_properties.append(("case", text))
+    print(f"case: {text}")
+
+
+def scan() -> tuple[SurfaceState, list[Finding]]:
+    surface = NetfilterSurface()
+    state = surface.collect(Kernel())
+    return state, surface.assess(state)
+
+
+def bpf_hooks(state: SurfaceState) -> dict[int, BpfNetfilterHook]:
+    return {h.prog_id: h for h in state.records if isinstance(h, BpfNetfilterHook)}
+
+
+def kernel_release() -> tuple[int, int]:
+    major, minor = os.uname().release.split(".")[:2]
+    return int(major), int(minor)
+
+
+@contextlib.contextmanager
+def attached(
+    request: pytest.FixtureRequest, priority: int = PRIORITY
+) -> Iterator[bp.Loaded | None]:
+    """A netfilter program at ipv4 output, detached on the way out; None where the kernel has
+    no such program type (it arrived in 6.4)."""
+    try:
+        prog = bp.attach_netfilter(NFPROTO_IPV4, NF_INET_LOCAL_OUT, priority, "pg_t_nf")
+    except BpfError as exc:
+        case(request, f"BPF netfilter programs refused by this kernel: {exc}")
+        assert exc.errno == errno.EINVAL and kernel_release() < (6, 4), exc
+        yield None
+        return
+    with prog:
+        yield prog
+
+
+@pytest.fixture
+def hooked(request: pytest.FixtureRequest) -> Iterator[bp.Loaded]:
+    with attached(request) as prog:
+        if prog is None:
+            pytest.skip("BPF_PROG_TYPE_NETFILTER arrived in 6.4")
+        yield prog
+
+
+def loopback_udp_flows() -> bool:
+    """A datagram to ourselves crosses ipv4 output: NF_ACCEPT lets it through."""
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx,
+    ):
+        rx.bind(("127.0.0.1", 0))
+        rx.settimeout(2)
+        tx.sendto(b"pg", rx.getsockname())
+        return rx.recv(16) == b"pg"
+
+
+def test_bpf_netfilter_link_is_listed_with_hook_priority_and_owner(
+    hooked: bp.Loaded, request: pytest.FixtureRequest
+) -> None:
+    case(request, "BPF netfilter link at ipv4 output")
+    assert loopback_udp_flows()
+    state, findings = scan()
+    record = bpf_hooks(state)[hooked.prog_id]
+    assert (record.prog_name, record.family, record.hook) == ("pg_t_nf", "ipv4", "output")
+    assert (record.hooknum, record.priority, record.defrag) == (NF_INET_LOCAL_OUT, PRIORITY, False)
+    assert {o.pid for o in record.owners} == {os.getpid()}
+    assert record.owners[0].exe == os.path.realpath(sys.executable)
+    assert state.counts["bpf_links"] >= 1
+    mine = [f for f in findings if f.evidence.get("prog_id") == hooked.prog_id]
+    assert [(f.technique, f.severity) for f in mine] == [("netfilter-bpf-hook", Severity.INFO)]
+    assert f"pid {os.getpid()}" in mine[0].summary
+
+    hooked.close()
+    assert bp.wait_gone(hooked.prog_id)
+    assert hooked.prog_id not in bpf_hooks(scan()[0])
+
+
+def test_pinned_link_is_kept_by_its_pin(request: pytest.FixtureRequest) -> None:
+    try:
+        prog = bp.attach_netfilter(NFPROTO_IPV4, NF_INET_LOCAL_OUT, PRIORITY, "pg_t_nfpin", True)
+    except BpfError as exc:
+        case(request, f"BPF netfilter programs refused by this kernel: {exc}")
+        assert exc.errno == errno.EINVAL and kernel_release() < (6, 4), exc
+        return
+    with prog:
+        case(request, "BPF netfilter link kept only by a pin")
+        state, findings = scan()
+        record = bpf_hooks(state)[prog.prog_id]
+        assert record.owners == () and record.pins == (prog.pin,)
+        mine = [f.technique for f in findings if f.evidence.get("prog_id") == prog.prog_id]
+        assert mine == ["netfilter-bpf-hook"]
+    assert bp.wait_gone(prog.prog_id)
+
+
+def probe_dump() -> HookDumpError | None:
+    """Ask the kernel for the ipv4 prerouting list directly, as the surface's first dump does."""
+    try:
+        with HookSocket() as sock:
+            sock.dump(NFPROTO_IPV4, 0)
+    except HookDumpError as exc:
+        return exc
+    return None
+
+
+def kernel_config(option: str) -> str | None:
+    config = Kernel().path("/proc/config.gz")
+    if not config.exists():
+        return None
+    return config_option(gzip.decompress(config.read_bytes()).decode(), option)
+
+
+def test_hook_dump_works_or_is_a_gap_with_the_kernels_answer(
+    request: pytest.FixtureRequest,
+) -> None:
+    refused = probe_dump()
+    with attached(request) as prog:
+        state, findings = scan()
+    views = next(r for r in state.records if isinstance(r, NetfilterViews))
+    hooks = [r for r in state.records if isinstance(r, NetfilterHook)]
+    gaps = {g.what: g.reason for g in state.gaps}
+    if refused is not None:
+        case(request, f"nfnetlink hook dump refused: {refused}")
+        built = kernel_config("CONFIG_NETFILTER_NETLINK_HOOK")
+        assert gaps[HOOK_LISTS] == dump_failure(refused, built)
+        assert f"({errno.errorcode[refused.errno]})" in gaps[HOOK_LISTS]
+        if built == "not set":  # nfnetlink_rcv_msg(): no such subsystem
+            assert refused.errno == errno.EINVAL
+        assert not views.hook_lists_read and not hooks
+        if prog is not None:
+            assert bpf_hooks(state)[prog.prog_id].in_hook_lists is None
+        return
+    case(request, f"nfnetlink hook dump works: {len(hooks)} hooks")
+    assert views.hook_lists_read
+    assert not [g for g in state.gaps if g.what.startswith("netfilter ")], state.gaps
+    assert all(
+        h.hook in ("prerouting", "input", "forward", "output", "postrouting", "ingress", "egress")
+        for h in hooks
+    ), hooks
+    if prog is not None:  # 6.4+: the dump names the program behind nf_hook_run_bpf
+        mine = [h for h in hooks if h.hook_type == "bpf" and h.prog_id == prog.prog_id]
+        assert [(h.family, h.hook, h.priority) for h in mine] == [("ipv4", "output", PRIORITY)]
+        assert bpf_hooks(state)[prog.prog_id].in_hook_lists is True
+    # A clean kernel: every hook's code has a symbol, and every module is listed.
+    assert not [f for f in findings if f.technique == "hidden-netfilter-hook"], findings

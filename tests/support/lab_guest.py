@@ -1,0 +1,85 @@
+"""Host side of the lab's rootkit tests: build the test modules, boot the guest once with one
+rootkit_checks*.py script, and read back its JSON document; and the ways the tests pick
+findings out of the patchguard reports in it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("PATCHGUARD_LAB_CACHE", "/var/cache/patchguard-lab"))
+Results = dict[str, Any]
+
+
+def module_builder() -> Any:
+    """tests/lab/modules/build.py, loaded as a module (it is also a script)."""
+    spec = importlib.util.spec_from_file_location(
+        "patchguard_lab_modules_build", REPO / "tests" / "lab" / "modules" / "build.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(results: Path, script: str, modules: Sequence[str], timeout: float = 900) -> Results:
+    """Copy `modules` (.ko) into `results`, run tests/lab/`script` in one guest boot, and
+    return the document it wrote to <results>/<script stem>.json."""
+    if not (CACHE / "current" / "lab.json").is_file():
+        pytest.skip("lab not built: run lab/build")
+    builder = module_builder()
+    try:
+        built = builder.build()
+    except builder.BuildError as exc:
+        pytest.fail(f"the test modules did not build: {exc}")
+    for name in modules:
+        shutil.copy2(built / f"{name}.ko", results / f"{name}.ko")
+    command = [sys.executable, str(REPO / "lab" / "run"), "--timeout", str(timeout)]
+    command += ["--results", str(results), "--", "python3", f"/src/tests/lab/{script}"]
+    run = subprocess.run(
+        [*command, "/results"], capture_output=True, text=True, timeout=timeout + 60, check=False
+    )
+    print(run.stdout, run.stderr, sep="\n", file=sys.stderr)  # step timings, lab/run's line
+    assert run.returncode == 0, f"lab/run exited {run.returncode}:\n{run.stderr}"
+    found: Results = json.loads((results / f"{Path(script).stem}.json").read_text())
+    assert "errors" not in found, found["errors"]
+    return found
+
+
+def report(guest: Results, step: str) -> dict[str, Any]:
+    done = guest[step]
+    assert "report" in done, f"{step}: no JSON report (exit {done['rc']}): {done['stderr']}"
+    found: dict[str, Any] = done["report"]
+    return found
+
+
+def findings(guest: Results, step: str, **match: str) -> list[dict[str, Any]]:
+    return [
+        f
+        for f in report(guest, step)["findings"]
+        if all(f.get(key) == value for key, value in match.items())
+    ]
+
+
+def one(guest: Results, step: str, **match: str) -> dict[str, Any]:
+    found = findings(guest, step, **match)
+    assert len(found) == 1, (match, report(guest, step)["findings"])
+    return found[0]
+
+
+def records(guest: Results, step: str, surface: str, kind: str) -> list[dict[str, Any]]:
+    """The records of one kind that one surface reported in a step's scan."""
+    for state in report(guest, step)["surfaces"]:
+        if state["name"] == surface:
+            return [r for r in state["records"] if r.get("kind") == kind]
+    raise AssertionError(f"{step}: no surface {surface} in the report")

@@ -276,3 +276,30 @@ def test_metrics_endpoint_serves_the_guards_counters(tmp_path: Path) -> None:
     assert "patchguard_sweeps_total 1.0" in body
     assert "patchguard_sweep_duration_seconds_count 1.0" in body
     assert 'patchguard_findings{severity="medium",surface="posture"}' in body
+
+
+def test_ledger_entries_reach_the_sinks_once(tmp_path: Path, receiver: Receiver) -> None:
+    from patchguard.engine.keys import HostKey
+    from patchguard.policy import exceptions as ops
+
+    ledger = tmp_path / "ledger.db"
+    owner = HostKey.load_or_create(tmp_path / "owner.key")
+    ops.init_ledger(ledger, owner, "SRE team")
+    g = _start(
+        tmp_path,
+        f'baseline = ""\nledger = "{ledger}"\nkey = "{tmp_path / "host.key"}"\n'
+        f'sweep_mean = 600\n[alert]\nwebhook = "{receiver.url}"\n',
+    )
+    try:
+        first = g.wait_event(lambda e: e.get("event") == "ledger-entry", 5)
+        assert first is not None and first["seq"] == 1 and first["kind"] == "policy"
+        ops.set_max_expiry(ledger, owner, 90)  # a policy change made while the guard runs
+        changed = g.wait_event(lambda e: e.get("event") == "ledger-entry" and e["seq"] == 2, 5)
+        assert changed is not None and "90" in changed["message"]
+        posted = receiver.wait_for(lambda b: b.get("seq") == 2, timeout=10)
+        assert posted is not None and posted["event"] == "ledger-entry"
+    finally:
+        assert g.stop() == 0
+    assert g.wait_event(lambda e: e.get("event") == "stop", 5)  # every line read
+    assert sum(e.get("event") == "ledger-entry" for e in g.seen) == 2
+    assert (tmp_path / "ledger.db.announced").read_text() == "2\n"

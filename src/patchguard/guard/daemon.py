@@ -18,6 +18,7 @@ import patchguard
 from patchguard.engine.findings import Disposition, Finding, Severity
 from patchguard.engine.scan import run_scan
 from patchguard.guard.config import GuardConfig, load_config
+from patchguard.guard.ledger_feed import LedgerFeed
 from patchguard.guard.metrics import Metrics
 from patchguard.guard.responses import bugcheck, contain
 from patchguard.guard.sinks import LogSink, Spool, SyslogSink, WebhookSink
@@ -66,6 +67,7 @@ class Guard:
         self.files = files_digest(self.package)
         self.config_digest = self._config_digest()
         self._ledger_problem: str | None = None
+        self.feed = self._ledger_feed()
 
     # --- set-up ----------------------------------------------------------------------------
     def _open_alert_sinks(self) -> None:
@@ -74,6 +76,10 @@ class Guard:
             self.alerts.append(WebhookSink(self.config.webhook, Spool(self.config.spool)))
         if self.config.syslog:
             self.alerts.append(SyslogSink())
+
+    def _ledger_feed(self) -> LedgerFeed | None:
+        ledger = self.config.ledger
+        return LedgerFeed(ledger, self.config.key) if ledger is not None else None
 
     def _config_digest(self) -> str | None:
         if self.config_path is None:
@@ -110,6 +116,8 @@ class Guard:
             watchdog.ping()
             if self.reload.is_set():
                 self._reload()
+            if self.feed is not None and self.feed.changed():
+                self.announce_ledger()
             fired = triggers.fired()
             if fired:
                 names = sorted({s for t in fired for s in t.surfaces})
@@ -141,12 +149,14 @@ class Guard:
             if isinstance(sink, WebhookSink):
                 sink.close()
         self._open_alert_sinks()
+        self.feed = self._ledger_feed()
         self.config_digest = self._config_digest()
         self.log.send({"event": "reloaded", "config": str(self.config_path)})
 
     # --- sweeps and triggers --------------------------------------------------------------
     def sweep(self) -> None:
         t0 = time.monotonic()
+        self.announce_ledger()
         findings = self.collect(list(self.surfaces.values()), "sweep")
         findings += self.handle("guard", self.self_check(), "sweep")
         if self.config.baseline is not None:
@@ -159,6 +169,16 @@ class Guard:
                 "findings": len(findings),
             }
         )
+
+    def announce_ledger(self) -> None:
+        """Every new ledger entry (and the expiries now due) to the log and alert sinks."""
+        if self.feed is None:
+            return
+        for event in self.feed.news():
+            self.log.send(event)
+            if event["event"] == "ledger-entry":
+                for sink in self.alerts:
+                    sink.send(event)
 
     def collect(self, surfaces: list[Surface], why: str) -> list[Finding]:
         from patchguard.policy.match import ledger_policy

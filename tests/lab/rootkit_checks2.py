@@ -215,6 +215,52 @@ def hidden_views() -> dict[str, Any]:
     }
 
 
+ACME = """\
+vendor = "Acme Security"
+product = "acme-lab-hooks"
+version = "1.0"
+contact = "security@acme.example"
+justification = "The lab's ftrace, kprobe and livepatch modules, declared as a vendor would."
+
+[[ftrace]]
+function = "__x64_sys_getdents64"
+owner = "pg_ftrace_callback"
+module = "pg_ftrace_hook"
+
+[[kprobe]]
+symbol = "commit_creds"
+
+[[kprobe]]
+symbol = "commit_creds"
+offset = %d
+
+[[livepatch]]
+name = "pg_livepatch"
+functions = ["cmdline_proc_show"]
+"""
+
+
+def exception_ledger() -> dict[str, Any]:
+    """A fresh ledger in which a reviewer approved Acme's manifest of the loaded hooks: what
+    `scan --ledger` must then show as allowed."""
+    from datetime import date, timedelta
+
+    from patchguard.engine.keys import HostKey
+    from patchguard.policy import exceptions as ops
+    from patchguard.policy.manifest import parse_manifest
+
+    keys = {n: HostKey.load_or_create(WORK / f"{n}.key") for n in ("owner", "acme", "review")}
+    path = WORK / "ledger.db"
+    ops.init_ledger(path, keys["owner"], "Lab owner")
+    ops.grant_key(path, keys["owner"], keys["acme"].public_key_bytes(), "Acme Security", [])
+    ops.grant_key(path, keys["owner"], keys["review"].public_key_bytes(), "Review", ["approve"])
+    offset = (out.get("addresses") or {})["kprobe_offset"]
+    manifest = parse_manifest((ACME % offset).encode(), "acme.toml")
+    request = ops.request_exception(path, keys["acme"], manifest, date.today() + timedelta(30))
+    ops.decide(path, keys["review"], request.entry.seq, True, "lab review")
+    return {"ledger": str(path), "request": request.entry.seq}
+
+
 def kernel_log() -> list[str]:
     lines = run("dmesg")["stdout"].splitlines()
     keep = ("pg_", "livepatch", "BUG", "Oops", "WARNING", "general protection", "ftrace")
@@ -235,6 +281,13 @@ step("check_loaded", lambda: patchguard("check", "--json"))
 step(
     "scan_loaded",
     lambda: patchguard("scan", "--json", "--surface", "tracing", "--surface", "modules"),
+)
+step("exception_ledger", exception_ledger)
+step(
+    "scan_allowed",
+    lambda: patchguard(
+        "scan", "--json", "--surface", "tracing", "--ledger", str(WORK / "ledger.db")
+    ),
 )
 step("unload", unload)
 step("trigger_after", trigger)

@@ -327,3 +327,15 @@ def test_scan_finds_the_hidden_module(guest: Results) -> None:
 def test_scan_finds_the_hidden_module_memory(guest: Results) -> None:
     memory = _one(guest, "scan_hidden", technique="hidden-module", subject="module memory")
     assert memory["severity"] == "high" and memory["disposition"] == "tampering"
+
+
+def test_declared_hooks_are_allowed_by_their_exception(guest: Results) -> None:
+    """Acme's manifest declares the callback, both kprobes and the livepatch exactly: with its
+    exception in force every tracing finding is allowed (shown, naming the exception)."""
+    request = guest["exception_ledger"]["request"]
+    found = _report(guest, "scan_allowed")["findings"]
+    techniques = {f["technique"] for f in found}
+    assert {"ftrace-ipmodify", "kprobe-sensitive-function", "livepatch"} <= techniques
+    for finding in found:
+        assert finding["disposition"] == "allowed", finding
+        assert finding["evidence"]["exception"] == request

@@ -13,8 +13,12 @@ rootkit_checks3.py runs patchguard and records what it said; it is asserted here
 
 from __future__ import annotations
 
+import json
+import subprocess
+from pathlib import Path
+
 import pytest
-from support.lab_guest import Results, findings, one, records, run_script
+from support.lab_guest import Results, findings, one, records, run_lab, run_script
 
 pytestmark = pytest.mark.lab
 
@@ -103,3 +107,45 @@ def test_hook_of_a_hidden_module_is_tampering(guest: Results) -> None:
     assert finding["evidence"]["hook"] == "input" and finding["evidence"]["family"] == "ipv4"
     assert int(finding["evidence"]["function"], 16) >> 32 == address >> 32
     assert one(guest, "scan_nf_hidden", technique="hidden-module")["severity"] == "high"
+
+
+GUARD_CONFIG = """\
+[guard]
+baseline = ""
+ledger = ""
+spool = "/results/spool"
+sweep_mean = 600
+[responses]
+critical = ["log", "bugcheck"]
+[bugcheck]
+dry_run = false
+"""
+
+
+@pytest.fixture(scope="module")
+def bugcheck(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """A second boot: the guard runs with a real bugcheck response, and pg_lstar gives it a
+    critical finding. The guest must panic once the report is on disk (the host's /results
+    share: the guest's own disk is a throwaway snapshot)."""
+    results = tmp_path_factory.mktemp("bugcheck")
+    (results / "guard.toml").write_text(GUARD_CONFIG)
+    command = "modprobe msr && insmod /results/pg_lstar.ko && "
+    command += "exec python3 -m patchguard.cli guard --config /results/guard.toml"
+    run = run_lab(results, ["pg_lstar"], ["sh", "-c", command], timeout=300)
+    return run, results
+
+
+def test_bugcheck_panics_the_guest_after_writing_the_report(
+    bugcheck: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    run, results = bugcheck
+    assert run.returncode != 0, "the guest finished its command: no panic"
+    assert "sysrq: Trigger a crash" in run.stderr, run.stderr[-3000:]
+    assert "Kernel panic - not syncing: sysrq triggered crash" in run.stderr
+    report = json.loads((results / "bugcheck-report.json").read_text())
+    assert report["dry_run"] is False
+    hijacks = [f for f in report["findings"] if f["technique"] == "syscall-entry-hijack"]
+    assert hijacks and all(f["evidence"]["module"] == "pg_lstar" for f in hijacks)
+    assert '"technique": "syscall-entry-hijack"' in run.stdout  # logged before the panic

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -66,3 +67,29 @@ def test_reader_closes_its_program() -> None:
     from support.bpfprogs import wait_gone
 
     assert wait_gone(prog_id)
+
+
+def test_reads_from_many_threads_get_their_own_bytes(kernel: Kernel) -> None:
+    # The scan reads memory from several surfaces at once; each read is a test run and a map
+    # lookup on one shared map value, so without the reader's lock a thread could get bytes
+    # another thread asked for (the lab saw a torn IDT gate).
+    names = ("vfs_read", "vfs_write", "do_sys_openat2", "commit_creds", "schedule")
+    names += ("kernel_clone", "do_exit", "do_execveat_common")
+    found = [kernel.kallsyms.address_of(name) for name in names]
+    places = [at for at in found if at is not None]
+    memory = kernel.memory()
+    expected = {at: memory.read(at, 64) for at in places}
+    wrong: list[int] = []
+
+    def worker(at: int) -> None:
+        for _ in range(150):
+            if memory.read(at, 64) != expected[at]:
+                wrong.append(at)
+
+    threads = [threading.Thread(target=worker, args=(at,)) for at in places]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(places) >= 6 and len(set(expected.values())) == len(places)  # they differ
+    assert wrong == []

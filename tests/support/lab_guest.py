@@ -32,9 +32,11 @@ def module_builder() -> Any:
     return module
 
 
-def run_script(results: Path, script: str, modules: Sequence[str], timeout: float = 900) -> Results:
-    """Copy `modules` (.ko) into `results`, run tests/lab/`script` in one guest boot, and
-    return the document it wrote to <results>/<script stem>.json."""
+def run_lab(
+    results: Path, modules: Sequence[str], command: Sequence[str], timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    """Copy `modules` (.ko, built for the guest) into `results`, the guest's /results, and run
+    `command` in one boot with the whole kernel log on stderr."""
     if not (CACHE / "current" / "lab.json").is_file():
         pytest.skip("lab not built: run lab/build")
     builder = module_builder()
@@ -44,13 +46,18 @@ def run_script(results: Path, script: str, modules: Sequence[str], timeout: floa
         pytest.fail(f"the test modules did not build: {exc}")
     for name in modules:
         shutil.copy2(built / f"{name}.ko", results / f"{name}.ko")
-    command = [sys.executable, str(REPO / "lab" / "run"), "--timeout", str(timeout)]
-    command += ["--results", str(results), "--", "python3", f"/src/tests/lab/{script}"]
-    run = subprocess.run(
-        [*command, "/results"], capture_output=True, text=True, timeout=timeout + 60, check=False
-    )
-    print(run.stdout, run.stderr, sep="\n", file=sys.stderr)  # step timings, lab/run's line
-    assert run.returncode == 0, f"lab/run exited {run.returncode}:\n{run.stderr}"
+    lab = [sys.executable, str(REPO / "lab" / "run"), "--timeout", str(timeout), "--console"]
+    lab += ["--results", str(results), "--", *command]
+    run = subprocess.run(lab, capture_output=True, text=True, timeout=timeout + 60, check=False)
+    print(run.stdout[-4000:], run.stderr[-8000:], sep="\n", file=sys.stderr)
+    return run
+
+
+def run_script(results: Path, script: str, modules: Sequence[str], timeout: float = 900) -> Results:
+    """Run tests/lab/`script` in one guest boot and return the document it wrote to
+    <results>/<script stem>.json."""
+    run = run_lab(results, modules, ["python3", f"/src/tests/lab/{script}", "/results"], timeout)
+    assert run.returncode == 0, f"lab/run exited {run.returncode}:\n{run.stderr[-8000:]}"
     found: Results = json.loads((results / f"{Path(script).stem}.json").read_text())
     assert "errors" not in found, found["errors"]
     return found

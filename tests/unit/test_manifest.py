@@ -77,7 +77,7 @@ def test_the_documented_example_parses_in_full() -> None:
         "/opt/acme/bin/acme-sensor",
         "9f2c4b8e1d0a7f3e6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a",
     )
-    assert m.kprobes == (DeclaredKprobe("do_sys_openat2", 0, "kprobe", "acme_guard"),)
+    assert m.kprobes == (DeclaredKprobe("do_sys_openat2", 0, "kprobe", None),)
     assert m.modules[0].signer == "Acme Security kernel module signing key"
     assert m.livepatches[0].functions == ("nft_verdict_init",)
     assert m.ftrace[0].owner == "acme_exec_hook"

@@ -60,7 +60,7 @@ class Image:
         for start, data in self.blocks.items():
             if start <= address and address + size <= start + len(data):
                 return data[address - start : address - start + size]
-        raise MemoryReadError(f"{address:#x}", "not mapped")
+        raise MemoryReadError(address, size, "not mapped")
 
     def close(self) -> None:
         pass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 
 from patchguard.kernel import bpf
 from patchguard.kernel.bpf_insn import (
@@ -74,6 +75,10 @@ class EbpfReader:
         self._map_fd = map_fd
         self._prog_fd = prog_fd
         self._lookup = bpf.MapReader(map_fd, struct.pack("<I", 0), CHUNK)
+        # A read is two syscalls on one map value (test run, then lookup): surfaces read from
+        # several threads, and without the lock one thread gets another's bytes (the lab saw
+        # an IDT gate made of the netfilter surface's pointers).
+        self._lock = threading.Lock()
         # Our own objects: the ebpf surface leaves them out of what it reports about the host.
         self.prog_id = prog_info(prog_fd).prog_id
         self.map_id = map_info(map_fd).map_id
@@ -112,10 +117,12 @@ class EbpfReader:
         return bytes(out)
 
     def _read_chunk(self, address: int, size: int) -> bytes:
-        ret = bpf.prog_test_run(self._prog_fd, struct.pack("<QQ", address, size))
-        if ret < 0:
+        with self._lock:
+            ret = bpf.prog_test_run(self._prog_fd, struct.pack("<QQ", address, size))
+            data = None if ret < 0 else bytes(self._lookup()[:size])
+        if data is None:
             raise MemoryReadError(address, size, f"bpf_probe_read_kernel: {explain_errno(-ret)}")
-        return self._lookup()[:size]
+        return data
 
     def close(self) -> None:
         for fd in (self._prog_fd, self._map_fd):

@@ -122,6 +122,9 @@ def ledger_policy(path: Path) -> tuple[Policy | None, str | None]:
     ledger, or one that does not verify (which grants nothing)."""
     from patchguard.policy.exceptions import live_exceptions
     from patchguard.policy.ledger import LedgerError
+    from patchguard.policy.match_hooks import apply_hook_exceptions
+    from patchguard.surfaces.modules import SURFACE as MODULES
+    from patchguard.surfaces.tracing import SURFACE as TRACING
 
     try:
         path.stat()
@@ -135,8 +138,10 @@ def ledger_policy(path: Path) -> tuple[Policy | None, str | None]:
         return None, f"the exception ledger grants nothing: {exc}"
 
     def policy(findings: list[Finding], state: SurfaceState) -> list[Finding]:
-        return (
-            apply_exceptions(findings, state.records, live) if state.surface == EBPF else (findings)
-        )
+        if state.surface == EBPF:
+            return apply_exceptions(findings, state.records, live)
+        if state.surface in (TRACING, MODULES):
+            return apply_hook_exceptions(findings, live)
+        return findings
 
     return policy, None

@@ -612,7 +612,7 @@ def _livepatch(hook: FtraceHook, patch: Livepatched) -> Finding:
         "through ftrace with IPMODIFY",
         Disposition.EXPLAINED,
         None,
-        {**_hook_evidence(hook), "livepatch": str(patch)},
+        {**_hook_evidence(hook), "livepatch": str(patch), "patch": patch.patch},
     )
 
 

@@ -11,66 +11,27 @@ raises is recorded as that step's error and the rest still run (rmmod always doe
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from guest_steps import Steps, module_params
 
 from patchguard.engine.syscalls import dispatch_entries
 from patchguard.kernel import Kernel
 
-RESULTS = Path(sys.argv[1] if len(sys.argv) > 1 else "/results")
-WORK = Path("/tmp/patchguard-rootkits")
-ENV = {
-    **os.environ,
-    "PATCHGUARD_KEY": str(WORK / "host.key"),
-    "PATCHGUARD_BASELINE": str(WORK / "baseline.zip"),
-}
+steps = Steps(
+    "rootkit_checks",
+    Path(sys.argv[1] if len(sys.argv) > 1 else "/results"),
+    Path("/tmp/patchguard-rootkits"),
+)
+step, run, patchguard = steps.step, steps.run, steps.patchguard
 NR_KILL = 62
 MODULE_SYMBOLS = ("pg_x64_kill", "pg_table_kill", "pg_table_getdents64", "pg_inline_show")
 INLINE_TARGET = "version_proc_show"  # /proc/version: rarely read, and only by the test
 KILLS, READS = 5, 3
-out: dict[str, Any] = {"steps": {}}
-
-
-def step(name: str, measure: Callable[[], Any]) -> Any:
-    t0 = time.monotonic()
-    try:
-        value = measure()
-    except Exception as exc:
-        value = None
-        out.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
-    out["steps"][name] = round(time.monotonic() - t0, 2)
-    out[name] = value
-    print(f"rootkit_checks: {name}: {out['steps'][name]} s", file=sys.stderr, flush=True)
-    return value
-
-
-def run(*argv: str) -> dict[str, Any]:
-    done = subprocess.run(argv, capture_output=True, text=True, env=ENV, check=False)
-    return {"rc": done.returncode, "stdout": done.stdout[-4000:], "stderr": done.stderr[-4000:]}
-
-
-def patchguard(*args: str) -> dict[str, Any]:
-    """One patchguard command (`python3 -m patchguard.cli`: the guest has no console script);
-    with --json its document is returned parsed."""
-    done = subprocess.run(
-        [sys.executable, "-m", "patchguard.cli", *args],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        check=False,
-    )
-    result: dict[str, Any] = {"rc": done.returncode, "stderr": done.stderr[-4000:]}
-    if "--json" in args and done.stdout.strip():
-        result["report"] = json.loads(done.stdout)
-    else:
-        result["stdout"] = done.stdout[-4000:]
-    return result
+out = steps.out
 
 
 def addresses() -> dict[str, int]:
@@ -103,13 +64,7 @@ def addresses() -> dict[str, int]:
 
 
 def insmod(module: str, **params: int) -> dict[str, Any]:
-    args = [f"{name}={value:#x}" for name, value in params.items()]
-    return {"params": args, **run("insmod", str(RESULTS / f"{module}.ko"), *args)}
-
-
-def module_params(module: str) -> dict[str, str]:
-    where = Path("/sys/module") / module / "parameters"
-    return {p.name: p.read_text().strip() for p in sorted(where.iterdir())}
+    return steps.insmod(module, *(f"{name}={value:#x}" for name, value in params.items()))
 
 
 def module_symbols() -> dict[str, str]:
@@ -136,13 +91,6 @@ def taint() -> int:
     return int(Path("/proc/sys/kernel/tainted").read_text())
 
 
-def kernel_log() -> list[str]:
-    lines = run("dmesg")["stdout"].splitlines()
-    keep = ("pg_", "BUG", "Oops", "WARNING", "general protection", "ftrace")
-    return [line for line in lines if any(word in line for word in keep)]
-
-
-WORK.mkdir(parents=True, exist_ok=True)
 where = step("addresses", addresses) or {}
 out["addresses"] = {name: hex(value) for name, value in where.items()}
 step("taint_before", taint)
@@ -173,6 +121,5 @@ step(
 step("rmmod", lambda: [run("rmmod", m) for m in ("pg_inline_hook", "pg_syscall_hook")])
 step("trigger_after", trigger)
 step("check_after", lambda: patchguard("check", "--json"))
-step("kernel_log", kernel_log)
-(RESULTS / "rootkit_checks.json").write_text(json.dumps(out, indent=1))
-print(json.dumps({"steps": out["steps"], "errors": out.get("errors", {})}, indent=1))
+step("kernel_log", lambda: steps.kernel_log("ftrace"))
+steps.finish()

@@ -14,25 +14,20 @@ raises is recorded as that step's error and the rest still run."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from guest_steps import Steps, module_params, pg_symbols
 
 from patchguard.engine import x86
 from patchguard.kernel import Kernel
 
-RESULTS = Path(sys.argv[1] if len(sys.argv) > 1 else "/results")
 WORK = Path("/tmp/patchguard-rootkits2")
-ENV = {
-    **os.environ,
-    "PATCHGUARD_KEY": str(WORK / "host.key"),
-    "PATCHGUARD_BASELINE": str(WORK / "baseline.zip"),
-}
+steps = Steps("rootkit_checks2", Path(sys.argv[1] if len(sys.argv) > 1 else "/results"), WORK)
+step, run, patchguard, insmod = steps.step, steps.run, steps.patchguard, steps.insmod
 FTRACE_TARGET = "__x64_sys_getdents64"
 KPROBE_TARGET = "commit_creds"
 LIVEPATCH = "pg_livepatch"
@@ -41,42 +36,7 @@ KLP = Path("/sys/kernel/livepatch")
 ENABLED_FUNCTIONS = Path("/sys/kernel/tracing/enabled_functions")
 KPROBE_LIST = Path("/sys/kernel/debug/kprobes/list")
 HIDE = "pg_hide_module"
-out: dict[str, Any] = {"steps": {}}
-
-
-def step(name: str, measure: Callable[[], Any]) -> Any:
-    t0 = time.monotonic()
-    try:
-        value = measure()
-    except Exception as exc:
-        value = None
-        out.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
-    out["steps"][name] = round(time.monotonic() - t0, 2)
-    out[name] = value
-    print(f"rootkit_checks2: {name}: {out['steps'][name]} s", file=sys.stderr, flush=True)
-    return value
-
-
-def run(*argv: str) -> dict[str, Any]:
-    done = subprocess.run(argv, capture_output=True, text=True, env=ENV, check=False)
-    return {"rc": done.returncode, "stdout": done.stdout[-4000:], "stderr": done.stderr[-4000:]}
-
-
-def patchguard(*args: str) -> dict[str, Any]:
-    """One patchguard command (`python3 -m patchguard.cli`); with --json, its parsed report."""
-    done = subprocess.run(
-        [sys.executable, "-m", "patchguard.cli", *args],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        check=False,
-    )
-    result: dict[str, Any] = {"rc": done.returncode, "stderr": done.stderr[-4000:]}
-    if "--json" in args and done.stdout.strip():
-        result["report"] = json.loads(done.stdout)
-    else:
-        result["stdout"] = done.stdout[-4000:]
-    return result
+out = steps.out
 
 
 def addresses() -> dict[str, Any]:
@@ -97,25 +57,6 @@ def addresses() -> dict[str, Any]:
         return result
     finally:
         kernel.close()
-
-
-def insmod(module: str, *params: str) -> dict[str, Any]:
-    return {"params": list(params), **run("insmod", str(RESULTS / f"{module}.ko"), *params)}
-
-
-def module_params(module: str) -> dict[str, str]:
-    where = Path("/sys/module") / module / "parameters"
-    return {p.name: p.read_text().strip() for p in sorted(where.iterdir())}
-
-
-def pg_symbols() -> dict[str, str]:
-    """Every symbol of the pg_* modules in /proc/kallsyms: name -> "0xaddress [module]"."""
-    found: dict[str, str] = {}
-    for line in Path("/proc/kallsyms").read_text().splitlines():
-        parts = line.split()
-        if len(parts) == 4 and parts[3].startswith("[pg_"):
-            found[parts[2]] = f"0x{parts[0]} {parts[3]}"
-    return found
 
 
 def read_tree(root: Path) -> dict[str, str]:
@@ -261,13 +202,6 @@ def exception_ledger() -> dict[str, Any]:
     return {"ledger": str(path), "request": request.entry.seq}
 
 
-def kernel_log() -> list[str]:
-    lines = run("dmesg")["stdout"].splitlines()
-    keep = ("pg_", "livepatch", "BUG", "Oops", "WARNING", "general protection", "ftrace")
-    return [line for line in lines if any(word in line for word in keep)]
-
-
-WORK.mkdir(parents=True, exist_ok=True)
 step("addresses", addresses)
 step("livepatch_supported", lambda: KLP.is_dir())
 step("cmdline_before", lambda: Path("/proc/cmdline").read_text())
@@ -296,6 +230,5 @@ step("check_after", lambda: patchguard("check", "--json"))
 step("insmod_hide", lambda: insmod(HIDE))
 step("hidden_views", hidden_views)
 step("scan_hidden", lambda: patchguard("scan", "--json", "--surface", "modules"))
-step("kernel_log", kernel_log)
-(RESULTS / "rootkit_checks2.json").write_text(json.dumps(out, indent=1))
-print(json.dumps({"steps": out["steps"], "errors": out.get("errors", {})}, indent=1))
+step("kernel_log", lambda: steps.kernel_log("livepatch", "ftrace"))
+steps.finish()

@@ -12,86 +12,22 @@ attribution (which module, which symbol) are asserted here.
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
 import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
+from support.lab_guest import Results, module_builder, run_script
+from support.lab_guest import findings as _findings
 
 pytestmark = pytest.mark.lab
 
-REPO = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("PATCHGUARD_LAB_CACHE", "/var/cache/patchguard-lab"))
 SYSCALL_HOOK, INLINE_HOOK = "pg_syscall_hook", "pg_inline_hook"
-Results = dict[str, Any]
-
-
-def _builder() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "patchguard_lab_modules_build", REPO / "tests" / "lab" / "modules" / "build.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Results:
-    if not (CACHE / "current" / "lab.json").is_file():
-        pytest.skip("lab not built: run lab/build")
-    builder = _builder()
-    try:
-        built = builder.build()
-    except builder.BuildError as exc:
-        pytest.fail(f"the test modules did not build: {exc}")
-    results = tmp_path_factory.mktemp("rootkits")
-    for name in builder.MODULES:
-        shutil.copy2(built / f"{name}.ko", results / f"{name}.ko")
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "lab" / "run"),
-            "--timeout",
-            "900",
-            "--results",
-            str(results),
-            "--",
-            "python3",
-            "/src/tests/lab/rootkit_checks.py",
-            "/results",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=960,
-        check=False,
-    )
-    print(run.stdout, run.stderr, sep="\n", file=sys.stderr)  # step timings, lab/run's line
-    assert run.returncode == 0, f"lab/run exited {run.returncode}:\n{run.stderr}"
-    found: Results = json.loads((results / "rootkit_checks.json").read_text())
-    assert "errors" not in found, found["errors"]
-    return found
-
-
-def _report(guest: Results, step: str) -> dict[str, Any]:
-    done = guest[step]
-    assert "report" in done, f"{step}: no JSON report (exit {done['rc']}): {done['stderr']}"
-    report: dict[str, Any] = done["report"]
-    return report
-
-
-def _findings(guest: Results, step: str, **match: str) -> list[dict[str, Any]]:
-    return [
-        f
-        for f in _report(guest, step)["findings"]
-        if all(f.get(key) == value for key, value in match.items())
-    ]
+    modules = module_builder().MODULES
+    return run_script(tmp_path_factory.mktemp("rootkits"), "rootkit_checks.py", modules)
 
 
 def _symbol(guest: Results, name: str) -> tuple[int, str]:

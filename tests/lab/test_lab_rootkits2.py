@@ -17,22 +17,16 @@ each reason); they turn into failures once it does, so the marker is then remove
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
 import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-from typing import Any
 
 import pytest
+from support.lab_guest import Results, module_builder, run_script
+from support.lab_guest import findings as _findings
+from support.lab_guest import one as _one
+from support.lab_guest import report as _report
 
 pytestmark = pytest.mark.lab
 
-REPO = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("PATCHGUARD_LAB_CACHE", "/var/cache/patchguard-lab"))
 FTRACE_HOOK, KPROBE_HOOK, LIVEPATCH, HIDE = (
     "pg_ftrace_hook",
     "pg_kprobe_hook",
@@ -44,75 +38,12 @@ FTRACE_TARGET, KPROBE_TARGET, LIVEPATCH_TARGET = (
     "commit_creds",
     "cmdline_proc_show",
 )
-Results = dict[str, Any]
-
-
-def _builder() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "patchguard_lab_modules_build", REPO / "tests" / "lab" / "modules" / "build.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Results:
-    if not (CACHE / "current" / "lab.json").is_file():
-        pytest.skip("lab not built: run lab/build")
-    builder = _builder()
-    try:
-        built = builder.build()
-    except builder.BuildError as exc:
-        pytest.fail(f"the test modules did not build: {exc}")
-    results = tmp_path_factory.mktemp("rootkits2")
-    for name in builder.MODULES2:
-        shutil.copy2(built / f"{name}.ko", results / f"{name}.ko")
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "lab" / "run"),
-            "--timeout",
-            "900",
-            "--results",
-            str(results),
-            "--",
-            "python3",
-            "/src/tests/lab/rootkit_checks2.py",
-            "/results",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=960,
-        check=False,
-    )
-    print(run.stdout, run.stderr, sep="\n", file=sys.stderr)  # step timings, lab/run's line
-    assert run.returncode == 0, f"lab/run exited {run.returncode}:\n{run.stderr}"
-    found: Results = json.loads((results / "rootkit_checks2.json").read_text())
-    assert "errors" not in found, found["errors"]
-    return found
-
-
-def _report(guest: Results, step: str) -> dict[str, Any]:
-    done = guest[step]
-    assert "report" in done, f"{step}: no JSON report (exit {done['rc']}): {done['stderr']}"
-    report: dict[str, Any] = done["report"]
-    return report
-
-
-def _findings(guest: Results, step: str, **match: str) -> list[dict[str, Any]]:
-    return [
-        f
-        for f in _report(guest, step)["findings"]
-        if all(f.get(key) == value for key, value in match.items())
-    ]
-
-
-def _one(guest: Results, step: str, **match: str) -> dict[str, Any]:
-    found = _findings(guest, step, **match)
-    assert len(found) == 1, (match, _report(guest, step)["findings"])
-    return found[0]
+    modules = module_builder().MODULES2
+    return run_script(tmp_path_factory.mktemp("rootkits2"), "rootkit_checks2.py", modules)
 
 
 def _address(guest: Results, name: str) -> int:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+
+from timing import median_ms
 
 from patchguard.engine.baseline_store import read_manifest, save_baseline
 from patchguard.engine.integrity import capture, verify
@@ -29,15 +29,6 @@ from patchguard.kernel.memory import read_chunks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support import bpfprogs as bp
-
-
-def median_ms(fn: Callable[[], object], rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
 
 
 def floor_once(kernel: Kernel, spans: list[tuple[int, int]]) -> None:

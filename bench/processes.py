@@ -14,27 +14,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from timing import median_ms
 
 from patchguard.kernel import Kernel
 from patchguard.kernel.pids import answering
 from patchguard.surfaces.processes import ProcessesSurface
 
 PIDS = 30_000
-
-
-def median_ms(fn: Callable[[], object], rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
 
 
 def floor_once(pids: int) -> None:

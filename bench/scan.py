@@ -10,25 +10,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
+
+from timing import median_seconds
 
 from patchguard.engine.scan import run_scan
 from patchguard.kernel import Kernel
 from patchguard.kernel.kallsyms import SymbolTable
 from patchguard.kernel.memory import read_chunks
 from patchguard.surfaces import all_surfaces
-
-
-def median_seconds(fn: Callable[[], object], rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def floor_once(kernel: Kernel, start: int, end: int) -> None:

@@ -104,6 +104,11 @@ def _parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", required=True)
     config_check = config_sub.add_parser("check", help="validate a guard config file")
     config_check.add_argument("file", type=Path)
+    config_sign = config_sub.add_parser(
+        "sign", help="sign a guard config with the host key (writes FILE.sig)"
+    )
+    config_sign.add_argument("file", type=Path)
+    config_sign.add_argument("--key", type=Path, help="host key (default: the config's `key`)")
     return parser
 
 
@@ -215,6 +220,7 @@ def cmd_guard(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 def cmd_config_check(args: argparse.Namespace, out: Console, err: Console) -> int:
     from patchguard.guard.config import load_config
+    from patchguard.guard.config_sig import check_with_host_key
 
     config = load_config(args.file)
     out.print(
@@ -222,6 +228,23 @@ def cmd_config_check(args: argparse.Namespace, out: Console, err: Console) -> in
         f"+-{config.sweep_jitter:.0%}, triggers every {config.trigger_interval:g}s)",
         highlight=False,
     )
+    signature = check_with_host_key(args.file, config.key)
+    if signature.ok or signature.missing:
+        out.print(f"signature: {signature.reason}", highlight=False)
+        return EXIT_CLEAN
+    err.print(f"error: {signature.reason}", highlight=False)
+    return EXIT_ERROR
+
+
+def cmd_config_sign(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from patchguard.engine.keys import HostKey
+    from patchguard.guard.config import load_config
+    from patchguard.guard.config_sig import sign_config
+
+    config = load_config(args.file)  # only a valid config is worth signing
+    key = HostKey.load_or_create(args.key or config.key)
+    written = sign_config(args.file, key)
+    out.print(f"{written}: signed with host key {key.fingerprint()}", highlight=False)
     return EXIT_CLEAN
 
 
@@ -231,6 +254,7 @@ COMMANDS = {
     ("check", None): cmd_check,
     ("guard", None): cmd_guard,
     ("config", "check"): cmd_config_check,
+    ("config", "sign"): cmd_config_sign,
 }
 
 

@@ -303,3 +303,42 @@ def test_ledger_entries_reach_the_sinks_once(tmp_path: Path, receiver: Receiver)
     assert g.wait_event(lambda e: e.get("event") == "stop", 5)  # every line read
     assert sum(e.get("event") == "ledger-entry" for e in g.seen) == 2
     assert (tmp_path / "ledger.db.announced").read_text() == "2\n"
+
+
+def _config_findings(g: GuardProcess) -> list[dict[str, Any]]:
+    g.wait_event(lambda e: e.get("event") == "stop", 5)  # every line read
+    return [
+        e["finding"]
+        for e in g.seen
+        if (e.get("finding") or {}).get("technique", "").startswith("config-")
+    ]
+
+
+def test_config_signature_is_checked_before_use(tmp_path: Path) -> None:
+    key = tmp_path / "host.key"
+    body = f'baseline = ""\nledger = ""\nkey = "{key}"\nsweep_mean = 600\n'
+    g = _start(tmp_path, body)  # unsigned: it runs, and says so
+    assert g.stop() == 0
+    unsigned = _config_findings(g)
+    assert [(f["technique"], f["severity"]) for f in unsigned] == [("config-unsigned", "medium")]
+
+    config = tmp_path / "guard.toml"
+    signed = subprocess.run(
+        [sys.executable, "-m", "patchguard.cli", "config", "sign", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert signed.returncode == 0, signed.stderr
+    g = GuardProcess(config)
+    assert g.wait_event(lambda e: e.get("event") == "sweep", 60)
+    assert g.stop() == 0
+    assert _config_findings(g) == []
+
+    config.write_text(config.read_text().replace("sweep_mean = 600", "sweep_mean = 900"))
+    g = GuardProcess(config)  # edited behind the signature, before the guard starts
+    assert g.wait_event(lambda e: e.get("event") == "sweep", 60)
+    assert g.stop() == 0
+    [bad] = _config_findings(g)
+    assert bad["technique"] == "config-signature-invalid" and bad["severity"] == "critical"
+    assert "changed since it was signed" in bad["summary"]

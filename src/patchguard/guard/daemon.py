@@ -18,6 +18,7 @@ import patchguard
 from patchguard.engine.findings import Disposition, Finding, Severity
 from patchguard.engine.scan import run_scan
 from patchguard.guard.config import GuardConfig, load_config
+from patchguard.guard.config_sig import check_with_host_key
 from patchguard.guard.ledger_feed import LedgerFeed
 from patchguard.guard.metrics import Metrics
 from patchguard.guard.responses import bugcheck, contain
@@ -253,7 +254,31 @@ class Guard:
                     {"path": str(self.config_path)},
                 )
             )
-        return found
+        return found + self._config_signature()
+
+    def _config_signature(self) -> list[Finding]:
+        """The config as signed with the host key (`patchguard config sign`): an unsigned one
+        is reported, one edited or signed by another key is tampering."""
+        if self.config_path is None:
+            return []
+        check = check_with_host_key(self.config_path, self.config.key)
+        if check.ok:
+            return []
+        technique, severity = ("config-unsigned", Severity.MEDIUM)
+        if not check.missing:
+            technique, severity = ("config-signature-invalid", Severity.CRITICAL)
+        return [
+            Finding(
+                "guard",
+                technique,
+                severity,
+                str(self.config_path),
+                f"the guard's config is not signed by this host's key: {check.reason}",
+                Disposition.WEAKNESS if check.missing else Disposition.TAMPERING,
+                "T1562.001",
+                {"path": str(self.config_path), "reason": check.reason},
+            )
+        ]
 
     # --- responses -------------------------------------------------------------------------
     def handle(self, surface: str, findings: list[Finding], why: str) -> list[Finding]:

@@ -9,13 +9,12 @@ so entries appended while the guard was down are announced when it starts again.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from patchguard.atomic import write_atomic
 from patchguard.engine.keys import HostKey, KeyFileError
 from patchguard.policy.exceptions import record_expiries
 from patchguard.policy.ledger import LedgerError, load
@@ -38,16 +37,7 @@ def read_seen(path: Path) -> int:
 
 
 def write_seen(path: Path, seq: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{seq}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, f"{seq}\n".encode(), 0o600)
 
 
 @dataclass

@@ -144,9 +144,12 @@ def test_scan_reports_the_kprobes_on_commit_creds(guest: Results) -> None:
         assert probe["attack_id"] == "T1014"
         assert evidence["function"] == KPROBE_TARGET and evidence["category"] == "credentials"
         assert int(evidence["address"], 16) == base + evidence["offset"]
-        # kprobes/list names the module of the PROBED address (none: commit_creds is core),
-        # never the module that registered the probe: no owner to attribute it to.
+        # kprobes/list names the module of the PROBED address (none: commit_creds is core);
+        # who registered it comes from the kernel's kprobe_table: the module's pre_handler
         assert evidence["module"] is None
+        expected = "pg_kprobe_entry" if evidence["offset"] == 0 else "pg_kprobe_body"
+        assert (evidence["handler"], evidence["handler_module"]) == (expected, KPROBE_HOOK)
+        assert f"registered by {expected} [{KPROBE_HOOK}]" in probe["summary"]
     # the probe on the ftrace site is assessed with the kprobe, not as an ftrace hook as well
     assert _findings(guest, "scan_loaded", subject=KPROBE_TARGET) == []
 

@@ -10,14 +10,13 @@ import struct
 from pathlib import Path
 
 import pytest
+from support.memory_image import Image
 
 from patchguard.kernel.btf import Btf
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.kallsyms import SymbolTable
-from patchguard.kernel.memory import MemoryReadError
 from patchguard.kernel.nf_hooks import HookEntry, Layout, layout, list_entries, read_hooks
-from patchguard.surfaces.modules import parse_proc_modules
-from patchguard.surfaces.netfilter import function_name
+from patchguard.surfaces.modules import function_name, parse_proc_modules
 
 VMLINUX = Path(__file__).parent.parent / "fixtures/6.18-fc/sys/kernel/btf/vmlinux.gz"
 HEAD = 0xFFFFFFFF82A00000  # net_namespace_list
@@ -43,27 +42,6 @@ def test_layout_of_the_captured_kernel(btf: Btf) -> None:
     assert [(pf, lists) for _, pf, lists in found.arrays] == [(2, 5), (10, 5), (3, 3), (7, 5)]
     ipv4, ipv6 = found.arrays[0][0], found.arrays[1][0]
     assert ipv6 - ipv4 == 5 * 8
-
-
-class Image:
-    """Kernel memory laid out by the test: address -> bytes, reads must hit one block."""
-
-    name = "image"
-
-    def __init__(self) -> None:
-        self.blocks: dict[int, bytes] = {}
-
-    def put(self, address: int, data: bytes) -> None:
-        self.blocks[address] = data
-
-    def read(self, address: int, size: int) -> bytes:
-        for start, data in self.blocks.items():
-            if start <= address and address + size <= start + len(data):
-                return data[address - start : address - start + size]
-        raise MemoryReadError(address, size, "not mapped")
-
-    def close(self) -> None:
-        pass
 
 
 def _one_namespace(offsets: Layout, hooks: list[tuple[int, int]]) -> Image:

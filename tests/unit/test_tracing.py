@@ -38,6 +38,7 @@ from patchguard.surfaces.tracing import (
     sensitive_category,
 )
 
+KPROBE_HANDLERS = "kprobe handlers (kprobe_table)"
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 HOOKED = FIXTURES / "handmade/tracing-hooked"
 FC = FIXTURES / "6.18-fc"
@@ -214,7 +215,11 @@ def test_sensitive_binary(path: str, why: str | None) -> None:
 def test_surface_on_the_hooked_tree() -> None:
     surface = TracingSurface()
     state = surface.collect(Kernel(HOOKED))
-    assert state.status is Status.OK and state.gaps == ()
+    # what a captured tree cannot give: who registered each kprobe (kernel memory)
+    assert [(g.what, g.reason) for g in state.gaps] == [
+        (KPROBE_HANDLERS, "kernel memory: a captured tree has no live kernel memory")
+    ]
+    assert state.status is Status.PARTIAL
     assert state.counts == {
         "ftrace_functions": 8,
         "ipmodify": 1,
@@ -302,7 +307,8 @@ class RefusingKernel(Kernel):
 
 def test_refused_enabled_functions_is_a_gap() -> None:
     state = TracingSurface().collect(RefusingKernel(HOOKED))
-    (gap,) = state.gaps
+    gap, handlers = state.gaps
+    assert handlers.what == KPROBE_HANDLERS
     assert gap.what == "ftrace enabled_functions"
     assert gap.reason.endswith("operation not permitted by the kernel (EPERM)")
     assert state.counts["ftrace_functions"] == 0 and state.counts["kprobes"] == 4

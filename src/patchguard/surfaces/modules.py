@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from patchguard.engine.findings import Disposition, Evidence, Finding, Severity
 from patchguard.kernel.errors import KernelAccessError, is_enoent
-from patchguard.kernel.kallsyms import PSEUDO_MODULES
+from patchguard.kernel.kallsyms import PSEUDO_MODULES, SymbolTable
 from patchguard.kernel.memory import KERNEL_SPACE  # %pK prints hashed or zeroed values below it
 from patchguard.surfaces.base import SurfaceState
 from patchguard.surfaces.reading import Reading, records_of
@@ -178,6 +178,24 @@ def _proc_module(line: str) -> ProcModule | None:
         # "(OE)", and "+"/"-" for a module coming or going on kernels that show the state.
         taints="".join(ch for ch in taints if ch.isalpha()),
     )
+
+
+def function_name(
+    address: int, symbols: SymbolTable, modules: Sequence[ProcModule]
+) -> tuple[str, str | None]:
+    """(function, module) the way %ps names a hook: a symbol in core text or in a listed
+    module's memory, else the bare address (code no listed module or the kernel holds)."""
+    loc = symbols.lookup(address)
+    if loc is not None and (loc.symbol.module is None) == symbols.in_core_text(address):
+        within = [
+            m
+            for m in modules
+            if m.address is not None and m.address <= address < m.address + m.size
+        ]
+        if loc.symbol.module is None or [m for m in within if m.name == loc.symbol.module]:
+            name = loc.symbol.name if loc.offset == 0 else str(loc).split(" [")[0]
+            return name, loc.symbol.module
+    return f"{address:#x}", None
 
 
 def parse_proc_modules(text: str) -> list[ProcModule]:

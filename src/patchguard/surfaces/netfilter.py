@@ -46,7 +46,7 @@ from patchguard.kernel.nfnetlink_hook import (
 )
 from patchguard.surfaces.base import SurfaceState
 from patchguard.surfaces.ebpf import Owner
-from patchguard.surfaces.modules import ProcModule, parse_proc_modules
+from patchguard.surfaces.modules import ProcModule, function_name, parse_proc_modules
 from patchguard.surfaces.reading import Reading, one_of, records_of
 
 if TYPE_CHECKING:
@@ -245,24 +245,6 @@ def _proc_modules(r: Reading) -> list[ProcModule] | None:
         r.gap("module list for hook owners (/proc/modules)", str(exc))
         return None
     return parse_proc_modules(text)
-
-
-def function_name(
-    address: int, symbols: SymbolTable, modules: Sequence[ProcModule]
-) -> tuple[str, str | None]:
-    """(function, module) the way %ps names a hook: a symbol in core text or in a listed
-    module's memory, else the bare address (code no listed module or the kernel holds)."""
-    loc = symbols.lookup(address)
-    if loc is not None and (loc.symbol.module is None) == symbols.in_core_text(address):
-        within = [
-            m
-            for m in modules
-            if m.address is not None and m.address <= address < m.address + m.size
-        ]
-        if loc.symbol.module is None or [m for m in within if m.name == loc.symbol.module]:
-            name = loc.symbol.name if loc.offset == 0 else str(loc).split(" [")[0]
-            return name, loc.symbol.module
-    return f"{address:#x}", None
 
 
 def _memory_hook(

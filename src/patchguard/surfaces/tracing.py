@@ -219,6 +219,10 @@ class Kprobe:
     module: str | None
     flags: tuple[str, ...] = ()  # GONE, DISABLED, OPTIMIZED, FTRACE
     target: str = ""  # as printed: "do_sys_openat2+0x0" or an unresolved %pS
+    # The function that runs there, read from kprobe_table (None: not readable here), named
+    # as %ps would ("0x..." when no listed module holds it), and the module it is in.
+    handler: str | None = None
+    handler_module: str | None = None
 
     @property
     def active(self) -> bool:
@@ -475,7 +479,32 @@ def _collect_kprobes(r: Reading) -> None:
         pass  # EACCES and the like: the read below reports it with its reason
     text = r.text("kprobes (debugfs kprobes/list)", KPROBE_LIST)
     if text is not None:
-        r.records.extend(parse_kprobe_list(text))
+        probes = parse_kprobe_list(text)
+        r.records.extend(_with_handlers(r, probes) if probes else probes)
+
+
+def _with_handlers(r: Reading, probes: list[Kprobe]) -> list[Kprobe]:
+    """The probes with the handler that registered each, from the kernel's kprobe_table."""
+    from patchguard.kernel.kprobe_table import read_handlers
+    from patchguard.surfaces.modules import function_name, parse_proc_modules
+
+    kernel = r.kernel
+    try:
+        handlers = read_handlers(kernel.memory(), kernel.kallsyms, kernel.vmlinux_btf)
+    except KernelAccessError as exc:
+        r.gap("kprobe handlers (kprobe_table)", str(exc))
+        return probes
+    modules = parse_proc_modules(r.optional("/proc/modules") or "")
+    by_probe = {(h.address, h.kind): h.handler for h in handlers}
+    out = []
+    for probe in probes:
+        handler = by_probe.get((probe.address or 0, probe.kind))
+        if handler is None:
+            out.append(probe)
+            continue
+        name, module = function_name(handler, kernel.kallsyms, modules)
+        out.append(replace(probe, handler=name, handler_module=module))
+    return out
 
 
 def _counts(r: Reading) -> dict[str, int]:
@@ -652,34 +681,61 @@ def _assess_ftrace(
     return found
 
 
+def _kprobe_evidence(probe: Kprobe) -> dict[str, str | int | bool | list[str] | None]:
+    return {
+        "function": probe.symbol,
+        "offset": probe.offset,
+        "module": probe.module,
+        "handler": probe.handler,
+        "handler_module": probe.handler_module,
+        "kind": probe.kind,
+        "flags": list(probe.flags),
+        "address": f"{probe.address:#x}" if probe.address else None,
+    }
+
+
+def _registered_by(probe: Kprobe) -> str:
+    if probe.handler is None:
+        return ""
+    return f", registered by {_subject(probe.handler, probe.handler_module)},"
+
+
+def _hidden_handler(probe: Kprobe) -> Finding:
+    return Finding(
+        SURFACE,
+        "kprobe-hidden-handler",
+        Severity.CRITICAL,
+        _subject(probe.target, probe.module),
+        f"The {probe.kind} on {probe.target} runs code at {probe.handler}, which no kernel or "
+        "listed module symbol covers: a module that took itself off the lists after hooking.",
+        Disposition.TAMPERING,
+        ROOTKIT,
+        _kprobe_evidence(probe),
+    )
+
+
 def _assess_kprobe(probe: Kprobe) -> list[Finding]:
+    found = [_hidden_handler(probe)] if (probe.handler or "").startswith("0x") else []
     category = sensitive_category(probe.symbol) if probe.symbol else None
     if category is None:
-        return []
+        return found
     severity = Severity.HIGH if category in ROOTKIT_ONLY else Severity.MEDIUM
     if probe.active:
         state = "active: its handler runs on every call"
     else:
         off = ", ".join(f for f in probe.flags if f in ("GONE", "DISABLED"))
         state = f"registered but not armed ({off}): its handler runs once it is enabled"
-    return [
+    found.append(
         _finding(
             "kprobe-sensitive-function",
             severity if probe.active else Severity.LOW,
             _subject(probe.target, probe.module),
-            f"A {probe.kind} on {probe.symbol} ({category}) is {state}; these functions are "
-            "where rootkits hook to hide and to raise privileges.",
-            {
-                "function": probe.symbol,
-                "offset": probe.offset,
-                "module": probe.module,
-                "kind": probe.kind,
-                "flags": list(probe.flags),
-                "address": f"{probe.address:#x}" if probe.address else None,
-                "category": category,
-            },
+            f"A {probe.kind} on {probe.symbol} ({category}){_registered_by(probe)} is {state}; "
+            "these functions are where rootkits hook to hide and to raise privileges.",
+            {**_kprobe_evidence(probe), "category": category},
         )
-    ]
+    )
+    return found
 
 
 def _assess_event(event: DynamicEvent) -> list[Finding]:

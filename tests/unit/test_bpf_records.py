@@ -178,3 +178,21 @@ def test_verifier_reason_skips_the_statistics() -> None:
     )
     assert verifier_reason(log) == "unknown func bpf_probe_write_user#36"
     assert verifier_reason("") == ""
+
+
+def test_no_surface_record_has_a_field_named_kind() -> None:
+    # scan --json names each record's type in "kind"; a field of that name would replace it
+    import dataclasses
+    import importlib
+    import pkgutil
+
+    import patchguard.surfaces
+
+    clashes = []
+    for info in pkgutil.walk_packages(patchguard.surfaces.__path__, "patchguard.surfaces."):
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            is_record = isinstance(obj, type) and dataclasses.is_dataclass(obj)
+            if is_record and any(f.name == "kind" for f in dataclasses.fields(obj)):
+                clashes.append(f"{obj.__module__}.{name}")
+    assert clashes == []

@@ -114,7 +114,7 @@ def test_kprobe_list_fixture() -> None:
     assert probes[0] == Kprobe(
         0xFFFFFFFF810D2A10, "kprobe", "commit_creds", 0, None, ("FTRACE",), "commit_creds+0x0"
     )
-    assert probes[1].kind == "kretprobe" and probes[1].active
+    assert probes[1].probe_type == "kretprobe" and probes[1].active
     assert probes[2].flags == ("DISABLED", "FTRACE") and not probes[2].active
     assert probes[3] == Kprobe(
         0xFFFFFFFFC0401010,
@@ -140,7 +140,7 @@ def test_kprobe_list_hidden_and_unresolved_addresses() -> None:
 
 def test_dynamic_events_fixture() -> None:
     events = parse_dynamic_events(read(f"{TRACING}/dynamic_events"))
-    kinds = [(e.kind, e.group, e.event, e.target) for e in events]
+    kinds = [(e.event_type, e.group, e.event, e.target) for e in events]
     assert kinds == [
         ("kprobe", "kprobes", "cc", "commit_creds"),
         ("kretprobe", "kprobes", "vr", "vfs_read"),  # r16: maxactive before the colon
@@ -167,7 +167,7 @@ def test_dynamic_event_variants() -> None:
         "mysynth\tu64 lat\n"
     )
     events = parse_dynamic_events(text)
-    assert [e.kind for e in events] == ["uprobe", "fexit", "eprobe", "kprobe", "other"]
+    assert [e.event_type for e in events] == ["uprobe", "fexit", "eprobe", "kprobe", "other"]
     assert events[0].binary == "/usr/sbin/sshd"
     assert events[-1] == DynamicEvent("other", "synthetic", "mysynth", None, (), "mysynth\tu64 lat")
 

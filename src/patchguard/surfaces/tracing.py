@@ -173,11 +173,11 @@ def symbol_module(pS: str) -> str | None:
 class FtraceCallback:
     """One callback attached at a function's ftrace site, as t_show() prints it.
 
-    kind "tramp": a trampoline (`tramp: <trampoline> (<ops->func>)`); kind "ops": the one ops a
+    via "tramp": a trampoline (`tramp: <trampoline> (<ops->func>)`); via "ops": the one ops a
     call-ops site calls (`ops: <ops> (<ops->func>)`). `owner` is the handler that runs.
     """
 
-    kind: str
+    via: str
     address: str  # %pS of the trampoline or ops; "ERROR!" when ftrace found none
     owner: str | None  # %pS of ops->func
     calls: str | None = None  # " ->%pS": what the trampoline calls (x86: the ops function)
@@ -213,7 +213,7 @@ class Kprobe:
     """One line of debugfs kprobes/list (report_probe() in kernel/kprobes.c)."""
 
     address: int | None  # None when kallsyms hides addresses from the reader (printed as 0)
-    kind: str  # kprobe, kretprobe (jprobe on kernels before 4.15)
+    probe_type: str  # kprobe, kretprobe (jprobe on kernels before 4.15)
     symbol: str | None  # None when the kernel could not name the address
     offset: int
     module: str | None
@@ -267,7 +267,7 @@ def read_livepatches(kernel: Kernel) -> list[Livepatched]:
 class DynamicEvent:
     """A dynamic trace event someone defined (p:, r:, f:, t:, e:, s: lines of tracefs)."""
 
-    kind: str  # kprobe kretprobe uprobe uretprobe fprobe fexit tprobe eprobe synthetic other
+    event_type: str  # kprobe kretprobe uprobe uretprobe fprobe fexit tprobe eprobe synthetic other
     group: str
     event: str
     target: str | None  # kprobe: [mod:]symbol[+off] or address; uprobe: path:0xoffset
@@ -277,7 +277,7 @@ class DynamicEvent:
     @property
     def binary(self) -> str | None:
         """The probed file of a uprobe."""
-        if self.kind not in ("uprobe", "uretprobe") or not self.target:
+        if self.event_type not in ("uprobe", "uretprobe") or not self.target:
             return None
         return self.target.rsplit(":", 1)[0]
 
@@ -361,7 +361,7 @@ def _kprobe(line: str) -> Kprobe | None:
     resolved = bool(plus) and not target.startswith("0x")
     return Kprobe(
         address=address,
-        kind=KPROBE_KINDS[tokens[1]],
+        probe_type=KPROBE_KINDS[tokens[1]],
         symbol=symbol if resolved else None,
         offset=int(off.split("/", 1)[0], 16) if resolved else 0,
         module=rest[0] if rest else None,
@@ -407,7 +407,7 @@ def parse_dynamic_events(text: str) -> list[DynamicEvent]:
             continue
         events.append(
             DynamicEvent(
-                kind=_event_kind(found["type"], found["target"]),
+                event_type=_event_kind(found["type"], found["target"]),
                 group=found["group"],
                 event=found["event"],
                 target=found["target"],
@@ -498,7 +498,7 @@ def _with_handlers(r: Reading, probes: list[Kprobe]) -> list[Kprobe]:
     by_probe = {(h.address, h.kind): h.handler for h in handlers}
     out = []
     for probe in probes:
-        handler = by_probe.get((probe.address or 0, probe.kind))
+        handler = by_probe.get((probe.address or 0, probe.probe_type))
         if handler is None:
             out.append(probe)
             continue
@@ -570,7 +570,7 @@ def _hook_evidence(hook: FtraceHook) -> dict[str, str | int | bool | list[str] |
         "flags": hook.flags,
         "refcount": hook.refcount,
         "owners": list(hook.owners),
-        "trampolines": [cb.address for cb in hook.callbacks if cb.kind == "tramp"],
+        "trampolines": [cb.address for cb in hook.callbacks if cb.via == "tramp"],
         "direct": hook.direct,
     }
 
@@ -688,7 +688,7 @@ def _kprobe_evidence(probe: Kprobe) -> dict[str, str | int | bool | list[str] | 
         "module": probe.module,
         "handler": probe.handler,
         "handler_module": probe.handler_module,
-        "kind": probe.kind,
+        "kind": probe.probe_type,
         "flags": list(probe.flags),
         "address": f"{probe.address:#x}" if probe.address else None,
     }
@@ -706,8 +706,8 @@ def _hidden_handler(probe: Kprobe) -> Finding:
         "kprobe-hidden-handler",
         Severity.CRITICAL,
         _subject(probe.target, probe.module),
-        f"The {probe.kind} on {probe.target} runs code at {probe.handler}, which no kernel or "
-        "listed module symbol covers: a module that took itself off the lists after hooking.",
+        f"The {probe.probe_type} on {probe.target} runs code at {probe.handler}, which no "
+        "kernel or listed module symbol covers: a module that took itself off the lists.",
         Disposition.TAMPERING,
         ROOTKIT,
         _kprobe_evidence(probe),
@@ -730,8 +730,8 @@ def _assess_kprobe(probe: Kprobe) -> list[Finding]:
             "kprobe-sensitive-function",
             severity if probe.active else Severity.LOW,
             _subject(probe.target, probe.module),
-            f"A {probe.kind} on {probe.symbol} ({category}){_registered_by(probe)} is {state}; "
-            "these functions are where rootkits hook to hide and to raise privileges.",
+            f"A {probe.probe_type} on {probe.symbol} ({category}){_registered_by(probe)} is "
+            f"{state}; these functions are where rootkits hook to hide and to raise privileges.",
             {**_kprobe_evidence(probe), "category": category},
         )
     )
@@ -740,7 +740,7 @@ def _assess_kprobe(probe: Kprobe) -> list[Finding]:
 
 def _assess_event(event: DynamicEvent) -> list[Finding]:
     evidence: Evidence = {
-        "kind": event.kind,
+        "kind": event.event_type,
         "group": event.group,
         "event": event.event,
         "target": event.target,
@@ -753,7 +753,7 @@ def _assess_event(event: DynamicEvent) -> list[Finding]:
                 "uprobe-credential-theft" if why == "authentication" else "uprobe-tls-intercept",
                 Severity.LOW,
                 f"{event.group}/{event.event}",
-                f"A {event.kind} event probes {event.binary} ({why}): it can read passwords, "
+                f"A {event.event_type} event probes {event.binary} ({why}): it can read passwords, "
                 "keys or decrypted traffic from every process that runs it.",
                 evidence,
                 attack_id="T1056" if why == "authentication" else "T1040",
@@ -761,10 +761,11 @@ def _assess_event(event: DynamicEvent) -> list[Finding]:
         ]
     return [
         _finding(
-            f"dynamic-{event.kind}-event",
+            f"dynamic-{event.event_type}-event",
             Severity.INFO,
             f"{event.group}/{event.event}",
-            f"A {event.kind} trace event is defined on {event.target or 'an unnamed target'}.",
+            f"A {event.event_type} trace event is defined on "
+            f"{event.target or 'an unnamed target'}.",
             evidence,
             attack_id=None,
         )

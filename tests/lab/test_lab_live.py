@@ -30,6 +30,10 @@ IN_GUEST = (
     "test_tracing_live.py",
     "test_modules_live.py",
     "test_ebpf_live.py",
+    "test_fentry_live.py",
+    "test_processes_live.py",
+    "test_netfilter_live.py",
+    "test_shipped_manifests_live.py",
 )
 
 

@@ -168,6 +168,7 @@ def cmd_baseline_create(args: argparse.Namespace, out: Console, err: Console) ->
     from patchguard.engine.baseline_store import save_baseline
     from patchguard.engine.integrity import capture
     from patchguard.engine.keys import HostKey, default_key_path
+    from patchguard.engine.module_regions import module_of
 
     key = HostKey.load_or_create(args.key or default_key_path())
     path = _baseline_path(args.out)
@@ -178,7 +179,13 @@ def cmd_baseline_create(args: argparse.Namespace, out: Console, err: Console) ->
         kernel.close()
     save_baseline(taken.baseline, path, key)
     meta = taken.baseline.meta
-    sizes = ", ".join(f"{r.name} {len(r.data)} bytes" for r in taken.baseline.regions.values())
+    regions = taken.baseline.regions.values()
+    core = [r for r in regions if module_of(r.name) is None]
+    sizes = ", ".join(f"{r.name} {len(r.data)} bytes" for r in core)
+    modules = sorted({m for r in regions if (m := module_of(r.name)) is not None})
+    if modules:
+        size = sum(len(r.data) for r in regions if module_of(r.name) is not None)
+        sizes += f", {len(modules)} modules' text and tables {size} bytes"
     out.print(
         f"baseline written to {path} (signed by host key {key.fingerprint()})", highlight=False
     )

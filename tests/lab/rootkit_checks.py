@@ -5,7 +5,8 @@ rootkits and record what patchguard says about them, as one JSON document writte
 Steps: find the addresses the modules need (kallsyms, and the `jmp __x64_sys_kill` inside
 x64_sys_call from patchguard's own dispatch walker); `patchguard baseline create`; `check`
 (must be clean); insmod both modules; make the hooks run (kill, getdents64, /proc/version);
-`check --json`, `scan --json --surface syscalls --surface posture`; rmmod; `check` again.
+`check --json`, `scan --json --surface syscalls --surface posture`; rmmod; `check` again;
+then the inline hook over a function of ext4 (module text), `check`, rmmod, `check`.
 Each step is measured, not asserted, so the host test can say which one failed; a step that
 raises is recorded as that step's error and the rest still run (rmmod always does)."""
 
@@ -30,6 +31,9 @@ step, run, patchguard = steps.step, steps.run, steps.patchguard
 NR_KILL = 62
 MODULE_SYMBOLS = ("pg_x64_kill", "pg_table_kill", "pg_table_getdents64", "pg_inline_show")
 INLINE_TARGET = "version_proc_show"  # /proc/version: rarely read, and only by the test
+# A module's function for the same hook: ext4's show function of /proc/fs/ext4/<disk>/options
+# (the guest's root file system is ext4 on vda), so module text is checked like core text.
+MODULE_TARGET, MODULE_FILE = ("ext4_seq_options_show", "ext4"), Path("/proc/fs/ext4/vda/options")
 KILLS, READS = 5, 3
 out = steps.out
 
@@ -58,6 +62,10 @@ def addresses() -> dict[str, int]:
             raise LookupError(f"no single 5-byte jmp for syscall 62 in x64_sys_call: {jumps}")
         result = {name: address for name, address in found.items() if address is not None}
         result["x64_kill_jmp"] = jumps[0].insn
+        in_module = syms.address_of(*MODULE_TARGET)
+        if in_module is None:
+            raise LookupError(f"not in kallsyms: {MODULE_TARGET}")
+        result[MODULE_TARGET[0]] = in_module
         return result
     finally:
         kernel.close()
@@ -121,5 +129,15 @@ step(
 step("rmmod", lambda: [run("rmmod", m) for m in ("pg_inline_hook", "pg_syscall_hook")])
 step("trigger_after", trigger)
 step("check_after", lambda: patchguard("check", "--json"))
+# the same inline hook over a function in ext4's text
+if where:
+    step("insmod_module_hook", lambda: insmod("pg_inline_hook", target=where[MODULE_TARGET[0]]))
+step("module_hook_symbols", module_symbols)
+step("module_hook_reads", lambda: [MODULE_FILE.read_text() for _ in range(READS)])
+step("module_hook_params", lambda: module_params("pg_inline_hook"))
+step("check_module_hook", lambda: patchguard("check", "--json"))
+step("rmmod_module_hook", lambda: run("rmmod", "pg_inline_hook"))
+step("module_file_after", MODULE_FILE.read_text)
+step("check_module_after", lambda: patchguard("check", "--json"))
 step("kernel_log", lambda: steps.kernel_log("ftrace"))
 steps.finish()

@@ -6,17 +6,13 @@ reporting them unavailable. One boot runs them all (software emulation: about 2 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support.lab_guest import run_lab
 
 pytestmark = pytest.mark.lab
 
-REPO = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("PATCHGUARD_LAB_CACHE", "/var/cache/patchguard-lab"))
 # The live tests whose assertions hold on any kernel (they branch on what it has). Left out:
 # posture and the CLI output (they assert this host's settings) and the guard (its 2 s
 # detection bound is for real hardware, not for a guest under software emulation).
@@ -37,34 +33,10 @@ IN_GUEST = (
 )
 
 
-def test_live_suite_passes_in_the_lab_guest() -> None:
-    if not (CACHE / "current" / "lab.json").is_file():
-        pytest.skip("lab not built: run lab/build")
+def test_live_suite_passes_in_the_lab_guest(tmp_path: Path) -> None:
     tests = [f"/src/tests/live/{name}" for name in IN_GUEST]
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "lab" / "run"),
-            "--timeout",
-            "900",
-            "--",
-            "python3",
-            "-m",
-            "pytest",
-            *tests,
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-rs",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=960,
-        check=False,
-    )
-    print(run.stdout[-4000:])
-    assert run.returncode == 0, (
-        f"lab/run exited {run.returncode}:\n{run.stdout[-4000:]}\n{run.stderr}"
-    )
+    command = ["python3", "-m", "pytest", *tests, "-q", "-p", "no:cacheprovider", "-rs"]
+    run = run_lab(tmp_path, (), command, timeout=600)
+    assert run.returncode == 0, f"lab/run exited {run.returncode}:\n{run.stdout[-4000:]}"
     summary = run.stdout.strip().splitlines()[-1]
     assert " passed" in summary and "failed" not in summary, summary

@@ -7,7 +7,8 @@ attribution (which module, which symbol) are asserted here.
 - pg_syscall_hook: sys_call_table[62] (kill) and [217] (getdents64) replaced under a cleared
   CR0.WP, and the `jmp __x64_sys_kill` in x64_sys_call retargeted (the one that takes effect on
   Debian's 6.1, which dispatches through x64_sys_call).
-- pg_inline_hook: a JMP over the first bytes of version_proc_show.
+- pg_inline_hook: a JMP over the first bytes of version_proc_show; then, loaded again, over
+  ext4_seq_options_show in ext4's text (module text is in the baseline too).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import re
 from typing import Any
 
 import pytest
-from support.lab_guest import Results, module_builder, run_script
+from support.lab_guest import Results, module_builder, report, run_script
 from support.lab_guest import findings as _findings
 
 pytestmark = pytest.mark.lab
@@ -32,8 +33,18 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Results:
 
 def _symbol(guest: Results, name: str) -> tuple[int, str]:
     """(address, module) of a hook, from the guest's /proc/kallsyms while it was loaded."""
-    address, module = guest["module_symbols"][name].split()
+    return _symbol_in(guest, "module_symbols", name)
+
+
+def _symbol_in(guest: Results, step: str, name: str) -> tuple[int, str]:
+    address, module = guest[step][name].split()
     return int(address, 16), module
+
+
+def _surface_counts(guest: Results, step: str) -> dict[str, int]:
+    (surface,) = report(guest, step)["surfaces"]
+    counts: dict[str, int] = surface["counts"]
+    return counts
 
 
 def _tampering(guest: Results, step: str) -> list[dict[str, Any]]:
@@ -165,3 +176,30 @@ def test_check_is_clean_after_rmmod(guest: Results) -> None:
     assert set(guest["trigger_after"]["version"]) == {guest["version_before"]}
     assert _tampering(guest, "check_after") == []
     assert guest["check_after"]["rc"] == 0
+
+
+def test_check_reports_the_inline_hook_in_module_text(guest: Results) -> None:
+    assert guest["insmod_module_hook"]["rc"] == 0, guest["insmod_module_hook"]["stderr"]
+    reads = guest["module_hook_reads"]
+    assert int(guest["module_hook_params"]["calls"]) >= len(reads)  # the hook ran ...
+    assert set(reads) == {guest["module_file_after"]}  # ... and the original with it
+    hooks = _tampering(guest, "check_module_hook")
+    assert [f["technique"] for f in hooks] == ["inline-hook"], hooks
+    hook, (show, _) = hooks[0], _symbol_in(guest, "module_hook_symbols", "pg_inline_show")
+    assert hook["subject"] in (
+        "ext4_seq_options_show+0x0 [ext4]",
+        "ext4_seq_options_show+0x4 [ext4]",
+    )
+    assert hook["evidence"]["old"].startswith("0f 1f 44 00 00")
+    assert hook["evidence"]["disasm_new"].startswith(f"jmp {show:#x}")
+    assert f"now jumps to pg_inline_show+0x0 [{INLINE_HOOK}]" in hook["summary"]
+    noted = _findings(guest, "check_module_hook", technique="module-not-in-baseline")
+    assert [f["evidence"]["module"] for f in noted] == [INLINE_HOOK]
+    counts = _surface_counts(guest, "check_module_hook")
+    assert counts["modules"] >= 10 and counts["tampering"] == 1  # ext4, jbd2, virtio...
+
+
+def test_module_text_checks_clean_after_rmmod(guest: Results) -> None:
+    assert guest["rmmod_module_hook"]["rc"] == 0, guest["rmmod_module_hook"]["stderr"]
+    assert _findings(guest, "check_module_after") == []
+    assert guest["check_module_after"]["rc"] == 0

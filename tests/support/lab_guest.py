@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("PATCHGUARD_LAB_CACHE", "/var/cache/patchguard-lab"))
+WEDGED_EXIT = 123  # lab/run: a guest CPU stuck in the kernel; the guest was killed
 Results = dict[str, Any]
 
 
@@ -39,17 +41,26 @@ def run_lab(
     `command` in one boot with the whole kernel log on stderr."""
     if not (CACHE / "current" / "lab.json").is_file():
         pytest.skip("lab not built: run lab/build")
-    builder = module_builder()
-    try:
-        built = builder.build()
-    except builder.BuildError as exc:
-        pytest.fail(f"the test modules did not build: {exc}")
-    for name in modules:
-        shutil.copy2(built / f"{name}.ko", results / f"{name}.ko")
+    if modules:
+        builder = module_builder()
+        try:
+            built = builder.build()
+        except builder.BuildError as exc:
+            pytest.fail(f"the test modules did not build: {exc}")
+        for name in modules:
+            shutil.copy2(built / f"{name}.ko", results / f"{name}.ko")
     lab = [sys.executable, str(REPO / "lab" / "run"), "--timeout", str(timeout), "--console"]
     lab += ["--results", str(results), "--", *command]
-    run = subprocess.run(lab, capture_output=True, text=True, timeout=timeout + 60, check=False)
-    print(run.stdout[-4000:], run.stderr[-8000:], sep="\n", file=sys.stderr)
+    for attempt in (1, 2):
+        run = subprocess.run(lab, capture_output=True, text=True, timeout=timeout + 60, check=False)
+        print(run.stdout[-4000:], run.stderr[-8000:], sep="\n", file=sys.stderr)
+        if run.returncode != WEDGED_EXIT or attempt == 2:
+            break
+        # Seen once in CI: both vCPUs of the emulated guest stuck in the kernel while bpftrace
+        # attached an fentry program; never again in many runs. A wedge twice in a row fails.
+        warnings.warn(
+            f"the lab guest wedged; booting it again:\n{run.stderr[-3000:]}", stacklevel=1
+        )
     return run
 
 

@@ -28,8 +28,10 @@ from patchguard.engine.baseline_store import (
 )
 from patchguard.engine.explain import (
     ChangedRun,
+    JumpEntry,
     KernelRead,
     SiteIndex,
+    StaticCallSite,
     Symbols,
     Verdict,
     decode_jump_table,
@@ -38,6 +40,16 @@ from patchguard.engine.explain import (
     explain,
 )
 from patchguard.engine.findings import Disposition, Finding, Gap, Severity
+from patchguard.engine.module_regions import (
+    CALLS,
+    JUMPS,
+    TEXT,
+    is_text,
+    live_modules,
+    module_of,
+    region_bounds,
+    stale_modules,
+)
 from patchguard.engine.owners import Owners, current_owners
 from patchguard.engine.syscalls import (
     DISPATCH_FUNCTIONS,
@@ -109,6 +121,14 @@ def capture(kernel: Kernel) -> Capture:
             regions[region] = capture_region(memory, region, bounds.start, bounds.end)
         except KernelAccessError as exc:
             gaps.append(Gap(SURFACE, region, str(exc)))
+    modules = live_modules(kernel)
+    gaps += modules.gaps
+    for module in modules.modules.values():
+        for region, start, end in region_bounds(module):
+            try:
+                regions[region] = capture_region(memory, region, start, end)
+            except KernelAccessError as exc:
+                gaps.append(Gap(SURFACE, region, str(exc)))
     if "core_text" not in regions:
         raise KernelAccessError(
             "baseline", "core kernel text could not be read: " + "; ".join(g.reason for g in gaps)
@@ -189,22 +209,27 @@ def page_spans(pages: dict[int, bytes]) -> Iterator[tuple[int, bytes]]:
 # --- check --------------------------------------------------------------------------------
 
 
-def site_index(kernel: Kernel, path: Path, manifest: Manifest, owners: Owners) -> SiteIndex:
-    """Where the kernel may patch itself, from the baseline's own copies of its tables (the
-    live tables are verified as regions like any other read-only data)."""
-    jump = manifest.regions.get("jump_table")
-    calls = manifest.regions.get("static_call_sites")
+def site_index(
+    path: Path, manifest: Manifest, owners: Owners, stale: set[str] | frozenset[str] = frozenset()
+) -> SiteIndex:
+    """Where the kernel may patch itself, from the baseline's own copies of its tables and of
+    the tables of its modules still where they were (the live tables are verified as regions
+    like any other read-only data)."""
     trampolines = manifest.sites.get("static_call_trampolines", [])
     assert isinstance(trampolines, list)
+    jumps: list[JumpEntry] = []
+    calls: list[StaticCallSite] = []
+    for entry in manifest.regions.values():
+        if module_of(entry.name) in stale:
+            continue
+        if entry.name == "jump_table" or entry.name.startswith(JUMPS):
+            jumps += decode_jump_table(read_region(path, entry.name, manifest), entry.start)
+        elif entry.name == "static_call_sites" or entry.name.startswith(CALLS):
+            raw = read_region(path, entry.name, manifest)
+            calls += decode_static_call_sites(raw, entry.start)
     return SiteIndex(
-        jump_entries=decode_jump_table(read_region(path, jump.name, manifest), jump.start)
-        if jump
-        else (),
-        static_call_sites=decode_static_call_sites(
-            read_region(path, calls.name, manifest), calls.start
-        )
-        if calls
-        else (),
+        jump_entries=jumps,
+        static_call_sites=calls,
         trampolines=[(str(n), int(a)) for n, a in trampolines],
         ftrace_owners=owners.ftrace,
         ftrace_trampolines=owners.trampolines,
@@ -402,25 +427,27 @@ def verify(kernel: Kernel, path: Path, public_key: bytes) -> CheckOutcome:
     trusted or belongs to another boot)."""
     manifest = read_manifest(path, public_key, stored=False)
     check_boot(manifest, kernel.boot_id(), os.uname().release, path)
+    modules = live_modules(kernel)
+    stale, findings = stale_modules(manifest.regions, modules.modules)
+    entries = [e for e in manifest.regions.values() if module_of(e.name) not in stale]
     # The stored region bytes are verified beside the kernel reads (both mostly wait on the
     # kernel or hash with the GIL released); any region data is used only after it passed.
     with ThreadPoolExecutor(max_workers=1) as pool:
         stored = pool.submit(verify_stored, path, manifest)
         changed = {
-            e.name: changed_pages(kernel.memory(), e.start, e.page_digests, e.size)
-            for e in manifest.regions.values()
+            e.name: changed_pages(kernel.memory(), e.start, e.page_digests, e.size) for e in entries
         }
         stored.result()
-    findings: list[Finding] = []
-    gaps: list[Gap] = []
+    gaps: list[Gap] = list(modules.gaps)
     counts = {
-        "bytes": sum(e.size for e in manifest.regions.values()),
-        "pages": sum(len(e.page_sha256) for e in manifest.regions.values()),
+        "bytes": sum(e.size for e in entries),
+        "pages": sum(len(e.page_sha256) for e in entries),
         "changed_pages": sum(len(c) for c in changed.values()),
+        "modules": sum(e.name.startswith(TEXT) for e in entries),
     }
     index: SiteIndex | None = None
     owners = Owners({}, frozenset(), {})
-    for entry in manifest.regions.values():
+    for entry in entries:
         if not changed[entry.name]:
             continue
         old = read_region(path, entry.name, manifest)
@@ -431,13 +458,13 @@ def verify(kernel: Kernel, path: Path, public_key: bytes) -> CheckOutcome:
                 old[first * PAGE : first * PAGE + len(live)], live, entry.start + first * PAGE
             )
         ]
-        if entry.name != "core_text":
+        if not is_text(entry.name):
             findings += [f for run in runs for f in _table_findings(entry, run, kernel, old)]
             continue
         if index is None:
             owners, owner_gaps = current_owners(kernel)
             gaps += owner_gaps
-            index = site_index(kernel, path, manifest, owners)
+            index = site_index(path, manifest, owners, stale)
         read = _reader(kernel.memory())
         verdicts = explain(runs, index, kernel.kallsyms, read)
         dispatch = dispatch_of(manifest)

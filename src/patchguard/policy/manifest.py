@@ -9,6 +9,7 @@ The same checks run on the parsed content a ledger request carries (`manifest_fr
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import re
 import tomllib
 from collections.abc import Callable
@@ -48,7 +49,8 @@ class DeclaredBpfProgram:
     attach: tuple[str, ...]  # "tracepoint:sys_enter_kill", "kprobe:do_sys_openat2", "vfs_read"
     helpers: tuple[str, ...]  # kernel helper functions: "bpf_get_current_pid_tgid"
     kfuncs: tuple[str, ...]
-    loader: Loader
+    loader: Loader | None = None  # the process that holds it; None: no process may hold it
+    pins: tuple[str, ...] = ()  # bpffs paths of the program's and its links' pins, all of them
 
 
 @dataclass(frozen=True)
@@ -104,17 +106,7 @@ class Manifest:
             "version": self.version,
             "contact": self.contact,
             "justification": self.justification,
-            "bpf_program": [
-                {
-                    "name": p.name,
-                    "prog_type": p.prog_type,
-                    "attach": list(p.attach),
-                    "helpers": list(p.helpers),
-                    "kfuncs": list(p.kfuncs),
-                    "loader": {"path": p.loader.path, "sha256": p.loader.sha256},
-                }
-                for p in self.bpf_programs
-            ],
+            "bpf_program": [_program_dict(p) for p in self.bpf_programs],
             "ftrace": [
                 some(function=f.function, owner=f.owner, module=f.module) for f in self.ftrace
             ],
@@ -127,6 +119,21 @@ class Manifest:
                 {"name": p.name, "functions": list(p.functions)} for p in self.livepatches
             ],
         }
+
+
+def _program_dict(p: DeclaredBpfProgram) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": p.name,
+        "prog_type": p.prog_type,
+        "attach": list(p.attach),
+        "helpers": list(p.helpers),
+        "kfuncs": list(p.kfuncs),
+    }
+    if p.loader is not None:
+        out["loader"] = {"path": p.loader.path, "sha256": p.loader.sha256}
+    if p.pins:
+        out["pins"] = list(p.pins)
+    return out
 
 
 class _Reader:
@@ -188,7 +195,7 @@ class _Reader:
 
 
 def _bpf_program(r: _Reader, where: str, raw: object) -> DeclaredBpfProgram:
-    allowed = ("name", "prog_type", "attach", "helpers", "kfuncs", "loader")
+    allowed = ("name", "prog_type", "attach", "helpers", "kfuncs", "loader", "pins")
     t = r.table(raw, where, allowed)
     prog_type = r.string(t, "prog_type", where)
     if prog_type not in PROG_TYPES:
@@ -198,8 +205,20 @@ def _bpf_program(r: _Reader, where: str, raw: object) -> DeclaredBpfProgram:
         attach = [attach]  # one attach point may be written without the list
     if attach == []:
         r.fail(f"{where}.attach", "expected at least one attach point")
-    if "loader" not in t:
-        r.fail(f"{where}.loader", "missing (a table: {path, sha256})")
+    if "loader" not in t and "pins" not in t:
+        r.fail(f"{where}.loader", "missing (a table: {path, sha256}), and no pins either")
+    return DeclaredBpfProgram(
+        name=r.string(t, "name", where),
+        prog_type=prog_type,
+        attach=r.strings({**t, "attach": attach}, "attach", where, symbols=False),
+        helpers=r.strings(t, "helpers", where, symbols=True),
+        kfuncs=r.strings(t, "kfuncs", where, symbols=True, default=True),
+        loader=_loader(r, where, t) if "loader" in t else None,
+        pins=_pins(r, where, t) if "pins" in t else (),
+    )
+
+
+def _loader(r: _Reader, where: str, t: dict[str, Any]) -> Loader:
     loader = r.table(t["loader"], f"{where}.loader", ("path", "sha256"))
     path = r.string(loader, "path", f"{where}.loader")
     digest = r.string(loader, "sha256", f"{where}.loader")
@@ -207,14 +226,24 @@ def _bpf_program(r: _Reader, where: str, raw: object) -> DeclaredBpfProgram:
         r.fail(f"{where}.loader.path", "expected an absolute path")
     if not _SHA256.match(digest):
         r.fail(f"{where}.loader.sha256", "expected 64 hex digits (sha256sum of the loader)")
-    return DeclaredBpfProgram(
-        name=r.string(t, "name", where),
-        prog_type=prog_type,
-        attach=r.strings({**t, "attach": attach}, "attach", where, symbols=False),
-        helpers=r.strings(t, "helpers", where, symbols=True),
-        kfuncs=r.strings(t, "kfuncs", where, symbols=True, default=True),
-        loader=Loader(path, digest.lower()),
-    )
+    return Loader(path, digest.lower())
+
+
+def _pins(r: _Reader, where: str, t: dict[str, Any]) -> tuple[str, ...]:
+    """Pin paths as the ebpf surface reports them: absolute and normalized, for the exact
+    comparison (no "//", "/./", "/../" or trailing "/")."""
+    pins = r.strings(t, "pins", where, symbols=False)
+    if not pins:
+        r.fail(f"{where}.pins", "expected at least one path (leave pins out if it is not pinned)")
+    for path in pins:
+        if not _clean_path(path):
+            r.fail(f"{where}.pins", f"{path!r} is not an absolute, normalized bpffs path")
+    return pins
+
+
+def _clean_path(path: str) -> bool:
+    normal = posixpath.normpath(path) == path and not path.startswith("//")
+    return path.startswith("/") and path != "/" and normal and "\0" not in path
 
 
 def _kprobe(r: _Reader, where: str, raw: object) -> DeclaredKprobe:

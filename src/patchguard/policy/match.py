@@ -1,12 +1,17 @@
 """Findings against the exceptions in force: a hook that matches an approved manifest exactly
 is `allowed (exception #N)` — shown, not hidden; one that differs keeps its findings and gets
-one more that says what differed. An expired or revoked exception covers nothing."""
+one more that says what differed. An expired or revoked exception covers nothing.
+
+A program is tied to its product by what keeps it alive, as the ebpf surface recorded it: the
+processes that hold it must be the declared loader (path and sha256), and the bpffs pins of it
+and its links must be exactly the declared pins. A program that outlives its loader (loaded and
+pinned by bpftool, say) has no process to check: its declared pins are then what matches it."""
 
 from __future__ import annotations
 
 import hashlib
 import platform
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from fnmatch import fnmatch
 from pathlib import Path
@@ -18,7 +23,7 @@ from patchguard.policy.manifest import DeclaredBpfProgram
 from patchguard.policy.rules import Request
 from patchguard.surfaces.base import SurfaceState
 from patchguard.surfaces.ebpf import NAME as EBPF
-from patchguard.surfaces.ebpf import BpfProgram
+from patchguard.surfaces.ebpf import BpfLink, BpfProgram
 
 
 def exe_sha256(path: str) -> str | None:
@@ -34,8 +39,26 @@ def _targets(prog: BpfProgram) -> set[str]:
     return found | ({prog.attach_btf} if prog.attach_btf else set())
 
 
-def differences(prog: BpfProgram, declared: DeclaredBpfProgram) -> list[str]:
-    """What of the program's declared attributes it does not have exactly; [] is a match."""
+def pinned_at(prog: BpfProgram, links: Iterable[BpfLink]) -> set[str]:
+    """Every bpffs path that keeps `prog` alive: its own pins and those of its links (the
+    ebpf surface's records; `bpftool iter pin` pins the link, `prog load` the program)."""
+    ids = {a.link_id for a in prog.attachments if a.link_id is not None}
+    return set(prog.pins) | {p for link in links if link.link_id in ids for p in link.pins}
+
+
+def differences(
+    prog: BpfProgram, declared: DeclaredBpfProgram, pins: set[str] | None = None
+) -> list[str]:
+    """What of the program's declared attributes it does not have exactly; [] is a match.
+    `pins`: where it and its links are pinned (pinned_at); None: its own pins only."""
+    return (
+        _shape_differences(prog, declared)
+        + _loader_differences(prog, declared)
+        + _pin_differences(set(prog.pins) if pins is None else pins, declared)
+    )
+
+
+def _shape_differences(prog: BpfProgram, declared: DeclaredBpfProgram) -> list[str]:
     out: list[str] = []
     if prog.prog_type != declared.prog_type:
         out.append(f"prog_type {prog.prog_type}, declared {declared.prog_type}")
@@ -49,15 +72,36 @@ def differences(prog: BpfProgram, declared: DeclaredBpfProgram) -> list[str]:
         out.append(f"does not call declared helpers: {', '.join(missing)}")
     if set(prog.kfuncs) != set(declared.kfuncs):
         out.append(f"kfuncs {sorted(prog.kfuncs)}, declared {sorted(declared.kfuncs)}")
+    return out
+
+
+def _loader_differences(prog: BpfProgram, declared: DeclaredBpfProgram) -> list[str]:
+    """Every live process that holds the program must be the declared loader; with none
+    alive, the declared pins are what keeps it (and what is checked)."""
     loaders = [o for o in prog.owners if o.exe]
-    if not loaders:
-        out.append("no loader process to check against the declared loader")
+    loader = declared.loader
+    if loader is None:
+        return [f"held by {o.exe} (pid {o.pid}), but no loader is declared" for o in loaders]
+    if not loaders and not declared.pins:
+        return ["no loader process to check against the declared loader"]
+    out: list[str] = []
     for owner in loaders:
-        if owner.exe != declared.loader.path:
-            out.append(f"loaded by {owner.exe} (pid {owner.pid}), declared {declared.loader.path}")
-        elif exe_sha256(f"/proc/{owner.pid}/exe") != declared.loader.sha256:
+        if owner.exe != loader.path:
+            out.append(f"loaded by {owner.exe} (pid {owner.pid}), declared {loader.path}")
+        elif exe_sha256(f"/proc/{owner.pid}/exe") != loader.sha256:
             out.append(f"loader {owner.exe} (pid {owner.pid}) has another sha256 than declared")
     return out
+
+
+def _pin_differences(pins: set[str], declared: DeclaredBpfProgram) -> list[str]:
+    wanted = set(declared.pins)
+    if pins == wanted:
+        return []
+    if not pins:
+        return [f"not pinned, declared pinned at {sorted(wanted)}"]
+    if not wanted:
+        return [f"pinned at {sorted(pins)}, declared no pins"]
+    return [f"pinned at {sorted(pins)}, declared {sorted(wanted)}"]
 
 
 def in_scope(request: Request, host: str) -> bool:
@@ -72,35 +116,62 @@ def apply_exceptions(
 ) -> list[Finding]:
     """The findings with the ones that a live exception covers marked allowed, plus an
     `exception-mismatch` finding for each program whose name an exception declares but whose
-    hook differs from the declaration."""
+    hook differs from the declaration, and an `exception-match` (info, allowed) for each
+    covered program that no finding is about: every approved hook in force is shown."""
     host = host or platform.node()
     live = [r for r in exceptions if in_scope(r, host)]
-    programs = {r.prog_id: r for r in records if isinstance(r, BpfProgram)}
-    allowed: dict[int, Request] = {}
+    links = [r for r in records if isinstance(r, BpfLink)]
+    allowed: dict[int, tuple[BpfProgram, Request]] = {}
     out: list[Finding] = []
-    for prog in programs.values():
-        declared = [(r, d) for r in live for d in r.manifest.bpf_programs if d.name == prog.name]
-        for request, decl in declared:
-            diff = differences(prog, decl)
-            if not diff:
-                allowed[prog.prog_id] = request
-                break
-        else:
-            for request, decl in declared:
-                out.append(_mismatch(prog, request, differences(prog, decl)))
-    for finding in findings:
-        prog_id = finding.evidence.get("prog_id")
-        covering = allowed.get(prog_id) if isinstance(prog_id, int) else None
-        if covering is not None and finding.surface == EBPF:
-            finding = replace(
-                finding,
-                disposition=Disposition.ALLOWED,
-                summary=f"allowed by exception #{covering.id} ({covering.vendor}, until "
-                f"{covering.expires}): {finding.summary}",
-                evidence={**finding.evidence, "exception": covering.id},
-            )
-        out.append(finding)
+    for prog in (r for r in records if isinstance(r, BpfProgram)):
+        request, mismatches = _verdict(prog, pinned_at(prog, links), live)
+        if request is not None:
+            allowed[prog.prog_id] = (prog, request)
+        out += mismatches
+    about = {f.evidence.get("prog_id") for f in findings if f.surface == EBPF}
+    out += [_mark(f, allowed) for f in findings]
+    out += [_match(p, r) for i, (p, r) in allowed.items() if i not in about]
     return out
+
+
+def _verdict(
+    prog: BpfProgram, pins: set[str], live: Sequence[Request]
+) -> tuple[Request | None, list[Finding]]:
+    """The exception that covers `prog`, or the mismatches of those that declare its name."""
+    declared = [(r, d) for r in live for d in r.manifest.bpf_programs if d.name == prog.name]
+    found = [(r, differences(prog, d, pins)) for r, d in declared]
+    for request, diff in found:
+        if not diff:
+            return request, []
+    return None, [_mismatch(prog, request, diff) for request, diff in found]
+
+
+def _mark(finding: Finding, allowed: dict[int, tuple[BpfProgram, Request]]) -> Finding:
+    prog_id = finding.evidence.get("prog_id")
+    if finding.surface != EBPF or not isinstance(prog_id, int) or prog_id not in allowed:
+        return finding
+    covering = allowed[prog_id][1]
+    return replace(
+        finding,
+        disposition=Disposition.ALLOWED,
+        summary=f"allowed by exception #{covering.id} ({covering.vendor}, until "
+        f"{covering.expires}): {finding.summary}",
+        evidence={**finding.evidence, "exception": covering.id},
+    )
+
+
+def _match(prog: BpfProgram, request: Request) -> Finding:
+    return Finding(
+        EBPF,
+        "exception-match",
+        Severity.INFO,
+        f"prog {prog.prog_id} ({prog.name}, {prog.prog_type})",
+        f"allowed by exception #{request.id} ({request.vendor}, until {request.expires}): "
+        f"the program is exactly as declared",
+        Disposition.ALLOWED,
+        None,
+        {"prog_id": prog.prog_id, "name": prog.name, "exception": request.id},
+    )
 
 
 def _mismatch(prog: BpfProgram, request: Request, diff: list[str]) -> Finding:

@@ -1,0 +1,143 @@
+"""Where each loaded module's code and patch-site tables are: read from its `struct module`
+through vmlinux BTF and the memory reader.
+
+/proc/modules gives a module's base and total size, not where its text ends; sysfs gives
+section starts, not sizes. The loader's own record does: before 6.4 `core_layout` (a `struct
+module_layout`: base, size, text_size, ...: text comes first, page-aligned); from 6.4
+`mem[MOD_TEXT]` (a `struct module_memory`, MOD_TEXT = 0). The module's jump table and static
+call sites are `jump_entries`/`num_jump_entries` and `static_call_sites`/
+`num_static_call_sites`: the same entry formats as the core kernel's tables.
+
+A module's `struct module` is its `__this_module` symbol in kallsyms (a data symbol: listed
+with CONFIG_KALLSYMS_ALL), else the address of its section .gnu.linkonce.this_module in
+/sys/module/<name>/sections/. Every value read is checked against what it must be (the name in
+the struct, a kernel address, a sane size) before it is used.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from patchguard.kernel.btf import Btf
+from patchguard.kernel.errors import KernelAccessError
+from patchguard.kernel.kallsyms import SymbolTable
+from patchguard.kernel.memory import KERNEL_SPACE, KernelMemory
+
+MODULE_NAME_LEN = 56  # MODULE_NAME_LEN: 64 - sizeof(unsigned long)
+MAX_TEXT = 256 << 20  # no module has 256 MiB of code: a bigger value is a misread
+MAX_ENTRIES = 1 << 20
+JUMP_ENTRY_SIZE = 16  # x86-64 struct jump_entry: s32 code, s32 target, long key
+STATIC_CALL_SITE_SIZE = 8  # struct static_call_site: s32 addr, s32 key
+
+
+@dataclass(frozen=True)
+class ModuleText:
+    name: str
+    module: int  # address of its struct module
+    text: int  # first byte of its (core) text
+    text_size: int
+    jump_table: int  # address of its jump entries (0: none)
+    jump_entries: int
+    static_call_sites: int
+    static_call_count: int
+
+    @property
+    def jump_table_size(self) -> int:
+        return self.jump_entries * JUMP_ENTRY_SIZE
+
+    @property
+    def static_call_size(self) -> int:
+        return self.static_call_count * STATIC_CALL_SITE_SIZE
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Offsets in struct module (vmlinux BTF) of what is read here."""
+
+    name: int
+    text_base: int  # core_layout.base or mem[MOD_TEXT].base
+    text_size: int  # core_layout.text_size or mem[MOD_TEXT].size (unsigned int in both)
+    jump_entries: int | None
+    num_jump_entries: int | None
+    static_call_sites: int | None
+    num_static_call_sites: int | None
+
+
+def layout(btf: Btf) -> Layout:
+    name = btf.member_offset("module", "name")
+    mem = btf.member_offset("module", "mem")
+    core = btf.member_offset("module", "core_layout")
+    if name is None:
+        raise KernelAccessError("vmlinux BTF", "no struct module.name")
+    if mem is not None:  # 6.4+: mem[MOD_TEXT], MOD_TEXT == 0
+        base, size = (btf.member_offset("module_memory", m) for m in ("base", "size"))
+    elif core is not None:
+        mem = core
+        base, size = (btf.member_offset("module_layout", m) for m in ("base", "text_size"))
+    else:
+        raise KernelAccessError("vmlinux BTF", "struct module has neither mem nor core_layout")
+    if base is None or size is None:
+        raise KernelAccessError("vmlinux BTF", "the module text's base or size is not in BTF")
+    return Layout(
+        name=name,
+        text_base=mem + base,
+        text_size=mem + size,
+        jump_entries=btf.member_offset("module", "jump_entries"),
+        num_jump_entries=btf.member_offset("module", "num_jump_entries"),
+        static_call_sites=btf.member_offset("module", "static_call_sites"),
+        num_static_call_sites=btf.member_offset("module", "num_static_call_sites"),
+    )
+
+
+def struct_module_address(symbols: SymbolTable, name: str, sysfs_text: str | None) -> int | None:
+    """Where module `name`'s struct module is: kallsyms, else its sysfs section address."""
+    found = symbols.address_of("__this_module", name)
+    if found is None and sysfs_text:
+        try:
+            found = int(sysfs_text.strip(), 16) or None
+        except ValueError:
+            return None
+    return found
+
+
+def _u64(memory: KernelMemory, address: int) -> int:
+    return int(struct.unpack("<Q", memory.read(address, 8))[0])
+
+
+def _u32(memory: KernelMemory, address: int) -> int:
+    return int(struct.unpack("<I", memory.read(address, 4))[0])
+
+
+def _table(
+    memory: KernelMemory, module: int, at: int | None, count: int | None, what: str
+) -> tuple[int, int]:
+    if at is None or count is None:  # kernel built without jump labels or static calls
+        return 0, 0
+    address, n = _u64(memory, module + at), _u32(memory, module + count)
+    if n and (address < KERNEL_SPACE or n > MAX_ENTRIES):
+        raise KernelAccessError("struct module", f"implausible {what}: {n} at {address:#x}")
+    return (address, n) if n else (0, 0)
+
+
+def read_module(memory: KernelMemory, offsets: Layout, name: str, module: int) -> ModuleText:
+    """The text and tables of the module whose struct module is at `module`."""
+    where = f"struct module of {name} at {module:#x}"
+    raw_name = memory.read(module + offsets.name, MODULE_NAME_LEN)
+    if raw_name.split(b"\0", 1)[0].decode(errors="replace") != name:
+        raise KernelAccessError(where, "its name field does not name it: not a struct module")
+    text = _u64(memory, module + offsets.text_base)
+    size = _u32(memory, module + offsets.text_size)
+    if text < KERNEL_SPACE or not 0 < size <= MAX_TEXT:
+        raise KernelAccessError(where, f"implausible text: {size} bytes at {text:#x}")
+    jump, jumps = _table(
+        memory, module, offsets.jump_entries, offsets.num_jump_entries, "jump table"
+    )
+    calls, ncalls = _table(
+        memory,
+        module,
+        offsets.static_call_sites,
+        offsets.num_static_call_sites,
+        "static call sites",
+    )
+    return ModuleText(name, module, text, size, jump, jumps, calls, ncalls)

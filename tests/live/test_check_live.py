@@ -113,6 +113,39 @@ def test_raw_tracepoint_link_is_explained_then_clean(env: dict[str, str], baseli
     assert not set(found) & {f["subject"] for f in doc["findings"]}, "still patched after detach"
 
 
+def module_tracepoint() -> tuple[str, str, str]:
+    """(module, category, event) of a tracepoint that a loaded module defines (ext4's when it
+    is a module): its static key's jump sites and its static call trampoline are in that
+    module's text."""
+    if not Path("/proc/modules").exists():
+        pytest.skip("this kernel has no loadable modules (no /proc/modules): the lab runs this")
+    found: list[tuple[str, str, str]] = []
+    for line in Path("/proc/kallsyms").read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[2].startswith("__SCT__tp_func_"):
+            event, module = parts[2].removeprefix("__SCT__tp_func_"), parts[3].strip("[]")
+            found += [(module, d.parent.name, event) for d in bp.TRACEFS.glob(f"events/*/{event}")]
+    if not found:
+        pytest.skip("no loaded module defines a tracepoint here")
+    return min(found, key=lambda f: (f[0] != "ext4", f))
+
+
+def test_module_tracepoint_attach_is_explained_in_module_text(
+    env: dict[str, str], baseline: Path
+) -> None:
+    module, category, event = module_tracepoint()
+    with bp.attach_tracepoint(category, event):
+        code, doc = check(env)
+        found = _explained(doc)
+    assert code == 0
+    in_module = {s: t for s, t in found.items() if s.endswith(f" [{module}]")}
+    assert "jump-label" in in_module.values(), found  # the key's site in the module's code
+    assert in_module.get(f"__SCT__tp_func_{event}+0x0 [{module}]") == "static-call-trampoline"
+    code, doc = check(env)
+    assert code == 0 and unexplained(doc) == []
+    assert not set(found) & {f["subject"] for f in doc["findings"]}, "still patched after detach"
+
+
 def _rewrite(path: Path, change: dict[str, bytes | None]) -> None:
     """Rewrite the zip with some members replaced (or removed, for None); every other member
     is copied with its own ZipInfo (name, compression, timestamp), so only `change` differs."""

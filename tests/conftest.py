@@ -54,3 +54,19 @@ def live_kernel() -> None:
     why_not = bpf_usable()
     if why_not is not None:
         pytest.skip(f"live kernel tests need root and bpf(2): {why_not}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The kernel lab's boots of this run (issue: print boot-to-first-line and the lab suite's
+    time in the CI log)."""
+    from support.lab_guest import BOOTS
+
+    if not BOOTS:
+        return
+    terminalreporter.section("kernel lab boots")
+    for test, first_line, total in BOOTS:
+        terminalreporter.write_line(
+            f"{test}: boot to first line {first_line:.1f} s, boot to poweroff {total:.1f} s"
+        )
+    total = sum(t for _, _, t in BOOTS)
+    terminalreporter.write_line(f"lab suite: {len(BOOTS)} boots, {total:.0f} s in the guest")

@@ -4,41 +4,19 @@ which runs guest_facts.py inside it; the facts the lab promises are asserted her
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
+from support.lab_guest import run_lab
 
 pytestmark = pytest.mark.lab
 
-REPO = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("PATCHGUARD_LAB_CACHE", "/var/cache/patchguard-lab"))
-
 
 @pytest.fixture(scope="module")
-def facts() -> dict[str, Any]:
-    if not (CACHE / "current" / "lab.json").is_file():
-        pytest.skip("lab not built: run lab/build")
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "lab" / "run"),
-            "--timeout",
-            "600",
-            "--",
-            "python3",
-            "/src/tests/lab/guest_facts.py",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=660,
-        check=False,
-    )
-    print(run.stderr, file=sys.stderr)  # lab/run's timing line, shown with -s or on failure
-    assert run.returncode == 0, f"lab/run exited {run.returncode}:\n{run.stderr}"
+def facts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    command = ["python3", "/src/tests/lab/guest_facts.py"]
+    run = run_lab(tmp_path_factory.mktemp("facts"), (), command, timeout=600)
+    assert run.returncode == 0, f"lab/run exited {run.returncode}:\n{run.stderr[-8000:]}"
     result: dict[str, Any] = json.loads(run.stdout)
     assert "errors" not in result, result["errors"]
     return result

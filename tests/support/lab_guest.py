@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("PATCHGUARD_LAB_CACHE", "/var/cache/patchguard-lab"))
 WEDGED_EXIT = 123  # lab/run: a guest CPU stuck in the kernel; the guest was killed
+TIMING = re.compile(r"lab/run: boot ([\d.]+) s, total ([\d.]+) s")
+# (test, boot to the command's first line, boot to poweroff) of every boot in this session:
+# tests/conftest.py prints them at the end of the run (the CI log).
+BOOTS: list[tuple[str, float, float]] = []
 Results = dict[str, Any]
 
 
@@ -54,6 +59,9 @@ def run_lab(
     for attempt in (1, 2):
         run = subprocess.run(lab, capture_output=True, text=True, timeout=timeout + 60, check=False)
         print(run.stdout[-4000:], run.stderr[-8000:], sep="\n", file=sys.stderr)
+        if timing := TIMING.search(run.stderr):
+            test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+            BOOTS.append((test, float(timing.group(1)), float(timing.group(2))))
         if run.returncode != WEDGED_EXIT or attempt == 2:
             break
         # Seen once in CI: both vCPUs of the emulated guest stuck in the kernel while bpftrace

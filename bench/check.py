@@ -3,10 +3,12 @@
 floor = read and SHA-256 the same bytes (every baseline region) through the same memory
 reader; check = verify the signed manifest and the boot, re-read every region, hash each page,
 explain what changed. Target: check (nothing changed) <= 1.3 x floor.
-Scaling: the same with 10 and 100 programs attached to distinct tracepoints (each flips its
-tracepoint's jump labels and static calls), printing the cost per explained site. (fentry
-programs are refused on these machines; the QEMU lab measures those.)
-Run as root: .venv/bin/python bench/check.py [--rounds N]
+Scaling: the same with 0, 10 and 100 programs attached to distinct tracepoints (each flips its
+tracepoint's jump labels and static calls), or with --fentry to distinct kernel functions (each
+patches the function's ftrace site to call a BPF trampoline), printing the cost per explained
+site. fentry programs are refused on these machines; the QEMU lab measures them:
+  lab/run -- python3 bench/check.py --fentry
+Run as root: .venv/bin/python bench/check.py [--rounds N] [--fentry]
 """
 
 from __future__ import annotations
@@ -52,15 +54,34 @@ def tracepoints(limit: int) -> Iterator[tuple[str, str]]:
                 return
 
 
+def functions(limit: int) -> Iterator[str]:
+    """Core kernel functions ftrace can patch (available_filter_functions), in its order."""
+    listed = Path("/sys/kernel/tracing/available_filter_functions").read_text().splitlines()
+    for line in listed:
+        if "[" not in line and not line.startswith("__"):
+            yield line.split()[0]
+            limit -= 1
+            if limit == 0:
+                return
+
+
+def attach_one(target: str | tuple[str, str]) -> bp.Loaded:
+    """fentry on a function name, else a program on a (category, event) tracepoint."""
+    if isinstance(target, str):
+        return bp.attach_fentry(target, "pg_bench")
+    return bp.attach_tracepoint(*target, "pg_bench")
+
+
 @contextlib.contextmanager
-def attached(n: int) -> Iterator[int]:
+def attached(n: int, fentry: bool) -> Iterator[int]:
     progs: list[bp.Loaded] = []
+    targets: Iterator[str | tuple[str, str]] = functions(n * 3) if fentry else tracepoints(n * 3)
     try:
-        for category, event in tracepoints(n * 3):
+        for target in targets:
             if len(progs) == n:
                 break
             with contextlib.suppress(OSError, RuntimeError, bp.bpf.BpfError):
-                progs.append(bp.attach_tracepoint(category, event, "pg_bench"))
+                progs.append(attach_one(target))
         yield len(progs)
     finally:
         for prog in progs:
@@ -70,7 +91,9 @@ def attached(n: int) -> Iterator[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=7)
-    rounds = parser.parse_args().rounds
+    parser.add_argument("--fentry", action="store_true", help="fentry programs, not tracepoints")
+    args = parser.parse_args()
+    rounds, kind = args.rounds, "fentry" if args.fentry else "tracepoint"
     bp.tracepoint_id("sched", "sched_switch")  # mounts tracefs if needed
 
     kernel = Kernel()
@@ -88,14 +111,15 @@ def main() -> None:
         print(f"check, nothing changed: {check:.1f} ms")
         print(f"ratio check/floor: {check / floor:.2f} (target <= 1.3)")
         for n in (10, 100):
-            with attached(n) as got:
+            with attached(n, args.fentry) as got:
+                kernel.refresh()  # the new programs' trampolines are new kallsyms lines
                 outcome = verify(kernel, path, public)
                 sites = outcome.state.counts["explained"]
                 tampering = outcome.state.counts["tampering"]
                 ms = median_ms(lambda: verify(kernel, path, public), max(3, rounds // 2))
             per_site = (ms - check) / sites if sites else float("nan")
             print(
-                f"{got} tracepoint programs: {sites} explained sites, {tampering} tampering, "
+                f"{got} {kind} programs: {sites} explained sites, {tampering} tampering, "
                 f"check {ms:.1f} ms, {per_site:.2f} ms per explained site"
             )
     kernel.close()

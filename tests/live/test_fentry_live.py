@@ -126,3 +126,38 @@ def test_lsm_program_is_reported_with_its_hook(tmp_path: Path) -> None:
         f["technique"] for f in doc["findings"] if f["evidence"].get("prog_id") == prog.prog_id
     }
     assert {"lsm-hook", "sensitive-hook"} <= techniques
+
+
+def test_guard_kept_running_explains_an_fentry_attached_after_it_started(tmp_path: Path) -> None:
+    """The guard keeps one kernel handle for its whole life. Its sweeps must see the BPF
+    trampoline that an fentry attached since creates (a new kallsyms line): read once at
+    start, the trampoline would be code no symbol names, and the site tampering."""
+    import io
+
+    from patchguard.engine.baseline_store import save_baseline
+    from patchguard.engine.integrity import capture
+    from patchguard.engine.keys import HostKey
+    from patchguard.guard.config import parse_config
+    from patchguard.guard.daemon import Guard
+    from patchguard.kernel import Kernel
+
+    key, baseline = tmp_path / "host.key", tmp_path / "baseline.zip"
+    kernel = Kernel()
+    try:
+        save_baseline(capture(kernel).baseline, baseline, HostKey.load_or_create(key))
+    finally:
+        kernel.close()
+    body = f'[guard]\nbaseline = "{baseline}"\nkey = "{key}"\nsweep_mean = 600\n'
+    guard = Guard(parse_config(body, tmp_path / "guard.toml"), None, io.StringIO())
+    try:
+        assert [f for f in guard.check_baseline() if f.severity.label == "critical"] == []
+        try:
+            prog = bp.attach_fentry(TARGET, "pg_t_guarded")
+        except BpfError as exc:
+            pytest.skip(f"fentry refused by this kernel ({exc}); the lab runs this")
+        with prog:
+            found = guard.check_baseline()
+        mine = [f for f in found if f.subject.startswith(TARGET)]
+        assert mine and all(f.disposition == "explained" for f in mine), found
+    finally:
+        guard.kernel.close()

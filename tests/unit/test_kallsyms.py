@@ -94,3 +94,19 @@ def test_symbols_exactly_at_an_address(table: SymbolTable) -> None:
     # _stext shares its address with other names: all of them, in file order
     names = [s.name for s in table.at(0xFFFFFFFF81000000)]
     assert "_stext" in names and len(names) >= 2
+
+
+def test_refresh_reads_kallsyms_again(tmp_path: Path) -> None:
+    """A handle kept across sweeps (the guard) sees symbols that appeared since: a BPF
+    trampoline created after the first read names the code an fentry site now calls."""
+    kallsyms = tmp_path / "proc" / "kallsyms"
+    kallsyms.parent.mkdir()
+    kallsyms.write_text("ffffffff81000000 T _stext\n")
+    kernel = Kernel(tmp_path)
+    assert kernel.kallsyms.address_of("bpf_trampoline_6442") is None
+    kallsyms.write_text(
+        "ffffffff81000000 T _stext\nffffffffc0200000 t bpf_trampoline_6442\t[bpf]\n"
+    )
+    assert kernel.kallsyms.address_of("bpf_trampoline_6442") is None  # read once ...
+    kernel.refresh()
+    assert kernel.kallsyms.address_of("bpf_trampoline_6442") == 0xFFFFFFFFC0200000  # ... again

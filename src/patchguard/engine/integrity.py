@@ -447,6 +447,7 @@ def verify(kernel: Kernel, path: Path, public_key: bytes) -> CheckOutcome:
     }
     index: SiteIndex | None = None
     owners = Owners({}, frozenset(), {})
+    dispatch = dispatch_of(manifest)
     for entry in entries:
         if not changed[entry.name]:
             continue
@@ -467,14 +468,13 @@ def verify(kernel: Kernel, path: Path, public_key: bytes) -> CheckOutcome:
             index = site_index(path, manifest, owners, stale)
         read = _reader(kernel.memory())
         verdicts = explain(runs, index, kernel.kallsyms, read)
-        dispatch = dispatch_of(manifest)
         findings += [
             dispatch_finding(v, dispatch, read, kernel.kallsyms)
             or ipmodify_finding(v, owners, kernel.kallsyms)
             or verdict_finding(v)
             for v in verdicts
         ]
-    how = dispatch_record(kernel, dispatch_of(manifest))
+    how = dispatch_record(kernel, dispatch)
     counts["syscalls_mapped"] = how.syscalls_mapped
     counts["explained"] = sum(f.disposition == Disposition.EXPLAINED for f in findings)
     counts["tampering"] = sum(f.disposition == Disposition.TAMPERING for f in findings)

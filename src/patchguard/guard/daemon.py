@@ -188,6 +188,7 @@ class Guard:
         if why_not and why_not != self._ledger_problem:
             self.log.send({"event": "ledger-untrusted", "message": why_not})
         self._ledger_problem = why_not
+        self.kernel.refresh()  # symbols of modules and BPF programs loaded since the last one
         report = run_scan(self.kernel, surfaces, policy=policy)
         self.metrics.unavailable(sum(1 for r in report.results if r.state.gaps))
         found: list[Finding] = []
@@ -204,6 +205,7 @@ class Guard:
         assert self.config.baseline is not None
         try:
             key = HostKey.load(self.config.key)
+            self.kernel.refresh()
             return verify(self.kernel, self.config.baseline, key.public_key_bytes()).findings
         except (BaselineError, KeyFileError) as exc:
             return [

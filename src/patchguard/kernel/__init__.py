@@ -87,6 +87,16 @@ class Kernel:
         # A split BTF resolves vmlinux ids too: only its own ids are the module's functions.
         return f"{func} [{name}]" if func and type_id >= module_btf.start_id else func
 
+    def refresh(self) -> None:
+        """Forget what changes while the kernel runs: kallsyms (modules, BPF programs and
+        trampolines come and go with their symbols) and the BTF objects of modules. A handle
+        kept across sweeps (the guard) calls this before each one, or a trampoline created
+        since would be code no symbol names. vmlinux BTF and the memory reader stay."""
+        with self._lock:
+            self._kallsyms = None
+            self._module_btf.clear()
+            self.__dict__.pop("_btf_names", None)
+
     @property
     def memory_reader(self) -> str | None:
         """Which reader the scan used ("ebpf", "kcore"), None if none was opened."""

@@ -46,6 +46,8 @@ ffffffff814b2990 t __pfx_perf_syscall_enter
 ffffffff814b29a0 t perf_syscall_enter
 ffffffff816bab60 T __pfx_vfs_read
 ffffffff816bab70 T vfs_read
+ffffffff81249a40 W __pfx_calibration_delay_done
+ffffffff81249a50 W calibration_delay_done
 ffffffff822057f0 T __x86_return_thunk
 ffffffff82206608 T __SCT__tp_func_sys_enter
 ffffffff82206610 T __SCT__tp_func_sys_exit
@@ -334,6 +336,16 @@ def test_ftrace_call_to_bpf_trampoline_with_a_live_owner_is_explained() -> None:
     assert verdict.owner == owners[VFS_READ]
     assert verdict.location == "vfs_read+0x4"
     assert "bpf_trampoline_6442450945+0x0 [bpf]" in verdict.explanation
+
+
+def test_ftrace_site_of_a_weak_function_is_one_too() -> None:
+    # kallsyms types __weak functions W (seen in the lab: fentry on calibration_delay_done)
+    weak = 0xFFFFFFFF81249A50
+    owners = {weak: "BPF link 9 (fentry prog 51 pg_bench)"}
+    verdict = judge(
+        weak, x86.NOP5, jmp32(weak, BPF_TRAMPOLINE, x86.CALL), index(ftrace_owners=owners)
+    )
+    assert verdict.explained and verdict.technique == "ftrace-site", verdict.explanation
 
 
 def test_ftrace_call_whose_owner_is_gone_is_tampering() -> None:

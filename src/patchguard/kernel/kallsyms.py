@@ -45,7 +45,9 @@ class Symbol:
 
     @property
     def is_text(self) -> bool:
-        return self.type in "Tt"
+        # W/w: a weak function (__weak calibration_delay_done, the cond_syscall stubs): code
+        # like T/t, with its ftrace site and all; weak data objects are V/v.
+        return self.type in "TtWw"
 
 
 @dataclass(frozen=True)

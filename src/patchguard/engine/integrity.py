@@ -408,10 +408,14 @@ class SyscallDispatch:
     syscalls_mapped: int  # dispatch jumps resolved to one syscall number
 
 
-def dispatch_record(kernel: Kernel, dispatch: list[DispatchEntry]) -> SyscallDispatch:
-    functions = tuple(dict.fromkeys(e.function for e in dispatch))
+def dispatch_record(kernel: Kernel, manifest: Manifest) -> SyscallDispatch:
+    """From the baseline's rows as stored (function, insn, size, lo, hi, ...): building the
+    entries costs more than the rest of an unchanged check's bookkeeping."""
+    rows = manifest.sites.get("syscall_dispatch", [])
+    assert isinstance(rows, list)
+    functions = tuple(dict.fromkeys(str(row[0]) for row in rows))
     if functions:
-        return SyscallDispatch("code", functions, sum(e.nr is not None for e in dispatch))
+        return SyscallDispatch("code", functions, sum(row[3] == row[4] for row in rows))
     table = kernel.kallsyms.address_of("sys_call_table")
     return SyscallDispatch("sys_call_table" if table else "unknown", (), 0)
 
@@ -447,7 +451,7 @@ def verify(kernel: Kernel, path: Path, public_key: bytes) -> CheckOutcome:
     }
     index: SiteIndex | None = None
     owners = Owners({}, frozenset(), {})
-    dispatch = dispatch_of(manifest)
+    dispatch: list[DispatchEntry] = []
     for entry in entries:
         if not changed[entry.name]:
             continue
@@ -466,6 +470,7 @@ def verify(kernel: Kernel, path: Path, public_key: bytes) -> CheckOutcome:
             owners, owner_gaps = current_owners(kernel)
             gaps += owner_gaps
             index = site_index(path, manifest, owners, stale)
+            dispatch = dispatch_of(manifest)
         read = _reader(kernel.memory())
         verdicts = explain(runs, index, kernel.kallsyms, read)
         findings += [
@@ -474,7 +479,7 @@ def verify(kernel: Kernel, path: Path, public_key: bytes) -> CheckOutcome:
             or verdict_finding(v)
             for v in verdicts
         ]
-    how = dispatch_record(kernel, dispatch)
+    how = dispatch_record(kernel, manifest)
     counts["syscalls_mapped"] = how.syscalls_mapped
     counts["explained"] = sum(f.disposition == Disposition.EXPLAINED for f in findings)
     counts["tampering"] = sum(f.disposition == Disposition.TAMPERING for f in findings)

@@ -32,10 +32,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
-import os
 import re
-import secrets
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -44,6 +43,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import IO, NoReturn
 
+from patchguard.atomic import write_atomic
 from patchguard.engine.baseline import PAGE, Baseline, BaselineMeta, Region, page_hashes
 from patchguard.engine.keys import HostKey, fingerprint_of, verify_signature
 
@@ -188,35 +188,12 @@ def save_baseline(baseline: Baseline, path: Path, key: HostKey) -> None:
     packed = {name: zlib.compress(r.data, REGION_LEVEL) for name, r in baseline.regions.items()}
     manifest = _manifest_bytes(baseline, key, packed)
     signature = key.sign(manifest)
-    directory = path.parent
-    tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    archive = io.BytesIO()
+    _write_zip(archive, packed, manifest, signature)
     try:
-        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        write_atomic(path, archive.getvalue(), 0o600)
     except OSError as exc:
         raise BaselineError(path, f"cannot write the baseline: {_why(exc)}") from exc
-    try:
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), 0o600)
-            _write_zip(out, packed, manifest, signature)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise BaselineError(path, f"cannot write the baseline: {_why(exc)}") from exc
-        raise
-    try:
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:  # some file systems cannot fsync a directory
-            raise BaselineError(
-                path, f"written, but the directory could not be flushed: {_why(exc)}"
-            ) from exc
 
 
 # ---------------------------------------------------------------------------- loading

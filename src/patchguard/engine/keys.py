@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -21,6 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from patchguard.atomic import write_atomic
 
 DEFAULT_KEY_PATH = Path("/var/lib/patchguard/host.key")
 KEY_ENV = "PATCHGUARD_KEY"
@@ -128,39 +129,13 @@ def _read_private_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:  # some file systems cannot fsync a directory
-            raise
-    finally:
-        os.close(fd)
-
-
 def _write_new_key(path: Path, pem: bytes) -> None:
-    """Directory 0700 if missing; key written to a temporary file, fsynced, renamed; mode 0600."""
+    """Directory 0700 if missing; the key written atomically with mode 0600."""
     parent = path.parent
     if not parent.is_dir():
         parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(parent, 0o700)  # mkdir's mode is narrowed by the umask; make it exact
-    tmp = parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(pem)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(parent)
+    write_atomic(path, pem, 0o600)
 
 
 class HostKey:

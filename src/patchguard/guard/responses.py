@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from patchguard.atomic import write_atomic
 from patchguard.engine.findings import Finding
 from patchguard.kernel import bpf
 from patchguard.surfaces.ebpf import BpfProgram
@@ -70,12 +71,8 @@ def bugcheck(findings: Sequence[dict[str, object]], directory: Path, dry_run: bo
     through sysrq. With dry_run the report is written and nothing else happens."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     report = directory / "bugcheck-report.json"
-    tmp = report.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"findings": list(findings), "dry_run": dry_run}, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, report)
+    body = json.dumps({"findings": list(findings), "dry_run": dry_run}, indent=1)
+    write_atomic(report, body.encode(), 0o600)
     os.sync()
     if not dry_run:
         with contextlib.suppress(OSError), open(SYSRQ, "w") as trigger:

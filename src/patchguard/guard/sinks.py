@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import syslog
 import threading
 import urllib.error
@@ -15,6 +14,8 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
+
+from patchguard.atomic import write_atomic
 
 Event = Mapping[str, Any]
 SYSLOG_PRIORITY = {
@@ -69,12 +70,7 @@ class Spool:
         with self._lock:
             seq, self._next = self._next, self._next + 1
         path = self.directory / f"{seq:012d}.json"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(event, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(event, sort_keys=True).encode(), 0o600)
         return path
 
     def pending(self) -> list[Path]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import platform
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from patchguard.engine.findings import Disposition, Finding, Severity
 from patchguard.engine.scan import Policy
 from patchguard.kernel.errors import oserror_reason
 from patchguard.policy.manifest import DeclaredBpfProgram
+from patchguard.policy.match_hooks import allowed_by
 from patchguard.policy.rules import Request
 from patchguard.surfaces.base import SurfaceState
 from patchguard.surfaces.ebpf import NAME as EBPF
@@ -150,14 +150,7 @@ def _mark(finding: Finding, allowed: dict[int, tuple[BpfProgram, Request]]) -> F
     prog_id = finding.evidence.get("prog_id")
     if finding.surface != EBPF or not isinstance(prog_id, int) or prog_id not in allowed:
         return finding
-    covering = allowed[prog_id][1]
-    return replace(
-        finding,
-        disposition=Disposition.ALLOWED,
-        summary=f"allowed by exception #{covering.id} ({covering.vendor}, until "
-        f"{covering.expires}): {finding.summary}",
-        evidence={**finding.evidence, "exception": covering.id},
-    )
+    return allowed_by(finding, allowed[prog_id][1])
 
 
 def _match(prog: BpfProgram, request: Request) -> Finding:

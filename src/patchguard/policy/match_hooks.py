@@ -154,7 +154,7 @@ def apply_hook_exceptions(
             if covering is not None:
                 break
         if covering is not None:
-            out.append(_allowed(finding, covering))
+            out.append(allowed_by(finding, covering))
             continue
         out.append(finding)
         for request, diff in mismatches:
@@ -177,7 +177,8 @@ def _differences(
     return module_differences(finding, declared, signer, taints)
 
 
-def _allowed(finding: Finding, request: Request) -> Finding:
+def allowed_by(finding: Finding, request: Request) -> Finding:
+    """`finding` marked allowed by the exception `request`: shown, with its number."""
     return replace(
         finding,
         disposition=Disposition.ALLOWED,

@@ -40,10 +40,15 @@ def module_builder() -> Any:
 
 
 def run_lab(
-    results: Path, modules: Sequence[str], command: Sequence[str], timeout: float = 900
+    results: Path,
+    modules: Sequence[str],
+    command: Sequence[str],
+    timeout: float = 900,
+    kernel: str = "stock",
 ) -> subprocess.CompletedProcess[str]:
     """Copy `modules` (.ko, built for the guest) into `results`, the guest's /results, and run
-    `command` in one boot with the whole kernel log on stderr."""
+    `command` in one boot of `kernel` ("stock" 6.1 or "newer", see lab/run --kernel) with the
+    whole kernel log on stderr."""
     if not (CACHE / "current" / "lab.json").is_file():
         pytest.skip("lab not built: run lab/build")
     if modules:
@@ -55,12 +60,13 @@ def run_lab(
         for name in modules:
             shutil.copy2(built / f"{name}.ko", results / f"{name}.ko")
     lab = [sys.executable, str(REPO / "lab" / "run"), "--timeout", str(timeout), "--console"]
+    lab += ["--kernel", kernel]
     lab += ["--results", str(results), "--", *command]
     for attempt in (1, 2):
         run = subprocess.run(lab, capture_output=True, text=True, timeout=timeout + 60, check=False)
         print(run.stdout[-4000:], run.stderr[-8000:], sep="\n", file=sys.stderr)
         if timing := TIMING.search(run.stderr):
-            test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+            test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0] + f" ({kernel})"
             BOOTS.append((test, float(timing.group(1)), float(timing.group(2))))
         if run.returncode != WEDGED_EXIT or attempt == 2:
             break
@@ -70,6 +76,14 @@ def run_lab(
             f"the lab guest wedged; booting it again:\n{run.stderr[-3000:]}", stacklevel=1
         )
     return run
+
+
+def lab_build() -> dict[str, Any]:
+    """The current lab build's lab.json (skips the test if the lab is not built)."""
+    if not (CACHE / "current" / "lab.json").is_file():
+        pytest.skip("lab not built: run lab/build")
+    found: dict[str, Any] = json.loads((CACHE / "current" / "lab.json").read_text())
+    return found
 
 
 def run_script(results: Path, script: str, modules: Sequence[str], timeout: float = 900) -> Results:

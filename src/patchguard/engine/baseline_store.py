@@ -388,12 +388,15 @@ def _read_stored(path: Path, zf: zipfile.ZipFile, entry: RegionEntry) -> bytes:
     if len(stored) != entry.stored_size or hashlib.sha256(stored).hexdigest() != (
         entry.stored_sha256
     ):
-        raise BaselineError(
-            path,
-            f"region {entry.name}: stored data does not match its manifest "
-            "(changed after it was signed)",
-        )
+        raise BaselineError(path, _stored_changed(entry))
     return stored
+
+
+def _stored_changed(entry: RegionEntry) -> str:
+    return (
+        f"region {entry.name}: stored data does not match its manifest "
+        "(changed after it was signed)"
+    )
 
 
 def _read_region_data(path: Path, zf: zipfile.ZipFile, entry: RegionEntry) -> bytes:
@@ -442,7 +445,30 @@ def verify_stored(path: Path, manifest: Manifest) -> None:
 
 def _verify_stored(path: Path, zf: zipfile.ZipFile, manifest: Manifest) -> None:
     for entry in manifest.regions.values():
-        _read_stored(path, zf, entry)
+        _hash_stored(path, zf, entry)
+
+
+STREAM_CHUNK = 256 << 10
+
+
+def _hash_stored(path: Path, zf: zipfile.ZipFile, entry: RegionEntry) -> None:
+    """_read_stored without keeping the bytes: read and hashed in chunks, so that `check`, which
+    runs this beside its kernel reads, never waits long for the GIL (reading, CRC and SHA-256
+    release it; copying megabytes at once would not)."""
+    digest, size = hashlib.sha256(), 0
+    try:
+        with zf.open(entry.member) as member:
+            while size <= entry.stored_size and (chunk := member.read(STREAM_CHUNK)):
+                digest.update(chunk)
+                size += len(chunk)
+    except KeyError:
+        raise BaselineError(path, f"missing member {entry.member}: {_NOT_A_BASELINE}") from None
+    except OSError as exc:
+        raise BaselineError(path, f"cannot read member {entry.member}: {_why(exc)}") from exc
+    except _CORRUPT_MEMBER as exc:
+        raise BaselineError(path, f"member {entry.member} is corrupt: {exc}") from exc
+    if size != entry.stored_size or digest.hexdigest() != entry.stored_sha256:
+        raise BaselineError(path, _stored_changed(entry))
 
 
 def read_region(path: Path, name: str, manifest: Manifest) -> bytes:

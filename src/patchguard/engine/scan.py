@@ -77,6 +77,10 @@ def _collect(surface: Surface, kernel: Kernel) -> SurfaceState:
 Policy = Callable[[list[Finding], SurfaceState], list[Finding]]
 
 
+# The surfaces that take longest (bench/scan "each surface alone"), longest first.
+LONGEST = ("processes", "kernel_text", "syscalls", "modules")
+
+
 def _run_one(surface: Surface, kernel: Kernel, policy: Policy | None) -> SurfaceResult:
     s0 = time.perf_counter()
     state = _collect(surface, kernel)
@@ -105,8 +109,13 @@ def run_scan(
             progress(surface)
         return _run_one(surface, kernel, policy)
 
+    # The longest surfaces start first, so that the pool's workers finish together (bench/scan:
+    # 191 -> 159 ms for a whole scan here); results keep the order asked for.
+    rank = {name: i for i, name in enumerate(LONGEST)}
+    order = sorted(range(len(surfaces)), key=lambda i: rank.get(surfaces[i].name, len(LONGEST)))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(pool.map(run, surfaces))
+        futures = {i: pool.submit(run, surfaces[i]) for i in order}
+        results = [futures[i].result() for i in range(len(surfaces))]
     return report_for(kernel, results, t0, started)
 
 

@@ -81,7 +81,7 @@ def to_json(report: ScanReport) -> dict[str, Any]:
 def render(report: ScanReport, console: Console) -> None:
     reader = report.memory_reader or "none"
     console.print(
-        f"[bold]patchguard scan[/] {report.host} · kernel {report.kernel_release} · "
+        f"[bold]patchguard {report.command}[/] {report.host} · kernel {report.kernel_release} · "
         f"memory reader: {reader} · {report.seconds:.2f}s"
     )
     table = Table(title="Surfaces", title_justify="left")

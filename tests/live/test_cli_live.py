@@ -30,7 +30,7 @@ def test_scan_prints_surfaces_findings_and_gaps() -> None:
     assert out.returncode in (0, 1), out.stderr
     for title in (
         "Security posture",
-        "Core kernel text",
+        "Kernel text",
         "eBPF programs and links",
         "ftrace, kprobes and",
         "Loadable modules",

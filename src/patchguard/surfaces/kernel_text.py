@@ -35,7 +35,7 @@ def hash_range(memory: KernelMemory, start: int, end: int) -> str:
 
 class KernelTextSurface:
     name = NAME
-    title = "Core kernel text"
+    title = "Kernel text"
 
     def collect(self, kernel: Kernel) -> SurfaceState:
         try:

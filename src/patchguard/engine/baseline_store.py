@@ -30,6 +30,7 @@ give the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -37,7 +38,7 @@ import json
 import re
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -218,17 +219,23 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
         raise BaselineError(path, f"{_NOT_A_BASELINE} ({exc})") from exc
 
 
-def _read_member(path: Path, zf: zipfile.ZipFile, name: str, limit: int) -> bytes:
-    """At most `limit` + 1 bytes of a member (so a caller can tell 'too long')."""
+@contextlib.contextmanager
+def _member_errors(path: Path, name: str) -> Iterator[None]:
+    """Reading member `name` of the zip: what can go wrong, said as one BaselineError."""
     try:
-        with zf.open(name) as member:
-            return member.read(limit + 1)
+        yield
     except KeyError:
         raise BaselineError(path, f"missing member {name}: {_NOT_A_BASELINE}") from None
     except OSError as exc:
         raise BaselineError(path, f"cannot read member {name}: {_why(exc)}") from exc
     except _CORRUPT_MEMBER as exc:
         raise BaselineError(path, f"member {name} is corrupt: {exc}") from exc
+
+
+def _read_member(path: Path, zf: zipfile.ZipFile, name: str, limit: int) -> bytes:
+    """At most `limit` + 1 bytes of a member (so a caller can tell 'too long')."""
+    with _member_errors(path, name), zf.open(name) as member:
+        return member.read(limit + 1)
 
 
 def _peek(manifest_bytes: bytes) -> dict[str, object]:
@@ -456,17 +463,10 @@ def _hash_stored(path: Path, zf: zipfile.ZipFile, entry: RegionEntry) -> None:
     runs this beside its kernel reads, never waits long for the GIL (reading, CRC and SHA-256
     release it; copying megabytes at once would not)."""
     digest, size = hashlib.sha256(), 0
-    try:
-        with zf.open(entry.member) as member:
-            while size <= entry.stored_size and (chunk := member.read(STREAM_CHUNK)):
-                digest.update(chunk)
-                size += len(chunk)
-    except KeyError:
-        raise BaselineError(path, f"missing member {entry.member}: {_NOT_A_BASELINE}") from None
-    except OSError as exc:
-        raise BaselineError(path, f"cannot read member {entry.member}: {_why(exc)}") from exc
-    except _CORRUPT_MEMBER as exc:
-        raise BaselineError(path, f"member {entry.member} is corrupt: {exc}") from exc
+    with _member_errors(path, entry.member), zf.open(entry.member) as member:
+        while size <= entry.stored_size and (chunk := member.read(STREAM_CHUNK)):
+            digest.update(chunk)
+            size += len(chunk)
     if size != entry.stored_size or digest.hexdigest() != entry.stored_sha256:
         raise BaselineError(path, _stored_changed(entry))
 

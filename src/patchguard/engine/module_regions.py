@@ -58,10 +58,13 @@ def live_modules(kernel: Kernel) -> LiveModules:
         return LiveModules({}, [Gap(SURFACE, "module_text", f"module layout unknown: {exc}")])
     found: dict[str, ModuleText] = {}
     gaps: list[Gap] = []
+    # one search of kallsyms for every module's __this_module, not one per module
+    structs = {s.module: s.address for s in syms.find("__this_module") if s.module}
     for name in names:
         try:
-            sysfs = _sysfs_struct_address(kernel, name)
-            address = struct_module_address(syms, name, sysfs)
+            address = structs.get(name) or struct_module_address(
+                _sysfs_struct_address(kernel, name)
+            )
             if address is None:
                 raise KernelAccessError(name, "no __this_module symbol or sysfs section address")
             found[name] = read_module(memory, offsets, name, address)

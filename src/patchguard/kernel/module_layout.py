@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 from patchguard.kernel.btf import Btf
 from patchguard.kernel.errors import KernelAccessError
-from patchguard.kernel.kallsyms import SymbolTable
 from patchguard.kernel.memory import KERNEL_SPACE, KernelMemory
 
 MODULE_NAME_LEN = 56  # MODULE_NAME_LEN: 64 - sizeof(unsigned long)
@@ -90,15 +89,15 @@ def layout(btf: Btf) -> Layout:
     )
 
 
-def struct_module_address(symbols: SymbolTable, name: str, sysfs_text: str | None) -> int | None:
-    """Where module `name`'s struct module is: kallsyms, else its sysfs section address."""
-    found = symbols.address_of("__this_module", name)
-    if found is None and sysfs_text:
-        try:
-            found = int(sysfs_text.strip(), 16) or None
-        except ValueError:
-            return None
-    return found
+def struct_module_address(sysfs_text: str | None) -> int | None:
+    """A struct module's address from /sys/module/<name>/sections/.gnu.linkonce.this_module,
+    for a module whose `__this_module` kallsyms does not list."""
+    if not sysfs_text:
+        return None
+    try:
+        return int(sysfs_text.strip(), 16) or None
+    except ValueError:
+        return None
 
 
 def _u64(memory: KernelMemory, address: int) -> int:

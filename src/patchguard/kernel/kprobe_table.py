@@ -11,13 +11,12 @@ Offsets come from vmlinux BTF; `kprobe_table` is a data symbol (CONFIG_KALLSYMS_
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
 from patchguard.kernel.btf import Btf
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.kallsyms import SymbolTable
-from patchguard.kernel.memory import KERNEL_SPACE, KernelMemory
+from patchguard.kernel.memory import KERNEL_SPACE, KernelMemory, read_u64
 
 TABLE_SIZE = 64  # KPROBE_TABLE_SIZE: 1 << KPROBE_HASH_BITS (6)
 MAX_PROBES = 10_000  # a walk longer than this is not a kprobe list: stop, do not read on
@@ -74,7 +73,7 @@ class _Walk:
         self.steps += 1
         if self.steps > MAX_PROBES or address < KERNEL_SPACE:
             raise KernelAccessError("kprobe_table", f"implausible list at {address:#x}")
-        return int(struct.unpack("<Q", self.memory.read(address, 8))[0])
+        return read_u64(self.memory, address)
 
     def bucket(self, head: int) -> None:
         node = self.u64(head)

@@ -24,6 +24,16 @@ READ_SIZE = 64 * 1024  # per read call: the eBPF reader serves up to 64 KiB per 
 KERNEL_SPACE = 1 << 63
 
 
+def read_u64(memory: KernelMemory, address: int) -> int:
+    """A little-endian unsigned long (a pointer, a count) of kernel memory."""
+    return int.from_bytes(memory.read(address, 8), "little")
+
+
+def read_u32(memory: KernelMemory, address: int) -> int:
+    """A little-endian unsigned int of kernel memory."""
+    return int.from_bytes(memory.read(address, 4), "little")
+
+
 def read_chunks(memory: KernelMemory, start: int, end: int) -> Iterator[tuple[int, bytes]]:
     """(address, bytes) for [start, end) in READ_SIZE reads."""
     for at in range(start, end, READ_SIZE):

@@ -16,12 +16,11 @@ the struct, a kernel address, a sane size) before it is used.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
 from patchguard.kernel.btf import Btf
 from patchguard.kernel.errors import KernelAccessError
-from patchguard.kernel.memory import KERNEL_SPACE, KernelMemory
+from patchguard.kernel.memory import KERNEL_SPACE, KernelMemory, read_u32, read_u64
 
 MODULE_NAME_LEN = 56  # MODULE_NAME_LEN: 64 - sizeof(unsigned long)
 MAX_TEXT = 256 << 20  # no module has 256 MiB of code: a bigger value is a misread
@@ -100,20 +99,12 @@ def struct_module_address(sysfs_text: str | None) -> int | None:
         return None
 
 
-def _u64(memory: KernelMemory, address: int) -> int:
-    return int(struct.unpack("<Q", memory.read(address, 8))[0])
-
-
-def _u32(memory: KernelMemory, address: int) -> int:
-    return int(struct.unpack("<I", memory.read(address, 4))[0])
-
-
 def _table(
     memory: KernelMemory, module: int, at: int | None, count: int | None, what: str
 ) -> tuple[int, int]:
     if at is None or count is None:  # kernel built without jump labels or static calls
         return 0, 0
-    address, n = _u64(memory, module + at), _u32(memory, module + count)
+    address, n = read_u64(memory, module + at), read_u32(memory, module + count)
     if n and (address < KERNEL_SPACE or n > MAX_ENTRIES):
         raise KernelAccessError("struct module", f"implausible {what}: {n} at {address:#x}")
     return (address, n) if n else (0, 0)
@@ -125,8 +116,8 @@ def read_module(memory: KernelMemory, offsets: Layout, name: str, module: int) -
     raw_name = memory.read(module + offsets.name, MODULE_NAME_LEN)
     if raw_name.split(b"\0", 1)[0].decode(errors="replace") != name:
         raise KernelAccessError(where, "its name field does not name it: not a struct module")
-    text = _u64(memory, module + offsets.text_base)
-    size = _u32(memory, module + offsets.text_size)
+    text = read_u64(memory, module + offsets.text_base)
+    size = read_u32(memory, module + offsets.text_size)
     if text < KERNEL_SPACE or not 0 < size <= MAX_TEXT:
         raise KernelAccessError(where, f"implausible text: {size} bytes at {text:#x}")
     jump, jumps = _table(

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from patchguard.kernel.btf import Btf
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.kallsyms import SymbolTable
-from patchguard.kernel.memory import KERNEL_SPACE, KernelMemory
+from patchguard.kernel.memory import KERNEL_SPACE, KernelMemory, read_u32
 
 # net->nf member, protocol family (enum NFPROTO_*), number of hook lists.
 HOOK_ARRAYS = (("hooks_ipv4", 2, 5), ("hooks_ipv6", 10, 5), ("hooks_arp", 3, 3))
@@ -134,7 +134,7 @@ def read_hooks(memory: KernelMemory, symbols: SymbolTable, btf: Btf) -> list[Hoo
     for net in namespaces(memory, head, offsets):
         inum = None
         if offsets.net_inum is not None:
-            inum = struct.unpack("<I", memory.read(net + offsets.net_inum, 4))[0]
+            inum = read_u32(memory, net + offsets.net_inum)
         for at, pf, lists in offsets.arrays:
             for hooknum, entries in enumerate(_u64s(memory, net + at, lists)):
                 if entries < KERNEL_SPACE:

@@ -179,12 +179,12 @@ def cmd_baseline_create(args: argparse.Namespace, out: Console, err: Console) ->
         kernel.close()
     save_baseline(taken.baseline, path, key)
     meta = taken.baseline.meta
+    owner = {name: module_of(name) for name in taken.baseline.regions}
     regions = taken.baseline.regions.values()
-    core = [r for r in regions if module_of(r.name) is None]
-    sizes = ", ".join(f"{r.name} {len(r.data)} bytes" for r in core)
-    modules = sorted({m for r in regions if (m := module_of(r.name)) is not None})
+    sizes = ", ".join(f"{r.name} {len(r.data)} bytes" for r in regions if owner[r.name] is None)
+    modules = {m for m in owner.values() if m is not None}
     if modules:
-        size = sum(len(r.data) for r in regions if module_of(r.name) is not None)
+        size = sum(len(r.data) for r in regions if owner[r.name] is not None)
         sizes += f", {len(modules)} modules' text and tables {size} bytes"
     out.print(
         f"baseline written to {path} (signed by host key {key.fingerprint()})", highlight=False

@@ -209,9 +209,7 @@ def page_spans(pages: dict[int, bytes]) -> Iterator[tuple[int, bytes]]:
 # --- check --------------------------------------------------------------------------------
 
 
-def site_index(
-    path: Path, manifest: Manifest, owners: Owners, stale: set[str] | frozenset[str] = frozenset()
-) -> SiteIndex:
+def site_index(path: Path, manifest: Manifest, owners: Owners, stale: set[str]) -> SiteIndex:
     """Where the kernel may patch itself, from the baseline's own copies of its tables and of
     the tables of its modules still where they were (the live tables are verified as regions
     like any other read-only data)."""

@@ -154,17 +154,15 @@ def _mark(finding: Finding, allowed: dict[int, tuple[BpfProgram, Request]]) -> F
 
 
 def _match(prog: BpfProgram, request: Request) -> Finding:
-    return Finding(
+    seen = Finding(
         EBPF,
         "exception-match",
         Severity.INFO,
         f"prog {prog.prog_id} ({prog.name}, {prog.prog_type})",
-        f"allowed by exception #{request.id} ({request.vendor}, until {request.expires}): "
-        f"the program is exactly as declared",
-        Disposition.ALLOWED,
-        None,
-        {"prog_id": prog.prog_id, "name": prog.name, "exception": request.id},
+        "the program is exactly as declared",
+        evidence={"prog_id": prog.prog_id, "name": prog.name},
     )
+    return allowed_by(seen, request)
 
 
 def _mismatch(prog: BpfProgram, request: Request, diff: list[str]) -> Finding:

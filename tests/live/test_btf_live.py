@@ -59,3 +59,26 @@ def test_module_btf_splits_on_vmlinux(vmlinux: Btf) -> None:
         for type_id in range(btf.start_id, btf.end_id):
             btf.kind(type_id)
             btf.name(type_id)  # every name_off resolves, in the module or in vmlinux
+
+
+def test_kernel_finder_agrees_with_the_file(vmlinux: Btf) -> None:
+    """The kernel's own lookup (a syscall program calling bpf_btf_find_by_name_kind) names
+    the same types as a search of /sys/kernel/btf/vmlinux; the file is not walked for it."""
+    from patchguard.kernel.btf import BTF_KIND_FUNC, BTF_KIND_STRUCT
+    from patchguard.kernel.btf_find import find_by_name_kind
+
+    asked = [
+        ("bpf_iter_task", BTF_KIND_FUNC),
+        ("__x64_sys_kill", BTF_KIND_FUNC),
+        ("task_struct", BTF_KIND_STRUCT),
+        ("bpf_iter_task", BTF_KIND_STRUCT),  # a name that is a FUNC only
+        ("patchguard_no_such_type", BTF_KIND_FUNC),
+    ]
+    for name, kind in asked:
+        assert find_by_name_kind(name, kind) == vmlinux._named(name, kind), name
+    found = Btf.load(VMLINUX, finder=find_by_name_kind)
+    assert found.func_id("bpf_iter_task") == vmlinux.func_id("bpf_iter_task")
+    assert found.struct_id("task_struct") == vmlinux.struct_id("task_struct")
+    assert found.member_offset("task_struct", "pid") == vmlinux.member_offset("task_struct", "pid")
+    walked = len(found._walk.offsets)
+    assert walked < len(vmlinux) // 10, f"walked {walked} of {len(vmlinux)} types"

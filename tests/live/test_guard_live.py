@@ -30,15 +30,25 @@ class GuardProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # A guard that does not stop is sent SIGABRT: faulthandler prints every thread
+            # of it on stderr, for the failure message.
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
         )
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.seen: list[dict[str, Any]] = []
+        self.stderr: list[str] = []  # read all along: a full pipe would block the guard
         threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.events.put(json.loads(line))
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line)
 
     def wait_event(self, predicate: Any, timeout: float) -> dict[str, Any] | None:
         deadline = time.monotonic() + timeout
@@ -60,8 +70,10 @@ class GuardProcess:
         try:
             return self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+            self.proc.send_signal(signal.SIGABRT)
+            self.proc.wait()
+            time.sleep(0.5)  # the rest of its stderr
+            pytest.fail("the guard did not stop within 15 s of SIGTERM:\n" + "".join(self.stderr))
 
 
 def is_prog(prog_id: int) -> Any:
@@ -102,7 +114,7 @@ webhook = "{receiver.url}"
         yield g
     finally:
         code = g.stop()
-        assert code == 0, g.proc.stderr.read() if g.proc.stderr else code
+        assert code == 0, "".join(g.stderr) or code
         assert g.wait_event(lambda e: e.get("event") == "stop", 5)
 
 

@@ -93,3 +93,18 @@ def test_reads_from_many_threads_get_their_own_bytes(kernel: Kernel) -> None:
         t.join()
     assert len(places) >= 6 and len(set(expected.values())) == len(places)  # they differ
     assert wrong == []
+
+
+def test_mapped_value_and_lookup_read_the_same(kernel: Kernel) -> None:
+    """On this kernel the reader maps its map value (BPF_F_MMAPABLE, 5.5+); the path kept for
+    older kernels (MAP_LOOKUP_ELEM) reads the same bytes through the same program."""
+    text = kernel.kallsyms.range("text")
+    assert text is not None
+    reader = EbpfReader.open()
+    try:
+        assert reader._value is not None, "the map value could not be mapped here"
+        looked_up = EbpfReader(reader._map_fd, reader._prog_fd, None)
+        for at, size in ((text.start, 64), (text.start + 4093, CHUNK + 9), (text.end - 100, 100)):
+            assert looked_up.read(at, size) == reader.read(at, size), hex(at)
+    finally:
+        reader.close()

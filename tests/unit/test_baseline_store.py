@@ -75,7 +75,8 @@ def make_baseline(boot_id: str = BOOT_ID, release: str = RELEASE) -> Baseline:
         "jump_table": make_region("jump_table", 0xFFFFFFFF83000000, text[-3000:]),
     }
     sites = {"jump_labels": [{"addr": "0xffffffff81001234", "len": 5, "nop": True}], "n": 2}
-    return Baseline(meta, regions, sites)
+    summary = {"syscall_dispatch": {"functions": ["x64_sys_call"], "syscalls_mapped": 360}}
+    return Baseline(meta, regions, sites, summary)
 
 
 @pytest.fixture(scope="module")
@@ -181,11 +182,12 @@ def test_file_layout(saved: Path, baseline: Baseline, key: HostKey) -> None:
         infos = {i.filename: i for i in zf.infolist()}
         assert list(infos) == [
             "manifest.json",
+            "sites.json",
             "regions/core_text.zlib",
             "regions/jump_table.zlib",
             "manifest.sig",
         ]
-        for name in ("regions/core_text.zlib", "regions/jump_table.zlib", "manifest.sig"):
+        for name in infos:
             assert infos[name].compress_type == zipfile.ZIP_STORED, name
         text = baseline.regions["core_text"].data
         stream = zf.read("regions/core_text.zlib")
@@ -196,8 +198,9 @@ def test_file_layout(saved: Path, baseline: Baseline, key: HostKey) -> None:
         assert zlib.decompress(jump_stream) == baseline.regions["jump_table"].data
         manifest_bytes = zf.read("manifest.json")
         assert key.sign(manifest_bytes) == zf.read("manifest.sig")  # ed25519 is deterministic
+        sites = zf.read("sites.json")
     manifest = json.loads(manifest_bytes)
-    assert manifest["format"] == FORMAT == "patchguard.baseline/1"
+    assert manifest["format"] == FORMAT == "patchguard.baseline/2"
     assert manifest["meta"]["boot_id"] == BOOT_ID
     assert manifest["signer"] == {
         "public_key": key.public_key_bytes().hex(),
@@ -211,7 +214,9 @@ def test_file_layout(saved: Path, baseline: Baseline, key: HostKey) -> None:
     assert entry["page_sha256"] == list(page_hashes(text))
     assert entry["stored"] == stored_of(stream)
     assert manifest["regions"][1]["stored"] == stored_of(jump_stream)
-    assert manifest["sites"] == baseline.sites
+    assert json.loads(sites) == baseline.sites
+    assert manifest["sites"] == {"size": len(sites), "sha256": hashlib.sha256(sites).hexdigest()}
+    assert manifest["summary"] == baseline.summary
 
 
 def test_same_baseline_same_bytes(tmp_path: Path, baseline: Baseline, key: HostKey) -> None:
@@ -266,9 +271,13 @@ def test_read_manifest_does_not_decompress_regions(
         "manifest.sig",
         "regions/core_text.zlib",
         "regions/jump_table.zlib",
+        "sites.json",
     ]
     assert manifest.meta == baseline.meta
+    assert manifest.summary == baseline.summary
+    opened.clear()
     assert manifest.sites == baseline.sites
+    assert opened == ["sites.json"]  # read when asked for, not before
     assert manifest.signer_fingerprint == key.fingerprint()
     text = baseline.regions["core_text"]
     entry = manifest.regions["core_text"]
@@ -431,6 +440,46 @@ def test_flipped_byte_on_disk_breaks_the_member(saved: Path, key: HostKey) -> No
         )
 
 
+def test_sites_changed_after_signing(saved: Path, key: HostKey) -> None:
+    sites = members(saved)["sites.json"]
+    rewrite(saved, {"sites.json": sites.replace(b'"n":2', b'"n":3')})
+    public = key.public_key_bytes()
+    for load in (read_manifest, load_baseline):
+        with pytest.raises(BaselineError) as err:
+            load(saved, public)
+        assert error_text(err, saved) == (
+            "sites.json does not match its manifest (changed after it was signed)"
+        )
+    manifest = read_manifest(saved, public, stored=False)  # as `check` reads it
+    with pytest.raises(BaselineError) as err:
+        _ = manifest.sites
+    assert error_text(err, saved) == (
+        "sites.json does not match its manifest (changed after it was signed)"
+    )
+
+
+def test_sites_member_missing(saved: Path, key: HostKey) -> None:
+    rewrite(saved, {"sites.json": None})
+    with pytest.raises(BaselineError) as err:
+        read_manifest(saved, key.public_key_bytes())
+    assert error_text(err, saved) == (
+        "missing member sites.json: truncated or not a patchguard baseline"
+    )
+
+
+def test_signed_sites_that_are_not_an_object(saved: Path, key: HostKey) -> None:
+    sites = b"[1, 2]"
+    digest = hashlib.sha256(sites).hexdigest()
+
+    def edit(manifest: dict[str, Any]) -> None:
+        manifest["sites"] = {"size": len(sites), "sha256": digest}
+
+    resign(saved, key, {"sites.json": sites}, edit)
+    with pytest.raises(BaselineError) as err:
+        load_baseline(saved, key.public_key_bytes())
+    assert error_text(err, saved) == "sites.json is not a JSON object"
+
+
 def test_missing_region_member(saved: Path, key: HostKey) -> None:
     rewrite(saved, {"regions/jump_table.zlib": None})
     for load in (read_manifest, load_baseline):
@@ -587,13 +636,13 @@ def test_zip_without_manifest(tmp_path: Path, key: HostKey) -> None:
 
 def test_unknown_format(saved: Path, key: HostKey) -> None:
     manifest = manifest_of(saved)
-    manifest["format"] = "patchguard.baseline/2"
+    manifest["format"] = "patchguard.baseline/1"
     manifest_bytes = json.dumps(manifest).encode()
     rewrite(saved, {"manifest.json": manifest_bytes, "manifest.sig": key.sign(manifest_bytes)})
     with pytest.raises(BaselineError) as err:
         load_baseline(saved, key.public_key_bytes())
     assert error_text(err, saved) == (
-        "unknown format 'patchguard.baseline/2' (this patchguard reads patchguard.baseline/1)"
+        "unknown format 'patchguard.baseline/1' (this patchguard reads patchguard.baseline/2)"
     )
 
 
@@ -764,3 +813,41 @@ def test_inconsistent_baseline_is_refused_before_writing(
     with pytest.raises(ValueError, match="not JSON"):
         save_baseline(replace(baseline, sites={"x": {1, 2}}), tmp_path / "b.pgb", key)
     assert os.listdir(tmp_path) == []
+
+
+def _set(path: tuple[str | int, ...], value: object) -> Callable[[dict[str, Any]], None]:
+    def edit(manifest: dict[str, Any]) -> None:
+        target: Any = manifest
+        for step in path[:-1]:
+            target = target[step]
+        target[path[-1]] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "what"),
+    [
+        (_set(("meta", "kaslr_offset"), "0x1e000000"), "meta.kaslr_offset is not a int"),
+        (_set(("regions", 0, "start"), 4076863488), "region core_text: start is not a hex address"),
+        (
+            _set(("regions", 1, "page_sha256"), []),
+            "region jump_table: 0 page hashes for 3000 bytes",
+        ),
+        (_set(("sites", "size"), "12"), "sites.size is not a byte count"),
+        (_set(("sites", "sha256"), "00"), "sites.sha256 is not a SHA-256 hex digest"),
+        (_set(("summary",), []), "summary is not an object"),
+        (
+            _set(("signer", "public_key"), "00" * 32),
+            "the signer it names is not the key that signed it",
+        ),
+    ],
+)
+def test_signed_but_malformed_manifest(
+    saved: Path, key: HostKey, edit: Callable[[dict[str, Any]], None], what: str
+) -> None:
+    """What a writer holding the key could sign is still checked field by field."""
+    resign(saved, key, {}, edit)
+    with pytest.raises(BaselineError) as err:
+        read_manifest(saved, key.public_key_bytes())
+    assert error_text(err, saved) == f"signed manifest is malformed: {what}"

@@ -260,8 +260,10 @@ def test_hand_built_corrupt_last_type_runs_past_section() -> None:
     b = HandBuiltBtf()
     b.add("FUNC", "ok", 0)
     b.raw(0, (KIND["STRUCT"] << 24) | 2, 8, [0, 1, 0])  # says 2 members, carries 1
+    btf = Btf.parse(b.blob())  # types are checked as the walk reaches them
+    assert btf.name(1) == "ok"
     with pytest.raises(BtfFormatError, match="type id 2 runs past its end"):
-        Btf.parse(b.blob())
+        len(btf)
 
 
 def test_hand_built_corrupt_unknown_kind() -> None:
@@ -269,7 +271,20 @@ def test_hand_built_corrupt_unknown_kind() -> None:
     b.add("INT", "int", 4, trailing=[32])
     b.raw(0, 25 << 24, 0, [])
     with pytest.raises(BtfFormatError, match="unknown BTF kind 25 at type id 2"):
-        Btf.parse(b.blob())
+        Btf.parse(b.blob()).kind(2)
+
+
+def test_corrupt_type_found_by_a_later_lookup_names_the_file(tmp_path: Path) -> None:
+    b = HandBuiltBtf()
+    b.add("INT", "int", 4, trailing=[32])
+    b.raw(0, 25 << 24, 0, [])
+    path = tmp_path / "vmlinux"
+    path.write_bytes(b.blob())
+    btf = Btf.load(path)
+    assert btf.name(1) == "int"
+    with pytest.raises(KernelAccessError, match=rf"{path}: corrupt BTF: unknown BTF kind 25") as e:
+        btf.name(2)
+    assert "\n" not in str(e.value)
 
 
 def test_hand_built_corrupt_strings_without_nul() -> None:
@@ -323,5 +338,5 @@ def test_captured_vmlinux_every_func_points_at_a_proto(captured_vmlinux: Btf) ->
     btf = captured_vmlinux
     for type_id in range(1, len(btf) + 1):
         if btf.kind(type_id) == "FUNC":
-            proto = btf.words[btf.offsets[type_id - 1] + 2]
+            proto = btf.words[btf._at(type_id) + 2]
             assert btf.kind(proto) == "FUNC_PROTO", type_id

@@ -54,6 +54,7 @@ def test_module_symbols_and_core_preference() -> None:
     assert table.modules() == {"evil"}
     assert table.address_of("shared_name") == 0xFFFFFFFF81100000
     assert table.address_of("shared_name", module="evil") == 0xFFFFFFFFC0A00000
+    assert table.address_of("hook_kill") == 0xFFFFFFFFC0A00100  # only a module has it
     assert str(table.lookup(0xFFFFFFFFC0A00104)) == "hook_kill+0x4 [evil]"
     assert not table.in_core_text(0xFFFFFFFFC0A00104)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 PAGE = 4096
 
@@ -44,3 +44,6 @@ class Baseline:
     meta: BaselineMeta
     regions: Mapping[str, Region]
     sites: Mapping[str, object]  # JSON-able facts about patch sites, stored as JSON
+    # Small JSON-able facts every check reports (how syscalls are dispatched): kept in the
+    # signed manifest itself, where `sites` are read only when a page of text changed.
+    summary: Mapping[str, object] = field(default_factory=dict)

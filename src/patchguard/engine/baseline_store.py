@@ -1,26 +1,31 @@
 """The baseline file: a signed zip of kernel memory regions, their page hashes and the boot.
 
-Format `patchguard.baseline/1` is a zip archive with these members:
+Format `patchguard.baseline/2` is a zip archive with these members:
 
 `manifest.json` (stored), UTF-8 JSON, one object:
-    format      "patchguard.baseline/1"
+    format      "patchguard.baseline/2"
     meta        the BaselineMeta fields: boot_id, kernel_release, kaslr_offset (int),
                 created_at (ISO 8601 UTC), host, reader ("ebpf"/"kcore"), patchguard_version
     regions     list, in order, of {name, start (hex string, "0xffffffff81000000": kernel
                 addresses do not fit a JSON reader's 2**53), size (bytes), sha256 (hex of the
                 whole data), page_sha256 (hex of each 4 KiB page from start, last one short),
                 stored {encoding "zlib", size, sha256 of the stored zlib stream}}
-    sites       the JSON-able facts about patch sites, as given (tuples come back as lists)
+    sites       {size, sha256} of the member sites.json
+    summary     small JSON-able facts every check reports, as given
     signer      {public_key (raw ed25519, hex), fingerprint (16 hex of its sha256)}
 `regions/<name>.zlib` (stored), each region's bytes as a zlib stream (level 1); names are
     [A-Za-z0-9_.-], not starting with a dot. The manifest signs the stored stream's hash, so
     every byte of the file is verified by read_manifest without decompressing anything.
+`sites.json` (stored), UTF-8 JSON: the facts about patch sites, as given (tuples come back as
+    lists). Apart from the manifest (format /1 kept them in it) because parsing them is most
+    of what an unchanged `check` would spend on the baseline, and it needs them only when a
+    page of text changed.
 `manifest.sig` (stored), the 64-byte ed25519 signature of the exact bytes of manifest.json.
 
-Only the manifest is signed; it carries the sha256 of every region, so the signature covers
-the data too. A loader reads nothing from the file as fact before the signature verifies
-against the key it was given: the format name and signer it peeks at before that only pick
-the error message. Region data is only decompressed up to the size the signed manifest gives.
+Only the manifest is signed; it carries the sha256 of every region and of the sites, so the
+signature covers them too. A loader reads nothing from the file as fact before the signature
+verifies against the key it was given: the format name and signer it peeks at before that only
+pick the error message. Region data is only decompressed up to the size the signed manifest gives.
 
 Files are written atomically (a temporary file in the same directory, fsync, rename over the
 final name, fsync the directory), mode 0600; a failure removes the temporary file and leaves
@@ -48,12 +53,14 @@ from patchguard.atomic import write_atomic
 from patchguard.engine.baseline import PAGE, Baseline, BaselineMeta, Region, page_hashes
 from patchguard.engine.keys import HostKey, fingerprint_of, verify_signature
 
-FORMAT = "patchguard.baseline/1"
+FORMAT = "patchguard.baseline/2"
 MANIFEST = "manifest.json"
+SITES = "sites.json"
 SIGNATURE = "manifest.sig"
 REGION_DIR = "regions/"
 REGION_LEVEL = 1  # deflate level: ~19 MB of kernel text in well under a second
 MAX_MANIFEST = 64 * 1024 * 1024  # ~67 bytes of page hash per 4 KiB page: 64 MiB is ~4 GB
+MAX_SITES = 256 * 1024 * 1024
 MAX_SIGNATURE = 4096
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -103,19 +110,45 @@ class RegionEntry:
 
 
 @dataclass(frozen=True)
-class Manifest:
-    """A verified manifest: everything in the baseline except the region bytes."""
+class SitesEntry:
+    """What the signed manifest says about the sites member."""
 
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A verified manifest: everything in the baseline except the region bytes and the sites,
+    which are read from `path` (and checked against it) when first asked for."""
+
+    path: Path
     meta: BaselineMeta
     regions: Mapping[str, RegionEntry]
-    sites: Mapping[str, object]
+    sites_entry: SitesEntry
+    summary: Mapping[str, object]
     signer_fingerprint: str
+
+    @cached_property
+    def sites(self) -> Mapping[str, object]:
+        with _open_zip(self.path) as zf:
+            return _read_sites(self.path, zf, self.sites_entry)
 
 
 # ---------------------------------------------------------------------------- saving
 
 
-def _manifest_bytes(baseline: Baseline, key: HostKey, packed: Mapping[str, bytes]) -> bytes:
+def _sites_bytes(baseline: Baseline) -> bytes:
+    try:
+        text = json.dumps(baseline.sites, separators=(",", ":"), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"baseline sites are not JSON: {exc}") from exc
+    return text.encode()
+
+
+def _manifest_bytes(
+    baseline: Baseline, key: HostKey, packed: Mapping[str, bytes], sites: bytes
+) -> bytes:
     regions = []
     for name, region in baseline.regions.items():
         if name != region.name:
@@ -142,13 +175,14 @@ def _manifest_bytes(baseline: Baseline, key: HostKey, packed: Mapping[str, bytes
         "format": FORMAT,
         "meta": asdict(baseline.meta),
         "regions": regions,
-        "sites": baseline.sites,
+        "sites": {"size": len(sites), "sha256": hashlib.sha256(sites).hexdigest()},
+        "summary": baseline.summary,
         "signer": {"public_key": key.public_key_bytes().hex(), "fingerprint": key.fingerprint()},
     }
     try:
         text = json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"baseline sites or meta are not JSON: {exc}") from exc
+        raise ValueError(f"baseline summary or meta are not JSON: {exc}") from exc
     return (text + "\n").encode()
 
 
@@ -160,11 +194,12 @@ def _member(name: str, compress: int) -> zipfile.ZipInfo:
 
 
 def _write_zip(
-    out: IO[bytes], packed: Mapping[str, bytes], manifest: bytes, signature: bytes
+    out: IO[bytes], packed: Mapping[str, bytes], manifest: bytes, sites: bytes, signature: bytes
 ) -> None:
     with zipfile.ZipFile(out, "w") as zf:
         # Stored, not deflated: check reads it every time, and page hashes barely compress.
         zf.writestr(_member(MANIFEST, zipfile.ZIP_STORED), manifest)
+        zf.writestr(_member(SITES, zipfile.ZIP_STORED), sites)
         for name, stream in packed.items():
             zf.writestr(_member(f"{REGION_DIR}{name}.zlib", zipfile.ZIP_STORED), stream)
         zf.writestr(_member(SIGNATURE, zipfile.ZIP_STORED), signature)
@@ -179,18 +214,19 @@ def _why(exc: OSError) -> str:
 def save_baseline(baseline: Baseline, path: Path, key: HostKey) -> None:
     """Sign and write `baseline` to `path` atomically, mode 0600.
 
-    ValueError if the baseline itself is inconsistent (region names, page hashes, sites not
-    JSON); BaselineError if the file cannot be written. Either way no temporary file stays
-    behind and a previous baseline at `path` is untouched.
+    ValueError if the baseline itself is inconsistent (region names, page hashes, sites or
+    summary not JSON); BaselineError if the file cannot be written. Either way no temporary
+    file stays behind and a previous baseline at `path` is untouched.
     """
     # Regions are compressed here and stored as they are, so the signed manifest can carry
     # the hash of the stored bytes: `check` verifies every byte of the file without
     # decompressing 19 MB, and decompresses a region only when a page of it changed.
     packed = {name: zlib.compress(r.data, REGION_LEVEL) for name, r in baseline.regions.items()}
-    manifest = _manifest_bytes(baseline, key, packed)
+    sites = _sites_bytes(baseline)
+    manifest = _manifest_bytes(baseline, key, packed, sites)
     signature = key.sign(manifest)
     archive = io.BytesIO()
-    _write_zip(archive, packed, manifest, signature)
+    _write_zip(archive, packed, manifest, sites, signature)
     try:
         write_atomic(path, archive.getvalue(), 0o600)
     except OSError as exc:
@@ -352,9 +388,40 @@ def _parse_manifest(path: Path, parsed: dict[str, object], public_key: bytes) ->
     sites = parsed.get("sites")
     if not isinstance(sites, dict):
         _malformed(path, "sites is not an object")
+    size, digest = sites.get("size"), sites.get("sha256")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        _malformed(path, "sites.size is not a byte count")
+    if not isinstance(digest, str) or not _HEX64.match(digest):
+        _malformed(path, "sites.sha256 is not a SHA-256 hex digest")
+    summary = parsed.get("summary")
+    if not isinstance(summary, dict):
+        _malformed(path, "summary is not an object")
     if _signer_of(parsed) != public_key:
         _malformed(path, "the signer it names is not the key that signed it")
-    return Manifest(meta, regions, sites, fingerprint_of(public_key))
+    sites_entry = SitesEntry(size, digest)
+    return Manifest(path, meta, regions, sites_entry, summary, fingerprint_of(public_key))
+
+
+def _sites_member(path: Path, zf: zipfile.ZipFile, entry: SitesEntry) -> bytes:
+    """The bytes of the sites member, checked against the signed manifest."""
+    raw = _read_member(path, zf, SITES, entry.size)
+    if len(raw) != entry.size or hashlib.sha256(raw).hexdigest() != entry.sha256:
+        raise BaselineError(
+            path, f"{SITES} does not match its manifest (changed after it was signed)"
+        )
+    return raw
+
+
+def _read_sites(path: Path, zf: zipfile.ZipFile, entry: SitesEntry) -> dict[str, object]:
+    """The sites, checked against the signed manifest before they are parsed."""
+    raw = _sites_member(path, zf, entry)
+    try:
+        sites = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise BaselineError(path, f"{SITES} is not JSON: {exc}") from exc
+    if not isinstance(sites, dict):
+        raise BaselineError(path, f"{SITES} is not a JSON object")
+    return sites
 
 
 def _read_verified_manifest(path: Path, zf: zipfile.ZipFile, public_key: bytes) -> Manifest:
@@ -434,7 +501,8 @@ def _read_region_data(path: Path, zf: zipfile.ZipFile, entry: RegionEntry) -> by
 
 def read_manifest(path: Path, public_key: bytes, stored: bool = True) -> Manifest:
     """Verify the signature and (unless `stored` is False, for a caller that runs
-    verify_stored itself, say beside other work) the stored bytes of every region; return
+    verify_stored itself, say beside other work) the stored bytes of every region and of
+    the sites; return
     meta, page hashes and sites. Region data stays packed (decompressed only by read_region)."""
     with _open_zip(path) as zf:
         manifest = _read_verified_manifest(path, zf, public_key)
@@ -453,6 +521,7 @@ def verify_stored(path: Path, manifest: Manifest) -> None:
 def _verify_stored(path: Path, zf: zipfile.ZipFile, manifest: Manifest) -> None:
     for entry in manifest.regions.values():
         _hash_stored(path, zf, entry)
+    _sites_member(path, zf, manifest.sites_entry)
 
 
 # 1 MiB: the kernel-read thread waited ~4 ms for the GIL when the whole stream was copied at
@@ -495,7 +564,7 @@ def load_baseline(path: Path, public_key: bytes) -> Baseline:
             name: Region(name, entry.start, _read_region_data(path, zf, entry), entry.page_sha256)
             for name, entry in manifest.regions.items()
         }
-    return Baseline(manifest.meta, regions, manifest.sites)
+    return Baseline(manifest.meta, regions, manifest.sites, manifest.summary)
 
 
 def check_boot(

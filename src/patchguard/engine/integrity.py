@@ -142,14 +142,20 @@ def capture(kernel: Kernel) -> Capture:
         reader=memory.name,
         patchguard_version=__version__,
     )
+    dispatch = syscall_dispatch(kernel, regions["core_text"])
     sites = {
         "static_call_trampolines": [[n, a] for n, a in static_call_trampolines(kernel)],
         "syscall_dispatch": [
-            [e.function, e.insn, e.size, e.lo, e.hi, e.target, e.target_name]
-            for e in syscall_dispatch(kernel, regions["core_text"])
+            [e.function, e.insn, e.size, e.lo, e.hi, e.target, e.target_name] for e in dispatch
         ],
     }
-    return Capture(Baseline(meta, regions, sites), gaps)
+    summary = {
+        "syscall_dispatch": {
+            "functions": list(dict.fromkeys(e.function for e in dispatch)),
+            "syscalls_mapped": sum(e.lo == e.hi for e in dispatch),
+        }
+    }
+    return Capture(Baseline(meta, regions, sites, summary), gaps)
 
 
 def syscall_dispatch(kernel: Kernel, text: Region) -> list[DispatchEntry]:
@@ -407,13 +413,13 @@ class SyscallDispatch:
 
 
 def dispatch_record(kernel: Kernel, manifest: Manifest) -> SyscallDispatch:
-    """From the baseline's rows as stored (function, insn, size, lo, hi, ...): building the
-    entries costs more than the rest of an unchanged check's bookkeeping."""
-    rows = manifest.sites.get("syscall_dispatch", [])
-    assert isinstance(rows, list)
-    functions = tuple(dict.fromkeys(str(row[0]) for row in rows))
+    """From the baseline's summary: the dispatch rows themselves are read only when text
+    changed (parsing them would be most of an unchanged check's bookkeeping)."""
+    summary = manifest.summary.get("syscall_dispatch", {})
+    assert isinstance(summary, dict)
+    functions = tuple(str(f) for f in summary.get("functions", []))
     if functions:
-        return SyscallDispatch("code", functions, sum(row[3] == row[4] for row in rows))
+        return SyscallDispatch("code", functions, int(summary.get("syscalls_mapped", 0)))
     table = kernel.kallsyms.address_of("sys_call_table")
     return SyscallDispatch("sys_call_table" if table else "unknown", (), 0)
 

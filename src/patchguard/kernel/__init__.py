@@ -57,14 +57,31 @@ class Kernel:
 
         with self._lock:
             if self._kallsyms is None:
-                self._kallsyms = SymbolTable.parse(self.read_text("/proc/kallsyms"))
+                self._kallsyms = SymbolTable.parse(self._read_kallsyms())
             return self._kallsyms
+
+    def _read_kallsyms(self) -> str:
+        from patchguard.kernel.child_read import read_in_child
+
+        path = self.path("/proc/kallsyms")
+        try:
+            # Live, the surfaces run Python beside this read: a child does it (child_read).
+            raw = read_in_child(path) if self.live else path.read_bytes()
+        except OSError as exc:
+            raise KernelAccessError("/proc/kallsyms", oserror_reason(exc)) from exc
+        return raw.decode(errors="replace")
 
     @cached_property
     def vmlinux_btf(self) -> Btf:
         from patchguard.kernel.btf import Btf
+        from patchguard.kernel.btf_find import find_by_name_kind
 
-        return Btf.load(self.path("/sys/kernel/btf/vmlinux"))
+        def finder(name: str, kind: int) -> int | None:
+            return find_by_name_kind(name, kind, own=self.own_prog_ids.add)
+
+        # Live, the kernel finds types by name for us (its BTF is parsed already); the file
+        # is walked only as far as lookups by id need.
+        return Btf.load(self.path("/sys/kernel/btf/vmlinux"), finder=finder if self.live else None)
 
     @cached_property
     def _btf_names(self) -> dict[int, str]:

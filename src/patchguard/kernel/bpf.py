@@ -208,12 +208,35 @@ class BpfError(KernelAccessError):
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
+# The same syscall(2) without releasing the GIL. A released GIL is taken back only when the
+# thread holding it lets go, up to the 5 ms switch interval later: for a bpf(2) command that
+# takes microseconds (ids, fds, infos: hundreds per scan) beside a thread running Python, that
+# wait is all the cost. Only lookups are that quick; everything else (verifying or running a
+# program, attaching, detaching after an RCU grace period, bpffs) releases it.
+_libc_held = ctypes.PyDLL(None, use_errno=True)
+_libc_held.syscall.restype = ctypes.c_long
+QUICK_COMMANDS = frozenset(
+    {
+        BPF_MAP_LOOKUP_ELEM,
+        BPF_PROG_GET_NEXT_ID,
+        BPF_MAP_GET_NEXT_ID,
+        BPF_BTF_GET_NEXT_ID,
+        BPF_LINK_GET_NEXT_ID,
+        BPF_PROG_GET_FD_BY_ID,
+        BPF_MAP_GET_FD_BY_ID,
+        BPF_BTF_GET_FD_BY_ID,
+        BPF_LINK_GET_FD_BY_ID,
+        BPF_OBJ_GET_INFO_BY_FD,
+        BPF_TASK_FD_QUERY,
+    }
+)
 
 
 def sys_bpf(cmd: int, attr: bytes | bytearray, name: str = "") -> tuple[int, bytes]:
     """Call bpf(cmd, attr); return (result, attr as the kernel left it) or raise BpfError."""
     buf = ctypes.create_string_buffer(bytes(attr).ljust(ATTR_SIZE, b"\0"), ATTR_SIZE)
-    ret = _libc.syscall(NR_BPF, cmd, buf, ATTR_SIZE)
+    libc = _libc_held if cmd in QUICK_COMMANDS else _libc
+    ret = libc.syscall(NR_BPF, cmd, buf, ATTR_SIZE)
     if ret < 0:
         raise BpfError(name or str(cmd), ctypes.get_errno())
     return int(ret), buf.raw
@@ -256,9 +279,14 @@ def c_string(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
-def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, name: str) -> int:
+BPF_F_MMAPABLE = 1 << 10  # an array whose values user space can mmap (5.5+)
+
+
+def map_create(
+    map_type: int, key_size: int, value_size: int, max_entries: int, name: str, flags: int = 0
+) -> int:
     attr = struct.pack(
-        "<IIIIIII16s", map_type, key_size, value_size, max_entries, 0, 0, 0, name.encode()[:15]
+        "<IIIIIII16s", map_type, key_size, value_size, max_entries, flags, 0, 0, name.encode()[:15]
     )
     fd, _ = sys_bpf(BPF_MAP_CREATE, attr, "MAP_CREATE")
     return fd
@@ -290,7 +318,7 @@ class MapReader:
         self._attr = ctypes.create_string_buffer(attr.ljust(ATTR_SIZE, b"\0"), ATTR_SIZE)
 
     def __call__(self) -> bytes:
-        if _libc.syscall(NR_BPF, BPF_MAP_LOOKUP_ELEM, self._attr, ATTR_SIZE) < 0:
+        if _libc_held.syscall(NR_BPF, BPF_MAP_LOOKUP_ELEM, self._attr, ATTR_SIZE) < 0:
             raise BpfError("MAP_LOOKUP_ELEM", ctypes.get_errno())
         return self._value.raw
 
@@ -314,6 +342,7 @@ def prog_load(
     license: str = "GPL",
     expected_attach_type: int = 0,
     attach_btf_id: int = 0,
+    prog_flags: int = 0,
 ) -> int:
     """Load a program; on failure the verifier's log is part of the error."""
     code = ctypes.create_string_buffer(insns, len(insns))
@@ -332,6 +361,7 @@ def prog_load(
         len(log),
         addr_of(log),
     )
+    struct.pack_into("<I", attr, 44, prog_flags)
     struct.pack_into("<16s", attr, 48, name.encode()[:15])
     struct.pack_into("<I", attr, 68, expected_attach_type)
     struct.pack_into("<I", attr, 108, attach_btf_id)

@@ -76,6 +76,13 @@ def exit_insn() -> bytes:
     return insn(BPF_JMP | BPF_EXIT)
 
 
+def ld_imm64(dst: int, value: int) -> bytes:
+    """The two-slot ld_imm64 of a 64-bit constant: low word in the first slot, high in the
+    second."""
+    low, high = struct.unpack("<ii", value.to_bytes(8, "little"))
+    return insn(BPF_LD | BPF_DW | BPF_IMM, dst, imm=low) + insn(0, imm=high)
+
+
 def ld_map_fd(dst: int, map_fd: int) -> bytes:
     """The two-slot ld_imm64 that the verifier turns into a pointer to the map."""
     return insn(BPF_LD | BPF_DW | BPF_IMM, dst, BPF_PSEUDO_MAP_FD, imm=map_fd) + insn(0)

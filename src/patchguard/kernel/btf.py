@@ -16,7 +16,9 @@ from __future__ import annotations
 import bisect
 import struct
 import sys
+import threading
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -137,13 +139,22 @@ class Btf:
     start_id: int  # first type id defined here: 1 for vmlinux, base's next id for a module
     start_str_off: int  # name_off values below this address the base's string section
     words: array[int] = field(repr=False)  # the type section as u32 words, native order
-    offsets: array[int] = field(repr=False)  # index in `words` of each type, by id - start_id
     strings: bytes = field(repr=False)
     base: Btf | None = field(default=None, repr=False)
+    where: str = "BTF"  # the file, for errors found as the walk goes on
+    # The kernel's lookup by name and kind (btf_find): vmlinux on the live kernel only.
+    finder: Finder | None = field(default=None, repr=False)
+    # Index in `words` of each type, by id - start_id, found by walking the type section as
+    # far as a lookup needs: a whole walk is ~35 ms of Python for vmlinux, and a scan asks
+    # about a few types near its start (task_struct is id 114 of 126k).
+    _walk: _Walk = field(default_factory=lambda: _Walk(), repr=False)
 
     @classmethod
-    def parse(cls, data: bytes, base: Btf | None = None) -> Btf:
-        """Parse raw BTF; `base` is vmlinux's Btf when `data` is a module's split BTF."""
+    def parse(
+        cls, data: bytes, base: Btf | None = None, where: str = "BTF", finder: Finder | None = None
+    ) -> Btf:
+        """Parse raw BTF; `base` is vmlinux's Btf when `data` is a module's split BTF. The
+        header and sections are checked here; each type when the walk reaches it."""
         view = memoryview(data)
         header = parse_header(view)
         types = _section(view, header, "type", header.type_off, header.type_len)
@@ -159,12 +170,11 @@ class Btf:
         if header.byteorder != ("<" if sys.byteorder == "little" else ">"):
             words.byteswap()
         start_id = base.start_id + len(base) if base is not None else 1
-        offsets = _type_offsets(words, start_id)
         start_str_off = base.start_str_off + base.header.str_len if base is not None else 0
-        return cls(header, start_id, start_str_off, words, offsets, bytes(strings), base)
+        return cls(header, start_id, start_str_off, words, bytes(strings), base, where, finder)
 
     @classmethod
-    def load(cls, path: Path | str, base: Btf | None = None) -> Btf:
+    def load(cls, path: Path | str, base: Btf | None = None, finder: Finder | None = None) -> Btf:
         """Read and parse a BTF file; any failure is a KernelAccessError naming the path."""
         where = str(path)
         try:
@@ -172,30 +182,53 @@ class Btf:
         except OSError as exc:
             raise KernelAccessError(where, oserror_reason(exc)) from exc
         try:
-            return cls.parse(data, base)
+            return cls.parse(data, base, where, finder)
         except BtfFormatError as exc:
             raise BtfFormatError(f"corrupt BTF: {exc.reason}", where) from exc
 
     def __len__(self) -> int:
         """Number of types defined in this object (not counting void or the base's types)."""
-        return len(self.offsets)
+        return len(self._walked(1 << 32))
 
     @property
     def end_id(self) -> int:
         """One past the last type id defined here."""
-        return self.start_id + len(self.offsets)
+        return self.start_id + len(self)
+
+    def _walked(self, count: int) -> array[int]:
+        """The offsets of the first `count` types (fewer if there are fewer)."""
+        walk = self._walk
+        with walk.lock:  # surfaces share vmlinux's Btf across threads
+            if len(walk.offsets) < count and walk.next < len(self.words):
+                try:
+                    walk.next = _walk(self.words, walk.offsets, walk.next, self.start_id, count)
+                except BtfFormatError as exc:
+                    raise BtfFormatError(f"corrupt BTF: {exc.reason}", self.where) from exc
+            return walk.offsets
+
+    def _offset(self, type_id: int) -> int | None:
+        """Index in `words` of type `type_id` defined here; None if there is no such type."""
+        n = type_id - self.start_id
+        offsets = self._walked(n + 1)
+        return offsets[n] if 0 <= n < len(offsets) else None
 
     def _owner(self, type_id: int) -> Btf:
         btf = self
         while type_id < btf.start_id and btf.base is not None:
             btf = btf.base
-        if not (btf.start_id <= type_id < btf.end_id or type_id == 0):
+        if type_id != 0 and btf._offset(type_id) is None:
             raise KeyError(f"no BTF type id {type_id} (ids run 1..{self.end_id - 1})")
         return btf
 
+    def _at(self, type_id: int) -> int:
+        """Index in `words` of a type known to be defined here (_owner said so)."""
+        at = self._offset(type_id)
+        assert at is not None
+        return at
+
     def _info(self, type_id: int) -> tuple[int, int]:
         """(name_off, info) of a type defined in this object."""
-        at = self.offsets[type_id - self.start_id]
+        at = self._at(type_id)
         return self.words[at], self.words[at + 1]
 
     def kind(self, type_id: int) -> str:
@@ -256,7 +289,7 @@ class Btf:
 
     def _member_bits(self, type_id: int, member: str, depth: int) -> int | None:
         btf = self._owner(type_id)
-        at = btf.offsets[type_id - btf.start_id]
+        at = btf._at(type_id)
         info = btf.words[at + 1]
         if btf_info_kind(info) not in (BTF_KIND_STRUCT, BTF_KIND_UNION) or depth > 8:
             return None
@@ -280,25 +313,41 @@ class Btf:
             if self.kind(type_id) not in ("TYPEDEF", "VOLATILE", "CONST", "RESTRICT", "TYPE_TAG"):
                 break
             btf = self._owner(type_id)
-            type_id = btf.words[btf.offsets[type_id - btf.start_id] + 2]
+            type_id = btf.words[btf._at(type_id) + 2]
         return type_id
 
     def _named(self, name: str, kind: int) -> int | None:
-        """The lowest id of a type of `kind` named `name` defined here. Found through the
-        string section and the raw type words with bytes.find, not by decoding every name:
-        a lookup costs about a millisecond, an index of all FUNC names ~90 ms (vmlinux)."""
+        """The lowest id of a type of `kind` named `name` defined here: the kernel's answer
+        where it gives one (finder), else found through the string section and the raw type
+        words with bytes.find, not by decoding every name (an index of all FUNC names costs
+        ~90 ms for vmlinux), walking the types only as far as the last match."""
         key = (name, kind)
         if key not in self._lookups:
+            self._lookups[key] = self._ask_kernel(name, kind)
+        if self._lookups[key] is False:
             self._lookups[key] = self._search(name.encode(), kind)
-        return self._lookups[key]
+        found = self._lookups[key]
+        return None if isinstance(found, bool) else found
+
+    def _ask_kernel(self, name: str, kind: int) -> int | bool | None:
+        """The finder's answer; False when there is no finder or it cannot answer (then it
+        is not asked again)."""
+        if self.finder is None or not self._walk.kernel_answers:
+            return False
+        try:
+            return self.finder(name, kind)
+        except KernelAccessError:
+            self._walk.kernel_answers = False
+            return False
 
     def _search(self, name: bytes, kind: int) -> int | None:
-        words_raw, offsets = self._words_raw, self.offsets
+        words_raw = self._words_raw
         found: list[int] = []
         for name_off in self._name_offsets(name):
             needle = name_off.to_bytes(4, sys.byteorder)
             hit = words_raw.find(needle)
             while hit >= 0:
+                offsets = self._walked_past(hit // 4)
                 n = bisect.bisect_left(offsets, hit // 4)
                 at_type = hit % 4 == 0 and n < len(offsets) and offsets[n] == hit // 4
                 if at_type and (self.words[hit // 4 + 1] >> 24) & 0x1F == kind:
@@ -321,27 +370,51 @@ class Btf:
             btf = btf.base
         return found
 
+    def _walked_past(self, word: int) -> array[int]:
+        """The offsets, walked at least to the type that starts at or after `word`."""
+        offsets = self._walked(1)
+        while offsets and offsets[-1] < word and self._walk.next < len(self.words):
+            offsets = self._walked(len(offsets) + WALK_STEP)
+        return offsets
+
     @cached_property
     def _words_raw(self) -> bytes:
         return self.words.tobytes()
 
     @cached_property
-    def _lookups(self) -> dict[tuple[str, int], int | None]:
+    def _lookups(self) -> dict[tuple[str, int], int | bool | None]:
         return {}
 
 
-def _type_offsets(words: array[int], start_id: int) -> array[int]:
-    """Word index of each struct btf_type, skipping each kind's trailing data exactly."""
-    # Flattened for speed: vmlinux has ~100k types and this loop is most of the parse time.
+Finder = Callable[[str, int], "int | None"]
+
+
+class _Walk:
+    """The part of a Btf that grows as lookups need it: the type offsets found so far, where
+    the walk stopped, and whether the kernel's finder still answers."""
+
+    def __init__(self) -> None:
+        self.offsets = array("I")
+        self.next = 0
+        self.lock = threading.Lock()
+        self.kernel_answers = True
+
+
+WALK_STEP = 4096  # types walked at a time when a search needs the walk to go further
+
+
+def _walk(words: array[int], offsets: array[int], at: int, start_id: int, count: int) -> int:
+    """Append to `offsets` the word index of each struct btf_type from word `at` on, skipping
+    each kind's trailing data exactly, until `count` types are known or the section ends;
+    return the word where the walk stopped."""
+    # Flattened for speed: vmlinux has ~126k types and this loop is most of the parse time.
     trailing = [(0, 0)] * 32
     for kind, (_, fixed, per_vlen) in BTF_KINDS.items():
         trailing[kind] = (fixed, per_vlen)
     known = [kind in BTF_KINDS for kind in range(32)]
-    offsets = array("I")
     append = offsets.append
     total = len(words)
-    at = 0
-    while at < total:
+    while at < total and len(offsets) < count:
         if at + BTF_TYPE_WORDS > total:
             raise BtfFormatError(f"truncated type section: type id {start_id + len(offsets)}")
         info = words[at + 1]
@@ -355,7 +428,7 @@ def _type_offsets(words: array[int], start_id: int) -> array[int]:
     if at > total:
         type_id = start_id + len(offsets) - 1
         raise BtfFormatError(f"truncated type section: type id {type_id} runs past its end")
-    return offsets
+    return at
 
 
 __all__ = ["BTF_KINDS", "Btf", "BtfFormatError", "BtfHeader", "parse_header"]

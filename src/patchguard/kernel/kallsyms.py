@@ -92,6 +92,9 @@ class SymbolTable:
     def __init__(self, text: str) -> None:
         self._text = text
         self._ranges: dict[str, AddressRange | None] = {}  # asked for on every classified run
+        # Where the line of an address already found by a search ends (address_after starts
+        # there instead of searching the text again).
+        self._line_ends: dict[int, int] = {}
 
     @classmethod
     def parse(cls, text: str, source: str = "/proc/kallsyms") -> SymbolTable:
@@ -133,12 +136,13 @@ class SymbolTable:
     def __len__(self) -> int:
         return len(self._addresses)
 
-    def _rows_named(self, name: str) -> list[Row]:
-        """Every line whose name field is exactly `name`, in file order (core kernel first)."""
+    def _rows_named(self, name: str, first: bool = False) -> list[Row]:
+        """Every line whose name field is exactly `name`, in file order (core kernel first);
+        with `first`, only the first one."""
         text, needle = self._text, f" {name}"
         found: list[Row] = []
         pos = text.find(needle)
-        while pos >= 0:
+        while pos >= 0 and not (first and found):
             end = pos + len(needle)
             if end == len(text) or text[end] in "\n\t":  # the whole name, not a prefix
                 line_end = text.find("\n", end)
@@ -156,12 +160,15 @@ class SymbolTable:
         return [s for s in found if module is None or s.module == module]
 
     def address_of(self, name: str, module: str | None = None) -> int | None:
-        """The address of `name`, preferring the core kernel's symbol over a module's."""
-        found = self.find(name, module)
-        if not found:
-            return None
-        core = [s for s in found if s.module is None]
-        return (core or found)[0].address
+        """The address of `name`, preferring the core kernel's symbol over a module's.
+        /proc/kallsyms lists core symbols before any module's, so the first line found is
+        the one: the search stops there (the range markers near the start of the text cost
+        next to nothing)."""
+        if module is not None:
+            found = self.find(name, module)
+            return found[0].address if found else None
+        rows = self._rows_named(name, first=True)
+        return int(rows[0][0], 16) if rows else None
 
     def at(self, address: int) -> list[Symbol]:
         """The symbols that start exactly at `address`, found in the text without building the
@@ -192,15 +199,17 @@ class SymbolTable:
         """The next higher address kallsyms lists after the line of `address`, read from the
         text without building the table: core kernel symbols are printed in address order."""
         text, needle = self._text, f"{address:016x} "
-        pos = text.find(needle)
-        while pos >= 0:
-            line = text.find("\n", pos)
-            if line < 0:
-                return None
+        line = self._line_ends.get(address)
+        if line is None:
+            pos = text.find(needle)
+            line = text.find("\n", pos) if pos >= 0 else -1
+        while line >= 0:
             nxt = text[line + 1 : line + 17]
             if len(nxt) == 16 and int(nxt, 16) > address:
                 return int(nxt, 16)
-            pos = line + 1 if text.startswith(needle, line + 1) else -1
+            if not text.startswith(needle, line + 1):
+                return None
+            line = text.find("\n", line + 1)
         return None
 
     def next_address(self, address: int) -> int | None:
@@ -238,7 +247,9 @@ class SymbolTable:
             match = _LINE.match(text, start, end)
             if match:
                 a, t, n, m = match.groups("")
-                yield Symbol(int(a, 16), t, n, m or None)
+                symbol = Symbol(int(a, 16), t, n, m or None)
+                self._line_ends.setdefault(symbol.address, end)
+                yield symbol
             pos = text.find(needle, end)
 
     def containing(self, part: str) -> list[Symbol]:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from patchguard.kernel import Kernel
 
 
-READ_SIZE = 64 * 1024  # per read call: the eBPF reader serves up to 64 KiB per test run
+READ_SIZE = 1 << 20  # per read call: the eBPF reader serves up to 1 MiB per test run
 # The kernel's half of the address space: from 0xffff8... with 4-level paging, but the direct
 # map and vmalloc start at 0xff11... and 0xffa0... with 5-level (LA57: the lab's TCG CPU has
 # it). %pK's hashed values are 32-bit, so they stay below it too.

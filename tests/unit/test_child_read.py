@@ -1,0 +1,46 @@
+"""Reading a file through a child process (kernel/child_read.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from patchguard.kernel import child_read
+from patchguard.kernel.child_read import read_in_child
+
+
+def test_reads_what_a_read_reads(tmp_path: Path) -> None:
+    data = os.urandom(3 << 20) + b"\n\0tail"
+    path = tmp_path / "big"
+    path.write_bytes(data)
+    assert read_in_child(path) == data
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert read_in_child(empty) == b""
+
+
+def test_a_pseudo_file_reads_whole() -> None:
+    # /proc/self/... would be the child's own; /proc/filesystems is the same for both
+    assert read_in_child(Path("/proc/filesystems")) == Path("/proc/filesystems").read_bytes()
+
+
+def test_errors_are_those_of_an_ordinary_read(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        read_in_child(tmp_path / "missing")
+    with pytest.raises(IsADirectoryError):
+        read_in_child(tmp_path)
+
+
+def test_without_cat_it_reads_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 10)
+    monkeypatch.setattr(child_read, "SYSTEM_BIN", str(tmp_path / "no-bin"))
+    assert read_in_child(path) == b"x" * 10
+
+
+def test_a_path_like_an_option_is_a_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("-n").write_bytes(b"not an option\n")
+    assert read_in_child(Path("-n")) == b"not an option\n"

@@ -65,7 +65,7 @@ def test_kernel_finder_agrees_with_the_file(vmlinux: Btf) -> None:
     """The kernel's own lookup (a syscall program calling bpf_btf_find_by_name_kind) names
     the same types as a search of /sys/kernel/btf/vmlinux; the file is not walked for it."""
     from patchguard.kernel.btf import BTF_KIND_FUNC, BTF_KIND_STRUCT
-    from patchguard.kernel.btf_find import find_by_name_kind
+    from patchguard.kernel.kernel_lookup import find_by_name_kind
 
     asked = [
         ("bpf_iter_task", BTF_KIND_FUNC),

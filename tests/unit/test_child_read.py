@@ -44,3 +44,24 @@ def test_a_path_like_an_option_is_a_path(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.chdir(tmp_path)
     Path("-n").write_bytes(b"not an option\n")
     assert read_in_child(Path("-n")) == b"not an option\n"
+
+
+def test_started_now_waited_for_later(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"abc" * 1000)
+    read = child_read.ChildRead(path)
+    path.write_bytes(b"changed")  # cat may have read it already, or may not: either is whole
+    assert read.result() in (b"abc" * 1000, b"changed")
+
+
+def test_a_read_forgotten_leaves_nothing_behind(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    before = set(os.listdir("/proc/self/fd"))
+    read = child_read.ChildRead(path)
+    pid = read._pid
+    read.close()
+    read.close()  # twice is harmless
+    assert set(os.listdir("/proc/self/fd")) == before
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reaped: no zombie left

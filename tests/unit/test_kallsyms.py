@@ -111,3 +111,35 @@ def test_refresh_reads_kallsyms_again(tmp_path: Path) -> None:
     assert kernel.kallsyms.address_of("bpf_trampoline_6442") is None  # read once ...
     kernel.refresh()
     assert kernel.kallsyms.address_of("bpf_trampoline_6442") == 0xFFFFFFFFC0200000  # ... again
+
+
+def test_starting_at_many_addresses_in_one_pass() -> None:
+    text = (
+        "ffffffff81000000 T _stext\n"
+        "ffffffff81000010 T __ia32_sys_kill\n"
+        "ffffffff81000010 T __x64_sys_kill\n"
+        "ffffffff81000040 t helper\n"
+        "ffffffff82000000 T _etext\n"
+        "ffffffffc0a00000 t hook_kill\t[evil]\n"
+    )
+    table = SymbolTable.parse(text)
+    asked = [0xFFFFFFFF81000040, 0xFFFFFFFF81000000, 0xFFFFFFFF81000011, 0xFFFFFFFFC0A00000]
+    asked += [0xFFFFFFFF81000010, 0xFFFFFFFF81000040]  # repeated, and out of order
+    found = table.starting_at(asked)
+    assert {a: [s.name for s in syms] for a, syms in found.items()} == {
+        0xFFFFFFFF81000000: ["_stext"],  # the first line
+        0xFFFFFFFF81000010: ["__ia32_sys_kill", "__x64_sys_kill"],  # aliases, in file order
+        0xFFFFFFFF81000040: ["helper"],  # found after a miss (0x...11, inside __x64_sys_kill)
+        0xFFFFFFFFC0A00000: ["hook_kill"],
+    }
+    assert found[0xFFFFFFFFC0A00000][0].module == "evil"
+    for address, symbols in found.items():
+        assert symbols == table.at(address)
+
+
+def test_starting_at_agrees_with_at_on_a_captured_kernel(table: SymbolTable) -> None:
+    addresses = [s.address for s in table.symbols]
+    found = table.starting_at(addresses)
+    assert set(found) == set(addresses)
+    for address in addresses:
+        assert found[address] == table.at(address), hex(address)

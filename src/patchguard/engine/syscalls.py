@@ -7,12 +7,13 @@ retargeted jump is reported as "syscall 62 (kill) redirected to ...", not only a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import capstone
 
 from patchguard.engine.explain import KernelRead, Symbols
+from patchguard.kernel.kallsyms import Symbol
 
 DISPATCH_FUNCTIONS = ("x64_sys_call", "x32_sys_call", "ia32_sys_call")
 U32 = 0xFFFFFFFF
@@ -28,6 +29,13 @@ SYSCALL_PREFIXES = (
     "__do_compat_sys_",
     "__se_sys_",
 )
+NI_SYSCALL = ("sys_ni_syscall", "__x64_sys_ni_syscall", "__ia32_sys_ni_syscall")
+
+
+def is_syscall_function(name: str) -> bool:
+    return name.startswith(SYSCALL_PREFIXES) or name in NI_SYSCALL
+
+
 # What nr can be on a path: inclusive bounds (unsigned 32-bit) and values ruled out between
 # them by an earlier `je` (a compare tree tests equality before it splits the range).
 Range = tuple[int, int, frozenset[int]]
@@ -102,8 +110,8 @@ def _target(op_str: str) -> int | None:
 
 
 class _Walker:
-    def __init__(self, function: str, code: bytes, start: int, symbols: Symbols) -> None:
-        self.function, self.code, self.start, self.symbols = function, code, start, symbols
+    def __init__(self, code: bytes, start: int) -> None:
+        self.code, self.start = code, start
         md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
         # One linear pass: a dispatch function is straight code, no data between cases, so
         # every branch target is an instruction start of this listing.
@@ -111,7 +119,7 @@ class _Walker:
         self.order = sorted(self.listing)
         self.index = {address: n for n, address in enumerate(self.order)}
         self.seen: set[tuple[int, Range]] = set()
-        self.entries: list[DispatchEntry] = []
+        self.jumps: list[tuple[int, int, int, int, int]] = []  # insn, size, lo, hi, target
 
     def inside(self, address: int) -> bool:
         return self.start <= address < self.start + len(self.code)
@@ -164,21 +172,36 @@ class _Walker:
                 return
 
     def _record(self, insn: tuple[int, int, str, str], target: int, r: Range) -> None:
-        loc = self.symbols.lookup(target)
-        name = loc.symbol.name if loc is not None and loc.offset == 0 else f"{target:#x}"
-        self.entries.append(
-            DispatchEntry(self.function, insn[0], insn[1], r[0], r[1], target, name)
-        )
+        self.jumps.append((insn[0], insn[1], r[0], r[1], target))
+
+
+def target_names(symbols: Symbols, targets: Iterable[int]) -> dict[int, str]:
+    """The name of the symbol that starts at each target, all asked for at once; the address
+    where none starts there."""
+    starting = symbols.starting_at(targets)
+    return {t: preferred(starting[t]).name if t in starting else f"{t:#x}" for t in targets}
+
+
+def preferred(aliases: list[Symbol]) -> Symbol:
+    """The name to show among the symbols at one address: the syscall function kallsyms lists
+    last (__x64_sys_kill, listed after __ia32_sys_kill and __do_sys_kill), else the first."""
+    syscall = [s for s in aliases if is_syscall_function(s.name)]
+    return syscall[-1] if syscall else aliases[0]
 
 
 def dispatch_entries(
     function: str, code: bytes, start: int, symbols: Symbols
 ) -> list[DispatchEntry]:
     """Every direct jump/call of one dispatch function, with the nr range that reaches it."""
-    walker = _Walker(function, code, start, symbols)
+    walker = _Walker(code, start)
     walker.walk(start, (0, U32, frozenset()))
-    unique = {(e.insn, e.lo, e.hi): e for e in walker.entries}
-    return sorted(unique.values(), key=lambda e: (e.lo, e.insn))
+    unique = {(insn, lo, hi): (insn, size, lo, hi, t) for insn, size, lo, hi, t in walker.jumps}
+    names = target_names(symbols, {jump[4] for jump in unique.values()})
+    entries = [
+        DispatchEntry(function, insn, size, lo, hi, target, names[target])
+        for insn, size, lo, hi, target in unique.values()
+    ]
+    return sorted(entries, key=lambda e: (e.lo, e.insn))
 
 
 def _decode_branch(code: bytes, address: int) -> int | None:

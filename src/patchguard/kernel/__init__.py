@@ -12,7 +12,8 @@ from patchguard.kernel.errors import KernelAccessError, oserror_reason
 
 if TYPE_CHECKING:
     from patchguard.kernel.btf import Btf
-    from patchguard.kernel.kallsyms import SymbolTable
+    from patchguard.kernel.child_read import ChildRead
+    from patchguard.kernel.kallsyms import AddressRange, SymbolTable
     from patchguard.kernel.memory import KernelMemory
 
 
@@ -28,6 +29,8 @@ class Kernel:
         self._memory_error: KernelAccessError | None = None
         self._module_btf: dict[str, Btf] = {}
         self._kallsyms: SymbolTable | None = None
+        self._kallsyms_read: ChildRead | None = None  # started by start_kallsyms()
+        self._kernel_answers = True  # kernel_lookup works here (until it fails once)
         # Surfaces are collected in parallel: what they share is loaded once, under this lock.
         self._lock = threading.RLock()
 
@@ -60,21 +63,52 @@ class Kernel:
                 self._kallsyms = SymbolTable.parse(self._read_kallsyms())
             return self._kallsyms
 
-    def _read_kallsyms(self) -> str:
-        from patchguard.kernel.child_read import read_in_child
+    def start_kallsyms(self) -> None:
+        """Start reading /proc/kallsyms now, in a child (child_read: the surfaces run Python
+        beside the read), for whoever asks for `kallsyms` later; live only."""
+        from patchguard.kernel.child_read import ChildRead
 
+        with self._lock:
+            if self.live and self._kallsyms is None and self._kallsyms_read is None:
+                self._kallsyms_read = ChildRead(self.path("/proc/kallsyms"))
+
+    def _read_kallsyms(self) -> str:
+        self.start_kallsyms()
+        read, self._kallsyms_read = self._kallsyms_read, None
         path = self.path("/proc/kallsyms")
         try:
-            # Live, the surfaces run Python beside this read: a child does it (child_read).
-            raw = read_in_child(path) if self.live else path.read_bytes()
+            raw = read.result() if read is not None else path.read_bytes()
         except OSError as exc:
             raise KernelAccessError("/proc/kallsyms", oserror_reason(exc)) from exc
         return raw.decode(errors="replace")
 
+    def range(self, name: str) -> AddressRange | None:
+        """A protected range by its short name (kallsyms.RANGE_SYMBOLS). Live, its bounds are
+        asked of the kernel (kernel_lookup), so that nobody waits for /proc/kallsyms to be
+        read for them; kallsyms answers where the kernel cannot."""
+        from patchguard.kernel.kallsyms import RANGE_SYMBOLS, AddressRange
+
+        if self.live and self._kernel_answers:
+            start_sym, end_syms = RANGE_SYMBOLS[name]
+            try:
+                start = self._symbol_address(start_sym)
+                end = next(filter(None, map(self._symbol_address, end_syms)), None)
+            except KernelAccessError:
+                self._kernel_answers = False
+            else:
+                if start is not None and end is not None and start < end:
+                    return AddressRange(name, start, end)
+        return self.kallsyms.range(name)
+
+    def _symbol_address(self, name: str) -> int | None:
+        from patchguard.kernel.kernel_lookup import symbol_address
+
+        return symbol_address(name, own=self.own_prog_ids.add)
+
     @cached_property
     def vmlinux_btf(self) -> Btf:
         from patchguard.kernel.btf import Btf
-        from patchguard.kernel.btf_find import find_by_name_kind
+        from patchguard.kernel.kernel_lookup import find_by_name_kind
 
         def finder(name: str, kind: int) -> int | None:
             return find_by_name_kind(name, kind, own=self.own_prog_ids.add)
@@ -111,6 +145,9 @@ class Kernel:
         since would be code no symbol names. vmlinux BTF and the memory reader stay."""
         with self._lock:
             self._kallsyms = None
+            if self._kallsyms_read is not None:  # a read started before: it may be stale
+                self._kallsyms_read.close()
+                self._kallsyms_read = None
             self._module_btf.clear()
             self.__dict__.pop("_btf_names", None)
 
@@ -139,6 +176,9 @@ class Kernel:
         return self._memory
 
     def close(self) -> None:
+        if self._kallsyms_read is not None:
+            self._kallsyms_read.close()
+            self._kallsyms_read = None
         if self._memory is not None:
             self._memory.close()
             self._memory = None

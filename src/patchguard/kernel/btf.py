@@ -142,7 +142,7 @@ class Btf:
     strings: bytes = field(repr=False)
     base: Btf | None = field(default=None, repr=False)
     where: str = "BTF"  # the file, for errors found as the walk goes on
-    # The kernel's lookup by name and kind (btf_find): vmlinux on the live kernel only.
+    # The kernel's lookup by name and kind (kernel_lookup): vmlinux on the live kernel only.
     finder: Finder | None = field(default=None, repr=False)
     # Index in `words` of each type, by id - start_id, found by walking the type section as
     # far as a lookup needs: a whole walk is ~35 ms of Python for vmlinux, and a scan asks

@@ -17,35 +17,55 @@ from pathlib import Path
 SYSTEM_BIN = "/usr/bin:/bin"
 
 
+class ChildRead:
+    """One file being read by `cat` into a memfd: started at once, waited for by result().
+    Anything that keeps the child from doing it (no cat, no memfd, a failed read) falls back
+    to reading here, so a missing or refused file raises the OSError an ordinary read would."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._out = -1
+        self._pid = -1
+        cat = shutil.which("cat", path=SYSTEM_BIN)
+        if cat is None or not hasattr(os, "memfd_create"):
+            return
+        self._out = os.memfd_create("patchguard-read", os.MFD_CLOEXEC)
+        actions = [
+            (os.POSIX_SPAWN_DUP2, self._out, 1),
+            (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+        ]
+        try:
+            self._pid = os.posix_spawn(
+                cat, [cat, "--", str(path)], {"LC_ALL": "C"}, file_actions=actions
+            )
+        except OSError:
+            self._pid = -1
+
+    def result(self) -> bytes:
+        """The whole file (OSError as a read here would raise it)."""
+        try:
+            if self._pid > 0:
+                _, status = os.waitpid(self._pid, 0)
+                self._pid = -1
+                if os.waitstatus_to_exitcode(status) == 0:
+                    return os.pread(self._out, os.fstat(self._out).st_size, 0)
+            return self.path.read_bytes()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Forget the read: the child is waited for (it ends by itself), the memfd closed."""
+        if self._pid > 0:
+            os.waitpid(self._pid, 0)
+            self._pid = -1
+        if self._out >= 0:
+            os.close(self._out)
+            self._out = -1
+
+
 def read_in_child(path: Path) -> bytes:
-    """The whole of `path`, read by `cat` into a memfd. Anything that keeps the child from
-    doing it (no cat, no memfd, a failed read) falls back to reading here, so a missing or
-    refused file raises the OSError an ordinary read would."""
-    cat = shutil.which("cat", path=SYSTEM_BIN)
-    if cat is None or not hasattr(os, "memfd_create"):
-        return path.read_bytes()
-    out = os.memfd_create("patchguard-read", os.MFD_CLOEXEC)
-    try:
-        if _copy(cat, path, out) != 0:
-            return path.read_bytes()
-        return os.pread(out, os.fstat(out).st_size, 0)
-    finally:
-        os.close(out)
+    """The whole of `path`, read by `cat` (see ChildRead)."""
+    return ChildRead(path).result()
 
 
-def _copy(cat: str, path: Path, out: int) -> int:
-    """cat's exit code; its stdout is `out`, its stderr /dev/null (our caller's read names
-    the error if there is one)."""
-    actions = [
-        (os.POSIX_SPAWN_DUP2, out, 1),
-        (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
-    ]
-    try:
-        pid = os.posix_spawn(cat, [cat, "--", str(path)], {"LC_ALL": "C"}, file_actions=actions)
-    except OSError:
-        return -1
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
-__all__ = ["read_in_child"]
+__all__ = ["ChildRead", "read_in_child"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -184,6 +184,34 @@ class SymbolTable:
                     a, t, n, m = match.groups("")
                     found.append(Symbol(int(a, 16), t, n, m or None))
             pos = text.find(needle, pos + len(needle))
+        return found
+
+    def starting_at(self, addresses: Iterable[int]) -> dict[int, list[Symbol]]:
+        """The symbols that start exactly at each of `addresses` (those where some do), for
+        many addresses in one forward pass: core kernel lines are printed in address order,
+        so each search starts where the last one ended (830 dispatch targets: ~2 ms, where
+        one search each would take a second). An address where no symbol starts costs one
+        search to the end of the text."""
+        text = self._text
+        found: dict[int, list[Symbol]] = {}
+        pos = 0
+        for address in sorted(set(addresses)):
+            needle = f"{address:016x} "
+            if text.startswith(needle):
+                hit = 0  # the first line, which no newline precedes
+            elif (hit := text.find("\n" + needle, pos) + 1) == 0:
+                continue  # not at a symbol start: the next search starts where this one did
+            symbols: list[Symbol] = []
+            while text.startswith(needle, hit):
+                end = text.find("\n", hit)
+                end = end if end >= 0 else len(text)
+                match = _LINE.match(text, hit, end)
+                if match:
+                    a, t, n, m = match.groups("")
+                    symbols.append(Symbol(int(a, 16), t, n, m or None))
+                hit = end + 1
+            found[address] = symbols
+            pos = hit - 1
         return found
 
     def lookup(self, address: int) -> Location | None:

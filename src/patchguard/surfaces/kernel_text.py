@@ -39,7 +39,7 @@ class KernelTextSurface:
 
     def collect(self, kernel: Kernel) -> SurfaceState:
         try:
-            text = kernel.kallsyms.range("text")
+            text = kernel.range("text")
             if text is None:
                 return SurfaceState(
                     NAME, [], gaps=[Gap(NAME, "core text", "kallsyms shows no _stext/_etext")]

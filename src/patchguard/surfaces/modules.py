@@ -386,7 +386,7 @@ def _known_addresses(r: _Reading, names: set[str]) -> list[int]:
     for name in sorted(names):
         found += _section_addresses(r, name)
     with contextlib.suppress(KernelAccessError):  # its gap is recorded by the kallsyms view
-        found += [s.address for s in r.kernel.kallsyms.symbols if s.module in names]
+        found += [s.address for s in r.kernel.kallsyms.in_modules(names)]
     return [a for a in found if a]
 
 
@@ -401,10 +401,7 @@ def _module_area_lines(text: str) -> str:
     )
 
 
-def _collect_vmalloc(r: _Reading) -> None:
-    text = r.text("module memory (/proc/vmallocinfo)", VMALLOCINFO)
-    if text is None:
-        return
+def _collect_vmalloc(r: _Reading, text: str) -> None:
     areas = parse_vmallocinfo(_module_area_lines(text))
     r.partial[VMALLOC_CALLER_VIEW] = {
         a.caller_module for a in areas if a.caller_module and a.caller_module not in PSEUDO_MODULES
@@ -441,10 +438,13 @@ class ModulesSurface:
 
     def collect(self, kernel: Kernel) -> SurfaceState:
         r = _Reading(SURFACE, kernel)
-        _collect_proc(r)
+        vmallocinfo = r.text("module memory (/proc/vmallocinfo)", VMALLOCINFO)
         _collect_sysfs(r)
+        # kallsyms last: surfaces run beside its reading, and these views need it
+        _collect_proc(r)
         _collect_kallsyms(r)
-        _collect_vmalloc(r)
+        if vmallocinfo is not None:
+            _collect_vmalloc(r, vmallocinfo)
         views = cross_view(r.full, r.partial, _transient(r.records))
         r.records.extend(views)
         counts = {

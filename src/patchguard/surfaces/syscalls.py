@@ -13,10 +13,16 @@ function must lead to that syscall's own function in core kernel text.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from patchguard.engine.findings import Disposition, Finding, Gap, Severity
-from patchguard.engine.syscalls import DISPATCH_FUNCTIONS, SYSCALL_PREFIXES, dispatch_entries
+from patchguard.engine.syscalls import (
+    DISPATCH_FUNCTIONS,
+    dispatch_entries,
+    is_syscall_function,
+    preferred,
+)
 from patchguard.kernel import Kernel, KernelAccessError
 from patchguard.kernel.kallsyms import Location, Symbol
 from patchguard.surfaces.base import SurfaceState
@@ -24,7 +30,6 @@ from patchguard.surfaces.base import SurfaceState
 NAME = "syscalls"
 TABLES = ("sys_call_table", "ia32_sys_call_table", "x32_sys_call_table")
 MAX_TABLE_ENTRIES = 1024
-NI_SYSCALL = ("sys_ni_syscall", "__x64_sys_ni_syscall", "__ia32_sys_ni_syscall")
 
 
 @dataclass(frozen=True)
@@ -44,36 +49,39 @@ class SyscallTarget:
         return str(self.lo) if self.lo == self.hi else f"{self.lo}..{self.hi}"
 
 
-def is_syscall_function(name: str) -> bool:
-    return name.startswith(SYSCALL_PREFIXES) or name in NI_SYSCALL
-
-
 class SyscallNames:
-    """Names at exact addresses for the syscall functions only, found by searching kallsyms
-    for their prefixes (cheap), falling back to the full table for anything else (a hooked
-    target: rare, and then worth it). The same search finds the dispatch functions and the
-    tables."""
+    """Names at exact addresses: the dispatch targets and table slots, asked for all at once
+    (one forward pass over kallsyms), then one at a time from what that found; anything
+    else falls back to the full table (a hooked target: rare, and then worth it). One
+    search for "sys_call" finds the dispatch functions and tables."""
 
     def __init__(self, kernel: Kernel) -> None:
         self._syms = kernel.kallsyms
-        # One search for "sys_", which every prefix, sys_ni_syscall, x64_sys_call and
-        # sys_call_table contain, instead of one per name (each ~1.4 ms over 5 MB of text).
-        found = [s for s in self._syms.containing("sys_") if s.module is None]
-        # W: cond_syscall() stubs of syscalls not built in are weak aliases
-        self._known = {
-            s.address: s for s in found if s.type in "TtWw" and is_syscall_function(s.name)
-        }
+        self._at: dict[int, list[Symbol]] = {}
         self._core: dict[str, Symbol] = {}
-        for s in found:
-            self._core.setdefault(s.name, s)
+        for s in self._syms.containing("sys_call"):
+            if s.module is None:
+                self._core.setdefault(s.name, s)
 
     def core(self, name: str) -> Symbol | None:
-        """The core kernel symbol `name`, if its name contains "sys_" (the first listed)."""
+        """A dispatch function or table (a core symbol whose name contains "sys_call")."""
         return self._core.get(name)
 
+    def starting_at(self, addresses: Iterable[int]) -> dict[int, list[Symbol]]:
+        wanted = set(addresses)
+        missing = {a for a in wanted if a not in self._at}
+        if missing:
+            found = self._syms.starting_at(missing)
+            self._at.update({a: found.get(a, []) for a in missing})
+        return {a: self._at[a] for a in wanted if self._at[a]}
+
     def lookup(self, address: int) -> Location | None:
-        known = self._known.get(address)
-        return Location(known, 0) if known is not None else self._syms.lookup(address)
+        found = self._at.get(address)
+        if found is None:
+            found = self.starting_at([address]).get(address, [])
+        # W: cond_syscall() stubs of syscalls not built in are weak aliases
+        named = [s for s in found if s.type in "TtWw" and s.module is None]
+        return Location(preferred(named), 0) if named else self._syms.lookup(address)
 
     def in_core_text(self, address: int) -> bool:
         return self._syms.in_core_text(address)
@@ -124,6 +132,7 @@ def read_tables(kernel: Kernel, names: SyscallNames) -> list[SyscallTarget]:
         ]
         while pointers and pointers[-1] == 0:
             pointers.pop()  # alignment padding up to the next symbol, not syscalls
+        names.starting_at(pointers)  # all at once; _target asks one at a time
         for nr, pointer in enumerate(pointers):
             name, ok = _target(kernel, names, pointer)
             found.append(SyscallTarget(table, nr, nr, bounds[0] + 8 * nr, pointer, name, ok))

@@ -19,7 +19,7 @@ from typing import Any
 
 from guest_steps import Steps, module_params
 
-from patchguard.engine.syscalls import dispatch_entries
+from patchguard.engine.syscalls import KallsymsNames, dispatch_entries
 from patchguard.kernel import Kernel
 
 steps = Steps(
@@ -57,7 +57,11 @@ def addresses() -> dict[str, int]:
         if end is None:
             raise LookupError("no symbol after x64_sys_call: its end is unknown")
         code = memory.read(start, end - start)
-        jumps = [e for e in dispatch_entries("x64_sys_call", code, start, syms) if e.nr == NR_KILL]
+        jumps = [
+            e
+            for e in dispatch_entries("x64_sys_call", code, start, KallsymsNames(syms))
+            if e.nr == NR_KILL
+        ]
         if len(jumps) != 1 or jumps[0].size != 5 or jumps[0].target_name != "__x64_sys_kill":
             raise LookupError(f"no single 5-byte jmp for syscall 62 in x64_sys_call: {jumps}")
         result = {name: address for name, address in found.items() if address is not None}

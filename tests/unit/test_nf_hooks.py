@@ -79,7 +79,7 @@ def test_read_hooks_walks_every_list(btf: Btf) -> None:
     image = _one_namespace(
         offsets, [(0xFFFFFFFF81234560, -200), (0xFFFFFFFFC0A00000, -(2**31) + 7)]
     )
-    found = read_hooks(image, SYMBOLS, btf)
+    found = read_hooks(image, SYMBOLS.address_of("net_namespace_list"), btf)
     assert found == [
         HookEntry(4026531840, 2, 1, -200, 0xFFFFFFFF81234560),
         HookEntry(4026531840, 2, 1, -(2**31) + 7, 0xFFFFFFFFC0A00000),
@@ -97,7 +97,7 @@ def test_implausible_list_is_refused_not_read_on(btf: Btf) -> None:
 def test_without_data_symbols_it_says_why(btf: Btf) -> None:
     text_only = SymbolTable.parse("ffffffff81000000 T _stext\nffffffff81e00000 T _etext\n")
     with pytest.raises(KernelAccessError, match="CONFIG_KALLSYMS_ALL"):
-        read_hooks(Image(), text_only, btf)
+        read_hooks(Image(), text_only.address_of("net_namespace_list"), btf)
 
 
 def test_functions_are_named_as_percent_ps_would() -> None:

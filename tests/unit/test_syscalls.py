@@ -12,7 +12,7 @@ import pytest
 
 from patchguard.engine.explain import SiteIndex, diff_runs, explain
 from patchguard.engine.integrity import dispatch_finding
-from patchguard.engine.syscalls import DispatchEntry, dispatch_entries
+from patchguard.engine.syscalls import DispatchEntry, KallsymsNames, dispatch_entries
 from patchguard.kernel.kallsyms import SymbolTable
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "6.18-fc" / "x64_sys_call.json"
@@ -33,7 +33,9 @@ def symbols(captured: dict[str, Any]) -> SymbolTable:
 @pytest.fixture(scope="module")
 def entries(captured: dict[str, Any], symbols: SymbolTable) -> list[DispatchEntry]:
     code = bytes.fromhex(captured["code"])
-    return dispatch_entries("x64_sys_call", code, int(captured["start"], 16), symbols)
+    return dispatch_entries(
+        "x64_sys_call", code, int(captured["start"], 16), KallsymsNames(symbols)
+    )
 
 
 def by_syscall(entries: list[DispatchEntry]) -> dict[str, int | None]:

@@ -19,7 +19,7 @@ from patchguard.engine.x86 import JumpEntry as JumpEntry
 from patchguard.engine.x86 import StaticCallSite as StaticCallSite
 from patchguard.engine.x86 import decode_jump_table as decode_jump_table
 from patchguard.engine.x86 import decode_static_call_sites as decode_static_call_sites
-from patchguard.kernel.kallsyms import Location, Symbol
+from patchguard.kernel.kallsyms import Location
 
 KernelRead = Callable[[int, int], "bytes | None"]  # (address, size) -> live bytes or None
 CONTEXT = 16  # unchanged bytes kept either side of a run: enough to see a whole site
@@ -28,7 +28,6 @@ CONTEXT = 16  # unchanged bytes kept either side of a run: enough to see a whole
 class Symbols(Protocol):
     def lookup(self, address: int) -> Location | None: ...
     def in_core_text(self, address: int) -> bool: ...
-    def starting_at(self, addresses: Iterable[int]) -> dict[int, list[Symbol]]: ...
 
 
 @dataclass(frozen=True)

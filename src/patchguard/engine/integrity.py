@@ -54,6 +54,7 @@ from patchguard.engine.owners import Owners, current_owners
 from patchguard.engine.syscalls import (
     DISPATCH_FUNCTIONS,
     DispatchEntry,
+    KallsymsNames,
     dispatch_entries,
     redirected,
 )
@@ -169,7 +170,7 @@ def syscall_dispatch(kernel: Kernel, text: Region) -> list[DispatchEntry]:
         if start is None or end is None or not (text.start <= start < end <= text.end):
             continue
         code = text.data[start - text.start : end - text.start]
-        entries += dispatch_entries(function, code, start, syms)
+        entries += dispatch_entries(function, code, start, KallsymsNames(syms))
     return entries
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import capstone
 
 from patchguard.engine.explain import KernelRead, Symbols
-from patchguard.kernel.kallsyms import Symbol
+from patchguard.kernel.kallsyms import Symbol, SymbolTable
 
 DISPATCH_FUNCTIONS = ("x64_sys_call", "x32_sys_call", "ia32_sys_call")
 U32 = 0xFFFFFFFF
@@ -175,11 +176,10 @@ class _Walker:
         self.jumps.append((insn[0], insn[1], r[0], r[1], target))
 
 
-def target_names(symbols: Symbols, targets: Iterable[int]) -> dict[int, str]:
-    """The name of the symbol that starts at each target, all asked for at once; the address
-    where none starts there."""
-    starting = symbols.starting_at(targets)
-    return {t: preferred(starting[t]).name if t in starting else f"{t:#x}" for t in targets}
+class TargetNames(Protocol):
+    def names_at(self, addresses: Iterable[int]) -> dict[int, str]:
+        """The name of the symbol that starts at each address (those where one does)."""
+        ...
 
 
 def preferred(aliases: list[Symbol]) -> Symbol:
@@ -189,16 +189,27 @@ def preferred(aliases: list[Symbol]) -> Symbol:
     return syscall[-1] if syscall else aliases[0]
 
 
+class KallsymsNames:
+    """TargetNames from kallsyms text: all addresses in one forward pass (starting_at)."""
+
+    def __init__(self, symbols: SymbolTable) -> None:
+        self.symbols = symbols
+
+    def names_at(self, addresses: Iterable[int]) -> dict[int, str]:
+        found = self.symbols.starting_at(addresses)
+        return {address: preferred(aliases).name for address, aliases in found.items()}
+
+
 def dispatch_entries(
-    function: str, code: bytes, start: int, symbols: Symbols
+    function: str, code: bytes, start: int, symbols: TargetNames
 ) -> list[DispatchEntry]:
     """Every direct jump/call of one dispatch function, with the nr range that reaches it."""
     walker = _Walker(code, start)
     walker.walk(start, (0, U32, frozenset()))
     unique = {(insn, lo, hi): (insn, size, lo, hi, t) for insn, size, lo, hi, t in walker.jumps}
-    names = target_names(symbols, {jump[4] for jump in unique.values()})
+    names = symbols.names_at({jump[4] for jump in unique.values()})
     entries = [
-        DispatchEntry(function, insn, size, lo, hi, target, names[target])
+        DispatchEntry(function, insn, size, lo, hi, target, names.get(target, f"{target:#x}"))
         for insn, size, lo, hi, target in unique.values()
     ]
     return sorted(entries, key=lambda e: (e.lo, e.insn))

@@ -4,6 +4,7 @@ can feed captured trees; the live kernel is root "/"."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from patchguard.kernel.child_read import ChildRead
     from patchguard.kernel.kallsyms import AddressRange, SymbolTable
     from patchguard.kernel.memory import KernelMemory
+    from patchguard.kernel.symbolize import KernelName, Symbolizer
 
 
 class Kernel:
@@ -31,6 +33,9 @@ class Kernel:
         self._kallsyms: SymbolTable | None = None
         self._kallsyms_read: ChildRead | None = None  # started by start_kallsyms()
         self._kernel_answers = True  # kernel_lookup works here (until it fails once)
+        self._symbolizer: Symbolizer | None = None
+        self._symbolizer_failed = False
+        self._ranges: dict[str, AddressRange | None] = {}  # the same for the whole boot
         # Surfaces are collected in parallel: what they share is loaded once, under this lock.
         self._lock = threading.RLock()
 
@@ -86,6 +91,11 @@ class Kernel:
         """A protected range by its short name (kallsyms.RANGE_SYMBOLS). Live, its bounds are
         asked of the kernel (kernel_lookup), so that nobody waits for /proc/kallsyms to be
         read for them; kallsyms answers where the kernel cannot."""
+        if name not in self._ranges:
+            self._ranges[name] = self._range(name)
+        return self._ranges[name]
+
+    def _range(self, name: str) -> AddressRange | None:
         from patchguard.kernel.kallsyms import RANGE_SYMBOLS, AddressRange
 
         if self.live and self._kernel_answers:
@@ -100,10 +110,49 @@ class Kernel:
                     return AddressRange(name, start, end)
         return self.kallsyms.range(name)
 
+    def symbol_address(self, name: str) -> int | None:
+        """The address of `name` as the kernel looks it up (core before modules): asked of
+        the kernel live (kernel_lookup), else from kallsyms."""
+        if self.live and self._kernel_answers:
+            try:
+                return self._symbol_address(name)
+            except KernelAccessError:
+                self._kernel_answers = False
+        return self.kallsyms.address_of(name)
+
     def _symbol_address(self, name: str) -> int | None:
         from patchguard.kernel.kernel_lookup import symbol_address
 
         return symbol_address(name, own=self.own_prog_ids.add)
+
+    def names(self, addresses: Iterable[int]) -> dict[int, KernelName]:
+        """Each address named symbol+offset [module], for those a symbol covers: by the kernel
+        (%pS, symbolize.py) where it names addresses, else by kallsyms."""
+        from patchguard.kernel.symbolize import KernelName
+
+        symbolizer = self.symbolizer()
+        if symbolizer is not None:
+            return symbolizer.names(addresses)
+        syms = self.kallsyms
+        located = {a: syms.lookup(a) for a in set(addresses)}
+        return {
+            a: KernelName(loc.symbol.name, loc.offset, 0, loc.symbol.module)
+            for a, loc in located.items()
+            if loc is not None
+        }
+
+    def symbolizer(self) -> Symbolizer | None:
+        """The kernel's own naming of addresses (symbolize.py), opened once; None where the
+        kernel cannot (then kallsyms names them) or the kernel is a captured tree."""
+        from patchguard.kernel.symbolize import Symbolizer
+
+        with self._lock:
+            if self._symbolizer is None and self.live and not self._symbolizer_failed:
+                try:
+                    self._symbolizer = Symbolizer.open(own=self.own_prog_ids.add)
+                except KernelAccessError:
+                    self._symbolizer_failed = True
+            return self._symbolizer
 
     @cached_property
     def vmlinux_btf(self) -> Btf:
@@ -176,6 +225,9 @@ class Kernel:
         return self._memory
 
     def close(self) -> None:
+        if self._symbolizer is not None:
+            self._symbolizer.close()
+            self._symbolizer = None
         if self._kallsyms_read is not None:
             self._kallsyms_read.close()
             self._kallsyms_read = None

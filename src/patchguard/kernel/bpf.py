@@ -280,6 +280,8 @@ def c_string(raw: bytes) -> str:
 
 
 BPF_F_MMAPABLE = 1 << 10  # an array whose values user space can mmap (5.5+)
+BPF_F_RDONLY_PROG = 1 << 7  # programs may only read it (with BPF_MAP_FREEZE: a constant)
+BPF_MAP_FREEZE = 22
 
 
 def map_create(

@@ -25,6 +25,7 @@ BPF_ADD, BPF_AND, BPF_MOV = 0x00, 0x50, 0xB0
 BPF_JA, BPF_JEQ, BPF_JGT = 0x00, 0x10, 0x20
 BPF_CALL, BPF_EXIT = 0x80, 0x90
 BPF_PSEUDO_MAP_FD = 1
+BPF_PSEUDO_MAP_VALUE = 2
 BPF_PSEUDO_CALL = 1
 BPF_PSEUDO_KFUNC_CALL = 2
 
@@ -81,6 +82,14 @@ def ld_imm64(dst: int, value: int) -> bytes:
     second."""
     low, high = struct.unpack("<ii", value.to_bytes(8, "little"))
     return insn(BPF_LD | BPF_DW | BPF_IMM, dst, imm=low) + insn(0, imm=high)
+
+
+def ld_map_value(dst: int, map_fd: int, offset: int) -> bytes:
+    """The two-slot ld_imm64 that the verifier turns into a pointer `offset` bytes into the
+    value of a one-entry array map (BPF_PSEUDO_MAP_VALUE)."""
+    return insn(BPF_LD | BPF_DW | BPF_IMM, dst, BPF_PSEUDO_MAP_VALUE, imm=map_fd) + insn(
+        0, imm=offset
+    )
 
 
 def ld_map_fd(dst: int, map_fd: int) -> bytes:

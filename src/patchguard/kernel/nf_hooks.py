@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 from patchguard.kernel.btf import Btf
 from patchguard.kernel.errors import KernelAccessError
-from patchguard.kernel.kallsyms import SymbolTable
 from patchguard.kernel.memory import KERNEL_SPACE, KernelMemory, read_u32
 
 # net->nf member, protocol family (enum NFPROTO_*), number of hook lists.
@@ -121,12 +120,12 @@ def _priority(memory: KernelMemory, ops: int, offsets: Layout) -> int | None:
         return None
 
 
-def read_hooks(memory: KernelMemory, symbols: SymbolTable, btf: Btf) -> list[HookEntry]:
-    """Every hook of every network namespace, read from kernel memory."""
-    head = symbols.address_of("net_namespace_list")
+def read_hooks(memory: KernelMemory, head: int | None, btf: Btf) -> list[HookEntry]:
+    """Every hook of every network namespace, read from kernel memory; `head` is the address
+    of net_namespace_list (None: kallsyms does not know it)."""
     if head is None:
         raise KernelAccessError(
-            "/proc/kallsyms",
+            "kallsyms",
             "no net_namespace_list: this kernel lists no data symbols (CONFIG_KALLSYMS_ALL off)",
         )
     offsets = layout(btf)

@@ -111,17 +111,30 @@ def read_msrs(kernel: Kernel, gaps: list[Gap]) -> list[MsrValue]:
                 except OSError as exc:  # EIO: this CPU does not have it (no compat, no 32-bit)
                     gaps.append(Gap(NAME, f"{msr} on CPU {cpu}", oserror_reason(exc)))
                     continue
-                found = kernel.kallsyms.at(value)
-                named = next((s for s in found if s.name in expected), found[0] if found else None)
-                symbol, module = (named.name, named.module) if named else (None, None)
+                symbol, module = _entry_name(kernel, value, expected)
                 values.append(MsrValue(cpu, msr, value, symbol, expected, module))
         finally:
             os.close(fd)
     return values
 
 
+def _entry_name(
+    kernel: Kernel, value: int, expected: tuple[str, ...]
+) -> tuple[str | None, str | None]:
+    """(symbol, module) of what starts at `value`: the expected entry point among its aliases
+    (the kernel names one of them; kallsyms lists them all), else the one named."""
+    named = kernel.names([value]).get(value)
+    if named is None or named.offset:
+        return None, None
+    if named.name not in expected:
+        alias = next((s for s in kernel.kallsyms.at(value) if s.name in expected), None)
+        if alias is not None:
+            return alias.name, alias.module
+    return named.name, named.module
+
+
 def read_idt(kernel: Kernel, gaps: list[Gap]) -> list[IdtGate]:
-    idt = kernel.kallsyms.address_of("idt_table")
+    idt = kernel.symbol_address("idt_table")
     if idt is None:
         gaps.append(
             Gap(
@@ -137,14 +150,15 @@ def read_idt(kernel: Kernel, gaps: list[Gap]) -> list[IdtGate]:
     except KernelAccessError as exc:
         gaps.append(Gap(NAME, "IDT", str(exc)))
         return []
-    text = kernel.kallsyms.range("text")
+    text = kernel.range("text")
+    handlers = [decode_gate(raw[v * GATE_SIZE : (v + 1) * GATE_SIZE]) for v in range(IDT_VECTORS)]
+    names = kernel.names(h for h in handlers if h)
     gates = []
-    for vector in range(IDT_VECTORS):
-        handler = decode_gate(raw[vector * GATE_SIZE : (vector + 1) * GATE_SIZE])
+    for vector, handler in enumerate(handlers):
         if handler == 0:
             continue  # not set up: the CPU raises #GP for it
-        loc = kernel.kallsyms.lookup(handler)
-        early = vector < 32 and loc is not None and loc.symbol.name == "early_idt_handler_array"
+        loc = names.get(handler)
+        early = vector < 32 and loc is not None and loc.name == "early_idt_handler_array"
         gates.append(
             IdtGate(
                 vector,

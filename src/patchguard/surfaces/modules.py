@@ -301,12 +301,11 @@ class _Reading(Reading):
 
 
 def _loader_symbols(kernel: Kernel) -> tuple[str, ...] | None:
-    """Which LOADER_SYMBOLS kallsyms has; None if kallsyms cannot be read."""
+    """Which LOADER_SYMBOLS the kernel has; None if neither it nor kallsyms can say."""
     try:
-        table = kernel.kallsyms
+        return tuple(s for s in LOADER_SYMBOLS if kernel.symbol_address(s) is not None)
     except KernelAccessError:
         return None
-    return tuple(s for s in LOADER_SYMBOLS if table.address_of(s) is not None)
 
 
 def _collect_proc(r: _Reading) -> None:

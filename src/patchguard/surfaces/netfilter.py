@@ -276,7 +276,8 @@ def _read_hook_lists(
     unavailable = "; ".join(reason for _, reason in dump_gaps)
     try:
         kernel = r.kernel
-        entries = read_hooks(kernel.memory(), kernel.kallsyms, kernel.vmlinux_btf)
+        head = kernel.symbol_address("net_namespace_list")
+        entries = read_hooks(kernel.memory(), head, kernel.vmlinux_btf)
     except KernelAccessError as exc:
         for what, reason in dump_gaps:
             r.gap(what, reason)

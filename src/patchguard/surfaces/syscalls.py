@@ -24,7 +24,7 @@ from patchguard.engine.syscalls import (
     preferred,
 )
 from patchguard.kernel import Kernel, KernelAccessError
-from patchguard.kernel.kallsyms import Location, Symbol
+from patchguard.kernel.symbolize import KernelName
 from patchguard.surfaces.base import SurfaceState
 
 NAME = "syscalls"
@@ -50,67 +50,91 @@ class SyscallTarget:
 
 
 class SyscallNames:
-    """Names at exact addresses: the dispatch targets and table slots, asked for all at once
-    (one forward pass over kallsyms), then one at a time from what that found; anything
-    else falls back to the full table (a hooked target: rare, and then worth it). One
-    search for "sys_call" finds the dispatch functions and tables."""
+    """What the dispatch jumps to and the table slots point at, named all at once: by the kernel
+    itself where it names addresses (kernel/symbolize.py: nothing waits for /proc/kallsyms),
+    else from kallsyms in one forward pass, falling back to its full table for an address no
+    symbol starts at (a hooked target: rare, and then worth it)."""
 
     def __init__(self, kernel: Kernel) -> None:
-        self._syms = kernel.kallsyms
-        self._at: dict[int, list[Symbol]] = {}
-        self._core: dict[str, Symbol] = {}
-        for s in self._syms.containing("sys_call"):
-            if s.module is None:
-                self._core.setdefault(s.name, s)
+        self._kernel = kernel
+        self._symbolizer = kernel.symbolizer()
+        self._where: dict[int, KernelName | None] = {}
 
-    def core(self, name: str) -> Symbol | None:
-        """A dispatch function or table (a core symbol whose name contains "sys_call")."""
-        return self._core.get(name)
-
-    def starting_at(self, addresses: Iterable[int]) -> dict[int, list[Symbol]]:
+    def names_at(self, addresses: Iterable[int]) -> dict[int, str]:
         wanted = set(addresses)
-        missing = {a for a in wanted if a not in self._at}
-        if missing:
-            found = self._syms.starting_at(missing)
-            self._at.update({a: found.get(a, []) for a in missing})
-        return {a: self._at[a] for a in wanted if self._at[a]}
+        self._fill(wanted)
+        return {a: w.name for a in wanted if (w := self._where[a]) is not None and not w.offset}
 
-    def lookup(self, address: int) -> Location | None:
-        found = self._at.get(address)
-        if found is None:
-            found = self.starting_at([address]).get(address, [])
-        # W: cond_syscall() stubs of syscalls not built in are weak aliases
-        named = [s for s in found if s.type in "TtWw" and s.module is None]
-        return Location(preferred(named), 0) if named else self._syms.lookup(address)
+    def where(self, address: int) -> KernelName | None:
+        if address not in self._where:
+            self._fill({address})
+        return self._where[address]
 
-    def in_core_text(self, address: int) -> bool:
-        return self._syms.in_core_text(address)
+    def _fill(self, addresses: set[int]) -> None:
+        missing = {a for a in addresses if a not in self._where}
+        if not missing:
+            return
+        if self._symbolizer is not None:
+            found = self._symbolizer.names(missing)
+        else:
+            found = self._from_kallsyms(missing)
+        self._where.update({a: found.get(a) for a in missing})
+
+    def _from_kallsyms(self, addresses: set[int]) -> dict[int, KernelName]:
+        syms = self._kernel.kallsyms
+        starting = syms.starting_at(addresses)
+        found: dict[int, KernelName] = {}
+        for address in addresses:
+            # W: cond_syscall() stubs of syscalls not built in are weak aliases
+            named = [s for s in starting.get(address, []) if s.type in "TtWw"]
+            if named:
+                s = preferred(named)
+                found[address] = KernelName(s.name, 0, 0, s.module)
+            elif (loc := syms.lookup(address)) is not None:
+                found[address] = KernelName(loc.symbol.name, loc.offset, 0, loc.symbol.module)
+        return found
+
+    def bounds(self, name: str) -> tuple[int, int] | None:
+        """[start, end) of a function or table: up to the next symbol, as the kernel sizes it
+        (or kallsyms, which is sorted within core kernel symbols)."""
+        start = self._kernel.symbol_address(name)
+        if start is None:
+            return None
+        if self._symbolizer is not None:
+            where = self.where(start)
+            ok = where is not None and where.offset == 0 and where.size > 0
+            return (start, start + where.size) if ok and where is not None else None
+        end = self._kernel.kallsyms.address_after(start)
+        return (start, end) if end is not None else None
+
+    def is_syscall_start(self, address: int, name: str) -> bool:
+        """Whether a syscall function starts at `address`, whose name is `name`: the kernel
+        names one alias of several, so another is looked for in kallsyms before saying no."""
+        if is_syscall_function(name):
+            return True
+        return any(is_syscall_function(s.name) for s in self._kernel.kallsyms.at(address))
 
 
 def _target(kernel: Kernel, names: SyscallNames, address: int) -> tuple[str, bool]:
-    loc = names.lookup(address)
-    if loc is None:
+    where = names.where(address)
+    if where is None:
         return f"{address:#x}", False
-    at_start = loc.offset == 0 and loc.symbol.module is None
-    ok = at_start and is_syscall_function(loc.symbol.name) and kernel.kallsyms.in_core_text(address)
-    module = f" [{loc.symbol.module}]" if loc.symbol.module else ""
-    return (loc.symbol.name + module if loc.offset == 0 else str(loc)), ok
-
-
-def _bounds(kernel: Kernel, names: SyscallNames, name: str) -> tuple[int, int] | None:
-    """[start, end) of a function or table: end is the next symbol's address, found in the
-    text after it (kallsyms is sorted within core kernel symbols)."""
-    found = names.core(name)
-    if found is None:
-        return None
-    end = kernel.kallsyms.address_after(found.address)
-    return (found.address, end) if end is not None else None
+    text = kernel.range("text")
+    ok = (
+        where.offset == 0
+        and where.module is None
+        and text is not None
+        and address in text
+        and names.is_syscall_start(address, where.name)
+    )
+    module = f" [{where.module}]" if where.module else ""
+    return (where.name + module if where.offset == 0 else str(where)), ok
 
 
 def read_dispatch(kernel: Kernel, names: SyscallNames) -> list[SyscallTarget]:
     found: list[SyscallTarget] = []
     for function in DISPATCH_FUNCTIONS:
-        bounds = _bounds(kernel, names, function)
+        bounds = names.bounds(function)
         if bounds is None:
             continue
         code = kernel.memory().read(bounds[0], bounds[1] - bounds[0])
@@ -123,7 +147,7 @@ def read_dispatch(kernel: Kernel, names: SyscallNames) -> list[SyscallTarget]:
 def read_tables(kernel: Kernel, names: SyscallNames) -> list[SyscallTarget]:
     found: list[SyscallTarget] = []
     for table in TABLES:
-        bounds = _bounds(kernel, names, table)
+        bounds = names.bounds(table)
         if bounds is None:
             continue
         entries = min((bounds[1] - bounds[0]) // 8, MAX_TABLE_ENTRIES)
@@ -132,7 +156,7 @@ def read_tables(kernel: Kernel, names: SyscallNames) -> list[SyscallTarget]:
         ]
         while pointers and pointers[-1] == 0:
             pointers.pop()  # alignment padding up to the next symbol, not syscalls
-        names.starting_at(pointers)  # all at once; _target asks one at a time
+        names.names_at(pointers)  # all at once; _target asks one at a time
         for nr, pointer in enumerate(pointers):
             name, ok = _target(kernel, names, pointer)
             found.append(SyscallTarget(table, nr, nr, bounds[0] + 8 * nr, pointer, name, ok))

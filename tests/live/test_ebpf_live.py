@@ -155,11 +155,31 @@ def test_loader_whose_executable_was_deleted(tmp_path: Path) -> None:
     assert bp.wait_gone(prog["prog_id"])
 
 
-def test_scan_leaves_out_its_own_memory_reader() -> None:
-    doc = scan_json("ebpf", "kernel_text")
-    assert doc["memory_reader"] == "ebpf"
-    names = {p["name"] for p in programs(doc).values()}
-    assert "pg_kmem_read" not in names
+OWN_PROGRAMS = {"pg_kmem_read", "pg_task_iter", "pg_symbolize", "pg_btf_find", "pg_ksym_addr"}
+OWN_MAPS = {"pg_kmem", "pg_fmt", "pg_sym"}
+
+
+def test_scan_leaves_out_its_own_objects() -> None:
+    """The memory reader, the task iterator (and its link), the symbolizer and the one-shot
+    lookups are patchguard's, loaded by the scan beside the ebpf surface: not the host's."""
+    from patchguard.engine.scan import run_scan
+    from patchguard.kernel import Kernel
+    from patchguard.kernel.bpf_objects import all_maps
+    from patchguard.surfaces import all_surfaces
+
+    kernel = Kernel()
+    try:
+        report = run_scan(kernel, all_surfaces())
+        alive = {m.name for m in all_maps()}  # the reader's and symbolizer's maps are open
+        assert alive >= OWN_MAPS
+        [ebpf] = [r for r in report.results if r.surface.name == "ebpf"]
+        assert not {getattr(r, "name", None) for r in ebpf.state.records} & (
+            OWN_PROGRAMS | OWN_MAPS
+        )
+        assert not [r for r in ebpf.state.records if getattr(r, "link_type", None) == "iter"]
+        assert report.memory_reader == "ebpf"
+    finally:
+        kernel.close()
 
 
 def test_fentry_is_refused_with_a_clear_message() -> None:

@@ -152,6 +152,8 @@ class Kernel:
                     self._symbolizer = Symbolizer.open(own=self.own_prog_ids.add)
                 except KernelAccessError:
                     self._symbolizer_failed = True
+                else:
+                    self.own_map_ids.update(self._symbolizer.map_ids)
             return self._symbolizer
 
     @cached_property

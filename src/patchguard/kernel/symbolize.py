@@ -41,7 +41,7 @@ from patchguard.kernel.bpf_insn import (
     mov64_reg,
     st_mem,
 )
-from patchguard.kernel.bpf_objects import prog_info
+from patchguard.kernel.bpf_objects import map_info, prog_info
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.kernel_lookup import BPF_F_SLEEPABLE, BPF_PROG_TYPE_SYSCALL, Own
 
@@ -122,6 +122,7 @@ class Symbolizer:
     def __init__(self, prog_fd: int, fds: tuple[int, int], value: mmap.mmap) -> None:
         self._prog_fd = prog_fd
         self._fds = fds
+        self.map_ids = tuple(map_info(fd).map_id for fd in fds)
         self._value = value
         self._lock = threading.Lock()
         self._run_attr = bytearray(bpf.ATTR_SIZE)

@@ -176,17 +176,16 @@ class EbpfSurface:
         owners = find_owners(kernel.root)
         gaps += [Gap(NAME, "bpffs pin", err) for err in owners.errors]
         names = _Names(kernel, gaps)
-        own = set(kernel.own_prog_ids)
+        # patchguard's own objects (memory reader, task iterator, symbolizer) are not the host's
+        own, own_maps = set(kernel.own_prog_ids), set(kernel.own_map_ids)
+        links = [link for link in links if link.prog_id not in own]
+        maps = [m for m in maps if m.map_id not in own_maps]
         records: list[object] = []
         programs = [_program(p, links, owners, names) for p in progs if p.prog_id not in own]
         records += programs
         records += [_link(link, owners, names) for link in links]
-        records += [_map(m, owners) for m in maps if not set(kernel.own_map_ids) & {m.map_id}]
-        counts = {
-            "programs": len(programs),
-            "links": len(links),
-            "maps": len(maps) - len(set(kernel.own_map_ids)),
-        }
+        records += [_map(m, owners) for m in maps]
+        counts = {"programs": len(programs), "links": len(links), "maps": len(maps)}
         return SurfaceState(NAME, records, counts, gaps)
 
     def assess(self, state: SurfaceState) -> list[Finding]:

@@ -3,23 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from patchguard.kernel import Kernel
 from patchguard.kernel.kernel_lookup import symbol_address
 
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
-
-
-@pytest.fixture
-def kernel() -> Iterator[Kernel]:
-    k = Kernel()
-    try:
-        yield k
-    finally:
-        k.close()
 
 
 def test_addresses_agree_with_kallsyms(kernel: Kernel) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,15 +16,6 @@ from patchguard.surfaces.kernel_text import hash_range
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
 
 SWAPGS = bytes.fromhex("0f01f8")
-
-
-@pytest.fixture
-def kernel() -> Iterator[Kernel]:
-    k = Kernel()
-    try:
-        yield k
-    finally:
-        k.close()
 
 
 def test_entry_syscall_64_starts_with_swapgs(kernel: Kernel) -> None:

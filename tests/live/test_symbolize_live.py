@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from patchguard.kernel import Kernel
@@ -11,15 +9,6 @@ from patchguard.kernel.symbolize import BATCH, Symbolizer
 from patchguard.surfaces.syscalls import SyscallNames, read_dispatch
 
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
-
-
-@pytest.fixture
-def kernel() -> Iterator[Kernel]:
-    k = Kernel()
-    try:
-        yield k
-    finally:
-        k.close()
 
 
 def test_names_agree_with_kallsyms(kernel: Kernel) -> None:

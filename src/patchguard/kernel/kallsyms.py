@@ -92,9 +92,6 @@ class SymbolTable:
     def __init__(self, text: str) -> None:
         self._text = text
         self._ranges: dict[str, AddressRange | None] = {}  # asked for on every classified run
-        # Where the line of an address already found by a search ends (address_after starts
-        # there instead of searching the text again).
-        self._line_ends: dict[int, int] = {}
 
     @classmethod
     def parse(cls, text: str, source: str = "/proc/kallsyms") -> SymbolTable:
@@ -227,10 +224,8 @@ class SymbolTable:
         """The next higher address kallsyms lists after the line of `address`, read from the
         text without building the table: core kernel symbols are printed in address order."""
         text, needle = self._text, f"{address:016x} "
-        line = self._line_ends.get(address)
-        if line is None:
-            pos = text.find(needle)
-            line = text.find("\n", pos) if pos >= 0 else -1
+        pos = text.find(needle)
+        line = text.find("\n", pos) if pos >= 0 else -1
         while line >= 0:
             nxt = text[line + 1 : line + 17]
             if len(nxt) == 16 and int(nxt, 16) > address:
@@ -275,9 +270,7 @@ class SymbolTable:
             match = _LINE.match(text, start, end)
             if match:
                 a, t, n, m = match.groups("")
-                symbol = Symbol(int(a, 16), t, n, m or None)
-                self._line_ends.setdefault(symbol.address, end)
-                yield symbol
+                yield Symbol(int(a, 16), t, n, m or None)
             pos = text.find(needle, end)
 
     def containing(self, part: str) -> list[Symbol]:

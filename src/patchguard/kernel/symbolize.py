@@ -64,7 +64,7 @@ class KernelName:
 
     name: str
     offset: int
-    size: int  # of the symbol: up to the next one
+    size: int  # of the symbol, up to the next one (0: not known, when kallsyms named it)
     module: str | None
 
     def __str__(self) -> str:

@@ -279,6 +279,7 @@ def c_string(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
+BPF_MAP_TYPE_ARRAY = 2
 BPF_F_MMAPABLE = 1 << 10  # an array whose values user space can mmap (5.5+)
 BPF_F_RDONLY_PROG = 1 << 7  # programs may only read it (with BPF_MAP_FREEZE: a constant)
 BPF_MAP_FREEZE = 22
@@ -379,12 +380,24 @@ def prog_test_run(prog_fd: int, ctx: bytes) -> int:
     """Run a program once with `ctx` (raw tracepoints: the u64 args); return its r0.
 
     For raw tracepoints the kernel wants repeat = 0 and no data_in, only ctx_in."""
+    return _test_run(prog_fd, ctx)[0]
+
+
+def syscall_prog_run(prog_fd: int, ctx: bytes) -> bytes:
+    """Run a BPF_PROG_TYPE_SYSCALL program once with `ctx`; return the ctx as it left it (the
+    kernel copies a syscall program's ctx back: its retval is only 32 bits, and ctx_out is
+    refused)."""
+    return _test_run(prog_fd, ctx)[1]
+
+
+def _test_run(prog_fd: int, ctx: bytes) -> tuple[int, bytes]:
     c = ctypes.create_string_buffer(ctx, len(ctx))
     attr = bytearray(ATTR_SIZE)
     struct.pack_into("<I", attr, 0, prog_fd)
-    struct.pack_into("<IIQ", attr, 40, len(ctx), 0, addr_of(c))  # ctx_size_in, ctx_in
+    # ctx_size_in, ctx_in (NULL for no ctx: the kernel refuses a pointer to nothing)
+    struct.pack_into("<IIQ", attr, 40, len(ctx), 0, addr_of(c) if ctx else 0)
     _, out = sys_bpf(BPF_PROG_TEST_RUN, attr, "PROG_TEST_RUN")
-    return int(struct.unpack_from("<i", out, 4)[0])
+    return int(struct.unpack_from("<i", out, 4)[0]), c.raw
 
 
 def raw_tracepoint_open(name: str, prog_fd: int) -> int:

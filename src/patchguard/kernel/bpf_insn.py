@@ -84,6 +84,22 @@ def ld_imm64(dst: int, value: int) -> bytes:
     return insn(BPF_LD | BPF_DW | BPF_IMM, dst, imm=low) + insn(0, imm=high)
 
 
+BPF_FUNC_map_lookup_elem = 1
+
+
+def value_at_key_0(map_fd: int, missing: int) -> list[bytes]:
+    """r0 = the value at key 0 of an array map (the key on the stack at r10-4); where there is
+    none, jump `missing` instructions on (the verifier wants the NULL case handled)."""
+    return [
+        st_mem(4, R10, -4, 0),
+        mov64_reg(R2, R10),
+        add64_imm(R2, -4),
+        ld_map_fd(R1, map_fd),
+        call(BPF_FUNC_map_lookup_elem),
+        jeq_imm(R0, 0, missing),
+    ]
+
+
 def ld_map_value(dst: int, map_fd: int, offset: int) -> bytes:
     """The two-slot ld_imm64 that the verifier turns into a pointer `offset` bytes into the
     value of a one-entry array map (BPF_PSEUDO_MAP_VALUE)."""

@@ -15,6 +15,7 @@ import mmap
 import os
 import struct
 import threading
+from collections.abc import Callable
 
 from patchguard.kernel import bpf
 from patchguard.kernel.bpf_insn import (
@@ -23,25 +24,19 @@ from patchguard.kernel.bpf_insn import (
     R2,
     R3,
     R6,
-    R10,
-    add64_imm,
     call,
     exit_insn,
-    jeq_imm,
     jgt_imm,
-    ld_map_fd,
     ldx_mem,
     mov64_imm,
     mov64_reg,
-    st_mem,
+    value_at_key_0,
 )
 from patchguard.kernel.bpf_objects import map_info, prog_info
 from patchguard.kernel.errors import KernelAccessError, explain_errno
 from patchguard.kernel.memory import MemoryReadError
 
-BPF_MAP_TYPE_ARRAY = 2
 BPF_PROG_TYPE_RAW_TRACEPOINT = 17
-BPF_FUNC_map_lookup_elem = 1
 BPF_FUNC_probe_read_kernel = 113
 PAGE = 4096
 # One test run reads up to CHUNK bytes. Each syscall hands the GIL to the scan's other threads
@@ -55,12 +50,7 @@ def reader_program(map_fd: int, chunk: int) -> bytes:
     return b"".join(
         [
             mov64_reg(R6, R1),  # r6 = ctx (struct bpf_raw_tracepoint_args *)
-            st_mem(4, R10, -4, 0),  # key = 0 on the stack
-            mov64_reg(R2, R10),
-            add64_imm(R2, -4),
-            *[ld_map_fd(R1, map_fd)],
-            call(BPF_FUNC_map_lookup_elem),
-            jeq_imm(R0, 0, 6),  # no value: return 0 - the caller sees no data
+            *value_at_key_0(map_fd, 6),  # no value: return 0 - the caller sees no data
             mov64_reg(R1, R0),  # dst = map value
             ldx_mem(8, R2, R6, 8),  # size = args[1]
             jgt_imm(R2, chunk, 3),  # bound it for the verifier (and for safety)
@@ -80,8 +70,9 @@ class EbpfReader:
         self._map_fd = map_fd
         self._prog_fd = prog_fd
         self._value = value  # the map value, mapped; None: read it with MAP_LOOKUP_ELEM
-        self._lookup = bpf.MapReader(map_fd, struct.pack("<I", 0), CHUNK)
-        # A read is two syscalls on one map value (test run, then lookup): surfaces read from
+        # The first `size` bytes of the value, after a test run has filled it.
+        self._fetch = _mapped(value) if value is not None else _looked_up(map_fd)
+        # A read fills the one map value, then copies it out: surfaces read from
         # several threads, and without the lock one thread gets another's bytes (the lab saw
         # an IDT gate made of the netfilter surface's pointers).
         self._lock = threading.Lock()
@@ -125,12 +116,7 @@ class EbpfReader:
     def _read_chunk(self, address: int, size: int) -> bytes:
         with self._lock:
             ret = bpf.prog_test_run(self._prog_fd, struct.pack("<QQ", address, size))
-            if ret < 0:
-                data = None
-            elif self._value is not None:
-                data = self._value[:size]
-            else:
-                data = bytes(self._lookup()[:size])
+            data = None if ret < 0 else self._fetch(size)
         if data is None:
             raise MemoryReadError(address, size, f"bpf_probe_read_kernel: {explain_errno(-ret)}")
         return data
@@ -144,15 +130,25 @@ class EbpfReader:
         self._value = None
 
 
+def _mapped(value: mmap.mmap) -> Callable[[int], bytes]:
+    return lambda size: value[:size]
+
+
+def _looked_up(map_fd: int) -> Callable[[int], bytes]:
+    """Copied out with MAP_LOOKUP_ELEM (buffers made once), where the value is not mapped."""
+    lookup = bpf.MapReader(map_fd, struct.pack("<I", 0), CHUNK)
+    return lambda size: bytes(lookup()[:size])
+
+
 def _value_map() -> tuple[int, mmap.mmap | None]:
     """The one-value array the program reads into, and its value mapped read-only here (so a
     read costs one syscall and no copy out of the kernel); unmapped before 5.5."""
     try:
-        map_fd = bpf.map_create(BPF_MAP_TYPE_ARRAY, 4, CHUNK, 1, "pg_kmem", bpf.BPF_F_MMAPABLE)
+        map_fd = bpf.map_create(bpf.BPF_MAP_TYPE_ARRAY, 4, CHUNK, 1, "pg_kmem", bpf.BPF_F_MMAPABLE)
     except bpf.BpfError as exc:
         if exc.errno != errno.EINVAL:  # EINVAL: no such flag here yet
             raise
-        return bpf.map_create(BPF_MAP_TYPE_ARRAY, 4, CHUNK, 1, "pg_kmem"), None
+        return bpf.map_create(bpf.BPF_MAP_TYPE_ARRAY, 4, CHUNK, 1, "pg_kmem"), None
     try:
         return map_fd, mmap.mmap(map_fd, CHUNK, mmap.MAP_SHARED, mmap.PROT_READ)
     except OSError:

@@ -12,7 +12,6 @@ once, with the GIL released, and copies the ctx back (well under a millisecond e
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import struct
@@ -117,14 +116,7 @@ def _run_once(program: bytes, name: str, own: Own | None, ctx_size: int) -> byte
     try:
         if own is not None:
             own(prog_info(fd).prog_id)
-        ctx = ctypes.create_string_buffer(ctx_size)
-        attr = bytearray(bpf.ATTR_SIZE)
-        struct.pack_into("<I", attr, 0, fd)
-        # ctx_size_in, ctx_size_out, ctx_in: syscall programs get their ctx copied back out
-        # (their retval is only 32 bits, and ctx_out is refused)
-        struct.pack_into("<IIQ", attr, 40, ctx_size, 0, bpf.addr_of(ctx))
-        bpf.sys_bpf(bpf.BPF_PROG_TEST_RUN, attr, "PROG_TEST_RUN")
-        return ctx.raw
+        return bpf.syscall_prog_run(fd, bytes(ctx_size))
     finally:
         os.close(fd)
 

@@ -30,23 +30,18 @@ from patchguard.kernel.bpf_insn import (
     R5,
     R6,
     R7,
-    R10,
     add64_imm,
     call,
     exit_insn,
-    jeq_imm,
-    ld_map_fd,
     ld_map_value,
     mov64_imm,
     mov64_reg,
-    st_mem,
+    value_at_key_0,
 )
 from patchguard.kernel.bpf_objects import map_info, prog_info
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.kernel_lookup import BPF_F_SLEEPABLE, BPF_PROG_TYPE_SYSCALL, Own
 
-BPF_MAP_TYPE_ARRAY = 2
-BPF_FUNC_map_lookup_elem = 1
 BPF_FUNC_snprintf = 165
 BATCH = 64  # addresses per run: a 524-instruction program
 SLOT = 128  # bytes of output per address: a long name, offset, size and module fit
@@ -103,12 +98,7 @@ def symbolize_program(data_fd: int, format_fd: int) -> bytes:
     slots = sum(len(b) for b in body) // 8
     return b"".join(
         [
-            st_mem(4, R10, -4, 0),
-            mov64_reg(R2, R10),
-            add64_imm(R2, -4),
-            ld_map_fd(R1, data_fd),
-            call(BPF_FUNC_map_lookup_elem),
-            jeq_imm(R0, 0, slots),  # no value: nothing to do
+            *value_at_key_0(data_fd, slots),  # no value: nothing to do
             *body,
             mov64_imm(R0, 0),
             exit_insn(),
@@ -125,8 +115,6 @@ class Symbolizer:
         self.map_ids = tuple(map_info(fd).map_id for fd in fds)
         self._value = value
         self._lock = threading.Lock()
-        self._run_attr = bytearray(bpf.ATTR_SIZE)
-        struct.pack_into("<I", self._run_attr, 0, prog_fd)
 
     @classmethod
     def open(cls, own: Own | None = None) -> Symbolizer:
@@ -134,11 +122,13 @@ class Symbolizer:
         mappable arrays refused)."""
         fds: list[int] = []
         try:
-            fds.append(bpf.map_create(BPF_MAP_TYPE_ARRAY, 4, 8, 1, "pg_fmt", bpf.BPF_F_RDONLY_PROG))
+            fds.append(
+                bpf.map_create(bpf.BPF_MAP_TYPE_ARRAY, 4, 8, 1, "pg_fmt", bpf.BPF_F_RDONLY_PROG)
+            )
             bpf.map_update(fds[0], struct.pack("<I", 0), FORMAT)
             bpf.sys_bpf(bpf.BPF_MAP_FREEZE, struct.pack("<I", fds[0]), "MAP_FREEZE")
             fds.append(
-                bpf.map_create(BPF_MAP_TYPE_ARRAY, 4, VALUE, 1, "pg_sym", bpf.BPF_F_MMAPABLE)
+                bpf.map_create(bpf.BPF_MAP_TYPE_ARRAY, 4, VALUE, 1, "pg_sym", bpf.BPF_F_MMAPABLE)
             )
             value = mmap.mmap(fds[1], VALUE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             program = symbolize_program(fds[1], fds[0])
@@ -170,7 +160,7 @@ class Symbolizer:
         value = self._value
         with self._lock:
             value[: BATCH * 8] = struct.pack(f"<{BATCH}Q", *batch, *[0] * (BATCH - len(batch)))
-            bpf.sys_bpf(bpf.BPF_PROG_TEST_RUN, self._run_attr, "PROG_TEST_RUN")
+            bpf.syscall_prog_run(self._prog_fd, b"")  # the addresses and names are in `value`
             raw = value[BATCH * 8 : BATCH * 8 + len(batch) * SLOT]
         return [
             raw[i * SLOT : (i + 1) * SLOT].split(b"\0", 1)[0].decode(errors="replace")

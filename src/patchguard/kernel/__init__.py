@@ -3,11 +3,12 @@ can feed captured trees; the live kernel is root "/"."""
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from patchguard.kernel.errors import KernelAccessError, oserror_reason
 
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     from patchguard.kernel.kallsyms import AddressRange, SymbolTable
     from patchguard.kernel.memory import KernelMemory
     from patchguard.kernel.symbolize import KernelName, Symbolizer
+
+_T = TypeVar("_T")
 
 
 class Kernel:
@@ -32,7 +35,7 @@ class Kernel:
         self._module_btf: dict[str, Btf] = {}
         self._kallsyms: SymbolTable | None = None
         self._kallsyms_read: ChildRead | None = None  # started by start_kallsyms()
-        self._kernel_answers = True  # kernel_lookup works here (until it fails once)
+        self._refused: set[object] = set()  # the kernel_lookup functions the kernel refused
         self._symbolizer: Symbolizer | None = None
         self._symbolizer_failed = False
         self._ranges: dict[str, AddressRange | None] = {}  # the same for the whole boot
@@ -97,33 +100,39 @@ class Kernel:
 
     def _range(self, name: str) -> AddressRange | None:
         from patchguard.kernel.kallsyms import RANGE_SYMBOLS, AddressRange
+        from patchguard.kernel.kernel_lookup import symbol_address
 
-        if self.live and self._kernel_answers:
-            start_sym, end_syms = RANGE_SYMBOLS[name]
-            try:
-                start = self._symbol_address(start_sym)
-                end = next(filter(None, map(self._symbol_address, end_syms)), None)
-            except KernelAccessError:
-                self._kernel_answers = False
-            else:
-                if start is not None and end is not None and start < end:
-                    return AddressRange(name, start, end)
+        start_sym, end_syms = RANGE_SYMBOLS[name]
+        try:
+            start = self._ask_kernel(symbol_address, start_sym)
+            ends = (self._ask_kernel(symbol_address, sym) for sym in end_syms)
+            end = next(filter(None, ends), None)
+        except KernelAccessError:
+            return self.kallsyms.range(name)
+        if start is not None and end is not None and start < end:
+            return AddressRange(name, start, end)
         return self.kallsyms.range(name)
 
     def symbol_address(self, name: str) -> int | None:
         """The address of `name` as the kernel looks it up (core before modules): asked of
         the kernel live (kernel_lookup), else from kallsyms."""
-        if self.live and self._kernel_answers:
-            try:
-                return self._symbol_address(name)
-            except KernelAccessError:
-                self._kernel_answers = False
-        return self.kallsyms.address_of(name)
-
-    def _symbol_address(self, name: str) -> int | None:
         from patchguard.kernel.kernel_lookup import symbol_address
 
-        return symbol_address(name, own=self.own_prog_ids.add)
+        try:
+            return self._ask_kernel(symbol_address, name)
+        except KernelAccessError:
+            return self.kallsyms.address_of(name)
+
+    def _ask_kernel(self, lookup: Callable[..., _T], *args: object) -> _T:
+        """lookup(*args) answered by the live kernel itself (kernel_lookup); KernelAccessError
+        where it cannot: a captured tree, or a lookup it refused once (not asked again)."""
+        if not self.live or lookup in self._refused:
+            raise KernelAccessError("kernel lookup", "this kernel does not answer it")
+        try:
+            return lookup(*args, own=self.own_prog_ids.add)
+        except KernelAccessError:
+            self._refused.add(lookup)
+            raise
 
     def names(self, addresses: Iterable[int]) -> dict[int, KernelName]:
         """Each address named symbol+offset [module], for those a symbol covers: by the kernel
@@ -161,12 +170,10 @@ class Kernel:
         from patchguard.kernel.btf import Btf
         from patchguard.kernel.kernel_lookup import find_by_name_kind
 
-        def finder(name: str, kind: int) -> int | None:
-            return find_by_name_kind(name, kind, own=self.own_prog_ids.add)
-
         # Live, the kernel finds types by name for us (its BTF is parsed already); the file
         # is walked only as far as lookups by id need.
-        return Btf.load(self.path("/sys/kernel/btf/vmlinux"), finder=finder if self.live else None)
+        finder = functools.partial(self._ask_kernel, find_by_name_kind) if self.live else None
+        return Btf.load(self.path("/sys/kernel/btf/vmlinux"), finder=finder)
 
     @cached_property
     def _btf_names(self) -> dict[int, str]:

@@ -14,6 +14,7 @@ decoded; the rest of each type is skipped, exactly, by kind.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import struct
 import sys
 import threading
@@ -323,22 +324,14 @@ class Btf:
         ~90 ms for vmlinux), walking the types only as far as the last match."""
         key = (name, kind)
         if key not in self._lookups:
-            self._lookups[key] = self._ask_kernel(name, kind)
-        if self._lookups[key] is False:
-            self._lookups[key] = self._search(name.encode(), kind)
-        found = self._lookups[key]
-        return None if isinstance(found, bool) else found
+            self._lookups[key] = self._find(name, kind)
+        return self._lookups[key]
 
-    def _ask_kernel(self, name: str, kind: int) -> int | bool | None:
-        """The finder's answer; False when there is no finder or it cannot answer (then it
-        is not asked again)."""
-        if self.finder is None or not self._walk.kernel_answers:
-            return False
-        try:
-            return self.finder(name, kind)
-        except KernelAccessError:
-            self._walk.kernel_answers = False
-            return False
+    def _find(self, name: str, kind: int) -> int | None:
+        if self.finder is not None:
+            with contextlib.suppress(KernelAccessError):  # the kernel cannot answer
+                return self.finder(name, kind)
+        return self._search(name.encode(), kind)
 
     def _search(self, name: bytes, kind: int) -> int | None:
         words_raw = self._words_raw
@@ -382,7 +375,7 @@ class Btf:
         return self.words.tobytes()
 
     @cached_property
-    def _lookups(self) -> dict[tuple[str, int], int | bool | None]:
+    def _lookups(self) -> dict[tuple[str, int], int | None]:
         return {}
 
 
@@ -390,14 +383,13 @@ Finder = Callable[[str, int], "int | None"]
 
 
 class _Walk:
-    """The part of a Btf that grows as lookups need it: the type offsets found so far, where
-    the walk stopped, and whether the kernel's finder still answers."""
+    """The part of a Btf that grows as lookups need it: the type offsets found so far and
+    where the walk stopped."""
 
     def __init__(self) -> None:
         self.offsets = array("I")
         self.next = 0
         self.lock = threading.Lock()
-        self.kernel_answers = True
 
 
 WALK_STEP = 4096  # types walked at a time when a search needs the walk to go further

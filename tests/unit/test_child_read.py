@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 from patchguard.kernel import child_read
-from patchguard.kernel.child_read import read_in_child
+
+
+def read_in_child(path: Path) -> bytes:
+    return child_read.ChildRead(path).result()
 
 
 def test_reads_what_a_read_reads(tmp_path: Path) -> None:

@@ -144,11 +144,7 @@ class Kernel:
             return symbolizer.names(addresses)
         syms = self.kallsyms
         located = {a: syms.lookup(a) for a in set(addresses)}
-        return {
-            a: KernelName(loc.symbol.name, loc.offset, 0, loc.symbol.module)
-            for a, loc in located.items()
-            if loc is not None
-        }
+        return {a: KernelName.of(loc) for a, loc in located.items() if loc is not None}
 
     def symbolizer(self) -> Symbolizer | None:
         """The kernel's own naming of addresses (symbolize.py), opened once; None where the

@@ -63,9 +63,4 @@ class ChildRead:
             self._out = -1
 
 
-def read_in_child(path: Path) -> bytes:
-    """The whole of `path`, read by `cat` (see ChildRead)."""
-    return ChildRead(path).result()
-
-
-__all__ = ["ChildRead", "read_in_child"]
+__all__ = ["ChildRead"]

@@ -40,6 +40,7 @@ from patchguard.kernel.bpf_insn import (
 )
 from patchguard.kernel.bpf_objects import map_info, prog_info
 from patchguard.kernel.errors import KernelAccessError
+from patchguard.kernel.kallsyms import Location
 from patchguard.kernel.kernel_lookup import BPF_F_SLEEPABLE, BPF_PROG_TYPE_SYSCALL, Own
 
 BPF_FUNC_snprintf = 165
@@ -65,6 +66,11 @@ class KernelName:
     def __str__(self) -> str:
         module = f" [{self.module}]" if self.module else ""
         return f"{self.name}+{self.offset:#x}{module}"
+
+    @classmethod
+    def of(cls, location: Location) -> KernelName:
+        """An address kallsyms named (it gives no sizes)."""
+        return cls(location.symbol.name, location.offset, 0, location.symbol.module)
 
 
 def parse_ps(text: str) -> KernelName | None:

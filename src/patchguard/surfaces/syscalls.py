@@ -24,6 +24,7 @@ from patchguard.engine.syscalls import (
     preferred,
 )
 from patchguard.kernel import Kernel, KernelAccessError
+from patchguard.kernel.kallsyms import Location
 from patchguard.kernel.symbolize import KernelName
 from patchguard.surfaces.base import SurfaceState
 
@@ -88,10 +89,9 @@ class SyscallNames:
             # W: cond_syscall() stubs of syscalls not built in are weak aliases
             named = [s for s in starting.get(address, []) if s.type in "TtWw"]
             if named:
-                s = preferred(named)
-                found[address] = KernelName(s.name, 0, 0, s.module)
+                found[address] = KernelName.of(Location(preferred(named), 0))
             elif (loc := syms.lookup(address)) is not None:
-                found[address] = KernelName(loc.symbol.name, loc.offset, 0, loc.symbol.module)
+                found[address] = KernelName.of(loc)
         return found
 
     def bounds(self, name: str) -> tuple[int, int] | None:
@@ -102,8 +102,9 @@ class SyscallNames:
             return None
         if self._symbolizer is not None:
             where = self.where(start)
-            ok = where is not None and where.offset == 0 and where.size > 0
-            return (start, start + where.size) if ok and where is not None else None
+            if where is None or where.offset or not where.size:
+                return None
+            return start, start + where.size
         end = self._kernel.kallsyms.address_after(start)
         return (start, end) if end is not None else None
 

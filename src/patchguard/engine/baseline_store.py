@@ -60,7 +60,6 @@ SIGNATURE = "manifest.sig"
 REGION_DIR = "regions/"
 REGION_LEVEL = 1  # deflate level: ~19 MB of kernel text in well under a second
 MAX_MANIFEST = 64 * 1024 * 1024  # ~67 bytes of page hash per 4 KiB page: 64 MiB is ~4 GB
-MAX_SITES = 256 * 1024 * 1024
 MAX_SIGNATURE = 4096
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -342,6 +341,23 @@ def _all_sha256_hex(values: list[object]) -> bool:
         return False
 
 
+def _byte_count(path: Path, value: object, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        _malformed(path, f"{what} is not a byte count")
+    return value
+
+
+def _sha256_hex(path: Path, value: object, what: str) -> str:
+    if not isinstance(value, str) or not _HEX64.match(value):
+        _malformed(path, f"{what} is not a SHA-256 hex digest")
+    return value
+
+
+def _matches(data: bytes, size: int, sha256: str) -> bool:
+    """Whether `data` is what the signed manifest describes: that many bytes, that SHA-256."""
+    return len(data) == size and hashlib.sha256(data).hexdigest() == sha256
+
+
 def _parse_region(path: Path, raw: object) -> RegionEntry:
     if not isinstance(raw, dict):
         _malformed(path, "a region entry is not an object")
@@ -355,10 +371,8 @@ def _parse_region(path: Path, raw: object) -> RegionEntry:
         start_address = int(start, 16)
     except ValueError:
         _malformed(path, f"region {name}: start {start!r} is not a hex address")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        _malformed(path, f"region {name}: size is not a byte count")
-    if not isinstance(digest, str) or not _HEX64.match(digest):
-        _malformed(path, f"region {name}: sha256 is not a SHA-256 hex digest")
+    size = _byte_count(path, size, f"region {name}: size")
+    digest = _sha256_hex(path, digest, f"region {name}: sha256")
     if not isinstance(pages, list) or not _all_sha256_hex(pages):
         _malformed(path, f"region {name}: page_sha256 is not a list of SHA-256 hex digests")
     if len(pages) != -(-size // PAGE):
@@ -366,11 +380,8 @@ def _parse_region(path: Path, raw: object) -> RegionEntry:
     stored = raw.get("stored")
     if not isinstance(stored, dict) or stored.get("encoding") != "zlib":
         _malformed(path, f"region {name}: stored is not a zlib stream description")
-    stored_size, stored_digest = stored.get("size"), stored.get("sha256")
-    if not isinstance(stored_size, int) or isinstance(stored_size, bool) or stored_size < 0:
-        _malformed(path, f"region {name}: stored.size is not a byte count")
-    if not isinstance(stored_digest, str) or not _HEX64.match(stored_digest):
-        _malformed(path, f"region {name}: stored.sha256 is not a SHA-256 hex digest")
+    stored_size = _byte_count(path, stored.get("size"), f"region {name}: stored.size")
+    stored_digest = _sha256_hex(path, stored.get("sha256"), f"region {name}: stored.sha256")
     return RegionEntry(name, start_address, size, digest, tuple(pages), stored_size, stored_digest)
 
 
@@ -388,11 +399,8 @@ def _parse_manifest(path: Path, parsed: dict[str, object], public_key: bytes) ->
     sites = parsed.get("sites")
     if not isinstance(sites, dict):
         _malformed(path, "sites is not an object")
-    size, digest = sites.get("size"), sites.get("sha256")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        _malformed(path, "sites.size is not a byte count")
-    if not isinstance(digest, str) or not _HEX64.match(digest):
-        _malformed(path, "sites.sha256 is not a SHA-256 hex digest")
+    size = _byte_count(path, sites.get("size"), "sites.size")
+    digest = _sha256_hex(path, sites.get("sha256"), "sites.sha256")
     summary = parsed.get("summary")
     if not isinstance(summary, dict):
         _malformed(path, "summary is not an object")
@@ -405,7 +413,7 @@ def _parse_manifest(path: Path, parsed: dict[str, object], public_key: bytes) ->
 def _sites_member(path: Path, zf: zipfile.ZipFile, entry: SitesEntry) -> bytes:
     """The bytes of the sites member, checked against the signed manifest."""
     raw = _read_member(path, zf, SITES, entry.size)
-    if len(raw) != entry.size or hashlib.sha256(raw).hexdigest() != entry.sha256:
+    if not _matches(raw, entry.size, entry.sha256):
         raise BaselineError(
             path, f"{SITES} does not match its manifest (changed after it was signed)"
         )
@@ -459,9 +467,7 @@ def _read_stored(path: Path, zf: zipfile.ZipFile, entry: RegionEntry) -> bytes:
     """A region's stored zlib stream, checked against the signed manifest: one hash, no
     decompression. A flipped byte anywhere in it is found here."""
     stored = _read_member(path, zf, entry.member, entry.stored_size)
-    if len(stored) != entry.stored_size or hashlib.sha256(stored).hexdigest() != (
-        entry.stored_sha256
-    ):
+    if not _matches(stored, entry.stored_size, entry.stored_sha256):
         raise BaselineError(path, _stored_changed(entry))
     return stored
 

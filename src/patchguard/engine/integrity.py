@@ -187,7 +187,7 @@ def changed_pages(
     memory: KernelMemory, start: int, page_digests: bytes, size: int
 ) -> dict[int, bytes]:
     """The live bytes of each page whose SHA-256 differs from the baseline's (`page_digests`:
-    32-byte digests back to back), by page index. An unchanged page costs one read (in 64 KiB
+    32-byte digests back to back), by page index. An unchanged page costs one read (in READ_SIZE
     chunks) and one hash."""
     changed: dict[int, bytes] = {}
     sha256 = hashlib.sha256

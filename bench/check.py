@@ -23,11 +23,11 @@ from pathlib import Path
 
 from timing import median_ms
 
-from patchguard.engine.baseline_store import read_manifest, save_baseline
-from patchguard.engine.integrity import capture, verify
-from patchguard.engine.keys import HostKey
+from patchguard.integrity.check import capture, verify
+from patchguard.integrity.store import read_manifest, save_baseline
 from patchguard.kernel import Kernel
 from patchguard.kernel.memory import read_chunks
+from patchguard.signing import HostKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support import bpfprogs as bp

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from timing import median_seconds
 
-from patchguard.engine.scan import run_scan
 from patchguard.kernel import Kernel
 from patchguard.kernel.kallsyms import SymbolTable
 from patchguard.kernel.memory import read_chunks
+from patchguard.scan import run_scan
 from patchguard.surfaces import all_surfaces
 
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from patchguard.kernel import bpf
+from patchguard.kernel.bpf import syscall as bpf
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

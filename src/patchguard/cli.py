@@ -12,9 +12,9 @@ from pathlib import Path
 from rich.console import Console
 
 from patchguard import __version__
-from patchguard.engine.findings import Severity
-from patchguard.engine.scan import ScanReport, run_scan
+from patchguard.findings import Severity
 from patchguard.kernel import Kernel
+from patchguard.scan import ScanReport, run_scan
 from patchguard.surfaces import all_surfaces
 from patchguard.surfaces.base import Surface
 
@@ -165,10 +165,10 @@ def _baseline_path(given: Path | None) -> Path:
 
 
 def cmd_baseline_create(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from patchguard.engine.baseline_store import save_baseline
-    from patchguard.engine.integrity import capture
-    from patchguard.engine.keys import HostKey, default_key_path
-    from patchguard.engine.module_regions import module_of
+    from patchguard.integrity.check import capture
+    from patchguard.integrity.module_regions import module_of
+    from patchguard.integrity.store import save_baseline
+    from patchguard.signing import HostKey, default_key_path
 
     key = HostKey.load_or_create(args.key or default_key_path())
     path = _baseline_path(args.out)
@@ -201,8 +201,8 @@ def cmd_baseline_create(args: argparse.Namespace, out: Console, err: Console) ->
 
 
 def cmd_check(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from patchguard.engine.integrity import run_check
-    from patchguard.engine.keys import HostKey, default_key_path
+    from patchguard.integrity.check import run_check
+    from patchguard.signing import HostKey, default_key_path
 
     threshold = Severity.parse(args.fail_on)
     key = HostKey.load(args.key or default_key_path())
@@ -244,9 +244,9 @@ def cmd_config_check(args: argparse.Namespace, out: Console, err: Console) -> in
 
 
 def cmd_config_sign(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from patchguard.engine.keys import HostKey
     from patchguard.guard.config import load_config
     from patchguard.guard.config_sig import sign_config
+    from patchguard.signing import HostKey
 
     config = load_config(args.file)  # only a valid config is worth signing
     key = HostKey.load_or_create(args.key or config.key)
@@ -266,10 +266,10 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from patchguard.engine.baseline_store import BaselineError
-    from patchguard.engine.keys import KeyFileError
     from patchguard.guard.config import ConfigError
+    from patchguard.integrity.store import BaselineError
     from patchguard.kernel import KernelAccessError
+    from patchguard.signing import KeyFileError
 
     args = _parser().parse_args(argv)
     handler = getattr(args, "policy_handler", None)

@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from patchguard.engine.findings import Finding, Severity
-from patchguard.engine.scan import ScanReport
+from patchguard.findings import Finding, Severity
+from patchguard.scan import ScanReport
 
 SCHEMA = "patchguard.scan/1"
 SEVERITY_STYLE = {

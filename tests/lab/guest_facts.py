@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from patchguard.kernel.ebpf_reader import EbpfReader
+from patchguard.kernel.bpf.reader import EbpfReader
 from patchguard.kernel.kallsyms import SymbolTable
 from patchguard.kernel.kcore import KcoreReader
 

@@ -19,8 +19,8 @@ from typing import Any
 
 from guest_steps import Steps, module_params
 
-from patchguard.engine.syscalls import KallsymsNames, dispatch_entries
 from patchguard.kernel import Kernel
+from patchguard.x86.dispatch import KallsymsNames, dispatch_entries
 
 steps = Steps(
     "rootkit_checks",
@@ -40,7 +40,7 @@ out = steps.out
 
 def addresses() -> dict[str, int]:
     """What the modules are told: sys_call_table, __x64_sys_kill, the dispatch jump of syscall
-    62 in x64_sys_call (as `patchguard.engine.syscalls.dispatch_entries` finds it) and the
+    62 in x64_sys_call (as `patchguard.x86.dispatch.dispatch_entries` finds it) and the
     function to hook inline."""
     kernel = Kernel()
     try:

@@ -22,8 +22,8 @@ from typing import Any
 
 from guest_steps import Steps, module_params, pg_symbols
 
-from patchguard.engine import x86
 from patchguard.kernel import Kernel
+from patchguard.x86 import insn as x86
 
 WORK = Path("/tmp/patchguard-rootkits2")
 steps = Steps("rootkit_checks2", Path(sys.argv[1] if len(sys.argv) > 1 else "/results"), WORK)
@@ -186,9 +186,9 @@ def exception_ledger() -> dict[str, Any]:
     `scan --ledger` must then show as allowed."""
     from datetime import date, timedelta
 
-    from patchguard.engine.keys import HostKey
     from patchguard.policy import exceptions as ops
     from patchguard.policy.manifest import parse_manifest
+    from patchguard.signing import HostKey
 
     keys = {n: HostKey.load_or_create(WORK / f"{n}.key") for n in ("owner", "acme", "review")}
     path = WORK / "ledger.db"

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from support.manifests import MANIFESTS, approved_ledger, scan_ebpf
 
-from patchguard.kernel import bpf
-from patchguard.kernel.bpf_objects import link_info
+from patchguard.kernel.bpf import syscall as bpf
+from patchguard.kernel.bpf.objects import link_info
 from patchguard.policy.manifest import load_manifest
 
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]

@@ -64,8 +64,8 @@ def test_module_btf_splits_on_vmlinux(vmlinux: Btf) -> None:
 def test_kernel_finder_agrees_with_the_file(vmlinux: Btf) -> None:
     """The kernel's own lookup (a syscall program calling bpf_btf_find_by_name_kind) names
     the same types as a search of /sys/kernel/btf/vmlinux; the file is not walked for it."""
+    from patchguard.kernel.bpf.lookup import find_by_name_kind
     from patchguard.kernel.btf import BTF_KIND_FUNC, BTF_KIND_STRUCT
-    from patchguard.kernel.kernel_lookup import find_by_name_kind
 
     asked = [
         ("bpf_iter_task", BTF_KIND_FUNC),

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from support import bpfprogs as bp
 
-from patchguard.engine.keys import HostKey
+from patchguard.signing import HostKey
 
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
 
@@ -199,10 +199,10 @@ def test_tampered_baseline_is_refused(env: dict[str, str], baseline: Path, tampe
 def test_baseline_of_another_boot_is_refused(env: dict[str, str], tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from patchguard.engine.baseline_store import save_baseline
-    from patchguard.engine.integrity import capture
-    from patchguard.engine.keys import HostKey
+    from patchguard.integrity.check import capture
+    from patchguard.integrity.store import save_baseline
     from patchguard.kernel import Kernel
+    from patchguard.signing import HostKey
 
     kernel = Kernel()
     try:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from support import bpfprogs as bp
 
-from patchguard.kernel.bpf import BpfError
+from patchguard.kernel.bpf.syscall import BpfError
 
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
 
@@ -116,8 +116,8 @@ def test_program_kept_only_by_a_map_is_an_orphan() -> None:
 
 LOADER = """
 import os, sys, time
-from patchguard.kernel import bpf
-from patchguard.kernel.bpf_insn import R0, exit_insn, mov64_imm
+from patchguard.kernel.bpf import syscall as bpf
+from patchguard.kernel.bpf.insn import R0, exit_insn, mov64_imm
 fd = bpf.prog_load(5, mov64_imm(R0, 0) + exit_insn(), "pg_t_deleted")
 os.unlink(sys.argv[1])  # the loader removes its own executable
 print("ready", flush=True)
@@ -162,9 +162,9 @@ OWN_MAPS = {"pg_kmem", "pg_fmt", "pg_sym"}
 def test_scan_leaves_out_its_own_objects() -> None:
     """The memory reader, the task iterator (and its link), the symbolizer and the one-shot
     lookups are patchguard's, loaded by the scan beside the ebpf surface: not the host's."""
-    from patchguard.engine.scan import run_scan
     from patchguard.kernel import Kernel
-    from patchguard.kernel.bpf_objects import all_maps
+    from patchguard.kernel.bpf.objects import all_maps
+    from patchguard.scan import run_scan
     from patchguard.surfaces import all_surfaces
 
     kernel = Kernel()

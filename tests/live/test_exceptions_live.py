@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from support import bpfprogs as bp
 
-from patchguard.engine.keys import HostKey
 from patchguard.kernel import Kernel
 from patchguard.policy import exceptions as ops
 from patchguard.policy.manifest import parse_manifest
 from patchguard.policy.match import apply_exceptions
+from patchguard.signing import HostKey
 from patchguard.surfaces.ebpf import EbpfSurface
 
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]

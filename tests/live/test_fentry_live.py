@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from support import bpfprogs as bp
 
-from patchguard.kernel.bpf import BpfError
+from patchguard.kernel.bpf.syscall import BpfError
 
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
 TARGET = "__do_sys_getppid"
@@ -134,12 +134,12 @@ def test_guard_kept_running_explains_an_fentry_attached_after_it_started(tmp_pat
     start, the trampoline would be code no symbol names, and the site tampering."""
     import io
 
-    from patchguard.engine.baseline_store import save_baseline
-    from patchguard.engine.integrity import capture
-    from patchguard.engine.keys import HostKey
     from patchguard.guard.config import parse_config
     from patchguard.guard.daemon import Guard
+    from patchguard.integrity.check import capture
+    from patchguard.integrity.store import save_baseline
     from patchguard.kernel import Kernel
+    from patchguard.signing import HostKey
 
     key, baseline = tmp_path / "host.key", tmp_path / "baseline.zip"
     kernel = Kernel()

@@ -141,7 +141,7 @@ def test_contain_detaches_a_link_that_can_be_detached(guard: GuardProcess) -> No
         )
         assert contained is not None
         assert any("detached" in d for d in contained["done"]), contained
-        from patchguard.kernel.bpf_objects import link_info
+        from patchguard.kernel.bpf.objects import link_info
 
         # our own fd keeps the link object; detached, it no longer names a network namespace
         info = link_info(prog.fds[0])
@@ -291,8 +291,8 @@ def test_metrics_endpoint_serves_the_guards_counters(tmp_path: Path) -> None:
 
 
 def test_ledger_entries_reach_the_sinks_once(tmp_path: Path, receiver: Receiver) -> None:
-    from patchguard.engine.keys import HostKey
     from patchguard.policy import exceptions as ops
+    from patchguard.signing import HostKey
 
     ledger = tmp_path / "ledger.db"
     owner = HostKey.load_or_create(tmp_path / "owner.key")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from patchguard.kernel import Kernel
-from patchguard.kernel.kernel_lookup import symbol_address
+from patchguard.kernel.bpf.lookup import symbol_address
 
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
 

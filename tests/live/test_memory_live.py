@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from patchguard.kernel import Kernel
-from patchguard.kernel.bpf_objects import all_progs
-from patchguard.kernel.ebpf_reader import CHUNK, EbpfReader
+from patchguard.kernel.bpf.objects import all_progs
+from patchguard.kernel.bpf.reader import CHUNK, EbpfReader
 from patchguard.kernel.memory import MemoryReadError
 from patchguard.surfaces.kernel_text import hash_range
 

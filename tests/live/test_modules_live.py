@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from patchguard.engine.findings import Finding, Severity
+from patchguard.findings import Finding, Severity
 from patchguard.kernel import Kernel
 from patchguard.surfaces.base import Status, SurfaceState
 from patchguard.surfaces.modules import (

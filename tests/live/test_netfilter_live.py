@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from support import bpfprogs as bp
 
-from patchguard.engine.findings import Finding, Severity
+from patchguard.findings import Finding, Severity
 from patchguard.kernel import Kernel
-from patchguard.kernel.bpf import BpfError
+from patchguard.kernel.bpf.syscall import BpfError
 from patchguard.kernel.nfnetlink_hook import HookDumpError, HookSocket
 from patchguard.surfaces.base import SurfaceState
 from patchguard.surfaces.netfilter import (

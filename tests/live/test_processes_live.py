@@ -28,10 +28,10 @@ from pathlib import Path
 
 import pytest
 
-from patchguard.engine.findings import Finding
+from patchguard.findings import Finding
 from patchguard.kernel import Kernel
-from patchguard.kernel.bpf import BpfError
-from patchguard.kernel.bpf_iter import TaskIterator
+from patchguard.kernel.bpf.iterators import TaskIterator
+from patchguard.kernel.bpf.syscall import BpfError
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.surfaces.processes import (
     BPF_ITER,

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from support import bpfprogs as bp
 
-from patchguard.engine.keys import HostKey
-from patchguard.kernel.bpf import BpfError
-from patchguard.kernel.bpf_objects import all_progs
+from patchguard.kernel.bpf.objects import all_progs
+from patchguard.kernel.bpf.syscall import BpfError
 from patchguard.policy import exceptions as ops
 from patchguard.policy.manifest import load_manifest
+from patchguard.signing import HostKey
 
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
 MANIFESTS = Path(__file__).resolve().parents[2] / "src/patchguard/policy/manifests"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from patchguard.kernel import Kernel
-from patchguard.kernel.kernel_lookup import find_by_name_kind, symbol_address
-from patchguard.kernel.symbolize import BATCH, Symbolizer
+from patchguard.kernel.bpf.lookup import find_by_name_kind, symbol_address
+from patchguard.kernel.bpf.symbolize import BATCH, Symbolizer
 from patchguard.surfaces.syscalls import SyscallNames, read_dispatch
 
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from patchguard.engine.findings import Finding
+from patchguard.findings import Finding
 from patchguard.kernel import Kernel
 from patchguard.surfaces.base import SurfaceState
 from patchguard.surfaces.tracing import (

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from patchguard.kernel import bpf
-from patchguard.kernel.bpf_insn import R0, R1, call, exit_insn, mov64_imm
-from patchguard.kernel.bpf_objects import all_progs, prog_info
+from patchguard.kernel.bpf import syscall as bpf
+from patchguard.kernel.bpf.insn import R0, R1, call, exit_insn, mov64_imm
+from patchguard.kernel.bpf.objects import all_progs, prog_info
 from patchguard.kernel.mounts import ensure_mounted
 
 BPF_PROG_TYPE_TRACEPOINT = 5
@@ -183,7 +183,7 @@ def _attach_btf(function: str, prog_type: int, attach_type: int, name: str) -> L
 
 def bpffs() -> str:
     """A mounted bpffs (mounted read-write at /sys/fs/bpf if there is none)."""
-    from patchguard.kernel.bpf_owners import bpffs_mounts
+    from patchguard.kernel.bpf.owners import bpffs_mounts
 
     mounts = bpffs_mounts()
     if mounts:

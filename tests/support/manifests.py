@@ -11,9 +11,9 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from patchguard.engine.keys import HostKey
 from patchguard.policy import exceptions as ops
 from patchguard.policy.manifest import load_manifest
+from patchguard.signing import HostKey
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "src/patchguard/policy/manifests"
 

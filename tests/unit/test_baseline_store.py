@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from patchguard.engine import baseline_store
-from patchguard.engine.baseline import PAGE, Baseline, BaselineMeta, Region, page_hashes
-from patchguard.engine.baseline_store import (
+from patchguard.integrity import store as baseline_store
+from patchguard.integrity.baseline import PAGE, Baseline, BaselineMeta, Region, page_hashes
+from patchguard.integrity.store import (
     FORMAT,
     BaselineError,
     check_boot,
@@ -31,7 +31,7 @@ from patchguard.engine.baseline_store import (
     read_region,
     save_baseline,
 )
-from patchguard.engine.keys import HostKey
+from patchguard.signing import HostKey
 
 TEXT_START = 0xFFFFFFFF81000000
 BOOT_ID = "3f1c2a9e-5b7d-4e21-9c0a-1d2e3f4a5b6c"

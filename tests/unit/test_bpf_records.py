@@ -6,10 +6,10 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from patchguard.engine.findings import Severity
-from patchguard.kernel import bpf_insn as bi
-from patchguard.kernel.bpf_objects import _decode_link, call_sites
-from patchguard.kernel.bpf_owners import parse_exe_link, parse_fdinfo
+from patchguard.findings import Severity
+from patchguard.kernel.bpf import insn as bi
+from patchguard.kernel.bpf.objects import _decode_link, call_sites
+from patchguard.kernel.bpf.owners import parse_exe_link, parse_fdinfo
 from patchguard.kernel.mounts import mounted_types
 from patchguard.surfaces.ebpf import Attachment, BpfProgram, Owner, assess_program
 
@@ -151,7 +151,7 @@ def test_lsm_program_is_named_with_its_hook() -> None:
 
 
 def test_both_names_of_a_link_fd_are_links() -> None:
-    from patchguard.kernel.bpf_owners import FD_KINDS
+    from patchguard.kernel.bpf.owners import FD_KINDS
 
     # created by BPF_LINK_CREATE / RAW_TRACEPOINT_OPEN, and re-opened from a pin (6.1, lab)
     assert FD_KINDS["anon_inode:bpf_link"] == FD_KINDS["anon_inode:bpf-link"] == "link"
@@ -169,7 +169,7 @@ def test_map_operations_are_named_by_their_helper() -> None:
 
 
 def test_verifier_reason_skips_the_statistics() -> None:
-    from patchguard.kernel.bpf import verifier_reason
+    from patchguard.kernel.bpf.syscall import verifier_reason
 
     log = (
         "0: R1=ctx() R10=fp0\n0: (b7) r1 = 0\n1: (85) call bpf_probe_write_user#36\n"

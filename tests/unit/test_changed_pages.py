@@ -8,8 +8,8 @@ import os
 
 from support.memory_image import Image
 
-from patchguard.engine.baseline import PAGE
-from patchguard.engine.integrity import changed_pages
+from patchguard.integrity.baseline import PAGE
+from patchguard.integrity.check import changed_pages
 from patchguard.kernel.memory import READ_SIZE
 
 START = 0xFFFFFFFF81000000

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from patchguard.engine.keys import HostKey
 from patchguard.guard.config_sig import (
     check_config,
     check_with_host_key,
     sign_config,
     signature_path,
 )
+from patchguard.signing import HostKey
 
 CONFIG = b'[guard]\nbaseline = ""\nsweep_mean = 60\n'
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from patchguard.engine.findings import Severity
+from patchguard.findings import Severity
 from patchguard.kernel import Kernel
 from patchguard.surfaces.base import SurfaceState
 from patchguard.surfaces.entry import EntrySurface, IdtGate, MsrValue, cpus, decode_gate

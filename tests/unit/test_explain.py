@@ -15,20 +15,22 @@ from collections.abc import Callable
 
 import pytest
 
-from patchguard.engine import x86
-from patchguard.engine.explain import (
+from patchguard.integrity.explain import (
     ChangedRun,
-    JumpEntry,
     SiteIndex,
-    StaticCallSite,
     Verdict,
     classify,
-    decode_jump_table,
-    decode_static_call_sites,
     diff_runs,
     explain,
 )
 from patchguard.kernel.kallsyms import SymbolTable
+from patchguard.x86 import insn as x86
+from patchguard.x86.insn import (
+    JumpEntry,
+    StaticCallSite,
+    decode_jump_table,
+    decode_static_call_sites,
+)
 
 KALLSYMS = """\
 ffffffff81000000 T _stext

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from patchguard.engine.keys import (
+from patchguard.signing import (
     DEFAULT_KEY_PATH,
     HostKey,
     KeyFileError,

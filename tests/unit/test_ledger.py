@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from patchguard.engine.keys import HostKey
 from patchguard.policy import ledger
 from patchguard.policy.chain import content_hash, seal
 from patchguard.policy.exceptions import (
@@ -32,6 +31,7 @@ from patchguard.policy.exceptions import (
 )
 from patchguard.policy.ledger import LedgerError, append, export_json, load, verify
 from patchguard.policy.manifest import Manifest, parse_manifest
+from patchguard.signing import HostKey
 
 T0 = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
 MANIFEST = """\

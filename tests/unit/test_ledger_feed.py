@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from patchguard.engine.keys import HostKey
 from patchguard.guard.ledger_feed import LedgerFeed, read_seen, state_path
 from patchguard.policy.exceptions import decide, grant_key, init_ledger, request_exception, revoke
 from patchguard.policy.manifest import Manifest, parse_manifest
+from patchguard.signing import HostKey
 
 T0 = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
 MANIFEST = b"""\

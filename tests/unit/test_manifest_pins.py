@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from patchguard.engine.findings import Disposition, Finding, Severity
+from patchguard.findings import Disposition, Finding, Severity
 from patchguard.policy.manifest import (
     DeclaredBpfProgram,
     Loader,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from patchguard.engine.findings import Disposition, Finding
-from patchguard.engine.keys import HostKey
+from patchguard.findings import Disposition, Finding
+from patchguard.kernel.livepatch import Livepatched
 from patchguard.policy.exceptions import (
     decide,
     grant_key,
@@ -22,8 +22,9 @@ from patchguard.policy.exceptions import (
 from patchguard.policy.manifest import parse_manifest
 from patchguard.policy.match_hooks import apply_hook_exceptions
 from patchguard.policy.rules import Request
+from patchguard.signing import HostKey
 from patchguard.surfaces import modules, tracing
-from patchguard.surfaces.tracing import FtraceCallback, FtraceHook, Kprobe, Livepatched
+from patchguard.surfaces.tracing import FtraceCallback, FtraceHook, Kprobe
 
 T0 = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
 HEAD = """\

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from support.memory_image import Image
 
-from patchguard.engine.baseline_store import RegionEntry
-from patchguard.engine.module_regions import (
+from patchguard.integrity.module_regions import (
     is_text,
     module_of,
     region_bounds,
     stale_modules,
 )
+from patchguard.integrity.store import RegionEntry
 from patchguard.kernel.btf import Btf
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.module_layout import (

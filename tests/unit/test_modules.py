@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from patchguard.engine.findings import Disposition, Finding, Severity
+from patchguard.findings import Disposition, Finding, Severity
 from patchguard.kernel import Kernel
+from patchguard.kernel.proc_modules import ProcModule
 from patchguard.surfaces.base import Status
 from patchguard.surfaces.modules import (
     AREAS_PER_MODULE,
@@ -29,7 +30,6 @@ from patchguard.surfaces.modules import (
     ModuleMemory,
     ModulesSurface,
     ModuleViews,
-    ProcModule,
     SysfsModule,
     VmallocArea,
     areas_per_module,

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from pyroute2.netlink import NLA_F_NESTED, NLM_F_MULTI
 
-from patchguard.engine.findings import Disposition, Severity
+from patchguard.findings import Disposition, Severity
 from patchguard.kernel import Kernel
 from patchguard.kernel.nfnetlink_hook import (
     HOOK_GET,

@@ -16,7 +16,7 @@ from patchguard.kernel.btf import Btf
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.kallsyms import SymbolTable
 from patchguard.kernel.nf_hooks import HookEntry, Layout, layout, list_entries, read_hooks
-from patchguard.surfaces.modules import function_name, parse_proc_modules
+from patchguard.kernel.proc_modules import function_name, parse_proc_modules
 
 VMLINUX = Path(__file__).parent.parent / "fixtures/6.18-fc/sys/kernel/btf/vmlinux.gz"
 HEAD = 0xFFFFFFFF82A00000  # net_namespace_list

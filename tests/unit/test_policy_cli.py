@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from patchguard.engine.keys import HostKey
 from patchguard.policy import cli
+from patchguard.signing import HostKey
 
 MANIFEST = """\
 vendor = "Acme Security"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from patchguard.engine.findings import Disposition, Finding, Severity
+from patchguard.findings import Disposition, Finding, Severity
 from patchguard.kernel import Kernel
 from patchguard.surfaces.base import Status, SurfaceState
 from patchguard.surfaces.posture import (

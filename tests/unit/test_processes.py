@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from patchguard.engine.findings import Disposition, Severity
+from patchguard.findings import Disposition, Severity
 from patchguard.kernel import Kernel
-from patchguard.kernel.bpf_insn import BPF_EXIT, BPF_JMP, decode
-from patchguard.kernel.bpf_iter import (
+from patchguard.kernel.bpf.insn import BPF_EXIT, BPF_JMP, decode
+from patchguard.kernel.bpf.iterators import (
     RECORD,
     BPF_FUNC_probe_read_kernel,
     BPF_FUNC_seq_write,

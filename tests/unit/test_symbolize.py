@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from patchguard.kernel.bpf_insn import BPF_CALL, BPF_JMP, decode
-from patchguard.kernel.symbolize import (
+from patchguard.kernel.bpf.insn import BPF_CALL, BPF_JMP, decode
+from patchguard.kernel.bpf.symbolize import (
     BATCH,
     BPF_FUNC_snprintf,
     KernelName,

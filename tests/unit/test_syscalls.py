@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from patchguard.engine.explain import SiteIndex, diff_runs, explain
-from patchguard.engine.integrity import dispatch_finding
-from patchguard.engine.syscalls import DispatchEntry, KallsymsNames, dispatch_entries
+from patchguard.integrity.check import dispatch_finding
+from patchguard.integrity.explain import SiteIndex, diff_runs, explain
 from patchguard.kernel.kallsyms import SymbolTable
+from patchguard.x86.dispatch import DispatchEntry, KallsymsNames, dispatch_entries
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "6.18-fc" / "x64_sys_call.json"
 EVIL = 0xFFFFFFFF81F00000  # a made-up "hook" function in core text, for the redirect

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from patchguard.engine.findings import Severity
+from patchguard.findings import Severity
 from patchguard.kernel import Kernel
 from patchguard.kernel.errors import KernelAccessError, explain_errno
 from patchguard.surfaces.base import Status

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from patchguard.engine.findings import Severity
+from patchguard.findings import Severity
 
 RESPONSES = ("log", "alert", "contain", "bugcheck")
 DEFAULT_PATH = Path("/etc/patchguard/guard.toml")

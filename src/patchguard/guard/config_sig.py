@@ -13,7 +13,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from patchguard.atomic import write_atomic
-from patchguard.engine.keys import HostKey, fingerprint_of
+from patchguard.signing import HostKey, fingerprint_of
 
 FORMAT = "patchguard.config-signature/1"
 
@@ -77,7 +77,7 @@ def check_config(config: Path, public_key: bytes) -> SignatureCheck:
 def check_with_host_key(config: Path, key_path: Path) -> SignatureCheck:
     """check_config against the host key at `key_path` (a key that cannot be loaded is a
     failed check that says why)."""
-    from patchguard.engine.keys import KeyFileError
+    from patchguard.signing import KeyFileError
 
     if not signature_path(config).exists():  # unsigned: no key is needed to say so
         return check_config(config, b"")

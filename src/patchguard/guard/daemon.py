@@ -15,8 +15,7 @@ from types import FrameType
 from typing import IO, Any
 
 import patchguard
-from patchguard.engine.findings import Disposition, Finding, Severity
-from patchguard.engine.scan import run_scan
+from patchguard.findings import Disposition, Finding, Severity
 from patchguard.guard.config import GuardConfig, load_config
 from patchguard.guard.config_sig import check_with_host_key
 from patchguard.guard.ledger_feed import LedgerFeed
@@ -27,6 +26,7 @@ from patchguard.guard.systemd import Watchdog, notify
 from patchguard.guard.triggers import TriggerState
 from patchguard.kernel import Kernel
 from patchguard.report import finding_json
+from patchguard.scan import run_scan
 from patchguard.surfaces import all_surfaces
 from patchguard.surfaces.base import Surface
 
@@ -198,9 +198,9 @@ class Guard:
         return found
 
     def check_baseline(self) -> list[Finding]:
-        from patchguard.engine.baseline_store import BaselineError
-        from patchguard.engine.integrity import verify
-        from patchguard.engine.keys import HostKey, KeyFileError
+        from patchguard.integrity.check import verify
+        from patchguard.integrity.store import BaselineError
+        from patchguard.signing import HostKey, KeyFileError
 
         assert self.config.baseline is not None
         try:

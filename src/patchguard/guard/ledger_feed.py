@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from patchguard.atomic import write_atomic
-from patchguard.engine.keys import HostKey, KeyFileError
 from patchguard.policy.exceptions import record_expiries
 from patchguard.policy.ledger import LedgerError, load
+from patchguard.signing import HostKey, KeyFileError
 
 Event = dict[str, Any]
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from patchguard.engine.findings import Disposition, Finding
+from patchguard.findings import Disposition, Finding
 
 
 class Metrics:

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from patchguard.atomic import write_atomic
-from patchguard.engine.findings import Finding
-from patchguard.kernel import bpf
+from patchguard.findings import Finding
+from patchguard.kernel.bpf import syscall as bpf
 from patchguard.surfaces.ebpf import BpfProgram
 
 SYSRQ = Path("/proc/sysrq-trigger")

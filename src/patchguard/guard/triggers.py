@@ -7,7 +7,8 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from patchguard.kernel import Kernel, KernelAccessError, bpf
+from patchguard.kernel import Kernel, KernelAccessError
+from patchguard.kernel.bpf import syscall as bpf
 
 
 def _ids(cmd: int, name: str) -> str:

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, TypeVar
 from patchguard.kernel.errors import KernelAccessError, oserror_reason
 
 if TYPE_CHECKING:
+    from patchguard.kernel.bpf.symbolize import KernelName, Symbolizer
     from patchguard.kernel.btf import Btf
     from patchguard.kernel.child_read import ChildRead
     from patchguard.kernel.kallsyms import AddressRange, SymbolTable
     from patchguard.kernel.memory import KernelMemory
-    from patchguard.kernel.symbolize import KernelName, Symbolizer
 
 _T = TypeVar("_T")
 
@@ -99,8 +99,8 @@ class Kernel:
         return self._ranges[name]
 
     def _range(self, name: str) -> AddressRange | None:
+        from patchguard.kernel.bpf.lookup import symbol_address
         from patchguard.kernel.kallsyms import RANGE_SYMBOLS, AddressRange
-        from patchguard.kernel.kernel_lookup import symbol_address
 
         start_sym, end_syms = RANGE_SYMBOLS[name]
         try:
@@ -116,7 +116,7 @@ class Kernel:
     def symbol_address(self, name: str) -> int | None:
         """The address of `name` as the kernel looks it up (core before modules): asked of
         the kernel live (kernel_lookup), else from kallsyms."""
-        from patchguard.kernel.kernel_lookup import symbol_address
+        from patchguard.kernel.bpf.lookup import symbol_address
 
         try:
             return self._ask_kernel(symbol_address, name)
@@ -137,7 +137,7 @@ class Kernel:
     def names(self, addresses: Iterable[int]) -> dict[int, KernelName]:
         """Each address named symbol+offset [module], for those a symbol covers: by the kernel
         (%pS, symbolize.py) where it names addresses, else by kallsyms."""
-        from patchguard.kernel.symbolize import KernelName
+        from patchguard.kernel.bpf.symbolize import KernelName
 
         symbolizer = self.symbolizer()
         if symbolizer is not None:
@@ -149,7 +149,7 @@ class Kernel:
     def symbolizer(self) -> Symbolizer | None:
         """The kernel's own naming of addresses (symbolize.py), opened once; None where the
         kernel cannot (then kallsyms names them) or the kernel is a captured tree."""
-        from patchguard.kernel.symbolize import Symbolizer
+        from patchguard.kernel.bpf.symbolize import Symbolizer
 
         with self._lock:
             if self._symbolizer is None and self.live and not self._symbolizer_failed:
@@ -163,8 +163,8 @@ class Kernel:
 
     @cached_property
     def vmlinux_btf(self) -> Btf:
+        from patchguard.kernel.bpf.lookup import find_by_name_kind
         from patchguard.kernel.btf import Btf
-        from patchguard.kernel.kernel_lookup import find_by_name_kind
 
         # Live, the kernel finds types by name for us (its BTF is parsed already); the file
         # is walked only as far as lookups by id need.
@@ -173,7 +173,7 @@ class Kernel:
 
     @cached_property
     def _btf_names(self) -> dict[int, str]:
-        from patchguard.kernel.bpf_objects import all_btf
+        from patchguard.kernel.bpf.objects import all_btf
 
         return {obj.btf_id: obj.name for obj in all_btf()}
 
@@ -220,7 +220,7 @@ class Kernel:
             return self._memory
         if self._memory_error is not None:
             raise self._memory_error
-        from patchguard.kernel.memory import open_reader
+        from patchguard.kernel.readers import open_reader
 
         try:
             self._memory = open_reader(self)

@@ -1,21 +1,17 @@
 """KernelMemory: one interface to read kernel virtual memory, with two readers behind it.
 
 - `ebpf`: a tiny raw-tracepoint program that calls bpf_probe_read_kernel, run by
-  BPF_PROG_TEST_RUN (kernel/ebpf_reader.py). Works where /proc/kcore does not exist.
+  BPF_PROG_TEST_RUN (kernel/bpf/reader.py). Works where /proc/kcore does not exist.
 - `kcore`: the ELF core image /proc/kcore (kernel/kcore.py), on kernels that have it.
-The scan uses whichever works and says which.
+The scan uses whichever works and says which (kernel/readers.py opens it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from patchguard.kernel.errors import KernelAccessError
-
-if TYPE_CHECKING:
-    from patchguard.kernel import Kernel
-
 
 READ_SIZE = 1 << 20  # per read call: the eBPF reader serves up to 1 MiB per test run
 # The kernel's half of the address space: from 0xffff8... with 4-level paging, but the direct
@@ -57,26 +53,3 @@ class KernelMemory(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def open_reader(kernel: Kernel) -> KernelMemory:
-    """The first reader that opens: eBPF (needs no kcore), then /proc/kcore. If neither
-    works, one error that gives both reasons."""
-    from patchguard.kernel.ebpf_reader import EbpfReader
-    from patchguard.kernel.kcore import KcoreReader
-
-    if not kernel.live:
-        raise KernelAccessError("kernel memory", "a captured tree has no live kernel memory")
-    reasons = []
-    try:
-        reader = EbpfReader.open()
-        kernel.own_prog_ids.add(reader.prog_id)
-        kernel.own_map_ids.add(reader.map_id)
-        return reader
-    except KernelAccessError as exc:
-        reasons.append(f"eBPF reader: {exc.reason}")
-    try:
-        return KcoreReader.open(str(kernel.path("/proc/kcore")))
-    except KernelAccessError as exc:
-        reasons.append(f"/proc/kcore: {exc.reason}")
-    raise KernelAccessError("kernel memory", "; ".join(reasons))

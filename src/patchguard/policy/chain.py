@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from patchguard.engine.keys import HostKey, fingerprint_of, verify_signature
+from patchguard.signing import HostKey, fingerprint_of, verify_signature
 
 FORMAT = "patchguard.ledger/1"
 KINDS = ("request", "approve", "deny", "revoke", "expire", "policy")

@@ -16,7 +16,6 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from patchguard.engine.keys import HostKey, KeyFileError
 from patchguard.policy import exceptions as ops
 from patchguard.policy.ledger import (
     LedgerError,
@@ -29,6 +28,7 @@ from patchguard.policy.ledger import (
 )
 from patchguard.policy.manifest import ManifestError, load_manifest
 from patchguard.policy.rules import ROLES
+from patchguard.signing import HostKey, KeyFileError
 
 EXIT_OK, EXIT_BAD_LEDGER, EXIT_ERROR = 0, 1, 2
 Handler = Callable[[argparse.Namespace], int]

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from patchguard.engine.keys import HostKey, fingerprint_of
 from patchguard.policy.ledger import Appended, append, load
 from patchguard.policy.manifest import Manifest
 from patchguard.policy.rules import Request
+from patchguard.signing import HostKey, fingerprint_of
 
 
 def grant_key(

@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from patchguard.engine.keys import HostKey
 from patchguard.policy.chain import (
     COLUMNS,
     FORMAT,
@@ -31,6 +30,7 @@ from patchguard.policy.chain import (
     seal,
 )
 from patchguard.policy.rules import LedgerState, RuleError
+from patchguard.signing import HostKey
 
 DEFAULT_LEDGER = Path("/var/lib/patchguard/ledger.db")
 LEDGER_ENV = "PATCHGUARD_LEDGER"

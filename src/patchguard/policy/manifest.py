@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from patchguard.kernel.bpf import PROG_TYPES
+from patchguard.kernel.bpf.syscall import PROG_TYPES
 from patchguard.policy.toml_lines import decode_error_position, line_of
 
 MAX_MANIFEST = 1024 * 1024  # a manifest lists hooks; a megabyte of it is not a manifest

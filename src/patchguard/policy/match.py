@@ -15,12 +15,12 @@ from collections.abc import Iterable, Sequence
 from fnmatch import fnmatch
 from pathlib import Path
 
-from patchguard.engine.findings import Disposition, Finding, Severity
-from patchguard.engine.scan import Policy
+from patchguard.findings import Disposition, Finding, Severity
 from patchguard.kernel.errors import oserror_reason
 from patchguard.policy.manifest import DeclaredBpfProgram
 from patchguard.policy.match_hooks import allowed_by
 from patchguard.policy.rules import Request
+from patchguard.scan import Policy
 from patchguard.surfaces.base import SurfaceState
 from patchguard.surfaces.ebpf import NAME as EBPF
 from patchguard.surfaces.ebpf import BpfLink, BpfProgram

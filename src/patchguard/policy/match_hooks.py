@@ -21,7 +21,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from patchguard.engine.findings import Disposition, Finding, Severity
+from patchguard.findings import Disposition, Finding, Severity
 from patchguard.policy.manifest import (
     DeclaredFtrace,
     DeclaredKprobe,

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time
 from typing import Any
 
-from patchguard.engine.keys import fingerprint_of
 from patchguard.policy.chain import KINDS, Entry
 from patchguard.policy.manifest import Manifest, ManifestError, manifest_from_dict
+from patchguard.signing import fingerprint_of
 
 ROLES = ("approve", "policy")
 DEFAULT_MAX_EXPIRY_DAYS = 365

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from patchguard.engine.findings import Finding, Gap
+from patchguard.findings import Finding, Gap
 
 if TYPE_CHECKING:
     from patchguard.kernel import Kernel

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from patchguard.engine.findings import Disposition, Finding, Gap, Severity
+from patchguard.findings import Disposition, Finding, Gap, Severity
 from patchguard.kernel import Kernel, KernelAccessError
-from patchguard.kernel import bpf_objects as objs
-from patchguard.kernel.bpf import BpfError
-from patchguard.kernel.bpf_owners import Holder, Owners, find_owners
+from patchguard.kernel.bpf import objects as objs
+from patchguard.kernel.bpf.owners import Holder, Owners, find_owners
+from patchguard.kernel.bpf.syscall import BpfError
 from patchguard.surfaces.base import SurfaceState
 
 NAME = "ebpf"

@@ -14,7 +14,7 @@ import struct
 import subprocess
 from dataclasses import dataclass
 
-from patchguard.engine.findings import Disposition, Finding, Gap, Severity
+from patchguard.findings import Disposition, Finding, Gap, Severity
 from patchguard.kernel import Kernel, KernelAccessError
 from patchguard.kernel.errors import oserror_reason
 from patchguard.surfaces.base import SurfaceState

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from patchguard.engine.findings import Finding, Gap
+from patchguard.findings import Finding, Gap
 from patchguard.kernel import Kernel, KernelAccessError
 from patchguard.kernel.memory import KernelMemory, read_chunks
 from patchguard.surfaces.base import SurfaceState

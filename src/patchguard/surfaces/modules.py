@@ -21,21 +21,21 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from patchguard.engine.findings import Disposition, Evidence, Finding, Severity
+from patchguard.findings import Disposition, Evidence, Finding, Severity
 from patchguard.kernel.errors import KernelAccessError, is_enoent
-from patchguard.kernel.kallsyms import PSEUDO_MODULES, SymbolTable
+from patchguard.kernel.kallsyms import PSEUDO_MODULES
 from patchguard.kernel.memory import KERNEL_SPACE  # %pK prints hashed or zeroed values below it
 from patchguard.surfaces.base import SurfaceState
 from patchguard.surfaces.reading import Reading, records_of
 
 if TYPE_CHECKING:
     from patchguard.kernel import Kernel
+from patchguard.kernel.proc_modules import PROC_MODULES, ProcModule, parse_proc_modules
 
 SURFACE = "modules"
 ROOTKIT = "T1014"
 MODULE_LOAD = "T1547.006"
 
-PROC_MODULES = "/proc/modules"
 SYS_MODULE = "/sys/module"
 KALLSYMS = "/proc/kallsyms"
 VMALLOCINFO = "/proc/vmallocinfo"
@@ -85,19 +85,6 @@ T = TypeVar("T")
 
 
 # --- records ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProcModule:
-    """One line of /proc/modules: `name size refcount deps state address [(taints)]`."""
-
-    name: str
-    size: int
-    refcount: int | None  # None: "-", a kernel without module unloading
-    users: tuple[str, ...]  # modules that use this one; "[permanent]" when it cannot unload
-    state: str  # Live, Loading, Unloading
-    address: int | None  # core base; None when kptr_restrict prints zeros
-    taints: str = ""  # module taint letters, e.g. "OE"
 
 
 @dataclass(frozen=True)
@@ -161,46 +148,6 @@ class ModuleListMissing:
 
 
 # --- parsers: pure functions over text ----------------------------------------------------------
-
-
-def _proc_module(line: str) -> ProcModule | None:
-    fields = line.split()
-    if len(fields) < 6 or not fields[1].isdigit():
-        return None
-    taints = fields[6] if len(fields) > 6 else ""
-    return ProcModule(
-        name=fields[0],
-        size=int(fields[1]),
-        refcount=int(fields[2]) if fields[2].lstrip("-").isdigit() else None,
-        users=tuple(u for u in fields[3].split(",") if u and u != "-"),
-        state=fields[4],
-        address=int(fields[5], 16) or None,
-        # "(OE)", and "+"/"-" for a module coming or going on kernels that show the state.
-        taints="".join(ch for ch in taints if ch.isalpha()),
-    )
-
-
-def function_name(
-    address: int, symbols: SymbolTable, modules: Sequence[ProcModule]
-) -> tuple[str, str | None]:
-    """(function, module) the way %ps names a hook: a symbol in core text or in a listed
-    module's memory, else the bare address (code no listed module or the kernel holds)."""
-    loc = symbols.lookup(address)
-    if loc is not None and (loc.symbol.module is None) == symbols.in_core_text(address):
-        within = [
-            m
-            for m in modules
-            if m.address is not None and m.address <= address < m.address + m.size
-        ]
-        if loc.symbol.module is None or [m for m in within if m.name == loc.symbol.module]:
-            name = loc.symbol.name if loc.offset == 0 else str(loc).split(" [")[0]
-            return name, loc.symbol.module
-    return f"{address:#x}", None
-
-
-def parse_proc_modules(text: str) -> list[ProcModule]:
-    """/proc/modules, e.g. `msr 16384 0 - Live 0xffffffffc0a05000 (E)`."""
-    return [m for m in map(_proc_module, text.splitlines()) if m is not None]
 
 
 def parse_taint_letters(text: str) -> str:

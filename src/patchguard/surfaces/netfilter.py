@@ -30,10 +30,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from patchguard.engine.findings import Disposition, Evidence, Finding, Severity
-from patchguard.kernel import bpf
-from patchguard.kernel import bpf_objects as objs
-from patchguard.kernel.bpf_owners import Owners, find_owners
+from patchguard.findings import Disposition, Evidence, Finding, Severity
+from patchguard.kernel.bpf import objects as objs
+from patchguard.kernel.bpf import syscall as bpf
+from patchguard.kernel.bpf.owners import Owners, find_owners
 from patchguard.kernel.errors import KernelAccessError, is_enoent, oserror_reason
 from patchguard.kernel.kallsyms import SymbolTable
 from patchguard.kernel.nf_hooks import HookEntry, read_hooks
@@ -44,9 +44,9 @@ from patchguard.kernel.nfnetlink_hook import (
     HookDumpError,
     HookSocket,
 )
+from patchguard.kernel.proc_modules import ProcModule, function_name, parse_proc_modules
 from patchguard.surfaces.base import SurfaceState
 from patchguard.surfaces.ebpf import Owner
-from patchguard.surfaces.modules import ProcModule, function_name, parse_proc_modules
 from patchguard.surfaces.reading import Reading, one_of, records_of
 
 if TYPE_CHECKING:

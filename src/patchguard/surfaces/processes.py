@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from patchguard.engine.findings import Disposition, Evidence, Finding, Severity
-from patchguard.kernel.bpf_iter import TaskIterator
+from patchguard.findings import Disposition, Evidence, Finding, Severity
+from patchguard.kernel.bpf.iterators import TaskIterator
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.pids import answering, stat_answers
 from patchguard.surfaces.base import SurfaceState

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from patchguard.engine.findings import Gap
+from patchguard.findings import Gap
 from patchguard.kernel.errors import KernelAccessError
 
 if TYPE_CHECKING:

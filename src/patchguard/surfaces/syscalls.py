@@ -16,17 +16,17 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from patchguard.engine.findings import Disposition, Finding, Gap, Severity
-from patchguard.engine.syscalls import (
+from patchguard.findings import Disposition, Finding, Gap, Severity
+from patchguard.kernel import Kernel, KernelAccessError
+from patchguard.kernel.bpf.symbolize import KernelName
+from patchguard.kernel.kallsyms import Location
+from patchguard.surfaces.base import SurfaceState
+from patchguard.x86.dispatch import (
     DISPATCH_FUNCTIONS,
     dispatch_entries,
     is_syscall_function,
     preferred,
 )
-from patchguard.kernel import Kernel, KernelAccessError
-from patchguard.kernel.kallsyms import Location
-from patchguard.kernel.symbolize import KernelName
-from patchguard.surfaces.base import SurfaceState
 
 NAME = "syscalls"
 TABLES = ("sys_call_table", "ia32_sys_call_table", "x32_sys_call_table")

@@ -15,14 +15,13 @@ trace_uprobe_show() and trace_fprobe_show() in kernel/trace/.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, TypeVar
 
-from patchguard.engine.findings import Disposition, Evidence, Finding, Severity
+from patchguard.findings import Disposition, Evidence, Finding, Severity
 from patchguard.kernel.errors import KernelAccessError, is_enoent
 from patchguard.kernel.mounts import ensure_mounted
 from patchguard.surfaces.base import SurfaceState
@@ -32,6 +31,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from patchguard.kernel import Kernel
+from patchguard.kernel.livepatch import Livepatched, read_livepatches
+from patchguard.kernel.proc_modules import function_name, parse_proc_modules
 
 SURFACE = "tracing"
 ROOTKIT = "T1014"
@@ -112,7 +113,6 @@ SENSITIVE_PREFIXES: tuple[tuple[str, str], ...] = (
 # The ftrace handler of kprobes placed on a function's ftrace site ([FTRACE] in kprobes/list).
 KPROBE_HANDLER = "kprobe_ftrace_handler"
 KLP_HANDLER = "klp_ftrace_handler"
-LIVEPATCH = "/sys/kernel/livepatch"
 # Hooks there serve hiding or finding hidden kernel symbols, which tools rarely need.
 ROOTKIT_ONLY = frozenset({"module-list", "kallsyms"})
 
@@ -227,40 +227,6 @@ class Kprobe:
     @property
     def active(self) -> bool:
         return "GONE" not in self.flags and "DISABLED" not in self.flags
-
-
-@dataclass(frozen=True)
-class Livepatched:
-    """A function an enabled livepatch replaces (/sys/kernel/livepatch/<patch>/<obj>/<func>)."""
-
-    function: str
-    patch: str
-    where: str  # "vmlinux/cmdline_proc_show,1"
-
-    def __str__(self) -> str:
-        return f"livepatch {self.patch} ({self.where})"
-
-
-def read_livepatches(kernel: Kernel) -> list[Livepatched]:
-    """The functions of every enabled livepatch; none where the kernel has no livepatch."""
-    root = kernel.path(LIVEPATCH)
-    found: list[Livepatched] = []
-    try:
-        patches = sorted(os.listdir(root))
-    except OSError:
-        return found
-    for patch in patches:
-        try:
-            if (root / patch / "enabled").read_text().strip() != "1":
-                continue
-            objects = [o for o in sorted(os.listdir(root / patch)) if (root / patch / o).is_dir()]
-            for obj in objects:
-                for func in sorted(os.listdir(root / patch / obj)):
-                    if (root / patch / obj / func).is_dir():
-                        found.append(Livepatched(func.split(",")[0], patch, f"{obj}/{func}"))
-        except OSError:
-            continue  # a patch going away while we look
-    return found
 
 
 @dataclass(frozen=True)
@@ -486,7 +452,6 @@ def _collect_kprobes(r: Reading) -> None:
 def _with_handlers(r: Reading, probes: list[Kprobe]) -> list[Kprobe]:
     """The probes with the handler that registered each, from the kernel's kprobe_table."""
     from patchguard.kernel.kprobe_table import read_handlers
-    from patchguard.surfaces.modules import function_name, parse_proc_modules
 
     kernel = r.kernel
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from patchguard.engine.findings import Evidence, Finding, Severity
+from patchguard.findings import Evidence, Finding, Severity
 from patchguard.surfaces.posture.boot_params import BOOT_PARAMS
 from patchguard.surfaces.posture.cross_checks import kexec, module_loading
 from patchguard.surfaces.posture.paths import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from patchguard.engine.findings import Severity
+from patchguard.findings import Severity
 from patchguard.surfaces.posture.parsers import parse_lsm
 from patchguard.surfaces.posture.rules import CPU_PROTECTIONS
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING, TypeVar
 
-from patchguard.engine.findings import Gap
+from patchguard.findings import Gap
 from patchguard.kernel.errors import KernelAccessError, is_enoent, oserror_reason
 from patchguard.kernel.kallsyms import X86_64_DEFAULT_STEXT
 from patchguard.kernel.mounts import ensure_mounted

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from patchguard.engine.findings import Finding, Severity
+from patchguard.findings import Finding, Severity
 from patchguard.surfaces.posture.records import Lockdown, Setting
 from patchguard.surfaces.posture.rules import LOCKED_DOWN
 from patchguard.surfaces.posture.weakness import weakness

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from patchguard.engine.findings import Severity
+from patchguard.findings import Severity
 
 LOCKED_DOWN = ("integrity", "confidentiality")
 

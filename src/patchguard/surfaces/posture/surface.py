@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from patchguard.engine.findings import Finding, Severity
+from patchguard.findings import Finding, Severity
 from patchguard.surfaces.base import SurfaceState
 from patchguard.surfaces.posture.assess import assess_records
 from patchguard.surfaces.posture.collect import read_posture

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from patchguard.engine.findings import Disposition, Evidence, Finding, Severity
+from patchguard.findings import Disposition, Evidence, Finding, Severity
 from patchguard.surfaces.posture.paths import SURFACE
 
 

@@ -17,8 +17,8 @@ import struct
 import threading
 from collections.abc import Callable
 
-from patchguard.kernel import bpf
-from patchguard.kernel.bpf_insn import (
+from patchguard.kernel.bpf import syscall as bpf
+from patchguard.kernel.bpf.insn import (
     R0,
     R1,
     R2,
@@ -32,7 +32,7 @@ from patchguard.kernel.bpf_insn import (
     mov64_reg,
     value_at_key_0,
 )
-from patchguard.kernel.bpf_objects import map_info, prog_info
+from patchguard.kernel.bpf.objects import map_info, prog_info
 from patchguard.kernel.errors import KernelAccessError, explain_errno
 from patchguard.kernel.memory import MemoryReadError
 

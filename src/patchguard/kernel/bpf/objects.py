@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from patchguard.kernel import bpf
-from patchguard.kernel.bpf_insn import BPF_CALL, BPF_JMP, BPF_PSEUDO_KFUNC_CALL, decode
+from patchguard.kernel.bpf import syscall as bpf
+from patchguard.kernel.bpf.insn import BPF_CALL, BPF_JMP, BPF_PSEUDO_KFUNC_CALL, decode
 
 PROG_INFO_SIZE = 232
 LINK_INFO_SIZE = 96

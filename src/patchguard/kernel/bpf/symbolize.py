@@ -20,8 +20,8 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from patchguard.kernel import bpf
-from patchguard.kernel.bpf_insn import (
+from patchguard.kernel.bpf import syscall as bpf
+from patchguard.kernel.bpf.insn import (
     R0,
     R1,
     R2,
@@ -38,10 +38,10 @@ from patchguard.kernel.bpf_insn import (
     mov64_reg,
     value_at_key_0,
 )
-from patchguard.kernel.bpf_objects import map_info, prog_info
+from patchguard.kernel.bpf.lookup import BPF_F_SLEEPABLE, BPF_PROG_TYPE_SYSCALL, Own
+from patchguard.kernel.bpf.objects import map_info, prog_info
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.kallsyms import Location
-from patchguard.kernel.kernel_lookup import BPF_F_SLEEPABLE, BPF_PROG_TYPE_SYSCALL, Own
 
 BPF_FUNC_snprintf = 165
 BATCH = 64  # addresses per run: a 524-instruction program

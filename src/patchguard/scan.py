@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from patchguard.engine.findings import Disposition, Finding, Gap, Severity
+from patchguard.findings import Disposition, Finding, Gap, Severity
 from patchguard.kernel import Kernel
 from patchguard.kernel.errors import oserror_reason
 from patchguard.surfaces.base import Surface, SurfaceState

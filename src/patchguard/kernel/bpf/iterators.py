@@ -22,8 +22,8 @@ import os
 import struct
 from dataclasses import dataclass
 
-from patchguard.kernel import bpf
-from patchguard.kernel.bpf_insn import (
+from patchguard.kernel.bpf import syscall as bpf
+from patchguard.kernel.bpf.insn import (
     R0,
     R1,
     R2,
@@ -40,7 +40,7 @@ from patchguard.kernel.bpf_insn import (
     mov64_reg,
     stx_mem,
 )
-from patchguard.kernel.bpf_objects import prog_info
+from patchguard.kernel.bpf.objects import prog_info
 from patchguard.kernel.btf import Btf
 from patchguard.kernel.errors import KernelAccessError, oserror_reason
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from patchguard.kernel import bpf
+from patchguard.kernel.bpf import syscall as bpf
 from patchguard.kernel.mounts import mounted_types
 
 # readlink(/proc/PID/fd/N) of each kind of fd, as the kernel names its anonymous inodes.

@@ -13,8 +13,8 @@ from typing import Protocol
 
 import capstone
 
-from patchguard.engine.explain import KernelRead, Symbols
 from patchguard.kernel.kallsyms import Symbol, SymbolTable
+from patchguard.x86.inputs import KernelRead, Symbols
 
 DISPATCH_FUNCTIONS = ("x64_sys_call", "x32_sys_call", "ia32_sys_call")
 U32 = 0xFFFFFFFF

@@ -50,8 +50,8 @@ from pathlib import Path
 from typing import IO, NoReturn
 
 from patchguard.atomic import write_atomic
-from patchguard.engine.baseline import PAGE, Baseline, BaselineMeta, Region, page_hashes
-from patchguard.engine.keys import HostKey, fingerprint_of, verify_signature
+from patchguard.integrity.baseline import PAGE, Baseline, BaselineMeta, Region, page_hashes
+from patchguard.signing import HostKey, fingerprint_of, verify_signature
 
 FORMAT = "patchguard.baseline/2"
 MANIFEST = "manifest.json"

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from patchguard.engine.baseline_store import RegionEntry
-from patchguard.engine.findings import Disposition, Finding, Gap, Severity
+from patchguard.findings import Disposition, Finding, Gap, Severity
+from patchguard.integrity.store import RegionEntry
 from patchguard.kernel import Kernel, KernelAccessError
 from patchguard.kernel.module_layout import (
     ModuleText,
@@ -20,7 +20,7 @@ from patchguard.kernel.module_layout import (
     read_module,
     struct_module_address,
 )
-from patchguard.surfaces.modules import PROC_MODULES, parse_proc_modules
+from patchguard.kernel.proc_modules import PROC_MODULES, parse_proc_modules
 
 SURFACE = "kernel_text"
 TEXT, JUMPS, CALLS = "module_text.", "module_jump_table.", "module_static_call_sites."

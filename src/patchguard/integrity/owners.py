@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from patchguard.engine.findings import Gap
+from patchguard.findings import Gap
 from patchguard.kernel import Kernel
+from patchguard.kernel.livepatch import read_livepatches
+from patchguard.surfaces.ebpf import BpfLink, EbpfSurface
+from patchguard.surfaces.tracing import FtraceHook, Kprobe, TracingSurface
 
 FTRACE_CALL_LABELS = ("ftrace_call", "ftrace_regs_call")  # inside ftrace_(regs_)caller
 FTRACE_DISPATCH = ("ftrace_stub", "arch_ftrace_ops_list_func", "ftrace_ops_list_func")
@@ -29,7 +32,6 @@ class Owners:
 
 def livepatched(kernel: Kernel) -> dict[str, str]:
     """Function name -> "livepatch NAME (object/function,sympos)" for enabled livepatches."""
-    from patchguard.surfaces.tracing import read_livepatches
 
     return {p.function: str(p) for p in read_livepatches(kernel)}
 
@@ -44,8 +46,6 @@ def _handler_symbol(owner: str) -> tuple[str, str | None]:
 def current_owners(kernel: Kernel) -> tuple[Owners, list[Gap]]:
     """Read the owners from the ebpf and tracing surfaces (their gaps come along: an owner
     that cannot be seen cannot explain anything)."""
-    from patchguard.surfaces.ebpf import BpfLink, EbpfSurface
-    from patchguard.surfaces.tracing import FtraceHook, Kprobe, TracingSurface
 
     syms = kernel.kallsyms
     ebpf, tracing = EbpfSurface().collect(kernel), TracingSurface().collect(kernel)
@@ -74,7 +74,6 @@ def current_owners(kernel: Kernel) -> tuple[Owners, list[Gap]]:
 def _add_hook(
     kernel: Kernel, owners: Owners, dispatch: dict[int, str], patched: dict[str, str], hook: object
 ) -> None:
-    from patchguard.surfaces.tracing import FtraceHook
 
     assert isinstance(hook, FtraceHook)
     address = kernel.kallsyms.address_of(hook.function, hook.module)

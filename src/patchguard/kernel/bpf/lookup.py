@@ -17,8 +17,8 @@ import os
 import struct
 from collections.abc import Callable
 
-from patchguard.kernel import bpf
-from patchguard.kernel.bpf_insn import (
+from patchguard.kernel.bpf import syscall as bpf
+from patchguard.kernel.bpf.insn import (
     R0,
     R1,
     R2,
@@ -35,7 +35,7 @@ from patchguard.kernel.bpf_insn import (
     mov64_reg,
     stx_mem,
 )
-from patchguard.kernel.bpf_objects import prog_info
+from patchguard.kernel.bpf.objects import prog_info
 
 BPF_PROG_TYPE_SYSCALL = 31
 BPF_F_SLEEPABLE = 1 << 4  # syscall programs must be sleepable

@@ -14,33 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from patchguard import __version__
-from patchguard.engine.baseline import PAGE, Baseline, BaselineMeta, Region, page_hashes
-from patchguard.engine.baseline_store import (
-    Manifest,
-    RegionEntry,
-    check_boot,
-    read_manifest,
-    read_region,
-    verify_stored,
-)
-from patchguard.engine.explain import (
-    ChangedRun,
-    JumpEntry,
-    KernelRead,
-    SiteIndex,
-    StaticCallSite,
-    Symbols,
-    Verdict,
-    decode_jump_table,
-    decode_static_call_sites,
-    diff_runs,
-    explain,
-)
-from patchguard.engine.findings import Disposition, Finding, Gap, Severity
-from patchguard.engine.module_regions import (
+from patchguard.findings import Disposition, Finding, Gap, Severity
+from patchguard.integrity.baseline import PAGE, Baseline, BaselineMeta, Region, page_hashes
+from patchguard.integrity.explain import ChangedRun, SiteIndex, Verdict, diff_runs, explain
+from patchguard.integrity.module_regions import (
     CALLS,
     JUMPS,
     TEXT,
@@ -50,21 +29,35 @@ from patchguard.engine.module_regions import (
     region_bounds,
     stale_modules,
 )
-from patchguard.engine.owners import Owners, current_owners
-from patchguard.engine.syscalls import (
+from patchguard.integrity.owners import Owners, current_owners
+from patchguard.integrity.store import (
+    Manifest,
+    RegionEntry,
+    check_boot,
+    read_manifest,
+    read_region,
+    verify_stored,
+)
+from patchguard.kernel import Kernel, KernelAccessError
+from patchguard.kernel.kallsyms import X86_64_DEFAULT_STEXT
+from patchguard.kernel.memory import KernelMemory, read_chunks
+from patchguard.scan import ScanReport, SurfaceResult, report_for
+from patchguard.surfaces.base import SurfaceState
+from patchguard.surfaces.kernel_text import KernelTextSurface
+from patchguard.x86.dispatch import (
     DISPATCH_FUNCTIONS,
     DispatchEntry,
     KallsymsNames,
     dispatch_entries,
     redirected,
 )
-from patchguard.kernel import Kernel, KernelAccessError
-from patchguard.kernel.kallsyms import X86_64_DEFAULT_STEXT
-from patchguard.kernel.memory import KernelMemory, read_chunks
-from patchguard.surfaces.base import SurfaceState
-
-if TYPE_CHECKING:
-    from patchguard.engine.scan import ScanReport
+from patchguard.x86.inputs import KernelRead, Symbols
+from patchguard.x86.insn import (
+    JumpEntry,
+    StaticCallSite,
+    decode_jump_table,
+    decode_static_call_sites,
+)
 
 SURFACE = "kernel_text"
 SYSCALL_TABLES = ("sys_call_table", "ia32_sys_call_table", "x32_sys_call_table")
@@ -511,8 +504,6 @@ def _reader(memory: KernelMemory) -> KernelRead:
 
 def run_check(kernel: Kernel, path: Path, public_key: bytes) -> ScanReport:
     """`patchguard check` as a report of the same shape as a scan: one surface, kernel_text."""
-    from patchguard.engine.scan import SurfaceResult, report_for
-    from patchguard.surfaces.kernel_text import KernelTextSurface
 
     started, t0 = datetime.now(UTC), time.perf_counter()
     outcome = verify(kernel, path, public_key)

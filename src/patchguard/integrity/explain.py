@@ -3,31 +3,21 @@ ftrace sites, kprobes) and which are tampering (x86-64; shared/DESIGN.md, "Dynam
 legitimate").
 
 Pure code: the patch-site tables, the symbols and (optionally) a reader of live memory come in as
-arguments. The table layouts and instruction forms are in x86.py.
+arguments. The table layouts and instruction forms are in x86/insn.py.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
-from patchguard.engine import x86
-from patchguard.engine.x86 import JumpEntry as JumpEntry
-from patchguard.engine.x86 import StaticCallSite as StaticCallSite
-from patchguard.engine.x86 import decode_jump_table as decode_jump_table
-from patchguard.engine.x86 import decode_static_call_sites as decode_static_call_sites
-from patchguard.kernel.kallsyms import Location
+from patchguard.x86 import insn as x86
+from patchguard.x86.inputs import KernelRead, Symbols
+from patchguard.x86.insn import JumpEntry, StaticCallSite
 
-KernelRead = Callable[[int, int], "bytes | None"]  # (address, size) -> live bytes or None
 CONTEXT = 16  # unchanged bytes kept either side of a run: enough to see a whole site
-
-
-class Symbols(Protocol):
-    def lookup(self, address: int) -> Location | None: ...
-    def in_core_text(self, address: int) -> bool: ...
 
 
 @dataclass(frozen=True)

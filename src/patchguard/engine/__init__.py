@@ -1,1 +1,0 @@
-"""Snapshot, findings and (later) baselines: the engine knows surfaces only by their interface."""

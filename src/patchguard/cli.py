@@ -109,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     config_sign.add_argument("file", type=Path)
     config_sign.add_argument("--key", type=Path, help="host key (default: the config's `key`)")
+    techniques = sub.add_parser("techniques", help="list every technique a finding can name")
+    techniques.add_argument("--json", action="store_true", help="as a JSON array")
+    techniques.add_argument("--markdown", action="store_true", help="as docs/techniques.md")
     return parser
 
 
@@ -255,6 +258,24 @@ def cmd_config_sign(args: argparse.Namespace, out: Console, err: Console) -> int
     return EXIT_CLEAN
 
 
+def cmd_techniques(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from patchguard.techniques import TECHNIQUES, markdown
+
+    if args.markdown:
+        print(markdown(), end="")
+    elif args.json:
+        rows = [
+            {"name": t.name, "severity": t.severity.label, "attack_id": t.attack_id,
+             "meaning": t.meaning}
+            for t in TECHNIQUES.values()
+        ]  # fmt: skip
+        print(json.dumps(rows, indent=1))
+    else:
+        for t in sorted(TECHNIQUES.values(), key=lambda t: t.name):
+            print(f"{t.name}\t{t.severity.label}\t{t.attack_id or '-'}\t{t.meaning}")
+    return EXIT_CLEAN
+
+
 COMMANDS = {
     ("scan", None): cmd_scan,
     ("baseline", "create"): cmd_baseline_create,
@@ -262,6 +283,7 @@ COMMANDS = {
     ("guard", None): cmd_guard,
     ("config", "check"): cmd_config_check,
     ("config", "sign"): cmd_config_sign,
+    ("techniques", None): cmd_techniques,
 }
 
 

@@ -49,13 +49,20 @@ class Disposition(enum.StrEnum):
 @dataclass(frozen=True)
 class Finding:
     surface: str
-    technique: str  # short kebab-case name, e.g. "rootkit-helper", "lockdown-off"
+    technique: str  # a name of the catalogue (techniques.py), e.g. "rootkit-helper"
     severity: Severity
     subject: str  # the thing: "prog 42 (kill_hook)", "sysctl kernel.kptr_restrict"
     summary: str  # one sentence: what was seen and why it matters
     disposition: Disposition = Disposition.SUSPICIOUS
     attack_id: str | None = None  # MITRE ATT&CK, where one fits (T1014 rootkit, ...)
     evidence: Evidence = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Imported here: the catalogue's records import Severity from this module.
+        from patchguard.techniques import TECHNIQUES
+
+        if self.technique not in TECHNIQUES:
+            raise ValueError(f"technique {self.technique!r} is not in the catalogue")
 
 
 @dataclass(frozen=True)

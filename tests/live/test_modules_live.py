@@ -15,14 +15,9 @@ import pytest
 
 from patchguard.findings import Finding, Severity
 from patchguard.kernel import Kernel
+from patchguard.kernel.proc_modules import ProcModule, parse_proc_modules
 from patchguard.surfaces.base import Status, SurfaceState
-from patchguard.surfaces.modules import (
-    NO_MODULE_SUPPORT,
-    ModulesSurface,
-    ProcModule,
-    SysfsModule,
-    parse_proc_modules,
-)
+from patchguard.surfaces.modules import NO_MODULE_SUPPORT, ModulesSurface, SysfsModule
 
 pytestmark = [
     pytest.mark.live,

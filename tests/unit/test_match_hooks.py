@@ -23,7 +23,8 @@ from patchguard.policy.manifest import parse_manifest
 from patchguard.policy.match_hooks import apply_hook_exceptions
 from patchguard.policy.rules import Request
 from patchguard.signing import HostKey
-from patchguard.surfaces import modules, tracing
+from patchguard.surfaces import tracing
+from patchguard.surfaces.modules import assess as modules
 from patchguard.surfaces.tracing import FtraceCallback, FtraceHook, Kprobe
 
 T0 = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)

@@ -21,11 +21,9 @@ import pytest
 
 from patchguard.findings import Disposition, Finding, Severity
 from patchguard.kernel import Kernel
-from patchguard.kernel.proc_modules import ProcModule
+from patchguard.kernel.proc_modules import ProcModule, parse_proc_modules
 from patchguard.surfaces.base import Status
 from patchguard.surfaces.modules import (
-    AREAS_PER_MODULE,
-    AREAS_PER_MODULE_OLD,
     NO_MODULE_SUPPORT,
     ModuleMemory,
     ModulesSurface,
@@ -36,11 +34,11 @@ from patchguard.surfaces.modules import (
     cross_view,
     kallsyms_module_names,
     loader_areas,
-    parse_proc_modules,
     parse_taint_letters,
     parse_vmallocinfo,
     unaccounted_areas,
 )
+from patchguard.surfaces.modules.paths import AREAS_PER_MODULE, AREAS_PER_MODULE_OLD
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 HIDDEN = FIXTURES / "handmade/modules-hidden"

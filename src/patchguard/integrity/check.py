@@ -43,7 +43,7 @@ from patchguard.kernel.kallsyms import X86_64_DEFAULT_STEXT
 from patchguard.kernel.memory import KernelMemory, read_chunks
 from patchguard.scan import ScanReport, SurfaceResult, report_for
 from patchguard.surfaces.base import SurfaceState
-from patchguard.surfaces.kernel_text import KernelTextSurface
+from patchguard.surfaces.kernel_text import NAME, KernelTextSurface
 from patchguard.x86.dispatch import (
     DISPATCH_FUNCTIONS,
     DispatchEntry,
@@ -59,7 +59,6 @@ from patchguard.x86.insn import (
     decode_static_call_sites,
 )
 
-SURFACE = "kernel_text"
 SYSCALL_TABLES = ("sys_call_table", "ia32_sys_call_table", "x32_sys_call_table")
 
 # What a baseline keeps: (region name, kallsyms range name). Text first: it is what `check`
@@ -104,7 +103,7 @@ def capture(kernel: Kernel) -> Capture:
         if bounds is None:
             gaps.append(
                 Gap(
-                    SURFACE,
+                    NAME,
                     region,
                     f"kallsyms does not bound it ({range_name} start "
                     "or end symbol not visible: CONFIG_KALLSYMS_ALL)",
@@ -114,7 +113,7 @@ def capture(kernel: Kernel) -> Capture:
         try:
             regions[region] = capture_region(memory, region, bounds.start, bounds.end)
         except KernelAccessError as exc:
-            gaps.append(Gap(SURFACE, region, str(exc)))
+            gaps.append(Gap(NAME, region, str(exc)))
     modules = live_modules(kernel)
     gaps += modules.gaps
     for module in modules.modules.values():
@@ -122,7 +121,7 @@ def capture(kernel: Kernel) -> Capture:
             try:
                 regions[region] = capture_region(memory, region, start, end)
             except KernelAccessError as exc:
-                gaps.append(Gap(SURFACE, region, str(exc)))
+                gaps.append(Gap(NAME, region, str(exc)))
     if "core_text" not in regions:
         raise KernelAccessError(
             "baseline", "core kernel text could not be read: " + "; ".join(g.reason for g in gaps)
@@ -259,7 +258,7 @@ def verdict_finding(v: Verdict) -> Finding:
     }
     if v.explained:
         return Finding(
-            SURFACE,
+            NAME,
             v.technique,
             Severity.INFO,
             v.location,
@@ -269,7 +268,7 @@ def verdict_finding(v: Verdict) -> Finding:
             evidence,
         )
     return Finding(
-        SURFACE,
+        NAME,
         v.technique,
         Severity.CRITICAL,
         v.location,
@@ -302,7 +301,7 @@ def dispatch_finding(
         "baseline_target": entry.target_name,
     }
     return Finding(
-        SURFACE,
+        NAME,
         "syscall-hook",
         Severity.CRITICAL,
         entry.describe(),
@@ -324,7 +323,7 @@ def ipmodify_finding(v: Verdict, owners: Owners, symbols: Symbols) -> Finding | 
         return None
     base = verdict_finding(v)
     return Finding(
-        SURFACE,
+        NAME,
         "ftrace-ipmodify-hook",
         Severity.CRITICAL,
         base.subject,
@@ -349,7 +348,7 @@ def _table_findings(
     where = kernel.kallsyms.lookup(run.address)
     return [
         Finding(
-            SURFACE,
+            NAME,
             "patched-table",
             Severity.CRITICAL,
             f"{entry.name}+{run.address - entry.start:#x}" + (f" ({where})" if where else ""),
@@ -387,7 +386,7 @@ def _slot_finding(
     now = int.from_bytes(kernel.memory().read(at, 8), "little")
     was_loc, now_loc = kernel.kallsyms.lookup(was), kernel.kallsyms.lookup(now)
     return Finding(
-        SURFACE,
+        NAME,
         "syscall-hook",
         Severity.CRITICAL,
         f"{table}[{nr}]",
@@ -489,7 +488,7 @@ def verify(kernel: Kernel, path: Path, public_key: bytes) -> CheckOutcome:
     counts["syscalls_mapped"] = how.syscalls_mapped
     counts["explained"] = sum(f.disposition == Disposition.EXPLAINED for f in findings)
     counts["tampering"] = sum(f.disposition == Disposition.TAMPERING for f in findings)
-    return CheckOutcome(SurfaceState(SURFACE, [how], counts, gaps), findings)
+    return CheckOutcome(SurfaceState(NAME, [how], counts, gaps), findings)
 
 
 def _reader(memory: KernelMemory) -> KernelRead:

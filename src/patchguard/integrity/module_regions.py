@@ -21,8 +21,8 @@ from patchguard.kernel.module_layout import (
     struct_module_address,
 )
 from patchguard.kernel.proc_modules import PROC_MODULES, parse_proc_modules
+from patchguard.surfaces.kernel_text import NAME
 
-SURFACE = "kernel_text"
 TEXT, JUMPS, CALLS = "module_text.", "module_jump_table.", "module_static_call_sites."
 
 
@@ -55,7 +55,7 @@ def live_modules(kernel: Kernel) -> LiveModules:
     try:
         offsets, memory, syms = layout(kernel.vmlinux_btf), kernel.memory(), kernel.kallsyms
     except (KernelAccessError, OSError, ValueError) as exc:
-        return LiveModules({}, [Gap(SURFACE, "module_text", f"module layout unknown: {exc}")])
+        return LiveModules({}, [Gap(NAME, "module_text", f"module layout unknown: {exc}")])
     found: dict[str, ModuleText] = {}
     gaps: list[Gap] = []
     # one search of kallsyms for every module's __this_module, not one per module
@@ -69,7 +69,7 @@ def live_modules(kernel: Kernel) -> LiveModules:
                 raise KernelAccessError(name, "no __this_module symbol or sysfs section address")
             found[name] = read_module(memory, offsets, name, address)
         except KernelAccessError as exc:
-            gaps.append(Gap(SURFACE, TEXT + name, str(exc)))
+            gaps.append(Gap(NAME, TEXT + name, str(exc)))
     return LiveModules(found, gaps)
 
 
@@ -132,7 +132,7 @@ def stale_modules(
 
 def _info(technique: str, module: str, message: str, evidence: dict[str, str | int]) -> Finding:
     return Finding(
-        SURFACE,
+        NAME,
         technique,
         Severity.INFO,
         f"module {module}",

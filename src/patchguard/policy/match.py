@@ -185,8 +185,8 @@ def ledger_policy(path: Path) -> tuple[Policy | None, str | None]:
     from patchguard.policy.exceptions import live_exceptions
     from patchguard.policy.ledger import LedgerError
     from patchguard.policy.match_hooks import apply_hook_exceptions
-    from patchguard.surfaces.modules import SURFACE as MODULES
-    from patchguard.surfaces.tracing import SURFACE as TRACING
+    from patchguard.surfaces.modules import NAME as MODULES
+    from patchguard.surfaces.tracing import NAME as TRACING
 
     try:
         path.stat()

@@ -7,10 +7,43 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from patchguard.findings import Finding, Gap
+from patchguard.findings import Disposition, Evidence, Finding, Gap, Severity
+from patchguard.techniques import TECHNIQUES
 
 if TYPE_CHECKING:
     from patchguard.kernel import Kernel
+
+
+class Default(enum.Enum):
+    """Take the value from the technique catalogue (techniques.py)."""
+
+    CATALOGUE = "catalogue"
+
+
+def finding(
+    surface: str,
+    technique: str,
+    subject: str,
+    summary: str,
+    evidence: Evidence,
+    *,
+    severity: Severity | Default = Default.CATALOGUE,
+    disposition: Disposition = Disposition.SUSPICIOUS,
+    attack_id: str | Default | None = Default.CATALOGUE,
+) -> Finding:
+    """A finding of a catalogued technique: its severity and ATT&CK id are the catalogue's
+    unless the evidence calls for others (a kprobe on commit_creds is graver than most)."""
+    known = TECHNIQUES[technique]
+    return Finding(
+        surface=surface,
+        technique=technique,
+        severity=known.severity if isinstance(severity, Default) else severity,
+        subject=subject,
+        summary=summary,
+        disposition=disposition,
+        attack_id=known.attack_id if isinstance(attack_id, Default) else attack_id,
+        evidence=evidence,
+    )
 
 
 class Status(enum.StrEnum):

@@ -39,7 +39,7 @@ from patchguard.surfaces.reading import Reading, one_of, records_of
 if TYPE_CHECKING:
     from patchguard.kernel import Kernel
 
-SURFACE = "processes"
+NAME = "processes"
 ROOTKIT = "T1014"
 
 PROC = "/proc"
@@ -360,7 +360,7 @@ def _counts(records: Sequence[object]) -> dict[str, int]:
 
 
 class ProcessesSurface:
-    name = SURFACE
+    name = NAME
     title = "Processes (cross-view)"
 
     def __init__(self, probe_below: int | None = None) -> None:
@@ -368,7 +368,7 @@ class ProcessesSurface:
         self.probe_below = probe_below
 
     def collect(self, kernel: Kernel) -> SurfaceState:
-        r = _Reading(SURFACE, kernel)
+        r = _Reading(NAME, kernel)
         pid_max = r.parsed("pid_max (/proc/sys/kernel/pid_max)", PID_MAX, parse_pid_max)
         pid_max = self.probe_below or pid_max
         suspects = rechecks = 0
@@ -379,7 +379,7 @@ class ProcessesSurface:
                 r.gap(PROBE_WHAT, NOT_LIVE_PROBE)
                 r.gap(ITER_WHAT, NOT_LIVE_BPF)
             r.records.insert(0, _summary(r, pid_max, suspects, rechecks))
-        return SurfaceState(SURFACE, tuple(r.records), _counts(r.records), tuple(r.gaps))
+        return SurfaceState(NAME, tuple(r.records), _counts(r.records), tuple(r.gaps))
 
     def assess(self, state: SurfaceState) -> list[Finding]:
         return assess_records(state.records)
@@ -408,7 +408,7 @@ def _assess_hidden(hidden: HiddenPid) -> Finding:
     seen, missing = ", ".join(hidden.seen_by), ", ".join(hidden.missing_from)
     if not hidden.listed:
         return Finding(
-            SURFACE,
+            NAME,
             "hidden-process",
             Severity.HIGH,
             f"pid {hidden.pid}{_name(hidden)}",
@@ -420,7 +420,7 @@ def _assess_hidden(hidden: HiddenPid) -> Finding:
             _evidence(hidden),
         )
     return Finding(
-        SURFACE,
+        NAME,
         "process-view-mismatch",
         Severity.MEDIUM,
         f"pid {hidden.pid}{_name(hidden)}",

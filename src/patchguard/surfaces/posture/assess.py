@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from patchguard.findings import Evidence, Finding, Severity
+from patchguard.findings import Disposition, Evidence, Finding, Severity
+from patchguard.surfaces.base import finding
 from patchguard.surfaces.posture.boot_params import BOOT_PARAMS
 from patchguard.surfaces.posture.cross_checks import kexec, module_loading
 from patchguard.surfaces.posture.paths import (
@@ -13,6 +14,7 @@ from patchguard.surfaces.posture.paths import (
     EFI,
     KALLSYMS,
     LOCKDOWN,
+    NAME,
     SECURE_BOOT_VAR,
     TAINTED,
     VULNERABILITIES,
@@ -33,7 +35,6 @@ from patchguard.surfaces.posture.rules import (
     TAINT_FINDINGS,
     WITHOUT_CPU_PROTECTION,
 )
-from patchguard.surfaces.posture.weakness import weakness
 
 
 def _assess_lockdown(lockdown: Lockdown) -> list[Finding]:
@@ -43,22 +44,24 @@ def _assess_lockdown(lockdown: Lockdown) -> list[Finding]:
     )
     if lockdown.mode is None:
         return [
-            weakness(
+            finding(
+                NAME,
                 "lockdown-missing",
-                Severity.HIGH,
                 "lockdown",
                 f"The lockdown LSM is not active, so {why}.",
                 {"path": LOCKDOWN, "value": None, "expected": "integrity or confidentiality"},
+                disposition=Disposition.WEAKNESS,
             )
         ]
     if lockdown.mode == "none":
         return [
-            weakness(
+            finding(
+                NAME,
                 "lockdown-off",
-                Severity.HIGH,
                 "lockdown",
                 f"Kernel lockdown is off (none), so {why}.",
                 {"path": LOCKDOWN, "value": "none", "expected": "integrity or confidentiality"},
+                disposition=Disposition.WEAKNESS,
             )
         ]
     return []
@@ -71,9 +74,9 @@ def _assess_taint(taint: Taint) -> list[Finding]:
             continue
         severity, technique, why = TAINT_FINDINGS[flag.letter]
         findings.append(
-            weakness(
+            finding(
+                NAME,
                 "taint-" + technique,
-                severity,
                 f"taint {flag.letter}",
                 f"The kernel is tainted {flag.letter} ({flag.meaning}): {why}.",
                 {
@@ -83,7 +86,9 @@ def _assess_taint(taint: Taint) -> list[Finding]:
                     "letter": flag.letter,
                     "expected": f"bit {flag.bit} clear",
                 },
-                "T1547.006" if flag.letter in MODULE_TAINTS else None,
+                severity=severity,
+                disposition=Disposition.WEAKNESS,
+                attack_id="T1547.006" if flag.letter in MODULE_TAINTS else None,
             )
         )
     return findings
@@ -100,12 +105,14 @@ def _assess_cmdline(cmdline: Cmdline) -> list[Finding]:
             continue
         shown = rule.name if value is None else f"{rule.name}={value}"
         findings.append(
-            weakness(
+            finding(
+                NAME,
                 "weakening-boot-param",
-                severity,
                 f"boot parameter {shown}",
                 f"The kernel was booted with {shown}, which {rule.why}.",
                 {"path": CMDLINE, "param": rule.name, "value": value, "expected": rule.expected},
+                severity=severity,
+                disposition=Disposition.WEAKNESS,
             )
         )
     return findings
@@ -122,12 +129,15 @@ def _assess_setting(setting: Setting) -> list[Finding]:
     if severity is None:
         return []
     return [
-        weakness(
+        finding(
+            NAME,
             rule.technique,
-            severity,
             f"sysctl {setting.name}",
             f"{setting.name} is {setting.value}: {rule.why}.",
             {"path": setting.path, "value": setting.value, "expected": rule.expected},
+            severity=severity,
+            disposition=Disposition.WEAKNESS,
+            attack_id=None,
         )
     ]
 
@@ -136,35 +146,38 @@ def _assess_secure_boot(sb: SecureBoot) -> list[Finding]:
     evidence: Evidence = {"path": SECURE_BOOT_VAR, "value": sb.detail, "expected": "1"}
     if not sb.efi:
         return [
-            weakness(
+            finding(
+                NAME,
                 "boot-unverified",
-                Severity.INFO,
                 "Secure Boot",
                 "Not an EFI boot, so there is no Secure Boot state to read: nothing in firmware "
                 "is known to check the kernel image before it runs.",
                 {"path": EFI, "value": sb.detail, "expected": "an EFI boot with Secure Boot"},
+                disposition=Disposition.WEAKNESS,
             )
         ]
     if sb.enabled is None:
         return [
-            weakness(
+            finding(
+                NAME,
                 "secure-boot-unsupported",
-                Severity.LOW,
                 "Secure Boot",
                 "The firmware has no SecureBoot variable, so it does not verify the kernel "
                 "image it boots.",
                 evidence,
+                disposition=Disposition.WEAKNESS,
             )
         ]
     if not sb.enabled:
         return [
-            weakness(
+            finding(
+                NAME,
                 "secure-boot-off",
-                Severity.MEDIUM,
                 "Secure Boot",
                 "Secure Boot is off: the firmware boots any kernel image, so a modified kernel "
                 "or boot loader on disk is not stopped.",
                 evidence,
+                disposition=Disposition.WEAKNESS,
             )
         ]
     return []
@@ -175,12 +188,15 @@ def _assess_cpu(protection: CpuProtection) -> list[Finding]:
     if protection.present or without is None:
         return []
     return [
-        weakness(
+        finding(
+            NAME,
             f"no-{protection.flag}",
-            Severity.MEDIUM,
             f"cpu {protection.flag}",
             f"The CPUs do not report {protection.flag}, so it is not in force and {without}.",
             {"path": CPUINFO, "value": "absent", "flag": protection.flag, "expected": "present"},
+            severity=Severity.MEDIUM,
+            disposition=Disposition.WEAKNESS,
+            attack_id=None,
         )
     ]
 
@@ -191,9 +207,9 @@ def _assess_vulnerability(vuln: CpuVulnerability) -> list[Finding]:
     # Meltdown reads kernel memory directly; the others leak through narrower channels.
     severity = Severity.MEDIUM if vuln.name == "meltdown" else Severity.LOW
     return [
-        weakness(
+        finding(
+            NAME,
             "cpu-vulnerable",
-            severity,
             f"cpu vulnerability {vuln.name}",
             f"The kernel reports the CPUs vulnerable to {vuln.name} ({vuln.status}), so user "
             "space may be able to read memory it should not through a side channel.",
@@ -202,6 +218,8 @@ def _assess_vulnerability(vuln: CpuVulnerability) -> list[Finding]:
                 "value": vuln.status,
                 "expected": "Not affected, or Mitigation: ...",
             },
+            severity=severity,
+            disposition=Disposition.WEAKNESS,
         )
     ]
 
@@ -210,9 +228,9 @@ def _assess_kaslr(kaslr: Kaslr) -> list[Finding]:
     if kaslr.in_effect is not False:
         return []
     return [
-        weakness(
+        finding(
+            NAME,
             "kaslr-off",
-            Severity.MEDIUM,
             "KASLR",
             f"KASLR is not in effect ({kaslr.detail}): kernel addresses are those of the "
             "published vmlinux, so an exploit needs no address leak.",
@@ -221,6 +239,7 @@ def _assess_kaslr(kaslr: Kaslr) -> list[Finding]:
                 "value": None if kaslr.stext is None else f"{kaslr.stext:#x}",
                 "expected": f"_stext != {kaslr.default:#x}",
             },
+            disposition=Disposition.WEAKNESS,
         )
     ]
 

@@ -29,10 +29,10 @@ from patchguard.surfaces.posture.paths import (
     KALLSYMS,
     LOCKDOWN,
     LSM,
+    NAME,
     PROC_MODULES,
     SECURE_BOOT_VAR,
     SIG_ENFORCE,
-    SURFACE,
     TAINTED,
     VULNERABILITIES,
 )
@@ -204,7 +204,7 @@ def _collect_kaslr(r: Reading, cmdline: Cmdline | None) -> None:
 
 def read_posture(kernel: Kernel) -> tuple[list[object], list[Gap]]:
     """Every posture record that could be read, and a gap for each one that could not."""
-    r = Reading(SURFACE, kernel)
+    r = Reading(NAME, kernel)
     _collect_security(r)
     _collect_taint(r)
     cmdline = r.parsed("kernel command line", CMDLINE, parse_cmdline)

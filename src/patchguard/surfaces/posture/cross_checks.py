@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from patchguard.findings import Finding, Severity
+from patchguard.findings import Disposition, Finding, Severity
+from patchguard.surfaces.base import finding
+from patchguard.surfaces.posture.paths import NAME
 from patchguard.surfaces.posture.records import Lockdown, Setting
 from patchguard.surfaces.posture.rules import LOCKED_DOWN
-from patchguard.surfaces.posture.weakness import weakness
 from patchguard.surfaces.reading import one_of, records_of
 
 
@@ -34,9 +35,9 @@ def module_loading(records: Sequence[object]) -> list[Finding]:
         return []
     sig_value = None if sig is None else sig.value
     return [
-        weakness(
+        finding(
+            NAME,
             "unsigned-modules-loadable",
-            Severity.MEDIUM,
             "kernel modules",
             "Root can load kernel modules without a valid signature (modules_disabled=0, "
             "signatures not enforced), the simplest way to run code in the kernel and patch it.",
@@ -46,7 +47,7 @@ def module_loading(records: Sequence[object]) -> list[Finding]:
                 "sig_enforce": sig_value,
                 "expected": "modules_disabled=1, or sig_enforce=Y, or lockdown",
             },
-            "T1547.006",
+            disposition=Disposition.WEAKNESS,
         )
     ]
 
@@ -56,12 +57,14 @@ def kexec(records: Sequence[object]) -> list[Finding]:
     if setting is None or setting.value != "0" or _lockdown_on(records):
         return []
     return [
-        weakness(
+        finding(
+            NAME,
             "kexec-load-allowed",
-            Severity.LOW,
             "sysctl kernel.kexec_load_disabled",
             "kexec_load_disabled is 0 and lockdown is off: root can boot into another, "
             "unsigned kernel without going through firmware or the boot loader.",
             {"path": setting.path, "value": "0", "expected": "1, or lockdown"},
+            severity=Severity.LOW,
+            disposition=Disposition.WEAKNESS,
         )
     ]

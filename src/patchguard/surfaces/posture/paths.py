@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-SURFACE = "posture"
+NAME = "posture"
 
 LOCKDOWN = "/sys/kernel/security/lockdown"
 LSM = "/sys/kernel/security/lsm"

@@ -8,21 +8,21 @@ from patchguard.findings import Finding, Severity
 from patchguard.surfaces.base import SurfaceState
 from patchguard.surfaces.posture.assess import assess_records
 from patchguard.surfaces.posture.collect import read_posture
-from patchguard.surfaces.posture.paths import SURFACE
+from patchguard.surfaces.posture.paths import NAME
 
 if TYPE_CHECKING:
     from patchguard.kernel import Kernel
 
 
 class PostureSurface:
-    name = SURFACE
+    name = NAME
     title = "Security posture"
 
     def collect(self, kernel: Kernel) -> SurfaceState:
         records, gaps = read_posture(kernel)
         weak = sum(1 for f in assess_records(records) if f.severity >= Severity.LOW)
         return SurfaceState(
-            SURFACE, tuple(records), {"settings": len(records), "weak": weak}, tuple(gaps)
+            NAME, tuple(records), {"settings": len(records), "weak": weak}, tuple(gaps)
         )
 
     def assess(self, state: SurfaceState) -> list[Finding]:

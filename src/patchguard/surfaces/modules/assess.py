@@ -1,0 +1,162 @@
+"""Findings from the module records alone: hidden modules, unaccounted loader memory, taints,
+modules in transition, a removed module list."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from patchguard.findings import Disposition, Evidence, Finding, Severity
+from patchguard.surfaces.base import finding
+from patchguard.surfaces.reading import records_of
+
+if TYPE_CHECKING:
+    pass
+from patchguard.kernel.proc_modules import PROC_MODULES, ProcModule
+from patchguard.surfaces.modules.paths import MODULE_LOAD, NAME
+from patchguard.surfaces.modules.records import (
+    ModuleListMissing,
+    ModuleMemory,
+    ModuleViews,
+    SysfsModule,
+)
+from patchguard.surfaces.modules.rules import MODULE_TAINTS, TRANSIENT_STATES
+
+# --- assess -------------------------------------------------------------------------------------
+
+
+def _assess_views(views: ModuleViews) -> list[Finding]:
+    if not views.hidden_from:
+        return []
+    seen, hidden = ", ".join(views.seen_by), ", ".join(views.hidden_from)
+    evidence: Evidence = {
+        "module": views.name,
+        "seen_by": list(views.seen_by),
+        "hidden_from": list(views.hidden_from),
+    }
+    if views.transient:  # load_module() fills the views one after another
+        return [
+            finding(
+                NAME,
+                "hidden-module",
+                f"module {views.name}",
+                f"Module {views.name} is loading or unloading: {seen} see it, {hidden} do not "
+                "yet; a scan a moment later settles it.",
+                evidence,
+                severity=Severity.LOW,
+            )
+        ]
+    return [
+        finding(
+            NAME,
+            "hidden-module",
+            f"module {views.name}",
+            f"Module {views.name} is seen by {seen} but hidden from {hidden}: modules are "
+            "taken off these lists only to hide them.",
+            evidence,
+            disposition=Disposition.TAMPERING,
+        )
+    ]
+
+
+def _assess_memory(memory: ModuleMemory) -> list[Finding]:
+    evidence: Evidence = {
+        "loader_allocations": memory.allocations,
+        "visible_modules": memory.modules,
+        "per_module_max": memory.per_module_max,
+        "unaccounted": list(memory.unaccounted),
+        "addresses_real": memory.addresses_real,
+    }
+    found = []
+    if memory.unaccounted:
+        found.append(
+            finding(
+                NAME,
+                "hidden-module",
+                "module memory",
+                f"Module-loader allocations in vmallocinfo ({len(memory.unaccounted)}) hold no "
+                "address of any visible module: memory of a module no view lists.",
+                evidence,
+                disposition=Disposition.TAMPERING,
+            )
+        )
+    elif memory.excess > 0:
+        found.append(
+            finding(
+                NAME,
+                "hidden-module",
+                "module memory",
+                f"vmallocinfo shows {memory.allocations} module-loader allocations, more than "
+                f"the {memory.modules} visible modules can hold ({memory.per_module_max} each): "
+                "memory of a module no view lists.",
+                evidence,
+                disposition=Disposition.TAMPERING,
+            )
+        )
+    return found
+
+
+def _assess_taints(name: str, letters: str) -> list[Finding]:
+    found = []
+    for letter in sorted(set(letters)):
+        technique, severity, meaning = MODULE_TAINTS.get(
+            letter, ("tainted-module", Severity.LOW, f"taint {letter}")
+        )
+        found.append(
+            finding(
+                NAME,
+                technique,
+                f"module {name}",
+                f"Module {name} tainted the kernel ({letter}): {meaning}.",
+                {"module": name, "taint": letter},
+                severity=severity,
+                attack_id=MODULE_LOAD if severity >= Severity.MEDIUM else None,
+            )
+        )
+    return found
+
+
+def _taints_by_module(records: Sequence[object]) -> dict[str, str]:
+    taints: dict[str, str] = {}
+    for name, letters in [(m.name, m.taints) for m in records_of(records, ProcModule)] + [
+        (m.name, m.taints) for m in records_of(records, SysfsModule)
+    ]:
+        taints[name] = "".join(sorted(set(taints.get(name, "") + letters)))
+    return taints
+
+
+def _assess_state(module: ProcModule) -> list[Finding]:
+    if module.state not in TRANSIENT_STATES:
+        return []
+    return [
+        finding(
+            NAME,
+            "module-in-transition",
+            f"module {module.name}",
+            f"Module {module.name} is {module.state.lower()}.",
+            {"module": module.name, "state": module.state},
+        )
+    ]
+
+
+def _assess_missing_list(missing: ModuleListMissing) -> Finding:
+    return finding(
+        NAME,
+        "module-list-removed",
+        PROC_MODULES,
+        "/proc/modules is gone although the kernel has a module loader: removing it hides "
+        "every module from lsmod.",
+        {"loader_symbols": list(missing.loader_symbols)},
+        disposition=Disposition.TAMPERING,
+    )
+
+
+def assess_records(records: Sequence[object]) -> list[Finding]:
+    found = [f for v in records_of(records, ModuleViews) for f in _assess_views(v)]
+    found += [f for m in records_of(records, ModuleMemory) for f in _assess_memory(m)]
+    found += [f for m in records_of(records, ProcModule) for f in _assess_state(m)]
+    found += [
+        f for n, t in sorted(_taints_by_module(records).items()) for f in _assess_taints(n, t)
+    ]
+    found += [_assess_missing_list(m) for m in records_of(records, ModuleListMissing)]
+    return found

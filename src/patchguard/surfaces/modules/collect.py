@@ -1,0 +1,177 @@
+"""Reading the four module views into records, with a gap for what could not be read."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from patchguard.kernel.errors import KernelAccessError, is_enoent
+from patchguard.kernel.kallsyms import PSEUDO_MODULES
+from patchguard.surfaces.reading import Reading, records_of
+
+if TYPE_CHECKING:
+    from patchguard.kernel import Kernel
+from patchguard.kernel.proc_modules import PROC_MODULES, ProcModule, parse_proc_modules
+from patchguard.surfaces.modules.parse import (
+    areas_per_module,
+    kallsyms_module_names,
+    loader_areas,
+    parse_taint_letters,
+    parse_vmallocinfo,
+    unaccounted_areas,
+)
+from patchguard.surfaces.modules.paths import (
+    KALLSYMS,
+    KALLSYMS_VIEW,
+    LOADER_CALLERS,
+    LOADER_SYMBOLS,
+    NO_MODULE_SUPPORT,
+    OSRELEASE,
+    PROC_VIEW,
+    SYS_MODULE,
+    SYSFS_VIEW,
+    VMALLOC_CALLER_VIEW,
+)
+from patchguard.surfaces.modules.records import ModuleListMissing, ModuleMemory, SysfsModule
+from patchguard.surfaces.modules.rules import TRANSIENT_STATES
+
+# --- collect ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Reading(Reading):
+    full: dict[str, set[str]] = field(default_factory=dict)  # view -> every module it shows
+    partial: dict[str, set[str]] = field(default_factory=dict)  # views that can only add
+
+
+def _loader_symbols(kernel: Kernel) -> tuple[str, ...] | None:
+    """Which LOADER_SYMBOLS the kernel has; None if neither it nor kallsyms can say."""
+    try:
+        return tuple(s for s in LOADER_SYMBOLS if kernel.symbol_address(s) is not None)
+    except KernelAccessError:
+        return None
+
+
+def _collect_proc(r: _Reading) -> None:
+    what = "loadable module list (/proc/modules)"
+    try:
+        text = r.kernel.read_text(PROC_MODULES)
+    except KernelAccessError as exc:
+        if not is_enoent(exc):
+            r.gap(what, str(exc))
+            return
+        loader = _loader_symbols(r.kernel)
+        if not loader:
+            r.gap(what, NO_MODULE_SUPPORT)
+            return
+        # A kernel with a module loader always has /proc/modules; a rootkit can remove it.
+        r.gap(what, f"/proc/modules absent although the module loader is built ({loader[0]})")
+        r.records.append(ModuleListMissing(loader))
+        return
+    modules = parse_proc_modules(text)
+    r.records.extend(modules)
+    r.full[PROC_VIEW] = {m.name for m in modules}
+
+
+def _sysfs_module(r: _Reading, name: str) -> SysfsModule | None:
+    base = f"{SYS_MODULE}/{name}"
+    initstate = r.optional(f"{base}/initstate")
+    if initstate is None:
+        return None  # built in: sysfs lists it for its parameters, it was never loaded
+    taint = r.optional(f"{base}/taint") or ""
+    coresize = (r.optional(f"{base}/coresize") or "").strip()
+    return SysfsModule(
+        name, initstate.strip(), parse_taint_letters(taint), int(coresize) if coresize else None
+    )
+
+
+def _collect_sysfs(r: _Reading) -> None:
+    try:
+        names = sorted(p.name for p in r.kernel.path(SYS_MODULE).iterdir())
+    except OSError as exc:
+        r.gap("module list in sysfs (/sys/module)", f"{SYS_MODULE}: {exc.strerror}")
+        return
+    modules = [m for m in (_sysfs_module(r, n) for n in names) if m is not None]
+    r.records.extend(modules)
+    r.full[SYSFS_VIEW] = {m.name for m in modules}
+
+
+def _collect_kallsyms(r: _Reading) -> None:
+    try:
+        r.full[KALLSYMS_VIEW] = r.kernel.kallsyms.modules()
+        return
+    except KernelAccessError as exc:
+        failure = str(exc)
+    # Zeroed addresses still carry the [module] names.
+    text = r.optional(KALLSYMS)
+    if text is not None and "\t[" in text:
+        r.full[KALLSYMS_VIEW] = kallsyms_module_names(text)
+    elif text is None or not text.strip():
+        r.gap("module symbols (/proc/kallsyms)", failure)
+    else:
+        r.full[KALLSYMS_VIEW] = set()
+
+
+def _section_addresses(r: _Reading, name: str) -> list[int]:
+    """/sys/module/<name>/sections/*: one "0x..." start address per ELF section."""
+    base = f"{SYS_MODULE}/{name}/sections"
+    try:
+        sections = sorted(p.name for p in r.kernel.path(base).iterdir())
+    except OSError:
+        return []
+    values = ((r.optional(f"{base}/{s}") or "").strip() for s in sections)
+    return [int(v, 16) for v in values if v.startswith("0x")]
+
+
+def _known_addresses(r: _Reading, names: set[str]) -> list[int]:
+    """Every address of a visible module: /proc/modules bases, sysfs sections, kallsyms."""
+    found = [m.address for m in records_of(r.records, ProcModule) if m.address]
+    for name in sorted(names):
+        found += _section_addresses(r, name)
+    with contextlib.suppress(KernelAccessError):  # its gap is recorded by the kallsyms view
+        found += [s.address for s in r.kernel.kallsyms.in_modules(names)]
+    return [a for a in found if a]
+
+
+# Only the lines that can matter here: a caller inside a module ("[mod]") or the loader's own.
+# Most of vmallocinfo is neither, and parsing it whole costs more than the rest of the surface.
+_LOADER_CALLS = tuple(f" {caller}+0x" for caller in sorted(LOADER_CALLERS))
+
+
+def _module_area_lines(text: str) -> str:
+    return "\n".join(
+        line for line in text.splitlines() if "]" in line or any(c in line for c in _LOADER_CALLS)
+    )
+
+
+def _collect_vmalloc(r: _Reading, text: str) -> None:
+    areas = parse_vmallocinfo(_module_area_lines(text))
+    r.partial[VMALLOC_CALLER_VIEW] = {
+        a.caller_module for a in areas if a.caller_module and a.caller_module not in PSEUDO_MODULES
+    }
+    loader = loader_areas(areas)
+    if not loader:
+        return
+    names = set().union(*r.full.values(), *r.partial.values())
+    real = all(a.real_addresses for a in loader)
+    lonely = unaccounted_areas(loader, _known_addresses(r, names)) if real else []
+    r.records.extend(loader)
+    r.records.append(
+        ModuleMemory(
+            allocations=len(loader),
+            # the modules the lists show: one seen only as a vmalloc caller is itself hidden
+            modules=len(set().union(*r.full.values())),
+            per_module_max=areas_per_module(r.optional(OSRELEASE)),
+            loading=len(_transient(r.records)),
+            unaccounted=tuple(f"{a.start:#x}-{a.end:#x}" for a in lonely),
+            addresses_real=real,
+        )
+    )
+
+
+def _transient(records: Sequence[object]) -> set[str]:
+    states = [(m.name, m.state) for m in records_of(records, ProcModule)]
+    states += [(m.name, m.initstate) for m in records_of(records, SysfsModule)]
+    return {name for name, state in states if state in TRANSIENT_STATES}

@@ -1,0 +1,106 @@
+"""Parsers, pure functions over the text of /sys/module, /proc/kallsyms and /proc/vmallocinfo,
+and the cross-view of module names."""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from patchguard.kernel.kallsyms import PSEUDO_MODULES
+
+if TYPE_CHECKING:
+    pass
+from patchguard.surfaces.modules.paths import AREAS_PER_MODULE, AREAS_PER_MODULE_OLD, LOADER_CALLERS
+from patchguard.surfaces.modules.records import ModuleViews, VmallocArea
+
+# --- parsers: pure functions over text ----------------------------------------------------------
+
+
+def parse_taint_letters(text: str) -> str:
+    """/sys/module/<name>/taint ("OE\\n") or a "(OE+)" column: the taint letters only."""
+    return "".join(ch for ch in text if ch.isalpha())
+
+
+_VMALLOC_LINE = re.compile(r"^0x(?P<start>[0-9a-fA-F]+)-0x(?P<end>[0-9a-fA-F]+)\s+(?P<size>\d+)")
+_CALLER = re.compile(r"^(?P<name>[^\s+]+)\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+$")
+_PAGES = re.compile(r"^pages=(\d+)$")
+
+
+def _vmalloc_area(line: str) -> VmallocArea | None:
+    found = _VMALLOC_LINE.match(line)
+    if found is None:
+        return None
+    words = line[found.end() :].split()
+    caller = module = None
+    if words and (called := _CALLER.match(words[0])):
+        caller = called["name"]
+        words = words[1:]
+        if words and words[0].startswith("[") and words[0].endswith("]"):
+            module, words = words[0][1:-1], words[1:]
+    pages = next((int(p[1]) for w in words if (p := _PAGES.match(w))), None)
+    if words[:2] == ["unpurged", "vm_area"]:
+        words = ["unpurged"]
+    kinds = tuple(w for w in words if "=" not in w)
+    start, end = int(found["start"], 16), int(found["end"], 16)
+    return VmallocArea(start, end, int(found["size"]), caller, module, kinds, pages)
+
+
+def parse_vmallocinfo(text: str) -> list[VmallocArea]:
+    """/proc/vmallocinfo: `0x<start>-0x<end> <size> [<caller %pS>] [pages=N] [phys=A] [kinds]
+    [N0=n]`, plus `... unpurged vm_area` and `... vm_map_ram` lines without a caller."""
+    return [a for a in map(_vmalloc_area, text.splitlines()) if a is not None]
+
+
+def loader_areas(areas: Iterable[VmallocArea]) -> list[VmallocArea]:
+    """The areas the module loader allocated (see LOADER_CALLERS)."""
+    return [a for a in areas if a.caller in LOADER_CALLERS]
+
+
+def kallsyms_module_names(text: str) -> set[str]:
+    """Module names of /proc/kallsyms lines, read even where kptr_restrict zeroes addresses."""
+    names = set(re.findall(r"\t\[([^\]\s]+)\]\s*$", text, re.M))
+    return names - PSEUDO_MODULES
+
+
+def areas_per_module(release: str | None) -> int:
+    """Most loader allocations one module holds, by kernel release ("6.1.0-18-amd64")."""
+    found = re.match(r"(\d+)\.(\d+)", release or "")
+    if found and (int(found[1]), int(found[2])) < (6, 4):
+        return AREAS_PER_MODULE_OLD
+    return AREAS_PER_MODULE
+
+
+def cross_view(
+    full: Mapping[str, set[str]],
+    partial: Mapping[str, set[str]] | None = None,
+    transient: Iterable[str] = (),
+) -> list[ModuleViews]:
+    """Every module any view names, with the views that see it and the full views that do not.
+
+    A partial view only ever adds sightings: a module missing from it is not hidden from it.
+    """
+    views = {**full, **(partial or {})}
+    moving = set(transient)
+    names = sorted(set().union(*views.values())) if views else []
+    return [
+        ModuleViews(
+            name,
+            tuple(v for v, seen in views.items() if name in seen),
+            tuple(v for v, seen in full.items() if name not in seen),
+            name in moving,
+        )
+        for name in names
+    ]
+
+
+def unaccounted_areas(areas: Sequence[VmallocArea], addresses: Iterable[int]) -> list[VmallocArea]:
+    """Loader areas that hold no address of any visible module (symbol, section or base)."""
+    known = sorted(addresses)
+    lonely = []
+    for area in areas:
+        i = bisect.bisect_left(known, area.start)
+        if i == len(known) or known[i] >= area.end:
+            lonely.append(area)
+    return lonely

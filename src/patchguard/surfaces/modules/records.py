@@ -1,0 +1,74 @@
+"""The modules surface's records: sysfs entries, loader allocations, the views compared."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from patchguard.kernel.memory import KERNEL_SPACE  # %pK prints hashed or zeroed values below it
+
+if TYPE_CHECKING:
+    pass
+
+
+# --- records ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SysfsModule:
+    """A loaded module's /sys/module/<name> (built-ins have no initstate and are skipped)."""
+
+    name: str
+    initstate: str  # live, coming, going
+    taints: str = ""
+    coresize: int | None = None
+
+
+@dataclass(frozen=True)
+class VmallocArea:
+    """One line of /proc/vmallocinfo."""
+
+    start: int
+    end: int
+    size: int
+    caller: str | None  # function name of the caller; None for unpurged and vm_map_ram areas
+    caller_module: str | None = None  # "[mod]" after the caller: the module that allocated
+    kinds: tuple[str, ...] = ()  # vmalloc, vmap, ioremap, user, ...; "unpurged", "vm_map_ram"
+    pages: int | None = None
+
+    @property
+    def real_addresses(self) -> bool:
+        return self.start >= KERNEL_SPACE
+
+
+@dataclass(frozen=True)
+class ModuleViews:
+    """Which views see one module; a module missing from a full view is hidden from it."""
+
+    name: str
+    seen_by: tuple[str, ...]
+    hidden_from: tuple[str, ...]
+    transient: bool = False  # loading or unloading: views may disagree for a moment
+
+
+@dataclass(frozen=True)
+class ModuleMemory:
+    """The module loader's allocations in vmallocinfo, against the modules the views list."""
+
+    allocations: int
+    modules: int  # modules the name views list
+    per_module_max: int  # most allocations one module holds on this kernel
+    loading: int = 0  # modules still initialising, whose init area is not freed yet
+    unaccounted: tuple[str, ...] = ()  # "start-end" of areas no visible module lies in
+    addresses_real: bool = False  # False: %pK hashed them, only counts can be compared
+
+    @property
+    def excess(self) -> int:
+        return self.allocations - self.modules * self.per_module_max - self.loading
+
+
+@dataclass(frozen=True)
+class ModuleListMissing:
+    """/proc/modules is gone although the kernel has a module loader."""
+
+    loader_symbols: tuple[str, ...]

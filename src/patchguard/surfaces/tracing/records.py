@@ -1,0 +1,92 @@
+"""The tracing surface's records: ftrace hooks and their callbacks, kprobes, dynamic trace
+events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    pass
+
+
+# --- records ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FtraceCallback:
+    """One callback attached at a function's ftrace site, as t_show() prints it.
+
+    via "tramp": a trampoline (`tramp: <trampoline> (<ops->func>)`); via "ops": the one ops a
+    call-ops site calls (`ops: <ops> (<ops->func>)`). `owner` is the handler that runs.
+    """
+
+    via: str
+    address: str  # %pS of the trampoline or ops; "ERROR!" when ftrace found none
+    owner: str | None  # %pS of ops->func
+    calls: str | None = None  # " ->%pS": what the trampoline calls (x86: the ops function)
+
+
+@dataclass(frozen=True)
+class FtraceHook:
+    """One line of enabled_functions: a function whose ftrace site is live, and what is on it."""
+
+    function: str
+    module: str | None
+    refcount: int  # how many ftrace_ops hook it
+    flags: str  # R regs, I IPMODIFY, D direct, O call-ops, M modified (ever IPMODIFY/direct)
+    callbacks: tuple[FtraceCallback, ...] = ()
+    calls: str | None = None  # " ->%pS" printed without a trampoline (the list function)
+    direct: str | None = None  # "direct-->%pS": the direct-call target (BPF trampolines)
+
+    @property
+    def ipmodify(self) -> bool:
+        return "I" in self.flags
+
+    @property
+    def direct_call(self) -> bool:
+        return "D" in self.flags
+
+    @property
+    def owners(self) -> tuple[str, ...]:
+        return tuple(cb.owner for cb in self.callbacks if cb.owner)
+
+
+@dataclass(frozen=True)
+class Kprobe:
+    """One line of debugfs kprobes/list (report_probe() in kernel/kprobes.c)."""
+
+    address: int | None  # None when kallsyms hides addresses from the reader (printed as 0)
+    probe_type: str  # kprobe, kretprobe (jprobe on kernels before 4.15)
+    symbol: str | None  # None when the kernel could not name the address
+    offset: int
+    module: str | None
+    flags: tuple[str, ...] = ()  # GONE, DISABLED, OPTIMIZED, FTRACE
+    target: str = ""  # as printed: "do_sys_openat2+0x0" or an unresolved %pS
+    # The function that runs there, read from kprobe_table (None: not readable here), named
+    # as %ps would ("0x..." when no listed module holds it), and the module it is in.
+    handler: str | None = None
+    handler_module: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return "GONE" not in self.flags and "DISABLED" not in self.flags
+
+
+@dataclass(frozen=True)
+class DynamicEvent:
+    """A dynamic trace event someone defined (p:, r:, f:, t:, e:, s: lines of tracefs)."""
+
+    event_type: str  # kprobe kretprobe uprobe uretprobe fprobe fexit tprobe eprobe synthetic other
+    group: str
+    event: str
+    target: str | None  # kprobe: [mod:]symbol[+off] or address; uprobe: path:0xoffset
+    args: tuple[str, ...] = ()
+    line: str = ""
+
+    @property
+    def binary(self) -> str | None:
+        """The probed file of a uprobe."""
+        if self.event_type not in ("uprobe", "uretprobe") or not self.target:
+            return None
+        return self.target.rsplit(":", 1)[0]

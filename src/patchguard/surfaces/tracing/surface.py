@@ -1,0 +1,40 @@
+"""The tracing surface: collect from tracefs and kernel memory, assess without a baseline."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from patchguard.findings import Finding
+from patchguard.surfaces.base import SurfaceState
+from patchguard.surfaces.reading import Reading
+
+if TYPE_CHECKING:
+    from patchguard.kernel import Kernel
+from patchguard.kernel.livepatch import read_livepatches
+from patchguard.surfaces.tracing.assess import assess_records
+from patchguard.surfaces.tracing.collect import (
+    _collect_events,
+    _collect_ftrace,
+    _collect_kprobes,
+    _counts,
+    _tracefs,
+)
+from patchguard.surfaces.tracing.paths import NAME
+
+
+class TracingSurface:
+    name = NAME
+    title = "ftrace, kprobes and trace events"
+
+    def collect(self, kernel: Kernel) -> SurfaceState:
+        r = Reading(NAME, kernel)
+        tracefs = _tracefs(r)
+        if tracefs is not None:
+            _collect_ftrace(r, tracefs)
+            _collect_events(r, tracefs)
+        _collect_kprobes(r)
+        r.records.extend(read_livepatches(kernel))
+        return SurfaceState(NAME, tuple(r.records), _counts(r), tuple(r.gaps))
+
+    def assess(self, state: SurfaceState) -> list[Finding]:
+        return assess_records(state.records)

@@ -1,4 +1,4 @@
-"""What the lab's rootkit scripts (rootkit_checks*.py, run INSIDE the guest) share: steps that
+"""What the lab's rootkit scripts (guest_*.py, run INSIDE the guest) share: steps that
 are measured, not asserted, into one JSON document, and the commands they run.
 
 A step that raises is recorded as that step's error and the rest still run, so the host test

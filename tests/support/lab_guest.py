@@ -1,5 +1,5 @@
 """Host side of the lab's rootkit tests: build the test modules, boot the guest once with one
-rootkit_checks*.py script, and read back its JSON document; and the ways the tests pick
+guest_*.py script, and read back its JSON document; and the ways the tests pick
 findings out of the patchguard reports in it."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Who registered each kprobe, walked from kprobe_table (patchguard.kernel.kprobe_table) over a
 memory image laid out with the offsets of the captured 6.18 BTF (struct kprobe) and Debian
 6.1's struct kretprobe (kp at 0, handler at 96, entry_handler at 104). This machine has no
-kprobes; the lab proves the walk on the real table (test_lab_rootkits2.py)."""
+kprobes; the lab proves the walk on the real table (test_lab_function_hooks.py)."""
 
 from __future__ import annotations
 

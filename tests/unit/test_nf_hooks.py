@@ -1,7 +1,7 @@
 """The netfilter hook lists read from kernel memory (patchguard.kernel.nf_hooks): the offsets
 from the vmlinux BTF captured on the 6.18 "fc" machine, and the list walk over a memory image
 this test lays out with those offsets. The machine's kallsyms has no data symbols, so the live
-walk is proven in the lab (tests/lab/test_lab_rootkits3.py, a module's hook on Debian 6.1)."""
+walk is proven in the lab (tests/lab/test_lab_hiding_and_entry.py: a module's hook, Debian 6.1)."""
 
 from __future__ import annotations
 

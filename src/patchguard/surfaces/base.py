@@ -1,4 +1,5 @@
-"""The one interface every surface implements; the engine knows surfaces only through it."""
+"""The one interface every surface implements (scan and integrity know surfaces only through
+it), and the one helper that builds their findings from the technique catalogue."""
 
 from __future__ import annotations
 

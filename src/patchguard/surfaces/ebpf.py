@@ -3,7 +3,7 @@
 Programs are the way modern rootkits hook Linux without a module (bpf_probe_write_user to lie to
 user space, bpf_override_return to change kernel results, bpf_send_signal to kill defenders),
 and also the way every modern security agent works: this surface says what each one is, and the
-exception ledger (later) says which are sanctioned.
+exception ledger (policy/) says which are sanctioned.
 """
 
 from __future__ import annotations

@@ -24,9 +24,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("PATCHGUARD_LAB_CACHE", "/var/cache/patchguard-lab"))
 MODULES = ("pg_syscall_hook", "pg_inline_hook")
-# The second boot's (rootkit_checks2.py): issue 5 items 3-5 and the livepatch.
+# guest_function_hooks.py's boot: ftrace and kprobe hooks, module hiding, and the livepatch.
 MODULES2 = ("pg_hide_module", "pg_ftrace_hook", "pg_kprobe_hook", "pg_livepatch")
-# The third boot's (rootkit_checks3.py): issue 5 items 6-8.
+# guest_hiding_and_entry.py's boot: a hidden pid, the LSTAR redirect, netfilter hooks.
 MODULES3 = ("pg_hide_pid", "pg_nf_hook", "pg_lstar")
 ALL_MODULES = MODULES + MODULES2 + MODULES3
 COMPILER = "gcc-12"  # what Debian's 6.1 kernels are built with (linux-compiler-gcc-12-x86)

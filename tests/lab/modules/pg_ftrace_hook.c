@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * pg_ftrace_hook: a test rootkit of patchguard's kernel lab (tests/lab/test_lab_rootkits2.py).
+ * pg_ftrace_hook: a test rootkit of patchguard's kernel lab (tests/lab/test_lab_function_hooks.py).
  * The method of modern LKM rootkits: an ftrace_ops with IPMODIFY and SAVE_REGS on a syscall
  * function, whose callback could set regs->ip to a replacement and so take the function over.
  * This one is harmless: the callback counts the calls and leaves the ip alone.

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * pg_hide_module: a test rootkit of patchguard's kernel lab (tests/lab/test_lab_rootkits2.py).
+ * pg_hide_module: a test rootkit of patchguard's kernel lab (tests/lab/test_lab_function_hooks.py).
  * It hides itself the way LKM rootkits do: off the module list (list_del(&THIS_MODULE->list):
  * gone from /proc/modules, lsmod and the module symbols of /proc/kallsyms) and out of sysfs
  * (kobject_del of its kobject: gone from /sys/module). It does nothing else, but it keeps a

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * pg_hide_pid: a test rootkit of patchguard's kernel lab (tests/lab/test_lab_rootkits3.py).
+ * pg_hide_pid: a test rootkit of patchguard's kernel lab (tests/lab/test_lab_hiding_and_entry.py).
  * Process hiding the way modern LKM rootkits do it: an ftrace_ops with IPMODIFY on
  * __x64_sys_getdents64 sends every call to pg_getdents64, which calls the real function and
  * then removes the directory entry named after the hidden pid from the caller's buffer. `ls

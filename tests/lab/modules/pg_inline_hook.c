@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * pg_inline_hook: a test rootkit of patchguard's kernel lab (tests/lab/test_lab_rootkits.py).
+ * pg_inline_hook: a test rootkit of patchguard's kernel lab (tests/lab/test_lab_code_patching.py).
  * It writes a 5-byte JMP (e9 rel32) over the first bytes of a kernel function, the oldest
  * hooking technique there is, harmlessly: the hook counts its calls and runs the original.
  *

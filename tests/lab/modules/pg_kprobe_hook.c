@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * pg_kprobe_hook: a test rootkit of patchguard's kernel lab (tests/lab/test_lab_rootkits2.py).
+ * pg_kprobe_hook: a test rootkit of patchguard's kernel lab (tests/lab/test_lab_function_hooks.py).
  * Kprobes on a credential function, the way rootkits watch (or, from a pre_handler, change)
  * privilege changes. Harmless: the pre_handlers only count.
  *

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * pg_livepatch: the legitimate side of patchguard's kernel lab (tests/lab/test_lab_rootkits2.py).
+ * pg_livepatch: the legitimate side of patchguard's kernel lab (tests/lab/test_lab_function_hooks.py).
  * A minimal live patch through the kernel's livepatch API, after samples/livepatch/
  * livepatch-sample.c: cmdline_proc_show (/proc/cmdline) replaced by a function that prints a
  * fixed line. patchguard must explain the patched function's ftrace site, never call it

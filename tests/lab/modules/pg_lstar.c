@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * pg_lstar: a test rootkit of patchguard's kernel lab (tests/lab/test_lab_rootkits3.py).
+ * pg_lstar: a test rootkit of patchguard's kernel lab (tests/lab/test_lab_hiding_and_entry.py).
  * The oldest syscall hook of all: MSR_LSTAR, where the CPU jumps on every SYSCALL
  * instruction, is pointed on every CPU at a trampoline in this module, which jumps on to the
  * kernel's entry_SYSCALL_64 (a rootkit would run its own code first). rmmod puts the original

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * pg_nf_hook: a test rootkit of patchguard's kernel lab (tests/lab/test_lab_rootkits3.py).
+ * pg_nf_hook: a test rootkit of patchguard's kernel lab (tests/lab/test_lab_hiding_and_entry.py).
  * A netfilter hook registered from a module, the way rootkits watch for magic packets (a
  * backdoor trigger) or hide traffic: nf_register_net_hook() on IPv4 LOCAL_IN in the initial
  * network namespace. This one counts packets and accepts them all.

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * pg_syscall_hook: a test rootkit of patchguard's kernel lab (tests/lab/test_lab_rootkits.py).
+ * pg_syscall_hook: a test rootkit of patchguard's kernel lab (tests/lab/test_lab_code_patching.py).
  * It hooks system calls both ways LKM rootkits do, harmlessly: every hook counts its calls and
  * calls the original.
  *

@@ -5,7 +5,7 @@ These are the "debug routines" of PatchGuard's list, in Linux terms. ftrace with
 modern loadable rootkits replace kernel functions without touching their code; a kprobe or a
 direct ftrace call on a credential or syscall function does the same at one site. The same
 interfaces are used by livepatch, BPF, perf and security agents, so each hook becomes a finding
-that names the function, its owner and why it matters, and the ledger (later) says which are
+that names the function, its owner and why it matters, and the exception ledger says which are
 sanctioned.
 
 Formats follow the kernel's own printers: t_show() and add_trampoline_func() in

@@ -1,8 +1,8 @@
-"""The project's test rootkits against patchguard, in the lab guest (issue 5, "Test rootkits",
-items 1 and 2), run on the HOST: tests/lab/modules/build.py builds the modules against the
-guest's headers (cached by source hash), one lab/run boot runs rootkit_checks.py, which loads
-them, runs patchguard and records what it said; the findings, their technique and their
-attribution (which module, which symbol) are asserted here.
+"""Code patching against patchguard (syscall tables, the x64_sys_call dispatch, inline hooks in
+core and module text), in the lab guest, run on the HOST: tests/lab/modules/build.py builds the
+modules against the guest's headers (cached by source hash), one lab/run boot runs
+guest_code_patching.py, which loads them, runs patchguard and records what it said; the
+findings, their technique and their attribution (which module, which symbol) are asserted here.
 
 - pg_syscall_hook: sys_call_table[62] (kill) and [217] (getdents64) replaced under a cleared
   CR0.WP, and the `jmp __x64_sys_kill` in x64_sys_call retargeted (the one that takes effect on
@@ -28,7 +28,7 @@ SYSCALL_HOOK, INLINE_HOOK = "pg_syscall_hook", "pg_inline_hook"
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Results:
     modules = module_builder().MODULES
-    return run_script(tmp_path_factory.mktemp("rootkits"), "rootkit_checks.py", modules)
+    return run_script(tmp_path_factory.mktemp("rootkits"), "guest_code_patching.py", modules)
 
 
 def _symbol(guest: Results, name: str) -> tuple[int, str]:

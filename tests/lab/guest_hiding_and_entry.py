@@ -1,7 +1,7 @@
-"""Run INSIDE the lab guest (by test_lab_rootkits3.py through lab/run): the third set of test
-rootkits (issue 5 items 6, 7 and 8) and what patchguard says about them, as one JSON document
-written to <results>/rootkit_checks3.json (argv[1], default /results, where the host put the
-.ko files).
+"""Run INSIDE the lab guest (by test_lab_hiding_and_entry.py through lab/run): test rootkits that
+hide a process, hijack the syscall entry or hook netfilter, and what patchguard says about them,
+as one JSON document written to <results>/guest_hiding_and_entry.json (argv[1], default
+/results, where the host put the .ko files).
 
 Steps: start a victim process; scan processes, netfilter and entry (clean); pg_hide_pid hides
 the victim from getdents64: record the views and scan processes and tracing; rmmod, scan
@@ -24,7 +24,7 @@ from guest_steps import Steps, module_params, pg_symbols
 
 MSR_LSTAR = 0xC0000082
 steps = Steps(
-    "rootkit_checks3",
+    "guest_hiding_and_entry",
     Path(sys.argv[1] if len(sys.argv) > 1 else "/results"),
     Path("/tmp/patchguard-rootkits3"),
 )

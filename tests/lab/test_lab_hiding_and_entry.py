@@ -1,5 +1,6 @@
-"""The third set of the lab's test rootkits (issue 5 items 6, 7 and 8), in one guest boot:
-rootkit_checks3.py runs patchguard and records what it said; it is asserted here.
+"""Hiding and entry hijacks (a hidden pid, MSR_LSTAR, netfilter hooks of a hidden module), in one
+guest boot: guest_hiding_and_entry.py runs patchguard and records what it said; it is asserted
+here.
 
 - pg_hide_pid: an ftrace IPMODIFY hook on __x64_sys_getdents64 that removes one pid's entry
   from directory listings: the processes cross-view must find the pid.
@@ -27,7 +28,7 @@ MODULES = ("pg_hide_pid", "pg_lstar", "pg_nf_hook")
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Results:
-    return run_script(tmp_path_factory.mktemp("rootkits3"), "rootkit_checks3.py", MODULES)
+    return run_script(tmp_path_factory.mktemp("rootkits3"), "guest_hiding_and_entry.py", MODULES)
 
 
 def test_the_rootkits_load_and_take_effect(guest: Results) -> None:

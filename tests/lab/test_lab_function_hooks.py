@@ -1,7 +1,7 @@
-"""The second set of test rootkits (issue 5, "Test rootkits", items 3, 4 and 5) and the
-livepatch module against patchguard, in the lab guest, run on the HOST: build.py builds the
-modules (cached by source hash), one lab/run boot runs rootkit_checks2.py, which loads them,
-runs patchguard and records what it said; it is asserted here.
+"""Function hooks against patchguard (ftrace IPMODIFY, kprobes, module hiding) and the livepatch
+module, in the lab guest, run on the HOST: build.py builds the modules (cached by source hash),
+one lab/run boot runs guest_function_hooks.py, which loads them, runs patchguard and records
+what it said; it is asserted here.
 
 - pg_ftrace_hook: an ftrace_ops with IPMODIFY | SAVE_REGS on __x64_sys_getdents64 (the method
   of modern LKM rootkits), whose callback leaves the ip alone.
@@ -43,7 +43,7 @@ FTRACE_TARGET, KPROBE_TARGET, LIVEPATCH_TARGET = (
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Results:
     modules = module_builder().MODULES2
-    return run_script(tmp_path_factory.mktemp("rootkits2"), "rootkit_checks2.py", modules)
+    return run_script(tmp_path_factory.mktemp("rootkits2"), "guest_function_hooks.py", modules)
 
 
 def _address(guest: Results, name: str) -> int:

@@ -1,7 +1,7 @@
-"""Run INSIDE the lab guest (by test_lab_rootkits2.py through lab/run): the second set of test
-rootkits (issue 5 items 3, 4, 5) and the livepatch module, and what patchguard says about them,
-as one JSON document written to <results>/rootkit_checks2.json (argv[1], default /results,
-where the host put the .ko files).
+"""Run INSIDE the lab guest (by test_lab_function_hooks.py through lab/run): test rootkits that
+hook functions (ftrace, kprobes) or hide a module, and the livepatch module, and what patchguard
+says about them, as one JSON document written to <results>/guest_function_hooks.json (argv[1],
+default /results, where the host put the .ko files).
 
 Steps: find where the kprobe's second probe goes (the instruction after commit_creds' ftrace
 NOP); `patchguard baseline create`; `check`; insmod pg_ftrace_hook, pg_kprobe_hook and
@@ -26,7 +26,7 @@ from patchguard.kernel import Kernel
 from patchguard.x86 import insn as x86
 
 WORK = Path("/tmp/patchguard-rootkits2")
-steps = Steps("rootkit_checks2", Path(sys.argv[1] if len(sys.argv) > 1 else "/results"), WORK)
+steps = Steps("guest_function_hooks", Path(sys.argv[1] if len(sys.argv) > 1 else "/results"), WORK)
 step, run, patchguard, insmod = steps.step, steps.run, steps.patchguard, steps.insmod
 FTRACE_TARGET = "__x64_sys_getdents64"
 KPROBE_TARGET = "commit_creds"

@@ -1,6 +1,7 @@
-"""Run INSIDE the lab guest (by test_lab_rootkits.py through lab/run): load the project's test
+"""Run INSIDE the lab guest (by test_lab_code_patching.py through lab/run): load the project's test
 rootkits and record what patchguard says about them, as one JSON document written to
-<results>/rootkit_checks.json (argv[1], default /results, where the host put the .ko files).
+<results>/guest_code_patching.json (argv[1], default /results, where the host put the .ko
+files).
 
 Steps: find the addresses the modules need (kallsyms, and the `jmp __x64_sys_kill` inside
 x64_sys_call from patchguard's own dispatch walker); `patchguard baseline create`; `check`
@@ -23,7 +24,7 @@ from patchguard.kernel import Kernel
 from patchguard.x86.dispatch import KallsymsNames, dispatch_entries
 
 steps = Steps(
-    "rootkit_checks",
+    "guest_code_patching",
     Path(sys.argv[1] if len(sys.argv) > 1 else "/results"),
     Path("/tmp/patchguard-rootkits"),
 )

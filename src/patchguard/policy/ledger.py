@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,7 @@ from patchguard.policy.chain import (
     seal,
 )
 from patchguard.policy.rules import LedgerState, RuleError
+from patchguard.policy.transparency import TransparencyError, store
 
 DEFAULT_LEDGER = Path("/var/lib/patchguard/ledger.db")
 LEDGER_ENV = "PATCHGUARD_LEDGER"
@@ -255,7 +257,65 @@ def _append_locked(
     except RuleError as exc:
         raise LedgerError(path, f"refused: {exc}") from None
     _insert(conn, entry)
+    try:  # a transparency log signs the new tree before the entry is committed
+        store.sign_after_append(conn, (*loaded.entries, entry))
+    except TransparencyError as exc:
+        raise LedgerError(path, f"cannot sign the checkpoint, nothing appended: {exc}") from None
     return Appended(entry, description)
+
+
+def read_with_checkpoints(path: Path) -> tuple[list[tuple[object, ...]], list[tuple[int, bytes]]]:
+    """Every row and every signed checkpoint, read in one transaction (so they agree)."""
+    try:
+        conn = _connect(path, create=False)
+        try:
+            conn.execute("BEGIN")
+            if not _is_ledger(conn, path, create=False):
+                return [], []
+            return _select(conn), store.checkpoint_notes(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise LedgerError(path, f"cannot read the ledger: {exc}") from None
+    except TransparencyError as exc:
+        raise LedgerError(path, str(exc)) from None
+
+
+@contextmanager
+def locked_read(path: Path) -> Iterator[sqlite3.Connection]:
+    """A read connection to an existing ledger (its schema checked)."""
+    try:
+        conn = _connect(path, create=False)
+        try:
+            _is_ledger(conn, path, create=False)
+            yield conn
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise LedgerError(path, f"cannot read the ledger: {exc}") from None
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[tuple[sqlite3.Connection, Replay]]:
+    """The ledger under its write lock, verified; committed if the block returns normally."""
+    try:
+        conn = _connect(path, create=False)
+    except (sqlite3.Error, OSError) as exc:
+        raise LedgerError(path, f"cannot open the ledger: {exc}") from None
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        _is_ledger(conn, path, create=False)
+        loaded = replay(_select(conn))
+        if not loaded.result.ok:
+            raise LedgerError(path, f"does not verify: {loaded.result.reason}")
+        yield conn, loaded
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise LedgerError(path, f"nothing written: {exc}") from None
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        conn.close()
 
 
 def export_json(path: Path) -> dict[str, Any]:

@@ -1,0 +1,181 @@
+"""`patchguard ledger log-init|vkey|publish|prove|watch` and `ledger verify --url`.
+
+`register(ledger_group, verify_parser, local_verify)` adds the log commands to `ledger` and
+lets `ledger verify` read a published log when given `--url` (the local check otherwise).
+Exit codes as in policy/cli.py: 0 done, 1 the log does not verify (a split view prints both
+checkpoints), 2 an error or malformed input, printed as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from patchguard.engine.keys import KeyFileError
+from patchguard.policy.ledger import LedgerError, default_ledger_path
+from patchguard.policy.transparency import TransparencyError, client, publish
+from patchguard.policy.transparency.checkpoint import SplitView
+
+EXIT_OK, EXIT_BAD_LOG, EXIT_ERROR = 0, 1, 2
+Handler = Callable[[argparse.Namespace], int]
+
+
+def visible(text: str) -> str:
+    """Text from others made safe for a terminal: every control or invisible character shown
+    as an escape (newlines too, unless the text is meant to span lines)."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else
+                   f"\\u{ord(c):04x}" for c in text)  # fmt: skip
+
+
+def _lines(data: bytes) -> str:
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join("  " + visible(line) for line in text.rstrip("\n").split("\n"))
+
+
+def _ledger(args: argparse.Namespace) -> Path:
+    return Path(args.ledger) if args.ledger else default_ledger_path()
+
+
+def _print(text: str) -> None:
+    print(text, flush=True)
+
+
+def _guarded(handler: Handler) -> Handler:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except SplitView as exc:
+            print(f"patchguard: {visible(str(exc))}", file=sys.stderr)
+            print(f"checkpoint seen before:\n{_lines(exc.first)}", file=sys.stderr)
+            print(f"checkpoint now:\n{_lines(exc.second)}", file=sys.stderr)
+            return EXIT_BAD_LOG
+        except client.VerifyFailed as exc:
+            print(f"patchguard: does not verify: {visible(str(exc))}", file=sys.stderr)
+            return EXIT_BAD_LOG
+        except (TransparencyError, LedgerError, KeyFileError) as exc:
+            print(f"patchguard: {visible(str(exc))}", file=sys.stderr)
+            return EXIT_ERROR
+        except KeyboardInterrupt:
+            return EXIT_OK
+
+    return run
+
+
+def _log_init(args: argparse.Namespace) -> int:
+    path = _ledger(args)
+    key = Path(args.log_key) if args.log_key else path.parent / "log.key"
+    signed = publish.init_log(path, args.origin, key)
+    _print(f"{path}: a transparency log; first checkpoint {signed.checkpoint.describe()}")
+    return EXIT_OK
+
+
+def _vkey(args: argparse.Namespace) -> int:
+    _print(publish.load_log(_ledger(args)).config.verifier.vkey)
+    return EXIT_OK
+
+
+def _publish(args: argparse.Namespace) -> int:
+    view = publish.load_log(_ledger(args))
+    done = publish.publish(view, Path(args.directory))
+    _print(
+        f"{args.directory}: {view.latest.checkpoint.describe()}; "
+        f"{done.written} files written, {done.unchanged} unchanged"
+    )
+    return EXIT_OK
+
+
+def _prove(args: argparse.Namespace) -> int:
+    view = publish.load_log(_ledger(args))
+    if args.consistency is not None:
+        sys.stdout.write(publish.prove_consistency(view, args.consistency))
+    elif args.entry is not None:
+        sys.stdout.write(publish.prove_inclusion(view, args.entry))
+    else:
+        raise LedgerError(view.path, "prove what? give ENTRY or --consistency OLD_SIZE")
+    return EXIT_OK
+
+
+def _state(args: argparse.Namespace) -> Path:
+    return Path(args.state) if args.state else client.default_state_dir()
+
+
+def _verify_remote(args: argparse.Namespace) -> int:
+    done = client.verify(args.url, args.vkey, _state(args), replay=not args.tree_only)
+    checkpoint = done.signed.checkpoint
+    before = (
+        f"consistent with size {done.previous.checkpoint.size} seen before"
+        if done.previous
+        else "first contact: remembered"
+    )
+    _print(f"{visible(args.url)}: {visible(checkpoint.describe())} verifies; {before}")
+    return EXIT_OK
+
+
+def _entry_line(at: int, data: bytes) -> str:
+    entry = client.parse_entry(data, at)
+    payload = visible(entry.payload)
+    payload = payload if len(payload) <= 200 else payload[:200] + "..."
+    fields = (str(at + 1), entry.time, entry.kind, entry.actor, str(entry.subject), payload)
+    return "\t".join(visible(f) for f in fields)
+
+
+def _watch(args: argparse.Namespace) -> int:
+    vkey, polls = args.vkey, 0
+    while True:
+        done = client.verify(args.url, vkey, _state(args), full=False)
+        for at, data in client.new_entries(done):
+            _print(_entry_line(at, data))
+        polls += 1
+        if args.once or (args.polls and polls >= args.polls):
+            return EXIT_OK
+        vkey = None  # pinned in the state from now on
+        time.sleep(args.interval)
+
+
+def _add(group: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = group.add_parser(name, help=help_text)
+    parser.add_argument(
+        "--ledger",
+        metavar="PATH",
+        help="the ledger (default $PATCHGUARD_LEDGER, else /var/lib/patchguard/ledger.db)",
+    )
+    parser.set_defaults(policy_handler=_guarded(handler))
+    return parser
+
+
+def _remote_args(parser: argparse.ArgumentParser, url_required: bool) -> None:
+    parser.add_argument(
+        "--url", required=url_required, metavar="URL|DIR", help="a published log (tlog-tiles)"
+    )
+    parser.add_argument("--vkey", metavar="KEY", help="the log's verifier key (first contact)")
+    parser.add_argument(
+        "--state", metavar="DIR", help="where checkpoints seen are kept (~/.local/state/patchguard)"
+    )
+
+
+def register(ledger_group: Any, verify_parser: argparse.ArgumentParser, local: Handler) -> None:
+    """Add the log commands to `ledger`; `ledger verify --url` verifies a published log."""
+    p = _add(ledger_group, "log-init", _log_init, "make the ledger a signed transparency log")
+    p.add_argument("--origin", required=True, metavar="NAME", help="e.g. ledger.example.com/x")
+    p.add_argument("--log-key", metavar="KEY", help="log key PEM (default: log.key by the ledger)")
+    _add(ledger_group, "vkey", _vkey, "print the log's note verifier key")
+    p = _add(ledger_group, "publish", _publish, "write the log as C2SP tlog-tiles files")
+    p.add_argument("directory", metavar="DIR")
+    p = _add(ledger_group, "prove", _prove, "print an inclusion or consistency proof")
+    p.add_argument("entry", type=int, nargs="?", metavar="ENTRY", help="entry number (seq)")
+    p.add_argument("--consistency", type=int, metavar="OLD_SIZE", help="from this tree size")
+    p = _add(ledger_group, "watch", _watch, "print each new entry of a published log")
+    _remote_args(p, url_required=True)
+    p.add_argument("--once", action="store_true", help="check once and exit")
+    p.add_argument("--interval", type=float, default=60.0, metavar="SECONDS")
+    p.add_argument("--polls", type=int, default=0, metavar="N", help="stop after N checks")
+    _remote_args(verify_parser, url_required=False)
+    verify_parser.add_argument(
+        "--tree-only", action="store_true", help="with --url: skip re-verifying each entry"
+    )
+    remote = _guarded(_verify_remote)
+    verify_parser.set_defaults(policy_handler=lambda a: remote(a) if a.url else local(a))

@@ -358,3 +358,9 @@ def test_bundles_round_trip_and_reject_bad_lengths() -> None:
             tiles.decode_bundle(bad, 4 if why == "not 4" else 3, "b")
     with pytest.raises(tiles.TileError, match="does not fit"):
         tiles.encode_bundle([b"x" * 65536])
+
+
+def test_vkeys_round_trip_whatever_base64_their_keys_spell() -> None:
+    for kind in (ED25519, COSIGNATURE) * 40:  # keys with '+' and '/' in their base64 too
+        verifier = keys("log.example/a", kind).verifier
+        assert note.parse_vkey(verifier.vkey) == verifier

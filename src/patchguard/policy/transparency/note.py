@@ -96,7 +96,7 @@ def cosigned_message(text: bytes, when: int) -> bytes:
 
 def parse_vkey(vkey: str) -> Verifier:
     """A verifier key `<name>+<key ID>+<base64(type || key)>`, its key ID checked."""
-    parts = vkey.strip().split("+")
+    parts = vkey.strip().split("+", 2)
     if len(parts) != 3:
         raise NoteError("a verifier key is <name>+<key id>+<key>: wrong number of '+'")
     name, hex_id, encoded = parts

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from patchguard.engine.keys import HostKey
+from patchguard.engine.keys import HostKey, KeyFileError
 from patchguard.policy.chain import FORMAT, Entry, canonical
 from patchguard.policy.transparency import TransparencyError, merkle
 from patchguard.policy.transparency.checkpoint import Checkpoint, sign_checkpoint
@@ -62,7 +62,10 @@ class LogConfig:
 
     def signer(self) -> Signer:
         path = Path(os.environ.get(LOG_KEY_ENV) or self.key_path)
-        key = HostKey.load(path)
+        try:
+            key = HostKey.load(path)
+        except KeyFileError as exc:
+            raise TransparencyError(f"the log key {exc}") from None
         if key.public_key_bytes() != self.public_key:
             raise TransparencyError(
                 f"{path}: not the log's key (the log's is {self.verifier.vkey})"

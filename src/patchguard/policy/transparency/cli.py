@@ -1,4 +1,5 @@
-"""`patchguard ledger log-init|vkey|publish|prove|watch` and `ledger verify --url`.
+"""`patchguard ledger log-init|vkey|publish|prove|watch`, `ledger verify --url`, and
+`patchguard witness vkey|cosign|serve`.
 
 `register(ledger_group, verify_parser, local_verify)` adds the log commands to `ledger` and
 lets `ledger verify` read a published log when given `--url` (the local check otherwise).
@@ -15,10 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from patchguard.engine.keys import KeyFileError
+from patchguard.engine.keys import HostKey, KeyFileError
 from patchguard.policy.ledger import LedgerError, default_ledger_path
-from patchguard.policy.transparency import TransparencyError, client, publish
+from patchguard.policy.transparency import TransparencyError, client, note, publish, serve
 from patchguard.policy.transparency.checkpoint import SplitView
+from patchguard.policy.transparency.witness import MAX_REQUEST, Witness
 
 EXIT_OK, EXIT_BAD_LOG, EXIT_ERROR = 0, 1, 2
 Handler = Callable[[argparse.Namespace], int]
@@ -179,3 +181,72 @@ def register(ledger_group: Any, verify_parser: argparse.ArgumentParser, local: H
     )
     remote = _guarded(_verify_remote)
     verify_parser.set_defaults(policy_handler=lambda a: remote(a) if a.url else local(a))
+
+
+def _witness(args: argparse.Namespace) -> Witness:
+    key = HostKey.load_or_create(Path(args.key)) if args.create else HostKey.load(Path(args.key))
+    signer = note.Signer(note.check_name(args.name), note.COSIGNATURE, key)
+    logs = tuple(note.parse_vkey(v) for v in args.log or ())
+    return Witness(signer, logs, _state(args))
+
+
+def _witness_vkey(args: argparse.Namespace) -> int:
+    _print(_witness(args).signer.verifier.vkey)
+    return EXIT_OK
+
+
+def _read_request(name: str) -> bytes:
+    if name == "-":
+        return sys.stdin.buffer.read(MAX_REQUEST + 1)
+    try:
+        with open(name, "rb") as f:
+            return f.read(MAX_REQUEST + 1)
+    except OSError as exc:
+        raise TransparencyError(f"{name}: cannot read: {exc.strerror or exc}") from None
+
+
+def _cosign(args: argparse.Namespace) -> int:
+    witness = _witness(args)
+    if not witness.logs:
+        raise TransparencyError("name the logs this witness follows with --log VKEY")
+    cosigned = witness.add_checkpoint(_read_request(args.request), int(time.time()))
+    sys.stdout.write(cosigned.encoded.decode("utf-8"))
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    witness = _witness(args)
+    host, _, port = args.listen.rpartition(":")
+    if not port.isdigit() or not host:
+        raise TransparencyError(f"--listen {args.listen!r}: expected HOST:PORT")
+    server = serve.serve(witness, host.strip("[]"), int(port))
+    _print(f"witness {witness.signer.verifier.vkey} on http://{args.listen}/add-checkpoint")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return EXIT_OK
+
+
+def register_witness(subparsers: Any) -> None:
+    """Add `witness vkey|cosign|serve` to the main parser's subparsers."""
+    parser = subparsers.add_parser("witness", help="cosign a log's checkpoints (C2SP witness)")
+    group = parser.add_subparsers(dest="witness_command", required=True)
+    for name, handler, text in (
+        ("vkey", _witness_vkey, "print the witness's cosignature verifier key"),
+        ("cosign", _cosign, "cosign a checkpoint given with its consistency proof"),
+        ("serve", _serve, "answer C2SP tlog-witness add-checkpoint requests over HTTP"),
+    ):
+        p = group.add_parser(name, help=text)
+        p.add_argument("--key", required=True, metavar="KEY", help="witness key (PEM file)")
+        p.add_argument("--create", action="store_true", help="create the key if missing")
+        p.add_argument("--name", required=True, metavar="NAME", help="e.g. witness.example/w1")
+        p.add_argument("--log", action="append", metavar="VKEY", help="a log it follows")
+        p.add_argument("--state", metavar="DIR", help="default ~/.local/state/patchguard")
+        p.set_defaults(policy_handler=_guarded(handler))
+        if name == "cosign":
+            p.add_argument(
+                "request", metavar="REQUEST", help="`ledger prove --consistency` output, or -"
+            )
+        if name == "serve":
+            p.add_argument("--listen", default="127.0.0.1:7380", metavar="HOST:PORT")

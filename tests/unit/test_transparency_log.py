@@ -246,6 +246,26 @@ class _Liar(_Endless):
         self.end_headers()
 
 
+class _Short(_Endless):
+    """Promises 100 bytes, sends 10 and hangs up."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "100")
+        self.end_headers()
+        self.wfile.write(b"0123456789")
+
+
+def test_a_server_that_hangs_up_early_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    vkey = "ledger.example.org/exceptions+00000000+" + note.b64encode(b"\x01" + bytes(32))
+    with serve(tmp_path, _Short) as url:
+        args = ("ledger", "verify", "--url", url, "--vkey", vkey, "--state", str(tmp_path))
+        code, _, err = run(capsys, *args)
+    assert code == 2 and "cut short at 10 of 100 bytes" in err and err.count("\n") == 1
+
+
 def test_a_hostile_server_cannot_make_verify_read_without_bound(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,6 +12,7 @@ later ones take it from the state (pinned: a different key is refused unless giv
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import time
@@ -70,10 +71,13 @@ def _http(prefix: str) -> tiles.Fetch:
                 length = response.headers.get("Content-Length")
                 if length is not None and length.isdigit() and int(length) > limit:
                     raise tiles.TileError(f"{url}: {length} bytes, more than {limit}")
-                return _read_limited(response.read, limit, url)
+                data = _read_limited(response.read, limit, url)
+                if length is not None and length.isdigit() and len(data) != int(length):
+                    raise tiles.TileError(f"{url}: cut short at {len(data)} of {length} bytes")
+                return data
         except urllib.error.HTTPError as exc:
             raise tiles.TileError(f"{url}: HTTP {exc.code}") from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
             raise tiles.TileError(f"{url}: cannot fetch: {reason}") from None
 

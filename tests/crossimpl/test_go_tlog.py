@@ -16,7 +16,9 @@ from support.tlog import Log, bulk_log, make_log, serve
 from patchguard.cli import main
 from patchguard.engine.keys import HostKey
 from patchguard.policy.transparency import merkle, note, publish, tiles
+from patchguard.policy.transparency.checkpoint import cosign, open_checkpoint
 from patchguard.policy.transparency.client import fetcher
+from patchguard.policy.transparency.note import COSIGNATURE, Signer
 
 GO = shutil.which("go")
 GOPATH_DEBIAN = Path("/usr/share/gocode")
@@ -87,6 +89,12 @@ def test_go_verifies_a_small_log_and_its_growth(tlogcheck: Path, tmp_path: Path)
     assert go(tlogcheck, "verify", str(tmp_path / "site"), log.vkey()).startswith("ok ")
     log.append(90, hours=5)
     log.publish(tmp_path / "site")
+    witness = Signer("witness.example/w1", COSIGNATURE, HostKey.generate())
+    checkpoint = tmp_path / "site" / "checkpoint"
+    signed = open_checkpoint(checkpoint.read_bytes(), note.parse_vkey(log.vkey()))
+    checkpoint.write_bytes(
+        cosign(signed, witness, 1700000000).encoded
+    )  # Go ignores it, as it should
     proof = prove(log, tmp_path, "c", "--consistency", "3")
     out = go(tlogcheck, "verify", str(tmp_path / "site"), log.vkey(), str(proof))
     assert " 4 " in out and out.endswith("proofs 1\n")

@@ -291,5 +291,11 @@ def test_watch_prints_each_new_entry_once(
         assert code == 0 and out == ""
         log.append(45, hours=7)
         log.publish(site)
+        bundle = site / "tile/entries/000.p/5"
+        honest = bundle.read_bytes()
+        bundle.write_bytes(honest.replace(b'\\"days\\":45', b'\\"days\\":46'))
+        code, out, err = run(capsys, *args)  # a forged new entry: nothing shown, nothing skipped
+        assert code == 1 and out == "" and "entry 5: entry 4 is not in the tree" in err
+        bundle.write_bytes(honest)
         code, out, _ = run(capsys, *args)
         assert out.count("\n") == 1 and out.startswith("5\t") and '"days":45' in out

@@ -128,9 +128,11 @@ def _entry_line(at: int, data: bytes) -> str:
 def _watch(args: argparse.Namespace) -> int:
     vkey, polls = args.vkey, 0
     while True:
-        done = client.verify(args.url, vkey, _state(args), full=False)
-        for at, data in client.new_entries(done):
-            _print(_entry_line(at, data))
+        done = client.check(args.url, vkey, _state(args), full=False)
+        lines = [_entry_line(at, data) for at, data in client.new_entries(done)]
+        for line in lines:  # each entry proven included before anything is shown
+            _print(line)
+        client.remember(_state(args), done.vkey, done.signed)  # only then: none is ever missed
         polls += 1
         if args.once or (args.polls and polls >= args.polls):
             return EXIT_OK

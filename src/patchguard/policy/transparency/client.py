@@ -141,6 +141,7 @@ def _origin_of(message: bytes) -> str:
 
 @dataclass(frozen=True)
 class Verified:
+    vkey: str  # the log key that verified it
     signed: SignedCheckpoint
     previous: SignedCheckpoint | None  # the checkpoint remembered from last time
     source: tiles.TileSource
@@ -162,11 +163,11 @@ def open_log(fetch: tiles.Fetch, vkey: str | None, state: Path) -> tuple[SignedC
     return open_checkpoint(message, verifier), verifier.vkey
 
 
-def verify(
+def check(
     location: str, vkey: str | None, state: Path, full: bool = True, replay: bool = True
 ) -> Verified:
     """The log at `location` verified (in `full`: every entry and tile, and with `replay` the
-    entries as a ledger too), consistent with what `state` remembers, which it then replaces."""
+    entries as a ledger too) and consistent with what `state` remembers (left unchanged)."""
     fetch = fetcher(location)
     signed, key = open_log(fetch, vkey, state)
     size = signed.checkpoint.size
@@ -180,8 +181,16 @@ def verify(
         old = previous.checkpoint.size
         proof = merkle.consistency_proof(source, old, size) if old <= size else []
         check_consistent(previous, signed, proof)
-    remember(state, key, signed)
-    return Verified(signed, previous, source, entries)
+    return Verified(key, signed, previous, source, entries)
+
+
+def verify(
+    location: str, vkey: str | None, state: Path, full: bool = True, replay: bool = True
+) -> Verified:
+    """`check`, then the new checkpoint remembered in `state` for next time."""
+    done = check(location, vkey, state, full, replay)
+    remember(state, done.vkey, done.signed)
+    return done
 
 
 def _verify_full(source: tiles.TileSource, signed: SignedCheckpoint) -> tuple[bytes, ...]:

@@ -118,6 +118,27 @@ def test_vkey_publish_and_prove(
     assert code == 2 and "no entry 9" in err
 
 
+def test_publish_refuses_to_show_a_second_history(
+    log: Log, tmp_path: Path, owner: HostKey, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = tmp_path / "site"
+    log.publish(site)
+    fork = make_log(tmp_path / "b", owner, log.log_key, [30, 61, 90])
+    code, _, err = run(capsys, "ledger", "publish", str(site), "--ledger", str(fork.path))
+    assert code == 2 and "which these entries do not extend" in err
+    stranger = make_log(tmp_path / "c", owner, tmp_path / "other.key", [30])
+    code, _, err = run(capsys, "ledger", "publish", str(site), "--ledger", str(stranger.path))
+    assert code == 2 and "not this log's" in err
+    big = bulk_log(tmp_path / "big.db", owner, tmp_path / "big.key", 300)
+    big_site = tmp_path / "big-site"
+    big.publish(big_site)
+    (big_site / "checkpoint").unlink()
+    full = big_site / "tile/0/000"
+    full.write_bytes(bytes(8192))
+    code, _, err = run(capsys, "ledger", "publish", str(big_site), "--ledger", str(big.path))
+    assert code == 2 and "full tile already published with other bytes" in err
+
+
 def test_verify_over_http_remembers_and_then_proves_consistency(
     log: Log, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

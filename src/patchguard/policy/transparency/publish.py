@@ -115,10 +115,12 @@ class Published:
     unchanged: int
 
 
-def _write(path: Path, data: bytes) -> bool:
+def _write(path: Path, data: bytes, immutable: bool) -> bool:
     try:
         if path.stat().st_size == len(data) and path.read_bytes() == data:
             return False
+        if immutable:
+            raise LedgerError(path, "a full tile already published with other bytes")
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,11 +146,33 @@ def files(view: LogView) -> list[tuple[str, bytes]]:
     return out
 
 
+def _check_published(view: LogView, directory: Path) -> None:
+    """Refuse to publish over another history: the checkpoint already there, if it is this
+    log's, must be one the entries give (same root at its size, not larger)."""
+    try:
+        with open(directory / "checkpoint", "rb") as f:
+            there = f.read(note.MAX_NOTE + 1)
+    except FileNotFoundError:
+        return
+    try:
+        old = open_checkpoint(there, view.config.verifier).checkpoint
+    except TransparencyError as exc:
+        raise LedgerError(directory, f"holds a checkpoint that is not this log's: {exc}") from None
+    if old.size > view.tree.size or view.tree.root(old.size) != old.root:
+        raise LedgerError(
+            directory,
+            f"already publishes {old.describe()}, which these entries do not extend: "
+            "publishing would show a second history",
+        )
+
+
 def publish(view: LogView, directory: Path) -> Published:
+    """Write the tiles (full ones never rewritten with other bytes), the checkpoint last."""
     written = unchanged = 0
     try:
+        _check_published(view, directory)
         for name, data in files(view):
-            if _write(directory / name, data):
+            if _write(directory / name, data, immutable=".p/" not in name and name != "checkpoint"):
                 written += 1
             else:
                 unchanged += 1

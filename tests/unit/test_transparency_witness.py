@@ -22,6 +22,7 @@ from patchguard.policy.transparency.note import COSIGNATURE, NoteError, Signer
 from patchguard.policy.transparency.serve import serve
 from patchguard.policy.transparency.witness import (
     Conflict,
+    Forbidden,
     UnknownLog,
     Witness,
     cosignature_lines,
@@ -41,7 +42,8 @@ def log(tmp_path: Path, owner: HostKey) -> Log:
 
 def witness(tmp_path: Path, log: Log, name: str = "w1") -> Witness:
     signer = Signer(f"witness.example/{name}", COSIGNATURE, HostKey.generate())
-    return Witness(signer, (note.parse_vkey(log.vkey()),), tmp_path / name)
+    verifier = note.parse_vkey(log.vkey())
+    return Witness(signer, ((verifier.name, verifier),), tmp_path / name)
 
 
 def request(log: Log, old: int) -> bytes:
@@ -82,11 +84,16 @@ def test_an_operator_signing_two_histories_is_caught(
     assert held is not None and held[0].encoded == honest  # the witness still holds the truth
 
 
-def test_an_unknown_log_and_malformed_requests(tmp_path: Path, log: Log, owner: HostKey) -> None:
-    other = make_log(tmp_path / "x", owner, tmp_path / "keys" / "other.key", [])
+def test_an_unknown_log_a_wrong_key_and_malformed_requests(
+    tmp_path: Path, log: Log, owner: HostKey
+) -> None:
+    impostor = make_log(tmp_path / "x", owner, tmp_path / "keys" / "other.key", [])
     w = witness(tmp_path, log)
-    with pytest.raises(UnknownLog):
-        w.add_checkpoint(request(other, 0), now=1)
+    with pytest.raises(Forbidden, match="not signed by a known key"):
+        w.add_checkpoint(request(impostor, 0), now=1)  # the origin, but not the log's key
+    stranger = Witness(w.signer, (("elsewhere.example/log", w.logs[0][1]),), w.state)
+    with pytest.raises(UnknownLog, match="not a log this witness follows"):
+        stranger.add_checkpoint(request(log, 0), now=1)
     body = request(log, 0)
     for bad, why in [
         (b"old 01\n\n" + body.split(b"\n\n", 1)[1], "old <size>"),
@@ -94,6 +101,7 @@ def test_an_unknown_log_and_malformed_requests(tmp_path: Path, log: Log, owner: 
         (b"old 0\nAAAA\n\n" + body.split(b"\n\n", 1)[1], "not 32 bytes"),
         (b"old 0\n\xff\n\n", "not ASCII"),
         (b"x" * 80_000, "over"),
+        (b"old 9\n\n" + body.split(b"\n\n", 1)[1], "over the checkpoint's size"),
     ]:
         with pytest.raises(NoteError, match=why):
             w.add_checkpoint(bad, now=1)
@@ -134,6 +142,8 @@ def test_witnesses_over_http_and_a_host_quorum(
             assert status == 200 and text.startswith("— witness.example/")
             lines.append(text)
         assert post(url1, request(log, 0)) == (409, "3\n")
+        same_size = make_log(tmp_path / "c", owner, log.log_key, [30, 62])
+        assert post(url1, request(same_size, 3))[0] == 409  # tlog-witness: same size, other root
         fork = make_log(tmp_path / "b", owner, log.log_key, [30, 61, 90])
         status, text = post(url1, request(fork, 3))
         assert status == 422 and "split view" in text

@@ -185,10 +185,19 @@ def register(ledger_group: Any, verify_parser: argparse.ArgumentParser, local: H
     verify_parser.set_defaults(policy_handler=lambda a: remote(a) if a.url else local(a))
 
 
+def _log_key(text: str) -> tuple[str, note.Verifier]:
+    """`VKEY` (the origin is the key's name) or `ORIGIN=VKEY`."""
+    origin, equals, vkey = text.partition("=")
+    if equals and "+" not in origin:
+        return origin, note.parse_vkey(vkey)
+    verifier = note.parse_vkey(text)
+    return verifier.name, verifier
+
+
 def _witness(args: argparse.Namespace) -> Witness:
     key = HostKey.load_or_create(Path(args.key)) if args.create else HostKey.load(Path(args.key))
     signer = note.Signer(note.check_name(args.name), note.COSIGNATURE, key)
-    logs = tuple(note.parse_vkey(v) for v in args.log or ())
+    logs = tuple(_log_key(v) for v in args.log or ())
     return Witness(signer, logs, _state(args))
 
 
@@ -243,7 +252,12 @@ def register_witness(subparsers: Any) -> None:
         p.add_argument("--key", required=True, metavar="KEY", help="witness key (PEM file)")
         p.add_argument("--create", action="store_true", help="create the key if missing")
         p.add_argument("--name", required=True, metavar="NAME", help="e.g. witness.example/w1")
-        p.add_argument("--log", action="append", metavar="VKEY", help="a log it follows")
+        p.add_argument(
+            "--log",
+            action="append",
+            metavar="VKEY",
+            help="a log it follows (origin = the key's name), or ORIGIN=VKEY",
+        )
         p.add_argument("--state", metavar="DIR", help="default ~/.local/state/patchguard")
         p.set_defaults(policy_handler=_guarded(handler))
         if name == "cosign":

@@ -30,7 +30,8 @@ from patchguard.policy.transparency.checkpoint import (
 )
 from patchguard.policy.transparency.note import NoteError, Signer, Verifier
 
-MAX_REQUEST = note.MAX_NOTE + 64 * 50  # the note and up to 64 proof hashes
+MAX_PROOF = 63  # tlog-witness: no more than 63 consistency proof lines
+MAX_REQUEST = note.MAX_NOTE + 16 + MAX_PROOF * 45
 _OLD = re.compile(r"old (0|[1-9][0-9]{0,18})\Z")
 
 
@@ -43,7 +44,11 @@ class Conflict(TransparencyError):
 
 
 class UnknownLog(TransparencyError):
-    """No trusted log key signed the checkpoint."""
+    """The checkpoint's origin is not a log this witness follows (HTTP 404)."""
+
+
+class Forbidden(TransparencyError):
+    """No key the witness trusts for the origin signed the checkpoint (HTTP 403)."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,7 @@ def parse_request(body: bytes) -> Request:
     match = _OLD.match(first)
     if not match:
         raise NoteError("the request does not start with `old <size>`")
-    if len(hashes) > 64:
+    if len(hashes) > MAX_PROOF:
         raise NoteError(f"a proof of {len(hashes)} hashes is longer than any tree needs")
     proof = tuple(note.b64decode(h, "a proof hash") for h in hashes)
     if any(len(h) != merkle.HASH_SIZE for h in proof):
@@ -77,7 +82,7 @@ def parse_request(body: bytes) -> Request:
 @dataclass(frozen=True)
 class Witness:
     signer: Signer  # kind COSIGNATURE
-    logs: tuple[Verifier, ...]  # the log keys it witnesses
+    logs: tuple[tuple[str, Verifier], ...]  # (origin, log key) of each log it witnesses
     state: Path
 
     def _file(self, origin: str) -> Path:
@@ -91,13 +96,18 @@ class Witness:
             yield
 
     def _open(self, message: bytes) -> tuple[SignedCheckpoint, Verifier]:
-        for log in self.logs:
-            try:
-                return open_checkpoint(message, log), log
-            except NoteError as exc:
-                if "not signed by a known key" not in str(exc):
-                    raise
-        raise UnknownLog("the checkpoint is not signed by a log this witness follows")
+        """The checkpoint, verified with the keys trusted for its origin."""
+        text = note.parse(message).text
+        origin = text.split("\n", 1)[0]
+        trusted = [key for name, key in self.logs if name == origin]
+        if not trusted:
+            raise UnknownLog(f"{origin!r} is not a log this witness follows")
+        try:
+            opened = note.open_note(message, trusted)
+        except NoteError as exc:
+            raise Forbidden(f"{origin}: {exc}") from None
+        signer = next(k for k in trusted if opened.signed_by(k) is not None)
+        return open_checkpoint(message, signer), signer
 
     def last(self, origin: str) -> tuple[SignedCheckpoint, Verifier] | None:
         path = self._file(origin)
@@ -118,6 +128,8 @@ class Witness:
         with self._locked():
             held = self.last(origin)
             size = held[0].checkpoint.size if held else 0
+            if request.old > signed.checkpoint.size:
+                raise NoteError(f"old size {request.old} is over the checkpoint's size")
             if request.old != size:
                 raise Conflict(f"{origin}: the witness holds size {size}, not {request.old}", size)
             if held is not None:

@@ -18,7 +18,7 @@ from patchguard.cli import main
 from patchguard.engine.keys import HostKey
 from patchguard.policy import ledger
 from patchguard.policy.exceptions import init_ledger, set_max_expiry
-from patchguard.policy.transparency import merkle, note, publish, store
+from patchguard.policy.transparency import TransparencyError, client, merkle, note, publish, store
 from patchguard.policy.transparency.checkpoint import open_checkpoint
 
 
@@ -296,6 +296,14 @@ def test_a_hostile_server_cannot_make_verify_read_without_bound(
             args = ("ledger", "verify", "--url", url, "--vkey", vkey, "--state", str(tmp_path))
             code, _, err = run(capsys, *args)
             assert code == 2 and "65536" in err and err.count("\n") == 1
+
+
+def test_a_verify_reads_no_more_than_its_budget(log: Log, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    log.publish(site)
+    with pytest.raises(TransparencyError, match="over the 1000 bytes one verify may read"):
+        client.check(str(site), log.vkey(), tmp_path / "s", budget=1000)
+    assert client.check(str(site), log.vkey(), tmp_path / "s", budget=100_000).signed
 
 
 def test_watch_prints_each_new_entry_once(

@@ -36,6 +36,7 @@ TIMEOUT = 10.0  # seconds per socket operation
 DEADLINE = 60.0  # seconds per file, however slowly a server drips it
 MAX_ENTRIES = 10_000_000  # a full verify of a checkpoint claiming more is refused
 MAX_STATE = 2 * note.MAX_NOTE
+MAX_TOTAL = 4 << 30  # bytes one verify reads in all (a 100,000-entry ledger is about 60 MB)
 
 
 class VerifyFailed(TransparencyError):
@@ -96,10 +97,29 @@ def _directory(root: Path) -> tiles.Fetch:
     return fetch
 
 
-def fetcher(location: str) -> tiles.Fetch:
-    if location.startswith(("http://", "https://")):
-        return _http(location)
-    return _directory(Path(location))
+def fetcher(location: str, budget: int = MAX_TOTAL) -> tiles.Fetch:
+    """Fetch files of the log at `location`, at most `budget` bytes in all."""
+    fetch = _http(location) if location.startswith(("http://", "https://")) else None
+    fetch = fetch or _directory(Path(location))
+    spent = 0
+
+    def counted(path: str, limit: int) -> bytes:
+        nonlocal spent
+        if spent >= budget:
+            raise tiles.TileError(f"{location}: over the {budget} bytes one verify may read")
+        allowed = min(limit, budget - spent)
+        try:
+            data = fetch(path, allowed)
+        except tiles.TileError as exc:
+            if allowed < limit and "more than" in str(exc):
+                raise tiles.TileError(
+                    f"{location}: over the {budget} bytes one verify may read"
+                ) from None
+            raise
+        spent += len(data)
+        return data
+
+    return counted
 
 
 @dataclass(frozen=True)
@@ -164,11 +184,16 @@ def open_log(fetch: tiles.Fetch, vkey: str | None, state: Path) -> tuple[SignedC
 
 
 def check(
-    location: str, vkey: str | None, state: Path, full: bool = True, replay: bool = True
+    location: str,
+    vkey: str | None,
+    state: Path,
+    full: bool = True,
+    replay: bool = True,
+    budget: int = MAX_TOTAL,
 ) -> Verified:
     """The log at `location` verified (in `full`: every entry and tile, and with `replay` the
     entries as a ledger too) and consistent with what `state` remembers (left unchanged)."""
-    fetch = fetcher(location)
+    fetch = fetcher(location, budget)
     signed, key = open_log(fetch, vkey, state)
     size = signed.checkpoint.size
     source = tiles.TileSource(fetch, size)

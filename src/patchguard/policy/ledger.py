@@ -6,7 +6,9 @@ which stops accidents; deliberate edits are what `verify` is for. An append runs
 BEGIN IMMEDIATE transaction: take the write lock, replay and verify every entry, check the new
 one against the rules, insert, commit. A crash, a full disk or a refusal anywhere before the
 commit leaves the ledger as it was (SQLite rolls back a half-written transaction when the file
-is next opened). An export (`export_json`) verifies exactly like the database.
+is next opened). An export (`export_json`) verifies exactly like the database. A ledger made a
+transparency log (policy/transparency/store.py) also signs a checkpoint in each append's
+transaction.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from patchguard.policy.chain import (
 )
 from patchguard.policy.rules import LedgerState, RuleError
 from patchguard.policy.transparency import TransparencyError, store
+from patchguard.policy.transparency.store import LogConfig
 
 DEFAULT_LEDGER = Path("/var/lib/patchguard/ledger.db")
 LEDGER_ENV = "PATCHGUARD_LEDGER"
@@ -264,35 +267,23 @@ def _append_locked(
     return Appended(entry, description)
 
 
-def read_with_checkpoints(path: Path) -> tuple[list[tuple[object, ...]], list[tuple[int, bytes]]]:
-    """Every row and every signed checkpoint, read in one transaction (so they agree)."""
+def read_log(
+    path: Path,
+) -> tuple[list[tuple[object, ...]], list[tuple[int, bytes]], LogConfig | None]:
+    """Every row, every signed checkpoint and the log's key, in one read transaction."""
     try:
         conn = _connect(path, create=False)
         try:
             conn.execute("BEGIN")
             if not _is_ledger(conn, path, create=False):
-                return [], []
-            return _select(conn), store.checkpoint_notes(conn)
+                return [], [], None
+            return _select(conn), store.checkpoint_notes(conn), store.log_config(conn)
         finally:
             conn.close()
     except sqlite3.Error as exc:
         raise LedgerError(path, f"cannot read the ledger: {exc}") from None
     except TransparencyError as exc:
         raise LedgerError(path, str(exc)) from None
-
-
-@contextmanager
-def locked_read(path: Path) -> Iterator[sqlite3.Connection]:
-    """A read connection to an existing ledger (its schema checked)."""
-    try:
-        conn = _connect(path, create=False)
-        try:
-            _is_ledger(conn, path, create=False)
-            yield conn
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise LedgerError(path, f"cannot read the ledger: {exc}") from None
 
 
 @contextmanager

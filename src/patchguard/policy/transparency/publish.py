@@ -59,12 +59,11 @@ def init_log(path: Path, origin: str, key_path: Path) -> SignedCheckpoint:
 
 
 def load_log(path: Path) -> LogView:
-    rows, notes = ledger.read_with_checkpoints(path)
+    rows, notes, config = ledger.read_log(path)
     loaded = ledger.replay(rows)
     if not loaded.result.ok:
         raise LedgerError(path, f"does not verify: {loaded.result.reason}")
-    config = _config(path)
-    if not notes:
+    if config is None or not notes:
         raise _not_a_log(path)
     size, latest = notes[-1]
     tree = store.tree_of(loaded.entries)
@@ -76,17 +75,6 @@ def load_log(path: Path) -> LogView:
     if checkpoint.size != size or size > tree.size or tree.root(size) != checkpoint.root:
         raise LedgerError(path, f"checkpoint {size} does not match the ledger's entries")
     return LogView(path, config, loaded.entries, tree, signed)
-
-
-def _config(path: Path) -> store.LogConfig:
-    with ledger.locked_read(path) as conn:
-        try:
-            config = store.log_config(conn)
-        except TransparencyError as exc:
-            raise LedgerError(path, str(exc)) from None
-    if config is None:
-        raise _not_a_log(path)
-    return config
 
 
 def proof_text(first: str, proof: Sequence[bytes], signed: SignedCheckpoint) -> str:

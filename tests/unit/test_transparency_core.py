@@ -364,3 +364,23 @@ def test_vkeys_round_trip_whatever_base64_their_keys_spell() -> None:
     for kind in (ED25519, COSIGNATURE) * 40:  # keys with '+' and '/' in their base64 too
         verifier = keys("log.example/a", kind).verifier
         assert note.parse_vkey(verifier.vkey) == verifier
+
+
+def test_a_split_view_is_a_critical_finding_with_both_notes() -> None:
+    from patchguard.engine.findings import Disposition, Severity
+    from patchguard.policy.transparency.findings import split_view_finding
+
+    log = keys("log.example", ED25519)
+    one, two = MemoryTree(leaves(4)), MemoryTree(leaves(4, salt=1))
+    a = sign_checkpoint(Checkpoint("log.example", 4, one.root()), log)
+    b = sign_checkpoint(Checkpoint("log.example", 4, two.root()), log)
+    with pytest.raises(SplitView) as caught:
+        check_consistent(a, b, [])
+    finding = split_view_finding(caught.value)
+    assert finding.severity == Severity.CRITICAL and finding.disposition == Disposition.TAMPERING
+    assert finding.evidence["checkpoint_seen"] == a.encoded.decode()
+    assert finding.evidence["checkpoint_now"] == b.encoded.decode()
+    for key in ("checkpoint_seen", "checkpoint_now"):  # the evidence verifies as it stands
+        value = finding.evidence[key]
+        assert isinstance(value, str)
+        open_checkpoint(value.encode(), log.verifier)

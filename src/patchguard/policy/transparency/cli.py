@@ -213,14 +213,20 @@ def _read_request(name: str) -> bytes:
         with open(name, "rb") as f:
             return f.read(MAX_REQUEST + 1)
     except OSError as exc:
-        raise TransparencyError(f"{name}: cannot read: {exc.strerror or exc}") from None
+        raise TransparencyError(f"cannot read: {exc.strerror or exc}") from None
 
 
 def _cosign(args: argparse.Namespace) -> int:
     witness = _witness(args)
     if not witness.logs:
         raise TransparencyError("name the logs this witness follows with --log VKEY")
-    cosigned = witness.add_checkpoint(_read_request(args.request), int(time.time()))
+    try:
+        cosigned = witness.add_checkpoint(_read_request(args.request), int(time.time()))
+    except SplitView:
+        raise
+    except TransparencyError as exc:  # named by the request it came with
+        where = "stdin" if args.request == "-" else args.request
+        raise TransparencyError(f"{where}: {exc}") from None
     sys.stdout.write(cosigned.encoded.decode("utf-8"))
     return EXIT_OK
 

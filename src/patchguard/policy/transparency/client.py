@@ -168,19 +168,28 @@ class Verified:
     entries: tuple[bytes, ...] | None  # every entry, when verified in full
 
 
-def open_log(fetch: tiles.Fetch, vkey: str | None, state: Path) -> tuple[SignedCheckpoint, str]:
+def open_log(
+    location: str, fetch: tiles.Fetch, vkey: str | None, state: Path
+) -> tuple[SignedCheckpoint, str]:
     """The log's current checkpoint, signature verified, and the vkey that verified it."""
     message = fetch("checkpoint", note.MAX_NOTE)
-    before = remembered(state, _origin_of(message))
-    if vkey is None and before is None:
-        raise TransparencyError("first contact with this log: give its key with --vkey")
-    verifier = note.parse_vkey(vkey or (before.vkey if before else ""))
-    if before is not None and note.parse_vkey(before.vkey) != verifier:
-        raise TransparencyError(
-            f"the state pins another key for this log ({before.vkey}); "
-            f"remove {_state_file(state, _origin_of(message))} to trust a new one"
-        )
-    return open_checkpoint(message, verifier), verifier.vkey
+    where = f"{location.rstrip('/')}/checkpoint"
+    try:
+        origin = _origin_of(message)
+        before = remembered(state, origin)
+        if vkey is None and before is None:
+            raise TransparencyError("first contact with this log: give its key with --vkey")
+        verifier = note.parse_vkey(vkey or (before.vkey if before else ""))
+        if before is not None and note.parse_vkey(before.vkey) != verifier:
+            raise TransparencyError(
+                f"the state pins another key for this log ({before.vkey}); "
+                f"remove {_state_file(state, origin)} to trust a new one"
+            )
+        return open_checkpoint(message, verifier), verifier.vkey
+    except note.NoteError as exc:
+        raise note.NoteError(f"{where}: {exc}") from None
+    except TransparencyError as exc:
+        raise TransparencyError(f"{where}: {exc}") from None
 
 
 def check(
@@ -194,7 +203,7 @@ def check(
     """The log at `location` verified (in `full`: every entry and tile, and with `replay` the
     entries as a ledger too) and consistent with what `state` remembers (left unchanged)."""
     fetch = fetcher(location, budget)
-    signed, key = open_log(fetch, vkey, state)
+    signed, key = open_log(location, fetch, vkey, state)
     size = signed.checkpoint.size
     source = tiles.TileSource(fetch, size)
     before = remembered(state, signed.checkpoint.origin)

@@ -100,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     from patchguard.policy import cli as policy_cli
 
     policy_cli.register(sub)  # exceptions ..., ledger ...
+    policy_cli.register_witness(sub)  # witness vkey|cosign|serve
     config = sub.add_parser("config", help="guard configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     config_check = config_sub.add_parser("check", help="validate a guard config file")

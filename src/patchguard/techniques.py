@@ -634,6 +634,13 @@ _CATALOGUE: tuple[Technique, ...] = (
         ROOTKIT,
         "A hook that a live exception covers differs from what it declares",
     ),
+    Technique(
+        "ledger-split-view",
+        Severity.CRITICAL,
+        STORED_DATA,
+        "The exception ledger's log signed two checkpoints that cannot both be true: it shows "
+        "different histories to different parties",
+    ),
     # The guard itself.
     Technique(
         "config-changed",

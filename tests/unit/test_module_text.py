@@ -1,7 +1,7 @@
 """Module text in the baseline: where a module's code and tables are (kernel.module_layout, read
 from struct module over a memory image laid out with the offsets of the vmlinux BTF captured
 on the 6.18 "fc" machine), and what `check` says of modules gone, moved or new
-(engine.module_regions). The lab proves it on Debian's 6.1 (core_layout) with a real hook in
+(integrity.module_regions). The lab proves it on Debian's 6.1 (core_layout) with a real hook in
 ext4's text (tests/lab/test_lab_code_patching.py)."""
 
 from __future__ import annotations

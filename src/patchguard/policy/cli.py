@@ -28,6 +28,8 @@ from patchguard.policy.ledger import (
 )
 from patchguard.policy.manifest import ManifestError, load_manifest
 from patchguard.policy.rules import ROLES
+from patchguard.policy.transparency import cli as transparency_cli
+from patchguard.policy.transparency.cli import register_witness as register_witness
 from patchguard.signing import HostKey, KeyFileError
 
 EXIT_OK, EXIT_BAD_LEDGER, EXIT_ERROR = 0, 1, 2
@@ -227,6 +229,7 @@ def register(subparsers: Any) -> None:
     p = _add(lg, "verify", _verify, "check every hash, link, signature and rule")
     p.add_argument("--root", metavar="FINGERPRINT", help="the key entry 1 must be signed by")
     p.add_argument("--head", metavar="HASH", help="a published entry hash that must be present")
+    transparency_cli.register(lg, p, _guarded(_verify))  # log-init, vkey, publish, prove, ...
     p = _add(lg, "show", _show, "print every entry")
     p.add_argument("--json", action="store_true", help="the export, for publishing")
     _add(lg, "report", _report, "per vendor: requests, approvals, denials, time to decision")

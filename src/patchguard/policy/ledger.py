@@ -6,7 +6,9 @@ which stops accidents; deliberate edits are what `verify` is for. An append runs
 BEGIN IMMEDIATE transaction: take the write lock, replay and verify every entry, check the new
 one against the rules, insert, commit. A crash, a full disk or a refusal anywhere before the
 commit leaves the ledger as it was (SQLite rolls back a half-written transaction when the file
-is next opened). An export (`export_json`) verifies exactly like the database.
+is next opened). An export (`export_json`) verifies exactly like the database. A ledger made a
+transparency log (policy/transparency/store.py) also signs a checkpoint in each append's
+transaction.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +33,8 @@ from patchguard.policy.chain import (
     seal,
 )
 from patchguard.policy.rules import LedgerState, RuleError
+from patchguard.policy.transparency import TransparencyError, store
+from patchguard.policy.transparency.store import LogConfig
 from patchguard.signing import HostKey
 
 DEFAULT_LEDGER = Path("/var/lib/patchguard/ledger.db")
@@ -255,7 +260,53 @@ def _append_locked(
     except RuleError as exc:
         raise LedgerError(path, f"refused: {exc}") from None
     _insert(conn, entry)
+    try:  # a transparency log signs the new tree before the entry is committed
+        store.sign_after_append(conn, (*loaded.entries, entry))
+    except TransparencyError as exc:
+        raise LedgerError(path, f"cannot sign the checkpoint, nothing appended: {exc}") from None
     return Appended(entry, description)
+
+
+def read_log(
+    path: Path,
+) -> tuple[list[tuple[object, ...]], list[tuple[int, bytes]], LogConfig | None]:
+    """Every row, every signed checkpoint and the log's key, in one read transaction."""
+    try:
+        conn = _connect(path, create=False)
+        try:
+            conn.execute("BEGIN")
+            if not _is_ledger(conn, path, create=False):
+                return [], [], None
+            return _select(conn), store.checkpoint_notes(conn), store.log_config(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise LedgerError(path, f"cannot read the ledger: {exc}") from None
+    except TransparencyError as exc:
+        raise LedgerError(path, str(exc)) from None
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[tuple[sqlite3.Connection, Replay]]:
+    """The ledger under its write lock, verified; committed if the block returns normally."""
+    try:
+        conn = _connect(path, create=False)
+    except (sqlite3.Error, OSError) as exc:
+        raise LedgerError(path, f"cannot open the ledger: {exc}") from None
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        _is_ledger(conn, path, create=False)
+        loaded = replay(_select(conn))
+        if not loaded.result.ok:
+            raise LedgerError(path, f"does not verify: {loaded.result.reason}")
+        yield conn, loaded
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise LedgerError(path, f"nothing written: {exc}") from None
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        conn.close()
 
 
 def export_json(path: Path) -> dict[str, Any]:

@@ -18,13 +18,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, TypeVar
 
 from patchguard.findings import Disposition, Evidence, Finding, Severity
 from patchguard.kernel.errors import KernelAccessError, is_enoent
 from patchguard.kernel.mounts import ensure_mounted
 from patchguard.surfaces.base import SurfaceState
+from patchguard.surfaces.ebpf import uprobes
+from patchguard.surfaces.ebpf.uprobes import ProbedSite, SecretHit
 from patchguard.surfaces.reading import Reading, records_of
 
 if TYPE_CHECKING:
@@ -125,37 +126,6 @@ def sensitive_category(function: str) -> str | None:
     return next((cat for prefix, cat in SENSITIVE_PREFIXES if name.startswith(prefix)), None)
 
 
-# User-space programs and libraries whose probes see passwords, keys or decrypted traffic.
-AUTH_BINARIES = frozenset(
-    {
-        "sshd",
-        "sshd-session",
-        "ssh",
-        "su",
-        "sudo",
-        "sudoedit",
-        "login",
-        "passwd",
-        "unix_chkpwd",
-        "polkit-agent-helper-1",
-        "ssh-agent",
-        "gpg-agent",
-    }
-)
-AUTH_LIB_PREFIXES = ("libpam", "pam_", "libsudo")
-TLS_LIB_PREFIXES = ("libssl", "libcrypto", "libgnutls", "libnss3", "libmbedtls", "libwolfssl")
-
-
-def sensitive_binary(path: str) -> str | None:
-    """Why probes on `path` can steal credentials ("authentication", "tls"), or None."""
-    base = PurePosixPath(path).name
-    if base in AUTH_BINARIES or base.startswith(AUTH_LIB_PREFIXES):
-        return "authentication"
-    if base.startswith(TLS_LIB_PREFIXES):
-        return "tls"
-    return None
-
-
 def symbol_name(pS: str) -> str:
     """The bare symbol of a %pS rendering: "fprobe_handler+0x0/0x30 [mod]" -> "fprobe_handler"."""
     return pS.split(" ", 1)[0].split("+", 1)[0]
@@ -236,16 +206,24 @@ class DynamicEvent:
     event_type: str  # kprobe kretprobe uprobe uretprobe fprobe fexit tprobe eprobe synthetic other
     group: str
     event: str
-    target: str | None  # kprobe: [mod:]symbol[+off] or address; uprobe: path:0xoffset
+    target: str | None  # kprobe: [mod:]symbol[+off] or address; uprobe: /path+0xoffset
     args: tuple[str, ...] = ()
     line: str = ""
+    site: ProbedSite | None = None  # uprobe: file, build-id and symbol (collect resolves it)
+    secret: SecretHit | None = None  # uprobe on a secret-handling file (secret_libraries.toml)
 
     @property
     def binary(self) -> str | None:
         """The probed file of a uprobe."""
-        if self.event_type not in ("uprobe", "uretprobe") or not self.target:
+        if self.event_type not in USER_PROBES or not self.target or "+0x" not in self.target:
             return None
-        return self.target.rsplit(":", 1)[0]
+        return self.target.rpartition("+0x")[0]
+
+    @property
+    def offset(self) -> int | None:
+        if self.binary is None or self.target is None:
+            return None
+        return int(self.target.rpartition("+")[2], 16)
 
 
 # --- parsers: pure functions over text ----------------------------------------------------------
@@ -346,6 +324,7 @@ _EVENT_LINE = re.compile(
     r"(?:\s+(?P<target>\S+))?(?P<args>.*)$"
 )
 _UPROBE_TARGET = re.compile(r"^/.*:0x[0-9a-fA-F]+(?:\(0x[0-9a-fA-F]+\))?$")
+USER_PROBES = ("uprobe", "uretprobe")
 _EVENT_KINDS = {"f": "fprobe", "t": "tprobe", "e": "eprobe", "s": "synthetic"}
 
 
@@ -357,6 +336,13 @@ def _event_kind(letter: str, target: str | None) -> str:
     if letter == "f" and target and target.endswith(("%return", ":exit")):
         return "fexit"
     return _EVENT_KINDS.get(letter, "other")
+
+
+def _uprobe_spelling(target: str) -> str:
+    """tracefs `/bin/bash:0x00000000004245c0(0x3c)` -> `/bin/bash+0x4245c0`, the one spelling
+    of a uprobe target (the reference counter offset stays in the event's line)."""
+    path, _, rest = target.rpartition(":")
+    return uprobes.spell(path, int(rest.split("(", 1)[0], 16))
 
 
 def parse_dynamic_events(text: str) -> list[DynamicEvent]:
@@ -371,12 +357,13 @@ def parse_dynamic_events(text: str) -> list[DynamicEvent]:
             name = line.split()[0]
             events.append(DynamicEvent("other", "synthetic", name, None, (), line.strip()))
             continue
+        kind, target = _event_kind(found["type"], found["target"]), found["target"]
         events.append(
             DynamicEvent(
-                event_type=_event_kind(found["type"], found["target"]),
+                event_type=kind,
                 group=found["group"],
                 event=found["event"],
-                target=found["target"],
+                target=_uprobe_spelling(target) if kind in USER_PROBES else target,
                 args=tuple(found["args"].split()),
                 line=line.strip(),
             )
@@ -427,11 +414,30 @@ def _event_file(r: Reading, tracefs: str, name: str) -> str:
 
 def _collect_events(r: Reading, tracefs: str) -> None:
     seen: set[tuple[str, str]] = set()
+    secrets = _secrets(r)
     for name in EVENT_FILES:
         for event in parse_dynamic_events(_event_file(r, tracefs, name)):
             if (event.group, event.event) not in seen:  # dynamic_events repeats the others
                 seen.add((event.group, event.event))
-                r.records.append(event)
+                r.records.append(_resolved(r, event, secrets))
+
+
+def _secrets(r: Reading) -> tuple[uprobes.SecretEntry, ...]:
+    try:
+        return uprobes.load_secrets()
+    except uprobes.SecretListError as exc:
+        r.gap("site secret-libraries list", str(exc))
+        return uprobes.shipped_secrets()
+
+
+def _resolved(
+    r: Reading, event: DynamicEvent, secrets: tuple[uprobes.SecretEntry, ...]
+) -> DynamicEvent:
+    """A uprobe event with its file's build-id and symbol, and what it can read."""
+    if event.binary is None or event.offset is None:
+        return event
+    site = uprobes.resolve(event.binary, event.offset, r.kernel.root)
+    return replace(event, site=site, secret=uprobes.secret_at(site, secrets))
 
 
 def _collect_kprobes(r: Reading) -> None:
@@ -711,26 +717,35 @@ def _assess_event(event: DynamicEvent) -> list[Finding]:
         "target": event.target,
         "line": event.line,
     }
-    why = sensitive_binary(event.binary) if event.binary else None
-    if why is not None:
+    if event.site is not None and event.secret is not None:
+        site, hit = event.site, event.secret
         return [
             _finding(
-                "uprobe-credential-theft" if why == "authentication" else "uprobe-tls-intercept",
-                Severity.LOW,
+                hit.technique,
+                hit.severity,
                 f"{event.group}/{event.event}",
-                f"A {event.event_type} event probes {event.binary} ({why}): it can read passwords, "
-                "keys or decrypted traffic from every process that runs it.",
-                evidence,
-                attack_id="T1056" if why == "authentication" else "T1040",
+                f"A tracefs {hit.summary(event.event_type, site)[2:]}, in every process that "
+                "runs it.",
+                {
+                    **evidence,
+                    "target": site.spelled,
+                    "probed_file": site.path,
+                    "symbol": site.symbol or "unknown",
+                    "build_id": site.build_id or "unknown",
+                    "reads": hit.reads,
+                },
+                attack_id=hit.attack_id,
             )
         ]
+    if event.site is not None:
+        evidence = {**evidence, "target": event.site.spelled}
     return [
         _finding(
             f"dynamic-{event.event_type}-event",
             Severity.INFO,
             f"{event.group}/{event.event}",
             f"A {event.event_type} trace event is defined on "
-            f"{event.target or 'an unnamed target'}.",
+            f"{evidence['target'] or 'an unnamed target'}.",
             evidence,
             attack_id=None,
         )
@@ -757,6 +772,5 @@ __all__ = [
     "parse_dynamic_events",
     "parse_enabled_functions",
     "parse_kprobe_list",
-    "sensitive_binary",
     "sensitive_category",
 ]

@@ -1,0 +1,213 @@
+"""Where network programs run, in words: XDP programs (native, generic, offload) and tc BPF
+filters (clsact ingress/egress, with priority and handle) from rtnetlink, tcx and netkit
+programs from BPF_PROG_QUERY, in every network namespace (named ones under /run/netns and
+those of running processes); cgroup and netns links by path and name.
+
+A program kept only by a tc filter or an XDP attachment has no fd, no pin and no link: this is
+where its attach point, and what keeps it alive, are found. Each namespace is read from a
+short-lived thread that joined it (setns changes the network namespace of one thread only).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from patchguard.findings import Gap
+from patchguard.kernel.bpf import objects as objs
+from patchguard.kernel.bpf import syscall as bpf
+from patchguard.surfaces.ebpf.records import NetAttach
+
+NAME = "ebpf"
+CLONE_NEWNET = 0x40000000
+TC_PARENTS = {0xFFFFFFF2: "ingress", 0xFFFFFFF3: "egress"}  # clsact's two hooks
+TCA_BPF_ID = 11  # pyroute2's tcmsg table stops at TCA_BPF_FLAGS: the id is read raw
+TCA_BPF_FLAG_ACT_DIRECT = 1
+XDP_MODES = (
+    ("IFLA_XDP_DRV_PROG_ID", "native"),
+    ("IFLA_XDP_SKB_PROG_ID", "generic"),
+    ("IFLA_XDP_HW_PROG_ID", "offload"),
+)
+QUERY_HOOKS = (("tcx", "tcx_ingress", "ingress"), ("tcx", "tcx_egress", "egress"))
+MAX_NAMESPACES = 1024
+MAX_CGROUP_DIRS = 100_000
+NETNS_TIMEOUT = 10.0  # seconds for one namespace's dumps
+NFPROTO = {1: "inet", 2: "ipv4", 3: "arp", 5: "netdev", 7: "bridge", 10: "ipv6"}
+NF_HOOKS = ("prerouting", "input", "forward", "output", "postrouting")
+
+
+@dataclass(frozen=True)
+class Netns:
+    path: str  # a file to setns() into
+    label: str  # "init", a /run/netns name, or "net:[inode]"
+    inode: int
+
+
+def namespaces(root: Path = Path("/")) -> list[Netns]:
+    """Every network namespace with a name or a process in it, once each."""
+    found: dict[int, Netns] = {}
+    init = _inode(root / "proc/1/ns/net")
+    for path, label in _candidates(root):
+        ino = _inode(path)
+        if ino is None or ino in found or len(found) >= MAX_NAMESPACES:
+            continue
+        found[ino] = Netns(str(path), "init" if ino == init else label or f"net:[{ino}]", ino)
+    return list(found.values())
+
+
+def _candidates(root: Path) -> Iterator[tuple[Path, str | None]]:
+    yield root / "proc/1/ns/net", "init"
+    named = root / "run/netns"
+    if named.is_dir():
+        for entry in sorted(os.listdir(named)):
+            yield named / entry, entry
+    for pid in os.scandir(root / "proc"):
+        if pid.name.isdigit():
+            yield Path(pid.path) / "ns/net", None
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
+
+
+def attachments(root: Path, gaps: list[Gap]) -> dict[int, list[NetAttach]]:
+    """Per program id, where it runs on devices: XDP, tc filters, tcx."""
+    found: dict[int, list[NetAttach]] = {}
+    for ns in namespaces(root):
+        got, error = _in_netns(ns)
+        if error:
+            gaps.append(Gap(NAME, f"network namespace {ns.label}", error))
+        for prog_id, attach in got:
+            found.setdefault(prog_id, []).append(attach)
+    return found
+
+
+def _in_netns(ns: Netns) -> tuple[list[tuple[int, NetAttach]], str | None]:
+    out: list[tuple[int, NetAttach]] = []
+    errors: list[str] = []
+
+    def run() -> None:
+        try:
+            _join(ns.path)
+            out.extend(_read_devices(ns.label))
+        except Exception as exc:  # a thread's failure is reported, not raised into the void
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    worker = threading.Thread(target=run, name=f"netns {ns.label}", daemon=True)
+    worker.start()
+    worker.join(NETNS_TIMEOUT)
+    if worker.is_alive():
+        return [], f"no answer from rtnetlink in {NETNS_TIMEOUT:.0f} s"
+    return out, errors[0] if errors else None
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _join(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({path}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def _read_devices(label: str) -> list[tuple[int, NetAttach]]:
+    from pyroute2.iproute.linux import IPRoute  # 0.4 s to import: only when a scan needs it
+
+    found: list[tuple[int, NetAttach]] = []
+    with IPRoute() as ipr:
+        for link in ipr.get_links():
+            device, index = str(link.get_attr("IFLA_IFNAME")), int(link["index"])
+            found += _xdp(link, device, index, label)
+            for parent, direction in TC_PARENTS.items():
+                filters = ipr.get_filters(index=index, parent=parent)
+                found += _tc(filters, device, index, label, direction)
+            found += _queried(device, index, label)
+    return found
+
+
+def _xdp(link: Any, device: str, index: int, label: str) -> list[tuple[int, NetAttach]]:
+    xdp = link.get_attr("IFLA_XDP")
+    if xdp is None:
+        return []
+    out = []
+    for attr, mode in XDP_MODES:
+        prog_id = xdp.get_attr(attr)
+        if prog_id:
+            where = NetAttach("xdp", device, index, label, "ingress", mode)
+            out.append((int(prog_id), replace(where, kept_by="XDP attachment")))
+    return out
+
+
+def _tc(
+    filters: Any, device: str, index: int, label: str, direction: str
+) -> list[tuple[int, NetAttach]]:
+    out = []
+    for f in filters:
+        options = f.get_attr("TCA_OPTIONS")
+        if f.get_attr("TCA_KIND") != "bpf" or options is None:
+            continue
+        prog_id = _raw_u32(options, TCA_BPF_ID)
+        if prog_id is None:
+            continue
+        flags = options.get_attr("TCA_BPF_FLAGS") or 0
+        mode = "direct action" if flags & TCA_BPF_FLAG_ACT_DIRECT else None
+        prio, handle = int(f["info"]) >> 16, f"{int(f['handle']):#x}"
+        where = NetAttach("tc", device, index, label, direction, mode, prio, handle, "tc filter")
+        out.append((prog_id, where))
+    return out
+
+
+def _raw_u32(nested: Any, nla_type: int) -> int | None:
+    """The u32 value of attribute `nla_type` that pyroute2 could not name (kept as UNKNOWN
+    with its header only): read from the message buffer at the attribute's offset."""
+    for slot in nested.get("attrs", []):
+        cell = slot.nla  # decoded: its header carries the type
+        if slot.name == "UNKNOWN" and cell["header"]["type"] == nla_type:
+            raw = bytes(cell.data[cell.offset + 4 : cell.offset + 8])
+            return int.from_bytes(raw, "little") if len(raw) == 4 else None
+    return None
+
+
+def _queried(device: str, index: int, label: str) -> list[tuple[int, NetAttach]]:
+    out = []
+    for hook, attach_type, direction in QUERY_HOOKS:
+        try:
+            progs, links = bpf.prog_query(index, bpf.ATTACH_TYPES.index(attach_type))
+        except bpf.BpfError:
+            continue  # EINVAL/ENODEV: no tcx on this kernel or device
+        for prog_id, link_id in zip(progs, links, strict=True):
+            kept = "tcx attachment" if not link_id else None  # a link says what keeps it
+            out.append((prog_id, NetAttach(hook, device, index, label, direction, kept_by=kept)))
+    return out
+
+
+def link_attach(link: objs.LinkInfo, net: dict[int, list[NetAttach]]) -> NetAttach | None:
+    """The attach point of a network link in words, matched with what rtnetlink showed."""
+    if link.link_type in ("xdp", "tcx", "netkit"):
+        hook = "xdp" if link.link_type == "xdp" else link.link_type
+        for where in net.get(link.prog_id, []):
+            if where.hook in (hook, "tcx") and where.ifindex == link.ifindex:
+                return replace(where, kept_by=None)  # the link keeps it, not the device
+        direction = (link.attach_type or "").rsplit("_", 1)[-1] or None
+        return NetAttach(hook, None, link.ifindex, None, direction)
+    if link.link_type == "netfilter" and link.netfilter is not None:
+        nf = link.netfilter
+        hook = NF_HOOKS[nf.hooknum] if 0 <= nf.hooknum < len(NF_HOOKS) else str(nf.hooknum)
+        family = NFPROTO.get(nf.pf, str(nf.pf))
+        return NetAttach("netfilter", None, None, None, f"{family} {hook}", None, nf.priority)
+    return None
+
+
+__all__ = ["Netns", "attachments", "link_attach", "namespaces"]

@@ -1,0 +1,198 @@
+"""eBPF attacks beyond syscall hooks, on the running kernel, through `patchguard scan --json`:
+a uprobe on a PAM-like library (credential theft), an XDP program on a veth in a throwaway
+network namespace, a tc classifier only a tc filter keeps, and a tracepoint program on
+tcp:tcp_receive_reset (a covert trigger). Each is attached the way real tools attach it and
+removed in a finally."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import bpfprogs as bp
+from support import netns
+
+pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
+
+
+def scan_json() -> dict[str, Any]:
+    args = [sys.executable, "-m", "patchguard.cli", "scan", "--json", "--surface", "ebpf"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode in (0, 1), out.stderr
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def programs(doc: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    ebpf = next(s for s in doc["surfaces"] if s["name"] == "ebpf")
+    return {r["prog_id"]: r for r in ebpf["records"] if r["kind"] == "BpfProgram"}
+
+
+def findings_for(doc: dict[str, Any], prog_id: int) -> list[dict[str, Any]]:
+    return [f for f in doc["findings"] if f["evidence"].get("prog_id") == prog_id]
+
+
+PAM_SOURCE = """
+int pam_get_authtok(void *pamh, int item, const char **authtok, const char *prompt)
+{
+    (void)pamh; (void)item; (void)prompt;
+    *authtok = "hunter2";
+    return 0;
+}
+int pam_sm_authenticate(void *pamh, int flags, int argc, const char **argv)
+{
+    (void)pamh; (void)flags; (void)argc; (void)argv;
+    return 0;
+}
+"""
+
+
+@pytest.fixture
+def pam_library(tmp_path: Path) -> Path:
+    """A shared library named like PAM's with PAM's password function, built with gcc."""
+    if shutil.which("gcc") is None:
+        pytest.fail("gcc is needed (scripts/setup --dev installs it)")
+    source = tmp_path / "pam.c"
+    source.write_text(PAM_SOURCE)
+    library = tmp_path / "libpam.so.0"
+    cmd = ["gcc", "-shared", "-fPIC", "-O1", "-Wl,--build-id", "-o", str(library), str(source)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+    return library
+
+
+def file_offset(library: Path, function: str) -> int:
+    """The file offset of `function` (what the kernel's uprobe wants): its address in .dynsym
+    through the PT_LOAD segment that holds it."""
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+
+    with library.open("rb") as f:
+        elf = ELFFile(f)
+        dynsym = elf.get_section_by_name(".dynsym")
+        assert isinstance(dynsym, SymbolTableSection)
+        [symbol] = dynsym.get_symbol_by_name(function) or []
+        vaddr = symbol["st_value"]
+        for seg in elf.iter_segments():
+            if (
+                seg["p_type"] == "PT_LOAD"
+                and seg["p_vaddr"] <= vaddr < seg["p_vaddr"] + seg["p_memsz"]
+            ):
+                return int(vaddr - seg["p_vaddr"] + seg["p_offset"])
+    raise AssertionError(f"{function} is in no PT_LOAD segment")
+
+
+def build_id(library: Path) -> str:
+    out = subprocess.run(
+        ["readelf", "-n", str(library)], capture_output=True, text=True, check=True
+    ).stdout
+    return next(line.split()[-1] for line in out.splitlines() if "Build ID" in line)
+
+
+def one(items: list[dict[str, Any]], technique: str) -> dict[str, Any]:
+    found = [f for f in items if f["technique"] == technique]
+    assert len(found) == 1, (technique, [f["technique"] for f in items])
+    return found[0]
+
+
+def test_uprobe_on_pam_get_authtok_is_credential_theft(pam_library: Path) -> None:
+    offset = file_offset(pam_library, "pam_get_authtok")
+    with bp.attach_uprobe(str(pam_library), offset, "pg_t_pam_authtok") as prog:
+        doc = scan_json()
+        record = programs(doc)[prog.prog_id]
+        found = findings_for(doc, prog.prog_id)
+    spelled = f"{pam_library}+{offset:#x} (pam_get_authtok+0x0)"
+    # one attachment: the perf_event link, not the link and its perf event again
+    [attachment] = record["attachments"]
+    assert attachment["target"] == f"uprobe:{spelled}"
+    assert attachment["uprobe"]["build_id"] == build_id(pam_library)
+    theft = one(found, "uprobe-credential-theft")
+    assert theft["severity"] == "high" and theft["attack_id"] == "T1056"
+    assert spelled in theft["summary"] and "passwords" in theft["summary"]
+    assert theft["evidence"]["probed_file"] == str(pam_library)
+    assert theft["evidence"]["symbol"] == "pam_get_authtok+0x0"
+    # one owner for this process, with both its fds (program and perf event)
+    [owner] = record["owners"]
+    assert owner["pid"] == os.getpid() and owner["fd_count"] >= 2
+
+
+def test_uprobe_multi_link_lists_each_offset(pam_library: Path) -> None:
+    offsets = [file_offset(pam_library, f) for f in ("pam_get_authtok", "pam_sm_authenticate")]
+    with bp.attach_uprobe_multi(str(pam_library), offsets, "pg_t_pam_multi") as prog:
+        doc = scan_json()
+        record = programs(doc)[prog.prog_id]
+    targets = sorted(a["target"] for a in record["attachments"])
+    assert targets == sorted(
+        [
+            f"uprobe:{pam_library}+{offsets[0]:#x} (pam_get_authtok+0x0)",
+            f"uprobe:{pam_library}+{offsets[1]:#x} (pam_sm_authenticate+0x0)",
+        ]
+    )
+    assert {a["link_type"] for a in record["attachments"]} == {"uprobe_multi"}
+
+
+@pytest.fixture
+def namespace() -> Iterator[str]:
+    if shutil.which("ip") is None:
+        pytest.fail("iproute2 is needed (scripts/setup --dev installs it)")
+    with netns.veth_namespace() as name:
+        yield name
+
+
+def test_xdp_on_a_veth_in_a_throwaway_namespace(namespace: str) -> None:
+    prog = bp.load(bp.BPF_PROG_TYPE_XDP, bp.xdp_backdoor(), "pg_t_xdp_door")
+    try:
+        netns.attach_xdp(namespace, "pgv1", prog.prog_fd, "native")
+        prog.close()  # only the XDP attachment keeps it now
+        doc = scan_json()
+        record = programs(doc)[prog.prog_id]
+        found = findings_for(doc, prog.prog_id)
+    finally:
+        prog.close()
+    [attachment] = record["attachments"]
+    net = attachment["net"]
+    assert (net["device"], net["netns"], net["mode"]) == ("pgv1", namespace, "native")
+    assert attachment["target"] == f"xdp on pgv1 in netns {namespace} ingress (native)"
+    tamper = one(found, "packet-tamper")
+    assert "bpf_xdp_adjust_tail" in tamper["summary"] and "bpf_csum_diff" in tamper["summary"]
+    assert one(found, "covert-trigger")["severity"] == "medium"
+    orphan = one(found, "orphan-program")
+    assert f"XDP attachment (xdp on pgv1 in netns {namespace}" in orphan["summary"]
+
+
+def test_tc_classifier_kept_only_by_its_filter(namespace: str) -> None:
+    prog = bp.load(bp.BPF_PROG_TYPE_SCHED_CLS, bp.tc_rewriter(), "pg_t_tc_rewrite")
+    try:
+        netns.attach_tc(namespace, "pgv0", prog.prog_fd, "egress", prio=7, handle=3)
+        prog.close()
+        doc = scan_json()
+        record = programs(doc)[prog.prog_id]
+        found = findings_for(doc, prog.prog_id)
+    finally:
+        prog.close()
+    assert record["owners"] == [] and record["pins"] == []
+    [attachment] = record["attachments"]
+    net = attachment["net"]
+    assert (net["device"], net["netns"], net["direction"]) == ("pgv0", namespace, "egress")
+    assert (net["priority"], net["handle"], net["kept_by"]) == (7, "0x3", "tc filter")
+    orphan = one(found, "orphan-program")
+    assert "kept alive only by tc filter" in orphan["summary"]
+    assert f"pgv0 in netns {namespace} egress prio 7" in orphan["summary"]
+    tamper = one(found, "packet-tamper")
+    for helper in ("bpf_skb_store_bytes", "bpf_l4_csum_replace", "bpf_redirect"):
+        assert helper in tamper["summary"]
+
+
+def test_tracepoint_on_tcp_receive_reset_is_a_covert_trigger() -> None:
+    with bp.attach_tracepoint("tcp", "tcp_receive_reset", "pg_t_rst_trigger") as prog:
+        doc = scan_json()
+        found = findings_for(doc, prog.prog_id)
+    trigger = one(found, "covert-trigger")
+    assert trigger["severity"] == "medium" and trigger["attack_id"] == "T1205"
+    assert "tracepoint:tcp_receive_reset" in trigger["summary"]
+    assert "remote trigger" in trigger["summary"]

@@ -6,11 +6,9 @@ removed in a finally."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,24 +16,9 @@ from typing import Any
 import pytest
 from support import bpfprogs as bp
 from support import netns
+from support.ebpf_scan import findings_for, programs, scan_json
 
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
-
-
-def scan_json() -> dict[str, Any]:
-    args = [sys.executable, "-m", "patchguard.cli", "scan", "--json", "--surface", "ebpf"]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
-    assert out.returncode in (0, 1), out.stderr
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
-
-
-def programs(doc: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    ebpf = next(s for s in doc["surfaces"] if s["name"] == "ebpf")
-    return {r["prog_id"]: r for r in ebpf["records"] if r["kind"] == "BpfProgram"}
-
-
-def findings_for(doc: dict[str, Any], prog_id: int) -> list[dict[str, Any]]:
-    return [f for f in doc["findings"] if f["evidence"].get("prog_id") == prog_id]
 
 
 PAM_SOURCE = """

@@ -419,3 +419,68 @@ def tc_rewriter() -> bytes:
             exit_insn(),
         ]
     )
+
+
+BPF_BTF_LOAD = 18
+BPF_FUNC_tail_call = 12
+BTF_KIND_INT, BTF_KIND_FUNC, BTF_KIND_FUNC_PROTO = 1, 12, 13
+
+
+def func_btf(function: str) -> bytes:
+    """A minimal BTF object describing one function `int function(void)`: what clang puts in a
+    program's .BTF for its entry point, and where bpftool reads a program's full name."""
+    strings = b"\0int\0" + function.encode() + b"\0"
+    types = b"".join(
+        [
+            struct.pack("<IIII", 1, BTF_KIND_INT << 24, 4, (1 << 24) | 32),  # [1] int
+            struct.pack("<III", 0, BTF_KIND_FUNC_PROTO << 24, 1),  # [2] int (void)
+            struct.pack("<III", 5, BTF_KIND_FUNC << 24, 2),  # [3] function, static
+        ]
+    )
+    header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
+    return header + types + strings
+
+
+def load_with_btf(prog_type: int, insns: bytes, function: str) -> Loaded:
+    """A program whose BTF func_info names its entry point `function` in full (the kernel
+    keeps only the first 15 characters as the program's name)."""
+    blob = ctypes.create_string_buffer(func_btf(function))
+    attr = struct.pack("<QQII", ctypes.addressof(blob), 0, len(blob.raw) - 1, 0)
+    btf_fd, _ = bpf.sys_bpf(BPF_BTF_LOAD, attr, "BTF_LOAD")
+    try:
+        code = ctypes.create_string_buffer(insns, len(insns))
+        lic = ctypes.create_string_buffer(b"GPL")
+        func_info = ctypes.create_string_buffer(struct.pack("<II", 0, 3), 8)
+        raw = bytearray(bpf.ATTR_SIZE)
+        struct.pack_into("<II", raw, 0, prog_type, len(insns) // 8)
+        struct.pack_into("<QQ", raw, 8, ctypes.addressof(code), ctypes.addressof(lic))
+        struct.pack_into("<16s", raw, 48, function.encode()[:15])
+        struct.pack_into("<IIQI", raw, 72, btf_fd, 8, ctypes.addressof(func_info), 1)
+        fd, _ = bpf.sys_bpf(bpf.BPF_PROG_LOAD, raw, "PROG_LOAD")
+    finally:
+        os.close(btf_fd)
+    return Loaded(fd, prog_info(fd).prog_id)
+
+
+def tail_caller(table_fd: int) -> bytes:
+    """bpf_tail_call(ctx, table, 0); return 0 (when slot 0 is empty the call falls through)."""
+    from patchguard.kernel.bpf.insn import ld_map_fd
+
+    return ld_map_fd(R2, table_fd) + mov64_imm(R3, 0) + call(BPF_FUNC_tail_call) + return_zero()
+
+
+def pinned_raw_tracepoint_link(tp_name: str, name: str = "pg_test_pinlink") -> Loaded:
+    """A raw tracepoint program whose link is pinned in bpffs, every fd closed: only the pin
+    keeps the hook (the way loaders leave hooks behind when they exit)."""
+    prog = attach_raw_tracepoint(tp_name, name)
+    try:
+        path = os.path.join(bpffs(), f"patchguard-test-{os.getpid()}-link-{prog.prog_id}")
+        bpf.obj_pin(prog.fds[0], path)
+        prog.pin = path
+    except BaseException:
+        prog.close()
+        raise
+    for fd in [prog.prog_fd, *prog.fds]:
+        os.close(fd)
+    prog.prog_fd, prog.fds = -1, []
+    return prog

@@ -179,3 +179,53 @@ def test_tracepoint_on_tcp_receive_reset_is_a_covert_trigger() -> None:
     assert trigger["severity"] == "medium" and trigger["attack_id"] == "T1205"
     assert "tracepoint:tcp_receive_reset" in trigger["summary"]
     assert "remote trigger" in trigger["summary"]
+
+
+def test_netns_link_names_its_namespace(namespace: str) -> None:
+    prog = bp.load(
+        bp.BPF_PROG_TYPE_SK_LOOKUP,
+        bp.mov64_imm(0, 1) + bp.exit_insn(),
+        "pg_t_sklookup_ns",
+        expected_attach_type=bp.BPF_SK_LOOKUP,
+    )
+    with prog:
+        fd = os.open(f"/run/netns/{namespace}", os.O_RDONLY)
+        try:
+            prog.fds.append(bp.bpf.link_create(prog.prog_fd, fd, bp.BPF_SK_LOOKUP))
+        finally:
+            os.close(fd)
+        record = programs(scan_json())[prog.prog_id]
+    [attachment] = record["attachments"]
+    assert attachment["target"] == f"sk_lookup in netns {namespace}"
+
+
+BPF_PROG_TYPE_CGROUP_SKB = 8
+BPF_CGROUP_INET_INGRESS = 0
+
+
+def cgroup2_mount() -> Path:
+    from patchguard.kernel.mounts import mounted_types
+
+    points = mounted_types(Path("/proc/self/mountinfo").read_text())
+    found = [Path(p) for p, fstype in points.items() if fstype == "cgroup2"]
+    if not found:
+        pytest.fail("no cgroup2 mount")
+    return found[0]
+
+
+def test_cgroup_skb_link_names_the_cgroup_path() -> None:
+    group = cgroup2_mount() / f"pgtest-{os.getpid()}"
+    group.mkdir()
+    try:
+        prog = bp.load(BPF_PROG_TYPE_CGROUP_SKB, bp.mov64_imm(0, 1) + bp.exit_insn(), "pg_t_cg")
+        with prog:
+            fd = os.open(group, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                prog.fds.append(bp.bpf.link_create(prog.prog_fd, fd, BPF_CGROUP_INET_INGRESS))
+            finally:
+                os.close(fd)
+            record = programs(scan_json())[prog.prog_id]
+    finally:
+        group.rmdir()
+    [attachment] = record["attachments"]
+    assert attachment["target"] == f"cgroup on {group} inet_ingress"

@@ -92,6 +92,7 @@ class LinkInfo:
     target_btf_id: int = 0
     netfilter: NetfilterAttach | None = None  # netfilter: the hook it runs on
     ifindex: int = 0  # xdp, tcx, netkit: the device (in the link's own network namespace)
+    object_id: int = 0  # cgroup: its id (the cgroup2 inode); netns: its inode; sockmap: map id
     probe: UserProbe | None = None  # perf_event uprobes and uprobe_multi: file and offsets
 
 
@@ -219,6 +220,7 @@ def _decode_link(raw: bytes, link_type: str, name: str | None) -> LinkInfo:
         netfilter = NetfilterAttach(*struct.unpack_from("<IIiI", raw, 16))
     target = _link_target(raw, link_type, name)
     ifindex = _u32(raw, 16) if link_type in ("xdp", "tcx", "netkit") else 0
+    object_id = _link_object(raw, link_type)
     probe = _user_probe(raw, link_type, name)
     return LinkInfo(
         link_id,
@@ -228,8 +230,15 @@ def _decode_link(raw: bytes, link_type: str, name: str | None) -> LinkInfo:
         target,
         netfilter=netfilter,
         ifindex=ifindex,
+        object_id=object_id,
         probe=probe,
     )
+
+
+def _link_object(raw: bytes, link_type: str) -> int:
+    if link_type == "cgroup":
+        return _u64(raw, 16)
+    return _u32(raw, 16) if link_type in ("netns", "sockmap") else 0
 
 
 BPF_F_UPROBE_MULTI_RETURN = 1

@@ -78,10 +78,10 @@ def _inode(path: Path) -> int | None:
         return None
 
 
-def attachments(root: Path, gaps: list[Gap]) -> dict[int, list[NetAttach]]:
+def attachments(spaces: list[Netns], gaps: list[Gap]) -> dict[int, list[NetAttach]]:
     """Per program id, where it runs on devices: XDP, tc filters, tcx."""
     found: dict[int, list[NetAttach]] = {}
-    for ns in namespaces(root):
+    for ns in spaces:
         got, error = _in_netns(ns)
         if error:
             gaps.append(Gap(NAME, f"network namespace {ns.label}", error))
@@ -193,15 +193,60 @@ def _queried(device: str, index: int, label: str) -> list[tuple[int, NetAttach]]
     return out
 
 
-def link_attach(link: objs.LinkInfo, net: dict[int, list[NetAttach]]) -> NetAttach | None:
+@dataclass
+class Places:
+    """What link targets are named by: devices seen in each namespace, namespace names by
+    inode, cgroup paths by id (walked only when a cgroup link needs one), map names."""
+
+    root: Path
+    net: dict[int, list[NetAttach]]
+    netns: dict[int, str]
+    maps: dict[int, str]
+    _cgroups: dict[int, str] | None = None
+
+    def cgroup(self, cgroup_id: int) -> str:
+        if self._cgroups is None:
+            self._cgroups = cgroup_paths(self.root)
+        return self._cgroups.get(cgroup_id, f"cgroup id {cgroup_id}")
+
+
+def cgroup_paths(root: Path = Path("/")) -> dict[int, str]:
+    """cgroup id -> path: a cgroup2 directory's inode number is its id."""
+    found: dict[int, str] = {}
+    for mount in _cgroup2_mounts(root):
+        for dirpath, _dirs, _files in os.walk(root / mount.lstrip("/")):
+            try:
+                found.setdefault(os.stat(dirpath).st_ino, "/" + os.path.relpath(dirpath, root))
+            except OSError:
+                continue
+            if len(found) >= MAX_CGROUP_DIRS:
+                return found
+    return found
+
+
+def _cgroup2_mounts(root: Path) -> list[str]:
+    from patchguard.kernel.mounts import mounted_types
+
+    try:
+        points = mounted_types((root / "proc/self/mountinfo").read_text())
+    except OSError:
+        return []
+    return sorted(point for point, fstype in points.items() if fstype == "cgroup2")
+
+
+def link_attach(link: objs.LinkInfo, places: Places) -> NetAttach | None:
     """The attach point of a network link in words, matched with what rtnetlink showed."""
     if link.link_type in ("xdp", "tcx", "netkit"):
-        hook = "xdp" if link.link_type == "xdp" else link.link_type
-        for where in net.get(link.prog_id, []):
-            if where.hook in (hook, "tcx") and where.ifindex == link.ifindex:
-                return replace(where, kept_by=None)  # the link keeps it, not the device
-        direction = (link.attach_type or "").rsplit("_", 1)[-1] or None
-        return NetAttach(hook, None, link.ifindex, None, direction)
+        return _device_link(link, places.net)
+    kind = (link.attach_type or "").removeprefix("cgroup_")
+    if link.link_type == "cgroup":
+        return NetAttach("cgroup", places.cgroup(link.object_id), direction=kind)
+    if link.link_type == "netns":
+        label = places.netns.get(link.object_id, f"net:[{link.object_id}]")
+        return NetAttach(kind or "netns", netns=label)
+    if link.link_type == "sockmap":
+        name = places.maps.get(link.object_id, "?")
+        return NetAttach("sockmap", f"map {link.object_id} ({name})", direction=kind)
     if link.link_type == "netfilter" and link.netfilter is not None:
         nf = link.netfilter
         hook = NF_HOOKS[nf.hooknum] if 0 <= nf.hooknum < len(NF_HOOKS) else str(nf.hooknum)
@@ -210,4 +255,13 @@ def link_attach(link: objs.LinkInfo, net: dict[int, list[NetAttach]]) -> NetAtta
     return None
 
 
-__all__ = ["Netns", "attachments", "link_attach", "namespaces"]
+def _device_link(link: objs.LinkInfo, net: dict[int, list[NetAttach]]) -> NetAttach:
+    hook = "xdp" if link.link_type == "xdp" else link.link_type
+    for where in net.get(link.prog_id, []):
+        if where.hook in (hook, "tcx") and where.ifindex == link.ifindex:
+            return replace(where, kept_by=None)  # the link keeps it, not the device
+    direction = (link.attach_type or "").rsplit("_", 1)[-1] or None
+    return NetAttach(hook, None, link.ifindex, None, direction)
+
+
+__all__ = ["Netns", "Places", "attachments", "cgroup_paths", "link_attach", "namespaces"]

@@ -24,7 +24,6 @@ from patchguard.surfaces.ebpf.records import (
     BpfLink,
     BpfMap,
     BpfProgram,
-    NetAttach,
     Owner,
 )
 from patchguard.surfaces.ebpf.uprobes import SecretHit
@@ -100,7 +99,7 @@ class _Seen:
     owners: Owners = field(default_factory=Owners)
     names: _Names | None = None
     secrets: tuple[uprobes.SecretEntry, ...] = ()
-    net: dict[int, list[NetAttach]] = field(default_factory=dict)
+    places: network.Places | None = None
     tail_slots: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # map -> slots
 
     def read(self) -> None:
@@ -112,7 +111,12 @@ class _Seen:
         except uprobes.SecretListError as exc:
             self.gaps.append(Gap(NAME, "site secret-libraries list", str(exc)))
             self.secrets = uprobes.shipped_secrets()
-        self.net = network.attachments(self.kernel.root, self.gaps)
+        root = self.kernel.root
+        spaces = network.namespaces(root)
+        net = network.attachments(spaces, self.gaps)
+        labels = {ns.inode: ns.label for ns in spaces}
+        names = {m.map_id: m.name for m in self.maps.values()}
+        self.places = network.Places(root, net, labels, names)
         self._read_tail_calls()
 
     def _read_tail_calls(self) -> None:
@@ -129,6 +133,11 @@ class _Seen:
     def name(self) -> _Names:
         assert self.names is not None, "read() first"
         return self.names
+
+    @property
+    def where(self) -> network.Places:
+        assert self.places is not None, "read() first"
+        return self.places
 
 
 class _Names:
@@ -241,7 +250,7 @@ def _secret(site: uprobes.ProbedSite, seen: _Seen) -> SecretHit | None:
 def _link_attachments(link: objs.LinkInfo, seen: _Seen) -> list[Attachment]:
     if link.probe is not None:
         return _probe_attachments(link, seen)
-    net = network.link_attach(link, seen.net)
+    net = network.link_attach(link, seen.where)
     target = net.spelled() if net is not None else _link_target(link, seen.name)
     return [Attachment("link", target, link.link_id, link.link_type, link.attach_type, net=net)]
 
@@ -266,7 +275,7 @@ def _attachments(p: objs.ProgInfo, seen: _Seen) -> list[Attachment]:
             a = _perf_attachment(perf, seen)
             found.setdefault(a.target, a)
     linked = {a.net.spelled() for a in found.values() if a.net is not None}
-    for net in seen.net.get(p.prog_id, []):
+    for net in seen.where.net.get(p.prog_id, []):
         if net.spelled() not in linked:  # a link's own device is already listed
             found.setdefault(net.spelled(), Attachment(net.hook, net.spelled(), net=net))
     return list(found.values())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -229,3 +230,28 @@ def test_cgroup_skb_link_names_the_cgroup_path() -> None:
         group.rmdir()
     [attachment] = record["attachments"]
     assert attachment["target"] == f"cgroup on {group} inet_ingress"
+
+
+BPF_PROG_TYPE_FLOW_DISSECTOR = 22
+BPF_FLOW_DISSECTOR = 17  # enum bpf_attach_type
+BPF_PROG_ATTACH = 8
+
+
+def test_flow_dissector_attached_without_a_link(namespace: str) -> None:
+    """BPF_PROG_ATTACH puts a flow dissector on the caller's network namespace: attached from
+    a thread inside the throwaway one, then every fd closed."""
+    prog = bp.load(BPF_PROG_TYPE_FLOW_DISSECTOR, bp.return_zero(), "pg_t_flow")
+    try:
+        attr = struct.pack("<IIII", 0, prog.prog_fd, BPF_FLOW_DISSECTOR, 0)
+        netns.in_netns(namespace, lambda: bp.bpf.sys_bpf(BPF_PROG_ATTACH, attr, "PROG_ATTACH"))
+        prog.close()
+        doc = scan_json()
+        record = programs(doc)[prog.prog_id]
+        found = findings_for(doc, prog.prog_id)
+    finally:
+        prog.close()
+    [attachment] = record["attachments"]
+    assert attachment["target"] == f"flow_dissector in netns {namespace}"
+    orphan = one(found, "orphan-program")
+    assert f"flow dissector attachment (flow_dissector in netns {namespace})" in orphan["summary"]
+    assert one(found, "covert-trigger")["severity"] == "medium"

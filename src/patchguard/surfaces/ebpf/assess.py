@@ -127,6 +127,7 @@ PACKET_PROGRAM_TYPES = {
     "sched_act": "a tc action sees every packet through its device",
     "socket_filter": "a socket filter sees every packet its (raw) socket receives",
     "netfilter": "a netfilter program sees every packet on its hook",
+    "flow_dissector": "a flow dissector parses every packet its network namespace receives",
 }
 # Helpers that change, move or redirect packets (the kernel's function names, and the map
 # redirect operations the verifier calls in place of bpf_redirect_map).

@@ -96,6 +96,7 @@ def _in_netns(ns: Netns) -> tuple[list[tuple[int, NetAttach]], str | None]:
 
     def run() -> None:
         try:
+            out.extend(_netns_hooks(ns))
             _join(ns.path)
             out.extend(_read_devices(ns.label))
         except Exception as exc:  # a thread's failure is reported, not raised into the void
@@ -178,6 +179,23 @@ def _raw_u32(nested: Any, nla_type: int) -> int | None:
             raw = bytes(cell.data[cell.offset + 4 : cell.offset + 8])
             return int.from_bytes(raw, "little") if len(raw) == 4 else None
     return None
+
+
+def _netns_hooks(ns: Netns) -> list[tuple[int, NetAttach]]:
+    """Programs attached to the namespace itself without a link (BPF_PROG_ATTACH): the flow
+    dissector, which parses every packet the namespace receives."""
+    fd = os.open(ns.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        progs, links = bpf.prog_query(fd, bpf.ATTACH_TYPES.index("flow_dissector"))
+    except bpf.BpfError:
+        return []
+    finally:
+        os.close(fd)
+    kept = "flow dissector attachment"
+    return [
+        (prog_id, NetAttach("flow_dissector", netns=ns.label, kept_by=None if link else kept))
+        for prog_id, link in zip(progs, links, strict=True)
+    ]
 
 
 def _queried(device: str, index: int, label: str) -> list[tuple[int, NetAttach]]:

@@ -121,6 +121,45 @@ def test_uprobe_multi_link_lists_each_offset(pam_library: Path) -> None:
 
 
 @pytest.fixture
+def writable_tracefs(tmp_path: Path) -> Iterator[Path]:
+    """A second, read-write mount of tracefs (patchguard mounts its own read-only): every
+    mount shows the same events, so one defined here is seen at /sys/kernel/tracing."""
+    where = tmp_path / "tracefs"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tracefs", "nodev", str(where)], check=True, timeout=30)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True, timeout=30)
+
+
+def define(events: Path, line: str) -> None:
+    """One write, appending (tracefs files cannot seek, which Python's "a" mode does)."""
+    fd = os.open(events, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, line.encode() + b"\n")
+    finally:
+        os.close(fd)
+
+
+def test_tracefs_uprobe_event_on_pam_is_credential_theft(
+    pam_library: Path, writable_tracefs: Path
+) -> None:
+    offset = file_offset(pam_library, "pam_get_authtok")
+    events = writable_tracefs / "uprobe_events"
+    define(events, f"p:pgtest/pam_authtok {pam_library}:{offset:#x}")
+    try:
+        doc = scan_json("tracing")
+    finally:
+        define(events, "-:pgtest/pam_authtok")
+    [theft] = [f for f in doc["findings"] if f["subject"] == "pgtest/pam_authtok"]
+    spelled = f"{pam_library}+{offset:#x} (pam_get_authtok+0x0)"
+    assert theft["technique"] == "uprobe-credential-theft" and theft["severity"] == "high"
+    assert spelled in theft["summary"] and theft["evidence"]["target"] == spelled
+    assert theft["evidence"]["build_id"] == build_id(pam_library)
+
+
+@pytest.fixture
 def namespace() -> Iterator[str]:
     if shutil.which("ip") is None:
         pytest.fail("iproute2 is needed (scripts/setup --dev installs it)")

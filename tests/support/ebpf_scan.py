@@ -9,8 +9,8 @@ import sys
 from typing import Any
 
 
-def scan_json() -> dict[str, Any]:
-    args = [sys.executable, "-m", "patchguard.cli", "scan", "--json", "--surface", "ebpf"]
+def scan_json(surface: str = "ebpf") -> dict[str, Any]:
+    args = [sys.executable, "-m", "patchguard.cli", "scan", "--json", "--surface", surface]
     out = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode in (0, 1), out.stderr
     return json.loads(out.stdout)  # type: ignore[no-any-return]

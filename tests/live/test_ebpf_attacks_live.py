@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import struct
 import subprocess
 from collections.abc import Iterator
@@ -18,6 +19,9 @@ import pytest
 from support import bpfprogs as bp
 from support import netns
 from support.ebpf_scan import findings_for, programs, scan_json
+
+from patchguard.kernel.bpf import syscall as bpf
+from patchguard.kernel.bpf.objects import all_maps
 
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
 
@@ -294,3 +298,45 @@ def test_flow_dissector_attached_without_a_link(namespace: str) -> None:
     orphan = one(found, "orphan-program")
     assert f"flow dissector attachment (flow_dissector in netns {namespace})" in orphan["summary"]
     assert one(found, "covert-trigger")["severity"] == "medium"
+
+
+BPF_PROG_TYPE_SK_MSG = 16
+BPF_MAP_TYPE_SOCKMAP = 15
+BPF_SK_MSG_VERDICT = 7
+SK_PASS = 1
+
+
+def test_sk_msg_attached_to_a_sockmap_without_a_link() -> None:
+    table = bpf.map_create(BPF_MAP_TYPE_SOCKMAP, 4, 4, 1, "pg_t_sockmap")
+    prog = bp.load(BPF_PROG_TYPE_SK_MSG, bp.mov64_imm(0, SK_PASS) + bp.exit_insn(), "pg_t_skmsg")
+    try:
+        attr = struct.pack("<IIII", table, prog.prog_fd, BPF_SK_MSG_VERDICT, 0)
+        bpf.sys_bpf(BPF_PROG_ATTACH, attr, "PROG_ATTACH")
+        prog.close()  # the map holds it now
+        map_id = next(m.map_id for m in all_maps() if m.name == "pg_t_sockmap")
+        doc = scan_json()
+        record = programs(doc)[prog.prog_id]
+    finally:
+        prog.close()
+        os.close(table)
+    [attachment] = record["attachments"]
+    assert attachment["target"] == f"sockmap on map {map_id} (pg_t_sockmap) sk_msg_verdict"
+    assert f"sockmap (sockmap on map {map_id}" in record["kept_by"][0]
+
+
+BPF_TCX_INGRESS = 46
+
+
+def test_tcx_link_names_device_namespace_and_direction(namespace: str) -> None:
+    prog = bp.load(bp.BPF_PROG_TYPE_SCHED_CLS, bp.return_zero(), "pg_t_tcx")
+    with prog:
+
+        def attach() -> int:
+            index = socket.if_nametoindex("pgv0")  # asked in the namespace's own socket
+            return bpf.link_create(prog.prog_fd, index, BPF_TCX_INGRESS)
+
+        prog.fds.append(netns.in_netns(namespace, attach))
+        record = programs(scan_json())[prog.prog_id]
+    [attachment] = record["attachments"]
+    assert attachment["via"] == "link" and attachment["link_type"] == "tcx"
+    assert attachment["target"] == f"tcx on pgv0 in netns {namespace} ingress"

@@ -33,7 +33,19 @@ XDP_MODES = (
     ("IFLA_XDP_SKB_PROG_ID", "generic"),
     ("IFLA_XDP_HW_PROG_ID", "offload"),
 )
-QUERY_HOOKS = (("tcx", "tcx_ingress", "ingress"), ("tcx", "tcx_egress", "egress"))
+QUERY_HOOKS = (
+    ("tcx", "tcx_ingress", "ingress"),
+    ("tcx", "tcx_egress", "egress"),
+    ("netkit", "netkit_primary", "primary"),
+    ("netkit", "netkit_peer", "peer"),
+)
+SOCKMAP_TYPES = ("sockmap", "sockhash")
+SOCKMAP_HOOKS = (
+    "sk_msg_verdict",
+    "sk_skb_stream_parser",
+    "sk_skb_stream_verdict",
+    "sk_skb_verdict",
+)
 MAX_NAMESPACES = 1024
 MAX_CGROUP_DIRS = 100_000
 NETNS_TIMEOUT = 10.0  # seconds for one namespace's dumps
@@ -206,7 +218,7 @@ def _queried(device: str, index: int, label: str) -> list[tuple[int, NetAttach]]
         except bpf.BpfError:
             continue  # EINVAL/ENODEV: no tcx on this kernel or device
         for prog_id, link_id in zip(progs, links, strict=True):
-            kept = "tcx attachment" if not link_id else None  # a link says what keeps it
+            kept = f"{hook} attachment" if not link_id else None  # a link says what keeps it
             out.append((prog_id, NetAttach(hook, device, index, label, direction, kept_by=kept)))
     return out
 
@@ -250,6 +262,37 @@ def _cgroup2_mounts(root: Path) -> list[str]:
     except OSError:
         return []
     return sorted(point for point, fstype in points.items() if fstype == "cgroup2")
+
+
+def sockmap_attachments(maps: list[objs.MapInfo]) -> dict[int, list[NetAttach]]:
+    """sk_msg and sk_skb programs attached to sockmaps without a link (BPF_PROG_ATTACH with
+    the map as target): they see, and may redirect, every message of the map's sockets."""
+    found: dict[int, list[NetAttach]] = {}
+    for m in maps:
+        if m.map_type in SOCKMAP_TYPES:
+            for prog_id, where in _sockmap_hooks(m):
+                found.setdefault(prog_id, []).append(where)
+    return found
+
+
+def _sockmap_hooks(m: objs.MapInfo) -> list[tuple[int, NetAttach]]:
+    try:
+        fd = bpf.fd_by_id(bpf.BPF_MAP_GET_FD_BY_ID, m.map_id, "MAP_GET_FD_BY_ID")
+    except bpf.BpfError:
+        return []  # gone while we looked
+    out = []
+    try:
+        for hook in SOCKMAP_HOOKS:
+            try:
+                progs, links = bpf.prog_query(fd, bpf.ATTACH_TYPES.index(hook))
+            except bpf.BpfError:
+                continue
+            where = NetAttach("sockmap", f"map {m.map_id} ({m.name or 'unnamed'})", direction=hook)
+            for prog_id, link_id in zip(progs, links, strict=True):
+                out.append((prog_id, where if link_id else replace(where, kept_by="sockmap")))
+    finally:
+        os.close(fd)
+    return out
 
 
 def link_attach(link: objs.LinkInfo, places: Places) -> NetAttach | None:

@@ -114,6 +114,8 @@ class _Seen:
         root = self.kernel.root
         spaces = network.namespaces(root)
         net = network.attachments(spaces, self.gaps)
+        for prog_id, places in network.sockmap_attachments(list(self.maps.values())).items():
+            net.setdefault(prog_id, []).extend(places)
         labels = {ns.inode: ns.label for ns in spaces}
         names = {m.map_id: m.name for m in self.maps.values()}
         self.places = network.Places(root, net, labels, names)

@@ -340,3 +340,29 @@ def test_tcx_link_names_device_namespace_and_direction(namespace: str) -> None:
     [attachment] = record["attachments"]
     assert attachment["via"] == "link" and attachment["link_type"] == "tcx"
     assert attachment["target"] == f"tcx on pgv0 in netns {namespace} ingress"
+
+
+def test_cgroup_skb_attached_without_a_link_is_kept_by_its_cgroup() -> None:
+    group = cgroup2_mount() / f"pgtest-{os.getpid()}-attach"
+    group.mkdir()
+    try:
+        prog = bp.load(BPF_PROG_TYPE_CGROUP_SKB, bp.mov64_imm(0, 1) + bp.exit_insn(), "pg_t_cga")
+        with prog:
+            fd = os.open(group, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                attr = struct.pack("<IIII", fd, prog.prog_fd, BPF_CGROUP_INET_INGRESS, 0)
+                bpf.sys_bpf(BPF_PROG_ATTACH, attr, "PROG_ATTACH")
+            finally:
+                os.close(fd)
+            prog.close()  # only the cgroup keeps it now
+            doc = scan_json()
+            record = programs(doc)[prog.prog_id]
+            found = findings_for(doc, prog.prog_id)
+    finally:
+        group.rmdir()  # removing the cgroup detaches the program
+    [attachment] = record["attachments"]
+    assert attachment["target"] == f"cgroup on {group} inet_ingress"
+    assert (
+        f"kept alive only by cgroup (cgroup on {group} inet_ingress)"
+        in one(found, "orphan-program")["summary"]
+    )

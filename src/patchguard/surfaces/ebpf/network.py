@@ -240,6 +240,81 @@ class Places:
         return self._cgroups.get(cgroup_id, f"cgroup id {cgroup_id}")
 
 
+# The cgroup hooks each program type can sit on (enum bpf_attach_type names).
+_SOCK_ADDR = (
+    "cgroup_inet4_bind",
+    "cgroup_inet6_bind",
+    "cgroup_inet4_connect",
+    "cgroup_inet6_connect",
+    "cgroup_udp4_sendmsg",
+    "cgroup_udp6_sendmsg",
+    "cgroup_udp4_recvmsg",
+    "cgroup_udp6_recvmsg",
+    "cgroup_inet4_getpeername",
+    "cgroup_inet6_getpeername",
+    "cgroup_inet4_getsockname",
+    "cgroup_inet6_getsockname",
+    "cgroup_unix_connect",
+    "cgroup_unix_sendmsg",
+    "cgroup_unix_recvmsg",
+    "cgroup_unix_getpeername",
+    "cgroup_unix_getsockname",
+)
+CGROUP_HOOKS: dict[str, tuple[str, ...]] = {
+    "cgroup_skb": ("cgroup_inet_ingress", "cgroup_inet_egress"),
+    "cgroup_sock": (
+        "cgroup_inet_sock_create",
+        "cgroup_inet_sock_release",
+        "cgroup_inet4_post_bind",
+        "cgroup_inet6_post_bind",
+    ),
+    "cgroup_sock_addr": _SOCK_ADDR,
+    "cgroup_sockopt": ("cgroup_getsockopt", "cgroup_setsockopt"),
+    "sock_ops": ("cgroup_sock_ops",),
+    "cgroup_device": ("cgroup_device",),
+    "cgroup_sysctl": ("cgroup_sysctl",),
+}
+
+
+def cgroup_attachments(
+    root: Path, prog_types: set[str], gaps: list[Gap]
+) -> dict[int, list[NetAttach]]:
+    """Programs attached to cgroups without a link (BPF_PROG_ATTACH), for the program types
+    asked about: every cgroup directory is asked for each of their hooks."""
+    hooks = sorted({h for t in prog_types for h in CGROUP_HOOKS.get(t, ())})
+    found: dict[int, list[NetAttach]] = {}
+    if not hooks:
+        return found
+    for path in cgroup_paths(root).values():
+        for prog_id, where in _cgroup_hooks(root, path, hooks, gaps):
+            found.setdefault(prog_id, []).append(where)
+    return found
+
+
+def _cgroup_hooks(
+    root: Path, path: str, hooks: list[str], gaps: list[Gap]
+) -> list[tuple[int, NetAttach]]:
+    try:
+        fd = os.open(root / path.lstrip("/"), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return []  # removed while we walked
+    out = []
+    try:
+        for hook in hooks:
+            try:
+                progs, links = bpf.prog_query(fd, bpf.ATTACH_TYPES.index(hook))
+            except bpf.BpfError as exc:
+                if exc.errno not in (2, 22):  # gone, or a hook this kernel lacks
+                    gaps.append(Gap(NAME, f"cgroup {path}", str(exc)))
+                continue
+            where = NetAttach("cgroup", path, direction=hook.removeprefix("cgroup_"))
+            for prog_id, link_id in zip(progs, links, strict=True):
+                out.append((prog_id, where if link_id else replace(where, kept_by="cgroup")))
+    finally:
+        os.close(fd)
+    return out
+
+
 def cgroup_paths(root: Path = Path("/")) -> dict[int, str]:
     """cgroup id -> path: a cgroup2 directory's inode number is its id."""
     found: dict[int, str] = {}
@@ -325,4 +400,13 @@ def _device_link(link: objs.LinkInfo, net: dict[int, list[NetAttach]]) -> NetAtt
     return NetAttach(hook, None, link.ifindex, None, direction)
 
 
-__all__ = ["Netns", "Places", "attachments", "cgroup_paths", "link_attach", "namespaces"]
+__all__ = [
+    "Netns",
+    "Places",
+    "attachments",
+    "cgroup_attachments",
+    "cgroup_paths",
+    "link_attach",
+    "namespaces",
+    "sockmap_attachments",
+]

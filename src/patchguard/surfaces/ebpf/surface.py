@@ -72,7 +72,7 @@ class EbpfSurface:
         own, own_maps = set(kernel.own_prog_ids), set(kernel.own_map_ids)
         seen = _Seen(kernel, [link for link in links if link.prog_id not in own])
         seen.maps = {m.map_id: m for m in maps if m.map_id not in own_maps}
-        seen.read()
+        seen.read(progs)
         programs = [_program(p, seen) for p in progs if p.prog_id not in own]
         records: list[object] = [*programs]
         records += [_link(link, seen) for link in seen.links]
@@ -102,7 +102,7 @@ class _Seen:
     places: network.Places | None = None
     tail_slots: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # map -> slots
 
-    def read(self) -> None:
+    def read(self, progs: Sequence[objs.ProgInfo]) -> None:
         self.owners = find_owners(self.kernel.root)
         self.gaps += [Gap(NAME, "bpffs pin", err) for err in self.owners.errors]
         self.names = _Names(self.kernel, self.gaps)
@@ -114,8 +114,15 @@ class _Seen:
         root = self.kernel.root
         spaces = network.namespaces(root)
         net = network.attachments(spaces, self.gaps)
-        for prog_id, places in network.sockmap_attachments(list(self.maps.values())).items():
-            net.setdefault(prog_id, []).extend(places)
+        linked = {link.prog_id for link in self.links}
+        unlinked = {p.prog_type for p in progs if p.prog_id not in linked}
+        more = [
+            network.sockmap_attachments(list(self.maps.values())),
+            network.cgroup_attachments(root, unlinked, self.gaps),
+        ]
+        for found in more:
+            for prog_id, places in found.items():
+                net.setdefault(prog_id, []).extend(places)
         labels = {ns.inode: ns.label for ns in spaces}
         names = {m.map_id: m.name for m in self.maps.values()}
         self.places = network.Places(root, net, labels, names)

@@ -106,27 +106,34 @@ class _Seen:
         self.owners = find_owners(self.kernel.root)
         self.gaps += [Gap(NAME, "bpffs pin", err) for err in self.owners.errors]
         self.names = _Names(self.kernel, self.gaps)
+        self._read_secrets()
+        self._read_places(progs)
+        self._read_tail_calls()
+
+    def _read_secrets(self) -> None:
         try:
             self.secrets = uprobes.load_secrets()
         except uprobes.SecretListError as exc:
             self.gaps.append(Gap(NAME, "site secret-libraries list", str(exc)))
             self.secrets = uprobes.shipped_secrets()
+
+    def _read_places(self, progs: Sequence[objs.ProgInfo]) -> None:
+        """Attach points no link names: devices (XDP, tc, tcx) in every network namespace,
+        sockmaps, and cgroups (asked only for the types of programs without a link)."""
         root = self.kernel.root
         spaces = network.namespaces(root)
         net = network.attachments(spaces, self.gaps)
         linked = {link.prog_id for link in self.links}
         unlinked = {p.prog_type for p in progs if p.prog_id not in linked}
-        more = [
+        for found in (
             network.sockmap_attachments(list(self.maps.values())),
             network.cgroup_attachments(root, unlinked, self.gaps),
-        ]
-        for found in more:
+        ):
             for prog_id, places in found.items():
                 net.setdefault(prog_id, []).extend(places)
         labels = {ns.inode: ns.label for ns in spaces}
         names = {m.map_id: m.name for m in self.maps.values()}
         self.places = network.Places(root, net, labels, names)
-        self._read_tail_calls()
 
     def _read_tail_calls(self) -> None:
         for m in self.maps.values():

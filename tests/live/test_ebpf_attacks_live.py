@@ -366,3 +366,43 @@ def test_cgroup_skb_attached_without_a_link_is_kept_by_its_cgroup() -> None:
         f"kept alive only by cgroup (cgroup on {group} inet_ingress)"
         in one(found, "orphan-program")["summary"]
     )
+
+
+BPF_XDP = 37  # enum bpf_attach_type
+
+
+def test_xdp_link_is_named_once_by_device(namespace: str) -> None:
+    """An XDP program attached through a BPF link shows in IFLA_XDP too: one attachment, the
+    link's, named by device and namespace (not `ifindex N`)."""
+    prog = bp.load(bp.BPF_PROG_TYPE_XDP, bp.xdp_backdoor(), "pg_t_xdp_link")
+    with prog:
+
+        def attach() -> int:
+            return bpf.link_create(prog.prog_fd, socket.if_nametoindex("pgv1"), BPF_XDP)
+
+        prog.fds.append(netns.in_netns(namespace, attach))
+        record = programs(scan_json())[prog.prog_id]
+    [attachment] = record["attachments"]
+    assert (attachment["via"], attachment["link_type"]) == ("link", "xdp")
+    assert attachment["target"].startswith(f"xdp on pgv1 in netns {namespace} ingress (")
+    assert attachment["net"]["mode"] in ("native", "generic")
+
+
+BPF_PROG_TYPE_SOCKET_FILTER = 1
+SO_ATTACH_BPF = 50
+
+
+def test_socket_filter_kept_by_its_socket() -> None:
+    prog = bp.load(BPF_PROG_TYPE_SOCKET_FILTER, bp.return_zero(), "pg_t_sockfilt")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, prog.prog_fd)
+        prog.close()  # the socket keeps it
+        doc = scan_json()
+        found = findings_for(doc, prog.prog_id)
+    finally:
+        sock.close()
+        prog.close()
+    orphan = one(found, "orphan-program")
+    assert "kept by the socket it was attached to (SO_ATTACH_BPF)" in orphan["summary"]
+    assert "a socket filter sees every packet" in one(found, "covert-trigger")["summary"]

@@ -265,3 +265,9 @@ def test_secret_probe_finding_says_what_it_reads() -> None:
     assert finding.technique == "uprobe-credential-theft" and finding.severity is Severity.HIGH
     assert "/lib/libpam.so.0+0x56c0 (pam_get_authtok+0x0) (PAM)" in finding.summary
     assert finding.evidence["build_id"] == "ab12" and "passwords" in str(finding.evidence["reads"])
+
+
+def test_orphan_socket_filter_says_a_socket_keeps_it() -> None:
+    prog = _program(prog_type="socket_filter", pins=())
+    [orphan] = [f for f in assess_program(prog) if f.technique == "orphan-program"]
+    assert "kept by the socket it was attached to (SO_ATTACH_BPF)" in orphan.summary

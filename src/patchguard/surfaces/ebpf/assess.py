@@ -129,6 +129,12 @@ PACKET_PROGRAM_TYPES = {
     "netfilter": "a netfilter program sees every packet on its hook",
     "flow_dissector": "a flow dissector parses every packet its network namespace receives",
 }
+# Program types a socket keeps once attached (SO_ATTACH_BPF, SO_ATTACH_REUSEPORT_EBPF): the
+# kernel tells no one which socket holds them.
+SOCKET_HELD = {
+    "socket_filter": "a socket filter is kept by the socket it was attached to (SO_ATTACH_BPF)",
+    "sk_reuseport": "a reuseport program is kept by its socket group (SO_ATTACH_REUSEPORT_EBPF)",
+}
 # Helpers that change, move or redirect packets (the kernel's function names, and the map
 # redirect operations the verifier calls in place of bpf_redirect_map).
 PACKET_HELPERS = {
@@ -329,6 +335,11 @@ def _orphan(out: _Findings) -> None:
     if prog.kept_by:
         summary = (
             f"no process holds it, no pin, no link: kept alive only by {'; '.join(prog.kept_by)}"
+        )
+    elif prog.prog_type in SOCKET_HELD:
+        summary = (
+            f"no process holds it, no pin, no link: {SOCKET_HELD[prog.prog_type]}, which no "
+            "interface names (a socket passed to or kept by another process, or a hidden owner)"
         )
     else:
         summary = (

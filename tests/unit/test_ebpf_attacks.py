@@ -74,6 +74,15 @@ def test_resolve_outside_any_function_or_file(library: Path, tmp_path: Path) -> 
     assert uprobes.resolve(str(text), 0).unresolved
 
 
+def test_truncated_elf_is_unresolved_not_an_error(library: Path, tmp_path: Path) -> None:
+    data = library.read_bytes()
+    for size in (16, 64, 1000, len(data) // 2):
+        cut = tmp_path / f"cut{size}.so"
+        cut.write_bytes(data[:size])
+        site = uprobes.resolve(str(cut), 0x10)
+        assert site.symbol is None and site.unresolved and str(cut) in site.unresolved
+
+
 def test_resolve_under_another_root(library: Path) -> None:
     """A captured tree (or a container's root) is read under its root, reported as seen."""
     site = uprobes.resolve("/" + library.name, nm_offsets(library)["other"], library.parent)

@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 
 from elftools.common.exceptions import ELFError
+from elftools.construct.core import ConstructError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection
 
@@ -76,7 +77,7 @@ def resolve(path: str, offset: int, root: Path = Path("/")) -> ProbedSite:
         if st.st_size > MAX_ELF_BYTES:
             return ProbedSite(path, offset, unresolved=f"{st.st_size} bytes: too large to read")
         elf = _read_elf(str(host), st.st_ino, st.st_mtime_ns)
-    except (OSError, ELFError, ValueError) as exc:
+    except (OSError, ELFError, ConstructError, ValueError, LookupError) as exc:
         return ProbedSite(path, offset, unresolved=f"{host}: {exc}")
     return ProbedSite(path, offset, elf.build_id, _symbol_at(elf, offset))
 

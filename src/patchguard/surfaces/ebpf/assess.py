@@ -283,7 +283,7 @@ def _packet_programs(out: _Findings) -> None:
     out.add(
         "packet-tamper",
         Severity.MEDIUM,
-        f"can rewrite or redirect packets on {where}: {what}",
+        f"can rewrite or redirect packets ({where}): {what}",
         TRANSMITTED_DATA,
     )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -49,6 +50,7 @@ SOCKMAP_HOOKS = (
 MAX_NAMESPACES = 1024
 MAX_CGROUP_DIRS = 100_000
 NETNS_TIMEOUT = 10.0  # seconds for one namespace's dumps
+PARALLEL = 8  # namespaces read at once
 NFPROTO = {1: "inet", 2: "ipv4", 3: "arp", 5: "netdev", 7: "bridge", 10: "ipv6"}
 NF_HOOKS = ("prerouting", "input", "forward", "output", "postrouting")
 
@@ -91,35 +93,44 @@ def _inode(path: Path) -> int | None:
 
 
 def attachments(spaces: list[Netns], gaps: list[Gap]) -> dict[int, list[NetAttach]]:
-    """Per program id, where it runs on devices: XDP, tc filters, tcx."""
+    """Per program id, where it runs on devices: XDP, tc filters, tcx. Namespaces are read
+    PARALLEL at a time: each costs a thread and a netlink socket, mostly waiting."""
     found: dict[int, list[NetAttach]] = {}
-    for ns in spaces:
-        got, error = _in_netns(ns)
-        if error:
-            gaps.append(Gap(NAME, f"network namespace {ns.label}", error))
-        for prog_id, attach in got:
-            found.setdefault(prog_id, []).append(attach)
+    for start in range(0, len(spaces), PARALLEL):
+        readers = [_NetnsRead(ns) for ns in spaces[start : start + PARALLEL]]
+        for reader in readers:
+            got, error = reader.result()
+            if error:
+                gaps.append(Gap(NAME, f"network namespace {reader.ns.label}", error))
+            for prog_id, attach in got:
+                found.setdefault(prog_id, []).append(attach)
     return found
 
 
-def _in_netns(ns: Netns) -> tuple[list[tuple[int, NetAttach]], str | None]:
-    out: list[tuple[int, NetAttach]] = []
-    errors: list[str] = []
+class _NetnsRead:
+    """One namespace read from its own thread, started at once, collected by result()."""
 
-    def run() -> None:
+    def __init__(self, ns: Netns) -> None:
+        self.ns = ns
+        self._out: list[tuple[int, NetAttach]] = []
+        self._errors: list[str] = []
+        self._started = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name=f"netns {ns.label}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
         try:
-            out.extend(_netns_hooks(ns))
-            _join(ns.path)
-            out.extend(_read_devices(ns.label))
+            self._out.extend(_netns_hooks(self.ns))
+            _join(self.ns.path)
+            self._out.extend(_read_devices(self.ns.label))
         except Exception as exc:  # a thread's failure is reported, not raised into the void
-            errors.append(f"{type(exc).__name__}: {exc}")
+            self._errors.append(f"{type(exc).__name__}: {exc}")
 
-    worker = threading.Thread(target=run, name=f"netns {ns.label}", daemon=True)
-    worker.start()
-    worker.join(NETNS_TIMEOUT)
-    if worker.is_alive():
-        return [], f"no answer from rtnetlink in {NETNS_TIMEOUT:.0f} s"
-    return out, errors[0] if errors else None
+    def result(self) -> tuple[list[tuple[int, NetAttach]], str | None]:
+        self._thread.join(max(0.0, self._started + NETNS_TIMEOUT - time.monotonic()))
+        if self._thread.is_alive():
+            return [], f"no answer from rtnetlink in {NETNS_TIMEOUT:.0f} s"
+        return self._out, self._errors[0] if self._errors else None
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -215,6 +215,7 @@ def _evidence(prog: BpfProgram) -> Evidence:
         "pins": list(prog.pins),
         "kept_by": list(prog.kept_by),
         "maps": list(prog.maps),
+        "tail_calls": list(prog.tail_calls),
     }
 
 

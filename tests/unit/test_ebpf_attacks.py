@@ -280,3 +280,14 @@ def test_orphan_socket_filter_says_a_socket_keeps_it() -> None:
     prog = _program(prog_type="socket_filter", pins=())
     [orphan] = [f for f in assess_program(prog) if f.technique == "orphan-program"]
     assert "kept by the socket it was attached to (SO_ATTACH_BPF)" in orphan.summary
+
+
+def test_control_characters_in_names_are_made_visible() -> None:
+    site = uprobes.ProbedSite("/lib/libpam.so.0", 0x10, None, "pam_get_authtok\x1b[2J+0x0")
+    hit = uprobes.secret_at(site, uprobes.shipped_secrets())
+    attach = Attachment("link", f"uprobe:{site.spelled}", 3, "perf_event", uprobe=site, secret=hit)
+    prog = _program(name="evil\x07\x9b", attachments=(attach,))
+    [finding] = assess_program(prog)
+    assert "pam_get_authtok\\x1b[2J+0x0" in finding.summary
+    assert finding.subject == "prog 7 (evil\\x07\\x9b, kprobe)"
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in finding.summary)

@@ -25,6 +25,7 @@ from patchguard.kernel.errors import KernelAccessError, is_enoent
 from patchguard.kernel.mounts import ensure_mounted
 from patchguard.surfaces.base import SurfaceState
 from patchguard.surfaces.ebpf import uprobes
+from patchguard.surfaces.ebpf.assess import visible
 from patchguard.surfaces.ebpf.uprobes import ProbedSite, SecretHit
 from patchguard.surfaces.reading import Reading, records_of
 
@@ -724,8 +725,10 @@ def _assess_event(event: DynamicEvent) -> list[Finding]:
                 hit.technique,
                 hit.severity,
                 f"{event.group}/{event.event}",
-                f"A tracefs {hit.summary(event.event_type, site)[2:]}, in every process that "
-                "runs it.",
+                visible(
+                    f"A tracefs {hit.summary(event.event_type, site)[2:]}, in every process "
+                    "that runs it."
+                ),
                 {
                     **evidence,
                     "target": site.spelled,

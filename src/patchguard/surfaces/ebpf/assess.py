@@ -190,13 +190,23 @@ class _Findings:
                 NAME,
                 technique,
                 severity,
-                _subject(self.prog),
-                summary,
+                visible(_subject(self.prog)),
+                visible(summary),
                 Disposition.SUSPICIOUS,
                 attack,
                 evidence,
             )
         )
+
+
+# C0 and C1 control characters, and DEL: a device, file, symbol or program name may carry
+# them (a library's symbol table is anyone's text), and a terminal would obey them.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def visible(text: str) -> str:
+    """`text` with control characters shown as \\xNN: summaries are read on terminals."""
+    return text.translate(_CONTROL)
 
 
 def _subject(prog: BpfProgram) -> str:
@@ -384,4 +394,11 @@ def _network_event(target: str) -> bool:
     return target in NETWORK_FUNCTIONS or target.startswith(NETWORK_TRACEPOINTS[:7])
 
 
-__all__ = ["NAME", "ROOTKIT_HELPERS", "SENSITIVE_PREFIXES", "Attachment", "assess_program"]
+__all__ = [
+    "NAME",
+    "ROOTKIT_HELPERS",
+    "SENSITIVE_PREFIXES",
+    "Attachment",
+    "assess_program",
+    "visible",
+]

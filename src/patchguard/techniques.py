@@ -203,6 +203,20 @@ _CATALOGUE: tuple[Technique, ...] = (
         "T1205",
         "An sk_lookup program picks which socket gets each new connection",
     ),
+    Technique(
+        "covert-trigger",
+        Severity.MEDIUM,
+        "T1205",
+        "An eBPF program on a network event a crafted packet can fire (tcp/udp/icmp/skb "
+        "tracepoints, the receive path, XDP, tc): a possible remote trigger",
+    ),
+    Technique(
+        "packet-tamper",
+        Severity.MEDIUM,
+        "T1565.002",
+        "An eBPF program calls helpers that rewrite or redirect packets (skb_store_bytes, "
+        "l3/l4_csum_replace, redirect, xdp_adjust_tail)",
+    ),
     # ftrace, kprobes, livepatch and trace events.
     Technique(
         "ftrace-direct-unaccounted",
@@ -245,15 +259,17 @@ _CATALOGUE: tuple[Technique, ...] = (
     ),
     Technique(
         "uprobe-credential-theft",
-        Severity.LOW,
+        Severity.HIGH,
         "T1056",
-        "A uprobe on a library or program that handles passwords can read them",
+        "A uprobe (BPF or tracefs) on a library or program that handles passwords or keys "
+        "(secret_libraries.toml) can read them",
     ),
     Technique(
         "uprobe-tls-intercept",
-        Severity.LOW,
+        Severity.HIGH,
         "T1040",
-        "A uprobe on a TLS library can read traffic before encryption",
+        "A uprobe (BPF or tracefs) on a TLS library's read/write or key functions can read "
+        "traffic before encryption",
     ),
     *_events(),
     # Modules.

@@ -15,7 +15,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from patchguard.kernel.bpf import syscall as bpf
-from patchguard.kernel.bpf.insn import R0, R1, call, exit_insn, mov64_imm
+from patchguard.kernel.bpf.insn import (
+    R0,
+    R1,
+    R2,
+    R3,
+    R4,
+    R5,
+    R6,
+    R10,
+    add64_imm,
+    call,
+    exit_insn,
+    mov64_imm,
+    mov64_reg,
+    st_mem,
+)
 from patchguard.kernel.bpf.objects import all_progs, prog_info
 from patchguard.kernel.mounts import ensure_mounted
 
@@ -284,4 +299,188 @@ def attach_netfilter(
     except BaseException:
         prog.close()
         raise
+    return prog
+
+
+BPF_PROG_TYPE_KPROBE = 2
+BPF_PERF_EVENT = 41  # enum bpf_attach_type: BPF_LINK_CREATE on a perf event fd
+BPF_TRACE_UPROBE_MULTI = 48
+UPROBE_PMU = Path("/sys/bus/event_source/devices/uprobe")
+PERF_ATTR_SIZE = 128
+
+
+def perf_event_open_uprobe(path: str, offset: int, retprobe: bool = False) -> int:
+    """A uprobe perf event on `path` at file offset `offset` (the uprobe PMU: config1 is the
+    path pointer, config2 the offset; bit 0 of config makes it a uretprobe)."""
+    pmu_type = int((UPROBE_PMU / "type").read_text())
+    name = ctypes.create_string_buffer(os.fsencode(path))
+    attr = bytearray(PERF_ATTR_SIZE)
+    struct.pack_into("<IIQQ", attr, 0, pmu_type, PERF_ATTR_SIZE, int(retprobe), 1)
+    struct.pack_into("<QQ", attr, 56, ctypes.addressof(name), offset)
+    buf = ctypes.create_string_buffer(bytes(attr), PERF_ATTR_SIZE)
+    fd = _libc.syscall(NR_PERF_EVENT_OPEN, buf, -1, 0, -1, PERF_FLAG_FD_CLOEXEC)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "perf_event_open(uprobe)")
+    return int(fd)
+
+
+def attach_uprobe(path: str, offset: int, name: str = "pg_test_uprobe") -> Loaded:
+    """A kprobe-type program on a uprobe through a BPF perf_event link (BPF_LINK_CREATE on the
+    perf event fd), the way libbpf attaches uprobes on kernels without uprobe_multi."""
+    prog = load(BPF_PROG_TYPE_KPROBE, return_zero(), name)
+    try:
+        pfd = perf_event_open_uprobe(path, offset)
+        prog.fds.append(pfd)
+        prog.fds.append(bpf.link_create(prog.prog_fd, pfd, BPF_PERF_EVENT))
+    except BaseException:
+        prog.close()
+        raise
+    return prog
+
+
+def attach_uprobe_multi(path: str, offsets: list[int], name: str = "pg_test_umulti") -> Loaded:
+    """A uprobe_multi link (6.6+): one link, several offsets in one file."""
+    prog = load(BPF_PROG_TYPE_KPROBE, return_zero(), name, BPF_TRACE_UPROBE_MULTI)
+    try:
+        file = ctypes.create_string_buffer(os.fsencode(path))
+        offs = (ctypes.c_uint64 * len(offsets))(*offsets)
+        attr = struct.pack(
+            "<IIIIQQQQIII",
+            prog.prog_fd,
+            0,
+            BPF_TRACE_UPROBE_MULTI,
+            0,
+            ctypes.addressof(file),
+            ctypes.addressof(offs),
+            0,
+            0,
+            len(offsets),
+            0,
+            0,
+        )
+        fd, _ = bpf.sys_bpf(bpf.BPF_LINK_CREATE, attr, "LINK_CREATE")
+        prog.fds.append(fd)
+    except BaseException:
+        prog.close()
+        raise
+    return prog
+
+
+BPF_PROG_TYPE_SCHED_CLS = 3
+BPF_PROG_TYPE_XDP = 6
+XDP_PASS = 2
+TC_ACT_OK = 0
+BPF_FUNC_skb_store_bytes = 9
+BPF_FUNC_l4_csum_replace = 11
+BPF_FUNC_redirect = 23
+BPF_FUNC_csum_diff = 28
+BPF_FUNC_xdp_adjust_tail = 65
+
+
+def xdp_backdoor() -> bytes:
+    """An XDP program that calls what packet-rewriting backdoors call (xdp_adjust_tail by 0
+    bytes, csum_diff over nothing: no packet changes) and passes every packet on."""
+    return b"".join(
+        [
+            mov64_reg(R6, R1),
+            mov64_reg(R1, R6),
+            mov64_imm(R2, 0),
+            call(BPF_FUNC_xdp_adjust_tail),
+            *(mov64_imm(r, 0) for r in (R1, R2, R3, R4, R5)),
+            call(BPF_FUNC_csum_diff),
+            mov64_imm(R0, XDP_PASS),
+            exit_insn(),
+        ]
+    )
+
+
+def tc_rewriter() -> bytes:
+    """A tc classifier that calls skb_store_bytes (at an offset past any packet: it fails),
+    l4_csum_replace (a zero difference) and redirect (whose verdict it ignores), then lets
+    every packet through (TC_ACT_OK)."""
+    return b"".join(
+        [
+            mov64_reg(R6, R1),
+            st_mem(8, R10, -8, 0),
+            mov64_reg(R1, R6),
+            mov64_imm(R2, 0x7FFF),
+            mov64_reg(R3, R10),
+            add64_imm(R3, -8),
+            mov64_imm(R4, 1),
+            mov64_imm(R5, 0),
+            call(BPF_FUNC_skb_store_bytes),
+            mov64_reg(R1, R6),
+            *(mov64_imm(r, 0) for r in (R2, R3, R4, R5)),
+            call(BPF_FUNC_l4_csum_replace),
+            mov64_imm(R1, 0),
+            mov64_imm(R2, 0),
+            call(BPF_FUNC_redirect),
+            mov64_imm(R0, TC_ACT_OK),
+            exit_insn(),
+        ]
+    )
+
+
+BPF_BTF_LOAD = 18
+BPF_FUNC_tail_call = 12
+BTF_KIND_INT, BTF_KIND_FUNC, BTF_KIND_FUNC_PROTO = 1, 12, 13
+
+
+def func_btf(function: str) -> bytes:
+    """A minimal BTF object describing one function `int function(void)`: what clang puts in a
+    program's .BTF for its entry point, and where bpftool reads a program's full name."""
+    strings = b"\0int\0" + function.encode() + b"\0"
+    types = b"".join(
+        [
+            struct.pack("<IIII", 1, BTF_KIND_INT << 24, 4, (1 << 24) | 32),  # [1] int
+            struct.pack("<III", 0, BTF_KIND_FUNC_PROTO << 24, 1),  # [2] int (void)
+            struct.pack("<III", 5, BTF_KIND_FUNC << 24, 2),  # [3] function, static
+        ]
+    )
+    header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
+    return header + types + strings
+
+
+def load_with_btf(prog_type: int, insns: bytes, function: str) -> Loaded:
+    """A program whose BTF func_info names its entry point `function` in full (the kernel
+    keeps only the first 15 characters as the program's name)."""
+    blob = ctypes.create_string_buffer(func_btf(function))
+    attr = struct.pack("<QQII", ctypes.addressof(blob), 0, len(blob.raw) - 1, 0)
+    btf_fd, _ = bpf.sys_bpf(BPF_BTF_LOAD, attr, "BTF_LOAD")
+    try:
+        code = ctypes.create_string_buffer(insns, len(insns))
+        lic = ctypes.create_string_buffer(b"GPL")
+        func_info = ctypes.create_string_buffer(struct.pack("<II", 0, 3), 8)
+        raw = bytearray(bpf.ATTR_SIZE)
+        struct.pack_into("<II", raw, 0, prog_type, len(insns) // 8)
+        struct.pack_into("<QQ", raw, 8, ctypes.addressof(code), ctypes.addressof(lic))
+        struct.pack_into("<16s", raw, 48, function.encode()[:15])
+        struct.pack_into("<IIQI", raw, 72, btf_fd, 8, ctypes.addressof(func_info), 1)
+        fd, _ = bpf.sys_bpf(bpf.BPF_PROG_LOAD, raw, "PROG_LOAD")
+    finally:
+        os.close(btf_fd)
+    return Loaded(fd, prog_info(fd).prog_id)
+
+
+def tail_caller(table_fd: int) -> bytes:
+    """bpf_tail_call(ctx, table, 0); return 0 (when slot 0 is empty the call falls through)."""
+    from patchguard.kernel.bpf.insn import ld_map_fd
+
+    return ld_map_fd(R2, table_fd) + mov64_imm(R3, 0) + call(BPF_FUNC_tail_call) + return_zero()
+
+
+def pinned_raw_tracepoint_link(tp_name: str, name: str = "pg_test_pinlink") -> Loaded:
+    """A raw tracepoint program whose link is pinned in bpffs, every fd closed: only the pin
+    keeps the hook (the way loaders leave hooks behind when they exit)."""
+    prog = attach_raw_tracepoint(tp_name, name)
+    try:
+        path = os.path.join(bpffs(), f"patchguard-test-{os.getpid()}-link-{prog.prog_id}")
+        bpf.obj_pin(prog.fds[0], path)
+        prog.pin = path
+    except BaseException:
+        prog.close()
+        raise
+    for fd in [prog.prog_fd, *prog.fds]:
+        os.close(fd)
+    prog.prog_fd, prog.fds = -1, []
     return prog

@@ -23,6 +23,7 @@ from patchguard.findings import Severity
 from patchguard.kernel import Kernel
 from patchguard.kernel.errors import KernelAccessError, explain_errno
 from patchguard.surfaces.base import Status
+from patchguard.surfaces.ebpf import uprobes
 from patchguard.surfaces.tracing import (
     NO_KPROBES,
     DynamicEvent,
@@ -34,7 +35,6 @@ from patchguard.surfaces.tracing import (
     parse_dynamic_events,
     parse_enabled_functions,
     parse_kprobe_list,
-    sensitive_binary,
     sensitive_category,
 )
 
@@ -148,9 +148,9 @@ def test_dynamic_events_fixture() -> None:
             "uprobe",
             "uprobes",
             "pam_auth",
-            "/usr/lib/x86_64-linux-gnu/libpam.so.0:0x0000000000007d30",
+            "/usr/lib/x86_64-linux-gnu/libpam.so.0+0x7d30",
         ),
-        ("uretprobe", "uprobes", "bash_rl", "/usr/bin/bash:0x00000000000ad5c0"),
+        ("uretprobe", "uprobes", "bash_rl", "/usr/bin/bash+0xad5c0"),
         ("fprobe", "fprobes", "vfs_open_entry", "vfs_open"),
     ]
     assert events[0].args == ("cred=%di:x64",)
@@ -193,20 +193,24 @@ def test_sensitive_category(function: str, category: str | None) -> None:
 
 
 @pytest.mark.parametrize(
-    ("path", "why"),
+    ("path", "function", "technique"),
     [
-        ("/usr/sbin/sshd", "authentication"),
-        ("/usr/bin/sudo", "authentication"),
-        ("/bin/su", "authentication"),
-        ("/usr/lib/x86_64-linux-gnu/libpam.so.0", "authentication"),
-        ("/lib/x86_64-linux-gnu/security/pam_unix.so", "authentication"),
-        ("/usr/lib/x86_64-linux-gnu/libssl.so.3", "tls"),
-        ("/usr/bin/bash", None),
-        ("/usr/bin/subversion", None),
+        ("/usr/sbin/sshd", None, "uprobe-credential-theft"),
+        ("/usr/bin/sudo", "main", "uprobe-credential-theft"),
+        ("/bin/su", None, "uprobe-credential-theft"),
+        ("/usr/lib/x86_64-linux-gnu/libpam.so.0", "pam_get_authtok", "uprobe-credential-theft"),
+        ("/lib/x86_64-linux-gnu/security/pam_unix.so", None, "uprobe-credential-theft"),
+        ("/usr/lib/x86_64-linux-gnu/libssl.so.3", "SSL_write", "uprobe-tls-intercept"),
+        ("/usr/bin/bash", "readline", "uprobe-credential-theft"),
+        ("/usr/bin/subversion", "main", None),
     ],
 )
-def test_sensitive_binary(path: str, why: str | None) -> None:
-    assert sensitive_binary(path) == why
+def test_secret_handling_files(path: str, function: str | None, technique: str | None) -> None:
+    symbol = f"{function}+0x0" if function else None
+    site = uprobes.ProbedSite(path, 0x10, symbol=symbol)
+    hit = uprobes.secret_at(site, uprobes.shipped_secrets())
+    assert (hit.technique if hit else None) == technique
+    assert hit is None or hit.severity is Severity.HIGH
 
 
 # --- the surface over fixture roots -------------------------------------------------------------
@@ -241,7 +245,9 @@ def test_surface_on_the_hooked_tree() -> None:
         ("dynamic-kprobe-event", "kprobes/cc"),
         ("dynamic-kretprobe-event", "kprobes/vr"),
         ("uprobe-credential-theft", "uprobes/pam_auth"),
-        ("dynamic-uretprobe-event", "uprobes/bash_rl"),
+        # the fixture root has no bash to read symbols from: a probe that may be on readline
+        # is reported as one
+        ("uprobe-credential-theft", "uprobes/bash_rl"),
         ("dynamic-fprobe-event", "fprobes/vfs_open_entry"),
     }
     ipmodify = found[("ftrace-ipmodify", "__x64_sys_getdents64")]
@@ -255,7 +261,10 @@ def test_surface_on_the_hooked_tree() -> None:
         in found[("ftrace-hook-sensitive-function", "filldir64")].summary
     )
     assert found[("kprobe-sensitive-function", "kallsyms_lookup_name+0x0")].severity is Severity.LOW
-    assert found[("uprobe-credential-theft", "uprobes/pam_auth")].severity is Severity.LOW
+    pam = found[("uprobe-credential-theft", "uprobes/pam_auth")]
+    assert pam.severity is Severity.HIGH
+    assert pam.evidence["target"] == "/usr/lib/x86_64-linux-gnu/libpam.so.0+0x7d30"
+    assert "passwords" in str(pam.evidence["reads"]) and pam.evidence["symbol"] == "unknown"
     assert found[("dynamic-kprobe-event", "kprobes/cc")].severity is Severity.INFO
 
 

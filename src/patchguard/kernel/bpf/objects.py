@@ -10,7 +10,7 @@ import ctypes
 import os
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from patchguard.kernel.bpf import syscall as bpf
@@ -20,6 +20,8 @@ PROG_INFO_SIZE = 232
 LINK_INFO_SIZE = 96
 MAP_INFO_SIZE = 80
 BTF_INFO_SIZE = 32
+FUNC_INFO_REC = 8  # struct bpf_func_info {insn_off, type_id}
+MAX_PROBE_OFFSETS = 4096
 NAME_BUF = 512
 T = TypeVar("T")
 
@@ -66,6 +68,7 @@ class ProgInfo:
     attach_btf_obj_id: int
     attach_btf_id: int
     calls: CallSites
+    func_type_id: int = 0  # the main function's BTF FUNC in btf_id: its full name
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,19 @@ class LinkInfo:
     target_obj_id: int = 0  # tracing: the BTF object that holds target_btf_id
     target_btf_id: int = 0
     netfilter: NetfilterAttach | None = None  # netfilter: the hook it runs on
+    ifindex: int = 0  # xdp, tcx, netkit: the device (in the link's own network namespace)
+    object_id: int = 0  # cgroup: its id (the cgroup2 inode); netns: its inode; sockmap: map id
+    probe: UserProbe | None = None  # perf_event uprobes and uprobe_multi: file and offsets
+
+
+@dataclass(frozen=True)
+class UserProbe:
+    """A user-space probe a link holds: uprobe or uretprobe, file, file offsets."""
+
+    kind: str  # uprobe, uretprobe
+    path: str
+    offsets: tuple[int, ...]
+    pid: int = 0  # uprobe_multi: only this process, 0 for all
 
 
 @dataclass(frozen=True)
@@ -127,6 +143,9 @@ def prog_info(fd: int) -> ProgInfo:
     struct.pack_into("<Q", template, 32, bpf.addr_of(insns) if xlated_len else 0)
     struct.pack_into("<I", template, 52, nr_maps)
     struct.pack_into("<Q", template, 56, bpf.addr_of(maps) if nr_maps else 0)
+    funcs = ctypes.create_string_buffer(FUNC_INFO_REC)
+    if _u32(first, 144):  # nr_func_info: the first record is the main function
+        struct.pack_into("<IQI", template, 132, FUNC_INFO_REC, bpf.addr_of(funcs), 1)
     raw = bpf.info_by_fd(fd, bytes(template))
     nr_maps = min(nr_maps, _u32(raw, 52))
     return ProgInfo(
@@ -144,6 +163,7 @@ def prog_info(fd: int) -> ProgInfo:
         attach_btf_obj_id=_u32(raw, 220),
         attach_btf_id=_u32(raw, 224),
         calls=call_sites(insns.raw[:xlated_len]),
+        func_type_id=_u32(funcs.raw, 4) if _u32(first, 144) else 0,
     )
 
 
@@ -161,15 +181,24 @@ def link_info(fd: int) -> LinkInfo:
     if link_type == "perf_event" and _u32(first, 16) != 0:
         fields = _PERF_NAME_FIELDS if _u32(first, 16) != 6 else None  # 6: a plain perf event
     name = ctypes.create_string_buffer(NAME_BUF)
+    count = min(_u32(first, 52), MAX_PROBE_OFFSETS) if link_type == "uprobe_multi" else 0
+    offsets = ctypes.create_string_buffer(max(count, 1) * 8)
     raw = first
     if fields is not None:
         template = bytearray(LINK_INFO_SIZE)
         if link_type == "perf_event":
             struct.pack_into("<I", template, 16, _u32(first, 16))
+        if count:  # uprobe_multi.offsets and .count
+            struct.pack_into("<Q", template, 24, bpf.addr_of(offsets))
+            struct.pack_into("<I", template, 52, count)
         struct.pack_into("<Q", template, fields[0], bpf.addr_of(name))
         struct.pack_into("<I", template, fields[1], NAME_BUF)
         raw = bpf.info_by_fd(fd, bytes(template))
-    return _decode_link(raw, link_type, bpf.c_string(name.raw) if fields else None)
+    link = _decode_link(raw, link_type, bpf.c_string(name.raw) if fields else None)
+    if count:
+        found = struct.unpack_from(f"<{count}Q", offsets.raw)
+        link = replace(link, probe=replace(link.probe, offsets=found) if link.probe else None)
+    return link
 
 
 def _decode_link(raw: bytes, link_type: str, name: str | None) -> LinkInfo:
@@ -190,7 +219,44 @@ def _decode_link(raw: bytes, link_type: str, name: str | None) -> LinkInfo:
     if link_type == "netfilter":
         netfilter = NetfilterAttach(*struct.unpack_from("<IIiI", raw, 16))
     target = _link_target(raw, link_type, name)
-    return LinkInfo(link_id, link_type, prog_id, attach, target, netfilter=netfilter)
+    ifindex = _u32(raw, 16) if link_type in ("xdp", "tcx", "netkit") else 0
+    object_id = _link_object(raw, link_type)
+    probe = _user_probe(raw, link_type, name)
+    return LinkInfo(
+        link_id,
+        link_type,
+        prog_id,
+        attach,
+        target,
+        netfilter=netfilter,
+        ifindex=ifindex,
+        object_id=object_id,
+        probe=probe,
+    )
+
+
+def _link_object(raw: bytes, link_type: str) -> int:
+    if link_type == "cgroup":
+        return _u64(raw, 16)
+    return _u32(raw, 16) if link_type in ("netns", "sockmap") else 0
+
+
+BPF_F_UPROBE_MULTI_RETURN = 1
+
+
+def _user_probe(raw: bytes, link_type: str, name: str | None) -> UserProbe | None:
+    """perf_event.uprobe {file_name, name_len, offset} and uprobe_multi {path, offsets, ...,
+    path_size, count, flags, pid} (the offsets themselves are read by link_info)."""
+    if name is None:
+        return None
+    if link_type == "perf_event":
+        kind = bpf.enum_name(bpf.PERF_EVENT_TYPES, _u32(raw, 16))
+        if kind in ("uprobe", "uretprobe"):
+            return UserProbe(kind, name, (_u32(raw, 36),))
+    if link_type == "uprobe_multi":
+        ret = _u32(raw, 56) & BPF_F_UPROBE_MULTI_RETURN
+        return UserProbe("uretprobe" if ret else "uprobe", name, (), pid=_u32(raw, 60))
+    return None
 
 
 def _link_target(raw: bytes, link_type: str, name: str | None) -> str | None:
@@ -200,7 +266,7 @@ def _link_target(raw: bytes, link_type: str, name: str | None) -> str | None:
             offset = _u32(raw, 36)
             return f"{kind}:{name}" + (f"+{offset:#x}" if offset else "")
         if kind in ("uprobe", "uretprobe") and name is not None:
-            return f"{kind}:{name}:{_u32(raw, 36):#x}"
+            return f"{kind}:{name}+{_u32(raw, 36):#x}"
         if kind == "event":
             return f"event:type={_u32(raw, 32)},config={_u64(raw, 24):#x}"
         return f"{kind}:{name}" if name is not None else kind
@@ -286,3 +352,42 @@ def all_maps() -> list[MapInfo]:
 
 def all_btf() -> list[BtfObject]:
     return list(enumerate_objects(BTF, btf_info))
+
+
+MAX_PROG_BTF = 16 << 20  # a program's own BTF: types of its source, far below this
+
+
+def btf_data(btf_id: int) -> bytes:
+    """The raw BTF of one BTF object (a program's own, for its full function names)."""
+    fd = bpf.fd_by_id(bpf.BPF_BTF_GET_FD_BY_ID, btf_id, "BTF_GET_FD_BY_ID")
+    try:
+        size = min(_u32(bpf.info_by_fd(fd, bytes(BTF_INFO_SIZE)), 8), MAX_PROG_BTF)
+        data = ctypes.create_string_buffer(max(size, 1))
+        template = bytearray(BTF_INFO_SIZE)
+        struct.pack_into("<QI", template, 0, bpf.addr_of(data), size)
+        bpf.info_by_fd(fd, bytes(template))
+        return data.raw[:size]
+    finally:
+        os.close(fd)
+
+
+MAX_PROG_ARRAY_SLOTS = 4096  # tail-call tables hold tens of programs; read no further
+
+
+def prog_array_slots(map_id: int, max_entries: int) -> tuple[tuple[int, int], ...]:
+    """(slot, prog_id) of each filled slot of a prog_array (a lookup from user space gives
+    the id of the program in the slot; an empty slot is ENOENT)."""
+    fd = bpf.fd_by_id(bpf.BPF_MAP_GET_FD_BY_ID, map_id, "MAP_GET_FD_BY_ID")
+    found = []
+    try:
+        for slot in range(min(max_entries, MAX_PROG_ARRAY_SLOTS)):
+            try:
+                value = bpf.map_lookup(fd, struct.pack("<I", slot), 4)
+            except bpf.BpfError as exc:
+                if exc.errno == 2:
+                    continue
+                raise
+            found.append((slot, _u32(value, 0)))
+    finally:
+        os.close(fd)
+    return tuple(found)

@@ -25,6 +25,7 @@ BPF_MAP_UPDATE_ELEM = 2
 BPF_PROG_LOAD = 5
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
+BPF_PROG_QUERY = 16
 BPF_PROG_TEST_RUN = 10
 BPF_PROG_GET_NEXT_ID = 11
 BPF_MAP_GET_NEXT_ID = 12
@@ -228,6 +229,7 @@ QUICK_COMMANDS = frozenset(
         BPF_LINK_GET_FD_BY_ID,
         BPF_OBJ_GET_INFO_BY_FD,
         BPF_TASK_FD_QUERY,
+        BPF_PROG_QUERY,
     }
 )
 
@@ -455,4 +457,25 @@ def task_fd_query(pid: int, fd: int) -> tuple[int, str, str, int, int]:
         name.value.decode(errors="replace"),
         offset,
         addr,
+    )
+
+
+MAX_QUERY = 64  # programs on one hook: tcx and cgroups allow 64
+
+
+def prog_query(
+    target: int, attach_type: int, name: str = "PROG_QUERY"
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """BPF_PROG_QUERY: the program ids (and link ids, 0 where none) on one hook; `target` is
+    an ifindex (tcx, netkit: in the caller's network namespace) or a cgroup or netns fd."""
+    progs = ctypes.create_string_buffer(MAX_QUERY * 4)
+    links = ctypes.create_string_buffer(MAX_QUERY * 4)
+    attr = struct.pack(
+        "<IIIIQI4xQQ", target, attach_type, 0, 0, addr_of(progs), MAX_QUERY, 0, addr_of(links)
+    )
+    _, out = sys_bpf(BPF_PROG_QUERY, attr, name)
+    count = min(struct.unpack_from("<I", out, 24)[0], MAX_QUERY)
+    return (
+        struct.unpack_from(f"<{count}I", progs.raw),
+        struct.unpack_from(f"<{count}I", links.raw),
     )

@@ -4,15 +4,10 @@ modules in transition, a removed module list."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from patchguard.findings import Disposition, Evidence, Finding, Severity
-from patchguard.surfaces.base import finding
-from patchguard.surfaces.reading import records_of
-
-if TYPE_CHECKING:
-    pass
 from patchguard.kernel.proc_modules import PROC_MODULES, ProcModule
+from patchguard.surfaces.base import finding
 from patchguard.surfaces.modules.paths import MODULE_LOAD, NAME
 from patchguard.surfaces.modules.records import (
     ModuleListMissing,
@@ -21,6 +16,7 @@ from patchguard.surfaces.modules.records import (
     SysfsModule,
 )
 from patchguard.surfaces.modules.rules import MODULE_TAINTS, TRANSIENT_STATES
+from patchguard.surfaces.reading import records_of
 
 # --- assess -------------------------------------------------------------------------------------
 

@@ -6,12 +6,8 @@ from __future__ import annotations
 import bisect
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from patchguard.kernel.kallsyms import PSEUDO_MODULES
-
-if TYPE_CHECKING:
-    pass
 from patchguard.surfaces.modules.paths import AREAS_PER_MODULE, AREAS_PER_MODULE_OLD, LOADER_CALLERS
 from patchguard.surfaces.modules.records import ModuleViews, VmallocArea
 

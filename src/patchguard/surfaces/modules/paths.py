@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
-
-
 NAME = "modules"
 ROOTKIT = "T1014"
 MODULE_LOAD = "T1547.006"

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from patchguard.kernel.memory import KERNEL_SPACE  # %pK prints hashed or zeroed values below it
-
-if TYPE_CHECKING:
-    pass
-
 
 # --- records ------------------------------------------------------------------------------------
 

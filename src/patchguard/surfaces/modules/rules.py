@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from patchguard.findings import Severity
-
-if TYPE_CHECKING:
-    pass
-
 
 # Module taint letters (taint_flags[] entries with .module set, kernel/panic.c).
 MODULE_TAINTS: dict[str, tuple[str, Severity, str]] = {

@@ -4,15 +4,11 @@ visible keeps, views that disagree."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from patchguard.findings import Disposition, Evidence, Finding, Severity
-from patchguard.surfaces.reading import one_of, records_of
-
-if TYPE_CHECKING:
-    pass
 from patchguard.surfaces.netfilter.paths import NAME, ROOTKIT
 from patchguard.surfaces.netfilter.records import BpfNetfilterHook, NetfilterHook, NetfilterViews
+from patchguard.surfaces.reading import one_of, records_of
 
 # --- assess -------------------------------------------------------------------------------------
 

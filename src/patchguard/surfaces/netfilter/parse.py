@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from patchguard.kernel.nfnetlink_hook import (
     NFNL_HOOK_TYPE_BPF,
     HookDumpError,
 )
-
-if TYPE_CHECKING:
-    pass
 from patchguard.surfaces.netfilter.paths import CHAIN_KINDS, CONFIG_OPTION, family_name, hook_name
 from patchguard.surfaces.netfilter.records import NetfilterHook
 

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING
 
 from patchguard.kernel.nfnetlink_hook import (
     NFNL_HOOK_TYPE_BPF,
     NFNL_HOOK_TYPE_NFT_FLOWTABLE,
     NFNL_HOOK_TYPE_NFTABLES,
 )
-
-if TYPE_CHECKING:
-    pass
-
 
 NAME = "netfilter"
 ROOTKIT = "T1014"

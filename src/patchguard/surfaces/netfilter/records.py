@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from patchguard.surfaces.ebpf import Owner
-
-if TYPE_CHECKING:
-    pass
-
 
 # --- records ------------------------------------------------------------------------------------
 

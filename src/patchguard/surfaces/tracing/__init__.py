@@ -24,7 +24,6 @@ from patchguard.surfaces.tracing.parse import (
 from patchguard.surfaces.tracing.paths import NAME, NO_KPROBES
 from patchguard.surfaces.tracing.records import DynamicEvent, FtraceCallback, FtraceHook, Kprobe
 from patchguard.surfaces.tracing.sensitive import (
-    sensitive_binary,
     sensitive_category,
     symbol_module,
     symbol_name,
@@ -43,7 +42,6 @@ __all__ = [
     "parse_dynamic_events",
     "parse_enabled_functions",
     "parse_kprobe_list",
-    "sensitive_binary",
     "sensitive_category",
     "symbol_module",
     "symbol_name",

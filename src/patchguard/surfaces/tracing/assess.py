@@ -4,22 +4,18 @@ sensitive functions, hidden kprobe handlers, livepatches and dynamic events."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from patchguard.findings import Disposition, Evidence, Finding, Severity
-from patchguard.surfaces.base import finding
-from patchguard.surfaces.reading import records_of
-
-if TYPE_CHECKING:
-    pass
 from patchguard.kernel.livepatch import Livepatched
+from patchguard.surfaces.base import finding
+from patchguard.surfaces.ebpf.assess import visible
+from patchguard.surfaces.reading import records_of
 from patchguard.surfaces.tracing.paths import GLOBAL_TRACER_FUNCTIONS, NAME, ROOTKIT
 from patchguard.surfaces.tracing.records import DynamicEvent, FtraceHook, Kprobe
 from patchguard.surfaces.tracing.sensitive import (
     KLP_HANDLER,
     KPROBE_HANDLER,
     ROOTKIT_ONLY,
-    sensitive_binary,
     sensitive_category,
     symbol_name,
 )
@@ -211,27 +207,38 @@ def _assess_event(event: DynamicEvent) -> list[Finding]:
         "target": event.target,
         "line": event.line,
     }
-    why = sensitive_binary(event.binary) if event.binary else None
-    if why is not None:
+    if event.site is not None and event.secret is not None:
+        site, hit = event.site, event.secret
         return [
             finding(
                 NAME,
-                "uprobe-credential-theft" if why == "authentication" else "uprobe-tls-intercept",
+                hit.technique,
                 f"{event.group}/{event.event}",
-                f"A {event.event_type} event probes {event.binary} ({why}): it can read passwords, "
-                "keys or decrypted traffic from every process that runs it.",
-                evidence,
-                severity=Severity.LOW,
-                attack_id="T1056" if why == "authentication" else "T1040",
+                visible(
+                    f"A tracefs {hit.summary(event.event_type, site)[2:]}, in every process "
+                    "that runs it."
+                ),
+                {
+                    **evidence,
+                    "target": site.spelled,
+                    "probed_file": site.path,
+                    "symbol": site.symbol or "unknown",
+                    "build_id": site.build_id or "unknown",
+                    "reads": hit.reads,
+                },
+                severity=hit.severity,
+                attack_id=hit.attack_id,
             )
         ]
+    if event.site is not None:
+        evidence = {**evidence, "target": event.site.spelled}
     return [
         finding(
             NAME,
             f"dynamic-{event.event_type}-event",
             f"{event.group}/{event.event}",
             f"A {event.event_type} trace event is defined on "
-            f"{event.target or 'an unnamed target'}.",
+            f"{evidence['target'] or 'an unnamed target'}.",
             evidence,
             severity=Severity.INFO,
             attack_id=None,

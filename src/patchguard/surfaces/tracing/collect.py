@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from patchguard.kernel.errors import KernelAccessError, is_enoent
 from patchguard.kernel.mounts import ensure_mounted
+from patchguard.surfaces.ebpf import uprobes
 from patchguard.surfaces.reading import Reading, records_of
 
 if TYPE_CHECKING:
@@ -65,11 +66,30 @@ def _event_file(r: Reading, tracefs: str, name: str) -> str:
 
 def _collect_events(r: Reading, tracefs: str) -> None:
     seen: set[tuple[str, str]] = set()
+    secrets = _secrets(r)
     for name in EVENT_FILES:
         for event in parse_dynamic_events(_event_file(r, tracefs, name)):
             if (event.group, event.event) not in seen:  # dynamic_events repeats the others
                 seen.add((event.group, event.event))
-                r.records.append(event)
+                r.records.append(_resolved(r, event, secrets))
+
+
+def _secrets(r: Reading) -> tuple[uprobes.SecretEntry, ...]:
+    try:
+        return uprobes.load_secrets()
+    except uprobes.SecretListError as exc:
+        r.gap("site secret-libraries list", str(exc))
+        return uprobes.shipped_secrets()
+
+
+def _resolved(
+    r: Reading, event: DynamicEvent, secrets: tuple[uprobes.SecretEntry, ...]
+) -> DynamicEvent:
+    """A uprobe event with its file's build-id and symbol, and what it can read."""
+    if event.binary is None or event.offset is None:
+        return event
+    site = uprobes.resolve(event.binary, event.offset, r.kernel.root)
+    return replace(event, site=site, secret=uprobes.secret_at(site, secrets))
 
 
 def _collect_kprobes(r: Reading) -> None:

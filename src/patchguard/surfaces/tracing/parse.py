@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    pass
-from patchguard.surfaces.tracing.records import DynamicEvent, FtraceCallback, FtraceHook, Kprobe
+from patchguard.surfaces.ebpf import uprobes
+from patchguard.surfaces.tracing.records import (
+    USER_PROBES,
+    DynamicEvent,
+    FtraceCallback,
+    FtraceHook,
+    Kprobe,
+)
 
 # --- parsers: pure functions over text ----------------------------------------------------------
 
@@ -122,6 +126,13 @@ def _event_kind(letter: str, target: str | None) -> str:
     return _EVENT_KINDS.get(letter, "other")
 
 
+def _uprobe_spelling(target: str) -> str:
+    """tracefs `/bin/bash:0x00000000004245c0(0x3c)` -> `/bin/bash+0x4245c0`, the one spelling
+    of a uprobe target (the reference counter offset stays in the event's line)."""
+    path, _, rest = target.rpartition(":")
+    return uprobes.spell(path, int(rest.split("(", 1)[0], 16))
+
+
 def parse_dynamic_events(text: str) -> list[DynamicEvent]:
     """kprobe_events / uprobe_events / dynamic_events lines, e.g. `p:kprobes/myprobe
     do_sys_open dfd=%ax`, `r4:kprobes/r vfs_read`, `p:uprobes/x /bin/bash:0x00000000004245c0`."""
@@ -134,12 +145,13 @@ def parse_dynamic_events(text: str) -> list[DynamicEvent]:
             name = line.split()[0]
             events.append(DynamicEvent("other", "synthetic", name, None, (), line.strip()))
             continue
+        kind, target = _event_kind(found["type"], found["target"]), found["target"]
         events.append(
             DynamicEvent(
-                event_type=_event_kind(found["type"], found["target"]),
+                event_type=kind,
                 group=found["group"],
                 event=found["event"],
-                target=found["target"],
+                target=_uprobe_spelling(target) if kind in USER_PROBES else target,
                 args=tuple(found["args"].split()),
                 line=line.strip(),
             )

@@ -4,13 +4,10 @@ events."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    pass
+from patchguard.surfaces.ebpf.uprobes import ProbedSite, SecretHit
 
-
-# --- records ------------------------------------------------------------------------------------
+USER_PROBES = ("uprobe", "uretprobe")
 
 
 @dataclass(frozen=True)
@@ -80,13 +77,21 @@ class DynamicEvent:
     event_type: str  # kprobe kretprobe uprobe uretprobe fprobe fexit tprobe eprobe synthetic other
     group: str
     event: str
-    target: str | None  # kprobe: [mod:]symbol[+off] or address; uprobe: path:0xoffset
+    target: str | None  # kprobe: [mod:]symbol[+off] or address; uprobe: /path+0xoffset
     args: tuple[str, ...] = ()
     line: str = ""
+    site: ProbedSite | None = None  # uprobe: file, build-id and symbol (collect resolves it)
+    secret: SecretHit | None = None  # uprobe on a secret-handling file (secret_libraries.toml)
 
     @property
     def binary(self) -> str | None:
         """The probed file of a uprobe."""
-        if self.event_type not in ("uprobe", "uretprobe") or not self.target:
+        if self.event_type not in USER_PROBES or not self.target or "+0x" not in self.target:
             return None
-        return self.target.rsplit(":", 1)[0]
+        return self.target.rpartition("+0x")[0]
+
+    @property
+    def offset(self) -> int | None:
+        if self.binary is None or self.target is None:
+            return None
+        return int(self.target.rpartition("+")[2], 16)

@@ -4,12 +4,6 @@ and the programs and libraries that handle secrets."""
 from __future__ import annotations
 
 import re
-from pathlib import PurePosixPath
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
-
 
 # --- what a hooked function is ------------------------------------------------------------------
 
@@ -83,37 +77,6 @@ def sensitive_category(function: str) -> str | None:
     if name in SENSITIVE_NAMES:
         return SENSITIVE_NAMES[name]
     return next((cat for prefix, cat in SENSITIVE_PREFIXES if name.startswith(prefix)), None)
-
-
-# User-space programs and libraries whose probes see passwords, keys or decrypted traffic.
-AUTH_BINARIES = frozenset(
-    {
-        "sshd",
-        "sshd-session",
-        "ssh",
-        "su",
-        "sudo",
-        "sudoedit",
-        "login",
-        "passwd",
-        "unix_chkpwd",
-        "polkit-agent-helper-1",
-        "ssh-agent",
-        "gpg-agent",
-    }
-)
-AUTH_LIB_PREFIXES = ("libpam", "pam_", "libsudo")
-TLS_LIB_PREFIXES = ("libssl", "libcrypto", "libgnutls", "libnss3", "libmbedtls", "libwolfssl")
-
-
-def sensitive_binary(path: str) -> str | None:
-    """Why probes on `path` can steal credentials ("authentication", "tls"), or None."""
-    base = PurePosixPath(path).name
-    if base in AUTH_BINARIES or base.startswith(AUTH_LIB_PREFIXES):
-        return "authentication"
-    if base.startswith(TLS_LIB_PREFIXES):
-        return "tls"
-    return None
 
 
 def symbol_name(pS: str) -> str:

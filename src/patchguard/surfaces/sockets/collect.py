@@ -1,0 +1,260 @@
+"""Reading the sockets surface: every network namespace, each view inside it, a second look
+at whatever the views disagree on, and the records of what survived it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from patchguard.kernel.errors import KernelAccessError, oserror_reason
+from patchguard.surfaces.reading import Reading
+from patchguard.surfaces.sockets import diag, netns, probe, procnet
+from patchguard.surfaces.sockets.crossview import (
+    Key,
+    Look,
+    Suspect,
+    counted,
+    disagreements,
+    settle,
+)
+from patchguard.surfaces.sockets.owners import (
+    RUN_NETNS,
+    OwnerMap,
+    named_netns,
+    namespaces,
+    read_owners,
+)
+from patchguard.surfaces.sockets.records import (
+    PROC_NET,
+    PROTOCOLS,
+    SOCK_DIAG,
+    HiddenSocket,
+    Listener,
+    Netns,
+    NetnsViews,
+    SocketEntry,
+)
+
+if TYPE_CHECKING:
+    from patchguard.kernel import Kernel
+
+SURFACE = "sockets"
+MAX_FILE = 256 << 20  # a /proc/net file larger than this is refused, not read into memory
+SOCKSTAT = ("sockstat", "sockstat6")
+NOT_LIVE = "only the live kernel answers sock_diag, bind(2) and setns(2)"
+LISTENING = ("LISTEN", "UNCONN")
+
+
+@dataclass
+class NsLook:
+    """One look at one namespace, with what could not be read and the probe's plan."""
+
+    look: Look = field(default_factory=Look)
+    gaps: list[tuple[str, str]] = field(default_factory=list)
+    inuse: dict[str, int] = field(default_factory=dict)
+    plan: dict[str, str] = field(default_factory=dict)
+
+
+def _read_bounded(path: str) -> str:
+    with open(path, "rb") as f:
+        data = f.read(MAX_FILE + 1)
+    if len(data) > MAX_FILE:
+        raise ValueError(f"larger than {MAX_FILE >> 20} MiB")
+    return data.decode(errors="replace")
+
+
+def _read_proc(ns: NsLook, net_dir: str) -> None:
+    for protocol in PROTOCOLS:
+        path = f"{net_dir}/{protocol}"
+        try:
+            ns.look.add(PROC_NET, protocol, procnet.parse(protocol, _read_bounded(path)))
+        except OSError as exc:
+            ns.gaps.append((f"{PROC_NET} {protocol}", f"{path}: {oserror_reason(exc)}"))
+        except ValueError as exc:
+            ns.gaps.append((f"{PROC_NET} {protocol}", f"{path}: unexpected content: {exc}"))
+
+
+def _read_diag(ns: NsLook) -> None:
+    for protocol in diag.DUMPED:
+        try:
+            ns.look.add(SOCK_DIAG, protocol, diag.dump(protocol))
+        except KernelAccessError as exc:
+            ns.gaps.append((f"{SOCK_DIAG} {protocol}", str(exc)))
+
+
+def _sockstat(net_dir: str) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for name in SOCKSTAT:
+        try:
+            found.update(procnet.parse_sockstat(_read_bounded(f"{net_dir}/{name}")))
+        except (OSError, ValueError):
+            continue  # no count: the plan then probes nothing for it
+    return found
+
+
+def _listed(look: Look) -> dict[str, int]:
+    """protocol -> counted sockets in the fullest view."""
+    found: dict[str, int] = {}
+    for view in look.sockets:
+        for protocol, n in counted(look, view).items():
+            found[protocol] = max(found.get(protocol, 0), n)
+    return found
+
+
+def _probe(ns: NsLook, ports: dict[str, list[int]]) -> None:
+    for transport, asked in ports.items():
+        try:
+            ns.look.ports[transport] = probe.ports_in_use(transport, asked)
+        except OSError as exc:
+            ns.gaps.append((f"bind probe {transport}", oserror_reason(exc)))
+            continue
+        ns.look.probed[transport] = len(asked)
+
+
+def look_live(mode: str, suspects: dict[Key, Suspect] | None = None) -> NsLook:
+    """Every view of the calling thread's namespace. A first look probes the port space as
+    the plan says; a second look probes only the ports of the first look's suspects."""
+    ns, net_dir = NsLook(), netns.THREAD_NET
+    before = _sockstat(net_dir)
+    _read_proc(ns, net_dir)
+    _read_diag(ns)
+    after = _sockstat(net_dir)
+    ns.inuse = {p: min(n, after.get(p, n)) for p, n in before.items()}
+    if suspects is None:
+        ns.plan = probe.probe_plan(mode, ns.inuse, _listed(ns.look))
+        _probe(ns, {t: list(probe.PORTS) for t in ns.plan})
+    else:
+        ports: dict[str, list[int]] = {}
+        for s in suspects.values():
+            if s.entry.local_port and s.entry.transport in probe.TYPES:
+                ports.setdefault(s.entry.transport, []).append(s.entry.local_port)
+        _probe(ns, ports)
+    return ns
+
+
+def look_captured(net_dir: str) -> NsLook:
+    ns = NsLook()
+    _read_proc(ns, net_dir)
+    return ns
+
+
+# --- namespaces ---------------------------------------------------------------------------------
+
+
+def _entry_paths(ns: Netns, owners: OwnerMap, proc: Path) -> list[str]:
+    """Files that open this namespace: its /run/netns names, then a few of its processes."""
+    paths = [f"{RUN_NETNS}/{name}" for name in ns.names]
+    pids = [pid for pid, inode in owners.netns_of.items() if inode == ns.inode]
+    return paths + [f"{proc}/{pid}/ns/net" for pid in sorted(pids)[:3]]
+
+
+def _in(ns: Netns, paths: list[str], work: Callable[[], NsLook]) -> NsLook:
+    if ns.own:
+        return work()
+    last: KernelAccessError | None = None
+    for path in paths:
+        try:
+            return netns.run_in(path, ns.inode, work)
+        except KernelAccessError as exc:
+            last = exc  # that process exited, or its namespace is closed to us: next one
+    raise last or KernelAccessError(ns.label, "no file opens it any more")
+
+
+# --- records ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Reading(Reading):
+    owners: OwnerMap = field(default_factory=OwnerMap)
+    sockets: int = 0
+
+
+def _gaps(r: _Reading, ns: Netns, look: NsLook) -> None:
+    for what, reason in look.gaps:
+        r.gap(f"{what} in {ns.label}", reason)
+
+
+def _listeners(r: _Reading, ns: Netns, look: Look) -> None:
+    seen: dict[Key, SocketEntry] = {}
+    for entries in look.sockets.values():
+        for key, e in entries.items():
+            if e.state in LISTENING and not e.timewait and key not in seen:
+                seen[key] = e
+    r.sockets += len({k for entries in look.sockets.values() for k in entries})
+    for e in sorted(seen.values(), key=lambda e: (e.protocol, e.local_port or 0, e.local)):
+        owners = r.owners.of(e.inode)
+        r.records.append(Listener(ns.inode, e.protocol, e.local, e.state, e.inode, owners))
+
+
+def _hidden(r: _Reading, ns: Netns, suspects: dict[Key, Suspect]) -> None:
+    if suspects:
+        r.owners = read_owners(r.kernel.path("/proc"))  # a socket newer than the first walk
+    for s in suspects.values():
+        e = s.entry
+        r.records.append(
+            HiddenSocket(
+                ns, e.protocol, e.local, e.remote, e.state, e.inode,
+                s.seen_by, s.missing_from, r.owners.of(e.inode), e.local_port,
+            )
+        )  # fmt: skip
+
+
+def _summary(ns: Netns, first: NsLook, suspects: int) -> NetnsViews:
+    look = first.look
+
+    def total(view: str) -> int | None:
+        return len(look.sockets[view]) if view in look.sockets else None
+
+    why = "; ".join(f"{t}: {reason}" for t, reason in first.plan.items())
+    if not why:
+        why = "not needed: sockstat's counts match the views" if look.read else "not probed"
+    return NetnsViews(
+        ns,
+        total(PROC_NET),
+        total(SOCK_DIAG),
+        sum(look.probed.values()),
+        sum(len(p) for p in look.ports.values()),
+        why,
+        suspects,
+    )
+
+
+def _one_namespace(r: _Reading, ns: Netns, mode: str) -> None:
+    paths = _entry_paths(ns, r.owners, r.kernel.path("/proc"))
+    try:
+        first = _in(ns, paths, lambda: look_live(mode))
+        suspects = len(disagreements(first.look))
+        confirmed = settle(first.look, lambda s: _in(ns, paths, lambda: look_live(mode, s)).look)
+    except KernelAccessError as exc:
+        r.gap(f"sockets in {ns.label}", str(exc))
+        return
+    _gaps(r, ns, first)
+    r.records.append(_summary(ns, first, suspects))
+    _listeners(r, ns, first.look)
+    _hidden(r, ns, confirmed)
+
+
+def read_sockets(kernel: Kernel, mode: str) -> _Reading:
+    r = _Reading(SURFACE, kernel)
+    if not kernel.live:
+        ns = Netns(0, (), 0, True)
+        first = look_captured(str(kernel.path("/proc/net")))
+        _gaps(r, ns, first)
+        r.gap("sock_diag, bind probe and other namespaces", NOT_LIVE)
+        if first.look.read:
+            r.records.append(_summary(ns, first, 0))
+            _listeners(r, ns, first.look)
+        return r
+    r.owners = read_owners(kernel.path("/proc"))
+    if r.owners.unreadable:
+        pids = ", ".join(f"{p}: {why}" for p, why in sorted(r.owners.unreadable.items())[:5])
+        r.gap("socket owners", f"/proc/<pid>/fd of {len(r.owners.unreadable)} processes ({pids})")
+    own = netns.current_netns()
+    for ns in namespaces(r.owners, named_netns(Path(RUN_NETNS)), own):
+        _one_namespace(r, ns, mode)
+    return r
+
+
+__all__ = ["SURFACE", "look_captured", "look_live", "read_sockets"]

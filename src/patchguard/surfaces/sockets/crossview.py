@@ -1,0 +1,106 @@
+"""The cross-view: pure functions over what the views of one namespace saw.
+
+Two views list sockets (proc_net, sock_diag); they are compared socket by socket over the
+protocols both read. The bind probe knows only ports: a port it finds in use that no view
+lists a socket on is hidden from every view. TCP sockets only bound (state CLOSE) are dumped
+by sock_diag since 6.7 but never printed in /proc/net/tcp: they are not compared between the
+two, though their ports count as listed for the probe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from patchguard.surfaces.sockets.records import BIND_PROBE, SocketEntry
+
+Key = tuple[str, str, str, int]
+
+
+@dataclass
+class Look:
+    """One look at one namespace: each view's sockets by key, and the probe's ports."""
+
+    sockets: dict[str, dict[Key, SocketEntry]] = field(default_factory=dict)
+    read: dict[str, set[str]] = field(default_factory=dict)  # view -> protocols it read
+    ports: dict[str, set[int]] = field(default_factory=dict)  # transport -> ports in use
+    probed: dict[str, int] = field(default_factory=dict)  # transport -> ports asked
+
+    def add(self, view: str, protocol: str, entries: list[SocketEntry]) -> None:
+        self.sockets.setdefault(view, {}).update((e.key, e) for e in entries)
+        self.read.setdefault(view, set()).add(protocol)
+
+
+@dataclass(frozen=True)
+class Suspect:
+    entry: SocketEntry  # as the view that saw it showed it (a probe-only port: a bare entry)
+    seen_by: tuple[str, ...]
+    missing_from: tuple[str, ...]
+
+
+def _compared(entry: SocketEntry) -> bool:
+    return not (entry.protocol.startswith("tcp") and entry.state == "CLOSE")
+
+
+def _socket_verdicts(look: Look) -> dict[Key, Suspect]:
+    found: dict[Key, Suspect] = {}
+    views = list(look.sockets)
+    for view, entries in look.sockets.items():
+        others = [v for v in views if v != view]
+        for key, entry in entries.items():
+            if key in found or not _compared(entry):
+                continue
+            missing = tuple(
+                v for v in others if entry.protocol in look.read[v] and key not in look.sockets[v]
+            )
+            if missing:
+                seen = tuple(v for v in views if key in look.sockets[v])
+                found[key] = Suspect(entry, seen, missing)
+    return found
+
+
+def listed_ports(look: Look, transport: str) -> set[int]:
+    return {
+        e.local_port
+        for entries in look.sockets.values()
+        for e in entries.values()
+        if e.transport == transport and e.local_port
+    }
+
+
+def _port_verdicts(look: Look) -> dict[Key, Suspect]:
+    found: dict[Key, Suspect] = {}
+    for transport, used in look.ports.items():
+        missing = tuple(v for v, protocols in look.read.items() if transport in protocols)
+        for port in sorted(used - listed_ports(look, transport)):
+            entry = SocketEntry(transport, f"*:{port}", "", "IN_USE", 0, port)
+            found[(transport, entry.local, "", 0)] = Suspect(entry, (BIND_PROBE,), missing)
+    return found
+
+
+def disagreements(look: Look) -> dict[Key, Suspect]:
+    """Every socket one view lists and another lacks, and every port in use none lists."""
+    return {**_socket_verdicts(look), **_port_verdicts(look)}
+
+
+def settle(first: Look, again: Callable[[dict[Key, Suspect]], Look]) -> dict[Key, Suspect]:
+    """The suspects of the first look that a second look (taken only if there are any)
+    still disagrees on, with the second look's verdict: a socket that opened or closed
+    between two views is gone from the suspects by then."""
+    suspects = disagreements(first)
+    if not suspects:
+        return {}
+    second = disagreements(again(suspects))
+    return {key: verdict for key, verdict in second.items() if key in suspects}
+
+
+def counted(look: Look, view: str) -> dict[str, int]:
+    """protocol -> the sockets a view lists that sockstat's `inuse` counts."""
+    found: dict[str, int] = {}
+    for entry in look.sockets.get(view, {}).values():
+        if entry.counted:
+            found[entry.protocol] = found.get(entry.protocol, 0) + 1
+    return found
+
+
+__all__ = ["Key", "Look", "Suspect", "counted", "disagreements", "listed_ports", "settle"]

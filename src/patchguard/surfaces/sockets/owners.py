@@ -1,0 +1,105 @@
+"""Who holds each socket, and which network namespaces exist: read from /proc/<pid>.
+
+A socket fd reads `socket:[INODE]` through readlink of /proc/<pid>/fd/<n>; the inode is the
+one every socket view prints, so it ties a socket to its processes (one Owner per process,
+with its fd count). /proc/<pid>/ns/net and /run/netns/<name> are nsfs files whose inode names
+a network namespace; the same inode from several places is one namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from patchguard.kernel.errors import oserror_reason
+from patchguard.surfaces.sockets.records import Netns, Owner
+
+SOCKET_LINK = "socket:["
+RUN_NETNS = "/run/netns"
+
+
+@dataclass
+class OwnerMap:
+    """inode -> owners, pid -> netns inode, and the processes whose fds could not be read."""
+
+    owners: dict[int, list[Owner]] = field(default_factory=dict)
+    netns_of: dict[int, int] = field(default_factory=dict)
+    unreadable: dict[int, str] = field(default_factory=dict)  # pid -> why
+    comms: dict[int, str] = field(default_factory=dict)
+
+    def of(self, inode: int) -> tuple[Owner, ...]:
+        return tuple(self.owners.get(inode, ())) if inode else ()
+
+
+def _comm(proc: Path, pid: int) -> str:
+    try:
+        return (proc / str(pid) / "comm").read_text(errors="replace").rstrip("\n")
+    except OSError:
+        return ""
+
+
+def _socket_inodes(fd_dir: str) -> Counter[int]:
+    found: Counter[int] = Counter()
+    for name in os.listdir(fd_dir):
+        try:
+            link = os.readlink(f"{fd_dir}/{name}")
+        except FileNotFoundError:
+            continue  # closed since the listing; any other error: the fds are closed to us
+        if link.startswith(SOCKET_LINK):
+            found[int(link[len(SOCKET_LINK) : -1])] += 1
+    return found
+
+
+def _read_process(m: OwnerMap, proc: Path, pid: int) -> None:
+    # Exited, or its namespace closed to us: its fds say the same below.
+    with contextlib.suppress(OSError):
+        m.netns_of[pid] = os.stat(proc / str(pid) / "ns" / "net").st_ino
+    try:
+        inodes = _socket_inodes(f"{proc}/{pid}/fd")
+    except OSError as exc:
+        if (proc / str(pid)).exists():
+            m.unreadable[pid] = oserror_reason(exc)
+        return
+    if not inodes:
+        return
+    comm = m.comms[pid] = _comm(proc, pid)
+    for inode, fds in inodes.items():
+        m.owners.setdefault(inode, []).append(Owner(pid, comm, fds))
+
+
+def read_owners(proc: Path) -> OwnerMap:
+    """Every process's socket fds and network namespace, from /proc (a captured tree has
+    none: its map is empty)."""
+    m = OwnerMap()
+    for name in os.listdir(proc):
+        if name.isdigit():
+            _read_process(m, proc, int(name))
+    return m
+
+
+def named_netns(run_netns: Path) -> dict[int, list[str]]:
+    """The namespaces `ip netns add` keeps alive by a bind mount: inode -> names."""
+    found: dict[int, list[str]] = {}
+    try:
+        names = sorted(os.listdir(run_netns))
+    except OSError:
+        return found  # no /run/netns: no named namespace
+    for name in names:
+        try:
+            found.setdefault(os.stat(run_netns / name).st_ino, []).append(name)
+        except OSError:
+            continue  # removed since the listing, or not a namespace file
+    return found
+
+
+def namespaces(m: OwnerMap, named: dict[int, list[str]], own: int) -> list[Netns]:
+    """Every namespace a process is in or a name keeps, deduplicated by inode, own first."""
+    pids = Counter(m.netns_of.values())
+    inodes = sorted(set(pids) | set(named) | {own}, key=lambda i: (i != own, i))
+    return [Netns(i, tuple(named.get(i, ())), pids.get(i, 0), i == own) for i in inodes]
+
+
+__all__ = ["OwnerMap", "named_netns", "namespaces", "read_owners"]

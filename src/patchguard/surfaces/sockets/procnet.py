@@ -1,0 +1,138 @@
+"""Parsers of /proc/net/{tcp,tcp6,udp,udp6,raw,raw6,unix}: pure functions over text.
+
+The inet files print each address as the kernel holds it, in host byte order words
+(`%08X` of a __be32, four of them for IPv6) and the port as a host-order number; the unix
+file prints the socket's flags, type, state, inode and name ("@" for an abstract name).
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+from patchguard.surfaces.sockets.records import SocketEntry
+
+# include/net/tcp_states.h; udp and raw use ESTABLISHED (connected) and CLOSE (unconnected).
+TCP_STATES = {
+    1: "ESTABLISHED",
+    2: "SYN_SENT",
+    3: "SYN_RECV",
+    4: "FIN_WAIT1",
+    5: "FIN_WAIT2",
+    6: "TIME_WAIT",
+    7: "CLOSE",
+    8: "CLOSE_WAIT",
+    9: "LAST_ACK",
+    10: "LISTEN",
+    11: "CLOSING",
+    12: "NEW_SYN_RECV",
+}
+UNIX_STATES = {1: "UNCONNECTED", 2: "CONNECTING", 3: "CONNECTED", 4: "DISCONNECTING"}
+TIMEWAIT_TIMER = "03:"  # the tr column of a TIME_WAIT mini socket (get_timewait4_sock)
+SO_ACCEPTCON = 0x10000  # __SO_ACCEPTCON in the unix Flags column: a listening socket
+
+
+def state_name(protocol: str, state: int) -> str:
+    name = TCP_STATES.get(state, f"state {state}")
+    if protocol.startswith(("udp", "raw")):
+        return {1: "ESTABLISHED", 7: "UNCONN"}.get(state, name)
+    return name
+
+
+def _address(hex_addr: str) -> str:
+    raw = bytes.fromhex(hex_addr)
+    if sys.byteorder == "little":
+        # Each 32-bit word was printed as a host-order number: back to memory (network) order.
+        raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+
+
+def endpoint(field: str) -> tuple[str, int]:
+    """ "0100007F:1F90" -> ("127.0.0.1", 8080); the IPv6 form has 32 hex digits."""
+    hex_addr, _, hex_port = field.partition(":")
+    if len(hex_addr) not in (8, 32) or len(hex_port) != 4:
+        raise ValueError(f"not an address:port: {field[:60]!r}")
+    return _address(hex_addr), int(hex_port, 16)
+
+
+def joined(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _inet_line(protocol: str, line: str) -> SocketEntry:
+    fields = line.split()
+    if len(fields) < 10 or not fields[0].endswith(":"):
+        raise ValueError(f"not a socket line: {line.strip()[:80]!r}")
+    local, port = endpoint(fields[1])
+    remote, rport = endpoint(fields[2])
+    return SocketEntry(
+        protocol,
+        joined(local, port),
+        joined(remote, rport),
+        state_name(protocol, int(fields[3], 16)),
+        int(fields[9]),
+        port,
+        fields[5].startswith(TIMEWAIT_TIMER),
+    )
+
+
+def parse_inet(protocol: str, text: str) -> list[SocketEntry]:
+    """/proc/net/tcp and kin: a header line, then one line per socket."""
+    lines = text.splitlines()
+    if not lines or "local_address" not in lines[0]:
+        raise ValueError("no header line with local_address")
+    return [_inet_line(protocol, line) for line in lines[1:] if line.strip()]
+
+
+def _unix_line(line: str) -> SocketEntry:
+    fields = line.split(maxsplit=7)
+    if len(fields) < 7 or not fields[0].endswith(":"):
+        raise ValueError(f"not a unix socket line: {line.strip()[:80]!r}")
+    flags, state = int(fields[3], 16), int(fields[5], 16)
+    name = UNIX_STATES.get(state, f"state {state}")
+    return SocketEntry(
+        "unix",
+        fields[7] if len(fields) == 8 else "",
+        "",
+        "LISTEN" if flags & SO_ACCEPTCON else name,
+        int(fields[6]),
+    )
+
+
+def parse_unix(text: str) -> list[SocketEntry]:
+    """/proc/net/unix: Num RefCount Protocol Flags Type St Inode [Path]."""
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith("Num"):
+        raise ValueError("no header line starting with Num")
+    return [_unix_line(line) for line in lines[1:] if line.strip()]
+
+
+def parse_sockstat(text: str) -> dict[str, int]:
+    """/proc/net/sockstat and sockstat6: "TCP: inuse 3 orphan 0 ..." -> {"tcp": 3}; the
+    kernel's own count of hashed sockets, kept by the hashing code, not by any seq file."""
+    names = {"TCP": "tcp", "UDP": "udp", "TCP6": "tcp6", "UDP6": "udp6"}
+    found: dict[str, int] = {}
+    for line in text.splitlines():
+        label, _, rest = line.partition(":")
+        fields = rest.split()
+        if label in names and len(fields) >= 2 and fields[0] == "inuse":
+            if not fields[1].isdigit():
+                raise ValueError(f"not a count: {line[:80]!r}")
+            found[names[label]] = int(fields[1])
+    return found
+
+
+def parse(protocol: str, text: str) -> list[SocketEntry]:
+    return parse_unix(text) if protocol == "unix" else parse_inet(protocol, text)
+
+
+__all__ = [
+    "TCP_STATES",
+    "endpoint",
+    "joined",
+    "parse",
+    "parse_inet",
+    "parse_sockstat",
+    "parse_unix",
+    "state_name",
+]

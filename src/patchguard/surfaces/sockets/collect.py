@@ -55,6 +55,7 @@ class NsLook:
     gaps: list[tuple[str, str]] = field(default_factory=list)
     inuse: dict[str, int] = field(default_factory=dict)
     plan: dict[str, str] = field(default_factory=dict)
+    unprobed: str = "not needed: sockstat's counts match the views"
 
 
 def _read_bounded(path: str) -> str:
@@ -124,6 +125,8 @@ def look_live(mode: str, suspects: dict[Key, Suspect] | None = None) -> NsLook:
     ns.inuse = {p: min(n, after.get(p, n)) for p, n in before.items()}
     if suspects is None:
         ns.plan = probe.probe_plan(mode, ns.inuse, _listed(ns.look))
+        if mode == "none":
+            ns.unprobed = "not probed: probe mode none"
         _probe(ns, {t: list(probe.PORTS) for t in ns.plan})
     else:
         ports: dict[str, list[int]] = {}
@@ -135,7 +138,7 @@ def look_live(mode: str, suspects: dict[Key, Suspect] | None = None) -> NsLook:
 
 
 def look_captured(net_dir: str) -> NsLook:
-    ns = NsLook()
+    ns = NsLook(unprobed="not probed: a captured tree")
     _read_proc(ns, net_dir)
     return ns
 
@@ -207,9 +210,7 @@ def _summary(ns: Netns, first: NsLook, suspects: int) -> NetnsViews:
     def total(view: str) -> int | None:
         return len(look.sockets[view]) if view in look.sockets else None
 
-    why = "; ".join(f"{t}: {reason}" for t, reason in first.plan.items())
-    if not why:
-        why = "not needed: sockstat's counts match the views" if look.read else "not probed"
+    why = "; ".join(f"{t}: {reason}" for t, reason in first.plan.items()) or first.unprobed
     return NetnsViews(
         ns,
         total(PROC_NET),

@@ -74,9 +74,8 @@ def read_owners(proc: Path) -> OwnerMap:
     """Every process's socket fds and network namespace, from /proc (a captured tree has
     none: its map is empty)."""
     m = OwnerMap()
-    for name in os.listdir(proc):
-        if name.isdigit():
-            _read_process(m, proc, int(name))
+    for pid in sorted(int(name) for name in os.listdir(proc) if name.isdigit()):
+        _read_process(m, proc, pid)
     return m
 
 

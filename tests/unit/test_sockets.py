@@ -144,6 +144,13 @@ def test_a_socket_one_view_hides(view: str) -> None:
     assert found[hidden.key].seen_by == (other,) and found[hidden.key].missing_from == (view,)
 
 
+def test_the_probe_confirms_a_hidden_socket_port() -> None:
+    hidden = one("tcp", "127.0.0.1:8080", "LISTEN")
+    look = two_views(hidden)
+    look.ports["tcp"] = {8080}
+    assert disagreements(look)[hidden.key].seen_by == (SOCK_DIAG, BIND_PROBE)
+
+
 def test_a_view_that_did_not_read_a_protocol_is_not_blamed() -> None:
     look = two_views()
     look.add(PROC_NET, "raw", entries("raw"))  # sock_diag could not dump raw sockets

@@ -55,6 +55,8 @@ def _socket_verdicts(look: Look) -> dict[Key, Suspect]:
             )
             if missing:
                 seen = tuple(v for v in views if key in look.sockets[v])
+                if entry.local_port in look.ports.get(entry.transport, ()):
+                    seen += (BIND_PROBE,)  # its port refused the probe's bind too
                 found[key] = Suspect(entry, seen, missing)
     return found
 

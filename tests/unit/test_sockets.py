@@ -34,10 +34,11 @@ from patchguard.surfaces.sockets import (
     settle,
     shown,
 )
+from patchguard.surfaces.sockets.addresses import endpoint
 from patchguard.surfaces.sockets.crossview import counted
 from patchguard.surfaces.sockets.owners import OwnerMap, named_netns, namespaces, read_owners
 from patchguard.surfaces.sockets.probe import probe_plan
-from patchguard.surfaces.sockets.procnet import endpoint, parse, parse_sockstat
+from patchguard.surfaces.sockets.procnet import parse, parse_sockstat
 
 FC = Path(__file__).parent.parent / "fixtures/6.18-fc"
 NET = FC / "proc/net"
@@ -85,7 +86,7 @@ def test_tcp6_udp_raw() -> None:
 
 def test_unix_names_and_listening_flag() -> None:
     abstract = one("unix", "@patchguard-test")
-    assert abstract.state == "LISTEN" and abstract.key == ("unix", "", "", abstract.inode)
+    assert abstract.state == "LISTEN" and abstract.key == ("unix", abstract.inode)
     assert one("unix", "/tmp/pg-test.sock").state == "UNCONNECTED"
 
 
@@ -159,10 +160,21 @@ def test_a_view_that_did_not_read_a_protocol_is_not_blamed() -> None:
 
 def test_bound_only_tcp_socket_is_not_compared() -> None:
     look = two_views()
-    bound = SocketEntry("tcp", "127.0.0.1:7777", "0.0.0.0:0", "CLOSE", 4242, 7777)
+    bound = SocketEntry("tcp", "CLOSE", 4242, 7777, False, "0100007F:1E61", "00000000:0000")
     look.add(SOCK_DIAG, "tcp", [bound])  # sock_diag dumps it, /proc/net/tcp never prints it
     assert disagreements(look) == {}
     look.ports["tcp"] = {7777}  # and the probe's refused bind on it is explained by it
+    assert disagreements(look) == {}
+
+
+def test_time_wait_sockets_are_not_compared_but_explain_their_port() -> None:
+    waiting = next(e for e in entries("tcp") if e.timewait)
+    look = Look()
+    look.add(PROC_NET, "tcp", entries("tcp"))
+    look.add(SOCK_DIAG, "tcp", [e for e in entries("tcp") if e != waiting])
+    assert disagreements(look) == {}
+    assert look.timewaits[PROC_NET] == look.timewaits[SOCK_DIAG] + 1
+    look.ports["tcp"] = {waiting.local_port or 0}
     assert disagreements(look) == {}
 
 
@@ -170,15 +182,15 @@ def test_a_port_in_use_that_no_view_lists() -> None:
     look = two_views()
     look.ports = {"tcp": {8080, 9000, 31337}, "udp": {53}}
     found = disagreements(look)
-    assert list(found) == [("tcp", "*:31337", "", 0)]
-    suspect = found[("tcp", "*:31337", "", 0)]
+    assert list(found) == [("tcp", "*:31337")]
+    suspect = found[("tcp", "*:31337")]
     assert suspect.seen_by == (BIND_PROBE,) and suspect.missing_from == (PROC_NET, SOCK_DIAG)
     assert suspect.entry.local_port == 31337
 
 
 def test_settle_drops_a_socket_that_closed_between_views() -> None:
     listener = one("tcp", "127.0.0.1:8080", "LISTEN")
-    closed = dataclasses.replace(listener, local="127.0.0.1:9999", local_port=9999)
+    closed = listener._replace(inode=listener.inode + 1_000_000)
     first = two_views(listener)
     first.add(SOCK_DIAG, "tcp", [closed])  # in the dump, gone before /proc/net was read
     looks: list[int] = []
@@ -187,7 +199,7 @@ def test_settle_drops_a_socket_that_closed_between_views() -> None:
         looks.append(1)
         return two_views(listener)  # the hidden one is still hidden; the closed one is gone
 
-    confirmed = settle(first, again)
+    confirmed = settle(disagreements(first), again)
     assert list(confirmed) == [listener.key] and looks == [1]
 
 
@@ -195,7 +207,7 @@ def test_settle_takes_no_second_look_when_all_agree() -> None:
     def again(suspects: object) -> Look:
         raise AssertionError("no second look without suspects")
 
-    assert settle(two_views(), again) == {}
+    assert settle(disagreements(two_views()), again) == {}
 
 
 def test_counted_sockets_per_view() -> None:

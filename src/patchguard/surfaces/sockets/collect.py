@@ -3,7 +3,7 @@ at whatever the views disagree on, and the records of what survived it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +27,7 @@ from patchguard.surfaces.sockets.owners import (
     read_owners,
 )
 from patchguard.surfaces.sockets.records import (
+    BIND_PROBE,
     PROC_NET,
     PROTOCOLS,
     SOCK_DIAG,
@@ -66,8 +67,8 @@ def _read_bounded(path: str) -> str:
     return data.decode(errors="replace")
 
 
-def _read_proc(ns: NsLook, net_dir: str) -> None:
-    for protocol in PROTOCOLS:
+def _read_proc(ns: NsLook, net_dir: str, protocols: Sequence[str] = PROTOCOLS) -> None:
+    for protocol in protocols:
         path = f"{net_dir}/{protocol}"
         try:
             ns.look.add(PROC_NET, protocol, procnet.parse(protocol, _read_bounded(path)))
@@ -77,8 +78,8 @@ def _read_proc(ns: NsLook, net_dir: str) -> None:
             ns.gaps.append((f"{PROC_NET} {protocol}", f"{path}: unexpected content: {exc}"))
 
 
-def _read_diag(ns: NsLook) -> None:
-    for protocol in diag.DUMPED:
+def _read_diag(ns: NsLook, protocols: Sequence[str]) -> None:
+    for protocol in (p for p in protocols if p in diag.DUMPED):
         try:
             ns.look.add(SOCK_DIAG, protocol, diag.dump(protocol))
         except KernelAccessError as exc:
@@ -114,13 +115,25 @@ def _probe(ns: NsLook, ports: dict[str, list[int]]) -> None:
         ns.look.probed[transport] = len(asked)
 
 
+def _protocols_of(suspects: dict[Key, Suspect]) -> list[str]:
+    """What a second look reads again: the suspects' protocols (both families of a port the
+    probe alone found, whose listings decide whether it is listed)."""
+    wanted: set[str] = set()
+    for s in suspects.values():
+        e = s.entry
+        wanted |= {e.transport, e.transport + "6"} if s.seen_by == (BIND_PROBE,) else {e.protocol}
+    return [p for p in PROTOCOLS if p in wanted]
+
+
 def look_live(mode: str, suspects: dict[Key, Suspect] | None = None) -> NsLook:
     """Every view of the calling thread's namespace. A first look probes the port space as
-    the plan says; a second look probes only the ports of the first look's suspects."""
+    the plan says; a second look reads only the suspects' protocols and probes only their
+    ports."""
     ns, net_dir = NsLook(), netns.THREAD_NET
+    protocols = PROTOCOLS if suspects is None else _protocols_of(suspects)
     before = _sockstat(net_dir)
-    _read_proc(ns, net_dir)
-    _read_diag(ns)
+    _read_proc(ns, net_dir, protocols)
+    _read_diag(ns, protocols)
     after = _sockstat(net_dir)
     ns.inuse = {p: min(n, after.get(p, n)) for p, n in before.items()}
     if suspects is None:
@@ -185,7 +198,8 @@ def _listeners(r: _Reading, ns: Netns, look: Look) -> None:
         for key, e in entries.items():
             if e.state in LISTENING and not e.timewait and key not in seen:
                 seen[key] = e
-    r.sockets += len({k for entries in look.sockets.values() for k in entries})
+    r.sockets += len(set().union(*look.sockets.values()))
+    r.sockets += max(look.timewaits.values(), default=0)
     for e in sorted(seen.values(), key=lambda e: (e.protocol, e.local_port or 0, e.local)):
         owners = r.owners.of(e.inode)
         r.records.append(Listener(ns.inode, e.protocol, e.local, e.state, e.inode, owners))
@@ -208,7 +222,9 @@ def _summary(ns: Netns, first: NsLook, suspects: int) -> NetnsViews:
     look = first.look
 
     def total(view: str) -> int | None:
-        return len(look.sockets[view]) if view in look.sockets else None
+        if view not in look.sockets:
+            return None
+        return len(look.sockets[view]) + look.timewaits.get(view, 0)
 
     why = "; ".join(f"{t}: {reason}" for t, reason in first.plan.items()) or first.unprobed
     return NetnsViews(
@@ -226,13 +242,13 @@ def _one_namespace(r: _Reading, ns: Netns, mode: str) -> None:
     paths = _entry_paths(ns, r.owners, r.kernel.path("/proc"))
     try:
         first = _in(ns, paths, lambda: look_live(mode))
-        suspects = len(disagreements(first.look))
-        confirmed = settle(first.look, lambda s: _in(ns, paths, lambda: look_live(mode, s)).look)
+        suspects = disagreements(first.look)
+        confirmed = settle(suspects, lambda s: _in(ns, paths, lambda: look_live(mode, s)).look)
     except KernelAccessError as exc:
         r.gap(f"sockets in {ns.label}", str(exc))
         return
     _gaps(r, ns, first)
-    r.records.append(_summary(ns, first, suspects))
+    r.records.append(_summary(ns, first, len(suspects)))
     _listeners(r, ns, first.look)
     _hidden(r, ns, confirmed)
 

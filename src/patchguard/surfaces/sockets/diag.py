@@ -21,7 +21,7 @@ import struct
 from collections.abc import Iterator
 
 from patchguard.kernel.errors import KernelAccessError, explain_errno
-from patchguard.surfaces.sockets.procnet import UNIX_STATES, joined, state_name
+from patchguard.surfaces.sockets.procnet import TCP_STATES, UNIX_STATES, state_name
 from patchguard.surfaces.sockets.records import SocketEntry
 
 NETLINK_SOCK_DIAG = 4
@@ -79,20 +79,17 @@ def request(protocol: str) -> bytes:
     return bytes(msg.data)
 
 
-def _inet_entry(protocol: str, body: bytes) -> SocketEntry:
-    fam, state, timer, _, sport, dport, src, dst, *_, inode = INET_MSG.unpack_from(body)
-    size = 4 if fam == socket.AF_INET else 16
+def _inet_entry(protocol: str, states: dict[int, str], body: bytes) -> SocketEntry:
+    _, state, timer, _, sport, dport, src, dst, *_, inode = INET_MSG.unpack_from(body)
+    name = states.get(state) or f"state {state}"
     local_port, remote_port = int.from_bytes(sport, "big"), int.from_bytes(dport, "big")
-    local = joined(socket.inet_ntop(fam, src[:size]), local_port)
-    remote = joined(socket.inet_ntop(fam, dst[:size]), remote_port)
-    name = state_name(protocol, state)
-    return SocketEntry(protocol, local, remote, name, inode, local_port, timer == TIMEWAIT)
+    return SocketEntry(protocol, name, inode, local_port, timer == TIMEWAIT, src, dst, remote_port)
 
 
 def _unix_entry(body: bytes) -> SocketEntry:
     _, _, state, _, inode, _ = UNIX_MSG.unpack_from(body)
     name = "LISTEN" if state == TCP_LISTEN else UNIX_STATES.get(UNIX_DIAG_STATES.get(state, 0))
-    return SocketEntry("unix", "", "", name or f"state {state}", inode)
+    return SocketEntry("unix", name or f"state {state}", inode)
 
 
 def _errno(body: bytes | memoryview) -> int:
@@ -121,6 +118,7 @@ def _messages(sock: socket.socket, protocol: str) -> Iterator[tuple[int, int, by
 def _dump(sock: socket.socket, protocol: str) -> list[SocketEntry]:
     sock.send(request(protocol))
     entries: list[SocketEntry] = []
+    states = {n: state_name(protocol, n) for n in TCP_STATES}
     for kind, flags, body in _messages(sock, protocol):
         if kind == NLMSG_ERROR:
             raise KernelAccessError(f"sock_diag {protocol}", explain_errno(_errno(body)))
@@ -128,7 +126,9 @@ def _dump(sock: socket.socket, protocol: str) -> list[SocketEntry]:
             raise DumpInterrupted(protocol)
         if len(entries) >= MAX_SOCKETS:
             raise KernelAccessError(f"sock_diag {protocol}", f"more than {MAX_SOCKETS} sockets")
-        entries.append(_unix_entry(body) if protocol == "unix" else _inet_entry(protocol, body))
+        entries.append(
+            _unix_entry(body) if protocol == "unix" else _inet_entry(protocol, states, body)
+        )
     return entries
 
 

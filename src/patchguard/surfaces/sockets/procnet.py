@@ -7,9 +7,7 @@ file prints the socket's flags, type, state, inode and name ("@" for an abstract
 
 from __future__ import annotations
 
-import socket
-import sys
-
+from patchguard.surfaces.sockets.addresses import endpoint, joined
 from patchguard.surfaces.sockets.records import SocketEntry
 
 # include/net/tcp_states.h; udp and raw use ESTABLISHED (connected) and CLOSE (unconnected).
@@ -32,48 +30,39 @@ TIMEWAIT_TIMER = "03:"  # the tr column of a TIME_WAIT mini socket (get_timewait
 SO_ACCEPTCON = 0x10000  # __SO_ACCEPTCON in the unix Flags column: a listening socket
 
 
+_DATAGRAM_STATES = {**TCP_STATES, 1: "ESTABLISHED", 7: "UNCONN"}
+# The st column as printed ("%02X"), straight to a name: no int() per line.
+_HEX_STATES = {
+    False: {f"{n:02X}": name for n, name in TCP_STATES.items()},
+    True: {f"{n:02X}": name for n, name in _DATAGRAM_STATES.items()},
+}
+
+
 def state_name(protocol: str, state: int) -> str:
-    name = TCP_STATES.get(state, f"state {state}")
-    if protocol.startswith(("udp", "raw")):
-        return {1: "ESTABLISHED", 7: "UNCONN"}.get(state, name)
-    return name
+    names = _DATAGRAM_STATES if protocol.startswith(("udp", "raw")) else TCP_STATES
+    return names.get(state) or f"state {state}"
 
 
-def _address(hex_addr: str) -> str:
-    raw = bytes.fromhex(hex_addr)
-    if sys.byteorder == "little":
-        # Each 32-bit word was printed as a host-order number: back to memory (network) order.
-        raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
-
-
-def endpoint(field: str) -> tuple[str, int]:
-    """ "0100007F:1F90" -> ("127.0.0.1", 8080); the IPv6 form has 32 hex digits."""
-    hex_addr, _, hex_port = field.partition(":")
-    if len(hex_addr) not in (8, 32) or len(hex_port) != 4:
+def _port(field: str) -> int:
+    """The port of "0100007F:1F90", after checking the whole field is address:port in hex."""
+    if len(field) not in (13, 37) or field[-5] != ":":
         raise ValueError(f"not an address:port: {field[:60]!r}")
-    return _address(hex_addr), int(hex_port, 16)
+    int(field[:-5], 16)
+    return int(field[-4:], 16)
 
 
-def joined(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _inet_line(protocol: str, line: str) -> SocketEntry:
+def _inet_line(protocol: str, states: dict[str, str], line: str) -> SocketEntry:
     fields = line.split()
     if len(fields) < 10 or not fields[0].endswith(":"):
         raise ValueError(f"not a socket line: {line.strip()[:80]!r}")
-    local, port = endpoint(fields[1])
-    remote, rport = endpoint(fields[2])
-    return SocketEntry(
-        protocol,
-        joined(local, port),
-        joined(remote, rport),
-        state_name(protocol, int(fields[3], 16)),
-        int(fields[9]),
-        port,
-        fields[5].startswith(TIMEWAIT_TIMER),
-    )
+    try:
+        local, remote = fields[1], fields[2]
+        port, remote_port, inode = _port(local), _port(remote), int(fields[9])
+    except ValueError as exc:
+        raise ValueError(f"{exc} in {line.strip()[:80]!r}") from None
+    state = states.get(fields[3]) or f"state {fields[3]}"
+    timewait = fields[5].startswith(TIMEWAIT_TIMER)
+    return SocketEntry(protocol, state, inode, port, timewait, local, remote, remote_port)
 
 
 def parse_inet(protocol: str, text: str) -> list[SocketEntry]:
@@ -81,7 +70,8 @@ def parse_inet(protocol: str, text: str) -> list[SocketEntry]:
     lines = text.splitlines()
     if not lines or "local_address" not in lines[0]:
         raise ValueError("no header line with local_address")
-    return [_inet_line(protocol, line) for line in lines[1:] if line.strip()]
+    states = _HEX_STATES[protocol.startswith(("udp", "raw"))]
+    return [_inet_line(protocol, states, line) for line in lines[1:] if line.strip()]
 
 
 def _unix_line(line: str) -> SocketEntry:
@@ -90,13 +80,9 @@ def _unix_line(line: str) -> SocketEntry:
         raise ValueError(f"not a unix socket line: {line.strip()[:80]!r}")
     flags, state = int(fields[3], 16), int(fields[5], 16)
     name = UNIX_STATES.get(state, f"state {state}")
-    return SocketEntry(
-        "unix",
-        fields[7] if len(fields) == 8 else "",
-        "",
-        "LISTEN" if flags & SO_ACCEPTCON else name,
-        int(fields[6]),
-    )
+    state_text = "LISTEN" if flags & SO_ACCEPTCON else name
+    path = fields[7] if len(fields) == 8 else ""
+    return SocketEntry("unix", state_text, int(fields[6]), local_addr=path)
 
 
 def parse_unix(text: str) -> list[SocketEntry]:

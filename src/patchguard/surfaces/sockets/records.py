@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
+
+from patchguard.surfaces.sockets.addresses import proc_form, spelled
+
+Key = tuple[str | int, ...]  # (protocol, inode) or (protocol, local, remote) as /proc/net prints
 
 # The views, by the kernel path each one takes.
 PROC_NET = "proc_net"  # /proc/net/{tcp,tcp6,udp,udp6,raw,raw6,unix}: the *_seq_show functions
@@ -38,17 +43,43 @@ class Netns:
         return f"net:[{self.inode}]{named}"
 
 
-@dataclass(frozen=True)
-class SocketEntry:
-    """One socket as one view showed it; identity is `key`, the rest is description."""
+class SocketEntry(NamedTuple):
+    """One socket as one view showed it: a row of a view, not a record (there are as many
+    as sockets, so it is a tuple, built at C speed, with its address spelled only on demand).
+    Identity is `key`."""
 
-    protocol: str  # one of PROTOCOLS
-    local: str  # "127.0.0.1:80", "[::1]:53", a unix path ("@name" if abstract), or ""
-    remote: str
-    state: str  # LISTEN, ESTABLISHED, ... (unix: LISTEN, CONNECTED, UNCONNECTED, ...)
+    protocol: str  # one of PROTOCOLS ("tcp"/"udp" alone for a port only the probe found)
+    state: str  # LISTEN, ESTABLISHED, ... (udp/raw: UNCONN; unix: CONNECTED, ...)
     inode: int  # 0 for TIME_WAIT, request and orphaned sockets
     local_port: int | None = None  # inet only
     timewait: bool = False  # a TIME_WAIT mini socket (timer 3): not counted as in use
+    local_addr: str | bytes = ""  # as the view holds it (addresses.spelled); unix: its name
+    remote_addr: str | bytes = ""
+    remote_port: int = 0
+
+    @property
+    def local(self) -> str:
+        return spelled(self.protocol, self.local_addr, self.local_port)
+
+    @property
+    def remote(self) -> str:
+        if self.protocol == "unix" or (not self.remote_addr and not self.remote_port):
+            return ""
+        return spelled(self.protocol, self.remote_addr, self.remote_port)
+
+    @property
+    def key(self) -> Key:
+        # A socket inode names one socket; only sockets without one (TIME_WAIT, requests,
+        # orphans) are told apart by their addresses, in /proc/net's form whichever view
+        # read them.
+        if self.inode or self.protocol == "unix":
+            return (self.protocol, self.inode)
+        local = proc_form(self.protocol, self.local_addr, self.local_port)
+        return (self.protocol, local, proc_form(self.protocol, self.remote_addr, self.remote_port))
+
+    @property
+    def transport(self) -> str:
+        return self.protocol.rstrip("6")
 
     @property
     def counted(self) -> bool:
@@ -57,18 +88,6 @@ class SocketEntry:
         if self.protocol.startswith("udp"):
             return True
         return not self.timewait and self.state not in ("SYN_RECV", "NEW_SYN_RECV", "CLOSE")
-
-    @property
-    def key(self) -> tuple[str, str, str, int]:
-        # Unix names differ in spelling between the views (abstract names, deleted paths):
-        # the inode alone names a unix socket.
-        if self.protocol == "unix":
-            return (self.protocol, "", "", self.inode)
-        return (self.protocol, self.local, self.remote, self.inode)
-
-    @property
-    def transport(self) -> str:
-        return self.protocol.rstrip("6")
 
 
 @dataclass(frozen=True)

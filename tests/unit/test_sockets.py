@@ -9,13 +9,17 @@ tree, and the finding."""
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import os
+import socket
 from pathlib import Path
 
 import pytest
 
 from patchguard.engine.findings import Disposition, Severity
 from patchguard.kernel import Kernel
+from patchguard.kernel.bpf_insn import BPF_EXIT, BPF_JMP, decode
+from patchguard.kernel.btf import Btf
 from patchguard.surfaces.base import Status
 from patchguard.surfaces.sockets import (
     BIND_PROBE,
@@ -39,6 +43,12 @@ from patchguard.surfaces.sockets.crossview import counted
 from patchguard.surfaces.sockets.owners import OwnerMap, named_netns, namespaces, read_owners
 from patchguard.surfaces.sockets.probe import probe_plan
 from patchguard.surfaces.sockets.procnet import parse, parse_sockstat
+from patchguard.surfaces.sockets.sock_iter import (
+    RECORD,
+    SockOffsets,
+    parse_records,
+    sock_iter_program,
+)
 
 FC = Path(__file__).parent.parent / "fixtures/6.18-fc"
 NET = FC / "proc/net"
@@ -273,7 +283,7 @@ def test_collect_on_captured_tree() -> None:
     )
     assert ("unix", "@patchguard-test") in listeners
     assert state.status is Status.PARTIAL and [g.what for g in state.gaps] == [
-        "sock_diag, bind probe and other namespaces"
+        "sock_diag, BPF socket iterators, bind probe and other namespaces"
     ]
     assert surface.assess(state) == [] and state.counts["hidden"] == 0
 
@@ -324,3 +334,81 @@ def test_probe_only_finding() -> None:
 
 def test_shown_makes_control_characters_visible() -> None:
     assert shown("a\nb\x1b") == "a\\x0ab\\x1b" and shown("plain") == "plain"
+
+
+# --- the BPF socket iterators: offsets, program, records ----------------------------------------
+
+VMLINUX = FC / "sys/kernel/btf/vmlinux.gz"
+
+
+@pytest.fixture(scope="module")
+def vmlinux() -> Btf:
+    return Btf.parse(gzip.decompress(VMLINUX.read_bytes()))
+
+
+def test_sock_offsets_from_btf(vmlinux: Btf) -> None:
+    off = SockOffsets.from_btf(vmlinux)
+    # struct sock_common on 6.18 (pahole): daddr 0, rcv_saddr 4, dport 12, num 14, family 16,
+    # state 18, v6_daddr 56, v6_rcv_saddr 72; sock.sk_ino 608; socket_alloc.vfs_inode 128 +
+    # inode.i_ino 64.
+    assert (off.daddr, off.saddr, off.dport, off.num, off.family, off.state) == (
+        0,
+        4,
+        12,
+        14,
+        16,
+        18,
+    )
+    assert (off.v6_daddr, off.v6_saddr, off.sk_ino, off.socket_ino) == (56, 72, 608, 192)
+
+
+@pytest.mark.parametrize("cached_inode", [True, False])
+def test_sock_iter_program_jumps_land_on_the_exit(vmlinux: Btf, cached_inode: bool) -> None:
+    off = SockOffsets.from_btf(vmlinux)
+    if not cached_inode:
+        off = dataclasses.replace(off, sk_ino=None)
+    insns = decode(sock_iter_program(off, 3, 4))
+    exit_at = len(insns) - 1
+    assert insns[-1][0] == BPF_JMP | BPF_EXIT
+    jumps = [(i, o) for i, (code, *_rest, o, _imm) in enumerate(insns) if code & 0x07 == BPF_JMP
+             and code not in (BPF_JMP | BPF_EXIT, BPF_JMP | 0x80)]  # fmt: skip
+    assert jumps and all(i + 1 + o == exit_at - 1 for i, o in jumps)  # r0 = 0; exit
+
+
+def test_sock_iter_records() -> None:
+    lo4, any4 = socket.inet_pton(socket.AF_INET, "127.0.0.1"), bytes(4)
+    lo6 = socket.inet_pton(socket.AF_INET6, "::1")
+    raw = b"".join(
+        [
+            RECORD.pack(77, socket.AF_INET, 8080, b"\0\0", 10, lo4, any4, bytes(16), bytes(16)),
+            RECORD.pack(0, socket.AF_INET, 8080, b"\xd4\x31", 6, lo4, lo4, bytes(16), bytes(16)),
+            RECORD.pack(78, socket.AF_INET6, 53, b"\0\x35", 1, any4, any4, lo6, lo6),
+        ]
+    )
+    tcp = parse_records("tcp", raw[: 2 * RECORD.size])
+    assert [(e.protocol, e.local, e.state, e.inode, e.timewait) for e in tcp] == [
+        ("tcp", "127.0.0.1:8080", "LISTEN", 77, False),
+        ("tcp", "127.0.0.1:8080", "TIME_WAIT", 0, True),
+    ]
+    assert tcp[1].remote == "127.0.0.1:54321"
+    (udp6,) = parse_records("udp", raw[2 * RECORD.size :])
+    assert (udp6.protocol, udp6.local, udp6.remote, udp6.state) == (
+        "udp6", "[::1]:53", "[::1]:53", "ESTABLISHED",
+    )  # fmt: skip
+    unix = RECORD.pack(99, socket.AF_UNIX, 0, b"\0\0", 10, any4, any4, bytes(16), bytes(16))
+    assert parse_records("unix", unix) == [SocketEntry("unix", "LISTEN", 99)]
+
+
+def test_iterator_rows_key_like_the_proc_rows() -> None:
+    """A socket without an inode is told apart by addresses in /proc/net's form, whichever
+    view read it: the iterator's bytes give the captured file's spelling."""
+    waiting = next(e for e in entries("tcp") if e.inode == 0)
+    host, port = waiting.local.rsplit(":", 1)
+    rhost, rport = waiting.remote.rsplit(":", 1)
+    raw = RECORD.pack(
+        0, socket.AF_INET, int(port), int(rport).to_bytes(2, "big"), 6,
+        socket.inet_pton(socket.AF_INET, host), socket.inet_pton(socket.AF_INET, rhost),
+        bytes(16), bytes(16),
+    )  # fmt: skip
+    (walked,) = parse_records("tcp", raw)
+    assert walked.key == waiting.key

@@ -24,6 +24,7 @@ from patchguard.surfaces.sockets.assess import assess_records, shown
 from patchguard.surfaces.sockets.crossview import Look, Suspect, disagreements, settle
 from patchguard.surfaces.sockets.records import (
     BIND_PROBE,
+    BPF_SOCK_ITER,
     PROC_NET,
     SOCK_DIAG,
     HiddenSocket,
@@ -37,6 +38,7 @@ from patchguard.surfaces.sockets.surface import SocketsSurface
 
 __all__ = [
     "BIND_PROBE",
+    "BPF_SOCK_ITER",
     "PROC_NET",
     "SOCK_DIAG",
     "HiddenSocket",

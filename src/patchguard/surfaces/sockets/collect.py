@@ -28,6 +28,7 @@ from patchguard.surfaces.sockets.owners import (
 )
 from patchguard.surfaces.sockets.records import (
     BIND_PROBE,
+    BPF_SOCK_ITER,
     PROC_NET,
     PROTOCOLS,
     SOCK_DIAG,
@@ -37,6 +38,7 @@ from patchguard.surfaces.sockets.records import (
     NetnsViews,
     SocketEntry,
 )
+from patchguard.surfaces.sockets.sock_iter import SocketIterators, open_iterators
 
 if TYPE_CHECKING:
     from patchguard.kernel import Kernel
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
 SURFACE = "sockets"
 MAX_FILE = 256 << 20  # a /proc/net file larger than this is refused, not read into memory
 SOCKSTAT = ("sockstat", "sockstat6")
-NOT_LIVE = "only the live kernel answers sock_diag, bind(2) and setns(2)"
+NOT_LIVE = "only the live kernel answers sock_diag, bpf(2), bind(2) and setns(2)"
 LISTENING = ("LISTEN", "UNCONN")
 
 
@@ -125,7 +127,25 @@ def _protocols_of(suspects: dict[Key, Suspect]) -> list[str]:
     return [p for p in PROTOCOLS if p in wanted]
 
 
-def look_live(mode: str, suspects: dict[Key, Suspect] | None = None) -> NsLook:
+def _read_iterators(ns: NsLook, iters: SocketIterators | None, protocols: Sequence[str]) -> None:
+    if iters is None:
+        return
+    for target in iters.links:
+        wanted = [p for p in protocols if p.rstrip("6") == target]
+        if not wanted:
+            continue
+        try:
+            walked = iters.walk(target)
+        except (KernelAccessError, OSError) as exc:
+            ns.gaps.append((f"{BPF_SOCK_ITER} {target}", str(exc)))
+            continue
+        for protocol in wanted:
+            ns.look.add(BPF_SOCK_ITER, protocol, [e for e in walked if e.protocol == protocol])
+
+
+def look_live(
+    mode: str, iters: SocketIterators | None = None, suspects: dict[Key, Suspect] | None = None
+) -> NsLook:
     """Every view of the calling thread's namespace. A first look probes the port space as
     the plan says; a second look reads only the suspects' protocols and probes only their
     ports."""
@@ -134,6 +154,7 @@ def look_live(mode: str, suspects: dict[Key, Suspect] | None = None) -> NsLook:
     before = _sockstat(net_dir)
     _read_proc(ns, net_dir, protocols)
     _read_diag(ns, protocols)
+    _read_iterators(ns, iters, protocols)
     after = _sockstat(net_dir)
     ns.inuse = {p: min(n, after.get(p, n)) for p, n in before.items()}
     if suspects is None:
@@ -185,6 +206,20 @@ def _in(ns: Netns, paths: list[str], work: Callable[[], NsLook]) -> NsLook:
 class _Reading(Reading):
     owners: OwnerMap = field(default_factory=OwnerMap)
     sockets: int = 0
+    iterators: SocketIterators | None = None
+
+
+def _open_iterators(r: _Reading) -> None:
+    try:
+        r.iterators = open_iterators(r.kernel.vmlinux_btf)
+    except (KernelAccessError, OSError) as exc:
+        r.gap("BPF socket iterators", str(exc))
+        return
+    # Our own programs and maps: the ebpf surface, collected beside this one, leaves them out.
+    r.kernel.own_prog_ids.update(r.iterators.prog_ids)
+    r.kernel.own_map_ids.update(r.iterators.map_ids)
+    for target, why in r.iterators.refused.items():
+        r.gap(f"BPF socket iterator {target}", why)
 
 
 def _gaps(r: _Reading, ns: Netns, look: NsLook) -> None:
@@ -231,6 +266,7 @@ def _summary(ns: Netns, first: NsLook, suspects: int) -> NetnsViews:
         ns,
         total(PROC_NET),
         total(SOCK_DIAG),
+        total(BPF_SOCK_ITER),
         sum(look.probed.values()),
         sum(len(p) for p in look.ports.values()),
         why,
@@ -240,10 +276,12 @@ def _summary(ns: Netns, first: NsLook, suspects: int) -> NetnsViews:
 
 def _one_namespace(r: _Reading, ns: Netns, mode: str) -> None:
     paths = _entry_paths(ns, r.owners, r.kernel.path("/proc"))
+    iters = r.iterators
     try:
-        first = _in(ns, paths, lambda: look_live(mode))
+        first = _in(ns, paths, lambda: look_live(mode, iters))
         suspects = disagreements(first.look)
-        confirmed = settle(suspects, lambda s: _in(ns, paths, lambda: look_live(mode, s)).look)
+        again = lambda s: _in(ns, paths, lambda: look_live(mode, iters, s)).look  # noqa: E731
+        confirmed = settle(suspects, again)
     except KernelAccessError as exc:
         r.gap(f"sockets in {ns.label}", str(exc))
         return
@@ -259,7 +297,7 @@ def read_sockets(kernel: Kernel, mode: str) -> _Reading:
         ns = Netns(0, (), 0, True)
         first = look_captured(str(kernel.path("/proc/net")))
         _gaps(r, ns, first)
-        r.gap("sock_diag, bind probe and other namespaces", NOT_LIVE)
+        r.gap("sock_diag, BPF socket iterators, bind probe and other namespaces", NOT_LIVE)
         if first.look.read:
             r.records.append(_summary(ns, first, 0))
             _listeners(r, ns, first.look)
@@ -269,8 +307,13 @@ def read_sockets(kernel: Kernel, mode: str) -> _Reading:
         pids = ", ".join(f"{p}: {why}" for p, why in sorted(r.owners.unreadable.items())[:5])
         r.gap("socket owners", f"/proc/<pid>/fd of {len(r.owners.unreadable)} processes ({pids})")
     own = netns.current_netns()
-    for ns in namespaces(r.owners, named_netns(Path(RUN_NETNS)), own):
-        _one_namespace(r, ns, mode)
+    _open_iterators(r)
+    try:
+        for ns in namespaces(r.owners, named_netns(Path(RUN_NETNS)), own):
+            _one_namespace(r, ns, mode)
+    finally:
+        if r.iterators is not None:
+            r.iterators.close()
     return r
 
 

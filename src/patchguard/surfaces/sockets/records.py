@@ -12,6 +12,7 @@ Key = tuple[str | int, ...]  # (protocol, inode) or (protocol, local, remote) as
 # The views, by the kernel path each one takes.
 PROC_NET = "proc_net"  # /proc/net/{tcp,tcp6,udp,udp6,raw,raw6,unix}: the *_seq_show functions
 SOCK_DIAG = "sock_diag"  # NETLINK_SOCK_DIAG: inet_diag_dump / unix_diag_dump, no seq file
+BPF_SOCK_ITER = "bpf_sock_iter"  # bpf_iter_tcp/udp/unix into a map: no seq file at all
 BIND_PROBE = "bind_probe"  # bind(2) refused with EADDRINUSE: the kernel's bind hash
 
 INET = ("tcp", "tcp6", "udp", "udp6")
@@ -109,6 +110,7 @@ class NetnsViews:
     netns: Netns
     proc_net: int | None  # sockets in /proc/net; None where it could not be read
     sock_diag: int | None
+    bpf_sock_iter: int | None
     probed_ports: int  # ports bind(2) was tried on (per transport summed); 0: not probed
     ports_in_use: int
     probe: str  # why the port space was or was not probed

@@ -14,9 +14,9 @@ Namespaces: every one a process is in (/proc/<pid>/ns/net) or a name keeps (/run
 deduplicated by inode; each is read from a short-lived thread that entered it (netns.py).
 
 Modules: records (what is recorded), addresses (spelling them), procnet (the /proc/net
-parsers), diag (sock_diag dumps), sock_iter (the BPF iterators), probe (the bind probe and when it runs), owners (fds and namespaces from /proc),
-netns (running a read inside a namespace), crossview (the comparison, pure), collect, assess,
-surface (SocketsSurface).
+parsers), diag (sock_diag dumps), sock_iter (the BPF iterators), probe (the bind probe and
+when it runs), owners (fds and namespaces from /proc), netns (running a read inside a
+namespace), crossview (the comparison, pure), collect, assess, surface (SocketsSurface).
 """
 
 from __future__ import annotations

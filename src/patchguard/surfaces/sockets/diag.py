@@ -21,7 +21,7 @@ import struct
 from collections.abc import Iterator
 
 from patchguard.kernel.errors import KernelAccessError, explain_errno
-from patchguard.surfaces.sockets.procnet import TCP_STATES, UNIX_STATES, state_name
+from patchguard.surfaces.sockets.procnet import UNIX_STATES, state_name
 from patchguard.surfaces.sockets.records import SocketEntry
 
 NETLINK_SOCK_DIAG = 4
@@ -79,56 +79,77 @@ def request(protocol: str) -> bytes:
     return bytes(msg.data)
 
 
-def _inet_entry(protocol: str, states: dict[int, str], body: bytes) -> SocketEntry:
-    _, state, timer, _, sport, dport, src, dst, *_, inode = INET_MSG.unpack_from(body)
-    name = states.get(state) or f"state {state}"
-    local_port, remote_port = int.from_bytes(sport, "big"), int.from_bytes(dport, "big")
-    return SocketEntry(protocol, name, inode, local_port, timer == TIMEWAIT, src, dst, remote_port)
+def _inet_entries(protocol: str, buf: bytearray, bodies: list[int]) -> list[SocketEntry]:
+    """The rows of one batch of inet_diag_msg (one comprehension: there is one per socket)."""
+    names = {n: state_name(protocol, n) for n in range(256)}
+    unpack = INET_MSG.unpack_from
+    return [
+        SocketEntry(
+            protocol,
+            names[st],
+            ino,
+            sp[0] << 8 | sp[1],
+            tm == TIMEWAIT,
+            src,
+            dst,
+            dp[0] << 8 | dp[1],
+        )
+        for _, st, tm, _, sp, dp, src, dst, _, _, _, _, _, _, ino in (
+            unpack(buf, b) for b in bodies
+        )
+    ]
 
 
-def _unix_entry(body: bytes) -> SocketEntry:
-    _, _, state, _, inode, _ = UNIX_MSG.unpack_from(body)
-    name = "LISTEN" if state == TCP_LISTEN else UNIX_STATES.get(UNIX_DIAG_STATES.get(state, 0))
-    return SocketEntry("unix", name or f"state {state}", inode)
+def _unix_entries(buf: bytearray, bodies: list[int]) -> list[SocketEntry]:
+    found = []
+    for body in bodies:
+        _, _, state, _, inode, _ = UNIX_MSG.unpack_from(buf, body)
+        name = "LISTEN" if state == TCP_LISTEN else UNIX_STATES.get(UNIX_DIAG_STATES.get(state, 0))
+        found.append(SocketEntry("unix", name or f"state {state}", inode))
+    return found
 
 
-def _errno(body: bytes | memoryview) -> int:
-    return -int(struct.unpack_from("=i", body)[0])
+def _errno(buf: bytearray, at: int) -> int:
+    return -int(struct.unpack_from("=i", buf, at)[0])
 
 
-def _messages(sock: socket.socket, protocol: str) -> Iterator[tuple[int, int, bytes]]:
-    """(type, flags, body) of every reply message up to NLMSG_DONE."""
+def _batches(sock: socket.socket, protocol: str) -> Iterator[tuple[bytearray, list[int]]]:
+    """Each received buffer with the offsets of the socket messages in it, up to NLMSG_DONE
+    (the buffer is reused: each batch is read before the next is asked for)."""
     buf = bytearray(RECV_SIZE)
+    where = f"sock_diag {protocol}"
     while True:
-        size = sock.recv_into(buf)
-        view, at = memoryview(buf)[:size], 0
+        size, at = sock.recv_into(buf), 0
+        bodies: list[int] = []
         while at + NLMSG.size <= size:
-            length, kind, flags, _, _ = NLMSG.unpack_from(view, at)
+            length, kind, flags, _, _ = NLMSG.unpack_from(buf, at)
             if length < NLMSG.size:
-                raise KernelAccessError(f"sock_diag {protocol}", "malformed netlink reply")
+                raise KernelAccessError(where, "malformed netlink reply")
             if kind == NLMSG_DONE:
                 # A dump the kernel cannot make (no raw_diag built) ends at once with -errno.
-                if length >= NLMSG.size + 4 and (err := _errno(view[at + NLMSG.size :])):
-                    raise KernelAccessError(f"sock_diag {protocol}", explain_errno(err))
+                if length >= NLMSG.size + 4 and (err := _errno(buf, at + NLMSG.size)):
+                    raise KernelAccessError(where, explain_errno(err))
+                yield buf, bodies
                 return
-            yield kind, flags, bytes(view[at + NLMSG.size : at + length])
+            if kind == NLMSG_ERROR:
+                raise KernelAccessError(where, explain_errno(_errno(buf, at + NLMSG.size)))
+            if flags & NLM_F_DUMP_INTR:
+                raise DumpInterrupted(protocol)
+            bodies.append(at + NLMSG.size)
             at += (length + 3) & ~3
+        yield buf, bodies
 
 
 def _dump(sock: socket.socket, protocol: str) -> list[SocketEntry]:
     sock.send(request(protocol))
     entries: list[SocketEntry] = []
-    states = {n: state_name(protocol, n) for n in TCP_STATES}
-    for kind, flags, body in _messages(sock, protocol):
-        if kind == NLMSG_ERROR:
-            raise KernelAccessError(f"sock_diag {protocol}", explain_errno(_errno(body)))
-        if flags & NLM_F_DUMP_INTR:
-            raise DumpInterrupted(protocol)
-        if len(entries) >= MAX_SOCKETS:
+    for buf, bodies in _batches(sock, protocol):
+        if protocol == "unix":
+            entries += _unix_entries(buf, bodies)
+        else:
+            entries += _inet_entries(protocol, buf, bodies)
+        if len(entries) > MAX_SOCKETS:
             raise KernelAccessError(f"sock_diag {protocol}", f"more than {MAX_SOCKETS} sockets")
-        entries.append(
-            _unix_entry(body) if protocol == "unix" else _inet_entry(protocol, states, body)
-        )
     return entries
 
 

@@ -43,13 +43,18 @@ def _comm(proc: Path, pid: int) -> str:
 
 def _socket_inodes(fd_dir: str) -> Counter[int]:
     found: Counter[int] = Counter()
-    for name in os.listdir(fd_dir):
-        try:
-            link = os.readlink(f"{fd_dir}/{name}")
-        except FileNotFoundError:
-            continue  # closed since the listing; any other error: the fds are closed to us
-        if link.startswith(SOCKET_LINK):
-            found[int(link[len(SOCKET_LINK) : -1])] += 1
+    # readlink relative to the open directory: the kernel resolves one name, not five.
+    dir_fd = os.open(fd_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in os.listdir(dir_fd):
+            try:
+                link = os.readlink(name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                continue  # closed since the listing; any other error: the fds are closed to us
+            if link.startswith(SOCKET_LINK):
+                found[int(link[len(SOCKET_LINK) : -1])] += 1
+    finally:
+        os.close(dir_fd)
     return found
 
 

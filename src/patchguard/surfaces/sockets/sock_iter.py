@@ -242,29 +242,33 @@ def _state(protocol: str, state: int) -> str:
     return state_name(protocol, state)
 
 
+def _unix_records(data: bytes) -> list[SocketEntry]:
+    return [
+        SocketEntry("unix", _state("unix", state), inode)
+        for inode, _, _, _, state, *_ in RECORD.iter_unpack(data)
+    ]
+
+
 def parse_records(target: str, data: bytes) -> list[SocketEntry]:
-    """What the program wrote, slot after slot, as the other views' rows."""
-    found = []
-    for inode, family, num, dport, state, s4, d4, s6, d6 in RECORD.iter_unpack(data):
-        v6 = family == socket.AF_INET6
-        protocol = target if target == "unix" else target + ("6" if v6 else "")
-        if protocol == "unix":
-            found.append(SocketEntry("unix", _state("unix", state), inode))
-            continue
-        timewait = protocol.startswith("tcp") and state == TIME_WAIT
-        found.append(
-            SocketEntry(
-                protocol,
-                _state(protocol, state),
-                inode,
-                num,
-                timewait,
-                s6 if v6 else s4,
-                d6 if v6 else d4,
-                int.from_bytes(dport, "big"),
-            )
+    """What the program wrote, slot after slot, as the other views' rows (one comprehension:
+    there is one per socket)."""
+    if target == "unix":
+        return _unix_records(data)
+    v4, v6, tcp, inet6 = target, target + "6", target == "tcp", socket.AF_INET6
+    names = {n: state_name(target, n) for n in range(256)}
+    return [
+        SocketEntry(
+            v6 if family == inet6 else v4,
+            names[state],
+            inode,
+            num,
+            tcp and state == TIME_WAIT,
+            s6 if family == inet6 else s4,
+            d6 if family == inet6 else d4,
+            (dport[0] << 8) | dport[1],
         )
-    return found
+        for inode, family, num, dport, state, s4, d4, s6, d6 in RECORD.iter_unpack(data)
+    ]
 
 
 # --- loading and walking ------------------------------------------------------------------------

@@ -249,6 +249,7 @@ def test_owners_from_fd_links(tmp_path: Path) -> None:
     assert owners.of(500) == (Owner(10, "d\x1b[31m10", 2), Owner(11, "d\x1b[31m11", 1))
     assert owners.of(0) == () and owners.of(501) == ()
     assert list(owners.unreadable) == [12]
+    assert owners.unreadable[12].startswith("fd: ")
 
 
 def test_namespaces_deduplicated_by_inode(tmp_path: Path) -> None:
@@ -330,6 +331,12 @@ def test_probe_only_finding() -> None:
     (finding,) = assess_records([probe_only])
     assert finding.subject == "tcp port 31337 in net:[4026532001] (blue)"
     assert "EADDRINUSE" in finding.summary and "proc_net, sock_diag" in finding.summary
+
+
+def test_unnamed_unix_socket_finding() -> None:
+    unix = hidden(protocol="unix", local="", remote="", state="LISTEN", port=None)
+    (finding,) = assess_records([unix])
+    assert finding.subject == "unix inode 777 in net:[4026532001] (blue)"
 
 
 def test_shown_makes_control_characters_visible() -> None:

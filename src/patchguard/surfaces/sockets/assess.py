@@ -25,7 +25,8 @@ def _owners(owners: Sequence[Owner]) -> str:
 
 
 def _subject(h: HiddenSocket) -> str:
-    where = f"port {h.port}" if h.inode == 0 and BIND_PROBE in h.seen_by else shown(h.local)
+    # A unix socket only sock_diag saw has no name: its inode then.
+    where = f"port {h.port}" if h.seen_by == (BIND_PROBE,) else shown(h.local) or f"inode {h.inode}"
     return f"{h.protocol} {where} in {h.netns.label}"
 
 

@@ -305,7 +305,8 @@ def read_sockets(kernel: Kernel, mode: str) -> _Reading:
     r.owners = read_owners(kernel.path("/proc"))
     if r.owners.unreadable:
         pids = ", ".join(f"{p}: {why}" for p, why in sorted(r.owners.unreadable.items())[:5])
-        r.gap("socket owners", f"/proc/<pid>/fd of {len(r.owners.unreadable)} processes ({pids})")
+        count = len(r.owners.unreadable)
+        r.gap("socket owners and namespaces", f"/proc/<pid> of {count} processes: {pids}")
     own = netns.current_netns()
     _open_iterators(r)
     try:

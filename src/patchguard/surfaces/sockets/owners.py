@@ -8,7 +8,6 @@ a network namespace; the same inode from several places is one namespace.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -59,14 +58,19 @@ def _socket_inodes(fd_dir: str) -> Counter[int]:
 
 
 def _read_process(m: OwnerMap, proc: Path, pid: int) -> None:
-    # Exited, or its namespace closed to us: its fds say the same below.
-    with contextlib.suppress(OSError):
+    try:
         m.netns_of[pid] = os.stat(proc / str(pid) / "ns" / "net").st_ino
+    except FileNotFoundError:
+        if not (proc / str(pid)).exists():
+            return  # exited
+    except OSError as exc:
+        # Closed to us: a namespace only such processes are in would be missed, so say so.
+        m.unreadable[pid] = f"ns/net: {oserror_reason(exc)}"
     try:
         inodes = _socket_inodes(f"{proc}/{pid}/fd")
     except OSError as exc:
         if (proc / str(pid)).exists():
-            m.unreadable[pid] = oserror_reason(exc)
+            m.unreadable.setdefault(pid, f"fd: {oserror_reason(exc)}")
         return
     if not inodes:
         return

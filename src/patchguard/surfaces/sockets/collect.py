@@ -156,19 +156,28 @@ def look_live(
     _read_diag(ns, protocols)
     _read_iterators(ns, iters, protocols)
     after = _sockstat(net_dir)
+    # A socket counted in both reads of sockstat was there while the views were read.
     ns.inuse = {p: min(n, after.get(p, n)) for p, n in before.items()}
     if suspects is None:
-        ns.plan = probe.probe_plan(mode, ns.inuse, _listed(ns.look))
-        if mode == "none":
-            ns.unprobed = "not probed: probe mode none"
-        _probe(ns, {t: list(probe.PORTS) for t in ns.plan})
+        _probe_as_planned(ns, mode)
     else:
-        ports: dict[str, list[int]] = {}
-        for s in suspects.values():
-            if s.entry.local_port and s.entry.transport in probe.TYPES:
-                ports.setdefault(s.entry.transport, []).append(s.entry.local_port)
-        _probe(ns, ports)
+        _probe(ns, _suspect_ports(suspects))
     return ns
+
+
+def _probe_as_planned(ns: NsLook, mode: str) -> None:
+    ns.plan = probe.probe_plan(mode, ns.inuse, _listed(ns.look))
+    if mode == "none":
+        ns.unprobed = "not probed: probe mode none"
+    _probe(ns, {transport: list(probe.PORTS) for transport in ns.plan})
+
+
+def _suspect_ports(suspects: dict[Key, Suspect]) -> dict[str, list[int]]:
+    ports: dict[str, list[int]] = {}
+    for s in suspects.values():
+        if s.entry.local_port and s.entry.transport in probe.TYPES:
+            ports.setdefault(s.entry.transport, []).append(s.entry.local_port)
+    return ports
 
 
 def look_captured(net_dir: str) -> NsLook:
@@ -227,14 +236,18 @@ def _gaps(r: _Reading, ns: Netns, look: NsLook) -> None:
         r.gap(f"{what} in {ns.label}", reason)
 
 
+def _count(r: _Reading, look: Look) -> None:
+    """Sockets any view listed, and the TIME_WAIT ones of the view that listed the most."""
+    r.sockets += len(set().union(*look.sockets.values()))
+    r.sockets += max(look.timewaits.values(), default=0)
+
+
 def _listeners(r: _Reading, ns: Netns, look: Look) -> None:
     seen: dict[Key, SocketEntry] = {}
     for entries in look.sockets.values():
         for key, e in entries.items():
             if e.state in LISTENING and not e.timewait and key not in seen:
                 seen[key] = e
-    r.sockets += len(set().union(*look.sockets.values()))
-    r.sockets += max(look.timewaits.values(), default=0)
     for e in sorted(seen.values(), key=lambda e: (e.protocol, e.local_port or 0, e.local)):
         owners = r.owners.of(e.inode)
         r.records.append(Listener(ns.inode, e.protocol, e.local, e.state, e.inode, owners))
@@ -277,36 +290,50 @@ def _summary(ns: Netns, first: NsLook, suspects: int) -> NetnsViews:
 def _one_namespace(r: _Reading, ns: Netns, mode: str) -> None:
     paths = _entry_paths(ns, r.owners, r.kernel.path("/proc"))
     iters = r.iterators
+
+    def again(suspects: dict[Key, Suspect]) -> Look:
+        return _in(ns, paths, lambda: look_live(mode, iters, suspects)).look
+
     try:
         first = _in(ns, paths, lambda: look_live(mode, iters))
         suspects = disagreements(first.look)
-        again = lambda s: _in(ns, paths, lambda: look_live(mode, iters, s)).look  # noqa: E731
         confirmed = settle(suspects, again)
     except KernelAccessError as exc:
         r.gap(f"sockets in {ns.label}", str(exc))
         return
     _gaps(r, ns, first)
     r.records.append(_summary(ns, first, len(suspects)))
+    _count(r, first.look)
     _listeners(r, ns, first.look)
     _hidden(r, ns, confirmed)
+
+
+def _read_captured(r: _Reading) -> None:
+    """A captured tree: its /proc/net files, the only view a tree can hold."""
+    ns = Netns(0, (), 0, True)
+    first = look_captured(str(r.kernel.path("/proc/net")))
+    _gaps(r, ns, first)
+    r.gap("sock_diag, BPF socket iterators, bind probe and other namespaces", NOT_LIVE)
+    if first.look.read:
+        r.records.append(_summary(ns, first, 0))
+        _count(r, first.look)
+        _listeners(r, ns, first.look)
+
+
+def _read_owners(r: _Reading) -> None:
+    r.owners = read_owners(r.kernel.path("/proc"))
+    if r.owners.unreadable:
+        pids = ", ".join(f"{p}: {why}" for p, why in sorted(r.owners.unreadable.items())[:5])
+        count = len(r.owners.unreadable)
+        r.gap("socket owners and namespaces", f"/proc/<pid> of {count} processes: {pids}")
 
 
 def read_sockets(kernel: Kernel, mode: str) -> _Reading:
     r = _Reading(SURFACE, kernel)
     if not kernel.live:
-        ns = Netns(0, (), 0, True)
-        first = look_captured(str(kernel.path("/proc/net")))
-        _gaps(r, ns, first)
-        r.gap("sock_diag, BPF socket iterators, bind probe and other namespaces", NOT_LIVE)
-        if first.look.read:
-            r.records.append(_summary(ns, first, 0))
-            _listeners(r, ns, first.look)
+        _read_captured(r)
         return r
-    r.owners = read_owners(kernel.path("/proc"))
-    if r.owners.unreadable:
-        pids = ", ".join(f"{p}: {why}" for p, why in sorted(r.owners.unreadable.items())[:5])
-        count = len(r.owners.unreadable)
-        r.gap("socket owners and namespaces", f"/proc/<pid> of {count} processes: {pids}")
+    _read_owners(r)
     own = netns.current_netns()
     _open_iterators(r)
     try:

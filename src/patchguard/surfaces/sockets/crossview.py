@@ -1,10 +1,10 @@
 """The cross-view: pure functions over what the views of one namespace saw.
 
-Two views list sockets (proc_net, sock_diag); they are compared socket by socket over the
-protocols both read. The bind probe knows only ports: a port it finds in use that no view
-lists a socket on is hidden from every view. TCP sockets only bound (state CLOSE) are dumped
-by sock_diag since 6.7 but never printed in /proc/net/tcp: they are not compared between the
-two, though their ports count as listed for the probe.
+Three views list sockets (proc_net, sock_diag, bpf_sock_iter); each pair is compared socket
+by socket over the protocols both read. The bind probe knows only ports: a port it finds in
+use that no view lists a socket on is hidden from every view. TCP sockets only bound (state
+CLOSE) are dumped by sock_diag on recent kernels but never printed in /proc/net/tcp nor walked
+by bpf_iter_tcp: they are not compared, though their ports count as listed for the probe.
 """
 
 from __future__ import annotations

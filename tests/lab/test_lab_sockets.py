@@ -45,6 +45,16 @@ def test_clean_guest_hides_no_socket(guest: Results) -> None:
     assert [o["pid"] for o in ours["owners"]] == [guest["listener"]]
 
 
+def test_a_port_only_bound_is_explained_by_its_holder(guest: Results) -> None:
+    """6.1's sock_diag cannot dump a TCP socket only bound: with every port probed, its port
+    is in use and unlisted, a suspect twice; its holder (pidfd_getfd) explains it."""
+    done = guest["probe_all"]
+    assert done["findings"] == [], done
+    (views,) = done["views"]
+    assert views["probed_ports"] == 2 * 65535 and views["ports_in_use"] >= 2
+    assert views["suspects"] >= 1  # the bound-only port
+
+
 def test_hidden_socket_is_named_by_the_cross_view(guest: Results) -> None:
     finding = one(guest, "scan_hidden", technique="hidden-socket")
     assert (finding["severity"], finding["disposition"]) == ("high", "tampering")

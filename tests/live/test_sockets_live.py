@@ -40,6 +40,7 @@ from patchguard.surfaces.sockets import (
     NetnsViews,
     SocketsSurface,
 )
+from patchguard.surfaces.sockets.holders import HeldSocket, held_socket
 
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
 
@@ -227,3 +228,38 @@ def test_socket_hidden_from_proc_net_is_named(lab: Lab, request: pytest.FixtureR
     assert evidence["missing_from"] == [PROC_NET]
     assert f"pid {lab.child}" in finding["summary"] and lab.name in finding["subject"]
     case(request, finding["summary"])
+
+
+HOLD = r"""
+import socket, time
+bound = socket.socket()
+bound.bind(("127.0.0.1", 0))
+listening = socket.socket()
+listening.bind(("127.0.0.1", 0))
+listening.listen()
+udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+udp.bind(("::1", 0))
+for s in (bound, listening, udp):
+    print(s.fileno(), s.getsockname()[1], flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_held_socket_asked_through_pidfd_getfd(request: pytest.FixtureRequest) -> None:
+    """The holder of a port only the probe finds is asked directly: a copy of its fd."""
+    child = subprocess.Popen([sys.executable, "-c", HOLD], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        (b_fd, b_port), (l_fd, l_port), (u_fd, u_port) = (
+            map(int, child.stdout.readline().split()) for _ in range(3)
+        )
+        found = [held_socket(child.pid, fd, fd) for fd in (b_fd, l_fd, u_fd)]
+    finally:
+        child.kill()  # our own child, by its pid
+        child.wait()
+    assert found == [
+        HeldSocket(b_fd, "tcp", b_port, True),
+        HeldSocket(l_fd, "tcp", l_port, False),
+        HeldSocket(u_fd, "udp", u_port, False),
+    ]
+    case(request, "bound-only, listening and UDP sockets of a child told apart through its fds")

@@ -170,7 +170,9 @@ def test_a_view_that_did_not_read_a_protocol_is_not_blamed() -> None:
 
 def test_bound_only_tcp_socket_is_not_compared() -> None:
     look = two_views()
-    bound = SocketEntry("tcp", "CLOSE", 4242, 7777, False, "0100007F:1E61", "00000000:0000")
+    bound = SocketEntry(
+        "tcp", "BOUND_INACTIVE", 4242, 7777, False, "0100007F:1E61", "00000000:0000"
+    )
     look.add(SOCK_DIAG, "tcp", [bound])  # sock_diag dumps it, /proc/net/tcp never prints it
     assert disagreements(look) == {}
     look.ports["tcp"] = {7777}  # and the probe's refused bind on it is explained by it

@@ -19,6 +19,7 @@ from patchguard.surfaces.sockets.crossview import (
     disagreements,
     settle,
 )
+from patchguard.surfaces.sockets.holders import HeldSocket, holders
 from patchguard.surfaces.sockets.owners import (
     RUN_NETNS,
     OwnerMap,
@@ -36,6 +37,7 @@ from patchguard.surfaces.sockets.records import (
     Listener,
     Netns,
     NetnsViews,
+    Owner,
     SocketEntry,
 )
 from patchguard.surfaces.sockets.sock_iter import SocketIterators, open_iterators
@@ -216,6 +218,8 @@ class _Reading(Reading):
     owners: OwnerMap = field(default_factory=OwnerMap)
     sockets: int = 0
     iterators: SocketIterators | None = None
+    listed_inodes: set[int] = field(default_factory=set)  # by any view, in any namespace
+    confirmed: list[tuple[Netns, Suspect]] = field(default_factory=list)
 
 
 def _open_iterators(r: _Reading) -> None:
@@ -253,17 +257,51 @@ def _listeners(r: _Reading, ns: Netns, look: Look) -> None:
         r.records.append(Listener(ns.inode, e.protocol, e.local, e.state, e.inode, owners))
 
 
-def _hidden(r: _Reading, ns: Netns, suspects: dict[Key, Suspect]) -> None:
-    if suspects:
-        r.owners = read_owners(r.kernel.path("/proc"))  # a socket newer than the first walk
-    for s in suspects.values():
-        e = s.entry
-        r.records.append(
-            HiddenSocket(
-                ns, e.protocol, e.local, e.remote, e.state, e.inode,
-                s.seen_by, s.missing_from, r.owners.of(e.inode), e.local_port,
-            )
-        )  # fmt: skip
+def _hidden(r: _Reading, ns: Netns, s: Suspect, owners: tuple[Owner, ...], inode: int) -> None:
+    e = s.entry
+    r.records.append(
+        HiddenSocket(
+            ns, e.protocol, e.local, e.remote, e.state, inode,
+            s.seen_by, s.missing_from, owners, e.local_port,
+        )
+    )  # fmt: skip
+
+
+def _probe_only_holders(r: _Reading) -> dict[tuple[str, int], list[HeldSocket]]:
+    """The unlisted sockets processes hold on the ports only the probe found (holders.py)."""
+    wanted = {
+        (s.entry.transport, s.entry.local_port or 0)
+        for _, s in r.confirmed
+        if s.seen_by == (BIND_PROBE,)
+    }
+    if not wanted:
+        return {}
+    candidates = [
+        (inode, pid, fd)
+        for inode, (pid, fd) in r.owners.fd_of.items()
+        if inode not in r.listed_inodes
+    ]
+    return holders(candidates, wanted)
+
+
+def _records_of_hidden(r: _Reading) -> None:
+    """A record for each confirmed suspect, with its owners read afresh (a socket may be
+    newer than the first walk); a port only the probe found is tied to the socket holding it,
+    and dropped if that is a TCP socket only bound (which no view lists before 6.7)."""
+    if not r.confirmed:
+        return
+    r.owners = read_owners(r.kernel.path("/proc"))
+    held = _probe_only_holders(r)
+    for ns, s in r.confirmed:
+        if s.seen_by != (BIND_PROBE,):
+            _hidden(r, ns, s, r.owners.of(s.entry.inode), s.entry.inode)
+            continue
+        sockets = held.get((s.entry.transport, s.entry.local_port or 0), [])
+        hiding = [h for h in sockets if not h.bound_only]
+        if sockets and not hiding:
+            continue  # explained: a TCP socket bound, neither listening nor connected
+        owners = tuple(o for h in hiding for o in r.owners.of(h.inode))
+        _hidden(r, ns, s, owners, hiding[0].inode if hiding else 0)
 
 
 def _summary(ns: Netns, first: NsLook, suspects: int) -> NetnsViews:
@@ -305,7 +343,9 @@ def _one_namespace(r: _Reading, ns: Netns, mode: str) -> None:
     r.records.append(_summary(ns, first, len(suspects)))
     _count(r, first.look)
     _listeners(r, ns, first.look)
-    _hidden(r, ns, confirmed)
+    for entries in first.look.sockets.values():
+        r.listed_inodes.update(e.inode for e in entries.values())
+    r.confirmed += [(ns, s) for s in confirmed.values()]
 
 
 def _read_captured(r: _Reading) -> None:
@@ -342,6 +382,7 @@ def read_sockets(kernel: Kernel, mode: str) -> _Reading:
     finally:
         if r.iterators is not None:
             r.iterators.close()
+    _records_of_hidden(r)
     return r
 
 

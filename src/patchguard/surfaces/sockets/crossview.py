@@ -3,7 +3,7 @@
 Three views list sockets (proc_net, sock_diag, bpf_sock_iter); each pair is compared socket
 by socket over the protocols both read. The bind probe knows only ports: a port it finds in
 use that no view lists a socket on is hidden from every view. TCP sockets only bound (state
-CLOSE) are dumped by sock_diag on recent kernels but never printed in /proc/net/tcp nor walked
+BOUND_INACTIVE) are dumped by sock_diag since 6.7 but never printed in /proc/net/tcp nor walked
 by bpf_iter_tcp: they are not compared, though their ports count as listed for the probe.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from patchguard.surfaces.sockets.procnet import BOUND_ONLY
 from patchguard.surfaces.sockets.records import BIND_PROBE, Key, SocketEntry
 
 
@@ -51,7 +52,7 @@ class Suspect:
 
 
 def _compared(entry: SocketEntry) -> bool:
-    return not (entry.protocol.startswith("tcp") and entry.state == "CLOSE")
+    return not (entry.protocol.startswith("tcp") and entry.state in BOUND_ONLY)
 
 
 def _socket_verdicts(look: Look) -> dict[Key, Suspect]:

@@ -33,7 +33,9 @@ NLMSG = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 # dst, if, cookie, expires, rqueue, wqueue, uid, inode
 INET_MSG = struct.Struct("=BBBB2s2s16s16sIQIIIII")
 UNIX_MSG = struct.Struct("=BBBBIQ")  # struct unix_diag_msg: family, type, state, pad, ino, cookie
-ALL_STATES = 0xFFF  # every TCP state bit, 1 << TCP_ESTABLISHED .. 1 << TCP_NEW_SYN_RECV
+# Every TCP state bit up to TCP_BOUND_INACTIVE (13), the pseudo state in which kernels since
+# 6.7 dump TCP sockets only bound (older kernels ignore the bit).
+ALL_STATES = (1 << 14) - 1
 MAX_SOCKETS = 4_000_000  # per dump: memory stays bounded whatever the kernel sends
 RECV_SIZE = 1 << 20
 UNIX_DIAG_STATES = {1: 3, 2: 2, 7: 1}  # sk_state -> the /proc/net/unix St column

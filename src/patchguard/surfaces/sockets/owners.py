@@ -28,6 +28,7 @@ class OwnerMap:
     netns_of: dict[int, int] = field(default_factory=dict)
     unreadable: dict[int, str] = field(default_factory=dict)  # pid -> why
     comms: dict[int, str] = field(default_factory=dict)
+    fd_of: dict[int, tuple[int, int]] = field(default_factory=dict)  # inode -> one (pid, fd)
 
     def of(self, inode: int) -> tuple[Owner, ...]:
         return tuple(self.owners.get(inode, ())) if inode else ()
@@ -40,8 +41,9 @@ def _comm(proc: Path, pid: int) -> str:
         return ""
 
 
-def _socket_inodes(fd_dir: str) -> Counter[int]:
-    found: Counter[int] = Counter()
+def _socket_fds(fd_dir: str) -> dict[int, list[int]]:
+    """inode -> the fd numbers of a process that hold that socket."""
+    found: dict[int, list[int]] = {}
     # readlink relative to the open directory: the kernel resolves one name, not five.
     dir_fd = os.open(fd_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -51,7 +53,7 @@ def _socket_inodes(fd_dir: str) -> Counter[int]:
             except FileNotFoundError:
                 continue  # closed since the listing; any other error: the fds are closed to us
             if link.startswith(SOCKET_LINK):
-                found[int(link[len(SOCKET_LINK) : -1])] += 1
+                found.setdefault(int(link[len(SOCKET_LINK) : -1]), []).append(int(name))
     finally:
         os.close(dir_fd)
     return found
@@ -67,7 +69,7 @@ def _read_process(m: OwnerMap, proc: Path, pid: int) -> None:
         # Closed to us: a namespace only such processes are in would be missed, so say so.
         m.unreadable[pid] = f"ns/net: {oserror_reason(exc)}"
     try:
-        inodes = _socket_inodes(f"{proc}/{pid}/fd")
+        inodes = _socket_fds(f"{proc}/{pid}/fd")
     except OSError as exc:
         if (proc / str(pid)).exists():
             m.unreadable.setdefault(pid, f"fd: {oserror_reason(exc)}")
@@ -76,7 +78,8 @@ def _read_process(m: OwnerMap, proc: Path, pid: int) -> None:
         return
     comm = m.comms[pid] = _comm(proc, pid)
     for inode, fds in inodes.items():
-        m.owners.setdefault(inode, []).append(Owner(pid, comm, fds))
+        m.owners.setdefault(inode, []).append(Owner(pid, comm, len(fds)))
+        m.fd_of.setdefault(inode, (pid, fds[0]))
 
 
 def read_owners(proc: Path) -> OwnerMap:

@@ -24,7 +24,9 @@ TCP_STATES = {
     10: "LISTEN",
     11: "CLOSING",
     12: "NEW_SYN_RECV",
+    13: "BOUND_INACTIVE",  # sock_diag only: a TCP socket bound, neither listening nor connected
 }
+BOUND_ONLY = ("CLOSE", "BOUND_INACTIVE")  # TCP states of a socket only bound
 UNIX_STATES = {1: "UNCONNECTED", 2: "CONNECTING", 3: "CONNECTED", 4: "DISCONNECTING"}
 TIMEWAIT_TIMER = "03:"  # the tr column of a TIME_WAIT mini socket (get_timewait4_sock)
 SO_ACCEPTCON = 0x10000  # __SO_ACCEPTCON in the unix Flags column: a listening socket

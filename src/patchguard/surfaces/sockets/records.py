@@ -88,7 +88,8 @@ class SocketEntry(NamedTuple):
         connect; not TIME_WAIT or request sockets, not TCP sockets only bound (CLOSE)."""
         if self.protocol.startswith("udp"):
             return True
-        return not self.timewait and self.state not in ("SYN_RECV", "NEW_SYN_RECV", "CLOSE")
+        uncounted = ("SYN_RECV", "NEW_SYN_RECV", "CLOSE", "BOUND_INACTIVE")
+        return not self.timewait and self.state not in uncounted
 
 
 @dataclass(frozen=True)

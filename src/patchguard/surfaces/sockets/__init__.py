@@ -15,7 +15,8 @@ deduplicated by inode; each is read from a short-lived thread that entered it (n
 
 Modules: records (what is recorded), addresses (spelling them), procnet (the /proc/net
 parsers), diag (sock_diag dumps), sock_iter (the BPF iterators), probe (the bind probe and
-when it runs), owners (fds and namespaces from /proc), netns (running a read inside a
+when it runs), holders (the socket behind a port only the probe finds), owners (fds and
+namespaces from /proc), netns (running a read inside a
 namespace), crossview (the comparison, pure), collect, assess, surface (SocketsSurface).
 """
 

@@ -138,6 +138,7 @@ def test_listener_in_another_namespace_with_its_owner(
     ]
     views = views_of(state, lab.inode)
     assert views.netns.names == (lab.name,) and not views.netns.own
+    assert os.stat("/proc/thread-self/ns/net").st_ino == lab.own_inode  # never left ours
     assert views.proc_net == views.sock_diag == 1 and views.suspects == 0
     refused = any(g.what.startswith("BPF socket iterator") for g in state.gaps)
     assert views.bpf_sock_iter == (None if refused else 1)  # walked in that namespace

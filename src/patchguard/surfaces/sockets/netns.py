@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from patchguard.kernel.errors import KernelAccessError, explain_errno
+from patchguard.kernel.errors import KernelAccessError, explain_errno, oserror_reason
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
@@ -49,7 +49,7 @@ def run_in(path: str, inode: int, work: Callable[[], T]) -> T:
         try:
             _enter(path, inode)
             result.append(work())
-        except (OSError, KernelAccessError) as exc:
+        except Exception as exc:  # handed to the caller's thread, raised there
             failed.append(exc)
 
     thread = threading.Thread(target=body, name=f"netns-{inode}")
@@ -57,9 +57,9 @@ def run_in(path: str, inode: int, work: Callable[[], T]) -> T:
     thread.join()
     if failed:
         exc = failed[0]
-        if isinstance(exc, KernelAccessError):
-            raise exc
-        raise KernelAccessError(f"net:[{inode}] via {path}", str(exc)) from exc
+        if isinstance(exc, OSError):
+            raise KernelAccessError(f"net:[{inode}] via {path}", oserror_reason(exc)) from exc
+        raise exc
     return result[0]
 
 

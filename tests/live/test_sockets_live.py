@@ -24,11 +24,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from patchguard.engine.findings import Finding
 from patchguard.kernel import Kernel
+from patchguard.kernel.errors import KernelAccessError
 from patchguard.surfaces.base import SurfaceState
 from patchguard.surfaces.sockets import (
     BIND_PROBE,
@@ -38,9 +40,12 @@ from patchguard.surfaces.sockets import (
     HiddenSocket,
     Listener,
     NetnsViews,
+    Owner,
     SocketsSurface,
 )
+from patchguard.surfaces.sockets.fd_iter import FdIterator
 from patchguard.surfaces.sockets.holders import HeldSocket, held_socket
+from patchguard.surfaces.sockets.owners import read_owners
 
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
 
@@ -264,3 +269,28 @@ def test_a_held_socket_asked_through_pidfd_getfd(request: pytest.FixtureRequest)
         HeldSocket(u_fd, "udp", u_port, False),
     ]
     case(request, "bound-only, listening and UDP sockets of a child told apart through its fds")
+
+
+def test_task_file_iterator_gives_the_owner_map_of_proc(
+    lab: Lab, request: pytest.FixtureRequest
+) -> None:
+    """The owners the BPF task-file iterator finds are /proc/<pid>/fd's: compared for this
+    process and the namespace's listener (other processes on a shared machine open and close
+    sockets between the two reads)."""
+    try:
+        iterator = FdIterator(Kernel().vmlinux_btf)
+    except KernelAccessError as exc:
+        pytest.skip(f"the kernel refuses the task-file iterator: {exc}")
+    try:
+        walked = read_owners(Path("/proc"), iterator.walk())
+    finally:
+        iterator.close()
+    listed = read_owners(Path("/proc"))
+    ours = {os.getpid(), lab.child}
+
+    def pairs(owners: dict[int, list[Owner]]) -> set[tuple[int, int, int]]:
+        return {(i, o.pid, o.fds) for i, os_ in owners.items() for o in os_ if o.pid in ours}
+
+    assert pairs(walked.owners) == pairs(listed.owners)
+    assert lab.child in {pid for _, pid, _ in pairs(walked.owners)}
+    case(request, f"{len(walked.owners)} socket inodes: the same owners as /proc/<pid>/fd")

@@ -40,6 +40,7 @@ from patchguard.surfaces.sockets import (
 )
 from patchguard.surfaces.sockets.addresses import endpoint
 from patchguard.surfaces.sockets.crossview import counted
+from patchguard.surfaces.sockets.fd_iter import FileOffsets, fd_iter_program
 from patchguard.surfaces.sockets.owners import OwnerMap, named_netns, namespaces, read_owners
 from patchguard.surfaces.sockets.probe import probe_plan
 from patchguard.surfaces.sockets.procnet import parse, parse_sockstat
@@ -421,3 +422,18 @@ def test_iterator_rows_key_like_the_proc_rows() -> None:
     )  # fmt: skip
     (walked,) = parse_records("tcp", raw)
     assert walked.key == waiting.key
+
+
+def test_file_offsets_from_btf(vmlinux: Btf) -> None:
+    # struct file.f_inode 32, struct inode i_mode 0 and i_ino 64, task_struct.tgid 1268 (6.18)
+    assert FileOffsets.from_btf(vmlinux) == FileOffsets(32, 0, 64, 1268)
+
+
+def test_fd_iter_program_jumps_land_on_the_exit(vmlinux: Btf) -> None:
+    insns = decode(fd_iter_program(FileOffsets.from_btf(vmlinux), 3, 4))
+    exit_at = len(insns) - 1
+    jumps = [(i, o) for i, (code, *_rest, o, _imm) in enumerate(insns) if code & 0x07 == BPF_JMP
+             and code not in (BPF_JMP | BPF_EXIT, BPF_JMP | 0x80)]  # fmt: skip
+    assert len(jumps) == 7 and all(i + 1 + o == exit_at - 1 for i, o in jumps)
+    # the socket test: i_mode & S_IFMT != S_IFSOCK leaves the file out
+    assert any(code == BPF_JMP | 0x50 and imm == 0o140000 for code, _, _, _, imm in insns)

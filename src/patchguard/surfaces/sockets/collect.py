@@ -3,12 +3,14 @@ at whatever the views disagree on, and the records of what survived it."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from patchguard.kernel.errors import KernelAccessError, oserror_reason
+from patchguard.surfaces.processes import in_child_pid_namespace
 from patchguard.surfaces.reading import Reading
 from patchguard.surfaces.sockets import diag, netns, probe, procnet
 from patchguard.surfaces.sockets.crossview import (
@@ -19,6 +21,7 @@ from patchguard.surfaces.sockets.crossview import (
     disagreements,
     settle,
 )
+from patchguard.surfaces.sockets.fd_iter import FdIterator
 from patchguard.surfaces.sockets.holders import HeldSocket, holders
 from patchguard.surfaces.sockets.owners import (
     RUN_NETNS,
@@ -218,11 +221,28 @@ class _Reading(Reading):
     owners: OwnerMap = field(default_factory=OwnerMap)
     sockets: int = 0
     iterators: SocketIterators | None = None
+    fd_iterator: FdIterator | None = None
     listed_inodes: set[int] = field(default_factory=set)  # by any view, in any namespace
     confirmed: list[tuple[Netns, Suspect]] = field(default_factory=list)
 
 
+def _open_fd_iterator(r: _Reading) -> None:
+    """The task-file iterator for the owner map, where it can run; /proc/<pid>/fd otherwise
+    (no gap: that read is complete, only slower). Its tgids are the initial pid namespace's,
+    so in a child one /proc is read."""
+    status = r.optional("/proc/self/status")
+    if status is not None and in_child_pid_namespace(status):
+        return
+    try:
+        r.fd_iterator = FdIterator(r.kernel.vmlinux_btf)
+    except (KernelAccessError, OSError):
+        return
+    r.kernel.own_prog_ids.update(r.fd_iterator.prog_ids)
+    r.kernel.own_map_ids.update(r.fd_iterator.map_ids)
+
+
 def _open_iterators(r: _Reading) -> None:
+    _open_fd_iterator(r)
     try:
         r.iterators = open_iterators(r.kernel.vmlinux_btf)
     except (KernelAccessError, OSError) as exc:
@@ -290,7 +310,7 @@ def _records_of_hidden(r: _Reading) -> None:
     and dropped if that is a TCP socket only bound (which no view lists before 6.7)."""
     if not r.confirmed:
         return
-    r.owners = read_owners(r.kernel.path("/proc"))
+    r.owners = _owners(r)
     held = _probe_only_holders(r)
     for ns, s in r.confirmed:
         if s.seen_by != (BIND_PROBE,):
@@ -360,8 +380,16 @@ def _read_captured(r: _Reading) -> None:
         _listeners(r, ns, first.look)
 
 
+def _owners(r: _Reading) -> OwnerMap:
+    fds = None
+    if r.fd_iterator is not None:
+        with contextlib.suppress(KernelAccessError):  # /proc then
+            fds = r.fd_iterator.walk()
+    return read_owners(r.kernel.path("/proc"), fds)
+
+
 def _read_owners(r: _Reading) -> None:
-    r.owners = read_owners(r.kernel.path("/proc"))
+    r.owners = _owners(r)
     if r.owners.unreadable:
         pids = ", ".join(f"{p}: {why}" for p, why in sorted(r.owners.unreadable.items())[:5])
         count = len(r.owners.unreadable)
@@ -373,16 +401,17 @@ def read_sockets(kernel: Kernel, mode: str) -> _Reading:
     if not kernel.live:
         _read_captured(r)
         return r
-    _read_owners(r)
     own = netns.current_netns()
     _open_iterators(r)
     try:
+        _read_owners(r)
         for ns in namespaces(r.owners, named_netns(Path(RUN_NETNS)), own):
             _one_namespace(r, ns, mode)
+        _records_of_hidden(r)
     finally:
-        if r.iterators is not None:
-            r.iterators.close()
-    _records_of_hidden(r)
+        for iterator in (r.iterators, r.fd_iterator):
+            if iterator is not None:
+                iterator.close()
     return r
 
 

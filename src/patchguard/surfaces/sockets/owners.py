@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,34 +60,59 @@ def _socket_fds(fd_dir: str) -> dict[int, list[int]]:
     return found
 
 
-def _read_process(m: OwnerMap, proc: Path, pid: int) -> None:
+def _read_netns(m: OwnerMap, proc: Path, pid: int) -> None:
     try:
         m.netns_of[pid] = os.stat(proc / str(pid) / "ns" / "net").st_ino
     except FileNotFoundError:
-        if not (proc / str(pid)).exists():
-            return  # exited
+        pass  # exited (or a tree without it): nothing to say
     except OSError as exc:
         # Closed to us: a namespace only such processes are in would be missed, so say so.
         m.unreadable[pid] = f"ns/net: {oserror_reason(exc)}"
+
+
+def _add(m: OwnerMap, proc: Path, pid: int, inodes: dict[int, list[int]]) -> None:
+    comm = m.comms.get(pid)
+    if comm is None:
+        comm = m.comms[pid] = _comm(proc, pid)
+    for inode, fds in inodes.items():
+        m.owners.setdefault(inode, []).append(Owner(pid, comm, len(fds)))
+        m.fd_of.setdefault(inode, (pid, fds[0]))
+
+
+def _read_process(m: OwnerMap, proc: Path, pid: int) -> None:
+    _read_netns(m, proc, pid)
     try:
         inodes = _socket_fds(f"{proc}/{pid}/fd")
     except OSError as exc:
         if (proc / str(pid)).exists():
             m.unreadable.setdefault(pid, f"fd: {oserror_reason(exc)}")
         return
-    if not inodes:
-        return
-    comm = m.comms[pid] = _comm(proc, pid)
-    for inode, fds in inodes.items():
-        m.owners.setdefault(inode, []).append(Owner(pid, comm, len(fds)))
-        m.fd_of.setdefault(inode, (pid, fds[0]))
+    if inodes:
+        _add(m, proc, pid, inodes)
 
 
-def read_owners(proc: Path) -> OwnerMap:
+def _from_walk(m: OwnerMap, proc: Path, fds: Iterable[tuple[int, int, int]]) -> None:
+    by_pid: dict[int, dict[int, list[int]]] = {}
+    for inode, tgid, fd in fds:
+        by_pid.setdefault(tgid, {}).setdefault(inode, []).append(fd)
+    for pid in sorted(by_pid):
+        if pid not in m.netns_of:
+            _read_netns(m, proc, pid)  # hidden from the /proc listing, found by its files
+        _add(m, proc, pid, by_pid[pid])
+
+
+def read_owners(proc: Path, fds: Iterable[tuple[int, int, int]] | None = None) -> OwnerMap:
     """Every process's socket fds and network namespace, from /proc (a captured tree has
-    none: its map is empty)."""
+    none: its map is empty); the fds from `fds` instead, (inode, tgid, fd) as the BPF
+    task-file iterator walked them (fd_iter.py), where it could."""
     m = OwnerMap()
-    for pid in sorted(int(name) for name in os.listdir(proc) if name.isdigit()):
+    pids = sorted(int(name) for name in os.listdir(proc) if name.isdigit())
+    if fds is not None:
+        for pid in pids:
+            _read_netns(m, proc, pid)
+        _from_walk(m, proc, fds)
+        return m
+    for pid in pids:
         _read_process(m, proc, pid)
     return m
 

@@ -126,7 +126,7 @@ def _to_end(cond: Callable[[int], bytes]) -> Callable[[int], bytes]:
     return cond
 
 
-def _assemble(parts: list[Insn]) -> bytes:
+def assemble(parts: list[Insn]) -> bytes:
     """Every `goto end` resolved: its offset is the number of slots between it and the end
     (r0 = 0; exit), a 16-byte ld_imm64 counting as two."""
     slots = [len(p) // 8 if isinstance(p, bytes) else 1 for p in parts]
@@ -149,7 +149,7 @@ def _read(dst_off: int, size: int, src_off: int) -> list[Insn]:
     ]
 
 
-def _lookup(map_fd: int) -> list[Insn]:
+def lookup(map_fd: int) -> list[Insn]:
     """r0 = the map's value at the u32 key at r10-4, or to the end where there is none."""
     return [
         mov64_reg(R2, R10),
@@ -160,11 +160,11 @@ def _lookup(map_fd: int) -> list[Insn]:
     ]
 
 
-def _next_slot(count_fd: int, records_fd: int) -> list[Insn]:
+def next_slot(count_fd: int, records_fd: int) -> list[Insn]:
     """r8 = the next record slot, the count moved on; to the end when the map is full."""
     return [
         st_mem(4, R10, -4, 0),
-        *_lookup(count_fd),
+        *lookup(count_fd),
         mov64_reg(R8, R0),
         ldx_mem(4, R9, R8, 0),
         lambda end: jgt_imm(R9, MAX_RECORDS - 1, end),
@@ -172,7 +172,7 @@ def _next_slot(count_fd: int, records_fd: int) -> list[Insn]:
         add64_imm(R1, 1),
         stx_mem(4, R8, R1, 0),
         stx_mem(4, R10, R9, -4),
-        *_lookup(records_fd),
+        *lookup(records_fd),
         mov64_reg(R8, R0),
     ]
 
@@ -219,12 +219,12 @@ def _inode(off: SockOffsets) -> list[Insn]:
 
 
 def sock_iter_program(off: SockOffsets, count_fd: int, records_fd: int) -> bytes:
-    return _assemble(
+    return assemble(
         [
             mov64_reg(R6, R1),
             ldx_mem(8, R7, R6, CTX_SOCK),
             lambda end: jeq_imm(R7, 0, end),  # NULL: the end of the walk
-            *_next_slot(count_fd, records_fd),
+            *next_slot(count_fd, records_fd),
             *_copy(off),
             *_inode(off),
         ]
@@ -274,12 +274,13 @@ def parse_records(target: str, data: bytes) -> list[SocketEntry]:
 # --- loading and walking ------------------------------------------------------------------------
 
 
-def _maps() -> tuple[int, int, mmap.mmap]:
-    count_fd = bpf.map_create(bpf.BPF_MAP_TYPE_ARRAY, 4, 4, 1, "pg_sk_count")
+def record_maps(record: int, prefix: str) -> tuple[int, int, mmap.mmap]:
+    """A one-slot count and an mmap-able array of MAX_RECORDS records, mapped read-only."""
+    count_fd = bpf.map_create(bpf.BPF_MAP_TYPE_ARRAY, 4, 4, 1, f"{prefix}_count")
     try:
-        size = RECORD.size * MAX_RECORDS
+        size = record * MAX_RECORDS
         records_fd = bpf.map_create(
-            bpf.BPF_MAP_TYPE_ARRAY, 4, RECORD.size, MAX_RECORDS, "pg_sk_records",
+            bpf.BPF_MAP_TYPE_ARRAY, 4, record, MAX_RECORDS, f"{prefix}_records",
             bpf.BPF_F_MMAPABLE,
         )  # fmt: skip
     except BaseException:
@@ -308,7 +309,7 @@ class SocketIterators:
     def open(cls, btf: Btf) -> SocketIterators:
         off = SockOffsets.from_btf(btf)
         try:
-            iters = cls(*_maps())
+            iters = cls(*record_maps(RECORD.size, "pg_sk"))
         except OSError as exc:
             raise KernelAccessError("BPF socket iterator maps", oserror_reason(exc)) from exc
         program = sock_iter_program(off, iters.count_fd, iters.records_fd)
@@ -339,23 +340,10 @@ class SocketIterators:
         self.prog_ids.append(prog_info(prog_fd).prog_id)
 
     def walk(self, target: str) -> list[SocketEntry]:
-        """One walk of a table: the count reset, the iterator read to its end, the slots
-        it filled read out of the mapped array."""
+        """One walk of a table, its records as rows."""
         _, link_fd = self.links[target]
-        key = struct.pack("=I", 0)
-        bpf.map_update(self.count_fd, key, key)
-        fd, _ = bpf.sys_bpf(BPF_ITER_CREATE, struct.pack("<II", link_fd, 0), "ITER_CREATE")
-        try:
-            while os.read(fd, READ_SIZE):
-                pass  # the program writes nothing here: reading only drives the walk
-        except OSError as exc:
-            raise KernelAccessError(f"{TARGETS[target]} read()", oserror_reason(exc)) from exc
-        finally:
-            os.close(fd)
-        (count,) = struct.unpack("=I", bpf.map_lookup(self.count_fd, key, 4))
-        if count >= MAX_RECORDS:
-            raise KernelAccessError(TARGETS[target], f"more than {MAX_RECORDS} sockets")
-        return parse_records(target, self.records[: count * RECORD.size])
+        data = walk_into(link_fd, self.count_fd, self.records, RECORD.size, TARGETS[target])
+        return parse_records(target, data)
 
     def close(self) -> None:
         for prog_fd, link_fd in self.links.values():
@@ -369,6 +357,26 @@ class SocketIterators:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.count_fd = self.records_fd = -1
+
+
+def walk_into(link_fd: int, count_fd: int, records: mmap.mmap, size: int, what: str) -> bytes:
+    """One walk of an iterator that writes into maps: the count reset, the iterator read to
+    its end (the program writes nothing to it: reading only drives the walk), the slots it
+    filled copied out of the mapped array."""
+    key = struct.pack("=I", 0)
+    bpf.map_update(count_fd, key, key)
+    fd, _ = bpf.sys_bpf(BPF_ITER_CREATE, struct.pack("<II", link_fd, 0), "ITER_CREATE")
+    try:
+        while os.read(fd, READ_SIZE):
+            pass
+    except OSError as exc:
+        raise KernelAccessError(f"{what} read()", oserror_reason(exc)) from exc
+    finally:
+        os.close(fd)
+    (count,) = struct.unpack("=I", bpf.map_lookup(count_fd, key, 4))
+    if count >= MAX_RECORDS:
+        raise KernelAccessError(what, f"more than {MAX_RECORDS} records")
+    return records[: count * size]
 
 
 def open_iterators(btf: Btf) -> SocketIterators:

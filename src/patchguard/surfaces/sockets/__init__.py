@@ -7,17 +7,18 @@ everything reading /proc/net miss it), or the sock_diag dump too (so `ss` misses
 kernel still holds the socket in its hash tables: the other views list it, and the bind hash
 refuses a bind to its port. A socket one view shows and another hides, in two looks taken one
 after the other (a socket opening or closing between views is not a finding), is a high
-finding naming protocol, address and port, namespace, owning processes (/proc/<pid>/fd
-inodes) and which view hid it.
+finding naming protocol, address and port, namespace, owning processes (the socket fds the
+BPF task-file iterator walks, or /proc/<pid>/fd inodes) and which view hid it.
 
 Namespaces: every one a process is in (/proc/<pid>/ns/net) or a name keeps (/run/netns),
 deduplicated by inode; each is read from a short-lived thread that entered it (netns.py).
 
 Modules: records (what is recorded), addresses (spelling them), procnet (the /proc/net
-parsers), diag (sock_diag dumps), sock_iter (the BPF iterators), probe (the bind probe and
-when it runs), holders (the socket behind a port only the probe finds), owners (fds and
-namespaces from /proc), netns (running a read inside a
-namespace), crossview (the comparison, pure), collect, assess, surface (SocketsSurface).
+parsers), diag (sock_diag dumps), sock_iter (the BPF socket iterators), probe (the bind probe
+and when it runs), holders (the socket behind a port only the probe finds), owners (fds and
+namespaces from /proc), fd_iter (socket fds through the task-file iterator), netns (running a
+read inside a namespace), crossview (the comparison, pure), collect, assess, surface
+(SocketsSurface).
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ from patchguard.surfaces.sockets.records import (
     Owner,
     SocketEntry,
 )
-from patchguard.surfaces.sockets.sock_iter import SocketIterators, open_iterators
+from patchguard.surfaces.sockets.sock_iter import SocketIterators
 
 if TYPE_CHECKING:
     from patchguard.kernel import Kernel
@@ -244,7 +244,7 @@ def _open_fd_iterator(r: _Reading) -> None:
 def _open_iterators(r: _Reading) -> None:
     _open_fd_iterator(r)
     try:
-        r.iterators = open_iterators(r.kernel.vmlinux_btf)
+        r.iterators = SocketIterators.open(r.kernel.vmlinux_btf)
     except (KernelAccessError, OSError) as exc:
         r.gap("BPF socket iterators", str(exc))
         return

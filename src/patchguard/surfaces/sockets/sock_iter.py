@@ -20,7 +20,6 @@ request socket, which has no struct sock behind its sock_common.
 from __future__ import annotations
 
 import contextlib
-import errno
 import mmap
 import os
 import socket
@@ -120,10 +119,6 @@ class SockOffsets:
 # --- the program --------------------------------------------------------------------------------
 
 Insn = bytes | Callable[[int], bytes]  # a jump to the end is a function of where the end is
-
-
-def _to_end(cond: Callable[[int], bytes]) -> Callable[[int], bytes]:
-    return cond
 
 
 def assemble(parts: list[Insn]) -> bytes:
@@ -379,14 +374,16 @@ def walk_into(link_fd: int, count_fd: int, records: mmap.mmap, size: int, what: 
     return records[: count * size]
 
 
-def open_iterators(btf: Btf) -> SocketIterators:
-    """SocketIterators, or KernelAccessError saying why none can run here."""
-    try:
-        return SocketIterators.open(btf)
-    except bpf.BpfError as exc:
-        if exc.errno in (errno.EPERM, errno.EACCES):
-            raise KernelAccessError("BPF socket iterators", str(exc)) from exc
-        raise
-
-
-__all__ = ["MAX_RECORDS", "SockOffsets", "SocketIterators", "open_iterators", "parse_records"]
+__all__ = [
+    "MAX_RECORDS",
+    "Insn",
+    "SockOffsets",
+    "SocketIterators",
+    "assemble",
+    "lookup",
+    "next_slot",
+    "parse_records",
+    "record_maps",
+    "sock_iter_program",
+    "walk_into",
+]

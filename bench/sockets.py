@@ -12,6 +12,8 @@ processes, wall time also counts waiting for a CPU. The first collect, which als
 pyroute2 for the sock_diag requests, is shown apart; so is a probe of every port (mode "all"),
 which costs the same whatever the number of sockets.
 All sockets are closed at the end. Run as root: .venv/bin/python bench/sockets.py
+(on a machine shared with busy processes, `chrt -f 10 .venv/bin/python bench/sockets.py`
+measures the surface's own time, not its wait for a CPU).
 """
 
 from __future__ import annotations

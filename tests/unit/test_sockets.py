@@ -39,7 +39,8 @@ from patchguard.surfaces.sockets import (
     shown,
 )
 from patchguard.surfaces.sockets.addresses import endpoint
-from patchguard.surfaces.sockets.crossview import counted
+from patchguard.surfaces.sockets.collect import _protocols_of, _suspect_ports
+from patchguard.surfaces.sockets.crossview import Suspect, counted
 from patchguard.surfaces.sockets.fd_iter import FileOffsets, fd_iter_program
 from patchguard.surfaces.sockets.owners import OwnerMap, named_netns, namespaces, read_owners
 from patchguard.surfaces.sockets.probe import probe_plan
@@ -437,3 +438,15 @@ def test_fd_iter_program_jumps_land_on_the_exit(vmlinux: Btf) -> None:
     assert len(jumps) == 7 and all(i + 1 + o == exit_at - 1 for i, o in jumps)
     # the socket test: i_mode & S_IFMT != S_IFSOCK leaves the file out
     assert any(code == BPF_JMP | 0x50 and imm == 0o140000 for code, _, _, _, imm in insns)
+
+
+def test_a_second_look_reads_only_what_the_suspects_need() -> None:
+    listener = one("tcp6", "[::1]:8443")
+    port_only = SocketEntry("udp", "IN_USE", 0, 5353)
+    suspects = {
+        listener.key: Suspect(listener, (SOCK_DIAG,), (PROC_NET,)),
+        ("udp", "*:5353"): Suspect(port_only, (BIND_PROBE,), (PROC_NET, SOCK_DIAG)),
+    }
+    # a port only the probe found: both families' listings decide whether it is listed
+    assert _protocols_of(suspects) == ["tcp6", "udp", "udp6"]
+    assert _suspect_ports(suspects) == {"tcp": [8443], "udp": [5353]}

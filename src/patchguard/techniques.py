@@ -307,6 +307,14 @@ _CATALOGUE: tuple[Technique, ...] = (
         ROOTKIT,
         "The process views disagree in a way hiding explains better than timing",
     ),
+    # Sockets.
+    Technique(
+        "hidden-socket",
+        Severity.HIGH,
+        ROOTKIT,
+        "A socket one view lists and another hides, or a port bind(2) finds in use that no view "
+        "lists, on a second look",
+    ),
     # Netfilter.
     Technique(
         "hidden-netfilter-hook",

@@ -14,6 +14,7 @@ def all_surfaces() -> list[Surface]:
     from patchguard.surfaces.netfilter import NetfilterSurface
     from patchguard.surfaces.posture import PostureSurface
     from patchguard.surfaces.processes import ProcessesSurface
+    from patchguard.surfaces.sockets import SocketsSurface
     from patchguard.surfaces.syscalls import SyscallsSurface
     from patchguard.surfaces.tracing import TracingSurface
 
@@ -27,4 +28,5 @@ def all_surfaces() -> list[Surface]:
         ModulesSurface(),
         ProcessesSurface(),
         NetfilterSurface(),
+        SocketsSurface(),
     ]

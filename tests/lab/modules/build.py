@@ -28,7 +28,9 @@ MODULES = ("pg_syscall_hook", "pg_inline_hook")
 MODULES2 = ("pg_hide_module", "pg_ftrace_hook", "pg_kprobe_hook", "pg_livepatch")
 # guest_hiding_and_entry.py's boot: a hidden pid, the LSTAR redirect, netfilter hooks.
 MODULES3 = ("pg_hide_pid", "pg_nf_hook", "pg_lstar")
-ALL_MODULES = MODULES + MODULES2 + MODULES3
+# The sockets boot's (sockets_checks.py): a socket hidden from /proc/net/tcp.
+MODULES_SOCKETS = ("pg_hide_sock",)
+ALL_MODULES = MODULES + MODULES2 + MODULES3 + MODULES_SOCKETS
 COMPILER = "gcc-12"  # what Debian's 6.1 kernels are built with (linux-compiler-gcc-12-x86)
 
 

@@ -17,6 +17,7 @@ from patchguard.kernel import Kernel
 from patchguard.scan import ScanReport, run_scan
 from patchguard.surfaces import all_surfaces
 from patchguard.surfaces.base import Surface
+from patchguard.text import visible
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 DEFAULT_BASELINE = "/var/lib/patchguard/baseline.zip"
@@ -287,25 +288,74 @@ COMMANDS = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+_INPUT_ARGS = ("manifest", "file", "config", "ledger", "baseline", "key", "out", "root")
+
+
+def _inputs(args: argparse.Namespace | None) -> str:
+    """The files a command was given, to name them when an unexpected failure has no file."""
+    given = [str(getattr(args, name)) for name in _INPUT_ARGS if getattr(args, name, None)]
+    return f" (reading {', '.join(given)})" if given else ""
+
+
+def _failure(exc: BaseException, args: argparse.Namespace | None) -> str:
+    """One line for any failure: the file and what is wrong, never a traceback."""
+    from patchguard.safe_read import os_reason
+
+    if isinstance(exc, OSError):
+        where = exc.filename if exc.filename is not None else None
+        what = os_reason(exc)
+        return f"{where}: {what}" if where else f"{what}{_inputs(args)}"
+    if isinstance(exc, MemoryError):
+        return f"out of memory{_inputs(args)}: the input is too large"
+    if isinstance(exc, RecursionError):
+        return f"input nested too deeply{_inputs(args)}"
+    return f"unexpected {type(exc).__name__}{_inputs(args)}: {exc}"
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of our output went away (`| head`): as the Python docs recommend, point
+    stdout at /dev/null so the flush at exit cannot fail again, and exit without a word."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_ERROR
+
+
+def _run(args: argparse.Namespace) -> int:
     from patchguard.guard.config import ConfigError
     from patchguard.integrity.store import BaselineError
     from patchguard.kernel import KernelAccessError
+    from patchguard.safe_read import InputError
     from patchguard.signing import KeyFileError
 
-    args = _parser().parse_args(argv)
     handler = getattr(args, "policy_handler", None)
     if handler is not None:  # the policy commands print their own one-line errors
         return int(handler(args))
     out, err = Console(), Console(stderr=True)
     sub = getattr(args, "baseline_command", None) or getattr(args, "config_command", None)
     command = COMMANDS[(args.command, sub)]
+    expected = (ValueError, BaselineError, KeyFileError, KernelAccessError, ConfigError)
     try:
         return int(command(args, out, err))
-    except (ValueError, BaselineError, KeyFileError, KernelAccessError, ConfigError) as exc:
-        print(f"patchguard: {exc}", file=sys.stderr)  # one line, never wrapped
+    except (*expected, InputError) as exc:
+        print(f"patchguard: {visible(exc)}", file=sys.stderr)  # one line, never wrapped
         return EXIT_ERROR
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Exit 0 clean, 1 findings (only), 2 anything else: every failure is
+    one line on stderr naming the file and what is wrong; a closed pipe exits quietly."""
+    args = _parser().parse_args(argv)
+    try:
+        code = _run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except KeyboardInterrupt:
+        return EXIT_ERROR
+    except Exception as exc:  # the last line of defence: one line, exit 2, no traceback
+        print(f"patchguard: {visible(_failure(exc, args))}", file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -92,7 +92,8 @@ def _kind(key: object) -> str:
 
 def _read_private_key(path: Path) -> Ed25519PrivateKey:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO put in the key's place must not hang the open (fstat refuses it)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as exc:
         raise KeyFileError(path, f"cannot open the key file: {_why(exc)}") from exc
     try:

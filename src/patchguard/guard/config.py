@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from patchguard.findings import Severity
+from patchguard.safe_read import InputError, parse_toml, read_bounded
 
 RESPONSES = ("log", "alert", "contain", "bugcheck")
 DEFAULT_PATH = Path("/etc/patchguard/guard.toml")
@@ -111,9 +112,11 @@ def _no_extra(table: dict[str, Any], where: str, path: Path) -> None:
 
 def parse_config(text: str, path: Path) -> GuardConfig:
     try:
-        raw = tomllib.loads(text)
+        raw = parse_toml(text, str(path))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+    except InputError as exc:
+        raise ConfigError(path, "", exc.reason) from None
     values: dict[str, Any] = {}
     for section in ("guard", "responses", "alert", "metrics", "bugcheck"):
         if section in raw and not isinstance(raw[section], dict):
@@ -147,8 +150,11 @@ def parse_config(text: str, path: Path) -> GuardConfig:
 
 
 def load_config(path: Path) -> GuardConfig:
+    """Read (a regular file, at most 1 MiB of UTF-8) and validate a guard config."""
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(path, "", f"cannot read it: {exc.strerror}") from None
+        text = read_bounded(path, "config").decode("utf-8")
+    except InputError as exc:
+        raise ConfigError(path, "", f"cannot read it: {exc.reason}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "", f"not UTF-8 text (byte {exc.start})") from None
     return parse_config(text, path)

@@ -11,7 +11,6 @@ is next opened). An export (`export_json`) verifies exactly like the database.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -30,6 +29,7 @@ from patchguard.policy.chain import (
     seal,
 )
 from patchguard.policy.rules import LedgerState, RuleError
+from patchguard.safe_read import InputError, check_regular, os_reason, parse_json, read_bounded
 from patchguard.signing import HostKey
 
 DEFAULT_LEDGER = Path("/var/lib/patchguard/ledger.db")
@@ -103,8 +103,24 @@ def replay(rows: Sequence[Sequence[object]]) -> Replay:
     return Replay(result, tuple(entries), tuple(lines), state)
 
 
+def _exists(path: Path) -> bool:
+    """Whether there is a ledger file; one that is there must be a regular file within the
+    ledger's size limit (a FIFO or device would hang or flood SQLite)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise LedgerError(path, f"cannot read the ledger: {os_reason(exc)}") from None
+    try:
+        check_regular(path, "ledger")
+    except InputError as exc:
+        raise LedgerError(path, exc.reason) from None
+    return True
+
+
 def _connect(path: Path, create: bool) -> sqlite3.Connection:
-    if not create and not path.exists():
+    if not _exists(path) and not create:
         raise LedgerError(path, "no ledger here (start one with `patchguard ledger init`)")
     if create:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,9 +159,9 @@ def _insert(conn: sqlite3.Connection, entry: Entry) -> None:
 
 def _rows_from_json(path: Path) -> list[tuple[object, ...]]:
     try:
-        doc = json.loads(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise LedgerError(path, f"cannot read the export: {exc}") from None
+        doc = parse_json(read_bounded(path, "export"), str(path))
+    except InputError as exc:
+        raise LedgerError(path, f"cannot read the export: {exc.reason}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise LedgerError(path, f"not a patchguard ledger export ({FORMAT})")
     entries = doc.get("entries")
@@ -261,5 +277,10 @@ def _append_locked(
 def export_json(path: Path) -> dict[str, Any]:
     """Every row as stored, for publishing; anyone can run `ledger verify` on the file."""
     rows = read_rows(path)
+    for position, row in enumerate(rows, 1):
+        for name, value in zip(COLUMNS, row, strict=True):
+            if not isinstance(value, str | int | None) or isinstance(value, bool):
+                kind = "binary data (a BLOB)" if isinstance(value, bytes) else type(value).__name__
+                raise LedgerError(path, f"row {position}: {name} is {kind}, not text or a number")
     entries = [dict(zip(COLUMNS, row, strict=True)) for row in rows]
     return {"format": FORMAT, "entries": entries}

@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
 import tomllib
 from pathlib import Path
@@ -159,9 +160,45 @@ def parse_json(data: bytes | str, source: str) -> Any:
     return value
 
 
+# TOML's structure outside strings and comments: strings and comments are skipped whole, the
+# rest is looked at one bracket, dot or separator at a time.
+_TOML_TOKENS = re.compile(
+    # every string form matches even unterminated (to the end of its line or of the text), so
+    # no quote is scanned twice: the pass stays linear on hostile text
+    r'"""(?:[^"\\]|\\.|"(?!""))*(?:"""|\Z)|\'\'\'.*?(?:\'\'\'|\Z)'
+    r'|"(?:[^"\\\n]|\\.)*"?|\'[^\'\n]*\'?|#[^\n]*'
+    r"|[\[{]|[\]}]|\.|[=,\n]",
+    re.DOTALL,
+)
+
+
+def toml_nesting(text: str) -> int:
+    """How deeply `text` nests, in one linear pass before tomllib sees it: brackets and braces
+    open, and the dots of one dotted key (`a.b.c = 1` is three tables deep). tomllib takes
+    time quadratic in the parts of a dotted key, and recurses once per bracket."""
+    deepest = brackets = dots = 0
+    for match in _TOML_TOKENS.finditer(text):
+        token = match.group()
+        if token in ("[", "{"):
+            brackets, dots = brackets + 1, 0
+        elif token in ("]", "}"):
+            brackets, dots = max(0, brackets - 1), 0
+        elif token == ".":
+            dots += 1
+        elif token in ("=", ",", "\n"):
+            dots = 0
+        deepest = max(deepest, brackets, dots)
+        if deepest > MAX_DEPTH:  # enough to refuse: the rest need not be looked at
+            break
+    return deepest
+
+
 def parse_toml(text: str, source: str) -> dict[str, Any]:
-    """tomllib.loads with a depth limit (tomllib has none). TOMLDecodeError passes through,
-    so a caller can place it on a line; deep nesting is an InputError."""
+    """tomllib.loads with a depth limit (tomllib has none), checked before parsing in linear
+    time. TOMLDecodeError passes through, so a caller can place it on a line; deep nesting is
+    an InputError."""
+    if toml_nesting(text) > MAX_DEPTH:
+        raise _too_deep(source)
     try:
         value = tomllib.loads(text)
     except RecursionError:

@@ -32,6 +32,7 @@ _SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")  # kallsyms names: "foo", "fo
 _MODULE = re.compile(r"[A-Za-z0-9_-]+\Z")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}\Z")
 KPROBE_KINDS = ("kprobe", "kretprobe")
+MAX_OFFSET = 1 << 32  # a kprobe offset lies inside one function
 
 
 class ManifestError(Exception):
@@ -267,8 +268,8 @@ def _clean_path(path: str) -> bool:
 def _kprobe(r: _Reader, where: str, raw: object) -> DeclaredKprobe:
     t = r.table(raw, where, ("symbol", "offset", "kind", "module"))
     offset = t.get("offset", 0)
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        r.fail(f"{where}.offset", "expected a byte offset (0 or more)")
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset < MAX_OFFSET:
+        r.fail(f"{where}.offset", f"expected a byte offset (0 to {MAX_OFFSET - 1})")
     kind = t.get("kind", "kprobe")
     if kind not in KPROBE_KINDS:
         r.fail(f"{where}.kind", f"expected one of {', '.join(KPROBE_KINDS)}")

@@ -203,11 +203,45 @@ def verify(path: Path, root: str | None = None, head: str | None = None) -> Veri
     return result
 
 
+# The last verified replay of each ledger file, by its head: the guard asks at every sweep and
+# trigger, and a replay checks one signature per entry. Only what verified is kept, so an
+# entry changed below an unchanged head cannot be taken in by this (`verify` reads it all).
+_REPLAYS: dict[Path, tuple[tuple[object, ...], Replay]] = {}
+
+
+def head_of(path: Path) -> tuple[object, ...] | None:
+    """(device, inode, seq, hash) of the ledger file's last entry, by one lookup on the
+    primary key; None for an export or a file that cannot be asked."""
+    if path.suffix == ".json":
+        return None
+    try:
+        st = os.stat(path)
+        conn = _connect(path, create=False)
+        try:
+            if not _is_ledger(conn, path, create=False):
+                return None
+            row = conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1")
+            last = row.fetchone() or (0, "")
+        finally:
+            conn.close()
+    except (OSError, sqlite3.Error, LedgerError):
+        return None
+    return (st.st_dev, st.st_ino, *last)
+
+
 def load(path: Path) -> Replay:
-    """The verified ledger; LedgerError if any entry is bad (nothing in it is then trusted)."""
+    """The verified ledger; LedgerError if any entry is bad (nothing in it is then trusted).
+    A ledger whose head did not change since it last verified is not replayed again."""
+    head = head_of(path)
+    cached = _REPLAYS.get(path)
+    if head is not None and cached is not None and cached[0] == head:
+        return cached[1]
     loaded = replay(read_rows(path))
     if not loaded.result.ok:
+        _REPLAYS.pop(path, None)
         raise LedgerError(path, f"does not verify: {loaded.result.reason}")
+    if head is not None:
+        _REPLAYS[path] = (head, loaded)
     return loaded
 
 

@@ -659,6 +659,19 @@ _CATALOGUE: tuple[Technique, ...] = (
         IMPAIR_DEFENSES,
         "The guard's own installed files changed while it runs",
     ),
+    Technique(
+        "baseline-replaced",
+        Severity.CRITICAL,
+        STORED_DATA,
+        "The baseline file is not the one the guard started with (or was reloaded with), even "
+        "if it verifies: a re-created baseline hides what changed before it",
+    ),
+    Technique(
+        "surface-lost",
+        Severity.HIGH,
+        IMPAIR_DEFENSES,
+        "A surface the guard could read when it started cannot be read any more",
+    ),
 )
 TECHNIQUES: Mapping[str, Technique] = {t.name: t for t in _CATALOGUE}
 

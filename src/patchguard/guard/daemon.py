@@ -23,12 +23,13 @@ from patchguard.guard.metrics import Metrics
 from patchguard.guard.responses import bugcheck, contain
 from patchguard.guard.sinks import LogSink, Spool, SyslogSink, WebhookSink
 from patchguard.guard.systemd import Watchdog, notify
+from patchguard.guard.tamper import BaselinePin, SurfaceWatch, surface_lost
 from patchguard.guard.triggers import TriggerState
 from patchguard.kernel import Kernel
 from patchguard.report import finding_json
 from patchguard.scan import run_scan
 from patchguard.surfaces import all_surfaces
-from patchguard.surfaces.base import Surface
+from patchguard.surfaces.base import Status, Surface, SurfaceState
 
 FindingKey = tuple[str, str, str]
 
@@ -45,6 +46,10 @@ def files_digest(root: Path) -> dict[str, str]:
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*.py"))
     }
+
+
+def _gap_text(state: SurfaceState) -> str:
+    return "; ".join(f"{g.what}: {g.reason}" for g in state.gaps[:3]) or "no reason given"
 
 
 def _key(f: Finding) -> FindingKey:
@@ -69,6 +74,8 @@ class Guard:
         self.config_digest = self._config_digest()
         self._ledger_problem: str | None = None
         self.feed = self._ledger_feed()
+        self.pin = BaselinePin.take(config.baseline) if config.baseline is not None else None
+        self.watch = SurfaceWatch()
 
     # --- set-up ----------------------------------------------------------------------------
     def _open_alert_sinks(self) -> None:
@@ -90,6 +97,13 @@ class Guard:
         except OSError:
             return None
 
+    def announce(self, event: dict[str, Any]) -> None:
+        """An event about the guard itself (start, stop, reload): to the log and every alert
+        sink, so that a guard stopped or reconfigured is seen where its findings are."""
+        self.log.send(event)
+        for sink in self.alerts:
+            sink.send(event)
+
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         (self.reload if signum == signal.SIGHUP else self.stop).set()
 
@@ -97,11 +111,12 @@ class Guard:
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
-        self.log.send(
+        self.announce(
             {
                 "event": "start",
                 "version": patchguard.__version__,
                 "sweep_mean": self.config.sweep_mean,
+                "baseline_sha256": self.pin.digest if self.pin else None,
             }
         )
         watchdog = Watchdog()
@@ -130,7 +145,7 @@ class Guard:
                     self.config.sweep_mean, self.config.sweep_jitter
                 )
         notify("STOPPING=1")
-        self.log.send({"event": "stop"})
+        self.announce({"event": "stop"})
         for sink in self.alerts:
             if isinstance(sink, WebhookSink):
                 sink.close()
@@ -144,7 +159,7 @@ class Guard:
         try:
             self.config = load_config(self.config_path)
         except Exception as exc:  # a bad new config keeps the old one running
-            self.log.send({"event": "reload-failed", "message": str(exc)})
+            self.announce({"event": "reload-failed", "message": str(exc)})
             return
         for sink in self.alerts:
             if isinstance(sink, WebhookSink):
@@ -152,7 +167,15 @@ class Guard:
         self._open_alert_sinks()
         self.feed = self._ledger_feed()
         self.config_digest = self._config_digest()
-        self.log.send({"event": "reloaded", "config": str(self.config_path)})
+        # A reload is how an operator says a new baseline is meant: pin it, and say so.
+        self.pin = BaselinePin.take(self.config.baseline) if self.config.baseline else None
+        self.announce(
+            {
+                "event": "reloaded",
+                "config": str(self.config_path),
+                "baseline_sha256": self.pin.digest if self.pin else None,
+            }
+        )
 
     # --- sweeps and triggers --------------------------------------------------------------
     def sweep(self) -> None:
@@ -188,18 +211,32 @@ class Guard:
         if why_not and why_not != self._ledger_problem:
             self.log.send({"event": "ledger-untrusted", "message": why_not})
         self._ledger_problem = why_not
-        self.kernel.refresh()  # symbols of modules and BPF programs loaded since the last one
-        report = run_scan(self.kernel, surfaces, policy=policy)
+        try:
+            self.kernel.refresh()  # symbols of modules and BPF programs loaded since the last
+            report = run_scan(self.kernel, surfaces, policy=policy)
+        except Exception as exc:  # a reader taken away mid-run: a finding, never an exit
+            reason = f"{type(exc).__name__}: {exc}"
+            return self._lost([(s.name, Status.UNAVAILABLE, reason) for s in surfaces], why)
         self.metrics.unavailable(sum(1 for r in report.results if r.state.gaps))
         found: list[Finding] = []
         for result in report.results:
             self.records[result.surface.name] = result.state.records
             found += self.handle(result.surface.name, result.findings, why)
+        looks = [(r.surface.name, r.state.status, _gap_text(r.state)) for r in report.results]
+        return found + self._lost(looks, why)
+
+    def _lost(self, looks: list[tuple[str, Status, str]], why: str) -> list[Finding]:
+        """surface-lost findings, each surface on its own (triggers look at a few at a time)."""
+        lost = {f.subject: f for f in self.watch.update(looks)}
+        found: list[Finding] = []
+        for name, _status, _why in looks:
+            found += self.handle(f"lost:{name}", [lost[name]] if name in lost else [], why)
         return found
 
     def check_baseline(self) -> list[Finding]:
         from patchguard.integrity.check import verify
         from patchguard.integrity.store import BaselineError
+        from patchguard.kernel import KernelAccessError
         from patchguard.signing import HostKey, KeyFileError
 
         assert self.config.baseline is not None
@@ -207,6 +244,8 @@ class Guard:
             key = HostKey.load(self.config.key)
             self.kernel.refresh()
             return verify(self.kernel, self.config.baseline, key.public_key_bytes()).findings
+        except KernelAccessError as exc:  # the memory reader went away: a finding, not an exit
+            return [surface_lost("kernel_text", str(exc))]
         except (BaselineError, KeyFileError) as exc:
             return [
                 Finding(
@@ -256,6 +295,7 @@ class Guard:
                     {"path": str(self.config_path)},
                 )
             )
+        found += self.pin.check() if self.pin is not None else []
         return found + self._config_signature()
 
     def _config_signature(self) -> list[Finding]:
@@ -296,6 +336,8 @@ class Guard:
     def respond(self, finding: Finding, why: str) -> None:
         event: dict[str, Any] = {"event": "finding", "why": why, "finding": finding_json(finding)}
         actions = self.config.responses_for(finding.severity)
+        if finding.surface == "guard":  # the guard's own integrity: every sink, always
+            actions = tuple(dict.fromkeys(("log", "alert", *actions)))
         if finding.disposition in (Disposition.EXPLAINED, Disposition.ALLOWED):
             actions = tuple(a for a in actions if a == "log")  # shown, never acted on
         if "log" in actions:

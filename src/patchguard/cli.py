@@ -345,8 +345,9 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Exit 0 clean, 1 findings (only), 2 anything else: every failure is
     one line on stderr naming the file and what is wrong; a closed pipe exits quietly."""
-    args = _parser().parse_args(argv)
+    args: argparse.Namespace | None = None
     try:
+        args = _parser().parse_args(argv)  # a usage error is argparse's SystemExit(2)
         code = _run(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
         return code

@@ -10,6 +10,7 @@ deep and huge values, wrong types, non-UTF-8, control characters) and generated 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -33,6 +34,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import patchguard.policy.cli  # noqa: F401 - what main() imports late, for the forked children
 from patchguard.cli import main  # imported here, once: every forked command starts warm
 from patchguard.integrity.baseline import Baseline, BaselineMeta, Region, page_hashes
 from patchguard.integrity.store import save_baseline
@@ -112,7 +114,7 @@ def run_cli(*argv: str | Path) -> Outcome:
     return Outcome(done.returncode, done.stdout, done.stderr)
 
 
-def _child(argv: list[str], out: int, err: int) -> NoReturn:
+def _child(argv: list[str], out: int, err: int, uid: int | None) -> NoReturn:
     """In the forked child: stdout and stderr to the pipes, the memory limit set, then the
     command exactly as `patchguard` runs it (main() returns the exit code)."""
     code = 99
@@ -123,6 +125,10 @@ def _child(argv: list[str], out: int, err: int) -> NoReturn:
         sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
         sys.stdin = open(os.devnull)  # noqa: SIM115
         resource.setrlimit(resource.RLIMIT_AS, (_mapped() + MEMORY_LIMIT,) * 2)
+        if uid is not None:  # a user the interpreter's own files are not readable by: fork
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
         code = main(argv)
         sys.stdout.flush()
         sys.stderr.flush()
@@ -130,6 +136,8 @@ def _child(argv: list[str], out: int, err: int) -> NoReturn:
         code = exc.code if isinstance(exc.code, int) else 2
     except BaseException:  # shown to the test as a traceback on stderr
         traceback.print_exc()
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()  # os._exit flushes nothing
     os._exit(code)
 
 
@@ -157,7 +165,7 @@ def _drain(pid: int, out: int, err: int) -> tuple[bytes, bytes]:
     return b"".join(got[out]), b"".join(got[err])
 
 
-def run_forked(*argv: str | Path) -> Outcome:
+def run_forked(*argv: str | Path, uid: int | None = None) -> Outcome:
     """The command in a child forked from this process (imports done: milliseconds instead of
     half a second), allowed MEMORY_LIMIT beyond what is mapped already, killed after TIMEOUT."""
     (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
@@ -165,7 +173,7 @@ def run_forked(*argv: str | Path) -> Outcome:
     if pid == 0:
         os.close(out_r)
         os.close(err_r)
-        _child(list(map(str, argv)), out_w, err_w)
+        _child(list(map(str, argv)), out_w, err_w, uid)
     os.close(out_w)
     os.close(err_w)
     try:
@@ -548,3 +556,17 @@ def test_the_installed_command_refuses_special_files(
     for kind in ("manifest", "config"):
         outcome = run_cli(*COMMANDS[kind][0](world, bad))
         assert_refused(outcome)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another user needs root")
+def test_a_ledger_nobody_may_read_is_one_line(world: World, bad_dir: Path) -> None:
+    """Non-root `ledger verify` of a ledger in a 0700 directory: one line, exit 2."""
+    private = bad_dir / "private"
+    private.mkdir(mode=0o700)
+    shutil.copy(world.ledger, private / "ledger.db")
+    bad_dir.chmod(0o755)
+    world.root.chmod(0o755)
+    for argv in (["ledger", "verify"], ["ledger", "show"], ["exceptions", "list"]):
+        outcome = run_forked(*argv, "--ledger", private / "ledger.db", uid=65534)
+        assert_refused(outcome)
+        assert "permission denied" in outcome.err

@@ -16,7 +16,7 @@ from patchguard.findings import Severity
 from patchguard.kernel import Kernel
 from patchguard.scan import ScanReport, run_scan
 from patchguard.surfaces import all_surfaces
-from patchguard.surfaces.base import Surface
+from patchguard.surfaces.base import Status, Surface
 from patchguard.text import visible
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
@@ -160,8 +160,24 @@ def _emit(report: ScanReport, as_json: bool, out: Console, threshold: Severity) 
         print(json.dumps(to_json(report), indent=2))
     else:
         render(report, out)
+    return exit_code(report, threshold)
+
+
+def exit_code(report: ScanReport, threshold: Severity) -> int:
+    """1 for findings at or above the threshold; else 2 (never 0, which a script reads as
+    clean) when most surfaces could not be read at all, as for a scan without root."""
     worst = report.worst()
-    return EXIT_FINDINGS if worst is not None and worst >= threshold else EXIT_CLEAN
+    if worst is not None and worst >= threshold:
+        return EXIT_FINDINGS
+    blind = [r.surface.name for r in report.results if r.state.status is Status.UNAVAILABLE]
+    if report.results and 2 * len(blind) > len(report.results):
+        print(
+            f"patchguard: {len(blind)} of {len(report.results)} surfaces could not be read "
+            f"({', '.join(blind)}): this is not a clean result",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    return EXIT_CLEAN
 
 
 def _baseline_path(given: Path | None) -> Path:

@@ -200,7 +200,7 @@ class Guard:
             return
         for event in self.feed.news():
             self.log.send(event)
-            if event["event"] == "ledger-entry":
+            if event["event"] in ("ledger-entry", "ledger-rewritten"):
                 for sink in self.alerts:
                     sink.send(event)
 

@@ -570,3 +570,15 @@ def test_a_ledger_nobody_may_read_is_one_line(world: World, bad_dir: Path) -> No
         outcome = run_forked(*argv, "--ledger", private / "ledger.db", uid=65534)
         assert_refused(outcome)
         assert "permission denied" in outcome.err
+
+
+def test_a_signed_region_start_beyond_64_bits_is_one_line(world: World, bad_dir: Path) -> None:
+    """Signed by the right key, so only the parser stands between it and struct.pack."""
+    data = b"\x90" * 4096
+    meta = BaselineMeta("0" * 8, "0.0.0-test", 0, "2026-01-01T00:00:00Z", "h", "kcore", "0.1.0")
+    region = Region("core_text", 1 << 70, data, page_hashes(data))
+    bad = bad_dir / "huge-start.zip"
+    save_baseline(Baseline(meta, {"core_text": region}, {}, {}), bad, HostKey.load(world.key))
+    outcome = run_forked("check", "--baseline", bad, "--key", world.key)
+    assert_refused(outcome)
+    assert "is not a 64-bit hex address" in outcome.err

@@ -6,7 +6,7 @@ from __future__ import annotations
 import configparser
 from pathlib import Path
 
-from patchguard.guard.tamper import BaselinePin, SurfaceWatch, baseline_digest
+from patchguard.guard.tamper import BaselinePin, CodePin, SurfaceWatch, baseline_digest
 from patchguard.surfaces.base import Status
 from patchguard.techniques import TECHNIQUES
 
@@ -61,3 +61,25 @@ def test_the_unit_restarts_on_any_exit_within_a_start_limit() -> None:
     assert unit["Service"]["Restart"] == "always"
     assert int(unit["Unit"]["StartLimitBurst"]) >= 1
     assert int(unit["Unit"]["StartLimitIntervalSec"]) > int(unit["Service"]["RestartSec"])
+
+
+def test_the_code_pin_covers_bytecode_and_dependencies(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    (package / "__pycache__").mkdir(parents=True)
+    (package / "mod.py").write_text("x = 1\n")
+    cached = package / "__pycache__" / "mod.cpython-311.pyc"
+    cached.write_bytes(b"\xa7\r\r\n" + b"\0" * 12 + b"code")
+    pin = CodePin.take(package)
+    assert any("cryptography" in p for p in pin.digests)  # a runtime dependency, by RECORD
+    assert any(p.endswith(".pth") for p in pin.digests)
+    assert pin.changed() == []
+    cached.write_bytes(b"\xa7\r\r\n" + b"\0" * 12 + b"evil")  # the .py is untouched
+    (package / "__pycache__" / "other.cpython-311.pyc").write_bytes(b"new")
+    assert pin.changed() == [str(package / "__pycache__" / n)
+                             for n in ("mod.cpython-311.pyc", "other.cpython-311.pyc")]  # fmt: skip
+
+
+def test_the_unit_runs_python_isolated() -> None:
+    text = UNIT.read_text()
+    for setting in ("PYTHONNOUSERSITE=1", "PYTHONSAFEPATH=1", "PYTHONDONTWRITEBYTECODE=1"):
+        assert setting in text

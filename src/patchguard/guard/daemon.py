@@ -23,7 +23,7 @@ from patchguard.guard.metrics import Metrics
 from patchguard.guard.responses import bugcheck, contain
 from patchguard.guard.sinks import LogSink, Spool, SyslogSink, WebhookSink
 from patchguard.guard.systemd import Watchdog, notify
-from patchguard.guard.tamper import BaselinePin, SurfaceWatch, surface_lost
+from patchguard.guard.tamper import BaselinePin, CodePin, SurfaceWatch, surface_lost
 from patchguard.guard.triggers import TriggerState
 from patchguard.kernel import Kernel
 from patchguard.report import finding_json
@@ -38,14 +38,6 @@ def next_interval(mean: float, jitter: float) -> float:
     """mean x (1 +- jitter), uniform, drawn from `secrets`: an attacker cannot predict it."""
     u = secrets.randbelow(1_000_001) / 1_000_000  # [0, 1]
     return mean * (1 + jitter * (2 * u - 1))
-
-
-def files_digest(root: Path) -> dict[str, str]:
-    """SHA-256 of every file of the installed package: the guard's own integrity."""
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*.py"))
-    }
 
 
 def _gap_text(state: SurfaceState) -> str:
@@ -70,7 +62,7 @@ class Guard:
         self.records: dict[str, Sequence[object]] = {}
         self.surfaces = {s.name: s for s in all_surfaces()}
         self.package = Path(patchguard.__file__).parent
-        self.files = files_digest(self.package)
+        self.code = CodePin.take(self.package)
         self.config_digest = self._config_digest()
         self._ledger_problem: str | None = None
         self.feed = self._ledger_feed()
@@ -263,10 +255,7 @@ class Guard:
     def self_check(self) -> list[Finding]:
         """The guard's own files and its config, against what they were when it started."""
         found = []
-        now = files_digest(self.package)
-        changed = sorted(
-            k for k in self.files.keys() | now.keys() if self.files.get(k) != now.get(k)
-        )
+        changed = self.code.changed()
         if changed:
             found.append(
                 Finding(
@@ -369,5 +358,8 @@ class Guard:
 
 
 def main(config_path: Path | None, out: IO[str] = sys.stdout) -> int:
+    # No bytecode written by the guard: every file of its code is pinned at start, and a cache
+    # file appearing later is reported, not explained away.
+    sys.dont_write_bytecode = True
     config = load_config(config_path) if config_path is not None else GuardConfig()
     return Guard(config, config_path, out).run()

@@ -10,8 +10,10 @@ lock held) is someone taking an eye away, which is a finding, not a reason to ex
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 from patchguard.findings import Disposition, Finding, Severity
@@ -92,3 +94,81 @@ def surface_lost(name: str, why: str) -> Finding:
         "T1562.001",
         {"surface": name, "reason": why},
     )
+
+
+# ---------------------------------------------------------------- the guard's own code
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _runtime_requirements(dist: metadata.Distribution) -> list[str]:
+    """Names of what `dist` needs to run (requirements that only an extra asks for are not)."""
+    names = []
+    for requirement in dist.requires or []:
+        found = _NAME.match(requirement)
+        if found and "extra ==" not in requirement.replace('extra=="', 'extra == "'):
+            names.append(found.group())
+    return names
+
+
+def _distributions(root: str) -> list[metadata.Distribution]:
+    """`root` and everything it needs to run, transitively, each once."""
+    seen: dict[str, metadata.Distribution] = {}
+    todo = [root]
+    while todo:
+        name = todo.pop()
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in seen:
+            continue
+        try:
+            seen[key] = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        todo.extend(_runtime_requirements(seen[key]))
+    return list(seen.values())
+
+
+def installed_files(package: Path) -> list[Path]:
+    """Every file the guard's code comes from: its package directory whole (bytecode caches
+    included: a swapped .pyc runs as surely as a swapped .py), every file its distribution and
+    its runtime dependencies list in their RECORD, and every .pth file of the site directories
+    they live in (a .pth runs code at interpreter start)."""
+    files = {p for p in package.rglob("*") if p.is_file()}
+    for dist in _distributions("patchguard"):
+        for listed in dist.files or []:
+            files.add(Path(str(dist.locate_file(listed))))
+    sites = {p.parent for p in files if p.suffix == ".pth"} | {
+        Path(str(d.locate_file(""))) for d in _distributions("patchguard")
+    }
+    for site in sites:
+        files.update(site.glob("*.pth"))
+    return sorted(files)
+
+
+def files_digest(paths: Iterable[Path]) -> dict[str, str]:
+    """SHA-256 of each file ("missing" for one that is not there, or cannot be read)."""
+    digests = {}
+    for path in paths:
+        try:
+            digests[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            digests[str(path)] = "missing"
+    return digests
+
+
+@dataclass
+class CodePin:
+    """The guard's code as it was when the guard started: a file changed, added to its
+    package, or removed since then is tampering."""
+
+    package: Path
+    digests: dict[str, str]
+
+    @classmethod
+    def take(cls, package: Path) -> CodePin:
+        return cls(package, files_digest(installed_files(package)))
+
+    def changed(self) -> list[str]:
+        paths = {Path(p) for p in self.digests} | set(installed_files(self.package))
+        now = files_digest(paths)
+        return sorted(p for p in now if self.digests.get(p, "new") != now[p])

@@ -63,3 +63,23 @@ def test_a_ledger_that_stops_verifying_is_refused_and_forgotten(
     with pytest.raises(LedgerError, match="does not verify"):
         load(path)
     assert not verify(path).ok
+
+
+def test_a_reader_waits_for_a_held_lock_only_as_long_as_it_is_told(
+    ledger: tuple[Path, HostKey], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process's write lock: the guard's setting (a short wait) gives a LedgerError
+    it reports, where SQLite's default would hold the sweep for 30 s."""
+    from patchguard.policy import ledger as module
+
+    path, _ = ledger
+    monkeypatch.setattr(module, "READ_LOCK_WAIT", 0.2)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(LedgerError, match="locked"):
+            module.read_rows(path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert len(module.read_rows(path)) == 2

@@ -361,5 +361,10 @@ def main(config_path: Path | None, out: IO[str] = sys.stdout) -> int:
     # No bytecode written by the guard: every file of its code is pinned at start, and a cache
     # file appearing later is reported, not explained away.
     sys.dont_write_bytecode = True
+    # A ledger locked by another process waits at most this long, not SQLite's 30 s: the
+    # watchdog (30 s) is pinged between sweeps, and a stuck sweep is a dead guard to systemd.
+    from patchguard.policy import ledger
+
+    ledger.READ_LOCK_WAIT = ledger.WRITE_LOCK_WAIT = 2.0
     config = load_config(config_path) if config_path is not None else GuardConfig()
     return Guard(config, config_path, out).run()

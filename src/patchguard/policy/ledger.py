@@ -119,6 +119,12 @@ def _exists(path: Path) -> bool:
     return True
 
 
+# How long a reader waits for another process's write lock, in seconds. The guard lowers it
+# (a lock held by anyone must not hold a sweep past the watchdog); the CLI waits out appends.
+READ_LOCK_WAIT = 30.0
+WRITE_LOCK_WAIT = 30.0
+
+
 def _connect(path: Path, create: bool) -> sqlite3.Connection:
     if not _exists(path) and not create:
         raise LedgerError(path, "no ledger here (start one with `patchguard ledger init`)")
@@ -128,7 +134,8 @@ def _connect(path: Path, create: bool) -> sqlite3.Connection:
     # that a killed appender left behind, instead of refusing to read.
     mode = "rwc" if create else ("rw" if os.access(path, os.W_OK) else "ro")
     uri = f"{path.resolve().as_uri()}?mode={mode}"
-    conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+    wait = WRITE_LOCK_WAIT if create else READ_LOCK_WAIT
+    conn = sqlite3.connect(uri, uri=True, timeout=wait, isolation_level=None)
     conn.execute("PRAGMA synchronous = FULL")  # a committed entry survives a power cut
     return conn
 

@@ -138,7 +138,7 @@ def cmd_scan(args: argparse.Namespace, out: Console, err: Console) -> int:
 
     policy, why_not = ledger_policy(args.ledger or default_ledger_path())
     if why_not:
-        print(f"patchguard: {why_not}", file=sys.stderr)
+        print(f"patchguard: {visible(why_not)}", file=sys.stderr)
     try:
         if err.is_terminal and not args.json:
             with err.status("scanning") as status:
@@ -216,7 +216,11 @@ def cmd_baseline_create(args: argparse.Namespace, out: Console, err: Console) ->
     )
     out.print(f"  {sizes}", highlight=False)
     for gap in taken.gaps:
-        out.print(f"  not recorded: {gap.what}: {gap.reason}", highlight=False)
+        out.print(
+            f"  not recorded: {visible(gap.what)}: {visible(gap.reason)}",
+            highlight=False,
+            markup=False,
+        )
     return EXIT_CLEAN
 
 
@@ -257,9 +261,9 @@ def cmd_config_check(args: argparse.Namespace, out: Console, err: Console) -> in
     )
     signature = check_with_host_key(args.file, config.key)
     if signature.ok or signature.missing:
-        out.print(f"signature: {signature.reason}", highlight=False)
+        out.print(f"signature: {visible(signature.reason)}", highlight=False, markup=False)
         return EXIT_CLEAN
-    err.print(f"error: {signature.reason}", highlight=False)
+    err.print(f"error: {visible(signature.reason)}", highlight=False, markup=False)
     return EXIT_ERROR
 
 

@@ -270,6 +270,7 @@ COMMANDS: dict[str, list[Command]] = {
     "key": [
         lambda w, p: ["ledger", "key-show", "--key", p],
         lambda w, p: ["config", "sign", w.config, "--key", p],
+        lambda w, p: ["check", "--baseline", w.baseline, "--key", p],
     ],
 }  # fmt: skip
 SUFFIX = {"manifest": ".toml", "config": ".toml", "guard": ".toml", "ledger": ".db",

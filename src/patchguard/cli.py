@@ -263,7 +263,7 @@ def cmd_config_check(args: argparse.Namespace, out: Console, err: Console) -> in
     if signature.ok or signature.missing:
         out.print(f"signature: {visible(signature.reason)}", highlight=False, markup=False)
         return EXIT_CLEAN
-    err.print(f"error: {visible(signature.reason)}", highlight=False, markup=False)
+    print(f"patchguard: {visible(signature.reason)}", file=sys.stderr)  # one line, unwrapped
     return EXIT_ERROR
 
 

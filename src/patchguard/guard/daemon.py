@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -50,14 +50,17 @@ def _key(f: Finding) -> FindingKey:
 
 class Guard:
     def __init__(self, config: GuardConfig, config_path: Path | None, out: IO[str]) -> None:
+        # Signals first: a SIGTERM while the guard pins its files is a stop, not a kill.
+        self.stop = threading.Event()
+        self.reload = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
         self.config, self.config_path = config, config_path
         self.kernel = Kernel()
         self.log = LogSink(out)
         self.alerts: list[LogSink | SyslogSink | WebhookSink] = []
         self._open_alert_sinks()
         self.metrics = Metrics(config.metrics)
-        self.stop = threading.Event()
-        self.reload = threading.Event()
         self.active: dict[str, set[FindingKey]] = {}  # per surface: findings seen last time
         self.records: dict[str, Sequence[object]] = {}
         self.surfaces = {s.name: s for s in all_surfaces()}
@@ -101,8 +104,6 @@ class Guard:
 
     # --- the loop --------------------------------------------------------------------------
     def run(self) -> int:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, self._on_signal)
         self.announce(
             {
                 "event": "start",
@@ -170,13 +171,27 @@ class Guard:
         )
 
     # --- sweeps and triggers --------------------------------------------------------------
+    def _phases(self) -> list[Callable[[], list[Finding]]]:
+        phases = [
+            self._announce_ledger_phase,
+            lambda: self.collect(list(self.surfaces.values()), "sweep"),
+            lambda: self.handle("guard", self.self_check(), "sweep"),
+        ]
+        if self.config.baseline is not None:
+            phases.append(lambda: self.handle("kernel_text", self.check_baseline(), "sweep"))
+        return phases
+
+    def _announce_ledger_phase(self) -> list[Finding]:
+        self.announce_ledger()
+        return []
+
     def sweep(self) -> None:
         t0 = time.monotonic()
-        self.announce_ledger()
-        findings = self.collect(list(self.surfaces.values()), "sweep")
-        findings += self.handle("guard", self.self_check(), "sweep")
-        if self.config.baseline is not None:
-            findings += self.handle("kernel_text", self.check_baseline(), "sweep")
+        findings: list[Finding] = []
+        for phase in self._phases():
+            if self.stop.is_set():  # SIGTERM is answered between phases, not after the sweep
+                return
+            findings += phase()
         self.metrics.swept(time.monotonic() - t0, findings)
         self.log.send(
             {

@@ -583,3 +583,16 @@ def test_a_signed_region_start_beyond_64_bits_is_one_line(world: World, bad_dir:
     outcome = run_forked("check", "--baseline", bad, "--key", world.key)
     assert_refused(outcome)
     assert "is not a 64-bit hex address" in outcome.err
+
+
+def test_running_out_of_memory_is_one_line(world: World, bad_dir: Path) -> None:
+    """A 30 MB export within its size limit, of ten million empty entries: ~1 GB as Python
+    objects, past the child's allowance. MemoryError is one line too, exit 2."""
+    bad = bad_dir / "many.json"
+    with bad.open("w") as f:
+        f.write('{"format": "patchguard.ledger/1", "entries": [')
+        f.write("{}," * 10_000_000)
+        f.write("{}]}")
+    outcome = run_forked("ledger", "verify", "--ledger", bad)
+    assert_refused(outcome)
+    assert "out of memory" in outcome.err and str(bad) in outcome.err

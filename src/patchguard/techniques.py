@@ -667,6 +667,13 @@ _CATALOGUE: tuple[Technique, ...] = (
         "if it verifies: a re-created baseline hides what changed before it",
     ),
     Technique(
+        "ledger-root-changed",
+        Severity.CRITICAL,
+        STORED_DATA,
+        "The exception ledger's first entry is not signed by the owner key the guard's config "
+        "pins: the ledger was rebuilt",
+    ),
+    Technique(
         "surface-lost",
         Severity.HIGH,
         IMPAIR_DEFENSES,

@@ -7,6 +7,7 @@ import configparser
 from pathlib import Path
 
 from patchguard.guard.tamper import BaselinePin, CodePin, SurfaceWatch, baseline_digest
+from patchguard.signing import HostKey
 from patchguard.surfaces.base import Status
 from patchguard.techniques import TECHNIQUES
 
@@ -83,3 +84,20 @@ def test_the_unit_runs_python_isolated() -> None:
     text = UNIT.read_text()
     for setting in ("PYTHONNOUSERSITE=1", "PYTHONSAFEPATH=1", "PYTHONDONTWRITEBYTECODE=1"):
         assert setting in text
+
+
+def test_a_ledger_rebuilt_with_other_keys_is_critical(tmp_path: Path) -> None:
+    from patchguard.guard.config import parse_config
+    from patchguard.guard.tamper import ledger_root_changed
+    from patchguard.policy.exceptions import init_ledger
+
+    owner = HostKey.load_or_create(tmp_path / "owner.key")
+    ledger = tmp_path / "ledger.db"
+    init_ledger(ledger, owner, "Owner")
+    pinned = parse_config(f'[guard]\nledger_root = "{owner.fingerprint()}"\n', tmp_path / "g")
+    assert pinned.ledger_root is not None
+    assert ledger_root_changed(ledger, pinned.ledger_root) == []
+    ledger.unlink()
+    init_ledger(ledger, HostKey.load_or_create(tmp_path / "rogue.key"), "Owner")  # verifies
+    (finding,) = ledger_root_changed(ledger, pinned.ledger_root)
+    assert finding.technique == "ledger-root-changed" and finding.severity.label == "critical"

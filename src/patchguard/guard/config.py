@@ -4,6 +4,7 @@ is one error naming the file and the key; nothing is guessed."""
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ class ConfigError(Exception):
 class GuardConfig:
     baseline: Path | None = Path("/var/lib/patchguard/baseline.zip")
     ledger: Path | None = Path("/var/lib/patchguard/ledger.db")  # exceptions in force
+    ledger_root: str | None = None  # fingerprint entry 1 must be signed by (pinned owner key)
     key: Path = Path("/var/lib/patchguard/host.key")
     spool: Path = Path("/var/lib/patchguard/spool")
     sweep_mean: float = 300.0  # seconds between full sweeps, on average
@@ -106,6 +108,13 @@ def _guard_table(table: dict[str, Any], path: Path) -> dict[str, Any]:
         if key in table:
             value = _take(table, key, (str,), "guard", path)
             out[key] = Path(value) if value else None
+    if "ledger_root" in table:
+        root = _take(table, "ledger_root", (str,), "guard", path)
+        if not re.fullmatch(r"[0-9a-f]{16}", root):
+            raise ConfigError(
+                path, "guard.ledger_root", "expected a key fingerprint, 16 hex digits"
+            )
+        out["ledger_root"] = root
     for key, (low, high) in INTERVALS.items():
         if key in table:
             out[key] = _seconds(

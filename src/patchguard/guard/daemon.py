@@ -23,7 +23,13 @@ from patchguard.guard.metrics import Metrics
 from patchguard.guard.responses import bugcheck, contain
 from patchguard.guard.sinks import LogSink, Spool, SyslogSink, WebhookSink
 from patchguard.guard.systemd import Watchdog, notify
-from patchguard.guard.tamper import BaselinePin, CodePin, SurfaceWatch, surface_lost
+from patchguard.guard.tamper import (
+    BaselinePin,
+    CodePin,
+    SurfaceWatch,
+    ledger_root_changed,
+    surface_lost,
+)
 from patchguard.guard.triggers import TriggerState
 from patchguard.kernel import Kernel
 from patchguard.report import finding_json
@@ -300,7 +306,12 @@ class Guard:
                 )
             )
         found += self.pin.check() if self.pin is not None else []
+        found += self._ledger_root()
         return found + self._config_signature()
+
+    def _ledger_root(self) -> list[Finding]:
+        root, ledger = self.config.ledger_root, self.config.ledger
+        return ledger_root_changed(ledger, root) if root and ledger else []
 
     def _config_signature(self) -> list[Finding]:
         """The config as signed with the host key (`patchguard config sign`): an unsigned one

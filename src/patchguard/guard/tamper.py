@@ -172,3 +172,30 @@ class CodePin:
         paths = {Path(p) for p in self.digests} | set(installed_files(self.package))
         now = files_digest(paths)
         return sorted(p for p in now if self.digests.get(p, "new") != now[p])
+
+
+def ledger_root_changed(ledger: Path, root: str) -> list[Finding]:
+    """The ledger's entry 1 against the owner key the config pins: a ledger rebuilt with other
+    keys verifies by itself, and only the pin tells it from the real one."""
+    from patchguard.policy.ledger import LedgerError, load
+
+    try:
+        entries = load(ledger).entries
+    except (LedgerError, OSError):
+        return []  # missing or not verifying: said by the ledger feed and the scan
+    signer = entries[0].actor if entries else "(no entries)"
+    if signer == root:
+        return []
+    return [
+        Finding(
+            "guard",
+            "ledger-root-changed",
+            Severity.CRITICAL,
+            str(ledger),
+            f"the ledger's first entry is signed by {signer}, not by the pinned owner {root}: "
+            "the ledger was rebuilt",
+            Disposition.TAMPERING,
+            "T1565.001",
+            {"path": str(ledger), "pinned": root, "signer": signer},
+        )
+    ]

@@ -16,7 +16,8 @@ from patchguard.findings import Severity
 from patchguard.kernel import Kernel
 from patchguard.scan import ScanReport, run_scan
 from patchguard.surfaces import all_surfaces
-from patchguard.surfaces.base import Surface
+from patchguard.surfaces.base import Status, Surface
+from patchguard.text import visible
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 DEFAULT_BASELINE = "/var/lib/patchguard/baseline.zip"
@@ -138,7 +139,7 @@ def cmd_scan(args: argparse.Namespace, out: Console, err: Console) -> int:
 
     policy, why_not = ledger_policy(args.ledger or default_ledger_path())
     if why_not:
-        print(f"patchguard: {why_not}", file=sys.stderr)
+        print(f"patchguard: {visible(why_not)}", file=sys.stderr)
     try:
         if err.is_terminal and not args.json:
             with err.status("scanning") as status:
@@ -160,8 +161,24 @@ def _emit(report: ScanReport, as_json: bool, out: Console, threshold: Severity) 
         print(json.dumps(to_json(report), indent=2))
     else:
         render(report, out)
+    return exit_code(report, threshold)
+
+
+def exit_code(report: ScanReport, threshold: Severity) -> int:
+    """1 for findings at or above the threshold; else 2 (never 0, which a script reads as
+    clean) when most surfaces could not be read at all, as for a scan without root."""
     worst = report.worst()
-    return EXIT_FINDINGS if worst is not None and worst >= threshold else EXIT_CLEAN
+    if worst is not None and worst >= threshold:
+        return EXIT_FINDINGS
+    blind = [r.surface.name for r in report.results if r.state.status is Status.UNAVAILABLE]
+    if report.results and 2 * len(blind) > len(report.results):
+        print(
+            f"patchguard: {len(blind)} of {len(report.results)} surfaces could not be read "
+            f"({', '.join(blind)}): this is not a clean result",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    return EXIT_CLEAN
 
 
 def _baseline_path(given: Path | None) -> Path:
@@ -200,7 +217,11 @@ def cmd_baseline_create(args: argparse.Namespace, out: Console, err: Console) ->
     )
     out.print(f"  {sizes}", highlight=False)
     for gap in taken.gaps:
-        out.print(f"  not recorded: {gap.what}: {gap.reason}", highlight=False)
+        out.print(
+            f"  not recorded: {visible(gap.what)}: {visible(gap.reason)}",
+            highlight=False,
+            markup=False,
+        )
     return EXIT_CLEAN
 
 
@@ -241,9 +262,9 @@ def cmd_config_check(args: argparse.Namespace, out: Console, err: Console) -> in
     )
     signature = check_with_host_key(args.file, config.key)
     if signature.ok or signature.missing:
-        out.print(f"signature: {signature.reason}", highlight=False)
+        out.print(f"signature: {visible(signature.reason)}", highlight=False, markup=False)
         return EXIT_CLEAN
-    err.print(f"error: {signature.reason}", highlight=False)
+    print(f"patchguard: {visible(signature.reason)}", file=sys.stderr)  # one line, unwrapped
     return EXIT_ERROR
 
 
@@ -288,25 +309,75 @@ COMMANDS = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+_INPUT_ARGS = ("manifest", "file", "config", "ledger", "baseline", "key", "out", "root")
+
+
+def _inputs(args: argparse.Namespace | None) -> str:
+    """The files a command was given, to name them when an unexpected failure has no file."""
+    given = [str(getattr(args, name)) for name in _INPUT_ARGS if getattr(args, name, None)]
+    return f" (reading {', '.join(given)})" if given else ""
+
+
+def _failure(exc: BaseException, args: argparse.Namespace | None) -> str:
+    """One line for any failure: the file and what is wrong, never a traceback."""
+    from patchguard.safe_read import os_reason
+
+    if isinstance(exc, OSError):
+        where = exc.filename if exc.filename is not None else None
+        what = os_reason(exc)
+        return f"{where}: {what}" if where else f"{what}{_inputs(args)}"
+    if isinstance(exc, MemoryError):
+        return f"out of memory{_inputs(args)}: the input is too large"
+    if isinstance(exc, RecursionError):
+        return f"input nested too deeply{_inputs(args)}"
+    return f"unexpected {type(exc).__name__}{_inputs(args)}: {exc}"
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of our output went away (`| head`): as the Python docs recommend, point
+    stdout at /dev/null so the flush at exit cannot fail again, and exit without a word."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_ERROR
+
+
+def _run(args: argparse.Namespace) -> int:
     from patchguard.guard.config import ConfigError
     from patchguard.integrity.store import BaselineError
     from patchguard.kernel import KernelAccessError
+    from patchguard.safe_read import InputError
     from patchguard.signing import KeyFileError
 
-    args = _parser().parse_args(argv)
     handler = getattr(args, "policy_handler", None)
     if handler is not None:  # the policy commands print their own one-line errors
         return int(handler(args))
     out, err = Console(), Console(stderr=True)
     sub = getattr(args, "baseline_command", None) or getattr(args, "config_command", None)
     command = COMMANDS[(args.command, sub)]
+    expected = (ValueError, BaselineError, KeyFileError, KernelAccessError, ConfigError)
     try:
         return int(command(args, out, err))
-    except (ValueError, BaselineError, KeyFileError, KernelAccessError, ConfigError) as exc:
-        print(f"patchguard: {exc}", file=sys.stderr)  # one line, never wrapped
+    except (*expected, InputError) as exc:
+        print(f"patchguard: {visible(exc)}", file=sys.stderr)  # one line, never wrapped
         return EXIT_ERROR
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Exit 0 clean, 1 findings (only), 2 anything else: every failure is
+    one line on stderr naming the file and what is wrong; a closed pipe exits quietly."""
+    args: argparse.Namespace | None = None
+    try:
+        args = _parser().parse_args(argv)  # a usage error is argparse's SystemExit(2)
+        code = _run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except KeyboardInterrupt:
+        return EXIT_ERROR
+    except Exception as exc:  # the last line of defence: one line, exit 2, no traceback
+        print(f"patchguard: {visible(_failure(exc, args))}", file=sys.stderr)
         return EXIT_ERROR
 
 

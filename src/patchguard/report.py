@@ -8,11 +8,13 @@ import enum
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from patchguard.findings import Finding, Severity
 from patchguard.scan import ScanReport
+from patchguard.text import visible
 
 SCHEMA = "patchguard.scan/1"
 SEVERITY_STYLE = {
@@ -78,11 +80,18 @@ def to_json(report: ScanReport) -> dict[str, Any]:
     }
 
 
+def _shown(text: object) -> str:
+    """Text from the kernel or another host, for a line printed with markup: control
+    characters visible (text.visible), and no `[...]` of it taken as rich markup."""
+    return escape(visible(text))
+
+
 def render(report: ScanReport, console: Console) -> None:
     reader = report.memory_reader or "none"
+    host, release = _shown(report.host), _shown(report.kernel_release)
     console.print(
-        f"[bold]patchguard {report.command}[/] {report.host} · kernel {report.kernel_release} · "
-        f"memory reader: {reader} · {report.seconds:.2f}s"
+        f"[bold]patchguard {report.command}[/] {host} · kernel {release} · "
+        f"memory reader: {_shown(reader)} · {report.seconds:.2f}s"
     )
     table = Table(title="Surfaces", title_justify="left")
     for col in ("surface", "status", "counts", "findings"):
@@ -97,9 +106,8 @@ def render(report: ScanReport, console: Console) -> None:
     if report.gaps:
         console.print("[bold]Could not be checked[/]")
         for g in report.gaps:
-            console.print(
-                f"  [red]unavailable[/] {g.surface}: {g.what}: {g.reason}", highlight=False
-            )
+            what, reason = _shown(g.what), _shown(g.reason)
+            console.print(f"  [red]unavailable[/] {g.surface}: {what}: {reason}", highlight=False)
 
 
 def _render_findings(findings: list[Finding], console: Console) -> None:
@@ -112,14 +120,14 @@ def _render_findings(findings: list[Finding], console: Console) -> None:
         head = Text.assemble(
             label,
             " ",
-            (f.subject, "bold"),
+            (visible(f.subject), "bold"),
             f"  [{f.surface}/{f.technique}"
             + (f" {f.attack_id}" if f.attack_id else "")
             + f", {f.disposition}]",
         )
         console.print(head)
-        console.print(f"    {f.summary}", highlight=False)
+        console.print(f"    {visible(f.summary)}", highlight=False, markup=False)
         for key, value in f.evidence.items():
             if value not in (None, [], ""):
                 shown = ", ".join(map(str, value)) if isinstance(value, list) else value
-                console.print(f"      {key}: {shown}", highlight=False, markup=False)
+                console.print(f"      {key}: {visible(shown)}", highlight=False, markup=False)

@@ -90,15 +90,37 @@ def _kind(key: object) -> str:
     return "other"
 
 
+def _check_owners(path: Path, st: os.stat_result) -> None:
+    """As sshd does with its keys: the key must belong to root or to the user running, and no
+    one else may write its directory (or they could swap the key for theirs). A directory
+    with the sticky bit (/tmp) lets no one replace another's file, so it passes."""
+    trusted = {0, os.geteuid()}
+    if st.st_uid not in trusted:
+        raise KeyFileError(path, f"owned by uid {st.st_uid}, not by root or this user; chown it")
+    try:
+        parent = os.stat(path.parent)
+    except OSError as exc:
+        raise KeyFileError(path, f"cannot check its directory: {_why(exc)}") from exc
+    if parent.st_uid not in trusted:
+        raise KeyFileError(path, f"its directory is owned by uid {parent.st_uid}, not by root")
+    if parent.st_mode & 0o022 and not parent.st_mode & stat.S_ISVTX:
+        mode = stat.S_IMODE(parent.st_mode)
+        raise KeyFileError(
+            path, f"its directory is writable by others (mode {mode:04o}); chmod go-w it"
+        )
+
+
 def _read_private_key(path: Path) -> Ed25519PrivateKey:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO put in the key's place must not hang the open (fstat refuses it)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as exc:
         raise KeyFileError(path, f"cannot open the key file: {_why(exc)}") from exc
     try:
         st = os.fstat(fd)  # the file actually opened, not whatever the name points to later
         if not stat.S_ISREG(st.st_mode):
             raise KeyFileError(path, "not a regular file; the host key must be a file")
+        _check_owners(path, st)
         mode = stat.S_IMODE(st.st_mode)
         if mode & 0o077:
             raise KeyFileError(

@@ -690,6 +690,26 @@ _CATALOGUE: tuple[Technique, ...] = (
         IMPAIR_DEFENSES,
         "The guard's own installed files changed while it runs",
     ),
+    Technique(
+        "baseline-replaced",
+        Severity.CRITICAL,
+        STORED_DATA,
+        "The baseline file is not the one the guard started with (or was reloaded with), even "
+        "if it verifies: a re-created baseline hides what changed before it",
+    ),
+    Technique(
+        "ledger-root-changed",
+        Severity.CRITICAL,
+        STORED_DATA,
+        "The exception ledger's first entry is not signed by the owner key the guard's config "
+        "pins: the ledger was rebuilt",
+    ),
+    Technique(
+        "surface-lost",
+        Severity.HIGH,
+        IMPAIR_DEFENSES,
+        "A surface the guard could read when it started cannot be read any more",
+    ),
 )
 TECHNIQUES: Mapping[str, Technique] = {t.name: t for t in _CATALOGUE}
 

@@ -100,3 +100,33 @@ def test_tampered_ledger_announces_nothing(ledger: Path, tmp_path: Path) -> None
         conn.execute('UPDATE entries SET payload = \'{"reason":"rubber stamp"}\' WHERE seq = 4')
     assert LedgerFeed(ledger, tmp_path / "host.key").news(now=T0) == []
     assert read_seen(state_path(ledger)) == 0
+
+
+def test_a_rebuilt_ledger_is_announced_as_rewritten(
+    ledger: Path, tmp_path: Path, keys: dict[str, HostKey]
+) -> None:
+    feed = LedgerFeed(ledger, tmp_path / "host.key")
+    assert len(feed.news(now=T0)) == 5
+    ledger.unlink()
+    rogue = HostKey.load_or_create(tmp_path / "rogue.key")
+    for seq in range(6):  # more entries than were announced: the old counter would hide them
+        if seq == 0:
+            init_ledger(ledger, rogue, "Not The Owner", now=T0)
+        else:
+            grant_key(ledger, rogue, keys["acme"].public_key_bytes(), f"Acme {seq}", [], now=T0)
+    events = feed.news(now=T0)
+    assert events[0]["event"] == "ledger-rewritten" and "rebuilt" in events[0]["message"]
+    assert [e["seq"] for e in events[1:]] == [1, 2, 3, 4, 5, 6]  # the new history, all of it
+    assert feed.news(now=T0) == []  # said once
+
+
+def test_a_ledger_cut_short_or_removed_is_announced(ledger: Path, tmp_path: Path) -> None:
+    feed = LedgerFeed(ledger, tmp_path / "host.key")
+    feed.news(now=T0)
+    ledger.unlink()
+    (gone,) = feed.news(now=T0)
+    assert gone["event"] == "ledger-rewritten" and "gone" in gone["message"]
+    assert feed.news(now=T0) == []  # said once
+    ledger.write_bytes(b"")  # a 0-byte file where the ledger was
+    (empty,) = feed.news(now=T0)
+    assert "fewer than the 5 already announced" in empty["message"]

@@ -228,7 +228,7 @@ def test_offset_and_livepatch_checks() -> None:
     text = HEAD + '\n[[kprobe]]\nsymbol = "vfs_read"\noffset = -4\n'
     assert error_of(text) == (
         f"vendor.toml:{line_with(text, 'offset')}: kprobe[0].offset: "
-        "expected a byte offset (0 or more)"
+        "expected a byte offset (0 to 4294967295)"
     )
     text = HEAD + '\n[[livepatch]]\nname = "lp"\nfunctions = []\n'
     assert error_of(text) == (

@@ -21,9 +21,9 @@ NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 # guard event names, CLI words, codecs, process names.
 NOT_TECHNIQUES = {
     "directory-listing", "module-list", "network-listing", "ledger-entry", "reload-failed",
-    "ledger-untrusted", "ledger-expiry-failed", "key-add", "key-show", "max-expiry", "utf-8",
-    "log-init", "gpg-agent", "ssh-agent", "sshd-session", "polkit-agent-helper-1",
-    "patchguard-read",
+    "ledger-untrusted", "ledger-expiry-failed", "ledger-rewritten", "key-add", "key-show",
+    "max-expiry", "utf-8", "log-init", "gpg-agent", "ssh-agent", "sshd-session",
+    "polkit-agent-helper-1", "patchguard-read",
     # taint technique stems, named "taint-<stem>" by the posture surface
     "live-patched", "acpi-table-override", "fwctl-debug-write", "kernel-oops", "user-taint",
     "staging-driver", "auxiliary-taint", "kernel-test", "kernel-warning", "forced-module-unload",

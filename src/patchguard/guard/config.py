@@ -3,14 +3,21 @@ is one error naming the file and the key; nothing is guessed."""
 
 from __future__ import annotations
 
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from patchguard.findings import Severity
+from patchguard.safe_read import InputError, parse_toml, read_bounded
 
 RESPONSES = ("log", "alert", "contain", "bugcheck")
+# Seconds, inclusive (docs/guard.md): a sweep at least every day and at most every second; a
+# trigger look at least every 10 s (the unit's watchdog, 30 s, is pinged from that loop) and
+# at most every 50 ms (below that it is a busy loop, not a guard).
+INTERVALS = {"sweep_mean": (1.0, 86400.0), "trigger_interval": (0.05, 10.0)}
 DEFAULT_PATH = Path("/etc/patchguard/guard.toml")
 
 
@@ -25,6 +32,7 @@ class ConfigError(Exception):
 class GuardConfig:
     baseline: Path | None = Path("/var/lib/patchguard/baseline.zip")
     ledger: Path | None = Path("/var/lib/patchguard/ledger.db")  # exceptions in force
+    ledger_root: str | None = None  # fingerprint entry 1 must be signed by (pinned owner key)
     key: Path = Path("/var/lib/patchguard/host.key")
     spool: Path = Path("/var/lib/patchguard/spool")
     sweep_mean: float = 300.0  # seconds between full sweeps, on average
@@ -64,20 +72,58 @@ def _take(table: dict[str, Any], key: str, kinds: tuple[type, ...], where: str, 
     return value
 
 
+def _finite(value: float, key: str, path: Path) -> float:
+    # int and float both: an int too large for a float is as unusable as inf
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConfigError(path, f"guard.{key}", f"must be a finite number, got {value!r:.40}")
+    return number
+
+
+def _seconds(value: float, key: str, low: float, high: float, path: Path) -> float:
+    seconds = _finite(value, key, path)
+    if seconds <= 0:
+        raise ConfigError(path, f"guard.{key}", "must be more than 0 seconds")
+    if not low <= seconds <= high:
+        raise ConfigError(path, f"guard.{key}", f"must be from {low:g} to {high:g} seconds")
+    return seconds
+
+
+def _listen(value: str, path: Path) -> str:
+    """HOST:PORT with a port from 1 to 65535 and a host ("[::1]" for IPv6)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or len(port) > 5:
+        raise ConfigError(path, "metrics.listen", f"expected HOST:PORT, got {value!r:.80}")
+    if not 1 <= int(port) <= 65535:
+        raise ConfigError(path, "metrics.listen", f"port {port} is not from 1 to 65535")
+    return value
+
+
 def _guard_table(table: dict[str, Any], path: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in ("baseline", "ledger", "key", "spool"):
         if key in table:
             value = _take(table, key, (str,), "guard", path)
             out[key] = Path(value) if value else None
-    for key in ("sweep_mean", "trigger_interval"):
+    if "ledger_root" in table:
+        root = _take(table, "ledger_root", (str,), "guard", path)
+        if not re.fullmatch(r"[0-9a-f]{16}", root):
+            raise ConfigError(
+                path, "guard.ledger_root", "expected a key fingerprint, 16 hex digits"
+            )
+        out["ledger_root"] = root
+    for key, (low, high) in INTERVALS.items():
         if key in table:
-            value = float(_take(table, key, (int, float), "guard", path))
-            if value <= 0:
-                raise ConfigError(path, f"guard.{key}", "must be more than 0 seconds")
-            out[key] = value
+            out[key] = _seconds(
+                _take(table, key, (int, float), "guard", path), key, low, high, path
+            )
     if "sweep_jitter" in table:
-        jitter = float(_take(table, "sweep_jitter", (int, float), "guard", path))
+        jitter = _finite(
+            _take(table, "sweep_jitter", (int, float), "guard", path), "sweep_jitter", path
+        )
         if not 0 <= jitter < 1:
             raise ConfigError(path, "guard.sweep_jitter", "must be from 0 to below 1")
         out["sweep_jitter"] = jitter
@@ -111,9 +157,11 @@ def _no_extra(table: dict[str, Any], where: str, path: Path) -> None:
 
 def parse_config(text: str, path: Path) -> GuardConfig:
     try:
-        raw = tomllib.loads(text)
+        raw = parse_toml(text, str(path))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+    except InputError as exc:
+        raise ConfigError(path, "", exc.reason) from None
     values: dict[str, Any] = {}
     for section in ("guard", "responses", "alert", "metrics", "bugcheck"):
         if section in raw and not isinstance(raw[section], dict):
@@ -132,11 +180,7 @@ def parse_config(text: str, path: Path) -> GuardConfig:
     _no_extra(alert, "alert", path)
     metrics = dict(raw.pop("metrics", {}))
     if "listen" in metrics:
-        listen = _take(metrics, "listen", (str,), "metrics", path)
-        _host, sep, port = listen.rpartition(":")
-        if not sep or not port.isdigit():
-            raise ConfigError(path, "metrics.listen", f"expected HOST:PORT, got {listen!r}")
-        values["metrics"] = listen
+        values["metrics"] = _listen(_take(metrics, "listen", (str,), "metrics", path), path)
     _no_extra(metrics, "metrics", path)
     bugcheck = dict(raw.pop("bugcheck", {}))
     if "dry_run" in bugcheck:
@@ -147,8 +191,11 @@ def parse_config(text: str, path: Path) -> GuardConfig:
 
 
 def load_config(path: Path) -> GuardConfig:
+    """Read (a regular file, at most 1 MiB of UTF-8) and validate a guard config."""
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(path, "", f"cannot read it: {exc.strerror}") from None
+        text = read_bounded(path, "config").decode("utf-8")
+    except InputError as exc:
+        raise ConfigError(path, "", f"cannot read it: {exc.reason}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "", f"not UTF-8 text (byte {exc.start})") from None
     return parse_config(text, path)

@@ -13,6 +13,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from patchguard.atomic import write_atomic
+from patchguard.safe_read import InputError, parse_json, read_bounded
 from patchguard.signing import HostKey, fingerprint_of
 
 FORMAT = "patchguard.config-signature/1"
@@ -35,7 +36,7 @@ def _signed_text(digest: str) -> bytes:
 
 def sign_config(config: Path, key: HostKey) -> Path:
     """Write <config>.sig: the file's sha256 signed by `key` (atomically)."""
-    digest = hashlib.sha256(config.read_bytes()).hexdigest()
+    digest = hashlib.sha256(read_bounded(config, "config")).hexdigest()
     doc = {
         "format": FORMAT,
         "sha256": digest,
@@ -50,17 +51,19 @@ def sign_config(config: Path, key: HostKey) -> Path:
 def check_config(config: Path, public_key: bytes) -> SignatureCheck:
     """Whether <config>.sig signs the config as it is now, with the key `public_key`."""
     sig = signature_path(config)
-    try:
-        doc = json.loads(sig.read_text())
-        digest, signature = str(doc["sha256"]), bytes.fromhex(str(doc["signature"]))
-    except FileNotFoundError:
+    if not sig.exists():
         return SignatureCheck(False, True, f"{sig}: no signature (`patchguard config sign`)")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    try:
+        doc = parse_json(read_bounded(sig, "signature"), str(sig))
+        digest, signature = str(doc["sha256"]), bytes.fromhex(str(doc["signature"]))
+    except InputError as exc:
+        return SignatureCheck(False, False, f"unreadable signature: {exc}")
+    except (ValueError, KeyError, TypeError) as exc:
         return SignatureCheck(False, False, f"{sig}: unreadable signature: {exc}")
     try:
-        now = hashlib.sha256(config.read_bytes()).hexdigest()
-    except OSError as exc:
-        return SignatureCheck(False, False, f"{config}: unreadable: {exc.strerror}")
+        now = hashlib.sha256(read_bounded(config, "config")).hexdigest()
+    except InputError as exc:
+        return SignatureCheck(False, False, f"unreadable: {exc}")
     if now != digest:
         return SignatureCheck(False, False, f"{config}: changed since it was signed")
     try:

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -23,12 +23,19 @@ from patchguard.guard.metrics import Metrics
 from patchguard.guard.responses import bugcheck, contain
 from patchguard.guard.sinks import LogSink, Spool, SyslogSink, WebhookSink
 from patchguard.guard.systemd import Watchdog, notify
+from patchguard.guard.tamper import (
+    BaselinePin,
+    CodePin,
+    SurfaceWatch,
+    ledger_root_changed,
+    surface_lost,
+)
 from patchguard.guard.triggers import TriggerState
 from patchguard.kernel import Kernel
 from patchguard.report import finding_json
 from patchguard.scan import run_scan
 from patchguard.surfaces import all_surfaces
-from patchguard.surfaces.base import Surface
+from patchguard.surfaces.base import Status, Surface, SurfaceState
 
 FindingKey = tuple[str, str, str]
 
@@ -39,12 +46,8 @@ def next_interval(mean: float, jitter: float) -> float:
     return mean * (1 + jitter * (2 * u - 1))
 
 
-def files_digest(root: Path) -> dict[str, str]:
-    """SHA-256 of every file of the installed package: the guard's own integrity."""
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*.py"))
-    }
+def _gap_text(state: SurfaceState) -> str:
+    return "; ".join(f"{g.what}: {g.reason}" for g in state.gaps[:3]) or "no reason given"
 
 
 def _key(f: Finding) -> FindingKey:
@@ -53,22 +56,27 @@ def _key(f: Finding) -> FindingKey:
 
 class Guard:
     def __init__(self, config: GuardConfig, config_path: Path | None, out: IO[str]) -> None:
+        # Signals first: a SIGTERM while the guard pins its files is a stop, not a kill.
+        self.stop = threading.Event()
+        self.reload = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
         self.config, self.config_path = config, config_path
         self.kernel = Kernel()
         self.log = LogSink(out)
         self.alerts: list[LogSink | SyslogSink | WebhookSink] = []
         self._open_alert_sinks()
         self.metrics = Metrics(config.metrics)
-        self.stop = threading.Event()
-        self.reload = threading.Event()
         self.active: dict[str, set[FindingKey]] = {}  # per surface: findings seen last time
         self.records: dict[str, Sequence[object]] = {}
         self.surfaces = {s.name: s for s in all_surfaces()}
         self.package = Path(patchguard.__file__).parent
-        self.files = files_digest(self.package)
+        self.code = CodePin.take(self.package)
         self.config_digest = self._config_digest()
         self._ledger_problem: str | None = None
         self.feed = self._ledger_feed()
+        self.pin = BaselinePin.take(config.baseline) if config.baseline is not None else None
+        self.watch = SurfaceWatch()
 
     # --- set-up ----------------------------------------------------------------------------
     def _open_alert_sinks(self) -> None:
@@ -90,18 +98,24 @@ class Guard:
         except OSError:
             return None
 
+    def announce(self, event: dict[str, Any]) -> None:
+        """An event about the guard itself (start, stop, reload): to the log and every alert
+        sink, so that a guard stopped or reconfigured is seen where its findings are."""
+        self.log.send(event)
+        for sink in self.alerts:
+            sink.send(event)
+
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         (self.reload if signum == signal.SIGHUP else self.stop).set()
 
     # --- the loop --------------------------------------------------------------------------
     def run(self) -> int:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, self._on_signal)
-        self.log.send(
+        self.announce(
             {
                 "event": "start",
                 "version": patchguard.__version__,
                 "sweep_mean": self.config.sweep_mean,
+                "baseline_sha256": self.pin.digest if self.pin else None,
             }
         )
         watchdog = Watchdog()
@@ -130,7 +144,7 @@ class Guard:
                     self.config.sweep_mean, self.config.sweep_jitter
                 )
         notify("STOPPING=1")
-        self.log.send({"event": "stop"})
+        self.announce({"event": "stop"})
         for sink in self.alerts:
             if isinstance(sink, WebhookSink):
                 sink.close()
@@ -144,7 +158,7 @@ class Guard:
         try:
             self.config = load_config(self.config_path)
         except Exception as exc:  # a bad new config keeps the old one running
-            self.log.send({"event": "reload-failed", "message": str(exc)})
+            self.announce({"event": "reload-failed", "message": str(exc)})
             return
         for sink in self.alerts:
             if isinstance(sink, WebhookSink):
@@ -152,16 +166,38 @@ class Guard:
         self._open_alert_sinks()
         self.feed = self._ledger_feed()
         self.config_digest = self._config_digest()
-        self.log.send({"event": "reloaded", "config": str(self.config_path)})
+        # A reload is how an operator says a new baseline is meant: pin it, and say so.
+        self.pin = BaselinePin.take(self.config.baseline) if self.config.baseline else None
+        self.announce(
+            {
+                "event": "reloaded",
+                "config": str(self.config_path),
+                "baseline_sha256": self.pin.digest if self.pin else None,
+            }
+        )
 
     # --- sweeps and triggers --------------------------------------------------------------
+    def _phases(self) -> list[Callable[[], list[Finding]]]:
+        phases = [
+            self._announce_ledger_phase,
+            lambda: self.collect(list(self.surfaces.values()), "sweep"),
+            lambda: self.handle("guard", self.self_check(), "sweep"),
+        ]
+        if self.config.baseline is not None:
+            phases.append(lambda: self.handle("kernel_text", self.check_baseline(), "sweep"))
+        return phases
+
+    def _announce_ledger_phase(self) -> list[Finding]:
+        self.announce_ledger()
+        return []
+
     def sweep(self) -> None:
         t0 = time.monotonic()
-        self.announce_ledger()
-        findings = self.collect(list(self.surfaces.values()), "sweep")
-        findings += self.handle("guard", self.self_check(), "sweep")
-        if self.config.baseline is not None:
-            findings += self.handle("kernel_text", self.check_baseline(), "sweep")
+        findings: list[Finding] = []
+        for phase in self._phases():
+            if self.stop.is_set():  # SIGTERM is answered between phases, not after the sweep
+                return
+            findings += phase()
         self.metrics.swept(time.monotonic() - t0, findings)
         self.log.send(
             {
@@ -177,7 +213,7 @@ class Guard:
             return
         for event in self.feed.news():
             self.log.send(event)
-            if event["event"] == "ledger-entry":
+            if event["event"] in ("ledger-entry", "ledger-rewritten"):
                 for sink in self.alerts:
                     sink.send(event)
 
@@ -188,18 +224,32 @@ class Guard:
         if why_not and why_not != self._ledger_problem:
             self.log.send({"event": "ledger-untrusted", "message": why_not})
         self._ledger_problem = why_not
-        self.kernel.refresh()  # symbols of modules and BPF programs loaded since the last one
-        report = run_scan(self.kernel, surfaces, policy=policy)
+        try:
+            self.kernel.refresh()  # symbols of modules and BPF programs loaded since the last
+            report = run_scan(self.kernel, surfaces, policy=policy)
+        except Exception as exc:  # a reader taken away mid-run: a finding, never an exit
+            reason = f"{type(exc).__name__}: {exc}"
+            return self._lost([(s.name, Status.UNAVAILABLE, reason) for s in surfaces], why)
         self.metrics.unavailable(sum(1 for r in report.results if r.state.gaps))
         found: list[Finding] = []
         for result in report.results:
             self.records[result.surface.name] = result.state.records
             found += self.handle(result.surface.name, result.findings, why)
+        looks = [(r.surface.name, r.state.status, _gap_text(r.state)) for r in report.results]
+        return found + self._lost(looks, why)
+
+    def _lost(self, looks: list[tuple[str, Status, str]], why: str) -> list[Finding]:
+        """surface-lost findings, each surface on its own (triggers look at a few at a time)."""
+        lost = {f.subject: f for f in self.watch.update(looks)}
+        found: list[Finding] = []
+        for name, _status, _why in looks:
+            found += self.handle(f"lost:{name}", [lost[name]] if name in lost else [], why)
         return found
 
     def check_baseline(self) -> list[Finding]:
         from patchguard.integrity.check import verify
         from patchguard.integrity.store import BaselineError
+        from patchguard.kernel import KernelAccessError
         from patchguard.signing import HostKey, KeyFileError
 
         assert self.config.baseline is not None
@@ -207,6 +257,8 @@ class Guard:
             key = HostKey.load(self.config.key)
             self.kernel.refresh()
             return verify(self.kernel, self.config.baseline, key.public_key_bytes()).findings
+        except KernelAccessError as exc:  # the memory reader went away: a finding, not an exit
+            return [surface_lost("kernel_text", str(exc))]
         except (BaselineError, KeyFileError) as exc:
             return [
                 Finding(
@@ -224,10 +276,7 @@ class Guard:
     def self_check(self) -> list[Finding]:
         """The guard's own files and its config, against what they were when it started."""
         found = []
-        now = files_digest(self.package)
-        changed = sorted(
-            k for k in self.files.keys() | now.keys() if self.files.get(k) != now.get(k)
-        )
+        changed = self.code.changed()
         if changed:
             found.append(
                 Finding(
@@ -256,7 +305,13 @@ class Guard:
                     {"path": str(self.config_path)},
                 )
             )
+        found += self.pin.check() if self.pin is not None else []
+        found += self._ledger_root()
         return found + self._config_signature()
+
+    def _ledger_root(self) -> list[Finding]:
+        root, ledger = self.config.ledger_root, self.config.ledger
+        return ledger_root_changed(ledger, root) if root and ledger else []
 
     def _config_signature(self) -> list[Finding]:
         """The config as signed with the host key (`patchguard config sign`): an unsigned one
@@ -296,6 +351,8 @@ class Guard:
     def respond(self, finding: Finding, why: str) -> None:
         event: dict[str, Any] = {"event": "finding", "why": why, "finding": finding_json(finding)}
         actions = self.config.responses_for(finding.severity)
+        if finding.surface == "guard":  # the guard's own integrity: every sink, always
+            actions = tuple(dict.fromkeys(("log", "alert", *actions)))
         if finding.disposition in (Disposition.EXPLAINED, Disposition.ALLOWED):
             actions = tuple(a for a in actions if a == "log")  # shown, never acted on
         if "log" in actions:
@@ -327,5 +384,13 @@ class Guard:
 
 
 def main(config_path: Path | None, out: IO[str] = sys.stdout) -> int:
+    # No bytecode written by the guard: every file of its code is pinned at start, and a cache
+    # file appearing later is reported, not explained away.
+    sys.dont_write_bytecode = True
+    # A ledger locked by another process waits at most this long, not SQLite's 30 s: the
+    # watchdog (30 s) is pinged between sweeps, and a stuck sweep is a dead guard to systemd.
+    from patchguard.policy import ledger
+
+    ledger.READ_LOCK_WAIT = ledger.WRITE_LOCK_WAIT = 2.0
     config = load_config(config_path) if config_path is not None else GuardConfig()
     return Guard(config, config_path, out).run()

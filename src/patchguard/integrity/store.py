@@ -51,6 +51,7 @@ from typing import IO, NoReturn
 
 from patchguard.atomic import write_atomic
 from patchguard.integrity.baseline import PAGE, Baseline, BaselineMeta, Region, page_hashes
+from patchguard.safe_read import InputError, open_regular
 from patchguard.signing import HostKey, fingerprint_of, verify_signature
 
 FORMAT = "patchguard.baseline/2"
@@ -245,13 +246,22 @@ _CORRUPT_MEMBER = (
 )
 
 
-def _open_zip(path: Path) -> zipfile.ZipFile:
+@contextlib.contextmanager
+def _open_zip(path: Path) -> Iterator[zipfile.ZipFile]:
+    """The baseline as a zip: a regular file of at most 4 GiB (no FIFO, no /dev/zero)."""
     try:
-        return zipfile.ZipFile(path)
-    except OSError as exc:
-        raise BaselineError(path, f"cannot read the baseline: {_why(exc)}") from exc
-    except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError) as exc:
-        raise BaselineError(path, f"{_NOT_A_BASELINE} ({exc})") from exc
+        file = open_regular(path, "baseline")
+    except InputError as exc:
+        raise BaselineError(path, f"cannot read the baseline: {exc.reason}") from None
+    with file:
+        try:
+            zf = zipfile.ZipFile(file)
+        except OSError as exc:
+            raise BaselineError(path, f"cannot read the baseline: {_why(exc)}") from exc
+        except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError) as exc:
+            raise BaselineError(path, f"{_NOT_A_BASELINE} ({exc})") from exc
+        with zf:
+            yield zf
 
 
 @contextlib.contextmanager
@@ -368,9 +378,11 @@ def _parse_region(path: Path, raw: object) -> RegionEntry:
     if not isinstance(start, str) or not start.startswith("0x"):
         _malformed(path, f"region {name}: start is not a hex address")
     try:
-        start_address = int(start, 16)
+        start_address = int(start[:20], 16) if len(start) <= 18 else -1  # 0x + 16 digits
     except ValueError:
-        _malformed(path, f"region {name}: start {start!r} is not a hex address")
+        start_address = -1
+    if not 0 <= start_address < 1 << 64:
+        _malformed(path, f"region {name}: start {start[:40]!r} is not a 64-bit hex address")
     size = _byte_count(path, size, f"region {name}: size")
     digest = _sha256_hex(path, digest, f"region {name}: sha256")
     if not isinstance(pages, list) or not _all_sha256_hex(pages):

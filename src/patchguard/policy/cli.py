@@ -26,11 +26,13 @@ from patchguard.policy.ledger import (
     replay,
     verify,
 )
-from patchguard.policy.manifest import ManifestError, load_manifest
+from patchguard.policy.manifest import ManifestError, check_request_size, load_manifest
 from patchguard.policy.rules import ROLES
 from patchguard.policy.transparency import cli as transparency_cli
 from patchguard.policy.transparency.cli import register_witness as register_witness
+from patchguard.safe_read import InputError
 from patchguard.signing import HostKey, KeyFileError
+from patchguard.text import visible
 
 EXIT_OK, EXIT_BAD_LEDGER, EXIT_ERROR = 0, 1, 2
 Handler = Callable[[argparse.Namespace], int]
@@ -61,22 +63,23 @@ def _request(args: argparse.Namespace) -> int:
     except ValueError:
         raise UsageError(f"--expires: {args.expires!r} is not a date (YYYY-MM-DD)") from None
     manifest = load_manifest(Path(args.manifest))
+    check_request_size(manifest, args.manifest)  # refused here, before the ledger's lock
     done = ops.request_exception(_ledger(args), _key(args), manifest, expires, args.scope)
-    _print(done.description)
+    _print(visible(done.description))
     return EXIT_OK
 
 
 def _decision(approve: bool) -> Handler:
     def handler(args: argparse.Namespace) -> int:
         done = ops.decide(_ledger(args), _key(args), args.id, approve, args.reason)
-        _print(done.description)
+        _print(visible(done.description))
         return EXIT_OK
 
     return handler
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    _print(ops.revoke(_ledger(args), _key(args), args.id, args.reason).description)
+    _print(visible(ops.revoke(_ledger(args), _key(args), args.id, args.reason).description))
     return EXIT_OK
 
 
@@ -85,15 +88,13 @@ def _list(args: argparse.Namespace) -> int:
     for r in ops.requests(_ledger(args)):
         m = r.manifest
         scope = "all hosts" if r.scope is None else ",".join(r.scope)
-        _print(
-            f"#{r.id}\t{r.status_at(now)}\t{m.vendor}\t{m.product} {m.version}\t{scope}\t"
-            f"expires {r.expires}"
-        )
+        fields = (m.vendor, f"{m.product} {m.version}", scope, f"expires {r.expires}")
+        _print("\t".join((f"#{r.id}", r.status_at(now), *map(visible, fields))))
     return EXIT_OK
 
 
 def _init(args: argparse.Namespace) -> int:
-    _print(ops.init_ledger(_ledger(args), _key(args), args.owner).description)
+    _print(visible(ops.init_ledger(_ledger(args), _key(args), args.owner).description))
     return EXIT_OK
 
 
@@ -106,7 +107,7 @@ def _key_add(args: argparse.Namespace) -> int:
         raise UsageError("PUBLIC_KEY: expected 64 hex digits (`patchguard ledger key show`)")
     roles = args.role or []
     done = ops.grant_key(_ledger(args), _key(args), public_key, args.owner, roles)
-    _print(done.description)
+    _print(visible(done.description))
     return EXIT_OK
 
 
@@ -118,7 +119,7 @@ def _key_show(args: argparse.Namespace) -> int:
 
 
 def _max_expiry(args: argparse.Namespace) -> int:
-    _print(ops.set_max_expiry(_ledger(args), _key(args), args.days).description)
+    _print(visible(ops.set_max_expiry(_ledger(args), _key(args), args.days).description))
     return EXIT_OK
 
 
@@ -126,7 +127,7 @@ def _verify(args: argparse.Namespace) -> int:
     path = _ledger(args)
     result = verify(path, args.root, args.head)
     if not result.ok:
-        print(f"patchguard: {path}: does not verify: {result.reason}", file=sys.stderr)
+        print(f"patchguard: {path}: does not verify: {visible(result.reason)}", file=sys.stderr)
         return EXIT_BAD_LEDGER
     _print(f"{path}: {result.entries} entries verify; head {result.head or '(empty)'}")
     return EXIT_OK
@@ -139,9 +140,10 @@ def _show(args: argparse.Namespace) -> int:
         return EXIT_OK
     loaded = replay(read_rows(path))
     for entry, line in zip(loaded.entries, loaded.descriptions, strict=True):
-        _print(f"{entry.seq}\t{entry.time}\t{entry.kind}\t{line}")
+        _print(f"{entry.seq}\t{visible(entry.time)}\t{visible(entry.kind)}\t{visible(line)}")
     if not loaded.result.ok:
-        print(f"patchguard: {path}: does not verify: {loaded.result.reason}", file=sys.stderr)
+        reason = visible(loaded.result.reason)
+        print(f"patchguard: {path}: does not verify: {reason}", file=sys.stderr)
         return EXIT_BAD_LEDGER
     return EXIT_OK
 
@@ -160,7 +162,7 @@ def _report(args: argparse.Namespace) -> int:
     _print("vendor\trequests\tapproved\tdenied\tmedian time to decision")
     for s in stats:
         median = _duration(s.median_to_decision)
-        _print(f"{s.vendor}\t{s.requests}\t{s.approvals}\t{s.denials}\t{median}")
+        _print(f"{visible(s.vendor)}\t{s.requests}\t{s.approvals}\t{s.denials}\t{median}")
     return EXIT_OK
 
 
@@ -170,8 +172,8 @@ def _guarded(handler: Handler) -> Handler:
     def run(args: argparse.Namespace) -> int:
         try:
             return handler(args)
-        except (UsageError, LedgerError, ManifestError, KeyFileError) as exc:
-            print(f"patchguard: {exc}", file=sys.stderr)
+        except (UsageError, LedgerError, ManifestError, KeyFileError, InputError) as exc:
+            print(f"patchguard: {visible(exc)}", file=sys.stderr)
             return EXIT_ERROR
 
     return run

@@ -13,7 +13,6 @@ transaction.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,6 +34,7 @@ from patchguard.policy.chain import (
 from patchguard.policy.rules import LedgerState, RuleError
 from patchguard.policy.transparency import TransparencyError, store
 from patchguard.policy.transparency.store import LogConfig
+from patchguard.safe_read import InputError, check_regular, os_reason, parse_json, read_bounded
 from patchguard.signing import HostKey
 
 DEFAULT_LEDGER = Path("/var/lib/patchguard/ledger.db")
@@ -108,8 +108,30 @@ def replay(rows: Sequence[Sequence[object]]) -> Replay:
     return Replay(result, tuple(entries), tuple(lines), state)
 
 
+def _exists(path: Path) -> bool:
+    """Whether there is a ledger file; one that is there must be a regular file within the
+    ledger's size limit (a FIFO or device would hang or flood SQLite)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise LedgerError(path, f"cannot read the ledger: {os_reason(exc)}") from None
+    try:
+        check_regular(path, "ledger")
+    except InputError as exc:
+        raise LedgerError(path, exc.reason) from None
+    return True
+
+
+# How long a reader waits for another process's write lock, in seconds. The guard lowers it
+# (a lock held by anyone must not hold a sweep past the watchdog); the CLI waits out appends.
+READ_LOCK_WAIT = 30.0
+WRITE_LOCK_WAIT = 30.0
+
+
 def _connect(path: Path, create: bool) -> sqlite3.Connection:
-    if not create and not path.exists():
+    if not _exists(path) and not create:
         raise LedgerError(path, "no ledger here (start one with `patchguard ledger init`)")
     if create:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,7 +139,8 @@ def _connect(path: Path, create: bool) -> sqlite3.Connection:
     # that a killed appender left behind, instead of refusing to read.
     mode = "rwc" if create else ("rw" if os.access(path, os.W_OK) else "ro")
     uri = f"{path.resolve().as_uri()}?mode={mode}"
-    conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+    wait = WRITE_LOCK_WAIT if create else READ_LOCK_WAIT
+    conn = sqlite3.connect(uri, uri=True, timeout=wait, isolation_level=None)
     conn.execute("PRAGMA synchronous = FULL")  # a committed entry survives a power cut
     return conn
 
@@ -148,9 +171,9 @@ def _insert(conn: sqlite3.Connection, entry: Entry) -> None:
 
 def _rows_from_json(path: Path) -> list[tuple[object, ...]]:
     try:
-        doc = json.loads(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise LedgerError(path, f"cannot read the export: {exc}") from None
+        doc = parse_json(read_bounded(path, "export"), str(path))
+    except InputError as exc:
+        raise LedgerError(path, f"cannot read the export: {exc.reason}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise LedgerError(path, f"not a patchguard ledger export ({FORMAT})")
     entries = doc.get("entries")
@@ -192,11 +215,45 @@ def verify(path: Path, root: str | None = None, head: str | None = None) -> Veri
     return result
 
 
+# The last verified replay of each ledger file, by its head: the guard asks at every sweep and
+# trigger, and a replay checks one signature per entry. Only what verified is kept, so an
+# entry changed below an unchanged head cannot be taken in by this (`verify` reads it all).
+_REPLAYS: dict[Path, tuple[tuple[object, ...], Replay]] = {}
+
+
+def head_of(path: Path) -> tuple[object, ...] | None:
+    """(device, inode, seq, hash) of the ledger file's last entry, by one lookup on the
+    primary key; None for an export or a file that cannot be asked."""
+    if path.suffix == ".json":
+        return None
+    try:
+        st = os.stat(path)
+        conn = _connect(path, create=False)
+        try:
+            if not _is_ledger(conn, path, create=False):
+                return None
+            row = conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1")
+            last = row.fetchone() or (0, "")
+        finally:
+            conn.close()
+    except (OSError, sqlite3.Error, LedgerError):
+        return None
+    return (st.st_dev, st.st_ino, *last)
+
+
 def load(path: Path) -> Replay:
-    """The verified ledger; LedgerError if any entry is bad (nothing in it is then trusted)."""
+    """The verified ledger; LedgerError if any entry is bad (nothing in it is then trusted).
+    A ledger whose head did not change since it last verified is not replayed again."""
+    head = head_of(path)
+    cached = _REPLAYS.get(path)
+    if head is not None and cached is not None and cached[0] == head:
+        return cached[1]
     loaded = replay(read_rows(path))
     if not loaded.result.ok:
+        _REPLAYS.pop(path, None)
         raise LedgerError(path, f"does not verify: {loaded.result.reason}")
+    if head is not None:
+        _REPLAYS[path] = (head, loaded)
     return loaded
 
 
@@ -312,5 +369,10 @@ def locked(path: Path) -> Iterator[tuple[sqlite3.Connection, Replay]]:
 def export_json(path: Path) -> dict[str, Any]:
     """Every row as stored, for publishing; anyone can run `ledger verify` on the file."""
     rows = read_rows(path)
+    for position, row in enumerate(rows, 1):
+        for name, value in zip(COLUMNS, row, strict=True):
+            if not isinstance(value, str | int | None) or isinstance(value, bool):
+                kind = "binary data (a BLOB)" if isinstance(value, bytes) else type(value).__name__
+                raise LedgerError(path, f"row {position}: {name} is {kind}, not text or a number")
     entries = [dict(zip(COLUMNS, row, strict=True)) for row in rows]
     return {"format": FORMAT, "entries": entries}

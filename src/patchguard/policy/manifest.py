@@ -9,6 +9,7 @@ The same checks run on the parsed content a ledger request carries (`manifest_fr
 from __future__ import annotations
 
 import hashlib
+import json
 import posixpath
 import re
 import tomllib
@@ -19,12 +20,19 @@ from typing import Any, NoReturn, TypeVar
 
 from patchguard.kernel.bpf.syscall import PROG_TYPES
 from patchguard.policy.toml_lines import decode_error_position, line_of
+from patchguard.safe_read import LIMITS, InputError, parse_toml, read_bounded
+from patchguard.text import has_control, visible
 
-MAX_MANIFEST = 1024 * 1024  # a manifest lists hooks; a megabyte of it is not a manifest
+# What one ledger request may carry, as canonical JSON: every host's guard and every verifier
+# replays each request, so a bigger one would slow all of them. The largest real agent
+# manifests (hundreds of programs) are tens of KiB.
+MAX_REQUEST = 256 * 1024
+MAX_MANIFEST = LIMITS["manifest"]  # a manifest lists hooks; a megabyte of it is not a manifest
 _SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")  # kallsyms names: "foo", "foo.isra.0"
 _MODULE = re.compile(r"[A-Za-z0-9_-]+\Z")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}\Z")
 KPROBE_KINDS = ("kprobe", "kretprobe")
+MAX_OFFSET = 1 << 32  # a kprobe offset lies inside one function
 
 
 class ManifestError(Exception):
@@ -163,7 +171,15 @@ class _Reader:
         value = raw[name]
         if not isinstance(value, str) or not value.strip():
             self.fail(key, "expected a non-empty string")
+        self.printable(key, value, prose=name in _PROSE)
         return value
+
+    def printable(self, key: str, value: str, prose: bool = False) -> None:
+        """Refuse control and format characters: these fields name a product on the approver's
+        terminal and in the ledger, where a newline could forge a line and an escape sequence
+        could rewrite the screen. Prose (the justification) may hold newlines and tabs."""
+        if has_control(value.replace("\n", "").replace("\t", "") if prose else value):
+            self.fail(key, f"{visible(value[:80])!s} holds control characters")
 
     def symbol(self, raw: dict[str, Any], name: str, where: str, optional: bool = False) -> Any:
         value = self.string(raw, name, where, optional)
@@ -180,11 +196,14 @@ class _Reader:
             self.fail(key, "missing")
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             self.fail(key, "expected a list of strings")
+        seen: set[str] = set()  # a set, not list.count: 20,000 helpers must stay linear
         for item in value:
             if symbols and not _SYMBOL.match(item):
                 self.fail(key, f"{item!r} is not a kernel symbol name")
-            if value.count(item) > 1:
+            self.printable(key, item)
+            if item in seen:
                 self.fail(key, f"{item!r} is listed twice")
+            seen.add(item)
         return tuple(value)
 
     def tables(self, raw: dict[str, Any], name: str) -> list[tuple[str, dict[str, Any]]]:
@@ -249,8 +268,8 @@ def _clean_path(path: str) -> bool:
 def _kprobe(r: _Reader, where: str, raw: object) -> DeclaredKprobe:
     t = r.table(raw, where, ("symbol", "offset", "kind", "module"))
     offset = t.get("offset", 0)
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        r.fail(f"{where}.offset", "expected a byte offset (0 or more)")
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset < MAX_OFFSET:
+        r.fail(f"{where}.offset", f"expected a byte offset (0 to {MAX_OFFSET - 1})")
     kind = t.get("kind", "kprobe")
     if kind not in KPROBE_KINDS:
         r.fail(f"{where}.kind", f"expected one of {', '.join(KPROBE_KINDS)}")
@@ -286,6 +305,7 @@ def _livepatch(r: _Reader, where: str, raw: object) -> DeclaredLivepatch:
 
 
 _TOP = ("vendor", "product", "version", "contact", "justification")
+_PROSE = ("justification",)  # free text: newlines and tabs allowed, other controls not
 _HOOKS = ("bpf_program", "ftrace", "kprobe", "module", "livepatch")
 T = TypeVar("T")
 
@@ -321,7 +341,9 @@ def parse_manifest(data: bytes, source: str) -> Manifest:
     """Parse manifest bytes; `source` names the file in errors."""
     try:
         text = data.decode("utf-8")
-        raw = tomllib.loads(text)
+        raw = parse_toml(text, source)
+    except InputError as exc:
+        raise ManifestError(source, None, "", exc.reason) from None
     except UnicodeDecodeError as exc:
         raise ManifestError(source, None, "", f"not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
@@ -332,11 +354,22 @@ def parse_manifest(data: bytes, source: str) -> Manifest:
 
 
 def load_manifest(path: Path) -> Manifest:
+    """Read (a regular file, at most MAX_MANIFEST bytes) and parse a manifest."""
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_MANIFEST + 1)
-    except OSError as exc:
-        raise ManifestError(str(path), None, "", f"cannot read it: {exc.strerror}") from None
-    if len(data) > MAX_MANIFEST:
-        raise ManifestError(str(path), None, "", "larger than 1 MiB: not a manifest")
+        data = read_bounded(path, "manifest")
+    except InputError as exc:
+        raise ManifestError(str(path), None, "", f"cannot read it: {exc.reason}") from None
     return parse_manifest(data, str(path))
+
+
+def check_request_size(manifest: Manifest, source: str) -> None:
+    """ManifestError if the manifest is too large to be carried by a ledger request."""
+    size = len(json.dumps(manifest.to_dict(), sort_keys=True, separators=(",", ":")))
+    if size > MAX_REQUEST:
+        raise ManifestError(
+            source,
+            None,
+            "",
+            f"{size} bytes as a ledger request, more than the {MAX_REQUEST // 1024} KiB limit "
+            "(split the product's hooks, or declare fewer helpers)",
+        )

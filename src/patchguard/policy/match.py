@@ -10,7 +10,9 @@ pinned by bpftool, say) has no process to check: its declared pins are then what
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
+import stat
 from collections.abc import Iterable, Sequence
 from fnmatch import fnmatch
 from pathlib import Path
@@ -27,11 +29,20 @@ from patchguard.surfaces.ebpf import BpfLink, BpfProgram
 
 
 def exe_sha256(path: str) -> str | None:
+    """SHA-256 of a loader executable; None if it is not a regular file that can be read (a
+    FIFO put at a declared loader path must not hang the scan)."""
     try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError:
         return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        os.set_blocking(fd, True)
+        try:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+        except OSError:
+            return None
 
 
 def _targets(prog: BpfProgram) -> set[str]:

@@ -100,6 +100,11 @@ def _parser() -> argparse.ArgumentParser:
     from patchguard.policy import cli as policy_cli
 
     policy_cli.register(sub)  # exceptions ..., ledger ...
+    from patchguard.fleet import cli as fleet_cli
+    from patchguard.server import cli as server_cli
+
+    fleet_cli.register(sub)  # enrol, report, fetch-policy
+    server_cli.register(sub)  # server ...
     config = sub.add_parser("config", help="guard configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     config_check = config_sub.add_parser("check", help="validate a guard config file")
@@ -272,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from patchguard.kernel import KernelAccessError
 
     args = _parser().parse_args(argv)
-    handler = getattr(args, "policy_handler", None)
+    handler = getattr(args, "policy_handler", None) or getattr(args, "handler", None)
     if handler is not None:  # the policy commands print their own one-line errors
         return int(handler(args))
     out, err = Console(), Console(stderr=True)

@@ -50,6 +50,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    Connection,
     DateTime,
     Dialect,
     Engine,
@@ -186,6 +187,7 @@ class LedgerEntry(Base):
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # transactions begin in _sqlite_begin
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode = WAL")  # readers never wait for the writer
     cursor.execute("PRAGMA synchronous = FULL")  # a stored report survives a power cut
@@ -194,11 +196,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _sqlite_begin(connection: Connection) -> None:
+    # Every transaction takes SQLite's write lock at its start: a transaction that read first
+    # and wrote later could otherwise fail (SQLITE_BUSY) when another wrote in between.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def engine(url: str) -> Engine:
     """An engine for a database URL (sqlite:///PATH, postgresql+psycopg://...)."""
     if url.startswith("sqlite"):
         made = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(made, "connect", _sqlite_pragmas)
+        event.listen(made, "begin", _sqlite_begin)
         return made
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 

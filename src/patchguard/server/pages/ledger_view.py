@@ -1,0 +1,294 @@
+"""The ledger as the public page shows it: each entry checked on display, the whole chain
+replayed under the rules once per server process, and the fairness report from that replay.
+
+Replaying (policy.ledger.replay's checks: numbering, hash, link, signature, rules) costs about
+0.1 ms an entry, so 100,000 entries take seconds: too slow for a page, fine once. The ledger
+is append-only, so the replay is incremental: a `ChainVerifier` keeps the rules' state and the
+last verified entry, and each page view only replays what was added since (inline when that
+is little, in a background thread when it is a lot, so no page ever waits for it). The row at
+the verified head is re-read on every refresh: if it changed or vanished, the stored ledger was
+rewritten, and the replay starts again from entry 1. Every entry shown is re-checked on its
+own (hash, signature, link to the entry before it), which is cheap, so an edited row is caught
+on the page that shows it even before the chain replay reaches it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from patchguard.engine.keys import verify_signature
+from patchguard.policy.chain import COLUMNS, Entry, check_link, content_hash, entry_from_row
+from patchguard.policy.exceptions import vendor_report
+from patchguard.policy.rules import LedgerState, Request, RuleError
+from patchguard.server.db import LedgerEntry
+from patchguard.server.pages.views import ChainStatus, Check, Fairness, LedgerRow, VendorRow
+
+INLINE_LIMIT = 2000  # entries replayed while a page waits (about 0.2 s); more: in background
+CHUNK = 1000  # rows read per query while replaying
+MAX_DESCRIPTION = 600  # characters kept per entry: a huge vendor name cannot fill the memory
+FAIRNESS_TTL = timedelta(seconds=60)  # pending turns into expired with the clock alone
+
+Row = tuple[object, ...]
+_COLUMNS = tuple(getattr(LedgerEntry, name) for name in COLUMNS)
+
+
+def select_rows(session: Session, low: int, high: int) -> list[Row]:
+    """Rows with low <= seq <= high, in seq order (the primary key: an index range scan)."""
+    query = select(*_COLUMNS).where(LedgerEntry.seq.between(low, high)).order_by(LedgerEntry.seq)
+    return [tuple(row) for row in session.execute(query)]
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_DESCRIPTION else text[: MAX_DESCRIPTION - 1] + "\u2026"
+
+
+@dataclass
+class _Replay:
+    """What the replay has reached; mutated only under ChainVerifier's lock."""
+
+    state: LedgerState
+    previous: Entry | None = None
+    descriptions: list[str] | None = None
+    owner_key: str | None = None  # entry 1's signer
+    problem: str | None = None
+    bad_seq: int | None = None
+
+    @property
+    def verified(self) -> int:
+        return self.previous.seq if self.previous else 0
+
+
+def _fresh() -> _Replay:
+    return _Replay(LedgerState(), descriptions=[])
+
+
+class ChainVerifier:
+    """The incremental replay of one server database's ledger (one per process)."""
+
+    def __init__(self, factory: sessionmaker[Session], inline_limit: int = INLINE_LIMIT) -> None:
+        self._factory, self._inline_limit = factory, inline_limit
+        self._lock = threading.Lock()
+        self._replay = _fresh()
+        self._worker: threading.Thread | None = None
+        self._fairness: tuple[int, datetime, Fairness] | None = None
+
+    def refresh(self) -> ChainStatus:
+        """Catch up with the stored ledger as far as this page may wait, and say where it is."""
+        with self._factory() as session:
+            stored = session.scalar(select(func.max(LedgerEntry.seq))) or 0
+            with self._lock:
+                self._check_head(session, stored)
+                backlog = stored - self._replay.verified
+                if backlog and self._replay.problem is None and not self._busy():
+                    if backlog <= self._inline_limit:
+                        self._advance(session, stored)
+                    else:
+                        self._start(stored)
+                return self._status(stored)
+
+    def _busy(self) -> bool:
+        return self._worker is not None and self._worker.is_alive()
+
+    def _check_head(self, session: Session, stored: int) -> None:
+        """Start again if the verified head was rewritten or the ledger got shorter."""
+        head = self._replay.previous
+        if head is None:
+            return
+        now_hash = session.scalar(select(LedgerEntry.hash).where(LedgerEntry.seq == head.seq))
+        if now_hash != head.hash or stored < head.seq:
+            self._replay, self._fairness = _fresh(), None
+
+    def _start(self, target: int) -> None:
+        self._worker = threading.Thread(
+            target=self._background, args=(target,), name="ledger-replay", daemon=True
+        )
+        self._worker.start()
+
+    def _background(self, target: int) -> None:
+        with self._factory() as session:
+            while True:
+                with self._lock:
+                    done = self._advance(session, target, limit=CHUNK)
+                if done:
+                    return
+
+    def _advance(self, session: Session, target: int, limit: int | None = None) -> bool:
+        """Replay entries up to `target` (at most `limit` of them); True when finished."""
+        r = self._replay
+        while r.problem is None and r.verified < target:
+            high = min(target, r.verified + CHUNK)
+            for row in select_rows(session, r.verified + 1, high):
+                if not self._take(row):
+                    return True
+            if r.verified < high:  # a gap in the numbering: that row is missing
+                self._fail(high, f"entry {r.verified + 1} is missing")
+            if limit is not None:
+                return r.verified >= target
+        return True
+
+    def _take(self, row: Row) -> bool:
+        r = self._replay
+        entry = entry_from_row(row, r.verified + 1)
+        reason = entry if isinstance(entry, str) else check_link(entry, r.previous)
+        if reason is None and isinstance(entry, Entry):
+            try:
+                description = r.state.apply(entry)
+            except RuleError as exc:
+                reason = f"entry {entry.seq}: {exc}"
+        if reason is not None or not isinstance(entry, Entry):
+            seq = row[0] if isinstance(row[0], int) else r.verified + 1
+            self._fail(seq, reason or "unreadable entry")
+            return False
+        assert r.descriptions is not None
+        r.descriptions.append(_clip(description))
+        r.owner_key = r.owner_key or entry.actor
+        r.previous = entry
+        return True
+
+    def _fail(self, seq: int, reason: str) -> None:
+        self._replay.problem, self._replay.bad_seq = reason, seq
+
+    def _status(self, stored: int) -> ChainStatus:
+        r = self._replay
+        head = r.previous.hash if r.previous else None
+        return ChainStatus(stored, r.verified, head, r.problem, self._busy())
+
+    def description(self, seq: int) -> str | None:
+        with self._lock:
+            texts = self._replay.descriptions or []
+            return texts[seq - 1] if 0 < seq <= len(texts) else None
+
+    def verdict(self, seq: int) -> Check:
+        """What the chain replay says about entry `seq`."""
+        with self._lock:
+            r = self._replay
+            if r.bad_seq is not None and seq >= r.bad_seq:
+                return Check(False, f"the ledger breaks at entry {r.bad_seq}: {r.problem}")
+            if seq <= r.verified:
+                return Check(True, "replayed from entry 1 under the ledger's rules")
+            return Check(True, f"not yet replayed (the replay is at entry {r.verified})")
+
+    def fairness(self, now: datetime) -> Fairness:
+        """The per-vendor report from the replayed state (cached while the ledger is still)."""
+        with self._lock:
+            r, cached = self._replay, self._fairness
+            if cached and cached[0] == r.verified and now - cached[1] < FAIRNESS_TTL:
+                return cached[2]
+            report = _fairness(r, now)
+            self._fairness = (r.verified, now, report)
+            return report
+
+
+def _duration(value: timedelta | None) -> str:
+    """As `patchguard ledger report` says it: 3d 4h, 2h 5m, 40s."""
+    if value is None:
+        return "-"
+    seconds = int(value.total_seconds())
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    return f"{days}d {hours}h" if days else f"{hours}h {rest // 60}m" if hours else f"{rest}s"
+
+
+def _same(a: str, b: str) -> bool:
+    return a.strip().casefold() == b.strip().casefold()  # as the rules compare owners
+
+
+def _worst(requests: Sequence[Request]) -> timedelta | None:
+    waits = [r.decided_at - r.requested_at for r in requests if r.decided_at is not None]
+    return max(waits, default=None)
+
+
+def _fairness(r: _Replay, now: datetime) -> Fairness:
+    owner = r.state.owner_of(r.owner_key) if r.owner_key else None
+    by_vendor: dict[str, list[Request]] = {}
+    for request in r.state.requests.values():
+        by_vendor.setdefault(request.vendor, []).append(request)
+    rows = []
+    for stats in vendor_report(r.state.requests.values()):
+        requests = by_vendor[stats.vendor]
+        pending = sum(q.status_at(now) == "pending" for q in requests)
+        rows.append(
+            VendorRow(
+                stats.vendor,
+                stats.requests,
+                stats.approvals,
+                stats.denials,
+                pending,
+                _duration(stats.median_to_decision),
+                _duration(_worst(requests)),
+                owner is not None and _same(owner, stats.vendor),
+            )
+        )
+    note = _fairness_note(r, len(rows))
+    return Fairness(tuple(rows), owner, note)
+
+
+def _fairness_note(r: _Replay, vendors: int) -> str | None:
+    if r.problem is not None:
+        return f"covers entries 1 to {r.verified} only: {r.problem}"
+    return None if vendors else "no exception has been requested yet"
+
+
+def _payload_text(entry: Entry) -> str:
+    return _clip(f"{entry.kind} entry, payload {entry.payload}")
+
+
+def row_view(verifier: ChainVerifier, row: Row, previous: Row | None) -> LedgerRow:
+    """One entry for the ledger list: its own check (hash, signature, link) and the chain's."""
+    seq = row[0] if isinstance(row[0], int) else 0
+    entry = entry_from_row(row, seq)
+    if isinstance(entry, str):
+        return LedgerRow(seq, "?", "?", "?", None, entry, Check(False, entry))
+    check = own_check(entry, previous)
+    if check.ok:
+        check = verifier.verdict(seq)
+    description = verifier.description(seq) or _payload_text(entry)
+    return LedgerRow(
+        entry.seq, entry.time, entry.kind, entry.actor, entry.subject, description, check
+    )
+
+
+def own_check(entry: Entry, previous: Row | None) -> Check:
+    """The checks one entry supports alone, given the row before it (None for entry 1)."""
+    before = entry_from_row(previous, entry.seq - 1) if previous is not None else None
+    if isinstance(before, str):
+        return Check(False, f"the entry before it cannot be read: {before}")
+    if before is None and entry.seq != 1:
+        return Check(False, f"entry {entry.seq - 1}, which it links to, is missing")
+    reason = check_link(entry, before)
+    if reason is not None:
+        return Check(False, reason)
+    return Check(True, "hash, signature and link verify")
+
+
+def detail_checks(entry: Entry, previous: Row | None, verifier: ChainVerifier) -> list[Check]:
+    """The entry page's checks, one line each, so a reader sees which one failed."""
+    fields = (entry.seq, entry.time, entry.kind, entry.actor, entry.actor_key, entry.subject)
+    same = content_hash(*fields, entry.payload, entry.prev_hash) == entry.hash
+    signed = _signed(entry)
+    key = f"the actor's key ({entry.actor})"
+    return [
+        Check(same, f"the hash {'is' if same else 'is not'} the SHA-256 of the entry's contents"),
+        Check(signed, f"the signature {'verifies' if signed else 'does not verify'} with {key}"),
+        own_check(entry, previous),
+        verifier.verdict(entry.seq),
+    ]
+
+
+def _signed(entry: Entry) -> bool:
+    try:
+        key, signature = bytes.fromhex(entry.actor_key), bytes.fromhex(entry.signature)
+        digest = bytes.fromhex(entry.hash)
+    except ValueError:
+        return False
+    return len(key) == 32 and verify_signature(key, digest, signature)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

@@ -172,9 +172,9 @@ def _enrol(server: Server, header: str | None, given: EnrolIn) -> dict[str, Any]
     fingerprint = fingerprint_of(bytes.fromhex(given.public_key))
 
     def work(session: Session, now: datetime) -> dict[str, Any]:
-        token = auth.check_enrol(session, header, now)
         query = select(Host).where(Host.fingerprint == fingerprint).with_for_update()
         host = session.scalars(query).one_or_none()
+        token = auth.check_enrol(session, header, now, again=host is not None)
         if host is not None and host.revoked_at is not None:
             raise Refused(403, f"host {fingerprint} was revoked; enrol it with a new key")
         if host is None:  # a repeated enrolment (a lost answer) spends nothing

@@ -86,9 +86,13 @@ def check_operator(session: Session, header: str | None, now: datetime) -> Token
     return row
 
 
-def check_enrol(session: Session, header: str | None, now: datetime) -> Token:
-    """The enrol token if it can still enrol a host (nothing spent)."""
+def check_enrol(session: Session, header: str | None, now: datetime, again: bool) -> Token:
+    """The enrol token if it can still enrol a host (nothing spent). `again`: the host is
+    enrolled already (its answer was lost); a used-up token still says it again, an expired
+    one does not."""
     row = _lookup(session, bearer(header), "enrol")
+    if again and (row.expires_at is None or row.expires_at > now):
+        return row
     _usable(row, now)
     return row
 

@@ -1,0 +1,158 @@
+"""Helpers for the fleet server tests: the server as a child process, databases, tokens,
+hosts with real keys and state directories, and raw HTTP calls."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from sqlalchemy import func, select
+
+from patchguard.engine.keys import HostKey
+from patchguard.fleet import client
+from patchguard.server.auth import create_token
+from patchguard.server.db import Base, engine, session_factory, transaction, utcnow
+from patchguard.server.migrate import migrate
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_USER = "postgres"  # PostgreSQL refuses to run as root
+
+
+def as_pg(*argv: str) -> None:
+    command = ["runuser", "-u", PG_USER, "--", *argv] if os.geteuid() == 0 else list(argv)
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+
+def new_pg_database(sock: Path) -> str:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"host={sock} user=postgres dbname=postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"postgresql+psycopg://postgres@/{name}?host={sock}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class ServerProcess:
+    """`patchguard server` as a child process; start, stop, or kill -9 it."""
+
+    db_url: str
+    workdir: Path
+    missed: int = 3
+    silence_check: float = 0.3
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / f"server-{self.port}.log"
+
+    def start(self) -> ServerProcess:
+        argv = [sys.executable, "-m", "patchguard.cli", "server", "--db", self.db_url]
+        argv += ["--listen", f"127.0.0.1:{self.port}", "--key", str(self.workdir / "server.key")]
+        argv += ["--missed-heartbeats", str(self.missed)]
+        argv += ["--silence-check", str(self.silence_check)]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited: {self.log.read_text()[-2000:]}")
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(f"{self.url}/api/v1/health", timeout=1).close()
+                return self
+            time.sleep(0.1)
+        raise AssertionError(f"server did not start: {self.log.read_text()[-2000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=30)
+        self.process = None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+def make_token(db_url: str, role: str, **limits: object) -> str:
+    bound = engine(db_url)
+    try:
+        migrate(bound)
+        with transaction(session_factory(bound)) as session:
+            return create_token(session, role, utcnow(), **limits)  # type: ignore[arg-type]
+    finally:
+        bound.dispose()
+
+
+@dataclass
+class HostSide:
+    """A host as the fleet code sees it: its key and its state directory."""
+
+    key: HostKey
+    directory: Path
+
+    @property
+    def fingerprint(self) -> str:
+        return self.key.fingerprint()
+
+
+def new_host(tmp_path: Path, name: str = "host") -> HostSide:
+    directory = tmp_path / name
+    directory.mkdir(parents=True)
+    return HostSide(HostKey.load_or_create(directory / "host.key"), directory / "state")
+
+
+def enrolled_host(server: ServerProcess, tmp_path: Path, name: str = "host") -> HostSide:
+    host = new_host(tmp_path, name)
+    token = make_token(server.db_url, "enrol")
+    client.enrol(server.url, token, host.key, name, host.directory)
+    return host
+
+
+def call(
+    url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
+    """One raw HTTP call: (status, JSON answer)."""
+    request = urllib.request.Request(url, data=body, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+
+def operator(url: str, token: str, body: bytes | None = None) -> tuple[int, dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    return call(url, body, headers)
+
+
+def count(db_url: str, model: type[Base]) -> int:
+    bound = engine(db_url)
+    try:
+        with session_factory(bound)() as session:
+            return session.scalar(select(func.count()).select_from(model)) or 0
+    finally:
+        bound.dispose()

@@ -15,8 +15,8 @@ on the page that shows it even before the chain replay reaches it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
@@ -33,6 +33,7 @@ INLINE_LIMIT = 2000  # entries replayed while a page waits (about 0.2 s); more: 
 CHUNK = 1000  # rows read per query while replaying
 MAX_DESCRIPTION = 600  # characters kept per entry: a huge vendor name cannot fill the memory
 FAIRNESS_TTL = timedelta(seconds=60)  # pending turns into expired with the clock alone
+REVERIFY = timedelta(minutes=10)  # a fresh replay from entry 1 at least this often
 
 Row = tuple[object, ...]
 _COLUMNS = tuple(getattr(LedgerEntry, name) for name in COLUMNS)
@@ -50,11 +51,12 @@ def _clip(text: str) -> str:
 
 @dataclass
 class _Replay:
-    """What the replay has reached; mutated only under ChainVerifier's lock."""
+    """One replay from entry 1; the one in use is mutated only under ChainVerifier's lock."""
 
     state: LedgerState
+    started: datetime
     previous: Entry | None = None
-    descriptions: list[str] | None = None
+    descriptions: list[str] = field(default_factory=list)
     owner_key: str | None = None  # entry 1's signer
     problem: str | None = None
     bad_seq: int | None = None
@@ -63,105 +65,131 @@ class _Replay:
     def verified(self) -> int:
         return self.previous.seq if self.previous else 0
 
+    def advance(self, fetch: Callable[[int, int], list[Row]], target: int) -> None:
+        """Replay the stored rows after `verified` up to `target`, one chunk per query."""
+        while self.problem is None and self.verified < target:
+            high = min(target, self.verified + CHUNK)
+            for row in fetch(self.verified + 1, high):
+                if not self.take(row):
+                    return
+            if self.verified < high:  # the rows ran out before `high`: one is missing
+                self.fail(self.verified + 1, f"entry {self.verified + 1} is missing")
+
+    def take(self, row: Row) -> bool:
+        entry = entry_from_row(row, self.verified + 1)
+        reason = entry if isinstance(entry, str) else check_link(entry, self.previous)
+        if reason is None and isinstance(entry, Entry):
+            try:
+                description = self.state.apply(entry)
+            except RuleError as exc:
+                reason = f"entry {entry.seq}: {exc}"
+        if reason is not None or not isinstance(entry, Entry):
+            seq = row[0] if isinstance(row[0], int) else self.verified + 1
+            self.fail(seq, reason or "unreadable entry")
+            return False
+        self.descriptions.append(_clip(description))
+        self.owner_key = self.owner_key or entry.actor
+        self.previous = entry
+        return True
+
+    def fail(self, seq: int, reason: str) -> None:
+        self.problem, self.bad_seq = reason, seq
+
 
 def _fresh() -> _Replay:
-    return _Replay(LedgerState(), descriptions=[])
+    return _Replay(LedgerState(), datetime.now(UTC))
 
 
 class ChainVerifier:
-    """The incremental replay of one server database's ledger (one per process)."""
+    """The replay of one server database's ledger, kept by each server process.
 
-    def __init__(self, factory: sessionmaker[Session], inline_limit: int = INLINE_LIMIT) -> None:
-        self._factory, self._inline_limit = factory, inline_limit
+    Small additions are replayed while the page waits. A large backlog (a first start on a
+    big ledger) is replayed from entry 1 in a background thread, and so is the whole ledger
+    every REVERIFY, or at once when a page found an entry that fails its own checks; the
+    fresh replay takes over when done, so an old entry rewritten in the database is caught by
+    the chain too. Each read is its own short transaction (on SQLite every transaction holds
+    the write lock); the replay's work is done outside them."""
+
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        inline_limit: int = INLINE_LIMIT,
+        reverify: timedelta = REVERIFY,
+    ) -> None:
+        self._factory, self._inline_limit, self._reverify = factory, inline_limit, reverify
         self._lock = threading.Lock()
         self._replay = _fresh()
+        self._building: _Replay | None = None  # the background replay, for its progress
         self._worker: threading.Thread | None = None
         self._fairness: tuple[int, datetime, Fairness] | None = None
+        self._suspect = False
 
     def refresh(self) -> ChainStatus:
         """Catch up with the stored ledger as far as this page may wait, and say where it is."""
+        with self._lock:
+            stored = self._check_head()
+            if not self._busy():
+                self._catch_up(stored)
+            return self._status(stored)
+
+    def suspect(self) -> None:
+        """A page found an entry that fails its own checks: replay from entry 1 soon."""
+        self._suspect = True
+
+    def _fetch(self, low: int, high: int) -> list[Row]:
         with self._factory() as session:
-            stored = session.scalar(select(func.max(LedgerEntry.seq))) or 0
-            with self._lock:
-                self._check_head(session, stored)
-                backlog = stored - self._replay.verified
-                if backlog and self._replay.problem is None and not self._busy():
-                    if backlog <= self._inline_limit:
-                        self._advance(session, stored)
-                    else:
-                        self._start(stored)
-                return self._status(stored)
+            return select_rows(session, low, high)
+
+    def _catch_up(self, stored: int) -> None:
+        r = self._replay
+        backlog = stored - r.verified
+        due = (self._suspect and r.problem is None) or _now() - r.started > self._reverify
+        if (backlog > self._inline_limit and r.problem is None) or due:
+            self._suspect = False
+            self._start(stored)
+        elif backlog and r.problem is None:
+            r.advance(self._fetch, stored)
 
     def _busy(self) -> bool:
         return self._worker is not None and self._worker.is_alive()
 
-    def _check_head(self, session: Session, stored: int) -> None:
-        """Start again if the verified head was rewritten or the ledger got shorter."""
+    def _check_head(self) -> int:
+        """The stored entry count; start again at once if the verified head was rewritten or
+        the ledger got shorter."""
         head = self._replay.previous
-        if head is None:
-            return
-        now_hash = session.scalar(select(LedgerEntry.hash).where(LedgerEntry.seq == head.seq))
+        with self._factory() as session:
+            stored = session.scalar(select(func.max(LedgerEntry.seq))) or 0
+            if head is None:
+                return stored
+            query = select(LedgerEntry.hash).where(LedgerEntry.seq == head.seq)
+            now_hash = session.scalar(query)
         if now_hash != head.hash or stored < head.seq:
             self._replay, self._fairness = _fresh(), None
+        return stored
 
     def _start(self, target: int) -> None:
+        self._building = _fresh()
         self._worker = threading.Thread(
-            target=self._background, args=(target,), name="ledger-replay", daemon=True
+            target=self._rebuild, args=(self._building, target), name="ledger-replay", daemon=True
         )
         self._worker.start()
 
-    def _background(self, target: int) -> None:
-        with self._factory() as session:
-            while True:
-                with self._lock:
-                    done = self._advance(session, target, limit=CHUNK)
-                if done:
-                    return
-
-    def _advance(self, session: Session, target: int, limit: int | None = None) -> bool:
-        """Replay entries up to `target` (at most `limit` of them); True when finished."""
-        r = self._replay
-        while r.problem is None and r.verified < target:
-            high = min(target, r.verified + CHUNK)
-            for row in select_rows(session, r.verified + 1, high):
-                if not self._take(row):
-                    return True
-            if r.verified < high:  # a gap in the numbering: that row is missing
-                self._fail(high, f"entry {r.verified + 1} is missing")
-            if limit is not None:
-                return r.verified >= target
-        return True
-
-    def _take(self, row: Row) -> bool:
-        r = self._replay
-        entry = entry_from_row(row, r.verified + 1)
-        reason = entry if isinstance(entry, str) else check_link(entry, r.previous)
-        if reason is None and isinstance(entry, Entry):
-            try:
-                description = r.state.apply(entry)
-            except RuleError as exc:
-                reason = f"entry {entry.seq}: {exc}"
-        if reason is not None or not isinstance(entry, Entry):
-            seq = row[0] if isinstance(row[0], int) else r.verified + 1
-            self._fail(seq, reason or "unreadable entry")
-            return False
-        assert r.descriptions is not None
-        r.descriptions.append(_clip(description))
-        r.owner_key = r.owner_key or entry.actor
-        r.previous = entry
-        return True
-
-    def _fail(self, seq: int, reason: str) -> None:
-        self._replay.problem, self._replay.bad_seq = reason, seq
+    def _rebuild(self, fresh: _Replay, target: int) -> None:
+        """A fresh replay, made without the lock, that replaces the one in use when done."""
+        fresh.advance(self._fetch, target)
+        with self._lock:
+            fresh.advance(self._fetch, self._replay.verified)  # what was added meanwhile
+            self._replay, self._fairness, self._building = fresh, None, None
 
     def _status(self, stored: int) -> ChainStatus:
-        r = self._replay
+        r, building = self._replay, self._building
         head = r.previous.hash if r.previous else None
-        return ChainStatus(stored, r.verified, head, r.problem, self._busy())
+        progress = building.verified if building is not None else None
+        return ChainStatus(stored, r.verified, head, r.problem, progress, r.started)
 
     def description(self, seq: int) -> str | None:
         with self._lock:
-            texts = self._replay.descriptions or []
+            texts = self._replay.descriptions
             return texts[seq - 1] if 0 < seq <= len(texts) else None
 
     def verdict(self, seq: int) -> Check:
@@ -248,6 +276,8 @@ def row_view(verifier: ChainVerifier, row: Row, previous: Row | None) -> LedgerR
     check = own_check(entry, previous)
     if check.ok:
         check = verifier.verdict(seq)
+    else:
+        verifier.suspect()
     description = verifier.description(seq) or _payload_text(entry)
     return LedgerRow(
         entry.seq, entry.time, entry.kind, entry.actor, entry.subject, description, check
@@ -290,5 +320,5 @@ def _signed(entry: Entry) -> bool:
     return len(key) == 32 and verify_signature(key, digest, signature)
 
 
-def utc_now() -> datetime:
+def _now() -> datetime:
     return datetime.now(UTC)

@@ -204,9 +204,9 @@ def _open_counts(session: Session, host_ids: Sequence[int]) -> _Open:
     alerts = select(Alert.host_id, func.count()).where(
         Alert.host_id.in_(host_ids), Alert.resolved_at.is_(None)
     )
-    found = session.execute(findings.group_by(FindingRow.host_id)).tuples()
-    alerted = session.execute(alerts.group_by(Alert.host_id)).tuples()
-    return _Open(dict(found.all()), dict(alerted.all()))
+    found = session.execute(findings.group_by(FindingRow.host_id))
+    alerted = session.execute(alerts.group_by(Alert.host_id))
+    return _Open({h: n for h, n in found}, {h: n for h, n in alerted})
 
 
 def hosts_page(

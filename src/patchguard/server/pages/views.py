@@ -37,11 +37,12 @@ class ChainStatus:
     verified: int  # entries 1..verified replayed and verified
     head: str | None  # hash of the last verified entry
     problem: str | None  # the first bad entry's reason; None: no problem found
-    in_progress: bool  # a replay is running in the background
+    progress: int | None  # a replay from entry 1 running in the background: where it is
+    started: datetime  # when the replay shown began reading the ledger
 
     @property
     def complete(self) -> bool:
-        return self.problem is None and not self.in_progress and self.verified == self.entries
+        return self.problem is None and self.verified == self.entries
 
 
 @dataclass(frozen=True)

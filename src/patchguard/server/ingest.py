@@ -53,7 +53,7 @@ def parse(raw: bytes) -> tuple[Envelope, Body]:
     try:
         data = json.loads(envelope.body)
         canonical_text = canonical(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested beyond Python's stack
         raise Refused(400, "body: not JSON") from None
     if canonical_text != envelope.body:
         raise Refused(400, "body: not in canonical form (sorted keys, no spaces, ASCII)")

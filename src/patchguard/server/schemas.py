@@ -4,10 +4,9 @@ server store (or hold in memory) more than `fleet.wire.MAX_BODY` allows."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from patchguard.policy.chain import canonical
 
@@ -77,7 +76,7 @@ class Body(Strict):
     host: Annotated[str, Field(pattern=FINGERPRINT)]
     seq: Annotated[int, Field(ge=1, le=2**62)]
     id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
-    time: Annotated[datetime, Field(strict=False)]
+    time: Annotated[AwareDatetime, Field(strict=False)]
     kind: Literal["report", "heartbeat", "sweep", "finding", "stop", "baseline-rotated"]
     boot_id: Text64 | None = None
     baseline_digest: Annotated[str, Field(pattern=HEX64)] | None = None

@@ -27,7 +27,14 @@ from patchguard.server.auth import create_token
 from patchguard.server.db import Base, engine, session_factory, transaction, utcnow
 from patchguard.server.migrate import migrate
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+def _pg_bin() -> Path:
+    """Debian's newest installed PostgreSQL (15 on Debian 12, 17 on Debian 13)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _pg_bin()
 PG_USER = "postgres"  # PostgreSQL refuses to run as root
 
 

@@ -91,7 +91,7 @@ def _host(n: int, now: datetime, rng: random.Random) -> Host:
         last_seq=1,
         last_seen_at=seen,
         last_report_at=seen,
-        heartbeat_interval=30,
+        heartbeat_interval=60,  # 3 missed: 180 s, longer than any host here was quiet
         status="active",
     )
 

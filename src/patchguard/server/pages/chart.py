@@ -15,8 +15,8 @@ from markupsafe import escape
 from patchguard.server.pages.views import SEVERITIES, DayCount
 
 WIDTH, HEIGHT = 640, 220
-LEFT, RIGHT, TOP, BOTTOM = 40, 8, 10, 28  # margins: the y labels, the x labels
-LABEL_EVERY = 7  # a date under every 7th bar
+LEFT, RIGHT, TOP, BOTTOM = 44, 24, 12, 28  # margins: the y labels, the x labels
+MAX_LABELS = 6  # dates under the bars: every 7th day, or every 14th..., the last day always
 
 
 def nice_ceiling(value: int) -> int:
@@ -80,10 +80,11 @@ def findings_chart(days: Sequence[DayCount]) -> str:
     parts = [head, *_axes(top)]
     slot = (WIDTH - LEFT - RIGHT) / max(len(days), 1)
     scale = _plot_height() / top
+    every = 7 * max(1, -(-len(days) // (7 * MAX_LABELS)))
     for i, day in enumerate(days):
         x = LEFT + i * slot
         parts.extend(_bar(x + slot * 0.1, slot * 0.8, day, scale))
-        if i % LABEL_EVERY == 0 or i == len(days) - 1:
+        if (len(days) - 1 - i) % every == 0:  # counted back from the last day
             parts.append(
                 f'<text class="xlabel" x="{x + slot / 2:.1f}" y="{HEIGHT - 8}">'
                 f"{escape(day.day.strftime('%m-%d'))}</text>"

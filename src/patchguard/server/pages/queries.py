@@ -23,6 +23,7 @@ from patchguard.server.pages.ledger_view import ChainVerifier, Row, detail_check
 from patchguard.server.pages.views import (
     SEVERITIES,
     AlertView,
+    ChainStatus,
     DayCount,
     EntryPage,
     FindingView,
@@ -41,9 +42,11 @@ MAX_EVIDENCE_TEXT = 4000  # characters of one evidence value shown; the rest is 
 FULL_SWEEP_KINDS = ("report", "sweep")  # a whole scan: it replaces the host's open findings
 
 
-def ledger_page(session: Session, verifier: ChainVerifier, before: int | None) -> LedgerPage:
-    """Newest first: entries with seq < before (all when None), one page."""
-    chain = verifier.refresh()
+def ledger_page(
+    session: Session, verifier: ChainVerifier, chain: ChainStatus, before: int | None
+) -> LedgerPage:
+    """Newest first: entries with seq < before (all when None), one page. `chain` is the
+    verifier's refresh(), made before this transaction: it reads in transactions of its own."""
     top = min(before - 1, chain.entries) if before is not None else chain.entries
     low = max(top - PAGE_SIZE, 0)  # one row more than shown: the previous of the last row
     rows = _rows(session, low, top)
@@ -65,8 +68,9 @@ def _rows(session: Session, low: int, high: int) -> list[Row]:
     return [tuple(r) for r in session.execute(query.order_by(LedgerEntry.seq))]
 
 
-def entry_page(session: Session, verifier: ChainVerifier, seq: int) -> EntryPage | None:
-    chain = verifier.refresh()
+def entry_page(
+    session: Session, verifier: ChainVerifier, chain: ChainStatus, seq: int
+) -> EntryPage | None:
     rows = {_seq(r): r for r in _rows(session, seq - 1, seq)}
     row = rows.get(seq)
     if row is None:
@@ -86,9 +90,9 @@ def entry_page(session: Session, verifier: ChainVerifier, seq: int) -> EntryPage
 
 
 def public_page(
-    session: Session, verifier: ChainVerifier, now: datetime, missed: int
+    session: Session, verifier: ChainVerifier, chain: ChainStatus, now: datetime, missed: int
 ) -> PublicPage:
-    ledger = ledger_page(session, verifier, None)
+    ledger = ledger_page(session, verifier, chain, None)
     return PublicPage(fleet_health(session, now, missed), verifier.fairness(now), ledger, now)
 
 

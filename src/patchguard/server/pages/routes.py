@@ -28,6 +28,7 @@ from patchguard.server.errors import Refused
 from patchguard.server.pages import queries
 from patchguard.server.pages.ledger_view import ChainVerifier
 from patchguard.server.pages.render import HEADERS, PRIVATE_HEADERS, render
+from patchguard.server.pages.views import ChainStatus
 
 COOKIE = "patchguard_operator"
 MAX_FORM = 4096  # bytes: a sign-in or revoke form is a few hundred
@@ -74,11 +75,23 @@ async def _read(server: Server, work: Callable[[Session, datetime], T]) -> T:
     return await run_in_threadpool(server.run, work)
 
 
+async def _read_ledger(
+    request: Request, work: Callable[[Session, ChainVerifier, ChainStatus, datetime], T]
+) -> T:
+    """`work` in one transaction, given the chain's state, refreshed before it begins (the
+    refresh reads in short transactions of its own, which must not wait for this one)."""
+    verifier = verifier_of(request)
+    chain = await run_in_threadpool(verifier.refresh)
+    return await _read(server_of(request), lambda s, now: work(s, verifier, chain, now))
+
+
 @router.get("/", response_class=HTMLResponse)
 async def public(request: Request) -> Response:
-    server, verifier = server_of(request), verifier_of(request)
-    missed = server.settings.missed_heartbeats
-    found = await _read(server, lambda s, now: queries.public_page(s, verifier, now, missed))
+    missed = server_of(request).settings.missed_heartbeats
+    found = await _read_ledger(
+        request,
+        lambda s, verifier, chain, now: queries.public_page(s, verifier, chain, now, missed),
+    )
     return page(render("public.html", page=found, generated_at=_stamp(found.generated_at)))
 
 
@@ -92,8 +105,9 @@ async def ledger(request: Request, before: str | None = None) -> Response:
         start = _number(before)
     except ValueError:
         return message("Bad request", "before= must be an entry number", 400)
-    server, verifier = server_of(request), verifier_of(request)
-    found = await _read(server, lambda s, now: queries.ledger_page(s, verifier, start))
+    found = await _read_ledger(
+        request, lambda s, verifier, chain, _: queries.ledger_page(s, verifier, chain, start)
+    )
     return page(render("ledger.html", page=found))
 
 
@@ -105,8 +119,9 @@ async def entry(request: Request, seq: str) -> Response:
         number = None
     if number is None:
         return message("No such entry", "Ledger entries are numbered from 1.", 404)
-    server, verifier = server_of(request), verifier_of(request)
-    found = await _read(server, lambda s, now: queries.entry_page(s, verifier, number))
+    found = await _read_ledger(
+        request, lambda s, verifier, chain, _: queries.entry_page(s, verifier, chain, number)
+    )
     if found is None:
         return message("No such entry", f"The ledger has no entry {number}.", 404)
     return page(render("entry.html", page=found))

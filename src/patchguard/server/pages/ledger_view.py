@@ -154,16 +154,16 @@ class ChainVerifier:
         return self._worker is not None and self._worker.is_alive()
 
     def _check_head(self) -> int:
-        """The stored entry count; start again at once if the verified head was rewritten or
-        the ledger got shorter."""
+        """The stored entry count; start again at once if the verified head was changed in
+        any field or the ledger got shorter."""
         head = self._replay.previous
         with self._factory() as session:
             stored = session.scalar(select(func.max(LedgerEntry.seq))) or 0
             if head is None:
                 return stored
-            query = select(LedgerEntry.hash).where(LedgerEntry.seq == head.seq)
-            now_hash = session.scalar(query)
-        if now_hash != head.hash or stored < head.seq:
+            query = select(*_COLUMNS).where(LedgerEntry.seq == head.seq)
+            now = session.execute(query).first()
+        if now is None or tuple(now) != tuple(head.as_dict().values()) or stored < head.seq:
             self._replay, self._fairness = _fresh(), None
         return stored
 

@@ -306,9 +306,18 @@ def detail_checks(entry: Entry, previous: Row | None, verifier: ChainVerifier) -
     return [
         Check(same, f"the hash {'is' if same else 'is not'} the SHA-256 of the entry's contents"),
         Check(signed, f"the signature {'verifies' if signed else 'does not verify'} with {key}"),
-        own_check(entry, previous),
+        _link_check(entry, previous),
         verifier.verdict(entry.seq),
     ]
+
+
+def _link_check(entry: Entry, previous: Row | None) -> Check:
+    check = own_check(entry, previous)
+    if not check.ok:
+        return check
+    if entry.seq == 1:
+        return Check(True, "it is entry 1: its prev_hash is the start of a ledger")
+    return Check(True, f"its prev_hash is entry {entry.seq - 1}'s hash")
 
 
 def _signed(entry: Entry) -> bool:

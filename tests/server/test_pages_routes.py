@@ -295,6 +295,8 @@ def test_sign_in_keeps_the_token_in_a_strict_http_only_cookie(site: Site) -> Non
     assert re.search(r'data-label="status"><span class="bad">silent<', html)
     assert re.search(r'data-label="open findings">2<', html)  # the last sweep and after
     assert re.search(r'data-label="open alerts">1<', html)
+    attention = html[html.index("Hosts with open alerts (1)") : html.index("All hosts")]
+    assert f'href="/operator/hosts/{made[EVIL_HOST]}"' in attention
 
 
 def test_a_host_page_shows_open_findings_with_their_evidence(site: Site) -> None:

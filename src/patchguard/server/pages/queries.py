@@ -224,9 +224,25 @@ def hosts_page(
     hosts = list(session.scalars(query))
     more = len(hosts) > HOSTS_PER_PAGE
     hosts = hosts[:HOSTS_PER_PAGE]
-    counts = _open_counts(session, [h.id for h in hosts])
+    alerted = _alerted_hosts(session)
+    counts = _open_counts(session, [h.id for h in {*hosts, *alerted}])
     rows = tuple(_host_row(h, now, missed, counts) for h in hosts)
-    return HostsPage(rows, hosts[-1].fingerprint if more else None, csrf)
+    attention = tuple(_host_row(h, now, missed, counts) for h in alerted)
+    return HostsPage(attention, rows, hosts[-1].fingerprint if more else None, csrf)
+
+
+def _alerted_hosts(session: Session) -> list[Host]:
+    """Hosts with an open alert, the oldest alert first (at most a page of them)."""
+    oldest = func.min(Alert.created_at)
+    query = (
+        select(Host)
+        .join(Alert, Alert.host_id == Host.id)
+        .where(Alert.resolved_at.is_(None))
+        .group_by(Host.id)
+        .order_by(oldest, Host.id)
+        .limit(HOSTS_PER_PAGE)
+    )
+    return list(session.scalars(query))
 
 
 def _cursor(session: Session, fingerprint: str) -> tuple[str, int] | None:

@@ -122,6 +122,7 @@ class HostRow:
 
 @dataclass(frozen=True)
 class HostsPage:
+    attention: tuple[HostRow, ...]  # hosts with open alerts (silent, baseline changed), first
     rows: tuple[HostRow, ...]
     after: str | None  # `?after=` for the next page; None: the last page
     csrf: str

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -34,6 +35,7 @@ CHUNK = 1000  # rows read per query while replaying
 MAX_DESCRIPTION = 600  # characters kept per entry: a huge vendor name cannot fill the memory
 FAIRNESS_TTL = timedelta(seconds=60)  # pending turns into expired with the clock alone
 REVERIFY = timedelta(minutes=10)  # a fresh replay from entry 1 at least this often
+CHECKS_KEPT = 1024  # per-entry checks remembered (a signature check costs about 0.1 ms)
 
 Row = tuple[object, ...]
 _COLUMNS = tuple(getattr(LedgerEntry, name) for name in COLUMNS)
@@ -273,7 +275,7 @@ def row_view(verifier: ChainVerifier, row: Row, previous: Row | None) -> LedgerR
     entry = entry_from_row(row, seq)
     if isinstance(entry, str):
         return LedgerRow(seq, "?", "?", "?", None, entry, Check(False, entry))
-    check = own_check(entry, previous)
+    check = _remembered_check(entry, previous)
     if check.ok:
         check = verifier.verdict(seq)
     else:
@@ -282,6 +284,13 @@ def row_view(verifier: ChainVerifier, row: Row, previous: Row | None) -> LedgerR
     return LedgerRow(
         entry.seq, entry.time, entry.kind, entry.actor, entry.subject, description, check
     )
+
+
+@lru_cache(maxsize=CHECKS_KEPT)
+def _remembered_check(entry: Entry, previous: Row | None) -> Check:
+    """own_check, remembered for the rows most pages show (the newest): the key is every
+    field of both rows, so a changed row is checked afresh."""
+    return own_check(entry, previous)
 
 
 def own_check(entry: Entry, previous: Row | None) -> Check:

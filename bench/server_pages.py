@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import socket
 import statistics
 import subprocess
 import sys
@@ -164,24 +165,39 @@ def in_process(url: str, workdir: Path, entries: int, rounds: int) -> None:
             )
 
 
+def _answers(base: str, path: str, text: bytes) -> bool:
+    try:
+        return text in _http(base, path)()
+    except OSError:
+        return False
+
+
+def _until(
+    ready: Callable[[], bool], server: subprocess.Popen[bytes], seconds: float, workdir: Path
+) -> None:
+    deadline = time.monotonic() + seconds
+    while not ready():
+        if time.monotonic() > deadline or server.poll() is not None:
+            log = (workdir / "server.log").read_text(errors="replace")[-2000:]
+            raise SystemExit(f"the server did not get ready in {seconds:.0f} s:\n{log}")
+        time.sleep(0.3)
+
+
 def over_http(url: str, workdir: Path, entries: int, rounds: int) -> None:
-    port = 18000 + random.randrange(2000)
+    with socket.socket() as probe:  # a free loopback port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
     argv = [sys.executable, "-m", "patchguard.cli", "server", "--db", url]
     argv += ["--listen", f"127.0.0.1:{port}", "--key", str(workdir / "server.key")]
     log = (workdir / "server.log").open("wb")
     server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if f"All {entries} entries verify".encode() in _http(base, "/")():
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit(f"server did not come up: see {workdir / 'server.log'}")
-            time.sleep(0.3)
+        t0 = time.monotonic()
+        _until(lambda: _answers(base, "/api/v1/health", b"ok"), server, 60, workdir)
+        done = f"All {entries} entries verify".encode()
+        _until(lambda: _answers(base, "/", done), server, 1200, workdir)
+        print(f"server process: whole-chain replay done {time.monotonic() - t0:.1f} s after start")
         floor, _ = timed(_http(base, "/api/v1/health"), rounds)
         print(f"HTTP floor /api/v1/health: {floor:.2f} ms")
         for path in paths(entries):

@@ -4,37 +4,20 @@ a `patchguard server` process (fleet_support.py)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fleet_support import PG_BIN, PG_USER, ServerProcess, as_pg, new_pg_database
+from fleet_support import PG_BIN, ServerProcess, new_pg_database, postgres_cluster
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Path]:
-    """A PostgreSQL cluster for this test session: its socket directory. Not under pytest's
-    tmp_path, which is root's alone: the postgres user must reach it."""
+    """A PostgreSQL cluster for this test session: its socket directory."""
     if not (PG_BIN / "initdb").exists():
         pytest.fail(f"{PG_BIN}/initdb missing: run scripts/setup --dev (installs postgresql)")
-    base = Path(tempfile.mkdtemp(prefix="patchguard-pg-"))
-    data, sock = base / "data", base / "sock"
-    sock.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(base, PG_USER)
-        shutil.chown(sock, PG_USER)
-    as_pg(str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8")
-    options = f"-k {sock} -c listen_addresses='' -c max_connections=200"
-    log = base / "pg.log"
-    as_pg(str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "start")
-    try:
+    with postgres_cluster() as sock:
         yield sock
-    finally:
-        as_pg(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -6,14 +6,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,29 @@ def as_pg(*argv: str) -> None:
     subprocess.run(command, check=True, capture_output=True, timeout=120)
 
 
+@contextlib.contextmanager
+def postgres_cluster() -> Iterator[Path]:
+    """A throwaway PostgreSQL cluster: its socket directory. Not under pytest's tmp_path,
+    which is root's alone: the postgres user must reach it."""
+    base = Path(tempfile.mkdtemp(prefix="patchguard-pg-"))
+    data, sock = base / "data", base / "sock"
+    sock.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(base, PG_USER)
+        shutil.chown(sock, PG_USER)
+    try:
+        as_pg(str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
+        options = f"-k {sock} -c listen_addresses='' -c max_connections=200"
+        log = str(base / "pg.log")
+        as_pg(str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", log, "-o", options, "-w", "start")
+        try:
+            yield sock
+        finally:
+            as_pg(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def new_pg_database(sock: Path) -> str:
     name = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(f"host={sock} user=postgres dbname=postgres", autocommit=True) as conn:
@@ -65,6 +91,7 @@ class ServerProcess:
     workdir: Path
     missed: int = 3
     silence_check: float = 0.3
+    workers: int = 1
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -87,7 +114,7 @@ class ServerProcess:
         argv = [sys.executable, "-m", "patchguard.cli", "server", "--db", self.db_url]
         argv += ["--listen", f"127.0.0.1:{self.port}", "--key", str(self.workdir / "server.key")]
         argv += ["--missed-heartbeats", str(self.missed)]
-        argv += ["--silence-check", str(self.silence_check)]
+        argv += ["--silence-check", str(self.silence_check), "--workers", str(self.workers)]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30

@@ -6,11 +6,18 @@ from __future__ import annotations
 
 import http.client
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from fleet_support import HostSide, ServerProcess, call, count, enrolled_host
+from fleet_support import (
+    HostSide,
+    ServerProcess,
+    call,
+    count,
+    enrolled_host,
+    new_pg_database,
+)
 
 from patchguard.fleet.wire import MAX_BODY, Message, enrol_proof, envelope
 from patchguard.policy.chain import canonical
@@ -43,7 +50,6 @@ def with_finding(host: HostSide, **changes: object) -> bytes:
 
 
 CASES: dict[str, Callable[[HostSide], tuple[bytes, dict[str, str]]]] = {
-    "oversized": lambda h: (b"{" + b" " * (MAX_BODY + 1) + b"}", JSON),
     "malformed JSON": lambda h: (b'{"body": ', JSON),
     "not UTF-8": lambda h: (b'{"body": "\xff\xfe"}', JSON),
     "a JSON array": lambda h: (b"[1, 2]", JSON),
@@ -99,11 +105,28 @@ CASES: dict[str, Callable[[HostSide], tuple[bytes, dict[str, str]]]] = {
 }
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def corpus(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ServerProcess, HostSide]]:
+    """One server and one enrolled host for the whole corpus: nothing in it may be stored."""
+    workdir = tmp_path_factory.mktemp("corpus")
+    if request.param == "sqlite":
+        url = f"sqlite:///{workdir / 'server.db'}"
+    else:
+        url = new_pg_database(request.getfixturevalue("postgres"))
+    server = ServerProcess(url, workdir).start()
+    try:
+        yield server, enrolled_host(server, workdir)
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_report_is_refused_and_nothing_stored(
-    server: ServerProcess, tmp_path: Path, case: str
+    corpus: tuple[ServerProcess, HostSide], case: str
 ) -> None:
-    host = enrolled_host(server, tmp_path)
+    server, host = corpus
     raw, headers = CASES[case](host)
     status, answer = call(f"{server.url}/api/v1/reports", raw, headers)
     assert 400 <= status < 500, (status, answer)
@@ -113,9 +136,22 @@ def test_bad_report_is_refused_and_nothing_stored(
     assert "Traceback" not in server.log.read_text()
 
 
+def test_oversized_body_is_refused_before_it_is_read(server: ServerProcess) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    connection.putrequest("POST", "/api/v1/reports")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", str(MAX_BODY + 1))
+    connection.endheaders()  # not one byte of the body: the answer comes anyway
+    response = connection.getresponse()
+    assert response.status == 413
+    assert json.loads(response.read()) == {"error": f"body larger than {MAX_BODY} bytes"}
+    connection.close()
+    assert count(server.db_url, Report) == 0
+
+
 def test_chunked_body_over_the_limit_is_refused_while_read(server: ServerProcess) -> None:
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    chunks = (b"x" * 65536 for _ in range(MAX_BODY // 65536 + 2))
+    chunks = (b"x" * 65536 for _ in range(MAX_BODY // 65536 + 1))  # just over the limit
     connection.request("POST", "/api/v1/reports", chunks, JSON, encode_chunked=True)
     response = connection.getresponse()
     assert response.status == 413

@@ -209,7 +209,9 @@ def engine(url: str) -> Engine:
         event.listen(made, "connect", _sqlite_pragmas)
         event.listen(made, "begin", _sqlite_begin)
         return made
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    # No pre-ping (a round trip per request): a connection lost to a database restart fails
+    # one request with a 503, which hosts retry from their spool.
+    return create_engine(url, pool_size=10, max_overflow=10, pool_recycle=3600)
 
 
 def session_factory(bound: Engine) -> sessionmaker[Session]:

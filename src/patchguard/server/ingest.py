@@ -12,9 +12,10 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from patchguard.engine.keys import verify_signature
@@ -25,6 +26,8 @@ from patchguard.server.schemas import Body, Envelope
 
 log = logging.getLogger("patchguard.server")
 CLEAN_BELOW = ("info", "low")  # a sweep whose findings are all below medium is clean
+INSERT_REPORT = insert(Report).returning(Report.id)  # built once: the hot path
+INSERT_FINDINGS = insert(FindingRow)
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ def _locked_host(session: Session, fingerprint: str) -> Host:
 
 def _check_new(session: Session, host: Host, envelope: Envelope, body: Body) -> Stored | None:
     """A Stored for an exact resend; Refused for a replay or regression; None if new."""
+    if body.seq > host.last_seq:
+        return None  # an id used before by another report fails the unique index instead
     query = select(Report).where(Report.report_id == body.id)
     earlier = session.scalars(query).one_or_none()
     if earlier is not None:
@@ -98,48 +103,57 @@ def ingest(session: Session, raw: bytes, now: datetime) -> Stored:
     resent = _check_new(session, host, envelope, body)
     if resent is not None:
         return resent
-    report = Report(
-        report_id=body.id,
-        host_id=host.id,
-        seq=body.seq,
-        kind=body.kind,
-        sent_at=body.time,
-        received_at=now,
-        baseline_digest=body.baseline_digest,
-        body=envelope.body,
-        signature=envelope.signature,
+    # Core statements, not the unit of work: this is the server's hot path.
+    report_pk = session.execute(
+        INSERT_REPORT,
+        {
+            "report_id": body.id,
+            "host_id": host.id,
+            "seq": body.seq,
+            "kind": body.kind,
+            "sent_at": body.time,
+            "received_at": now,
+            "baseline_digest": body.baseline_digest,
+            "body": envelope.body,
+            "signature": envelope.signature,
+        },
+    ).scalar_one()
+    if body.payload.findings:
+        session.execute(INSERT_FINDINGS, _findings(host.id, report_pk, body, now))
+    changes = _attest_baseline(session, host, body, now) | _host_changes(session, host, body, now)
+    session.execute(
+        update(Host)
+        .where(Host.id == host.id)
+        .values(changes)
+        .execution_options(synchronize_session=False)
     )
-    session.add(report)
-    session.flush()
-    session.add_all(_findings(host, report, body))
-    _attest_baseline(session, host, body, now)
-    _update_host(session, host, body, now)
-    return Stored(report.id, report.seq, False)
+    session.expunge(host)  # its attributes are stale now; nothing may flush them
+    return Stored(report_pk, body.seq, False)
 
 
-def _findings(host: Host, report: Report, body: Body) -> list[FindingRow]:
+def _findings(host_id: int, report_pk: int, body: Body, now: datetime) -> list[dict[str, Any]]:
     return [
-        FindingRow(
-            host_id=host.id,
-            report_pk=report.id,
-            severity=f.severity,
-            technique=f.technique,
-            subject=f.subject,
-            summary=f.summary,
-            disposition=f.disposition,
-            evidence={"surface": f.surface, "attack_id": f.attack_id, **f.evidence},
-            seen_at=report.received_at,
-        )
+        {
+            "host_id": host_id,
+            "report_pk": report_pk,
+            "severity": f.severity,
+            "technique": f.technique,
+            "subject": f.subject,
+            "summary": f.summary,
+            "disposition": f.disposition,
+            "evidence": {"surface": f.surface, "attack_id": f.attack_id, **f.evidence},
+            "seen_at": now,
+        }
         for f in body.payload.findings
     ]
 
 
-def _attest_baseline(session: Session, host: Host, body: Body, now: datetime) -> None:
+def _attest_baseline(session: Session, host: Host, body: Body, now: datetime) -> dict[str, Any]:
     """A baseline digest may change only after a signed baseline-rotated message; otherwise
     someone re-created the baseline (a root attacker hiding a patch does exactly this)."""
     new = body.baseline_digest
     if new is None or new == host.baseline_digest:
-        return
+        return {}
     if body.kind != "baseline-rotated" and host.baseline_digest is not None:
         evidence = {
             "previous_digest": host.baseline_digest,
@@ -148,8 +162,8 @@ def _attest_baseline(session: Session, host: Host, body: Body, now: datetime) ->
             "seq": body.seq,
             "boot_id": body.boot_id,
         }
-        session.add(
-            Alert(
+        session.execute(
+            insert(Alert).values(
                 kind="baseline-changed",
                 host_id=host.id,
                 severity="critical",
@@ -164,23 +178,23 @@ def _attest_baseline(session: Session, host: Host, body: Body, now: datetime) ->
             host.baseline_digest[:12],
             new[:12],
         )
-    host.baseline_digest = new
+    return {"baseline_digest": new}
 
 
-def _update_host(session: Session, host: Host, body: Body, now: datetime) -> None:
-    host.last_seq = body.seq
-    host.last_seen_at = now
+def _host_changes(session: Session, host: Host, body: Body, now: datetime) -> dict[str, Any]:
+    changes: dict[str, Any] = {"last_seq": body.seq, "last_seen_at": now}
     if body.kind == "heartbeat":
-        host.last_heartbeat_at = now
-        host.heartbeat_interval = body.payload.interval or host.heartbeat_interval
+        changes["last_heartbeat_at"] = now
+        changes["heartbeat_interval"] = body.payload.interval or host.heartbeat_interval
     if body.kind in ("report", "sweep", "finding"):
-        host.last_report_at = now
+        changes["last_report_at"] = now
     clean = all(f.severity in CLEAN_BELOW for f in body.payload.findings)
     if body.kind in ("report", "sweep") and clean:
-        host.last_clean_sweep_at = now
+        changes["last_clean_sweep_at"] = now
     if host.status == "silent":
         _resolve(session, host, "silent", now)
-    host.status = "stopped" if body.kind == "stop" else "active"
+    changes["status"] = "stopped" if body.kind == "stop" else "active"
+    return changes
 
 
 def _resolve(session: Session, host: Host, kind: str, now: datetime) -> None:
@@ -188,6 +202,7 @@ def _resolve(session: Session, host: Host, kind: str, now: datetime) -> None:
         update(Alert)
         .where(Alert.host_id == host.id, Alert.kind == kind, Alert.resolved_at.is_(None))
         .values(resolved_at=now)
+        .execution_options(synchronize_session=False)
     )
 
 

@@ -229,12 +229,13 @@ def test_a_ledger_entry_appears_after_exceptions_approve(
 @pytest.fixture
 def heartbeats(served: Served, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """An enrolled host whose process sends a real signed heartbeat about every second
-    (`patchguard report --heartbeat 2` in a loop); killed by the test or at the end."""
+    (`patchguard report --heartbeat 3` in a loop; 2 missed, and it is silent 6 s after the
+    last); killed by the test, or at the end."""
     token = cli("server", "token", "create", "--role", "enrol", "--db", served.db).strip()
     host = tmp_path / "host"
     common = ["--key", str(host / "host.key"), "--state-dir", str(host / "state")]
     cli("enrol", served.url, "--token", token, "--name", HOST_NAME, *common)
-    beat = [*CLI, "report", "--heartbeat", "2", "--baseline", str(host / "none.zip"), *common]
+    beat = [*CLI, "report", "--heartbeat", "3", "--baseline", str(host / "none.zip"), *common]
     loop = f"while :; do {shlex.join(beat)} >/dev/null; sleep 0.3; done"
     process = subprocess.Popen(["bash", "-c", loop], start_new_session=True)
     try:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -20,15 +21,15 @@ from fleet_support import (
     make_token,
     operator,
 )
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 
 from patchguard.engine.keys import HostKey
 from patchguard.fleet import client
 from patchguard.fleet.client import FleetError
 from patchguard.fleet.policy import apply_policy
-from patchguard.fleet.wire import check_document
+from patchguard.fleet.wire import Message, check_document, envelope
 from patchguard.policy import exceptions as ops
-from patchguard.server.db import Alert, FindingRow, Report, engine, session_factory
+from patchguard.server.db import Alert, FindingRow, Report, engine, session_factory, utcnow
 
 FINDING = {
     "surface": "kernel_text",
@@ -261,3 +262,25 @@ def test_server_commands_fail_in_one_line(tmp_path: Path) -> None:
     assert expiry.returncode == 2 and "--expires: 'soon'" in expiry.stderr
     missing = server_cli(url, "ledger", "import", str(tmp_path / "none.db"))
     assert missing.returncode == 2 and "no ledger here" in missing.stderr
+
+
+def test_prune_deletes_old_reports_and_keeps_the_sequence(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    host = enrolled_host(server, tmp_path)
+    for _ in range(3):
+        client.queue(host.directory, host.key, "report", {"findings": [FINDING]})
+    client.deliver(host.directory)
+    bound = engine(server.db_url)
+    with bound.begin() as connection:  # the first two are 40 days old
+        old = utcnow() - timedelta(days=40)
+        connection.execute(update(Report).where(Report.seq < 3).values(received_at=old))
+    bound.dispose()
+    done = server_cli(server.db_url, "prune", "--days", "30")
+    assert done.stdout == "deleted 2 reports and 2 findings older than 30 days\n", done.stderr
+    assert count(server.db_url, Report) == 1 and count(server.db_url, FindingRow) == 1
+    replay = client.request(
+        f"{server.url}/api/v1/reports",
+        envelope(Message(host.fingerprint, 1, "report"), host.key),
+    )
+    assert replay.status == 409

@@ -150,6 +150,24 @@ def _ledger_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _prune(args: argparse.Namespace) -> int:
+    from patchguard.server.db import session_factory, transaction, utcnow
+    from patchguard.server.retention import prune
+
+    if args.days < 1:
+        raise UsageError("--days must be at least 1")
+    bound = _migrated(args)
+    try:
+        with transaction(session_factory(bound)) as session:
+            done = prune(session, utcnow(), args.days)
+    finally:
+        bound.dispose()
+    print(
+        f"deleted {done.reports} reports and {done.findings} findings older than {args.days} days"
+    )
+    return EXIT_OK
+
+
 def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -221,6 +239,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     create.add_argument("--label", help="a note kept beside the hash")
     _db(create, argparse.SUPPRESS)
     create.set_defaults(handler=_guarded(_token_create))
+
+    prune = actions.add_parser("prune", help="delete reports and findings past the retention")
+    prune.add_argument("--days", type=int, default=90, help="keep this many days (default 90)")
+    _db(prune, argparse.SUPPRESS)
+    prune.set_defaults(handler=_guarded(_prune))
 
     ledger = actions.add_parser("ledger", help="the exception ledger the server serves")
     ledger_actions = ledger.add_subparsers(dest="ledger_command", required=True)

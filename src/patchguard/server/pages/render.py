@@ -78,6 +78,13 @@ def environment() -> Environment:
     return env
 
 
+def compile_all() -> None:
+    """Compile every template now (Jinja2 keeps them), so no visitor waits for it."""
+    env = environment()
+    for name in env.list_templates(extensions=["html"]):
+        env.get_template(name)
+
+
 def render(template: str, **values: Any) -> str:
     values.setdefault("generated_at", None)
     return environment().get_template(template).render(**values)

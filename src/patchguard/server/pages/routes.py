@@ -27,7 +27,7 @@ from patchguard.server.app import Server, _revoke, server_of
 from patchguard.server.errors import Refused
 from patchguard.server.pages import queries
 from patchguard.server.pages.ledger_view import ChainVerifier
-from patchguard.server.pages.render import HEADERS, PRIVATE_HEADERS, render
+from patchguard.server.pages.render import HEADERS, PRIVATE_HEADERS, compile_all, render
 from patchguard.server.pages.views import ChainStatus
 
 COOKIE = "patchguard_operator"
@@ -51,6 +51,7 @@ def verifier_of(request: Request) -> ChainVerifier:
 def register(app: FastAPI) -> None:
     """Mount the pages on the server's app (called by app.create_app)."""
     app.state.ledger_verifier = ChainVerifier(app.state.server.sessions)
+    compile_all()
     app.include_router(router)
 
 

@@ -94,6 +94,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=port,
         workers=args.workers,
         access_log=False,
+        timeout_keep_alive=65,  # longer than a proxy's (nginx: 60 s), which then closes first
         log_level="info",
     )
     return EXIT_OK

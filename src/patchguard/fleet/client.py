@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -191,8 +192,9 @@ class Delivery:
 def _reject(directory: Path, path: Path, reason: str) -> None:
     dead = directory / "fleet-rejected"
     dead.mkdir(mode=0o700, exist_ok=True)
-    write_atomic(dead / f"{path.stem}.reason", reason.encode() + b"\n", 0o600)
-    os.replace(path, dead / path.name)
+    stem = f"{time.time_ns()}-{path.stem}"  # spool numbers start again once it is empty
+    write_atomic(dead / f"{stem}.reason", reason.encode() + b"\n", 0o600)
+    os.replace(path, dead / f"{stem}.json")
 
 
 def deliver(directory: Path, server: str | None = None) -> Delivery:

@@ -264,7 +264,7 @@ def test_a_host_goes_silent_when_its_heartbeats_stop(
     follow(browser, browser.find_element(By.CSS_SELECTOR, "input[type=submit]"))
     cookie = browser.get_cookie("patchguard_operator")
     assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
-    _wait_until(lambda: _host_status(browser) == "active", 30, "the host never reported")
+    _wait_until(lambda: _host_status(browser) == "reporting", 30, "the host never reported")
     name = browser.find_element(By.CSS_SELECTOR, "tbody td a")
     assert name.text == HOST_NAME and name.find_elements(By.TAG_NAME, "b") == []
 

@@ -39,6 +39,7 @@ PAGE_SIZE = 50  # ledger entries per page
 HOSTS_PER_PAGE = 100
 CHART_DAYS = 30
 MAX_EVIDENCE_TEXT = 4000  # characters of one evidence value shown; the rest is elided
+SHOWN_STATUS = {"active": "reporting"}  # the pages' word for db.host_status's "active"
 FULL_SWEEP_KINDS = ("report", "sweep")  # a whole scan: it replaces the host's open findings
 
 
@@ -185,11 +186,12 @@ class _Open:
 
 
 def _host_row(host: Host, now: datetime, missed: int, counts: _Open) -> HostRow:
+    status = host_status(host, now, missed)
     return HostRow(
         host.id,
         host.name,
         host.fingerprint,
-        host_status(host, now, missed),
+        SHOWN_STATUS.get(status, status),
         host.last_report_at,
         host.last_clean_sweep_at,
         host.last_seen_at,

@@ -112,7 +112,7 @@ class HostRow:
     id: int
     name: str
     fingerprint: str
-    status: str  # active, silent, stopped, revoked
+    status: str  # reporting, silent, stopped, revoked
     last_report: datetime | None
     last_clean_sweep: datetime | None
     last_seen: datetime | None

@@ -284,3 +284,23 @@ def test_prune_deletes_old_reports_and_keeps_the_sequence(
         envelope(Message(host.fingerprint, 1, "report"), host.key),
     )
     assert replay.status == 409
+
+
+def test_fetch_policy_command_applies_the_ledger_to_the_pinned_root(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    ledger, root = make_ledger(tmp_path)
+    assert server_cli(server.db_url, "ledger", "import", str(ledger)).returncode == 0
+    env = {**os.environ, "PATCHGUARD_KEY": str(tmp_path / "host.key")}
+    env["PATCHGUARD_STATE_DIR"] = str(tmp_path / "state")
+    token = make_token(server.db_url, "enrol")
+    enrol = ["enrol", server.url, "--token", token, "--ledger-root", root.fingerprint()]
+    assert patchguard(*enrol, env=env).returncode == 0
+    fetched = patchguard("fetch-policy", env=env)
+    assert fetched.returncode == 0, fetched.stderr
+    assert f"ledger verified to root {root.fingerprint()}: 2 entries (2 new)" in fetched.stdout
+    assert (tmp_path / "state" / "fleet-ledger.json").exists()
+    other = HostKey.generate().fingerprint()
+    refused = patchguard("fetch-policy", "--root", other, env=env)
+    assert refused.returncode == 2 and f"not root {other}" in refused.stderr
+    assert refused.stderr.count("\n") == 1

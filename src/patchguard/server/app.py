@@ -408,5 +408,11 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def app_from_env() -> FastAPI:
+    """The app in a uvicorn worker process, which inherits no logging set-up."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     return create_app(Settings.from_env())

@@ -73,7 +73,7 @@ def _listen(text: str) -> tuple[str, int]:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from patchguard.server.app import Settings
+    from patchguard.server.app import LOG_FORMAT, Settings
 
     host, port = _listen(args.listen)
     settings = Settings(
@@ -84,9 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     _migrated(args).dispose()
     os.environ.update(settings.to_env())
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     uvicorn.run(
         "patchguard.server.app:app_from_env",
         factory=True,

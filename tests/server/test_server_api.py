@@ -131,6 +131,19 @@ def test_resend_is_stored_once_and_replays_are_refused(
     assert "refused POST /api/v1/reports from 127.0.0.1: 409" in server.log.read_text()
 
 
+def test_an_id_another_host_used_is_refused(server: ServerProcess, tmp_path: Path) -> None:
+    first, second = enrolled_host(server, tmp_path, "a"), enrolled_host(server, tmp_path, "b")
+    taken = Message(first.fingerprint, 1, "report", id="ab" * 16)
+    assert post_report(server, envelope(taken, first.key))[0] == 200
+    again = Message(second.fingerprint, 1, "report", id="ab" * 16)
+    status, answer = post_report(server, envelope(again, second.key))
+    assert (
+        status == 409
+        and answer["error"] == f"report id {'ab' * 16} was already used by another report"
+    )
+    assert count(server.db_url, Report) == 1
+
+
 def test_unknown_revoked_and_forged_hosts_are_refused(
     server: ServerProcess, tmp_path: Path
 ) -> None:

@@ -261,9 +261,13 @@ def _take_report(server: Server, raw: bytes) -> Stored:
     try:
         return server.run(lambda session, now: ingest(session, raw, now))
     except IntegrityError:
-        # Another process stored the same report (or seq) between our check and insert;
-        # the retry sees it and answers as for any resend or replay.
-        return server.run(lambda session, now: ingest(session, raw, now))
+        # Another process stored the same report (or seq) between our check and insert, or
+        # the id is another report's: the retry looks and answers as for a resend or replay.
+        pass
+    try:
+        return server.run(lambda session, now: ingest(session, raw, now, look_up_id=True))
+    except IntegrityError:
+        raise Refused(409, "conflicts with a stored report") from None
 
 
 def routes(app: FastAPI) -> None:

@@ -76,9 +76,11 @@ def _locked_host(session: Session, fingerprint: str) -> Host:
     return host
 
 
-def _check_new(session: Session, host: Host, envelope: Envelope, body: Body) -> Stored | None:
+def _check_new(
+    session: Session, host: Host, envelope: Envelope, body: Body, look_up_id: bool
+) -> Stored | None:
     """A Stored for an exact resend; Refused for a replay or regression; None if new."""
-    if body.seq > host.last_seq:
+    if body.seq > host.last_seq and not look_up_id:
         return None  # an id used before by another report fails the unique index instead
     query = select(Report).where(Report.report_id == body.id)
     earlier = session.scalars(query).one_or_none()
@@ -93,14 +95,16 @@ def _check_new(session: Session, host: Host, envelope: Envelope, body: Body) -> 
     return None
 
 
-def ingest(session: Session, raw: bytes, now: datetime) -> Stored:
+def ingest(session: Session, raw: bytes, now: datetime, look_up_id: bool = False) -> Stored:
+    """Store one message. `look_up_id`: look for its id even when its sequence number is new
+    (a retry after the unique index refused it)."""
     envelope, body = parse(raw)
     host = _locked_host(session, body.host)
     signature = bytes.fromhex(envelope.signature)
     text = envelope.body.encode("ascii")
     if not verify_signature(bytes.fromhex(host.public_key), text, signature):
         raise Refused(401, f"signature does not verify for host {host.fingerprint}")
-    resent = _check_new(session, host, envelope, body)
+    resent = _check_new(session, host, envelope, body, look_up_id)
     if resent is not None:
         return resent
     # Core statements, not the unit of work: this is the server's hot path.

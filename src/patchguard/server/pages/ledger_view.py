@@ -14,6 +14,7 @@ on the page that shows it even before the chain replay reaches it.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from patchguard.engine.keys import verify_signature
@@ -38,6 +40,7 @@ REVERIFY = timedelta(minutes=10)  # a fresh replay from entry 1 at least this of
 CHECKS_KEPT = 1024  # per-entry checks remembered (a signature check costs about 0.1 ms)
 
 Row = tuple[object, ...]
+log = logging.getLogger("patchguard.server.pages")
 _COLUMNS = tuple(getattr(LedgerEntry, name) for name in COLUMNS)
 
 
@@ -45,6 +48,11 @@ def select_rows(session: Session, low: int, high: int) -> list[Row]:
     """Rows with low <= seq <= high, in seq order (the primary key: an index range scan)."""
     query = select(*_COLUMNS).where(LedgerEntry.seq.between(low, high)).order_by(LedgerEntry.seq)
     return [tuple(row) for row in session.execute(query)]
+
+
+def _first_line(exc: SQLAlchemyError) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
 
 
 def _clip(text: str) -> str:
@@ -177,11 +185,17 @@ class ChainVerifier:
         self._worker.start()
 
     def _rebuild(self, fresh: _Replay, target: int) -> None:
-        """A fresh replay, made without the lock, that replaces the one in use when done."""
-        fresh.advance(self._fetch, target)
-        with self._lock:
-            fresh.advance(self._fetch, self._replay.verified)  # what was added meanwhile
-            self._replay, self._fairness, self._building = fresh, None, None
+        """A fresh replay, made without the lock, that replaces the one in use when done. If
+        the database fails meanwhile, the replay in use stays; the next page starts again."""
+        try:
+            fresh.advance(self._fetch, target)
+            with self._lock:
+                fresh.advance(self._fetch, self._replay.verified)  # what was added meanwhile
+                self._replay, self._fairness = fresh, None
+        except SQLAlchemyError as exc:
+            log.error("ledger replay stopped, the database failed: %s", _first_line(exc))
+        finally:
+            self._building = None
 
     def _status(self, stored: int) -> ChainStatus:
         r, building = self._replay, self._building

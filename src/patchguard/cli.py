@@ -102,6 +102,11 @@ def _parser() -> argparse.ArgumentParser:
 
     policy_cli.register(sub)  # exceptions ..., ledger ...
     policy_cli.register_witness(sub)  # witness vkey|cosign|serve
+    from patchguard.fleet import cli as fleet_cli
+    from patchguard.server import cli as server_cli
+
+    fleet_cli.register(sub)  # enrol, report, fetch-policy
+    server_cli.register(sub)  # server ...
     config = sub.add_parser("config", help="guard configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     config_check = config_sub.add_parser("check", help="validate a guard config file")
@@ -349,7 +354,7 @@ def _run(args: argparse.Namespace) -> int:
     from patchguard.safe_read import InputError
     from patchguard.signing import KeyFileError
 
-    handler = getattr(args, "policy_handler", None)
+    handler = getattr(args, "policy_handler", None) or getattr(args, "handler", None)
     if handler is not None:  # the policy commands print their own one-line errors
         return int(handler(args))
     out, err = Console(), Console(stderr=True)

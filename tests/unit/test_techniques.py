@@ -24,6 +24,10 @@ NOT_TECHNIQUES = {
     "ledger-untrusted", "ledger-expiry-failed", "ledger-rewritten", "key-add", "key-show",
     "max-expiry", "utf-8", "log-init", "gpg-agent", "ssh-agent", "sshd-session",
     "polkit-agent-helper-1", "patchguard-read",
+    # fleet: message kinds, alert kinds of the server, state files, CLI words, HTTP header values
+    "baseline-changed", "baseline-rotated", "fleet-rejected", "fleet-server", "fleet-spool",
+    "fetch-policy", "ledger-replay", "content-length", "content-type", "no-referrer", "no-store",
+    "same-origin",
     # taint technique stems, named "taint-<stem>" by the posture surface
     "live-patched", "acpi-table-override", "fwctl-debug-write", "kernel-oops", "user-taint",
     "staging-driver", "auxiliary-taint", "kernel-test", "kernel-warning", "forced-module-unload",

@@ -1,0 +1,207 @@
+"""Fleet server ingest speed, measured in one run on PostgreSQL and then on SQLite.
+
+N simulated hosts (real ed25519 keys, enrolled through the API) each send R signed reports of
+realistic size (ten findings with evidence, about 5 KB, like a real `patchguard report`), one
+after another per host, up to C requests in flight in all, to `patchguard server --workers W`
+on this machine. Printed: reports per second (target >= 300/s), the p50/p99 latency of one
+report as the sending host sees it (target p99 <= 200 ms), and the server processes' CPU time
+per report (the database's own is not counted), which does not depend on what else the
+machine runs; the load average says how busy it was. Messages are signed before the clock
+starts: signing is the hosts' work, not the server's.
+
+Run as root (PostgreSQL runs as the postgres user):
+  .venv/bin/python bench/server.py [--hosts 1000] [--reports 3] [--concurrency 32] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "server"))
+from fleet_support import ServerProcess, make_token, new_pg_database, postgres_cluster
+
+from patchguard.fleet.wire import Message, enrol_proof, envelope
+from patchguard.signing import HostKey
+
+JSON = {"Content-Type": "application/json"}
+
+
+def findings(host: int, round_: int) -> list[dict[str, object]]:
+    return [
+        {
+            "surface": surface,
+            "technique": "rootkit-helper" if n % 3 else "lockdown-off",
+            "severity": ("info", "low", "medium", "high", "critical")[n % 5],
+            "subject": f"prog {host * 100 + n} (kill_hook_{round_}) on kprobe/__x64_sys_kill",
+            "summary": "a kprobe program that calls bpf_override_return can change what a system "
+            "call returns; rootkits use it to hide processes and files",
+            "disposition": "suspicious",
+            "attack_id": "T1014",
+            "evidence": {
+                "prog_id": host * 100 + n,
+                "tag": "a1b2c3d4e5f60718",
+                "helpers": [
+                    "bpf_override_return",
+                    "bpf_probe_read_kernel",
+                    "bpf_get_current_pid_tgid",
+                ],
+                "maps": [n, n + 1, n + 2],
+                "loaded_by": "pid 4242 (agentd)",
+            },
+        }
+        for n, surface in enumerate(["ebpf", "tracing", "modules", "kernel_text", "syscalls"] * 2)
+    ]
+
+
+async def enrol_all(client: httpx.AsyncClient, url: str, token: str, keys: list[HostKey]) -> None:
+    limit = asyncio.Semaphore(32)
+    headers = {**JSON, "Authorization": f"Bearer {token}"}
+
+    async def one(n: int, key: HostKey) -> None:
+        public = key.public_key_bytes().hex()
+        name = f"host-{n:04d}"
+        body = {"name": name, "public_key": public, "proof": enrol_proof(name, public, key)}
+        async with limit:
+            answer = await client.post(
+                f"{url}/api/v1/enrol", content=json.dumps(body), headers=headers
+            )
+        answer.raise_for_status()
+
+    await asyncio.gather(*(one(n, key) for n, key in enumerate(keys)))
+
+
+async def send_all(
+    client: httpx.AsyncClient, url: str, bodies: list[list[bytes]], concurrency: int
+) -> tuple[float, list[float]]:
+    limit = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+
+    async def host(messages: list[bytes]) -> None:
+        for body in messages:  # a host's reports go in order, one at a time
+            async with limit:
+                t0 = time.perf_counter()
+                answer = await client.post(f"{url}/api/v1/reports", content=body, headers=JSON)
+                latencies.append(time.perf_counter() - t0)
+            if answer.status_code != 200 or not answer.json()["stored"]:
+                raise SystemExit(f"report refused: {answer.status_code} {answer.text}")
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(host(messages) for messages in bodies))
+    return time.perf_counter() - t0, latencies
+
+
+def cpu_seconds(root: int) -> float:
+    """User+system CPU of a process and its children (uvicorn's workers), from /proc."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            pid = int(stat.parent.name)
+            parents[pid] = int(fields[1])
+            times[pid] = (int(fields[11]) + int(fields[12])) / tick
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in tree} - tree
+        grew = bool(more)
+        tree |= more
+    return sum(times.get(pid, 0.0) for pid in tree)
+
+
+def signed_reports(keys: list[HostKey], rounds: int) -> list[list[bytes]]:
+    digest = "d" * 64
+    return [
+        [
+            envelope(
+                Message(
+                    key.fingerprint(),
+                    r,
+                    "report",
+                    {"findings": findings(n, r), "gaps": 2},
+                    baseline_digest=digest,
+                    boot_id="3f1c2e9a-7b7d-4c51-9c1e-2d0f6a9b8e41",
+                ),
+                key,
+            )
+            for r in range(1, rounds + 1)
+        ]
+        for n, key in enumerate(keys)
+    ]
+
+
+def run(url: str, workdir: Path, args: argparse.Namespace, label: str) -> None:
+    server = ServerProcess(url, workdir, workers=args.workers, silence_check=60).start()
+    try:
+        keys = [HostKey.generate() for _ in range(args.hosts)]
+        bodies = signed_reports(keys, args.reports)
+        size = statistics.mean(len(b) for b in bodies[0])
+        token = make_token(url, "enrol", uses=args.hosts)
+
+        assert server.process is not None
+        pid = server.process.pid
+
+        async def go() -> tuple[float, list[float], float]:
+            limits = httpx.Limits(max_connections=args.concurrency + 8)
+            async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+                await enrol_all(client, server.url, token, keys)
+                cpu0 = cpu_seconds(pid)
+                seconds, latencies = await send_all(client, server.url, bodies, args.concurrency)
+                return seconds, latencies, cpu_seconds(pid) - cpu0
+
+        seconds, latencies, cpu = asyncio.run(go())
+    finally:
+        server.stop()
+    total = len(latencies)
+    quantiles = statistics.quantiles(latencies, n=100)
+    print(
+        f"{label:10s} {args.hosts} hosts x {args.reports} reports ({size / 1024:.1f} KiB each), "
+        f"{args.workers} workers, {args.concurrency} in flight: {total / seconds:7.1f} reports/s "
+        f"(target >= 300), latency p50 {quantiles[49] * 1000:6.1f} ms, "
+        f"p99 {quantiles[98] * 1000:6.1f} ms (target <= 200); server CPU "
+        f"{cpu / total * 1000:.1f} ms per report (load average {os.getloadavg()[0]:.1f})",
+        flush=True,
+    )
+
+
+@contextlib.contextmanager
+def database(kind: str, workdir: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{workdir / 'bench.db'}"
+        return
+    with postgres_cluster() as sock:
+        yield new_pg_database(sock)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=1000)
+    parser.add_argument("--reports", type=int, default=3, help="per host")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2, help="server processes on PostgreSQL")
+    parser.add_argument(
+        "--sqlite-workers", type=int, default=1, help="on SQLite (one writer at a time anyway)"
+    )
+    parser.add_argument("--db", choices=("postgresql", "sqlite", "both"), default="both")
+    args = parser.parse_args()
+    kinds = ("postgresql", "sqlite") if args.db == "both" else (args.db,)
+    for kind in kinds:
+        with tempfile.TemporaryDirectory() as tmp, database(kind, Path(tmp)) as url:
+            workers = args.workers if kind == "postgresql" else args.sqlite_workers
+            run(url, Path(tmp), argparse.Namespace(**{**vars(args), "workers": workers}), kind)
+
+
+if __name__ == "__main__":
+    main()

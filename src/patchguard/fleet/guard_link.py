@@ -1,0 +1,103 @@
+"""The guard's link to the fleet server: each sweep and each new finding becomes a signed
+message in the fleet spool, a heartbeat goes every `heartbeat` seconds, and a clean stop says
+so (the server then calls the host `stopped`, not `silent`). A thread sends the spool in
+order; while the server is unreachable the messages wait on disk.
+
+The guard's config names it in a `[server]` table (docs/server.md):
+
+    [server]
+    state_dir = "/var/lib/patchguard"   # where `patchguard enrol` left the enrolment
+    heartbeat = 60                      # seconds between heartbeats (1..86400)
+
+`server_settings(table, path)` reads that table; the daemon makes a `ServerLink` from it and
+calls `sweep`, `finding` and `stop`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from patchguard.findings import Finding
+from patchguard.fleet import client
+from patchguard.fleet.report import fit, worst_first
+from patchguard.signing import HostKey
+
+DEFAULT_HEARTBEAT = 60
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    state_dir: Path
+    heartbeat: int = DEFAULT_HEARTBEAT
+
+
+def server_settings(table: Mapping[str, Any], path: Path) -> ServerSettings:
+    """The guard config's `[server]` table; ValueError (naming the key) if it is wrong."""
+    unknown = sorted(set(table) - {"state_dir", "heartbeat"})
+    if unknown:
+        raise ValueError(f"{path}: server.{unknown[0]}: unknown key")
+    state = table.get("state_dir", str(client.DEFAULT_STATE))
+    beat = table.get("heartbeat", DEFAULT_HEARTBEAT)
+    if not isinstance(state, str) or not state:
+        raise ValueError(f"{path}: server.state_dir: must be a directory path")
+    if not isinstance(beat, int) or isinstance(beat, bool) or not 1 <= beat <= 86_400:
+        raise ValueError(f"{path}: server.heartbeat: must be whole seconds from 1 to 86400")
+    return ServerSettings(Path(state), beat)
+
+
+class ServerLink:
+    """Queues the guard's messages and sends them from its own thread."""
+
+    def __init__(self, settings: ServerSettings, key: HostKey, baseline: Path | None) -> None:
+        self.directory, self.heartbeat = settings.state_dir, settings.heartbeat
+        self.key, self.baseline = key, baseline
+        client.Enrolment.load(self.directory)  # not enrolled: FleetError now, not later
+        self.last: client.Delivery | None = None
+        self._wake, self._stop = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fleet-server", daemon=True)
+        self._queue("heartbeat", {"interval": self.heartbeat})
+        self._thread.start()
+
+    def _queue(self, kind: str, payload: Mapping[str, Any]) -> None:
+        digest = client.baseline_digest(self.baseline) if self.baseline else None
+        client.queue(self.directory, self.key, kind, payload, baseline_digest=digest)
+        self._wake.set()
+
+    def sweep(self, findings: Iterable[Finding], gaps: int = 0) -> None:
+        chosen = [fit(f) for f in worst_first(findings)]
+        self._queue("sweep", {"findings": chosen, "gaps": gaps})
+
+    def finding(self, finding: Finding) -> None:
+        self._queue("finding", {"findings": [fit(finding)]})
+
+    def _run(self) -> None:
+        """Heartbeat on time; send whenever something is queued, or retry every few seconds."""
+        next_beat = time.monotonic() + self.heartbeat
+        while not self._stop.is_set():
+            self._wake.wait(min(5.0, max(0.0, next_beat - time.monotonic())))
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            if time.monotonic() >= next_beat:
+                self._queue("heartbeat", {"interval": self.heartbeat})
+                next_beat += self.heartbeat
+            self._deliver()
+
+    def _deliver(self) -> None:
+        try:
+            self.last = client.deliver(self.directory)
+        except (client.FleetError, OSError) as exc:  # logged by the caller's next look
+            self.last = client.Delivery(0, -1, (), str(exc))
+
+    def stop(self, reason: str = "the guard stopped") -> None:
+        """Say so to the server (now, or from the spool later) and end the thread."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+        self._queue("stop", {"reason": reason})
+        self._deliver()

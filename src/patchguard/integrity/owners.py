@@ -20,6 +20,7 @@ from patchguard.surfaces.tracing import FtraceHook, Kprobe, TracingSurface
 FTRACE_CALL_LABELS = ("ftrace_call", "ftrace_regs_call")  # inside ftrace_(regs_)caller
 FTRACE_DISPATCH = ("ftrace_stub", "arch_ftrace_ops_list_func", "ftrace_ops_list_func")
 KLP_HANDLER = "klp_ftrace_handler"
+KPROBE_FTRACE_HANDLER = "kprobe_ftrace_handler"
 
 
 @dataclass(frozen=True)
@@ -65,16 +66,40 @@ def current_owners(kernel: Kernel) -> tuple[Owners, list[Gap]]:
                 who = holders or ", ".join(link.pins) or "no process or pin"
                 owners.ftrace[address] = f"BPF link {link.link_id} (prog {link.prog_id}; {who})"
     patched = livepatched(kernel)
+    probes = [r for r in tracing.records if isinstance(r, Kprobe) and r.active]
+    on_ftrace = {(r.symbol, r.module): kprobe_said(r) for r in probes if "FTRACE" in r.flags}
     for rec in tracing.records:
         if isinstance(rec, FtraceHook):
             _add_hook(kernel, owners, dispatch, patched, rec)
+            if (said := on_ftrace.get((rec.function, rec.module))) is not None:
+                _kprobe_behind(owners, kernel, rec, said)
         elif isinstance(rec, Kprobe) and rec.address and rec.active and "FTRACE" not in rec.flags:
             # an [FTRACE] kprobe uses the function's ftrace site, owned through ftrace
             owners.kprobes[rec.address] = kprobe_said(rec)
+    _kprobes_behind(dispatch, [r for r in probes if "FTRACE" in r.flags])
     for label in FTRACE_CALL_LABELS:
         if (address := syms.address_of(label)) is not None:
             owners.callers[address] = dispatch
     return owners, [*ebpf.gaps, *tracing.gaps]
+
+
+def _kprobe_behind(owners: Owners, kernel: Kernel, hook: FtraceHook, said: str) -> None:
+    """A function's ftrace site owned by kprobes' ftrace ops says the kprobe behind it (who
+    registered it), not kprobe_ftrace_handler alone."""
+    address = kernel.kallsyms.address_of(hook.function, hook.module)
+    owner = owners.ftrace.get(address) if address is not None else None
+    if address is not None and owner is not None and KPROBE_FTRACE_HANDLER in owner:
+        owners.ftrace[address] = f"ftrace ops of the {said}"
+
+
+def _kprobes_behind(dispatch: dict[int, str], on_ftrace: list[Kprobe]) -> None:
+    """ftrace_call calling kprobe_ftrace_handler (kprobes are ftrace's one user) says whose
+    kprobes those are."""
+    by = sorted({p.handler_module or "the core kernel" for p in on_ftrace if p.handler})
+    for address, name in dispatch.items():
+        if name == KPROBE_FTRACE_HANDLER and on_ftrace:
+            who = f", registered by {', '.join(by)}" if by else ""
+            dispatch[address] = f"{name} (for {len(on_ftrace)} kprobes on ftrace{who})"
 
 
 def kprobe_said(probe: Kprobe) -> str:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from patchguard.findings import Disposition, Finding, Gap, Severity
 from patchguard.kernel import Kernel
-from patchguard.kernel.errors import oserror_reason
+from patchguard.kernel.errors import KernelAccessError, oserror_reason
 from patchguard.surfaces.base import Surface, SurfaceState
 
 
@@ -58,7 +58,7 @@ class ScanReport:
 def _boot_id(kernel: Kernel) -> str:
     try:
         return kernel.boot_id()
-    except OSError:
+    except (OSError, KernelAccessError):  # a captured tree without it
         return ""
 
 

@@ -163,10 +163,14 @@ def test_module_tracepoint_attach_is_explained_in_module_text(
     env: dict[str, str], baseline: Path
 ) -> None:
     module, category, event = module_tracepoint()
-    with bp.attach_tracepoint(category, event):
+    with bp.attach_tracepoint(category, event) as prog:
         code, doc = check(env)
         found = _explained(doc)
     assert code == 0
+    for f in doc["findings"]:  # the module's tracepoint, read from its struct in module data
+        if f["subject"].endswith(f" [{module}]"):
+            assert f["evidence"]["owner"].startswith(f"tracepoint {event}: "), f
+            assert f"BPF prog {prog.prog_id} " in f["evidence"]["owner"], f
     in_module = {s: t for s, t in found.items() if s.endswith(f" [{module}]")}
     assert "jump-label" in in_module.values(), found  # the key's site in the module's code
     assert in_module.get(f"__SCT__tp_func_{event}+0x0 [{module}]") == "static-call-trampoline"

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
+import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -24,6 +27,19 @@ SEVERITY_STYLE = {
     Severity.LOW: "cyan",
     Severity.INFO: "dim",
 }
+
+
+def process_seconds(stat: str | None = None, now: float | None = None) -> float | None:
+    """Wall time since this process started, until now: what its caller waited, the
+    interpreter's start and the imports included. The start is field 22 of /proc/self/stat
+    (clock ticks since boot), against CLOCK_BOOTTIME; None where that cannot be read."""
+    try:
+        text = Path("/proc/self/stat").read_text() if stat is None else stat
+        start = int(text.rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    now = time.clock_gettime(time.CLOCK_BOOTTIME) if now is None else now
+    return max(now - start, 0.0)
 
 
 def _plain(value: Any) -> Any:
@@ -60,6 +76,7 @@ def to_json(report: ScanReport) -> dict[str, Any]:
         "boot_id": report.boot_id,
         "started_at": report.started_at,
         "seconds": round(report.seconds, 3),
+        "process_seconds": _rounded(process_seconds()),
         "memory_reader": report.memory_reader,
         "summary": counts,
         "surfaces": [
@@ -86,12 +103,20 @@ def _shown(text: object) -> str:
     return escape(visible(text))
 
 
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
+
+
 def render(report: ScanReport, console: Console) -> None:
     reader = report.memory_reader or "none"
     host, release = _shown(report.host), _shown(report.kernel_release)
+    waited = process_seconds()
+    took = (
+        f"{waited:.2f}s (collection {report.seconds:.2f}s)" if waited else f"{report.seconds:.2f}s"
+    )
     console.print(
         f"[bold]patchguard {report.command}[/] {host} · kernel {release} · "
-        f"memory reader: {_shown(reader)} · {report.seconds:.2f}s"
+        f"memory reader: {_shown(reader)} · {took}"
     )
     table = Table(title="Surfaces", title_justify="left")
     for col in ("surface", "status", "counts", "findings"):

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from patchguard.findings import Disposition, Finding, Gap, Severity
 from patchguard.kernel import Kernel
-from patchguard.kernel.errors import oserror_reason
+from patchguard.kernel.errors import KernelAccessError, oserror_reason
 from patchguard.surfaces.base import Surface, SurfaceState
 
 
@@ -58,7 +58,7 @@ class ScanReport:
 def _boot_id(kernel: Kernel) -> str:
     try:
         return kernel.boot_id()
-    except OSError:
+    except (OSError, KernelAccessError):  # a captured tree without it
         return ""
 
 
@@ -93,6 +93,17 @@ def _run_one(surface: Surface, kernel: Kernel, policy: Policy | None) -> Surface
     return SurfaceResult(surface, state, findings, time.perf_counter() - s0)
 
 
+def prepare_surfaces(kernel: Kernel, surfaces: Sequence[Surface]) -> None:
+    """What the surfaces will load into the kernel (a module modprobed, a socket that
+    auto-loads one), done before any of them reads: no view is read before patchguard's own
+    loads and another after them (the modules cross-view would call the difference hidden).
+    A surface says so with a `prepare(kernel)` method."""
+    for surface in surfaces:
+        prepare = getattr(surface, "prepare", None)
+        if prepare is not None:
+            prepare(kernel)
+
+
 def run_scan(
     kernel: Kernel,
     surfaces: Sequence[Surface],
@@ -106,6 +117,8 @@ def run_scan(
     exceptions in force mark what they cover as allowed)."""
     started = datetime.now(UTC)
     t0 = time.perf_counter()
+    if any(s.name == "modules" for s in surfaces):
+        prepare_surfaces(kernel, surfaces)
     kernel.start_kallsyms()  # ~40 ms of kernel time, beside the surfaces that do not need it
 
     def run(surface: Surface) -> SurfaceResult:

@@ -113,6 +113,35 @@ def test_raw_tracepoint_link_is_explained_then_clean(env: dict[str, str], baseli
     assert not set(found) & {f["subject"] for f in doc["findings"]}, "still patched after detach"
 
 
+def _sys_enter_sites(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The explained sites attaching to sys_enter changes: its jump labels in
+    syscall_trace_enter, its static call sites there and its trampoline."""
+    where = ("syscall_trace_enter", "__SCT__tp_func_sys_enter")
+    explained = [f for f in doc["findings"] if f["disposition"] == "explained"]
+    return [f for f in explained if f["subject"].startswith(where)]
+
+
+def test_tracepoint_sites_name_the_tracepoint_and_its_programs(
+    env: dict[str, str], baseline: Path
+) -> None:
+    """Every explained site names tracepoint sys_enter, read from its struct tracepoint (this
+    kernel has no data symbols), and the program on it with its id; no key is named after
+    the symbol below it."""
+    with bp.attach_tracepoint("syscalls", "sys_enter_kill") as perf:
+        _, by_perf = check(env)
+    with bp.attach_raw_tracepoint("sys_enter") as raw:
+        _, by_link = check(env)
+    for doc, prog, via in ((by_perf, perf, "via perf event"), (by_link, raw, "via link")):
+        sites = _sys_enter_sites(doc)
+        assert {f["technique"] for f in sites} >= {"jump-label", "static-call-trampoline"}
+        for f in sites:
+            assert "tracepoint sys_enter" in f["summary"], f
+            owner = f["evidence"]["owner"]
+            assert owner.startswith("tracepoint sys_enter: "), f
+            assert f"BPF prog {prog.prog_id} " in owner and via in owner, f
+        assert not any("__start_once" in f["summary"] for f in doc["findings"])
+
+
 def module_tracepoint() -> tuple[str, str, str]:
     """(module, category, event) of a tracepoint that a loaded module defines (ext4's when it
     is a module): its static key's jump sites and its static call trampoline are in that
@@ -134,10 +163,14 @@ def test_module_tracepoint_attach_is_explained_in_module_text(
     env: dict[str, str], baseline: Path
 ) -> None:
     module, category, event = module_tracepoint()
-    with bp.attach_tracepoint(category, event):
+    with bp.attach_tracepoint(category, event) as prog:
         code, doc = check(env)
         found = _explained(doc)
     assert code == 0
+    for f in doc["findings"]:  # the module's tracepoint, read from its struct in module data
+        if f["subject"].endswith(f" [{module}]"):
+            assert f["evidence"]["owner"].startswith(f"tracepoint {event}: "), f
+            assert f"BPF prog {prog.prog_id} " in f["evidence"]["owner"], f
     in_module = {s: t for s, t in found.items() if s.endswith(f" [{module}]")}
     assert "jump-label" in in_module.values(), found  # the key's site in the module's code
     assert in_module.get(f"__SCT__tp_func_{event}+0x0 [{module}]") == "static-call-trampoline"

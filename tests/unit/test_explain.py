@@ -199,7 +199,8 @@ def test_live_jump_label_nop2_to_jmp8_to_own_target() -> None:
     assert verdict.technique == "jump-label"
     assert verdict.location == "syscall_trace_enter+0xe2"
     assert verdict.explanation == (
-        "jump_label site: NOP2 -> JMP to its own target syscall_trace_enter+0x145"
+        "jump_label site: NOP2 -> JMP to its own target syscall_trace_enter+0x145, for "
+        f"static key {TP_KEY:#x} (unlikely)"
     )
     assert verdict.disasm_old == "nop"
     assert verdict.disasm_new == f"jmp {JUMP_TARGET:#x}"

@@ -275,3 +275,14 @@ def test_line_of_skips_multi_line_strings() -> None:
     assert line_of(text, "bpf_program[0].name") == line_with(text, 'name = "trace_kill"')
     assert line_of(text, "contact") == 4
     assert line_of(text, "bpf_program[3].name") is None
+
+
+def test_every_shipped_manifest_parses_and_lkrg_declares_its_hooks() -> None:
+    shipped = Path(__file__).resolve().parents[2] / "src/patchguard/policy/manifests"
+    manifests = {p.stem: load_manifest(p) for p in sorted(shipped.glob("*.toml"))}
+    assert "lkrg" in manifests and len(manifests) >= 4
+    lkrg = manifests["lkrg"]
+    assert [m.name for m in lkrg.modules] == ["lkrg"]
+    kinds = {k.kind for k in lkrg.kprobes}
+    assert kinds == {"kprobe", "kretprobe"} and len(lkrg.kprobes) >= 30
+    assert {f.owner for f in lkrg.ftrace} == {"kprobe_ftrace_handler"}

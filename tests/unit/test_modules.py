@@ -22,7 +22,8 @@ import pytest
 from patchguard.findings import Disposition, Finding, Severity
 from patchguard.kernel import Kernel
 from patchguard.kernel.proc_modules import ProcModule, parse_proc_modules
-from patchguard.surfaces.base import Status
+from patchguard.scan import run_scan
+from patchguard.surfaces.base import Status, SurfaceState
 from patchguard.surfaces.modules import (
     NO_MODULE_SUPPORT,
     ModuleMemory,
@@ -36,6 +37,7 @@ from patchguard.surfaces.modules import (
     loader_areas,
     parse_taint_letters,
     parse_vmallocinfo,
+    second_look,
     unaccounted_areas,
 )
 from patchguard.surfaces.modules.paths import AREAS_PER_MODULE, AREAS_PER_MODULE_OLD
@@ -282,3 +284,57 @@ def test_surface_on_the_fc_capture() -> None:
         "loader_allocations": 0,
     }
     assert surface.assess(state) == []
+
+
+# --- a mismatch is read twice before it is reported ---------------------------------------------
+
+
+def test_a_mismatch_that_settles_on_the_second_look_is_not_reported() -> None:
+    """msr loaded after kallsyms was first read (as `modprobe msr` did mid-scan): the second
+    reading sees it everywhere. rkit stays off /proc/modules in both readings."""
+    full = {"sysfs": {"msr", "rkit"}, "proc_modules": {"msr"}, "kallsyms": {"rkit"}}
+    first = cross_view(full)
+    assert {v.name for v in first if v.hidden_from} == {"msr", "rkit"}
+    again = {**full, "kallsyms": {"msr", "rkit"}, "sysfs": {"msr", "rkit", "late"}}
+    settled = {v.name: v for v in second_look(first, cross_view(again))}
+    assert settled["msr"].hidden_from == () and not settled["msr"].second_look
+    assert settled["rkit"].hidden_from == ("proc_modules",) and settled["rkit"].second_look
+    # hidden only in the second reading (it loaded between them): not reported as hidden
+    assert settled["late"].hidden_from == () and not settled["late"].second_look
+
+
+def test_the_finding_says_it_held_on_a_second_look() -> None:
+    state = ModulesSurface().collect(Kernel(HIDDEN))
+    findings = ModulesSurface().assess(state)
+    (rkit,) = [f for f in findings if (f.technique, f.subject) == ("hidden-module", "module rkit")]
+    assert "on a second look too" in rkit.summary and rkit.evidence["second_look"] is True
+
+
+class _Recorder:
+    """A surface that records when it is asked to prepare and to collect."""
+
+    def __init__(self, name: str, calls: list[str]) -> None:
+        self.name, self.title, self.calls = name, name, calls
+
+    def prepare(self, kernel: Kernel) -> None:
+        self.calls.append(f"prepare {self.name}")
+
+    def collect(self, kernel: Kernel) -> SurfaceState:
+        self.calls.append(f"collect {self.name}")
+        return SurfaceState(self.name, [])
+
+    def assess(self, state: SurfaceState) -> list[Finding]:
+        return []
+
+
+def test_surfaces_prepare_before_any_surface_reads(tmp_path: Path) -> None:
+    calls: list[str] = []
+    surfaces = [_Recorder("entry", calls), _Recorder("modules", calls)]
+    (tmp_path / "proc/sys/kernel/random").mkdir(parents=True)
+    (tmp_path / "proc/sys/kernel/random/boot_id").write_text("b\n")
+    run_scan(Kernel(tmp_path), surfaces, workers=2)
+    assert sorted(calls[:2]) == ["prepare entry", "prepare modules"]
+    assert sorted(calls[2:]) == ["collect entry", "collect modules"]
+    calls.clear()
+    run_scan(Kernel(tmp_path), surfaces[:1])  # no modules view to protect: nothing loaded early
+    assert calls == ["collect entry"]

@@ -5,6 +5,7 @@ ftrace site or kprobe with a visible owner) or tampering."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -38,6 +39,7 @@ from patchguard.integrity.store import (
     read_region,
     verify_stored,
 )
+from patchguard.integrity.tracepoint_keys import tracepoint_keys
 from patchguard.kernel import Kernel, KernelAccessError
 from patchguard.kernel.kallsyms import X86_64_DEFAULT_STEXT
 from patchguard.kernel.memory import KernelMemory, read_chunks
@@ -475,6 +477,8 @@ def verify(kernel: Kernel, path: Path, public_key: bytes) -> CheckOutcome:
             owners, owner_gaps = current_owners(kernel)
             gaps += owner_gaps
             index = site_index(path, manifest, owners, stale)
+            keys = functools.cache(index.jump_keys)
+            index.keys = tracepoint_keys(kernel, owners.tracepoint_users, keys)
             dispatch = dispatch_of(manifest)
         read = _reader(kernel.memory())
         verdicts = explain(runs, index, kernel.kallsyms, read)

@@ -12,6 +12,7 @@ import bisect
 import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from patchguard.x86 import insn as x86
 from patchguard.x86.inputs import KernelRead, Symbols
@@ -88,6 +89,41 @@ class Site:
 MAX_SPAN = 6  # a tail-call static call site holding a Jcc rel32
 
 
+@dataclass(frozen=True)
+class KeyName:
+    """What a jump label's static key or a static call belongs to, said as a phrase ("the key
+    of tracepoint sys_enter", "static key 0xffff..."), and who turned it on (None: unknown)."""
+
+    name: str
+    owner: str | None = None
+
+
+class KeyNamer(Protocol):
+    def jump_key(self, key: int) -> KeyName: ...
+    def call_key(self, key: int) -> KeyName | None: ...
+    def trampoline(self, name: str) -> KeyName | None: ...
+
+
+class PlainKeys:
+    """Names a static key only by a symbol that starts exactly at it, else by its address: the
+    nearest symbol below (`__start_once+0x6300` on a kernel without data symbols) would name
+    something else."""
+
+    def __init__(self, symbols: Symbols) -> None:
+        self.symbols = symbols
+
+    def jump_key(self, key: int) -> KeyName:
+        loc = self.symbols.lookup(key)
+        exact = loc is not None and loc.offset == 0
+        return KeyName(f"static key {loc.symbol.name if loc and exact else hex(key)}")
+
+    def call_key(self, key: int) -> KeyName | None:
+        return None
+
+    def trampoline(self, name: str) -> KeyName | None:
+        return None
+
+
 class SiteIndex:
     """Every known patch site sorted by address, and who may own an ftrace site."""
 
@@ -103,7 +139,9 @@ class SiteIndex:
         # ftrace_regs_call) -> what it may call: ftrace_stub with one ftrace user, the ops list
         # function with several, or a registered ops' own function
         ftrace_callers: Mapping[int, Mapping[int, str]] | None = None,
+        keys: KeyNamer | None = None,  # what the keys belong to; default PlainKeys
     ) -> None:
+        self.keys = keys
         # Init sites are never patched after boot (jump_label_can_update(), static_call's
         # "if (!init && static_call_is_init(site))"): their memory may hold other code by now.
         sites = [Site(e.code, "jump-label", 5, e) for e in jump_entries if not e.init]
@@ -116,6 +154,11 @@ class SiteIndex:
         self.ftrace_owners = dict(ftrace_owners or {})
         self.ftrace_trampolines = frozenset(ftrace_trampolines)
         self.ftrace_callers = {a: dict(t) for a, t in (ftrace_callers or {}).items()}
+
+    def jump_keys(self) -> list[int]:
+        """The distinct static keys of the jump labels, in table order."""
+        entries = (s.entry for s in self._sites if s.kind == "jump-label")
+        return list(dict.fromkeys(e.key for e in entries if isinstance(e, JumpEntry)))
 
     def overlapping(self, start: int, end: int) -> list[Site]:
         """The sites whose widest form overlaps [start, end), found in O(log n)."""
@@ -191,7 +234,7 @@ def _form(code: bytes) -> str:
 
 
 def _jump_label(
-    site: Site, old: bytes, new: bytes, sym: Symbols, read: KernelRead | None
+    site: Site, old: bytes, new: bytes, sym: Symbols, read: KernelRead | None, keys: KeyNamer
 ) -> Judged:
     entry = site.entry
     assert isinstance(entry, JumpEntry)
@@ -204,46 +247,61 @@ def _jump_label(
         jmp, why = True, f"jump_label site: {_form(old)} -> JMP to its own target {target}"
     else:
         return _no(f"jump label site holds {x86.disasm(new, site.address)}, not NOP or JMP")
+    key = keys.jump_key(entry.key)
     raw = read(entry.key, 4) if read else None
+    likely = "likely" if entry.branch else "unlikely"
     if raw is not None and len(raw) >= 4 and (enabled := x86.s32(raw)) >= 0:  # < 0: updating
         wants_jmp = (enabled > 0) != entry.branch
-        likely = "likely" if entry.branch else "unlikely"
-        state = f"key {_name(sym, entry.key)} ({likely}, enabled={enabled})"
+        state = f"{key.name} ({likely}, enabled={enabled})"
         if wants_jmp != jmp:
             return _no(f"{why}, but {state} calls for {'JMP' if wants_jmp else 'NOP'}")
-        why += f", as {state} calls for"
-    return True, why, None
+        return True, f"{why}, as {state} calls for", key.owner
+    return True, f"{why}, for {key.name} ({likely})", key.owner
 
 
-def _static_call(site: Site, old: bytes, new: bytes, sym: Symbols, _: KernelRead | None) -> Judged:
+def _call_key(site: Site, keys: KeyNamer) -> KeyName | None:
+    if site.kind == "static-call-trampoline":
+        return keys.trampoline(site.name)
+    return keys.call_key(site.entry.key) if isinstance(site.entry, StaticCallSite) else None
+
+
+def _static_call(
+    site: Site, old: bytes, new: bytes, sym: Symbols, _: KernelRead | None, keys: KeyNamer
+) -> Judged:
     tramp = site.kind == "static-call-trampoline"
     tail = tramp or (isinstance(site.entry, StaticCallSite) and site.entry.tail)
+    key = _call_key(site, keys)
     what = f"static call trampoline {site.name}" if tramp else "static call site"
+    what += f" of {key.name}" if key else ""
+    owner = key.owner if key else None
     if tail and new[0] == x86.RET and new[1:] in (b"\xcc" * (len(new) - 1), old[1:]):
-        return True, f"{what} now returns at once (no function set)", None
+        return True, f"{what} now returns at once (no function set)", owner
     if not tail and new == x86.NOP5:
-        return True, f"{what} is a NOP (no function set)", None
+        return True, f"{what} is a NOP (no function set)", owner
     if not tail and new in x86.XOR5RAX:
-        return True, f"{what} inlines __static_call_return0 as xor eax,eax", None
+        return True, f"{what} inlines __static_call_return0 as xor eax,eax", owner
     hop = x86.branch(new, site.address)
     if hop and hop.length == len(new) and (hop.kind == "call") != tail:
         verb = "calls" if hop.kind == "call" else "jumps to"
         func = _function_start(sym, hop.dest)
         if func:
-            return True, f"{what} now {verb} the start of {func}", None
+            return True, f"{what} now {verb} the start of {func}", owner
         return _no(f"{what} {verb} {_name(sym, hop.dest)}, not the start of a function")
     allowed = "JMP or RET" if tail else "CALL or NOP"
     return _no(f"{what} holds {x86.disasm(new, site.address)}, not a {allowed}")
 
 
-def _kprobe(site: Site, old: bytes, new: bytes, sym: Symbols, _: KernelRead | None) -> Judged:
+def _kprobe(
+    site: Site, old: bytes, new: bytes, sym: Symbols, _: KernelRead | None, __: KeyNamer
+) -> Judged:
+    """site.name is the kprobe said whole ("kprobe on X registered by Y")."""
     if new == bytes([x86.INT3]):
-        return True, f"kprobe INT3 of {site.name}", site.name
+        return True, f"INT3 of the {site.name}", site.name
     hop = x86.branch(new, site.address)
     loc = sym.lookup(hop.dest) if hop and hop.kind == "jmp" and len(new) == 5 else None
     if loc and loc.symbol.module == "__builtin__kprobes":  # an optimized kprobe's detour buffer
-        return True, f"optimized kprobe of {site.name} jumps to {loc}", site.name
-    return _no(f"kprobe site of {site.name} holds {x86.disasm(new, site.address)}")
+        return True, f"JMP to {loc}, the detour of the optimized {site.name}", site.name
+    return _no(f"the site of the {site.name} holds {x86.disasm(new, site.address)}")
 
 
 _TABLE_KINDS = ("jump-label", "static-call-site", "static-call-trampoline")
@@ -375,7 +433,8 @@ def _classify(run: ChangedRun, view: _View, index: SiteIndex, symbols: Symbols) 
         elif run.address < site.address or run.end > site.address + span:
             judged = _no(f"changed bytes at {_name(symbols, run.address)} reach outside the {at}")
         else:
-            judged = _JUDGES[site.kind](site, old, new, symbols, kernel_read)
+            keys = index.keys or PlainKeys(symbols)
+            judged = _JUDGES[site.kind](site, old, new, symbols, kernel_read, keys)
             return _verdict(site.address, old, new, judged, site.kind, symbols)
         technique = _technique(run.old, run.new, run.address, symbols)
         return _verdict(run.address, run.old, run.new, judged, technique, symbols)

@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from patchguard.findings import Gap
 from patchguard.kernel import Kernel
 from patchguard.kernel.livepatch import read_livepatches
-from patchguard.surfaces.ebpf import BpfLink, EbpfSurface
+from patchguard.kernel.tracepoints import tracepoint_of_event
+from patchguard.surfaces.ebpf import Attachment, BpfLink, BpfProgram, EbpfSurface, Owner
 from patchguard.surfaces.tracing import FtraceHook, Kprobe, TracingSurface
 
 FTRACE_CALL_LABELS = ("ftrace_call", "ftrace_regs_call")  # inside ftrace_(regs_)caller
 FTRACE_DISPATCH = ("ftrace_stub", "arch_ftrace_ops_list_func", "ftrace_ops_list_func")
 KLP_HANDLER = "klp_ftrace_handler"
+KPROBE_FTRACE_HANDLER = "kprobe_ftrace_handler"
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,8 @@ class Owners:
     kprobes: dict[int, str]  # probed address -> owner (INT3 or optimized-kprobe sites)
     callers: dict[int, dict[int, str]] = field(default_factory=dict)  # see SiteIndex
     ipmodify_hooks: dict[int, str] = field(default_factory=dict)  # function -> module handler
+    # tracepoint name -> the BPF programs attached to it, each said whole
+    tracepoint_users: dict[str, list[str]] = field(default_factory=dict)
 
 
 def livepatched(kernel: Kernel) -> dict[str, str]:
@@ -51,6 +55,9 @@ def current_owners(kernel: Kernel) -> tuple[Owners, list[Gap]]:
     ebpf, tracing = EbpfSurface().collect(kernel), TracingSurface().collect(kernel)
     owners = Owners({}, ftrace_trampolines(kernel), {})
     dispatch = {a: n for n in FTRACE_DISPATCH if (a := syms.address_of(n)) is not None}
+    for prog in ebpf.records:
+        if isinstance(prog, BpfProgram):
+            _add_tracepoint_user(owners, prog)
     for link in ebpf.records:
         if isinstance(link, BpfLink) and link.link_type == "tracing" and link.target:
             address = syms.address_of(link.target.split(" [")[0])
@@ -59,16 +66,77 @@ def current_owners(kernel: Kernel) -> tuple[Owners, list[Gap]]:
                 who = holders or ", ".join(link.pins) or "no process or pin"
                 owners.ftrace[address] = f"BPF link {link.link_id} (prog {link.prog_id}; {who})"
     patched = livepatched(kernel)
+    probes = [r for r in tracing.records if isinstance(r, Kprobe) and r.active]
+    on_ftrace = {(r.symbol, r.module): kprobe_said(r) for r in probes if "FTRACE" in r.flags}
     for rec in tracing.records:
         if isinstance(rec, FtraceHook):
             _add_hook(kernel, owners, dispatch, patched, rec)
+            if (said := on_ftrace.get((rec.function, rec.module))) is not None:
+                _kprobe_behind(owners, kernel, rec, said)
         elif isinstance(rec, Kprobe) and rec.address and rec.active and "FTRACE" not in rec.flags:
             # an [FTRACE] kprobe uses the function's ftrace site, owned through ftrace
-            owners.kprobes[rec.address] = f"kprobe on {rec.target}"
+            owners.kprobes[rec.address] = kprobe_said(rec)
+    _kprobes_behind(dispatch, [r for r in probes if "FTRACE" in r.flags])
     for label in FTRACE_CALL_LABELS:
         if (address := syms.address_of(label)) is not None:
             owners.callers[address] = dispatch
     return owners, [*ebpf.gaps, *tracing.gaps]
+
+
+def _kprobe_behind(owners: Owners, kernel: Kernel, hook: FtraceHook, said: str) -> None:
+    """A function's ftrace site owned by kprobes' ftrace ops says the kprobe behind it (who
+    registered it), not kprobe_ftrace_handler alone."""
+    address = kernel.kallsyms.address_of(hook.function, hook.module)
+    owner = owners.ftrace.get(address) if address is not None else None
+    if address is not None and owner is not None and KPROBE_FTRACE_HANDLER in owner:
+        owners.ftrace[address] = f"ftrace ops of the {said}"
+
+
+def _kprobes_behind(dispatch: dict[int, str], on_ftrace: list[Kprobe]) -> None:
+    """ftrace_call calling kprobe_ftrace_handler (kprobes are ftrace's one user) says whose
+    kprobes those are."""
+    by = sorted({p.handler_module or "the core kernel" for p in on_ftrace if p.handler})
+    for address, name in dispatch.items():
+        if name == KPROBE_FTRACE_HANDLER and on_ftrace:
+            who = f", registered by {', '.join(by)}" if by else ""
+            dispatch[address] = f"{name} (for {len(on_ftrace)} kprobes on ftrace{who})"
+
+
+def kprobe_said(probe: Kprobe) -> str:
+    """The kprobe said as "kprobe on TARGET registered by HANDLER [MODULE]", from the kernel's
+    kprobe_table (surfaces/tracing), where it could be read."""
+    said = f"{probe.probe_type} on {probe.target or probe.symbol or hex(probe.address or 0)}"
+    if probe.handler is None:
+        return said
+    module = f" [{probe.handler_module}]" if probe.handler_module else ""
+    return f"{said} registered by {probe.handler}{module}"
+
+
+def _holders(owners: tuple[Owner, ...], pins: tuple[str, ...]) -> str:
+    held = [f"pid {o.pid} {o.exe or o.comm}" for o in owners]
+    return ", ".join(dict.fromkeys(held)) or ", ".join(pins) or "no process or pin"
+
+
+def _tracepoint(attachment: Attachment) -> str | None:
+    """The tracepoint an attachment runs on: `tracepoint:EVENT` (perf event or perf_event
+    link) and `raw_tracepoint:NAME` (link)."""
+    kind, _, name = (attachment.target or "").partition(":")
+    if kind == "tracepoint" and name:
+        return tracepoint_of_event(name)
+    return name if kind == "raw_tracepoint" and name else None
+
+
+def _add_tracepoint_user(owners: Owners, prog: BpfProgram) -> None:
+    for attachment in prog.attachments:
+        name = _tracepoint(attachment)
+        if name is None:
+            continue
+        via = f"link {attachment.link_id}" if attachment.link_id else "perf event"
+        who = (
+            f"BPF prog {prog.prog_id} {prog.name or 'unnamed'} "
+            f"({attachment.target} via {via}; {_holders(prog.owners, prog.pins)})"
+        )
+        owners.tracepoint_users.setdefault(name, []).append(who)
 
 
 def _add_hook(

@@ -181,6 +181,12 @@ class EntrySurface:
     name = NAME
     title = "Syscall entry MSRs and IDT"
 
+    def prepare(self, kernel: Kernel) -> None:
+        """`modprobe msr` before any view of the modules is read (scan.prepare_surfaces): the
+        module it loads is then in every view, not only in those read after it."""
+        if kernel.live:
+            _ensure_msr_device(kernel)
+
     def collect(self, kernel: Kernel) -> SurfaceState:
         gaps: list[Gap] = []
         try:

@@ -22,6 +22,7 @@ from patchguard.surfaces.modules.parse import (
     loader_areas,
     parse_taint_letters,
     parse_vmallocinfo,
+    second_look,
     unaccounted_areas,
 )
 from patchguard.surfaces.modules.paths import NAME, NO_MODULE_SUPPORT
@@ -52,5 +53,6 @@ __all__ = [
     "loader_areas",
     "parse_taint_letters",
     "parse_vmallocinfo",
+    "second_look",
     "unaccounted_areas",
 ]

@@ -47,9 +47,10 @@ def _assess_views(views: ModuleViews) -> list[Finding]:
             NAME,
             "hidden-module",
             f"module {views.name}",
-            f"Module {views.name} is seen by {seen} but hidden from {hidden}: modules are "
+            f"Module {views.name} is seen by {seen} but hidden from {hidden}"
+            f"{', on a second look too' if views.second_look else ''}: modules are "
             "taken off these lists only to hide them.",
-            evidence,
+            {**evidence, "second_look": views.second_look},
             disposition=Disposition.TAMPERING,
         )
     ]

@@ -114,6 +114,26 @@ def _collect_kallsyms(r: _Reading) -> None:
         r.full[KALLSYMS_VIEW] = set()
 
 
+def _collect_kallsyms_again(r: _Reading) -> None:
+    """The kallsyms view read afresh from /proc/kallsyms, not from the symbol table the scan
+    shares (read when the scan started)."""
+    text = r.optional(KALLSYMS)
+    if text is not None and "\t[" in text:
+        r.full[KALLSYMS_VIEW] = kallsyms_module_names(text)
+    elif text is not None and text.strip():
+        r.full[KALLSYMS_VIEW] = set()
+
+
+def read_views_again(kernel: Kernel) -> tuple[dict[str, set[str]], set[str]]:
+    """Every full view read a second time, and the modules then loading or unloading, for a
+    mismatch to be reported only if it holds."""
+    r = _Reading("modules", kernel)
+    _collect_sysfs(r)
+    _collect_proc(r)
+    _collect_kallsyms_again(r)
+    return r.full, _transient(r.records)
+
+
 def _section_addresses(r: _Reading, name: str) -> list[int]:
     """/sys/module/<name>/sections/*: one "0x..." start address per ELF section."""
     base = f"{SYS_MODULE}/{name}/sections"

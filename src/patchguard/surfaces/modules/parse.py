@@ -6,6 +6,7 @@ from __future__ import annotations
 import bisect
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 
 from patchguard.kernel.kallsyms import PSEUDO_MODULES
 from patchguard.surfaces.modules.paths import AREAS_PER_MODULE, AREAS_PER_MODULE_OLD, LOADER_CALLERS
@@ -89,6 +90,18 @@ def cross_view(
         )
         for name in names
     ]
+
+
+def second_look(first: Sequence[ModuleViews], second: Sequence[ModuleViews]) -> list[ModuleViews]:
+    """The views of a second reading, hidden only from the views that hid the module in both
+    readings: a module loading or unloading between two reads (or loaded by patchguard itself
+    after a view was read) settles; one kept off a list stays hidden, said as seen twice."""
+    before = {v.name: set(v.hidden_from) for v in first}
+    settled = []
+    for view in second:
+        held = tuple(h for h in view.hidden_from if h in before.get(view.name, set()))
+        settled.append(replace(view, hidden_from=held, second_look=bool(held)))
+    return settled
 
 
 def unaccounted_areas(areas: Sequence[VmallocArea], addresses: Iterable[int]) -> list[VmallocArea]:

@@ -44,6 +44,7 @@ class ModuleViews:
     seen_by: tuple[str, ...]
     hidden_from: tuple[str, ...]
     transient: bool = False  # loading or unloading: views may disagree for a moment
+    second_look: bool = False  # hidden_from held when every view was read again
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ from patchguard.surfaces.modules.collect import (
     _collect_vmalloc,
     _Reading,
     _transient,
+    read_views_again,
 )
-from patchguard.surfaces.modules.parse import cross_view
+from patchguard.surfaces.modules.parse import cross_view, second_look
 from patchguard.surfaces.modules.paths import NAME, VMALLOCINFO
 from patchguard.surfaces.modules.records import VmallocArea
 
@@ -38,6 +39,10 @@ class ModulesSurface:
         if vmallocinfo is not None:
             _collect_vmalloc(r, vmallocinfo)
         views = cross_view(r.full, r.partial, _transient(r.records))
+        if any(v.hidden_from and not v.transient for v in views):
+            full, moving = read_views_again(kernel)
+            again = cross_view({**r.full, **full}, r.partial, moving)
+            views = second_look(views, again)
         r.records.extend(views)
         counts = {
             "modules": len(views),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 from patchguard.findings import Finding
+from patchguard.kernel.nfnetlink_hook import HookDumpError, HookSocket
 from patchguard.surfaces.base import SurfaceState
 from patchguard.surfaces.reading import Reading
 
@@ -12,13 +14,20 @@ if TYPE_CHECKING:
     from patchguard.kernel import Kernel
 from patchguard.surfaces.netfilter.assess import _hidden, assess_records
 from patchguard.surfaces.netfilter.collect import _bpf_hooks, _proc_modules, _read_hook_lists
-from patchguard.surfaces.netfilter.paths import NAME
+from patchguard.surfaces.netfilter.paths import HOOK_LISTS, NAME
 from patchguard.surfaces.netfilter.records import NetfilterViews
 
 
 class NetfilterSurface:
     name = NAME
     title = "Netfilter hooks"
+
+    def prepare(self, kernel: Kernel) -> None:
+        """One hook dump before any view of the modules is read (scan.prepare_surfaces): the
+        socket auto-loads nfnetlink, the dump nfnetlink_hook where it is a module."""
+        if kernel.live:
+            with contextlib.suppress(HookDumpError, ValueError), HookSocket() as sock:
+                sock.dump(*HOOK_LISTS[0])
 
     def collect(self, kernel: Kernel) -> SurfaceState:
         r = Reading(NAME, kernel)

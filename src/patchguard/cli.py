@@ -8,15 +8,16 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any, cast
 
 from patchguard import __version__
-from patchguard.findings import Severity
-from patchguard.kernel import Kernel
-from patchguard.scan import ScanReport, run_scan
-from patchguard.surfaces import all_surfaces
-from patchguard.surfaces.base import Surface
+
+if TYPE_CHECKING:  # each command imports what it needs when it runs (bench/scan.py --process)
+    from rich.console import Console
+
+    from patchguard.findings import Severity
+    from patchguard.scan import ScanReport
+    from patchguard.surfaces.base import Surface
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 DEFAULT_BASELINE = "/var/lib/patchguard/baseline.zip"
@@ -26,7 +27,20 @@ ROOT_NOTE = (
 )
 
 
-def _parser() -> argparse.ArgumentParser:
+CORE_COMMANDS = frozenset({"scan", "baseline", "check", "guard", "config", "techniques"})
+
+
+def _wants_policy(argv: Sequence[str] | None) -> bool:
+    """Whether the policy commands must be in the parser: for them and for the full --help,
+    not for the core commands (their import costs scan and check ~10 % of a run) nor --version."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    first = next((w for w in words if not w.startswith("-")), None)
+    if first is None:
+        return "--version" not in words
+    return first not in CORE_COMMANDS
+
+
+def _parser(policy: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="patchguard",
         description="Kernel patch protection for Linux: scan the live kernel, baseline and check "
@@ -36,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     scan = sub.add_parser("scan", help="read every surface of the live kernel and report")
     scan.add_argument("--json", action="store_true", help="print the patchguard.scan/1 document")
+    _records_option(scan)
     scan.add_argument(
         "--fail-on",
         default="high",
@@ -78,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--baseline", type=Path, default=None, metavar="PATH")
     check.add_argument("--key", type=Path, default=None, metavar="PATH")
     check.add_argument("--json", action="store_true", help="print the patchguard.scan/1 document")
+    _records_option(check)
     check.add_argument(
         "--fail-on",
         default="high",
@@ -97,10 +113,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the systemd unit for this installation and exit",
     )
-    from patchguard.policy import cli as policy_cli
+    if policy:
+        from patchguard.policy import cli as policy_cli
 
-    policy_cli.register(sub)  # exceptions ..., ledger ...
-    policy_cli.register_witness(sub)  # witness vkey|cosign|serve
+        policy_cli.register(sub)  # exceptions ..., ledger ...
+        policy_cli.register_witness(sub)  # witness vkey|cosign|serve
     config = sub.add_parser("config", help="guard configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     config_check = config_sub.add_parser("check", help="validate a guard config file")
@@ -116,7 +133,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _records_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--records",
+        action="store_true",
+        help="with --json: each surface's full record list too (large; see docs/scan-json.md)",
+    )
+
+
+class _LazyConsole:
+    """A rich Console made on first use: JSON output never pays for importing rich."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return getattr(self._console, name)
+
+
+def _consoles() -> tuple[Console, Console]:
+    return cast("Console", _LazyConsole()), cast("Console", _LazyConsole(stderr=True))
+
+
 def _select(names: Sequence[str] | None) -> list[Surface]:
+    from patchguard.surfaces import all_surfaces
+
     surfaces = all_surfaces()
     if not names:
         return surfaces
@@ -128,19 +174,23 @@ def _select(names: Sequence[str] | None) -> list[Surface]:
 
 
 def cmd_scan(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from patchguard.findings import Severity
+    from patchguard.kernel import Kernel
+    from patchguard.scan import run_scan
+
     threshold = Severity.parse(args.fail_on)
     surfaces = _select(args.surface)
     kernel = Kernel(args.root)
     if kernel.live and os.geteuid() != 0:
         print(f"patchguard: {ROOT_NOTE}", file=sys.stderr)
-    from patchguard.policy.ledger import default_ledger_path
     from patchguard.policy.match import ledger_policy
+    from patchguard.policy.paths import default_ledger_path
 
     policy, why_not = ledger_policy(args.ledger or default_ledger_path())
     if why_not:
         print(f"patchguard: {why_not}", file=sys.stderr)
     try:
-        if err.is_terminal and not args.json:
+        if not args.json and err.is_terminal:
             with err.status("scanning") as status:
                 report = run_scan(
                     kernel, surfaces, lambda s: status.update(f"scanning {s.title}…"), policy=policy
@@ -149,16 +199,18 @@ def cmd_scan(args: argparse.Namespace, out: Console, err: Console) -> int:
             report = run_scan(kernel, surfaces, policy=policy)
     finally:
         kernel.close()
-    return _emit(report, args.json, out, threshold)
+    return _emit(report, args, out, threshold)
 
 
-def _emit(report: ScanReport, as_json: bool, out: Console, threshold: Severity) -> int:
+def _emit(report: ScanReport, args: argparse.Namespace, out: Console, threshold: Severity) -> int:
     """Print a scan or check report and turn its worst finding into the exit code."""
-    from patchguard.report import render, to_json
+    if args.json:
+        from patchguard.report import to_json
 
-    if as_json:
-        print(json.dumps(to_json(report), indent=2))
+        print(json.dumps(to_json(report, records=args.records), indent=2))
     else:
+        from patchguard.report import render
+
         render(report, out)
     worst = report.worst()
     return EXIT_FINDINGS if worst is not None and worst >= threshold else EXIT_CLEAN
@@ -172,6 +224,7 @@ def cmd_baseline_create(args: argparse.Namespace, out: Console, err: Console) ->
     from patchguard.integrity.check import capture
     from patchguard.integrity.module_regions import module_of
     from patchguard.integrity.store import save_baseline
+    from patchguard.kernel import Kernel
     from patchguard.signing import HostKey, default_key_path
 
     key = HostKey.load_or_create(args.key or default_key_path())
@@ -205,7 +258,9 @@ def cmd_baseline_create(args: argparse.Namespace, out: Console, err: Console) ->
 
 
 def cmd_check(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from patchguard.findings import Severity
     from patchguard.integrity.check import run_check
+    from patchguard.kernel import Kernel
     from patchguard.signing import HostKey, default_key_path
 
     threshold = Severity.parse(args.fail_on)
@@ -215,7 +270,7 @@ def cmd_check(args: argparse.Namespace, out: Console, err: Console) -> int:
         report = run_check(kernel, _baseline_path(args.baseline), key.public_key_bytes())
     finally:
         kernel.close()
-    return _emit(report, args.json, out, threshold)
+    return _emit(report, args, out, threshold)
 
 
 def cmd_guard(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -288,22 +343,27 @@ COMMANDS = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _expected_errors() -> tuple[type[Exception], ...]:
+    """The errors a command reports as one line: imported when one is raised, not before."""
     from patchguard.guard.config import ConfigError
     from patchguard.integrity.store import BaselineError
     from patchguard.kernel import KernelAccessError
     from patchguard.signing import KeyFileError
 
-    args = _parser().parse_args(argv)
+    return (ValueError, BaselineError, KeyFileError, KernelAccessError, ConfigError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser(_wants_policy(argv)).parse_args(argv)
     handler = getattr(args, "policy_handler", None)
     if handler is not None:  # the policy commands print their own one-line errors
         return int(handler(args))
-    out, err = Console(), Console(stderr=True)
+    out, err = _consoles()
     sub = getattr(args, "baseline_command", None) or getattr(args, "config_command", None)
     command = COMMANDS[(args.command, sub)]
     try:
         return int(command(args, out, err))
-    except (ValueError, BaselineError, KeyFileError, KernelAccessError, ConfigError) as exc:
+    except _expected_errors() as exc:  # evaluated only when something was raised
         print(f"patchguard: {exc}", file=sys.stderr)  # one line, never wrapped
         return EXIT_ERROR
     except KeyboardInterrupt:

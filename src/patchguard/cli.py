@@ -1,18 +1,24 @@
-"""The command line: thin; every command is a call into the layers below."""
+"""The command line: thin; every command is a call into the layers below.
+
+Every import but os and sys (loaded with Python itself) waits for the command that needs it:
+`--version` costs Python's start and little else, `scan --json` never imports rich
+(tests/unit/test_lazy_imports.py; bench/scan.py --process measures the whole processes).
+"""
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
-from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
 
 from patchguard import __version__
 
-if TYPE_CHECKING:  # each command imports what it needs when it runs (bench/scan.py --process)
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+    from pathlib import Path
+    from typing import Any
+
     from rich.console import Console
 
     from patchguard.findings import Severity
@@ -41,6 +47,9 @@ def _wants_policy(argv: Sequence[str] | None) -> bool:
 
 
 def _parser(policy: bool = True) -> argparse.ArgumentParser:
+    import argparse
+    from pathlib import Path
+
     parser = argparse.ArgumentParser(
         prog="patchguard",
         description="Kernel patch protection for Linux: scan the live kernel, baseline and check "
@@ -157,7 +166,7 @@ class _LazyConsole:
 
 
 def _consoles() -> tuple[Console, Console]:
-    return cast("Console", _LazyConsole()), cast("Console", _LazyConsole(stderr=True))
+    return _LazyConsole(), _LazyConsole(stderr=True)  # type: ignore[return-value]  # a stand-in
 
 
 def _select(names: Sequence[str] | None) -> list[Surface]:
@@ -205,6 +214,8 @@ def cmd_scan(args: argparse.Namespace, out: Console, err: Console) -> int:
 def _emit(report: ScanReport, args: argparse.Namespace, out: Console, threshold: Severity) -> int:
     """Print a scan or check report and turn its worst finding into the exit code."""
     if args.json:
+        import json
+
         from patchguard.report import to_json
 
         print(json.dumps(to_json(report, records=args.records), indent=2))
@@ -217,6 +228,8 @@ def _emit(report: ScanReport, args: argparse.Namespace, out: Console, threshold:
 
 
 def _baseline_path(given: Path | None) -> Path:
+    from pathlib import Path
+
     return given or Path(os.environ.get("PATCHGUARD_BASELINE") or DEFAULT_BASELINE)
 
 
@@ -274,6 +287,8 @@ def cmd_check(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def cmd_guard(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from pathlib import Path
+
     from patchguard.guard.daemon import main as guard_main
 
     if args.print_unit:
@@ -315,6 +330,8 @@ def cmd_config_sign(args: argparse.Namespace, out: Console, err: Console) -> int
 
 
 def cmd_techniques(args: argparse.Namespace, out: Console, err: Console) -> int:
+    import json
+
     from patchguard.techniques import TECHNIQUES, markdown
 
     if args.markdown:
@@ -354,6 +371,9 @@ def _expected_errors() -> tuple[type[Exception], ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if list(sys.argv[1:] if argv is None else argv) == ["--version"]:  # before argparse loads
+        print(f"patchguard {__version__}")
+        return EXIT_CLEAN
     args = _parser(_wants_policy(argv)).parse_args(argv)
     handler = getattr(args, "policy_handler", None)
     if handler is not None:  # the policy commands print their own one-line errors

@@ -83,3 +83,9 @@ def test_records_only_when_asked(tmp_path: Path) -> None:
     _, out = imported(tmp_path, "scan", "--json", "--records", "--surface", "posture")
     (posture,) = json.loads(out)["surfaces"]
     assert posture["records"] and all("kind" in r for r in posture["records"])
+
+
+def test_the_cli_role_choices_are_the_ledger_rules_roles() -> None:
+    from patchguard.policy import cli, rules
+
+    assert cli.ROLES == rules.ROLES

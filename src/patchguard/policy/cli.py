@@ -14,23 +14,18 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from patchguard.policy import exceptions as ops
-from patchguard.policy.ledger import (
-    LedgerError,
-    default_ledger_path,
-    export_json,
-    load,
-    read_rows,
-    replay,
-    verify,
-)
-from patchguard.policy.manifest import ManifestError, load_manifest
-from patchguard.policy.rules import ROLES
+from patchguard.policy.paths import default_ledger_path
 from patchguard.policy.transparency import cli as transparency_cli
 from patchguard.policy.transparency.cli import register_witness as register_witness
-from patchguard.signing import HostKey, KeyFileError
+
+# The ledger, manifest and key modules are imported by the command that uses them: building
+# the parser (every `patchguard --help`) must not pay for sqlite3, TOML and HTTP.
+if TYPE_CHECKING:
+    from patchguard.signing import HostKey
+
+ROLES = ("approve", "policy")  # policy.rules.ROLES (a test holds them equal)
 
 EXIT_OK, EXIT_BAD_LEDGER, EXIT_ERROR = 0, 1, 2
 Handler = Callable[[argparse.Namespace], int]
@@ -46,6 +41,8 @@ def _ledger(args: argparse.Namespace) -> Path:
 
 
 def _key(args: argparse.Namespace) -> HostKey:
+    from patchguard.signing import HostKey
+
     return HostKey.load(Path(args.key))  # never created here: a mistyped path is an error
 
 
@@ -54,6 +51,9 @@ def _print(text: str) -> None:
 
 
 def _request(args: argparse.Namespace) -> int:
+    from patchguard.policy import exceptions as ops
+    from patchguard.policy.manifest import load_manifest
+
     if not _DATE.match(args.expires):
         raise UsageError(f"--expires: {args.expires!r} is not a date (YYYY-MM-DD)")
     try:
@@ -68,6 +68,8 @@ def _request(args: argparse.Namespace) -> int:
 
 def _decision(approve: bool) -> Handler:
     def handler(args: argparse.Namespace) -> int:
+        from patchguard.policy import exceptions as ops
+
         done = ops.decide(_ledger(args), _key(args), args.id, approve, args.reason)
         _print(done.description)
         return EXIT_OK
@@ -76,11 +78,15 @@ def _decision(approve: bool) -> Handler:
 
 
 def _revoke(args: argparse.Namespace) -> int:
+    from patchguard.policy import exceptions as ops
+
     _print(ops.revoke(_ledger(args), _key(args), args.id, args.reason).description)
     return EXIT_OK
 
 
 def _list(args: argparse.Namespace) -> int:
+    from patchguard.policy import exceptions as ops
+
     now = datetime.now(UTC)
     for r in ops.requests(_ledger(args)):
         m = r.manifest
@@ -93,11 +99,15 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _init(args: argparse.Namespace) -> int:
+    from patchguard.policy import exceptions as ops
+
     _print(ops.init_ledger(_ledger(args), _key(args), args.owner).description)
     return EXIT_OK
 
 
 def _key_add(args: argparse.Namespace) -> int:
+    from patchguard.policy import exceptions as ops
+
     try:
         public_key = bytes.fromhex(args.public_key)
     except ValueError:
@@ -111,6 +121,8 @@ def _key_add(args: argparse.Namespace) -> int:
 
 
 def _key_show(args: argparse.Namespace) -> int:
+    from patchguard.signing import HostKey
+
     # --create is the one way to make a new actor key: everywhere else a missing key is a typo
     key = HostKey.load_or_create(Path(args.key)) if args.create else _key(args)
     _print(f"fingerprint {key.fingerprint()}\npublic key {key.public_key_bytes().hex()}")
@@ -118,11 +130,15 @@ def _key_show(args: argparse.Namespace) -> int:
 
 
 def _max_expiry(args: argparse.Namespace) -> int:
+    from patchguard.policy import exceptions as ops
+
     _print(ops.set_max_expiry(_ledger(args), _key(args), args.days).description)
     return EXIT_OK
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from patchguard.policy.ledger import verify
+
     path = _ledger(args)
     result = verify(path, args.root, args.head)
     if not result.ok:
@@ -133,6 +149,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from patchguard.policy.ledger import export_json, read_rows, replay
+
     path = _ledger(args)
     if args.json:
         _print(json.dumps(export_json(path), indent=2))
@@ -156,6 +174,9 @@ def _duration(value: timedelta | None) -> str:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from patchguard.policy import exceptions as ops
+    from patchguard.policy.ledger import load
+
     stats = ops.vendor_report(load(_ledger(args)).state.requests.values())
     _print("vendor\trequests\tapproved\tdenied\tmedian time to decision")
     for s in stats:
@@ -168,6 +189,10 @@ def _guarded(handler: Handler) -> Handler:
     """Every expected failure becomes one line on stderr and exit 2."""
 
     def run(args: argparse.Namespace) -> int:
+        from patchguard.policy.ledger import LedgerError
+        from patchguard.policy.manifest import ManifestError
+        from patchguard.signing import KeyFileError
+
         try:
             return handler(args)
         except (UsageError, LedgerError, ManifestError, KeyFileError) as exc:

@@ -18,13 +18,14 @@ import patchguard
 from patchguard.findings import Disposition, Finding, Severity
 from patchguard.guard.config import GuardConfig, load_config
 from patchguard.guard.config_sig import check_with_host_key
+from patchguard.guard.kernel_events import KernelEvents, Waiter
 from patchguard.guard.ledger_feed import LedgerFeed
 from patchguard.guard.metrics import Metrics
 from patchguard.guard.responses import bugcheck, contain
 from patchguard.guard.sinks import LogSink, Spool, SyslogSink, WebhookSink
 from patchguard.guard.systemd import Watchdog, notify
 from patchguard.guard.triggers import TriggerState
-from patchguard.kernel import Kernel
+from patchguard.kernel import Kernel, KernelAccessError
 from patchguard.report import finding_json
 from patchguard.scan import run_scan
 from patchguard.surfaces import all_surfaces
@@ -69,6 +70,10 @@ class Guard:
         self.config_digest = self._config_digest()
         self._ledger_problem: str | None = None
         self.feed = self._ledger_feed()
+        self.events: KernelEvents | None = None  # loaded by run(), closed when it ends
+        self.events_problem: str | None = None
+        self.waiter = Waiter()
+        self.woken_by = "poll"  # what woke the last trigger check: "ringbuf" or "poll"
 
     # --- set-up ----------------------------------------------------------------------------
     def _open_alert_sinks(self) -> None:
@@ -77,6 +82,17 @@ class Guard:
             self.alerts.append(WebhookSink(self.config.webhook, Spool(self.config.spool)))
         if self.config.syslog:
             self.alerts.append(SyslogSink())
+
+    def _kernel_events(self) -> tuple[KernelEvents | None, str | None]:
+        """The guard's own program and ring buffer (kernel_events.py), left out of findings by
+        identity; (None, why) where they cannot load: then the triggers are only polled."""
+        try:
+            events = KernelEvents.open()
+        except KernelAccessError as exc:
+            return None, str(exc)
+        self.kernel.own_prog_ids.add(events.prog_id)
+        self.kernel.own_map_ids.add(events.map_id)
+        return events, None
 
     def _ledger_feed(self) -> LedgerFeed | None:
         ledger = self.config.ledger
@@ -92,9 +108,21 @@ class Guard:
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         (self.reload if signum == signal.SIGHUP else self.stop).set()
+        self.waiter.wake()
 
     # --- the loop --------------------------------------------------------------------------
     def run(self) -> int:
+        self.events, self.events_problem = self._kernel_events()
+        if self.events is not None:
+            self.waiter.watch(self.events)
+        try:
+            return self._run()
+        finally:  # the guard's own program is detached whatever ends the loop
+            self.waiter.close()
+            if self.events is not None:
+                self.events.close()
+
+    def _run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         self.log.send(
@@ -102,6 +130,10 @@ class Guard:
                 "event": "start",
                 "version": patchguard.__version__,
                 "sweep_mean": self.config.sweep_mean,
+                # the syscall exits the guard's own program tells it of, and that program
+                "told_by": self.events.attached if self.events else None,
+                "told_by_prog_id": self.events.prog_id if self.events else None,
+                "told_by_unavailable": self.events_problem,
             }
         )
         watchdog = Watchdog()
@@ -113,7 +145,11 @@ class Guard:
             self.config.sweep_mean, self.config.sweep_jitter
         )
         notify("READY=1")
-        while not self.stop.wait(self.config.trigger_interval):
+        while not self.stop.is_set():
+            # A hook call told by the kernel ends the wait at once; else poll each interval.
+            self.woken_by = self.waiter.wait(self.config.trigger_interval)
+            if self.stop.is_set():
+                break
             watchdog.ping()
             if self.reload.is_set():
                 self._reload()
@@ -295,6 +331,8 @@ class Guard:
 
     def respond(self, finding: Finding, why: str) -> None:
         event: dict[str, Any] = {"event": "finding", "why": why, "finding": finding_json(finding)}
+        if why.startswith("trigger:"):
+            event["woken_by"] = self.woken_by
         actions = self.config.responses_for(finding.severity)
         if finding.disposition in (Disposition.EXPLAINED, Disposition.ALLOWED):
             actions = tuple(a for a in actions if a == "log")  # shown, never acted on

@@ -225,7 +225,9 @@ class Guard:
             self.log.send({"event": "ledger-untrusted", "message": why_not})
         self._ledger_problem = why_not
         self.kernel.refresh()  # symbols of modules and BPF programs loaded since the last one
-        report = run_scan(self.kernel, surfaces, policy=policy)
+        # A trigger's look reads kallsyms only if a surface asks: a read started for nobody
+        # is waited for by the next refresh(), and that wait was most of a reaction's time.
+        report = run_scan(self.kernel, surfaces, policy=policy, read_ahead=why == "sweep")
         self.metrics.unavailable(sum(1 for r in report.results if r.state.gaps))
         found: list[Finding] = []
         for result in report.results:

@@ -134,7 +134,9 @@ def main() -> None:
 
 def whole_process(tmp: Path, rounds: int) -> None:
     floor = str(Path(__file__).with_name("floor_process.py"))
-    check = [sys.executable, "-m", "patchguard.cli", "check", "--json", "--fail-on", "critical"]
+    script = Path(sys.executable).with_name("patchguard")  # the console script, as users run it
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "patchguard.cli"]
+    check = [*command, "check", "--json", "--fail-on", "critical"]
     check += ["--baseline", str(tmp / "baseline.zip"), "--key", str(tmp / "host.key")]
     t = process_medians({"floor": [sys.executable, floor], "check": check}, rounds)
     print(

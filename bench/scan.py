@@ -87,7 +87,9 @@ def main() -> None:
 
 
 FLOOR = str(Path(__file__).with_name("floor_process.py"))
-PATCHGUARD = [sys.executable, "-m", "patchguard.cli"]
+# The console script as a user runs it (beside this interpreter in a venv), else the module.
+SCRIPT = Path(sys.executable).with_name("patchguard")
+PATCHGUARD = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "patchguard.cli"]
 
 
 def whole_process(rounds: int) -> None:

@@ -29,6 +29,7 @@ from timing import load_note, median_ms, process_medians
 from patchguard.integrity.check import capture, verify
 from patchguard.integrity.store import read_manifest, save_baseline
 from patchguard.kernel import Kernel
+from patchguard.kernel.bpf.syscall import BpfError
 from patchguard.kernel.memory import read_chunks
 from patchguard.signing import HostKey
 
@@ -83,7 +84,7 @@ def attached(n: int, fentry: bool) -> Iterator[int]:
         for target in targets:
             if len(progs) == n:
                 break
-            with contextlib.suppress(OSError, RuntimeError, bp.bpf.BpfError):
+            with contextlib.suppress(OSError, RuntimeError, BpfError):
                 progs.append(attach_one(target))
         yield len(progs)
     finally:

@@ -182,6 +182,17 @@ def _select(names: Sequence[str] | None) -> list[Surface]:
     return [known[n] for n in names]
 
 
+def _may_exist(path: Path) -> bool:
+    """False only if `path` is certainly not there (a refused look is left to the caller)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def cmd_scan(args: argparse.Namespace, out: Console, err: Console) -> int:
     from patchguard.findings import Severity
     from patchguard.kernel import Kernel
@@ -192,10 +203,14 @@ def cmd_scan(args: argparse.Namespace, out: Console, err: Console) -> int:
     kernel = Kernel(args.root)
     if kernel.live and os.geteuid() != 0:
         print(f"patchguard: {ROOT_NOTE}", file=sys.stderr)
-    from patchguard.policy.match import ledger_policy
     from patchguard.policy.paths import default_ledger_path
 
-    policy, why_not = ledger_policy(args.ledger or default_ledger_path())
+    ledger = args.ledger or default_ledger_path()
+    policy, why_not = None, None
+    if _may_exist(ledger):  # the exception matching is imported only where a ledger may be
+        from patchguard.policy.match import ledger_policy
+
+        policy, why_not = ledger_policy(ledger)
     if why_not:
         print(f"patchguard: {why_not}", file=sys.stderr)
     try:

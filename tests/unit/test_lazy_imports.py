@@ -76,6 +76,7 @@ def test_scan_json_imports_a_library_only_where_it_is_used(tmp_path: Path) -> No
     assert ("elftools" in modules) == (doc["memory_reader"] == "kcore")
     assert not modules & {"rich", "cryptography"}
     assert not {"patchguard.policy.cli", "patchguard.integrity", "patchguard.guard"} & modules
+    assert "patchguard.policy.match" not in modules  # no ledger: no exception matching
     assert all("records" not in s for s in doc["surfaces"])  # only with --records
 
 

@@ -73,7 +73,6 @@ PERF_EVENT_IOC_SET_BPF = 0x40042408
 # struct trace_event_raw_sys_exit: an 8-byte trace_entry, int __syscall_nr at 8, long ret at 16
 # (events/syscalls/sys_exit_bpf/format).
 SYSCALL_NR_OFFSET, RET_OFFSET = 8, 16
-NR_BPF = 321  # x86-64
 BPF_JNE, BPF_JSLT = 0x50, 0xC0
 # Trigger checks at most this often however busy the ring: a storm of hook calls costs a
 # bounded share of a core, and a new hook waits at most this long for its check.
@@ -96,7 +95,7 @@ def wake_program(ring_fd: int, own_tgid: int) -> bytes:
             ldx_mem(4, R1, R6, SYSCALL_NR_OFFSET),
             ldx_mem(8, R2, R6, RET_OFFSET),
             insn(BPF_JMP | BPF_JSLT | BPF_K, R2, off=10, imm=0),  # failed
-            insn(BPF_JMP | BPF_JNE | BPF_K, R1, off=1, imm=NR_BPF),
+            insn(BPF_JMP | BPF_JNE | BPF_K, R1, off=1, imm=bpf.NR_BPF),
             jeq_imm(R2, 0, 8),  # bpf(2) returned 0: a query
             stx_mem(8, R10, R1, -8),
             ld_map_fd(R1, ring_fd),  # two slots
@@ -140,16 +139,12 @@ class KernelEvents:
         """Load and attach; KernelAccessError says why not (then the guard only polls)."""
         ensure_mounted("tracefs")
         ring_fd = bpf.map_create(BPF_MAP_TYPE_RINGBUF, 0, 0, RING_SIZE, MAP_NAME)
-        page = mmap.PAGESIZE
         try:
-            # the consumer position (ours to write), then the producer position and the data
-            rw = mmap.PROT_READ | mmap.PROT_WRITE
-            consumer = mmap.mmap(ring_fd, page, mmap.MAP_SHARED, rw)
-            ring = mmap.mmap(ring_fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
-        except OSError as exc:
-            os.close(ring_fd)
-            raise KernelAccessError("ring buffer mmap", str(exc)) from exc
-        events = cls(ring_fd, ring, consumer)
+            consumer, ring = _map_positions(ring_fd)
+            events = cls(ring_fd, ring, consumer)
+        except BaseException:
+            os.close(ring_fd)  # a mapping made is unmapped when its object goes
+            raise
         try:
             events._attach()
         except BaseException:
@@ -197,6 +192,21 @@ class KernelEvents:
         if self.ring_fd >= 0:
             os.close(self.ring_fd)
             self.ring_fd = -1
+
+
+def _map_positions(ring_fd: int) -> tuple[mmap.mmap, mmap.mmap]:
+    """The consumer position (a page ours to write), then the producer position (read-only);
+    KernelAccessError if the ring cannot be mapped."""
+    page = mmap.PAGESIZE
+    try:
+        consumer = mmap.mmap(ring_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    except OSError as exc:
+        raise KernelAccessError("ring buffer mmap", str(exc)) from exc
+    try:
+        return consumer, mmap.mmap(ring_fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+    except OSError as exc:
+        consumer.close()
+        raise KernelAccessError("ring buffer mmap", str(exc)) from exc
 
 
 class Waiter:

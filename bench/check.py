@@ -8,7 +8,10 @@ tracepoint's jump labels and static calls), or with --fentry to distinct kernel 
 patches the function's ftrace site to call a BPF trampoline), printing the cost per explained
 site. fentry programs are refused on these machines; the QEMU lab measures them:
   lab/run -- python3 bench/check.py --fentry
-Run as root: .venv/bin/python bench/check.py [--rounds N] [--fentry]
+--process adds whole processes timed in one run (interleaved rounds): `patchguard check --json`
+against the floor process (bench/floor_process.py: Python start, kallsyms, the core text read
+and SHA-256'd through the eBPF reader); target <= 1.3.
+Run as root: .venv/bin/python bench/check.py [--rounds N] [--fentry] [--process]
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from timing import median_ms
+from timing import load_note, median_ms, process_medians
 
 from patchguard.integrity.check import capture, verify
 from patchguard.integrity.store import read_manifest, save_baseline
 from patchguard.kernel import Kernel
+from patchguard.kernel.bpf.syscall import BpfError
 from patchguard.kernel.memory import read_chunks
 from patchguard.signing import HostKey
 
@@ -80,7 +84,7 @@ def attached(n: int, fentry: bool) -> Iterator[int]:
         for target in targets:
             if len(progs) == n:
                 break
-            with contextlib.suppress(OSError, RuntimeError, bp.bpf.BpfError):
+            with contextlib.suppress(OSError, RuntimeError, BpfError):
                 progs.append(attach_one(target))
         yield len(progs)
     finally:
@@ -92,6 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--fentry", action="store_true", help="fentry programs, not tracepoints")
+    parser.add_argument("--process", action="store_true", help="whole processes too")
     args = parser.parse_args()
     rounds, kind = args.rounds, "fentry" if args.fentry else "tracepoint"
     bp.tracepoint_id("sched", "sched_switch")  # mounts tracefs if needed
@@ -110,6 +115,8 @@ def main() -> None:
         print(f"floor (read + sha256 per page): {floor:.1f} ms")
         print(f"check, nothing changed: {check:.1f} ms")
         print(f"ratio check/floor: {check / floor:.2f} (target <= 1.3)")
+        if args.process:
+            whole_process(Path(tmp), rounds)
         for n in (10, 100):
             with attached(n, args.fentry) as got:
                 kernel.refresh()  # the new programs' trampolines are new kallsyms lines
@@ -123,6 +130,20 @@ def main() -> None:
                 f"check {ms:.1f} ms, {per_site:.2f} ms per explained site"
             )
     kernel.close()
+    print(load_note())
+
+
+def whole_process(tmp: Path, rounds: int) -> None:
+    floor = str(Path(__file__).with_name("floor_process.py"))
+    script = Path(sys.executable).with_name("patchguard")  # the console script, as users run it
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "patchguard.cli"]
+    check = [*command, "check", "--json", "--fail-on", "critical"]
+    check += ["--baseline", str(tmp / "baseline.zip"), "--key", str(tmp / "host.key")]
+    t = process_medians({"floor": [sys.executable, floor], "check": check}, rounds)
+    print(
+        f"process: floor {t['floor'] * 1000:.0f} ms; check --json {t['check'] * 1000:.0f} ms, "
+        f"ratio {t['check'] / t['floor']:.2f} (target <= 1.3)"
+    )
 
 
 if __name__ == "__main__":

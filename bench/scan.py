@@ -3,7 +3,12 @@
 floor = read /proc/kallsyms + read and SHA-256 the core kernel text through the same memory
 reader the scan uses. The scan does that and more (every surface); target: scan <= 1.5 x floor.
 Also: kallsyms parse time for this kernel's symbol count (target <= 80 ms for 122k symbols).
-Run as root: .venv/bin/python bench/scan.py [--rounds N]
+
+--process adds what a user waits for, whole processes timed in one run (interleaved rounds):
+`patchguard scan --json` against the floor process (bench/floor_process.py: Python start,
+kallsyms, the core text read and SHA-256'd through the eBPF reader; target <= 1.3), and
+`patchguard --version` and `--help` against `python3 -c pass` (target <= 1.2).
+Run as root: .venv/bin/python bench/scan.py [--rounds N] [--process]
 """
 
 from __future__ import annotations
@@ -11,10 +16,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import statistics
+import sys
 import time
 from pathlib import Path
 
-from timing import median_seconds
+from timing import load_note, median_seconds, process_medians
 
 from patchguard.kernel import Kernel
 from patchguard.kernel.kallsyms import SymbolTable
@@ -42,7 +48,9 @@ def scan_once(skip: tuple[str, ...] = ()) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
-    rounds = parser.parse_args().rounds
+    parser.add_argument("--process", action="store_true", help="whole processes too")
+    args = parser.parse_args()
+    rounds = args.rounds
 
     text = Path("/proc/kallsyms").read_text()
     parse = median_seconds(lambda: SymbolTable.parse(text).build(), rounds)
@@ -73,6 +81,41 @@ def main() -> None:
         f"ratio {first / floor:.2f}"
     )
     print("each surface alone (collect + assess, kernel state shared, median ms): " + alone)
+    if args.process:
+        whole_process(rounds)
+    print(load_note())
+
+
+FLOOR = str(Path(__file__).with_name("floor_process.py"))
+# The console script as a user runs it (beside this interpreter in a venv), else the module.
+SCRIPT = Path(sys.executable).with_name("patchguard")
+PATCHGUARD = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "patchguard.cli"]
+
+
+def whole_process(rounds: int) -> None:
+    """The commands as a user runs them, each a fresh interpreter, against their floors."""
+    t = process_medians(
+        {
+            "python": [sys.executable, "-c", "pass"],
+            "version": [*PATCHGUARD, "--version"],
+            "help": [*PATCHGUARD, "--help"],
+            "floor": [sys.executable, FLOOR],
+            "scan": [*PATCHGUARD, "scan", "--json", "--fail-on", "critical"],
+            "records": [*PATCHGUARD, "scan", "--json", "--records", "--fail-on", "critical"],
+        },
+        rounds,
+    )
+    ms = {k: f"{v * 1000:.0f} ms" for k, v in t.items()}
+    print(
+        f"process: python3 -c pass {ms['python']}; --version {ms['version']}, ratio "
+        f"{t['version'] / t['python']:.2f}; --help {ms['help']}, ratio "
+        f"{t['help'] / t['python']:.2f} (target <= 1.2)"
+    )
+    print(
+        f"process: floor {ms['floor']}; scan --json {ms['scan']}, ratio "
+        f"{t['scan'] / t['floor']:.2f} (target <= 1.3); scan --json --records "
+        f"{ms['records']}, ratio {t['records'] / t['floor']:.2f}"
+    )
 
 
 def per_surface(rounds: int) -> str:

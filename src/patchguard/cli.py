@@ -1,23 +1,29 @@
-"""The command line: thin; every command is a call into the layers below."""
+"""The command line: thin; every command is a call into the layers below.
+
+Every import but os and sys (loaded with Python itself) waits for the command that needs it:
+`--version` costs Python's start and little else, `scan --json` never imports rich
+(tests/unit/test_lazy_imports.py; bench/scan.py --process measures the whole processes).
+"""
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
-from collections.abc import Sequence
-from pathlib import Path
-
-from rich.console import Console
 
 from patchguard import __version__
-from patchguard.findings import Severity
-from patchguard.kernel import Kernel
-from patchguard.scan import ScanReport, run_scan
-from patchguard.surfaces import all_surfaces
-from patchguard.surfaces.base import Status, Surface
-from patchguard.text import visible
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+    from pathlib import Path
+    from typing import Any
+
+    from rich.console import Console
+
+    from patchguard.findings import Severity
+    from patchguard.scan import ScanReport
+    from patchguard.surfaces.base import Surface
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 DEFAULT_BASELINE = "/var/lib/patchguard/baseline.zip"
@@ -27,7 +33,23 @@ ROOT_NOTE = (
 )
 
 
-def _parser() -> argparse.ArgumentParser:
+CORE_COMMANDS = frozenset({"scan", "baseline", "check", "guard", "config", "techniques"})
+
+
+def _wants_policy(argv: Sequence[str] | None) -> bool:
+    """Whether the policy commands must be in the parser: for them and for the full --help,
+    not for the core commands (their import costs scan and check ~10 % of a run) nor --version."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    first = next((w for w in words if not w.startswith("-")), None)
+    if first is None:
+        return "--version" not in words
+    return first not in CORE_COMMANDS
+
+
+def _parser(policy: bool = True) -> argparse.ArgumentParser:
+    import argparse
+    from pathlib import Path
+
     parser = argparse.ArgumentParser(
         prog="patchguard",
         description="Kernel patch protection for Linux: scan the live kernel, baseline and check "
@@ -37,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     scan = sub.add_parser("scan", help="read every surface of the live kernel and report")
     scan.add_argument("--json", action="store_true", help="print the patchguard.scan/1 document")
+    _records_option(scan)
     scan.add_argument(
         "--fail-on",
         default="high",
@@ -79,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--baseline", type=Path, default=None, metavar="PATH")
     check.add_argument("--key", type=Path, default=None, metavar="PATH")
     check.add_argument("--json", action="store_true", help="print the patchguard.scan/1 document")
+    _records_option(check)
     check.add_argument(
         "--fail-on",
         default="high",
@@ -98,15 +122,15 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the systemd unit for this installation and exit",
     )
-    from patchguard.policy import cli as policy_cli
+    if policy:
+        from patchguard.fleet import cli as fleet_cli
+        from patchguard.policy import cli as policy_cli
+        from patchguard.server import cli as server_cli
 
-    policy_cli.register(sub)  # exceptions ..., ledger ...
-    policy_cli.register_witness(sub)  # witness vkey|cosign|serve
-    from patchguard.fleet import cli as fleet_cli
-    from patchguard.server import cli as server_cli
-
-    fleet_cli.register(sub)  # enrol, report, fetch-policy
-    server_cli.register(sub)  # server ...
+        policy_cli.register(sub)  # exceptions ..., ledger ...
+        policy_cli.register_witness(sub)  # witness vkey|cosign|serve
+        fleet_cli.register(sub)  # enrol, report, fetch-policy
+        server_cli.register(sub)  # server ...
     config = sub.add_parser("config", help="guard configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     config_check = config_sub.add_parser("check", help="validate a guard config file")
@@ -122,7 +146,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _records_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--records",
+        action="store_true",
+        help="with --json: each surface's full record list too (large; see docs/scan-json.md)",
+    )
+
+
+class _LazyConsole:
+    """A rich Console made on first use: JSON output never pays for importing rich."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return getattr(self._console, name)
+
+
+def _consoles() -> tuple[Console, Console]:
+    return _LazyConsole(), _LazyConsole(stderr=True)  # type: ignore[return-value]  # a stand-in
+
+
 def _select(names: Sequence[str] | None) -> list[Surface]:
+    from patchguard.surfaces import all_surfaces
+
     surfaces = all_surfaces()
     if not names:
         return surfaces
@@ -133,20 +186,41 @@ def _select(names: Sequence[str] | None) -> list[Surface]:
     return [known[n] for n in names]
 
 
+def _may_exist(path: Path) -> bool:
+    """False only if `path` is certainly not there (a refused look is left to the caller)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def cmd_scan(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from patchguard.findings import Severity
+    from patchguard.kernel import Kernel
+    from patchguard.scan import run_scan
+
     threshold = Severity.parse(args.fail_on)
     surfaces = _select(args.surface)
     kernel = Kernel(args.root)
     if kernel.live and os.geteuid() != 0:
         print(f"patchguard: {ROOT_NOTE}", file=sys.stderr)
-    from patchguard.policy.ledger import default_ledger_path
-    from patchguard.policy.match import ledger_policy
+    from patchguard.policy.paths import default_ledger_path
 
-    policy, why_not = ledger_policy(args.ledger or default_ledger_path())
+    ledger = args.ledger or default_ledger_path()
+    policy, why_not = None, None
+    if _may_exist(ledger):  # the exception matching is imported only where a ledger may be
+        from patchguard.policy.match import ledger_policy
+
+        policy, why_not = ledger_policy(ledger)
     if why_not:
+        from patchguard.text import visible
+
         print(f"patchguard: {visible(why_not)}", file=sys.stderr)
     try:
-        if err.is_terminal and not args.json:
+        if not args.json and err.is_terminal:
             with err.status("scanning") as status:
                 report = run_scan(
                     kernel, surfaces, lambda s: status.update(f"scanning {s.title}…"), policy=policy
@@ -155,16 +229,20 @@ def cmd_scan(args: argparse.Namespace, out: Console, err: Console) -> int:
             report = run_scan(kernel, surfaces, policy=policy)
     finally:
         kernel.close()
-    return _emit(report, args.json, out, threshold)
+    return _emit(report, args, out, threshold)
 
 
-def _emit(report: ScanReport, as_json: bool, out: Console, threshold: Severity) -> int:
+def _emit(report: ScanReport, args: argparse.Namespace, out: Console, threshold: Severity) -> int:
     """Print a scan or check report and turn its worst finding into the exit code."""
-    from patchguard.report import render, to_json
+    if args.json:
+        import json
 
-    if as_json:
-        print(json.dumps(to_json(report), indent=2))
+        from patchguard.report import to_json
+
+        print(json.dumps(to_json(report, records=args.records), indent=2))
     else:
+        from patchguard.report import render
+
         render(report, out)
     return exit_code(report, threshold)
 
@@ -172,6 +250,8 @@ def _emit(report: ScanReport, as_json: bool, out: Console, threshold: Severity) 
 def exit_code(report: ScanReport, threshold: Severity) -> int:
     """1 for findings at or above the threshold; else 2 (never 0, which a script reads as
     clean) when most surfaces could not be read at all, as for a scan without root."""
+    from patchguard.surfaces.base import Status
+
     worst = report.worst()
     if worst is not None and worst >= threshold:
         return EXIT_FINDINGS
@@ -187,6 +267,8 @@ def exit_code(report: ScanReport, threshold: Severity) -> int:
 
 
 def _baseline_path(given: Path | None) -> Path:
+    from pathlib import Path
+
     return given or Path(os.environ.get("PATCHGUARD_BASELINE") or DEFAULT_BASELINE)
 
 
@@ -194,7 +276,9 @@ def cmd_baseline_create(args: argparse.Namespace, out: Console, err: Console) ->
     from patchguard.integrity.check import capture
     from patchguard.integrity.module_regions import module_of
     from patchguard.integrity.store import save_baseline
+    from patchguard.kernel import Kernel
     from patchguard.signing import HostKey, default_key_path
+    from patchguard.text import visible
 
     key = HostKey.load_or_create(args.key or default_key_path())
     path = _baseline_path(args.out)
@@ -231,7 +315,9 @@ def cmd_baseline_create(args: argparse.Namespace, out: Console, err: Console) ->
 
 
 def cmd_check(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from patchguard.findings import Severity
     from patchguard.integrity.check import run_check
+    from patchguard.kernel import Kernel
     from patchguard.signing import HostKey, default_key_path
 
     threshold = Severity.parse(args.fail_on)
@@ -241,10 +327,12 @@ def cmd_check(args: argparse.Namespace, out: Console, err: Console) -> int:
         report = run_check(kernel, _baseline_path(args.baseline), key.public_key_bytes())
     finally:
         kernel.close()
-    return _emit(report, args.json, out, threshold)
+    return _emit(report, args, out, threshold)
 
 
 def cmd_guard(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from pathlib import Path
+
     from patchguard.guard.daemon import main as guard_main
 
     if args.print_unit:
@@ -258,6 +346,7 @@ def cmd_guard(args: argparse.Namespace, out: Console, err: Console) -> int:
 def cmd_config_check(args: argparse.Namespace, out: Console, err: Console) -> int:
     from patchguard.guard.config import load_config
     from patchguard.guard.config_sig import check_with_host_key
+    from patchguard.text import visible
 
     config = load_config(args.file)
     out.print(
@@ -286,6 +375,8 @@ def cmd_config_sign(args: argparse.Namespace, out: Console, err: Console) -> int
 
 
 def cmd_techniques(args: argparse.Namespace, out: Console, err: Console) -> int:
+    import json
+
     from patchguard.techniques import TECHNIQUES, markdown
 
     if args.markdown:
@@ -347,23 +438,29 @@ def _quiet_broken_pipe() -> int:
     return EXIT_ERROR
 
 
-def _run(args: argparse.Namespace) -> int:
+def _expected_errors() -> tuple[type[Exception], ...]:
+    """The errors a command reports as one line: imported when one is raised, not before."""
     from patchguard.guard.config import ConfigError
     from patchguard.integrity.store import BaselineError
     from patchguard.kernel import KernelAccessError
     from patchguard.safe_read import InputError
     from patchguard.signing import KeyFileError
 
+    return (ValueError, BaselineError, KeyFileError, KernelAccessError, ConfigError, InputError)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from patchguard.text import visible
+
     handler = getattr(args, "policy_handler", None) or getattr(args, "handler", None)
     if handler is not None:  # the policy commands print their own one-line errors
         return int(handler(args))
-    out, err = Console(), Console(stderr=True)
+    out, err = _consoles()
     sub = getattr(args, "baseline_command", None) or getattr(args, "config_command", None)
     command = COMMANDS[(args.command, sub)]
-    expected = (ValueError, BaselineError, KeyFileError, KernelAccessError, ConfigError)
     try:
         return int(command(args, out, err))
-    except (*expected, InputError) as exc:
+    except _expected_errors() as exc:  # evaluated only when something was raised
         print(f"patchguard: {visible(exc)}", file=sys.stderr)  # one line, never wrapped
         return EXIT_ERROR
 
@@ -371,9 +468,12 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Exit 0 clean, 1 findings (only), 2 anything else: every failure is
     one line on stderr naming the file and what is wrong; a closed pipe exits quietly."""
+    if list(sys.argv[1:] if argv is None else argv) == ["--version"]:  # before argparse loads
+        print(f"patchguard {__version__}")
+        return EXIT_CLEAN
     args: argparse.Namespace | None = None
     try:
-        args = _parser().parse_args(argv)  # a usage error is argparse's SystemExit(2)
+        args = _parser(_wants_policy(argv)).parse_args(argv)  # usage error: SystemExit(2)
         code = _run(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
         return code
@@ -382,6 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_ERROR
     except Exception as exc:  # the last line of defence: one line, exit 2, no traceback
+        from patchguard.text import visible
+
         print(f"patchguard: {visible(_failure(exc, args))}", file=sys.stderr)
         return EXIT_ERROR
 

@@ -1,5 +1,5 @@
 """Scan output: the JSON document (schema `patchguard.scan/1`, see docs/scan-json.md) and the
-terminal view (rich)."""
+terminal view (rich, imported only when a report is rendered for the terminal)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,15 @@ import enum
 import os
 import time
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from patchguard.findings import Finding, Severity
-from patchguard.scan import ScanReport
 from patchguard.text import visible
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from patchguard.scan import ScanReport, SurfaceResult
 
 SCHEMA = "patchguard.scan/1"
 SEVERITY_STYLE = {
@@ -64,7 +63,9 @@ def finding_json(f: Finding) -> dict[str, Any]:
     return out
 
 
-def to_json(report: ScanReport) -> dict[str, Any]:
+def to_json(report: ScanReport, records: bool = False) -> dict[str, Any]:
+    """The patchguard.scan/1 document; each surface's record list only with `records` (the
+    syscall dispatch rows alone are most of a document's size and of its time to print)."""
     counts = {s.label: 0 for s in Severity}
     for f in report.findings:
         counts[f.severity.label] += 1
@@ -79,17 +80,7 @@ def to_json(report: ScanReport) -> dict[str, Any]:
         "process_seconds": _rounded(process_seconds()),
         "memory_reader": report.memory_reader,
         "summary": counts,
-        "surfaces": [
-            {
-                "name": r.surface.name,
-                "title": r.surface.title,
-                "status": r.state.status.value,
-                "counts": dict(r.state.counts),
-                "seconds": round(r.seconds, 3),
-                "records": [_plain(rec) for rec in r.state.records],
-            }
-            for r in report.results
-        ],
+        "surfaces": [_surface_json(r, records) for r in report.results],
         "findings": [finding_json(f) for f in report.findings],
         "unavailable": [
             {"surface": g.surface, "what": g.what, "reason": g.reason} for g in report.gaps
@@ -97,9 +88,24 @@ def to_json(report: ScanReport) -> dict[str, Any]:
     }
 
 
+def _surface_json(result: SurfaceResult, records: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": result.surface.name,
+        "title": result.surface.title,
+        "status": result.state.status.value,
+        "counts": dict(result.state.counts),
+        "seconds": round(result.seconds, 3),
+    }
+    if records:
+        out["records"] = [_plain(rec) for rec in result.state.records]
+    return out
+
+
 def _shown(text: object) -> str:
     """Text from the kernel or another host, for a line printed with markup: control
     characters visible (text.visible), and no `[...]` of it taken as rich markup."""
+    from rich.markup import escape
+
     return escape(visible(text))
 
 
@@ -108,6 +114,9 @@ def _rounded(seconds: float | None) -> float | None:
 
 
 def render(report: ScanReport, console: Console) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
     reader = report.memory_reader or "none"
     host, release = _shown(report.host), _shown(report.kernel_release)
     waited = process_seconds()
@@ -136,6 +145,8 @@ def render(report: ScanReport, console: Console) -> None:
 
 
 def _render_findings(findings: list[Finding], console: Console) -> None:
+    from rich.text import Text
+
     if not findings:
         console.print("[green]No findings.[/]")
         return

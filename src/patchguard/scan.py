@@ -110,16 +110,20 @@ def run_scan(
     progress: Callable[[Surface], None] | None = None,
     workers: int = 2,
     policy: Policy | None = None,
+    read_ahead: bool = True,
 ) -> ScanReport:
     """Collect and assess every surface. Surfaces are independent, and most of their time is
     spent in the kernel (reads, bpf(2)) with the GIL released, so a small pool overlaps them;
     results keep the order of `surfaces`. `policy` rewrites each surface's findings (the
-    exceptions in force mark what they cover as allowed)."""
+    exceptions in force mark what they cover as allowed). `read_ahead`: start reading
+    /proc/kallsyms at once, for the surfaces that will want it (a look at one or two surfaces
+    that may not, the guard's trigger checks, leaves it to whoever asks)."""
     started = datetime.now(UTC)
     t0 = time.perf_counter()
     if any(s.name == "modules" for s in surfaces):
         prepare_surfaces(kernel, surfaces)
-    kernel.start_kallsyms()  # ~40 ms of kernel time, beside the surfaces that do not need it
+    if read_ahead:
+        kernel.start_kallsyms()  # ~40 ms of kernel time, beside the surfaces that do not need it
 
     def run(surface: Surface) -> SurfaceResult:
         if progress is not None:

@@ -14,14 +14,14 @@ import hashlib
 import os
 import stat
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from patchguard.atomic import write_atomic
+
+# cryptography is imported where a key is used: commands that never sign or verify (scan,
+# --version, --help) do not pay for it.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 DEFAULT_KEY_PATH = Path("/var/lib/patchguard/host.key")
 KEY_ENV = "PATCHGUARD_KEY"
@@ -56,6 +56,9 @@ def fingerprint_of(public_key_raw: bytes) -> str:
 
 def verify_signature(public_key_raw: bytes, data: bytes, signature: bytes) -> bool:
     """True if `signature` is the ed25519 signature of `data` by that raw public key."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         Ed25519PublicKey.from_public_bytes(public_key_raw).verify(signature, data)
     except (InvalidSignature, ValueError):  # ValueError: not a 32-byte public key
@@ -81,6 +84,9 @@ def _too_open(mode: int) -> str:
 
 
 def _kind(key: object) -> str:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey
+
     if isinstance(key, rsa.RSAPrivateKey):
         return f"RSA-{key.key_size}"
     if isinstance(key, ec.EllipticCurvePrivateKey):
@@ -111,6 +117,10 @@ def _check_owners(path: Path, st: os.stat_result) -> None:
 
 
 def _read_private_key(path: Path) -> Ed25519PrivateKey:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         # O_NONBLOCK: a FIFO put in the key's place must not hang the open (fstat refuses it)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
@@ -170,6 +180,8 @@ class HostKey:
     @classmethod
     def generate(cls) -> HostKey:
         """A new key in memory only (tests, or a caller that stores it itself)."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         return cls(Ed25519PrivateKey.generate())
 
     @classmethod
@@ -185,6 +197,9 @@ class HostKey:
         except KeyFileError as exc:
             if not exc.missing:
                 raise
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(
             serialization.Encoding.PEM,
@@ -199,6 +214,8 @@ class HostKey:
 
     def public_key_bytes(self) -> bytes:
         """The raw 32-byte ed25519 public key."""
+        from cryptography.hazmat.primitives import serialization
+
         return self._key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )

@@ -46,7 +46,9 @@ class Steps:
 
     def patchguard(self, *args: str) -> dict[str, Any]:
         """One patchguard command (`python3 -m patchguard.cli`: the guest has no console
-        script); with --json its document is returned parsed."""
+        script); with --json its document is returned parsed, with every surface's records."""
+        if "--json" in args and args[0] in ("scan", "check"):
+            args = (*args, "--records")
         done = subprocess.run(
             [sys.executable, "-m", "patchguard.cli", *args],
             capture_output=True,

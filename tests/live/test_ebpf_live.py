@@ -22,7 +22,16 @@ pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
 
 
 def scan_json(*surfaces: str) -> dict[str, Any]:
-    args = [sys.executable, "-m", "patchguard.cli", "scan", "--json", "--fail-on", "critical"]
+    args = [
+        sys.executable,
+        "-m",
+        "patchguard.cli",
+        "scan",
+        "--json",
+        "--records",
+        "--fail-on",
+        "critical",
+    ]
     for s in surfaces:
         args += ["--surface", s]
     out = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)

@@ -23,7 +23,7 @@ TARGET = "__do_sys_getppid"
 
 def cli(env: dict[str, str], *args: str) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-m", "patchguard.cli", *args, "--json"],
+        [sys.executable, "-m", "patchguard.cli", *args, "--json", "--records"],
         env=env,
         capture_output=True,
         text=True,

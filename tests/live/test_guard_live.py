@@ -79,7 +79,7 @@ class GuardProcess:
 def is_prog(prog_id: int) -> Any:
     def match(event: dict[str, Any]) -> bool:
         finding = event.get("finding") or {}
-        return finding.get("evidence", {}).get("prog_id") == prog_id
+        return bool(finding.get("evidence", {}).get("prog_id") == prog_id)
 
     return match
 

@@ -10,7 +10,16 @@ from typing import Any
 
 
 def scan_json(surface: str = "ebpf") -> dict[str, Any]:
-    args = [sys.executable, "-m", "patchguard.cli", "scan", "--json", "--surface", surface]
+    args = [
+        sys.executable,
+        "-m",
+        "patchguard.cli",
+        "scan",
+        "--json",
+        "--records",
+        "--surface",
+        surface,
+    ]
     out = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode in (0, 1), out.stderr
     return json.loads(out.stdout)  # type: ignore[no-any-return]

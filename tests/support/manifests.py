@@ -38,7 +38,16 @@ def approved_ledger(tmp_path: Path, manifest: Path, vendor_owner: str) -> Path:
 def scan_ebpf(ledger: Path) -> tuple[int, dict[str, Any]]:
     """`patchguard scan --json --surface ebpf` with PATCHGUARD_LEDGER=`ledger`: exit code, doc."""
     out = subprocess.run(
-        [sys.executable, "-m", "patchguard.cli", "scan", "--json", "--surface", "ebpf"],
+        [
+            sys.executable,
+            "-m",
+            "patchguard.cli",
+            "scan",
+            "--json",
+            "--records",
+            "--surface",
+            "ebpf",
+        ],
         env={**os.environ, "PATCHGUARD_LEDGER": str(ledger)},
         capture_output=True,
         text=True,

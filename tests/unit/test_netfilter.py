@@ -22,14 +22,13 @@ from pyroute2.netlink import NLA_F_NESTED, NLM_F_MULTI
 
 from patchguard.findings import Disposition, Severity
 from patchguard.kernel import Kernel
+from patchguard.kernel.nfnetlink_codec import dump_request, nfhook_msg
 from patchguard.kernel.nfnetlink_hook import (
     HOOK_GET,
     NFNL_HOOK_TYPE_BPF,
     NFNL_HOOK_TYPE_NFT_FLOWTABLE,
     NFNL_HOOK_TYPE_NFTABLES,
     HookDumpError,
-    dump_request,
-    nfhook_msg,
 )
 from patchguard.surfaces.base import Status
 from patchguard.surfaces.ebpf import Owner

@@ -18,6 +18,7 @@ import patchguard
 from patchguard.findings import Disposition, Finding, Severity
 from patchguard.guard.config import GuardConfig, load_config
 from patchguard.guard.config_sig import check_with_host_key
+from patchguard.guard.kernel_events import KernelEvents, Waiter
 from patchguard.guard.ledger_feed import LedgerFeed
 from patchguard.guard.metrics import Metrics
 from patchguard.guard.responses import bugcheck, contain
@@ -31,7 +32,7 @@ from patchguard.guard.tamper import (
     surface_lost,
 )
 from patchguard.guard.triggers import TriggerState
-from patchguard.kernel import Kernel
+from patchguard.kernel import Kernel, KernelAccessError
 from patchguard.report import finding_json
 from patchguard.scan import run_scan
 from patchguard.surfaces import all_surfaces
@@ -59,6 +60,7 @@ class Guard:
         # Signals first: a SIGTERM while the guard pins its files is a stop, not a kill.
         self.stop = threading.Event()
         self.reload = threading.Event()
+        self.waiter = Waiter()  # a signal wakes the loop's wait through it
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         self.config, self.config_path = config, config_path
@@ -77,6 +79,9 @@ class Guard:
         self.feed = self._ledger_feed()
         self.pin = BaselinePin.take(config.baseline) if config.baseline is not None else None
         self.watch = SurfaceWatch()
+        self.events: KernelEvents | None = None  # loaded by run(), closed when it ends
+        self.events_problem: str | None = None
+        self.woken_by = "poll"  # what woke the last trigger check: "ringbuf" or "poll"
 
     # --- set-up ----------------------------------------------------------------------------
     def _open_alert_sinks(self) -> None:
@@ -85,6 +90,17 @@ class Guard:
             self.alerts.append(WebhookSink(self.config.webhook, Spool(self.config.spool)))
         if self.config.syslog:
             self.alerts.append(SyslogSink())
+
+    def _kernel_events(self) -> tuple[KernelEvents | None, str | None]:
+        """The guard's own program and ring buffer (kernel_events.py), left out of findings by
+        identity; (None, why) where they cannot load: then the triggers are only polled."""
+        try:
+            events = KernelEvents.open()
+        except KernelAccessError as exc:
+            return None, str(exc)
+        self.kernel.own_prog_ids.add(events.prog_id)
+        self.kernel.own_map_ids.add(events.map_id)
+        return events, None
 
     def _ledger_feed(self) -> LedgerFeed | None:
         ledger = self.config.ledger
@@ -107,15 +123,31 @@ class Guard:
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         (self.reload if signum == signal.SIGHUP else self.stop).set()
+        self.waiter.wake()
 
     # --- the loop --------------------------------------------------------------------------
     def run(self) -> int:
+        self.events, self.events_problem = self._kernel_events()
+        if self.events is not None:
+            self.waiter.watch(self.events)
+        try:
+            return self._run()
+        finally:  # the guard's own program is detached whatever ends the loop
+            self.waiter.close()
+            if self.events is not None:
+                self.events.close()
+
+    def _run(self) -> int:
         self.announce(
             {
                 "event": "start",
                 "version": patchguard.__version__,
                 "sweep_mean": self.config.sweep_mean,
                 "baseline_sha256": self.pin.digest if self.pin else None,
+                # the syscall exits the guard's own program tells it of, and that program
+                "told_by": self.events.attached if self.events else None,
+                "told_by_prog_id": self.events.prog_id if self.events else None,
+                "told_by_unavailable": self.events_problem,
             }
         )
         watchdog = Watchdog()
@@ -127,7 +159,11 @@ class Guard:
             self.config.sweep_mean, self.config.sweep_jitter
         )
         notify("READY=1")
-        while not self.stop.wait(self.config.trigger_interval):
+        while not self.stop.is_set():
+            # A hook call told by the kernel ends the wait at once; else poll each interval.
+            self.woken_by = self.waiter.wait(self.config.trigger_interval)
+            if self.stop.is_set():
+                break
             watchdog.ping()
             if self.reload.is_set():
                 self._reload()
@@ -226,7 +262,9 @@ class Guard:
         self._ledger_problem = why_not
         try:
             self.kernel.refresh()  # symbols of modules and BPF programs loaded since the last
-            report = run_scan(self.kernel, surfaces, policy=policy)
+            # A trigger's look reads kallsyms only if a surface asks: a read started for nobody
+            # is waited for by the next refresh(), and that wait was most of a reaction's time.
+            report = run_scan(self.kernel, surfaces, policy=policy, read_ahead=why == "sweep")
         except Exception as exc:  # a reader taken away mid-run: a finding, never an exit
             reason = f"{type(exc).__name__}: {exc}"
             return self._lost([(s.name, Status.UNAVAILABLE, reason) for s in surfaces], why)
@@ -350,6 +388,8 @@ class Guard:
 
     def respond(self, finding: Finding, why: str) -> None:
         event: dict[str, Any] = {"event": "finding", "why": why, "finding": finding_json(finding)}
+        if why.startswith("trigger:"):
+            event["woken_by"] = self.woken_by
         actions = self.config.responses_for(finding.severity)
         if finding.surface == "guard":  # the guard's own integrity: every sink, always
             actions = tuple(dict.fromkeys(("log", "alert", *actions)))

@@ -39,6 +39,9 @@ class Kernel:
         self._symbolizer: Symbolizer | None = None
         self._symbolizer_failed = False
         self._ranges: dict[str, AddressRange | None] = {}  # the same for the whole boot
+        # BPF helper call offset -> helper name: core text, the same for the whole boot, so
+        # refresh() keeps it (the guard's trigger looks then need no kallsyms read).
+        self.helper_names: dict[int, str] = {}
         # Surfaces are collected in parallel: what they share is loaded once, under this lock.
         self._lock = threading.RLock()
 

@@ -4,7 +4,9 @@
 Message layout: include/uapi/linux/netfilter/nfnetlink_hook.h; the kernel side is
 nfnl_hook_dump_one() in net/netfilter/nfnetlink_hook.c (CONFIG_NETFILTER_NETLINK_HOOK, module
 nfnetlink_hook). pyroute2 knows nfgen_msg and NETLINK_NETFILTER but not this subsystem, so its
-message class is declared here on top of pyroute2's codec.
+message class is declared on top of pyroute2's codec, in nfnetlink_codec.py: pyroute2's package
+import pulls in far more than netlink (ndb, ipdb; ~100 ms), so it is imported only when a
+socket is opened.
 """
 
 from __future__ import annotations
@@ -12,11 +14,6 @@ from __future__ import annotations
 import errno
 from types import TracebackType
 from typing import Any
-
-from pyroute2.netlink import NETLINK_NETFILTER, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, nla
-from pyroute2.netlink.exceptions import NetlinkDecodeError, NetlinkError
-from pyroute2.netlink.nfnetlink import nfgen_msg
-from pyroute2.netlink.nlsocket import NetlinkSocket
 
 from patchguard.kernel.errors import KernelAccessError, explain_errno
 
@@ -33,53 +30,6 @@ NFNL_HOOK_TYPE_NFT_FLOWTABLE = 3
 DUMP_ATTEMPTS = 3
 
 
-class nfhook_msg(nfgen_msg):  # type: ignore[misc]  # pyroute2 is untyped
-    """One hook of a hook list (nfnl_hook_dump_one), or the dump request for a list."""
-
-    prefix = "NFNLA_HOOK_"
-    nla_map = (
-        ("NFNLA_HOOK_UNSPEC", "none"),
-        ("NFNLA_HOOK_HOOKNUM", "be32"),
-        ("NFNLA_HOOK_PRIORITY", "be32"),  # the kernel's int, sent through htonl()
-        ("NFNLA_HOOK_DEV", "asciiz"),
-        ("NFNLA_HOOK_FUNCTION_NAME", "asciiz"),  # "%ps" of ops->hook, " [module]" cut off
-        ("NFNLA_HOOK_MODULE_NAME", "asciiz"),
-        ("NFNLA_HOOK_CHAIN_INFO", "chain_info"),
-    )
-
-    class chain_info(nla):  # type: ignore[misc]
-        prefix = "NFNLA_HOOK_INFO_"
-        nla_map = (
-            ("NFNLA_HOOK_INFO_UNSPEC", "none"),
-            ("NFNLA_HOOK_INFO_DESC", "info_desc"),
-            ("NFNLA_HOOK_INFO_TYPE", "be32"),
-        )
-
-        # The layout of DESC depends on TYPE, which the kernel always puts first
-        # (nfnl_start_info_type()); pyroute2 calls this to pick the class, on decode and encode.
-        @staticmethod
-        def info_desc(self: Any, *argv: Any, **kwarg: Any) -> Any:
-            if self.get_attr("NFNLA_HOOK_INFO_TYPE") == NFNL_HOOK_TYPE_BPF:
-                return self.bpf_desc
-            return self.chain_desc
-
-        class chain_desc(nla):  # type: ignore[misc]  # nf_tables chains and flowtables
-            prefix = "NFNLA_CHAIN_"
-            nla_map = (
-                ("NFNLA_CHAIN_UNSPEC", "none"),
-                ("NFNLA_CHAIN_TABLE", "asciiz"),
-                ("NFNLA_CHAIN_FAMILY", "uint8"),
-                ("NFNLA_CHAIN_NAME", "asciiz"),
-            )
-
-        class bpf_desc(nla):  # type: ignore[misc]
-            prefix = "NFNLA_HOOK_BPF_"
-            nla_map = (
-                ("NFNLA_HOOK_BPF_UNSPEC", "none"),
-                ("NFNLA_HOOK_BPF_ID", "be32"),
-            )
-
-
 class HookDumpError(KernelAccessError):
     """A hook dump failed; carries errno (EINVAL: no NFNL_SUBSYS_HOOK in this kernel)."""
 
@@ -88,20 +38,15 @@ class HookDumpError(KernelAccessError):
         self.errno = err
 
 
-def dump_request(family: int, hooknum: int, device: str | None = None) -> Any:
-    """The request nfnl_hook_get() wants: NFNLA_HOOK_HOOKNUM, and NFNLA_HOOK_DEV for netdev."""
-    msg = nfhook_msg()
-    msg["nfgen_family"] = family
-    msg["attrs"] = [["NFNLA_HOOK_HOOKNUM", hooknum]]
-    if device is not None:
-        msg["attrs"].append(["NFNLA_HOOK_DEV", device])
-    return msg
-
-
 class HookSocket:
     """A NETLINK_NETFILTER socket that dumps hook lists; use it in a `with` block."""
 
     def __init__(self) -> None:
+        from pyroute2.netlink import NETLINK_NETFILTER
+        from pyroute2.netlink.nlsocket import NetlinkSocket
+
+        from patchguard.kernel.nfnetlink_codec import nfhook_msg
+
         try:
             self._sock = NetlinkSocket(family=NETLINK_NETFILTER)
         except OSError as exc:
@@ -112,6 +57,11 @@ class HookSocket:
         """Every hook of one list, in the order the kernel runs them (by priority). Raises
         HookDumpError for what the kernel refused, ValueError for replies pyroute2 cannot
         decode."""
+        from pyroute2.netlink import NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST
+        from pyroute2.netlink.exceptions import NetlinkDecodeError, NetlinkError
+
+        from patchguard.kernel.nfnetlink_codec import dump_request
+
         where = f"nfnetlink hook dump (family {family}, hook {hooknum}"
         where += f", device {device})" if device else ")"
         for _ in range(DUMP_ATTEMPTS):

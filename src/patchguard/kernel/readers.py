@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 from patchguard.kernel.bpf.reader import EbpfReader
 from patchguard.kernel.errors import KernelAccessError
-from patchguard.kernel.kcore import KcoreReader
 from patchguard.kernel.memory import KernelMemory
 
 if TYPE_CHECKING:
@@ -26,6 +25,8 @@ def open_reader(kernel: Kernel) -> KernelMemory:
         return reader
     except KernelAccessError as exc:
         reasons.append(f"eBPF reader: {exc.reason}")
+    from patchguard.kernel.kcore import KcoreReader  # pyelftools: only when kcore is used
+
     try:
         return KcoreReader.open(str(kernel.path("/proc/kcore")))
     except KernelAccessError as exc:

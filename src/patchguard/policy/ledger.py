@@ -31,14 +31,15 @@ from patchguard.policy.chain import (
     entry_from_row,
     seal,
 )
+from patchguard.policy.paths import DEFAULT_LEDGER as DEFAULT_LEDGER
+from patchguard.policy.paths import LEDGER_ENV as LEDGER_ENV
+from patchguard.policy.paths import default_ledger_path as default_ledger_path
 from patchguard.policy.rules import LedgerState, RuleError
 from patchguard.policy.transparency import TransparencyError, store
 from patchguard.policy.transparency.store import LogConfig
 from patchguard.safe_read import InputError, check_regular, os_reason, parse_json, read_bounded
 from patchguard.signing import HostKey
 
-DEFAULT_LEDGER = Path("/var/lib/patchguard/ledger.db")
-LEDGER_ENV = "PATCHGUARD_LEDGER"
 USER_VERSION = 1
 _APPEND_ONLY = "SELECT RAISE(ABORT, 'the patchguard ledger is append-only')"
 _SCHEMA = (
@@ -76,11 +77,6 @@ class Replay:
     entries: tuple[Entry, ...]
     descriptions: tuple[str, ...]  # one line per entry, for `ledger show` and the guard's sinks
     state: LedgerState = field(compare=False)
-
-
-def default_ledger_path() -> Path:
-    """`PATCHGUARD_LEDGER` if set (and not empty), else DEFAULT_LEDGER."""
-    return Path(os.environ.get(LEDGER_ENV) or DEFAULT_LEDGER)
 
 
 def replay(rows: Sequence[Sequence[object]]) -> Replay:

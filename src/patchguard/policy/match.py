@@ -193,18 +193,18 @@ def _mismatch(prog: BpfProgram, request: Request, diff: list[str]) -> Finding:
 def ledger_policy(path: Path) -> tuple[Policy | None, str | None]:
     """The policy of the exceptions in force in the ledger at `path`, or (None, why not): no
     ledger, or one that does not verify (which grants nothing)."""
-    from patchguard.policy.exceptions import live_exceptions
-    from patchguard.policy.ledger import LedgerError
-    from patchguard.policy.match_hooks import apply_hook_exceptions
-    from patchguard.surfaces.modules import NAME as MODULES
-    from patchguard.surfaces.tracing import NAME as TRACING
-
     try:
         path.stat()
     except FileNotFoundError:
         return None, None
     except OSError as exc:  # not root: /var/lib/patchguard is 0700
         return None, f"cannot read the exception ledger {path}: {oserror_reason(exc)}"
+    from patchguard.policy.exceptions import live_exceptions  # only where there is a ledger
+    from patchguard.policy.ledger import LedgerError
+    from patchguard.policy.match_hooks import apply_hook_exceptions
+    from patchguard.surfaces.modules import NAME as MODULES
+    from patchguard.surfaces.tracing import NAME as TRACING
+
     try:
         live = live_exceptions(path)
     except LedgerError as exc:

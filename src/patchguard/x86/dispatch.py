@@ -11,8 +11,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-import capstone
-
 from patchguard.kernel.kallsyms import Symbol, SymbolTable
 from patchguard.x86.inputs import KernelRead, Symbols
 
@@ -112,6 +110,8 @@ def _target(op_str: str) -> int | None:
 
 class _Walker:
     def __init__(self, code: bytes, start: int) -> None:
+        import capstone  # imported when something is disassembled, not with the surface
+
         self.code, self.start = code, start
         md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
         # One linear pass: a dispatch function is straight code, no data between cases, so

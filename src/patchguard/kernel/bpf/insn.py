@@ -21,7 +21,7 @@ BPF_LD, BPF_LDX, BPF_ST, BPF_STX, BPF_ALU, BPF_JMP, BPF_ALU64 = (
 BPF_W, BPF_H, BPF_B, BPF_DW = 0x00, 0x08, 0x10, 0x18
 BPF_IMM, BPF_MEM = 0x00, 0x60
 BPF_K, BPF_X = 0x00, 0x08
-BPF_ADD, BPF_AND, BPF_MOV = 0x00, 0x50, 0xB0
+BPF_ADD, BPF_AND, BPF_RSH, BPF_MOV = 0x00, 0x50, 0x70, 0xB0
 BPF_JA, BPF_JEQ, BPF_JGT = 0x00, 0x10, 0x20
 BPF_CALL, BPF_EXIT = 0x80, 0x90
 BPF_PSEUDO_MAP_FD = 1
@@ -47,6 +47,10 @@ def mov64_reg(dst: int, src: int) -> bytes:
 
 def add64_imm(dst: int, imm: int) -> bytes:
     return insn(BPF_ALU64 | BPF_ADD | BPF_K, dst, imm=imm)
+
+
+def rsh64_imm(dst: int, imm: int) -> bytes:
+    return insn(BPF_ALU64 | BPF_RSH | BPF_K, dst, imm=imm)
 
 
 def ldx_mem(size: int, dst: int, src: int, off: int) -> bytes:

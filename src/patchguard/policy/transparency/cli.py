@@ -14,13 +14,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from patchguard.policy.ledger import LedgerError, default_ledger_path
-from patchguard.policy.transparency import TransparencyError, client, note, publish, serve
-from patchguard.policy.transparency.checkpoint import SplitView
-from patchguard.policy.transparency.witness import MAX_REQUEST, Witness
-from patchguard.signing import HostKey, KeyFileError
+# What each command needs is imported when it runs (HTTP client and server, the ledger, keys):
+# registering the commands is part of every `patchguard --help`.
+if TYPE_CHECKING:
+    from patchguard.policy.transparency import note
+    from patchguard.policy.transparency.witness import Witness
 
 EXIT_OK, EXIT_BAD_LOG, EXIT_ERROR = 0, 1, 2
 Handler = Callable[[argparse.Namespace], int]
@@ -39,6 +39,8 @@ def _lines(data: bytes) -> str:
 
 
 def _ledger(args: argparse.Namespace) -> Path:
+    from patchguard.policy.paths import default_ledger_path
+
     return Path(args.ledger) if args.ledger else default_ledger_path()
 
 
@@ -48,6 +50,11 @@ def _print(text: str) -> None:
 
 def _guarded(handler: Handler) -> Handler:
     def run(args: argparse.Namespace) -> int:
+        from patchguard.policy.ledger import LedgerError
+        from patchguard.policy.transparency import TransparencyError, client
+        from patchguard.policy.transparency.checkpoint import SplitView
+        from patchguard.signing import KeyFileError
+
         try:
             return handler(args)
         except SplitView as exc:
@@ -68,6 +75,8 @@ def _guarded(handler: Handler) -> Handler:
 
 
 def _log_init(args: argparse.Namespace) -> int:
+    from patchguard.policy.transparency import publish
+
     path = _ledger(args)
     key = Path(args.log_key) if args.log_key else path.parent / "log.key"
     signed = publish.init_log(path, args.origin, key)
@@ -76,11 +85,15 @@ def _log_init(args: argparse.Namespace) -> int:
 
 
 def _vkey(args: argparse.Namespace) -> int:
+    from patchguard.policy.transparency import publish
+
     _print(publish.load_log(_ledger(args)).config.verifier.vkey)
     return EXIT_OK
 
 
 def _publish(args: argparse.Namespace) -> int:
+    from patchguard.policy.transparency import publish
+
     view = publish.load_log(_ledger(args))
     done = publish.publish(view, Path(args.directory))
     _print(
@@ -91,6 +104,9 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _prove(args: argparse.Namespace) -> int:
+    from patchguard.policy.ledger import LedgerError
+    from patchguard.policy.transparency import publish
+
     view = publish.load_log(_ledger(args))
     if args.consistency is not None:
         sys.stdout.write(publish.prove_consistency(view, args.consistency))
@@ -102,10 +118,14 @@ def _prove(args: argparse.Namespace) -> int:
 
 
 def _state(args: argparse.Namespace) -> Path:
+    from patchguard.policy.transparency import client
+
     return Path(args.state) if args.state else client.default_state_dir()
 
 
 def _verify_remote(args: argparse.Namespace) -> int:
+    from patchguard.policy.transparency import client
+
     done = client.verify(args.url, args.vkey, _state(args), replay=not args.tree_only)
     checkpoint = done.signed.checkpoint
     before = (
@@ -118,6 +138,8 @@ def _verify_remote(args: argparse.Namespace) -> int:
 
 
 def _entry_line(at: int, data: bytes) -> str:
+    from patchguard.policy.transparency import client
+
     entry = client.parse_entry(data, at)
     payload = visible(entry.payload)
     payload = payload if len(payload) <= 200 else payload[:200] + "..."
@@ -126,6 +148,8 @@ def _entry_line(at: int, data: bytes) -> str:
 
 
 def _watch(args: argparse.Namespace) -> int:
+    from patchguard.policy.transparency import client
+
     vkey, polls = args.vkey, 0
     while True:
         done = client.check(args.url, vkey, _state(args), full=False)
@@ -187,6 +211,8 @@ def register(ledger_group: Any, verify_parser: argparse.ArgumentParser, local: H
 
 def _log_key(text: str) -> tuple[str, note.Verifier]:
     """`VKEY` (the origin is the key's name) or `ORIGIN=VKEY`."""
+    from patchguard.policy.transparency import note
+
     origin, equals, vkey = text.partition("=")
     if equals and "+" not in origin:
         return origin, note.parse_vkey(vkey)
@@ -195,6 +221,10 @@ def _log_key(text: str) -> tuple[str, note.Verifier]:
 
 
 def _witness(args: argparse.Namespace) -> Witness:
+    from patchguard.policy.transparency import note
+    from patchguard.policy.transparency.witness import Witness
+    from patchguard.signing import HostKey
+
     key = HostKey.load_or_create(Path(args.key)) if args.create else HostKey.load(Path(args.key))
     signer = note.Signer(note.check_name(args.name), note.COSIGNATURE, key)
     logs = tuple(_log_key(v) for v in args.log or ())
@@ -207,6 +237,9 @@ def _witness_vkey(args: argparse.Namespace) -> int:
 
 
 def _read_request(name: str) -> bytes:
+    from patchguard.policy.transparency import TransparencyError
+    from patchguard.policy.transparency.witness import MAX_REQUEST
+
     if name == "-":
         return sys.stdin.buffer.read(MAX_REQUEST + 1)
     try:
@@ -217,6 +250,9 @@ def _read_request(name: str) -> bytes:
 
 
 def _cosign(args: argparse.Namespace) -> int:
+    from patchguard.policy.transparency import TransparencyError
+    from patchguard.policy.transparency.checkpoint import SplitView
+
     witness = _witness(args)
     if not witness.logs:
         raise TransparencyError("name the logs this witness follows with --log VKEY")
@@ -232,6 +268,8 @@ def _cosign(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from patchguard.policy.transparency import TransparencyError, serve
+
     witness = _witness(args)
     host, _, port = args.listen.rpartition(":")
     if not port.isdigit() or not host:

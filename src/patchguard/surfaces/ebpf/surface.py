@@ -168,6 +168,8 @@ class _Names:
         self._prog_btf: dict[int, Btf | None] = {}
 
     def helper(self, offset: int) -> str:
+        if offset in self._kernel.helper_names:
+            return self._kernel.helper_names[offset]
         if offset not in self._helpers:
             self._helpers[offset] = self._helper_name(offset)
         return self._helpers[offset]
@@ -186,7 +188,10 @@ class _Names:
         if self._call_base is None:
             return unnamed
         found = syms.at(self._call_base + offset)
-        return helper_name(found[0].name) if found else unnamed
+        if not found:
+            return unnamed
+        self._kernel.helper_names[offset] = helper_name(found[0].name)
+        return self._kernel.helper_names[offset]
 
     def btf_func(self, obj_id: int, type_id: int) -> str | None:
         if not type_id:

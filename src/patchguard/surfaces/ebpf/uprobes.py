@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path, PurePosixPath
-
-from elftools.common.exceptions import ELFError
-from elftools.construct.core import ConstructError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import NoteSection
+from typing import TYPE_CHECKING
 
 from patchguard.findings import Severity
+
+if TYPE_CHECKING:
+    from elftools.elf.elffile import ELFFile
 
 SECRETS_FILE = "secret_libraries.toml"
 SITE_SECRETS = Path("/etc/patchguard/secret-libraries.toml")
@@ -71,6 +70,10 @@ class _Elf:
 
 def resolve(path: str, offset: int, root: Path = Path("/")) -> ProbedSite:
     """The probed file's build-id and the function at `offset` (a file offset)."""
+    # pyelftools only when a uprobe is there to resolve: a scan without one never pays for it
+    from elftools.common.exceptions import ELFError
+    from elftools.construct.core import ConstructError
+
     host = root / path.lstrip("/")
     try:
         st = host.stat()
@@ -84,6 +87,8 @@ def resolve(path: str, offset: int, root: Path = Path("/")) -> ProbedSite:
 
 @lru_cache(maxsize=64)
 def _read_elf(path: str, _ino: int, _mtime_ns: int) -> _Elf:
+    from elftools.elf.elffile import ELFFile
+
     with open(path, "rb") as f:
         elf = ELFFile(f)
         loads = tuple(
@@ -108,6 +113,8 @@ def _functions(elf: ELFFile) -> set[tuple[int, int, str]]:
 
 
 def _build_id(elf: ELFFile) -> str | None:
+    from elftools.elf.sections import NoteSection
+
     for section in elf.iter_sections():
         if not isinstance(section, NoteSection):
             continue

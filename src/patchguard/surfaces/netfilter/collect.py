@@ -31,6 +31,7 @@ from patchguard.surfaces.netfilter.paths import (
     HOOK_LISTS,
     NETDEV_HOOKS,
     NFPROTO_NETDEV,
+    NOT_BUILT,
     PROC_MODULES,
     family_name,
     hook_name,
@@ -133,6 +134,12 @@ def _devices(r: Reading) -> list[str]:
 def _dump_hook_lists(r: Reading, failed: list[tuple[str, str]]) -> list[NetfilterHook] | None:
     """Every hook list of this network namespace; None (the reason added to `failed`) if the
     kernel cannot dump them."""
+    config = _kernel_config(r.kernel)
+    if config is not None and config_option(config, CONFIG_OPTION) == "not set":
+        # Built without the subsystem: the kernel would answer EINVAL; not asking spares
+        # opening a netlink socket and importing pyroute2 (a tenth of a scan's process).
+        failed.append(("netfilter hook lists (nfnetlink hook dump)", NOT_BUILT))
+        return None
     try:
         with HookSocket() as sock:
             first_pf, first_hook = HOOK_LISTS[0]
@@ -144,7 +151,7 @@ def _dump_hook_lists(r: Reading, failed: list[tuple[str, str]]) -> list[Netfilte
                     hooks += _dump_list(sock, r, NFPROTO_NETDEV, hooknum, device)
             return hooks
     except HookDumpError as exc:
-        built = config_option(_kernel_config(r.kernel) or "", CONFIG_OPTION)
+        built = config_option(config or "", CONFIG_OPTION)
         failed.append(("netfilter hook lists (nfnetlink hook dump)", dump_failure(exc, built)))
     except ValueError as exc:
         failed.append(("netfilter hook lists (nfnetlink hook dump)", str(exc)))

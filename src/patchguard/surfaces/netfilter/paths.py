@@ -14,6 +14,10 @@ NAME = "netfilter"
 ROOTKIT = "T1014"
 PROC_MODULES = "/proc/modules"
 CONFIG_OPTION = "CONFIG_NETFILTER_NETLINK_HOOK"
+NOT_BUILT = (
+    f"nfnetlink hook dump not supported by this kernel ({CONFIG_OPTION} not set in its "
+    ".config, so not asked: the kernel answers EINVAL for a subsystem it does not have)"
+)
 
 # enum NFPROTO_* (include/uapi/linux/netfilter.h).
 NFPROTO_INET, NFPROTO_IPV4, NFPROTO_ARP, NFPROTO_NETDEV = 1, 2, 3, 5

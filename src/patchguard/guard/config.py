@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from patchguard.findings import Severity
+from patchguard.fleet.guard_link import ServerSettings, server_settings
 from patchguard.safe_read import InputError, parse_toml, read_bounded
 
 RESPONSES = ("log", "alert", "contain", "bugcheck")
@@ -51,6 +52,7 @@ class GuardConfig:
     syslog: bool = False
     metrics: str | None = None  # "127.0.0.1:9977"
     bugcheck_dry_run: bool = True  # a real panic needs `dry_run = false`, explicitly
+    server: ServerSettings | None = None  # the fleet server this host reports to ([server])
 
     def responses_for(self, severity: Severity) -> tuple[str, ...]:
         return self.responses.get(severity, ())
@@ -163,7 +165,7 @@ def parse_config(text: str, path: Path) -> GuardConfig:
     except InputError as exc:
         raise ConfigError(path, "", exc.reason) from None
     values: dict[str, Any] = {}
-    for section in ("guard", "responses", "alert", "metrics", "bugcheck"):
+    for section in ("guard", "responses", "alert", "metrics", "bugcheck", "server"):
         if section in raw and not isinstance(raw[section], dict):
             raise ConfigError(path, section, "expected a table")
     values.update(_guard_table(dict(raw.pop("guard", {})), path))
@@ -186,8 +188,17 @@ def parse_config(text: str, path: Path) -> GuardConfig:
     if "dry_run" in bugcheck:
         values["bugcheck_dry_run"] = _take(bugcheck, "dry_run", (bool,), "bugcheck", path)
     _no_extra(bugcheck, "bugcheck", path)
+    if "server" in raw:
+        values["server"] = _server_table(dict(raw.pop("server")), path)
     _no_extra(raw, "(top level)", path)
     return GuardConfig(**values)
+
+
+def _server_table(table: dict[str, Any], path: Path) -> ServerSettings:
+    try:
+        return server_settings(table, path)
+    except ValueError as exc:  # it names the file and the key already
+        raise ConfigError(path, "", str(exc).removeprefix(f"{path}: ")) from None
 
 
 def load_config(path: Path) -> GuardConfig:

@@ -16,6 +16,8 @@ from typing import IO, Any
 
 import patchguard
 from patchguard.findings import Disposition, Finding, Severity
+from patchguard.fleet.client import FleetError
+from patchguard.fleet.guard_link import ServerLink
 from patchguard.guard.config import GuardConfig, load_config
 from patchguard.guard.config_sig import check_with_host_key
 from patchguard.guard.kernel_events import KernelEvents, Waiter
@@ -82,6 +84,7 @@ class Guard:
         self.events: KernelEvents | None = None  # loaded by run(), closed when it ends
         self.events_problem: str | None = None
         self.woken_by = "poll"  # what woke the last trigger check: "ringbuf" or "poll"
+        self.server = self._server_link()
 
     # --- set-up ----------------------------------------------------------------------------
     def _open_alert_sinks(self) -> None:
@@ -90,6 +93,20 @@ class Guard:
             self.alerts.append(WebhookSink(self.config.webhook, Spool(self.config.spool)))
         if self.config.syslog:
             self.alerts.append(SyslogSink())
+
+    def _server_link(self) -> ServerLink | None:
+        """The fleet server link of the config's [server] table; a host not enrolled (or a key
+        that cannot be read) is said on every sink, and the guard goes on without it."""
+        from patchguard.signing import HostKey, KeyFileError
+
+        if self.config.server is None:
+            return None
+        try:
+            key = HostKey.load(self.config.key)
+            return ServerLink(self.config.server, key, self.config.baseline)
+        except (FleetError, KeyFileError, OSError) as exc:
+            self.announce({"event": "server-unavailable", "message": str(exc)})
+            return None
 
     def _kernel_events(self) -> tuple[KernelEvents | None, str | None]:
         """The guard's own program and ring buffer (kernel_events.py), left out of findings by
@@ -181,6 +198,8 @@ class Guard:
                 )
         notify("STOPPING=1")
         self.announce({"event": "stop"})
+        if self.server is not None:  # the server calls the host stopped, not silent
+            self.server.stop()
         for sink in self.alerts:
             if isinstance(sink, WebhookSink):
                 sink.close()
@@ -235,6 +254,8 @@ class Guard:
                 return
             findings += phase()
         self.metrics.swept(time.monotonic() - t0, findings)
+        if self.server is not None:
+            self.server.sweep(findings)
         self.log.send(
             {
                 "event": "sweep",
@@ -395,6 +416,11 @@ class Guard:
             actions = tuple(dict.fromkeys(("log", "alert", *actions)))
         if finding.disposition in (Disposition.EXPLAINED, Disposition.ALLOWED):
             actions = tuple(a for a in actions if a == "log")  # shown, never acted on
+        if self.server is not None and finding.disposition not in (
+            Disposition.EXPLAINED,
+            Disposition.ALLOWED,
+        ):
+            self.server.finding(finding)
         if "log" in actions:
             self.log.send(event)
         if "alert" in actions:

@@ -21,7 +21,8 @@ NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 # guard event names, CLI words, codecs, process names.
 NOT_TECHNIQUES = {
     "directory-listing", "module-list", "network-listing", "ledger-entry", "reload-failed",
-    "ledger-untrusted", "ledger-expiry-failed", "ledger-rewritten", "key-add", "key-show",
+    "ledger-untrusted", "ledger-expiry-failed", "ledger-rewritten", "server-unavailable",
+    "key-add", "key-show",
     "max-expiry", "utf-8", "log-init", "gpg-agent", "ssh-agent", "sshd-session",
     "polkit-agent-helper-1", "patchguard-read",
     # fleet: message kinds, alert kinds of the server, state files, CLI words, HTTP header values

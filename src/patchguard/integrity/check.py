@@ -345,7 +345,7 @@ def _table_findings(
     slots = _syscall_slots(entry, run, kernel, old)
     if slots:
         return slots
-    where = kernel.kallsyms.lookup(run.address)
+    where = kernel.attributor().lookup(run.address)
     return [
         Finding(
             NAME,
@@ -384,13 +384,14 @@ def _slot_finding(
     at = start + 8 * nr
     was = int.from_bytes(old[at - entry.start : at - entry.start + 8], "little")
     now = int.from_bytes(kernel.memory().read(at, 8), "little")
-    was_loc, now_loc = kernel.kallsyms.lookup(was), kernel.kallsyms.lookup(now)
+    names = kernel.attributor()
+    was_loc, now_loc = names.lookup(was), names.lookup(now)
     return Finding(
         NAME,
         "syscall-hook",
         Severity.CRITICAL,
         f"{table}[{nr}]",
-        f"{table} entry {nr} redirected from {was_loc or hex(was)} to {now_loc or hex(now)}",
+        f"{table} entry {nr} redirected from {names.name(was)} to {names.name(now)}",
         Disposition.TAMPERING,
         "T1014",
         {
@@ -476,11 +477,11 @@ def verify(kernel: Kernel, path: Path, public_key: bytes) -> CheckOutcome:
             gaps += owner_gaps
             index = site_index(path, manifest, owners, stale)
             dispatch = dispatch_of(manifest)
-        read = _reader(kernel.memory())
-        verdicts = explain(runs, index, kernel.kallsyms, read)
+        read, names = _reader(kernel.memory()), kernel.attributor()
+        verdicts = explain(runs, index, names, read)
         findings += [
-            dispatch_finding(v, dispatch, read, kernel.kallsyms)
-            or ipmodify_finding(v, owners, kernel.kallsyms)
+            dispatch_finding(v, dispatch, read, names)
+            or ipmodify_finding(v, owners, names)
             or verdict_finding(v)
             for v in verdicts
         ]

@@ -281,6 +281,14 @@ class Btf:
             return self.base.struct_id(name)
         return found
 
+    def struct_size(self, name: str) -> int | None:
+        """sizeof(struct `name`), None if there is no such struct."""
+        type_id = self.struct_id(name)
+        if type_id is None:
+            return None
+        btf = self._owner(type_id)
+        return int(btf.words[btf._at(type_id) + 2])
+
     def member_offset(self, struct_name: str, member: str) -> int | None:
         """Byte offset of `member` in STRUCT `struct_name`, looking into anonymous struct and
         union members (randomized_struct_fields_start wraps most of task_struct in one);

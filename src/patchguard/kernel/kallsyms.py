@@ -220,6 +220,12 @@ class SymbolTable:
         sym = self._symbol(bisect.bisect_left(self._addresses, self._addresses[i]))
         return Location(sym, address - sym.address)
 
+    def name(self, address: int) -> str:
+        """symbol+offset [module] of the nearest symbol below, else the bare address (no
+        bounds: attribution.Attributor names by extent)."""
+        loc = self.lookup(address)
+        return str(loc) if loc else f"{address:#x}"
+
     def address_after(self, address: int) -> int | None:
         """The next higher address kallsyms lists after the line of `address`, read from the
         text without building the table: core kernel symbols are printed in address order."""

@@ -178,3 +178,13 @@ def test_check_names_a_jump_into_a_stub_as_scan_does(names: Attributor) -> None:
     assert "jumps to 0xffffffffc0414040 (memory of no listed module; vmalloc" in (
         verdict.explanation
     )
+
+
+def test_a_bpf_symbol_holds_only_what_the_kernel_says_it_does() -> None:
+    symbols = SymbolTable.parse(
+        KALLSYMS + "ffffffffc0000a40 t bpf_prog_e5931d05be3e301d_x\t[bpf]\n"
+    )
+    said = {0xFFFFFFFFC0000A48: "bpf_prog_e5931d05be3e301d_x"}  # %pS: within its size
+    names = Attributor(symbols, core_ranges(symbols), MODULES, None, kernel_name=said.get)
+    assert names.name(0xFFFFFFFFC0000A48) == "bpf_prog_e5931d05be3e301d_x+0x8 [bpf]"
+    assert names.lookup(0xFFFFFFFFC0023580) is None  # past the program: %pS names nothing

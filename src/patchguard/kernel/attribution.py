@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 Range = tuple[int, int]  # [start, end)
 HiddenFinder = Callable[[VmallocArea], "str | None"]
+KernelNamer = Callable[[int], "str | None"]  # the symbol the kernel's own %pS names, if any
 NO_MODULE = "memory of no listed module"
 MAX_AREA_READ = 4 << 20  # a struct module is searched for in at most this much of an area
 MAX_AREAS_SEARCHED = 64
@@ -95,12 +96,14 @@ class Attributor:
         modules: Mapping[str, Sequence[Range]],
         areas: Sequence[VmallocArea] | None,
         find_hidden: HiddenFinder | None = None,
+        kernel_name: KernelNamer | None = None,
     ) -> None:
         self.symbols = symbols
         self.core = [(r.start, r.end) for r in core]
         self.modules = dict(modules)
         self.areas = sorted(areas, key=lambda a: a.start) if areas is not None else None
         self._find_hidden = find_hidden
+        self._kernel_name = kernel_name
         self._hidden: dict[int, str | None] = {}
 
     def _covers(self, symbol: Symbol, address: int) -> bool:
@@ -109,6 +112,9 @@ class Attributor:
         ranges = self.modules.get(symbol.module)
         if ranges is not None:
             return _within(ranges, address, symbol.address)
+        if symbol.module in PSEUDO_MODULES and self._kernel_name is not None:
+            # BPF programs and trampolines: the kernel knows each one's size
+            return self._kernel_name(address) == symbol.name
         area = area_holding(self.areas, address) if self.areas is not None else None
         if area is not None:
             return area.start <= symbol.address < area.end
@@ -288,4 +294,17 @@ def load(kernel: Kernel) -> Attributor:
             owned = [r for rs in ranges.values() for r in rs]
             if name_at is not None:
                 finder = hidden_finder(kernel.memory(), memory_layout(btf), name_at, areas, owned)
-    return Attributor(symbols, core_ranges(symbols), ranges, areas, finder)
+    return Attributor(symbols, core_ranges(symbols), ranges, areas, finder, _kernel_namer(kernel))
+
+
+def _kernel_namer(kernel: Kernel) -> KernelNamer | None:
+    """The kernel's own %pS (bpf/symbolize.py), which bounds BPF programs and trampolines by
+    their sizes; None where it cannot name addresses."""
+    if kernel.symbolizer() is None:
+        return None
+
+    def name(address: int) -> str | None:
+        named = kernel.names([address]).get(address)
+        return named.name if named is not None else None
+
+    return name

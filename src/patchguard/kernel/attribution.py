@@ -164,9 +164,16 @@ def core_ranges(symbols: SymbolTable) -> list[AddressRange]:
     return list(symbols.ranges().values())
 
 
-def _struct_addresses(kernel: Kernel, symbols: SymbolTable) -> dict[str, int]:
-    """Each module's struct module: its __this_module symbol (one search for all)."""
-    return {s.module: s.address for s in symbols.find("__this_module") if s.module}
+def struct_modules(kernel: Kernel, names: Sequence[str]) -> dict[str, int]:
+    """Each named module's struct module: its __this_module symbol (one search of kallsyms
+    for all), else its .gnu.linkonce.this_module section in sysfs."""
+    found = {s.module: s.address for s in kernel.kallsyms.find("__this_module") if s.module}
+    out = {}
+    for name in names:
+        address = found.get(name) or _sysfs_struct(kernel, name)
+        if address:
+            out[name] = address
+    return out
 
 
 def _sysfs_struct(kernel: Kernel, name: str) -> int | None:
@@ -197,13 +204,13 @@ def module_ranges(kernel: Kernel, listed: Sequence[ProcModule]) -> dict[str, tup
     try:
         memory, btf = kernel.memory(), kernel.vmlinux_btf
         offsets, name_at = memory_layout(btf), btf.member_offset("module", "name")
-        structs = _struct_addresses(kernel, kernel.kallsyms)
+        structs = struct_modules(kernel, [m.name for m in listed])
     except (KernelAccessError, OSError, ValueError):
         return ranges
     if name_at is None:
         return ranges
     for m in listed:
-        address = structs.get(m.name) or _sysfs_struct(kernel, m.name)
+        address = structs.get(m.name)
         found = _recorded_ranges(memory, offsets, name_at, m.name, address) if address else None
         if found:
             ranges[m.name] = found

@@ -15,7 +15,7 @@ from support.memory_image import Image
 from patchguard.kernel.btf import Btf
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.ftrace_records import RecordLayout, first_rip_load, layout, site_addresses
-from patchguard.surfaces.ftrace_sites import judge, site_code
+from patchguard.surfaces.ftrace_sites import FtraceSites, findings, judge, site_code
 from patchguard.x86.insn import NOP5
 
 VMLINUX = Path(__file__).parent.parent / "fixtures/6.18-fc/sys/kernel/btf/vmlinux.gz"
@@ -102,3 +102,19 @@ def test_site_bytes_come_from_the_text_read_or_one_read_per_page() -> None:
     assert codes[module_page + 0x80] == b"\xaa" * 5
     # one read for the page, one for the site that crosses into the next page
     assert reads == [(module_page, 4096), (module_page + 0xFFE, 5)]
+
+
+def test_functions_kallsyms_does_not_list_are_a_lying_view_or_a_hidden_module() -> None:
+    state = FtraceSites(
+        48031,
+        0,
+        "ftrace_pages_start",
+        unlisted=3,
+        unlisted_named=("ftrace_trampoline+0x0 [__builtin__ftrace]",),
+        unlisted_unnamed=("0xffffffffc0420010 (memory of no listed module; ...)",),
+    )
+    lying, hidden = findings("kernel_text", [state])
+    assert lying.technique == "filtered-view" and lying.subject == "/proc/kallsyms"
+    assert "lists no function at 3 of the 48031 ftrace sites" in lying.summary
+    assert hidden.technique == "hidden-module" and "0xffffffffc0420010" in hidden.summary
+    assert findings("kernel_text", [FtraceSites(10, 0, "x")]) == []

@@ -113,6 +113,11 @@ class SymbolTable:
         order = sorted(range(len(rows)), key=addresses.__getitem__)  # kallsyms is nearly sorted
         return [addresses[i] for i in order], [rows[i] for i in order]
 
+    @cached_property
+    def starts(self) -> frozenset[int]:
+        """Every address a symbol starts at (membership in O(1): ftrace's 48k sites)."""
+        return frozenset(self._addresses)
+
     def build(self) -> SymbolTable:
         """Parse every line now (address lookups do it on first use)."""
         _ = self._table

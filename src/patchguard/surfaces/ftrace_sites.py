@@ -50,6 +50,12 @@ class FtraceSites:
     calls: int  # sites calling a trampoline: functions ftrace or BPF attach to now
     source: str  # how the record list was found
     hooks: tuple[SiteHook, ...] = ()
+    # ftrace sites whose function /proc/kallsyms, as this process read it, does not list:
+    # named by the kernel's own %pS where it can (the view lies), else the bare address
+    # (code of no listed module: a hidden module's functions keep their ftrace records)
+    unlisted: int = 0
+    unlisted_named: tuple[str, ...] = ()  # the kernel names them: kallsyms hid them from us
+    unlisted_unnamed: tuple[str, ...] = ()  # nobody names them: memory of no listed module
 
 
 def trampolines(symbols: SymbolTable) -> frozenset[int]:
@@ -135,7 +141,24 @@ def check_sites(kernel: Kernel, memory: KernelMemory, text: bytes, start: int) -
         else:
             bad.append((site, code, target))
     hooks = tuple(_hook(kernel, s, c, t) for s, c, t in bad)
-    return FtraceSites(len(sites), calls, source, hooks)
+    named, unnamed, count = _unlisted(kernel, sites)
+    return FtraceSites(len(sites), calls, source, hooks, count, named, unnamed)
+
+
+SHOWN = 12  # unlisted functions named in a finding
+
+
+def _unlisted(kernel: Kernel, sites: Sequence[int]) -> tuple[tuple[str, ...], tuple[str, ...], int]:
+    """The ftrace sites kallsyms (as read here) lists no function at, split by whether the
+    kernel's own %pS names them."""
+    starts = kernel.kallsyms.starts
+    missing = [s for s in sites if s not in starts and s - 4 not in starts]
+    if not missing:
+        return (), (), 0
+    said = kernel.names(missing[: SHOWN * 8])
+    named = tuple(str(said[a]) for a in missing if a in said)[:SHOWN]
+    unnamed = tuple(kernel.attributor().name(a) for a in missing[: SHOWN * 8] if a not in said)
+    return named, unnamed[:SHOWN], len(missing)
 
 
 def _settled(memory: KernelMemory, site: int, code: bytes) -> bool:
@@ -149,6 +172,43 @@ def findings(surface: str, states: Sequence[object]) -> list[Finding]:
     for state in states:
         if isinstance(state, FtraceSites):
             out += [_finding(surface, hook) for hook in state.hooks]
+            out += _unlisted_findings(surface, state)
+    return out
+
+
+def _unlisted_findings(surface: str, state: FtraceSites) -> list[Finding]:
+    out = []
+    if state.unlisted_named:
+        out.append(
+            finding(
+                surface,
+                "filtered-view",
+                "/proc/kallsyms",
+                f"/proc/kallsyms as read by this process lists no function at {state.unlisted} "
+                f"of the {state.sites} ftrace sites the kernel's own records hold, functions "
+                f"the kernel itself still names ({', '.join(state.unlisted_named)}): "
+                "something filters what this process reads.",
+                {
+                    "ftrace_sites": state.sites,
+                    "unlisted": state.unlisted,
+                    "kernel_names": list(state.unlisted_named),
+                },
+                disposition=Disposition.TAMPERING,
+            )
+        )
+    if state.unlisted_unnamed:
+        out.append(
+            finding(
+                surface,
+                "hidden-module",
+                "ftrace records",
+                f"ftrace's records hold functions in code neither kallsyms nor the kernel's "
+                f"own naming lists ({', '.join(state.unlisted_unnamed)}): the functions of a "
+                "module that took itself off the module list keep their ftrace records.",
+                {"unlisted": state.unlisted, "addresses": list(state.unlisted_unnamed)},
+                disposition=Disposition.TAMPERING,
+            )
+        )
     return out
 
 

@@ -64,7 +64,11 @@ class KernelTextSurface:
             gaps.append(Gap(NAME, "ftrace sites (ftrace records)", str(exc)))
         else:
             records.append(sites)
-            counts |= {"ftrace_sites": sites.sites, "ftrace_sites_calling": sites.calls}
+            counts |= {
+                "ftrace_sites": sites.sites,
+                "ftrace_sites_calling": sites.calls,
+                "ftrace_sites_unlisted": sites.unlisted,
+            }
         return SurfaceState(NAME, records, counts, gaps)
 
     def assess(self, state: SurfaceState) -> list[Finding]:

@@ -44,6 +44,7 @@ from patchguard.kernel.memory import KernelMemory, read_chunks
 from patchguard.scan import ScanReport, SurfaceResult, report_for
 from patchguard.surfaces.base import SurfaceState
 from patchguard.surfaces.kernel_text import NAME, KernelTextSurface
+from patchguard.surfaces.syscalls import TABLE_DISPATCH
 from patchguard.x86.dispatch import (
     DISPATCH_FUNCTIONS,
     DispatchEntry,
@@ -386,12 +387,19 @@ def _slot_finding(
     now = int.from_bytes(kernel.memory().read(at, 8), "little")
     names = kernel.attributor()
     was_loc, now_loc = names.lookup(was), names.lookup(now)
+    said = f"{table} entry {nr} redirected from {names.name(was)} to {names.name(now)}"
+    dispatch = TABLE_DISPATCH.get(table)
+    if dispatch is not None and kernel.symbol_address(dispatch) is not None:
+        said += (
+            f". This kernel dispatches system calls through code ({dispatch}), not through "
+            f"{table}: the patched entry is never called, but someone wrote it"
+        )
     return Finding(
         NAME,
         "syscall-hook",
         Severity.CRITICAL,
         f"{table}[{nr}]",
-        f"{table} entry {nr} redirected from {names.name(was)} to {names.name(now)}",
+        said,
         Disposition.TAMPERING,
         "T1014",
         {
@@ -401,6 +409,7 @@ def _slot_finding(
             "new": f"{now:#x}",
             "baseline_target": str(was_loc) if was_loc else None,
             "target": str(now_loc) if now_loc else None,
+            "live": dispatch is None or kernel.symbol_address(dispatch) is None,
         },
     )
 

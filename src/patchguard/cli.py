@@ -97,9 +97,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the systemd unit for this installation and exit",
     )
+    from patchguard.integrity import report_cli
     from patchguard.policy import cli as policy_cli
 
     policy_cli.register(sub)  # exceptions ..., ledger ...
+    report_cli.register(sub)  # verify-report
     config = sub.add_parser("config", help="guard configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     config_check = config_sub.add_parser("check", help="validate a guard config file")
@@ -151,12 +153,22 @@ def cmd_scan(args: argparse.Namespace, out: Console, err: Console) -> int:
     return _emit(report, args.json, out, threshold)
 
 
-def _emit(report: ScanReport, as_json: bool, out: Console, threshold: Severity) -> int:
+def _emit(
+    report: ScanReport,
+    as_json: bool,
+    out: Console,
+    threshold: Severity,
+    key_path: Path | None = None,
+) -> int:
     """Print a scan or check report and turn its worst finding into the exit code."""
     from patchguard.report import render, to_json
 
     if as_json:
-        print(json.dumps(to_json(report), indent=2))
+        from patchguard.integrity.sealed_report import host_key_if_any, seal
+        from patchguard.signing import default_key_path
+
+        key = host_key_if_any(key_path or default_key_path())
+        print(json.dumps(seal(to_json(report), key), indent=2))
     else:
         render(report, out)
     worst = report.worst()
@@ -214,7 +226,7 @@ def cmd_check(args: argparse.Namespace, out: Console, err: Console) -> int:
         report = run_check(kernel, _baseline_path(args.baseline), key.public_key_bytes())
     finally:
         kernel.close()
-    return _emit(report, args.json, out, threshold)
+    return _emit(report, args.json, out, threshold, key.path)
 
 
 def cmd_guard(args: argparse.Namespace, out: Console, err: Console) -> int:

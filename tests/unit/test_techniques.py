@@ -23,6 +23,7 @@ NOT_TECHNIQUES = {
     "directory-listing", "module-list", "network-listing", "ledger-entry", "reload-failed",
     "ledger-untrusted", "ledger-expiry-failed", "key-add", "key-show", "max-expiry", "utf-8",
     "gpg-agent", "ssh-agent", "sshd-session", "polkit-agent-helper-1", "patchguard-read",
+    "verify-report",
     # taint technique stems, named "taint-<stem>" by the posture surface
     "live-patched", "acpi-table-override", "fwctl-debug-write", "kernel-oops", "user-taint",
     "staging-driver", "auxiliary-taint", "kernel-test", "kernel-warning", "forced-module-unload",

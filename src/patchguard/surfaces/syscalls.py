@@ -118,8 +118,11 @@ class SyscallNames:
 
 def _target(kernel: Kernel, names: SyscallNames, address: int) -> tuple[str, bool]:
     where = names.where(address)
-    if where is None:
-        return f"{address:#x}", False
+    if where is None:  # named as check names it: memory of no listed module, and whose
+        try:
+            return kernel.attributor().name(address), False
+        except KernelAccessError:
+            return f"{address:#x}", False
     text = kernel.range("text")
     ok = (
         where.offset == 0

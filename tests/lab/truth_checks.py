@@ -8,7 +8,9 @@ pg_khook (an entry JMP into a stub of no module); reads through it; `check --jso
 `scan --json` (kernel_text: the baseline-free ftrace-site check); rmmod and `check` again;
 pg_taint_clear (tainted_mask set to 0 after two unsigned out-of-tree modules loaded); `scan
 --json --surface posture` to a file, `verify-report` on it and on a copy with every line
-containing "taint" dropped (what one rootkit did to processes' writes)."""
+containing "taint" dropped (what one rootkit did to processes' writes); pg_kallsyms_filter cutting
+/proc/kallsyms short for processes named `cat`, then for every process, with `scan --json
+--surface kernel_text` under each."""
 
 from __future__ import annotations
 
@@ -73,6 +75,12 @@ def sealed_reports() -> dict[str, Any]:
     }
 
 
+def kallsyms_lines() -> dict[str, int]:
+    """Lines of /proc/kallsyms as `cat` reads it and as this (python3) process reads it."""
+    by_cat = subprocess.run(["cat", "/proc/kallsyms"], capture_output=True, check=False).stdout
+    return {"cat": by_cat.count(b"\n"), "python": Path("/proc/kallsyms").read_bytes().count(b"\n")}
+
+
 where = step("addresses", addresses) or {}
 out["addresses"] = {name: hex(value) for name, value in where.items()}
 step("kptr_restrict", lambda: Path("/proc/sys/kernel/kptr_restrict").write_text("1\n"))
@@ -104,5 +112,14 @@ step("taint_after_clear", taint)
 step("taint_clear_params", lambda: module_params("pg_taint_clear"))
 step("scan_taint", lambda: patchguard("scan", "--json", "--surface", "posture"))
 step("sealed", sealed_reports)
-step("kernel_log", lambda: steps.kernel_log("khook", "taint"))
+step("insmod_filter_cat", lambda: steps.insmod("pg_kallsyms_filter", "comm=cat"))
+step("kallsyms_lines_cat", kallsyms_lines)
+step("scan_filter_cat", lambda: patchguard("scan", "--json", "--surface", "kernel_text"))
+step("rmmod_filter_cat", lambda: run("rmmod", "pg_kallsyms_filter"))
+step("insmod_filter_all", lambda: steps.insmod("pg_kallsyms_filter", "comm=*"))
+step("kallsyms_lines_all", kallsyms_lines)
+step("scan_filter_all", lambda: patchguard("scan", "--json", "--surface", "kernel_text"))
+step("filter_params", lambda: module_params("pg_kallsyms_filter"))
+step("rmmod_filter_all", lambda: run("rmmod", "pg_kallsyms_filter"))
+step("kernel_log", lambda: steps.kernel_log("khook", "taint", "kallsyms"))
 steps.finish()

@@ -188,3 +188,13 @@ def test_a_bpf_symbol_holds_only_what_the_kernel_says_it_does() -> None:
     names = Attributor(symbols, core_ranges(symbols), MODULES, None, kernel_name=said.get)
     assert names.name(0xFFFFFFFFC0000A48) == "bpf_prog_e5931d05be3e301d_x+0x8 [bpf]"
     assert names.lookup(0xFFFFFFFFC0023580) is None  # past the program: %pS names nothing
+
+
+def test_an_ftrace_trampoline_or_kprobe_page_is_one_page_without_allocations() -> None:
+    symbols = SymbolTable.parse(
+        KALLSYMS + "ffffffffc0205000 t optinsn_slot\t[__builtin__kprobes]\n"
+    )
+    names = Attributor(symbols, core_ranges(symbols), MODULES, None, kernel_name=lambda a: None)
+    assert names.name(0xFFFFFFFFC0201010) == "ftrace_trampoline+0x10 [__builtin__ftrace]"
+    assert names.lookup(0xFFFFFFFFC0201000 + 0x24B0) is None
+    assert names.name(0xFFFFFFFFC0205040) == "optinsn_slot+0x40 [__builtin__kprobes]"

@@ -14,7 +14,14 @@ from support.memory_image import Image
 
 from patchguard.kernel.btf import Btf
 from patchguard.kernel.errors import KernelAccessError
-from patchguard.kernel.ftrace_records import RecordLayout, first_rip_load, layout, site_addresses
+from patchguard.kernel.ftrace_records import (
+    FL_DISABLED,
+    RecordLayout,
+    first_rip_load,
+    layout,
+    site_addresses,
+    sites_of,
+)
 from patchguard.surfaces.ftrace_sites import FtraceSites, findings, judge, site_code
 from patchguard.x86.insn import NOP5
 
@@ -59,8 +66,20 @@ def _pages(offsets: RecordLayout, counts: tuple[int, int]) -> Image:
 
 def test_every_record_of_every_page_is_a_site(offsets: RecordLayout) -> None:
     assert offsets.record_size == 16  # struct dyn_ftrace: ip, flags (x86 has no arch part)
-    sites = site_addresses(_pages(offsets, (3, 2)), HEAD, offsets)
+    image = _pages(offsets, (3, 2))
+    sites = site_addresses(image, HEAD, offsets)
     assert sites == [SITE, SITE + 0x40, SITE + 0x80, SITE, SITE + 0x40]
+    # a record ftrace disabled (an overridden __weak function's site) says so
+    raw = bytearray(image.read(RECORDS1, 3 * offsets.record_size))
+    struct.pack_into("<Q", raw, offsets.record_size + offsets.flags, FL_DISABLED)
+    image.put(RECORDS1, bytes(raw))
+    assert [s.disabled for s in sites_of(image, HEAD, offsets)] == [
+        False,
+        True,
+        False,
+        False,
+        False,
+    ]
 
 
 def test_an_implausible_page_is_refused(offsets: RecordLayout) -> None:

@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from patchguard.kernel.errors import KernelAccessError
-from patchguard.kernel.kallsyms import PSEUDO_MODULES, AddressRange, Location, Symbol, SymbolTable
+from patchguard.kernel.kallsyms import (
+    PSEUDO_MODULES,
+    RANGE_SYMBOLS,
+    AddressRange,
+    Location,
+    Symbol,
+    SymbolTable,
+)
 from patchguard.kernel.memory import KernelMemory
 from patchguard.kernel.module_layout import (
     MAX_TEXT,
@@ -52,6 +59,7 @@ NO_MODULE = "memory of no listed module"
 MAX_AREA_READ = 4 << 20  # a struct module is searched for in at most this much of an area
 MAX_AREAS_SEARCHED = 64
 PAGE = 4096
+PAGE_SIZED = frozenset({"__builtin__ftrace", "__builtin__kprobes"})
 
 
 @dataclass(frozen=True)
@@ -112,15 +120,18 @@ class Attributor:
         ranges = self.modules.get(symbol.module)
         if ranges is not None:
             return _within(ranges, address, symbol.address)
-        if symbol.module in PSEUDO_MODULES and self._kernel_name is not None:
-            # BPF programs and trampolines: the kernel knows each one's size
+        if symbol.module == "bpf" and self._kernel_name is not None:
+            # BPF programs and trampolines: the kernel's %pS knows each one's size
             return self._kernel_name(address) == symbol.name
         area = area_holding(self.areas, address) if self.areas is not None else None
-        if area is not None:
-            return area.start <= symbol.address < area.end
-        # No record of this module's memory and no allocation to bound it: only a pseudo
-        # module's symbol is taken at its word (BPF programs, trampolines outside vmalloc).
-        return symbol.module in PSEUDO_MODULES and self.areas is None
+        if area is not None and not (area.start <= symbol.address < area.end):
+            return False
+        if symbol.module in PAGE_SIZED:
+            # an ftrace ops trampoline, a kprobe instruction page: one page each
+            return address - symbol.address < PAGE
+        # No record of this module's memory: its symbol is taken only inside the allocation
+        # it starts in, or (no allocations to bound it) a BPF symbol at its word.
+        return area is not None or (symbol.module in PSEUDO_MODULES and self.areas is None)
 
     def lookup(self, address: int) -> Location | None:
         """The symbol whose extent holds `address`, None if none does."""
@@ -301,7 +312,18 @@ def load(kernel: Kernel) -> Attributor:
             owned = [r for rs in ranges.values() for r in rs]
             if name_at is not None:
                 finder = hidden_finder(kernel.memory(), memory_layout(btf), name_at, areas, owned)
-    return Attributor(symbols, core_ranges(symbols), ranges, areas, finder, _kernel_namer(kernel))
+    core = _core(kernel)
+    return Attributor(symbols, core, ranges, areas, finder, _kernel_namer(kernel))
+
+
+def _core(kernel: Kernel) -> list[AddressRange]:
+    """The kernel image as the kernel's own lookups give it (a kallsyms view can be cut short),
+    else as kallsyms does."""
+    start, end = kernel.symbol_address("_stext"), kernel.symbol_address("_end")
+    if start is not None and end is not None and start < end:
+        return [AddressRange("image", start, end)]
+    found = [kernel.range(name) for name in RANGE_SYMBOLS]
+    return [r for r in found if r is not None] or core_ranges(kernel.kallsyms)
 
 
 def _kernel_namer(kernel: Kernel) -> KernelNamer | None:

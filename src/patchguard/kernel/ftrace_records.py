@@ -31,16 +31,20 @@ class RecordLayout:
     records: int
     index: int
     ip: int
+    flags: int
     record_size: int
 
 
 def layout(btf: Btf) -> RecordLayout:
     offsets = [btf.member_offset("ftrace_page", m) for m in ("next", "records", "index")]
-    ip, size = btf.member_offset("dyn_ftrace", "ip"), btf.struct_size("dyn_ftrace")
+    ip, flags = (btf.member_offset("dyn_ftrace", m) for m in ("ip", "flags"))
+    size = btf.struct_size("dyn_ftrace")
     nxt, records, index = offsets
-    if nxt is None or records is None or index is None or ip is None or not size:
+    if None in (nxt, records, index, ip, flags) or not size:
         raise KernelAccessError("vmlinux BTF", "no struct ftrace_page/dyn_ftrace (no ftrace)")
-    return RecordLayout(nxt, records, index, ip, size)
+    assert nxt is not None and records is not None and index is not None
+    assert ip is not None and flags is not None
+    return RecordLayout(nxt, records, index, ip, flags, size)
 
 
 def first_rip_load(code: bytes, address: int) -> int | None:
@@ -53,9 +57,26 @@ def first_rip_load(code: bytes, address: int) -> int | None:
     return None
 
 
+# FTRACE_FL_DISABLED (include/linux/ftrace.h, bit 25 since 4.x): a record ftrace will never
+# enable, such as the site of an overridden __weak function whose code the linker kept without
+# a symbol (kallsyms names that address as the end of the function before it).
+FL_DISABLED = 1 << 25
+
+
+@dataclass(frozen=True)
+class Site:
+    address: int
+    disabled: bool
+
+
 def site_addresses(memory: KernelMemory, head: int, offsets: RecordLayout) -> list[int]:
     """The `ip` of every record on the list whose head pointer is at `head`."""
-    sites: list[int] = []
+    return [s.address for s in sites_of(memory, head, offsets)]
+
+
+def sites_of(memory: KernelMemory, head: int, offsets: RecordLayout) -> list[Site]:
+    """Every record on the list whose head pointer is at `head`, with its disabled flag."""
+    sites: list[Site] = []
     page, pages = read_u64(memory, head), 0
     while page:
         pages += 1
@@ -67,6 +88,8 @@ def site_addresses(memory: KernelMemory, head: int, offsets: RecordLayout) -> li
             raise KernelAccessError(f"ftrace page {page:#x}", f"{count} records at {records:#x}")
         raw = memory.read(records, count * offsets.record_size) if count else b""
         for at in range(0, len(raw), offsets.record_size):
-            sites.append(int.from_bytes(raw[at + offsets.ip : at + offsets.ip + 8], "little"))
+            ip = int.from_bytes(raw[at + offsets.ip : at + offsets.ip + 8], "little")
+            flags = int.from_bytes(raw[at + offsets.flags : at + offsets.flags + 8], "little")
+            sites.append(Site(ip, bool(flags & FL_DISABLED)))
         page = read_u64(memory, page + offsets.next)
     return sites

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from patchguard.findings import Disposition, Finding
 from patchguard.kernel import Kernel
 from patchguard.kernel.errors import KernelAccessError
-from patchguard.kernel.ftrace_records import ITER_CODE, first_rip_load, layout, site_addresses
+from patchguard.kernel.ftrace_records import ITER_CODE, first_rip_load, layout, sites_of
 from patchguard.kernel.kallsyms import SymbolTable
 from patchguard.kernel.memory import KernelMemory
 from patchguard.surfaces.base import finding
@@ -128,7 +128,8 @@ def _hook(kernel: Kernel, site: int, code: bytes, target: int | None) -> SiteHoo
 def check_sites(kernel: Kernel, memory: KernelMemory, text: bytes, start: int) -> FtraceSites:
     """Read ftrace's records and judge every site (`text`: core text read from `start`)."""
     head, source = record_list(kernel, memory)
-    sites = site_addresses(memory, head, layout(kernel.vmlinux_btf))
+    records = sites_of(memory, head, layout(kernel.vmlinux_btf))
+    sites = [r.address for r in records]
     codes = site_code(sites, text, start, memory.read)
     allowed = trampolines(kernel.kallsyms)
     calls, bad = 0, []
@@ -141,7 +142,7 @@ def check_sites(kernel: Kernel, memory: KernelMemory, text: bytes, start: int) -
         else:
             bad.append((site, code, target))
     hooks = tuple(_hook(kernel, s, c, t) for s, c, t in bad)
-    named, unnamed, count = _unlisted(kernel, sites)
+    named, unnamed, count = _unlisted(kernel, [r.address for r in records if not r.disabled])
     return FtraceSites(len(sites), calls, source, hooks, count, named, unnamed)
 
 
@@ -149,16 +150,20 @@ SHOWN = 12  # unlisted functions named in a finding
 
 
 def _unlisted(kernel: Kernel, sites: Sequence[int]) -> tuple[tuple[str, ...], tuple[str, ...], int]:
-    """The ftrace sites kallsyms (as read here) lists no function at, split by whether the
-    kernel's own %pS names them."""
+    """The ftrace sites (of records ftrace may enable) whose function kallsyms, as read here,
+    does not list: those the kernel's own %pS names as a function's start (the view hid
+    them), and those nobody names (code of no listed module). A site the kernel names deep
+    inside another function is no function's: it is not counted."""
     starts = kernel.kallsyms.starts
     missing = [s for s in sites if s not in starts and s - 4 not in starts]
     if not missing:
         return (), (), 0
-    said = kernel.names(missing[: SHOWN * 8])
-    named = tuple(str(said[a]) for a in missing if a in said)[:SHOWN]
-    unnamed = tuple(kernel.attributor().name(a) for a in missing[: SHOWN * 8] if a not in said)
-    return named, unnamed[:SHOWN], len(missing)
+    said = kernel.names(missing)
+    hidden = [a for a in missing if a in said and said[a].offset in (0, 4)]
+    nobody = [a for a in missing if a not in said]
+    named = tuple(str(said[a]) for a in hidden[:SHOWN])
+    unnamed = tuple(kernel.attributor().name(a) for a in nobody[:SHOWN])
+    return named, unnamed, len(hidden) + len(nobody)
 
 
 def _settled(memory: KernelMemory, site: int, code: bytes) -> bool:

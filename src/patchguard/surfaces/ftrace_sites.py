@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from patchguard.findings import Disposition, Finding
 from patchguard.kernel import Kernel
+from patchguard.kernel.child_read import ChildRead
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.ftrace_records import ITER_CODE, first_rip_load, layout, sites_of
 from patchguard.kernel.kallsyms import SymbolTable
@@ -154,8 +155,11 @@ def _unlisted(kernel: Kernel, sites: Sequence[int]) -> tuple[tuple[str, ...], tu
     does not list: those the kernel's own %pS names as a function's start (the view hid
     them), and those nobody names (code of no listed module). A site the kernel names deep
     inside another function is no function's: it is not counted."""
-    starts = kernel.kallsyms.starts
-    missing = [s for s in sites if s not in starts and s - 4 not in starts]
+    missing = _not_started(kernel.kallsyms.starts, sites)
+    if missing and kernel.live:
+        # A module loaded since kallsyms was read has records the earlier read lacks: only
+        # what a second read, after the records, still lacks counts.
+        missing = _not_started(_fresh_starts(kernel), missing)
     if not missing:
         return (), (), 0
     said = kernel.names(missing)
@@ -170,6 +174,19 @@ def _settled(memory: KernelMemory, site: int, code: bytes) -> bool:
     time.sleep(SETTLE)
     again = memory.read(site, 5)
     return again != code and (again == x86.NOP5 or again[0] == x86.CALL)
+
+
+def _not_started(starts: frozenset[int], sites: Sequence[int]) -> list[int]:
+    """The sites no symbol starts at (or 4 bytes before: the ENDBR64 under IBT)."""
+    return [s for s in sites if s not in starts and s - 4 not in starts]
+
+
+def _fresh_starts(kernel: Kernel) -> frozenset[int]:
+    try:
+        raw = ChildRead(kernel.path("/proc/kallsyms")).result()
+    except OSError:
+        return frozenset()
+    return SymbolTable(raw.decode(errors="replace")).starts
 
 
 def findings(surface: str, states: Sequence[object]) -> list[Finding]:

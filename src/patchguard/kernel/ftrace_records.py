@@ -12,6 +12,7 @@ checked like any other (record addresses in kernel space, sane counts).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from patchguard.kernel.btf import Btf
@@ -64,19 +65,36 @@ FL_DISABLED = 1 << 25
 
 
 @dataclass(frozen=True)
-class Site:
-    address: int
-    disabled: bool
+class Records:
+    """Every record's site, and the sites of records ftrace disabled."""
+
+    sites: list[int]
+    disabled: frozenset[int]
+
+
+def _page(raw: bytes, offsets: RecordLayout) -> tuple[list[int], list[int]]:
+    """(ip, flags) of each record of one page: unsigned longs, read as a word array at C speed
+    (48k records a scan) where the layout is word-aligned, as on x86-64."""
+    size, ip, flags = offsets.record_size, offsets.ip, offsets.flags
+    if size % 8 == 0 and ip % 8 == 0 and flags % 8 == 0 and sys.byteorder == "little":
+        words = memoryview(raw).cast("Q")
+        return list(words[ip // 8 :: size // 8]), list(words[flags // 8 :: size // 8])
+    starts = range(0, len(raw), size)
+    return (
+        [int.from_bytes(raw[at + ip : at + ip + 8], "little") for at in starts],
+        [int.from_bytes(raw[at + flags : at + flags + 8], "little") for at in starts],
+    )
 
 
 def site_addresses(memory: KernelMemory, head: int, offsets: RecordLayout) -> list[int]:
     """The `ip` of every record on the list whose head pointer is at `head`."""
-    return [s.address for s in sites_of(memory, head, offsets)]
+    return sites_of(memory, head, offsets).sites
 
 
-def sites_of(memory: KernelMemory, head: int, offsets: RecordLayout) -> list[Site]:
-    """Every record on the list whose head pointer is at `head`, with its disabled flag."""
-    sites: list[Site] = []
+def sites_of(memory: KernelMemory, head: int, offsets: RecordLayout) -> Records:
+    """Every record on the list whose head pointer is at `head`, and which are disabled."""
+    sites: list[int] = []
+    disabled: list[int] = []
     page, pages = read_u64(memory, head), 0
     while page:
         pages += 1
@@ -87,9 +105,8 @@ def sites_of(memory: KernelMemory, head: int, offsets: RecordLayout) -> list[Sit
         if count > MAX_RECORDS or (count and records < KERNEL_SPACE):
             raise KernelAccessError(f"ftrace page {page:#x}", f"{count} records at {records:#x}")
         raw = memory.read(records, count * offsets.record_size) if count else b""
-        for at in range(0, len(raw), offsets.record_size):
-            ip = int.from_bytes(raw[at + offsets.ip : at + offsets.ip + 8], "little")
-            flags = int.from_bytes(raw[at + offsets.flags : at + offsets.flags + 8], "little")
-            sites.append(Site(ip, bool(flags & FL_DISABLED)))
+        ips, flags = _page(raw, offsets)
+        sites += ips
+        disabled += [a for a, f in zip(ips, flags, strict=True) if f & FL_DISABLED]
         page = read_u64(memory, page + offsets.next)
-    return sites
+    return Records(sites, frozenset(disabled))

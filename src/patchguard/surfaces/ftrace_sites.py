@@ -130,7 +130,7 @@ def check_sites(kernel: Kernel, memory: KernelMemory, text: bytes, start: int) -
     """Read ftrace's records and judge every site (`text`: core text read from `start`)."""
     head, source = record_list(kernel, memory)
     records = sites_of(memory, head, layout(kernel.vmlinux_btf))
-    sites = [r.address for r in records]
+    sites = records.sites
     codes = site_code(sites, text, start, memory.read)
     allowed = trampolines(kernel.kallsyms)
     calls, bad = 0, []
@@ -143,7 +143,7 @@ def check_sites(kernel: Kernel, memory: KernelMemory, text: bytes, start: int) -
         else:
             bad.append((site, code, target))
     hooks = tuple(_hook(kernel, s, c, t) for s, c, t in bad)
-    named, unnamed, count = _unlisted(kernel, [r.address for r in records if not r.disabled])
+    named, unnamed, count = _unlisted(kernel, [s for s in sites if s not in records.disabled])
     return FtraceSites(len(sites), calls, source, hooks, count, named, unnamed)
 
 

@@ -123,6 +123,7 @@ def _parser(policy: bool = True) -> argparse.ArgumentParser:
         help="print the systemd unit for this installation and exit",
     )
     if policy:
+        from patchguard import report_cli
         from patchguard.fleet import cli as fleet_cli
         from patchguard.policy import cli as policy_cli
         from patchguard.server import cli as server_cli
@@ -131,6 +132,7 @@ def _parser(policy: bool = True) -> argparse.ArgumentParser:
         policy_cli.register_witness(sub)  # witness vkey|cosign|serve
         fleet_cli.register(sub)  # enrol, report, fetch-policy
         server_cli.register(sub)  # server ...
+        report_cli.register(sub)  # verify-report
     config = sub.add_parser("config", help="guard configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     config_check = config_sub.add_parser("check", help="validate a guard config file")
@@ -232,14 +234,23 @@ def cmd_scan(args: argparse.Namespace, out: Console, err: Console) -> int:
     return _emit(report, args, out, threshold)
 
 
-def _emit(report: ScanReport, args: argparse.Namespace, out: Console, threshold: Severity) -> int:
+def _emit(
+    report: ScanReport,
+    args: argparse.Namespace,
+    out: Console,
+    threshold: Severity,
+    key_path: Path | None = None,
+) -> int:
     """Print a scan or check report and turn its worst finding into the exit code."""
     if args.json:
         import json
 
         from patchguard.report import to_json
+        from patchguard.sealed_report import host_key_if_any, seal
+        from patchguard.signing import default_key_path
 
-        print(json.dumps(to_json(report, records=args.records), indent=2))
+        key = host_key_if_any(key_path or default_key_path())
+        print(json.dumps(seal(to_json(report, records=args.records), key), indent=2))
     else:
         from patchguard.report import render
 
@@ -327,7 +338,7 @@ def cmd_check(args: argparse.Namespace, out: Console, err: Console) -> int:
         report = run_check(kernel, _baseline_path(args.baseline), key.public_key_bytes())
     finally:
         kernel.close()
-    return _emit(report, args, out, threshold)
+    return _emit(report, args, out, threshold, key.path)
 
 
 def cmd_guard(args: argparse.Namespace, out: Console, err: Console) -> int:

@@ -515,6 +515,20 @@ _CATALOGUE: tuple[Technique, ...] = (
         "rootkits are out-of-tree modules",
     ),
     Technique(
+        "taint-flags-cleared",
+        Severity.CRITICAL,
+        IMPAIR_DEFENSES,
+        "The kernel's global taint lacks bits its loaded modules carry (the kernel sets them "
+        "when a module loads and never clears them): someone reset the taint to hide a module",
+    ),
+    Technique(
+        "filtered-view",
+        Severity.CRITICAL,
+        ROOTKIT,
+        "A text view of the kernel (a /proc or /sys file as this process reads it) disagrees "
+        "with the kernel memory it reports on: something filters what this process reads",
+    ),
+    Technique(
         "taint-unsigned-module",
         Severity.HIGH,
         "T1547.006",

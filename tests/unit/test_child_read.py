@@ -36,11 +36,22 @@ def test_errors_are_those_of_an_ordinary_read(tmp_path: Path) -> None:
         read_in_child(tmp_path)
 
 
-def test_without_cat_it_reads_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_a_child_it_reads_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"x" * 10)
-    monkeypatch.setattr(child_read, "SYSTEM_BIN", str(tmp_path / "no-bin"))
+
+    def no_fork() -> int:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(child_read.os, "fork", no_fork)
     assert read_in_child(path) == b"x" * 10
+
+
+def test_the_reader_is_this_process_not_a_tool_named_cat(tmp_path: Path) -> None:
+    # /proc/self/comm and exe as the reader sees them: a rootkit filters reads by these
+    assert read_in_child(Path("/proc/self/comm")) == Path("/proc/self/comm").read_bytes()
+    cmdline = read_in_child(Path("/proc/self/cmdline"))
+    assert cmdline == Path("/proc/self/cmdline").read_bytes()
 
 
 def test_a_path_like_an_option_is_a_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,10 +13,10 @@ LAYERS = (
     ("patchguard", "patchguard.atomic", "patchguard.kernel"),
     ("patchguard.findings", "patchguard.techniques", "patchguard.signing", "patchguard.x86"),
     ("patchguard.surfaces",),
-    ("patchguard.scan", "patchguard.report", "patchguard.integrity"),
+    ("patchguard.scan", "patchguard.report", "patchguard.sealed_report", "patchguard.integrity"),
     ("patchguard.policy",),
     ("patchguard.guard", "patchguard.fleet", "patchguard.server"),
-    ("patchguard.cli",),
+    ("patchguard.cli", "patchguard.report_cli"),
 )
 EXCEPTIONS: set[tuple[str, str]] = set()  # (importer, imported) pairs allowed for now
 

@@ -31,7 +31,11 @@ HEAVY = {"rich", "pyroute2", "elftools", "capstone", "cryptography"}
 
 def imported(tmp_path: Path, *args: str) -> tuple[set[str], str]:
     """(top-level and patchguard modules imported, stdout) of `patchguard *args`."""
-    env = {"PATCHGUARD_LEDGER": str(tmp_path / "no-ledger.db"), "PATH": "/usr/bin:/bin"}
+    env = {
+        "PATCHGUARD_LEDGER": str(tmp_path / "no-ledger.db"),
+        "PATCHGUARD_KEY": str(tmp_path / "no-host.key"),  # no key: the report is sealed unsigned
+        "PATH": "/usr/bin:/bin",
+    }
     done = subprocess.run(
         [sys.executable, "-c", RUN, *args],
         capture_output=True,

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from support.memory_image import Image
 
+from patchguard.kernel.attribution import Attributor, core_ranges
 from patchguard.kernel.btf import Btf
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.kallsyms import SymbolTable
@@ -100,11 +101,17 @@ def test_without_data_symbols_it_says_why(btf: Btf) -> None:
         read_hooks(Image(), text_only.address_of("net_namespace_list"), btf)
 
 
-def test_functions_are_named_as_percent_ps_would() -> None:
-    listed = parse_proc_modules("pg_nf_hook 16384 0 - Live 0xffffffffc0a00000 (OE)\n")
-    assert function_name(0xFFFFFFFF81234560, SYMBOLS, listed) == ("ipv4_conntrack_in", None)
-    assert function_name(0xFFFFFFFFC0A00000, SYMBOLS, listed) == ("pg_nf_input", "pg_nf_hook")
+def _names(modules: str) -> Attributor:
+    listed = parse_proc_modules(modules)
+    ranges = {m.name: [(m.address or 0, (m.address or 0) + m.size)] for m in listed}
+    return Attributor(SYMBOLS, core_ranges(SYMBOLS), ranges, None)
+
+
+def test_functions_are_named_by_the_symbol_whose_extent_holds_them() -> None:
+    listed = _names("pg_nf_hook 16384 0 - Live 0xffffffffc0a00000 (OE)\n")
+    assert function_name(0xFFFFFFFF81234560, listed) == ("ipv4_conntrack_in", None)
+    assert function_name(0xFFFFFFFFC0A00000, listed) == ("pg_nf_input", "pg_nf_hook")
     # the module is not listed (it hid itself): only the address is left
-    assert function_name(0xFFFFFFFFC0A00000, SYMBOLS, []) == ("0xffffffffc0a00000", None)
+    assert function_name(0xFFFFFFFFC0A00000, _names("")) == ("0xffffffffc0a00000", None)
     # beyond every listed module, in memory no symbol covers
-    assert function_name(0xFFFFFFFFC0B00000, SYMBOLS, listed) == ("0xffffffffc0b00000", None)
+    assert function_name(0xFFFFFFFFC0B00000, listed) == ("0xffffffffc0b00000", None)

@@ -13,6 +13,8 @@ import pytest
 from patchguard.integrity.check import dispatch_finding
 from patchguard.integrity.explain import SiteIndex, diff_runs, explain
 from patchguard.kernel.kallsyms import SymbolTable
+from patchguard.surfaces.base import SurfaceState
+from patchguard.surfaces.syscalls import SyscallsSurface, SyscallTarget
 from patchguard.x86.dispatch import DispatchEntry, KallsymsNames, dispatch_entries
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "6.18-fc" / "x64_sys_call.json"
@@ -99,9 +101,6 @@ def test_change_elsewhere_is_not_called_a_syscall_hook(
 
 
 def test_surface_flags_a_target_outside_syscall_functions() -> None:
-    from patchguard.surfaces.base import SurfaceState
-    from patchguard.surfaces.syscalls import SyscallsSurface, SyscallTarget
-
     good = SyscallTarget(
         "x64_sys_call", 62, 62, 0xFFFFFFFF8124A000, 0xFFFFFFFF81300000, "__x64_sys_kill", True
     )
@@ -151,3 +150,25 @@ def test_redirect_is_named_by_the_jump_that_changed_not_its_neighbour(
     finding = dispatch_finding(verdicts[0], entries, read, symbols)
     assert finding is not None and finding.evidence["nr"] == hooked.nr != neighbour.nr
     assert f"syscall {hooked.nr} ({hooked.syscall})" in finding.summary
+
+
+def _patched_slot(via: str) -> SyscallTarget:
+    return SyscallTarget(via, 62, 62, 0xFFFFFFFF82200000 + 62 * 8, EVIL, "evil_hook", False)
+
+
+def test_a_patched_table_the_kernel_no_longer_reads_is_said_as_unused() -> None:
+    dispatched = SyscallTarget(
+        "x64_sys_call", 62, 62, 0xFFFFFFFF81001000, 1, "__x64_sys_kill", True
+    )
+    (unused,) = SyscallsSurface().assess(
+        SurfaceState("syscalls", [dispatched, _patched_slot("sys_call_table")])
+    )
+    assert unused.severity.label == "critical" and unused.technique == "syscall-hook"
+    assert "dispatches system calls through code (x64_sys_call), not through sys_call_table" in (
+        unused.summary
+    )
+    assert unused.evidence["live"] is False and unused.evidence["dispatch"] == "x64_sys_call"
+    # without dispatch through code the table is what the kernel calls through
+    (live,) = SyscallsSurface().assess(SurfaceState("syscalls", [_patched_slot("sys_call_table")]))
+    assert live.summary.startswith("syscall 62 goes through sys_call_table to evil_hook")
+    assert live.evidence["live"] is True

@@ -46,6 +46,7 @@ from patchguard.kernel.memory import KernelMemory, read_chunks
 from patchguard.scan import ScanReport, SurfaceResult, report_for
 from patchguard.surfaces.base import SurfaceState
 from patchguard.surfaces.kernel_text import NAME, KernelTextSurface
+from patchguard.surfaces.syscalls import TABLE_DISPATCH
 from patchguard.x86.dispatch import (
     DISPATCH_FUNCTIONS,
     DispatchEntry,
@@ -347,7 +348,7 @@ def _table_findings(
     slots = _syscall_slots(entry, run, kernel, old)
     if slots:
         return slots
-    where = kernel.kallsyms.lookup(run.address)
+    where = kernel.attributor().lookup(run.address)
     return [
         Finding(
             NAME,
@@ -386,13 +387,21 @@ def _slot_finding(
     at = start + 8 * nr
     was = int.from_bytes(old[at - entry.start : at - entry.start + 8], "little")
     now = int.from_bytes(kernel.memory().read(at, 8), "little")
-    was_loc, now_loc = kernel.kallsyms.lookup(was), kernel.kallsyms.lookup(now)
+    names = kernel.attributor()
+    was_loc, now_loc = names.lookup(was), names.lookup(now)
+    said = f"{table} entry {nr} redirected from {names.name(was)} to {names.name(now)}"
+    dispatch = TABLE_DISPATCH.get(table)
+    if dispatch is not None and kernel.symbol_address(dispatch) is not None:
+        said += (
+            f". This kernel dispatches system calls through code ({dispatch}), not through "
+            f"{table}: the patched entry is never called, but someone wrote it"
+        )
     return Finding(
         NAME,
         "syscall-hook",
         Severity.CRITICAL,
         f"{table}[{nr}]",
-        f"{table} entry {nr} redirected from {was_loc or hex(was)} to {now_loc or hex(now)}",
+        said,
         Disposition.TAMPERING,
         "T1014",
         {
@@ -402,6 +411,7 @@ def _slot_finding(
             "new": f"{now:#x}",
             "baseline_target": str(was_loc) if was_loc else None,
             "target": str(now_loc) if now_loc else None,
+            "live": dispatch is None or kernel.symbol_address(dispatch) is None,
         },
     )
 
@@ -480,11 +490,11 @@ def verify(kernel: Kernel, path: Path, public_key: bytes) -> CheckOutcome:
             keys = functools.cache(index.jump_keys)
             index.keys = tracepoint_keys(kernel, owners.tracepoint_users, keys)
             dispatch = dispatch_of(manifest)
-        read = _reader(kernel.memory())
-        verdicts = explain(runs, index, kernel.kallsyms, read)
+        read, names = _reader(kernel.memory()), kernel.attributor()
+        verdicts = explain(runs, index, names, read)
         findings += [
-            dispatch_finding(v, dispatch, read, kernel.kallsyms)
-            or ipmodify_finding(v, owners, kernel.kallsyms)
+            dispatch_finding(v, dispatch, read, names)
+            or ipmodify_finding(v, owners, names)
             or verdict_finding(v)
             for v in verdicts
         ]

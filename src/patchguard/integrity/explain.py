@@ -207,8 +207,7 @@ class _View:
 
 
 def _name(symbols: Symbols, address: int) -> str:
-    loc = symbols.lookup(address)
-    return str(loc) if loc else f"{address:#x}"
+    return symbols.name(address)
 
 
 def _function_start(symbols: Symbols, address: int) -> str | None:

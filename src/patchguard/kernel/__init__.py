@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 from patchguard.kernel.errors import KernelAccessError, oserror_reason
 
 if TYPE_CHECKING:
+    from patchguard.kernel.attribution import Attributor
     from patchguard.kernel.bpf.symbolize import KernelName, Symbolizer
     from patchguard.kernel.btf import Btf
     from patchguard.kernel.child_read import ChildRead
@@ -42,6 +43,7 @@ class Kernel:
         # BPF helper call offset -> helper name: core text, the same for the whole boot, so
         # refresh() keeps it (the guard's trigger looks then need no kallsyms read).
         self.helper_names: dict[int, str] = {}
+        self._attributor: Attributor | None = None
         # Surfaces are collected in parallel: what they share is loaded once, under this lock.
         self._lock = threading.RLock()
 
@@ -63,6 +65,16 @@ class Kernel:
     def boot_id(self) -> str:
         """/proc/sys/kernel/random/boot_id: which boot a scan or baseline belongs to."""
         return self.read_text("/proc/sys/kernel/random/boot_id").strip()
+
+    def attributor(self) -> Attributor:
+        """Names addresses by bounds (attribution.py): what scan and check both say of an
+        address, built once per kallsyms read."""
+        from patchguard.kernel.attribution import load
+
+        with self._lock:
+            if self._attributor is None:
+                self._attributor = load(self)
+            return self._attributor
 
     @property
     def kallsyms(self) -> SymbolTable:
@@ -202,6 +214,7 @@ class Kernel:
         since would be code no symbol names. vmlinux BTF and the memory reader stay."""
         with self._lock:
             self._kallsyms = None
+            self._attributor = None
             if self._kallsyms_read is not None:  # a read started before: it may be stale
                 self._kallsyms_read.close()
                 self._kallsyms_read = None

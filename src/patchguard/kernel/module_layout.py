@@ -131,3 +131,51 @@ def read_module(memory: KernelMemory, offsets: Layout, name: str, module: int) -
         "static call sites",
     )
     return ModuleText(name, module, text, size, jump, jumps, calls, ncalls)
+
+
+MOD_MEM_NUM_TYPES = 7  # 6.4+: text, data, rodata, ro_after_init, init text, init data, init rodata
+
+
+@dataclass(frozen=True)
+class MemoryLayout:
+    """Where in struct module each of its memory ranges is: (offset of base, offset of the
+    unsigned int size) per range: mem[0..7) from 6.4, core_layout and init_layout before."""
+
+    ranges: tuple[tuple[int, int], ...]
+
+
+def memory_layout(btf: Btf) -> MemoryLayout:
+    mem = btf.member_offset("module", "mem")
+    if mem is not None:
+        base, size = (btf.member_offset("module_memory", m) for m in ("base", "size"))
+        stride = btf.struct_size("module_memory")
+        if base is None or size is None or not stride:
+            raise KernelAccessError("vmlinux BTF", "struct module_memory has no base or size")
+        at = [mem + i * stride for i in range(MOD_MEM_NUM_TYPES)]
+        return MemoryLayout(tuple((a + base, a + size) for a in at))
+    base, size = (btf.member_offset("module_layout", m) for m in ("base", "size"))
+    layouts = [btf.member_offset("module", m) for m in ("core_layout", "init_layout")]
+    if base is None or size is None or None in layouts:
+        raise KernelAccessError("vmlinux BTF", "struct module has neither mem nor core_layout")
+    return MemoryLayout(tuple((a + base, a + size) for a in layouts if a is not None))
+
+
+def memory_ranges(
+    memory: KernelMemory, offsets: MemoryLayout, module: int
+) -> tuple[tuple[int, int], ...]:
+    """The [start, end) ranges of the module's memory its struct module at `module` records
+    (empty ones, such as a live module's freed init memory, left out)."""
+    found = []
+    for base_at, size_at in offsets.ranges:
+        base, size = read_u64(memory, module + base_at), read_u32(memory, module + size_at)
+        if size and base >= KERNEL_SPACE and size <= MAX_TEXT:
+            found.append((base, base + size))
+    return tuple(sorted(found))
+
+
+def plausible_name(raw: bytes) -> str | None:
+    """A struct module's name field: printable, NUL-terminated, not empty."""
+    name = raw.split(b"\0", 1)[0]
+    if not name or len(name) == len(raw) or not all(0x21 <= b < 0x7F for b in name):
+        return None
+    return name.decode()

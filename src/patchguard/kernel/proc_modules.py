@@ -1,14 +1,18 @@
-"""/proc/modules: the kernel's module list as text, and naming an address the way %ps does
-from a symbol table and that list."""
+"""/proc/modules: the kernel's module list as text, and naming a hook's function from a namer
+that bounds symbols (kernel/attribution.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from patchguard.kernel.kallsyms import SymbolTable
+from patchguard.kernel.kallsyms import Location
 
 PROC_MODULES = "/proc/modules"
+
+
+class Named(Protocol):
+    def lookup(self, address: int) -> Location | None: ...
 
 
 @dataclass(frozen=True)
@@ -41,22 +45,14 @@ def _proc_module(line: str) -> ProcModule | None:
     )
 
 
-def function_name(
-    address: int, symbols: SymbolTable, modules: Sequence[ProcModule]
-) -> tuple[str, str | None]:
-    """(function, module) the way %ps names a hook: a symbol in core text or in a listed
-    module's memory, else the bare address (code no listed module or the kernel holds)."""
-    loc = symbols.lookup(address)
-    if loc is not None and (loc.symbol.module is None) == symbols.in_core_text(address):
-        within = [
-            m
-            for m in modules
-            if m.address is not None and m.address <= address < m.address + m.size
-        ]
-        if loc.symbol.module is None or [m for m in within if m.name == loc.symbol.module]:
-            name = loc.symbol.name if loc.offset == 0 else str(loc).split(" [")[0]
-            return name, loc.symbol.module
-    return f"{address:#x}", None
+def function_name(address: int, names: Named) -> tuple[str, str | None]:
+    """(function, module) of a hook: a symbol whose extent holds the address (attribution by
+    bounds), else the bare address (code no listed module or the kernel holds)."""
+    loc = names.lookup(address)
+    if loc is None:
+        return f"{address:#x}", None
+    name = loc.symbol.name if loc.offset == 0 else str(loc).split(" [")[0]
+    return name, loc.symbol.module
 
 
 def parse_proc_modules(text: str) -> list[ProcModule]:

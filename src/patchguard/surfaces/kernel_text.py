@@ -1,7 +1,7 @@
 """Core kernel text (_stext.._etext) read through the kernel-memory reader and hashed page by
 page: the picture that `baseline` keeps and `check` re-verifies. A scan without a baseline
-records the reader used, the size and the digest; its findings come with the baseline
-(`patchguard check`)."""
+records the reader used, the size and the digest, and checks what needs no baseline: every
+ftrace site holds a NOP or a call to an ftrace or BPF trampoline (ftrace_sites.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from patchguard.findings import Finding, Gap
 from patchguard.kernel import Kernel, KernelAccessError
 from patchguard.kernel.memory import KernelMemory, read_chunks
 from patchguard.surfaces.base import SurfaceState
+from patchguard.surfaces.ftrace_sites import check_sites, findings
 
 NAME = "kernel_text"
 
@@ -27,10 +28,16 @@ class TextImage:
 
 def hash_range(memory: KernelMemory, start: int, end: int) -> str:
     """SHA-256 of [start, end), read in READ_SIZE chunks."""
-    whole = hashlib.sha256()
+    return read_and_hash(memory, start, end)[0]
+
+
+def read_and_hash(memory: KernelMemory, start: int, end: int) -> tuple[str, bytes]:
+    """SHA-256 of [start, end) and the bytes, read in READ_SIZE chunks."""
+    whole, chunks = hashlib.sha256(), []
     for _, chunk in read_chunks(memory, start, end):
         whole.update(chunk)
-    return whole.hexdigest()
+        chunks.append(chunk)
+    return whole.hexdigest(), b"".join(chunks)
 
 
 class KernelTextSurface:
@@ -45,11 +52,24 @@ class KernelTextSurface:
                     NAME, [], gaps=[Gap(NAME, "core text", "kallsyms shows no _stext/_etext")]
                 )
             memory = kernel.memory()
-            digest = hash_range(memory, text.start, text.end)
+            digest, code = read_and_hash(memory, text.start, text.end)
         except KernelAccessError as exc:
             return SurfaceState(NAME, [], gaps=[Gap(NAME, "core text", str(exc))])
         image = TextImage(memory.name, text.start, text.end, text.size, digest)
-        return SurfaceState(NAME, [image], {"bytes": text.size})
+        records: list[object] = [image]
+        counts, gaps = {"bytes": text.size}, []
+        try:
+            sites = check_sites(kernel, memory, code, text.start)
+        except KernelAccessError as exc:
+            gaps.append(Gap(NAME, "ftrace sites (ftrace records)", str(exc)))
+        else:
+            records.append(sites)
+            counts |= {
+                "ftrace_sites": sites.sites,
+                "ftrace_sites_calling": sites.calls,
+                "ftrace_sites_unlisted": sites.unlisted,
+            }
+        return SurfaceState(NAME, records, counts, gaps)
 
     def assess(self, state: SurfaceState) -> list[Finding]:
-        return []
+        return findings(NAME, state.records)

@@ -118,8 +118,11 @@ class SyscallNames:
 
 def _target(kernel: Kernel, names: SyscallNames, address: int) -> tuple[str, bool]:
     where = names.where(address)
-    if where is None:
-        return f"{address:#x}", False
+    if where is None:  # named as check names it: memory of no listed module, and whose
+        try:
+            return kernel.attributor().name(address), False
+        except KernelAccessError:
+            return f"{address:#x}", False
     text = kernel.range("text")
     ok = (
         where.offset == 0
@@ -203,23 +206,47 @@ class SyscallsSurface:
         return SurfaceState(NAME, records, counts, gaps)
 
     def assess(self, state: SurfaceState) -> list[Finding]:
-        return [
-            Finding(
-                NAME,
-                "syscall-hook",
-                Severity.CRITICAL,
-                f"{r.via}: syscall {r.numbers}",
-                f"syscall {r.numbers} goes through {r.via} to {r.target_name}, which is not "
-                "a syscall function in core kernel text",
-                Disposition.TAMPERING,
-                "T1014",
-                {
-                    "via": r.via,
-                    "slot": f"{r.address:#x}",
-                    "target": f"{r.target:#x}",
-                    "target_name": r.target_name,
-                },
-            )
-            for r in state.records
-            if isinstance(r, SyscallTarget) and not r.ok
-        ]
+        targets = [r for r in state.records if isinstance(r, SyscallTarget)]
+        coded = {r.via for r in targets if r.via in DISPATCH_FUNCTIONS}
+        return [_hook_finding(r, coded) for r in targets if not r.ok]
+
+
+# The code that replaced each table where the kernel dispatches through code (6.9+, and the
+# stable backports of "x86/syscall: Don't force use of indirect calls for system calls").
+TABLE_DISPATCH = dict(zip(TABLES, ("x64_sys_call", "ia32_sys_call", "x32_sys_call"), strict=True))
+
+
+def _hook_finding(r: SyscallTarget, coded: set[str]) -> Finding:
+    """A wrong target, said as what it does: a table the kernel still calls through, a table
+    the kernel no longer reads (still a rootkit's work), or a dispatch jump."""
+    dispatch = TABLE_DISPATCH.get(r.via)
+    unused = dispatch in coded
+    if unused:
+        summary = (
+            f"{r.via} entry {r.numbers} points to {r.target_name}, which is not a syscall "
+            f"function in core kernel text. This kernel dispatches system calls through code "
+            f"({dispatch}), not through {r.via}: the patched entry is never called, but "
+            "someone wrote it (a rootkit made for kernels that use the table)"
+        )
+    else:
+        summary = (
+            f"syscall {r.numbers} goes through {r.via} to {r.target_name}, which is not "
+            "a syscall function in core kernel text"
+        )
+    return Finding(
+        NAME,
+        "syscall-hook",
+        Severity.CRITICAL,
+        f"{r.via}: syscall {r.numbers}",
+        summary,
+        Disposition.TAMPERING,
+        "T1014",
+        {
+            "via": r.via,
+            "slot": f"{r.address:#x}",
+            "target": f"{r.target:#x}",
+            "target_name": r.target_name,
+            "dispatch": dispatch if unused else r.via,
+            "live": not unused,
+        },
+    )

@@ -235,7 +235,6 @@ def redirected(
             dest = _decode_branch(live, entry.insn) if live is not None else None
             where = "code that no longer decodes as a jump"
             if dest is not None:
-                loc = symbols.lookup(dest)
-                where = str(loc) if loc is not None else f"{dest:#x} (no symbol)"
+                where = symbols.name(dest)
             return entry, f"{entry.describe()} redirected from {entry.target_name} to {where}"
     return None

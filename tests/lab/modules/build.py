@@ -30,7 +30,9 @@ MODULES2 = ("pg_hide_module", "pg_ftrace_hook", "pg_kprobe_hook", "pg_livepatch"
 MODULES3 = ("pg_hide_pid", "pg_nf_hook", "pg_lstar")
 # The sockets boot's (sockets_checks.py): a socket hidden from /proc/net/tcp.
 MODULES_SOCKETS = ("pg_hide_sock",)
-ALL_MODULES = MODULES + MODULES2 + MODULES3 + MODULES_SOCKETS
+# the views that lie: khook-style stubs in memory of no module, the taint cleared
+MODULES_TRUTH = ("pg_khook", "pg_taint_clear", "pg_kallsyms_filter")
+ALL_MODULES = MODULES + MODULES2 + MODULES3 + MODULES_SOCKETS + MODULES_TRUTH
 COMPILER = "gcc-12"  # what Debian's 6.1 kernels are built with (linux-compiler-gcc-12-x86)
 
 

@@ -9,8 +9,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
 from patchguard.kernel.kallsyms import PSEUDO_MODULES
+from patchguard.kernel.vmallocinfo import VmallocArea
+from patchguard.kernel.vmallocinfo import parse_vmallocinfo as parse_vmallocinfo
 from patchguard.surfaces.modules.paths import AREAS_PER_MODULE, AREAS_PER_MODULE_OLD, LOADER_CALLERS
-from patchguard.surfaces.modules.records import ModuleViews, VmallocArea
+from patchguard.surfaces.modules.records import ModuleViews
 
 # --- parsers: pure functions over text ----------------------------------------------------------
 
@@ -18,36 +20,6 @@ from patchguard.surfaces.modules.records import ModuleViews, VmallocArea
 def parse_taint_letters(text: str) -> str:
     """/sys/module/<name>/taint ("OE\\n") or a "(OE+)" column: the taint letters only."""
     return "".join(ch for ch in text if ch.isalpha())
-
-
-_VMALLOC_LINE = re.compile(r"^0x(?P<start>[0-9a-fA-F]+)-0x(?P<end>[0-9a-fA-F]+)\s+(?P<size>\d+)")
-_CALLER = re.compile(r"^(?P<name>[^\s+]+)\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+$")
-_PAGES = re.compile(r"^pages=(\d+)$")
-
-
-def _vmalloc_area(line: str) -> VmallocArea | None:
-    found = _VMALLOC_LINE.match(line)
-    if found is None:
-        return None
-    words = line[found.end() :].split()
-    caller = module = None
-    if words and (called := _CALLER.match(words[0])):
-        caller = called["name"]
-        words = words[1:]
-        if words and words[0].startswith("[") and words[0].endswith("]"):
-            module, words = words[0][1:-1], words[1:]
-    pages = next((int(p[1]) for w in words if (p := _PAGES.match(w))), None)
-    if words[:2] == ["unpurged", "vm_area"]:
-        words = ["unpurged"]
-    kinds = tuple(w for w in words if "=" not in w)
-    start, end = int(found["start"], 16), int(found["end"], 16)
-    return VmallocArea(start, end, int(found["size"]), caller, module, kinds, pages)
-
-
-def parse_vmallocinfo(text: str) -> list[VmallocArea]:
-    """/proc/vmallocinfo: `0x<start>-0x<end> <size> [<caller %pS>] [pages=N] [phys=A] [kinds]
-    [N0=n]`, plus `... unpurged vm_area` and `... vm_map_ram` lines without a caller."""
-    return [a for a in map(_vmalloc_area, text.splitlines()) if a is not None]
 
 
 def loader_areas(areas: Iterable[VmallocArea]) -> list[VmallocArea]:

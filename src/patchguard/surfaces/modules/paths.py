@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from patchguard.kernel.vmallocinfo import LOADER_CALLERS as LOADER_CALLERS
+
 NAME = "modules"
 ROOTKIT = "T1014"
 MODULE_LOAD = "T1547.006"
@@ -23,13 +25,6 @@ VMALLOC_CALLER_VIEW = "vmalloc_callers"
 # CONFIG_MODULES; the init_module syscalls exist either way, as weak -ENOSYS stubs).
 LOADER_SYMBOLS = ("load_module", "do_init_module")
 
-# vmallocinfo names the caller of each allocation, not the module. The loader's memory is
-# allocated from these functions, depending on the kernel: module_alloc() called from
-# move_module() (inlined into layout_and_allocate()/load_module()) before 6.4;
-# module_memory_alloc() from 6.4, through execmem_alloc() from 6.10.
-LOADER_CALLERS = frozenset(
-    {"load_module", "layout_and_allocate", "move_module", "module_alloc", "module_memory_alloc"}
-)
 # Allocations one live module holds: its core before 6.4 (the init area is freed once it is
 # live: found in the lab, where 2 let a hidden module's area pass); one per mod_mem_type from
 # 6.4 (text, data, rodata, ro_after_init, and the three init ones while it initialises).

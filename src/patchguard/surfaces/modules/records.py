@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from patchguard.kernel.memory import KERNEL_SPACE  # %pK prints hashed or zeroed values below it
+from patchguard.kernel.vmallocinfo import VmallocArea as VmallocArea
 
 # --- records ------------------------------------------------------------------------------------
 
@@ -17,23 +17,6 @@ class SysfsModule:
     initstate: str  # live, coming, going
     taints: str = ""
     coresize: int | None = None
-
-
-@dataclass(frozen=True)
-class VmallocArea:
-    """One line of /proc/vmallocinfo."""
-
-    start: int
-    end: int
-    size: int
-    caller: str | None  # function name of the caller; None for unpurged and vm_map_ram areas
-    caller_module: str | None = None  # "[mod]" after the caller: the module that allocated
-    kinds: tuple[str, ...] = ()  # vmalloc, vmap, ioremap, user, ...; "unpurged", "vm_map_ram"
-    pages: int | None = None
-
-    @property
-    def real_addresses(self) -> bool:
-        return self.start >= KERNEL_SPACE
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,17 @@ from patchguard.kernel.bpf import objects as objs
 from patchguard.kernel.bpf import syscall as bpf
 from patchguard.kernel.bpf.owners import Owners, find_owners
 from patchguard.kernel.errors import KernelAccessError, is_enoent, oserror_reason
-from patchguard.kernel.kallsyms import SymbolTable
 from patchguard.kernel.nf_hooks import HookEntry, read_hooks
 from patchguard.kernel.nfnetlink_hook import (
     HookDumpError,
     HookSocket,
 )
-from patchguard.kernel.proc_modules import ProcModule, function_name, parse_proc_modules
+from patchguard.kernel.proc_modules import (
+    Named,
+    ProcModule,
+    function_name,
+    parse_proc_modules,
+)
 from patchguard.surfaces.ebpf import Owner
 from patchguard.surfaces.reading import Reading
 
@@ -65,10 +69,8 @@ def _proc_modules(r: Reading) -> list[ProcModule] | None:
     return parse_proc_modules(text)
 
 
-def _memory_hook(
-    entry: HookEntry, symbols: SymbolTable, modules: Sequence[ProcModule]
-) -> NetfilterHook:
-    function, module = function_name(entry.hook, symbols, modules)
+def _memory_hook(entry: HookEntry, names: Named) -> NetfilterHook:
+    function, module = function_name(entry.hook, names)
     return NetfilterHook(
         family=family_name(entry.pf),
         hooknum=entry.hooknum,
@@ -101,8 +103,8 @@ def _read_hook_lists(
             r.gap(what, reason)
         r.gap("netfilter hook lists (kernel memory)", str(exc))
         return None, None, unavailable
-    symbols = r.kernel.kallsyms
-    found = [_memory_hook(e, symbols, modules or []) for e in entries]
+    names = r.kernel.attributor()
+    found = [_memory_hook(e, names) for e in entries]
     return found, "kernel memory", unavailable
 
 

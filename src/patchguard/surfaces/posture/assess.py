@@ -35,6 +35,7 @@ from patchguard.surfaces.posture.rules import (
     TAINT_FINDINGS,
     WITHOUT_CPU_PROTECTION,
 )
+from patchguard.surfaces.posture.taint_truth import cross_check
 
 
 def _assess_lockdown(lockdown: Lockdown) -> list[Finding]:
@@ -264,4 +265,4 @@ def assess_records(records: Sequence[object]) -> list[Finding]:
             findings += _assess_vulnerability(record)
         elif isinstance(record, Kaslr):
             findings += _assess_kaslr(record)
-    return findings + module_loading(records) + kexec(records)
+    return findings + module_loading(records) + kexec(records) + cross_check(records)

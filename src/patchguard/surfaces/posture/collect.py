@@ -9,6 +9,7 @@ from patchguard.findings import Gap
 from patchguard.kernel.errors import KernelAccessError, is_enoent, oserror_reason
 from patchguard.kernel.kallsyms import X86_64_DEFAULT_STEXT
 from patchguard.kernel.mounts import ensure_mounted
+from patchguard.surfaces.posture import taint_truth
 from patchguard.surfaces.posture.parsers import (
     decode_taint,
     find_stext,
@@ -207,6 +208,7 @@ def read_posture(kernel: Kernel) -> tuple[list[object], list[Gap]]:
     r = Reading(NAME, kernel)
     _collect_security(r)
     _collect_taint(r)
+    taint_truth.collect(r)
     cmdline = r.parsed("kernel command line", CMDLINE, parse_cmdline)
     if cmdline is not None:
         r.records.append(cmdline)

@@ -14,7 +14,7 @@ from patchguard.surfaces.reading import Reading, records_of
 if TYPE_CHECKING:
     from pathlib import Path
 
-from patchguard.kernel.proc_modules import function_name, parse_proc_modules
+from patchguard.kernel.proc_modules import function_name
 from patchguard.surfaces.tracing.parse import (
     parse_dynamic_events,
     parse_enabled_functions,
@@ -117,7 +117,7 @@ def _with_handlers(r: Reading, probes: list[Kprobe]) -> list[Kprobe]:
     except KernelAccessError as exc:
         r.gap("kprobe handlers (kprobe_table)", str(exc))
         return probes
-    modules = parse_proc_modules(r.optional("/proc/modules") or "")
+    names = kernel.attributor()
     by_probe = {(h.address, h.kind): h.handler for h in handlers}
     out = []
     for probe in probes:
@@ -125,7 +125,7 @@ def _with_handlers(r: Reading, probes: list[Kprobe]) -> list[Kprobe]:
         if handler is None:
             out.append(probe)
             continue
-        name, module = function_name(handler, kernel.kallsyms, modules)
+        name, module = function_name(handler, names)
         out.append(replace(probe, handler=name, handler_module=module))
     return out
 

@@ -1,0 +1,112 @@
+"""Every ftrace site of the running kernel, from ftrace's own records: the list of `struct
+ftrace_page` at `ftrace_pages_start`, each holding `index` `struct dyn_ftrace` records whose
+`ip` is one function's call site (the 5 bytes after its ENDBR64 under IBT), core kernel and
+modules alike. Read through vmlinux BTF and the memory reader, so no text view (tracefs
+`available_filter_functions`) can filter them.
+
+`ftrace_pages_start` is a static variable: kallsyms lists it only with CONFIG_KALLSYMS_ALL.
+Without it, its address is read out of `ftrace_rec_iter_start()`, whose first load from memory
+is `iter->pg = ftrace_pages_start` (a `mov reg, [rip+disp32]`); the list found there is then
+checked like any other (record addresses in kernel space, sane counts).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from patchguard.kernel.btf import Btf
+from patchguard.kernel.errors import KernelAccessError
+from patchguard.kernel.memory import KERNEL_SPACE, KernelMemory, read_u32, read_u64
+
+MAX_PAGES = 1 << 14  # a kernel has a few hundred ftrace pages; more is a loop or a misread
+MAX_RECORDS = 1 << 16  # records in one page group (order <= 6 pages of 16-byte records)
+ITER_CODE = 64  # bytes of ftrace_rec_iter_start() searched for its first load
+
+
+@dataclass(frozen=True)
+class RecordLayout:
+    """Offsets (vmlinux BTF) of what is read from struct ftrace_page and struct dyn_ftrace."""
+
+    next: int
+    records: int
+    index: int
+    ip: int
+    flags: int
+    record_size: int
+
+
+def layout(btf: Btf) -> RecordLayout:
+    offsets = [btf.member_offset("ftrace_page", m) for m in ("next", "records", "index")]
+    ip, flags = (btf.member_offset("dyn_ftrace", m) for m in ("ip", "flags"))
+    size = btf.struct_size("dyn_ftrace")
+    nxt, records, index = offsets
+    if None in (nxt, records, index, ip, flags) or not size:
+        raise KernelAccessError("vmlinux BTF", "no struct ftrace_page/dyn_ftrace (no ftrace)")
+    assert nxt is not None and records is not None and index is not None
+    assert ip is not None and flags is not None
+    return RecordLayout(nxt, records, index, ip, flags, size)
+
+
+def first_rip_load(code: bytes, address: int) -> int | None:
+    """The address the first `mov r64, qword [rip+disp32]` in `code` (at `address`) loads."""
+    for at in range(len(code) - 6):
+        rex, op, modrm = code[at], code[at + 1], code[at + 2]
+        if rex in (0x48, 0x4C) and op == 0x8B and modrm & 0xC7 == 0x05:
+            disp = int.from_bytes(code[at + 3 : at + 7], "little", signed=True)
+            return (address + at + 7 + disp) & ((1 << 64) - 1)
+    return None
+
+
+# FTRACE_FL_DISABLED (include/linux/ftrace.h, bit 25 since 4.x): a record ftrace will never
+# enable, such as the site of an overridden __weak function whose code the linker kept without
+# a symbol (kallsyms names that address as the end of the function before it).
+FL_DISABLED = 1 << 25
+
+
+@dataclass(frozen=True)
+class Records:
+    """Every record's site, and the sites of records ftrace disabled."""
+
+    sites: list[int]
+    disabled: frozenset[int]
+
+
+def _page(raw: bytes, offsets: RecordLayout) -> tuple[list[int], list[int]]:
+    """(ip, flags) of each record of one page: unsigned longs, read as a word array at C speed
+    (48k records a scan) where the layout is word-aligned, as on x86-64."""
+    size, ip, flags = offsets.record_size, offsets.ip, offsets.flags
+    if size % 8 == 0 and ip % 8 == 0 and flags % 8 == 0 and sys.byteorder == "little":
+        words = memoryview(raw).cast("Q")
+        return list(words[ip // 8 :: size // 8]), list(words[flags // 8 :: size // 8])
+    starts = range(0, len(raw), size)
+    return (
+        [int.from_bytes(raw[at + ip : at + ip + 8], "little") for at in starts],
+        [int.from_bytes(raw[at + flags : at + flags + 8], "little") for at in starts],
+    )
+
+
+def site_addresses(memory: KernelMemory, head: int, offsets: RecordLayout) -> list[int]:
+    """The `ip` of every record on the list whose head pointer is at `head`."""
+    return sites_of(memory, head, offsets).sites
+
+
+def sites_of(memory: KernelMemory, head: int, offsets: RecordLayout) -> Records:
+    """Every record on the list whose head pointer is at `head`, and which are disabled."""
+    sites: list[int] = []
+    disabled: list[int] = []
+    page, pages = read_u64(memory, head), 0
+    while page:
+        pages += 1
+        if page < KERNEL_SPACE or pages > MAX_PAGES:
+            raise KernelAccessError(f"ftrace pages at {head:#x}", f"implausible page {page:#x}")
+        records = read_u64(memory, page + offsets.records)
+        count = read_u32(memory, page + offsets.index)
+        if count > MAX_RECORDS or (count and records < KERNEL_SPACE):
+            raise KernelAccessError(f"ftrace page {page:#x}", f"{count} records at {records:#x}")
+        raw = memory.read(records, count * offsets.record_size) if count else b""
+        ips, flags = _page(raw, offsets)
+        sites += ips
+        disabled += [a for a, f in zip(ips, flags, strict=True) if f & FL_DISABLED]
+        page = read_u64(memory, page + offsets.next)
+    return Records(sites, frozenset(disabled))

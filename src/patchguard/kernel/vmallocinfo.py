@@ -1,0 +1,82 @@
+"""/proc/vmallocinfo: every vmalloc allocation with the function that made it. The modules
+surface counts the loader's allocations in it; attribution names the allocation that holds an
+address no listed module owns."""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from patchguard.kernel.memory import KERNEL_SPACE  # %pK prints hashed or zeroed values below it
+
+VMALLOCINFO = "/proc/vmallocinfo"
+
+# vmallocinfo names the caller of each allocation, not the module. The loader's memory is
+# allocated from these functions, depending on the kernel: module_alloc() called from
+# move_module() (inlined into layout_and_allocate()/load_module()) before 6.4;
+# module_memory_alloc() from 6.4, through execmem_alloc() from 6.10.
+LOADER_CALLERS = frozenset(
+    {"load_module", "layout_and_allocate", "move_module", "module_alloc", "module_memory_alloc"}
+)
+
+
+@dataclass(frozen=True)
+class VmallocArea:
+    """One line of /proc/vmallocinfo."""
+
+    start: int
+    end: int
+    size: int
+    caller: str | None  # function name of the caller; None for unpurged and vm_map_ram areas
+    caller_module: str | None = None  # "[mod]" after the caller: the module that allocated
+    kinds: tuple[str, ...] = ()  # vmalloc, vmap, ioremap, user, ...; "unpurged", "vm_map_ram"
+    pages: int | None = None
+
+    @property
+    def real_addresses(self) -> bool:
+        return self.start >= KERNEL_SPACE
+
+    def __str__(self) -> str:
+        caller = self.caller or "no caller"
+        module = f" [{self.caller_module}]" if self.caller_module else ""
+        return f"vmalloc {self.start:#x}+{self.size:#x} by {caller}{module}"
+
+
+_VMALLOC_LINE = re.compile(r"^0x(?P<start>[0-9a-fA-F]+)-0x(?P<end>[0-9a-fA-F]+)\s+(?P<size>\d+)")
+_CALLER = re.compile(r"^(?P<name>[^\s+]+)\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+$")
+_PAGES = re.compile(r"^pages=(\d+)$")
+
+
+def _vmalloc_area(line: str) -> VmallocArea | None:
+    found = _VMALLOC_LINE.match(line)
+    if found is None:
+        return None
+    words = line[found.end() :].split()
+    caller = module = None
+    if words and (called := _CALLER.match(words[0])):
+        caller = called["name"]
+        words = words[1:]
+        if words and words[0].startswith("[") and words[0].endswith("]"):
+            module, words = words[0][1:-1], words[1:]
+    elif words and words[0].startswith("0x"):  # a caller no symbol covers: a hidden module's
+        caller, words = words[0], words[1:]
+    pages = next((int(p[1]) for w in words if (p := _PAGES.match(w))), None)
+    if words[:2] == ["unpurged", "vm_area"]:
+        words = ["unpurged"]
+    kinds = tuple(w for w in words if "=" not in w)
+    start, end = int(found["start"], 16), int(found["end"], 16)
+    return VmallocArea(start, end, int(found["size"]), caller, module, kinds, pages)
+
+
+def parse_vmallocinfo(text: str) -> list[VmallocArea]:
+    """/proc/vmallocinfo: `0x<start>-0x<end> <size> [<caller %pS>] [pages=N] [phys=A] [kinds]
+    [N0=n]`, plus `... unpurged vm_area` and `... vm_map_ram` lines without a caller."""
+    return [a for a in map(_vmalloc_area, text.splitlines()) if a is not None]
+
+
+def area_holding(areas: Sequence[VmallocArea], address: int) -> VmallocArea | None:
+    """The allocation `address` lies in; `areas` sorted by start (vmallocinfo's order)."""
+    i = bisect.bisect_right([a.start for a in areas], address) - 1
+    return areas[i] if i >= 0 and address < areas[i].end else None

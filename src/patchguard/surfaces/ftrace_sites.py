@@ -1,0 +1,253 @@
+"""Baseline-free inline-hook check: every ftrace site must hold what ftrace writes there.
+
+ftrace keeps a record of each function's call site (kernel/ftrace_records.py); ftrace only
+ever writes a NOP5 there, or a CALL to its own dispatch (ftrace_caller, ftrace_regs_caller), to
+an ops trampoline ([__builtin__ftrace]) or to a BPF trampoline ([bpf]). A JMP, a CALL anywhere
+else, or any other bytes at a function's entry is an inline hook (the khook method), found
+without a baseline; the target is named by bounds (kernel/attribution.py), so a stub in memory
+no module owns is said as such, never as the nearest innocent module's symbol.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from patchguard.findings import Disposition, Finding
+from patchguard.kernel import Kernel
+from patchguard.kernel.child_read import ChildRead
+from patchguard.kernel.errors import KernelAccessError
+from patchguard.kernel.ftrace_records import ITER_CODE, first_rip_load, layout, sites_of
+from patchguard.kernel.kallsyms import SymbolTable
+from patchguard.kernel.memory import KernelMemory
+from patchguard.surfaces.base import finding
+from patchguard.x86 import insn as x86
+
+TRAMPOLINE_MODULES = frozenset({"__builtin__ftrace", "bpf"})
+DISPATCH = ("ftrace_caller", "ftrace_regs_caller")
+PAGE = 4096
+SETTLE = 0.01  # seconds before an INT3 is read again: text_poke_bp() holds one for a moment
+
+
+@dataclass(frozen=True)
+class SiteHook:
+    """An ftrace site holding what ftrace never writes."""
+
+    site: int
+    function: str  # the site's function, named by bounds
+    code: str  # hex
+    disasm: str
+    target: int | None  # where its JMP/CALL goes
+    target_name: str | None  # named by bounds: a symbol, or memory of no listed module
+    target_module: str | None  # the module that owns the target (or the hidden one found)
+
+
+@dataclass(frozen=True)
+class FtraceSites:
+    """The ftrace sites read and what they hold."""
+
+    sites: int
+    calls: int  # sites calling a trampoline: functions ftrace or BPF attach to now
+    source: str  # how the record list was found
+    hooks: tuple[SiteHook, ...] = ()
+    # ftrace sites whose function /proc/kallsyms, as this process read it, does not list:
+    # named by the kernel's own %pS where it can (the view lies), else the bare address
+    # (code of no listed module: a hidden module's functions keep their ftrace records)
+    unlisted: int = 0
+    unlisted_named: tuple[str, ...] = ()  # the kernel names them: kallsyms hid them from us
+    unlisted_unnamed: tuple[str, ...] = ()  # nobody names them: memory of no listed module
+
+
+def trampolines(symbols: SymbolTable) -> frozenset[int]:
+    """What an ftrace site may call: ftrace's dispatch and every ops or BPF trampoline."""
+    found = {s.address for s in symbols.in_modules(set(TRAMPOLINE_MODULES))}
+    found |= {a for name in DISPATCH if (a := symbols.address_of(name)) is not None}
+    return frozenset(found)
+
+
+def judge(code: bytes, site: int, allowed: frozenset[int]) -> tuple[bool, int | None]:
+    """(legitimate, branch target) of the 5 bytes at an ftrace site."""
+    if code == x86.NOP5:
+        return True, None
+    hop = x86.branch(code, site)
+    if hop is not None and hop.kind == "call" and hop.dest in allowed:
+        return True, hop.dest
+    return False, hop.dest if hop is not None else None
+
+
+def record_list(kernel: Kernel, memory: KernelMemory) -> tuple[int, str]:
+    """(address of ftrace_pages_start, how it was found)."""
+    head = kernel.symbol_address("ftrace_pages_start")
+    if head is not None:
+        return head, "ftrace_pages_start"
+    iterator = kernel.symbol_address("ftrace_rec_iter_start")
+    if iterator is None:
+        raise KernelAccessError("ftrace records", "no ftrace_pages_start or ftrace_rec_iter_start")
+    head = first_rip_load(memory.read(iterator, ITER_CODE), iterator)
+    if head is None:
+        raise KernelAccessError("ftrace records", "ftrace_rec_iter_start loads no pointer")
+    return head, "ftrace_pages_start (read from ftrace_rec_iter_start's first load)"
+
+
+Read = Callable[[int, int], bytes]
+
+
+def site_code(sites: Iterable[int], text: bytes, text_start: int, read: Read) -> dict[int, bytes]:
+    """The 5 bytes at each site: from the core text already read, else one read per page."""
+    pages: dict[int, bytes] = {}
+    found = {}
+    for site in sites:
+        at = site - text_start
+        if at >= 0 and at + 5 <= len(text):
+            found[site] = text[at : at + 5]
+            continue
+        page = site & ~(PAGE - 1)
+        with_next = site + 5 > page + PAGE
+        key = page if not with_next else site
+        if key not in pages:
+            pages[key] = read(key, 5 if with_next else PAGE)
+        found[site] = pages[key][site - key : site - key + 5]
+    return found
+
+
+def _hook(kernel: Kernel, site: int, code: bytes, target: int | None) -> SiteHook:
+    names = kernel.attributor()
+    who = names.attribute(target) if target is not None else None
+    loc = names.lookup(site)
+    return SiteHook(
+        site,
+        loc.symbol.name if loc is not None and loc.offset <= 4 else names.name(site),
+        code.hex(" "),
+        x86.disasm(code, site),
+        target,
+        str(who) if who is not None else None,
+        who.module if who is not None else None,
+    )
+
+
+def check_sites(kernel: Kernel, memory: KernelMemory, text: bytes, start: int) -> FtraceSites:
+    """Read ftrace's records and judge every site (`text`: core text read from `start`)."""
+    head, source = record_list(kernel, memory)
+    records = sites_of(memory, head, layout(kernel.vmlinux_btf))
+    sites = records.sites
+    codes = site_code(sites, text, start, memory.read)
+    allowed = trampolines(kernel.kallsyms)
+    calls, bad = 0, []
+    for site, code in codes.items():
+        ok, target = judge(code, site, allowed)
+        if ok:
+            calls += target is not None
+        elif code[:1] == bytes([x86.INT3]) and _settled(memory, site, code):
+            continue  # the kernel was patching this site: it holds NOP5 or CALL again
+        else:
+            bad.append((site, code, target))
+    hooks = tuple(_hook(kernel, s, c, t) for s, c, t in bad)
+    named, unnamed, count = _unlisted(kernel, [s for s in sites if s not in records.disabled])
+    return FtraceSites(len(sites), calls, source, hooks, count, named, unnamed)
+
+
+SHOWN = 12  # unlisted functions named in a finding
+
+
+def _unlisted(kernel: Kernel, sites: Sequence[int]) -> tuple[tuple[str, ...], tuple[str, ...], int]:
+    """The ftrace sites (of records ftrace may enable) whose function kallsyms, as read here,
+    does not list: those the kernel's own %pS names as a function's start (the view hid
+    them), and those nobody names (code of no listed module). A site the kernel names deep
+    inside another function is no function's: it is not counted."""
+    missing = _not_started(kernel.kallsyms.starts, sites)
+    if missing and kernel.live:
+        # A module loaded since kallsyms was read has records the earlier read lacks: only
+        # what a second read, after the records, still lacks counts.
+        missing = _not_started(_fresh_starts(kernel), missing)
+    if not missing:
+        return (), (), 0
+    said = kernel.names(missing)
+    hidden = [a for a in missing if a in said and said[a].offset in (0, 4)]
+    nobody = [a for a in missing if a not in said]
+    named = tuple(str(said[a]) for a in hidden[:SHOWN])
+    unnamed = tuple(kernel.attributor().name(a) for a in nobody[:SHOWN])
+    return named, unnamed, len(hidden) + len(nobody)
+
+
+def _settled(memory: KernelMemory, site: int, code: bytes) -> bool:
+    time.sleep(SETTLE)
+    again = memory.read(site, 5)
+    return again != code and (again == x86.NOP5 or again[0] == x86.CALL)
+
+
+def _not_started(starts: frozenset[int], sites: Sequence[int]) -> list[int]:
+    """The sites no symbol starts at (or 4 bytes before: the ENDBR64 under IBT)."""
+    return [s for s in sites if s not in starts and s - 4 not in starts]
+
+
+def _fresh_starts(kernel: Kernel) -> frozenset[int]:
+    try:
+        raw = ChildRead(kernel.path("/proc/kallsyms")).result()
+    except OSError:
+        return frozenset()
+    return SymbolTable(raw.decode(errors="replace")).starts
+
+
+def findings(surface: str, states: Sequence[object]) -> list[Finding]:
+    out = []
+    for state in states:
+        if isinstance(state, FtraceSites):
+            out += [_finding(surface, hook) for hook in state.hooks]
+            out += _unlisted_findings(surface, state)
+    return out
+
+
+def _unlisted_findings(surface: str, state: FtraceSites) -> list[Finding]:
+    out = []
+    if state.unlisted_named:
+        out.append(
+            finding(
+                surface,
+                "filtered-view",
+                "/proc/kallsyms",
+                f"/proc/kallsyms as read by this process lists no function at {state.unlisted} "
+                f"of the {state.sites} ftrace sites the kernel's own records hold, functions "
+                f"the kernel itself still names ({', '.join(state.unlisted_named)}): "
+                "something filters what this process reads.",
+                {
+                    "ftrace_sites": state.sites,
+                    "unlisted": state.unlisted,
+                    "kernel_names": list(state.unlisted_named),
+                },
+                disposition=Disposition.TAMPERING,
+            )
+        )
+    if state.unlisted_unnamed:
+        out.append(
+            finding(
+                surface,
+                "hidden-module",
+                "ftrace records",
+                f"ftrace's records hold functions in code neither kallsyms nor the kernel's "
+                f"own naming lists ({', '.join(state.unlisted_unnamed)}): the functions of a "
+                "module that took itself off the module list keep their ftrace records.",
+                {"unlisted": state.unlisted, "addresses": list(state.unlisted_unnamed)},
+                disposition=Disposition.TAMPERING,
+            )
+        )
+    return out
+
+
+def _finding(surface: str, hook: SiteHook) -> Finding:
+    goes = f": it goes to {hook.target_name}" if hook.target_name else ""
+    return finding(
+        surface,
+        "inline-hook",
+        hook.function,
+        f"the ftrace site of {hook.function} holds {hook.disasm}, not a NOP or a call to an "
+        f"ftrace or BPF trampoline{goes}",
+        {
+            "address": f"{hook.site:#x}",
+            "code": hook.code,
+            "target": f"{hook.target:#x}" if hook.target is not None else None,
+            "target_name": hook.target_name,
+            "target_module": hook.target_module,
+        },
+        disposition=Disposition.TAMPERING,
+    )

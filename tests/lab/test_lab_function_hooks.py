@@ -159,11 +159,14 @@ def test_check_explains_the_kprobe_body_site(guest: Results) -> None:
     probe = _one(guest, "check_loaded", technique="kprobe")
     assert probe["subject"] == f"{KPROBE_TARGET}+0x{offset:x}"
     assert probe["disposition"] == "explained"
-    assert probe["evidence"]["owner"] == f"kprobe on {KPROBE_TARGET}+0x{offset:x}"
+    # the owner names who registered the kprobe: the test module's second probe
+    owner = f"kprobe on {KPROBE_TARGET}+0x{offset:x} registered by pg_kprobe_body [pg_kprobe_hook]"
+    assert probe["evidence"]["owner"] == owner
     new = probe["evidence"]["new"]
     if new.startswith("e9 "):  # optimized: a JMP to the optprobe trampoline
         assert "OPTIMIZED" in guest["views"]["kprobes"][0] + guest["views"]["kprobes"][1]
-        assert "jumps to kprobe_optinsn_page" in probe["summary"]
+        assert "JMP to kprobe_optinsn_page" in probe["summary"]
+        assert f"the detour of the optimized {owner}" in probe["summary"]
     else:
         assert new == "cc", probe
 
@@ -174,7 +177,10 @@ def test_check_explains_the_ftrace_site_of_the_ftrace_kprobe(guest: Results) -> 
     )
     assert len(sites) == 1, _findings(guest, "check_loaded", subject=f"{KPROBE_TARGET}+0x0")
     assert sites[0]["disposition"] == "explained"
-    assert sites[0]["evidence"]["owner"].startswith("ftrace ops (kprobe_ftrace_handler+0x0/")
+    assert sites[0]["evidence"]["owner"] == (
+        f"ftrace ops of the kprobe on {KPROBE_TARGET}+0x0 registered by pg_kprobe_entry "
+        "[pg_kprobe_hook]"
+    )
 
 
 def test_check_does_not_call_the_ftrace_kprobe_tampering(guest: Results) -> None:

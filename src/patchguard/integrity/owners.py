@@ -15,6 +15,7 @@ from patchguard.kernel import Kernel
 from patchguard.kernel.livepatch import read_livepatches
 from patchguard.kernel.tracepoints import tracepoint_of_event
 from patchguard.surfaces.ebpf import Attachment, BpfLink, BpfProgram, EbpfSurface, Owner
+from patchguard.surfaces.ftrace_sites import trampolines
 from patchguard.surfaces.tracing import FtraceHook, Kprobe, TracingSurface
 
 FTRACE_CALL_LABELS = ("ftrace_call", "ftrace_regs_call")  # inside ftrace_(regs_)caller
@@ -53,7 +54,7 @@ def current_owners(kernel: Kernel) -> tuple[Owners, list[Gap]]:
 
     syms = kernel.kallsyms
     ebpf, tracing = EbpfSurface().collect(kernel), TracingSurface().collect(kernel)
-    owners = Owners({}, ftrace_trampolines(kernel), {})
+    owners = Owners({}, trampolines(kernel.kallsyms), {})
     dispatch = {a: n for n in FTRACE_DISPATCH if (a := syms.address_of(n)) is not None}
     for prog in ebpf.records:
         if isinstance(prog, BpfProgram):
@@ -162,12 +163,3 @@ def _add_hook(
     owners.ftrace.setdefault(
         address, f"ftrace ops ({', '.join(handlers) or hook.direct or 'enabled_functions'})"
     )
-
-
-def ftrace_trampolines(kernel: Kernel) -> frozenset[int]:
-    """ftrace_caller/ftrace_regs_caller and every trampoline the kernel lists in kallsyms under
-    [__builtin__ftrace] (ftrace ops trampolines) or [bpf] (BPF trampolines, programs)."""
-    syms = kernel.kallsyms
-    found = {s.address for s in syms.in_modules({"__builtin__ftrace", "bpf"})}
-    found |= {a for name in ("ftrace_caller", "ftrace_regs_caller") if (a := syms.address_of(name))}
-    return frozenset(found)

@@ -12,7 +12,7 @@ import json
 import re
 import sys
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -148,20 +148,11 @@ def _show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _duration(value: timedelta | None) -> str:
-    if value is None:
-        return "-"
-    seconds = int(value.total_seconds())
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    return f"{days}d {hours}h" if days else f"{hours}h {rest // 60}m" if hours else f"{rest}s"
-
-
 def _report(args: argparse.Namespace) -> int:
     stats = ops.vendor_report(load(_ledger(args)).state.requests.values())
     _print("vendor\trequests\tapproved\tdenied\tmedian time to decision")
     for s in stats:
-        median = _duration(s.median_to_decision)
+        median = ops.duration_text(s.median_to_decision)
         _print(f"{visible(s.vendor)}\t{s.requests}\t{s.approvals}\t{s.denials}\t{median}")
     return EXIT_OK
 

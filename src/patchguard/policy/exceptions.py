@@ -111,6 +111,16 @@ class VendorStats:
     median_to_decision: timedelta | None  # None: nothing decided yet
 
 
+def duration_text(value: timedelta | None) -> str:
+    """A time to decision as the fairness report says it: 3d 4h, 2h 5m, 40s; - for none."""
+    if value is None:
+        return "-"
+    seconds = int(value.total_seconds())
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    return f"{days}d {hours}h" if days else f"{hours}h {rest // 60}m" if hours else f"{rest}s"
+
+
 def vendor_report(all_requests: Iterable[Request]) -> list[VendorStats]:
     """Per vendor (as its manifests name it), sorted by name."""
     by_vendor: dict[str, list[Request]] = {}

@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from patchguard.policy.chain import COLUMNS, Entry, check_link, content_hash, entry_from_row
-from patchguard.policy.exceptions import vendor_report
+from patchguard.policy.exceptions import duration_text, vendor_report
 from patchguard.policy.rules import LedgerState, Request, RuleError
 from patchguard.server.db import LedgerEntry
 from patchguard.server.pages.views import ChainStatus, Check, Fairness, LedgerRow, VendorRow
@@ -229,16 +229,6 @@ class ChainVerifier:
             return report
 
 
-def _duration(value: timedelta | None) -> str:
-    """As `patchguard ledger report` says it: 3d 4h, 2h 5m, 40s."""
-    if value is None:
-        return "-"
-    seconds = int(value.total_seconds())
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    return f"{days}d {hours}h" if days else f"{hours}h {rest // 60}m" if hours else f"{rest}s"
-
-
 def _same(a: str, b: str) -> bool:
     return a.strip().casefold() == b.strip().casefold()  # as the rules compare owners
 
@@ -264,8 +254,8 @@ def _fairness(r: _Replay, now: datetime) -> Fairness:
                 stats.approvals,
                 stats.denials,
                 pending,
-                _duration(stats.median_to_decision),
-                _duration(_worst(requests)),
+                duration_text(stats.median_to_decision),
+                duration_text(_worst(requests)),
                 owner is not None and _same(owner, stats.vendor),
             )
         )

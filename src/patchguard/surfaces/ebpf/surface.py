@@ -73,6 +73,11 @@ class EbpfSurface:
         seen = _Seen(kernel, [link for link in links if link.prog_id not in own])
         seen.maps = {m.map_id: m for m in maps if m.map_id not in own_maps}
         seen.read(progs)
+        # Read again: a lookup program patchguard loaded while these were listed (the scan's
+        # other surfaces run beside this one) is known by identity now, after the owner walk.
+        own |= kernel.own_prog_ids
+        own_maps |= kernel.own_map_ids
+        seen.maps = {i: m for i, m in seen.maps.items() if i not in own_maps}
         programs = [_program(p, seen) for p in progs if p.prog_id not in own]
         records: list[object] = [*programs]
         records += [_link(link, seen) for link in seen.links]

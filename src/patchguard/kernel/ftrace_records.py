@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from patchguard.kernel.btf import Btf
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.memory import KERNEL_SPACE, KernelMemory, read_u32, read_u64
+
+if TYPE_CHECKING:
+    from patchguard.kernel import Kernel
 
 MAX_PAGES = 1 << 14  # a kernel has a few hundred ftrace pages; more is a loop or a misread
 MAX_RECORDS = 1 << 16  # records in one page group (order <= 6 pages of 16-byte records)
@@ -56,6 +60,23 @@ def first_rip_load(code: bytes, address: int) -> int | None:
             disp = int.from_bytes(code[at + 3 : at + 7], "little", signed=True)
             return (address + at + 7 + disp) & ((1 << 64) - 1)
     return None
+
+
+def variable_address(
+    kernel: Kernel, memory: KernelMemory, name: str, reader: str, code_size: int, what: str
+) -> tuple[int, str]:
+    """(&`name`, how it was found): from kallsyms where it lists data symbols, else from the
+    first RIP-relative load of `reader`, a function that reads it (no CONFIG_KALLSYMS_ALL)."""
+    address = kernel.symbol_address(name)
+    if address is not None:
+        return address, name
+    start = kernel.symbol_address(reader)
+    if start is None:
+        raise KernelAccessError(what, f"neither {name} nor {reader} is in kallsyms")
+    address = first_rip_load(memory.read(start, code_size), start)
+    if address is None:
+        raise KernelAccessError(what, f"{reader} loads no variable")
+    return address, f"{name} (read from {reader}'s first load)"
 
 
 # FTRACE_FL_DISABLED (include/linux/ftrace.h, bit 25 since 4.x): a record ftrace will never

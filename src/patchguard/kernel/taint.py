@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from patchguard.kernel.errors import KernelAccessError
-from patchguard.kernel.ftrace_records import first_rip_load
+from patchguard.kernel.ftrace_records import variable_address
 from patchguard.kernel.memory import KernelMemory, read_u64
 from patchguard.kernel.module_layout import MODULE_NAME_LEN, plausible_name
 
@@ -36,16 +36,8 @@ class MemoryTaint:
 
 def tainted_mask_address(kernel: Kernel, memory: KernelMemory) -> tuple[int, str]:
     """(&tainted_mask, how it was found)."""
-    address = kernel.symbol_address("tainted_mask")
-    if address is not None:
-        return address, "tainted_mask"
-    getter = kernel.symbol_address("get_taint")
-    if getter is None:
-        raise KernelAccessError("tainted_mask", "neither it nor get_taint() is in kallsyms")
-    address = first_rip_load(memory.read(getter, GET_TAINT_CODE), getter)
-    if address is None:
-        raise KernelAccessError("tainted_mask", "get_taint() loads no variable")
-    return address, "tainted_mask (read from get_taint()'s load)"
+    name, reader = "tainted_mask", "get_taint"
+    return variable_address(kernel, memory, name, reader, GET_TAINT_CODE, name)
 
 
 def global_taint(kernel: Kernel) -> MemoryTaint:

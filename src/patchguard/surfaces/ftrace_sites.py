@@ -17,8 +17,12 @@ from dataclasses import dataclass
 from patchguard.findings import Disposition, Finding
 from patchguard.kernel import Kernel
 from patchguard.kernel.child_read import ChildRead
-from patchguard.kernel.errors import KernelAccessError
-from patchguard.kernel.ftrace_records import ITER_CODE, first_rip_load, layout, sites_of
+from patchguard.kernel.ftrace_records import (
+    ITER_CODE,
+    layout,
+    sites_of,
+    variable_address,
+)
 from patchguard.kernel.kallsyms import SymbolTable
 from patchguard.kernel.memory import KernelMemory
 from patchguard.surfaces.base import finding
@@ -78,16 +82,8 @@ def judge(code: bytes, site: int, allowed: frozenset[int]) -> tuple[bool, int | 
 
 def record_list(kernel: Kernel, memory: KernelMemory) -> tuple[int, str]:
     """(address of ftrace_pages_start, how it was found)."""
-    head = kernel.symbol_address("ftrace_pages_start")
-    if head is not None:
-        return head, "ftrace_pages_start"
-    iterator = kernel.symbol_address("ftrace_rec_iter_start")
-    if iterator is None:
-        raise KernelAccessError("ftrace records", "no ftrace_pages_start or ftrace_rec_iter_start")
-    head = first_rip_load(memory.read(iterator, ITER_CODE), iterator)
-    if head is None:
-        raise KernelAccessError("ftrace records", "ftrace_rec_iter_start loads no pointer")
-    return head, "ftrace_pages_start (read from ftrace_rec_iter_start's first load)"
+    names = ("ftrace_pages_start", "ftrace_rec_iter_start")
+    return variable_address(kernel, memory, *names, ITER_CODE, "ftrace records")
 
 
 Read = Callable[[int, int], bytes]

@@ -13,13 +13,13 @@ from datetime import UTC, datetime
 from patchguard.findings import Disposition, Finding, Gap, Severity
 from patchguard.kernel import Kernel
 from patchguard.kernel.errors import KernelAccessError, oserror_reason
-from patchguard.surfaces.base import Surface, SurfaceState
+from patchguard.surfaces.base import AnyState, Surface, SurfaceState
 
 
 @dataclass(frozen=True)
 class SurfaceResult:
     surface: Surface
-    state: SurfaceState
+    state: AnyState
     findings: list[Finding]
     seconds: float
 
@@ -62,19 +62,14 @@ def _boot_id(kernel: Kernel) -> str:
         return ""
 
 
-def _collect(surface: Surface, kernel: Kernel) -> SurfaceState:
-    """A surface's state; an OSError it did not turn into a gap itself (a file that vanished or
-    was refused mid-read) becomes one here, so one surface never stops the scan."""
-    try:
-        return surface.collect(kernel)
-    except OSError as exc:
-        where = exc.filename or surface.name
-        return SurfaceState(
-            surface.name, [], gaps=[Gap(surface.name, str(where), oserror_reason(exc))]
-        )
+def _unread(surface: Surface, exc: OSError) -> AnyState:
+    """An OSError a surface did not turn into a gap itself (a file that vanished or was
+    refused mid-read) becomes one here, so one surface never stops the scan."""
+    where = exc.filename or surface.name
+    return SurfaceState(surface.name, (), gaps=[Gap(surface.name, str(where), oserror_reason(exc))])
 
 
-Policy = Callable[[list[Finding], SurfaceState], list[Finding]]
+Policy = Callable[[list[Finding], AnyState], list[Finding]]
 
 
 # The order surfaces start in (bench/scan): the longest first; last, modules, the one that
@@ -86,7 +81,10 @@ START_LAST = ("modules",)
 
 def _run_one(surface: Surface, kernel: Kernel, policy: Policy | None) -> SurfaceResult:
     s0 = time.perf_counter()
-    state = _collect(surface, kernel)
+    try:
+        state = surface.collect(kernel)
+    except OSError as exc:  # nothing read: nothing to assess
+        return SurfaceResult(surface, _unread(surface, exc), [], time.perf_counter() - s0)
     findings = surface.assess(state)
     if policy is not None:
         findings = policy(findings, state)

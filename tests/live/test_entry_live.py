@@ -9,7 +9,7 @@ import os
 import pytest
 
 from patchguard.kernel import Kernel
-from patchguard.surfaces.entry import EntrySurface, MsrValue
+from patchguard.surfaces.entry import EntrySurface
 
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
 
@@ -23,7 +23,7 @@ def test_entry_points_are_checked_or_said_unavailable() -> None:
         kernel.close()
     reasons = {g.what: g.reason for g in state.gaps}
     if os.path.exists("/dev/cpu/0/msr") or os.path.isdir("/lib/modules"):
-        values = [r for r in state.records if isinstance(r, MsrValue)]
+        values = state.records.msrs
         assert values and all(v.ok for v in values), values
     else:
         print("case: no msr device and no modules")

@@ -28,7 +28,6 @@ from patchguard.surfaces.netfilter import (
     BpfNetfilterHook,
     NetfilterHook,
     NetfilterSurface,
-    NetfilterViews,
     config_option,
     dump_failure,
 )
@@ -54,7 +53,7 @@ def scan() -> tuple[SurfaceState, list[Finding]]:
 
 
 def bpf_hooks(state: SurfaceState) -> dict[int, BpfNetfilterHook]:
-    return {h.prog_id: h for h in state.records if isinstance(h, BpfNetfilterHook)}
+    return {h.prog_id: h for h in state.records.links}
 
 
 def kernel_release() -> tuple[int, int]:
@@ -162,8 +161,9 @@ def test_hook_dump_works_or_is_a_gap_with_the_kernels_answer(
     refused = probe_dump()
     with attached(request) as prog:
         state, findings = scan()
-    views = next(r for r in state.records if isinstance(r, NetfilterViews))
-    hooks = [r for r in state.records if isinstance(r, NetfilterHook)]
+    views = state.records.views
+    assert views is not None
+    hooks = state.records.hooks
     gaps = {g.what: g.reason for g in state.gaps}
     if refused is not None:
         built = kernel_config("CONFIG_NETFILTER_NETLINK_HOOK")

@@ -37,10 +37,10 @@ from patchguard.surfaces.sockets import (
     BPF_SOCK_ITER,
     PROC_NET,
     SOCK_DIAG,
-    HiddenSocket,
     Listener,
     NetnsViews,
     Owner,
+    SocketRecords,
     SocketsSurface,
 )
 from patchguard.surfaces.sockets.fd_iter import FdIterator
@@ -48,6 +48,7 @@ from patchguard.surfaces.sockets.holders import HeldSocket, held_socket
 from patchguard.surfaces.sockets.owners import read_owners
 
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
+Scanned = tuple[SurfaceState[SocketRecords], list[Finding]]
 
 LISTEN = r"""
 import socket, sys, time
@@ -111,29 +112,27 @@ def lab() -> Iterator[Lab]:
 
 
 @pytest.fixture(scope="module")
-def scanned(lab: Lab) -> tuple[SurfaceState, list[Finding]]:
+def scanned(lab: Lab) -> Scanned:
     surface = SocketsSurface()
     state = surface.collect(Kernel())
     return state, surface.assess(state)
 
 
-def listener(state: SurfaceState, netns: int, port: int) -> Listener:
+def listener(state: SurfaceState[SocketRecords], netns: int, port: int) -> Listener:
     found = [
-        r
-        for r in state.records
-        if isinstance(r, Listener) and r.netns == netns and r.local == f"127.0.0.1:{port}"
+        r for r in state.records.listeners if r.netns == netns and r.local == f"127.0.0.1:{port}"
     ]
     assert len(found) == 1, found
     return found[0]
 
 
-def views_of(state: SurfaceState, netns: int) -> NetnsViews:
-    (views,) = [r for r in state.records if isinstance(r, NetnsViews) and r.netns.inode == netns]
+def views_of(state: SurfaceState[SocketRecords], netns: int) -> NetnsViews:
+    (views,) = [r for r in state.records.namespaces if r.netns.inode == netns]
     return views
 
 
 def test_listener_in_another_namespace_with_its_owner(
-    lab: Lab, scanned: tuple[SurfaceState, list[Finding]], request: pytest.FixtureRequest
+    lab: Lab, scanned: Scanned, request: pytest.FixtureRequest
 ) -> None:
     state, _ = scanned
     found = listener(state, lab.inode, lab.port)
@@ -151,7 +150,7 @@ def test_listener_in_another_namespace_with_its_owner(
 
 
 def test_listener_on_our_loopback(
-    lab: Lab, scanned: tuple[SurfaceState, list[Finding]], request: pytest.FixtureRequest
+    lab: Lab, scanned: Scanned, request: pytest.FixtureRequest
 ) -> None:
     state, _ = scanned
     found = listener(state, lab.own_inode, lab.own_port)
@@ -161,12 +160,10 @@ def test_listener_on_our_loopback(
     case(request, f"own listener found; {views.proc_net} sockets in our namespace; {views.probe}")
 
 
-def test_clean_machine_hides_no_socket(
-    scanned: tuple[SurfaceState, list[Finding]], request: pytest.FixtureRequest
-) -> None:
+def test_clean_machine_hides_no_socket(scanned: Scanned, request: pytest.FixtureRequest) -> None:
     state, findings = scanned
     assert [f.subject for f in findings] == []
-    assert not [r for r in state.records if isinstance(r, HiddenSocket)]
+    assert not state.records.hidden
     gaps = sorted({g.reason for g in state.gaps})
     case(request, f"no hidden socket; gaps: {gaps}")
 

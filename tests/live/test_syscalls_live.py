@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from patchguard.kernel import Kernel
-from patchguard.surfaces.syscalls import SyscallsSurface, SyscallTarget
+from patchguard.surfaces.syscalls import SyscallsSurface
 
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
 
@@ -18,7 +18,7 @@ def test_dispatch_is_resolved_and_clean() -> None:
         code_dispatch = kernel.kallsyms.address_of("x64_sys_call") is not None
     finally:
         kernel.close()
-    targets = [r for r in state.records if isinstance(r, SyscallTarget)]
+    targets = state.records
     assert SyscallsSurface().assess(state) == []
     if code_dispatch:
         x64 = {t.lo: t.target_name for t in targets if t.via == "x64_sys_call" and t.lo == t.hi}

@@ -8,7 +8,14 @@ from pathlib import Path
 from patchguard.findings import Severity
 from patchguard.kernel import Kernel
 from patchguard.surfaces.base import SurfaceState
-from patchguard.surfaces.entry import EntrySurface, IdtGate, MsrValue, cpus, decode_gate
+from patchguard.surfaces.entry import (
+    EntryRecords,
+    EntrySurface,
+    IdtGate,
+    MsrValue,
+    cpus,
+    decode_gate,
+)
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "6.18-fc"
 
@@ -32,7 +39,10 @@ def test_findings_for_a_redirected_msr_and_idt_gate() -> None:
     good = MsrValue(0, "MSR_LSTAR", 0xFFFFFFFF81000080, "entry_SYSCALL_64", ("entry_SYSCALL_64",))
     bad = MsrValue(1, "MSR_LSTAR", 0xFFFFFFFFC0A00000, "evil_entry", ("entry_SYSCALL_64",))
     gate = IdtGate(14, 0xFFFFFFFFC0A00100, "hook+0x0 [evil]", False)
-    state = SurfaceState("entry", [good, bad, gate, IdtGate(3, 0xFFFFFFFF81000100, "x", True)])
+    state = SurfaceState(
+        "entry",
+        EntryRecords.of([good, bad, gate, IdtGate(3, 0xFFFFFFFF81000100, "x", True)]),
+    )
     found = {f.subject: f for f in EntrySurface().assess(state)}
     assert set(found) == {"MSR_LSTAR on CPU 1", "IDT vector 14"}
     assert found["MSR_LSTAR on CPU 1"].severity == Severity.CRITICAL

@@ -126,8 +126,8 @@ def test_functions_kallsyms_does_not_list_are_a_lying_view_or_a_hidden_module() 
         unlisted_named=("ftrace_trampoline+0x0 [__builtin__ftrace]",),
         unlisted_unnamed=("0xffffffffc0420010 (memory of no listed module; ...)",),
     )
-    lying, hidden = findings("kernel_text", [state])
+    lying, hidden = findings("kernel_text", state)
     assert lying.technique == "filtered-view" and lying.subject == "/proc/kallsyms"
     assert "lists no function at 3 of the 48031 ftrace sites" in lying.summary
     assert hidden.technique == "hidden-module" and "0xffffffffc0420010" in hidden.summary
-    assert findings("kernel_text", [FtraceSites(10, 0, "x")]) == []
+    assert findings("kernel_text", FtraceSites(10, 0, "x")) == []

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from pyroute2.netlink import NLA_F_NESTED, NLM_F_MULTI
 
-from patchguard.findings import Disposition, Severity
+from patchguard.findings import Disposition, Finding, Severity
 from patchguard.kernel import Kernel
 from patchguard.kernel.nfnetlink_codec import dump_request, nfhook_msg
 from patchguard.kernel.nfnetlink_hook import (
@@ -35,6 +35,7 @@ from patchguard.surfaces.ebpf import Owner
 from patchguard.surfaces.netfilter import (
     BpfNetfilterHook,
     NetfilterHook,
+    NetfilterRecords,
     NetfilterSurface,
     NetfilterViews,
     assess_records,
@@ -100,6 +101,12 @@ def bpf_hook(owners: tuple[Owner, ...] = (), pins: tuple[str, ...] = ()) -> BpfN
 
 
 SHELL = Owner(812, "fwd", "/usr/sbin/fwd", False, False, 5)
+
+
+def assess_mixed(records: list[object]) -> list[Finding]:
+    return assess_records(NetfilterRecords.of(records))
+
+
 VIEWS = NetfilterViews(("nf_tables", "nf_nat", "nf_conntrack"), True, True)
 
 
@@ -176,7 +183,7 @@ def test_kernel_without_kallsyms_sends_no_function() -> None:
     attrs = [["NFNLA_HOOK_HOOKNUM", 1], ["NFNLA_HOOK_PRIORITY", 0]]
     parsed = parse_hook(reply(NFPROTO_IPV4, attrs))
     assert parsed.function is None and not parsed.unresolved
-    assert assess_records([parsed, VIEWS]) == []
+    assert assess_mixed([parsed, VIEWS]) == []
 
 
 def test_hook_without_number_is_rejected() -> None:
@@ -202,7 +209,7 @@ def test_hook_names() -> None:
 
 def test_hook_at_an_address_no_symbol_covers_is_critical_tampering() -> None:
     rootkit = hook(function="0xffffffffc0a42000", hook="prerouting", hooknum=0, priority=-300)
-    (found,) = assess_records([rootkit, VIEWS])
+    (found,) = assess_mixed([rootkit, VIEWS])
     assert (found.technique, found.severity) == ("hidden-netfilter-hook", Severity.CRITICAL)
     assert found.disposition is Disposition.TAMPERING and found.attack_id == "T1014"
     assert found.subject == "netfilter ipv4 prerouting priority -300: 0xffffffffc0a42000"
@@ -212,7 +219,7 @@ def test_hook_at_an_address_no_symbol_covers_is_critical_tampering() -> None:
 
 
 def test_hook_of_an_unlisted_module_is_tampering() -> None:
-    (found,) = assess_records([hook(function="magic_packet", module="rkit"), VIEWS])
+    (found,) = assess_mixed([hook(function="magic_packet", module="rkit"), VIEWS])
     assert (found.technique, found.severity) == ("hidden-netfilter-hook", Severity.HIGH)
     assert "rkit" in found.summary and found.evidence["module"] == "rkit"
 
@@ -223,31 +230,31 @@ def test_listed_modules_and_builtin_hooks_are_clean() -> None:
         hook(function="ipv4_confirm"),
         VIEWS,
     ]
-    assert assess_records(records) == []
+    assert assess_mixed(records) == []
 
 
 def test_module_names_cannot_be_checked_without_a_module_list() -> None:
     unread = NetfilterViews(None, True, True)
-    assert assess_records([hook(function="magic_packet", module="rkit"), unread]) == []
+    assert assess_mixed([hook(function="magic_packet", module="rkit"), unread]) == []
     # ... but an address no symbol covers needs no module list.
-    assert assess_records([hook(function="0xffffffffc0a42000"), unread])
+    assert assess_mixed([hook(function="0xffffffffc0a42000"), unread])
     # A kernel without module support lists none: any module name is one nobody lists.
     no_modules = NetfilterViews((), True, True)
-    assert assess_records([hook(function="magic_packet", module="rkit"), no_modules])
+    assert assess_mixed([hook(function="magic_packet", module="rkit"), no_modules])
 
 
 def test_bpf_hook_with_an_owner_or_a_pin_is_named_not_judged() -> None:
     for record in (bpf_hook(owners=(SHELL,)), bpf_hook(pins=("/sys/fs/bpf/fw",))):
-        (found,) = assess_records([record, VIEWS])
+        (found,) = assess_mixed([record, VIEWS])
         assert (found.technique, found.severity) == ("netfilter-bpf-hook", Severity.INFO)
         assert found.disposition is Disposition.EXPLAINED
         assert found.subject == "netfilter ipv4 output priority 100: BPF prog 42 (fw_out), link 7"
-    (owned,) = assess_records([bpf_hook(owners=(SHELL,)), VIEWS])
+    (owned,) = assess_mixed([bpf_hook(owners=(SHELL,)), VIEWS])
     assert owned.evidence["owners"] == ["812 /usr/sbin/fwd"]
 
 
 def test_bpf_hook_nothing_visible_keeps_is_suspicious() -> None:
-    (found,) = assess_records([bpf_hook(), VIEWS])
+    (found,) = assess_mixed([bpf_hook(), VIEWS])
     assert (found.technique, found.severity) == ("unowned-netfilter-bpf", Severity.HIGH)
     assert found.disposition is Disposition.SUSPICIOUS
     assert found.evidence["prog_id"] == 42 and found.evidence["owners"] == []
@@ -255,12 +262,12 @@ def test_bpf_hook_nothing_visible_keeps_is_suspicious() -> None:
 
 def test_bpf_program_in_the_hook_lists_without_a_link() -> None:
     dumped = hook(function="nf_hook_run_bpf", hook_type="bpf", prog_id=42, priority=100)
-    (found,) = assess_records([dumped, VIEWS])
+    (found,) = assess_mixed([dumped, VIEWS])
     assert (found.technique, found.severity) == ("netfilter-hook-view-mismatch", Severity.MEDIUM)
-    linked = [f.technique for f in assess_records([dumped, bpf_hook(owners=(SHELL,)), VIEWS])]
+    linked = [f.technique for f in assess_mixed([dumped, bpf_hook(owners=(SHELL,)), VIEWS])]
     assert linked == ["netfilter-bpf-hook"]
     # Links that could not be enumerated prove nothing.
-    assert assess_records([dumped, NetfilterViews((), True, False)]) == []
+    assert assess_mixed([dumped, NetfilterViews((), True, False)]) == []
 
 
 # --- why the dump failed ------------------------------------------------------------------------

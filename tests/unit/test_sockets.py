@@ -26,14 +26,12 @@ from patchguard.surfaces.sockets import (
     PROC_NET,
     SOCK_DIAG,
     HiddenSocket,
-    Listener,
     Look,
     Netns,
-    NetnsViews,
     Owner,
     SocketEntry,
     SocketsSurface,
-    assess_records,
+    assess_hidden,
     disagreements,
     settle,
     shown,
@@ -277,12 +275,12 @@ def test_namespaces_deduplicated_by_inode(tmp_path: Path) -> None:
 def test_collect_on_captured_tree() -> None:
     surface = SocketsSurface()
     state = surface.collect(Kernel(FC))
-    views = [r for r in state.records if isinstance(r, NetnsViews)]
+    views = state.records.namespaces
     assert len(views) == 1 and views[0].sock_diag is None and views[0].probed_ports == 0
     protocols = ("tcp", "tcp6", "udp", "udp6", "raw", "raw6", "unix")
     assert views[0].proc_net == sum(len(entries(p)) for p in protocols)
     assert views[0].probe == "not probed: a captured tree"
-    listeners = {(r.protocol, r.local) for r in state.records if isinstance(r, Listener)}
+    listeners = {(r.protocol, r.local) for r in state.records.listeners}
     assert {("tcp", "127.0.0.1:8080"), ("tcp6", "[::1]:8443"), ("udp", "127.0.0.53:53")} <= (
         listeners
     )
@@ -295,7 +293,7 @@ def test_collect_on_captured_tree() -> None:
 
 def test_collect_without_proc_net(tmp_path: Path) -> None:
     state = SocketsSurface().collect(Kernel(tmp_path))
-    assert state.records == () and state.status is Status.UNAVAILABLE
+    assert not state.records and state.status is Status.UNAVAILABLE
     assert "proc_net tcp in net:[0]" in [g.what for g in state.gaps]
 
 
@@ -316,7 +314,7 @@ def hidden(**changes: object) -> HiddenSocket:
 
 
 def test_hidden_socket_finding() -> None:
-    (finding,) = assess_records([hidden()])
+    finding = assess_hidden(hidden())
     assert finding.severity is Severity.HIGH and finding.technique == "hidden-socket"
     assert finding.disposition is Disposition.TAMPERING and finding.attack_id == "T1014"
     assert finding.subject == "tcp 0.0.0.0:31337 in net:[4026532001] (blue)"
@@ -332,14 +330,14 @@ def test_probe_only_finding() -> None:
         local="*:31337", remote="", state="IN_USE", inode=0, seen_by=(BIND_PROBE,),
         missing_from=(PROC_NET, SOCK_DIAG), owners=(),
     )  # fmt: skip
-    (finding,) = assess_records([probe_only])
+    finding = assess_hidden(probe_only)
     assert finding.subject == "tcp port 31337 in net:[4026532001] (blue)"
     assert "EADDRINUSE" in finding.summary and "proc_net, sock_diag" in finding.summary
 
 
 def test_unnamed_unix_socket_finding() -> None:
     unix = hidden(protocol="unix", local="", remote="", state="LISTEN", port=None)
-    (finding,) = assess_records([unix])
+    finding = assess_hidden(unix)
     assert finding.subject == "unix inode 777 in net:[4026532001] (blue)"
 
 

@@ -113,7 +113,7 @@ def test_surface_flags_a_target_outside_syscall_functions() -> None:
         "hook_getdents64+0x0 [rk]",
         False,
     )
-    findings = SyscallsSurface().assess(SurfaceState("syscalls", [good, bad]))
+    findings = SyscallsSurface().assess(SurfaceState("syscalls", (good, bad)))
     assert [f.subject for f in findings] == ["sys_call_table: syscall 217"]
     assert "hook_getdents64" in findings[0].summary
     assert findings[0].evidence["slot"] == f"{0xFFFFFFFF82200000 + 8 * 217:#x}"
@@ -161,7 +161,7 @@ def test_a_patched_table_the_kernel_no_longer_reads_is_said_as_unused() -> None:
         "x64_sys_call", 62, 62, 0xFFFFFFFF81001000, 1, "__x64_sys_kill", True
     )
     (unused,) = SyscallsSurface().assess(
-        SurfaceState("syscalls", [dispatched, _patched_slot("sys_call_table")])
+        SurfaceState("syscalls", (dispatched, _patched_slot("sys_call_table")))
     )
     assert unused.severity.label == "critical" and unused.technique == "syscall-hook"
     assert "dispatches system calls through code (x64_sys_call), not through sys_call_table" in (
@@ -169,6 +169,6 @@ def test_a_patched_table_the_kernel_no_longer_reads_is_said_as_unused() -> None:
     )
     assert unused.evidence["live"] is False and unused.evidence["dispatch"] == "x64_sys_call"
     # without dispatch through code the table is what the kernel calls through
-    (live,) = SyscallsSurface().assess(SurfaceState("syscalls", [_patched_slot("sys_call_table")]))
+    (live,) = SyscallsSurface().assess(SurfaceState("syscalls", (_patched_slot("sys_call_table"),)))
     assert live.summary.startswith("syscall 62 goes through sys_call_table to evil_hook")
     assert live.evidence["live"] is True

@@ -38,7 +38,7 @@ from patchguard.kernel import Kernel, KernelAccessError
 from patchguard.report import finding_json
 from patchguard.scan import run_scan
 from patchguard.surfaces import all_surfaces
-from patchguard.surfaces.base import Status, Surface, SurfaceState
+from patchguard.surfaces.base import AnyState, Status, Surface
 
 FindingKey = tuple[str, str, str]
 
@@ -49,7 +49,7 @@ def next_interval(mean: float, jitter: float) -> float:
     return mean * (1 + jitter * (2 * u - 1))
 
 
-def _gap_text(state: SurfaceState) -> str:
+def _gap_text(state: AnyState) -> str:
     return "; ".join(f"{g.what}: {g.reason}" for g in state.gaps[:3]) or "no reason given"
 
 
@@ -292,7 +292,7 @@ class Guard:
         self.metrics.unavailable(sum(1 for r in report.results if r.state.gaps))
         found: list[Finding] = []
         for result in report.results:
-            self.records[result.surface.name] = result.state.records
+            self.records[result.surface.name] = list(result.state.records)
             found += self.handle(result.surface.name, result.findings, why)
         looks = [(r.surface.name, r.state.status, _gap_text(r.state)) for r in report.results]
         return found + self._lost(looks, why)

@@ -44,7 +44,7 @@ from patchguard.kernel import Kernel, KernelAccessError
 from patchguard.kernel.kallsyms import X86_64_DEFAULT_STEXT
 from patchguard.kernel.memory import KernelMemory, read_chunks
 from patchguard.scan import ScanReport, SurfaceResult, report_for
-from patchguard.surfaces.base import SurfaceState
+from patchguard.surfaces.base import AnyState, SurfaceState
 from patchguard.surfaces.kernel_text import NAME, KernelTextSurface
 from patchguard.surfaces.syscalls import TABLE_DISPATCH
 from patchguard.x86.dispatch import (
@@ -439,7 +439,7 @@ def dispatch_record(kernel: Kernel, manifest: Manifest) -> SyscallDispatch:
 
 @dataclass(frozen=True)
 class CheckOutcome:
-    state: SurfaceState
+    state: AnyState
     findings: list[Finding]
 
 

@@ -23,7 +23,7 @@ from patchguard.policy.manifest import DeclaredBpfProgram
 from patchguard.policy.match_hooks import allowed_by
 from patchguard.policy.rules import Request
 from patchguard.scan import Policy
-from patchguard.surfaces.base import SurfaceState
+from patchguard.surfaces.base import AnyState
 from patchguard.surfaces.ebpf import NAME as EBPF
 from patchguard.surfaces.ebpf import BpfLink, BpfProgram
 
@@ -210,9 +210,9 @@ def ledger_policy(path: Path) -> tuple[Policy | None, str | None]:
     except LedgerError as exc:
         return None, f"the exception ledger grants nothing: {exc}"
 
-    def policy(findings: list[Finding], state: SurfaceState) -> list[Finding]:
+    def policy(findings: list[Finding], state: AnyState) -> list[Finding]:
         if state.surface == EBPF:
-            return apply_exceptions(findings, state.records, live)
+            return apply_exceptions(findings, list(state.records), live)
         if state.surface in (TRACING, MODULES):
             return apply_hook_exceptions(findings, live)
         return findings

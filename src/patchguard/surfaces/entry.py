@@ -14,10 +14,10 @@ import struct
 import subprocess
 from dataclasses import dataclass
 
-from patchguard.findings import Disposition, Finding, Gap, Severity
+from patchguard.findings import Disposition, Finding, Gap
 from patchguard.kernel import Kernel, KernelAccessError
 from patchguard.kernel.errors import oserror_reason
-from patchguard.surfaces.base import SurfaceState
+from patchguard.surfaces.base import RecordSet, SurfaceState, finding
 
 NAME = "entry"
 # MSR number -> (name, entry points kallsyms may name for it)
@@ -177,6 +177,14 @@ def _where(r: MsrValue) -> str:
     return f"{r.symbol} [{r.module}]" if r.module else r.symbol
 
 
+@dataclass(frozen=True)
+class EntryRecords(RecordSet):
+    """The entry surface's records by kind."""
+
+    msrs: tuple[MsrValue, ...] = ()
+    idt: tuple[IdtGate, ...] = ()
+
+
 class EntrySurface:
     name = NAME
     title = "Syscall entry MSRs and IDT"
@@ -187,52 +195,40 @@ class EntrySurface:
         if kernel.live:
             _ensure_msr_device(kernel)
 
-    def collect(self, kernel: Kernel) -> SurfaceState:
+    def collect(self, kernel: Kernel) -> SurfaceState[EntryRecords]:
         gaps: list[Gap] = []
         try:
-            records: list[object] = [*read_msrs(kernel, gaps), *read_idt(kernel, gaps)]
+            records = EntryRecords(tuple(read_msrs(kernel, gaps)), tuple(read_idt(kernel, gaps)))
         except KernelAccessError as exc:
-            return SurfaceState(NAME, [], gaps=[*gaps, Gap(NAME, "entry points", str(exc))])
-        counts = {
-            "msr_values": sum(isinstance(r, MsrValue) for r in records),
-            "idt_gates": sum(isinstance(r, IdtGate) for r in records),
-        }
+            gaps.append(Gap(NAME, "entry points", str(exc)))
+            return SurfaceState(NAME, EntryRecords(), gaps=gaps)
+        counts = {"msr_values": len(records.msrs), "idt_gates": len(records.idt)}
         return SurfaceState(NAME, records, counts, gaps)
 
-    def assess(self, state: SurfaceState) -> list[Finding]:
-        findings = []
-        for r in state.records:
-            if isinstance(r, MsrValue) and not r.ok:
-                findings.append(
-                    Finding(
-                        NAME,
-                        "syscall-entry-hijack",
-                        Severity.CRITICAL,
-                        f"{r.msr} on CPU {r.cpu}",
-                        f"{r.msr} points at {_where(r)}, not at {' or '.join(r.expected)}: "
-                        "every system call goes through it first",
-                        Disposition.TAMPERING,
-                        "T1014",
-                        {
-                            "value": f"{r.value:#x}",
-                            "symbol": r.symbol,
-                            "module": r.module,
-                            "cpu": r.cpu,
-                        },
-                    )
-                )
-            elif isinstance(r, IdtGate) and not r.ok:
-                findings.append(
-                    Finding(
-                        NAME,
-                        "idt-hijack",
-                        Severity.CRITICAL,
-                        f"IDT vector {r.vector}",
-                        f"IDT vector {r.vector} sends the CPU to {r.location or hex(r.handler)}, "
-                        "outside kernel text",
-                        Disposition.TAMPERING,
-                        "T1014",
-                        {"handler": f"{r.handler:#x}", "location": r.location},
-                    )
-                )
-        return findings
+    def assess(self, state: SurfaceState[EntryRecords]) -> list[Finding]:
+        msrs = [_msr_finding(r) for r in state.records.msrs if not r.ok]
+        return msrs + [_idt_finding(g) for g in state.records.idt if not g.ok]
+
+
+def _msr_finding(r: MsrValue) -> Finding:
+    return finding(
+        NAME,
+        "syscall-entry-hijack",
+        f"{r.msr} on CPU {r.cpu}",
+        f"{r.msr} points at {_where(r)}, not at {' or '.join(r.expected)}: "
+        "every system call goes through it first",
+        {"value": f"{r.value:#x}", "symbol": r.symbol, "module": r.module, "cpu": r.cpu},
+        disposition=Disposition.TAMPERING,
+    )
+
+
+def _idt_finding(g: IdtGate) -> Finding:
+    return finding(
+        NAME,
+        "idt-hijack",
+        f"IDT vector {g.vector}",
+        f"IDT vector {g.vector} sends the CPU to {g.location or hex(g.handler)}, "
+        "outside kernel text",
+        {"handler": f"{g.handler:#x}", "location": g.location},
+        disposition=Disposition.TAMPERING,
+    )

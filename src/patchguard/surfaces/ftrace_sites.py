@@ -185,13 +185,8 @@ def _fresh_starts(kernel: Kernel) -> frozenset[int]:
     return SymbolTable(raw.decode(errors="replace")).starts
 
 
-def findings(surface: str, states: Sequence[object]) -> list[Finding]:
-    out = []
-    for state in states:
-        if isinstance(state, FtraceSites):
-            out += [_finding(surface, hook) for hook in state.hooks]
-            out += _unlisted_findings(surface, state)
-    return out
+def findings(surface: str, sites: FtraceSites) -> list[Finding]:
+    return [_finding(surface, hook) for hook in sites.hooks] + _unlisted_findings(surface, sites)
 
 
 def _unlisted_findings(surface: str, state: FtraceSites) -> list[Finding]:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from patchguard.findings import Finding, Gap
 from patchguard.kernel import Kernel, KernelAccessError
 from patchguard.kernel.memory import KernelMemory, read_chunks
-from patchguard.surfaces.base import SurfaceState
-from patchguard.surfaces.ftrace_sites import check_sites, findings
+from patchguard.surfaces.base import RecordSet, SurfaceState
+from patchguard.surfaces.ftrace_sites import FtraceSites, check_sites, findings
 
 NAME = "kernel_text"
 
@@ -40,36 +40,45 @@ def read_and_hash(memory: KernelMemory, start: int, end: int) -> tuple[str, byte
     return whole.hexdigest(), b"".join(chunks)
 
 
+@dataclass(frozen=True)
+class KernelTextRecords(RecordSet):
+    """The kernel text surface's records: the image read, and its ftrace sites checked."""
+
+    image: TextImage | None = None
+    ftrace_sites: FtraceSites | None = None
+
+
 class KernelTextSurface:
     name = NAME
     title = "Kernel text"
 
-    def collect(self, kernel: Kernel) -> SurfaceState:
+    def collect(self, kernel: Kernel) -> SurfaceState[KernelTextRecords]:
         try:
             text = kernel.range("text")
             if text is None:
-                return SurfaceState(
-                    NAME, [], gaps=[Gap(NAME, "core text", "kallsyms shows no _stext/_etext")]
-                )
+                return _unread("kallsyms shows no _stext/_etext")
             memory = kernel.memory()
             digest, code = read_and_hash(memory, text.start, text.end)
         except KernelAccessError as exc:
-            return SurfaceState(NAME, [], gaps=[Gap(NAME, "core text", str(exc))])
+            return _unread(str(exc))
         image = TextImage(memory.name, text.start, text.end, text.size, digest)
-        records: list[object] = [image]
         counts, gaps = {"bytes": text.size}, []
         try:
             sites = check_sites(kernel, memory, code, text.start)
         except KernelAccessError as exc:
             gaps.append(Gap(NAME, "ftrace sites (ftrace records)", str(exc)))
-        else:
-            records.append(sites)
-            counts |= {
-                "ftrace_sites": sites.sites,
-                "ftrace_sites_calling": sites.calls,
-                "ftrace_sites_unlisted": sites.unlisted,
-            }
-        return SurfaceState(NAME, records, counts, gaps)
+            return SurfaceState(NAME, KernelTextRecords(image), counts, gaps)
+        counts |= {
+            "ftrace_sites": sites.sites,
+            "ftrace_sites_calling": sites.calls,
+            "ftrace_sites_unlisted": sites.unlisted,
+        }
+        return SurfaceState(NAME, KernelTextRecords(image, sites), counts, gaps)
 
-    def assess(self, state: SurfaceState) -> list[Finding]:
-        return findings(NAME, state.records)
+    def assess(self, state: SurfaceState[KernelTextRecords]) -> list[Finding]:
+        sites = state.records.ftrace_sites
+        return [] if sites is None else findings(NAME, sites)
+
+
+def _unread(reason: str) -> SurfaceState[KernelTextRecords]:
+    return SurfaceState(NAME, KernelTextRecords(), gaps=[Gap(NAME, "core text", reason)])

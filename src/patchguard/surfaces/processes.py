@@ -367,7 +367,7 @@ class ProcessesSurface:
         # Only for benchmarks: probe pids below this instead of below the kernel's pid_max.
         self.probe_below = probe_below
 
-    def collect(self, kernel: Kernel) -> SurfaceState:
+    def collect(self, kernel: Kernel) -> SurfaceState[Sequence[object]]:
         r = _Reading(NAME, kernel)
         pid_max = r.parsed("pid_max (/proc/sys/kernel/pid_max)", PID_MAX, parse_pid_max)
         pid_max = self.probe_below or pid_max
@@ -381,7 +381,7 @@ class ProcessesSurface:
             r.records.insert(0, _summary(r, pid_max, suspects, rechecks))
         return SurfaceState(NAME, tuple(r.records), _counts(r.records), tuple(r.gaps))
 
-    def assess(self, state: SurfaceState) -> list[Finding]:
+    def assess(self, state: SurfaceState[Sequence[object]]) -> list[Finding]:
         return assess_records(state.records)
 
 

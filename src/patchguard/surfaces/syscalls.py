@@ -16,11 +16,11 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from patchguard.findings import Disposition, Finding, Gap, Severity
+from patchguard.findings import Disposition, Finding, Gap
 from patchguard.kernel import Kernel, KernelAccessError
 from patchguard.kernel.bpf.symbolize import KernelName
 from patchguard.kernel.kallsyms import Location
-from patchguard.surfaces.base import SurfaceState
+from patchguard.surfaces.base import SurfaceState, finding
 from patchguard.x86.dispatch import (
     DISPATCH_FUNCTIONS,
     dispatch_entries,
@@ -171,16 +171,14 @@ class SyscallsSurface:
     name = NAME
     title = "System call dispatch"
 
-    def collect(self, kernel: Kernel) -> SurfaceState:
+    def collect(self, kernel: Kernel) -> SurfaceState[tuple[SyscallTarget, ...]]:
         gaps: list[Gap] = []
-        records: list[object] = []
         try:
             names = SyscallNames(kernel)
-            records += read_dispatch(kernel, names)
-            records += read_tables(kernel, names)
+            records = (*read_dispatch(kernel, names), *read_tables(kernel, names))
         except KernelAccessError as exc:
-            return SurfaceState(NAME, [], gaps=[Gap(NAME, "syscall dispatch", str(exc))])
-        vias = sorted({r.via for r in records if isinstance(r, SyscallTarget)})
+            return SurfaceState(NAME, (), gaps=[Gap(NAME, "syscall dispatch", str(exc))])
+        vias = sorted({r.via for r in records})
         if not any(v in DISPATCH_FUNCTIONS for v in vias):
             gaps.append(
                 Gap(
@@ -200,15 +198,12 @@ class SyscallsSurface:
                     else "not in kallsyms, and no dispatch function either",
                 )
             )
-        counts = {
-            via: sum(isinstance(r, SyscallTarget) and r.via == via for r in records) for via in vias
-        }
+        counts = {via: sum(r.via == via for r in records) for via in vias}
         return SurfaceState(NAME, records, counts, gaps)
 
-    def assess(self, state: SurfaceState) -> list[Finding]:
-        targets = [r for r in state.records if isinstance(r, SyscallTarget)]
-        coded = {r.via for r in targets if r.via in DISPATCH_FUNCTIONS}
-        return [_hook_finding(r, coded) for r in targets if not r.ok]
+    def assess(self, state: SurfaceState[tuple[SyscallTarget, ...]]) -> list[Finding]:
+        coded = {r.via for r in state.records if r.via in DISPATCH_FUNCTIONS}
+        return [_hook_finding(r, coded) for r in state.records if not r.ok]
 
 
 # The code that replaced each table where the kernel dispatches through code (6.9+, and the
@@ -233,14 +228,11 @@ def _hook_finding(r: SyscallTarget, coded: set[str]) -> Finding:
             f"syscall {r.numbers} goes through {r.via} to {r.target_name}, which is not "
             "a syscall function in core kernel text"
         )
-    return Finding(
+    return finding(
         NAME,
         "syscall-hook",
-        Severity.CRITICAL,
         f"{r.via}: syscall {r.numbers}",
         summary,
-        Disposition.TAMPERING,
-        "T1014",
         {
             "via": r.via,
             "slot": f"{r.address:#x}",
@@ -249,4 +241,5 @@ def _hook_finding(r: SyscallTarget, coded: set[str]) -> Finding:
             "dispatch": dispatch if unused else r.via,
             "live": not unused,
         },
+        disposition=Disposition.TAMPERING,
     )

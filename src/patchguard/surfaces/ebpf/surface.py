@@ -59,7 +59,7 @@ class EbpfSurface:
     name = NAME
     title = "eBPF programs and links"
 
-    def collect(self, kernel: Kernel) -> SurfaceState:
+    def collect(self, kernel: Kernel) -> SurfaceState[Sequence[object]]:
         if not kernel.live:
             return SurfaceState(
                 NAME, [], gaps=[Gap(NAME, "bpf objects", "bpf(2) reads only the live kernel")]
@@ -85,7 +85,7 @@ class EbpfSurface:
         counts = {"programs": len(programs), "links": len(seen.links), "maps": len(seen.maps)}
         return SurfaceState(NAME, records, counts, seen.gaps)
 
-    def assess(self, state: SurfaceState) -> list[Finding]:
+    def assess(self, state: SurfaceState[Sequence[object]]) -> list[Finding]:
         findings: list[Finding] = []
         for prog in state.records:
             if isinstance(prog, BpfProgram):

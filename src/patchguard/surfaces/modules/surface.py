@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from patchguard.findings import Finding
@@ -29,7 +30,7 @@ class ModulesSurface:
     name = NAME
     title = "Loadable modules (cross-view)"
 
-    def collect(self, kernel: Kernel) -> SurfaceState:
+    def collect(self, kernel: Kernel) -> SurfaceState[Sequence[object]]:
         r = _Reading(NAME, kernel)
         vmallocinfo = r.text("module memory (/proc/vmallocinfo)", VMALLOCINFO)
         _collect_sysfs(r)
@@ -52,5 +53,5 @@ class ModulesSurface:
         }
         return SurfaceState(NAME, tuple(r.records), counts, tuple(r.gaps))
 
-    def assess(self, state: SurfaceState) -> list[Finding]:
+    def assess(self, state: SurfaceState[Sequence[object]]) -> list[Finding]:
         return assess_records(state.records)

@@ -25,13 +25,19 @@ from __future__ import annotations
 from patchguard.surfaces.netfilter.assess import assess_bpf_hook, assess_hook, assess_records
 from patchguard.surfaces.netfilter.parse import config_option, dump_failure, parse_hook
 from patchguard.surfaces.netfilter.paths import NAME, family_name, hook_name
-from patchguard.surfaces.netfilter.records import BpfNetfilterHook, NetfilterHook, NetfilterViews
+from patchguard.surfaces.netfilter.records import (
+    BpfNetfilterHook,
+    NetfilterHook,
+    NetfilterRecords,
+    NetfilterViews,
+)
 from patchguard.surfaces.netfilter.surface import NetfilterSurface
 
 __all__ = [
     "NAME",
     "BpfNetfilterHook",
     "NetfilterHook",
+    "NetfilterRecords",
     "NetfilterSurface",
     "NetfilterViews",
     "assess_bpf_hook",

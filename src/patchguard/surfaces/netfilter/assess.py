@@ -7,8 +7,7 @@ from collections.abc import Sequence
 
 from patchguard.findings import Disposition, Evidence, Finding, Severity
 from patchguard.surfaces.netfilter.paths import NAME, ROOTKIT
-from patchguard.surfaces.netfilter.records import BpfNetfilterHook, NetfilterHook, NetfilterViews
-from patchguard.surfaces.reading import one_of, records_of
+from patchguard.surfaces.netfilter.records import BpfNetfilterHook, NetfilterHook, NetfilterRecords
 
 # --- assess -------------------------------------------------------------------------------------
 
@@ -138,13 +137,11 @@ def assess_views(
     ]
 
 
-def assess_records(records: Sequence[object]) -> list[Finding]:
-    views = one_of(records, NetfilterViews)
+def assess_records(records: NetfilterRecords) -> list[Finding]:
+    views = records.views
     modules = views.modules if views is not None else None
-    hooks = records_of(records, NetfilterHook)
-    links = records_of(records, BpfNetfilterHook)
-    found = [f for h in hooks for f in assess_hook(h, modules)]
-    found += [f for link in links for f in assess_bpf_hook(link)]
+    found = [f for h in records.hooks for f in assess_hook(h, modules)]
+    found += [f for link in records.links for f in assess_bpf_hook(link)]
     if views is not None and views.bpf_links_read:
-        found += assess_views(hooks, links)
+        found += assess_views(records.hooks, records.links)
     return found

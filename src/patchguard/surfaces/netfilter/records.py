@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from patchguard.surfaces.base import RecordSet
 from patchguard.surfaces.ebpf import Owner
 
 # --- records ------------------------------------------------------------------------------------
@@ -57,3 +58,12 @@ class NetfilterViews:
     bpf_links_read: bool
     hook_lists_from: str | None = None  # "nfnetlink" or "kernel memory"
     dump_unavailable: str | None = None  # why the nfnetlink dump could not be used
+
+
+@dataclass(frozen=True)
+class NetfilterRecords(RecordSet):
+    """The netfilter surface's records by kind."""
+
+    hooks: tuple[NetfilterHook, ...] = ()
+    links: tuple[BpfNetfilterHook, ...] = ()
+    views: NetfilterViews | None = None

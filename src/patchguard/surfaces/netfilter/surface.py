@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 from patchguard.surfaces.netfilter.assess import _hidden, assess_records
 from patchguard.surfaces.netfilter.collect import _bpf_hooks, _proc_modules, _read_hook_lists
 from patchguard.surfaces.netfilter.paths import HOOK_LISTS, NAME
-from patchguard.surfaces.netfilter.records import NetfilterViews
+from patchguard.surfaces.netfilter.records import NetfilterRecords, NetfilterViews
 
 
 class NetfilterSurface:
@@ -29,24 +29,24 @@ class NetfilterSurface:
             with contextlib.suppress(HookDumpError, ValueError), HookSocket() as sock:
                 sock.dump(*HOOK_LISTS[0])
 
-    def collect(self, kernel: Kernel) -> SurfaceState:
+    def collect(self, kernel: Kernel) -> SurfaceState[NetfilterRecords]:
         r = Reading(NAME, kernel)
         if not kernel.live:
             r.gap("netfilter hooks", "nfnetlink and bpf(2) read only the live kernel")
-            return SurfaceState(NAME, (), gaps=tuple(r.gaps))
+            return SurfaceState(NAME, NetfilterRecords(), gaps=tuple(r.gaps))
         listed = _proc_modules(r)
         modules = None if listed is None else tuple(m.name for m in listed)
         hooks, source, unavailable = _read_hook_lists(r, listed)
         links = _bpf_hooks(r, hooks)
         views = NetfilterViews(modules, hooks is not None, links is not None, source, unavailable)
-        r.records += [*(hooks or []), *(links or []), views]
+        records = NetfilterRecords(tuple(hooks or ()), tuple(links or ()), views)
         counts = {
             "hooks": len(hooks or []),
             **{t: sum(h.hook_type == t for h in hooks or []) for t in ("native", "nftables")},
             "bpf_links": len(links or []),
             "hidden": sum(_hidden(h, modules) is not None for h in hooks or []),
         }
-        return SurfaceState(NAME, tuple(r.records), counts, tuple(r.gaps))
+        return SurfaceState(NAME, records, counts, tuple(r.gaps))
 
-    def assess(self, state: SurfaceState) -> list[Finding]:
+    def assess(self, state: SurfaceState[NetfilterRecords]) -> list[Finding]:
         return assess_records(state.records)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from patchguard.findings import Finding, Severity
@@ -18,12 +19,12 @@ class PostureSurface:
     name = NAME
     title = "Security posture"
 
-    def collect(self, kernel: Kernel) -> SurfaceState:
+    def collect(self, kernel: Kernel) -> SurfaceState[Sequence[object]]:
         records, gaps = read_posture(kernel)
         weak = sum(1 for f in assess_records(records) if f.severity >= Severity.LOW)
         return SurfaceState(
             NAME, tuple(records), {"settings": len(records), "weak": weak}, tuple(gaps)
         )
 
-    def assess(self, state: SurfaceState) -> list[Finding]:
+    def assess(self, state: SurfaceState[Sequence[object]]) -> list[Finding]:
         return assess_records(state.records)

@@ -23,7 +23,7 @@ read inside a namespace), crossview (the comparison, pure), collect, assess, sur
 
 from __future__ import annotations
 
-from patchguard.surfaces.sockets.assess import assess_records, shown
+from patchguard.surfaces.sockets.assess import assess_hidden, shown
 from patchguard.surfaces.sockets.crossview import Look, Suspect, disagreements, settle
 from patchguard.surfaces.sockets.records import (
     BIND_PROBE,
@@ -36,6 +36,7 @@ from patchguard.surfaces.sockets.records import (
     NetnsViews,
     Owner,
     SocketEntry,
+    SocketRecords,
 )
 from patchguard.surfaces.sockets.surface import SocketsSurface
 
@@ -51,9 +52,10 @@ __all__ = [
     "NetnsViews",
     "Owner",
     "SocketEntry",
+    "SocketRecords",
     "SocketsSurface",
     "Suspect",
-    "assess_records",
+    "assess_hidden",
     "disagreements",
     "settle",
     "shown",

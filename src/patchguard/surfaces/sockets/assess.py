@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 from patchguard.findings import Disposition, Evidence, Finding
 from patchguard.surfaces.base import finding
-from patchguard.surfaces.reading import records_of
 from patchguard.surfaces.sockets.collect import NAME
 from patchguard.surfaces.sockets.records import BIND_PROBE, HiddenSocket, Owner
 
@@ -75,8 +74,4 @@ def assess_hidden(h: HiddenSocket) -> Finding:
     )
 
 
-def assess_records(records: Sequence[object]) -> list[Finding]:
-    return [assess_hidden(h) for h in records_of(records, HiddenSocket)]
-
-
-__all__ = ["assess_hidden", "assess_records", "shown"]
+__all__ = ["assess_hidden", "shown"]

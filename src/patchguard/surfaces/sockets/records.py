@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from patchguard.surfaces.base import RecordSet
 from patchguard.surfaces.sockets.addresses import proc_form, spelled
 
 Key = tuple[str | int, ...]  # (protocol, inode) or (protocol, local, remote) as /proc/net prints
@@ -132,3 +133,12 @@ class HiddenSocket:
     missing_from: tuple[str, ...]
     owners: tuple[Owner, ...] = ()
     port: int | None = None
+
+
+@dataclass(frozen=True)
+class SocketRecords(RecordSet):
+    """The sockets surface's records by kind."""
+
+    namespaces: tuple[NetnsViews, ...] = ()
+    listeners: tuple[Listener, ...] = ()
+    hidden: tuple[HiddenSocket, ...] = ()

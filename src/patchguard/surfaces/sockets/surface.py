@@ -6,10 +6,9 @@ from typing import TYPE_CHECKING
 
 from patchguard.findings import Finding
 from patchguard.surfaces.base import SurfaceState
-from patchguard.surfaces.reading import records_of
-from patchguard.surfaces.sockets.assess import assess_records
+from patchguard.surfaces.sockets.assess import assess_hidden
 from patchguard.surfaces.sockets.collect import NAME, read_sockets
-from patchguard.surfaces.sockets.records import HiddenSocket, Listener, NetnsViews
+from patchguard.surfaces.sockets.records import SocketRecords
 
 if TYPE_CHECKING:
     from patchguard.kernel import Kernel
@@ -28,15 +27,16 @@ class SocketsSurface:
             raise ValueError(f"probe mode {probe!r} is not one of {', '.join(PROBE_MODES)}")
         self.probe = probe
 
-    def collect(self, kernel: Kernel) -> SurfaceState:
+    def collect(self, kernel: Kernel) -> SurfaceState[SocketRecords]:
         r = read_sockets(kernel, self.probe)
+        records = SocketRecords.of(r.records)
         counts = {
-            "namespaces": len(records_of(r.records, NetnsViews)),
+            "namespaces": len(records.namespaces),
             "sockets": r.sockets,
-            "listeners": len(records_of(r.records, Listener)),
-            "hidden": len(records_of(r.records, HiddenSocket)),
+            "listeners": len(records.listeners),
+            "hidden": len(records.hidden),
         }
-        return SurfaceState(NAME, tuple(r.records), counts, tuple(r.gaps))
+        return SurfaceState(NAME, records, counts, tuple(r.gaps))
 
-    def assess(self, state: SurfaceState) -> list[Finding]:
-        return assess_records(state.records)
+    def assess(self, state: SurfaceState[SocketRecords]) -> list[Finding]:
+        return [assess_hidden(h) for h in state.records.hidden]

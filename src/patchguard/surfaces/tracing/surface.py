@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from patchguard.findings import Finding
@@ -26,7 +27,7 @@ class TracingSurface:
     name = NAME
     title = "ftrace, kprobes and trace events"
 
-    def collect(self, kernel: Kernel) -> SurfaceState:
+    def collect(self, kernel: Kernel) -> SurfaceState[Sequence[object]]:
         r = Reading(NAME, kernel)
         tracefs = _tracefs(r)
         if tracefs is not None:
@@ -36,5 +37,5 @@ class TracingSurface:
         r.records.extend(read_livepatches(kernel))
         return SurfaceState(NAME, tuple(r.records), _counts(r), tuple(r.gaps))
 
-    def assess(self, state: SurfaceState) -> list[Finding]:
+    def assess(self, state: SurfaceState[Sequence[object]]) -> list[Finding]:
         return assess_records(state.records)

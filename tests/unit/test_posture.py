@@ -21,6 +21,7 @@ from patchguard.surfaces.posture import (
     CpuVulnerability,
     Kaslr,
     Lockdown,
+    PostureRecords,
     PostureSurface,
     SecureBoot,
     Setting,
@@ -62,7 +63,7 @@ def put(root: Path, kernel_path: str, content: str | bytes) -> None:
         target.write_text(content)
 
 
-def scan(root: Path) -> tuple[SurfaceState, list[Finding]]:
+def scan(root: Path) -> tuple[SurfaceState[PostureRecords], list[Finding]]:
     surface = PostureSurface()
     state = surface.collect(Kernel(root=root))
     return state, surface.assess(state)
@@ -72,12 +73,12 @@ def by_technique(findings: list[Finding], technique: str) -> list[Finding]:
     return [f for f in findings if f.technique == technique]
 
 
-def records(state: SurfaceState, kind: type[object]) -> list[object]:
+def records(state: SurfaceState[PostureRecords], kind: type[object]) -> list[object]:
     return [r for r in state.records if isinstance(r, kind)]
 
 
-def setting(state: SurfaceState, name: str) -> Setting:
-    found = [r for r in state.records if isinstance(r, Setting) and r.name == name]
+def setting(state: SurfaceState[PostureRecords], name: str) -> Setting:
+    found = [r for r in state.records.settings if r.name == name]
     assert len(found) == 1, name
     return found[0]
 

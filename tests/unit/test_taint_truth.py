@@ -15,13 +15,8 @@ from patchguard.kernel.btf import Btf
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.ftrace_records import first_rip_load
 from patchguard.kernel.taint import module_taint
-from patchguard.surfaces.posture import Taint
-from patchguard.surfaces.posture.taint_truth import (
-    MemoryTaintValue,
-    ModuleTaint,
-    cross_check,
-    letters_value,
-)
+from patchguard.surfaces.posture import MemoryTaintValue, ModuleTaint, PostureRecords, Taint
+from patchguard.surfaces.posture.taint_truth import cross_check, letters_value
 
 VMLINUX = Path(__file__).parent.parent / "fixtures/6.18-fc/sys/kernel/btf/vmlinux.gz"
 OE = letters_value("OE")  # out-of-tree, unsigned: what every rootkit module carries
@@ -39,7 +34,7 @@ def test_a_global_taint_without_the_modules_bits_was_cleared() -> None:
         ModuleTaint("pg_rootkit", OE, "struct module"),
         ModuleTaint("pg_rootkit", OE, "/sys/module/pg_rootkit/taint"),
     ]
-    (found,) = cross_check(records)
+    (found,) = cross_check(PostureRecords.of(records))
     assert found.technique == "taint-flags-cleared" and found.severity.name == "CRITICAL"
     assert found.evidence["missing"] == "OE"
     assert "tainted_mask in kernel memory" in found.summary
@@ -52,17 +47,17 @@ def test_a_global_taint_that_holds_the_modules_bits_is_fine() -> None:
         MemoryTaintValue(OE | 1 << 9, "tainted_mask"),
         ModuleTaint("pg_rootkit", OE, "struct module"),
     ]
-    assert cross_check(records) == []
+    assert cross_check(PostureRecords.of(records)) == []
 
 
 def test_procfs_that_disagrees_with_memory_is_a_view_that_lies() -> None:
     records = [Taint(0, ()), MemoryTaintValue(OE, "tainted_mask"), ModuleTaint("m", OE, "x")]
-    (found,) = cross_check(records)
+    (found,) = cross_check(PostureRecords.of(records))
     assert found.technique == "filtered-view" and found.subject == "/proc/sys/kernel/tainted"
 
 
 def test_without_memory_procfs_is_the_global_and_the_finding_says_so() -> None:
-    (found,) = cross_check([Taint(0, ()), ModuleTaint("m", OE, "/proc/modules")])
+    (found,) = cross_check(PostureRecords.of([Taint(0, ()), ModuleTaint("m", OE, "/proc/modules")]))
     assert "/proc/sys/kernel/tainted (kernel memory could not be read)" in found.summary
 
 

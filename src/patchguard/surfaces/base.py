@@ -71,8 +71,8 @@ class RecordSet:
             elif value is not None:
                 yield value
 
-    def __bool__(self) -> bool:
-        return any(True for _ in self)
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
     @classmethod
     def of(cls: type[Self], records: Iterable[object]) -> Self:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from patchguard.findings import Disposition, Evidence, Finding, Severity
 from patchguard.surfaces.base import finding
 from patchguard.surfaces.posture.boot_params import BOOT_PARAMS
@@ -25,6 +23,7 @@ from patchguard.surfaces.posture.records import (
     CpuVulnerability,
     Kaslr,
     Lockdown,
+    PostureRecords,
     SecureBoot,
     Setting,
     Taint,
@@ -245,24 +244,15 @@ def _assess_kaslr(kaslr: Kaslr) -> list[Finding]:
     ]
 
 
-def assess_records(records: Sequence[object]) -> list[Finding]:
+def assess_records(records: PostureRecords) -> list[Finding]:
     """Findings from posture records alone; cross-checks (modules, kexec) need several."""
-    findings: list[Finding] = []
-    for record in records:
-        if isinstance(record, Lockdown):
-            findings += _assess_lockdown(record)
-        elif isinstance(record, Taint):
-            findings += _assess_taint(record)
-        elif isinstance(record, Cmdline):
-            findings += _assess_cmdline(record)
-        elif isinstance(record, Setting):
-            findings += _assess_setting(record)
-        elif isinstance(record, SecureBoot):
-            findings += _assess_secure_boot(record)
-        elif isinstance(record, CpuProtection):
-            findings += _assess_cpu(record)
-        elif isinstance(record, CpuVulnerability):
-            findings += _assess_vulnerability(record)
-        elif isinstance(record, Kaslr):
-            findings += _assess_kaslr(record)
-    return findings + module_loading(records) + kexec(records) + cross_check(records)
+    r = records
+    found = [f for s in r.settings for f in _assess_setting(s)]
+    found += [f for p in r.cpu_protections for f in _assess_cpu(p)]
+    found += [f for v in r.cpu_vulnerabilities for f in _assess_vulnerability(v)]
+    found += _assess_lockdown(r.lockdown) if r.lockdown else []
+    found += _assess_taint(r.taint) if r.taint else []
+    found += _assess_cmdline(r.cmdline) if r.cmdline else []
+    found += _assess_secure_boot(r.secure_boot) if r.secure_boot else []
+    found += _assess_kaslr(r.kaslr) if r.kaslr else []
+    return found + module_loading(r) + kexec(r) + cross_check(r)

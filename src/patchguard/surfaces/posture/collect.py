@@ -44,6 +44,7 @@ from patchguard.surfaces.posture.records import (
     CpuVulnerability,
     Kaslr,
     Lockdown,
+    PostureRecords,
     SecureBoot,
     Setting,
     Taint,
@@ -203,7 +204,7 @@ def _collect_kaslr(r: Reading, cmdline: Cmdline | None) -> None:
     r.records.append(Kaslr(stext, not at_default, detail))
 
 
-def read_posture(kernel: Kernel) -> tuple[list[object], list[Gap]]:
+def read_posture(kernel: Kernel) -> tuple[PostureRecords, list[Gap]]:
     """Every posture record that could be read, and a gap for each one that could not."""
     r = Reading(NAME, kernel)
     _collect_security(r)
@@ -216,4 +217,4 @@ def read_posture(kernel: Kernel) -> tuple[list[object], list[Gap]]:
     _collect_secure_boot(r)
     _collect_cpu(r)
     _collect_kaslr(r, cmdline)
-    return r.records, r.gaps
+    return PostureRecords.of(r.records), r.gaps

@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from patchguard.findings import Disposition, Finding, Severity
 from patchguard.surfaces.base import finding
 from patchguard.surfaces.posture.paths import NAME
-from patchguard.surfaces.posture.records import Lockdown, Setting
+from patchguard.surfaces.posture.records import PostureRecords, Setting
 from patchguard.surfaces.posture.rules import LOCKED_DOWN
-from patchguard.surfaces.reading import one_of, records_of
 
 
-def _lockdown_on(records: Sequence[object]) -> bool:
+def _lockdown_on(records: PostureRecords) -> bool:
     """Unknown lockdown counts as off: a setting is not excused by what was not read."""
-    lockdown = one_of(records, Lockdown)
+    lockdown = records.lockdown
     return lockdown is not None and lockdown.mode in LOCKED_DOWN
 
 
-def _setting(records: Sequence[object], name: str) -> Setting | None:
-    return next((s for s in records_of(records, Setting) if s.name == name), None)
+def _setting(records: PostureRecords, name: str) -> Setting | None:
+    return next((s for s in records.settings if s.name == name), None)
 
 
-def module_loading(records: Sequence[object]) -> list[Finding]:
+def module_loading(records: PostureRecords) -> list[Finding]:
     """Loadable modules are normal; unsigned ones without lockdown are the rootkit's door."""
     disabled = _setting(records, "kernel.modules_disabled")
     if disabled is None or disabled.value != "0":
@@ -52,7 +49,7 @@ def module_loading(records: Sequence[object]) -> list[Finding]:
     ]
 
 
-def kexec(records: Sequence[object]) -> list[Finding]:
+def kexec(records: PostureRecords) -> list[Finding]:
     setting = _setting(records, "kernel.kexec_load_disabled")
     if setting is None or setting.value != "0" or _lockdown_on(records):
         return []

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 # x86_64: __START_KERNEL_map + LOAD_PHYSICAL_ADDR (16 MiB), where _stext sits without KASLR.
 from patchguard.kernel.kallsyms import X86_64_DEFAULT_STEXT
+from patchguard.surfaces.base import RecordSet
 
 
 @dataclass(frozen=True)
@@ -90,3 +91,37 @@ class Kaslr:
     in_effect: bool | None  # None: could not be determined, detail says why
     detail: str
     default: int = X86_64_DEFAULT_STEXT
+
+
+@dataclass(frozen=True)
+class ModuleTaint:
+    """One module's taint as one view shows it."""
+
+    module: str
+    value: int  # taint bits
+    source: str  # "struct module", "/sys/module/<name>/taint", "/proc/modules"
+
+
+@dataclass(frozen=True)
+class MemoryTaintValue:
+    """tainted_mask as kernel memory holds it."""
+
+    value: int
+    source: str
+
+
+@dataclass(frozen=True)
+class PostureRecords(RecordSet):
+    """The posture surface's records by kind."""
+
+    lsms: ActiveLsms | None = None
+    lockdown: Lockdown | None = None
+    taint: Taint | None = None
+    memory_taint: MemoryTaintValue | None = None
+    module_taints: tuple[ModuleTaint, ...] = ()
+    settings: tuple[Setting, ...] = ()
+    secure_boot: SecureBoot | None = None
+    cpu_protections: tuple[CpuProtection, ...] = ()
+    cpu_vulnerabilities: tuple[CpuVulnerability, ...] = ()
+    kaslr: Kaslr | None = None
+    cmdline: Cmdline | None = None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from patchguard.findings import Disposition, Finding
 from patchguard.kernel.attribution import struct_modules
@@ -22,27 +21,14 @@ from patchguard.kernel.taint import global_taint, module_taint
 from patchguard.surfaces.base import finding
 from patchguard.surfaces.posture.parsers import TAINT_BITS
 from patchguard.surfaces.posture.paths import NAME, TAINTED
-from patchguard.surfaces.posture.records import Taint
-from patchguard.surfaces.reading import Reading, one_of, records_of
+from patchguard.surfaces.posture.records import (
+    MemoryTaintValue,
+    ModuleTaint,
+    PostureRecords,
+)
+from patchguard.surfaces.reading import Reading
 
 LETTER_BITS = {letter: bit for bit, (letter, _) in TAINT_BITS.items()}
-
-
-@dataclass(frozen=True)
-class ModuleTaint:
-    """One module's taint as one view shows it."""
-
-    module: str
-    value: int  # taint bits
-    source: str  # "struct module", "/sys/module/<name>/taint", "/proc/modules"
-
-
-@dataclass(frozen=True)
-class MemoryTaintValue:
-    """tainted_mask as kernel memory holds it."""
-
-    value: int
-    source: str
 
 
 def letters_value(letters: str) -> int:
@@ -94,8 +80,8 @@ def _collect_structs(r: Reading, names: Sequence[str]) -> None:
             r.records.append(ModuleTaint(name, value, "struct module"))
 
 
-def cross_check(records: Sequence[object]) -> list[Finding]:
-    memory, procfs = one_of(records, MemoryTaintValue), one_of(records, Taint)
+def cross_check(records: PostureRecords) -> list[Finding]:
+    memory, procfs = records.memory_taint, records.taint
     out = []
     if memory is not None and procfs is not None and memory.value != procfs.value:
         out.append(_view_lies(memory, procfs.value))
@@ -105,7 +91,7 @@ def cross_check(records: Sequence[object]) -> list[Finding]:
         value, source = procfs.value, f"{TAINTED} (kernel memory could not be read)"
     else:
         return out
-    evidence = [m for m in records_of(records, ModuleTaint) if m.value & ~value]
+    evidence = [m for m in records.module_taints if m.value & ~value]
     if evidence:
         out.append(_cleared(value, source, evidence))
     return out

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import patchguard
 from patchguard.findings import Disposition, Finding, Severity
@@ -39,6 +39,9 @@ from patchguard.report import finding_json
 from patchguard.scan import run_scan
 from patchguard.surfaces import all_surfaces
 from patchguard.surfaces.base import AnyState, Status, Surface
+
+if TYPE_CHECKING:
+    from patchguard.integrity.keyed_pages import KeyedPages
 
 FindingKey = tuple[str, str, str]
 
@@ -84,6 +87,8 @@ class Guard:
         self.events: KernelEvents | None = None  # loaded by run(), closed when it ends
         self.events_problem: str | None = None
         self.woken_by = "poll"  # what woke the last trigger check: "ringbuf" or "poll"
+        self._keyed: KeyedPages | None = None
+        self._keyed_tried = False
         self.server = self._server_link()
 
     # --- set-up ----------------------------------------------------------------------------
@@ -153,6 +158,8 @@ class Guard:
             self.waiter.close()
             if self.events is not None:
                 self.events.close()
+            if self._keyed is not None:
+                self._keyed.close()
 
     def _run(self) -> int:
         self.announce(
@@ -305,6 +312,14 @@ class Guard:
             found += self.handle(f"lost:{name}", [lost[name]] if name in lost else [], why)
         return found
 
+    def keyed_pages(self) -> KeyedPages | None:
+        """The in-kernel page hasher for the sweeps, opened at the first (None: refused)."""
+        if not self._keyed_tried:
+            from patchguard.integrity.keyed_pages import KeyedPages
+
+            self._keyed, self._keyed_tried = KeyedPages.open(self.kernel), True
+        return self._keyed
+
     def check_baseline(self) -> list[Finding]:
         from patchguard.integrity.check import verify
         from patchguard.integrity.store import BaselineError
@@ -315,7 +330,8 @@ class Guard:
         try:
             key = HostKey.load(self.config.key)
             self.kernel.refresh()
-            return verify(self.kernel, self.config.baseline, key.public_key_bytes()).findings
+            public = key.public_key_bytes()
+            return verify(self.kernel, self.config.baseline, public, self.keyed_pages()).findings
         except KernelAccessError as exc:  # the memory reader went away: a finding, not an exit
             return [surface_lost("kernel_text", str(exc))]
         except (BaselineError, KeyFileError) as exc:

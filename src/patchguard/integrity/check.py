@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from patchguard import __version__
 from patchguard.findings import Disposition, Finding, Gap, Severity
@@ -61,6 +62,9 @@ from patchguard.x86.insn import (
     decode_jump_table,
     decode_static_call_sites,
 )
+
+if TYPE_CHECKING:
+    from patchguard.integrity.keyed_pages import KeyedPages
 
 SYSCALL_TABLES = ("sys_call_table", "ia32_sys_call_table", "x32_sys_call_table")
 
@@ -443,9 +447,11 @@ class CheckOutcome:
     findings: list[Finding]
 
 
-def verify(kernel: Kernel, path: Path, public_key: bytes) -> CheckOutcome:
+def verify(
+    kernel: Kernel, path: Path, public_key: bytes, keyed: KeyedPages | None = None
+) -> CheckOutcome:
     """Compare the live kernel with the signed baseline at `path` (BaselineError if it cannot be
-    trusted or belongs to another boot)."""
+    trusted or belongs to another boot). `keyed`: the guard's sweeps, hashed in the kernel."""
     manifest = read_manifest(path, public_key, stored=False)
     check_boot(manifest, kernel.boot_id(), os.uname().release, path)
     modules = live_modules(kernel)
@@ -455,9 +461,10 @@ def verify(kernel: Kernel, path: Path, public_key: bytes) -> CheckOutcome:
     # kernel or hash with the GIL released); any region data is used only after it passed.
     with ThreadPoolExecutor(max_workers=1) as pool:
         stored = pool.submit(verify_stored, path, manifest)
-        changed = {
-            e.name: changed_pages(kernel.memory(), e.start, e.page_digests, e.size) for e in entries
-        }
+        pages = changed_pages if keyed is None else keyed.changed_pages
+        if keyed is not None:
+            keyed.begin_sweep()
+        changed = {e.name: pages(kernel.memory(), e.start, e.page_digests, e.size) for e in entries}
         stored.result()
     gaps: list[Gap] = list(modules.gaps)
     counts = {

@@ -1,0 +1,132 @@
+"""Sweeps that hash in the kernel: the guard's repeated check compares keyed page digests the
+kernel computes (kernel/bpf/text_hash.py) and SHA-256s only the pages whose digest moved.
+
+Each sweep draws a fresh key B and hashes every page under the previous sweep's key B (now
+key A) and the new B, from one copy of the page made in the kernel. A page whose A digest
+equals the B digest kept from the last sweep holds the bytes that sweep judged, so its verdict
+(matches the baseline, or changed with these bytes) stands; any other page is SHA-256'd from
+that same copy and judged against the signed baseline afresh. The B digests are kept for the
+next sweep. Every verdict thus rests on a SHA-256 of the bytes once, and on a comparison under
+a key no one outside this process and the kernel saw since. The first sweep, a region whose
+baseline changed, or one skipped for a sweep, is judged by SHA-256 whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from patchguard.kernel.bpf.text_hash import CHUNK_PAGES, PAGE, TextHasher
+from patchguard.kernel.errors import KernelAccessError
+from patchguard.kernel.memory import KernelMemory, MemoryReadError
+
+if TYPE_CHECKING:
+    from patchguard.kernel import Kernel
+
+
+@dataclass
+class _Judged:
+    """What the last sweep judged of one region."""
+
+    page_digests: bytes  # the baseline's, to tell a rotated baseline
+    size: int
+    sweep: int
+    records: bytes  # (A, B) digests per page, 16 bytes a page
+    changed: dict[int, bytes] = field(default_factory=dict)  # page -> bytes unlike baseline
+
+
+@dataclass
+class SweepCounts:
+    pages: int = 0
+    hashed: int = 0  # SHA-256'd in user space
+
+
+class KeyedPages:
+    """The guard keeps one across sweeps; `begin_sweep()` before each."""
+
+    def __init__(self, hasher: TextHasher) -> None:
+        self._hasher = hasher
+        self._sweep = 0
+        self._judged: dict[int, _Judged] = {}
+        self.counts = SweepCounts()
+
+    @classmethod
+    def open(cls, kernel: Kernel) -> KeyedPages | None:
+        """None where the kernel refuses the program (no bpf_loop before 5.17, no BTF): the
+        sweeps then SHA-256 every page in user space, as `check` does."""
+        try:
+            hasher = TextHasher()
+        except (KernelAccessError, OSError):
+            return None
+        kernel.own_prog_ids.add(hasher.prog_id)
+        kernel.own_map_ids.update(hasher.map_ids)
+        return cls(hasher)
+
+    def close(self) -> None:
+        self._hasher.close()
+
+    def begin_sweep(self) -> None:
+        self._hasher.new_keys()
+        self._sweep += 1
+        self.counts = SweepCounts()
+
+    def changed_pages(
+        self, memory: KernelMemory, start: int, page_digests: bytes, size: int
+    ) -> dict[int, bytes]:
+        """As integrity.check.changed_pages: live bytes of each page unlike the baseline."""
+        from patchguard.integrity.check import changed_pages
+
+        try:
+            return self._changed(start, page_digests, size)
+        except MemoryReadError:  # a page the kernel copy could not read: the reader says which
+            self._judged.pop(start, None)
+            return changed_pages(memory, start, page_digests, size)
+
+    def _changed(self, start: int, page_digests: bytes, size: int) -> dict[int, bytes]:
+        pages = -(-size // PAGE)
+        last = self._trusted(start, page_digests, size)
+        now = _Judged(page_digests, size, self._sweep, b"")
+        records = bytearray()
+        for first in range(0, pages, CHUNK_PAGES):
+            n = min(CHUNK_PAGES, pages - first)
+            self._hasher.hash_chunk(start + first * PAGE, n, 0)
+            live = self._hasher.records(n)
+            records += live
+            moved = _moved(live, last, first, n)
+            for page in moved:
+                self._judge(now, page, first, size)
+            if last is not None:  # the verdicts of unmoved pages stand, bytes and all
+                kept = set(range(first, first + n)) - set(moved)
+                now.changed |= {p: last.changed[p] for p in kept & last.changed.keys()}
+        now.records = bytes(records)
+        self._judged[start] = now
+        self.counts.pages += pages
+        return dict(now.changed)
+
+    def _trusted(self, start: int, page_digests: bytes, size: int) -> _Judged | None:
+        last = self._judged.get(start)
+        if last is None or last.sweep != self._sweep - 1:
+            return None
+        return last if (last.page_digests, last.size) == (page_digests, size) else None
+
+    def _judge(self, now: _Judged, page: int, first: int, size: int) -> None:
+        at = (page - first) * PAGE
+        data = self._hasher.copy(page - first + 1)[at : at + min(PAGE, size - page * PAGE)]
+        self.counts.hashed += 1
+        if hashlib.sha256(data).digest() != now.page_digests[32 * page : 32 * page + 32]:
+            now.changed[page] = bytes(data)
+
+
+def _moved(live: bytes, last: _Judged | None, first: int, n: int) -> list[int]:
+    """Pages of this chunk whose A digest is not the B digest the last sweep kept."""
+    if last is None:
+        return list(range(first, first + n))
+    now_a = memoryview(live).cast("Q")[0::2]
+    kept_b = memoryview(last.records).cast("Q")[2 * first + 1 : 2 * (first + n) : 2]
+    if now_a == kept_b:
+        return []
+    return [first + i for i, (a, b) in enumerate(zip(now_a, kept_b, strict=True)) if a != b]
+
+
+__all__ = ["KeyedPages", "SweepCounts"]

@@ -1,0 +1,315 @@
+"""Keyed page digests of kernel memory computed in the kernel: NH, the universal hash of UMAC
+(RFC 4418, section 5), run by a BPF program over each 4 KiB page, under two secret keys at once.
+
+Why: reading 19 MB of core text out of the kernel and SHA-256 hashing it in Python is most of
+what a sweep costs (and under emulation, where SHA has no CPU instructions, nearly all of it).
+A keyed hash the kernel computes leaves user space only a comparison of 16 bytes a page. NH
+with 32-bit words: digest = sum over the page's 32-bit word pairs (m0 + k0 mod 2^32) *
+(m1 + k1 mod 2^32) mod 2^64. For two different pages fixed before the key is drawn, the
+digests collide with probability at most 2^-32 over a random key; the key is secret (it lives
+in a map only root reaches) and drawn afresh, so a change made without knowing the key shows.
+Two keys per pass let a guard chain sweeps: it compares under the key it drew last time and
+keeps the digests under the next key (docs/guard.md says why that is as safe as SHA-256 for
+change detection, and why a changed digest is then read again and SHA-256'd).
+
+The program copies up to CHUNK bytes into a map value with one bpf_probe_read_kernel (like the
+memory reader), then bpf_loop runs a callback per page that hashes it from that copy: so a
+caller that also reads the copy (to SHA-256 it) gets digests of exactly the bytes it hashed.
+bpf_loop wants BTF for its callback (func_info), so the program carries a minimal BTF.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import struct
+import threading
+
+from patchguard.kernel.bpf import syscall as bpf
+from patchguard.kernel.bpf.insn import (
+    BPF_ALU,
+    BPF_ALU64,
+    BPF_JMP,
+    BPF_K,
+    BPF_X,
+    R0,
+    R1,
+    R2,
+    R3,
+    R4,
+    R5,
+    R6,
+    R7,
+    R8,
+    R9,
+    R10,
+    add64_imm,
+    call,
+    exit_insn,
+    insn,
+    jgt_imm,
+    ld_map_value,
+    ldx_mem,
+    mov64_imm,
+    mov64_reg,
+    rsh64_imm,
+    stx_mem,
+)
+from patchguard.kernel.bpf.objects import map_info, prog_info
+from patchguard.kernel.errors import KernelAccessError, explain_errno
+from patchguard.kernel.memory import MemoryReadError
+
+PAGE = 4096
+WORDS = PAGE // 8
+CHUNK_PAGES = 256
+CHUNK = CHUNK_PAGES * PAGE  # one test run: one copy, then CHUNK_PAGES pages hashed
+OUT_PAGES = 16384  # digests kept per pass: 64 MiB of text
+DIGEST = 16  # two 64-bit NH values, one per key
+KEYS = 2 * PAGE  # key A then key B, each one u64 per page word
+
+BPF_PROG_TYPE_RAW_TRACEPOINT = 17
+BPF_FUNC_probe_read_kernel, BPF_FUNC_loop = 113, 181
+BPF_PSEUDO_FUNC = 4
+BPF_BTF_LOAD = 18
+BPF_MUL, BPF_AND, BPF_LSH, BPF_ADD, BPF_MOV = 0x20, 0x50, 0x60, 0x00, 0xB0
+BPF_JLT, BPF_JNE = 0xA0, 0x50
+MASK64 = (1 << 64) - 1
+
+
+def nh(page: bytes, key: bytes) -> int:
+    """NH of one page under one 4 KiB key, as the program computes it (the reference)."""
+    total = 0
+    for (m,), (k,) in zip(
+        struct.iter_unpack("<Q", page), struct.iter_unpack("<Q", key), strict=True
+    ):
+        low = ((m & 0xFFFFFFFF) + (k & 0xFFFFFFFF)) & 0xFFFFFFFF
+        high = ((m >> 32) + (k >> 32)) & 0xFFFFFFFF
+        total = (total + low * high) & MASK64
+    return total
+
+
+# --- the program ---------------------------------------------------------------------------------
+
+
+def _alu32_reg(op: int, dst: int, src: int) -> bytes:
+    return insn(BPF_ALU | op | BPF_X, dst, src)
+
+
+def _alu64_reg(op: int, dst: int, src: int) -> bytes:
+    return insn(BPF_ALU64 | op | BPF_X, dst, src)
+
+
+def _alu64_imm(op: int, dst: int, imm: int) -> bytes:
+    return insn(BPF_ALU64 | op | BPF_K, dst, imm=imm)
+
+
+def _nh_step(acc: int, key_off: int) -> list[bytes]:
+    """acc += (low(m) + low(k)) * (high(m) + high(k)), the 32-bit sums wrapping: m in r4, the
+    key word at r9 + key_off."""
+    return [
+        ldx_mem(8, R2, R9, key_off),
+        _alu32_reg(BPF_MOV, R1, R4),  # w1 = low(m), zero-extended
+        _alu32_reg(BPF_ADD, R1, R2),  # w1 += low(k), mod 2^32
+        mov64_reg(R7, R4),
+        rsh64_imm(R7, 32),  # high(m)
+        rsh64_imm(R2, 32),  # high(k)
+        _alu32_reg(BPF_ADD, R7, R2),
+        _alu64_reg(BPF_MUL, R1, R7),
+        _alu64_reg(BPF_ADD, acc, R1),
+    ]
+
+
+def _page_callback(buf_fd: int, keys_fd: int, out_fd: int) -> list[bytes]:
+    """long cb(u64 index, u64 *first): hash page `index` of the copy under both keys into
+    out[first + index]. Indices are masked so the verifier can bound every access."""
+    loop = [
+        ldx_mem(8, R4, R8, 0),  # m
+        *_nh_step(R0, 0),
+        *_nh_step(R3, PAGE),
+        add64_imm(R8, 8),
+        add64_imm(R9, 8),
+        add64_imm(R5, 1),
+    ]
+    back = -(len(loop) + 1)
+    return [
+        ldx_mem(8, R6, R2, 0),  # first output slot
+        _alu64_imm(BPF_AND, R1, CHUNK_PAGES - 1),
+        _alu64_reg(BPF_ADD, R6, R1),
+        _alu64_imm(BPF_AND, R6, OUT_PAGES - 1),
+        _alu64_imm(BPF_LSH, R6, 4),  # byte offset of the digest
+        _alu64_imm(BPF_LSH, R1, 12),  # byte offset of the page in the copy
+        ld_map_value(R8, buf_fd, 0),
+        _alu64_reg(BPF_ADD, R8, R1),
+        ld_map_value(R9, keys_fd, 0),
+        mov64_imm(R0, 0),
+        mov64_imm(R3, 0),
+        mov64_imm(R5, 0),
+        *loop,
+        insn(BPF_JMP | BPF_JLT | BPF_K, R5, off=back, imm=WORDS),
+        ld_map_value(R1, out_fd, 0),
+        _alu64_reg(BPF_ADD, R1, R6),
+        stx_mem(8, R1, R0, 0),
+        stx_mem(8, R1, R3, 8),
+        mov64_imm(R0, 0),  # go on with the next page
+        exit_insn(),
+    ]
+
+
+MAIN_SLOTS = 21  # the callback starts right after main
+
+
+def _main(buf_fd: int) -> list[bytes]:
+    """ctx args: address, pages (<= CHUNK_PAGES), first output slot. Copy, then hash each
+    page; r0 is the copy's error or the number of pages hashed. Jump offsets count slots:
+    the jgt at 4 goes to the refusal at 19, the jne at 8 to the exit at 18, the callback
+    (ld_imm64 at 12-13) is at MAIN_SLOTS."""
+    return [
+        mov64_reg(R6, R1),  # 0
+        ld_map_value(R1, buf_fd, 0),  # 1-2: dst, the copy
+        ldx_mem(8, R2, R6, 8),  # 3: pages
+        jgt_imm(R2, CHUNK_PAGES, 19 - 5),  # 4
+        _alu64_imm(BPF_LSH, R2, 12),  # 5: size
+        ldx_mem(8, R3, R6, 0),  # 6: src
+        call(BPF_FUNC_probe_read_kernel),  # 7
+        insn(BPF_JMP | BPF_JNE | BPF_K, R0, off=18 - 9, imm=0),  # 8
+        ldx_mem(8, R1, R6, 16),  # 9: first output slot, on the stack for the callback
+        stx_mem(8, R10, R1, -8),  # 10
+        ldx_mem(8, R1, R6, 8),  # 11: loops
+        insn(0x18, R2, BPF_PSEUDO_FUNC, imm=MAIN_SLOTS - 13) + insn(0),  # 12-13
+        mov64_reg(R3, R10),  # 14
+        add64_imm(R3, -8),  # 15
+        mov64_imm(R4, 0),  # 16
+        call(BPF_FUNC_loop),  # 17
+        exit_insn(),  # 18
+        mov64_imm(R0, -22),  # 19: -EINVAL, too many pages
+        exit_insn(),  # 20
+    ]
+
+
+def program(buf_fd: int, keys_fd: int, out_fd: int) -> bytes:
+    main = b"".join(_main(buf_fd))
+    assert len(main) == MAIN_SLOTS * 8
+    return main + b"".join(_page_callback(buf_fd, keys_fd, out_fd))
+
+
+def _btf() -> bytes:
+    """long pg_text_hash(void *ctx) and static long pg_nh_page(long index, void *ctx)."""
+    strings = b"\0long\0ctx\0pg_text_hash\0index\0pg_nh_page\0"
+    names = (b"long", b"ctx", b"pg_text_hash", b"index", b"pg_nh_page")
+    off = {name: strings.index(b"\0" + name + b"\0") + 1 for name in names}
+    types = b"".join(
+        [
+            struct.pack("<IIII", off[b"long"], 1 << 24, 8, (1 << 24) | 64),  # [1] long
+            struct.pack("<III", 0, 2 << 24, 0),  # [2] void *
+            struct.pack("<III", 0, (13 << 24) | 1, 1) + struct.pack("<II", off[b"ctx"], 2),  # [3]
+            struct.pack("<III", off[b"pg_text_hash"], (12 << 24) | 1, 3),  # [4] global
+            struct.pack("<III", 0, (13 << 24) | 2, 1)
+            + struct.pack("<IIII", off[b"index"], 1, off[b"ctx"], 2),  # [5]
+            struct.pack("<III", off[b"pg_nh_page"], 12 << 24, 5),  # [6] static
+        ]
+    )
+    header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
+    return header + types + strings
+
+
+# --- loading and running it ----------------------------------------------------------------------
+
+
+def _load(insns: bytes) -> int:
+    blob = ctypes.create_string_buffer(_btf())
+    attr = struct.pack("<QQII", ctypes.addressof(blob), 0, len(blob.raw) - 1, 0)
+    btf_fd, _ = bpf.sys_bpf(BPF_BTF_LOAD, attr, "BTF_LOAD")
+    try:
+        code = ctypes.create_string_buffer(insns, len(insns))
+        lic = ctypes.create_string_buffer(b"GPL")
+        func_info = ctypes.create_string_buffer(struct.pack("<IIII", 0, 4, MAIN_SLOTS, 6), 16)
+        raw = bytearray(bpf.ATTR_SIZE)
+        # no verifier log: it walks 13k instructions, whose log would not fit a buffer
+        # (ENOSPC); a refusal still says its errno
+        insn_count = len(insns) // 8
+        addresses = (ctypes.addressof(code), ctypes.addressof(lic))
+        struct.pack_into("<IIQQ", raw, 0, BPF_PROG_TYPE_RAW_TRACEPOINT, insn_count, *addresses)
+        struct.pack_into("<16s", raw, 48, b"pg_text_hash")
+        struct.pack_into("<IIQI", raw, 72, btf_fd, 8, ctypes.addressof(func_info), 2)
+        try:
+            fd, _ = bpf.sys_bpf(bpf.BPF_PROG_LOAD, raw, "PROG_LOAD")
+        except bpf.BpfError as exc:
+            raise KernelAccessError("in-kernel text hash", f"cannot load: {exc}") from exc
+    finally:
+        os.close(btf_fd)
+    return fd
+
+
+class TextHasher:
+    """The program and its three maps: the copy (read-only here), the keys (written here),
+    the digests (read here), each mapped into this process."""
+
+    def __init__(self) -> None:
+        self._fds: list[int] = []
+        self._maps: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+        try:
+            self._buf = self._map("pg_th_copy", CHUNK, mmap.PROT_READ)
+            self._keys = self._map("pg_th_keys", KEYS, mmap.PROT_READ | mmap.PROT_WRITE)
+            self._out = self._map("pg_th_out", OUT_PAGES * DIGEST, mmap.PROT_READ)
+            self._prog = _load(program(*self._fds))
+        except BaseException:
+            self.close()
+            raise
+        # patchguard's own objects: the ebpf surface leaves them out by identity
+        self.prog_id = prog_info(self._prog).prog_id
+        self.map_ids = [map_info(fd).map_id for fd in self._fds]
+        self.new_keys()
+
+    def _map(self, name: str, size: int, prot: int) -> mmap.mmap:
+        fd = bpf.map_create(bpf.BPF_MAP_TYPE_ARRAY, 4, size, 1, name, bpf.BPF_F_MMAPABLE)
+        self._fds.append(fd)
+        self._maps.append(mmap.mmap(fd, size, mmap.MAP_SHARED, prot))
+        return self._maps[-1]
+
+    def new_keys(self, key_b: bytes | None = None) -> tuple[bytes, bytes]:
+        """Key A is the old key B (or fresh), key B fresh: what a chained sweep wants."""
+        key_a = self._keys[PAGE:KEYS] if key_b is None else key_b
+        keys = (bytes(key_a), os.urandom(PAGE))
+        self._keys[:] = keys[0] + keys[1]
+        return keys
+
+    def set_keys(self, key_a: bytes, key_b: bytes) -> None:
+        self._keys[:] = key_a + key_b
+
+    def hash_chunk(self, address: int, pages: int, first: int) -> None:
+        """Digests of `pages` pages at `address` (page-aligned) into slots first.."""
+        ret = bpf.prog_test_run(self._prog, struct.pack("<QQQ", address, pages, first))
+        if ret != pages:
+            why = explain_errno(-ret) if ret < 0 else f"{ret} of {pages} pages hashed"
+            raise MemoryReadError(address, pages * PAGE, f"in-kernel hash: {why}")
+
+    def copy(self, pages: int) -> memoryview:
+        """The bytes the last hash_chunk hashed (valid until the next one)."""
+        return memoryview(self._buf)[: pages * PAGE]
+
+    def records(self, count: int) -> bytes:
+        """The last pass's digests, (A, B) per page as two little-endian u64."""
+        return self._out[: count * DIGEST]
+
+    def digests(self, count: int) -> list[tuple[int, int]]:
+        return list(struct.iter_unpack("<QQ", self.records(count)))
+
+    def hash_range(self, start: int, end: int) -> list[tuple[int, int]]:
+        """(NH under key A, NH under key B) of each page of [start, end)."""
+        pages = (end - start + PAGE - 1) // PAGE
+        if pages > OUT_PAGES:
+            raise ValueError(f"{pages} pages: more than {OUT_PAGES} in one pass")
+        with self._lock:
+            for first in range(0, pages, CHUNK_PAGES):
+                n = min(CHUNK_PAGES, pages - first)
+                self.hash_chunk(start + first * PAGE, n, first)
+            return self.digests(pages)
+
+    def close(self) -> None:
+        for m in self._maps:
+            m.close()
+        for fd in self._fds + ([self._prog] if hasattr(self, "_prog") else []):
+            os.close(fd)
+        self._maps, self._fds = [], []

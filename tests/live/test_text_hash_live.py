@@ -1,0 +1,208 @@
+"""Keyed page digests computed in the kernel (kernel/bpf/text_hash.py) and the guard's sweeps
+built on them (integrity/keyed_pages.py), on the running kernel.
+
+The digests are checked against the Python reference of NH over the same bytes read by the
+memory reader. Kernel memory that this test can change is the value of a BPF array map the
+test creates: a two-instruction program stores the value's kernel address into the value
+itself (root may read pointers), and the value is mapped here, so a byte written through
+the mapping is a byte of kernel memory that a sweep must see move."""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from patchguard.findings import Disposition
+from patchguard.integrity.check import CheckOutcome, changed_pages, verify
+from patchguard.integrity.keyed_pages import KeyedPages
+from patchguard.kernel import Kernel
+from patchguard.kernel.bpf import syscall as bpf
+from patchguard.kernel.bpf.insn import R0, R1, exit_insn, ld_map_value, mov64_imm, stx_mem
+from patchguard.kernel.bpf.objects import all_progs
+from patchguard.kernel.bpf.text_hash import PAGE, TextHasher, nh
+from patchguard.signing import HostKey
+
+pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
+
+RAW_TRACEPOINT = 17
+PAGES = 3
+
+
+def unexplained(outcome: CheckOutcome) -> list[str]:
+    return [f.subject for f in outcome.findings if f.disposition != Disposition.EXPLAINED]
+
+
+@pytest.fixture(scope="module")
+def kernel() -> Iterator[Kernel]:
+    k = Kernel()
+    try:
+        yield k
+    finally:
+        k.close()
+
+
+@pytest.fixture
+def hasher() -> Iterator[TextHasher]:
+    h = TextHasher()
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+def test_digests_are_nh_of_the_pages_under_both_keys(kernel: Kernel, hasher: TextHasher) -> None:
+    text = kernel.kallsyms.range("text")
+    assert text is not None
+    start = text.start + 64 * PAGE
+    digests = hasher.hash_range(start, start + 4 * PAGE)
+    key_a, key_b = bytes(hasher._keys[:PAGE]), bytes(hasher._keys[PAGE:])
+    for i, (a, b) in enumerate(digests):
+        page = kernel.memory().read(start + i * PAGE, PAGE)
+        assert (a, b) == (nh(page, key_a), nh(page, key_b))
+
+
+def test_new_keys_chain_a_to_the_last_b(kernel: Kernel, hasher: TextHasher) -> None:
+    text = kernel.kallsyms.range("text")
+    assert text is not None
+    before = hasher.hash_range(text.start, text.start + 8 * PAGE)
+    hasher.new_keys()
+    after = hasher.hash_range(text.start, text.start + 8 * PAGE)
+    assert [a for a, _ in after] == [b for _, b in before]
+    assert [b for _, b in after] != [b for _, b in before]  # a fresh key B
+
+
+def test_the_whole_core_text_hashes_and_the_program_is_patchguards(
+    kernel: Kernel, hasher: TextHasher
+) -> None:
+    text = kernel.kallsyms.range("text")
+    assert text is not None
+    digests = hasher.hash_range(text.start, text.end)
+    assert len(digests) == -(-text.size // PAGE)
+    assert hasher.prog_id in {p.prog_id for p in all_progs()}
+
+
+# --- kernel memory this test can change: a BPF array map's value -------------------------------
+
+
+class MapValue:
+    """A mapped array-map value and its kernel address."""
+
+    def __init__(self) -> None:
+        size = PAGES * PAGE
+        self.fd = bpf.map_create(bpf.BPF_MAP_TYPE_ARRAY, 4, size, 1, "pg_t_hashed", 1 << 10)
+        self.view = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        prog = ld_map_value(R1, self.fd, 0) + stx_mem(8, R1, R1, 0) + mov64_imm(R0, 0)
+        prog_fd = bpf.prog_load(RAW_TRACEPOINT, prog + exit_insn(), "pg_t_addr")
+        try:
+            bpf.prog_test_run(prog_fd, struct.pack("<Q", 0))
+        finally:
+            os.close(prog_fd)
+        self.address = struct.unpack_from("<Q", self.view, 0)[0]
+        self.view[:] = os.urandom(size)
+
+    def page_digests(self) -> bytes:
+        return b"".join(
+            hashlib.sha256(self.view[i : i + PAGE]).digest() for i in range(0, len(self.view), PAGE)
+        )
+
+    def close(self) -> None:
+        self.view.close()
+        os.close(self.fd)
+
+
+@pytest.fixture
+def value() -> Iterator[MapValue]:
+    v = MapValue()
+    try:
+        yield v
+    finally:
+        v.close()
+
+
+def test_sweeps_see_a_changed_byte_and_only_it_is_hashed_again(
+    kernel: Kernel, value: MapValue
+) -> None:
+    keyed = KeyedPages.open(kernel)
+    assert keyed is not None
+    try:
+        baseline = value.page_digests()
+        size, memory = PAGES * PAGE, kernel.memory()
+
+        def sweep() -> dict[int, bytes]:
+            keyed.begin_sweep()
+            return keyed.changed_pages(memory, value.address, baseline, size)
+
+        assert sweep() == {} and keyed.counts.hashed == PAGES  # the first sweep: SHA-256 all
+        assert sweep() == {} and keyed.counts.hashed == 0  # nothing moved: nothing hashed
+        value.view[PAGE + 5] ^= 0xFF
+        changed = sweep()
+        assert list(changed) == [1] and keyed.counts.hashed == 1
+        assert changed[1] == bytes(value.view[PAGE : 2 * PAGE])
+        # the verdict stands while the page stays as it is, bytes and all, hashing nothing
+        assert sweep() == changed and keyed.counts.hashed == 0
+        assert changed == changed_pages(memory, value.address, baseline, size)
+        value.view[PAGE + 5] ^= 0xFF  # put back: the page matches the baseline again
+        assert sweep() == {} and keyed.counts.hashed == 1
+    finally:
+        keyed.close()
+
+
+def test_a_skipped_sweep_or_a_new_baseline_is_judged_whole(kernel: Kernel, value: MapValue) -> None:
+    keyed = KeyedPages.open(kernel)
+    assert keyed is not None
+    try:
+        size, memory = PAGES * PAGE, kernel.memory()
+        baseline = value.page_digests()
+        keyed.begin_sweep()
+        keyed.changed_pages(memory, value.address, baseline, size)
+        keyed.begin_sweep()  # a sweep that did not look at this region
+        keyed.begin_sweep()
+        assert keyed.changed_pages(memory, value.address, baseline, size) == {}
+        assert keyed.counts.hashed == PAGES
+        other = bytes(32) + baseline[32:]  # another baseline: page 0 differs from it
+        keyed.begin_sweep()
+        assert list(keyed.changed_pages(memory, value.address, other, size)) == [0]
+        assert keyed.counts.hashed == PAGES
+    finally:
+        keyed.close()
+
+
+def test_verify_with_sweeps_hashed_in_the_kernel_equals_verify(
+    kernel: Kernel, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "PATCHGUARD_KEY": str(tmp_path / "host.key"),
+        "PATCHGUARD_BASELINE": str(tmp_path / "baseline.zip"),
+    }
+    made = subprocess.run(
+        [sys.executable, "-m", "patchguard.cli", "baseline", "create"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    public = HostKey.load(tmp_path / "host.key").public_key_bytes()
+    keyed = KeyedPages.open(kernel)
+    assert keyed is not None
+    try:
+        path = tmp_path / "baseline.zip"
+        plain = verify(kernel, path, public)
+        for _ in range(3):
+            swept = verify(kernel, path, public, keyed)
+            # other software may flip a static key between two checks (explained changes)
+            assert swept.state.counts["pages"] == plain.state.counts["pages"]
+            assert unexplained(swept) == unexplained(plain) == []
+        assert keyed.counts.pages > 0 and keyed.counts.hashed < keyed.counts.pages
+    finally:
+        keyed.close()

@@ -1,0 +1,56 @@
+"""The NH reference and the in-kernel hash program's layout (kernel/bpf/text_hash.py); the live
+tests run the program against this reference."""
+
+from __future__ import annotations
+
+import struct
+
+from patchguard.kernel.bpf.insn import decode
+from patchguard.kernel.bpf.text_hash import (
+    BPF_PSEUDO_FUNC,
+    MAIN_SLOTS,
+    PAGE,
+    BPF_FUNC_loop,
+    nh,
+    program,
+)
+
+ZERO = bytes(PAGE)
+
+
+def words(*pairs: tuple[int, int]) -> bytes:
+    """A page whose first u64 words are (high << 32 | low) of each pair, zeros after."""
+    raw = b"".join(struct.pack("<Q", high << 32 | low) for high, low in pairs)
+    return raw + bytes(PAGE - len(raw))
+
+
+def test_nh_multiplies_the_sums_of_each_word_pair_mod_2_32() -> None:
+    assert nh(ZERO, ZERO) == 0
+    assert nh(words((3, 5)), ZERO) == 15
+    assert nh(words((3, 5)), words((1, 2))) == 4 * 7  # (5 + 2) * (3 + 1)
+    # the 32-bit sums wrap: (0xFFFFFFFF + 2) mod 2^32 = 1
+    assert nh(words((0xFFFFFFFF, 7)), words((2, 0))) == 1 * 7
+
+
+def test_nh_sums_wrap_mod_2_64() -> None:
+    top = (0xFFFFFFFF, 0xFFFFFFFF)
+    assert nh(words(top, top), ZERO) == (2 * 0xFFFFFFFF**2) % 2**64
+
+
+def test_one_changed_bit_changes_the_digest_under_a_key() -> None:
+    key = bytes(range(256)) * 16
+    page = bytearray(bytes(range(256)) * 16)
+    before = nh(bytes(page), key)
+    page[1000] ^= 1
+    assert nh(bytes(page), key) != before
+
+
+def test_the_program_jumps_where_its_comments_say() -> None:
+    slots = decode(program(3, 4, 5))
+    assert slots[4][0] & 0xF0 == 0x20 and 4 + 1 + slots[4][3] == 19  # jgt -> the refusal
+    assert slots[8][0] & 0xF0 == 0x50 and 8 + 1 + slots[8][3] == 18  # jne -> the exit
+    code, _, src, _, imm = slots[12]
+    assert (code, src) == (0x18, BPF_PSEUDO_FUNC) and 12 + 1 + imm == MAIN_SLOTS
+    assert slots[17] == (0x85, 0, 0, 0, BPF_FUNC_loop)
+    assert slots[18][0] == slots[20][0] == 0x95  # exits
+    assert slots[-1][0] == 0x95 and len(slots) > MAIN_SLOTS

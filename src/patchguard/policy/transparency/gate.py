@@ -1,0 +1,296 @@
+"""The host's gate: an exception is applied only under a checkpoint the world can see.
+
+With the guard config's `[transparency]` table (GateSettings) a host takes the published
+checkpoint (from the directory or URL the table names), and applies an exception only if
+
+1. the checkpoint verifies under the log key it pins and carries valid cosignatures
+   (cosignature/v1, dated at most MAX_SKEW ahead of its clock) of at least `quorum` distinct
+   configured witnesses: a *witnessed* checkpoint;
+2. the checkpoint is consistent with the last witnessed one this host accepted (kept in its
+   state directory; the proof is computed from the host's own ledger copy, or from the
+   published tiles when that copy is shorter): otherwise a split view, critical;
+3. the host's ledger is that history: its first N entries give the checkpoint's root (N its
+   size), or, for a copy shorter than N, a consistency proof from the tiles links its root to
+   the checkpoint's: otherwise critical, and nothing is applied;
+4. every entry that makes the exception live is among those N entries: an exception requested
+   or approved after the newest witnessed checkpoint is not applied, and one
+   `exception-not-witnessed` finding names it and says how many witnesses signed. A
+   revocation or an expiry takes effect at once, witnessed or not (it only narrows).
+
+A checkpoint that cannot be fetched is not a lie: the last witnessed one remembered is used,
+and what came after it waits. Without the table, exceptions apply as the ledger says
+(unwitnessed mode).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from patchguard.findings import Disposition, Evidence, Finding
+from patchguard.kernel import Kernel
+from patchguard.policy import ledger
+from patchguard.policy.chain import Entry
+from patchguard.policy.rules import LedgerState, Request
+from patchguard.policy.transparency import TransparencyError, client, merkle, note, store, tiles
+from patchguard.policy.transparency.checkpoint import (
+    Cosigners,
+    SignedCheckpoint,
+    SplitView,
+    check_consistent,
+    check_witness_keys,
+    cosigners,
+    open_checkpoint,
+    quorum_text,
+)
+from patchguard.policy.transparency.findings import split_view_finding
+from patchguard.policy.transparency.gate_config import GateSettings
+from patchguard.surfaces.base import SurfaceState, finding
+
+SURFACE = "transparency"
+REFRESH = 60.0  # seconds a gate's answer is reused while the ledger is unchanged (the guard
+# asks at every trigger look; a witness round is minutes, not seconds)
+
+
+@dataclass(frozen=True)
+class Gated:
+    """What the gate let through: the exceptions to apply, and what it found."""
+
+    applied: tuple[Request, ...]
+    findings: tuple[Finding, ...]
+    witnessed: int  # size of the newest witnessed checkpoint the host's ledger is in (0: none)
+    notes: tuple[str, ...] = ()  # no finding, but worth a line (a checkpoint not reachable)
+
+
+@dataclass
+class _Run:
+    """One gate pass: the host's ledger, what was found so far."""
+
+    settings: GateSettings
+    entries: tuple[Entry, ...]
+    tree: merkle.MemoryTree
+    findings: list[Finding]
+    notes: list[str]
+
+    def source(self, size: int) -> merkle.HashSource:
+        """The tree hashes up to `size`: the host's own copy, else the published tiles."""
+        if size <= self.tree.size:
+            return self.tree
+        return tiles.TileSource(client.fetcher(self.settings.checkpoint, 64 << 20), size)
+
+
+def _state(settings: GateSettings) -> Path:
+    return settings.state_dir / "witnessed"
+
+
+def _remembered(run: _Run, clock: int) -> SignedCheckpoint | None:
+    """The last witnessed checkpoint this host accepted, if it still is one under the config
+    (a config that changed keys starts afresh)."""
+    s = run.settings
+    try:
+        kept = client.remembered(_state(s), s.log.name)
+        if kept is None or note.parse_vkey(kept.vkey) != s.log:
+            return None
+        signed = open_checkpoint(kept.checkpoint, s.log)
+    except (TransparencyError, OSError) as exc:
+        run.notes.append(f"the witnessed checkpoint remembered is not usable: {exc}")
+        return None
+    return signed if len(cosigners(signed.note, s.witnesses, clock).valid) >= s.quorum else None
+
+
+def _fetched(run: _Run) -> SignedCheckpoint | None:
+    """The published checkpoint, signed by the log (a bad one is a critical finding)."""
+    s = run.settings
+    try:
+        message = client.fetcher(s.checkpoint, note.MAX_NOTE)("checkpoint", note.MAX_NOTE)
+    except tiles.TileError as exc:
+        run.notes.append(f"no checkpoint to gate exceptions with: {exc}")
+        return None
+    try:
+        signed = open_checkpoint(message, s.log)
+        if signed.checkpoint.origin != s.log.name:
+            raise note.NoteError(f"its origin is {signed.checkpoint.origin!r}, not {s.log.name!r}")
+    except TransparencyError as exc:
+        run.findings.append(_invalid(s, f"the checkpoint at {s.checkpoint} does not verify: {exc}"))
+        return None
+    return signed
+
+
+def _invalid(settings: GateSettings, summary: str) -> Finding:
+    return finding(
+        SURFACE,
+        "ledger-checkpoint-invalid",
+        f"exception ledger {settings.log.name}",
+        summary,
+        {"checkpoint": settings.checkpoint, "log_vkey": settings.log.vkey},
+        disposition=Disposition.TAMPERING,
+    )
+
+
+def _consistent(run: _Run, old: SignedCheckpoint, new: SignedCheckpoint) -> None:
+    """SplitView unless the two checkpoints are one history (in whichever order they came)."""
+    first, second = (old, new) if old.checkpoint.size <= new.checkpoint.size else (new, old)
+    a, b = first.checkpoint.size, second.checkpoint.size
+    try:
+        proof = merkle.consistency_proof(run.source(b), a, b)
+    except TransparencyError:
+        proof = []  # no hashes to prove it with: only an identical tree passes
+    check_consistent(first, second, proof)
+
+
+def _covered(run: _Run, signed: SignedCheckpoint) -> int | None:
+    """How many of the host's entries the checkpoint covers; None (and a critical finding) if
+    the host's ledger is not the history it signs."""
+    c, have = signed.checkpoint, run.tree.size
+    try:
+        if c.size <= have:
+            if run.tree.root(c.size) != c.root:
+                raise merkle.ProofError(f"its first {c.size} entries give another root")
+            return c.size
+        proof = merkle.consistency_proof(run.source(c.size), have, c.size)
+        merkle.verify_consistency(have, c.size, run.tree.root(), c.root, proof)
+        return have
+    except tiles.TileError as exc:
+        run.notes.append(f"cannot prove the ledger's {have} entries are in {c.describe()}: {exc}")
+        return 0
+    except merkle.ProofError as exc:
+        text = f"the host's exception ledger is not the history witnessed in {c.describe()}: {exc}"
+        run.findings.append(_invalid(run.settings, text))
+        return None
+
+
+def _live(entries: Sequence[Entry], when: datetime) -> dict[int, Request]:
+    state = LedgerState()
+    for entry in entries:  # verified already (ledger.load): the rules cannot refuse them now
+        state.apply(entry)
+    return {r.id: r for r in state.requests.values() if r.live(when)}
+
+
+def _not_witnessed(
+    run: _Run, pending: list[Request], size: int, latest: SignedCheckpoint | None, found: Cosigners
+) -> Finding:
+    s = run.settings
+    seqs = sorted(
+        e.seq
+        for e in run.entries[size:]
+        if e.seq in {r.id for r in pending} or e.subject in {r.id for r in pending}
+    )
+    named = "; ".join(f"#{r.id} ({r.vendor})" for r in pending)
+    if latest is None:
+        newest = "no checkpoint could be read"
+    else:
+        newest = f"the newest checkpoint, {latest.checkpoint.describe()}, is " + quorum_text(
+            found, s.quorum
+        )
+    summary = (
+        f"{len(pending)} exception(s) not under a witnessed checkpoint, not applied: {named} "
+        f"(entries {', '.join(map(str, seqs))}; witnessed up to entry {size}); {newest}"
+    )
+    evidence: Evidence = {
+        "exceptions": [r.id for r in pending],
+        "entries": seqs,
+        "witnessed_size": size,
+        "cosigned_by": list(found.valid),
+        "future_dated": list(found.future),
+        "quorum": s.quorum,
+        "witnesses": len(s.witnesses),
+    }
+    return finding(SURFACE, "exception-not-witnessed", f"exception ledger {s.log.name}",
+                   summary, evidence, disposition=Disposition.SUSPICIOUS)  # fmt: skip
+
+
+def _accept(run: _Run, signed: SignedCheckpoint, before: SignedCheckpoint | None) -> None:
+    """Remember the newest witnessed checkpoint (a host that cannot write its state still
+    gates, it only cannot tell a later split view from this one)."""
+    if before is not None and before.checkpoint.size >= signed.checkpoint.size:
+        return
+    try:
+        client.remember(_state(run.settings), run.settings.log.vkey, signed)
+    except OSError as exc:
+        run.notes.append(f"cannot remember the witnessed checkpoint: {exc.strerror or exc}")
+
+
+@dataclass(frozen=True)
+class _Seen:
+    witnessed: SignedCheckpoint | None  # the newest witnessed checkpoint
+    latest: SignedCheckpoint | None  # the published one, witnessed or not
+    found: Cosigners  # who cosigned the published one
+    before: SignedCheckpoint | None  # the one this host accepted last
+
+
+def _newest(run: _Run, clock: int) -> _Seen | None:
+    """What the host has to go by; None after a split view."""
+    before, latest = _remembered(run, clock), _fetched(run)
+    found = Cosigners((), ())
+    if latest is not None:
+        found = cosigners(latest.note, run.settings.witnesses, clock)
+    try:
+        if before is not None and latest is not None:
+            _consistent(run, before, latest)
+    except SplitView as exc:
+        run.findings.append(split_view_finding(exc))
+        return None
+    witnessed = latest if latest is not None and len(found.valid) >= run.settings.quorum else None
+    if witnessed is None or (before and before.checkpoint.size > witnessed.checkpoint.size):
+        witnessed = before
+    return _Seen(witnessed, latest, found, before)
+
+
+def gate(
+    path: Path, settings: GateSettings, now: datetime | None = None, clock: int | None = None
+) -> Gated:
+    """The exceptions of the ledger at `path` that are live at `now` and witnessed; LedgerError
+    if the ledger does not verify (it grants nothing then, as without the gate)."""
+    check_witness_keys(settings.witnesses, settings.quorum)
+    loaded = ledger.load(path)
+    run = _Run(settings, loaded.entries, store.tree_of(loaded.entries), [], [])
+    clock = int(time.time()) if clock is None else clock
+    seen = _newest(run, clock)
+    covered: int | None = None
+    if seen is not None:
+        covered = _covered(run, seen.witnessed) if seen.witnessed is not None else 0
+        if seen.witnessed is not None and covered is not None:
+            _accept(run, seen.witnessed, seen.before)
+    if seen is None or covered is None:  # a split view, or not the witnessed history
+        return Gated((), tuple(run.findings), 0, tuple(run.notes))
+    when = now or datetime.now(UTC)
+    every, under = _live(run.entries, when), _live(run.entries[:covered], when)
+    applied = tuple(r for i, r in sorted(every.items()) if i in under)
+    pending = [r for i, r in sorted(every.items()) if i not in under]
+    if pending:
+        run.findings.append(_not_witnessed(run, pending, covered, seen.latest, seen.found))
+    return Gated(applied, tuple(run.findings), covered, tuple(run.notes))
+
+
+_CACHE: dict[tuple[Path, GateSettings], tuple[object, float, Gated]] = {}
+
+
+def cached_gate(path: Path, settings: GateSettings) -> Gated:
+    """`gate`, asked again only when the ledger changed or REFRESH seconds went by."""
+    head, now = ledger.head_of(path), time.monotonic()
+    kept = _CACHE.get((path, settings))
+    if kept is not None and head is not None and kept[0] == head and now - kept[1] < REFRESH:
+        return kept[2]
+    gated = gate(path, settings)
+    _CACHE[(path, settings)] = (head, now, gated)
+    return gated
+
+
+class GateSurface:
+    """The gate's findings as a scan surface of their own (`transparency`), so a scan report
+    shows them beside the findings the withheld exceptions leave standing."""
+
+    name = SURFACE
+    title = "Exception ledger witnesses"
+
+    def __init__(self, findings: Sequence[Finding]) -> None:
+        self.findings = tuple(findings)
+
+    def collect(self, kernel: Kernel) -> SurfaceState:
+        return SurfaceState(SURFACE, ())
+
+    def assess(self, state: SurfaceState) -> list[Finding]:
+        return list(self.findings)

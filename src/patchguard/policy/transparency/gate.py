@@ -86,19 +86,18 @@ def _state(settings: GateSettings) -> Path:
     return settings.state_dir / "witnessed"
 
 
-def _remembered(run: _Run, clock: int) -> SignedCheckpoint | None:
-    """The last witnessed checkpoint this host accepted, if it still is one under the config
-    (a config that changed keys starts afresh)."""
+def _remembered(run: _Run) -> SignedCheckpoint | None:
+    """The last witnessed checkpoint this host accepted, signed by the log key it pins (one
+    kept under another key is set aside: a config that changed the log key starts afresh)."""
     s = run.settings
     try:
         kept = client.remembered(_state(s), s.log.name)
         if kept is None or note.parse_vkey(kept.vkey) != s.log:
             return None
-        signed = open_checkpoint(kept.checkpoint, s.log)
+        return open_checkpoint(kept.checkpoint, s.log)
     except (TransparencyError, OSError) as exc:
         run.notes.append(f"the witnessed checkpoint remembered is not usable: {exc}")
         return None
-    return signed if len(cosigners(signed.note, s.witnesses, clock).valid) >= s.quorum else None
 
 
 def _fetched(run: _Run) -> SignedCheckpoint | None:
@@ -223,7 +222,7 @@ class _Seen:
 
 def _newest(run: _Run, clock: int) -> _Seen | None:
     """What the host has to go by; None after a split view."""
-    before, latest = _remembered(run, clock), _fetched(run)
+    before, latest = _remembered(run), _fetched(run)
     found = Cosigners((), ())
     if latest is not None:
         found = cosigners(latest.note, run.settings.witnesses, clock)
@@ -233,8 +232,14 @@ def _newest(run: _Run, clock: int) -> _Seen | None:
     except SplitView as exc:
         run.findings.append(split_view_finding(exc))
         return None
-    witnessed = latest if latest is not None and len(found.valid) >= run.settings.quorum else None
-    if witnessed is None or (before and before.checkpoint.size > witnessed.checkpoint.size):
+    quorum = run.settings.quorum
+    witnessed = latest if latest is not None and len(found.valid) >= quorum else None
+    # the one accepted before, if newer and still witnessed under this config's witnesses
+    if (
+        before is not None
+        and (witnessed is None or before.checkpoint.size > witnessed.checkpoint.size)
+        and len(cosigners(before.note, run.settings.witnesses, clock).valid) >= quorum
+    ):
         witnessed = before
     return _Seen(witnessed, latest, found, before)
 

@@ -376,7 +376,7 @@ def cmd_config_check(args: argparse.Namespace, out: Console, err: Console) -> in
     from patchguard.policy.transparency.gate_config import UNWITNESSED
 
     gate = config.transparency.describe() if config.transparency else UNWITNESSED
-    out.print(f"transparency: {visible(gate)}", highlight=False, markup=False)
+    out.print(f"transparency: {visible(gate)}", highlight=False, markup=False, soft_wrap=True)
     signature = check_with_host_key(args.file, config.key)
     if signature.ok or signature.missing:
         out.print(f"signature: {visible(signature.reason)}", highlight=False, markup=False)

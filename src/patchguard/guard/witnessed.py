@@ -12,18 +12,19 @@ from patchguard.findings import Finding
 from patchguard.guard.config import DEFAULT_PATH, GuardConfig, load_config
 from patchguard.policy.ledger import LedgerError
 from patchguard.policy.match import exceptions_policy, ledger_policy
-from patchguard.policy.transparency.gate import GateSurface, cached_gate
+from patchguard.policy.transparency.gate import GateSurface, cached_gate, gate
 from patchguard.policy.transparency.gate_config import GateSettings
 from patchguard.scan import Policy
 from patchguard.surfaces.base import Surface
 
 
 def witnessed_policy(
-    ledger: Path, settings: GateSettings
+    ledger: Path, settings: GateSettings, fresh: bool = False
 ) -> tuple[Policy | None, str | None, list[Finding]]:
-    """(policy of the witnessed exceptions, a note or None, the gate's findings)."""
+    """(policy of the witnessed exceptions, a note or None, the gate's findings); `fresh`:
+    ask anew (a one-shot scan), else reuse a recent answer (the guard's many looks)."""
     try:
-        gated = cached_gate(ledger, settings)
+        gated = gate(ledger, settings) if fresh else cached_gate(ledger, settings)
     except LedgerError as exc:
         return None, f"the exception ledger grants nothing: {exc}", []
     note = "; ".join(gated.notes) or None
@@ -45,7 +46,7 @@ def scan_policy(
     if settings is None:
         policy, why_not = ledger_policy(ledger)
         return policy, why_not, list(surfaces)
-    policy, why_not, found = witnessed_policy(ledger, settings)
+    policy, why_not, found = witnessed_policy(ledger, settings, fresh=True)
     if policy is None:  # the ledger does not verify: nothing to gate
         return None, why_not, list(surfaces)
     return policy, why_not, [*surfaces, GateSurface(tuple(found))]

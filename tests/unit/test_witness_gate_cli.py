@@ -1,0 +1,170 @@
+"""The gate's commands: `ledger witness-collect` against live witness servers, the guard
+config's `[transparency]` table in `config check`, and `scan --config` applying the gate."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from support.tlog import make_log
+from test_witness_gate import World, running, world
+
+from patchguard.cli import main
+from patchguard.policy.transparency import note
+from patchguard.policy.transparency.checkpoint import verify_cosigned
+
+__all__ = ["world"]  # the fixture, shared
+
+
+def vkeys(w: World) -> tuple[str, list[str]]:
+    return w.log.vkey(), [x.signer.verifier.vkey for x in w.witnesses]
+
+
+def config(tmp_path: Path, table: str, ledger: Path | None = None) -> Path:
+    path = tmp_path / "guard.toml"
+    held = f'ledger = "{ledger}"\n' if ledger else ""
+    path.write_text(f'[guard]\nkey = "{tmp_path / "host.key"}"\n{held}\n{table}')
+    return path
+
+
+def table(w: World, quorum: int = 2, log: str | None = None) -> str:
+    log_key, witnesses = vkeys(w)
+    return (
+        f'[transparency]\nlog_vkey = "{log or log_key}"\nwitnesses = {json.dumps(witnesses)}\n'
+        f'quorum = {quorum}\ncheckpoint = "{w.site}"\nstate_dir = "{w.host_state}"\n'
+    )
+
+
+def dead_url() -> str:
+    """A loopback URL nobody listens on (a port just freed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_witness_collect_against_two_live_witnesses(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world.publish()
+    base = ["ledger", "witness-collect", "--ledger", str(world.log.path)]
+    with running(*world.witnesses[:2]) as urls:
+        args = [*base, "--witness", urls[0], "--witness", urls[1], str(world.site)]
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        assert out.count(": cosigned\n") == 2 and "2 of 2 witnesses cosigned" in out
+        cosigned = (world.site / "checkpoint").read_bytes()
+        keys = [w.signer.verifier for w in world.witnesses]
+        log_key = note.parse_vkey(world.log.vkey())
+        assert verify_cosigned(cosigned, log_key, keys, 2).checkpoint.size == 3
+        world.request()
+        world.publish()
+        offline = dead_url()  # one witness down: the other's cosignature is written all the same
+        assert main([*base, "--witness", urls[0], "--witness", offline, str(world.site)]) == 1
+    out = capsys.readouterr().out
+    assert f"{offline}: nothing: cannot reach it" in out and "1 of 2 witnesses" in out
+    now = (world.site / "checkpoint").read_bytes()
+    assert verify_cosigned(now, log_key, keys, 1).checkpoint.size == 4
+    with pytest.raises(note.NoteError, match="cosigned by 1 of the 2"):
+        verify_cosigned(now, log_key, keys, 2)
+
+
+def test_witness_collect_bad_input_is_one_line(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["ledger", "witness-collect", "--ledger", str(world.log.path), "--witness", dead_url()]
+    assert main([*base, str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nowhere/checkpoint: cannot read" in err
+    other = make_log(tmp_path / "other", world.log.owner, tmp_path / "other.key", [30])
+    other.publish(tmp_path / "other-site")  # another log's checkpoint in DIR
+    assert main([*base, str(tmp_path / "other-site")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a checkpoint of this log" in err
+
+
+def test_config_check_shows_the_gate_or_the_unwitnessed_mode(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["config", "check", str(config(tmp_path, table(world)))]) == 0
+    out = capsys.readouterr().out
+    assert "cosigned by 2 of 3 witnesses (witness.example/w1, witness.example/w2," in out
+    assert main(["config", "check", str(config(tmp_path, ""))]) == 0
+    assert "unwitnessed mode" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (lambda t: t.replace("quorum = 2", "quorum = 4"), "transparency.quorum: 4 must be from 1"),
+        (lambda t: t.replace("quorum = 2", "quorum = 0"), "transparency.quorum: 0 must be from 1"),
+        (lambda t: t.replace("quorum = 2", 'quorum = "2"'), "transparency.quorum: expected"),
+        (lambda t: t.replace('log_vkey = "', 'log_vkey = "x'), "transparency.log_vkey: "),
+        (lambda t: t.replace("+A", "+B", 1), "transparency.log_vkey: "),
+        (lambda t: t.replace('witnesses = ["', 'witnesses = ["w+', 1), "transparency.witnesses[0]"),
+        (lambda t: t.replace("witnesses = [", "witnesses = [] #"), "transparency.witnesses: "),
+        (lambda t: t.replace("checkpoint = ", "checkpoints = "), "transparency.checkpoint"),
+        (lambda t: t + "extra = 1\n", "transparency.extra: unknown key"),
+    ],
+)
+def test_config_check_refuses_a_bad_transparency_table(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str], change: object, error: str
+) -> None:
+    assert callable(change)
+    path = config(tmp_path, change(table(world)))
+    assert main(["config", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}: " in err and error in err, err
+
+
+def test_a_log_key_given_as_a_witness_key_is_refused(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, witnesses = vkeys(world)
+    path = config(tmp_path, table(world, log=witnesses[0]))
+    assert main(["config", "check", str(path)]) == 2
+    assert "transparency.log_vkey: not a log key (type 0x01)" in capsys.readouterr().err
+
+
+def findings_of(doc: dict[str, object]) -> list[dict[str, object]]:
+    surfaces, findings = doc["surfaces"], doc["findings"]
+    assert isinstance(surfaces, list) and isinstance(findings, list)
+    assert [s["name"] for s in surfaces] == ["posture", "transparency"]
+    return findings
+
+
+def test_scan_applies_the_gate_its_config_names(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seq = world.request()
+    world.approve(seq)
+    world.publish()
+    cfg = config(tmp_path, table(world))
+    scan = ["scan", "--json", "--surface", "posture", "--ledger", str(world.log.path)]
+    main([*scan, "--config", str(cfg)])
+    found = [f for f in findings_of(json.loads(capsys.readouterr().out))
+             if f["surface"] == "transparency"]  # fmt: skip
+    assert [f["technique"] for f in found] == ["exception-not-witnessed"]
+    assert "cosigned by 0 of the 2 witnesses needed" in str(found[0]["summary"])
+    world.collect(*world.witnesses)
+    main([*scan, "--config", str(cfg)])
+    doc = json.loads(capsys.readouterr().out)
+    assert not [f for f in findings_of(doc) if f["surface"] == "transparency"]
+
+
+def test_the_guard_gates_with_its_config_and_without_it_applies_as_before(
+    world: World, tmp_path: Path
+) -> None:
+    from patchguard.guard.config import load_config
+    from patchguard.guard.witnessed import guard_policy
+
+    seq = world.request()
+    world.approve(seq)
+    world.publish()
+    gated = load_config(config(tmp_path, table(world), world.log.path))
+    policy, why_not, found = guard_policy(gated)
+    assert policy is not None and why_not is None
+    assert [f.technique for f in found] == ["exception-not-witnessed"]
+    plain = load_config(config(tmp_path, "", world.log.path))
+    assert plain.transparency is None and guard_policy(plain)[2] == []

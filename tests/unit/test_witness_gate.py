@@ -5,6 +5,8 @@ cosigned by K of the N configured witnesses and only if its entries are in that 
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from support.tlog import Log, make_log
 
 from patchguard.findings import Disposition, Finding, Severity
 from patchguard.policy import exceptions as ops
+from patchguard.policy import ledger
 from patchguard.policy.manifest import parse_manifest
 from patchguard.policy.match import exceptions_policy
 from patchguard.policy.transparency import collect, note, publish
@@ -278,3 +281,26 @@ def test_collecting_again_keeps_one_line_per_witness(world: World) -> None:
     assert (world.site / "checkpoint").read_bytes() == cosigned
     log_key = note.parse_vkey(world.log.vkey())
     assert open_checkpoint(cosigned, log_key).checkpoint.size == 3
+
+
+def test_a_host_copy_behind_the_checkpoint_is_proven_in_it_by_the_tiles(
+    world: World, tmp_path: Path
+) -> None:
+    seq = world.request()
+    world.approve(seq)
+    copy = tmp_path / "host-ledger.json"  # what the host has: 5 entries, an export
+    copy.write_text(json.dumps(ledger.export_json(world.log.path)))
+    ops.set_max_expiry(world.log.path, world.log.owner, 90)  # entry 6: not on the host yet
+    world.publish()
+    world.collect(*world.witnesses)
+    gated = gate(copy, world.settings())
+    assert [r.id for r in gated.applied] == [seq] and gated.witnessed == 5
+    shutil.rmtree(world.site / "tile")  # no tiles: nothing proves the copy is in it
+    fresh = dataclasses.replace(world.settings(), state_dir=tmp_path / "fresh")
+    blind = gate(copy, fresh)
+    assert blind.applied == () and "cannot prove the ledger's 5 entries" in blind.notes[0]
+    assert [f.technique for f in blind.findings] == ["exception-not-witnessed"]
+    ops.set_max_expiry(world.log.path, world.log.owner, 91)
+    world.publish()  # size 7, not witnessed; its tiles are back
+    world.collect(*world.witnesses)  # witnessed again, and the remembered 6 is consistent
+    assert [r.id for r in gate(copy, world.settings()).applied] == [seq]

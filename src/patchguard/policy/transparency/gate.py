@@ -24,6 +24,7 @@ and what came after it waits. Without the table, exceptions apply as the ledger 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -75,10 +76,9 @@ class _Run:
     findings: list[Finding]
     notes: list[str]
 
-    def source(self, size: int) -> merkle.HashSource:
-        """The tree hashes up to `size`: the host's own copy, else the published tiles."""
-        if size <= self.tree.size:
-            return self.tree
+    def log_tiles(self, size: int) -> tiles.TileSource:
+        """The tree of `size` as the log publishes it (at most 64 MiB read: a proof needs a
+        few tiles of 8 KiB)."""
         return tiles.TileSource(client.fetcher(self.settings.checkpoint, 64 << 20), size)
 
 
@@ -129,15 +129,26 @@ def _invalid(settings: GateSettings, summary: str) -> Finding:
     )
 
 
-def _consistent(run: _Run, old: SignedCheckpoint, new: SignedCheckpoint) -> None:
-    """SplitView unless the two checkpoints are one history (in whichever order they came)."""
+def _in_tree(tree: merkle.MemoryTree, signed: SignedCheckpoint) -> bool:
+    c = signed.checkpoint
+    return c.size <= tree.size and tree.root(c.size) == c.root
+
+
+def _consistent(run: _Run, old: SignedCheckpoint, new: SignedCheckpoint) -> bool:
+    """Whether two checkpoints are one history (in whichever order they came): True when the
+    host's ledger gives both roots, or the log's own tiles prove it; SplitView when those
+    tiles cannot link them; False (and a note) when there is nothing to check it with yet."""
     first, second = (old, new) if old.checkpoint.size <= new.checkpoint.size else (new, old)
+    if _in_tree(run.tree, first) and _in_tree(run.tree, second):
+        return True
     a, b = first.checkpoint.size, second.checkpoint.size
     try:
-        proof = merkle.consistency_proof(run.source(b), a, b)
-    except TransparencyError:
-        proof = []  # no hashes to prove it with: only an identical tree passes
+        proof = merkle.consistency_proof(run.log_tiles(b), a, b)
+    except tiles.TileError as exc:
+        run.notes.append(f"cannot check {new.checkpoint.describe()} against the last: {exc}")
+        return False
     check_consistent(first, second, proof)
+    return True
 
 
 def _covered(run: _Run, signed: SignedCheckpoint) -> int | None:
@@ -149,7 +160,7 @@ def _covered(run: _Run, signed: SignedCheckpoint) -> int | None:
             if run.tree.root(c.size) != c.root:
                 raise merkle.ProofError(f"its first {c.size} entries give another root")
             return c.size
-        proof = merkle.consistency_proof(run.source(c.size), have, c.size)
+        proof = merkle.consistency_proof(run.log_tiles(c.size), have, c.size)
         merkle.verify_consistency(have, c.size, run.tree.root(), c.root, proof)
         return have
     except tiles.TileError as exc:
@@ -227,8 +238,8 @@ def _newest(run: _Run, clock: int) -> _Seen | None:
     if latest is not None:
         found = cosigners(latest.note, run.settings.witnesses, clock)
     try:
-        if before is not None and latest is not None:
-            _consistent(run, before, latest)
+        if before is not None and latest is not None and not _consistent(run, before, latest):
+            latest, found = None, Cosigners((), ())  # not to be taken until it can be checked
     except SplitView as exc:
         run.findings.append(split_view_finding(exc))
         return None
@@ -273,14 +284,27 @@ def gate(
 _CACHE: dict[tuple[Path, GateSettings], tuple[object, float, Gated]] = {}
 
 
+def _ledger_key(path: Path) -> object:
+    """What changes when the ledger does: its head, or for an export (the fleet's copy) the
+    file's identity, size and time; None if neither can be asked (never cached then)."""
+    head = ledger.head_of(path)
+    if head is not None:
+        return head
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def cached_gate(path: Path, settings: GateSettings) -> Gated:
     """`gate`, asked again only when the ledger changed or REFRESH seconds went by."""
-    head, now = ledger.head_of(path), time.monotonic()
+    key, now = _ledger_key(path), time.monotonic()
     kept = _CACHE.get((path, settings))
-    if kept is not None and head is not None and kept[0] == head and now - kept[1] < REFRESH:
+    if kept is not None and key is not None and kept[0] == key and now - kept[1] < REFRESH:
         return kept[2]
     gated = gate(path, settings)
-    _CACHE[(path, settings)] = (head, now, gated)
+    _CACHE[(path, settings)] = (key, now, gated)
     return gated
 
 

@@ -23,6 +23,8 @@ def witnessed_policy(
 ) -> tuple[Policy | None, str | None, list[Finding]]:
     """(policy of the witnessed exceptions, a note or None, the gate's findings); `fresh`:
     ask anew (a one-shot scan), else reuse a recent answer (the guard's many looks)."""
+    if not ledger.exists():  # no ledger: nothing to apply, nothing to gate
+        return None, None, []
     try:
         gated = gate(ledger, settings) if fresh else cached_gate(ledger, settings)
     except LedgerError as exc:

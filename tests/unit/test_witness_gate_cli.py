@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 from support.tlog import make_log
-from test_witness_gate import World, running, world
+from support.witnesses import World, running, world
 
 from patchguard.cli import main
 from patchguard.policy.transparency import note
 from patchguard.policy.transparency.checkpoint import verify_cosigned
 
-__all__ = ["world"]  # the fixture, shared
+__all__ = ["world"]  # the fixture (tests/support/witnesses.py)
 
 
 def vkeys(w: World) -> tuple[str, list[str]]:

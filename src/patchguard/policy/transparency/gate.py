@@ -322,9 +322,23 @@ def _ledger_key(path: Path) -> object:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def _checkpoint_key(settings: GateSettings) -> object:
+    """For a checkpoint in a directory, its file's identity and time (a witness round shows at
+    once); for a URL nothing (REFRESH decides when it is fetched again)."""
+    if settings.checkpoint.startswith(("http://", "https://")):
+        return ()
+    try:
+        st = os.stat(Path(settings.checkpoint) / "checkpoint")
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def cached_gate(path: Path, settings: GateSettings) -> Gated:
-    """`gate`, asked again only when the ledger changed or REFRESH seconds went by."""
-    key, now = _ledger_key(path), time.monotonic()
+    """`gate`, asked again when the ledger or a local checkpoint changed, or REFRESH seconds
+    went by."""
+    ledger_key, now = _ledger_key(path), time.monotonic()
+    key = None if ledger_key is None else (ledger_key, _checkpoint_key(settings))
     kept = _CACHE.get((path, settings))
     if kept is not None and key is not None and kept[0] == key and now - kept[1] < REFRESH:
         return kept[2]

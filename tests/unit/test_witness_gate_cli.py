@@ -3,12 +3,14 @@ config's `[transparency]` table in `config check`, and `scan --config` applying 
 
 from __future__ import annotations
 
+import http.server
 import json
 import socket
 from pathlib import Path
 
 import pytest
-from support.tlog import make_log
+from support.tlog import ORIGIN, make_log
+from support.tlog import serve as serve_dir
 from support.witnesses import World, running, world
 
 from patchguard.cli import main
@@ -168,3 +170,57 @@ def test_the_guard_gates_with_its_config_and_without_it_applies_as_before(
     assert [f.technique for f in found] == ["exception-not-witnessed"]
     plain = load_config(config(tmp_path, "", world.log.path))
     assert plain.transparency is None and guard_policy(plain)[2] == []
+
+
+def hostile(answer: bytes, status: int = 200) -> type[http.server.BaseHTTPRequestHandler]:
+    """A witness that answers every add-checkpoint with `answer`."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    return Handler
+
+
+def line(name: str, key_id: int, signature: bytes) -> bytes:
+    return note.Signature(name, key_id, signature).line.encode()
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "said"),
+    [
+        (b"x" * 5000, 200, "answered with over 4096 bytes"),
+        (b"hello\n", 200, "answered with no cosignature line"),
+        (line("witness.example/evil", 7, b"\0" * 64), 200, "not a cosignature"),
+        (line(ORIGIN, 7, b"\0" * 72), 200, "not a cosignature (ledger.example.org"),
+        (line("witness.example/evil", 7, (2**62).to_bytes(8, "big") + b"\0" * 64), 200,
+         "ahead"),
+        (b"3\n", 409, "HTTP 409: 3"),  # holds 3, and then still says it holds 3
+        (b"9\n", 409, "holds size 9, newer than the published 3"),
+        (b"\x1b[31mno\n", 403, "HTTP 403: \\x1b[31mno"),
+    ],
+)  # fmt: skip
+def test_a_hostile_witness_adds_nothing_and_is_named(
+    world: World,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    answer: bytes,
+    status: int,
+    said: str,
+) -> None:
+    world.publish()
+    before = (world.site / "checkpoint").read_bytes()
+    with serve_dir(tmp_path, hostile(answer, status)) as url:
+        args = ["ledger", "witness-collect", "--ledger", str(world.log.path), "--witness", url]
+        assert main([*args, str(world.site)]) == 1
+    out = capsys.readouterr().out
+    assert said in out and "0 of 1 witnesses" in out, out
+    assert "\x1b" not in out  # text from a witness is shown escaped
+    assert (world.site / "checkpoint").read_bytes() == before

@@ -15,6 +15,7 @@ from support.witnesses import World, running, world
 
 from patchguard.cli import main
 from patchguard.policy.transparency import note
+from patchguard.policy.transparency import serve as transparency_serve
 from patchguard.policy.transparency.checkpoint import verify_cosigned
 
 __all__ = ["world"]  # the fixture (tests/support/witnesses.py)
@@ -224,3 +225,28 @@ def test_a_hostile_witness_adds_nothing_and_is_named(
     assert said in out and "0 of 1 witnesses" in out, out
     assert "\x1b" not in out  # text from a witness is shown escaped
     assert (world.site / "checkpoint").read_bytes() == before
+
+
+def test_a_checkpoint_published_meanwhile_is_not_replaced_by_an_older_one(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world.publish()
+    witness_handler = transparency_serve.handler(world.witnesses[0])
+
+    class PublishFirst(witness_handler):  # type: ignore[misc,valid-type]
+        def do_POST(self) -> None:
+            if not (world.site / "tile" / "entries" / "000.p" / "4").exists():
+                world.request()
+                world.publish()  # the operator's next publish lands while the witness answers
+            super().do_POST()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    with serve_dir(tmp_path, PublishFirst) as url:
+        args = ["ledger", "witness-collect", "--ledger", str(world.log.path), "--witness", url]
+        assert main([*args, str(world.site)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a newer checkpoint was published meanwhile" in err
+    published = note.parse((world.site / "checkpoint").read_bytes())
+    assert published.text.split("\n")[1] == "4" and len(published.signatures) == 1

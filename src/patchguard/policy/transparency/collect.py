@@ -150,8 +150,19 @@ def collect(view: publish.LogView, directory: Path, urls: list[str]) -> Collecte
             answers.append(Answer(url, (), str(exc)))
     merged = _merge(there, answers)
     if merged != there:
-        try:
-            write_atomic(directory / "checkpoint", merged)
-        except OSError as exc:
-            raise LedgerError(directory, f"cannot write: {exc.strerror or exc}") from None
+        _write_if_unchanged(directory / "checkpoint", there, merged)
     return Collected(signed, tuple(answers), merged)
+
+
+def _write_if_unchanged(path: Path, there: bytes, merged: bytes) -> None:
+    """Write the cosigned checkpoint only over the one it was collected for: a `ledger
+    publish` that ran meanwhile wrote a newer one, which an older one must not replace (a
+    monitor would see the log go back). Run publish and witness-collect one after the other."""
+    try:
+        with open(path, "rb") as f:
+            now = f.read(note.MAX_NOTE + 1)
+        if note.parse(now).text != note.parse(there).text:
+            raise LedgerError(path, "a newer checkpoint was published meanwhile: collect again")
+        write_atomic(path, merged)
+    except OSError as exc:
+        raise LedgerError(path, f"cannot write: {exc.strerror or exc}") from None

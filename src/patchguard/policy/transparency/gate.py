@@ -211,6 +211,7 @@ def _not_witnessed(
         if e.seq in {r.id for r in pending} or e.subject in {r.id for r in pending}
     )
     named = "; ".join(f"#{r.id} ({r.vendor})" for r in pending)
+    upto = f"witnessed up to entry {size}" if size else "no entry witnessed yet"
     if latest is None:
         newest = "no checkpoint could be read"
     else:
@@ -219,7 +220,7 @@ def _not_witnessed(
         )
     summary = (
         f"{len(pending)} exception(s) not under a witnessed checkpoint, not applied: {named} "
-        f"(entries {', '.join(map(str, seqs))}; witnessed up to entry {size}); {newest}"
+        f"(entries {', '.join(map(str, seqs))}; {upto}); {newest}"
     )
     evidence: Evidence = {
         "exceptions": [r.id for r in pending],

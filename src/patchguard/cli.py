@@ -78,6 +78,14 @@ def _parser(policy: bool = True) -> argparse.ArgumentParser:
         help="exception ledger whose live exceptions mark covered hooks allowed "
         "(default $PATCHGUARD_LEDGER, else /var/lib/patchguard/ledger.db if present)",
     )
+    scan.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="guard config whose [transparency] table gates exceptions (default "
+        "/etc/patchguard/guard.toml if present)",
+    )
 
     base = sub.add_parser("baseline", help="the trusted picture of the kernel's code")
     base_sub = base.add_subparsers(dest="baseline_command", required=True)
@@ -214,9 +222,9 @@ def cmd_scan(args: argparse.Namespace, out: Console, err: Console) -> int:
     ledger = args.ledger or default_ledger_path()
     policy, why_not = None, None
     if _may_exist(ledger):  # the exception matching is imported only where a ledger may be
-        from patchguard.policy.match import ledger_policy
+        from patchguard.guard.witnessed import scan_policy  # gated if [transparency] says so
 
-        policy, why_not = ledger_policy(ledger)
+        policy, why_not, surfaces = scan_policy(ledger, args.config, surfaces)
     if why_not:
         from patchguard.text import visible
 
@@ -365,6 +373,10 @@ def cmd_config_check(args: argparse.Namespace, out: Console, err: Console) -> in
         f"+-{config.sweep_jitter:.0%}, triggers every {config.trigger_interval:g}s)",
         highlight=False,
     )
+    from patchguard.policy.transparency.gate_config import UNWITNESSED
+
+    gate = config.transparency.describe() if config.transparency else UNWITNESSED
+    out.print(f"transparency: {visible(gate)}", highlight=False, markup=False, soft_wrap=True)
     signature = check_with_host_key(args.file, config.key)
     if signature.ok or signature.missing:
         out.print(f"signature: {visible(signature.reason)}", highlight=False, markup=False)

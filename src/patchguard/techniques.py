@@ -679,6 +679,20 @@ _CATALOGUE: tuple[Technique, ...] = (
         "The exception ledger's log signed two checkpoints that cannot both be true: it shows "
         "different histories to different parties",
     ),
+    Technique(
+        "ledger-checkpoint-invalid",
+        Severity.CRITICAL,
+        STORED_DATA,
+        "The exception ledger's checkpoint does not verify under the log key the host pins, or "
+        "the host's copy of the ledger is not the history the witnesses cosigned",
+    ),
+    Technique(
+        "exception-not-witnessed",
+        Severity.MEDIUM,
+        None,
+        "An exception in the ledger is not under a checkpoint cosigned by the quorum of "
+        "witnesses: it is not applied until they cosign one",
+    ),
     # The guard itself.
     Technique(
         "config-changed",

@@ -23,7 +23,7 @@ NOT_TECHNIQUES = {
     "directory-listing", "module-list", "network-listing", "ledger-entry", "reload-failed",
     "ledger-untrusted", "ledger-expiry-failed", "ledger-rewritten", "server-unavailable",
     "key-add", "key-show",
-    "max-expiry", "utf-8", "log-init", "gpg-agent", "ssh-agent", "sshd-session",
+    "max-expiry", "utf-8", "log-init", "witness-collect", "gpg-agent", "ssh-agent", "sshd-session",
     "polkit-agent-helper-1", "patchguard-read", "verify-report",
     # fleet: message kinds, alert kinds of the server, state files, CLI words, HTTP header values
     "baseline-changed", "baseline-rotated", "fleet-rejected", "fleet-server", "fleet-spool",

@@ -49,18 +49,24 @@ def worst_first(findings: Iterable[Finding]) -> list[Finding]:
 def collect(baseline: Path, key_path: Path, ledger: Path) -> Collected:
     """Scan every surface, and check against the baseline if there is one (in process: the
     functions `patchguard scan` and `patchguard check` call)."""
+    from patchguard.guard.config import ConfigError
+    from patchguard.guard.witnessed import scan_policy
     from patchguard.integrity.check import run_check
     from patchguard.kernel import Kernel
-    from patchguard.policy.match import ledger_policy
     from patchguard.scan import run_scan
     from patchguard.signing import HostKey
     from patchguard.surfaces import all_surfaces
 
-    policy, why_not = ledger_policy(ledger)
+    try:  # gated as the guard gates, if its config has a [transparency] table
+        policy, why_not, surfaces = scan_policy(ledger, None, all_surfaces())
+    except ConfigError as exc:
+        from patchguard.fleet.client import FleetError
+
+        raise FleetError(str(exc)) from None
     notes = [why_not] if why_not else []
     kernel = Kernel()
     try:
-        scan = run_scan(kernel, all_surfaces(), policy=policy)
+        scan = run_scan(kernel, surfaces, policy=policy)
         findings, gaps = list(scan.findings), len(scan.gaps)
         if baseline.exists():
             checked = run_check(kernel, baseline, HostKey.load(key_path).public_key_bytes())

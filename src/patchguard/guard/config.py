@@ -12,6 +12,7 @@ from typing import Any
 
 from patchguard.findings import Severity
 from patchguard.fleet.guard_link import ServerSettings, server_settings
+from patchguard.policy.transparency.gate_config import GateSettings, gate_settings
 from patchguard.safe_read import InputError, parse_toml, read_bounded
 
 RESPONSES = ("log", "alert", "contain", "bugcheck")
@@ -53,6 +54,7 @@ class GuardConfig:
     metrics: str | None = None  # "127.0.0.1:9977"
     bugcheck_dry_run: bool = True  # a real panic needs `dry_run = false`, explicitly
     server: ServerSettings | None = None  # the fleet server this host reports to ([server])
+    transparency: GateSettings | None = None  # exceptions only when witnessed ([transparency])
 
     def responses_for(self, severity: Severity) -> tuple[str, ...]:
         return self.responses.get(severity, ())
@@ -165,7 +167,7 @@ def parse_config(text: str, path: Path) -> GuardConfig:
     except InputError as exc:
         raise ConfigError(path, "", exc.reason) from None
     values: dict[str, Any] = {}
-    for section in ("guard", "responses", "alert", "metrics", "bugcheck", "server"):
+    for section in ("guard", "responses", "alert", "metrics", "bugcheck", "server", "transparency"):
         if section in raw and not isinstance(raw[section], dict):
             raise ConfigError(path, section, "expected a table")
     values.update(_guard_table(dict(raw.pop("guard", {})), path))
@@ -190,6 +192,8 @@ def parse_config(text: str, path: Path) -> GuardConfig:
     _no_extra(bugcheck, "bugcheck", path)
     if "server" in raw:
         values["server"] = _server_table(dict(raw.pop("server")), path)
+    if "transparency" in raw:
+        values["transparency"] = _transparency_table(dict(raw.pop("transparency")), path)
     _no_extra(raw, "(top level)", path)
     return GuardConfig(**values)
 
@@ -197,6 +201,13 @@ def parse_config(text: str, path: Path) -> GuardConfig:
 def _server_table(table: dict[str, Any], path: Path) -> ServerSettings:
     try:
         return server_settings(table, path)
+    except ValueError as exc:  # it names the file and the key already
+        raise ConfigError(path, "", str(exc).removeprefix(f"{path}: ")) from None
+
+
+def _transparency_table(table: dict[str, Any], path: Path) -> GateSettings:
+    try:
+        return gate_settings(table, path)
     except ValueError as exc:  # it names the file and the key already
         raise ConfigError(path, "", str(exc).removeprefix(f"{path}: ")) from None
 

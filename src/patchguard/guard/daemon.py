@@ -282,9 +282,9 @@ class Guard:
                     sink.send(event)
 
     def collect(self, surfaces: list[Surface], why: str) -> list[Finding]:
-        from patchguard.policy.match import ledger_policy
+        from patchguard.guard.witnessed import guard_policy
 
-        policy, why_not = ledger_policy(self.config.ledger) if self.config.ledger else (None, None)
+        policy, why_not, gated = guard_policy(self.config)  # gated: the witness gate's findings
         if why_not and why_not != self._ledger_problem:
             self.log.send({"event": "ledger-untrusted", "message": why_not})
         self._ledger_problem = why_not
@@ -302,6 +302,7 @@ class Guard:
             self.records[result.surface.name] = list(result.state.records)
             found += self.handle(result.surface.name, result.findings, why)
         looks = [(r.surface.name, r.state.status, _gap_text(r.state)) for r in report.results]
+        found += self.handle("transparency", gated, why) if self.config.transparency else []
         return found + self._lost(looks, why)
 
     def _lost(self, looks: list[tuple[str, Status, str]], why: str) -> list[Finding]:

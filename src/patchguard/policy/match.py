@@ -201,14 +201,20 @@ def ledger_policy(path: Path) -> tuple[Policy | None, str | None]:
         return None, f"cannot read the exception ledger {path}: {oserror_reason(exc)}"
     from patchguard.policy.exceptions import live_exceptions  # only where there is a ledger
     from patchguard.policy.ledger import LedgerError
-    from patchguard.policy.match_hooks import apply_hook_exceptions
-    from patchguard.surfaces.modules import NAME as MODULES
-    from patchguard.surfaces.tracing import NAME as TRACING
 
     try:
         live = live_exceptions(path)
     except LedgerError as exc:
         return None, f"the exception ledger grants nothing: {exc}"
+    return exceptions_policy(live), None
+
+
+def exceptions_policy(live: Sequence[Request]) -> Policy:
+    """The policy that applies exactly the exceptions `live` (the ledger's, or the witnessed
+    ones among them: policy/transparency/gate.py)."""
+    from patchguard.policy.match_hooks import apply_hook_exceptions
+    from patchguard.surfaces.modules import NAME as MODULES
+    from patchguard.surfaces.tracing import NAME as TRACING
 
     def policy(findings: list[Finding], state: AnyState) -> list[Finding]:
         if state.surface == EBPF:
@@ -217,4 +223,4 @@ def ledger_policy(path: Path) -> tuple[Policy | None, str | None]:
             return apply_hook_exceptions(findings, live)
         return findings
 
-    return policy, None
+    return policy

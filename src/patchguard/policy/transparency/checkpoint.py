@@ -10,6 +10,7 @@ view: SplitView carries both signed notes, which together prove the log lied.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,9 @@ from patchguard.policy.transparency import TransparencyError, merkle, note
 from patchguard.policy.transparency.note import COSIGNATURE, ED25519, Note, NoteError, Verifier
 
 _SIZE = re.compile(r"(0|[1-9][0-9]{0,18})\Z")
+# Seconds a cosignature may be dated ahead of the verifier's clock (NTP-synced hosts differ by
+# far less; a witness clock further ahead is wrong, and its cosignature is not counted).
+MAX_SKEW = 300
 
 
 class SplitView(TransparencyError):
@@ -88,6 +92,8 @@ def cosign(signed: SignedCheckpoint, witness: note.Signer, when: int) -> SignedC
         raise NoteError(f"{witness.name}: a witness signs with type 0x04 (cosignature/v1)")
     if not 0 <= when < 1 << 63:
         raise NoteError(f"cosignature time {when} is out of range")
+    if when > time.time() + MAX_SKEW:
+        raise NoteError(f"cosignature time {when} is over {MAX_SKEW} s ahead of this clock")
     cosigned = note.sign(signed.note.text, [witness], when, keep=signed.note.signatures)
     return SignedCheckpoint(cosigned, signed.checkpoint)
 
@@ -106,23 +112,57 @@ def check_consistent(old: SignedCheckpoint, new: SignedCheckpoint, proof: Sequen
         raise SplitView(f"split view: {exc}", old.encoded, new.encoded) from None
 
 
-def verify_cosigned(
-    message: bytes, log: Verifier, witnesses: Sequence[Verifier], quorum: int
-) -> SignedCheckpoint:
-    """The checkpoint, if the log signed it and at least `quorum` of the distinct `witnesses`
-    cosigned it (cosignature/v1); NoteError saying how many did otherwise. What a host calls
-    before it applies an exception set under a checkpoint."""
+@dataclass(frozen=True)
+class Cosigners:
+    """Which configured witnesses validly cosigned a note, and which did so with a time in
+    the future (beyond MAX_SKEW: not counted, a witness's clock is not to be believed)."""
+
+    valid: tuple[str, ...]
+    future: tuple[str, ...]
+
+
+def cosigners(signed: Note, witnesses: Sequence[Verifier], now: int) -> Cosigners:
+    """The distinct `witnesses` (by key) that cosigned `signed`, dated at most now + MAX_SKEW."""
+    valid: list[str] = []
+    future: list[str] = []
+    for w in {w.vkey: w for w in witnesses}.values():
+        when = signed.signed_by(w)
+        if when is not None:
+            (future if when > now + MAX_SKEW else valid).append(w.name)
+    return Cosigners(tuple(valid), tuple(future))
+
+
+def check_witness_keys(witnesses: Sequence[Verifier], quorum: int) -> None:
     if quorum < 0 or quorum > len({w.vkey for w in witnesses}):
         raise NoteError(f"a quorum of {quorum} out of {len(witnesses)} witnesses cannot be met")
     if any(w.kind != COSIGNATURE for w in witnesses):
         raise NoteError("a witness key must be a cosignature/v1 key (type 0x04)")
+
+
+def quorum_text(found: Cosigners, quorum: int) -> str:
+    """`cosigned by 1 of the 2 witnesses needed (w1)`, and any future-dated ones refused."""
+    got = ", ".join(found.valid) or "none"
+    text = f"cosigned by {len(found.valid)} of the {quorum} witnesses needed ({got})"
+    if found.future:
+        late = ", ".join(found.future)
+        text += f"; refused as dated over {MAX_SKEW} s in the future: {late}"
+    return text
+
+
+def verify_cosigned(
+    message: bytes,
+    log: Verifier,
+    witnesses: Sequence[Verifier],
+    quorum: int,
+    now: int | None = None,
+) -> SignedCheckpoint:
+    """The checkpoint, if the log signed it and at least `quorum` of the distinct `witnesses`
+    cosigned it (cosignature/v1) at a time no later than `now` (default: the clock) plus
+    MAX_SKEW; NoteError saying how many did otherwise. What a host calls before it applies an
+    exception set under a checkpoint."""
+    check_witness_keys(witnesses, quorum)
     signed = open_checkpoint(message, log)
-    unique = {w.vkey: w for w in witnesses}.values()
-    cosigners = [w.name for w in unique if signed.note.signed_by(w) is not None]
-    if len(cosigners) < quorum:
-        got = ", ".join(cosigners) or "none"
-        raise NoteError(
-            f"checkpoint {signed.checkpoint.describe()}: cosigned by {len(cosigners)} of the "
-            f"{quorum} witnesses needed ({got})"
-        )
+    found = cosigners(signed.note, witnesses, int(time.time()) if now is None else now)
+    if len(found.valid) < quorum:
+        raise NoteError(f"checkpoint {signed.checkpoint.describe()}: {quorum_text(found, quorum)}")
     return signed

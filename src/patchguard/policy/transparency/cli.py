@@ -207,6 +207,9 @@ def register(ledger_group: Any, verify_parser: argparse.ArgumentParser, local: H
     )
     remote = _guarded(_verify_remote)
     verify_parser.set_defaults(policy_handler=lambda a: remote(a) if a.url else local(a))
+    from patchguard.policy.transparency import collect_cli  # witness-collect
+
+    collect_cli.register(ledger_group)
 
 
 def _log_key(text: str) -> tuple[str, note.Verifier]:

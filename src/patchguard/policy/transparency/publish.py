@@ -154,13 +154,27 @@ def _check_published(view: LogView, directory: Path) -> None:
         )
 
 
+def _cosigned_already(path: Path, data: bytes) -> bool:
+    """Whether `path` holds this very checkpoint (same note text), say with the cosignature
+    lines `ledger witness-collect` appended: republishing must not drop them."""
+    try:
+        with open(path, "rb") as f:
+            return note.parse(f.read(note.MAX_NOTE + 1)).text == note.parse(data).text
+    except (FileNotFoundError, TransparencyError):
+        return False
+
+
 def publish(view: LogView, directory: Path) -> Published:
     """Write the tiles (full ones never rewritten with other bytes), the checkpoint last."""
     written = unchanged = 0
     try:
         _check_published(view, directory)
         for name, data in files(view):
-            if _write(directory / name, data, immutable=".p/" not in name and name != "checkpoint"):
+            if name == "checkpoint" and _cosigned_already(directory / name, data):
+                unchanged += 1  # the same checkpoint, with witnesses' cosignatures kept
+            elif _write(
+                directory / name, data, immutable=".p/" not in name and name != "checkpoint"
+            ):
                 written += 1
             else:
                 unchanged += 1

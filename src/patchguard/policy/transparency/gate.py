@@ -358,8 +358,8 @@ class GateSurface:
     def __init__(self, findings: Sequence[Finding]) -> None:
         self.findings = tuple(findings)
 
-    def collect(self, kernel: Kernel) -> SurfaceState:
+    def collect(self, kernel: Kernel) -> SurfaceState[tuple[()]]:
         return SurfaceState(SURFACE, ())
 
-    def assess(self, state: SurfaceState) -> list[Finding]:
+    def assess(self, state: SurfaceState[tuple[()]]) -> list[Finding]:
         return list(self.findings)

@@ -56,9 +56,21 @@ _SCHEMA = (
     f"PRAGMA user_version = {USER_VERSION}",
 )
 # What an append looks up instead of replaying: added to older ledgers by their next append.
+# (a payload that is not JSON, which only a tampered row has, indexes as NULL, not an error)
+_POLICY = "(CASE WHEN json_valid(payload) THEN json_extract(payload, '$.policy') END)"
 _INDEXES = (
-    "CREATE INDEX IF NOT EXISTS entries_by_kind ON entries (kind)",
+    f"CREATE INDEX IF NOT EXISTS entries_by_policy ON entries (kind, {_POLICY})",
     "CREATE INDEX IF NOT EXISTS entries_by_subject ON entries (subject)",
+)
+_COLUMNS = ", ".join(COLUMNS)
+_RULES_READ = (  # what the rules read to judge an entry about request ?1 (NULL: none)
+    f"SELECT {_COLUMNS} FROM entries WHERE kind = 'policy' AND {_POLICY} = 'key'",
+    f"SELECT {_COLUMNS} FROM entries WHERE subject = ?1",
+    *(  # the expiry maximum in force now, and when the request was made
+        f"SELECT {_COLUMNS} FROM entries WHERE seq = (SELECT max(seq) FROM entries WHERE "
+        f"kind = 'policy' AND {_POLICY} = 'max_expiry_days' AND seq < {bound})"
+        for bound in ("coalesce(?1, 1 << 62)", "1 << 62")
+    ),
 )
 
 
@@ -396,13 +408,12 @@ def _head(conn: sqlite3.Connection, path: Path) -> Entry | None:
 
 
 def _state_for(conn: sqlite3.Connection, path: Path, entry: Entry) -> LedgerState:
-    """The state the rules judge `entry` by: the policy entries (keys, the expiry maximum)
-    and the entries about its request, each checked, replayed in order. The other entries
-    change only other requests, so this is the whole ledger's verdict on `entry`."""
-    query = (
-        f"SELECT {', '.join(COLUMNS)} FROM entries WHERE kind = 'policy' OR subject = ? "
-        "ORDER BY seq"
-    )
+    """The state the rules judge `entry` by, each entry it rests on checked and replayed in
+    order: every key grant, the entries about its request, and the expiry maximum in force
+    when that request was made and now (the ones between were checked when appended, and
+    decide nothing any more). Other entries change only other requests, so this is the whole
+    ledger's verdict on `entry`, read by index: no cost grows with the ledger but the keys."""
+    query = " UNION ".join(_RULES_READ) + " ORDER BY seq"
     state = LedgerState()
     for row in conn.execute(query, (entry.subject,)):
         earlier = _checked(row, None, path)

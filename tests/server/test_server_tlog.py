@@ -119,3 +119,17 @@ def test_bad_tile_paths_are_4xx_never_5xx(server: ServerProcess, log: Log) -> No
         got = get(f"{server.url}/log/{path}")
         assert got[0] == status, (path, got)
     assert get(f"{server.url}/log/tile/1/000.p/2")[0] == 200
+
+
+def test_an_import_signed_by_another_log_key_is_refused(tmp_path: Path) -> None:
+    # The same entries made a log twice, under two log keys: the server keeps the first.
+    owner = HostKey.load_or_create(tmp_path / "owner.key")
+    (tmp_path / "a").mkdir()
+    first = bulk_log(tmp_path / "a" / "ledger.db", owner, tmp_path / "a.key", 5)
+    (tmp_path / "b").mkdir()
+    second = bulk_log(tmp_path / "b" / "ledger.db", owner, tmp_path / "b.key", 5)
+    db = f"sqlite:///{tmp_path / 'server.db'}"
+    assert server_cli(db, "ledger", "import", str(first.path)).returncode == 0
+    refused = server_cli(db, "ledger", "import", str(second.path))
+    assert refused.returncode == 2
+    assert refused.stderr.strip().endswith(f"is the log {second.vkey()}, not the server's log")

@@ -8,10 +8,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from support.tlog import Log, bulk_log, make_log, serve
+from support.tlog import ORIGIN, Log, bulk_log, make_log, serve
 
 from patchguard.cli import main
 from patchguard.policy.transparency import merkle, note, publish, tiles
@@ -127,3 +128,25 @@ def test_patchguard_verifies_a_log_go_made(
     index, proof = read_proof(tmp_path / "inclusion")
     merkle.verify_inclusion(merkle.leaf_hash(entries[index]), index, size, proof, tree.root())
     assert proof == tree.inclusion_proof(index)
+
+
+def test_go_verifies_the_log_the_fleet_server_serves(tlogcheck: Path, tmp_path: Path) -> None:
+    # The same Go checks, reading every tile and the checkpoint over HTTP from a live
+    # `patchguard server` that imported the ledger (server/tlog.py).
+    from server.fleet_support import ServerProcess
+
+    owner = HostKey.load_or_create(tmp_path / "owner.key")
+    log = bulk_log(tmp_path / "ledger.db", owner, tmp_path / "log.key", 70_000 // 100 + 3)
+    log.append(30, hours=1)
+    server = ServerProcess(f"sqlite:///{tmp_path / 'server.db'}", tmp_path).start()
+    try:
+        argv = [sys.executable, "-m", "patchguard.cli", "server", "ledger", "import"]
+        done = subprocess.run(
+            [*argv, str(log.path), "--db", server.db_url], capture_output=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        out = go(tlogcheck, "verify", f"{server.url}/log", log.vkey())
+    finally:
+        server.stop()
+    root = note.b64encode(publish.load_log(log.path).latest.checkpoint.root)
+    assert out == f"ok {ORIGIN} 704 {root} tiles 4 proofs 0\n"

@@ -1,7 +1,8 @@
 // tlogcheck: the Go checksum database's own code (golang.org/x/mod/sumdb/note and
 // sumdb/tlog) checking a patchguard log, and making a log for patchguard to check.
 //
-//	tlogcheck verify DIR VKEY [PROOF_FILE...]  a published patchguard log
+//	tlogcheck verify DIR VKEY [PROOF_FILE...]  a published patchguard log (DIR may be an
+//	                                           http:// URL: the log as a server serves it)
 //	tlogcheck make DIR OLD NEW                 DIR/old and DIR/new: one Go-made log at two sizes
 //
 // Paths are C2SP tlog-tiles (tile/L/N, tile/entries/N); Go's own sumdb tiles live at
@@ -15,6 +16,8 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -83,10 +86,26 @@ func build(entries [][]byte) memory {
 	return m
 }
 
+// readFile reads name (a tlog-tiles path) under a directory or, for an http:// base, by GET.
+func readFile(base, name string) ([]byte, error) {
+	if !strings.HasPrefix(base, "http://") {
+		return os.ReadFile(filepath.Join(base, name))
+	}
+	resp, err := http.Get(base + "/" + name)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", name, resp.Status)
+	}
+	return io.ReadAll(io.LimitReader(resp.Body, 1<<24))
+}
+
 func readEntries(dir string, size int64) [][]byte {
 	var entries [][]byte
 	for n := int64(0); n*256 < size; n++ {
-		data, err := os.ReadFile(filepath.Join(dir, tilePath("entries", n, width(size, n))))
+		data, err := readFile(dir, tilePath("entries", n, width(size, n)))
 		must(err, "entry bundle")
 		for len(data) > 0 {
 			if len(data) < 2 || len(data) < 2+int(binary.BigEndian.Uint16(data)) {
@@ -104,7 +123,7 @@ func readEntries(dir string, size int64) [][]byte {
 }
 
 func openCheckpoint(dir, vkey string) (string, int64, tlog.Hash) {
-	msg, err := os.ReadFile(filepath.Join(dir, "checkpoint"))
+	msg, err := readFile(dir, "checkpoint")
 	must(err, "checkpoint")
 	v, err := note.NewVerifier(vkey)
 	must(err, "vkey")
@@ -165,7 +184,7 @@ func verify(dir, vkey string, proofs []string) {
 			t := tlog.Tile{H: 8, L: l, N: n, W: int(width(count, n))}
 			want, err := tlog.ReadTileData(t, m)
 			must(err, "ReadTileData")
-			got, err := os.ReadFile(filepath.Join(dir, tilePath(strconv.Itoa(l), n, int64(t.W))))
+			got, err := readFile(dir, tilePath(strconv.Itoa(l), n, int64(t.W)))
 			must(err, "tile")
 			if !bytes.Equal(got, want) {
 				die("tile %d/%d differs from sumdb/tlog's", l, n)

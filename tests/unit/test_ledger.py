@@ -265,15 +265,36 @@ def test_a_truncated_or_rebuilt_ledger_is_caught_by_head_and_root(full: World) -
     assert wrong_root.reason == f"entry 1: signed by {root}, not {full.reviewer.fingerprint()}"
 
 
-def test_a_tampered_ledger_takes_no_appends_and_grants_nothing(full: World) -> None:
+def test_a_tampered_entry_a_decision_rests_on_takes_no_append(full: World) -> None:
+    # The append checks the head and every entry its rules read (policy, the request), not
+    # the whole ledger: deciding request 7 reads entry 8, which was edited.
     tamper(
         full.path, "UPDATE entries SET payload = replace(payload, 'duplicate', 'ok') WHERE seq=8"
     )
     with pytest.raises(LedgerError, match="does not verify, nothing appended: entry 8: hash"):
-        decide(full.path, full.reviewer, 9, True, "fine", now=T0 + timedelta(hours=8))
+        ledger.append(full.path, full.owner, "revoke", {"reason": "x"}, 7, T0 + timedelta(hours=8))
     assert count(full.path) == 9
+
+
+def test_a_tampered_head_takes_no_append(full: World) -> None:
+    tamper(full.path, "UPDATE entries SET time = '2026-01-01T00:00:00+00:00' WHERE seq=9")
+    with pytest.raises(LedgerError, match="does not verify, nothing appended: entry 9: hash"):
+        ask(full, at=T0 + timedelta(hours=8))
+    assert count(full.path) == 9
+
+
+def test_a_tampered_ledger_grants_nothing_whatever_was_appended(full: World) -> None:
+    # An entry no rule reads for this decision is not re-checked by the append (that would
+    # cost a signature per entry): verify and every reader that acts (load) still refuse.
+    tamper(
+        full.path, "UPDATE entries SET payload = replace(payload, 'duplicate', 'ok') WHERE seq=8"
+    )
+    decide(full.path, full.reviewer, 9, True, "fine", now=T0 + timedelta(hours=8))
+    assert count(full.path) == 10
     with pytest.raises(LedgerError, match="does not verify: entry 8"):
         live_exceptions(full.path, now=T0 + timedelta(hours=8))
+    bad = verify(full.path)
+    assert not bad.ok and bad.bad_seq == 8
 
 
 def test_a_policy_change_outside_the_ledger_has_no_effect(world: World) -> None:

@@ -28,6 +28,7 @@ NOT_TECHNIQUES = {
     # fleet: message kinds, alert kinds of the server, state files, CLI words, HTTP header values
     "baseline-changed", "baseline-rotated", "fleet-rejected", "fleet-server", "fleet-spool",
     "fetch-policy", "ledger-replay", "content-length", "content-type", "no-referrer", "no-store",
+    "no-cache",
     "same-origin",
     # taint technique stems, named "taint-<stem>" by the posture surface
     "live-patched", "acpi-table-override", "fwctl-debug-write", "kernel-oops", "user-taint",

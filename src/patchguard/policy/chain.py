@@ -150,6 +150,13 @@ def check_link(entry: Entry, previous: Entry | None) -> str | None:
         return f"{missing} missing: the ledger starts at entry {n}"
     if n > expected:
         return f"entries skip from {expected - 1} to {n}"
+    return check_sealed(entry, previous)
+
+
+def check_sealed(entry: Entry, previous: Entry | None) -> str | None:
+    """Why `entry`'s hash, link to `previous` (None: checked elsewhere, or it is entry 1),
+    signature or fields are bad, or None; its numbering is the caller's to check."""
+    n = entry.seq
     recomputed = content_hash(
         n,
         entry.time,
@@ -162,7 +169,9 @@ def check_link(entry: Entry, previous: Entry | None) -> str | None:
     )
     if recomputed != entry.hash:
         return f"entry {n}: hash does not match its contents"
-    if entry.prev_hash != (previous.hash if previous else GENESIS_HASH):
+    if (previous is not None or n == 1) and entry.prev_hash != (
+        previous.hash if previous else GENESIS_HASH
+    ):
         if previous is None:
             return f"entry {n}: prev_hash is not the start of a ledger ({GENESIS_HASH[:8]}...)"
         return f"entry {n}: prev_hash does not link to entry {previous.seq}"

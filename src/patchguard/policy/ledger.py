@@ -3,12 +3,16 @@
 One table, `entries`, one row per entry (policy/chain.py says what is hashed and signed),
 marked as a patchguard ledger by `PRAGMA user_version = 1`. Triggers refuse UPDATE and DELETE,
 which stops accidents; deliberate edits are what `verify` is for. An append runs in one
-BEGIN IMMEDIATE transaction: take the write lock, replay and verify every entry, check the new
-one against the rules, insert, commit. A crash, a full disk or a refusal anywhere before the
-commit leaves the ledger as it was (SQLite rolls back a half-written transaction when the file
-is next opened). An export (`export_json`) verifies exactly like the database. A ledger made a
-transparency log (policy/transparency/store.py) also signs a checkpoint in each append's
-transaction.
+BEGIN IMMEDIATE transaction: take the write lock, read and check the head, seal the new entry
+onto it, check it against the rules, insert, commit. The rules need only the policy entries
+(keys, the expiry maximum) and the entries about the new entry's request, found by index and
+each checked (hash, signature) before it is replayed: an append costs the same at entry 10 and
+at entry 100,000, and whole-ledger verification is `verify`'s job (and `load`'s, once per
+head: a long-running reader replays only what was appended since). A crash, a full disk or a
+refusal anywhere before the commit leaves the ledger as it was (SQLite rolls back a
+half-written transaction when the file is next opened). An export (`export_json`) verifies
+exactly like the database. A ledger made a transparency log (policy/transparency/store.py)
+also extends its stored tree and signs a checkpoint in each append's transaction.
 """
 
 from __future__ import annotations
@@ -28,13 +32,14 @@ from patchguard.policy.chain import (
     GENESIS_HASH,
     Entry,
     check_link,
+    check_sealed,
     entry_from_row,
     seal,
 )
 from patchguard.policy.paths import DEFAULT_LEDGER as DEFAULT_LEDGER
 from patchguard.policy.paths import LEDGER_ENV as LEDGER_ENV
 from patchguard.policy.paths import default_ledger_path as default_ledger_path
-from patchguard.policy.rules import LedgerState, RuleError
+from patchguard.policy.rules import LedgerState, RuleError, copy_state
 from patchguard.policy.transparency import TransparencyError, store
 from patchguard.policy.transparency.store import LogConfig
 from patchguard.safe_read import InputError, check_regular, os_reason, parse_json, read_bounded
@@ -49,6 +54,23 @@ _SCHEMA = (
     f"CREATE TRIGGER entries_no_update BEFORE UPDATE ON entries BEGIN {_APPEND_ONLY}; END",
     f"CREATE TRIGGER entries_no_delete BEFORE DELETE ON entries BEGIN {_APPEND_ONLY}; END",
     f"PRAGMA user_version = {USER_VERSION}",
+)
+# What an append looks up instead of replaying: added to older ledgers by their next append.
+# (a payload that is not JSON, which only a tampered row has, indexes as NULL, not an error)
+_POLICY = "(CASE WHEN json_valid(payload) THEN json_extract(payload, '$.policy') END)"
+_INDEXES = (
+    f"CREATE INDEX IF NOT EXISTS entries_by_policy ON entries (kind, {_POLICY})",
+    "CREATE INDEX IF NOT EXISTS entries_by_subject ON entries (subject)",
+)
+_COLUMNS = ", ".join(COLUMNS)
+_RULES_READ = (  # what the rules read to judge an entry about request ?1 (NULL: none)
+    f"SELECT {_COLUMNS} FROM entries WHERE kind = 'policy' AND {_POLICY} = 'key'",
+    f"SELECT {_COLUMNS} FROM entries WHERE subject = ?1",
+    *(  # the expiry maximum in force now, and when the request was made
+        f"SELECT {_COLUMNS} FROM entries WHERE seq = (SELECT max(seq) FROM entries WHERE "
+        f"kind = 'policy' AND {_POLICY} = 'max_expiry_days' AND seq < {bound})"
+        for bound in ("coalesce(?1, 1 << 62)", "1 << 62")
+    ),
 )
 
 
@@ -79,12 +101,17 @@ class Replay:
     state: LedgerState = field(compare=False)
 
 
-def replay(rows: Sequence[Sequence[object]]) -> Replay:
+def replay(rows: Sequence[Sequence[object]], after: Replay | None = None) -> Replay:
     """Check rows in order (numbering, hash, link, signature, rules); stop at the first bad
-    one, keeping the entries before it (shown, but a failed Replay is never acted on)."""
-    state, entries, lines = LedgerState(), list[Entry](), list[str]()
-    previous: Entry | None = None
-    for position, row in enumerate(rows, 1):
+    one, keeping the entries before it (shown, but a failed Replay is never acted on).
+    `after`: a verified replay the rows continue (its state is copied, never changed)."""
+    base = after if after is not None and after.result.ok else None
+    state = copy_state(base.state) if base else LedgerState()
+    entries = list(base.entries) if base else list[Entry]()
+    lines = list(base.descriptions) if base else list[str]()
+    previous: Entry | None = entries[-1] if entries else None
+    total = len(entries) + len(rows)  # rows read
+    for position, row in enumerate(rows, len(entries) + 1):
         entry = entry_from_row(row, position)
         reason = entry if isinstance(entry, str) else check_link(entry, previous)
         if reason is None and isinstance(entry, Entry):
@@ -95,12 +122,12 @@ def replay(rows: Sequence[Sequence[object]]) -> Replay:
         if reason is not None:
             seq = row[0] if row and isinstance(row[0], int) else None
             head = previous.hash if previous else None
-            result = VerifyResult(False, len(rows), head, seq, reason)
+            result = VerifyResult(False, total, head, seq, reason)
             return Replay(result, tuple(entries), tuple(lines), state)
         assert isinstance(entry, Entry)
         entries.append(entry)
         previous = entry
-    result = VerifyResult(True, len(rows), previous.hash if previous else None)
+    result = VerifyResult(True, len(entries), previous.hash if previous else None)
     return Replay(result, tuple(entries), tuple(lines), state)
 
 
@@ -192,14 +219,36 @@ def read_rows(path: Path) -> list[tuple[object, ...]]:
         raise LedgerError(path, f"cannot read the ledger: {exc}") from None
 
 
+def _rows_and_tree(path: Path) -> tuple[list[tuple[object, ...]], str | None]:
+    """Every row, and why the log's stored tree is not the one they give (None: it is, or
+    there is none), read in one transaction: the stored hashes are checked, never trusted."""
+    if path.suffix == ".json":
+        return _rows_from_json(path), None
+    try:
+        conn = _connect(path, create=False)
+        try:
+            conn.execute("BEGIN")
+            if not _is_ledger(conn, path, create=False):
+                return [], None
+            rows = _select(conn)
+            entries = replay(rows).entries
+            return rows, store.tree_mismatch(conn, store.tree_of(entries))
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise LedgerError(path, f"cannot read the ledger: {exc}") from None
+
+
 def verify(path: Path, root: str | None = None, head: str | None = None) -> VerifyResult:
     """Check the whole ledger. `root`: the fingerprint entry 1 must be signed by; `head`: a hash
     published earlier, which must still be in it. Together they catch a ledger rewritten
     from the start or cut short, which no chain can show by itself."""
-    rows = read_rows(path)
+    rows, tree_reason = _rows_and_tree(path)
     result = replay(rows).result
     if not result.ok:
         return result
+    if tree_reason is not None:
+        return VerifyResult(False, len(rows), result.head, None, tree_reason)
     if root is not None and (not rows or rows[0][3] != root):
         signer = f"by {rows[0][3]}" if rows else "(the ledger is empty)"
         return VerifyResult(
@@ -237,14 +286,36 @@ def head_of(path: Path) -> tuple[object, ...] | None:
     return (st.st_dev, st.st_ino, *last)
 
 
+def _rows_since(path: Path, cached: tuple[tuple[object, ...], Replay] | None) -> Replay:
+    """The ledger replayed on from `cached` when its last entry is still there unchanged in
+    the same file (only the entries appended since are checked), else from the start."""
+    if cached is None or not cached[1].entries or path.suffix == ".json":
+        return replay(read_rows(path))
+    last = cached[1].entries[-1]
+    try:
+        conn = _connect(path, create=False)
+        try:
+            query = f"SELECT {', '.join(COLUMNS)} FROM entries WHERE seq >= ? ORDER BY seq"
+            rows = list(conn.execute(query, (last.seq,)))
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise LedgerError(path, f"cannot read the ledger: {exc}") from None
+    if not rows or tuple(rows[0]) != tuple(last.as_dict().values()):
+        return replay(read_rows(path))
+    return replay(rows[1:], after=cached[1])
+
+
 def load(path: Path) -> Replay:
     """The verified ledger; LedgerError if any entry is bad (nothing in it is then trusted).
-    A ledger whose head did not change since it last verified is not replayed again."""
+    A ledger whose head did not change since it last verified is not replayed again, and
+    one that grew is replayed from that head on."""
     head = head_of(path)
     cached = _REPLAYS.get(path)
     if head is not None and cached is not None and cached[0] == head:
         return cached[1]
-    loaded = replay(read_rows(path))
+    same_file = cached is not None and head is not None and cached[0][:2] == head[:2]
+    loaded = _rows_since(path, cached if same_file else None)
     if not loaded.result.ok:
         _REPLAYS.pop(path, None)
         raise LedgerError(path, f"does not verify: {loaded.result.reason}")
@@ -299,25 +370,60 @@ def _append_locked(
     when: datetime,
 ) -> Appended:
     _is_ledger(conn, path, create=True)
-    loaded = replay(_select(conn))
-    if not loaded.result.ok:
-        raise LedgerError(path, f"does not verify, nothing appended: {loaded.result.reason}")
-    last = loaded.entries[-1] if loaded.entries else None
+    for statement in _INDEXES:
+        conn.execute(statement)
+    last = _head(conn, path)
     if last is not None and when < last.when:
         raise LedgerError(path, f"the clock ({when.isoformat()}) is behind entry {last.seq}")
     seq = last.seq + 1 if last else 1
     prev = last.hash if last else GENESIS_HASH
     entry = seal(seq, when, kind, key, seq if kind == "request" else subject, payload, prev)
     try:
-        description = loaded.state.apply(entry)
+        description = _state_for(conn, path, entry).apply(entry)
     except RuleError as exc:
         raise LedgerError(path, f"refused: {exc}") from None
     _insert(conn, entry)
     try:  # a transparency log signs the new tree before the entry is committed
-        store.sign_after_append(conn, (*loaded.entries, entry))
+        store.sign_after_append(conn, entry.seq)
     except TransparencyError as exc:
         raise LedgerError(path, f"cannot sign the checkpoint, nothing appended: {exc}") from None
     return Appended(entry, description)
+
+
+def _checked(row: Sequence[object], previous: Entry | None, path: Path) -> Entry:
+    entry = entry_from_row(row, 0)
+    reason = entry if isinstance(entry, str) else check_sealed(entry, previous)
+    if reason is not None:
+        raise LedgerError(path, f"does not verify, nothing appended: {reason}")
+    assert isinstance(entry, Entry)
+    return entry
+
+
+def _head(conn: sqlite3.Connection, path: Path) -> Entry | None:
+    """The last entry, checked by itself (hash, signature, fields): what the new one extends.
+    The numbering below it is the database's primary key; the rest is `verify`'s to check."""
+    query = f"SELECT {', '.join(COLUMNS)} FROM entries ORDER BY seq DESC LIMIT 1"
+    row = conn.execute(query).fetchone()
+    return None if row is None else _checked(row, None, path)
+
+
+def _state_for(conn: sqlite3.Connection, path: Path, entry: Entry) -> LedgerState:
+    """The state the rules judge `entry` by, each entry it rests on checked and replayed in
+    order: every key grant, the entries about its request, and the expiry maximum in force
+    when that request was made and now (the ones between were checked when appended, and
+    decide nothing any more). Other entries change only other requests, so this is the whole
+    ledger's verdict on `entry`, read by index: no cost grows with the ledger but the keys."""
+    query = " UNION ".join(_RULES_READ) + " ORDER BY seq"
+    state = LedgerState()
+    for row in conn.execute(query, (entry.subject,)):
+        earlier = _checked(row, None, path)
+        try:
+            state.apply(earlier)
+        except RuleError as exc:
+            raise LedgerError(
+                path, f"does not verify, nothing appended: entry {earlier.seq}: {exc}"
+            ) from None
+    return state
 
 
 def read_log(

@@ -254,3 +254,9 @@ class LedgerState:
             raise RuleError(f"request #{request.id} has not expired ({request.status})")
         self.requests[request.id] = replace(request, status="expired", reason="expired")
         return f"exception #{request.id} expired for {request.vendor} on {request.expires}"
+
+
+def copy_state(state: LedgerState) -> LedgerState:
+    """A state to go on applying entries to without changing `state` (its records are frozen:
+    apply replaces them in the dicts, so fresh dicts suffice)."""
+    return replace(state, keys=dict(state.keys), requests=dict(state.requests))

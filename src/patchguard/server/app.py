@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from patchguard.fleet.wire import MAX_BODY, check_enrol_proof, signed_document
-from patchguard.server import auth, ledger
+from patchguard.server import auth, ledger, tlog
 from patchguard.server.db import (
     DEFAULT_URL,
     MISSED_HEARTBEATS,
@@ -408,6 +408,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.server = server
     error_handlers(app)
     routes(app)
+    tlog.register(app)
     _mount_pages(app)
     return app
 

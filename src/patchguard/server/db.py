@@ -39,6 +39,11 @@ Tables (what the web pages read):
 - `ledger_entries`: the exception ledger as the server holds it (loaded with
   `patchguard server ledger import`, verified before it is stored): the columns of
   `policy.chain.Entry` (`seq` is the key), served by `GET /api/v1/policy`.
+- `ledger_log`: when the imported ledger is a transparency log, its one row: `origin` (the
+  log's name) and `public_key` (raw ed25519, hex) of the log key.
+- `ledger_checkpoints`: the latest signed checkpoint of each import of a log (`size` is the
+  key, `note` the signed note's exact bytes), checked against the entries before it is
+  stored; the largest is served with the log's tiles (server/tlog.py).
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from sqlalchemy import (
     Engine,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -184,6 +190,21 @@ class LedgerEntry(Base):
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
     signature: Mapped[str] = mapped_column(String(128))
+
+
+class LedgerLog(Base):
+    __tablename__ = "ledger_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    origin: Mapped[str] = mapped_column(String(255))
+    public_key: Mapped[str] = mapped_column(String(64))
+
+
+class LedgerCheckpoint(Base):
+    __tablename__ = "ledger_checkpoints"
+
+    size: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    note: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

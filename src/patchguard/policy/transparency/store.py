@@ -8,6 +8,13 @@ append-only like `entries`. From then on every append signs a checkpoint of the 
 same transaction, so an entry is never committed without one. `PATCHGUARD_LOG_KEY` overrides
 the stored key path (say, on a machine where the key is mounted elsewhere).
 
+The tree itself is kept too, in a third append-only table, `tree`: the hash of every complete
+subtree (level, index), the leaves at level 0. An append hashes the new leaf and the subtrees
+it completes and reads the O(log n) hashes of the right edge for the new root, all in the
+append's transaction. A log made before the table existed gets it filled from its entries at
+its next append or `log-init`, once, in that transaction. The table is a cache for signing:
+`ledger verify` rebuilds the tree from the entries and compares (`tree_mismatch`).
+
 Each leaf is the canonical JSON (policy/chain.py `canonical`) of the whole signed entry, its
 ten stored columns plus `"format": "patchguard.ledger/1"`: ASCII bytes anyone can hash and
 re-verify with `ledger verify` on an export.
@@ -21,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from patchguard.policy.chain import FORMAT, Entry, canonical
+from patchguard.policy.chain import COLUMNS, FORMAT, Entry, canonical, entry_from_row
 from patchguard.policy.transparency import TransparencyError, merkle
 from patchguard.policy.transparency.checkpoint import Checkpoint, sign_checkpoint
 from patchguard.policy.transparency.note import ED25519, Signer, Verifier, check_name
@@ -37,6 +44,15 @@ _SCHEMA = (
         f"CREATE TRIGGER IF NOT EXISTS {table}_no_{verb} BEFORE {verb.upper()} ON {table} "
         f"BEGIN {_APPEND_ONLY}; END"
         for table in ("log", "checkpoints")
+        for verb in ("update", "delete")
+    ),
+)
+_TREE_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS tree (level INTEGER NOT NULL, idx INTEGER NOT NULL, "
+    "hash BLOB NOT NULL, PRIMARY KEY (level, idx)) WITHOUT ROWID",
+    *(
+        f"CREATE TRIGGER IF NOT EXISTS tree_no_{verb} BEFORE {verb.upper()} ON tree "
+        f"BEGIN {_APPEND_ONLY}; END"
         for verb in ("update", "delete")
     ),
 )
@@ -87,16 +103,104 @@ def log_config(conn: sqlite3.Connection) -> LogConfig | None:
     return LogConfig(origin, bytes.fromhex(public_key), Path(key_path))
 
 
-def sign_after_append(conn: sqlite3.Connection, entries: Sequence[Entry]) -> bytes | None:
-    """Sign and store the checkpoint of `entries` (the whole ledger, in the caller's
-    transaction); None if the ledger is not a transparency log."""
+class StoredTree:
+    """The `tree` table as a merkle.HashSource, extended in the caller's transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    @property
+    def size(self) -> int:
+        row = self._conn.execute("SELECT max(idx) FROM tree WHERE level = 0").fetchone()
+        return 0 if row[0] is None else int(row[0]) + 1
+
+    def complete(self, level: int, index: int) -> bytes:
+        row = self._conn.execute(
+            "SELECT hash FROM tree WHERE level = ? AND idx = ?", (level, index)
+        ).fetchone()
+        if row is None or not isinstance(row[0], bytes) or len(row[0]) != merkle.HASH_SIZE:
+            raise TransparencyError(f"the ledger's tree has no hash {index} at level {level}")
+        return row[0]
+
+    def append(self, leaf: bytes, index: int) -> None:
+        """Add leaf `index` and every subtree it completes (a binary carry up the right edge)."""
+        level, node = 0, leaf
+        while True:
+            self._conn.execute("INSERT INTO tree VALUES (?, ?, ?)", (level, index, node))
+            if not index & 1:
+                return
+            node = merkle.node_hash(self.complete(level, index - 1), node)
+            level, index = level + 1, index >> 1
+
+    def root(self, size: int) -> bytes:
+        return merkle.subtree_root(self, 0, size)
+
+
+def _entry(row: Sequence[object]) -> Entry:
+    entry = entry_from_row(row, 0)
+    if isinstance(entry, str):
+        raise TransparencyError(f"cannot hash {entry}")
+    return entry
+
+
+def catch_up(conn: sqlite3.Connection) -> StoredTree:
+    """The stored tree, extended by every entry it does not hold yet: the one an append just
+    inserted, or all of them the first time (a log older than the table)."""
+    for statement in _TREE_SCHEMA:
+        conn.execute(statement)
+    tree = StoredTree(conn)
+    start = tree.size
+    rows = conn.execute(
+        f"SELECT {', '.join(COLUMNS)} FROM entries WHERE seq > ? ORDER BY seq", (start,)
+    )
+    for index, row in enumerate(rows, start):
+        entry = _entry(row)
+        if entry.seq != index + 1:
+            raise TransparencyError(f"entry {entry.seq} follows a tree of {index} leaves")
+        tree.append(merkle.leaf_hash(leaf_bytes(entry)), index)
+    return tree
+
+
+def sign_after_append(conn: sqlite3.Connection, entries: Sequence[Entry] | int) -> bytes | None:
+    """Sign and store the checkpoint of the whole ledger (in the caller's transaction), which
+    must hold `entries` (the entries, or just their count); None if it is not a log."""
     config = log_config(conn)
     if config is None:
         return None
-    checkpoint = Checkpoint(config.origin, len(entries), tree_of(entries).root())
+    size = entries if isinstance(entries, int) else len(entries)
+    tree = catch_up(conn)
+    if tree.size != size:
+        raise TransparencyError(f"the ledger's tree has {tree.size} leaves, not {size}")
+    checkpoint = Checkpoint(config.origin, size, tree.root(size))
     signed = sign_checkpoint(checkpoint, config.signer()).encoded
-    conn.execute("INSERT INTO checkpoints (size, note) VALUES (?, ?)", (len(entries), signed))
+    conn.execute("INSERT INTO checkpoints (size, note) VALUES (?, ?)", (size, signed))
     return signed
+
+
+def _hashes_of(size: int) -> int:
+    """How many complete subtrees a tree of `size` leaves has."""
+    return sum(size >> level for level in range(size.bit_length()))
+
+
+def tree_mismatch(conn: sqlite3.Connection, tree: merkle.MemoryTree) -> str | None:
+    """Why the stored tree (if any) is not `tree` rebuilt from the entries, or the tree of a
+    prefix of them (entries added without an append are taken in at the next one); or None."""
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    if "tree" not in tables:
+        return None
+    count, leaves = 0, 0
+    for level, index, stored in conn.execute("SELECT level, idx, hash FROM tree"):
+        count += 1
+        leaves = max(leaves, index + 1) if level == 0 else leaves
+        try:
+            expected = tree.complete(level, index)
+        except merkle.ProofError:
+            return f"the stored tree has a hash {index} at level {level} that no entry gives"
+        if stored != expected:
+            return f"the stored tree hash {index} at level {level} does not match the entries"
+    if count != _hashes_of(leaves):
+        return f"the stored tree lacks hashes of its {leaves} leaves"
+    return None
 
 
 def configure(conn: sqlite3.Connection, origin: str, key: HostKey, key_path: Path) -> None:

@@ -13,8 +13,16 @@ import os
 import struct
 
 from patchguard.kernel.bpf import syscall as bpf
-from patchguard.kernel.bpf.insn import R0, R6, call, exit_insn, mov64_imm, mov64_reg, stx_mem
-from patchguard.kernel.bpf.insn import value_at_key_0
+from patchguard.kernel.bpf.insn import (
+    R0,
+    R6,
+    call,
+    exit_insn,
+    mov64_imm,
+    mov64_reg,
+    stx_mem,
+    value_at_key_0,
+)
 from patchguard.kernel.bpf.objects import prog_info
 from patchguard.kernel.errors import KernelAccessError
 

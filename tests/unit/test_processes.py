@@ -31,7 +31,9 @@ from patchguard.surfaces.processes import (
     ITER_WHAT,
     KILL,
     LISTING,
+    MEMORY_WHAT,
     NOT_LIVE_BPF,
+    NOT_LIVE_MEMORY,
     NOT_LIVE_PROBE,
     PROBE_WHAT,
     STAT,
@@ -168,8 +170,9 @@ def test_hidden_process_finding() -> None:
         "comm": "rkit",
         "exe": "/tmp/.x/rkit",
         "threads": [667],
+        "task_struct": None,
     }
-    assert "missing from proc_listing, task_listing" in finding.summary
+    assert "missing from the /proc listing and the /proc/<pid>/task listings" in finding.summary
 
 
 def test_view_mismatch_finding() -> None:
@@ -208,12 +211,14 @@ def test_collect_on_captured_tree(tmp_path: Path) -> None:
         "threads": 3,
         "pids_probed": 0,
         "tasks_iterated": 0,
+        "tasks_in_memory": 0,
         "hidden": 0,
         "mismatched": 0,
     }
     assert [(g.what, g.reason) for g in state.gaps] == [
         (PROBE_WHAT, NOT_LIVE_PROBE),
         (ITER_WHAT, NOT_LIVE_BPF),
+        (MEMORY_WHAT, NOT_LIVE_MEMORY),
     ]
     assert state.status is Status.PARTIAL
     assert surface.assess(state) == []

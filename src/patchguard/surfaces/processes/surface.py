@@ -1,0 +1,75 @@
+"""ProcessesSurface: collect the views, then assess what they disagree on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from patchguard.findings import Finding
+from patchguard.surfaces.base import SurfaceState
+from patchguard.surfaces.processes.assess import assess_records
+from patchguard.surfaces.processes.collect import (
+    ITER_WHAT,
+    MEMORY_WHAT,
+    NOT_LIVE_BPF,
+    NOT_LIVE_MEMORY,
+    NOT_LIVE_PROBE,
+    PID_MAX,
+    PROBE_WHAT,
+    ProcessReading,
+    collect_listings,
+    probe_live,
+    summary,
+)
+from patchguard.surfaces.processes.records import NAME, HiddenPid, ProcessViews
+from patchguard.surfaces.processes.views import parse_pid_max
+from patchguard.surfaces.reading import one_of, records_of
+
+if TYPE_CHECKING:
+    from patchguard.kernel import Kernel
+
+
+def _counts(records: Sequence[object]) -> dict[str, int]:
+    views = one_of(records, ProcessViews)
+    hidden = records_of(records, HiddenPid)
+    if views is None:
+        return {}
+    return {
+        "processes": views.listed,
+        "threads": views.tasks,
+        "pids_probed": views.probed,
+        "tasks_iterated": views.iterated or 0,
+        "tasks_in_memory": views.in_memory or 0,
+        "hidden": sum(not h.listed for h in hidden),
+        "mismatched": sum(h.listed for h in hidden),
+    }
+
+
+class ProcessesSurface:
+    name = NAME
+    title = "Processes (cross-view, against kernel memory)"
+
+    def __init__(self, probe_below: int | None = None) -> None:
+        # Only for benchmarks: probe pids below this instead of below the kernel's pid_max.
+        self.probe_below = probe_below
+
+    def collect(self, kernel: Kernel) -> SurfaceState:
+        r = ProcessReading(NAME, kernel)
+        pid_max = r.parsed("pid_max (/proc/sys/kernel/pid_max)", PID_MAX, parse_pid_max)
+        pid_max = self.probe_below or pid_max
+        suspects = rechecks = 0
+        if collect_listings(r):
+            if kernel.live:
+                suspects, rechecks = probe_live(r, pid_max)
+            else:
+                r.gap(PROBE_WHAT, NOT_LIVE_PROBE)
+                r.gap(ITER_WHAT, NOT_LIVE_BPF)
+                r.gap(MEMORY_WHAT, NOT_LIVE_MEMORY)
+            r.records.insert(0, summary(r, pid_max, suspects, rechecks))
+        return SurfaceState(NAME, tuple(r.records), _counts(r.records), tuple(r.gaps))
+
+    def assess(self, state: SurfaceState) -> list[Finding]:
+        return assess_records(state.records)
+
+
+__all__ = ["ProcessesSurface"]

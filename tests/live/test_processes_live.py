@@ -37,9 +37,11 @@ import pytest
 
 from patchguard.findings import Finding
 from patchguard.kernel import Kernel
+from patchguard.kernel.bpf.current_task import current_task
 from patchguard.kernel.bpf.iterators import TaskIterator
 from patchguard.kernel.bpf.syscall import BpfError
 from patchguard.kernel.errors import KernelAccessError
+from patchguard.kernel.tasks import walk_tasks
 from patchguard.surfaces.processes import (
     BPF_ITER,
     ITER_MAP,
@@ -137,7 +139,8 @@ def test_memory_view(scanned: Scanned, request: pytest.FixtureRequest) -> None:
     views = next(r for r in scanned.state_records if isinstance(r, ProcessViews))
     assert MEMORY_WHAT not in scanned.gaps, scanned.gaps
     assert views.in_memory is not None
-    assert abs(views.in_memory - views.answered) <= 5, views
+    # other processes on this shared machine come and go between the two views
+    assert abs(views.in_memory - views.answered) <= max(10, views.answered // 10), views
     assert {scanned.child, scanned.thread, os.getpid()}.isdisjoint(flagged(scanned))
     case(request, f"{views.in_memory} tasks in memory, {views.answered} pids answer kill(2)")
 
@@ -208,6 +211,28 @@ def test_iterator_sees_child_and_thread(request: pytest.FixtureRequest) -> None:
     case(request, "iterator read and map copy: pid, tgid and comm of a child and a thread")
 
 
+def test_memory_sees_child_and_thread(request: pytest.FixtureRequest) -> None:
+    """The walk from our own task (bpf_get_current_task) finds a fresh child and a fresh
+    thread with their pid, tgid and comm, pid 1 and init_task (pid 0, swapper/0)."""
+    child = subprocess.Popen(["sleep", "60"])
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait, args=(60,))
+    thread.start()
+    try:
+        kernel = Kernel()
+        tasks = {t.pid: t for t in walk_tasks(kernel.memory(), current_task(), kernel.vmlinux_btf)}
+    finally:
+        stop.set()
+        thread.join()
+        child.kill()
+        child.wait()
+    assert thread.native_id is not None
+    assert (tasks[child.pid].tgid, tasks[child.pid].comm) == (child.pid, "sleep")
+    assert tasks[thread.native_id].tgid == os.getpid()
+    assert tasks[0].comm == "swapper/0" and tasks[1].tgid == 1
+    case(request, f"memory walk: {len(tasks)} tasks, the child and the thread among them")
+
+
 # --- hiding for real, in a private mount namespace ----------------------------------------------
 
 # A process with a second thread, which says so once the thread runs.
@@ -228,6 +253,8 @@ subprocess.run(["mount", "-t", "tmpfs", "tmpfs", "/proc"], check=True)
 for name in os.listdir(real):
     if name != victim:
         os.symlink(os.path.join(real, name), os.path.join("/proc", name))
+with open(os.path.join(real, "sys/kernel/ns_last_pid")) as last:
+    made_at = int(last.read())  # pids above this came after the fake /proc: not in it
 surface = ProcessesSurface()
 state = surface.collect(Kernel())
 print(json.dumps({
@@ -236,6 +263,7 @@ print(json.dumps({
         for f in surface.assess(state)
     ],
     "gaps": {g.what: g.reason for g in state.gaps},
+    "made_at": made_at,
 }))
 """
 
@@ -289,9 +317,21 @@ def test_process_hidden_from_the_listing_is_found(request: pytest.FixtureRequest
     hidden_others = [
         f
         for f in doc["findings"]
-        if f["technique"] == "hidden-process" and f["evidence"]["pid"] != victim.pid
+        if f["technique"] == "hidden-process"
+        and f["evidence"]["pid"] != victim.pid
+        and not fake_proc_thread(f["evidence"])
+        and f["evidence"]["pid"] <= doc["made_at"]  # pids wrap only past pid_max
     ]
     assert hidden_others == []
+
+
+def fake_proc_thread(evidence: dict[str, object]) -> bool:
+    """The test's /proc links only the entries the real listing had when it was made, so
+    /proc/<tid> of a thread (one that some view missed at first, as threads of other tests
+    come and go) does not exist there: stat alone misses it, while its process's task
+    directory lists it. Processes started after it are missing from it altogether."""
+    seen, missing = evidence["seen_by"], evidence["missing_from"]
+    return missing == [STAT] and isinstance(seen, list) and TASKS in seen
 
 
 SCAN = r"""

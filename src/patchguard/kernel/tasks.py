@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from patchguard.kernel.btf import Btf
 from patchguard.kernel.errors import KernelAccessError
-from patchguard.kernel.memory import KERNEL_SPACE, KernelMemory, read_u64
+from patchguard.kernel.memory import KERNEL_SPACE, KernelMemory
 
 MAX_TASKS = 1 << 22  # PID_MAX_LIMIT: no list holds more tasks than there are pids
 PID_LIMIT = 1 << 22
@@ -59,8 +59,9 @@ class TaskLayout:
     def span(self) -> tuple[int, int]:
         """The bytes of a task_struct one read fetches: every member the walk needs."""
         members = [self.tasks, self.pid, self.tgid, self.group_leader, self.comm + COMM_LEN]
-        members += [m for m in (self.signal, self.thread_node, self.thread_group) if m is not None]
-        return min(members), max(members) + 16
+        links = [m for m in (self.thread_node, self.thread_group) if m is not None]
+        members += [m for m in (self.signal, *links) if m is not None]
+        return min(members), max(members) + 16  # a list_head's next and prev
 
 
 def layout(btf: Btf) -> TaskLayout:
@@ -118,15 +119,16 @@ class _Walk:
         comm = _comm(raw[self.o.comm - low : self.o.comm - low + COMM_LEN])
         return MemTask(pid, tgid, comm, task)
 
-    def ring(self, head: int, next_of: Callable[[int], int], member: int) -> list[int]:
-        """The entries (container addresses) of the circular list whose head is at `head`."""
+    def ring(self, node: int, stop: int, next_of: Callable[[int], int], member: int) -> list[int]:
+        """The containers of a circular list's nodes from `node` on, up to `stop`."""
         found: list[int] = []
-        node = next_of(head)
-        while node != head:
+        seen: set[int] = set()
+        while node != stop:
             if node < KERNEL_SPACE or len(self.seen) + len(found) >= self.limit:
                 raise KernelAccessError(WHAT, f"implausible link {node:#x} after {len(found)}")
-            if node - member in found:
+            if node in seen:
                 raise KernelAccessError(WHAT, f"a cycle at {node:#x} that misses its head")
+            seen.add(node)
             found.append(node - member)
             node = next_of(node)
         return found
@@ -136,22 +138,30 @@ class _Walk:
             self.seen[task] = self.record(task)
 
     def threads(self, leader: int) -> list[int]:
+        """The group's threads, from the leader's own links both ways round to the list head
+        in signal_struct: every link is a task's, already read with its fields."""
         o = self.o
         if o.signal is not None and o.thread_head is not None and o.thread_node is not None:
-            head = self.word(leader, o.signal) + o.thread_head
-            return self.ring(head, lambda node: read_u64(self.memory, node), o.thread_node)
-        assert o.thread_group is not None
-        node_of = self._next_in_task(o.thread_group)
-        return [leader, *self.ring(leader + o.thread_group, node_of, o.thread_group)]
+            head, member = self.word(leader, o.signal) + o.thread_head, o.thread_node
+        else:
+            assert o.thread_group is not None  # before 6.7: a list with no head, round to us
+            head, member = leader + o.thread_group, o.thread_group
+        ahead = self.ring(self.word(leader, member), head, self._link(member, 0), member)
+        if head == leader + member:
+            return ahead
+        behind = self.ring(self.word(leader, member + 8), head, self._link(member, 8), member)
+        return [t for t in dict.fromkeys([*ahead, *behind]) if t != leader]
 
-    def _next_in_task(self, member: int) -> Callable[[int], int]:
-        """list_head.next of the list member `member` of a task, from the task's one read."""
-        return lambda node: self.word(node - member, member)
+    def _link(self, member: int, which: int) -> Callable[[int], int]:
+        """list_head.next (0) or .prev (8) of the list member `member` of a task, from the
+        task's one read."""
+        return lambda node: self.word(node - member, member + which)
 
     def run(self, start: int) -> list[MemTask]:
         o = self.o
         leader = self.word(start, o.group_leader)  # a thread's own `tasks` is not on the list
-        leaders = [leader, *self.ring(leader + o.tasks, self._next_in_task(o.tasks), o.tasks)]
+        first = self.word(leader, o.tasks)
+        leaders = [leader, *self.ring(first, leader + o.tasks, self._link(o.tasks, 0), o.tasks)]
         for task in leaders:
             self.add(task)
             for thread in self.threads(task):

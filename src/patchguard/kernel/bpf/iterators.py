@@ -64,10 +64,12 @@ META_SEQ = 0  # struct bpf_iter_meta: seq is its first member
 COMM_LEN = 16  # TASK_COMM_LEN
 RECORD = struct.Struct(f"<II{COMM_LEN}s")  # pid, tgid, comm: what the program writes
 READ_SIZE = 1 << 16
-# The map copy: pid -> (task address, RECORD). Entries are allocated as tasks are added, up to
-# PID_MAX_LIMIT (a map smaller than the task count would drop tasks and look like hiding).
+# The map copy: pid -> (task address, RECORD). Entries are allocated as tasks are added; the
+# map's buckets are allocated up front and every drain walks them all, so it is sized by the
+# task count the caller expects (4M buckets, PID_MAX_LIMIT, cost 80 ms a walk). A map that
+# fills drops tasks, which would look like hiding: a full map fails the walk instead.
 COPY = struct.Struct(f"<Q{RECORD.size}s")
-COPY_ENTRIES = 1 << 22
+COPY_ENTRIES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -231,16 +233,18 @@ class TaskIterator:
     """The loaded program, its map copy and its link; every walk() runs the program once
     over the task list."""
 
-    def __init__(self, prog_fd: int, link_fd: int, map_fd: int) -> None:
+    def __init__(self, prog_fd: int, link_fd: int, map_fd: int, entries: int) -> None:
         self.prog_fd = prog_fd
         self.link_fd = link_fd
         self.map_fd = map_fd
+        self.entries = entries
         self.prog_id = prog_info(prog_fd).prog_id
         self.map_id = map_info(map_fd).map_id
 
     @classmethod
-    def open(cls, btf: Btf) -> TaskIterator:
-        map_fd = _copy_map()
+    def open(cls, btf: Btf, entries: int = COPY_ENTRIES) -> TaskIterator:
+        """Load and attach; the map copy holds up to `entries` tasks."""
+        map_fd = _copy_map(entries)
         try:
             prog_fd = _load(btf, map_fd)
         except BaseException:
@@ -252,7 +256,7 @@ class TaskIterator:
             os.close(prog_fd)
             os.close(map_fd)
             raise
-        return cls(prog_fd, link_fd, map_fd)
+        return cls(prog_fd, link_fd, map_fd, entries)
 
     def tasks(self) -> list[IterTask]:
         """The read() copy of one walk."""
@@ -269,16 +273,16 @@ class TaskIterator:
         return IterWalk(read, self._copies())
 
     def _copies(self) -> list[tuple[int, IterTask]]:
-        keys = bpf.map_keys(self.map_fd, 4, COPY_ENTRIES)
-        values = []
-        for key in keys:
-            with contextlib.suppress(bpf.BpfError):  # ENOENT cannot happen: only we write
-                values.append(bpf.map_lookup(self.map_fd, key, COPY.size))
+        """The map copy, emptied as it is read (the next walk starts from an empty map)."""
+        values = bpf.map_drain(self.map_fd, 4, COPY.size, self.entries)
+        if len(values) >= self.entries:
+            raise KernelAccessError(
+                "BPF task iterator map", f"the map copy is full ({self.entries} tasks)"
+            )
         return parse_copies(values)
 
     def _empty_copy(self) -> None:
-        for key in bpf.map_keys(self.map_fd, 4, COPY_ENTRIES):
-            bpf.map_delete(self.map_fd, key)
+        bpf.map_drain(self.map_fd, 4, COPY.size, self.entries)  # a walk cut short left some
 
     def close(self) -> None:
         for fd in (self.link_fd, self.prog_fd, self.map_fd):
@@ -294,10 +298,10 @@ class TaskIterator:
         self.close()
 
 
-def _copy_map() -> int:
+def _copy_map(entries: int) -> int:
     try:
         return bpf.map_create(
-            bpf.BPF_MAP_TYPE_HASH, 4, COPY.size, COPY_ENTRIES, "pg_task_copy", bpf.BPF_F_NO_PREALLOC
+            bpf.BPF_MAP_TYPE_HASH, 4, COPY.size, entries, "pg_task_copy", bpf.BPF_F_NO_PREALLOC
         )
     except bpf.BpfError as exc:
         raise KernelAccessError("BPF task iterator map", exc.reason) from exc

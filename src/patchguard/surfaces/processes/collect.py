@@ -100,6 +100,12 @@ def _collect_kill(r: ProcessReading, pid_max: int | None) -> None:
     r.views[KILL] = set(answering(range(1, pid_max))) | set(answering(extra))
 
 
+def _copy_entries(r: ProcessReading) -> int:
+    """Room in the iterator's map copy: twice the tasks /proc lists, and some, so that tasks
+    hidden from /proc or started meanwhile fit (a full map is a gap, never a finding)."""
+    return 2 * len(r.views.get(TASKS, ())) + 4096
+
+
 def _open_kernel_views(r: ProcessReading) -> None:
     """The iterator and the memory walk's start; both give init-namespace pids."""
     status = r.optional(SELF_STATUS)
@@ -108,7 +114,7 @@ def _open_kernel_views(r: ProcessReading) -> None:
         r.gap(MEMORY_WHAT, CHILD_PIDNS)
         return
     try:
-        r.iterator = TaskIterator.open(r.kernel.vmlinux_btf)
+        r.iterator = TaskIterator.open(r.kernel.vmlinux_btf, _copy_entries(r))
     except KernelAccessError as exc:
         r.gap(ITER_WHAT, str(exc))
     else:

@@ -3,10 +3,11 @@
 floor = list /proc once + ask kill(pid, 0) about the same number of pids through the same
 cheapest probe (kernel/pids.py). collect does that and more: the task directory of every
 listed process, a BPF task iterator walk with its map copy (where the kernel allows it), the
-task list walked in kernel memory, and the re-checks of any suspect. Printed at the machine's pid_max and at 30,000 pids, then again with 2,000 extra
-sleeping processes alive (they cost one task-directory listing each), which are killed in
-`finally`. The first collect of a Kernel also parses vmlinux BTF for the iterator's offsets:
-shown apart, since the guard keeps its Kernel.
+task list and the pid table walked in kernel memory, and the re-checks of any suspect.
+Printed at the machine's pid_max and at 30,000 pids, then again with 2,000 extra sleeping
+processes alive (they cost one task-directory listing each), which are killed in `finally`.
+The first collect of a Kernel also parses vmlinux BTF for the iterator's offsets: shown
+apart, since the guard keeps its Kernel.
 Run as root: .venv/bin/python bench/processes.py [--rounds N] [--spawn N]
 """
 

@@ -3,8 +3,9 @@ lab guest (tests/lab/tasks_checks.py, modules pg_hide_task and pg_write_filter).
 
 pg_hide_task takes the victim out of the /proc listings, stat, kill(2) and the BPF task
 iterator's seq output; the task list in kernel memory (walked on 6.1 through
-task_struct.thread_group) and the iterator's map copy still have it, so the scan reports a
-critical hidden process that names the views that lie and those that tell the truth.
+task_struct.thread_group), the pid table and the iterator's map copy still have it, so the
+scan reports a critical hidden process that names the views that lie and those that tell
+the truth.
 pg_write_filter drops every line with a word from every write: a sealed report written
 through it fails verify-report, which says it was altered."""
 
@@ -48,7 +49,8 @@ def test_memory_finds_the_task_and_names_the_lying_views(guest: Results) -> None
     evidence = found["evidence"]
     assert isinstance(evidence, dict)
     assert sorted(evidence["missing_from"]) == sorted(LYING), evidence
-    assert sorted(evidence["seen_by"]) == ["bpf_task_iter_map", "kernel_memory"], evidence
+    seen = ["bpf_task_iter_map", "kernel_memory", "pid_table"]
+    assert sorted(evidence["seen_by"]) == seen, evidence
     assert evidence["comm"] == "sleep" and str(evidence["task_struct"]).startswith("0xff")
     others = [
         f

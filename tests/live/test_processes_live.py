@@ -51,6 +51,8 @@ from patchguard.surfaces.processes import (
     LISTING,
     MEMORY,
     MEMORY_WHAT,
+    PID_TABLE,
+    PID_TABLE_WHAT,
     STAT,
     TASKS,
     HiddenPid,
@@ -154,7 +156,7 @@ def test_pid_1_precisely(scanned: Scanned, request: pytest.FixtureRequest) -> No
         return
     (one,) = ones
     assert set(one.missing_from) == set(ITERATOR), one
-    assert {LISTING, TASKS, KILL, STAT, MEMORY} <= set(one.seen_by), one
+    assert {LISTING, TASKS, KILL, STAT, MEMORY, PID_TABLE} <= set(one.seen_by), one
     (f,) = [f for f in scanned.findings if f.subject.startswith("pid 1 ")]
     assert f.technique == "iterator-skips-task" and f.severity.label == "low"
     case(request, f"pid 1: {f.summary}")
@@ -306,7 +308,8 @@ def test_process_hidden_from_the_listing_is_found(request: pytest.FixtureRequest
         assert (finding["technique"], finding["severity"]) == ("hidden-process", "high")
     else:  # memory has it: the views that lack it lie
         assert (finding["technique"], finding["severity"]) == ("hidden-process", "critical")
-        assert MEMORY in evidence["seen_by"] and evidence["task_struct"].startswith("0xff")
+        assert MEMORY in evidence["seen_by"] and PID_TABLE in evidence["seen_by"]
+        assert evidence["task_struct"].startswith("0xff")
     assert len(evidence["threads"]) == 1  # its sleeping thread, folded into the process
     if ITER_WHAT in doc["gaps"]:
         case(request, f"hidden pid found by kill(2) alone; iterator: {doc['gaps'][ITER_WHAT]}")
@@ -366,7 +369,7 @@ def test_iterator_refused_is_a_gap_and_the_other_views_run(
     reason = doc["gaps"][ITER_WHAT]
     case(request, f"without capabilities: {ITER_WHAT}: {reason}")
     assert reason.endswith("operation not permitted by the kernel (EPERM)")
-    assert list(doc["gaps"]) == [ITER_WHAT, MEMORY_WHAT]
+    assert list(doc["gaps"]) == [ITER_WHAT, MEMORY_WHAT, PID_TABLE_WHAT]
     counts = doc["counts"]
     assert counts["processes"] > 0 and counts["pids_probed"] == int(PID_MAX.read_text()) - 1
     assert counts["tasks_iterated"] == 0 and counts["hidden"] == 0

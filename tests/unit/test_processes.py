@@ -35,6 +35,7 @@ from patchguard.surfaces.processes import (
     NOT_LIVE_BPF,
     NOT_LIVE_MEMORY,
     NOT_LIVE_PROBE,
+    PID_TABLE_WHAT,
     PROBE_WHAT,
     STAT,
     TASKS,
@@ -212,6 +213,7 @@ def test_collect_on_captured_tree(tmp_path: Path) -> None:
         "pids_probed": 0,
         "tasks_iterated": 0,
         "tasks_in_memory": 0,
+        "pids_in_pid_table": 0,
         "hidden": 0,
         "mismatched": 0,
     }
@@ -219,6 +221,7 @@ def test_collect_on_captured_tree(tmp_path: Path) -> None:
         (PROBE_WHAT, NOT_LIVE_PROBE),
         (ITER_WHAT, NOT_LIVE_BPF),
         (MEMORY_WHAT, NOT_LIVE_MEMORY),
+        (PID_TABLE_WHAT, NOT_LIVE_MEMORY),
     ]
     assert state.status is Status.PARTIAL
     assert surface.assess(state) == []

@@ -1,12 +1,13 @@
 """Findings from the pids the process views disagree on.
 
-Kernel memory (the task list, read through BTF) is the ground truth wherever it was read: a
-task memory has and a view lacks is hidden by that view, and the finding names the views
-that hide it and those that show it; a task a view shows and memory lacks is off the task
-list. The BPF iterator is judged by its two copies of one walk: a task its program copied
-into the map but read() did not return is filtered out of read(); a task in neither copy was
-never handed to the program, which is the kernel's own walk, not a filter on what this
-process reads, and nothing hides such a task from ps.
+Kernel memory (the task list and the pid table, read through BTF) is the ground truth wherever it
+was read: a task memory has and a view lacks is hidden by that view, and the finding names the views
+that hide it and those that show it; a task the task list lacks is off it (unlinked, when the pid
+table still has it). A task the task list has and the pid table lacks had its pid taken out of the
+table, which hides it from every lookup by pid. The BPF iterator is judged by its two copies of one
+walk: a task its program copied into the map but read() did not return is filtered out of read(); a
+task in neither copy was never handed to the program, which is the kernel's own walk, not a filter
+on what this process reads, and nothing hides such a task from ps.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from patchguard.surfaces.processes.records import (
     ITERATOR,
     MEMORY,
     NAME,
+    PID_TABLE,
     HiddenPid,
 )
 from patchguard.surfaces.reading import records_of
@@ -35,6 +37,7 @@ VIEW_WORDS = {
     BPF_ITER: "the BPF task iterator's read()",
     ITER_MAP: "the BPF task iterator's map copy",
     MEMORY: "the task list in kernel memory",
+    PID_TABLE: "the pid table in kernel memory",
 }
 
 
@@ -98,7 +101,7 @@ def _hidden_from_memory(hidden: HiddenPid) -> Finding:
         NAME,
         "hidden-process",
         _subject(hidden),
-        f"Process {hidden.pid}{_name(hidden)} is on the kernel's task list in memory, but "
+        f"Process {hidden.pid}{_name(hidden)} is in kernel memory, but "
         f"{_words(hidden.missing_from)} hide it (shown by {_words(hidden.seen_by)}): those "
         "views lie about the kernel's tasks, which only a hook in the kernel does.",
         _evidence(hidden),
@@ -108,13 +111,18 @@ def _hidden_from_memory(hidden: HiddenPid) -> Finding:
 
 
 def _off_task_list(hidden: HiddenPid) -> Finding:
+    why = (
+        "it was unlinked from the task list to hide it (the pid table still has it)"
+        if PID_TABLE in hidden.seen_by
+        else "it was unlinked from the task list to hide it, or those views invent it"
+    )
     return finding(
         NAME,
         "task-off-task-list",
         _subject(hidden),
         f"Process {hidden.pid}{_name(hidden)} is seen by {_words(hidden.seen_by)} but is not "
         f"on the kernel's task list in memory (missing from {_words(hidden.missing_from)}): "
-        "it was unlinked from the task list to hide it, or those views invent it.",
+        f"{why}.",
         _evidence(hidden),
         disposition=Disposition.TAMPERING,
     )

@@ -1,10 +1,10 @@
-"""Reading the process views off a Kernel: the /proc listings, kill(2) over the pid space,
-stat of /proc/<pid>, the BPF task iterator (its read() and its map copy) and the task list in
-kernel memory; then the re-checks of every pid they disagree on.
+"""Reading the process views off a Kernel: the /proc listings, kill(2) over the pid space, stat of
+/proc/<pid>, the BPF task iterator (its read() and its map copy), and the task list and the pid
+table in kernel memory; then the re-checks of every pid they disagree on.
 
 Pid namespaces: /proc, kill and the iterator are of the pid namespace patchguard runs in. The
-iterator's and memory's pid and tgid are the init namespace's numbers (task->pid), so in a
-child namespace those views are left out with a gap rather than compared.
+iterator's and memory's pid and tgid are the init namespace's numbers (task->pid), so in a child
+namespace those views are left out with a gap rather than compared.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from patchguard.kernel.bpf.current_task import current_task
 from patchguard.kernel.bpf.iterators import TaskIterator
 from patchguard.kernel.errors import KernelAccessError
+from patchguard.kernel.pid_table import pid_table
 from patchguard.kernel.pids import answering, stat_answers
 from patchguard.kernel.tasks import walk_tasks
 from patchguard.surfaces.processes.records import (
@@ -24,6 +25,7 @@ from patchguard.surfaces.processes.records import (
     KILL,
     LISTING,
     MEMORY,
+    PID_TABLE,
     STAT,
     TASKS,
     HiddenPid,
@@ -48,6 +50,7 @@ SELF_STATUS = "/proc/self/status"
 PROBE_WHAT = "pid-space probe (kill(2) and stat of /proc/<pid>)"
 ITER_WHAT = "BPF task iterator"
 MEMORY_WHAT = "task list in kernel memory"
+PID_TABLE_WHAT = "pid table in kernel memory"
 NOT_LIVE_PROBE = "only the live kernel answers kill(2); a captured tree holds only its listing"
 NOT_LIVE_BPF = "bpf(2) reads only the live kernel"
 NOT_LIVE_MEMORY = "a captured tree has no kernel memory"
@@ -64,7 +67,8 @@ class ProcessReading(Reading):
     comm_of: dict[int, str] = field(default_factory=dict)  # from memory or the iterator
     task_of: dict[int, int] = field(default_factory=dict)  # tid -> task_struct address
     iterator: TaskIterator | None = None
-    start: int | None = None  # our own task_struct: where the memory walk begins
+    start: int | None = None  # our own task_struct: where the memory walks begin
+    pid_table_failed: bool = False
     probed: int = 0
 
     def listing(self, path: str) -> set[int] | None:
@@ -112,6 +116,7 @@ def _open_kernel_views(r: ProcessReading) -> None:
     if status is not None and in_child_pid_namespace(status):
         r.gap(ITER_WHAT, CHILD_PIDNS)
         r.gap(MEMORY_WHAT, CHILD_PIDNS)
+        r.gap(PID_TABLE_WHAT, CHILD_PIDNS)
         return
     try:
         r.iterator = TaskIterator.open(r.kernel.vmlinux_btf, _copy_entries(r))
@@ -125,6 +130,7 @@ def _open_kernel_views(r: ProcessReading) -> None:
         r.start = current_task(r.kernel.own_prog_ids)
     except KernelAccessError as exc:
         r.gap(MEMORY_WHAT, f"no task to start from: {exc}")
+        r.gap(PID_TABLE_WHAT, f"no task to start from: {exc}")
 
 
 def _walk_iterator(r: ProcessReading) -> tuple[set[int], set[int]] | None:
@@ -165,6 +171,21 @@ def _walk_memory(r: ProcessReading) -> set[int] | None:
     return {task.pid for task in tasks if task.pid}  # pid 0, the idle task, has no /proc
 
 
+def _walk_pid_table(r: ProcessReading) -> set[int] | None:
+    """The pids the pid table has a task for; None (with a gap) when it cannot be read."""
+    if r.start is None or r.pid_table_failed:
+        return None
+    try:
+        table = pid_table(r.kernel.memory(), r.start, r.kernel.vmlinux_btf)
+    except KernelAccessError as exc:
+        r.gap(PID_TABLE_WHAT, str(exc))
+        r.pid_table_failed = True
+        return None
+    for nr, task in table.items():
+        r.task_of.setdefault(nr, task)
+    return set(table)
+
+
 def _tgid(r: ProcessReading, pid: int) -> int | None:
     status = r.optional(f"{PROC}/{pid}/status")
     tgid = parse_tgid(status) if status is not None else None
@@ -183,6 +204,8 @@ def _kernel_views(r: ProcessReading, suspects: set[int] | None) -> dict[str, set
     views: dict[str, set[int]] = {}
     if (walked := _walk_iterator(r)) is not None:
         views[BPF_ITER], views[ITER_MAP] = walked
+    if (in_table := _walk_pid_table(r)) is not None:  # before the walk, which may fail
+        views[PID_TABLE] = in_table
     if (in_memory := _walk_memory(r)) is not None:
         views[MEMORY] = in_memory
     if suspects is None:
@@ -261,6 +284,7 @@ def summary(r: ProcessReading, pid_max: int | None, suspects: int, rechecks: int
         rechecks=rechecks,
         copied=_count(r, ITER_MAP),
         in_memory=_count(r, MEMORY),
+        in_pid_table=_count(r, PID_TABLE),
     )
 
 

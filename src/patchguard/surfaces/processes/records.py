@@ -15,6 +15,7 @@ STAT = "proc_stat"  # stat("/proc/<pid>"): proc_pid_lookup(), any task, listed o
 BPF_ITER = "bpf_task_iter"  # bpf_iter_task, as read() of its seq file returns it
 ITER_MAP = "bpf_task_iter_map"  # the same walk, as the program copied it into a map
 MEMORY = "kernel_memory"  # task_struct.tasks and each thread group, read from memory
+PID_TABLE = "pid_table"  # the pid namespace's pid table (idr), read from memory
 LISTED = (LISTING, TASKS)
 ITERATOR = (BPF_ITER, ITER_MAP)  # the two copies of one walk of the kernel's iterator
 
@@ -33,6 +34,7 @@ class ProcessViews:
     rechecks: int  # looks taken after the first
     copied: int | None = None  # tasks in the iterator's map copy; None where it could not run
     in_memory: int | None = None  # tasks on the task list in memory; None where unread
+    in_pid_table: int | None = None  # pids of tasks in the pid table; None where unread
 
 
 @dataclass(frozen=True)
@@ -54,4 +56,4 @@ class HiddenPid:
 
     @property
     def in_memory(self) -> bool:
-        return MEMORY in self.seen_by
+        return MEMORY in self.seen_by or PID_TABLE in self.seen_by

@@ -15,6 +15,7 @@ from patchguard.surfaces.processes.collect import (
     NOT_LIVE_MEMORY,
     NOT_LIVE_PROBE,
     PID_MAX,
+    PID_TABLE_WHAT,
     PROBE_WHAT,
     ProcessReading,
     collect_listings,
@@ -40,6 +41,7 @@ def _counts(records: Sequence[object]) -> dict[str, int]:
         "pids_probed": views.probed,
         "tasks_iterated": views.iterated or 0,
         "tasks_in_memory": views.in_memory or 0,
+        "pids_in_pid_table": views.in_pid_table or 0,
         "hidden": sum(not h.listed for h in hidden),
         "mismatched": sum(h.listed for h in hidden),
     }
@@ -65,6 +67,7 @@ class ProcessesSurface:
                 r.gap(PROBE_WHAT, NOT_LIVE_PROBE)
                 r.gap(ITER_WHAT, NOT_LIVE_BPF)
                 r.gap(MEMORY_WHAT, NOT_LIVE_MEMORY)
+                r.gap(PID_TABLE_WHAT, NOT_LIVE_MEMORY)
             r.records.insert(0, summary(r, pid_max, suspects, rechecks))
         return SurfaceState(NAME, tuple(r.records), _counts(r.records), tuple(r.gaps))
 

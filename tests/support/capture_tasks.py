@@ -1,6 +1,6 @@
-"""Capture the task list of the running kernel as a fixture: every read the memory walk makes
-(address and bytes), where it started, the tasks it found, and the other process views taken
-at the same moment. Run as root on the kernel to capture:
+"""Capture the task list and the pid table of the running kernel as a fixture: every read the
+memory walks make (address and bytes), where they started, the tasks and pids they found, and
+the other process views taken at the same moment. Run as root on the kernel to capture:
 
     .venv/bin/python tests/support/capture_tasks.py tests/fixtures/6.18-fc/tasks.json.gz
 """
@@ -17,6 +17,7 @@ from patchguard.kernel import Kernel
 from patchguard.kernel.bpf.current_task import current_task
 from patchguard.kernel.bpf.iterators import TaskIterator
 from patchguard.kernel.memory import KernelMemory
+from patchguard.kernel.pid_table import pid_table
 from patchguard.kernel.pids import answering
 from patchguard.kernel.tasks import walk_tasks
 from patchguard.surfaces.processes import pids_in_listing
@@ -41,7 +42,10 @@ class Recording:
 
 
 def _listing(path: str) -> list[int]:
-    return sorted(pids_in_listing(os.listdir(path)))
+    try:
+        return sorted(pids_in_listing(os.listdir(path)))
+    except FileNotFoundError:  # exited since /proc was listed
+        return []
 
 
 def capture() -> dict[str, object]:
@@ -49,6 +53,7 @@ def capture() -> dict[str, object]:
     recording = Recording(kernel.memory())
     start = current_task()
     tasks = walk_tasks(recording, start, kernel.vmlinux_btf)
+    table = pid_table(recording, start, kernel.vmlinux_btf)
     listed = _listing("/proc")
     threads = sorted({t for p in listed for t in _listing(f"/proc/{p}/task")})
     with TaskIterator.open(kernel.vmlinux_btf) as iterator:
@@ -59,6 +64,7 @@ def capture() -> dict[str, object]:
         "start": start,
         "reads": {f"{a:#x}": data.hex() for a, data in sorted(recording.reads.items())},
         "tasks": [[t.pid, t.tgid, t.comm, t.address] for t in tasks],
+        "pid_table": sorted([nr, task] for nr, task in table.items()),
         "views": {
             "proc_listing": listed,
             "task_listing": threads,

@@ -21,6 +21,8 @@ from patchguard.findings import Disposition, Severity
 from patchguard.kernel.btf import Btf
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.memory import MemoryReadError
+from patchguard.kernel.pid_table import layout as pid_layout
+from patchguard.kernel.pid_table import pid_table
 from patchguard.kernel.tasks import MemTask, layout, walk_tasks
 from patchguard.surfaces.processes import (
     BPF_ITER,
@@ -28,6 +30,7 @@ from patchguard.surfaces.processes import (
     KILL,
     LISTING,
     MEMORY,
+    PID_TABLE,
     STAT,
     TASKS,
     HiddenPid,
@@ -125,12 +128,41 @@ def test_an_unreadable_task_fails_the_walk(vmlinux: Btf, capture: dict[str, Any]
         walk_tasks(memory, capture["start"], vmlinux)
 
 
+# --- the pid table ------------------------------------------------------------------------------
+
+
+def test_pid_table_replays_the_capture(vmlinux: Btf, capture: dict[str, Any]) -> None:
+    """The xarray walked over the captured nodes gives the captured pids, and each pid's task
+    is the task the task list holds with that pid (the capture is of one quiet moment)."""
+    table = pid_table(image(capture), capture["start"], vmlinux)
+    assert sorted([nr, task] for nr, task in table.items()) == capture["pid_table"]
+    on_list = {t.pid: t.address for t in captured_tasks(capture) if t.pid}
+    assert table == on_list
+
+
+def test_an_implausible_node_is_refused(vmlinux: Btf, capture: dict[str, Any]) -> None:
+    """A node whose shift is no multiple of 6 is not an xarray node: refused, not walked."""
+    memory = image(capture)
+    offsets = pid_layout(vmlinux)
+    slots_read = {start - offsets.node_slots for start in memory.blocks}  # node addresses
+    nodes = [
+        start
+        for start, data in memory.blocks.items()
+        if len(data) == 1 and start - offsets.node_shift in slots_read
+    ]
+    assert nodes, "the capture holds the nodes' shift bytes"
+    memory.blocks[nodes[0]] = bytes([5])
+    with pytest.raises(KernelAccessError, match="implausible shift"):
+        pid_table(memory, capture["start"], vmlinux)
+
+
 # --- the captured views, judged against memory --------------------------------------------------
 
 
 def views(capture: dict[str, Any]) -> dict[str, set[int]]:
     found = {view: set(pids) for view, pids in capture["views"].items()}
     found[MEMORY] = {t.pid for t in captured_tasks(capture) if t.pid}
+    found[PID_TABLE] = {nr for nr, _ in capture["pid_table"]}
     found[STAT] = set(found[KILL])  # stat and kill take one lookup; the capture took kill
     return found
 
@@ -158,7 +190,7 @@ def test_a_task_hidden_from_every_text_view(capture: dict[str, Any]) -> None:
         seen[view].discard(victim)
     found = assess_hidden(hidden(capture, seen, victim))
     assert found.technique == "hidden-process" and found.severity is Severity.CRITICAL
-    assert found.evidence["seen_by"] == [ITER_MAP, MEMORY]
+    assert found.evidence["seen_by"] == [ITER_MAP, MEMORY, PID_TABLE]
     assert found.evidence["missing_from"] == [LISTING, TASKS, KILL, BPF_ITER, STAT]
     assert found.subject == "pid 2 (kthreadd)"
 
@@ -178,6 +210,27 @@ def test_a_task_off_the_task_list(capture: dict[str, Any]) -> None:
     found = assess_hidden(hidden(capture, seen, 2))
     assert found.technique == "task-off-task-list" and found.severity is Severity.HIGH
     assert found.evidence["missing_from"] == [MEMORY]
+    assert "the pid table still has it" in found.summary
+
+
+def test_a_pid_taken_out_of_the_pid_table(capture: dict[str, Any]) -> None:
+    """Every lookup by pid fails (kill, stat, the listing's next_tgid, the iterator's
+    find_ge_pid): only the task list still has the task."""
+    seen = views(capture)
+    for view in (LISTING, TASKS, KILL, STAT, BPF_ITER, ITER_MAP, PID_TABLE):
+        seen[view].discard(2)
+    found = assess_hidden(hidden(capture, seen, 2))
+    assert found.technique == "hidden-process" and found.severity is Severity.CRITICAL
+    assert found.evidence["seen_by"] == [MEMORY]
+    assert found.evidence["missing_from"] == [
+        LISTING,
+        TASKS,
+        KILL,
+        BPF_ITER,
+        ITER_MAP,
+        STAT,
+        PID_TABLE,
+    ]
 
 
 def test_a_task_name_is_shown_escaped(capture: dict[str, Any]) -> None:

@@ -228,8 +228,8 @@ def test_a_pid_taken_out_of_the_pid_table(capture: dict[str, Any]) -> None:
         KILL,
         BPF_ITER,
         ITER_MAP,
-        STAT,
         PID_TABLE,
+        STAT,
     ]
 
 

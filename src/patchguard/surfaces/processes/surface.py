@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from patchguard.findings import Finding
 from patchguard.surfaces.base import SurfaceState
-from patchguard.surfaces.processes.assess import assess_records
+from patchguard.surfaces.processes.assess import assess_hidden, assess_records
 from patchguard.surfaces.processes.collect import (
     ITER_WHAT,
     MEMORY_WHAT,
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 def _counts(records: Sequence[object]) -> dict[str, int]:
     views = one_of(records, ProcessViews)
-    hidden = records_of(records, HiddenPid)
+    techniques = [assess_hidden(h).technique for h in records_of(records, HiddenPid)]
     if views is None:
         return {}
     return {
@@ -42,8 +42,11 @@ def _counts(records: Sequence[object]) -> dict[str, int]:
         "tasks_iterated": views.iterated or 0,
         "tasks_in_memory": views.in_memory or 0,
         "pids_in_pid_table": views.in_pid_table or 0,
-        "hidden": sum(not h.listed for h in hidden),
-        "mismatched": sum(h.listed for h in hidden),
+        "hidden": techniques.count("hidden-process"),
+        "iterator_skipped": techniques.count("iterator-skips-task"),
+        "mismatched": len(techniques)
+        - techniques.count("hidden-process")
+        - techniques.count("iterator-skips-task"),
     }
 
 

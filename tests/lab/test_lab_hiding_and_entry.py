@@ -55,11 +55,12 @@ def test_clean_guest_has_no_findings(guest: Results) -> None:
 def test_hidden_pid_is_found_by_cross_view(guest: Results) -> None:
     pid = guest["victim"]
     finding = one(guest, "scan_hidden_pid", technique="hidden-process")
-    assert finding["severity"] == "high" and finding["disposition"] == "tampering"
+    # kernel memory has it, so the listings that lack it lie: critical
+    assert finding["severity"] == "critical" and finding["disposition"] == "tampering"
     evidence = finding["evidence"]
     assert evidence["pid"] == pid and evidence["comm"] == "sleep"
     assert {"proc_listing", "task_listing"} <= set(evidence["missing_from"])
-    assert {"kill", "bpf_task_iter"} <= set(evidence["seen_by"])
+    assert {"kill", "bpf_task_iter", "kernel_memory", "pid_table"} <= set(evidence["seen_by"])
     hook = one(guest, "scan_hidden_pid", technique="ftrace-ipmodify")
     assert hook["subject"] == "__x64_sys_getdents64"
     assert "pg_hide_pid" in str(hook["evidence"])

@@ -31,13 +31,17 @@ from patchguard.surfaces.processes import (
     ITER_WHAT,
     KILL,
     LISTING,
+    MEMORY_WHAT,
     NOT_LIVE_BPF,
+    NOT_LIVE_MEMORY,
     NOT_LIVE_PROBE,
+    PID_TABLE_WHAT,
     PROBE_WHAT,
     STAT,
     TASKS,
     HiddenPid,
     ProcessesSurface,
+    ProcessRecords,
     ProcessViews,
     assess_records,
     disagreements,
@@ -156,7 +160,9 @@ def test_hidden_process_finding() -> None:
     hidden = HiddenPid(
         666, 666, (KILL, STAT, BPF_ITER), (LISTING, TASKS), "rkit", "/tmp/.x/rkit", (667,)
     )
-    (finding,) = assess_records([ProcessViews(32768, 80, 95, 32767, 96, 96, 1, 2), hidden])
+    (finding,) = assess_records(
+        ProcessRecords(ProcessViews(32768, 80, 95, 32767, 96, 96, 1, 2), (hidden,))
+    )
     assert finding.technique == "hidden-process"
     assert finding.severity is Severity.HIGH and finding.disposition is Disposition.TAMPERING
     assert finding.attack_id == "T1014" and finding.subject == "pid 666 (rkit)"
@@ -168,20 +174,21 @@ def test_hidden_process_finding() -> None:
         "comm": "rkit",
         "exe": "/tmp/.x/rkit",
         "threads": [667],
+        "task_struct": None,
     }
-    assert "missing from proc_listing, task_listing" in finding.summary
+    assert "missing from the /proc listing and the /proc/<pid>/task listings" in finding.summary
 
 
 def test_view_mismatch_finding() -> None:
     listed = HiddenPid(1, 1, (LISTING, TASKS, KILL, STAT), (BPF_ITER,), "init")
-    (finding,) = assess_records([listed])
+    (finding,) = assess_records(ProcessRecords(hidden=(listed,)))
     assert finding.technique == "process-view-mismatch"
     assert finding.severity is Severity.MEDIUM and finding.disposition is Disposition.SUSPICIOUS
     assert finding.evidence["missing_from"] == [BPF_ITER]
 
 
 def test_nothing_to_assess() -> None:
-    assert assess_records([ProcessViews(32768, 80, 95, 32767, 95, 95, 0, 0)]) == []
+    assert assess_records(ProcessRecords(ProcessViews(32768, 80, 95, 32767, 95, 95, 0, 0))) == []
 
 
 # --- collect on a captured tree -----------------------------------------------------------------
@@ -202,18 +209,23 @@ def test_collect_on_captured_tree(tmp_path: Path) -> None:
     make_tree(tmp_path)
     surface = ProcessesSurface()
     state = surface.collect(Kernel(tmp_path))
-    assert state.records == (ProcessViews(32768, 2, 3, 0, 0, None, 0, 0),)
+    assert state.records == ProcessRecords(ProcessViews(32768, 2, 3, 0, 0, None, 0, 0))
     assert state.counts == {
         "processes": 2,
         "threads": 3,
         "pids_probed": 0,
         "tasks_iterated": 0,
+        "tasks_in_memory": 0,
+        "pids_in_pid_table": 0,
         "hidden": 0,
+        "iterator_skipped": 0,
         "mismatched": 0,
     }
     assert [(g.what, g.reason) for g in state.gaps] == [
         (PROBE_WHAT, NOT_LIVE_PROBE),
         (ITER_WHAT, NOT_LIVE_BPF),
+        (MEMORY_WHAT, NOT_LIVE_MEMORY),
+        (PID_TABLE_WHAT, NOT_LIVE_MEMORY),
     ]
     assert state.status is Status.PARTIAL
     assert surface.assess(state) == []
@@ -223,14 +235,15 @@ def test_collect_with_odd_pid_max(tmp_path: Path) -> None:
     make_tree(tmp_path)
     (tmp_path / "proc/sys/kernel/pid_max").write_text("lots\n")
     state = ProcessesSurface().collect(Kernel(tmp_path))
-    views = state.records[0]
+    views = state.records.views
+    assert views is not None
     assert isinstance(views, ProcessViews) and views.pid_max is None and views.listed == 2
     assert "unexpected content" in state.gaps[0].reason
 
 
 def test_collect_without_proc(tmp_path: Path) -> None:
     state = ProcessesSurface().collect(Kernel(tmp_path))
-    assert state.records == () and state.status is Status.UNAVAILABLE
+    assert not state.records and state.status is Status.UNAVAILABLE
     assert [g.what for g in state.gaps] == [
         "pid_max (/proc/sys/kernel/pid_max)",
         "process listing (/proc)",

@@ -7,6 +7,12 @@ walks the pid namespace with find_ge_pid(), never through getdents). The program
 task->pid, task->tgid and task->comm into the seq_file with bpf_seq_write; user space reads
 fixed 24-byte records until EOF.
 
+The same program also puts each task into a hash map keyed by pid (with its task_struct's
+address), a copy that never goes through read(): a rootkit that filters what read() returns
+from seq files (the public ones filter bpf_iter output so that an iterator misses their
+tasks) leaves the map whole, so the two copies disagree. A task in neither copy was never
+handed to the program: the kernel's own walk (task_seq_get_next) left it out.
+
 The ctx is struct bpf_iter__task { struct bpf_iter_meta *meta; struct task_struct *task; };
 meta->seq is the seq_file; task is NULL once, at the end. Offsets into task_struct come from
 vmlinux BTF, so one program fits every kernel that has BTF. Direct loads through the BTF
@@ -28,6 +34,7 @@ from patchguard.kernel.bpf.insn import (
     R1,
     R2,
     R3,
+    R4,
     R6,
     R7,
     R10,
@@ -35,18 +42,20 @@ from patchguard.kernel.bpf.insn import (
     call,
     exit_insn,
     jeq_imm,
+    ld_map_fd,
     ldx_mem,
     mov64_imm,
     mov64_reg,
     stx_mem,
 )
-from patchguard.kernel.bpf.objects import prog_info
+from patchguard.kernel.bpf.objects import map_info, prog_info
 from patchguard.kernel.btf import Btf
 from patchguard.kernel.errors import KernelAccessError, oserror_reason
 
 BPF_PROG_TYPE_TRACING = 26
 BPF_TRACE_ITER = 28  # enum bpf_attach_type
 BPF_ITER_CREATE = 33  # enum bpf_cmd
+BPF_FUNC_map_update_elem = 2
 BPF_FUNC_probe_read_kernel = 113
 BPF_FUNC_seq_write = 127
 ITER_TARGET = "bpf_iter_task"  # DEFINE_BPF_ITER_FUNC(task, ...)
@@ -55,6 +64,12 @@ META_SEQ = 0  # struct bpf_iter_meta: seq is its first member
 COMM_LEN = 16  # TASK_COMM_LEN
 RECORD = struct.Struct(f"<II{COMM_LEN}s")  # pid, tgid, comm: what the program writes
 READ_SIZE = 1 << 16
+# The map copy: pid -> (task address, RECORD). Entries are allocated as tasks are added; the
+# map's buckets are allocated up front and every drain walks them all, so it is sized by the
+# task count the caller expects (4M buckets, PID_MAX_LIMIT, cost 80 ms a walk). A map that
+# fills drops tasks, which would look like hiding: a full map fails the walk instead.
+COPY = struct.Struct(f"<Q{RECORD.size}s")
+COPY_ENTRIES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -83,8 +98,9 @@ class IterTask:
     comm: str
 
 
-# Stack slots of the record the program writes: pid at -24, tgid at -20, comm at -16.
-_SLOT_PID, _SLOT_TGID, _SLOT_COMM = -24, -20, -16
+# Stack slots of the record the program writes: pid at -24, tgid at -20, comm at -16; the
+# map copy's value starts at -32 with the task's address.
+_SLOT_TASK, _SLOT_PID, _SLOT_TGID, _SLOT_COMM = -32, -24, -20, -16
 
 
 def _direct_copy(off: TaskOffsets) -> list[bytes]:
@@ -121,8 +137,25 @@ def _probe_read_copy(off: TaskOffsets) -> list[bytes]:
     ]
 
 
-def task_iter_program(off: TaskOffsets, probe_read: bool = False) -> bytes:
+def _map_copy(map_fd: int) -> list[bytes]:
+    """bpf_map_update_elem(map, &pid, &{task, record}, BPF_ANY)."""
+    return [
+        stx_mem(8, R10, R7, _SLOT_TASK),
+        ld_map_fd(R1, map_fd),
+        mov64_reg(R2, R10),
+        add64_imm(R2, _SLOT_PID),
+        mov64_reg(R3, R10),
+        add64_imm(R3, _SLOT_TASK),
+        mov64_imm(R4, 0),
+        call(BPF_FUNC_map_update_elem),
+    ]
+
+
+def task_iter_program(off: TaskOffsets, probe_read: bool = False, map_fd: int = -1) -> bytes:
+    """The iterator program; with a map, it also copies every task into it (_map_copy)."""
     copy = _probe_read_copy(off) if probe_read else _direct_copy(off)
+    if map_fd >= 0:
+        copy += _map_copy(map_fd)
     write = [
         ldx_mem(8, R1, R6, CTX_META),
         ldx_mem(8, R1, R1, META_SEQ),  # seq = ctx->meta->seq
@@ -136,7 +169,8 @@ def task_iter_program(off: TaskOffsets, probe_read: bool = False) -> bytes:
         [
             mov64_reg(R6, R1),  # r6 = ctx
             ldx_mem(8, R7, R6, CTX_TASK),  # r7 = ctx->task
-            jeq_imm(R7, 0, len(body)),  # NULL: the end of the walk, nothing to write
+            # NULL: the end of the walk, nothing to write (counted in slots: ld_map_fd is two)
+            jeq_imm(R7, 0, sum(len(i) for i in body) // 8),
             *body,
             mov64_imm(R0, 0),
             exit_insn(),
@@ -153,7 +187,15 @@ def parse_records(data: bytes) -> list[IterTask]:
     ]
 
 
-def _load(btf: Btf) -> int:
+def parse_copies(values: list[bytes]) -> list[tuple[int, IterTask]]:
+    """(task address, task) of each value of the map copy."""
+    return [
+        (address, parse_records(record)[0])
+        for address, record in (COPY.unpack(v[: COPY.size]) for v in values)
+    ]
+
+
+def _load(btf: Btf, map_fd: int) -> int:
     target = btf.func_id(ITER_TARGET)
     if target is None:
         raise KernelAccessError("vmlinux BTF", f"no FUNC {ITER_TARGET} (no task iterator)")
@@ -162,7 +204,7 @@ def _load(btf: Btf) -> int:
     try:
         return load(
             BPF_PROG_TYPE_TRACING,
-            task_iter_program(off),
+            task_iter_program(off, map_fd=map_fd),
             "pg_task_iter",
             expected_attach_type=BPF_TRACE_ITER,
             attach_btf_id=target,
@@ -172,50 +214,97 @@ def _load(btf: Btf) -> int:
             raise  # EPERM and the like: the probe-read program would be refused the same way
     return load(
         BPF_PROG_TYPE_TRACING,
-        task_iter_program(off, probe_read=True),
+        task_iter_program(off, probe_read=True, map_fd=map_fd),
         "pg_task_iter",
         expected_attach_type=BPF_TRACE_ITER,
         attach_btf_id=target,
     )
 
 
-class TaskIterator:
-    """The loaded program and its link; every tasks() call walks the task list once."""
+@dataclass(frozen=True)
+class IterWalk:
+    """One walk of the iterator: what read() returned, and the program's own map copy."""
 
-    def __init__(self, prog_fd: int, link_fd: int) -> None:
+    read: list[IterTask]
+    copied: list[tuple[int, IterTask]]  # (task_struct address, task)
+
+
+class TaskIterator:
+    """The loaded program, its map copy and its link; every walk() runs the program once
+    over the task list."""
+
+    def __init__(self, prog_fd: int, link_fd: int, map_fd: int, entries: int) -> None:
         self.prog_fd = prog_fd
         self.link_fd = link_fd
+        self.map_fd = map_fd
+        self.entries = entries
         self.prog_id = prog_info(prog_fd).prog_id
+        self.map_id = map_info(map_fd).map_id
 
     @classmethod
-    def open(cls, btf: Btf) -> TaskIterator:
-        prog_fd = _load(btf)
+    def open(cls, btf: Btf, entries: int = COPY_ENTRIES) -> TaskIterator:
+        """Load and attach; the map copy holds up to `entries` tasks."""
+        map_fd = _copy_map(entries)
+        try:
+            prog_fd = _load(btf, map_fd)
+        except BaseException:
+            os.close(map_fd)
+            raise
         try:
             link_fd = bpf.link_create(prog_fd, 0, BPF_TRACE_ITER)
         except BaseException:
             os.close(prog_fd)
+            os.close(map_fd)
             raise
-        return cls(prog_fd, link_fd)
+        return cls(prog_fd, link_fd, map_fd, entries)
 
     def tasks(self) -> list[IterTask]:
+        """The read() copy of one walk."""
+        return self.walk().read
+
+    def walk(self) -> IterWalk:
+        """One walk: the map is emptied first, so it holds this walk's tasks only."""
+        self._empty_copy()
         fd, _ = bpf.sys_bpf(BPF_ITER_CREATE, struct.pack("<II", self.link_fd, 0), "ITER_CREATE")
         try:
-            return parse_records(_read_all(fd))
+            read = parse_records(_read_all(fd))
         finally:
             os.close(fd)
+        return IterWalk(read, self._copies())
+
+    def _copies(self) -> list[tuple[int, IterTask]]:
+        """The map copy, emptied as it is read (the next walk starts from an empty map)."""
+        values = bpf.map_drain(self.map_fd, 4, COPY.size, self.entries)
+        if len(values) >= self.entries:
+            raise KernelAccessError(
+                "BPF task iterator map", f"the map copy is full ({self.entries} tasks)"
+            )
+        return parse_copies(values)
+
+    def _empty_copy(self) -> None:
+        bpf.map_drain(self.map_fd, 4, COPY.size, self.entries)  # a walk cut short left some
 
     def close(self) -> None:
-        for fd in (self.link_fd, self.prog_fd):
+        for fd in (self.link_fd, self.prog_fd, self.map_fd):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        self.link_fd = self.prog_fd = -1
+        self.link_fd = self.prog_fd = self.map_fd = -1
 
     def __enter__(self) -> TaskIterator:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _copy_map(entries: int) -> int:
+    try:
+        return bpf.map_create(
+            bpf.BPF_MAP_TYPE_HASH, 4, COPY.size, entries, "pg_task_copy", bpf.BPF_F_NO_PREALLOC
+        )
+    except bpf.BpfError as exc:
+        raise KernelAccessError("BPF task iterator map", exc.reason) from exc
 
 
 def _read_all(fd: int) -> bytes:
@@ -228,4 +317,12 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-__all__ = ["IterTask", "TaskIterator", "TaskOffsets", "parse_records", "task_iter_program"]
+__all__ = [
+    "IterTask",
+    "IterWalk",
+    "TaskIterator",
+    "TaskOffsets",
+    "parse_copies",
+    "parse_records",
+    "task_iter_program",
+]

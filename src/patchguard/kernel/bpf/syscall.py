@@ -8,6 +8,7 @@ and fills only what fits).
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import platform
 import struct
@@ -22,6 +23,9 @@ ATTR_SIZE = 128  # enough for every command used here; the kernel zero-checks th
 BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
+BPF_MAP_GET_NEXT_KEY = 4
+BPF_MAP_LOOKUP_AND_DELETE_BATCH = 25
 BPF_PROG_LOAD = 5
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
@@ -281,7 +285,9 @@ def c_string(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
+BPF_MAP_TYPE_HASH = 1
 BPF_MAP_TYPE_ARRAY = 2
+BPF_F_NO_PREALLOC = 1  # a hash map that allocates entries as they are added
 BPF_F_MMAPABLE = 1 << 10  # an array whose values user space can mmap (5.5+)
 BPF_F_RDONLY_PROG = 1 << 7  # programs may only read it (with BPF_MAP_FREEZE: a constant)
 BPF_MAP_FREEZE = 22
@@ -310,6 +316,67 @@ def map_update(map_fd: int, key: bytes, value: bytes) -> None:
     v = ctypes.create_string_buffer(value, len(value))
     attr = struct.pack("<IIQQQ", map_fd, 0, addr_of(k), addr_of(v), 0)
     sys_bpf(BPF_MAP_UPDATE_ELEM, attr, "MAP_UPDATE_ELEM")
+
+
+def map_keys(map_fd: int, key_size: int, limit: int) -> list[bytes]:
+    """Every key of a map (MAP_GET_NEXT_KEY from none), at most `limit` of them."""
+    keys: list[bytes] = []
+    key = ctypes.create_string_buffer(key_size)
+    nxt = ctypes.create_string_buffer(key_size)
+    previous = 0  # NULL: the first key
+    while len(keys) < limit:
+        attr = struct.pack("<IIQQ", map_fd, 0, previous, addr_of(nxt))
+        try:
+            sys_bpf(BPF_MAP_GET_NEXT_KEY, attr, "MAP_GET_NEXT_KEY")
+        except BpfError as exc:
+            if exc.errno == errno.ENOENT:  # past the last key
+                break
+            raise
+        keys.append(nxt.raw)
+        ctypes.memmove(key, nxt, key_size)
+        previous = addr_of(key)
+    return keys
+
+
+def map_drain(map_fd: int, key_size: int, value_size: int, limit: int) -> list[bytes]:
+    """Every value of a hash map, deleting them as they are read (LOOKUP_AND_DELETE_BATCH,
+    5.6+: one syscall per batch instead of three per entry); at most `limit` values."""
+    batch = 4096
+    keys = ctypes.create_string_buffer(key_size * batch)
+    values = ctypes.create_string_buffer(value_size * batch)
+    token_in, token_out = ctypes.create_string_buffer(8), ctypes.create_string_buffer(8)
+    found: list[bytes] = []
+    start = 0  # NULL in_batch: from the first bucket
+    while len(found) < limit:
+        attr = struct.pack(
+            "<QQQQIIQQ",
+            start,
+            addr_of(token_out),
+            addr_of(keys),
+            addr_of(values),
+            batch,
+            map_fd,
+            0,
+            0,
+        )
+        buf = ctypes.create_string_buffer(attr.ljust(ATTR_SIZE, b"\0"), ATTR_SIZE)
+        ret = _libc.syscall(NR_BPF, BPF_MAP_LOOKUP_AND_DELETE_BATCH, buf, ATTR_SIZE)
+        err = ctypes.get_errno() if ret < 0 else 0
+        if ret < 0 and err != errno.ENOENT:  # ENOENT: the last batch (count says how many)
+            raise BpfError("MAP_LOOKUP_AND_DELETE_BATCH", err)
+        count = struct.unpack_from("<I", buf.raw, 32)[0]
+        raw = values.raw
+        found += [raw[i * value_size : (i + 1) * value_size] for i in range(count)]
+        if ret < 0:
+            break
+        ctypes.memmove(token_in, token_out, 8)
+        start = addr_of(token_in)
+    return found
+
+
+def map_delete(map_fd: int, key: bytes) -> None:
+    k = ctypes.create_string_buffer(key, len(key))
+    sys_bpf(BPF_MAP_DELETE_ELEM, struct.pack("<IIQ", map_fd, 0, addr_of(k)), "MAP_DELETE_ELEM")
 
 
 class MapReader:

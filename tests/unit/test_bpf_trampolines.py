@@ -146,3 +146,29 @@ def test_a_refused_listing_is_not_said_missing() -> None:
     found = site_finding("ftrace-sites", "bpf_prog_load", 1, tramp)
     assert "bpf(2) refused to list program ids" in found.summary
     assert "lists 0" not in found.summary
+
+
+def test_the_kernels_bpf_kallsyms_list_is_walked_round() -> None:
+    """The list (its head found in bpf_get_kallsym's first load) holds what /proc/kallsyms
+    showed (the XDP dispatcher, patchguard's own programs) and the hidden trampolines and
+    programs it did not."""
+    structs = TrampolineMemory(memory(), AT)
+    shape = recognise(*code(CAPTURED["trampolines"][1]), HELPERS)
+    assert shape is not None and shape.image is not None
+    walked = structs.listed(int(CAPTURED["bpf_kallsyms"], 16))
+    assert len(walked) == CAPTURED["bpf_kallsyms_list"] > 100
+    names = set(walked.values())
+    assert set(CAPTURED["kallsyms_bpf"]) <= names
+    assert {"bpf_trampoline_6442515782", "bpf_prog_b4e1a412e1f18b02_x_bpf_prog_load"} <= names
+    assert walked[shape.address] == "bpf_trampoline_6442507646"
+
+
+def test_a_list_that_leaves_kernel_space_is_refused() -> None:
+    structs = TrampolineMemory(memory(), AT)
+    shape = recognise(*code(CAPTURED["trampolines"][1]), HELPERS)
+    assert shape is not None and shape.image is not None
+    ksym = structs.image_ksym(shape.image)
+    image = memory()
+    image.put_words(ksym.at + AT.ksym_lnode, 0x1000)
+    with pytest.raises(KernelAccessError, match="implausible"):
+        TrampolineMemory(image, AT).listed(int(CAPTURED["bpf_kallsyms"], 16))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from patchguard.findings import Disposition, Finding
@@ -23,6 +23,7 @@ from patchguard.kernel.bpf import syscall as bpf
 from patchguard.kernel.bpf.objects import PROG
 from patchguard.kernel.bpf.tramp_memory import Ksym, ProgInMemory, TrampolineMemory, offsets
 from patchguard.kernel.errors import KernelAccessError
+from patchguard.kernel.ftrace_records import variable_address
 from patchguard.kernel.kallsyms import SymbolTable
 from patchguard.kernel.memory import KernelMemory
 from patchguard.surfaces.base import finding
@@ -52,6 +53,11 @@ class HiddenTrampoline:
     in_kallsyms: bool
     programs: tuple[HiddenProgram, ...]
     bpf_listing: bool = True  # bpf(2) listed program ids to us (else in_bpf says nothing)
+    # the kernel's bpf_kallsyms list walked in memory: how many symbols it holds, and how many
+    # of them /proc/kallsyms shows (None: not walked)
+    on_list: int | None = None
+    shown_of_list: int | None = None
+    list_name: str | None = None  # the name that list gives the trampoline's start
 
 
 def identify(
@@ -68,7 +74,8 @@ def identify(
     if not found:
         return {}
     views = _Views(kernel, memory, symbols)
-    return {t: views.trampoline(seen) for t, seen in found.items()}
+    tramps = {t: views.trampoline(seen) for t, seen in found.items()}
+    return views.with_list(tramps)
 
 
 def _helpers(symbols: SymbolTable) -> dict[str, int]:
@@ -91,6 +98,7 @@ class _Views:
         self.symbols = symbols
         self.ids = _listed_ids()
         self.structs: TrampolineMemory | None = None
+        self.head = _list_head(kernel, memory)
         # Without BTF for the structs, the programs are named by their addresses only.
         with contextlib.suppress(KernelAccessError):
             self.structs = TrampolineMemory(memory, offsets(kernel.vmlinux_btf))
@@ -101,6 +109,21 @@ class _Views:
         programs = tuple(self.program(p) for p in seen.programs)
         shown, listing = self.shown(seen.address), self.ids is not None
         return HiddenTrampoline(seen.address, ksym, shown, programs, listing)
+
+    def with_list(self, tramps: dict[int, HiddenTrampoline]) -> dict[int, HiddenTrampoline]:
+        """Each trampoline with what the kernel's bpf_kallsyms list, walked once, says: how
+        many symbols it holds, how many /proc/kallsyms shows, and the name of a trampoline
+        whose code gave no image to read its own symbol from."""
+        head = self.head
+        walked = self._read(lambda s: s.listed(head)) if head is not None else None
+        if walked is None:
+            return tramps
+        bpf = {s.name for s in self.symbols.in_modules({"bpf"})}
+        shown = sum(name in bpf for name in walked.values())
+        return {
+            t: replace(h, on_list=len(walked), shown_of_list=shown, list_name=walked.get(t))
+            for t, h in tramps.items()
+        }
 
     def program(self, seen: shape.TrampolineProgram) -> HiddenProgram:
         prog = self._read(lambda s: s.program(seen.prog))
@@ -121,6 +144,21 @@ class _Views:
             return None
 
 
+def _ksyms(tramp: HiddenTrampoline) -> list[Ksym]:
+    """The symbols memory gives a trampoline and its programs."""
+    progs = [p.memory.ksym for p in tramp.programs if p.memory is not None]
+    return [k for k in [tramp.ksym, *progs] if k is not None]
+
+
+def _list_head(kernel: Kernel, memory: KernelMemory) -> int | None:
+    """&bpf_kallsyms: bpf_get_kallsym() walks it, its first 64-bit load is the head's next."""
+    try:
+        head, _ = variable_address(kernel, memory, "bpf_kallsyms", "bpf_get_kallsym", 96, "BPF")
+    except KernelAccessError:
+        return None
+    return head
+
+
 def _listed_ids() -> frozenset[int] | None:
     """The program ids bpf(2) lists (BPF_PROG_GET_NEXT_ID); None where it refuses to list."""
     try:
@@ -136,24 +174,35 @@ def site_finding(surface: str, function: str, site: int, tramp: HiddenTrampoline
         "hidden-bpf-trampoline",
         function,
         f"the ftrace site of {function} calls a BPF trampoline at {tramp.address:#x}"
-        f"{_named(tramp.ksym)} running {_programs(tramp.programs)}; {_views(tramp)}: "
+        f"{_named(tramp)} running {_programs(tramp.programs)}; {_views(tramp)}: "
         "BPF programs hidden from bpf(2) are a rootkit's work, or an agent outside "
         "patchguard's view",
         {
             "address": f"{site:#x}",
             "trampoline": f"{tramp.address:#x}",
-            "trampoline_symbol": visible(tramp.ksym.name) if tramp.ksym else None,
+            "trampoline_symbol": _tramp_name(tramp),
             "trampoline_in_kallsyms": tramp.in_kallsyms,
             "trampoline_on_bpf_kallsyms_list": tramp.ksym.listed if tramp.ksym else None,
             "bpf_lists_programs": tramp.bpf_listing,
+            "bpf_kallsyms_list": tramp.on_list,
+            "bpf_kallsyms_list_shown": tramp.shown_of_list,
             **_program_evidence(tramp.programs),
         },
         disposition=Disposition.TAMPERING,
     )
 
 
-def _named(ksym: Ksym | None) -> str:
-    return f" (its own image in memory calls it {visible(ksym.name)})" if ksym else ""
+def _tramp_name(tramp: HiddenTrampoline) -> str | None:
+    name = tramp.ksym.name if tramp.ksym is not None else tramp.list_name
+    return visible(name) if name is not None else None
+
+
+def _named(tramp: HiddenTrampoline) -> str:
+    if tramp.ksym is not None:
+        return f" (its own image in memory calls it {visible(tramp.ksym.name)})"
+    if tramp.list_name is not None:
+        return f" (the kernel's bpf_kallsyms list calls it {visible(tramp.list_name)})"
+    return ""
 
 
 def _programs(programs: tuple[HiddenProgram, ...]) -> str:
@@ -177,16 +226,24 @@ def _views(tramp: HiddenTrampoline) -> str:
     else:
         unlisted = [p for p in progs if not p.in_bpf]
         said.append(f"bpf(2) lists {len(progs) - len(unlisted)} of these {len(progs)} program ids")
-    ksyms = [k for k in [tramp.ksym, *(p.memory.ksym for p in progs if p.memory)] if k]
+    ksyms = _ksyms(tramp)
     hidden = (not tramp.in_kallsyms) + sum(not p.in_kallsyms for p in progs)
     said.append(f"/proc/kallsyms does not show {hidden} of their {len(progs) + 1} [bpf] symbols")
     on_list = sum(k.listed for k in ksyms)
     said.append(
         f"the kernel's own bpf_kallsyms list holds {on_list} of the {len(ksyms)} symbols "
-        "memory gives them"
-        + (" (/proc/kallsyms as read here is filtered)" if hidden and on_list else "")
+        f"memory gives them{_filtered(tramp) if hidden and on_list else ''}"
     )
     return "; ".join(said)
+
+
+def _filtered(tramp: HiddenTrampoline) -> str:
+    if tramp.on_list is None or tramp.shown_of_list is None:
+        return " (/proc/kallsyms as read here is filtered)"
+    return (
+        f" (of the {tramp.on_list} symbols on that list, /proc/kallsyms as read here shows "
+        f"{tramp.shown_of_list}: it is filtered)"
+    )
 
 
 def _program_evidence(progs: tuple[HiddenProgram, ...]) -> dict[str, list[str] | list[int]]:

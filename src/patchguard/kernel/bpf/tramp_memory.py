@@ -20,6 +20,7 @@ NAME_LEN = 16  # BPF_OBJ_NAME_LEN
 KSYM_NAME = 64  # bytes of bpf_ksym.name read: "bpf_prog_<16 hex>_<name>" and "bpf_trampoline_<u64>"
 ATTACH_NAME = 128  # bytes of an attach function's name read
 LIST_POISON2 = 0xDEAD000000000122  # list_del_rcu() leaves prev so (x86-64 POISON_POINTER_DELTA)
+MAX_KSYMS = 1 << 16  # a longer walk is a loop or a misread
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Ksym:
     start: int
     end: int
     listed: bool  # on the kernel's bpf_kallsyms list (its list neighbours point back at it)
+    at: int  # the struct bpf_ksym
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,21 @@ class TrampolineMemory:
             read_u64(self.memory, ksym + o.ksym_start),
             read_u64(self.memory, ksym + o.ksym_end),
             self._linked(node, nxt, prev),
+            ksym,
         )
+
+    def listed(self, head: int) -> dict[int, str]:
+        """start -> name of every symbol on the kernel's bpf_kallsyms list (`head`: its
+        address, kernel/ftrace_records.variable_address finds it)."""
+        node, found = read_u64(self.memory, head), dict[int, str]()
+        while node != head:
+            if len(found) > MAX_KSYMS or node < KERNEL_SPACE:
+                raise KernelAccessError("bpf_kallsyms", f"implausible list node {node:#x}")
+            at = node - self.at.ksym_lnode
+            start = read_u64(self.memory, at + self.at.ksym_start)
+            found[start] = self._string(at + self.at.ksym_name, KSYM_NAME)
+            node = read_u64(self.memory, node)
+        return found
 
     def _linked(self, node: int, nxt: int, prev: int) -> bool:
         """On a list: both neighbours are kernel pointers that point back at the node (an

@@ -232,6 +232,13 @@ _CATALOGUE: tuple[Technique, ...] = (
         "A function's ftrace site calls code directly that no BPF trampoline accounts for",
     ),
     Technique(
+        "ftrace-direct-mismatch",
+        Severity.HIGH,
+        ROOTKIT,
+        "A function's ftrace site calls elsewhere than ftrace's own direct ops records for it: "
+        "the site was changed behind ftrace",
+    ),
+    Technique(
         "ftrace-global-tracer",
         Severity.INFO,
         None,

@@ -40,7 +40,7 @@ class HiddenProgram:
 
     prog: int  # struct bpf_prog
     image: int | None
-    kind: str  # "fentry" or "fexit": before or after the traced function
+    attach: str  # "fentry" or "fexit": before or after the traced function
     memory: ProgInMemory | None  # None: the struct could not be read
     in_bpf: bool  # bpf(2) lists its id
     in_kallsyms: bool  # /proc/kallsyms shows a [bpf] symbol at its image
@@ -128,9 +128,9 @@ class _Views:
     def program(self, seen: shape.TrampolineProgram) -> HiddenProgram:
         prog = self._read(lambda s: s.program(seen.prog))
         listed = prog is not None and self.ids is not None and prog.prog_id in self.ids
-        kind = "fexit" if seen.after_original else "fentry"
+        attach = "fexit" if seen.after_original else "fentry"
         shown = seen.image is not None and self.shown(seen.image)
-        return HiddenProgram(seen.prog, seen.image, kind, prog, listed, shown)
+        return HiddenProgram(seen.prog, seen.image, attach, prog, listed, shown)
 
     def shown(self, address: int) -> bool:
         return any(s.module == "bpf" for s in self.symbols.at(address))
@@ -212,9 +212,9 @@ def _programs(programs: tuple[HiddenProgram, ...]) -> str:
 def _program(p: HiddenProgram) -> str:
     m = p.memory
     if m is None:
-        return f"{p.kind} program struct bpf_prog {p.prog:#x} (unreadable)"
+        return f"{p.attach} program struct bpf_prog {p.prog:#x} (unreadable)"
     attached = f" on {visible(m.attach_to)}" if m.attach_to else ""
-    return f"{p.kind} program id {m.prog_id} {visible(m.name)!r} (tag {m.tag}{attached})"
+    return f"{p.attach} program id {m.prog_id} {visible(m.name)!r} (tag {m.tag}{attached})"
 
 
 def _views(tramp: HiddenTrampoline) -> str:

@@ -65,7 +65,7 @@ def identify(
 ) -> dict[int, HiddenTrampoline]:
     """The targets that are BPF trampolines, each with its programs and their views."""
     symbols = kernel.kallsyms
-    helpers = shape.helper_addresses(_helpers(symbols))
+    helpers = shape.helper_addresses(trampoline_helpers(symbols))
     found = {}
     for target in set(targets):
         seen = shape.recognise(_code(memory, target), target, helpers)
@@ -78,7 +78,7 @@ def identify(
     return views.with_list(tramps)
 
 
-def _helpers(symbols: SymbolTable) -> dict[str, int]:
+def trampoline_helpers(symbols: SymbolTable) -> dict[str, int]:
     return {s.name: s.address for p in shape.HELPER_PREFIXES for s in symbols.with_prefix(p)}
 
 

@@ -1,0 +1,72 @@
+"""The ftrace ops list and BPF trampolines from kernel memory, in the lab guest (one boot of
+ftrace_ops_checks.py): a real fentry trampoline recognised by its code with the program memory
+says it runs, the same one bpf(2) gave; and pg_ops_filter (tests/lab/modules/pg_ops_filter.c),
+whose ftrace ops traces two functions while every read of enabled_functions comes back empty:
+the tracing surface names the view that lies and the ops it hides."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from support.lab_guest import Results, findings, records, run_script
+
+pytestmark = pytest.mark.lab
+HIDDEN = {"__x64_sys_getdents64", "__x64_sys_kill"}
+
+
+@pytest.fixture(scope="module")
+def guest(tmp_path_factory: pytest.TempPathFactory) -> Results:
+    return run_script(
+        tmp_path_factory.mktemp("ftrace-ops"), "ftrace_ops_checks.py", ["pg_ops_filter"]
+    )
+
+
+def _ops(guest: Results, step: str) -> list[dict[str, Any]]:
+    return records(guest, step, "tracing", "OpsRecord")
+
+
+def test_a_real_fentry_trampoline_is_recognised_with_its_program(guest: Results) -> None:
+    fentry = guest["fentry"]
+    tramp = fentry["trampoline"]
+    assert tramp["recognised"], tramp
+    assert tramp["ids"] == [fentry["prog_id"]] and tramp["names"] == ["pg_t_fentry"]
+    assert tramp["after_original"] == [False]  # fentry: before the function
+    assert tramp["attach_to"] == ["__do_sys_getppid"] and tramp["listed"] == [True]
+    assert tramp["kallsyms"] and tramp["kallsyms"][0].startswith("bpf_trampoline_")
+
+
+def test_a_listed_trampoline_is_no_finding(guest: Results) -> None:
+    scan = guest["fentry"]["scan_text"]
+    assert scan["rc"] in (0, 1), scan["stderr"]
+    assert not [f for f in scan["report"]["findings"] if "trampoline" in f["technique"]]
+
+
+def test_the_fentry_direct_call_is_an_ops_in_memory(guest: Results) -> None:
+    ops = _ops(guest["fentry"], "scan")
+    direct = [o for o in ops if "DIRECT" in o["flags"] and "__do_sys_getppid" in o["names"]]
+    assert direct, ops
+    assert not findings(guest["fentry"], "scan", technique="filtered-view")
+    assert not findings(guest["fentry"], "scan", technique="ftrace-direct-mismatch")
+
+
+def test_enabled_functions_hiding_an_ops_is_a_view_that_lies(guest: Results) -> None:
+    assert guest["insmod_ops_filter"]["rc"] == 0, guest["insmod_ops_filter"]["stderr"]
+    assert guest["enabled_before"] > 0 and guest["enabled_filtered"] == 0
+    assert int(guest["ops_filter_params"]["cut"]) > 0
+    (ours,) = [o for o in _ops(guest, "scan_filtered") if o["handler"] == "pg_ops_callback"]
+    assert ours["handler_module"] == "pg_ops_filter" and set(ours["names"]) == HIDDEN
+    lying = [f for f in findings(guest, "scan_filtered", technique="filtered-view")]
+    (mine,) = [f for f in lying if f["evidence"]["handler"] == "pg_ops_callback"]
+    assert mine["severity"] == "critical" and mine["subject"] == "enabled_functions"
+    assert set(mine["evidence"]["hidden_functions"]) == HIDDEN
+    assert mine["summary"].startswith(
+        "enabled_functions hides 2 functions that ftrace ops pg_ops_callback traces"
+    )
+
+
+def test_after_rmmod_the_views_agree(guest: Results) -> None:
+    assert guest["rmmod_ops_filter"]["rc"] == 0, guest["rmmod_ops_filter"]["stderr"]
+    assert guest["enabled_after"] == guest["enabled_before"]
+    assert not [o for o in _ops(guest, "scan_after") if o["handler"] == "pg_ops_callback"]
+    assert not findings(guest, "scan_after", technique="filtered-view")

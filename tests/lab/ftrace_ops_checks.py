@@ -86,6 +86,7 @@ def with_fentry() -> dict[str, Any]:
     with prog:
         return {
             "prog_id": prog.prog_id,
+            "enabled_lines": enabled_lines(),
             "trampoline": trampoline(prog.prog_id),
             "scan": patchguard("scan", "--json", "--surface", "tracing"),
             "scan_text": patchguard("scan", "--json", "--surface", "kernel_text"),

@@ -114,8 +114,7 @@ def test_enabled_functions_hiding_what_memory_traces_is_a_filtered_view() -> Non
     (finding,) = ops_findings(records)
     assert finding.technique == "filtered-view"
     assert finding.summary.startswith(
-        "enabled_functions hides 1 functions that ftrace ops call_direct_funcs traces "
-        "(commit_creds)"
+        "enabled_functions hides 1 function that ftrace ops call_direct_funcs traces (commit_creds)"
     )
     assert ops_findings([ops_record(n, everything) for n in ops]) == []
 

@@ -173,7 +173,8 @@ def _hidden(o: OpsRecord) -> Finding:
         NAME,
         "filtered-view",
         "enabled_functions",
-        f"enabled_functions hides {o.hidden_count} functions that ftrace ops {handler} "
+        f"enabled_functions hides {o.hidden_count} function{'s' if o.hidden_count > 1 else ''} "
+        f"that ftrace ops {handler} "
         f"traces ({', '.join(visible(f) for f in o.hidden)}): kernel memory's ftrace_ops_list "
         "holds them, the text as this process reads it does not",
         {

@@ -7,10 +7,13 @@ call target recognised as a BPF trampoline by its code, and the program it runs 
 memory, beside what bpf(2) and kallsyms say; `scan --surface tracing` with it (its direct ops
 in memory, enabled_functions readable and agreeing); pg_ops_filter (an ftrace ops of its own
 on two functions, enabled_functions emptied for every process) and `scan --surface tracing`
-under it; rmmod and the scan again."""
+under it; rmmod and the scan again; pg_mod_hide (its symbols blanked in /proc/kallsyms, its
+/sys/module entry dropped from listings) and `scan --surface modules`; rmmod; last,
+pg_sysfs_removed (its kobject removed from sysfs, never unloaded) and the scan again."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -93,6 +96,28 @@ def with_fentry() -> dict[str, Any]:
         }
 
 
+def filldir64() -> int:
+    kernel = Kernel()
+    try:
+        address = kernel.kallsyms.address_of("filldir64")
+    finally:
+        kernel.close()
+    if address is None:
+        raise LookupError("filldir64 is not in kallsyms")
+    return address
+
+
+def module_views(name: str) -> dict[str, Any]:
+    """What the text views show of module `name`, as this process reads them."""
+    kallsyms = Path("/proc/kallsyms").read_text()
+    return {
+        "sys_module_lists": name in os.listdir("/sys/module"),
+        "sys_module_opens": Path("/sys/module", name).is_dir(),
+        "kallsyms_lines": kallsyms.count(f"\t[{name}]"),
+        "proc_modules": any(line.split()[0] == name for line in Path("/proc/modules").open()),
+    }
+
+
 step("enabled_before", enabled_lines)
 step("fentry", with_fentry)
 step("insmod_ops_filter", lambda: steps.insmod("pg_ops_filter"))
@@ -102,5 +127,13 @@ step("ops_filter_params", lambda: module_params("pg_ops_filter"))
 step("rmmod_ops_filter", lambda: run("rmmod", "pg_ops_filter"))
 step("enabled_after", enabled_lines)
 step("scan_after", lambda: patchguard("scan", "--json", "--surface", "tracing"))
-step("kernel_log", lambda: steps.kernel_log("ops_filter", "bpf"))
+step("insmod_mod_hide", lambda: steps.insmod("pg_mod_hide", f"filldir={filldir64():#x}"))
+step("mod_hide_views", lambda: module_views("pg_mod_hide"))
+step("scan_mod_hide", lambda: patchguard("scan", "--json", "--surface", "modules"))
+step("mod_hide_params", lambda: module_params("pg_mod_hide"))
+step("rmmod_mod_hide", lambda: run("rmmod", "pg_mod_hide"))
+step("insmod_sysfs_removed", lambda: steps.insmod("pg_sysfs_removed"))
+step("sysfs_removed_views", lambda: module_views("pg_sysfs_removed"))
+step("scan_sysfs_removed", lambda: patchguard("scan", "--json", "--surface", "modules"))
+step("kernel_log", lambda: steps.kernel_log("ops_filter", "bpf", "mod_hide", "sysfs_removed"))
 steps.finish()

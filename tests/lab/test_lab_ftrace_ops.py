@@ -2,7 +2,9 @@
 ftrace_ops_checks.py): a real fentry trampoline recognised by its code with the program memory
 says it runs, the same one bpf(2) gave; and pg_ops_filter (tests/lab/modules/pg_ops_filter.c),
 whose ftrace ops traces two functions while every read of enabled_functions comes back empty:
-the tracing surface names the view that lies and the ops it hides."""
+the tracing surface names the view that lies and the ops it hides; pg_mod_hide, whose symbols
+/proc/kallsyms no longer prints and whose /sys/module entry listings drop, told apart from
+pg_sysfs_removed, whose kobject is gone from sysfs."""
 
 from __future__ import annotations
 
@@ -13,13 +15,12 @@ from support.lab_guest import Results, findings, records, run_script
 
 pytestmark = pytest.mark.lab
 HIDDEN = {"__x64_sys_getdents64", "__x64_sys_kill"}
+MODULES = ("pg_ops_filter", "pg_mod_hide", "pg_sysfs_removed")
 
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Results:
-    return run_script(
-        tmp_path_factory.mktemp("ftrace-ops"), "ftrace_ops_checks.py", ["pg_ops_filter"]
-    )
+    return run_script(tmp_path_factory.mktemp("ftrace-ops"), "ftrace_ops_checks.py", MODULES)
 
 
 def _ops(guest: Results, step: str) -> list[dict[str, Any]]:
@@ -73,3 +74,50 @@ def test_after_rmmod_the_views_agree(guest: Results) -> None:
     assert guest["enabled_after"] == guest["enabled_before"]
     assert not [o for o in _ops(guest, "scan_after") if o["handler"] == "pg_ops_callback"]
     assert not findings(guest, "scan_after", technique="filtered-view")
+
+
+def _mine(guest: Results, step: str, module: str) -> list[dict[str, Any]]:
+    return [f for f in findings(guest, step) if f["evidence"].get("module") == module]
+
+
+def test_a_module_hidden_from_kallsyms_and_sysfs_listings(guest: Results) -> None:
+    assert guest["insmod_mod_hide"]["rc"] == 0, guest["insmod_mod_hide"]["stderr"]
+    views = guest["mod_hide_views"]
+    assert views == {
+        "sys_module_lists": False,
+        "sys_module_opens": True,
+        "kallsyms_lines": 0,
+        "proc_modules": True,
+    }, views
+    params = guest["mod_hide_params"]
+    assert int(params["dropped"]) > 0 and int(params["blanked"]) > 0, params
+    said = {f["subject"]: f for f in _mine(guest, "scan_mod_hide", "pg_mod_hide")}
+    kallsyms, sysfs = said["/proc/kallsyms"], said["/sys/module"]
+    assert kallsyms["technique"] == sysfs["technique"] == "filtered-view"
+    assert kallsyms["evidence"]["symbols_shown"] == 0 < kallsyms["evidence"]["symbols_in_memory"]
+    assert "pg_filldir" in kallsyms["evidence"]["hidden_symbols"]
+    assert sysfs["evidence"] == {
+        "module": "pg_mod_hide",
+        "opens_by_name": True,
+        "kobject_in_kset": True,
+    }
+    assert "getdents" in sysfs["summary"] and "not removed" in sysfs["summary"]
+
+
+def test_a_removed_kobject_is_said_removed(guest: Results) -> None:
+    assert guest["insmod_sysfs_removed"]["rc"] == 0, guest["insmod_sysfs_removed"]["stderr"]
+    views = guest["sysfs_removed_views"]
+    assert not views["sys_module_lists"] and not views["sys_module_opens"], views
+    (removed,) = [
+        f
+        for f in _mine(guest, "scan_sysfs_removed", "pg_sysfs_removed")
+        if "opens_by_name" in f["evidence"]
+    ]
+    assert removed["technique"] == "hidden-module" and removed["subject"] == "pg_sysfs_removed"
+    assert removed["evidence"] == {
+        "module": "pg_sysfs_removed",
+        "opens_by_name": False,
+        "kobject_in_kset": False,
+    }
+    assert "kobject_del" in removed["summary"] and "not filtered" in removed["summary"]
+    assert not [f for f in findings(guest, "scan_sysfs_removed", technique="filtered-view")]

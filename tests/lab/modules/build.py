@@ -32,8 +32,9 @@ MODULES3 = ("pg_hide_pid", "pg_nf_hook", "pg_lstar")
 MODULES_SOCKETS = ("pg_hide_sock",)
 # the views that lie: khook-style stubs in memory of no module, the taint cleared
 MODULES_TRUTH = ("pg_khook", "pg_taint_clear", "pg_kallsyms_filter")
-# the ftrace ops boot (ftrace_ops_checks.py): an ops hidden from enabled_functions
-MODULES_OPS = ("pg_ops_filter",)
+# the ftrace ops boot (ftrace_ops_checks.py): an ops hidden from enabled_functions, a module
+# hidden from kallsyms and sysfs listings, a module whose sysfs kobject is removed
+MODULES_OPS = ("pg_ops_filter", "pg_mod_hide", "pg_sysfs_removed")
 ALL_MODULES = MODULES + MODULES2 + MODULES3 + MODULES_SOCKETS + MODULES_TRUTH + MODULES_OPS
 COMPILER = "gcc-12"  # what Debian's 6.1 kernels are built with (linux-compiler-gcc-12-x86)
 

@@ -79,7 +79,9 @@ def identify(
 
 
 def trampoline_helpers(symbols: SymbolTable) -> dict[str, int]:
-    return {s.name: s.address for p in shape.HELPER_PREFIXES for s in symbols.with_prefix(p)}
+    """name -> address of the trampoline helpers this kernel has (one search of kallsyms)."""
+    wanted = set(shape.HELPER_NAMES)
+    return {s.name: s.address for s in symbols.containing("__bpf_") if s.name in wanted}
 
 
 def _code(memory: KernelMemory, address: int) -> bytes:
@@ -96,6 +98,7 @@ def _code(memory: KernelMemory, address: int) -> bytes:
 class _Views:
     def __init__(self, kernel: Kernel, memory: KernelMemory, symbols: SymbolTable) -> None:
         self.symbols = symbols
+        self.bpf_starts = frozenset(s.address for s in symbols.in_modules({"bpf"}))
         self.ids = _listed_ids()
         self.structs: TrampolineMemory | None = None
         self.head = _list_head(kernel, memory)
@@ -133,7 +136,7 @@ class _Views:
         return HiddenProgram(seen.prog, seen.image, attach, prog, listed, shown)
 
     def shown(self, address: int) -> bool:
-        return any(s.module == "bpf" for s in self.symbols.at(address))
+        return address in self.bpf_starts
 
     def _read(self, read: Callable[[TrampolineMemory], T]) -> T | None:
         if self.structs is None:

@@ -18,6 +18,17 @@ from dataclasses import dataclass
 from patchguard.x86.insn import _capstone
 
 HELPER_PREFIXES = ("__bpf_prog_enter", "__bpf_prog_exit", "__bpf_tramp_enter", "__bpf_tramp_exit")
+# Every helper the x86 JIT has called (kernel/bpf/trampoline.c, 5.5 to 6.18): names kallsyms
+# or the kernel looks up one by one, cheaper than a search of kallsyms by prefix.
+HELPER_NAMES = (
+    "__bpf_tramp_enter",
+    "__bpf_tramp_exit",
+    *(
+        f"__bpf_prog_{way}{kind}"
+        for way in ("enter", "exit")
+        for kind in ("", "_recur", "_sleepable", "_sleepable_recur", "_lsm_cgroup")
+    ),
+)
 MAX_CODE = 4096  # a trampoline of many programs still fits a page (BPF_MAX_TRAMP_LINKS: 38)
 
 

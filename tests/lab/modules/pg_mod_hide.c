@@ -31,12 +31,17 @@ static bool pg_filldir(struct dir_context *ctx, const char *name, int namlen, lo
 		       u64 ino, unsigned int d_type)
 {
 	const char *me = THIS_MODULE->name;
+	bool more;
 
 	if (namlen == strlen(me) && !memcmp(name, me, namlen)) {
 		WRITE_ONCE(dropped, READ_ONCE(dropped) + 1);
 		return true; /* go on with the next entry: this one is never emitted */
 	}
-	return ((filldir_fn)filldir)(ctx, name, namlen, offset, ino, d_type);
+	/* Not a tail call: the real one must see a return address in this module, or the
+	 * ftrace callback below sends it here again, for ever. */
+	more = ((filldir_fn)filldir)(ctx, name, namlen, offset, ino, d_type);
+	barrier();
+	return more;
 }
 
 static void notrace pg_redirect(unsigned long ip, unsigned long parent_ip, struct ftrace_ops *op,

@@ -113,7 +113,9 @@ def module_views(name: str) -> dict[str, Any]:
     return {
         "sys_module_lists": name in os.listdir("/sys/module"),
         "sys_module_opens": Path("/sys/module", name).is_dir(),
-        "kallsyms_lines": kallsyms.count(f"\t[{name}]"),
+        "kallsyms_names": [
+            line.split()[2] for line in kallsyms.splitlines() if line.endswith(f"\t[{name}]")
+        ],
         "proc_modules": any(line.split()[0] == name for line in Path("/proc/modules").open()),
     }
 

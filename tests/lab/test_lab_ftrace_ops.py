@@ -83,12 +83,8 @@ def _mine(guest: Results, step: str, module: str) -> list[dict[str, Any]]:
 def test_a_module_hidden_from_kallsyms_and_sysfs_listings(guest: Results) -> None:
     assert guest["insmod_mod_hide"]["rc"] == 0, guest["insmod_mod_hide"]["stderr"]
     views = guest["mod_hide_views"]
-    assert views == {
-        "sys_module_lists": False,
-        "sys_module_opens": True,
-        "kallsyms_lines": 0,
-        "proc_modules": True,
-    }, views
+    assert not views["sys_module_lists"] and views["sys_module_opens"], views
+    assert views["proc_modules"], views
     params = guest["mod_hide_params"]
     assert int(params["dropped"]) > 0 and int(params["blanked"]) > 0, params
     said = {f["subject"]: f for f in _mine(guest, "scan_mod_hide", "pg_mod_hide")}
@@ -96,6 +92,10 @@ def test_a_module_hidden_from_kallsyms_and_sysfs_listings(guest: Results) -> Non
     assert kallsyms["technique"] == sysfs["technique"] == "filtered-view"
     assert kallsyms["evidence"]["symbols_shown"] == 0 < kallsyms["evidence"]["symbols_in_memory"]
     assert "pg_filldir" in kallsyms["evidence"]["hidden_symbols"]
+    # what /proc/kallsyms still prints of it is not from its symbol table: ftrace keeps the
+    # names of a module's freed init functions (ftrace_mod_map), pg_mod_hide_init here
+    assert not set(views["kallsyms_names"]) & set(kallsyms["evidence"]["hidden_symbols"])
+    assert set(views["kallsyms_names"]) <= {"pg_mod_hide_init"}, views
     assert sysfs["evidence"] == {
         "module": "pg_mod_hide",
         "opens_by_name": True,

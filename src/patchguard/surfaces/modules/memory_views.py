@@ -84,7 +84,9 @@ def _views(
     sys_module: Path,
 ) -> ModuleViews:
     printed = {s.name for s in kallsyms.in_modules({m.name})}
-    names = sorted({n for n, _ in m.symbols})
+    kinds = dict(m.symbols)
+    # functions first: they say more of a module than its parameters and string literals
+    names = sorted(kinds, key=lambda n: (kinds[n] not in "tT", n))
     hidden = [n for n in names if n not in printed]
     return ModuleViews(
         m.name,

@@ -19,7 +19,7 @@ from patchguard.surfaces.modules.memory_views import (
     BY_NAME_ONLY,
     GONE,
     LISTED,
-    ModuleViews,
+    ModuleMemoryViews,
     memory_view_findings,
 )
 
@@ -77,8 +77,8 @@ def test_a_list_of_no_modules_is_refused(at: ModuleLayout) -> None:
         walk_modules(mem, HEAD, at)
 
 
-def views(sysfs: str, hidden: tuple[str, ...] = (), in_kset: bool = True) -> ModuleViews:
-    return ModuleViews("pg_mod", 3, 3 - len(hidden), hidden, sysfs, in_kset)
+def views(sysfs: str, hidden: tuple[str, ...] = (), in_kset: bool = True) -> ModuleMemoryViews:
+    return ModuleMemoryViews("pg_mod", 3, 3 - len(hidden), hidden, sysfs, in_kset)
 
 
 def test_symbols_kallsyms_does_not_print_are_a_filtered_view() -> None:

@@ -37,7 +37,7 @@ LISTED, BY_NAME_ONLY, GONE = "listed", "opens by name only", "gone"
 
 
 @dataclass(frozen=True)
-class ModuleViews:
+class ModuleMemoryViews:
     """One module of memory's module list, and what the text views show of it."""
 
     name: str
@@ -49,7 +49,7 @@ class ModuleViews:
 
 
 def collect_memory_views(r: Reading) -> None:
-    """Append a ModuleViews per module on memory's module list; a gap where it is unread.
+    """Append a ModuleMemoryViews per module on memory's module list; a gap where it is unread.
     Nothing on a captured tree (no memory to hold its views against) or a kernel without
     modules (the surface already says so)."""
     kernel = r.kernel
@@ -82,13 +82,13 @@ def _views(
     kallsyms: SymbolTable,
     listing: frozenset[str] | None,
     sys_module: Path,
-) -> ModuleViews:
+) -> ModuleMemoryViews:
     printed = {s.name for s in kallsyms.in_modules({m.name})}
     kinds = dict(m.symbols)
     # functions first: they say more of a module than its parameters and string literals
     names = sorted(kinds, key=lambda n: (kinds[n] not in "tT", n))
     hidden = [n for n in names if n not in printed]
-    return ModuleViews(
+    return ModuleMemoryViews(
         m.name,
         len(names),
         len(names) - len(hidden),
@@ -105,8 +105,8 @@ def _sysfs(name: str, listing: frozenset[str] | None, sys_module: Path) -> str:
 
 
 def _second_look(
-    views: list[ModuleViews], modules: Sequence[ModuleInMemory], path: Path
-) -> list[ModuleViews]:
+    views: list[ModuleMemoryViews], modules: Sequence[ModuleInMemory], path: Path
+) -> list[ModuleMemoryViews]:
     """/proc/kallsyms read again: a module loaded since the scan's read is not hidden."""
     try:
         fresh = SymbolTable(ChildRead(path).result().decode(errors="replace"))
@@ -124,7 +124,7 @@ def _second_look(
 
 def memory_view_findings(records: Sequence[object]) -> list[Finding]:
     out = []
-    for v in records_of(records, ModuleViews):
+    for v in records_of(records, ModuleMemoryViews):
         if v.hidden_symbols:
             out.append(_kallsyms_filtered(v))
         if v.sysfs == BY_NAME_ONLY:
@@ -134,7 +134,7 @@ def memory_view_findings(records: Sequence[object]) -> list[Finding]:
     return out
 
 
-def _kallsyms_filtered(v: ModuleViews) -> Finding:
+def _kallsyms_filtered(v: ModuleMemoryViews) -> Finding:
     name, missing = visible(v.name), v.symbols - v.shown
     return finding(
         NAME,
@@ -154,7 +154,7 @@ def _kallsyms_filtered(v: ModuleViews) -> Finding:
     )
 
 
-def _sysfs_filtered(v: ModuleViews) -> Finding:
+def _sysfs_filtered(v: ModuleMemoryViews) -> Finding:
     name = visible(v.name)
     kset = "is on" if v.in_kset else "is off"
     return finding(
@@ -169,7 +169,7 @@ def _sysfs_filtered(v: ModuleViews) -> Finding:
     )
 
 
-def _sysfs_removed(v: ModuleViews) -> Finding:
+def _sysfs_removed(v: ModuleMemoryViews) -> Finding:
     name = visible(v.name)
     return finding(
         NAME,

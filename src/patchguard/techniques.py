@@ -101,6 +101,13 @@ _CATALOGUE: tuple[Technique, ...] = (
         "is diverted",
     ),
     Technique(
+        "hidden-bpf-trampoline",
+        Severity.CRITICAL,
+        ROOTKIT,
+        "An ftrace site calls a BPF trampoline whose programs bpf(2) or /proc/kallsyms do not "
+        "list: BPF attached to kernel functions out of sight",
+    ),
+    Technique(
         "patched-return",
         Severity.CRITICAL,
         ROOTKIT,
@@ -223,6 +230,13 @@ _CATALOGUE: tuple[Technique, ...] = (
         Severity.MEDIUM,
         ROOTKIT,
         "A function's ftrace site calls code directly that no BPF trampoline accounts for",
+    ),
+    Technique(
+        "ftrace-direct-mismatch",
+        Severity.HIGH,
+        ROOTKIT,
+        "A function's ftrace site calls elsewhere than ftrace's own direct ops records for it: "
+        "the site was changed behind ftrace",
     ),
     Technique(
         "ftrace-global-tracer",

@@ -220,8 +220,10 @@ def test_surface_on_the_hooked_tree() -> None:
     surface = TracingSurface()
     state = surface.collect(Kernel(HOOKED))
     # what a captured tree cannot give: who registered each kprobe (kernel memory)
+    no_memory = "kernel memory: a captured tree has no live kernel memory"
     assert [(g.what, g.reason) for g in state.gaps] == [
-        (KPROBE_HANDLERS, "kernel memory: a captured tree has no live kernel memory")
+        (KPROBE_HANDLERS, no_memory),
+        (FTRACE_OPS, no_memory),
     ]
     assert state.status is Status.PARTIAL
     assert state.counts == {
@@ -232,6 +234,7 @@ def test_surface_on_the_hooked_tree() -> None:
         "dynamic_events": 5,  # dynamic_events repeats kprobe_events and uprobe_events: once each
         "uprobes": 2,
         "files_read": 5,
+        "ftrace_ops": 0,
     }
     found = {(f.technique, f.subject): f for f in surface.assess(state)}
     assert set(found) == {
@@ -305,6 +308,9 @@ def test_surface_on_the_fc_capture() -> None:
     assert TracingSurface().assess(state) == []
 
 
+FTRACE_OPS = "ftrace ops (ftrace_ops_list in kernel memory)"
+
+
 class RefusingKernel(Kernel):
     """A captured tree whose enabled_functions the kernel refuses, as the 6.18 machine does."""
 
@@ -316,8 +322,8 @@ class RefusingKernel(Kernel):
 
 def test_refused_enabled_functions_is_a_gap() -> None:
     state = TracingSurface().collect(RefusingKernel(HOOKED))
-    gap, handlers = state.gaps
-    assert handlers.what == KPROBE_HANDLERS
+    gap, handlers, ops = state.gaps
+    assert handlers.what == KPROBE_HANDLERS and ops.what == FTRACE_OPS
     assert gap.what == "ftrace enabled_functions"
     assert gap.reason.endswith("operation not permitted by the kernel (EPERM)")
     assert state.counts["ftrace_functions"] == 0 and state.counts["kprobes"] == 4
@@ -329,6 +335,7 @@ def test_nothing_mounted(tmp_path: Path) -> None:
     assert [g.what for g in state.gaps] == [
         "ftrace enabled_functions and dynamic trace events (tracefs)",
         "kprobes (debugfs kprobes/list)",
+        FTRACE_OPS,
     ]
     assert state.status is Status.UNAVAILABLE
 
@@ -338,4 +345,4 @@ def test_tracefs_inside_debugfs(tmp_path: Path) -> None:
     shutil.copytree(HOOKED / TRACING, tmp_path / "sys/kernel/debug/tracing")
     state = TracingSurface().collect(Kernel(tmp_path))
     assert state.counts["ftrace_functions"] == 8
-    assert [g.what for g in state.gaps] == ["kprobes (debugfs kprobes/list)"]
+    assert [g.what for g in state.gaps] == ["kprobes (debugfs kprobes/list)", FTRACE_OPS]

@@ -25,6 +25,7 @@ from patchguard.kernel.ftrace_records import (
 )
 from patchguard.kernel.kallsyms import SymbolTable
 from patchguard.kernel.memory import KernelMemory
+from patchguard.surfaces import bpf_trampolines
 from patchguard.surfaces.base import finding
 from patchguard.x86 import insn as x86
 
@@ -45,6 +46,8 @@ class SiteHook:
     target: int | None  # where its JMP/CALL goes
     target_name: str | None  # named by bounds: a symbol, or memory of no listed module
     target_module: str | None  # the module that owns the target (or the hidden one found)
+    # the target is a BPF trampoline no view names: its programs, as memory has them
+    trampoline: bpf_trampolines.HiddenTrampoline | None = None
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,13 @@ def site_code(sites: Iterable[int], text: bytes, text_start: int, read: Read) ->
     return found
 
 
-def _hook(kernel: Kernel, site: int, code: bytes, target: int | None) -> SiteHook:
+def _hook(
+    kernel: Kernel,
+    site: int,
+    code: bytes,
+    target: int | None,
+    tramp: bpf_trampolines.HiddenTrampoline | None = None,
+) -> SiteHook:
     names = kernel.attributor()
     who = names.attribute(target) if target is not None else None
     loc = names.lookup(site)
@@ -119,6 +128,7 @@ def _hook(kernel: Kernel, site: int, code: bytes, target: int | None) -> SiteHoo
         target,
         str(who) if who is not None else None,
         who.module if who is not None else None,
+        tramp,
     )
 
 
@@ -138,7 +148,9 @@ def check_sites(kernel: Kernel, memory: KernelMemory, text: bytes, start: int) -
             continue  # the kernel was patching this site: it holds NOP5 or CALL again
         else:
             bad.append((site, code, target))
-    hooks = tuple(_hook(kernel, s, c, t) for s, c, t in bad)
+    called = {t for _, c, t in bad if t is not None and c[0] == x86.CALL}
+    tramps = bpf_trampolines.identify(kernel, memory, called)
+    hooks = tuple(_hook(kernel, s, c, t, tramps.get(t) if t else None) for s, c, t in bad)
     named, unnamed, count = _unlisted(kernel, [s for s in sites if s not in records.disabled])
     return FtraceSites(len(sites), calls, source, hooks, count, named, unnamed)
 
@@ -226,6 +238,8 @@ def _unlisted_findings(surface: str, state: FtraceSites) -> list[Finding]:
 
 
 def _finding(surface: str, hook: SiteHook) -> Finding:
+    if hook.trampoline is not None:
+        return bpf_trampolines.site_finding(surface, hook.function, hook.site, hook.trampoline)
     goes = f": it goes to {hook.target_name}" if hook.target_name else ""
     return finding(
         surface,

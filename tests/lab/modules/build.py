@@ -34,7 +34,12 @@ MODULES_SOCKETS = ("pg_hide_sock",)
 MODULES_TRUTH = ("pg_khook", "pg_taint_clear", "pg_kallsyms_filter")
 # tasks_checks.py's boot: a task hidden from every text view, lines dropped from every write
 MODULES_TASKS = ("pg_hide_task", "pg_write_filter")
-ALL_MODULES = MODULES + MODULES2 + MODULES3 + MODULES_SOCKETS + MODULES_TRUTH + MODULES_TASKS
+# the ftrace ops boot (ftrace_ops_checks.py): an ops hidden from enabled_functions, a module
+# hidden from kallsyms and sysfs listings, a module whose sysfs kobject is removed
+MODULES_OPS = ("pg_ops_filter", "pg_mod_hide", "pg_sysfs_removed")
+ALL_MODULES = (
+    MODULES + MODULES2 + MODULES3 + MODULES_SOCKETS + MODULES_TRUTH + MODULES_TASKS + MODULES_OPS
+)
 COMPILER = "gcc-12"  # what Debian's 6.1 kernels are built with (linux-compiler-gcc-12-x86)
 
 

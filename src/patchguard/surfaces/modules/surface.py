@@ -21,6 +21,7 @@ from patchguard.surfaces.modules.collect import (
     _transient,
     read_views_again,
 )
+from patchguard.surfaces.modules.memory_views import collect_memory_views, memory_view_findings
 from patchguard.surfaces.modules.parse import cross_view, second_look
 from patchguard.surfaces.modules.paths import NAME, VMALLOCINFO
 from patchguard.surfaces.modules.records import VmallocArea
@@ -45,6 +46,7 @@ class ModulesSurface:
             again = cross_view({**r.full, **full}, r.partial, moving)
             views = second_look(views, again)
         r.records.extend(views)
+        collect_memory_views(r)
         counts = {
             "modules": len(views),
             "hidden": sum(bool(v.hidden_from) for v in views),
@@ -54,4 +56,4 @@ class ModulesSurface:
         return SurfaceState(NAME, tuple(r.records), counts, tuple(r.gaps))
 
     def assess(self, state: SurfaceState[Sequence[object]]) -> list[Finding]:
-        return assess_records(state.records)
+        return assess_records(state.records) + memory_view_findings(state.records)

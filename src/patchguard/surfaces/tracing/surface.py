@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from patchguard.findings import Finding
 from patchguard.surfaces.base import SurfaceState
-from patchguard.surfaces.reading import Reading
+from patchguard.surfaces.reading import Reading, records_of
 
 if TYPE_CHECKING:
     from patchguard.kernel import Kernel
@@ -20,6 +20,7 @@ from patchguard.surfaces.tracing.collect import (
     _counts,
     _tracefs,
 )
+from patchguard.surfaces.tracing.ops import OpsRecord, collect_ops, ops_findings
 from patchguard.surfaces.tracing.paths import NAME
 
 
@@ -34,8 +35,10 @@ class TracingSurface:
             _collect_ftrace(r, tracefs)
             _collect_events(r, tracefs)
         _collect_kprobes(r)
+        collect_ops(r)
         r.records.extend(read_livepatches(kernel))
-        return SurfaceState(NAME, tuple(r.records), _counts(r), tuple(r.gaps))
+        counts = {**_counts(r), "ftrace_ops": len(records_of(r.records, OpsRecord))}
+        return SurfaceState(NAME, tuple(r.records), counts, tuple(r.gaps))
 
     def assess(self, state: SurfaceState[Sequence[object]]) -> list[Finding]:
-        return assess_records(state.records)
+        return assess_records(state.records) + ops_findings(state.records)

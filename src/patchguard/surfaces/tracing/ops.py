@@ -1,0 +1,208 @@
+"""The ftrace ops list from kernel memory (kernel/ftrace_ops.py) against the text views: tracefs
+`enabled_functions`, which prints from those same ops, and each direct ops' own record of where
+its function's site calls against the site's bytes.
+
+Memory is the ground truth: a function an enabled ops traces that enabled_functions does not
+print is hidden by a filter on what this process reads ("enabled_functions hides N functions
+that ftrace ops <handler> traces"); a site calling elsewhere than its direct ops records was
+rewritten behind ftrace. Where enabled_functions cannot be read (EPERM on these VMs) the ops are
+still reported, and the comparison is a gap.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from patchguard.findings import Disposition, Finding
+from patchguard.kernel.errors import KernelAccessError
+from patchguard.kernel.ftrace_ops import (
+    FtraceOps,
+    direct_functions,
+    layout,
+    list_head,
+    read_ops,
+)
+from patchguard.kernel.memory import KernelMemory
+from patchguard.kernel.proc_modules import function_name
+from patchguard.surfaces.base import finding
+from patchguard.surfaces.reading import Reading, records_of
+from patchguard.surfaces.tracing.paths import NAME
+from patchguard.surfaces.tracing.records import FtraceHook
+from patchguard.text import visible
+from patchguard.x86 import insn as x86
+
+SHOWN = 12  # function names a record or finding lists
+SETTLE = 0.05  # seconds before a site that disagrees with its ops is read again
+
+
+@dataclass(frozen=True)
+class OpsRecord:
+    """One enabled ftrace_ops as memory holds it, named."""
+
+    handler: str  # ops->func, named by bounds (kernel/attribution.py)
+    handler_module: str | None
+    flags: tuple[str, ...]
+    functions: int  # how many functions its filter hash holds
+    all_functions: bool  # an empty filter hash: it traces every function
+    names: tuple[str, ...]  # the first SHOWN of them
+    # enabled_functions was read and does not print these functions the ops traces
+    hidden: tuple[str, ...] = ()
+    hidden_count: int = 0
+
+
+@dataclass(frozen=True)
+class DirectMismatch:
+    """A function whose ftrace site calls elsewhere than its direct ops records."""
+
+    function: str
+    handler: str
+    recorded: int  # the direct target ftrace's direct_functions records
+    calls: int | None  # what the site's CALL goes to (None: not a call)
+    code: str
+
+
+@dataclass(frozen=True)
+class NamedOps:
+    ops: FtraceOps
+    handler: tuple[str, str | None]  # ops->func: (function, module)
+    functions: dict[int, str]  # ip -> function name, as enabled_functions prints it (%ps)
+
+
+def collect_ops(r: Reading) -> None:
+    """Append an OpsRecord per enabled ops (and DirectMismatch records) to `r.records`; the
+    enabled_functions records must already be there when it was read."""
+    kernel = r.kernel
+    try:
+        memory = kernel.memory()
+        head, _ = list_head(kernel, memory)
+        ops = [o for o in read_ops(memory, head, layout(kernel.vmlinux_btf)) if o.enabled]
+    except KernelAccessError as exc:
+        r.gap("ftrace ops (ftrace_ops_list in kernel memory)", str(exc))
+        return
+    names = kernel.attributor()
+    named = [
+        NamedOps(
+            o, function_name(o.func, names), {ip: function_name(ip, names)[0] for ip in o.traced}
+        )
+        for o in ops
+    ]
+    shown = _shown(r)
+    r.records.extend(ops_record(n, shown) for n in named)
+    try:
+        current = direct_functions(kernel, memory, layout(kernel.vmlinux_btf))
+    except KernelAccessError as exc:
+        r.gap("ftrace direct calls (direct_functions in kernel memory)", str(exc))
+        return
+    r.records.extend(direct_mismatches(memory, named, current))
+
+
+def _shown(r: Reading) -> frozenset[str] | None:
+    """The functions enabled_functions printed; None where it was not read."""
+    if any("enabled_functions" in gap.what for gap in r.gaps):
+        r.gap(
+            "ftrace ops against enabled_functions",
+            "enabled_functions was not read: the ops in memory are reported, not compared",
+        )
+        return None
+    return frozenset(h.function for h in records_of(r.records, FtraceHook))
+
+
+def ops_record(n: NamedOps, shown: frozenset[str] | None) -> OpsRecord:
+    functions = sorted(set(n.functions.values()))
+    hidden = [f for f in functions if shown is not None and f not in shown]
+    return OpsRecord(
+        *n.handler,
+        n.ops.flag_names,
+        len(n.ops.traced),
+        n.ops.all_functions,
+        tuple(functions[:SHOWN]),
+        tuple(hidden[:SHOWN]),
+        len(hidden),
+    )
+
+
+def direct_mismatches(
+    memory: KernelMemory, named: Sequence[NamedOps], current: dict[int, int]
+) -> list[DirectMismatch]:
+    """The sites of a direct ops that do not call the target ftrace's direct_functions has
+    for them (`current`). A function more than one ops traces goes through ftrace's list
+    function, not the direct target."""
+    if any(n.ops.all_functions for n in named):
+        return []
+    users = Counter(ip for n in named for ip in n.ops.traced)
+    found = []
+    for n in named:
+        for ip, registered in n.ops.traced.items():
+            direct = current.get(ip, registered)
+            if not direct or users[ip] > 1:
+                continue
+            if (seen := _disagrees(memory, ip, direct)) is not None:
+                code, calls = seen
+                found.append(DirectMismatch(n.functions[ip], n.handler[0], direct, calls, code))
+    return found
+
+
+def _disagrees(memory: KernelMemory, ip: int, direct: int) -> tuple[str, int | None] | None:
+    """(site code, its call target) when the site does not call `direct`, read twice (the
+    kernel may be moving the site to a new trampoline); None when it agrees."""
+    for attempt in range(2):
+        try:
+            code = memory.read(ip, 5)
+        except KernelAccessError:
+            return None
+        hop = x86.branch(code, ip)
+        if hop is not None and hop.dest == direct:
+            return None
+        if attempt == 0:
+            time.sleep(SETTLE)
+    calls = hop.dest if hop is not None and hop.kind == "call" else None
+    return code.hex(" "), calls
+
+
+def ops_findings(records: Sequence[object]) -> list[Finding]:
+    found = [_hidden(o) for o in records_of(records, OpsRecord) if o.hidden_count]
+    return found + [_mismatch(m) for m in records_of(records, DirectMismatch)]
+
+
+def _hidden(o: OpsRecord) -> Finding:
+    handler = visible(o.handler)
+    return finding(
+        NAME,
+        "filtered-view",
+        "enabled_functions",
+        f"enabled_functions hides {o.hidden_count} function{'s' if o.hidden_count > 1 else ''} "
+        f"that ftrace ops {handler} "
+        f"traces ({', '.join(visible(f) for f in o.hidden)}): kernel memory's ftrace_ops_list "
+        "holds them, the text as this process reads it does not",
+        {
+            "handler": handler,
+            "handler_module": o.handler_module,
+            "flags": list(o.flags),
+            "ops_functions": o.functions,
+            "hidden": o.hidden_count,
+            "hidden_functions": [visible(f) for f in o.hidden],
+        },
+        disposition=Disposition.TAMPERING,
+    )
+
+
+def _mismatch(m: DirectMismatch) -> Finding:
+    calls = f"calls {m.calls:#x}" if m.calls is not None else f"holds {m.code}"
+    return finding(
+        NAME,
+        "ftrace-direct-mismatch",
+        visible(m.function),
+        f"ftrace's own direct_functions records that the ftrace site of "
+        f"{visible(m.function)} (ops {visible(m.handler)}) calls {m.recorded:#x}, but the "
+        f"site {calls}: the site was changed behind ftrace's bookkeeping",
+        {
+            "function": visible(m.function),
+            "recorded_direct": f"{m.recorded:#x}",
+            "site_calls": f"{m.calls:#x}" if m.calls is not None else None,
+            "code": m.code,
+        },
+        disposition=Disposition.TAMPERING,
+    )

@@ -1,0 +1,40 @@
+"""The ftrace ops list and direct calls read from the running kernel's memory, against the
+ftrace sites: what one memory structure says, another must agree with. On these VMs an agent
+outside our view attaches BPF trampolines bpf(2) does not list: each must still be a direct
+call ftrace's own direct_functions records (a machine without any checks the same, emptily)."""
+
+from __future__ import annotations
+
+import pytest
+
+from patchguard.kernel import Kernel
+from patchguard.kernel.ftrace_ops import direct_functions, layout, list_head, read_ops
+from patchguard.surfaces.ftrace_sites import check_sites
+from patchguard.surfaces.reading import Reading
+from patchguard.surfaces.tracing.ops import DirectMismatch, OpsRecord, collect_ops
+
+pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
+
+
+def test_every_direct_call_is_what_its_site_calls(kernel: Kernel) -> None:
+    r = Reading("tracing", kernel)
+    collect_ops(r)
+    assert not [g for g in r.gaps if "kernel memory" in g.what], r.gaps
+    ops = [x for x in r.records if isinstance(x, OpsRecord)]
+    assert all(o.handler and o.flags for o in ops)
+    assert [x for x in r.records if isinstance(x, DirectMismatch)] == []
+
+
+def test_every_hidden_trampoline_is_a_direct_call_ftrace_records(kernel: Kernel) -> None:
+    memory = kernel.memory()
+    at = layout(kernel.vmlinux_btf)
+    head, how = list_head(kernel, memory)
+    ops = read_ops(memory, head, at)
+    direct = direct_functions(kernel, memory, at)
+    traced = {ip for o in ops if o.enabled for ip in o.traced}
+    assert set(direct) <= traced, how  # every direct call belongs to an enabled ops
+    found = check_sites(kernel, memory, b"", 0)
+    hidden = {h.site: h.trampoline for h in found.hooks if h.trampoline is not None}
+    for site, tramp in hidden.items():
+        assert direct.get(site) == tramp.address, hex(site)
+        assert all(p.memory is not None and p.memory.prog_id for p in tramp.programs)

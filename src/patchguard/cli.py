@@ -48,7 +48,8 @@ def _wants_policy(argv: Sequence[str] | None) -> bool:
 
 def _parser(policy: bool = True) -> argparse.ArgumentParser:
     import argparse
-    from pathlib import Path
+
+    from patchguard.arguments import path as path_arg
 
     parser = argparse.ArgumentParser(
         prog="patchguard",
@@ -72,7 +73,7 @@ def _parser(policy: bool = True) -> argparse.ArgumentParser:
     scan.add_argument("--root", default="/", help="read a captured tree instead of the live kernel")
     scan.add_argument(
         "--ledger",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="PATH",
         help="exception ledger whose live exceptions mark covered hooks allowed "
@@ -84,14 +85,14 @@ def _parser(policy: bool = True) -> argparse.ArgumentParser:
     create = base_sub.add_parser("create", help="record the running kernel's code and tables")
     create.add_argument(
         "--out",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="PATH",
         help=f"where to write it (default {DEFAULT_BASELINE}, or $PATCHGUARD_BASELINE)",
     )
     create.add_argument(
         "--key",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="PATH",
         help="host signing key, created on first use (default "
@@ -99,8 +100,8 @@ def _parser(policy: bool = True) -> argparse.ArgumentParser:
     )
 
     check = sub.add_parser("check", help="compare the running kernel with the baseline")
-    check.add_argument("--baseline", type=Path, default=None, metavar="PATH")
-    check.add_argument("--key", type=Path, default=None, metavar="PATH")
+    check.add_argument("--baseline", type=path_arg, default=None, metavar="PATH")
+    check.add_argument("--key", type=path_arg, default=None, metavar="PATH")
     check.add_argument("--json", action="store_true", help="print the patchguard.scan/1 document")
     _records_option(check)
     check.add_argument(
@@ -112,7 +113,7 @@ def _parser(policy: bool = True) -> argparse.ArgumentParser:
     guard = sub.add_parser("guard", help="run the guard daemon in the foreground")
     guard.add_argument(
         "--config",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="PATH",
         help="guard config (TOML; default: built-in defaults, see docs/guard.md)",
@@ -136,12 +137,12 @@ def _parser(policy: bool = True) -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="guard configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     config_check = config_sub.add_parser("check", help="validate a guard config file")
-    config_check.add_argument("file", type=Path)
+    config_check.add_argument("file", type=path_arg)
     config_sign = config_sub.add_parser(
         "sign", help="sign a guard config with the host key (writes FILE.sig)"
     )
-    config_sign.add_argument("file", type=Path)
-    config_sign.add_argument("--key", type=Path, help="host key (default: the config's `key`)")
+    config_sign.add_argument("file", type=path_arg)
+    config_sign.add_argument("--key", type=path_arg, help="host key (default: the config's `key`)")
     techniques = sub.add_parser("techniques", help="list every technique a finding can name")
     techniques.add_argument("--json", action="store_true", help="as a JSON array")
     techniques.add_argument("--markdown", action="store_true", help="as docs/techniques.md")

@@ -10,7 +10,9 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TypeVar
+from itertools import compress, count, islice, pairwise
+from operator import gt
+from typing import TypeVar, Union
 
 from patchguard.kernel.errors import KernelAccessError
 
@@ -80,6 +82,8 @@ class AddressRange:
 
 
 T = TypeVar("T")
+Range = tuple[int, int]
+MAX_RUNS = 64  # more ascending runs (modules list symbols unsorted): one argsort instead
 _AFTER_ADDRESS = re.compile(r" [^\n]*\n?")
 
 
@@ -93,12 +97,47 @@ class _Rows:
 
     def __getitem__(self, i: int) -> Row:
         line = self._lines[self._order[i]]
-        if isinstance(line, tuple):
-            return line
-        match = _LINE.match(line)
-        if match is None:
-            raise _Unparsed(line)
-        return match.groups("")  # type: ignore[return-value]  # four str groups
+        return line if isinstance(line, tuple) else _row(line)
+
+
+class _RunRows:
+    """The parsed fields of the table's rows, by sorted position, for a file made of a few
+    ascending runs of addresses: a row's line is found by bisecting each run (no permutation
+    of 122k lines is built). The k-th of several lines at one address is the k-th in file
+    order, as a stable sort would place it."""
+
+    def __init__(
+        self, lines: list[str], words: array[int], runs: list[Range], addresses: list[int]
+    ) -> None:
+        self._lines, self._words, self._runs, self._addresses = lines, words, runs, addresses
+
+    def __getitem__(self, i: int) -> Row:
+        address = self._addresses[i]
+        skip = i - bisect.bisect_left(self._addresses, address)
+        for lo, hi in self._runs:
+            at = bisect.bisect_left(self._words, address, lo, hi)
+            while at < hi and self._words[at] == address:
+                if not skip:
+                    return _row(self._lines[at])
+                skip, at = skip - 1, at + 1
+        raise IndexError(i)
+
+
+def _row(line: str) -> Row:
+    match = _LINE.match(line)
+    if match is None:
+        raise _Unparsed(line)
+    return match.groups("")  # type: ignore[return-value]  # four str groups
+
+
+def _ascending_runs(words: array[int]) -> list[Range]:
+    """[start, end) of each ascending run of `words`, found at C speed."""
+    descents = list(compress(count(1), map(gt, words, islice(words, 1, None))))
+    bounds = [0, *descents, len(words)]
+    return list(pairwise(bounds))
+
+
+Rows = Union["_Rows", _RunRows]
 
 
 class _Unparsed(Exception):
@@ -155,22 +194,32 @@ class SymbolTable:
         return words if len(words) == body.count("\n") + 1 else None
 
     @cached_property
-    def _table(self) -> tuple[list[int], _Rows]:
+    def _table(self) -> tuple[list[int], Rows]:
         """(addresses sorted, the row of each): lines are parsed only when a row is asked for
         (naming a hook needs a few of 122k)."""
         words = self._in_file_order
         if words is None or self._slow:
             return self._parsed()
         lines = self._text.split("\n")
-        order = sorted(range(len(words)), key=words.__getitem__)  # kallsyms is nearly sorted
+        runs = _ascending_runs(words)
+        if len(runs) <= MAX_RUNS:  # the core kernel's lines, then bpf's: sorted at C speed
+            addresses = sorted(words)
+            return addresses, _RunRows(lines, words, runs, addresses)
+        order = sorted(range(len(words)), key=words.__getitem__)
         return [words[i] for i in order], _Rows(lines, order)
 
-    def _parsed(self) -> tuple[list[int], _Rows]:
+    def _parsed(self) -> tuple[list[int], Rows]:
         """The table by one regex pass over every line (lines that do not parse are left out)."""
         rows: list[Row] = _LINE.findall(self._text)
         addresses = [int(row[0], 16) for row in rows]
         order = sorted(range(len(rows)), key=addresses.__getitem__)
         return [addresses[i] for i in order], _Rows(rows, order)
+
+    def not_starting(self, addresses: Iterable[int]) -> set[int]:
+        """Those of `addresses` at which no symbol starts (every line's address iterated at C
+        speed, no set of 122k built)."""
+        words = self._in_file_order
+        return set(addresses).difference(words if words is not None else self._addresses)
 
     @cached_property
     def starts(self) -> frozenset[int]:

@@ -95,11 +95,11 @@ def site_code(
     sites: Sequence[int], text: bytes, text_start: int, read: Read, skip: bytes | None = None
 ) -> dict[int, bytes]:
     """The 5 bytes at each site (but those that hold `skip`), in the sites' order: from the
-    core text already read (one comprehension over 48k sites: no call per site), else one
-    read per page."""
+    core text already read, else one read per page."""
     lo, hi = text_start, text_start + len(text) - 5
+    # one comprehension over 48k sites, no call per site
     found = {s: c for s in sites if lo <= s <= hi and (c := text[s - lo : s - lo + 5]) != skip}
-    if not sites or (lo <= min(sites) and max(sites) <= hi):
+    if not sites or (lo <= min(sites) and max(sites) <= hi):  # all in the core text
         return found
     outside = [s for s in sites if not lo <= s <= hi]
     found |= _read_sites(outside, read, skip)
@@ -168,11 +168,11 @@ def _unlisted(
     kallsyms, as read here, does not list: those the kernel's own %pS names as a function's
     start (the view hid them), and those nobody names (code of no listed module). A site the
     kernel names deep inside another function is no function's: it is not counted."""
-    missing = [s for s in _not_started(kernel.kallsyms.starts, sites) if s not in disabled]
+    missing = [s for s in _not_started(kernel.kallsyms, sites) if s not in disabled]
     if missing and kernel.live:
         # A module loaded since kallsyms was read has records the earlier read lacks: only
         # what a second read, after the records, still lacks counts.
-        missing = _not_started(_fresh_starts(kernel), missing)
+        missing = _not_started(_fresh_symbols(kernel), missing)
     if not missing:
         return (), (), 0
     said = kernel.names(missing)
@@ -189,21 +189,23 @@ def _settled(memory: KernelMemory, site: int, code: bytes) -> bool:
     return again != code and (again == x86.NOP5 or again[0] == x86.CALL)
 
 
-def _not_started(starts: frozenset[int], sites: Sequence[int]) -> list[int]:
+def _not_started(symbols: SymbolTable, sites: Sequence[int]) -> list[int]:
     """The sites no symbol starts at (or 4 bytes before: the ENDBR64 under IBT), in their
     order; by set operations at C speed (48k sites, 122k starts)."""
-    left = set(sites) - starts
-    endbr = set(map(sub, left, repeat(4))) - starts  # where the ENDBR64 would start
+    left = symbols.not_starting(sites)
+    if not left:
+        return []
+    endbr = symbols.not_starting(map(sub, left, repeat(4)))  # where the ENDBR64 would start
     left = set(map(add, endbr, repeat(4)))
     return [s for s in sites if s in left] if left else []
 
 
-def _fresh_starts(kernel: Kernel) -> frozenset[int]:
+def _fresh_symbols(kernel: Kernel) -> SymbolTable:
     try:
         raw = ChildRead(kernel.path("/proc/kallsyms")).result()
     except OSError:
-        return frozenset()
-    return SymbolTable(raw.decode(errors="replace")).starts
+        return SymbolTable("")
+    return SymbolTable(raw.decode(errors="replace"))
 
 
 def findings(surface: str, states: Sequence[object]) -> list[Finding]:

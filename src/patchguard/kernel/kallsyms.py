@@ -180,7 +180,9 @@ class SymbolTable:
         """Every line's address, in file order, converted at C speed: the text after each
         line's address cut away by one substitution and the rest read by bytes.fromhex (a tenth
         of the regex parse of 122k lines). None where a line's address is not 16 hex digits
-        followed by a space (a 32-bit kernel's table, a damaged capture): the regex parse then."""
+        followed by a space (a 32-bit kernel's table, a damaged capture): the regex parse then.
+        A line with such an address whose rest the regex refuses (never in the kernel's own
+        file) still counts as a start here; naming through it falls back to the regex parse."""
         body = self._text[:-1] if self._text.endswith("\n") else self._text
         digits = _AFTER_ADDRESS.sub("", body)
         if not body or len(digits) != 16 * (body.count("\n") + 1):

@@ -1,12 +1,16 @@
-"""What the benches share: the median of a few timed rounds."""
+"""What the benches share: the median of a few timed rounds, in wall time and in CPU time (on
+a shared, loaded machine the CPU a command used is the steadier measure: wall time also counts
+the time it waited for a CPU)."""
 
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 
 def median_seconds(fn: Callable[[], object], rounds: int) -> float:
@@ -22,19 +26,67 @@ def median_ms(fn: Callable[[], object], rounds: int) -> float:
     return median_seconds(fn, rounds) * 1000
 
 
-def process_medians(commands: dict[str, list[str]], rounds: int) -> dict[str, float]:
-    """Median wall seconds of each command run as a whole process (output discarded; a
-    failing command stops the bench). Rounds are interleaved, so that a change in the
+def cpu_seconds() -> float:
+    """CPU (user + system) used so far by this process, all its threads, and its children
+    that have ended (the kallsyms read's child)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def median_cpu_seconds(fn: Callable[[], object], rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        c0 = cpu_seconds()
+        fn()
+        times.append(cpu_seconds() - c0)
+    return statistics.median(times)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Median seconds of one command run as a whole process."""
+
+    wall: float
+    cpu: float  # user + system of the process and its children
+
+
+def process_costs(commands: dict[str, list[str]], rounds: int) -> dict[str, Cost]:
+    """Median wall and CPU seconds of each command run as a whole process (output discarded;
+    a failing command stops the bench). Rounds are interleaved, so that a change in the
     machine's load falls on every command alike."""
-    times: dict[str, list[float]] = {name: [] for name in commands}
+    walls: dict[str, list[float]] = {name: [] for name in commands}
+    cpus: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(rounds):
         for name, argv in commands.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), _children_cpu()
             done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            times[name].append(time.perf_counter() - t0)
+            walls[name].append(time.perf_counter() - t0)
+            cpus[name].append(_children_cpu() - c0)
             if done.returncode not in (0, 1):  # 1: findings, still a whole run
                 raise SystemExit(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr!r}")
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {
+        name: Cost(statistics.median(walls[name]), statistics.median(cpus[name]))
+        for name in commands
+    }
+
+
+def process_medians(commands: dict[str, list[str]], rounds: int) -> dict[str, float]:
+    """Median wall seconds of each command run as a whole process (see process_costs)."""
+    return {name: cost.wall for name, cost in process_costs(commands, rounds).items()}
+
+
+def ratios(costs: dict[str, Cost], name: str, floor: str) -> str:
+    """`name` against `floor`: both times and both ratios, wall and CPU."""
+    a, b = costs[name], costs[floor]
+    return (
+        f"{a.wall * 1000:.0f} ms wall, {a.cpu * 1000:.0f} ms CPU; ratio {a.wall / b.wall:.2f} "
+        f"wall, {a.cpu / b.cpu:.2f} CPU"
+    )
+
+
+def _children_cpu() -> float:
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return children.ru_utime + children.ru_stime
 
 
 def load_note() -> str:

@@ -34,21 +34,67 @@ ROOT_NOTE = (
 
 
 CORE_COMMANDS = frozenset({"scan", "baseline", "check", "guard", "config", "techniques"})
+# The command groups other modules add (module, its register function) and the help line each
+# shows in `patchguard --help`: only the group a command line names is registered, the others
+# are listed by name and help (the help texts are the registered ones: tests/unit/test_cli_lazy).
+GROUPS: dict[str, tuple[str, str, str]] = {
+    "exceptions": ("patchguard.policy.cli", "register", "request and decide hook exceptions"),
+    "ledger": ("patchguard.policy.cli", "register", "the signed, hash-chained exception ledger"),
+    "witness": (
+        "patchguard.policy.cli",
+        "register_witness",
+        "cosign a log's checkpoints (C2SP witness)",
+    ),
+    "enrol": ("patchguard.fleet.cli", "register", "register this host with a fleet server"),
+    "report": ("patchguard.fleet.cli", "register", "scan, check and send one signed report"),
+    "fetch-policy": (
+        "patchguard.fleet.cli",
+        "register",
+        "fetch, verify and apply the server's ledger",
+    ),
+    "server": (
+        "patchguard.server.cli",
+        "register",
+        "the fleet server (run, migrate, tokens, ledger)",
+    ),
+    "verify-report": (
+        "patchguard.report_cli",
+        "register",
+        "say whether a scan/check --json report was altered",
+    ),
+}
 
 
-def _wants_policy(argv: Sequence[str] | None) -> bool:
-    """Whether the policy commands must be in the parser: for them and for the full --help,
-    not for the core commands (their import costs scan and check ~10 % of a run) nor --version."""
+def _command(argv: Sequence[str] | None) -> str | None:
+    """The command a command line names (its first word that is not an option), if any."""
     words = list(sys.argv[1:] if argv is None else argv)
-    first = next((w for w in words if not w.startswith("-")), None)
-    if first is None:
-        return "--version" not in words
-    return first not in CORE_COMMANDS
+    return next((w for w in words if not w.startswith("-")), None)
 
 
-def _parser(policy: bool = True) -> argparse.ArgumentParser:
+def _add_groups(sub: Any, command: str | None, everything: bool = False) -> None:
+    """The other modules' command groups: none for a core command (their modules cost scan
+    and check a tenth of a run); else the one named registered in full and the rest listed
+    by name and help, or (`everything`) all registered."""
+    import importlib
+
+    if command in CORE_COMMANDS:
+        return
+    wanted = GROUPS[command][:2] if command in GROUPS else None
+    for name, (module, function, help_text) in GROUPS.items():
+        if name in sub.choices:
+            continue  # added by a register call that adds several
+        if everything or (module, function) == wanted:
+            getattr(importlib.import_module(module), function)(sub)
+        else:
+            sub.add_parser(name, help=help_text)
+
+
+def _parser(command: str | None = None, everything: bool = True) -> argparse.ArgumentParser:
+    """The parser for a command line naming `command`: with `everything`, every group's
+    commands in full (tests); else only those `command` needs (see _add_groups)."""
     import argparse
-    from pathlib import Path
+
+    from patchguard.arguments import path as path_arg
 
     parser = argparse.ArgumentParser(
         prog="patchguard",
@@ -72,7 +118,7 @@ def _parser(policy: bool = True) -> argparse.ArgumentParser:
     scan.add_argument("--root", default="/", help="read a captured tree instead of the live kernel")
     scan.add_argument(
         "--ledger",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="PATH",
         help="exception ledger whose live exceptions mark covered hooks allowed "
@@ -80,7 +126,7 @@ def _parser(policy: bool = True) -> argparse.ArgumentParser:
     )
     scan.add_argument(
         "--config",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="PATH",
         help="guard config whose [transparency] table gates exceptions (default "
@@ -92,14 +138,14 @@ def _parser(policy: bool = True) -> argparse.ArgumentParser:
     create = base_sub.add_parser("create", help="record the running kernel's code and tables")
     create.add_argument(
         "--out",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="PATH",
         help=f"where to write it (default {DEFAULT_BASELINE}, or $PATCHGUARD_BASELINE)",
     )
     create.add_argument(
         "--key",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="PATH",
         help="host signing key, created on first use (default "
@@ -107,8 +153,8 @@ def _parser(policy: bool = True) -> argparse.ArgumentParser:
     )
 
     check = sub.add_parser("check", help="compare the running kernel with the baseline")
-    check.add_argument("--baseline", type=Path, default=None, metavar="PATH")
-    check.add_argument("--key", type=Path, default=None, metavar="PATH")
+    check.add_argument("--baseline", type=path_arg, default=None, metavar="PATH")
+    check.add_argument("--key", type=path_arg, default=None, metavar="PATH")
     check.add_argument("--json", action="store_true", help="print the patchguard.scan/1 document")
     _records_option(check)
     check.add_argument(
@@ -120,7 +166,7 @@ def _parser(policy: bool = True) -> argparse.ArgumentParser:
     guard = sub.add_parser("guard", help="run the guard daemon in the foreground")
     guard.add_argument(
         "--config",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="PATH",
         help="guard config (TOML; default: built-in defaults, see docs/guard.md)",
@@ -130,26 +176,16 @@ def _parser(policy: bool = True) -> argparse.ArgumentParser:
         action="store_true",
         help="print the systemd unit for this installation and exit",
     )
-    if policy:
-        from patchguard import report_cli
-        from patchguard.fleet import cli as fleet_cli
-        from patchguard.policy import cli as policy_cli
-        from patchguard.server import cli as server_cli
-
-        policy_cli.register(sub)  # exceptions ..., ledger ...
-        policy_cli.register_witness(sub)  # witness vkey|cosign|serve
-        fleet_cli.register(sub)  # enrol, report, fetch-policy
-        server_cli.register(sub)  # server ...
-        report_cli.register(sub)  # verify-report
+    _add_groups(sub, command, everything)
     config = sub.add_parser("config", help="guard configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     config_check = config_sub.add_parser("check", help="validate a guard config file")
-    config_check.add_argument("file", type=Path)
+    config_check.add_argument("file", type=path_arg)
     config_sign = config_sub.add_parser(
         "sign", help="sign a guard config with the host key (writes FILE.sig)"
     )
-    config_sign.add_argument("file", type=Path)
-    config_sign.add_argument("--key", type=Path, help="host key (default: the config's `key`)")
+    config_sign.add_argument("file", type=path_arg)
+    config_sign.add_argument("--key", type=path_arg, help="host key (default: the config's `key`)")
     techniques = sub.add_parser("techniques", help="list every technique a finding can name")
     techniques.add_argument("--json", action="store_true", help="as a JSON array")
     techniques.add_argument("--markdown", action="store_true", help="as docs/techniques.md")
@@ -496,7 +532,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CLEAN
     args: argparse.Namespace | None = None
     try:
-        args = _parser(_wants_policy(argv)).parse_args(argv)  # usage error: SystemExit(2)
+        command = _command(argv)
+        args = _parser(command, everything=False).parse_args(argv)  # usage error: SystemExit(2)
         code = _run(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
         return code

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-from typing import Any
 
-from patchguard.sealed_report import MAX_REPORT, verify
-from patchguard.signing import HostKey, KeyFileError, default_key_path
-from patchguard.text import visible
+from patchguard.arguments import path as path_arg
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (--help builds this parser)
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
 
 EXIT_INTACT, EXIT_ALTERED, EXIT_ERROR = 0, 1, 2
 
 
 def _read(path: Path) -> bytes:
     """The report, bounded: at most MAX_REPORT bytes (OSError or ValueError otherwise)."""
+    from patchguard.sealed_report import MAX_REPORT
+
     with path.open("rb") as f:
         data = f.read(MAX_REPORT + 1)
     if len(data) > MAX_REPORT:
@@ -27,6 +30,8 @@ def _read(path: Path) -> bytes:
 def _public_key(given: Path | None) -> bytes | None:
     """The host key's public half: the one given (an error if unreadable), else the host's
     own if there is one."""
+    from patchguard.signing import HostKey, KeyFileError, default_key_path
+
     if given is not None:
         return HostKey.load(given).public_key_bytes()
     try:
@@ -36,9 +41,13 @@ def _public_key(given: Path | None) -> bytes | None:
 
 
 def _verify_report(args: argparse.Namespace) -> int:
+    from patchguard.sealed_report import verify
+    from patchguard.signing import KeyFileError
+    from patchguard.text import visible
+
     name = visible(str(args.file))
     try:
-        data = _read(Path(args.file))
+        data = _read(path_arg(args.file))
         public_key = _public_key(args.key)
     except (OSError, ValueError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -60,7 +69,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("file", metavar="FILE")
     p.add_argument(
         "--key",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="PATH",
         help="host key whose signature to check (default /var/lib/patchguard/host.key, "

@@ -11,10 +11,13 @@ dispatch code is disassembled, rich never for JSON, cryptography never without a
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 MARK = "MODULES:"
 RUN = (
@@ -27,10 +30,31 @@ RUN = (
     f"print({MARK!r} + json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
 )
 HEAVY = {"rich", "pyroute2", "elftools", "capstone", "cryptography"}
+# The fleet server's and client's libraries: no scan, check or help needs them.
+SERVER = {"sqlalchemy", "fastapi", "uvicorn", "starlette", "httpx", "alembic", "psycopg"}
+# What the command modules' handlers use, imported only when a handler runs.
+HANDLERS = {
+    "patchguard.policy.ledger",
+    "patchguard.policy.exceptions",
+    "patchguard.signing",
+    "patchguard.sealed_report",
+    "patchguard.fleet.client",
+    "patchguard.server.db",
+    "patchguard.text",
+}
+# pyroute2's package __init__ imports these; the modules a scan uses do not.
+PYROUTE2_INIT_ONLY = {"pyroute2.ndb.main", "pyroute2.ipdb", "pyroute2.conntrack", "pyroute2.iwutil"}
 
 
 def imported(tmp_path: Path, *args: str) -> tuple[set[str], str]:
     """(top-level and patchguard modules imported, stdout) of `patchguard *args`."""
+    names, out = imported_all(tmp_path, *args)
+    tops = {n.split(".")[0] for n in names}
+    return tops | {n for n in names if n.startswith("patchguard.")}, out
+
+
+def imported_all(tmp_path: Path, *args: str) -> tuple[set[str], str]:
+    """(every module imported, stdout) of `patchguard *args` in a fresh interpreter."""
     env = {
         "PATCHGUARD_LEDGER": str(tmp_path / "no-ledger.db"),
         "PATCHGUARD_KEY": str(tmp_path / "no-host.key"),  # no key: the report is sealed unsigned
@@ -46,8 +70,19 @@ def imported(tmp_path: Path, *args: str) -> tuple[set[str], str]:
     )
     line = next(x for x in done.stderr.splitlines() if x.startswith(MARK))
     names: list[str] = json.loads(line[len(MARK) :])
-    tops = {n.split(".")[0] for n in names}
-    return tops | {n for n in names if n.startswith("patchguard.")}, done.stdout
+    return set(names), done.stdout
+
+
+def interpreter_modules(tmp_path: Path) -> set[str]:
+    """What the interpreter imports by itself (site, the venv's .pth files): not a command's."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import json, sys; print(json.dumps(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+        check=True,
+    )
+    return set(json.loads(done.stdout))
 
 
 def test_version_imports_nothing_but_the_cli(tmp_path: Path) -> None:
@@ -93,3 +128,93 @@ def test_the_cli_role_choices_are_the_ledger_rules_roles() -> None:
     from patchguard.policy import cli, rules
 
     assert cli.ROLES == rules.ROLES
+
+
+def test_help_imports_the_cli_and_argparse_only(tmp_path: Path) -> None:
+    names, out = imported_all(tmp_path, "--help")
+    assert "verify-report" in out and "fetch-policy" in out and "witness" in out
+    # the other modules' groups are listed from cli.GROUPS, not imported
+    assert {n for n in names if n.startswith("patchguard")} == {
+        "patchguard",
+        "patchguard.arguments",
+        "patchguard.cli",
+    }
+    extra = {n.split(".")[0] for n in names - interpreter_modules(tmp_path)}
+    # argparse and what it loads for help (re, gettext, shutil for the width); nothing for
+    # the handlers: no pathlib, typing, platform, logging, datetime, the ledger or keys
+    assert not extra & {"pathlib", "typing", "platform", "logging", "datetime", "sqlite3"}
+    assert not extra & (HEAVY | SERVER)
+
+
+def test_a_command_groups_help_imports_no_handler_library(tmp_path: Path) -> None:
+    for group in ("ledger", "exceptions", "server", "witness", "enrol", "verify-report"):
+        names, out = imported_all(tmp_path, group, "--help")
+        assert out.startswith(f"usage: patchguard {group}")
+        assert not names & HANDLERS, group
+        assert not {n.split(".")[0] for n in names} & (HEAVY | SERVER), group
+
+
+def test_scan_json_needs_no_server_fleet_or_key_library(tmp_path: Path) -> None:
+    names, out = imported_all(tmp_path, "scan", "--json", "--fail-on", "critical")
+    assert json.loads(out)["command"] == "scan"
+    tops = {n.split(".")[0] for n in names}
+    assert not tops & (SERVER | {"rich", "cryptography"})
+    assert not {n for n in names if n.startswith(("patchguard.server", "patchguard.fleet"))}
+    # pyroute2's modules are imported without its package __init__ (kernel/pyroute2_modules)
+    assert not names & PYROUTE2_INIT_ONLY
+
+
+def test_netfilter_asks_no_module_loading_dump_of_a_kernel_without_modules(
+    tmp_path: Path,
+) -> None:
+    names, out = imported_all(
+        tmp_path, "scan", "--json", "--surface", "modules", "--surface", "netfilter"
+    )
+    surfaces = json.loads(out)["surfaces"]
+    modules_gaps = json.loads(out)["unavailable"]
+    no_modules = any("/proc/modules absent" in g["reason"] for g in modules_gaps)
+    netfilter = next(s for s in surfaces if s["name"] == "netfilter")
+    hook_dump_asked = netfilter["counts"].get("hooks", 0) > 0 or not any(
+        "not asked" in g["reason"] for g in modules_gaps if g["surface"] == "netfilter"
+    )
+    # the prepare step's dump only loads modules: with none loadable it is not asked, so
+    # pyroute2 is imported exactly when the hook lists themselves are dumped
+    if no_modules and not hook_dump_asked:
+        assert not any(n.startswith("pyroute2") for n in names)
+
+
+def test_pyroute2_modules_load_alone_and_the_package_whole_on_first_use() -> None:
+    code = (
+        "import sys\n"
+        "from patchguard.kernel.pyroute2_modules import without_package_init\n"
+        "without_package_init()\n"
+        "from pyroute2.netlink.diag import inet_diag_req\n"
+        "from pyroute2.iproute.linux import IPRoute\n"
+        "alone = 'pyroute2.ndb.main' in sys.modules\n"
+        "from pyroute2 import IPRoute as again, NDB\n"
+        "import pyroute2\n"
+        "print(alone, again is IPRoute, pyroute2.NDB is NDB, 'pyroute2.ndb.main' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.split() == ["False", "True", "True", "True"]
+
+
+def test_check_imports_who_may_patch_code_only_when_code_changed(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("a baseline reads kernel memory: root only")
+    base, key = tmp_path / "baseline.zip", tmp_path / "host.key"
+    made = subprocess.run(
+        [sys.executable, "-m", "patchguard.cli", "baseline", "create", "--out", str(base),
+         "--key", str(key)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    names, out = imported_all(
+        tmp_path, "check", "--json", "--baseline", str(base), "--key", str(key)
+    )
+    (text,) = json.loads(out)["surfaces"]
+    changed = text["counts"]["changed_pages"] > 0
+    assert ("patchguard.integrity.owners" in names) == changed
+    assert not {n.split(".")[0] for n in names} & (SERVER | {"rich"})

@@ -7,25 +7,33 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
-from patchguard.signing import HostKey, KeyFileError, default_key_path
-from patchguard.text import visible
+from patchguard.arguments import path as path_arg
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (--help builds this parser)
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from patchguard.signing import HostKey
 
 EXIT_OK, EXIT_REFUSED, EXIT_ERROR = 0, 1, 2
 TOKEN_ENV = "PATCHGUARD_ENROL_TOKEN"
-DEFAULT_BASELINE = Path("/var/lib/patchguard/baseline.zip")
+DEFAULT_BASELINE = "/var/lib/patchguard/baseline.zip"
 
 
 def _say(text: str, err: bool = False) -> None:
+    from patchguard.text import visible
+
     print(visible(text), file=sys.stderr if err else sys.stdout, flush=True)
 
 
 def _enrol(args: argparse.Namespace) -> int:
+    import platform
+
     from patchguard.fleet import client  # the client stack only when a command needs it
+    from patchguard.signing import HostKey, default_key_path
 
     token = args.token or os.environ.get(TOKEN_ENV, "")
     if token == "-":
@@ -46,8 +54,11 @@ def _enrol(args: argparse.Namespace) -> int:
 
 def _message(args: argparse.Namespace, key: HostKey, directory: Path) -> tuple[str, int]:
     """Queue the message the options ask for; (what it is, its seq)."""
+    from pathlib import Path
+
     from patchguard.fleet import client  # the client stack only when a command needs it
     from patchguard.fleet.report import collect
+    from patchguard.signing import default_key_path
 
     baseline = args.baseline or Path(os.environ.get("PATCHGUARD_BASELINE") or DEFAULT_BASELINE)
     digest = client.baseline_digest(baseline)
@@ -84,6 +95,7 @@ def _ledger_for(directory: Path) -> Path:
 
 def _report(args: argparse.Namespace) -> int:
     from patchguard.fleet import client  # the client stack only when a command needs it
+    from patchguard.signing import HostKey, default_key_path
 
     key = HostKey.load(args.key or default_key_path())
     directory = client.state_dir(args.state_dir)
@@ -120,6 +132,7 @@ def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
         from patchguard.integrity.store import BaselineError
         from patchguard.kernel import KernelAccessError
         from patchguard.policy.ledger import LedgerError
+        from patchguard.signing import KeyFileError
 
         try:
             return handler(args)
@@ -137,14 +150,14 @@ def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--key",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="PATH",
         help="host key (default /var/lib/patchguard/host.key or $PATCHGUARD_KEY)",
     )
     parser.add_argument(
         "--state-dir",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="DIR",
         help="enrolment, spool and sequence (default /var/lib/patchguard)",
@@ -166,10 +179,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     report = sub.add_parser("report", help="scan, check and send one signed report")
     report.add_argument("--server", help="send to this URL instead of the enrolled one")
-    report.add_argument("--baseline", type=Path, default=None, metavar="PATH")
+    report.add_argument("--baseline", type=path_arg, default=None, metavar="PATH")
     report.add_argument(
         "--ledger",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="PATH",
         help="exception ledger for the scan (default: the fetched one)",

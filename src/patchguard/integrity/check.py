@@ -31,7 +31,6 @@ from patchguard.integrity.module_regions import (
     region_bounds,
     stale_modules,
 )
-from patchguard.integrity.owners import Owners, current_owners
 from patchguard.integrity.store import (
     Manifest,
     RegionEntry,
@@ -65,6 +64,7 @@ from patchguard.x86.insn import (
 
 if TYPE_CHECKING:
     from patchguard.integrity.keyed_pages import KeyedPages
+    from patchguard.integrity.owners import Owners
 
 SYSCALL_TABLES = ("sys_call_table", "ia32_sys_call_table", "x32_sys_call_table")
 
@@ -474,7 +474,7 @@ def verify(
         "modules": sum(e.name.startswith(TEXT) for e in entries),
     }
     index: SiteIndex | None = None
-    owners = Owners({}, frozenset(), {})
+    owners: Owners | None = None
     dispatch: list[DispatchEntry] = []
     for entry in entries:
         if not changed[entry.name]:
@@ -491,12 +491,17 @@ def verify(
             findings += [f for run in runs for f in _table_findings(entry, run, kernel, old)]
             continue
         if index is None:
+            # who may patch code is asked only once code changed: it reads the ebpf and
+            # tracing surfaces, whose imports are a third of a clean check's process
+            from patchguard.integrity.owners import current_owners
+
             owners, owner_gaps = current_owners(kernel)
             gaps += owner_gaps
             index = site_index(path, manifest, owners, stale)
             keys = functools.cache(index.jump_keys)
             index.keys = tracepoint_keys(kernel, owners.tracepoint_users, keys)
             dispatch = dispatch_of(manifest)
+        assert owners is not None
         read, names = _reader(kernel.memory()), kernel.attributor()
         verdicts = explain(runs, index, names, read)
         findings += [

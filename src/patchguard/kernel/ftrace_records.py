@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from itertools import compress, repeat
+from operator import and_
 from typing import TYPE_CHECKING
 
 from patchguard.kernel.btf import Btf
@@ -128,6 +130,6 @@ def sites_of(memory: KernelMemory, head: int, offsets: RecordLayout) -> Records:
         raw = memory.read(records, count * offsets.record_size) if count else b""
         ips, flags = _page(raw, offsets)
         sites += ips
-        disabled += [a for a, f in zip(ips, flags, strict=True) if f & FL_DISABLED]
+        disabled += compress(ips, map(and_, flags, repeat(FL_DISABLED)))  # C speed: 48k records
         page = read_u64(memory, page + offsets.next)
     return Records(sites, frozenset(disabled))

@@ -42,6 +42,9 @@ class HookSocket:
     """A NETLINK_NETFILTER socket that dumps hook lists; use it in a `with` block."""
 
     def __init__(self) -> None:
+        from patchguard.kernel.pyroute2_modules import without_package_init
+
+        without_package_init()
         from pyroute2.netlink import NETLINK_NETFILTER
         from pyroute2.netlink.nlsocket import NetlinkSocket
 

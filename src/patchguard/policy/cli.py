@@ -8,46 +8,45 @@ handler as `args.policy_handler`, which takes the parsed args and returns the ex
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import sys
 from collections.abc import Callable
-from datetime import UTC, date, datetime
-from pathlib import Path
-from typing import Any
 
-from patchguard.policy import exceptions as ops
-from patchguard.policy.ledger import (
-    LedgerError,
-    default_ledger_path,
-    export_json,
-    load,
-    read_rows,
-    replay,
-    verify,
-)
-from patchguard.policy.manifest import ManifestError, check_request_size, load_manifest
-from patchguard.policy.rules import ROLES
 from patchguard.policy.transparency import cli as transparency_cli
-from patchguard.policy.transparency.cli import register_witness as register_witness
-from patchguard.safe_read import InputError
-from patchguard.signing import HostKey, KeyFileError
-from patchguard.text import visible
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (--help builds this parser)
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
+
+    from patchguard.signing import HostKey
 
 EXIT_OK, EXIT_BAD_LEDGER, EXIT_ERROR = 0, 1, 2
 Handler = Callable[[argparse.Namespace], int]
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
+ROLES = ("approve", "policy")  # policy/rules.py's (a test holds them equal): --help needs no rules
 
 
 class UsageError(Exception):
     """A bad argument value, caught before anything is written."""
 
 
+def register_witness(subparsers: Any) -> None:
+    """Add `witness` to the main parser's subparsers."""
+    transparency_cli.register_witness(subparsers)
+
+
 def _ledger(args: argparse.Namespace) -> Path:
+    from pathlib import Path
+
+    from patchguard.policy.ledger import default_ledger_path
+
     return Path(args.ledger) if args.ledger else default_ledger_path()
 
 
 def _key(args: argparse.Namespace) -> HostKey:
+    from pathlib import Path
+
+    from patchguard.signing import HostKey
+
     return HostKey.load(Path(args.key))  # never created here: a mistyped path is an error
 
 
@@ -56,7 +55,15 @@ def _print(text: str) -> None:
 
 
 def _request(args: argparse.Namespace) -> int:
-    if not _DATE.match(args.expires):
+    import re
+    from datetime import date
+    from pathlib import Path
+
+    from patchguard.policy import exceptions as ops
+    from patchguard.policy.manifest import check_request_size, load_manifest
+    from patchguard.text import visible
+
+    if not re.match(r"\d{4}-\d{2}-\d{2}\Z", args.expires):
         raise UsageError(f"--expires: {args.expires!r} is not a date (YYYY-MM-DD)")
     try:
         expires = date.fromisoformat(args.expires)
@@ -71,6 +78,9 @@ def _request(args: argparse.Namespace) -> int:
 
 def _decision(approve: bool) -> Handler:
     def handler(args: argparse.Namespace) -> int:
+        from patchguard.policy import exceptions as ops
+        from patchguard.text import visible
+
         done = ops.decide(_ledger(args), _key(args), args.id, approve, args.reason)
         _print(visible(done.description))
         return EXIT_OK
@@ -79,11 +89,19 @@ def _decision(approve: bool) -> Handler:
 
 
 def _revoke(args: argparse.Namespace) -> int:
+    from patchguard.policy import exceptions as ops
+    from patchguard.text import visible
+
     _print(visible(ops.revoke(_ledger(args), _key(args), args.id, args.reason).description))
     return EXIT_OK
 
 
 def _list(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from patchguard.policy import exceptions as ops
+    from patchguard.text import visible
+
     now = datetime.now(UTC)
     for r in ops.requests(_ledger(args)):
         m = r.manifest
@@ -94,11 +112,17 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _init(args: argparse.Namespace) -> int:
+    from patchguard.policy import exceptions as ops
+    from patchguard.text import visible
+
     _print(visible(ops.init_ledger(_ledger(args), _key(args), args.owner).description))
     return EXIT_OK
 
 
 def _key_add(args: argparse.Namespace) -> int:
+    from patchguard.policy import exceptions as ops
+    from patchguard.text import visible
+
     try:
         public_key = bytes.fromhex(args.public_key)
     except ValueError:
@@ -112,6 +136,10 @@ def _key_add(args: argparse.Namespace) -> int:
 
 
 def _key_show(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from patchguard.signing import HostKey
+
     # --create is the one way to make a new actor key: everywhere else a missing key is a typo
     key = HostKey.load_or_create(Path(args.key)) if args.create else _key(args)
     _print(f"fingerprint {key.fingerprint()}\npublic key {key.public_key_bytes().hex()}")
@@ -119,11 +147,17 @@ def _key_show(args: argparse.Namespace) -> int:
 
 
 def _max_expiry(args: argparse.Namespace) -> int:
+    from patchguard.policy import exceptions as ops
+    from patchguard.text import visible
+
     _print(visible(ops.set_max_expiry(_ledger(args), _key(args), args.days).description))
     return EXIT_OK
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from patchguard.policy.ledger import verify
+    from patchguard.text import visible
+
     path = _ledger(args)
     result = verify(path, args.root, args.head)
     if not result.ok:
@@ -134,6 +168,11 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    import json
+
+    from patchguard.policy.ledger import export_json, read_rows, replay
+    from patchguard.text import visible
+
     path = _ledger(args)
     if args.json:
         _print(json.dumps(export_json(path), indent=2))
@@ -149,6 +188,10 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from patchguard.policy import exceptions as ops
+    from patchguard.policy.ledger import load
+    from patchguard.text import visible
+
     stats = ops.vendor_report(load(_ledger(args)).state.requests.values())
     _print("vendor\trequests\tapproved\tdenied\tmedian time to decision")
     for s in stats:
@@ -157,13 +200,27 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _expected_errors() -> tuple[type[Exception], ...]:
+    """The errors a command reports as one line: imported when one is raised, not before."""
+    from patchguard.policy.ledger import LedgerError
+    from patchguard.policy.manifest import ManifestError
+    from patchguard.safe_read import InputError
+    from patchguard.signing import KeyFileError
+
+    return (LedgerError, ManifestError, KeyFileError, InputError)
+
+
 def _guarded(handler: Handler) -> Handler:
     """Every expected failure becomes one line on stderr and exit 2."""
 
     def run(args: argparse.Namespace) -> int:
         try:
             return handler(args)
-        except (UsageError, LedgerError, ManifestError, KeyFileError, InputError) as exc:
+        except Exception as exc:
+            if not isinstance(exc, (UsageError, *_expected_errors())):
+                raise
+            from patchguard.text import visible
+
             print(f"patchguard: {visible(exc)}", file=sys.stderr)
             return EXIT_ERROR
 

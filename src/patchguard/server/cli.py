@@ -6,16 +6,17 @@ only here, so `patchguard scan` does not pay for it."""
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import re
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING
 
+from patchguard.arguments import path as path_arg
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (--help builds this parser)
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from sqlalchemy import Engine
 
 EXIT_OK, EXIT_ERROR = 0, 2
@@ -31,6 +32,8 @@ class UsageError(Exception):
 
 def expiry(text: str | None, now: datetime) -> datetime | None:
     """`--expires`: a duration (30m, 12h, 7d) or an ISO date or time (UTC unless given)."""
+    from datetime import UTC, datetime, timedelta
+
     if text is None:
         return None
     match = _DURATION.match(text)
@@ -47,6 +50,8 @@ def _url(args: argparse.Namespace) -> str:
     from patchguard.server.db import DEFAULT_URL
 
     url: str = args.db or DEFAULT_URL
+    from pathlib import Path
+
     if url.startswith("sqlite:///"):  # the default's directory may not exist yet
         path = Path(url.removeprefix("sqlite:///"))
         if str(path) != ":memory:":
@@ -71,6 +76,8 @@ def _listen(text: str) -> tuple[str, int]:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import logging
+
     import uvicorn
 
     from patchguard.server.app import LOG_FORMAT, Settings
@@ -202,8 +209,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     server.add_argument("--listen", default="127.0.0.1:8470", metavar="HOST:PORT")
     server.add_argument(
         "--key",
-        type=Path,
-        default=Path("/var/lib/patchguard/server.key"),
+        type=path_arg,
+        default="/var/lib/patchguard/server.key",
         metavar="PATH",
         help="the server's signing key, created on first use",
     )
@@ -247,6 +254,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ledger = actions.add_parser("ledger", help="the exception ledger the server serves")
     ledger_actions = ledger.add_subparsers(dest="ledger_command", required=True)
     load = ledger_actions.add_parser("import", help="verify a ledger and add its new entries")
-    load.add_argument("path", type=Path, help="ledger.db or a `ledger export` JSON file")
+    load.add_argument("path", type=path_arg, help="ledger.db or a `ledger export` JSON file")
     _db(load, argparse.SUPPRESS)
     load.set_defaults(handler=_guarded(_ledger_import))

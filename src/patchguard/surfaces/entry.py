@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import struct
-import subprocess
 from dataclasses import dataclass
 
 from patchguard.findings import Disposition, Finding, Gap
@@ -85,6 +84,8 @@ def _ensure_msr_device(kernel: Kernel) -> str | None:
             "no /dev/cpu/*/msr and this kernel has no loadable modules to provide it "
             "(CONFIG_X86_MSR=m needs `modprobe msr`)"
         )
+    import subprocess  # only where modprobe is run, not with every scan's imports
+
     done = subprocess.run(["modprobe", "msr"], capture_output=True, text=True, check=False)
     if not os.path.exists("/dev/cpu/0/msr"):
         why = done.stderr.strip() or f"exit {done.returncode}"

@@ -13,6 +13,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from operator import add, sub
 
 from patchguard.findings import Disposition, Finding
 from patchguard.kernel import Kernel
@@ -92,21 +94,34 @@ def record_list(kernel: Kernel, memory: KernelMemory) -> tuple[int, str]:
 Read = Callable[[int, int], bytes]
 
 
-def site_code(sites: Iterable[int], text: bytes, text_start: int, read: Read) -> dict[int, bytes]:
-    """The 5 bytes at each site: from the core text already read, else one read per page."""
+def site_code(
+    sites: Sequence[int], text: bytes, text_start: int, read: Read, skip: bytes | None = None
+) -> dict[int, bytes]:
+    """The 5 bytes at each site (but those that hold `skip`), in the sites' order: from the
+    core text already read, else one read per page."""
+    lo, hi = text_start, text_start + len(text) - 5
+    # one comprehension over 48k sites, no call per site
+    found = {s: c for s in sites if lo <= s <= hi and (c := text[s - lo : s - lo + 5]) != skip}
+    if not sites or (lo <= min(sites) and max(sites) <= hi):  # all in the core text
+        return found
+    outside = [s for s in sites if not lo <= s <= hi]
+    found |= _read_sites(outside, read, skip)
+    return {s: found[s] for s in sites if s in found}
+
+
+def _read_sites(sites: Iterable[int], read: Read, skip: bytes | None) -> dict[int, bytes]:
+    """The 5 bytes at each site (but `skip`), one read per page."""
     pages: dict[int, bytes] = {}
     found = {}
     for site in sites:
-        at = site - text_start
-        if at >= 0 and at + 5 <= len(text):
-            found[site] = text[at : at + 5]
-            continue
         page = site & ~(PAGE - 1)
         with_next = site + 5 > page + PAGE
         key = page if not with_next else site
         if key not in pages:
             pages[key] = read(key, 5 if with_next else PAGE)
-        found[site] = pages[key][site - key : site - key + 5]
+        code = pages[key][site - key : site - key + 5]
+        if code != skip:
+            found[site] = code
     return found
 
 
@@ -137,8 +152,8 @@ def check_sites(kernel: Kernel, memory: KernelMemory, text: bytes, start: int) -
     head, source = record_list(kernel, memory)
     records = sites_of(memory, head, layout(kernel.vmlinux_btf))
     sites = records.sites
-    codes = site_code(sites, text, start, memory.read)
-    allowed = trampolines(kernel.kallsyms)
+    codes = site_code(sites, text, start, memory.read, skip=x86.NOP5)  # NOP5: most sites
+    allowed = trampolines(kernel.kallsyms) if codes else frozenset()
     calls, bad = 0, []
     for site, code in codes.items():
         ok, target = judge(code, site, allowed)
@@ -151,23 +166,25 @@ def check_sites(kernel: Kernel, memory: KernelMemory, text: bytes, start: int) -
     called = {t for _, c, t in bad if t is not None and c[0] == x86.CALL}
     tramps = bpf_trampolines.identify(kernel, memory, called)
     hooks = tuple(_hook(kernel, s, c, t, tramps.get(t) if t else None) for s, c, t in bad)
-    named, unnamed, count = _unlisted(kernel, [s for s in sites if s not in records.disabled])
+    named, unnamed, count = _unlisted(kernel, sites, records.disabled)
     return FtraceSites(len(sites), calls, source, hooks, count, named, unnamed)
 
 
 SHOWN = 12  # unlisted functions named in a finding
 
 
-def _unlisted(kernel: Kernel, sites: Sequence[int]) -> tuple[tuple[str, ...], tuple[str, ...], int]:
-    """The ftrace sites (of records ftrace may enable) whose function kallsyms, as read here,
-    does not list: those the kernel's own %pS names as a function's start (the view hid
-    them), and those nobody names (code of no listed module). A site the kernel names deep
-    inside another function is no function's: it is not counted."""
-    missing = _not_started(kernel.kallsyms.starts, sites)
+def _unlisted(
+    kernel: Kernel, sites: Sequence[int], disabled: frozenset[int]
+) -> tuple[tuple[str, ...], tuple[str, ...], int]:
+    """The ftrace sites (of records ftrace may enable: not `disabled`) whose function
+    kallsyms, as read here, does not list: those the kernel's own %pS names as a function's
+    start (the view hid them), and those nobody names (code of no listed module). A site the
+    kernel names deep inside another function is no function's: it is not counted."""
+    missing = [s for s in _not_started(kernel.kallsyms, sites) if s not in disabled]
     if missing and kernel.live:
         # A module loaded since kallsyms was read has records the earlier read lacks: only
         # what a second read, after the records, still lacks counts.
-        missing = _not_started(_fresh_starts(kernel), missing)
+        missing = _not_started(_fresh_symbols(kernel), missing)
     if not missing:
         return (), (), 0
     said = kernel.names(missing)
@@ -184,17 +201,23 @@ def _settled(memory: KernelMemory, site: int, code: bytes) -> bool:
     return again != code and (again == x86.NOP5 or again[0] == x86.CALL)
 
 
-def _not_started(starts: frozenset[int], sites: Sequence[int]) -> list[int]:
-    """The sites no symbol starts at (or 4 bytes before: the ENDBR64 under IBT)."""
-    return [s for s in sites if s not in starts and s - 4 not in starts]
+def _not_started(symbols: SymbolTable, sites: Sequence[int]) -> list[int]:
+    """The sites no symbol starts at (or 4 bytes before: the ENDBR64 under IBT), in their
+    order; by set operations at C speed (48k sites, 122k starts)."""
+    left = symbols.not_starting(sites)
+    if not left:
+        return []
+    endbr = symbols.not_starting(map(sub, left, repeat(4)))  # where the ENDBR64 would start
+    left = set(map(add, endbr, repeat(4)))
+    return [s for s in sites if s in left] if left else []
 
 
-def _fresh_starts(kernel: Kernel) -> frozenset[int]:
+def _fresh_symbols(kernel: Kernel) -> SymbolTable:
     try:
         raw = ChildRead(kernel.path("/proc/kallsyms")).result()
     except OSError:
-        return frozenset()
-    return SymbolTable(raw.decode(errors="replace")).starts
+        return SymbolTable("")
+    return SymbolTable(raw.decode(errors="replace"))
 
 
 def findings(surface: str, sites: FtraceSites) -> list[Finding]:

@@ -13,12 +13,16 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+
+from patchguard.arguments import path as path_arg
 
 # What each command needs is imported when it runs (HTTP client and server, the ledger, keys):
 # registering the commands is part of every `patchguard --help`.
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
+
     from patchguard.policy.transparency import note
     from patchguard.policy.transparency.witness import Witness
 
@@ -41,7 +45,7 @@ def _lines(data: bytes) -> str:
 def _ledger(args: argparse.Namespace) -> Path:
     from patchguard.policy.paths import default_ledger_path
 
-    return Path(args.ledger) if args.ledger else default_ledger_path()
+    return path_arg(args.ledger) if args.ledger else default_ledger_path()
 
 
 def _print(text: str) -> None:
@@ -78,7 +82,7 @@ def _log_init(args: argparse.Namespace) -> int:
     from patchguard.policy.transparency import publish
 
     path = _ledger(args)
-    key = Path(args.log_key) if args.log_key else path.parent / "log.key"
+    key = path_arg(args.log_key) if args.log_key else path.parent / "log.key"
     signed = publish.init_log(path, args.origin, key)
     _print(f"{path}: a transparency log; first checkpoint {signed.checkpoint.describe()}")
     return EXIT_OK
@@ -95,7 +99,7 @@ def _publish(args: argparse.Namespace) -> int:
     from patchguard.policy.transparency import publish
 
     view = publish.load_log(_ledger(args))
-    done = publish.publish(view, Path(args.directory))
+    done = publish.publish(view, path_arg(args.directory))
     _print(
         f"{args.directory}: {view.latest.checkpoint.describe()}; "
         f"{done.written} files written, {done.unchanged} unchanged"
@@ -120,7 +124,7 @@ def _prove(args: argparse.Namespace) -> int:
 def _state(args: argparse.Namespace) -> Path:
     from patchguard.policy.transparency import client
 
-    return Path(args.state) if args.state else client.default_state_dir()
+    return path_arg(args.state) if args.state else client.default_state_dir()
 
 
 def _verify_remote(args: argparse.Namespace) -> int:
@@ -228,7 +232,11 @@ def _witness(args: argparse.Namespace) -> Witness:
     from patchguard.policy.transparency.witness import Witness
     from patchguard.signing import HostKey
 
-    key = HostKey.load_or_create(Path(args.key)) if args.create else HostKey.load(Path(args.key))
+    key = (
+        HostKey.load_or_create(path_arg(args.key))
+        if args.create
+        else HostKey.load(path_arg(args.key))
+    )
     signer = note.Signer(note.check_name(args.name), note.COSIGNATURE, key)
     logs = tuple(_log_key(v) for v in args.log or ())
     return Witness(signer, logs, _state(args))

@@ -147,7 +147,10 @@ def _join(path: str) -> None:
 
 
 def _read_devices(label: str) -> list[tuple[int, NetAttach]]:
-    from pyroute2.iproute.linux import IPRoute  # 0.4 s to import: only when a scan needs it
+    from patchguard.kernel.pyroute2_modules import without_package_init
+
+    without_package_init()  # IPRoute's modules alone, not all of pyroute2's
+    from pyroute2.iproute.linux import IPRoute  # slow to import: only when a scan needs it
 
     found: list[tuple[int, NetAttach]] = []
     with IPRoute() as ipr:

@@ -12,10 +12,8 @@ from __future__ import annotations
 import bisect
 import fnmatch
 import os
-import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -192,6 +190,8 @@ def secret_at(site: ProbedSite, entries: tuple[SecretEntry, ...]) -> SecretHit |
 
 
 def parse_secrets(text: str, source: str) -> tuple[SecretEntry, ...]:
+    import tomllib  # only where a uprobe is there to judge: not with every scan's imports
+
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -230,6 +230,8 @@ def _globs(item: dict[str, object], key: str, where: str) -> tuple[str, ...]:
 
 
 def shipped_secrets() -> tuple[SecretEntry, ...]:
+    from importlib import resources
+
     text = resources.files(__package__ or "patchguard.surfaces.ebpf").joinpath(SECRETS_FILE)
     return parse_secrets(text.read_text(), SECRETS_FILE)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import TYPE_CHECKING
 
 from patchguard.findings import Finding
@@ -24,8 +25,10 @@ class NetfilterSurface:
 
     def prepare(self, kernel: Kernel) -> None:
         """One hook dump before any view of the modules is read (scan.prepare_surfaces): the
-        socket auto-loads nfnetlink, the dump nfnetlink_hook where it is a module."""
-        if kernel.live:
+        socket auto-loads nfnetlink, the dump nfnetlink_hook where it is a module. A kernel
+        without loadable modules (no /proc/modules) loads neither: it is not asked (nor pyroute2
+        imported for it)."""
+        if kernel.live and os.path.exists(kernel.path("/proc/modules")):
             with contextlib.suppress(HookDumpError, ValueError), HookSocket() as sock:
                 sock.dump(*HOOK_LISTS[0])
 

@@ -62,6 +62,9 @@ class DumpInterrupted(Exception):
 def request(protocol: str) -> bytes:
     """The dump request for one protocol, in pyroute2's encoding (imported only here: it is
     slow to import and only the live kernel needs it)."""
+    from patchguard.kernel.pyroute2_modules import without_package_init
+
+    without_package_init()
     from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
     from pyroute2.netlink.diag import inet_diag_req, unix_diag_req
 

@@ -254,7 +254,10 @@ def test_watchdog_and_ready_notifications(tmp_path: Path) -> None:
         sock.settimeout(10)
         env = {**os.environ, "NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "400000"}
         config = tmp_path / "guard.toml"
-        config.write_text('[guard]\nbaseline = ""\ntrigger_interval = 0.1\n')
+        config.write_text(
+            f'[guard]\nbaseline = ""\ntrigger_interval = 0.1\nspool = "{tmp_path / "spool"}"\n'
+            f'key = "{tmp_path / "host.key"}"\n'
+        )
         proc = subprocess.Popen(
             [sys.executable, "-m", "patchguard.cli", "guard", "--config", str(config)],
             stdout=subprocess.DEVNULL,

@@ -98,6 +98,9 @@ def _parser(policy: bool = True) -> argparse.ArgumentParser:
         "/var/lib/patchguard/host.key, or $PATCHGUARD_KEY)",
     )
 
+    from patchguard import guard_cli as guard_commands
+
+    guard_commands.register_baseline(base_sub)  # baseline rotate
     check = sub.add_parser("check", help="compare the running kernel with the baseline")
     check.add_argument("--baseline", type=Path, default=None, metavar="PATH")
     check.add_argument("--key", type=Path, default=None, metavar="PATH")
@@ -122,6 +125,7 @@ def _parser(policy: bool = True) -> argparse.ArgumentParser:
         action="store_true",
         help="print the systemd unit for this installation and exit",
     )
+    guard_commands.register_guard(guard)  # --stop-requested PID (ExecStop)
     if policy:
         from patchguard import report_cli
         from patchguard.fleet import cli as fleet_cli
@@ -351,6 +355,10 @@ def cmd_guard(args: argparse.Namespace, out: Console, err: Console) -> int:
         exe = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "patchguard" else None
         print(unit.replace("@PATCHGUARD@", str(exe or "/usr/local/bin/patchguard")), end="")
         return EXIT_CLEAN
+    if args.stop_requested is not None:
+        from patchguard.guard_cli import stop_requested
+
+        return stop_requested(args.config, args.stop_requested)
     return guard_main(args.config)
 
 

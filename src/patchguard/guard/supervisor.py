@@ -27,11 +27,12 @@ from patchguard.guard.sinks import Outlets
 from patchguard.guard.systemd import Watchdog, notify
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-# From SIGTERM to exit: the worker gets WORKER_GRACE to leave its loop, then the fleet link
-# and the webhook threads their shares of the rest; the whole stays under the 2 s promised.
-WORKER_GRACE = 0.8
-LINK_GRACE = 0.4
-SINK_GRACE = 0.3
+# From SIGTERM to exit, STOP_BUDGET in all, under the 2 s promised: the worker gets up to
+# WORKER_GRACE to leave its loop, the webhook threads SINK_GRACE at the end, and the fleet
+# link what is left between (what it cannot send in time waits in its spool for the next run).
+STOP_BUDGET = 1.7
+WORKER_GRACE = 0.6
+SINK_GRACE = 0.2
 TICK = 0.2  # how often the main thread looks at the worker
 STALL_DEFAULT = 30.0  # seconds without progress that count as stuck, without a watchdog
 
@@ -115,12 +116,13 @@ class Supervisor:
 
     def _finish(self, worker: threading.Thread, sent: stops.Sender | None) -> int:
         notify("STOPPING=1")
+        deadline = time.monotonic() + STOP_BUDGET
         worker.join(WORKER_GRACE)
         if sent is None and self.failure is None:
             self.failure = "the guard's work ended without a stop"
         event = self._stop_event(sent, worker.is_alive())
         self.outlets.announce(event)
-        self._close(event)
+        self._close(event, deadline)
         code = 0 if self.failure is None else 1
         if worker.is_alive():  # stuck in a wait it cannot leave: the kernel closes its fds
             with contextlib.suppress(Exception):
@@ -154,7 +156,7 @@ class Supervisor:
             )
         return event
 
-    def _close(self, event: dict[str, Any]) -> None:
+    def _close(self, event: dict[str, Any], deadline: float) -> None:
         """The fleet server hears of the stop, and the run is written down, each in bounded
         time; then the sinks stop."""
         guard = self.guard
@@ -164,5 +166,5 @@ class Supervisor:
             reason = event.get("message") or "the guard stopped"
             told = threading.Thread(target=guard.server.stop, args=(reason,), daemon=True)
             told.start()
-            told.join(LINK_GRACE)
+            told.join(max(0.1, deadline - SINK_GRACE - time.monotonic()))
         self.outlets.close(SINK_GRACE)

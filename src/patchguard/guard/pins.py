@@ -172,37 +172,26 @@ class GuardMemory:
     def ledger_check(self) -> list[Finding]:
         """The ledger against the head last accepted: it must hold that entry where it was;
         a longer ledger that does is accepted, and its head pinned."""
-        ledger = self.config.ledger
-        pinned = self.pinned_head()
-        if ledger is None or pinned is None:
-            return self._accept_first(ledger) if ledger is not None else []
-        return self._against(ledger, pinned)
-
-    def _accept_first(self, ledger: Path) -> list[Finding]:
-        head = _head(ledger)
-        if isinstance(head, tuple) and head[0] > 0:
-            self.save(ledger_seq=head[0], ledger_hash=head[1])
-        return []
-
-    def _against(self, ledger: Path, pinned: tuple[int, str]) -> list[Finding]:
         from patchguard.policy.ledger import LedgerError, load
 
-        seq, digest = pinned
+        ledger = self.config.ledger
+        if ledger is None:
+            return []
+        seq, digest = self.pinned_head() or (0, "")
         evidence: dict[str, Any] = {"path": str(ledger), "pinned_seq": seq, "pinned_hash": digest}
         try:
             entries = load(ledger).entries
-        except FileNotFoundError:
-            why = f"the ledger is gone; it had {seq} entries"
-            return [_finding("ledger-head-lost", ledger, why, evidence)]
         except (LedgerError, OSError) as exc:
             return self._unreadable(ledger, str(exc), evidence)
-        if len(entries) < seq or entries[seq - 1].hash != digest:
+        if seq and (len(entries) < seq or entries[seq - 1].hash != digest):
             held = f"{len(entries)} entries" if entries else "no entries (it is empty)"
             why = f"the ledger holds {held} and not entry {seq} with hash {digest[:16]}: it was "
             why += "cut short, emptied or rebuilt"
             return [
                 _finding("ledger-head-lost", ledger, why, {**evidence, "entries": len(entries)})
             ]
+        if not entries:
+            return []
         last = entries[-1]
         if last.seq != self.state.ledger_seq or last.hash != self.state.ledger_hash:
             self.save(ledger_seq=last.seq, ledger_hash=last.hash)
@@ -212,21 +201,13 @@ class GuardMemory:
         if "locked" in reason:
             why = f"the ledger could not be read: another process holds its lock ({reason})"
             return [_finding("ledger-locked", ledger, why, evidence)]
-        if "no ledger here" in reason:
+        if not evidence["pinned_seq"]:
+            return []  # nothing accepted yet: the ledger feed and the scan say what is wrong
+        if "no ledger here" in reason or "No such file" in reason:
             why = f"the ledger is gone; it had {evidence['pinned_seq']} entries"
             return [_finding("ledger-head-lost", ledger, why, evidence)]
         why = f"the ledger does not extend the head the guard accepted: {reason}"
         return [_finding("ledger-head-lost", ledger, why, evidence)]
-
-
-def _head(ledger: Path) -> tuple[int, str] | None:
-    from patchguard.policy.ledger import LedgerError, load
-
-    try:
-        entries = load(ledger).entries
-    except (LedgerError, OSError):
-        return None
-    return (entries[-1].seq, entries[-1].hash) if entries else None
 
 
 def rotation_now(baseline: Path, before: str | None, after: str, reason: str) -> Rotation:

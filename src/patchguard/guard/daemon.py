@@ -33,6 +33,7 @@ from patchguard.guard.tamper import (
 )
 from patchguard.guard.triggers import TriggerState
 from patchguard.kernel import Kernel, KernelAccessError
+from patchguard.policy import ledger
 from patchguard.report import finding_json
 from patchguard.scan import run_scan
 from patchguard.surfaces import all_surfaces
@@ -75,6 +76,7 @@ class Guard:
         self.log = outlets.log
         self.server: ServerLink | None = None
         self.kernel = Kernel()
+        ledger.BEFORE_OPEN = lambda _path: self.mark(self.progress.phase)
         self.metrics = Metrics(config.metrics)
         self.active: dict[str, set[FindingKey]] = {}  # per surface: findings seen last time
         self.records: dict[str, Sequence[object]] = {}
@@ -484,7 +486,6 @@ class Guard:
 
 def main(config_path: Path | None, out: IO[str] = sys.stdout) -> int:
     from patchguard.guard.supervisor import Supervisor
-    from patchguard.policy import ledger
 
     # No bytecode written by the guard: every file of its code is pinned at start, and a cache
     # file appearing later is reported, not explained away.

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -158,9 +158,14 @@ def _same_file(path: Path, real: Path, checked: os.stat_result | None) -> None:
 # (a lock held by anyone must not hold a sweep past the watchdog); the CLI waits out appends.
 READ_LOCK_WAIT = 30.0
 WRITE_LOCK_WAIT = 30.0
+# Called before each open that may wait that long: the guard counts it as progress, so a run
+# of bounded lock waits is not taken for a hang by its watchdog.
+BEFORE_OPEN: Callable[[Path], None] | None = None
 
 
 def _connect(path: Path, create: bool) -> sqlite3.Connection:
+    if BEFORE_OPEN is not None:
+        BEFORE_OPEN(path)
     if create:
         path.parent.mkdir(parents=True, exist_ok=True)
     real = path.resolve()

@@ -157,7 +157,7 @@ def test_a_ledger_locked_by_another_process(tmp_path: Path, receiver: Receiver) 
 
 def _drain(sock: socket.socket) -> list[str]:
     sock.settimeout(3)
-    got = []
+    got: list[str] = []
     with contextlib.suppress(TimeoutError):
         while len(got) < 20:
             got.append(sock.recv(256).decode())

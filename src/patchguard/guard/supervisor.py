@@ -25,6 +25,7 @@ from patchguard.guard.config import GuardConfig
 from patchguard.guard.kernel_events import Waiter
 from patchguard.guard.sinks import Outlets
 from patchguard.guard.systemd import Watchdog, notify
+from patchguard.text import visible
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # From SIGTERM to exit, STOP_BUDGET in all, under the 2 s promised: the worker gets up to
@@ -133,6 +134,7 @@ class Supervisor:
 
     def _stop_event(self, sent: stops.Sender | None, stuck: bool) -> dict[str, Any]:
         if self.failure is not None:
+            print(f"patchguard: the guard failed: {visible(self.failure)}", file=sys.stderr)
             return {
                 "event": "stop",
                 "requested": False,

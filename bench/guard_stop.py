@@ -24,6 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "live"))
 from support.guard_process import Guard, signals_blocked, write_config
 from test_guard_stops_live import ledger_locked, make_ledger
 
+
+def started(g: Guard) -> object:
+    return g.event("start")
+
+
 BODY = 'baseline = ""\nledger = "{ledger}"\nsweep_mean = 600\n'
 
 

@@ -255,7 +255,7 @@ def test_sigterm_while_the_spool_drains(tmp_path: Path) -> None:
         slow.close()
     left = spooled(tmp_path)
     assert any(e.get("event") == "old" for e in left), "the drain was over before the stop"
-    assert stop == {**stop, "event": "stop"}
+    assert stop["requested"] is False
     assert any(e.get("event") == "stop" for e in left)  # waits for the next run
 
 

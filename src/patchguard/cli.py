@@ -152,6 +152,9 @@ def _parser(command: str | None = None, everything: bool = True) -> argparse.Arg
         "/var/lib/patchguard/host.key, or $PATCHGUARD_KEY)",
     )
 
+    from patchguard import guard_cli as guard_commands
+
+    guard_commands.register_baseline(base_sub)  # baseline rotate
     check = sub.add_parser("check", help="compare the running kernel with the baseline")
     check.add_argument("--baseline", type=path_arg, default=None, metavar="PATH")
     check.add_argument("--key", type=path_arg, default=None, metavar="PATH")
@@ -176,6 +179,7 @@ def _parser(command: str | None = None, everything: bool = True) -> argparse.Arg
         action="store_true",
         help="print the systemd unit for this installation and exit",
     )
+    guard_commands.register_guard(guard)  # --stop-requested PID (ExecStop)
     _add_groups(sub, command, everything)
     config = sub.add_parser("config", help="guard configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True)
@@ -395,6 +399,10 @@ def cmd_guard(args: argparse.Namespace, out: Console, err: Console) -> int:
         exe = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "patchguard" else None
         print(unit.replace("@PATCHGUARD@", str(exe or "/usr/local/bin/patchguard")), end="")
         return EXIT_CLEAN
+    if args.stop_requested is not None:
+        from patchguard.guard_cli import stop_requested
+
+        return stop_requested(args.config, args.stop_requested)
     return guard_main(args.config)
 
 

@@ -767,6 +767,27 @@ _CATALOGUE: tuple[Technique, ...] = (
         IMPAIR_DEFENSES,
         "A surface the guard could read when it started cannot be read any more",
     ),
+    Technique(
+        "ledger-head-lost",
+        Severity.CRITICAL,
+        STORED_DATA,
+        "The exception ledger does not extend the head the guard last accepted (or its config "
+        "pins): it was cut short, emptied, removed or rebuilt",
+    ),
+    Technique(
+        "ledger-locked",
+        Severity.HIGH,
+        IMPAIR_DEFENSES,
+        "Another process held the exception ledger's lock longer than the guard waits: the "
+        "ledger could not be read",
+    ),
+    Technique(
+        "guard-state-untrusted",
+        Severity.CRITICAL,
+        IMPAIR_DEFENSES,
+        "The guard's signed state (its pinned baseline and ledger head, its last run) does "
+        "not verify with the host key: it was edited or forged",
+    ),
 )
 TECHNIQUES: Mapping[str, Technique] = {t.name: t for t in _CATALOGUE}
 

@@ -134,8 +134,9 @@ def test_guard_kept_running_explains_an_fentry_attached_after_it_started(tmp_pat
     start, the trampoline would be code no symbol names, and the site tampering."""
     import io
 
+    from support.guard_in_process import in_process_guard
+
     from patchguard.guard.config import parse_config
-    from patchguard.guard.daemon import Guard
     from patchguard.integrity.check import capture
     from patchguard.integrity.store import save_baseline
     from patchguard.kernel import Kernel
@@ -148,7 +149,7 @@ def test_guard_kept_running_explains_an_fentry_attached_after_it_started(tmp_pat
     finally:
         kernel.close()
     body = f'[guard]\nbaseline = "{baseline}"\nkey = "{key}"\nsweep_mean = 600\n'
-    guard = Guard(parse_config(body, tmp_path / "guard.toml"), None, io.StringIO())
+    guard = in_process_guard(parse_config(body, tmp_path / "guard.toml"), io.StringIO())
     try:
         assert [f for f in guard.check_baseline() if f.severity.label == "critical"] == []
         try:

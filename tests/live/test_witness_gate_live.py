@@ -8,10 +8,10 @@ import io
 import json
 from pathlib import Path
 
+from support.guard_in_process import in_process_guard
 from support.witnesses import World, world
 
 from patchguard.guard.config import parse_config
-from patchguard.guard.daemon import Guard
 
 __all__ = ["world"]  # the fixture (tests/support/witnesses.py)
 
@@ -33,7 +33,7 @@ def test_the_guard_reports_an_unwitnessed_exception_until_it_is_witnessed(
     world.approve(seq)
     world.publish()
     out = io.StringIO()
-    guard = Guard(parse_config(guard_config(world, tmp_path), tmp_path / "g.toml"), None, out)
+    guard = in_process_guard(parse_config(guard_config(world, tmp_path), tmp_path / "g.toml"), out)
     try:
         posture = [guard.surfaces["posture"]]
         found = [f for f in guard.collect(posture, "sweep") if f.surface == "transparency"]

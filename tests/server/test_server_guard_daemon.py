@@ -59,7 +59,7 @@ def test_the_guard_reports_its_sweep_and_its_stop(server: ServerProcess, tmp_pat
     assert guard.returncode == 0, err
     events = [json.loads(line)["event"] for line in out.splitlines()]
     assert "start" in events and "stop" in events and "server-unavailable" not in events
-    assert host_view(server, token, host.fingerprint)["status"] == "stopped"
+    assert host_view(server, token, host.fingerprint)["status"] == "stopped", err
 
 
 def test_a_bad_server_table_is_one_line_at_config_check(tmp_path: Path) -> None:

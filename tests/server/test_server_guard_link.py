@@ -85,3 +85,29 @@ def test_server_settings_are_checked(tmp_path: Path) -> None:
     ):
         with pytest.raises(ValueError, match=key):
             server_settings(table, path)
+
+
+def test_a_rotation_the_guard_accepted_raises_no_alert(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """The guard's `rotated` is the signed baseline-rotated message the server takes a new
+    digest from; the same change without it is a baseline-changed alert."""
+    host = enrolled_host(server, tmp_path)
+    token = make_token(server.db_url, "operator")
+    baseline = tmp_path / "baseline.zip"
+    baseline.write_bytes(b"first")
+    link = ServerLink(ServerSettings(host.directory, heartbeat=60), host.key, baseline)
+    try:
+        link.sweep([])
+        wait_until(lambda: host_view(server, token, host.fingerprint)["last_seq"] >= 2)
+        baseline.write_bytes(b"second, rotated through the CLI")
+        link.rotated("kernel 6.9 installed")
+        wait_until(lambda: host_view(server, token, host.fingerprint)["last_seq"] >= 3)
+        assert operator(f"{server.url}/api/v1/alerts", token)[1]["alerts"] == []
+        baseline.write_bytes(b"third, behind the guard's back")
+        link.sweep([])
+        wait_until(lambda: host_view(server, token, host.fingerprint)["last_seq"] >= 4)
+    finally:
+        link.stop()
+    alerts = operator(f"{server.url}/api/v1/alerts", token)[1]["alerts"]
+    assert [a["kind"] for a in alerts] == ["baseline-changed"]

@@ -16,7 +16,7 @@ LAYERS = (
     ("patchguard.scan", "patchguard.report", "patchguard.sealed_report", "patchguard.integrity"),
     ("patchguard.policy",),
     ("patchguard.guard", "patchguard.fleet", "patchguard.server"),
-    ("patchguard.cli", "patchguard.report_cli"),
+    ("patchguard.cli", "patchguard.report_cli", "patchguard.guard_cli"),
 )
 EXCEPTIONS: set[tuple[str, str]] = set()  # (importer, imported) pairs allowed for now
 

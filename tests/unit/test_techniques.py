@@ -23,6 +23,9 @@ NOT_TECHNIQUES = {
     "directory-listing", "module-list", "network-listing", "ledger-entry", "reload-failed",
     "ledger-untrusted", "ledger-expiry-failed", "ledger-rewritten", "server-unavailable",
     "key-add", "key-show",
+    # the guard's own events, thread and phase names, and state files (guard/)
+    "last-stop-unrequested", "last-run-unstopped", "state-unavailable", "guard-work",
+    "stop-requested", "self-check", "guard-state", "guard-stalled",
     "max-expiry", "utf-8", "log-init", "witness-collect", "gpg-agent", "ssh-agent", "sshd-session",
     "polkit-agent-helper-1", "patchguard-read", "verify-report",
     # fleet: message kinds, alert kinds of the server, state files, CLI words, HTTP header values

@@ -75,6 +75,11 @@ class ServerLink:
     def finding(self, finding: Finding) -> None:
         self._queue("finding", {"findings": [fit(finding)]})
 
+    def rotated(self, reason: str) -> None:
+        """A baseline rotation the guard accepted (a signed request made with the CLI): the
+        server takes the new digest without a baseline-changed alert."""
+        self._queue("baseline-rotated", {"reason": reason})
+
     def _run(self) -> None:
         """Heartbeat on time; send whenever something is queued, or retry every few seconds."""
         next_beat = time.monotonic() + self.heartbeat

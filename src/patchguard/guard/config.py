@@ -55,6 +55,12 @@ class GuardConfig:
     bugcheck_dry_run: bool = True  # a real panic needs `dry_run = false`, explicitly
     server: ServerSettings | None = None  # the fleet server this host reports to ([server])
     transparency: GateSettings | None = None  # exceptions only when witnessed ([transparency])
+    state: Path | None = None  # the guard's state directory (default: the spool's parent)
+    ledger_head: tuple[int, str] | None = None  # a ledger head the ledger must still hold
+
+    @property
+    def state_dir(self) -> Path:
+        return self.state if self.state is not None else self.spool.parent
 
     def responses_for(self, severity: Severity) -> tuple[str, ...]:
         return self.responses.get(severity, ())
@@ -108,7 +114,7 @@ def _listen(value: str, path: Path) -> str:
 
 def _guard_table(table: dict[str, Any], path: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in ("baseline", "ledger", "key", "spool"):
+    for key in ("baseline", "ledger", "key", "spool", "state"):
         if key in table:
             value = _take(table, key, (str,), "guard", path)
             out[key] = Path(value) if value else None
@@ -119,6 +125,8 @@ def _guard_table(table: dict[str, Any], path: Path) -> dict[str, Any]:
                 path, "guard.ledger_root", "expected a key fingerprint, 16 hex digits"
             )
         out["ledger_root"] = root
+    if "ledger_head" in table:
+        out["ledger_head"] = _ledger_head(_take(table, "ledger_head", (str,), "guard", path), path)
     for key, (low, high) in INTERVALS.items():
         if key in table:
             out[key] = _seconds(
@@ -133,6 +141,16 @@ def _guard_table(table: dict[str, Any], path: Path) -> dict[str, Any]:
         out["sweep_jitter"] = jitter
     _no_extra(table, "guard", path)
     return out
+
+
+def _ledger_head(value: str, path: Path) -> tuple[int, str]:
+    """`SEQ:HASH`: the number of entries and the hash of the last, as `ledger verify` says."""
+    found = re.fullmatch(r"([1-9][0-9]{0,11}):([0-9a-f]{64})", value)
+    if found is None:
+        raise ConfigError(
+            path, "guard.ledger_head", "expected SEQ:HASH (entries, then 64 hex digits)"
+        )
+    return int(found.group(1)), found.group(2)
 
 
 def _responses_table(table: dict[str, Any], path: Path) -> dict[Severity, tuple[str, ...]]:

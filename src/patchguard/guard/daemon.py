@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
 import patchguard
@@ -20,12 +17,13 @@ from patchguard.fleet.client import FleetError
 from patchguard.fleet.guard_link import ServerLink
 from patchguard.guard.config import GuardConfig, load_config
 from patchguard.guard.config_sig import check_with_host_key
-from patchguard.guard.kernel_events import KernelEvents, Waiter
+from patchguard.guard.kernel_events import KernelEvents
 from patchguard.guard.ledger_feed import LedgerFeed
 from patchguard.guard.metrics import Metrics
+from patchguard.guard.pins import GuardMemory
 from patchguard.guard.responses import bugcheck, contain
-from patchguard.guard.sinks import LogSink, Spool, SyslogSink, WebhookSink
-from patchguard.guard.systemd import Watchdog, notify
+from patchguard.guard.sinks import Outlets
+from patchguard.guard.systemd import notify
 from patchguard.guard.tamper import (
     BaselinePin,
     CodePin,
@@ -35,15 +33,20 @@ from patchguard.guard.tamper import (
 )
 from patchguard.guard.triggers import TriggerState
 from patchguard.kernel import Kernel, KernelAccessError
+from patchguard.policy import ledger
 from patchguard.report import finding_json
 from patchguard.scan import run_scan
 from patchguard.surfaces import all_surfaces
 from patchguard.surfaces.base import AnyState, Status, Surface
 
 if TYPE_CHECKING:
+    from patchguard.guard.supervisor import Supervisor
     from patchguard.integrity.keyed_pages import KeyedPages
 
 FindingKey = tuple[str, str, str]
+# How long any ledger read or write waits for another process's lock: a lock held by anyone is
+# an event after this, never a sweep held past the watchdog or a stop held past 2 s.
+LOCK_WAIT = 1.0
 
 
 def next_interval(mean: float, jitter: float) -> float:
@@ -61,18 +64,20 @@ def _key(f: Finding) -> FindingKey:
 
 
 class Guard:
-    def __init__(self, config: GuardConfig, config_path: Path | None, out: IO[str]) -> None:
-        # Signals first: a SIGTERM while the guard pins its files is a stop, not a kill.
-        self.stop = threading.Event()
-        self.reload = threading.Event()
-        self.waiter = Waiter()  # a signal wakes the loop's wait through it
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, self._on_signal)
+    """The guard's work; it runs in the supervisor's worker thread (supervisor.py), which
+    takes the signals and answers a stop whatever this is doing."""
+
+    def __init__(
+        self, config: GuardConfig, config_path: Path | None, outlets: Outlets, sup: Supervisor
+    ) -> None:
+        self.stop, self.reload, self.waiter = sup.stop, sup.reload, sup.waiter
+        self.progress = sup.progress
         self.config, self.config_path = config, config_path
+        self.outlets = outlets
+        self.log = outlets.log
+        self.server: ServerLink | None = None
         self.kernel = Kernel()
-        self.log = LogSink(out)
-        self.alerts: list[LogSink | SyslogSink | WebhookSink] = []
-        self._open_alert_sinks()
+        ledger.BEFORE_OPEN = lambda _path: self.mark(self.progress.phase)
         self.metrics = Metrics(config.metrics)
         self.active: dict[str, set[FindingKey]] = {}  # per surface: findings seen last time
         self.records: dict[str, Sequence[object]] = {}
@@ -82,22 +87,23 @@ class Guard:
         self.config_digest = self._config_digest()
         self._ledger_problem: str | None = None
         self.feed = self._ledger_feed()
-        self.pin = BaselinePin.take(config.baseline) if config.baseline is not None else None
+        self.memory = GuardMemory(config, self.announce)
+        self.pin = self.memory.baseline_pin()
         self.watch = SurfaceWatch()
         self.events: KernelEvents | None = None  # loaded by run(), closed when it ends
         self.events_problem: str | None = None
         self.woken_by = "poll"  # what woke the last trigger check: "ringbuf" or "poll"
         self._keyed: KeyedPages | None = None
         self._keyed_tried = False
-        self.server = self._server_link()
 
     # --- set-up ----------------------------------------------------------------------------
-    def _open_alert_sinks(self) -> None:
-        self.alerts = []
-        if self.config.webhook:
-            self.alerts.append(WebhookSink(self.config.webhook, Spool(self.config.spool)))
-        if self.config.syslog:
-            self.alerts.append(SyslogSink())
+    @property
+    def alerts(self) -> list[Any]:
+        return self.outlets.alerts
+
+    def mark(self, phase: str) -> None:
+        """Progress, for the supervisor's watchdog: what the guard is doing, and that it moves."""
+        self.progress.mark(phase)
 
     def _server_link(self) -> ServerLink | None:
         """The fleet server link of the config's [server] table; a host not enrolled (or a key
@@ -139,29 +145,27 @@ class Guard:
     def announce(self, event: dict[str, Any]) -> None:
         """An event about the guard itself (start, stop, reload): to the log and every alert
         sink, so that a guard stopped or reconfigured is seen where its findings are."""
-        self.log.send(event)
-        for sink in self.alerts:
-            sink.send(event)
-
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        (self.reload if signum == signal.SIGHUP else self.stop).set()
-        self.waiter.wake()
+        self.outlets.announce(event)
 
     # --- the loop --------------------------------------------------------------------------
-    def run(self) -> int:
+    def run(self) -> None:
+        self.mark("start")
         self.events, self.events_problem = self._kernel_events()
         if self.events is not None:
             self.waiter.watch(self.events)
         try:
-            return self._run()
+            self._run()
         finally:  # the guard's own program is detached whatever ends the loop
-            self.waiter.close()
             if self.events is not None:
                 self.events.close()
             if self._keyed is not None:
                 self._keyed.close()
+            self.kernel.close()
 
-    def _run(self) -> int:
+    def _run(self) -> None:
+        remembered = self.memory.start(self.pin)
+        self.server = self._server_link()
+        self.handle("guard:state", remembered, "start")
         self.announce(
             {
                 "event": "start",
@@ -174,7 +178,6 @@ class Guard:
                 "told_by_unavailable": self.events_problem,
             }
         )
-        watchdog = Watchdog()
         # Read the triggers before the first sweep: whatever appears after this reading is
         # either in the sweep or fires a trigger; nothing falls between the two.
         triggers = TriggerState(self.kernel)
@@ -184,15 +187,17 @@ class Guard:
         )
         notify("READY=1")
         while not self.stop.is_set():
+            self.mark("wait")
             # A hook call told by the kernel ends the wait at once; else poll each interval.
             self.woken_by = self.waiter.wait(self.config.trigger_interval)
             if self.stop.is_set():
                 break
-            watchdog.ping()
             if self.reload.is_set():
                 self._reload()
             if self.feed is not None and self.feed.changed():
+                self.mark("ledger replay")
                 self.announce_ledger()
+            self.mark("triggers")
             fired = triggers.fired()
             if fired:
                 names = sorted({s for t in fired for s in t.surfaces})
@@ -203,15 +208,6 @@ class Guard:
                 next_sweep = time.monotonic() + next_interval(
                     self.config.sweep_mean, self.config.sweep_jitter
                 )
-        notify("STOPPING=1")
-        self.announce({"event": "stop"})
-        if self.server is not None:  # the server calls the host stopped, not silent
-            self.server.stop()
-        for sink in self.alerts:
-            if isinstance(sink, WebhookSink):
-                sink.close()
-        self.kernel.close()
-        return 0
 
     def _reload(self) -> None:
         self.reload.clear()
@@ -222,14 +218,15 @@ class Guard:
         except Exception as exc:  # a bad new config keeps the old one running
             self.announce({"event": "reload-failed", "message": str(exc)})
             return
-        for sink in self.alerts:
-            if isinstance(sink, WebhookSink):
-                sink.close()
-        self._open_alert_sinks()
+        self.outlets.close()
+        self.outlets.open(self.config.webhook, self.config.syslog, self.config.spool)
         self.feed = self._ledger_feed()
         self.config_digest = self._config_digest()
-        # A reload is how an operator says a new baseline is meant: pin it, and say so.
-        self.pin = BaselinePin.take(self.config.baseline) if self.config.baseline else None
+        # The same baseline file keeps its pin: a new one is accepted only through a rotation
+        # request (`patchguard baseline rotate`); a config naming another file pins that one.
+        self.memory.config = self.config
+        if self.pin is None or self.pin.path != self.config.baseline:
+            self.pin = BaselinePin.take(self.config.baseline) if self.config.baseline else None
         self.announce(
             {
                 "event": "reloaded",
@@ -239,14 +236,15 @@ class Guard:
         )
 
     # --- sweeps and triggers --------------------------------------------------------------
-    def _phases(self) -> list[Callable[[], list[Finding]]]:
+    def _phases(self) -> list[tuple[str, Callable[[], list[Finding]]]]:
         phases = [
-            self._announce_ledger_phase,
-            lambda: self.collect(list(self.surfaces.values()), "sweep"),
-            lambda: self.handle("guard", self.self_check(), "sweep"),
+            ("ledger replay", self._announce_ledger_phase),
+            ("sweep", lambda: self.collect(list(self.surfaces.values()), "sweep")),
+            ("self-check", lambda: self.handle("guard", self.self_check(), "sweep")),
         ]
         if self.config.baseline is not None:
-            phases.append(lambda: self.handle("kernel_text", self.check_baseline(), "sweep"))
+            check = lambda: self.handle("kernel_text", self.check_baseline(), "sweep")  # noqa: E731
+            phases.append(("baseline check", check))
         return phases
 
     def _announce_ledger_phase(self) -> list[Finding]:
@@ -256,9 +254,10 @@ class Guard:
     def sweep(self) -> None:
         t0 = time.monotonic()
         findings: list[Finding] = []
-        for phase in self._phases():
+        for name, phase in self._phases():
             if self.stop.is_set():  # SIGTERM is answered between phases, not after the sweep
                 return
+            self.mark(name)
             findings += phase()
         self.metrics.swept(time.monotonic() - t0, findings)
         if self.server is not None:
@@ -292,7 +291,13 @@ class Guard:
             self.kernel.refresh()  # symbols of modules and BPF programs loaded since the last
             # A trigger's look reads kallsyms only if a surface asks: a read started for nobody
             # is waited for by the next refresh(), and that wait was most of a reaction's time.
-            report = run_scan(self.kernel, surfaces, policy=policy, read_ahead=why == "sweep")
+            report = run_scan(
+                self.kernel,
+                surfaces,
+                progress=lambda s: self.mark(f"{why}: {s.name}"),
+                policy=policy,
+                read_ahead=why == "sweep",
+            )
         except Exception as exc:  # a reader taken away mid-run: a finding, never an exit
             reason = f"{type(exc).__name__}: {exc}"
             return self._lost([(s.name, Status.UNAVAILABLE, reason) for s in surfaces], why)
@@ -381,9 +386,37 @@ class Guard:
                     {"path": str(self.config_path)},
                 )
             )
-        found += self.pin.check() if self.pin is not None else []
+        found += self._baseline_pin()
         found += self._ledger_root()
+        found += self.memory.ledger_check()
         return found + self._config_signature()
+
+    def _baseline_pin(self) -> list[Finding]:
+        """The baseline against its pin: another file is critical unless a rotation request
+        (CLI, signed) names it; then it is pinned, and announced to every sink and the server."""
+        if self.pin is None:
+            return []
+        found = self.pin.check()
+        if not found:
+            return []
+        now = str(found[0].evidence["now"])
+        rotation = self.memory.rotation_for(self.pin, now)
+        if rotation is None:
+            return found
+        before, self.pin = self.pin.digest, BaselinePin(self.pin.path, now)
+        self.announce(
+            {
+                "event": "baseline-rotated",
+                "path": str(self.pin.path),
+                "from": before,
+                "to": now,
+                "reason": rotation.reason,
+                "message": f"baseline {self.pin.path} rotated as requested: {rotation.reason}",
+            }
+        )
+        if self.server is not None:
+            self.server.rotated(rotation.reason)
+        return []
 
     def _ledger_root(self) -> list[Finding]:
         root, ledger = self.config.ledger_root, self.config.ledger
@@ -467,13 +500,11 @@ class Guard:
 
 
 def main(config_path: Path | None, out: IO[str] = sys.stdout) -> int:
+    from patchguard.guard.supervisor import Supervisor
+
     # No bytecode written by the guard: every file of its code is pinned at start, and a cache
     # file appearing later is reported, not explained away.
     sys.dont_write_bytecode = True
-    # A ledger locked by another process waits at most this long, not SQLite's 30 s: the
-    # watchdog (30 s) is pinged between sweeps, and a stuck sweep is a dead guard to systemd.
-    from patchguard.policy import ledger
-
-    ledger.READ_LOCK_WAIT = ledger.WRITE_LOCK_WAIT = 2.0
+    ledger.READ_LOCK_WAIT = ledger.WRITE_LOCK_WAIT = LOCK_WAIT
     config = load_config(config_path) if config_path is not None else GuardConfig()
-    return Guard(config, config_path, out).run()
+    return Supervisor(config, config_path, out).run()

@@ -120,7 +120,39 @@ class WebhookSink:
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 60.0)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop delivering; a post under way is left to its thread (what it carries stays in
+        the spool and goes at the next start), so a stop never waits on the endpoint."""
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=timeout)
+
+
+AlertSink = LogSink | SyslogSink | WebhookSink
+
+
+class Outlets:
+    """The log and the alert sinks of one config: events about the guard itself go to all."""
+
+    def __init__(self, out: IO[str], webhook: str | None, syslog_on: bool, spool: Path) -> None:
+        self.log = LogSink(out)
+        self.alerts: list[AlertSink] = []
+        self.open(webhook, syslog_on, spool)
+
+    def open(self, webhook: str | None, syslog_on: bool, spool: Path) -> None:
+        self.alerts = []
+        if webhook:
+            self.alerts.append(WebhookSink(webhook, Spool(spool)))
+        if syslog_on:
+            self.alerts.append(SyslogSink())
+
+    def announce(self, event: Event) -> None:
+        self.log.send(event)
+        for sink in self.alerts:
+            sink.send(event)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Each webhook thread gets its share of `timeout`."""
+        hooks = [s for s in self.alerts if isinstance(s, WebhookSink)]
+        for sink in hooks:
+            sink.close(timeout / max(1, len(hooks)))

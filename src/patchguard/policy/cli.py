@@ -163,8 +163,24 @@ def _verify(args: argparse.Namespace) -> int:
     if not result.ok:
         print(f"patchguard: {path}: does not verify: {visible(result.reason)}", file=sys.stderr)
         return EXIT_BAD_LEDGER
-    _print(f"{path}: {result.entries} entries verify; head {result.head or '(empty)'}")
+    if result.entries == 0:  # a ledger emptied or truncated to 0 bytes is not "0 verify"
+        return _empty(path, getattr(args, "new", False))
+    _print(f"{path}: {result.entries} entries verify; head {result.head}")
     return EXIT_OK
+
+
+def _empty(path: Path, new: bool) -> int:
+    if new:
+        _print(f"{path}: empty, as a new ledger (no entries)")
+        return EXIT_OK
+    size = path.stat().st_size if path.suffix != ".json" else None
+    what = "0 bytes" if size == 0 else "no entries"
+    print(
+        f"patchguard: {path}: the ledger is empty ({what}): nothing verifies; "
+        "pass --new only for a ledger meant to be new",
+        file=sys.stderr,
+    )
+    return EXIT_BAD_LEDGER
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -279,6 +295,9 @@ def register(subparsers: Any) -> None:
     p = _add(lg, "verify", _verify, "check every hash, link, signature and rule")
     p.add_argument("--root", metavar="FINGERPRINT", help="the key entry 1 must be signed by")
     p.add_argument("--head", metavar="HASH", help="a published entry hash that must be present")
+    p.add_argument(
+        "--new", action="store_true", help="an empty ledger is expected (exit 0 if empty)"
+    )
     transparency_cli.register(lg, p, _guarded(_verify))  # log-init, vkey, publish, prove, ...
     p = _add(lg, "show", _show, "print every entry")
     p.add_argument("--json", action="store_true", help="the export, for publishing")

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+import stat
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,7 +43,7 @@ from patchguard.policy.paths import default_ledger_path as default_ledger_path
 from patchguard.policy.rules import LedgerState, RuleError, copy_state
 from patchguard.policy.transparency import TransparencyError, store
 from patchguard.policy.transparency.store import LogConfig
-from patchguard.safe_read import InputError, check_regular, os_reason, parse_json, read_bounded
+from patchguard.safe_read import LIMITS, InputError, os_reason, parse_json, read_bounded, size_text
 from patchguard.signing import HostKey
 
 USER_VERSION = 1
@@ -131,40 +132,85 @@ def replay(rows: Sequence[Sequence[object]], after: Replay | None = None) -> Rep
     return Replay(result, tuple(entries), tuple(lines), state)
 
 
-def _exists(path: Path) -> bool:
-    """Whether there is a ledger file; one that is there must be a regular file within the
-    ledger's size limit (a FIFO or device would hang or flood SQLite)."""
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+
+
+def _identity(path: Path, real: Path) -> os.stat_result | None:
+    """The fstat of the ledger file at `real` (`path` resolved), opened without following a
+    link and without blocking; None if there is none. A FIFO or device would hang or flood
+    SQLite, so the file must be regular and within the ledger's size limit. The fd is closed
+    before SQLite opens the file: closing an fd drops the process's POSIX locks on the file."""
     try:
-        os.stat(path)
+        fd = os.open(real, _OPEN_FLAGS)
     except FileNotFoundError:
-        return False
+        return None
     except OSError as exc:
         raise LedgerError(path, f"cannot read the ledger: {os_reason(exc)}") from None
     try:
-        check_regular(path, "ledger")
-    except InputError as exc:
-        raise LedgerError(path, exc.reason) from None
-    return True
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise LedgerError(path, f"{_kind(st.st_mode)}, not a regular file")
+    if st.st_size > LIMITS["ledger"]:
+        limit = size_text(LIMITS["ledger"])
+        raise LedgerError(path, f"larger than {limit}: not a ledger file")
+    return st
+
+
+def _kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def _same_file(path: Path, real: Path, checked: os.stat_result | None) -> None:
+    """After SQLite opened `real`: it is still the file checked (not swapped in between)."""
+    try:
+        now = os.stat(real, follow_symlinks=False)
+    except OSError as exc:
+        raise LedgerError(path, f"cannot read the ledger: {os_reason(exc)}") from None
+    if checked is not None and (now.st_dev, now.st_ino) != (checked.st_dev, checked.st_ino):
+        raise LedgerError(path, "the ledger file was replaced while it was opened")
+    if not stat.S_ISREG(now.st_mode):
+        raise LedgerError(path, f"{_kind(now.st_mode)}, not a regular file")
 
 
 # How long a reader waits for another process's write lock, in seconds. The guard lowers it
 # (a lock held by anyone must not hold a sweep past the watchdog); the CLI waits out appends.
 READ_LOCK_WAIT = 30.0
 WRITE_LOCK_WAIT = 30.0
+# Called before each open that may wait that long: the guard counts it as progress, so a run
+# of bounded lock waits is not taken for a hang by its watchdog.
+BEFORE_OPEN: Callable[[Path], None] | None = None
 
 
 def _connect(path: Path, create: bool) -> sqlite3.Connection:
-    if not _exists(path) and not create:
-        raise LedgerError(path, "no ledger here (start one with `patchguard ledger init`)")
+    if BEFORE_OPEN is not None:
+        BEFORE_OPEN(path)
     if create:
         path.parent.mkdir(parents=True, exist_ok=True)
+    real = path.resolve()
+    checked = _identity(path, real)
+    if checked is None and not create:
+        raise LedgerError(path, "no ledger here (start one with `patchguard ledger init`)")
     # A reader opens read-write when it can: only then can SQLite roll back a transaction
     # that a killed appender left behind, instead of refusing to read.
-    mode = "rwc" if create else ("rw" if os.access(path, os.W_OK) else "ro")
-    uri = f"{path.resolve().as_uri()}?mode={mode}"
+    mode = "rwc" if create else ("rw" if os.access(real, os.W_OK) else "ro")
+    uri = f"{real.as_uri()}?mode={mode}"
     wait = WRITE_LOCK_WAIT if create else READ_LOCK_WAIT
     conn = sqlite3.connect(uri, uri=True, timeout=wait, isolation_level=None)
-    conn.execute("PRAGMA synchronous = FULL")  # a committed entry survives a power cut
+    try:
+        _same_file(path, real, checked)
+        conn.execute("PRAGMA synchronous = FULL")  # a committed entry survives a power cut
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 

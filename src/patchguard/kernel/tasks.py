@@ -18,8 +18,10 @@ so kill(2) and stat of /proc/<pid> still find it, and the cross-check names this
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from patchguard.kernel.btf import Btf
 from patchguard.kernel.errors import KernelAccessError
@@ -55,16 +57,38 @@ class TaskLayout:
     thread_node: int | None
     thread_group: int | None  # before 6.7
 
-    @property
+    @cached_property
     def span(self) -> tuple[int, int]:
         """The bytes of a task_struct one read fetches: every member the walk needs."""
         members = [self.tasks, self.pid, self.tgid, self.group_leader, self.comm + COMM_LEN]
-        links = [m for m in (self.thread_node, self.thread_group) if m is not None]
-        members += [m for m in (self.signal, *links) if m is not None]
+        members += [m for m in (self.signal, self.link) if m is not None]
         return min(members), max(members) + 16  # a list_head's next and prev
+
+    @property
+    def link(self) -> int:
+        """The list_head that links a group's threads: thread_node (6.7+) or thread_group."""
+        found = self.thread_node if self.has_thread_head else self.thread_group
+        assert found is not None  # layout() refuses a task_struct with neither
+        return found
+
+    @property
+    def has_thread_head(self) -> bool:
+        """6.7+: the threads hang off signal_struct.thread_head, a head no task holds."""
+        return None not in (self.signal, self.thread_head, self.thread_node)
 
 
 def layout(btf: Btf) -> TaskLayout:
+    """The offsets, found in BTF once per Btf (a scan of one kernel asks many times)."""
+    found = _LAYOUTS.get(btf)
+    if found is None:
+        found = _LAYOUTS[btf] = _layout(btf)
+    return found
+
+
+_LAYOUTS: weakref.WeakKeyDictionary[Btf, TaskLayout] = weakref.WeakKeyDictionary()
+
+
+def _layout(btf: Btf) -> TaskLayout:
     def need(member: str) -> int:
         found = btf.member_offset("task_struct", member)
         if found is None:
@@ -91,38 +115,76 @@ def _comm(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
+@dataclass(frozen=True)
+class _Fields:
+    """What one read of a task_struct's span holds, unpacked once."""
+
+    pid: int
+    tgid: int
+    comm: bytes
+    leader: int
+    tasks: tuple[int, int]  # tasks.next, tasks.prev
+    link: tuple[int, int]  # the thread link's next, prev
+    signal: int
+
+
+class _Unpacker:
+    """The span's members at their offsets within one read, unpacked in one call."""
+
+    def __init__(self, o: TaskLayout) -> None:
+        self.low, high = o.span
+        self.size = high - self.low
+        members = [  # (offset, format): the order _Fields takes them in
+            (o.pid, "i"),
+            (o.tgid, "i"),
+            (o.comm, f"{COMM_LEN}s"),
+            (o.group_leader, "Q"),
+            (o.tasks, "2Q"),
+            (o.link, "2Q"),
+            (o.signal if o.has_thread_head else None, "Q"),
+        ]
+        self.parts = [(struct.Struct("<" + fmt), at) for at, fmt in members]
+
+    def unpack(self, raw: bytes) -> _Fields:
+        values = [
+            part.unpack_from(raw, at - self.low) if at is not None else (0,)
+            for part, at in self.parts
+        ]
+        (pid,), (tgid,), (comm,), (leader,), tasks, link, (signal,) = values
+        return _Fields(pid, tgid, comm, leader, tasks, link, signal)
+
+
 class _Walk:
     """One walk: every task read once, every link checked, the whole walk bounded."""
 
     def __init__(self, memory: KernelMemory, offsets: TaskLayout, limit: int) -> None:
         self.memory, self.o, self.limit = memory, offsets, limit
+        self.unpacker = _Unpacker(offsets)
         self.seen: dict[int, MemTask] = {}
-        self.raw: dict[int, bytes] = {}
+        self.read: dict[int, _Fields] = {}
+        self.groups: dict[int, set[int]] = {}  # leader -> its threads, for still_there()
 
-    def fields(self, task: int) -> bytes:
-        if task < KERNEL_SPACE:
-            raise KernelAccessError(WHAT, f"implausible task_struct at {task:#x}")
-        if task not in self.raw:
-            low, high = self.o.span
-            self.raw[task] = self.memory.read(task + low, high - low)
-        return self.raw[task]
-
-    def word(self, task: int, offset: int) -> int:
-        low = self.o.span[0]
-        return int(struct.unpack_from("<Q", self.fields(task), offset - low)[0])
+    def fields(self, task: int) -> _Fields:
+        found = self.read.get(task)
+        if found is None:
+            if task < KERNEL_SPACE:
+                raise KernelAccessError(WHAT, f"implausible task_struct at {task:#x}")
+            u = self.unpacker
+            found = self.read[task] = u.unpack(self.memory.read(task + u.low, u.size))
+        return found
 
     def record(self, task: int) -> MemTask:
-        raw, low = self.fields(task), self.o.span[0]
-        pid, tgid = (struct.unpack_from("<i", raw, at - low)[0] for at in (self.o.pid, self.o.tgid))
-        if not (0 <= pid < PID_LIMIT and 0 <= tgid < PID_LIMIT):
-            raise KernelAccessError(WHAT, f"implausible pid {pid} at {task:#x}")
-        comm = _comm(raw[self.o.comm - low : self.o.comm - low + COMM_LEN])
-        return MemTask(pid, tgid, comm, task)
+        f = self.fields(task)
+        if not (0 <= f.pid < PID_LIMIT and 0 <= f.tgid < PID_LIMIT):
+            raise KernelAccessError(WHAT, f"implausible pid {f.pid} at {task:#x}")
+        return MemTask(f.pid, f.tgid, _comm(f.comm), task)
 
-    def ring(self, node: int, stop: int, next_of: Callable[[int], int], member: int) -> list[int]:
-        """The containers of a circular list's nodes from `node` on, up to `stop`."""
+    def ring(self, node: int, stop: int, member: int, which: int) -> list[int]:
+        """The containers of a circular list's nodes from `node` on, up to `stop`, following
+        next (which=0) or prev (1) of the list member at `member` of each task."""
         found: list[int] = []
         seen: set[int] = set()
+        tasks = member == self.o.tasks
         while node != stop:
             if node < KERNEL_SPACE or len(self.seen) + len(found) >= self.limit:
                 raise KernelAccessError(WHAT, f"implausible link {node:#x} after {len(found)}")
@@ -130,7 +192,8 @@ class _Walk:
                 raise KernelAccessError(WHAT, f"a cycle at {node:#x} that misses its head")
             seen.add(node)
             found.append(node - member)
-            node = next_of(node)
+            f = self.fields(node - member)
+            node = (f.tasks if tasks else f.link)[which]
         return found
 
     def add(self, task: int) -> None:
@@ -140,33 +203,55 @@ class _Walk:
     def threads(self, leader: int) -> list[int]:
         """The group's threads, from the leader's own links both ways round to the list head
         in signal_struct: every link is a task's, already read with its fields."""
-        o = self.o
-        if o.signal is not None and o.thread_head is not None and o.thread_node is not None:
-            head, member = self.word(leader, o.signal) + o.thread_head, o.thread_node
-        else:
-            assert o.thread_group is not None  # before 6.7: a list with no head, round to us
-            head, member = leader + o.thread_group, o.thread_group
-        ahead = self.ring(self.word(leader, member), head, self._link(member, 0), member)
+        o, f = self.o, self.fields(leader)
+        member = o.link
+        # before 6.7: a list with no head, round to the leader itself
+        head = f.signal + (o.thread_head or 0) if o.has_thread_head else leader + member
+        ahead = self.ring(f.link[0], head, member, 0)
         if head == leader + member:
             return ahead
-        behind = self.ring(self.word(leader, member + 8), head, self._link(member, 8), member)
+        behind = self.ring(f.link[1], head, member, 1)
         return [t for t in dict.fromkeys([*ahead, *behind]) if t != leader]
-
-    def _link(self, member: int, which: int) -> Callable[[int], int]:
-        """list_head.next (0) or .prev (8) of the list member `member` of a task, from the
-        task's one read."""
-        return lambda node: self.word(node - member, member + which)
 
     def run(self, start: int) -> list[MemTask]:
         o = self.o
-        leader = self.word(start, o.group_leader)  # a thread's own `tasks` is not on the list
-        first = self.word(leader, o.tasks)
-        leaders = [leader, *self.ring(first, leader + o.tasks, self._link(o.tasks, 0), o.tasks)]
+        leader = self.fields(start).leader  # a thread's own `tasks` is not on the list
+        first = self.fields(leader).tasks[0]
+        leaders = [leader, *self.ring(first, leader + o.tasks, o.tasks, 0)]
         for task in leaders:
             self.add(task)
             for thread in self.threads(task):
                 self.add(thread)
         return list(self.seen.values())
+
+    def still_there(self, task: int, pid: int) -> MemTask | None:
+        """The task at `task` if it still has `pid`, its leader is still linked between its
+        neighbours on the task list, and it is still in its leader's group; else None."""
+        record = self.record(task)
+        leader = self.fields(task).leader
+        if record.pid != pid or not self.on_task_list(leader):
+            return None
+        if task != leader and task not in self.group(leader):
+            return None
+        return record
+
+    def on_task_list(self, leader: int) -> bool:
+        """Both neighbours on the task list point back at the leader's `tasks`."""
+        member = self.o.tasks
+        after, before = self.fields(leader).tasks
+        if min(after, before) < KERNEL_SPACE:
+            return False  # list_del's poison, or never linked
+        here = leader + member
+        return (
+            self.fields(after - member).tasks[1] == here
+            and self.fields(before - member).tasks[0] == here
+        )
+
+    def group(self, leader: int) -> set[int]:
+        found = self.groups.get(leader)
+        if found is None:
+            found = self.groups[leader] = set(self.threads(leader))
+        return found
 
 
 def walk_tasks(memory: KernelMemory, start: int, btf: Btf, limit: int = MAX_TASKS) -> list[MemTask]:
@@ -183,4 +268,28 @@ def walk_tasks(memory: KernelMemory, start: int, btf: Btf, limit: int = MAX_TASK
     raise failure
 
 
-__all__ = ["MemTask", "TaskLayout", "layout", "walk_tasks"]
+def tasks_still_linked(
+    memory: KernelMemory, btf: Btf, known: Mapping[int, int]
+) -> dict[int, MemTask] | None:
+    """pid -> task for every pid of `known` (pid -> task_struct address, from an earlier walk)
+    whose task is still there: the same pid at the same address, its group leader linked
+    between neighbours that point back at it, and itself in the leader's thread group. Only
+    those tasks and their groups are read, not the whole list. None when any one is not
+    (exited, moved, unreadable): only a whole walk says where a task went, so the caller walks.
+
+    A task whose neighbours still point back at it is on a list; that it is the task list is
+    what the earlier walk, from init_task's ring, showed."""
+    walk = _Walk(memory, layout(btf), MAX_TASKS)
+    found: dict[int, MemTask] = {}
+    try:
+        for pid, task in known.items():
+            record = walk.still_there(task, pid)
+            if record is None:
+                return None
+            found[pid] = record
+    except KernelAccessError:
+        return None
+    return found
+
+
+__all__ = ["MemTask", "TaskLayout", "layout", "tasks_still_linked", "walk_tasks"]

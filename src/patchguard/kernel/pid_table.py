@@ -17,6 +17,8 @@ pointer is an internal entry above 4096, a node holds XA_CHUNK_SIZE (64) slots, 
 from __future__ import annotations
 
 import struct
+import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from patchguard.kernel.btf import Btf
@@ -44,6 +46,17 @@ class PidLayout:
 
 
 def layout(btf: Btf) -> PidLayout:
+    """The offsets, found in BTF once per Btf (a scan of one kernel asks many times)."""
+    found = _LAYOUTS.get(btf)
+    if found is None:
+        found = _LAYOUTS[btf] = _layout(btf)
+    return found
+
+
+_LAYOUTS: weakref.WeakKeyDictionary[Btf, PidLayout] = weakref.WeakKeyDictionary()
+
+
+def _layout(btf: Btf) -> PidLayout:
     def need(struct_name: str, member: str) -> int:
         found = btf.member_offset(struct_name, member)
         if found is None:
@@ -124,4 +137,60 @@ def pid_table(memory: KernelMemory, task: int, btf: Btf) -> dict[int, int]:
     return walk.found
 
 
-__all__ = ["PidLayout", "layout", "namespace_of", "pid_table"]
+def _node_shift(memory: KernelMemory, node: int, o: PidLayout) -> int:
+    if node < KERNEL_SPACE:
+        raise KernelAccessError(WHAT, f"implausible node {node:#x}")
+    shift = memory.read(node + o.node_shift, 1)[0]
+    if shift > MAX_SHIFT or shift % 6:
+        raise KernelAccessError(WHAT, f"implausible shift {shift} at {node:#x}")
+    return shift
+
+
+class _Lookup:
+    """Lookups by pid number, the way idr_find() descends the xarray: one slot per level,
+    each node's shift read once however many pids pass through it."""
+
+    def __init__(self, memory: KernelMemory, offsets: PidLayout, head: int) -> None:
+        self.memory, self.o, self.head = memory, offsets, head
+        self.shifts: dict[int, int] = {}
+
+    def shift(self, node: int) -> int:
+        if node not in self.shifts:
+            self.shifts[node] = _node_shift(self.memory, node, self.o)
+        return self.shifts[node]
+
+    def entry(self, nr: int) -> int:
+        """The entry at index `nr`: a struct pid, or 0 where the table has none."""
+        entry, above = self.head, MAX_SHIFT + 6
+        if not _is_node(entry):
+            return entry if nr == 0 else 0  # a head that is no node holds index 0 alone
+        while _is_node(entry):
+            node = entry - 2
+            shift = self.shift(node)
+            if shift >= above:
+                raise KernelAccessError(WHAT, f"a node of shift {shift} below one of {above}")
+            if above == MAX_SHIFT + 6 and nr >> shift >= SLOTS:
+                return 0  # beyond what the top node covers
+            slot = node + self.o.node_slots + 8 * ((nr >> shift) % SLOTS)
+            entry, above = read_u64(self.memory, slot), shift
+        return entry
+
+    def task(self, nr: int) -> int | None:
+        """The task of pid `nr`, as the table walk would find it."""
+        entry = self.entry(nr)
+        if entry & 3 or entry < KERNEL_SPACE:
+            return None  # NULL, reserved, a retry entry: no task
+        first = read_u64(self.memory, entry + self.o.pid_tasks)
+        return first - self.o.pid_links if first >= KERNEL_SPACE else None
+
+
+def pids_in_table(memory: KernelMemory, task: int, btf: Btf, pids: Iterable[int]) -> dict[int, int]:
+    """pid_table() for `pids` only: each looked up, not the whole table walked."""
+    offsets = layout(btf)
+    ns = namespace_of(memory, task, offsets)
+    lookup = _Lookup(memory, offsets, read_u64(memory, ns + offsets.ns_idr))
+    found = {nr: lookup.task(nr) for nr in sorted(pids)}
+    return {nr: task for nr, task in found.items() if task is not None}
+
+
+__all__ = ["PidLayout", "layout", "namespace_of", "pid_table", "pids_in_table"]

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from patchguard.kernel.bpf.current_task import current_task
 from patchguard.kernel.bpf.iterators import TaskIterator
 from patchguard.kernel.errors import KernelAccessError
-from patchguard.kernel.pid_table import pid_table
+from patchguard.kernel.pid_table import pid_table, pids_in_table
 from patchguard.kernel.pids import answering, stat_answers
-from patchguard.kernel.tasks import walk_tasks
+from patchguard.kernel.tasks import MemTask, tasks_still_linked, walk_tasks
 from patchguard.surfaces.processes.records import (
     BPF_ITER,
     ITER_MAP,
@@ -68,6 +68,7 @@ class ProcessReading(Reading):
     task_of: dict[int, int] = field(default_factory=dict)  # tid -> task_struct address
     iterator: TaskIterator | None = None
     start: int | None = None  # our own task_struct: where the memory walks begin
+    on_list: dict[int, int] = field(default_factory=dict)  # pid -> task, memory's last look
     pid_table_failed: bool = False
     probed: int = 0
 
@@ -154,29 +155,46 @@ def _walk_iterator(r: ProcessReading) -> tuple[set[int], set[int]] | None:
     return {t.pid for t in walk.read}, {t.pid for _, t in walk.copied}
 
 
-def _walk_memory(r: ProcessReading) -> set[int] | None:
-    """One walk of the task list in memory; None (with a gap) when it cannot be read."""
-    if r.start is None:
-        return None
-    try:
-        tasks = walk_tasks(r.kernel.memory(), r.start, r.kernel.vmlinux_btf)
-    except KernelAccessError as exc:
-        r.gap(MEMORY_WHAT, str(exc))
-        r.start = None
-        return None
+def _remember(r: ProcessReading, tasks: list[MemTask]) -> set[int]:
     for task in tasks:
         r.tgid_of[task.pid] = task.tgid
         r.task_of[task.pid] = task.address
         r.comm_of[task.pid] = task.comm  # memory's name wins: no read() filtered it
-    return {task.pid for task in tasks if task.pid}  # pid 0, the idle task, has no /proc
+    r.on_list = {task.pid: task.address for task in tasks if task.pid}
+    return set(r.on_list)  # pid 0, the idle task, has no /proc
 
 
-def _walk_pid_table(r: ProcessReading) -> set[int] | None:
-    """The pids the pid table has a task for; None (with a gap) when it cannot be read."""
+def _walk_memory(r: ProcessReading, suspects: set[int] | None) -> set[int] | None:
+    """The task list in memory (for the suspects only, or None: every pid); None (with a gap)
+    when it cannot be read. Suspects memory had last time are looked at where they were
+    (tasks_still_linked); the whole list is walked again only when one is not there any
+    more or memory lacked one, since only a whole walk shows a task is off the list."""
+    if r.start is None:
+        return None
+    memory, btf = r.kernel.memory(), r.kernel.vmlinux_btf
+    if suspects is not None and suspects <= r.on_list.keys():
+        known = {pid: r.on_list[pid] for pid in suspects}
+        if (still := tasks_still_linked(memory, btf, known)) is not None:
+            return _remember(r, list(still.values()))
+    try:
+        return _remember(r, walk_tasks(memory, r.start, btf))
+    except KernelAccessError as exc:
+        r.gap(MEMORY_WHAT, str(exc))
+        r.start = None
+        return None
+
+
+def _walk_pid_table(r: ProcessReading, suspects: set[int] | None) -> set[int] | None:
+    """The pids the pid table has a task for (the suspects looked up, or None: the whole table
+    walked); None (with a gap) when it cannot be read."""
     if r.start is None or r.pid_table_failed:
         return None
+    memory, btf = r.kernel.memory(), r.kernel.vmlinux_btf
     try:
-        table = pid_table(r.kernel.memory(), r.start, r.kernel.vmlinux_btf)
+        if suspects is None:
+            table = pid_table(memory, r.start, btf)
+        else:
+            table = pids_in_table(memory, r.start, btf, suspects)
     except KernelAccessError as exc:
         r.gap(PID_TABLE_WHAT, str(exc))
         r.pid_table_failed = True
@@ -194,9 +212,11 @@ def _tgid(r: ProcessReading, pid: int) -> int | None:
     return tgid if tgid is not None else r.tgid_of.get(pid)
 
 
-def _in_task_dir(r: ProcessReading, pid: int, listed: set[int]) -> bool:
-    tgid = _tgid(r, pid)
-    return tgid in listed and pid in (r.listing(f"{PROC}/{tgid}/task") or set())
+def _in_task_dirs(r: ProcessReading, suspects: set[int], listed: set[int]) -> set[int]:
+    """The suspects listed in their process's task directory, each directory listed once."""
+    tgids = {pid: _tgid(r, pid) for pid in suspects}
+    dirs = {t: r.listing(f"{PROC}/{t}/task") or set() for t in set(tgids.values()) if t in listed}
+    return {pid for pid, tgid in tgids.items() if tgid is not None and pid in dirs.get(tgid, ())}
 
 
 def _kernel_views(r: ProcessReading, suspects: set[int] | None) -> dict[str, set[int]]:
@@ -204,9 +224,9 @@ def _kernel_views(r: ProcessReading, suspects: set[int] | None) -> dict[str, set
     views: dict[str, set[int]] = {}
     if (walked := _walk_iterator(r)) is not None:
         views[BPF_ITER], views[ITER_MAP] = walked
-    if (in_table := _walk_pid_table(r)) is not None:  # before the walk, which may fail
+    if (in_table := _walk_pid_table(r, suspects)) is not None:  # before the walk: it may fail
         views[PID_TABLE] = in_table
-    if (in_memory := _walk_memory(r)) is not None:
+    if (in_memory := _walk_memory(r, suspects)) is not None:
         views[MEMORY] = in_memory
     if suspects is None:
         return views
@@ -220,7 +240,7 @@ def _look(r: ProcessReading, suspects: set[int]) -> Views:
         return {}  # no listing to compare with: nothing can be confirmed
     views = {
         LISTING: listed & suspects,
-        TASKS: {p for p in suspects if _in_task_dir(r, p, listed)},
+        TASKS: _in_task_dirs(r, suspects, listed),
         KILL: set(answering(sorted(suspects))),
         STAT: {p for p in suspects if stat_answers(r.kernel.path(PROC), p)},
     }

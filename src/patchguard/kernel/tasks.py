@@ -129,29 +129,53 @@ class _Fields:
 
 
 class _Unpacker:
-    """The span's members at their offsets within one read, unpacked in one call."""
+    """The span's members at their offsets within one read, unpacked by one struct call (pad
+    bytes between them), in the order _Fields takes them."""
 
     def __init__(self, o: TaskLayout) -> None:
         self.low, high = o.span
         self.size = high - self.low
-        members = [  # (offset, format): the order _Fields takes them in
-            (o.pid, "i"),
-            (o.tgid, "i"),
-            (o.comm, f"{COMM_LEN}s"),
-            (o.group_leader, "Q"),
-            (o.tasks, "2Q"),
-            (o.link, "2Q"),
-            (o.signal if o.has_thread_head else None, "Q"),
+        members = [  # (offset, format, how many values), in _Fields' order
+            (o.pid, "i", 1),
+            (o.tgid, "i", 1),
+            (o.comm, f"{COMM_LEN}s", 1),
+            (o.group_leader, "Q", 1),
+            (o.tasks, "2Q", 2),
+            (o.link, "2Q", 2),
+            *([(o.signal, "Q", 1)] if o.signal is not None and o.has_thread_head else []),
         ]
-        self.parts = [(struct.Struct("<" + fmt), at) for at, fmt in members]
+        fmt, at = "<", self.low
+        for offset, code, _ in sorted(members):
+            if offset < at:  # no two members share bytes in any task_struct
+                raise KernelAccessError("vmlinux BTF", f"task_struct members overlap at {offset}")
+            fmt += f"{offset - at}x{code}" if offset > at else code
+            at = offset + struct.calcsize("<" + code)
+        self.struct = struct.Struct(fmt)
+        self.order = self._order(members)
+
+    @staticmethod
+    def _order(members: list[tuple[int, str, int]]) -> list[int]:
+        """Where each _Fields value sits in the unpacked tuple (members sorted by offset)."""
+        placed = sorted(range(len(members)), key=lambda i: members[i][0])
+        starts: dict[int, int] = {}
+        at = 0
+        for i in placed:
+            starts[i] = at
+            at += members[i][2]
+        return [starts[i] for i in range(len(members))]
 
     def unpack(self, raw: bytes) -> _Fields:
-        values = [
-            part.unpack_from(raw, at - self.low) if at is not None else (0,)
-            for part, at in self.parts
-        ]
-        (pid,), (tgid,), (comm,), (leader,), tasks, link, (signal,) = values
-        return _Fields(pid, tgid, comm, leader, tasks, link, signal)
+        v = self.struct.unpack(raw[: self.struct.size])
+        pid, tgid, comm, leader, tasks, link, *signal = self.order
+        return _Fields(
+            v[pid],
+            v[tgid],
+            v[comm],
+            v[leader],
+            (v[tasks], v[tasks + 1]),
+            (v[link], v[link + 1]),
+            v[signal[0]] if signal else 0,
+        )
 
 
 class _Walk:

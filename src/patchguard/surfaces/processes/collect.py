@@ -213,10 +213,19 @@ def _tgid(r: ProcessReading, pid: int) -> int | None:
 
 
 def _in_task_dirs(r: ProcessReading, suspects: set[int], listed: set[int]) -> set[int]:
-    """The suspects listed in their process's task directory, each directory listed once."""
-    tgids = {pid: _tgid(r, pid) for pid in suspects}
-    dirs = {t: r.listing(f"{PROC}/{t}/task") or set() for t in set(tgids.values()) if t in listed}
-    return {pid for pid, tgid in tgids.items() if tgid is not None and pid in dirs.get(tgid, ())}
+    """The suspects listed in their process's task directory, each directory listed once.
+    The tgid the views gave is tried first; /proc/<pid>/status is read only for a pid not
+    found there (a thread that exec() made its group's leader has a new tgid)."""
+    dirs: dict[int, set[int]] = {}
+
+    def in_dir(pid: int, tgid: int | None) -> bool:
+        if tgid is None or tgid not in listed:
+            return False
+        if tgid not in dirs:
+            dirs[tgid] = r.listing(f"{PROC}/{tgid}/task") or set()
+        return pid in dirs[tgid]
+
+    return {p for p in suspects if in_dir(p, r.tgid_of.get(p)) or in_dir(p, _tgid(r, p))}
 
 
 def _kernel_views(r: ProcessReading, suspects: set[int] | None) -> dict[str, set[int]]:

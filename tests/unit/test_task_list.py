@@ -22,8 +22,8 @@ from patchguard.kernel.btf import Btf
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.memory import MemoryReadError
 from patchguard.kernel.pid_table import layout as pid_layout
-from patchguard.kernel.pid_table import pid_table
-from patchguard.kernel.tasks import MemTask, layout, walk_tasks
+from patchguard.kernel.pid_table import pid_table, pids_in_table
+from patchguard.kernel.tasks import MemTask, layout, tasks_still_linked, walk_tasks
 from patchguard.surfaces.processes import (
     BPF_ITER,
     ITER_MAP,
@@ -240,3 +240,85 @@ def test_a_task_name_is_shown_escaped(capture: dict[str, Any]) -> None:
     found = assess_hidden(evil)
     assert "\x1b" not in found.subject and "\n" not in found.summary
     assert found.evidence["comm"] == "\x1b[2Jok\n"  # evidence keeps the raw name
+
+
+# --- the re-checks: only the suspects looked at -------------------------------------------------
+
+
+def test_each_task_is_still_linked_where_the_walk_found_it(
+    vmlinux: Btf, capture: dict[str, Any]
+) -> None:
+    """Every task of the capture, looked at in place (its own span, its leader's neighbours,
+    its group), is found as the whole walk found it."""
+    tasks = [t for t in captured_tasks(capture) if t.pid]
+    known = {t.pid: t.address for t in tasks}
+    assert tasks_still_linked(image(capture), vmlinux, known) == {t.pid: t for t in tasks}
+
+
+def test_a_task_unlinked_from_the_list_is_not_still_linked(
+    vmlinux: Btf, capture: dict[str, Any]
+) -> None:
+    """list_del() points the neighbours past the task and leaves the task's own links (a
+    rootkit's copy may not poison them): the neighbours no longer point back."""
+    memory = image(capture)
+    off = layout(vmlinux).tasks
+    leaders = [t for t in captured_tasks(capture) if t.pid == t.tgid and t.pid]
+    victim = next(t for t in leaders if t.pid == 2)
+    after = struct.unpack("<Q", memory.read(victim.address + off, 8))[0]
+    before = struct.unpack("<Q", memory.read(victim.address + off + 8, 8))[0]
+    put_word(memory, before, after)  # prev->next = next
+    put_word(memory, after + 8, before)  # next->prev = prev
+    assert tasks_still_linked(memory, vmlinux, {2: victim.address}) is None
+    others = {t.pid: t.address for t in leaders if t.pid != 2}
+    assert set(tasks_still_linked(memory, vmlinux, others) or {}) == set(others)
+
+
+def test_a_task_linked_to_itself_is_not_still_linked(vmlinux: Btf, capture: dict[str, Any]) -> None:
+    """list_del_init() leaves the task a list of its own: on a list, but not the task list."""
+    memory = image(capture)
+    off = layout(vmlinux).tasks
+    victim = next(t for t in captured_tasks(capture) if t.pid == 2)
+    put_word(memory, victim.address + off, victim.address + off)
+    put_word(memory, victim.address + off + 8, victim.address + off)
+    assert tasks_still_linked(memory, vmlinux, {2: victim.address}) is None
+
+
+def test_a_pid_now_another_tasks_is_not_still_linked(vmlinux: Btf, capture: dict[str, Any]) -> None:
+    """The address holds another pid (the task exited and the memory was reused)."""
+    two = next(t for t in captured_tasks(capture) if t.pid == 2)
+    assert tasks_still_linked(image(capture), vmlinux, {3: two.address}) is None
+
+
+def test_a_thread_out_of_its_group_is_not_still_linked(
+    vmlinux: Btf, capture: dict[str, Any]
+) -> None:
+    """A thread at its address, its leader on the list, but the group's ring skips it."""
+    memory = image(capture)
+    o = layout(vmlinux)
+    addresses = {t.address for t in captured_tasks(capture)}
+
+    def links(task: MemTask) -> tuple[int, int]:
+        return struct.unpack("<2Q", memory.read(task.address + o.link, 16))
+
+    # a thread between two threads: its neighbours are tasks the walk read
+    thread = next(
+        t
+        for t in captured_tasks(capture)
+        if t.pid != t.tgid and all(n - o.link in addresses for n in links(t))
+    )
+    after, before = links(thread)
+    put_word(memory, before, after)
+    put_word(memory, after + 8, before)
+    assert tasks_still_linked(memory, vmlinux, {thread.pid: thread.address}) is None
+
+
+def test_pid_lookups_find_what_the_table_walk_finds(vmlinux: Btf, capture: dict[str, Any]) -> None:
+    """Looked up one by one (idr_find's descent), the table's pids give the walk's tasks, and
+    pids the table lacks (free, beyond every node, 0) give none."""
+    memory = image(capture)
+    table = pid_table(memory, capture["start"], vmlinux)
+    absent = [0, max(table) + 1, 4 * max(table), 1 << 21, (1 << 22) - 1]
+    assert not set(absent) & set(table)
+    asked = [*table, *absent]
+    assert pids_in_table(memory, capture["start"], vmlinux, asked) == table
+    assert pids_in_table(memory, capture["start"], vmlinux, [1]) == {1: table[1]}

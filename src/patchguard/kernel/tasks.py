@@ -263,9 +263,9 @@ class _Walk:
         """Both neighbours on the task list point back at the leader's `tasks`."""
         member = self.o.tasks
         after, before = self.fields(leader).tasks
-        if min(after, before) < KERNEL_SPACE:
-            return False  # list_del's poison, or never linked
         here = leader + member
+        if min(after, before) < KERNEL_SPACE or here in (after, before):
+            return False  # never linked, or unlinked by list_del_init (linked to itself)
         return (
             self.fields(after - member).tasks[1] == here
             and self.fields(before - member).tasks[0] == here

@@ -23,7 +23,7 @@ from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.memory import MemoryReadError
 from patchguard.kernel.pid_table import layout as pid_layout
 from patchguard.kernel.pid_table import pid_table, pids_in_table
-from patchguard.kernel.tasks import MemTask, layout, tasks_still_linked, walk_tasks
+from patchguard.kernel.tasks import MemTask, layout, tasks_in_place, walk_tasks
 from patchguard.surfaces.processes import (
     BPF_ITER,
     ITER_MAP,
@@ -252,7 +252,7 @@ def test_each_task_is_still_linked_where_the_walk_found_it(
     its group), is found as the whole walk found it."""
     tasks = [t for t in captured_tasks(capture) if t.pid]
     known = {t.pid: t.address for t in tasks}
-    assert tasks_still_linked(image(capture), vmlinux, known) == {t.pid: t for t in tasks}
+    assert tasks_in_place(image(capture), vmlinux, known) == {t.pid: t for t in tasks}
 
 
 def test_a_task_unlinked_from_the_list_is_not_still_linked(
@@ -268,9 +268,9 @@ def test_a_task_unlinked_from_the_list_is_not_still_linked(
     before = struct.unpack("<Q", memory.read(victim.address + off + 8, 8))[0]
     put_word(memory, before, after)  # prev->next = next
     put_word(memory, after + 8, before)  # next->prev = prev
-    assert tasks_still_linked(memory, vmlinux, {2: victim.address}) is None
+    assert tasks_in_place(memory, vmlinux, {2: victim.address}) == {}
     others = {t.pid: t.address for t in leaders if t.pid != 2}
-    assert set(tasks_still_linked(memory, vmlinux, others) or {}) == set(others)
+    assert set(tasks_in_place(memory, vmlinux, others)) == set(others)
 
 
 def test_a_task_linked_to_itself_is_not_still_linked(vmlinux: Btf, capture: dict[str, Any]) -> None:
@@ -280,13 +280,13 @@ def test_a_task_linked_to_itself_is_not_still_linked(vmlinux: Btf, capture: dict
     victim = next(t for t in captured_tasks(capture) if t.pid == 2)
     put_word(memory, victim.address + off, victim.address + off)
     put_word(memory, victim.address + off + 8, victim.address + off)
-    assert tasks_still_linked(memory, vmlinux, {2: victim.address}) is None
+    assert tasks_in_place(memory, vmlinux, {2: victim.address}) == {}
 
 
 def test_a_pid_now_another_tasks_is_not_still_linked(vmlinux: Btf, capture: dict[str, Any]) -> None:
     """The address holds another pid (the task exited and the memory was reused)."""
     two = next(t for t in captured_tasks(capture) if t.pid == 2)
-    assert tasks_still_linked(image(capture), vmlinux, {3: two.address}) is None
+    assert tasks_in_place(image(capture), vmlinux, {3: two.address}) == {}
 
 
 def test_a_thread_out_of_its_group_is_not_still_linked(
@@ -309,7 +309,7 @@ def test_a_thread_out_of_its_group_is_not_still_linked(
     after, before = links(thread)
     put_word(memory, before, after)
     put_word(memory, after + 8, before)
-    assert tasks_still_linked(memory, vmlinux, {thread.pid: thread.address}) is None
+    assert tasks_in_place(memory, vmlinux, {thread.pid: thread.address}) == {}
 
 
 def test_pid_lookups_find_what_the_table_walk_finds(vmlinux: Btf, capture: dict[str, Any]) -> None:

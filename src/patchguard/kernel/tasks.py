@@ -17,6 +17,7 @@ so kill(2) and stat of /proc/<pid> still find it, and the cross-check names this
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import weakref
 from collections.abc import Mapping
@@ -292,28 +293,22 @@ def walk_tasks(memory: KernelMemory, start: int, btf: Btf, limit: int = MAX_TASK
     raise failure
 
 
-def tasks_still_linked(
-    memory: KernelMemory, btf: Btf, known: Mapping[int, int]
-) -> dict[int, MemTask] | None:
-    """pid -> task for every pid of `known` (pid -> task_struct address, from an earlier walk)
+def tasks_in_place(memory: KernelMemory, btf: Btf, known: Mapping[int, int]) -> dict[int, MemTask]:
+    """pid -> task for each pid of `known` (pid -> task_struct address, from an earlier walk)
     whose task is still there: the same pid at the same address, its group leader linked
     between neighbours that point back at it, and itself in the leader's thread group. Only
-    those tasks and their groups are read, not the whole list. None when any one is not
-    (exited, moved, unreadable): only a whole walk says where a task went, so the caller walks.
+    those tasks and their groups are read, not the whole list. A pid left out is not there
+    any more (exited, moved, unreadable); only a whole walk says whether it is elsewhere.
 
     A task whose neighbours still point back at it is on a list; that it is the task list is
     what the earlier walk, from init_task's ring, showed."""
     walk = _Walk(memory, layout(btf), MAX_TASKS)
     found: dict[int, MemTask] = {}
-    try:
-        for pid, task in known.items():
-            record = walk.still_there(task, pid)
-            if record is None:
-                return None
-            found[pid] = record
-    except KernelAccessError:
-        return None
+    for pid, task in known.items():
+        with contextlib.suppress(KernelAccessError):
+            if (record := walk.still_there(task, pid)) is not None:
+                found[pid] = record
     return found
 
 
-__all__ = ["MemTask", "TaskLayout", "layout", "tasks_still_linked", "walk_tasks"]
+__all__ = ["MemTask", "TaskLayout", "layout", "tasks_in_place", "walk_tasks"]

@@ -18,7 +18,7 @@ from patchguard.kernel.bpf.iterators import TaskIterator
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.pid_table import pid_table, pids_in_table
 from patchguard.kernel.pids import answering, stat_answers
-from patchguard.kernel.tasks import MemTask, tasks_still_linked, walk_tasks
+from patchguard.kernel.tasks import MemTask, tasks_in_place, walk_tasks
 from patchguard.surfaces.processes.records import (
     BPF_ITER,
     ITER_MAP,
@@ -164,24 +164,33 @@ def _remember(r: ProcessReading, tasks: list[MemTask]) -> set[int]:
     return set(r.on_list)  # pid 0, the idle task, has no /proc
 
 
-def _walk_memory(r: ProcessReading, suspects: set[int] | None) -> set[int] | None:
-    """The task list in memory (for the suspects only, or None: every pid); None (with a gap)
-    when it cannot be read. Suspects memory had last time are looked at where they were
-    (tasks_still_linked); the whole list is walked again only when one is not there any
-    more or memory lacked one, since only a whole walk shows a task is off the list."""
+def _walk_memory(r: ProcessReading, suspects: set[int] | None, seen: set[int]) -> set[int] | None:
+    """The task list in memory, for the suspects only (None: every pid; `seen`: the suspects
+    the look's other views show); None (with a gap) when it cannot be read."""
     if r.start is None:
         return None
     memory, btf = r.kernel.memory(), r.kernel.vmlinux_btf
-    if suspects is not None and suspects <= r.on_list.keys():
-        known = {pid: r.on_list[pid] for pid in suspects}
-        if (still := tasks_still_linked(memory, btf, known)) is not None:
-            return _remember(r, list(still.values()))
+    if suspects is not None and (in_place := _memory_in_place(r, suspects, seen)) is not None:
+        return _remember(r, in_place)
     try:
         return _remember(r, walk_tasks(memory, r.start, btf))
     except KernelAccessError as exc:
         r.gap(MEMORY_WHAT, str(exc))
         r.start = None
         return None
+
+
+def _memory_in_place(r: ProcessReading, suspects: set[int], seen: set[int]) -> list[MemTask] | None:
+    """The suspects' tasks looked at where memory's last look had them (tasks_in_place), or
+    None when only a whole walk can tell: a view shows a pid that memory lacked or that is
+    not where memory had it (it may be off the task list). A suspect no view shows any more
+    has exited, and memory lacking it is all there is to know."""
+    shown = suspects & seen
+    if not shown <= r.on_list.keys():
+        return None
+    known = {pid: r.on_list[pid] for pid in suspects if pid in r.on_list}
+    found = tasks_in_place(r.kernel.memory(), r.kernel.vmlinux_btf, known)
+    return list(found.values()) if shown <= found.keys() else None
 
 
 def _walk_pid_table(r: ProcessReading, suspects: set[int] | None) -> set[int] | None:
@@ -228,14 +237,18 @@ def _in_task_dirs(r: ProcessReading, suspects: set[int], listed: set[int]) -> se
     return {p for p in suspects if in_dir(p, r.tgid_of.get(p)) or in_dir(p, _tgid(r, p))}
 
 
-def _kernel_views(r: ProcessReading, suspects: set[int] | None) -> dict[str, set[int]]:
-    """The iterator's two copies and memory, for the suspects only (None: every pid)."""
+def _kernel_views(
+    r: ProcessReading, suspects: set[int] | None, shown: Views | None = None
+) -> dict[str, set[int]]:
+    """The iterator's two copies, the pid table and memory, for the suspects only (None: every
+    pid); `shown`: what the look's other views show of them."""
     views: dict[str, set[int]] = {}
     if (walked := _walk_iterator(r)) is not None:
         views[BPF_ITER], views[ITER_MAP] = walked
     if (in_table := _walk_pid_table(r, suspects)) is not None:  # before the walk: it may fail
         views[PID_TABLE] = in_table
-    if (in_memory := _walk_memory(r, suspects)) is not None:
+    seen = set().union(*views.values(), *(shown or {}).values()) & (suspects or set())
+    if (in_memory := _walk_memory(r, suspects, seen)) is not None:
         views[MEMORY] = in_memory
     if suspects is None:
         return views
@@ -253,7 +266,7 @@ def _look(r: ProcessReading, suspects: set[int]) -> Views:
         KILL: set(answering(sorted(suspects))),
         STAT: {p for p in suspects if stat_answers(r.kernel.path(PROC), p)},
     }
-    again = _kernel_views(r, suspects)
+    again = _kernel_views(r, suspects, views)
     views.update({view: pids for view, pids in again.items() if view in r.views})
     return views
 

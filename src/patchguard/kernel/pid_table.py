@@ -148,16 +148,19 @@ def _node_shift(memory: KernelMemory, node: int, o: PidLayout) -> int:
 
 class _Lookup:
     """Lookups by pid number, the way idr_find() descends the xarray: one slot per level,
-    each node's shift read once however many pids pass through it."""
+    each node (its shift and its slots) read once however many pids pass through it."""
 
     def __init__(self, memory: KernelMemory, offsets: PidLayout, head: int) -> None:
         self.memory, self.o, self.head = memory, offsets, head
-        self.shifts: dict[int, int] = {}
+        self.nodes: dict[int, tuple[int, tuple[int, ...]]] = {}
 
-    def shift(self, node: int) -> int:
-        if node not in self.shifts:
-            self.shifts[node] = _node_shift(self.memory, node, self.o)
-        return self.shifts[node]
+    def node(self, node: int) -> tuple[int, tuple[int, ...]]:
+        """(shift, slots) of the node."""
+        if node not in self.nodes:
+            shift = _node_shift(self.memory, node, self.o)
+            raw = self.memory.read(node + self.o.node_slots, 8 * SLOTS)
+            self.nodes[node] = shift, struct.unpack(f"<{SLOTS}Q", raw)
+        return self.nodes[node]
 
     def entry(self, nr: int) -> int:
         """The entry at index `nr`: a struct pid, or 0 where the table has none."""
@@ -165,14 +168,12 @@ class _Lookup:
         if not _is_node(entry):
             return entry if nr == 0 else 0  # a head that is no node holds index 0 alone
         while _is_node(entry):
-            node = entry - 2
-            shift = self.shift(node)
+            shift, slots = self.node(entry - 2)
             if shift >= above:
                 raise KernelAccessError(WHAT, f"a node of shift {shift} below one of {above}")
             if above == MAX_SHIFT + 6 and nr >> shift >= SLOTS:
                 return 0  # beyond what the top node covers
-            slot = node + self.o.node_slots + 8 * ((nr >> shift) % SLOTS)
-            entry, above = read_u64(self.memory, slot), shift
+            entry, above = slots[(nr >> shift) % SLOTS], shift
         return entry
 
     def task(self, nr: int) -> int | None:

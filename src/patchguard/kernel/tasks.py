@@ -8,7 +8,12 @@ Offsets come from vmlinux BTF. The walk starts at a task we know without kallsym
 (bpf_get_current_task(), kernel/bpf/current_task.py), through its group leader, since a
 thread's own `tasks` member is not on the list. Reads go through the kernel-memory reader,
 which fails a read of freed memory rather than faulting; a task that exits under the walk can
-break it, so a failed walk is taken again (ATTEMPTS) before it is given up.
+break it, so a failed walk is taken again (ATTEMPTS) before it is given up. Each task's members
+are fetched by one read of the span that covers them and unpacked by one struct call: the walk's
+cost is a read per task, not Python per member.
+
+A re-check of a few tasks (tasks_in_place) reads only those tasks, their leaders' neighbours on
+the list and their thread groups, not the whole list.
 
 A rootkit that hides a process from /proc, kill(2) and the BPF task iterator leaves it here:
 unlinking it from this list too is a different technique (the pid stays in the pid table,

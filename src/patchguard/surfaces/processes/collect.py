@@ -1,6 +1,9 @@
 """Reading the process views off a Kernel: the /proc listings, kill(2) over the pid space, stat of
 /proc/<pid>, the BPF task iterator (its read() and its map copy), and the task list and the pid
-table in kernel memory; then the re-checks of every pid they disagree on.
+table in kernel memory; then the re-checks of every pid they disagree on. A re-check reads the
+kernel for the suspects alone: their pids looked up in the pid table, their tasks looked at where
+memory's last look had them. The task list is walked whole again only when a view still shows a
+pid that memory lacked or cannot find there, since only a whole walk shows a task off the list.
 
 Pid namespaces: /proc, kill and the iterator are of the pid namespace patchguard runs in. The
 iterator's and memory's pid and tgid are the init namespace's numbers (task->pid), so in a child

@@ -322,3 +322,61 @@ def test_pid_lookups_find_what_the_table_walk_finds(vmlinux: Btf, capture: dict[
     asked = [*table, *absent]
     assert pids_in_table(memory, capture["start"], vmlinux, asked) == table
     assert pids_in_table(memory, capture["start"], vmlinux, [1]) == {1: table[1]}
+
+
+OLD_OFFSETS = {
+    ("task_struct", "tasks"): 0,
+    ("task_struct", "pid"): 16,
+    ("task_struct", "tgid"): 20,
+    ("task_struct", "group_leader"): 24,
+    ("task_struct", "thread_group"): 32,
+    ("task_struct", "comm"): 48,
+    ("task_struct", "signal"): 64,
+}
+
+
+class OldBtf:
+    """task_struct as kernels before 6.7 lay it out (threads on thread_group, a ring with no
+    head; signal_struct has no thread_head): offsets of a small made-up struct."""
+
+    def member_offset(self, struct_name: str, member: str) -> int | None:
+        return OLD_OFFSETS.get((struct_name, member))
+
+
+def old_tasks() -> tuple[Image, dict[int, int]]:
+    """init_task (pid 0) and process 10 on the task list; 10's threads 11 and 12 on its ring."""
+    base = 0xFFFF_8880_0000_0000
+    at = {pid: base + 0x1000 * i for i, pid in enumerate((0, 10, 11, 12))}
+    tgid = {0: 0, 10: 10, 11: 10, 12: 10}
+    tasks = {0: (at[10], at[10]), 10: (at[0], at[0]), 11: (0, 0), 12: (0, 0)}  # threads: off
+    ring = {10: (at[11], at[12]), 11: (at[12], at[10]), 12: (at[10], at[11]), 0: (at[0], at[0])}
+    memory = Image()
+    for pid, address in at.items():
+        leader = at[tgid[pid]]
+        nxt, prv = tasks[pid]
+        group = tuple(a + 32 for a in ring[pid])
+        memory.put(
+            address,
+            struct.pack(
+                "<2QiiQ2Q16sQQ", nxt, prv, pid, tgid[pid], leader, *group, f"t{pid}".encode(), 0, 0
+            ),
+        )
+    return memory, at
+
+
+def test_threads_on_thread_group_before_6_7() -> None:
+    """The walk and the in-place re-check on the older layout: the ring of thread_group."""
+    memory, at = old_tasks()
+    btf: Any = OldBtf()
+    found = walk_tasks(memory, at[11], btf)
+    assert sorted((t.pid, t.tgid, t.comm) for t in found) == [
+        (0, 0, "t0"),
+        (10, 10, "t10"),
+        (11, 10, "t11"),
+        (12, 10, "t12"),
+    ]
+    known = {pid: at[pid] for pid in (10, 11, 12)}
+    assert set(tasks_in_place(memory, btf, known)) == {10, 11, 12}
+    put_word(memory, at[11] + 32, at[10] + 32)  # 11 -> 10: 12 is off its group's ring
+    put_word(memory, at[10] + 40, at[11] + 32)
+    assert set(tasks_in_place(memory, btf, known)) == {10, 11}

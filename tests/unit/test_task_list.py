@@ -23,7 +23,7 @@ from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.memory import MemoryReadError
 from patchguard.kernel.pid_table import layout as pid_layout
 from patchguard.kernel.pid_table import pid_table, pids_in_table
-from patchguard.kernel.tasks import MemTask, layout, tasks_in_place, walk_tasks
+from patchguard.kernel.tasks import MemTask, layout, read_spans, tasks_in_place, walk_tasks
 from patchguard.surfaces.processes import (
     BPF_ITER,
     ITER_MAP,
@@ -380,3 +380,32 @@ def test_threads_on_thread_group_before_6_7() -> None:
     put_word(memory, at[11] + 32, at[10] + 32)  # 11 -> 10: 12 is off its group's ring
     put_word(memory, at[10] + 40, at[11] + 32)
     assert set(tasks_in_place(memory, btf, known)) == {10, 11}
+
+
+def test_a_walk_told_where_tasks_are_finds_the_same(vmlinux: Btf, capture: dict[str, Any]) -> None:
+    """Told where the pid table has tasks, the walk reads them ahead in runs; the capture holds
+    each task's own read only, so those runs fail and each task is read alone, as before."""
+    memory = image(capture)
+    near = [address for _, address in capture["pid_table"]]
+    assert walk_tasks(memory, capture["start"], vmlinux, near=near) == captured_tasks(capture)
+
+
+def test_neighbours_are_read_together() -> None:
+    """Spans close together come from one read; a lone one and a run that fails to read are
+    left to the caller."""
+    base = 0xFFFF_8880_0010_0000
+    memory = Image()
+    memory.put(base, bytes(range(256)) * 64)  # 16 KiB
+    reads: list[tuple[int, int]] = []
+    read = memory.read
+
+    def counted(address: int, size: int) -> bytes:
+        reads.append((address, size))
+        return read(address, size)
+
+    memory.read = counted  # type: ignore[method-assign]
+    far = base + (1 << 30)
+    near = [base + 4096, base, base + 8000, far, far + 100]
+    spans = read_spans(memory, near, 16)
+    assert spans == {a: read(a, 16) for a in (base, base + 4096, base + 8000)}
+    assert reads == [(base, 8016), (far, 116)]  # one read a run; the unmapped run fails

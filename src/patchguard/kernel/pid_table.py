@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from patchguard.kernel.btf import Btf
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.memory import KERNEL_SPACE, KernelMemory, read_u32, read_u64
+from patchguard.kernel.tasks import read_spans
 
 SLOTS = 64  # XA_CHUNK_SIZE with CONFIG_BASE_SMALL off
 MAX_NODES = (1 << 22) // SLOTS * 2  # PID_MAX_LIMIT pids need fewer nodes than this
@@ -89,6 +90,7 @@ class _Walk:
         self.memory, self.o = memory, offsets
         self.nodes = 0
         self.found: dict[int, int] = {}  # pid number -> task_struct address
+        self.firsts: dict[int, bytes] = {}  # leaves' tasks[PIDTYPE_PID].first, read ahead
 
     def entry(self, entry: int, base: int) -> None:
         if _is_node(entry):
@@ -105,12 +107,16 @@ class _Walk:
         if shift > MAX_SHIFT or shift % 6:
             raise KernelAccessError(WHAT, f"implausible shift {shift} at {node:#x}")
         slots = struct.unpack(f"<{SLOTS}Q", self.memory.read(node + self.o.node_slots, 8 * SLOTS))
+        leaves = (e + self.o.pid_tasks for e in slots if e & 3 == 0 and e >= KERNEL_SPACE)
+        self.firsts.update(read_spans(self.memory, leaves, 8))  # neighbours read together
         for i, entry in enumerate(slots):
             if entry:
                 self.entry(entry, base + (i << shift))
 
     def leaf(self, pid: int, nr: int) -> None:
-        first = read_u64(self.memory, pid + self.o.pid_tasks)  # tasks[PIDTYPE_PID].first
+        at = pid + self.o.pid_tasks  # tasks[PIDTYPE_PID].first
+        raw = self.firsts.pop(at, None)
+        first = int.from_bytes(raw, "little") if raw is not None else read_u64(self.memory, at)
         if first >= KERNEL_SPACE:  # else: a pgid or sid whose own task has gone
             self.found[nr] = first - self.o.pid_links
 

@@ -176,7 +176,8 @@ def _walk_memory(r: ProcessReading, suspects: set[int] | None, seen: set[int]) -
     if suspects is not None and (in_place := _memory_in_place(r, suspects, seen)) is not None:
         return _remember(r, in_place)
     try:
-        return _remember(r, walk_tasks(memory, r.start, btf))
+        # where the pid table and the iterator put tasks: read ahead, neighbours together
+        return _remember(r, walk_tasks(memory, r.start, btf, near=set(r.task_of.values())))
     except KernelAccessError as exc:
         r.gap(MEMORY_WHAT, str(exc))
         r.start = None

@@ -172,10 +172,10 @@ def _walk_memory(r: ProcessReading, suspects: set[int] | None, seen: set[int]) -
     the look's other views show); None (with a gap) when it cannot be read."""
     if r.start is None:
         return None
-    memory, btf = r.kernel.memory(), r.kernel.vmlinux_btf
-    if suspects is not None and (in_place := _memory_in_place(r, suspects, seen)) is not None:
-        return _remember(r, in_place)
-    try:
+    try:  # the reader and BTF are opened on first use: their failure is a gap too
+        memory, btf = r.kernel.memory(), r.kernel.vmlinux_btf
+        if suspects is not None and (in_place := _memory_in_place(r, suspects, seen)) is not None:
+            return _remember(r, in_place)
         # where the pid table and the iterator put tasks: read ahead, neighbours together
         return _remember(r, walk_tasks(memory, r.start, btf, near=set(r.task_of.values())))
     except KernelAccessError as exc:
@@ -202,8 +202,8 @@ def _walk_pid_table(r: ProcessReading, suspects: set[int] | None) -> set[int] | 
     walked); None (with a gap) when it cannot be read."""
     if r.start is None or r.pid_table_failed:
         return None
-    memory, btf = r.kernel.memory(), r.kernel.vmlinux_btf
     try:
+        memory, btf = r.kernel.memory(), r.kernel.vmlinux_btf
         if suspects is None:
             table = pid_table(memory, r.start, btf)
         else:

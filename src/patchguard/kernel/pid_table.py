@@ -95,7 +95,7 @@ class _Walk:
     def entry(self, entry: int, base: int) -> None:
         if _is_node(entry):
             self.node(entry - 2, base)
-        elif entry & 3 == 0 and entry >= KERNEL_SPACE:  # a struct pid
+        elif _is_leaf(entry):
             self.leaf(entry, base)
         # else: NULL, a reserved pid not yet filled in, or a retry entry: no task
 
@@ -107,7 +107,7 @@ class _Walk:
         if shift > MAX_SHIFT or shift % 6:
             raise KernelAccessError(WHAT, f"implausible shift {shift} at {node:#x}")
         slots = struct.unpack(f"<{SLOTS}Q", self.memory.read(node + self.o.node_slots, 8 * SLOTS))
-        leaves = (e + self.o.pid_tasks for e in slots if e & 3 == 0 and e >= KERNEL_SPACE)
+        leaves = (e + self.o.pid_tasks for e in slots if _is_leaf(e))
         self.firsts.update(read_spans(self.memory, leaves, 8))  # neighbours read together
         for i, entry in enumerate(slots):
             if entry:
@@ -182,22 +182,31 @@ class _Lookup:
             entry, above = slots[(nr >> shift) % SLOTS], shift
         return entry
 
-    def task(self, nr: int) -> int | None:
-        """The task of pid `nr`, as the table walk would find it."""
-        entry = self.entry(nr)
-        if entry & 3 or entry < KERNEL_SPACE:
-            return None  # NULL, reserved, a retry entry: no task
-        first = read_u64(self.memory, entry + self.o.pid_tasks)
-        return first - self.o.pid_links if first >= KERNEL_SPACE else None
+    def tasks(self, pids: Iterable[int]) -> dict[int, int]:
+        """The tasks of `pids` that have one, as the table walk would find them: each pid's
+        struct pid, then their tasks[PIDTYPE_PID].first, neighbours read together."""
+        leaves = {nr: entry for nr in sorted(pids) if _is_leaf(entry := self.entry(nr))}
+        at = {nr: entry + self.o.pid_tasks for nr, entry in leaves.items()}
+        ahead = read_spans(self.memory, at.values(), 8)
+        found: dict[int, int] = {}
+        for nr, where in at.items():
+            raw = ahead.get(where)
+            first = int.from_bytes(raw, "little") if raw else read_u64(self.memory, where)
+            if first >= KERNEL_SPACE:  # else: a pgid or sid whose own task has gone
+                found[nr] = first - self.o.pid_links
+        return found
+
+
+def _is_leaf(entry: int) -> bool:
+    """A struct pid: not NULL, not reserved, not a retry entry."""
+    return entry & 3 == 0 and entry >= KERNEL_SPACE
 
 
 def pids_in_table(memory: KernelMemory, task: int, btf: Btf, pids: Iterable[int]) -> dict[int, int]:
     """pid_table() for `pids` only: each looked up, not the whole table walked."""
     offsets = layout(btf)
     ns = namespace_of(memory, task, offsets)
-    lookup = _Lookup(memory, offsets, read_u64(memory, ns + offsets.ns_idr))
-    found = {nr: lookup.task(nr) for nr in sorted(pids)}
-    return {nr: task for nr, task in found.items() if task is not None}
+    return _Lookup(memory, offsets, read_u64(memory, ns + offsets.ns_idr)).tasks(pids)
 
 
 __all__ = ["PidLayout", "layout", "namespace_of", "pid_table", "pids_in_table"]

@@ -355,6 +355,7 @@ def tasks_in_place(memory: KernelMemory, btf: Btf, known: Mapping[int, int]) -> 
     A task whose neighbours still point back at it is on a list; that it is the task list is
     what the earlier walk, from init_task's ring, showed."""
     walk = _Walk(memory, layout(btf), MAX_TASKS)
+    walk.prefetch(known.values())  # a group's threads often sit side by side
     found: dict[int, MemTask] = {}
     for pid, task in known.items():
         with contextlib.suppress(KernelAccessError):

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from timing import median_ms
+from timing import load_note, median_ms
 
 from patchguard.kernel import Kernel
 from patchguard.kernel.bpf.current_task import current_task
@@ -32,6 +33,7 @@ from patchguard.kernel.tasks import tasks_in_place, walk_tasks
 from patchguard.surfaces.processes import ProcessesSurface
 
 PIDS = 30_000
+Rounds = tuple[float, float, float]
 
 
 def floor_once(pids: int) -> None:
@@ -39,14 +41,28 @@ def floor_once(pids: int) -> None:
     answering(range(1, pids + 1))
 
 
+def interleaved(floor: Callable[[], object], cost: Callable[[], object], rounds: int) -> Rounds:
+    """The floor and the cost timed in alternation, round by round, so that a change in the
+    machine's load falls on both alike: (median floor ms, median cost ms, median ratio)."""
+    pairs = []
+    for _ in range(rounds):
+        pairs.append((median_ms(floor, 1), median_ms(cost, 1)))
+    return (
+        statistics.median(f for f, _ in pairs),
+        statistics.median(c for _, c in pairs),
+        statistics.median(c / f for f, c in pairs),
+    )
+
+
 def report(label: str, kernel: Kernel, pids: int, rounds: int) -> None:
     surface = ProcessesSurface(probe_below=pids + 1)
-    floor = median_ms(lambda: floor_once(pids), rounds)
-    cost = median_ms(lambda: surface.collect(kernel), rounds)
+    floor, cost, ratio = interleaved(
+        lambda: floor_once(pids), lambda: surface.collect(kernel), rounds
+    )
     counts = surface.collect(kernel).counts
     print(
         f"processes{label}: {pids:,} pids probed in {cost:.1f} ms "
-        f"(floor {floor:.1f} ms, ratio {cost / floor:.2f}; "
+        f"(floor {floor:.1f} ms, ratio {ratio:.2f}, the median of rounds taken in turn; "
         f"{counts['processes']} processes, {counts['threads']} threads, "
         f"{counts['tasks_iterated']} iterated, {counts['tasks_in_memory']} in memory)"
     )
@@ -108,7 +124,9 @@ def main() -> None:
     state = ProcessesSurface().collect(kernel)
     first = (time.perf_counter() - t0) * 1000
     gaps = "; ".join(f"{g.what}: {g.reason}" for g in state.gaps) or "none"
-    print(f"first collect (with the vmlinux BTF parse): {first:.1f} ms; gaps: {gaps}")
+    print(
+        f"first collect (with the vmlinux BTF parse): {first:.1f} ms; gaps: {gaps}; {load_note()}"
+    )
 
     report(" at pid_max", kernel, pid_max - 1, args.rounds)
     report("", kernel, PIDS, args.rounds)

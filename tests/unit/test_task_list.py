@@ -22,8 +22,8 @@ from patchguard.kernel.btf import Btf
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.memory import MemoryReadError
 from patchguard.kernel.pid_table import layout as pid_layout
-from patchguard.kernel.pid_table import pid_table
-from patchguard.kernel.tasks import MemTask, layout, walk_tasks
+from patchguard.kernel.pid_table import pid_table, pids_in_table
+from patchguard.kernel.tasks import MemTask, layout, read_spans, tasks_in_place, walk_tasks
 from patchguard.surfaces.processes import (
     BPF_ITER,
     ITER_MAP,
@@ -240,3 +240,172 @@ def test_a_task_name_is_shown_escaped(capture: dict[str, Any]) -> None:
     found = assess_hidden(evil)
     assert "\x1b" not in found.subject and "\n" not in found.summary
     assert found.evidence["comm"] == "\x1b[2Jok\n"  # evidence keeps the raw name
+
+
+# --- the re-checks: only the suspects looked at -------------------------------------------------
+
+
+def test_each_task_is_still_linked_where_the_walk_found_it(
+    vmlinux: Btf, capture: dict[str, Any]
+) -> None:
+    """Every task of the capture, looked at in place (its own span, its leader's neighbours,
+    its group), is found as the whole walk found it."""
+    tasks = [t for t in captured_tasks(capture) if t.pid]
+    known = {t.pid: t.address for t in tasks}
+    assert tasks_in_place(image(capture), vmlinux, known) == {t.pid: t for t in tasks}
+
+
+def test_a_task_unlinked_from_the_list_is_not_still_linked(
+    vmlinux: Btf, capture: dict[str, Any]
+) -> None:
+    """list_del() points the neighbours past the task and leaves the task's own links (a
+    rootkit's copy may not poison them): the neighbours no longer point back."""
+    memory = image(capture)
+    off = layout(vmlinux).tasks
+    leaders = [t for t in captured_tasks(capture) if t.pid == t.tgid and t.pid]
+    victim = next(t for t in leaders if t.pid == 2)
+    after = struct.unpack("<Q", memory.read(victim.address + off, 8))[0]
+    before = struct.unpack("<Q", memory.read(victim.address + off + 8, 8))[0]
+    put_word(memory, before, after)  # prev->next = next
+    put_word(memory, after + 8, before)  # next->prev = prev
+    assert tasks_in_place(memory, vmlinux, {2: victim.address}) == {}
+    others = {t.pid: t.address for t in leaders if t.pid != 2}
+    assert set(tasks_in_place(memory, vmlinux, others)) == set(others)
+
+
+def test_a_task_linked_to_itself_is_not_still_linked(vmlinux: Btf, capture: dict[str, Any]) -> None:
+    """list_del_init() leaves the task a list of its own: on a list, but not the task list."""
+    memory = image(capture)
+    off = layout(vmlinux).tasks
+    victim = next(t for t in captured_tasks(capture) if t.pid == 2)
+    put_word(memory, victim.address + off, victim.address + off)
+    put_word(memory, victim.address + off + 8, victim.address + off)
+    assert tasks_in_place(memory, vmlinux, {2: victim.address}) == {}
+
+
+def test_a_pid_now_another_tasks_is_not_still_linked(vmlinux: Btf, capture: dict[str, Any]) -> None:
+    """The address holds another pid (the task exited and the memory was reused)."""
+    two = next(t for t in captured_tasks(capture) if t.pid == 2)
+    assert tasks_in_place(image(capture), vmlinux, {3: two.address}) == {}
+
+
+def test_a_thread_out_of_its_group_is_not_still_linked(
+    vmlinux: Btf, capture: dict[str, Any]
+) -> None:
+    """A thread at its address, its leader on the list, but the group's ring skips it."""
+    memory = image(capture)
+    o = layout(vmlinux)
+    addresses = {t.address for t in captured_tasks(capture)}
+
+    def links(task: MemTask) -> tuple[int, int]:
+        return struct.unpack("<2Q", memory.read(task.address + o.link, 16))
+
+    # a thread between two threads: its neighbours are tasks the walk read
+    thread = next(
+        t
+        for t in captured_tasks(capture)
+        if t.pid != t.tgid and all(n - o.link in addresses for n in links(t))
+    )
+    after, before = links(thread)
+    put_word(memory, before, after)
+    put_word(memory, after + 8, before)
+    assert tasks_in_place(memory, vmlinux, {thread.pid: thread.address}) == {}
+
+
+def test_pid_lookups_find_what_the_table_walk_finds(vmlinux: Btf, capture: dict[str, Any]) -> None:
+    """Looked up one by one (idr_find's descent), the table's pids give the walk's tasks, and
+    pids the table lacks (free, beyond every node, 0) give none."""
+    memory = image(capture)
+    table = pid_table(memory, capture["start"], vmlinux)
+    absent = [0, max(table) + 1, 4 * max(table), 1 << 21, (1 << 22) - 1]
+    assert not set(absent) & set(table)
+    asked = [*table, *absent]
+    assert pids_in_table(memory, capture["start"], vmlinux, asked) == table
+    assert pids_in_table(memory, capture["start"], vmlinux, [1]) == {1: table[1]}
+
+
+OLD_OFFSETS = {
+    ("task_struct", "tasks"): 0,
+    ("task_struct", "pid"): 16,
+    ("task_struct", "tgid"): 20,
+    ("task_struct", "group_leader"): 24,
+    ("task_struct", "thread_group"): 32,
+    ("task_struct", "comm"): 48,
+    ("task_struct", "signal"): 64,
+}
+
+
+class OldBtf:
+    """task_struct as kernels before 6.7 lay it out (threads on thread_group, a ring with no
+    head; signal_struct has no thread_head): offsets of a small made-up struct."""
+
+    def member_offset(self, struct_name: str, member: str) -> int | None:
+        return OLD_OFFSETS.get((struct_name, member))
+
+
+def old_tasks() -> tuple[Image, dict[int, int]]:
+    """init_task (pid 0) and process 10 on the task list; 10's threads 11 and 12 on its ring."""
+    base = 0xFFFF_8880_0000_0000
+    at = {pid: base + 0x1000 * i for i, pid in enumerate((0, 10, 11, 12))}
+    tgid = {0: 0, 10: 10, 11: 10, 12: 10}
+    tasks = {0: (at[10], at[10]), 10: (at[0], at[0]), 11: (0, 0), 12: (0, 0)}  # threads: off
+    ring = {10: (at[11], at[12]), 11: (at[12], at[10]), 12: (at[10], at[11]), 0: (at[0], at[0])}
+    memory = Image()
+    for pid, address in at.items():
+        leader = at[tgid[pid]]
+        nxt, prv = tasks[pid]
+        group = tuple(a + 32 for a in ring[pid])
+        memory.put(
+            address,
+            struct.pack(
+                "<2QiiQ2Q16sQQ", nxt, prv, pid, tgid[pid], leader, *group, f"t{pid}".encode(), 0, 0
+            ),
+        )
+    return memory, at
+
+
+def test_threads_on_thread_group_before_6_7() -> None:
+    """The walk and the in-place re-check on the older layout: the ring of thread_group."""
+    memory, at = old_tasks()
+    btf: Any = OldBtf()
+    found = walk_tasks(memory, at[11], btf)
+    assert sorted((t.pid, t.tgid, t.comm) for t in found) == [
+        (0, 0, "t0"),
+        (10, 10, "t10"),
+        (11, 10, "t11"),
+        (12, 10, "t12"),
+    ]
+    known = {pid: at[pid] for pid in (10, 11, 12)}
+    assert set(tasks_in_place(memory, btf, known)) == {10, 11, 12}
+    put_word(memory, at[11] + 32, at[10] + 32)  # 11 -> 10: 12 is off its group's ring
+    put_word(memory, at[10] + 40, at[11] + 32)
+    assert set(tasks_in_place(memory, btf, known)) == {10, 11}
+
+
+def test_a_walk_told_where_tasks_are_finds_the_same(vmlinux: Btf, capture: dict[str, Any]) -> None:
+    """Told where the pid table has tasks, the walk reads them ahead in runs; the capture holds
+    each task's own read only, so those runs fail and each task is read alone, as before."""
+    memory = image(capture)
+    near = [address for _, address in capture["pid_table"]]
+    assert walk_tasks(memory, capture["start"], vmlinux, near=near) == captured_tasks(capture)
+
+
+def test_neighbours_are_read_together() -> None:
+    """Spans close together come from one read; a lone one and a run that fails to read are
+    left to the caller."""
+    base = 0xFFFF_8880_0010_0000
+    memory = Image()
+    memory.put(base, bytes(range(256)) * 64)  # 16 KiB
+    reads: list[tuple[int, int]] = []
+    read = memory.read
+
+    def counted(address: int, size: int) -> bytes:
+        reads.append((address, size))
+        return read(address, size)
+
+    memory.read = counted  # type: ignore[method-assign]
+    far = base + (1 << 30)
+    near = [base + 4096, base, base + 8000, far, far + 100]
+    spans = read_spans(memory, near, 16)
+    assert spans == {a: read(a, 16) for a in (base, base + 4096, base + 8000)}
+    assert reads == [(base, 8016), (far, 116)]  # one read a run; the unmapped run fails

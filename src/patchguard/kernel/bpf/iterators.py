@@ -70,6 +70,7 @@ READ_SIZE = 1 << 16
 # fills drops tasks, which would look like hiding: a full map fails the walk instead.
 COPY = struct.Struct(f"<Q{RECORD.size}s")
 COPY_ENTRIES = 1 << 16
+_COPY_FIELDS = struct.Struct(f"<QII{COMM_LEN}s")  # COPY with its RECORD unpacked in place
 
 
 @dataclass(frozen=True)
@@ -188,10 +189,10 @@ def parse_records(data: bytes) -> list[IterTask]:
 
 
 def parse_copies(values: list[bytes]) -> list[tuple[int, IterTask]]:
-    """(task address, task) of each value of the map copy."""
+    """(task address, task) of each value of the map copy: the address, then a RECORD."""
     return [
-        (address, parse_records(record)[0])
-        for address, record in (COPY.unpack(v[: COPY.size]) for v in values)
+        (address, IterTask(pid, tgid, comm.split(b"\0", 1)[0].decode(errors="replace")))
+        for address, pid, tgid, comm in map(_COPY_FIELDS.unpack_from, values)
     ]
 
 

@@ -13,8 +13,9 @@ read() from a kernel walk that leaves a task out.
 
 Threads: /proc/<tid> of a non-leader thread answers stat and kill but is not listed in /proc; it is
 listed in its process's /proc/<tgid>/task, so "listed" means either listing. Races: processes start
-and exit between views, so a suspect is looked at again (a fresh listing, a fresh probe, fresh
-walks) and only a pid every look disagrees on is reported.
+and exit between views, so a suspect is looked at again (a fresh listing, a fresh probe, a fresh
+iterator walk, its pid looked up in the pid table and its task looked at where memory had it)
+and only a pid every look disagrees on is reported.
 
 Modules: records (the views and what is recorded), views (parsers and the cross-view logic on pid
 sets), collect (reading a Kernel), assess (findings), surface (ProcessesSurface).

@@ -1,6 +1,9 @@
 """Reading the process views off a Kernel: the /proc listings, kill(2) over the pid space, stat of
 /proc/<pid>, the BPF task iterator (its read() and its map copy), and the task list and the pid
-table in kernel memory; then the re-checks of every pid they disagree on.
+table in kernel memory; then the re-checks of every pid they disagree on. A re-check reads the
+kernel for the suspects alone: their pids looked up in the pid table, their tasks looked at where
+memory's last look had them. The task list is walked whole again only when a view still shows a
+pid that memory lacked or cannot find there, since only a whole walk shows a task off the list.
 
 Pid namespaces: /proc, kill and the iterator are of the pid namespace patchguard runs in. The
 iterator's and memory's pid and tgid are the init namespace's numbers (task->pid), so in a child
@@ -16,9 +19,9 @@ from dataclasses import dataclass, field
 from patchguard.kernel.bpf.current_task import current_task
 from patchguard.kernel.bpf.iterators import TaskIterator
 from patchguard.kernel.errors import KernelAccessError
-from patchguard.kernel.pid_table import pid_table
+from patchguard.kernel.pid_table import pid_table, pids_in_table
 from patchguard.kernel.pids import answering, stat_answers
-from patchguard.kernel.tasks import walk_tasks
+from patchguard.kernel.tasks import MemTask, tasks_in_place, walk_tasks
 from patchguard.surfaces.processes.records import (
     BPF_ITER,
     ITER_MAP,
@@ -68,6 +71,7 @@ class ProcessReading(Reading):
     task_of: dict[int, int] = field(default_factory=dict)  # tid -> task_struct address
     iterator: TaskIterator | None = None
     start: int | None = None  # our own task_struct: where the memory walks begin
+    on_list: dict[int, int] = field(default_factory=dict)  # pid -> task, memory's last look
     pid_table_failed: bool = False
     probed: int = 0
 
@@ -154,29 +158,56 @@ def _walk_iterator(r: ProcessReading) -> tuple[set[int], set[int]] | None:
     return {t.pid for t in walk.read}, {t.pid for _, t in walk.copied}
 
 
-def _walk_memory(r: ProcessReading) -> set[int] | None:
-    """One walk of the task list in memory; None (with a gap) when it cannot be read."""
-    if r.start is None:
-        return None
-    try:
-        tasks = walk_tasks(r.kernel.memory(), r.start, r.kernel.vmlinux_btf)
-    except KernelAccessError as exc:
-        r.gap(MEMORY_WHAT, str(exc))
-        r.start = None
-        return None
+def _remember(r: ProcessReading, tasks: list[MemTask]) -> set[int]:
     for task in tasks:
         r.tgid_of[task.pid] = task.tgid
         r.task_of[task.pid] = task.address
         r.comm_of[task.pid] = task.comm  # memory's name wins: no read() filtered it
-    return {task.pid for task in tasks if task.pid}  # pid 0, the idle task, has no /proc
+    r.on_list = {task.pid: task.address for task in tasks if task.pid}
+    return set(r.on_list)  # pid 0, the idle task, has no /proc
 
 
-def _walk_pid_table(r: ProcessReading) -> set[int] | None:
-    """The pids the pid table has a task for; None (with a gap) when it cannot be read."""
+def _walk_memory(r: ProcessReading, suspects: set[int] | None, seen: set[int]) -> set[int] | None:
+    """The task list in memory, for the suspects only (None: every pid; `seen`: the suspects
+    the look's other views show); None (with a gap) when it cannot be read."""
+    if r.start is None:
+        return None
+    try:  # the reader and BTF are opened on first use: their failure is a gap too
+        memory, btf = r.kernel.memory(), r.kernel.vmlinux_btf
+        if suspects is not None and (in_place := _memory_in_place(r, suspects, seen)) is not None:
+            return _remember(r, in_place)
+        # where the pid table and the iterator put tasks: read ahead, neighbours together
+        return _remember(r, walk_tasks(memory, r.start, btf, near=set(r.task_of.values())))
+    except KernelAccessError as exc:
+        r.gap(MEMORY_WHAT, str(exc))
+        r.start = None
+        return None
+
+
+def _memory_in_place(r: ProcessReading, suspects: set[int], seen: set[int]) -> list[MemTask] | None:
+    """The suspects' tasks looked at where memory's last look had them (tasks_in_place), or
+    None when only a whole walk can tell: a view shows a pid that memory lacked or that is
+    not where memory had it (it may be off the task list). A suspect no view shows any more
+    has exited, and memory lacking it is all there is to know."""
+    shown = suspects & seen
+    if not shown <= r.on_list.keys():
+        return None
+    known = {pid: r.on_list[pid] for pid in suspects if pid in r.on_list}
+    found = tasks_in_place(r.kernel.memory(), r.kernel.vmlinux_btf, known)
+    return list(found.values()) if shown <= found.keys() else None
+
+
+def _walk_pid_table(r: ProcessReading, suspects: set[int] | None) -> set[int] | None:
+    """The pids the pid table has a task for (the suspects looked up, or None: the whole table
+    walked); None (with a gap) when it cannot be read."""
     if r.start is None or r.pid_table_failed:
         return None
     try:
-        table = pid_table(r.kernel.memory(), r.start, r.kernel.vmlinux_btf)
+        memory, btf = r.kernel.memory(), r.kernel.vmlinux_btf
+        if suspects is None:
+            table = pid_table(memory, r.start, btf)
+        else:
+            table = pids_in_table(memory, r.start, btf, suspects)
     except KernelAccessError as exc:
         r.gap(PID_TABLE_WHAT, str(exc))
         r.pid_table_failed = True
@@ -194,19 +225,34 @@ def _tgid(r: ProcessReading, pid: int) -> int | None:
     return tgid if tgid is not None else r.tgid_of.get(pid)
 
 
-def _in_task_dir(r: ProcessReading, pid: int, listed: set[int]) -> bool:
-    tgid = _tgid(r, pid)
-    return tgid in listed and pid in (r.listing(f"{PROC}/{tgid}/task") or set())
+def _in_task_dirs(r: ProcessReading, suspects: set[int], listed: set[int]) -> set[int]:
+    """The suspects listed in their process's task directory, each directory listed once.
+    The tgid the views gave is tried first; /proc/<pid>/status is read only for a pid not
+    found there (a thread that exec() made its group's leader has a new tgid)."""
+    dirs: dict[int, set[int]] = {}
+
+    def in_dir(pid: int, tgid: int | None) -> bool:
+        if tgid is None or tgid not in listed:
+            return False
+        if tgid not in dirs:
+            dirs[tgid] = r.listing(f"{PROC}/{tgid}/task") or set()
+        return pid in dirs[tgid]
+
+    return {p for p in suspects if in_dir(p, r.tgid_of.get(p)) or in_dir(p, _tgid(r, p))}
 
 
-def _kernel_views(r: ProcessReading, suspects: set[int] | None) -> dict[str, set[int]]:
-    """The iterator's two copies and memory, for the suspects only (None: every pid)."""
+def _kernel_views(
+    r: ProcessReading, suspects: set[int] | None, shown: Views | None = None
+) -> dict[str, set[int]]:
+    """The iterator's two copies, the pid table and memory, for the suspects only (None: every
+    pid); `shown`: what the look's other views show of them."""
     views: dict[str, set[int]] = {}
     if (walked := _walk_iterator(r)) is not None:
         views[BPF_ITER], views[ITER_MAP] = walked
-    if (in_table := _walk_pid_table(r)) is not None:  # before the walk, which may fail
+    if (in_table := _walk_pid_table(r, suspects)) is not None:  # before the walk: it may fail
         views[PID_TABLE] = in_table
-    if (in_memory := _walk_memory(r)) is not None:
+    seen = set().union(*views.values(), *(shown or {}).values()) & (suspects or set())
+    if (in_memory := _walk_memory(r, suspects, seen)) is not None:
         views[MEMORY] = in_memory
     if suspects is None:
         return views
@@ -220,11 +266,11 @@ def _look(r: ProcessReading, suspects: set[int]) -> Views:
         return {}  # no listing to compare with: nothing can be confirmed
     views = {
         LISTING: listed & suspects,
-        TASKS: {p for p in suspects if _in_task_dir(r, p, listed)},
+        TASKS: _in_task_dirs(r, suspects, listed),
         KILL: set(answering(sorted(suspects))),
         STAT: {p for p in suspects if stat_answers(r.kernel.path(PROC), p)},
     }
-    again = _kernel_views(r, suspects)
+    again = _kernel_views(r, suspects, views)
     views.update({view: pids for view, pids in again.items() if view in r.views})
     return views
 

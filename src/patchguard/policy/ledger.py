@@ -360,6 +360,19 @@ def append(
         conn.close()
 
 
+def append_locked(
+    conn: sqlite3.Connection,
+    path: Path,
+    key: HostKey,
+    kind: str,
+    payload: Mapping[str, Any],
+    now: datetime | None = None,
+) -> Appended:
+    """`append` inside a transaction `locked` holds (for a caller that writes more with it)."""
+    when = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    return _append_locked(conn, path, key, kind, payload, None, when)
+
+
 def _append_locked(
     conn: sqlite3.Connection,
     path: Path,

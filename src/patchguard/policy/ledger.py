@@ -71,6 +71,9 @@ _RULES_READ = (  # what the rules read to judge an entry about request ?1 (NULL:
         f"kind = 'policy' AND {_POLICY} = 'max_expiry_days' AND seq < {bound})"
         for bound in ("coalesce(?1, 1 << 62)", "1 << 62")
     ),
+    # the newest log-key rotation: the next one must start from the key it announced
+    f"SELECT {_COLUMNS} FROM entries WHERE seq = (SELECT max(seq) FROM entries WHERE "
+    f"kind = 'policy' AND {_POLICY} = 'log_key')",
 )
 
 

@@ -6,15 +6,22 @@ server, and a host's gate pointed at the server's `/log` applying an exception u
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import sqlite3
 from pathlib import Path
 
 from fleet_support import ServerProcess
-from support.witnesses import World, world
+from support.witnesses import World, running, world
 from test_server_tlog import get, import_log, server_cli
 
-from patchguard.policy.transparency import note
+from patchguard.cli import main
+from patchguard.policy.exceptions import set_max_expiry
+from patchguard.policy.transparency import collect, note, publish
 from patchguard.policy.transparency.gate import gate
 from patchguard.policy.transparency.gate_config import GateSettings
+from patchguard.policy.transparency.rotation import rotate
+from patchguard.policy.transparency.witness import Witness
+from patchguard.signing import HostKey
 
 __all__ = ["world"]  # the fixture (tests/support/witnesses.py)
 
@@ -92,3 +99,53 @@ def test_bad_cosigned_checkpoints_are_refused_in_one_line(
     refused(server, tmp_path / "missing", "No such file or directory")
     status, body, _ = get(f"{server.url}/log/checkpoint")
     assert status == 200 and len(note.parse(body).signatures) == 1  # nothing was stored
+
+
+def test_the_server_follows_a_log_key_rotation(
+    server: ServerProcess, world: World, tmp_path: Path
+) -> None:
+    seq = world.request()
+    world.approve(seq)
+    import_log(server, world.log)
+    state = str(tmp_path / "verifier")
+    url = f"{server.url}/log"
+    assert (
+        main(["ledger", "verify", "--url", url, "--vkey", world.log.vkey(), "--state", state]) == 0
+    )
+    settings = at_server(world, server)  # the host pins the first key
+    rotate(world.log.path, world.log.owner, tmp_path / "log2.key")
+    import_log(server, world.log)  # the rotation's own checkpoint: still the old key
+    set_max_expiry(world.log.path, world.log.owner, 40)
+    import_log(server, world.log)  # signed by the new key, announced by the entry
+    new = note.parse_vkey(world.log.vkey())
+    status, body, _ = get(f"{url}/checkpoint")
+    assert status == 200 and note.parse(body).signatures[0].key_id == new.key_id
+    assert main(["ledger", "verify", "--url", url, "--state", state]) == 0  # followed
+    world.publish()
+    key = new
+    ws = tuple(Witness(w.signer, (*w.logs, (key.name, key)), w.state) for w in world.witnesses)
+    with running(*ws[:2]) as urls:
+        collect.collect(publish.load_log(world.log.path), world.site, urls)
+    done = server_cli(server.db_url, "ledger", "cosigned", str(world.site / "checkpoint"))
+    assert done.returncode == 0, done.stderr
+    assert [r.id for r in gate(world.log.path, settings).applied] == [seq]
+
+
+def test_an_import_under_a_key_never_announced_is_refused(
+    server: ServerProcess, world: World, tmp_path: Path
+) -> None:
+    import_log(server, world.log)
+    copy = tmp_path / "copy.db"
+    shutil.copyfile(world.log.path, copy)
+    conn = sqlite3.connect(copy)  # the ledger's log key swapped behind the entries' back
+    stranger = HostKey.load_or_create(tmp_path / "stranger.key")
+    with conn:
+        conn.execute("DROP TRIGGER log_no_update")
+        values = (stranger.public_key_bytes().hex(), str(tmp_path / "stranger.key"))
+        conn.execute("UPDATE log SET public_key = ?, key_path = ?", values)
+    conn.close()
+    set_max_expiry(copy, world.log.owner, 40)
+    vkey = publish.load_log(copy).config.verifier.vkey
+    done = server_cli(server.db_url, "ledger", "import", str(copy))
+    assert done.returncode == 2 and done.stderr.strip().endswith(f"{vkey}, not the server's log")
+    assert note.parse(get(f"{server.url}/log/checkpoint")[1]).text.split("\n")[1] == "3"

@@ -5,7 +5,8 @@ and served to hosts as an export (`policy.ledger.export_json`'s shape) for them 
 A ledger that is a transparency log brings its log key and latest signed checkpoint along:
 the checkpoint is checked (signed by the log's key, its root the entries' tree) before it is
 stored, and the server serves it with the log's tiles (server/tlog.py). A later import must be
-signed by the same log key.
+signed by the same log key, or by a successor a log-key rotation entry among the imported
+entries announced (policy/transparency/rotation.py): the server then holds the new key.
 
 The operator hands the server the witnesses' cosignatures (`patchguard server ledger cosigned
 FILE`, FILE the checkpoint `ledger witness-collect` wrote): the note must be signed by the
@@ -26,8 +27,8 @@ from sqlalchemy.orm import Session
 
 from patchguard.policy.chain import COLUMNS, FORMAT, Entry
 from patchguard.policy.ledger import LedgerError, read_log, read_rows, replay
-from patchguard.policy.transparency import TransparencyError, note, store
-from patchguard.policy.transparency.checkpoint import open_checkpoint
+from patchguard.policy.transparency import TransparencyError, note, rotation, store
+from patchguard.policy.transparency.checkpoint import SignedCheckpoint, open_checkpoint
 from patchguard.server.db import LedgerCheckpoint, LedgerEntry, LedgerLog
 
 
@@ -73,24 +74,52 @@ def _import_checkpoint(
     latest: tuple[int, bytes],
     config: store.LogConfig,
 ) -> None:
-    """Keep the log's key (the same one at every import) and its latest checkpoint, once
-    it is shown to be signed by that key over exactly these entries."""
-    key = config.public_key.hex()
+    """Keep the log's key and its latest checkpoint, once it is shown to be signed by that
+    key over exactly these entries. The key is the one the server holds, or a successor a
+    log-key rotation entry among `entries` announced (then held from here on)."""
     known = session.get(LedgerLog, 1)
-    if known is not None and (known.origin, known.public_key) != (config.origin, key):
-        raise LedgerError(path, f"is the log {config.verifier.vkey}, not the server's log")
     size, note = latest
-    try:
-        checkpoint = open_checkpoint(note, config.verifier).checkpoint
-    except TransparencyError as exc:
-        raise LedgerError(path, f"checkpoint {size}: {exc}") from None
+    signed, key = _signed(path, known, config, entries, note)
+    checkpoint = signed.checkpoint
     tree = store.tree_of(entries)
     if checkpoint.size != size or size > tree.size or tree.root(size) != checkpoint.root:
         raise LedgerError(path, f"checkpoint {size} does not match the ledger's entries")
     if known is None:
-        session.add(LedgerLog(id=1, origin=config.origin, public_key=key))
+        session.add(LedgerLog(id=1, origin=config.origin, public_key=key.public_key.hex()))
+    else:
+        known.public_key = key.public_key.hex()  # the key of the newest checkpoint held
     if session.get(LedgerCheckpoint, size) is None:
         session.add(LedgerCheckpoint(size=size, note=note))
+
+
+def _signed(
+    path: Path,
+    known: LedgerLog | None,
+    config: store.LogConfig,
+    entries: Sequence[Entry],
+    message: bytes,
+) -> tuple[SignedCheckpoint, note.Verifier]:
+    """The checkpoint and its signer: on a first import any of the log's own keys, later the
+    server's key or a successor the entries announced (rotation.py)."""
+    try:
+        if known is None:
+            keys = (config.verifier, *(note.parse_vkey(r.old) for r in rotation.rotations(entries)))
+            signed = rotation.open_any(message, keys)
+            return signed, next(k for k in keys if signed.note.signed_by(k) is not None)
+        held = note.Verifier(known.origin, note.ED25519, bytes.fromhex(known.public_key))
+        if known.origin != config.origin:
+            raise note.NoteError("another origin")
+        return rotation.open_announced(message, held, entries)
+    except TransparencyError as exc:
+        if known is not None and config.verifier.vkey not in _announced(known, entries):
+            vkey = config.verifier.vkey
+            raise LedgerError(path, f"is the log {vkey}, not the server's log") from None
+        raise LedgerError(path, f"checkpoint: {exc}") from None
+
+
+def _announced(known: LedgerLog, entries: Sequence[Entry]) -> set[str]:
+    held = note.Verifier(known.origin, note.ED25519, bytes.fromhex(known.public_key))
+    return {p.key.vkey for p in rotation.periods(held, entries)}
 
 
 def _read_note(path: Path) -> bytes:

@@ -4,7 +4,9 @@ has no effect. The same `apply` refuses a new entry on append and flags a bad on
 
 Keys and roles are ledger entries too (kind "policy"): entry 1 registers the ledger owner's
 key with the "policy" role; only "policy" keys register keys or change the expiry maximum;
-only "approve" keys decide, and never for their own vendor (docs/manifest.md).
+only "approve" keys decide, and never for their own vendor (docs/manifest.md). A log-key
+rotation is a "policy" entry too (`"policy": "log_key"`): besides the entry's own signature it
+carries the current log key's signature naming its successor (docs/transparency.md).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from patchguard.policy.transparency.client import remembered
 from patchguard.policy.transparency.gate import gate
 from patchguard.policy.transparency.note import ED25519, NoteError, Signer, Verifier
 from patchguard.policy.transparency.rotation import open_announced, rotate
-from patchguard.policy.transparency.witness import Witness
+from patchguard.policy.transparency.witness import Forbidden, Witness
 from patchguard.signing import HostKey
 
 __all__ = ["world"]  # the fixture (tests/support/witnesses.py)
@@ -240,3 +241,57 @@ def test_the_rotate_command(
     assert publish.load_log(world.log.path).size == len(ledger.load(world.log.path).entries)
     missing = [*argv[:5], str(tmp_path / "keys" / "missing.key"), *argv[6:]]
     assert main(missing) == 2 and "missing.key" in capsys.readouterr().err
+
+
+def reading_tiles(world: World) -> World:
+    """The witnesses told where the log publishes its tiles (their key config unchanged)."""
+    origin = note.parse_vkey(world.log.vkey()).name
+    ws = tuple(
+        dataclasses.replace(w, published=((origin, str(world.site)),)) for w in world.witnesses
+    )
+    return dataclasses.replace(world, witnesses=ws)
+
+
+def test_a_witness_follows_a_rotation_proven_in_the_checkpoint_it_holds(
+    world: World, tmp_path: Path
+) -> None:
+    seq = world.request()
+    world.approve(seq)
+    world.publish()
+    world.collect(*world.witnesses[:2])
+    settings = world.settings()
+    rotated(world, tmp_path)
+    world.publish()  # the rotation's own checkpoint, signed by the old key
+    assert world.collect(*world.witnesses[:2]).cosigned == 2  # now they hold it
+    grow(world)
+    world.publish()  # signed by the new key
+    assert world.collect(*world.witnesses[:2]).cosigned == 0  # no tiles to prove it with
+    following = reading_tiles(world)
+    assert following.collect(*following.witnesses[:2]).cosigned == 2
+    gated = gate(world.log.path, settings)
+    assert [r.id for r in gated.applied] == [seq] and gated.findings == ()
+    assert gated.witnessed == len(ledger.load(world.log.path).entries)
+    grow(world)
+    world.publish()  # the witnesses trust the key they moved to: no tiles read now
+    assert world.collect(*world.witnesses[:2]).cosigned == 2
+
+
+def test_a_witness_refuses_a_key_it_cannot_prove(world: World, tmp_path: Path) -> None:
+    world.publish()
+    world.collect(world.witnesses[0])  # w1 holds the log at its size before the rotation
+    rotated(world, tmp_path)
+    grow(world)
+    world.publish()  # the rotation is not in the checkpoint w1 holds
+    following = reading_tiles(world)
+    assert following.collect(following.witnesses[0]).cosigned == 0
+    held = following.witnesses[0].last(note.parse_vkey(world.log.vkey()).name)
+    assert held is not None and held[1].vkey != world.log.vkey()  # still the old key
+    view = publish.load_log(world.log.path)
+    stranger = Signer(view.config.origin, ED25519, HostKey.generate())
+    forged = note.sign(view.latest.note.text, [stranger])
+    size = held[0].checkpoint.size
+    proof = view.tree.consistency_proof(size, view.size)
+    signed = dataclasses.replace(view.latest, note=forged)
+    body = publish.proof_text(f"old {size}", proof, signed).encode()
+    with pytest.raises(Forbidden, match="no rotation to its key proven"):
+        following.witnesses[0].add_checkpoint(body, int(time.time()))

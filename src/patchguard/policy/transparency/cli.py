@@ -245,7 +245,16 @@ def _witness(args: argparse.Namespace) -> Witness:
     key = HostKey.load_or_create(Path(args.key)) if args.create else HostKey.load(Path(args.key))
     signer = note.Signer(note.check_name(args.name), note.COSIGNATURE, key)
     logs = tuple(_log_key(v) for v in args.log or ())
-    return Witness(signer, logs, _state(args))
+    return Witness(signer, logs, _state(args), tuple(_published(v) for v in args.log_tiles or ()))
+
+
+def _published(text: str) -> tuple[str, str]:
+    from patchguard.policy.transparency import TransparencyError, note
+
+    origin, equals, where = text.partition("=")
+    if not equals or not where:
+        raise TransparencyError(f"--log-tiles {text!r}: expected ORIGIN=URL (or directory)")
+    return note.check_name(origin), where
 
 
 def _witness_vkey(args: argparse.Namespace) -> int:
@@ -320,6 +329,12 @@ def register_witness(subparsers: Any) -> None:
             help="a log it follows (origin = the key's name), or ORIGIN=VKEY",
         )
         p.add_argument("--state", metavar="DIR", help="default ~/.local/state/patchguard")
+        p.add_argument(
+            "--log-tiles",
+            action="append",
+            metavar="ORIGIN=URL",
+            help="where a log publishes its tiles: to follow a log-key rotation it announces",
+        )
         p.set_defaults(policy_handler=_guarded(handler))
         if name == "cosign":
             p.add_argument(

@@ -295,3 +295,13 @@ def test_a_witness_refuses_a_key_it_cannot_prove(world: World, tmp_path: Path) -
     body = publish.proof_text(f"old {size}", proof, signed).encode()
     with pytest.raises(Forbidden, match="no rotation to its key proven"):
         following.witnesses[0].add_checkpoint(body, int(time.time()))
+
+
+def test_witness_log_tiles_must_name_an_origin(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["witness", "vkey", "--key", str(tmp_path / "w.key"), "--create", "--name", "w/1"]
+    assert main([*base, "--log-tiles", "https://log.example/tiles"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.endswith("expected ORIGIN=URL (or directory)")
+    assert main([*base, "--log-tiles", "log.example/x=https://log.example/tiles"]) == 0

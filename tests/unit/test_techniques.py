@@ -27,7 +27,7 @@ NOT_TECHNIQUES = {
     "last-stop-unrequested", "last-run-unstopped", "state-unavailable", "guard-work",
     "stop-requested", "self-check", "guard-state", "guard-stalled",
     "max-expiry", "utf-8", "log-init", "witness-collect", "gpg-agent", "ssh-agent", "sshd-session",
-    "polkit-agent-helper-1", "patchguard-read", "verify-report",
+    "polkit-agent-helper-1", "patchguard-read", "verify-report", "rotate-log-key",
     # fleet: message kinds, alert kinds of the server, state files, CLI words, HTTP header values
     "baseline-changed", "baseline-rotated", "fleet-rejected", "fleet-server", "fleet-spool",
     "fetch-policy", "ledger-replay", "content-length", "content-type", "no-referrer", "no-store",

@@ -72,6 +72,9 @@ _RULES_READ = (  # what the rules read to judge an entry about request ?1 (NULL:
         f"kind = 'policy' AND {_POLICY} = 'max_expiry_days' AND seq < {bound})"
         for bound in ("coalesce(?1, 1 << 62)", "1 << 62")
     ),
+    # the newest log-key rotation: the next one must start from the key it announced
+    f"SELECT {_COLUMNS} FROM entries WHERE seq = (SELECT max(seq) FROM entries WHERE "
+    f"kind = 'policy' AND {_POLICY} = 'log_key')",
 )
 
 
@@ -404,6 +407,19 @@ def append(
         raise LedgerError(path, f"cannot append, nothing written: {exc}") from None
     finally:
         conn.close()
+
+
+def append_locked(
+    conn: sqlite3.Connection,
+    path: Path,
+    key: HostKey,
+    kind: str,
+    payload: Mapping[str, Any],
+    now: datetime | None = None,
+) -> Appended:
+    """`append` inside a transaction `locked` holds (for a caller that writes more with it)."""
+    when = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    return _append_locked(conn, path, key, kind, payload, None, when)
 
 
 def _append_locked(

@@ -4,7 +4,9 @@ has no effect. The same `apply` refuses a new entry on append and flags a bad on
 
 Keys and roles are ledger entries too (kind "policy"): entry 1 registers the ledger owner's
 key with the "policy" role; only "policy" keys register keys or change the expiry maximum;
-only "approve" keys decide, and never for their own vendor (docs/manifest.md).
+only "approve" keys decide, and never for their own vendor (docs/manifest.md). A log-key
+rotation is a "policy" entry too (`"policy": "log_key"`): besides the entry's own signature it
+carries the current log key's signature naming its successor (docs/transparency.md).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 
 from patchguard.policy.chain import KINDS, Entry
 from patchguard.policy.manifest import Manifest, ManifestError, manifest_from_dict
-from patchguard.signing import fingerprint_of
+from patchguard.policy.transparency import note
+from patchguard.signing import fingerprint_of, verify_signature
 
 ROLES = ("approve", "policy")
 DEFAULT_MAX_EXPIRY_DAYS = 365
@@ -86,6 +89,7 @@ class LedgerState:
     keys: dict[str, KeyGrant] = field(default_factory=dict)
     requests: dict[int, Request] = field(default_factory=dict)
     max_expiry_days: int = DEFAULT_MAX_EXPIRY_DAYS
+    log_vkey: str | None = None  # the log key the last rotation announced (None: none yet)
 
     def owner_of(self, fingerprint: str) -> str | None:
         grant = self.keys.get(fingerprint)
@@ -123,6 +127,8 @@ class LedgerState:
                 raise RuleError("payload.days must be a number of days from 1 to 3650")
             self.max_expiry_days = days
             return f"policy: exceptions may last at most {days} days (by {entry.actor})"
+        if what == "log_key":
+            return self._log_key(entry, p)
         if what != "key":
             raise RuleError(f"unknown policy change {what!r}")
         grant = self._grant(p)
@@ -136,6 +142,20 @@ class LedgerState:
         return (
             f"policy: key {grant.fingerprint} belongs to {grant.owner} ({roles}; by {entry.actor})"
         )
+
+    def _log_key(self, entry: Entry, p: dict[str, Any]) -> str:
+        """A log-key rotation: the current log key (`from`) signs the successor (`to`)."""
+        old, new = _log_vkey(p, "from"), _log_vkey(p, "to")
+        if old.name != new.name or old == new:
+            raise RuleError("payload.to must be another key under the log's name")
+        if self.log_vkey is not None and old.vkey != self.log_vkey:
+            raise RuleError(f"payload.from is not the log's key ({self.log_vkey})")
+        signature = p.get("log_signature")
+        raw = _b64(signature, "payload.log_signature")
+        if not verify_signature(old.public_key, rotation_statement(old.vkey, new.vkey), raw):
+            raise RuleError("payload.log_signature is not the old log key's signature of it")
+        self.log_vkey = new.vkey
+        return f"policy: the log's key is now {new.vkey}, after {old.vkey} (by {entry.actor})"
 
     @staticmethod
     def _grant(p: dict[str, Any]) -> KeyGrant:
@@ -254,6 +274,36 @@ class LedgerState:
             raise RuleError(f"request #{request.id} has not expired ({request.status})")
         self.requests[request.id] = replace(request, status="expired", reason="expired")
         return f"exception #{request.id} expired for {request.vendor} on {request.expires}"
+
+
+ROTATION_FORMAT = "patchguard.log-key/1"
+
+
+def rotation_statement(old: str, new: str) -> bytes:
+    """What the old log key signs to name its successor (both verifier keys)."""
+    return f"{ROTATION_FORMAT}\n{old}\n{new}\n".encode()
+
+
+def _log_vkey(p: dict[str, Any], name: str) -> note.Verifier:
+    value = p.get(name)
+    if not isinstance(value, str):
+        raise RuleError(f"payload.{name} must be a log verifier key")
+    try:
+        verifier = note.parse_vkey(value)
+    except note.NoteError as exc:
+        raise RuleError(f"payload.{name}: {exc}") from None
+    if verifier.kind != note.ED25519 or verifier.vkey != value:
+        raise RuleError(f"payload.{name} must be a log key (type 0x01) in its one spelling")
+    return verifier
+
+
+def _b64(value: object, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise RuleError(f"{what} must be base64")
+    try:
+        return note.b64decode(value, what)
+    except note.NoteError as exc:
+        raise RuleError(str(exc)) from None
 
 
 def copy_state(state: LedgerState) -> LedgerState:

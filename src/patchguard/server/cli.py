@@ -156,6 +156,20 @@ def _ledger_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _ledger_cosigned(args: argparse.Namespace) -> int:
+    from patchguard.server.db import session_factory, transaction
+    from patchguard.server.ledger import add_cosignatures
+
+    bound = _migrated(args)
+    try:
+        with transaction(session_factory(bound)) as session:
+            added, held, size = add_cosignatures(session, args.path)
+    finally:
+        bound.dispose()
+    print(f"{args.path}: checkpoint {size}: {added} new cosignatures, {held} served")
+    return EXIT_OK
+
+
 def _prune(args: argparse.Namespace) -> int:
     from patchguard.server.db import session_factory, transaction, utcnow
     from patchguard.server.retention import prune
@@ -257,3 +271,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     load.add_argument("path", type=path_arg, help="ledger.db or a `ledger export` JSON file")
     _db(load, argparse.SUPPRESS)
     load.set_defaults(handler=_guarded(_ledger_import))
+    cosigned = ledger_actions.add_parser(
+        "cosigned", help="serve a checkpoint's witness cosignatures (`ledger witness-collect`)"
+    )
+    cosigned.add_argument("path", type=Path, help="the cosigned checkpoint file")
+    _db(cosigned, argparse.SUPPRESS)
+    cosigned.set_defaults(handler=_guarded(_ledger_cosigned))

@@ -88,6 +88,17 @@ def _log_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _rotate(args: argparse.Namespace) -> int:
+    from patchguard.policy.transparency import publish, rotation
+    from patchguard.signing import HostKey
+
+    path = _ledger(args)
+    done = rotation.rotate(path, HostKey.load(Path(args.key)), Path(args.new_log_key))
+    vkey = publish.load_log(path).config.verifier.vkey
+    _print(f"{path}: entry {done.entry.seq} rotates the log key; checkpoints after it: {vkey}")
+    return EXIT_OK
+
+
 def _vkey(args: argparse.Namespace) -> int:
     from patchguard.policy.transparency import publish
 
@@ -195,6 +206,9 @@ def register(ledger_group: Any, verify_parser: argparse.ArgumentParser, local: H
     p.add_argument("--origin", required=True, metavar="NAME", help="e.g. ledger.example.com/x")
     p.add_argument("--log-key", metavar="KEY", help="log key PEM (default: log.key by the ledger)")
     _add(ledger_group, "vkey", _vkey, "print the log's note verifier key")
+    p = _add(ledger_group, "rotate-log-key", _rotate, "move the log to a new signing key")
+    p.add_argument("--key", required=True, metavar="KEY", help="a policy key (the ledger owner)")
+    p.add_argument("--new-log-key", required=True, metavar="KEY", help="PEM, created if missing")
     p = _add(ledger_group, "publish", _publish, "write the log as C2SP tlog-tiles files")
     p.add_argument("directory", metavar="DIR")
     p = _add(ledger_group, "prove", _prove, "print an inclusion or consistency proof")
@@ -239,7 +253,16 @@ def _witness(args: argparse.Namespace) -> Witness:
     )
     signer = note.Signer(note.check_name(args.name), note.COSIGNATURE, key)
     logs = tuple(_log_key(v) for v in args.log or ())
-    return Witness(signer, logs, _state(args))
+    return Witness(signer, logs, _state(args), tuple(_published(v) for v in args.log_tiles or ()))
+
+
+def _published(text: str) -> tuple[str, str]:
+    from patchguard.policy.transparency import TransparencyError, note
+
+    origin, equals, where = text.partition("=")
+    if not equals or not where:
+        raise TransparencyError(f"--log-tiles {text!r}: expected ORIGIN=URL (or directory)")
+    return note.check_name(origin), where
 
 
 def _witness_vkey(args: argparse.Namespace) -> int:
@@ -314,6 +337,12 @@ def register_witness(subparsers: Any) -> None:
             help="a log it follows (origin = the key's name), or ORIGIN=VKEY",
         )
         p.add_argument("--state", metavar="DIR", help="default ~/.local/state/patchguard")
+        p.add_argument(
+            "--log-tiles",
+            action="append",
+            metavar="ORIGIN=URL",
+            help="where a log publishes its tiles: to follow a log-key rotation it announces",
+        )
         p.set_defaults(policy_handler=_guarded(handler))
         if name == "cosign":
             p.add_argument(

@@ -7,6 +7,8 @@ directory. `verify` checks the checkpoint's signature, then either every entry a
 the state directory). A log that went back, or whose new checkpoint does not extend the old
 one, raises SplitView carrying both notes. The first contact needs the log's verifier key;
 later ones take it from the state (pinned: a different key is refused unless given again).
+A checkpoint signed by another key is taken only under a log-key rotation (rotation.py): the
+log's entries announce the key, signed by the pinned one; the whole log is then verified.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from pathlib import Path
 from patchguard.atomic import write_atomic
 from patchguard.policy import ledger
 from patchguard.policy.chain import COLUMNS, FORMAT, Entry, entry_from_row
-from patchguard.policy.transparency import TransparencyError, merkle, note, tiles
+from patchguard.policy.transparency import TransparencyError, merkle, note, rotation, tiles
 from patchguard.policy.transparency.checkpoint import (
     SignedCheckpoint,
     check_consistent,
     open_checkpoint,
+    parse_checkpoint,
 )
 
 TIMEOUT = 10.0  # seconds per socket operation
@@ -192,6 +195,34 @@ def open_log(
         raise TransparencyError(f"{where}: {exc}") from None
 
 
+def _rotated(
+    location: str, fetch: tiles.Fetch, vkey: str | None, state: Path, first: note.NoteError
+) -> tuple[SignedCheckpoint, str]:
+    """The checkpoint, signed by a successor of the pinned key that a rotation entry in the
+    log's own entries announced (those entries are then verified in full against it, and
+    replayed: the rotation's signatures checked); `first` if there is none."""
+    message = fetch("checkpoint", note.MAX_NOTE)
+    try:
+        origin = _origin_of(message)
+        before = remembered(state, origin)
+        pinned = note.parse_vkey(vkey or (before.vkey if before else ""))
+        size = parse_checkpoint(note.parse(message).text).size
+    except TransparencyError:
+        raise first from None
+    if size > MAX_ENTRIES or not size:
+        raise first
+    source = tiles.TileSource(fetch, size)
+    data = [e for b in tiles.bundles_for(size) for e in source.entries(b.index)]
+    entries = [parse_entry(e, i) for i, e in enumerate(data)]
+    if not rotation.rotations(entries):
+        raise first
+    try:
+        signed, key = rotation.open_announced(message, pinned, entries)
+    except note.NoteError as exc:
+        raise note.NoteError(f"{location.rstrip('/')}/checkpoint: {exc}") from None
+    return signed, key.vkey
+
+
 def check(
     location: str,
     vkey: str | None,
@@ -203,11 +234,15 @@ def check(
     """The log at `location` verified (in `full`: every entry and tile, and with `replay` the
     entries as a ledger too) and consistent with what `state` remembers (left unchanged)."""
     fetch = fetcher(location, budget)
-    signed, key = open_log(location, fetch, vkey, state)
+    try:
+        signed, key = open_log(location, fetch, vkey, state)
+    except note.NoteError as exc:  # perhaps a key a rotation entry announced: read them all
+        signed, key = _rotated(location, fetch, vkey, state, exc)
+        full = replay = True
     size = signed.checkpoint.size
     source = tiles.TileSource(fetch, size)
     before = remembered(state, signed.checkpoint.origin)
-    previous = open_checkpoint(before.checkpoint, note.parse_vkey(key)) if before else None
+    previous = open_checkpoint(before.checkpoint, note.parse_vkey(before.vkey)) if before else None
     entries = _verify_full(source, signed) if full else None
     if entries is not None and replay:
         replay_entries(entries)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from patchguard.atomic import write_atomic
 from patchguard.policy.ledger import LedgerError
-from patchguard.policy.transparency import TransparencyError, note, publish
-from patchguard.policy.transparency.checkpoint import MAX_SKEW, SignedCheckpoint, open_checkpoint
+from patchguard.policy.transparency import TransparencyError, note, publish, rotation
+from patchguard.policy.transparency.checkpoint import MAX_SKEW, SignedCheckpoint
 from patchguard.policy.transparency.note import NoteError, Signature
 
 TIMEOUT = 10.0  # seconds per socket operation
@@ -117,7 +117,7 @@ def _published(view: publish.LogView, directory: Path) -> tuple[SignedCheckpoint
     except OSError as exc:
         raise LedgerError(where, f"cannot read: {exc.strerror or exc}") from None
     try:
-        signed = open_checkpoint(there, view.config.verifier)
+        signed = rotation.open_any(there, view.keys)
     except TransparencyError as exc:
         raise LedgerError(where, f"not a checkpoint of this log: {exc}") from None
     c = signed.checkpoint

@@ -3,7 +3,9 @@
 With the guard config's `[transparency]` table (GateSettings) a host takes the published
 checkpoint (from the directory or URL the table names), and applies an exception only if
 
-1. the checkpoint verifies under the log key it pins and carries valid cosignatures
+1. the checkpoint verifies under the log key it pins, or under a successor a log-key rotation
+   entry in the host's ledger announced (rotation.py; for the tree sizes that key signs: a
+   key never announced is a critical `ledger-checkpoint-invalid`), and carries valid cosignatures
    (cosignature/v1, dated at most MAX_SKEW ahead of its clock) of at least `quorum` distinct
    configured witnesses: a *witnessed* checkpoint;
 2. the checkpoint is consistent with the last witnessed one this host accepted (kept in its
@@ -36,7 +38,15 @@ from patchguard.kernel import Kernel
 from patchguard.policy import ledger
 from patchguard.policy.chain import Entry
 from patchguard.policy.rules import LedgerState, Request
-from patchguard.policy.transparency import TransparencyError, client, merkle, note, store, tiles
+from patchguard.policy.transparency import (
+    TransparencyError,
+    client,
+    merkle,
+    note,
+    rotation,
+    store,
+    tiles,
+)
 from patchguard.policy.transparency.checkpoint import (
     Cosigners,
     SignedCheckpoint,
@@ -44,7 +54,7 @@ from patchguard.policy.transparency.checkpoint import (
     check_consistent,
     check_witness_keys,
     cosigners,
-    open_checkpoint,
+    parse_checkpoint,
     quorum_text,
 )
 from patchguard.policy.transparency.findings import split_view_finding
@@ -92,9 +102,10 @@ def _remembered(run: _Run) -> SignedCheckpoint | None:
     s = run.settings
     try:
         kept = client.remembered(_state(s), s.log.name)
-        if kept is None or note.parse_vkey(kept.vkey) != s.log:
+        keys = {p.key.vkey for p in rotation.periods(s.log, run.entries)}
+        if kept is None or note.parse_vkey(kept.vkey).vkey not in keys:
             return None
-        return open_checkpoint(kept.checkpoint, s.log)
+        return rotation.open_announced(kept.checkpoint, s.log, run.entries)[0]
     except (TransparencyError, OSError) as exc:
         run.notes.append(f"the witnessed checkpoint remembered is not usable: {exc}")
         return None
@@ -109,13 +120,33 @@ def _fetched(run: _Run) -> SignedCheckpoint | None:
         run.notes.append(f"no checkpoint to gate exceptions with: {exc}")
         return None
     try:
-        signed = open_checkpoint(message, s.log)
+        signed = rotation.open_announced(message, s.log, run.entries)[0]
         if signed.checkpoint.origin != s.log.name:
             raise note.NoteError(f"its origin is {signed.checkpoint.origin!r}, not {s.log.name!r}")
     except TransparencyError as exc:
+        if _ahead_of_ledger(run, message):
+            text = f"is past the host's ledger, signed by a key it does not announce yet: {exc}"
+            run.notes.append(f"the checkpoint at {s.checkpoint} {text}")
+            return None
         run.findings.append(_invalid(s, f"the checkpoint at {s.checkpoint} does not verify: {exc}"))
         return None
     return signed
+
+
+def _ahead_of_ledger(run: _Run, message: bytes) -> bool:
+    """Whether a checkpoint that does not verify claims a tree the host's ledger does not reach
+    and is signed under the log's name by a key this ledger does not know: it may be a key a
+    rotation entry the host has not fetched yet announced. Not taken (nothing it witnesses
+    applies) and not called tampering until the host's ledger covers it."""
+    try:
+        opened = note.parse(message)
+        size = parse_checkpoint(opened.text).size
+    except TransparencyError:
+        return False
+    known = {p.key.key_id for p in rotation.periods(run.settings.log, run.entries)}
+    names = {(sig.name, sig.key_id) for sig in opened.signatures}
+    unknown = any(n == run.settings.log.name and k not in known for n, k in names)
+    return size > run.tree.size and unknown and not any(k in known for _, k in names)
 
 
 def _invalid(settings: GateSettings, summary: str) -> Finding:
@@ -241,7 +272,10 @@ def _accept(run: _Run, signed: SignedCheckpoint, before: SignedCheckpoint | None
     if before is not None and before.checkpoint.size >= signed.checkpoint.size:
         return
     try:
-        client.remember(_state(run.settings), run.settings.log.vkey, signed)
+        key = rotation.open_announced(signed.encoded, run.settings.log, run.entries)[1]
+        client.remember(_state(run.settings), key.vkey, signed)
+    except TransparencyError as exc:
+        run.notes.append(f"cannot remember the witnessed checkpoint: {exc}")
     except OSError as exc:
         run.notes.append(f"cannot remember the witnessed checkpoint: {exc.strerror or exc}")
 

@@ -18,7 +18,7 @@ from patchguard.atomic import write_atomic
 from patchguard.policy import ledger
 from patchguard.policy.chain import Entry
 from patchguard.policy.ledger import LedgerError
-from patchguard.policy.transparency import TransparencyError, merkle, note, store, tiles
+from patchguard.policy.transparency import TransparencyError, merkle, note, rotation, store, tiles
 from patchguard.policy.transparency.checkpoint import SignedCheckpoint, open_checkpoint
 from patchguard.signing import HostKey
 
@@ -36,6 +36,15 @@ class LogView:
     @property
     def size(self) -> int:
         return self.latest.checkpoint.size
+
+    @property
+    def keys(self) -> tuple[note.Verifier, ...]:
+        """The log's keys: the one signing now and every one a rotation retired."""
+        return _keys(self.config, self.entries)
+
+
+def _keys(config: store.LogConfig, entries: Sequence[Entry]) -> tuple[note.Verifier, ...]:
+    return (config.verifier, *(note.parse_vkey(r.old) for r in rotation.rotations(entries)))
 
 
 def _not_a_log(path: Path) -> LedgerError:
@@ -67,8 +76,8 @@ def load_log(path: Path) -> LogView:
         raise _not_a_log(path)
     size, latest = notes[-1]
     tree = store.tree_of(loaded.entries)
-    try:
-        signed = open_checkpoint(latest, config.verifier)
+    try:  # the newest key, or the one before it for the rotation entry's own checkpoint
+        signed = rotation.open_any(latest, _keys(config, loaded.entries))
     except TransparencyError as exc:
         raise LedgerError(path, f"checkpoint {size}: {exc}") from None
     checkpoint = signed.checkpoint
@@ -143,7 +152,7 @@ def _check_published(view: LogView, directory: Path) -> None:
     except FileNotFoundError:
         return
     try:
-        old = open_checkpoint(there, view.config.verifier).checkpoint
+        old = rotation.open_any(there, view.keys).checkpoint
     except TransparencyError as exc:
         raise LedgerError(directory, f"holds a checkpoint that is not this log's: {exc}") from None
     if old.size > view.tree.size or view.tree.root(old.size) != old.root:

@@ -18,6 +18,10 @@ its next append or `log-init`, once, in that transaction. The table is a cache f
 Each leaf is the canonical JSON (policy/chain.py `canonical`) of the whole signed entry, its
 ten stored columns plus `"format": "patchguard.ledger/1"`: ASCII bytes anyone can hash and
 re-verify with `ledger verify` on an export.
+
+A rotated log key (`patchguard ledger rotate-log-key`, see rotation.py) goes in a fourth
+append-only table, `log_keys` (after which tree size it signs, its public key and key file):
+the `log` row keeps the first key, the newest `log_keys` row is the key that signs now.
 """
 
 from __future__ import annotations
@@ -89,8 +93,20 @@ class LogConfig:
         return Signer(self.origin, ED25519, key)
 
 
+_KEYS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS log_keys (after INTEGER PRIMARY KEY, "
+    "public_key TEXT NOT NULL, key_path TEXT NOT NULL)",
+    *(
+        f"CREATE TRIGGER IF NOT EXISTS log_keys_no_{verb} BEFORE {verb.upper()} ON log_keys "
+        f"BEGIN {_APPEND_ONLY}; END"
+        for verb in ("update", "delete")
+    ),
+)
+
+
 def log_config(conn: sqlite3.Connection) -> LogConfig | None:
-    """The log's configuration, or None for a ledger that is not (yet) a transparency log."""
+    """The log's configuration (with the key that signs now), or None for a ledger that is
+    not (yet) a transparency log."""
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     if "log" not in tables:
         return None
@@ -98,9 +114,22 @@ def log_config(conn: sqlite3.Connection) -> LogConfig | None:
     if row is None:
         return None
     origin, public_key, key_path = row
-    if not all(isinstance(v, str) for v in row) or len(public_key) != 64:
+    if "log_keys" in tables:
+        newest = "SELECT public_key, key_path FROM log_keys ORDER BY after DESC LIMIT 1"
+        public_key, key_path = conn.execute(newest).fetchone() or (public_key, key_path)
+    values = (origin, public_key, key_path)
+    if not all(isinstance(v, str) for v in values) or len(public_key) != 64:
         raise TransparencyError("the ledger's log table is damaged")
     return LogConfig(origin, bytes.fromhex(public_key), Path(key_path))
+
+
+def add_log_key(conn: sqlite3.Connection, after: int, key: HostKey, key_path: Path) -> None:
+    """Sign the checkpoints of trees over `after` entries with `key` (in the caller's
+    transaction, the one that appended the rotation entry `after`)."""
+    for statement in _KEYS_SCHEMA:
+        conn.execute(statement)
+    values = (after, key.public_key_bytes().hex(), str(key_path.resolve()))
+    conn.execute("INSERT INTO log_keys (after, public_key, key_path) VALUES (?, ?, ?)", values)
 
 
 class StoredTree:

@@ -7,6 +7,12 @@ witness keeps, per log origin, the last checkpoint it cosigned (and which log ke
 in its state directory, under a lock. It cosigns (C2SP tlog-cosignature, cosignature/v1, with
 the time) only when `old` is the size it holds and the proof links that checkpoint to the new
 one; a new checkpoint that cannot extend the one it holds is a SplitView carrying both notes.
+
+A log-key rotation (rotation.py): given where the log publishes its tiles (`published`, `witness
+serve --log-tiles ORIGIN=URL`), a witness takes a checkpoint under a key it does not trust yet
+if the log announced that key in a rotation entry included in the checkpoint the witness
+holds, signed by the old key (so the operator has the witnesses cosign the rotation's own
+checkpoint first); it then holds, and trusts, the new key.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from patchguard.atomic import write_atomic
-from patchguard.policy.transparency import TransparencyError, merkle, note
+from patchguard.policy.chain import Entry
+from patchguard.policy.transparency import TransparencyError, merkle, note, rotation, tiles
 from patchguard.policy.transparency.checkpoint import (
     SignedCheckpoint,
     check_consistent,
@@ -84,6 +91,7 @@ class Witness:
     signer: Signer  # kind COSIGNATURE
     logs: tuple[tuple[str, Verifier], ...]  # (origin, log key) of each log it witnesses
     state: Path
+    published: tuple[tuple[str, str], ...] = ()  # (origin, URL or directory of its tiles)
 
     def _file(self, origin: str) -> Path:
         return self.state / "witness" / hashlib.sha256(origin.encode("utf-8")).hexdigest()[:32]
@@ -102,12 +110,35 @@ class Witness:
         trusted = [key for name, key in self.logs if name == origin]
         if not trusted:
             raise UnknownLog(f"{origin!r} is not a log this witness follows")
+        held = self.last(origin)
+        if held is not None and held[1] not in trusted:
+            trusted.append(held[1])  # a successor key it took from a proven rotation
         try:
             opened = note.open_note(message, trusted)
         except NoteError as exc:
-            raise Forbidden(f"{origin}: {exc}") from None
+            return self._successor(message, origin, held, Forbidden(f"{origin}: {exc}"))
         signer = next(k for k in trusted if opened.signed_by(k) is not None)
         return open_checkpoint(message, signer), signer
+
+    def _successor(
+        self,
+        message: bytes,
+        origin: str,
+        held: tuple[SignedCheckpoint, Verifier] | None,
+        refused: Forbidden,
+    ) -> tuple[SignedCheckpoint, Verifier]:
+        """The checkpoint under a key the log announced (`refused` if none): a log-key rotation
+        entry from the key that signed the checkpoint this witness holds, inside that very
+        checkpoint (every entry of it read from the log's published tiles, hashed to its root
+        and replayed as a ledger: the rotation's signatures checked)."""
+        where = dict(self.published).get(origin)
+        if where is None or held is None:
+            raise refused
+        try:
+            entries = _entries_of(where, held[0])
+            return rotation.open_announced(message, held[1], entries)
+        except TransparencyError as exc:
+            raise Forbidden(f"{refused}; no rotation to its key proven: {exc}") from None
 
     def last(self, origin: str) -> tuple[SignedCheckpoint, Verifier] | None:
         path = self._file(origin)
@@ -133,7 +164,8 @@ class Witness:
             if request.old != size:
                 raise Conflict(f"{origin}: the witness holds size {size}, not {request.old}", size)
             if held is not None:
-                if held[1] != log:
+                if held[1] != log and (origin, held[1]) not in self.logs:  # a key rotation:
+                    # the operator lists the old and the new key while the log moves over
                     raise UnknownLog(f"{origin}: signed by {log.vkey}, not {held[1].vkey}")
                 check_consistent(held[0], signed, request.proof)
             elif request.proof:
@@ -144,6 +176,25 @@ class Witness:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, json.dumps(doc, indent=1).encode("utf-8"), 0o600)
         return cosigned
+
+
+MAX_ENTRIES = 1_000_000  # entries a witness reads to prove a rotation (about 600 MB)
+
+
+def _entries_of(where: str, held: SignedCheckpoint) -> list[Entry]:
+    """The entries of the checkpoint the witness holds, from the log's tiles at `where`, proven
+    by its root and replayed as a ledger; TransparencyError otherwise."""
+    from patchguard.policy.transparency import client
+
+    size = held.checkpoint.size
+    if size > MAX_ENTRIES:
+        raise TransparencyError(f"its checkpoint of {size} entries is over {MAX_ENTRIES}")
+    source = tiles.TileSource(client.fetcher(where), size)
+    data = tuple(e for b in tiles.bundles_for(size) for e in source.entries(b.index))
+    root = merkle.MemoryTree([merkle.leaf_hash(e) for e in data]).root() if data else None
+    if len(data) != size or root != held.checkpoint.root:
+        raise TransparencyError(f"the entries at {where} do not give {held.checkpoint.describe()}")
+    return list(client.replay_entries(data).entries)
 
 
 def cosignature_lines(cosigned: SignedCheckpoint, witness: Verifier) -> str:

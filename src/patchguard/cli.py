@@ -89,6 +89,14 @@ def _add_groups(sub: Any, command: str | None, everything: bool = False) -> None
             sub.add_parser(name, help=help_text)
 
 
+def _guard_commands(command: str | None, everything: bool) -> Any:
+    if everything or command in ("baseline", "guard"):
+        from patchguard import guard_cli
+
+        return guard_cli
+    return None
+
+
 def _parser(command: str | None = None, everything: bool = True) -> argparse.ArgumentParser:
     """The parser for a command line naming `command`: with `everything`, every group's
     commands in full (tests); else only those `command` needs (see _add_groups)."""
@@ -152,9 +160,10 @@ def _parser(command: str | None = None, everything: bool = True) -> argparse.Arg
         "/var/lib/patchguard/host.key, or $PATCHGUARD_KEY)",
     )
 
-    from patchguard import guard_cli as guard_commands
-
-    guard_commands.register_baseline(base_sub)  # baseline rotate
+    # the guard's trusted words only for a command line that may use them (--help stays lean)
+    guard_commands = _guard_commands(command, everything)
+    if guard_commands is not None:
+        guard_commands.register_baseline(base_sub)  # baseline rotate
     check = sub.add_parser("check", help="compare the running kernel with the baseline")
     check.add_argument("--baseline", type=path_arg, default=None, metavar="PATH")
     check.add_argument("--key", type=path_arg, default=None, metavar="PATH")
@@ -179,7 +188,8 @@ def _parser(command: str | None = None, everything: bool = True) -> argparse.Arg
         action="store_true",
         help="print the systemd unit for this installation and exit",
     )
-    guard_commands.register_guard(guard)  # --stop-requested PID (ExecStop)
+    if guard_commands is not None:
+        guard_commands.register_guard(guard)  # --stop-requested PID (ExecStop)
     _add_groups(sub, command, everything)
     config = sub.add_parser("config", help="guard configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True)

@@ -274,6 +274,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cosigned = ledger_actions.add_parser(
         "cosigned", help="serve a checkpoint's witness cosignatures (`ledger witness-collect`)"
     )
-    cosigned.add_argument("path", type=Path, help="the cosigned checkpoint file")
+    cosigned.add_argument("path", type=path_arg, help="the cosigned checkpoint file")
     _db(cosigned, argparse.SUPPRESS)
     cosigned.set_defaults(handler=_guarded(_ledger_cosigned))

@@ -93,7 +93,7 @@ def _rotate(args: argparse.Namespace) -> int:
     from patchguard.signing import HostKey
 
     path = _ledger(args)
-    done = rotation.rotate(path, HostKey.load(Path(args.key)), Path(args.new_log_key))
+    done = rotation.rotate(path, HostKey.load(args.key), args.new_log_key)
     vkey = publish.load_log(path).config.verifier.vkey
     _print(f"{path}: entry {done.entry.seq} rotates the log key; checkpoints after it: {vkey}")
     return EXIT_OK
@@ -207,8 +207,12 @@ def register(ledger_group: Any, verify_parser: argparse.ArgumentParser, local: H
     p.add_argument("--log-key", metavar="KEY", help="log key PEM (default: log.key by the ledger)")
     _add(ledger_group, "vkey", _vkey, "print the log's note verifier key")
     p = _add(ledger_group, "rotate-log-key", _rotate, "move the log to a new signing key")
-    p.add_argument("--key", required=True, metavar="KEY", help="a policy key (the ledger owner)")
-    p.add_argument("--new-log-key", required=True, metavar="KEY", help="PEM, created if missing")
+    p.add_argument(
+        "--key", type=path_arg, required=True, metavar="KEY", help="a policy key (the owner)"
+    )
+    p.add_argument(
+        "--new-log-key", type=path_arg, required=True, metavar="KEY", help="PEM, made if missing"
+    )
     p = _add(ledger_group, "publish", _publish, "write the log as C2SP tlog-tiles files")
     p.add_argument("directory", metavar="DIR")
     p = _add(ledger_group, "prove", _prove, "print an inclusion or consistency proof")

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "server"))
 from fleet_support import ServerProcess, make_token, new_pg_database, postgres_cluster
@@ -65,7 +65,9 @@ def findings(host: int, round_: int) -> list[dict[str, object]]:
     ]
 
 
-async def enrol_all(client: httpx.AsyncClient, url: str, token: str, keys: list[HostKey]) -> None:
+async def enrol_all(
+    client: aiohttp.ClientSession, url: str, token: str, keys: list[HostKey]
+) -> None:
     limit = asyncio.Semaphore(32)
     headers = {**JSON, "Authorization": f"Bearer {token}"}
 
@@ -73,17 +75,17 @@ async def enrol_all(client: httpx.AsyncClient, url: str, token: str, keys: list[
         public = key.public_key_bytes().hex()
         name = f"host-{n:04d}"
         body = {"name": name, "public_key": public, "proof": enrol_proof(name, public, key)}
-        async with limit:
-            answer = await client.post(
-                f"{url}/api/v1/enrol", content=json.dumps(body), headers=headers
-            )
-        answer.raise_for_status()
+        async with (
+            limit,
+            client.post(f"{url}/api/v1/enrol", data=json.dumps(body), headers=headers) as answer,
+        ):
+            answer.raise_for_status()
 
     await asyncio.gather(*(one(n, key) for n, key in enumerate(keys)))
 
 
 async def send_all(
-    client: httpx.AsyncClient, url: str, bodies: list[list[bytes]], concurrency: int
+    client: aiohttp.ClientSession, url: str, bodies: list[list[bytes]], concurrency: int
 ) -> tuple[float, list[float]]:
     limit = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
@@ -92,10 +94,11 @@ async def send_all(
         for body in messages:  # a host's reports go in order, one at a time
             async with limit:
                 t0 = time.perf_counter()
-                answer = await client.post(f"{url}/api/v1/reports", content=body, headers=JSON)
+                async with client.post(f"{url}/api/v1/reports", data=body, headers=JSON) as answer:
+                    text = await answer.read()
                 latencies.append(time.perf_counter() - t0)
-            if answer.status_code != 200 or not answer.json()["stored"]:
-                raise SystemExit(f"report refused: {answer.status_code} {answer.text}")
+            if answer.status != 200 or not json.loads(text)["stored"]:
+                raise SystemExit(f"report refused: {answer.status} {text[:500]!r}")
 
     t0 = time.perf_counter()
     await asyncio.gather(*(host(messages) for messages in bodies))
@@ -103,7 +106,8 @@ async def send_all(
 
 
 def cpu_seconds(root: int) -> float:
-    """User+system CPU of a process and its children (uvicorn's workers), from /proc."""
+    """User+system CPU of a process and its descendants (uvicorn's workers, PostgreSQL's
+    backends), from /proc."""
     parents: dict[int, int] = {}
     times: dict[int, float] = {}
     tick = os.sysconf("SC_CLK_TCK")
@@ -112,7 +116,8 @@ def cpu_seconds(root: int) -> float:
             fields = stat.read_text().rsplit(")", 1)[1].split()
             pid = int(stat.parent.name)
             parents[pid] = int(fields[1])
-            times[pid] = (int(fields[11]) + int(fields[12])) / tick
+            # own time, and that of children already reaped (PostgreSQL's closed backends)
+            times[pid] = sum(int(n) for n in fields[11:15]) / tick
     tree, grew = {root}, True
     while grew:
         more = {pid for pid, parent in parents.items() if parent in tree} - tree
@@ -142,6 +147,14 @@ def signed_reports(keys: list[HostKey], rounds: int) -> list[list[bytes]]:
     ]
 
 
+def postmaster(url: str) -> int | None:
+    """The PostgreSQL server's pid (its data directory sits beside the socket's)."""
+    if "host=" not in url:
+        return None
+    sock = Path(url.rsplit("host=", 1)[1])
+    return int((sock.parent / "data" / "postmaster.pid").read_text().split()[0])
+
+
 def run(url: str, workdir: Path, args: argparse.Namespace, label: str) -> None:
     server = ServerProcess(url, workdir, workers=args.workers, silence_check=60).start()
     try:
@@ -153,15 +166,24 @@ def run(url: str, workdir: Path, args: argparse.Namespace, label: str) -> None:
         assert server.process is not None
         pid = server.process.pid
 
-        async def go() -> tuple[float, list[float], float]:
-            limits = httpx.Limits(max_connections=args.concurrency + 8)
-            async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-                await enrol_all(client, server.url, token, keys)
-                cpu0 = cpu_seconds(pid)
-                seconds, latencies = await send_all(client, server.url, bodies, args.concurrency)
-                return seconds, latencies, cpu_seconds(pid) - cpu0
+        database_pid = postmaster(url)
 
-        seconds, latencies, cpu = asyncio.run(go())
+        def cpus() -> tuple[float, float, float]:
+            pg = cpu_seconds(database_pid) if database_pid else 0.0
+            mine = sum(os.times()[:2])
+            return cpu_seconds(pid), pg, mine
+
+        async def go() -> tuple[float, list[float], tuple[float, ...]]:
+            connector = aiohttp.TCPConnector(limit=args.concurrency + 8)
+            timeout = aiohttp.ClientTimeout(total=60)
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
+                await enrol_all(client, server.url, token, keys)
+                before = cpus()
+                seconds, latencies = await send_all(client, server.url, bodies, args.concurrency)
+                spent = tuple(b - a for a, b in zip(before, cpus(), strict=True))
+                return seconds, latencies, spent
+
+        seconds, latencies, (cpu, pg_cpu, client_cpu) = asyncio.run(go())
     finally:
         server.stop()
     total = len(latencies)
@@ -171,7 +193,9 @@ def run(url: str, workdir: Path, args: argparse.Namespace, label: str) -> None:
         f"{args.workers} workers, {args.concurrency} in flight: {total / seconds:7.1f} reports/s "
         f"(target >= 300), latency p50 {quantiles[49] * 1000:6.1f} ms, "
         f"p99 {quantiles[98] * 1000:6.1f} ms (target <= 200); server CPU "
-        f"{cpu / total * 1000:.1f} ms per report (load average {os.getloadavg()[0]:.1f})",
+        f"{cpu / total * 1000:.1f} ms per report, database {pg_cpu / total * 1000:.1f} ms, "
+        f"bench client {client_cpu / total * 1000:.1f} ms "
+        f"(load average {os.getloadavg()[0]:.1f})",
         flush=True,
     )
 

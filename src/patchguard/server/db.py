@@ -71,6 +71,7 @@ REPORT_KINDS = ("report", "heartbeat", "sweep", "finding", "stop", "baseline-rot
 ALERT_KINDS = ("silent", "baseline-changed")
 ROLES = ("operator", "enrol")
 MISSED_HEARTBEATS = 3  # K: a host that misses this many heartbeats is silent
+PG_POOL = 16  # PostgreSQL connections per server process
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -210,8 +211,10 @@ def engine(url: str) -> Engine:
         event.listen(made, "begin", _sqlite_begin)
         return made
     # No pre-ping (a round trip per request): a connection lost to a database restart fails
-    # one request with a 503, which hosts retry from their spool.
-    return create_engine(url, pool_size=10, max_overflow=10, pool_recycle=3600)
+    # one request with a 503, which hosts retry from their spool. No overflow: a connection
+    # opened for a burst and closed after it costs PostgreSQL a backend process each time (a
+    # fork and its start-up, more CPU than a report); requests beyond the pool wait their turn.
+    return create_engine(url, pool_size=PG_POOL, max_overflow=0, pool_timeout=30, pool_recycle=3600)
 
 
 def session_factory(bound: Engine) -> sessionmaker[Session]:

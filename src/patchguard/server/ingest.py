@@ -19,6 +19,7 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from patchguard.policy.chain import canonical
+from patchguard.sealed_report import verify
 from patchguard.server.db import MISSED_HEARTBEATS, Alert, FindingRow, Host, Report, host_status
 from patchguard.server.errors import Refused
 from patchguard.server.schemas import Body, Envelope
@@ -130,6 +131,7 @@ def ingest(session: Session, raw: bytes, now: datetime, look_up_id: bool = False
     resent = _check_new(connection, host, envelope, body, look_up_id)
     if resent is not None:
         return resent
+    seal = _seal_verdict(body.payload.scan, host)
     report_pk = connection.execute(
         INSERT_REPORT,
         {
@@ -142,14 +144,61 @@ def ingest(session: Session, raw: bytes, now: datetime, look_up_id: bool = False
             "baseline_digest": body.baseline_digest,
             "body": envelope.body,
             "signature": envelope.signature,
+            "seal": seal.word if seal else None,
+            "seal_detail": seal.detail if seal else None,
         },
     ).scalar_one()
+    if seal is not None and not seal.intact:
+        _alert_altered(connection, host, body, seal, now)
     if body.payload.findings:
         connection.execute(INSERT_FINDINGS, _findings(host.id, report_pk, body, now))
     changes = _attest_baseline(connection, host, body, now)
     changes |= _host_changes(connection, host, body, now)
     connection.execute(update(Host).where(Host.id == host.id).values(changes))
     return Stored(report_pk, body.seq, False)
+
+
+@dataclass(frozen=True)
+class Seal:
+    intact: bool
+    detail: str
+
+    @property
+    def word(self) -> str:
+        return "intact" if self.intact else "altered"
+
+
+def _seal_verdict(scan: str | None, host: HostState) -> Seal | None:
+    """The verdict on the scan document a report carries, against the host's enrolled key:
+    its own length, SHA-256 and signature (`sealed_report.verify`)."""
+    if scan is None:
+        return None
+    # surrogateescape: bytes the host read that were not UTF-8 come back as they were
+    text = scan.encode("utf-8", "surrogateescape")
+    verdict = verify(text, bytes.fromhex(host.public_key))
+    return Seal(verdict.intact, verdict.detail)
+
+
+def _alert_altered(
+    connection: Connection, host: HostState, body: Body, seal: Seal, now: datetime
+) -> None:
+    """Stored, not refused: the message itself is signed by the host key, so what arrived
+    is what the host's report command read; refusing it would throw away the evidence that
+    something on the host rewrites what patchguard writes."""
+    evidence = {"report_id": body.id, "seq": body.seq, "seal": seal.detail}
+    connection.execute(
+        insert(Alert).values(
+            kind="report-altered",
+            host_id=host.id,
+            severity="critical",
+            created_at=now,
+            resolved_at=None,
+            evidence=evidence,
+        )
+    )
+    log.warning(
+        "host %s: report %d carried an altered scan: %s", host.fingerprint, body.seq, seal.detail
+    )
 
 
 def _findings(host_id: int, report_pk: int, body: Body, now: datetime) -> list[dict[str, Any]]:

@@ -33,10 +33,12 @@ from patchguard.server.pages.views import (
     HostsPage,
     LedgerPage,
     PublicPage,
+    SealView,
 )
 
 PAGE_SIZE = 50  # ledger entries per page
 HOSTS_PER_PAGE = 100
+SEALS_SHOWN = 10  # the newest sealed scan documents' verdicts on a host's page
 CHART_DAYS = 30
 MAX_EVIDENCE_TEXT = 4000  # characters of one evidence value shown; the rest is elided
 SHOWN_STATUS = {"active": "reporting"}  # the pages' word for db.host_status's "active"
@@ -291,6 +293,19 @@ def _open_alerts(session: Session, host: Host) -> tuple[AlertView, ...]:
     return tuple(AlertView(a.kind, a.severity, a.created_at, _evidence(a.evidence)) for a in found)
 
 
+def _seals(session: Session, host: Host) -> tuple[SealView, ...]:
+    query = (
+        select(Report.seq, Report.received_at, Report.seal, Report.seal_detail)
+        .where(Report.host_id == host.id, Report.seal.is_not(None))
+        .order_by(Report.seq.desc())
+        .limit(SEALS_SHOWN)
+    )
+    return tuple(
+        SealView(seq, at, seal or "", detail or "")
+        for seq, at, seal, detail in session.execute(query)
+    )
+
+
 def host_page(
     session: Session, fingerprint: str, now: datetime, missed: int, csrf: str
 ) -> HostPage | None:
@@ -306,4 +321,5 @@ def host_page(
         _open_findings(session, host),
         _open_alerts(session, host),
         csrf,
+        _seals(session, host),
     )

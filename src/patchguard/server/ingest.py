@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -118,20 +119,63 @@ def _check_new(
     return None
 
 
-def ingest(session: Session, raw: bytes, now: datetime, look_up_id: bool = False) -> Stored:
-    """Store one message. `look_up_id`: look for its id even when its sequence number is new
-    (a retry after the unique index refused it)."""
+@dataclass(frozen=True)
+class Seal:
+    intact: bool
+    detail: str
+
+    @property
+    def word(self) -> str:
+        return "intact" if self.intact else "altered"
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A message that parsed and whose signature verifies with its host's key."""
+
+    envelope: Envelope
+    body: Body
+    public_key: str  # hex, as enrolled
+    seal: Seal | None  # the verdict on the scan document it carries, if any
+
+
+def check(raw: bytes, public_key_of: Callable[[str], str | None]) -> Checked:
+    """Parse `raw` and verify its signature and any scan document's seal: the CPU-heavy part
+    of taking a message, done before any transaction (and, on SQLite, the write lock) is
+    taken. `public_key_of(fingerprint)`: the host's enrolled key (a key never changes for a
+    fingerprint, which is its digest), None if no such host."""
     envelope, body = parse(raw)
-    connection = session.connection()
-    host = _locked_host(connection, body.host)
+    public_key = public_key_of(body.host)
+    if public_key is None:
+        raise Refused(403, f"unknown host {body.host}: enrol it first")
     signature = bytes.fromhex(envelope.signature)
     text = envelope.body.encode("ascii")
-    if not verify_signature(bytes.fromhex(host.public_key), text, signature):
+    if not verify_signature(bytes.fromhex(public_key), text, signature):
+        raise Refused(401, f"signature does not verify for host {body.host}")
+    return Checked(envelope, body, public_key, _seal_verdict(body.payload.scan, public_key))
+
+
+def public_key(session: Session, fingerprint: str) -> str | None:
+    return session.scalar(select(Host.public_key).where(Host.fingerprint == fingerprint))
+
+
+def ingest(session: Session, raw: bytes, now: datetime, look_up_id: bool = False) -> Stored:
+    """Check and store one message in one transaction (`check`, then `store`)."""
+    return store(session, check(raw, lambda fp: public_key(session, fp)), now, look_up_id)
+
+
+def store(session: Session, checked: Checked, now: datetime, look_up_id: bool = False) -> Stored:
+    """Store a checked message once: the host's row locked first, then its sequence checked.
+    `look_up_id`: look for its id even when its sequence number is new (a retry after the
+    unique index refused it)."""
+    envelope, body, seal = checked.envelope, checked.body, checked.seal
+    connection = session.connection()
+    host = _locked_host(connection, body.host)
+    if host.public_key != checked.public_key:  # cannot happen: the fingerprint is its digest
         raise Refused(401, f"signature does not verify for host {host.fingerprint}")
     resent = _check_new(connection, host, envelope, body, look_up_id)
     if resent is not None:
         return resent
-    seal = _seal_verdict(body.payload.scan, host)
     report_pk = connection.execute(
         INSERT_REPORT,
         {
@@ -158,24 +202,14 @@ def ingest(session: Session, raw: bytes, now: datetime, look_up_id: bool = False
     return Stored(report_pk, body.seq, False)
 
 
-@dataclass(frozen=True)
-class Seal:
-    intact: bool
-    detail: str
-
-    @property
-    def word(self) -> str:
-        return "intact" if self.intact else "altered"
-
-
-def _seal_verdict(scan: str | None, host: HostState) -> Seal | None:
+def _seal_verdict(scan: str | None, public_key: str) -> Seal | None:
     """The verdict on the scan document a report carries, against the host's enrolled key:
     its own length, SHA-256 and signature (`sealed_report.verify`)."""
     if scan is None:
         return None
     # surrogateescape: bytes the host read that were not UTF-8 come back as they were
     text = scan.encode("utf-8", "surrogateescape")
-    verdict = verify(text, bytes.fromhex(host.public_key))
+    verdict = verify(text, bytes.fromhex(public_key))
     return Seal(verdict.intact, verdict.detail)
 
 

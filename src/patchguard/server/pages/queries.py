@@ -8,6 +8,7 @@ rule every server process applies on read."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -40,6 +41,7 @@ PAGE_SIZE = 50  # ledger entries per page
 HOSTS_PER_PAGE = 100
 SEALS_SHOWN = 10  # the newest sealed scan documents' verdicts on a host's page
 CHART_DAYS = 30
+HEALTH_TTL = timedelta(seconds=5)  # how old the public page's fleet counts and chart may be
 MAX_EVIDENCE_TEXT = 4000  # characters of one evidence value shown; the rest is elided
 SHOWN_STATUS = {"active": "reporting"}  # the pages' word for db.host_status's "active"
 FULL_SWEEP_KINDS = ("report", "sweep")  # a whole scan: it replaces the host's open findings
@@ -93,10 +95,36 @@ def entry_page(
 
 
 def public_page(
-    session: Session, verifier: ChainVerifier, chain: ChainStatus, now: datetime, missed: int
+    session: Session,
+    verifier: ChainVerifier,
+    chain: ChainStatus,
+    now: datetime,
+    missed: int,
+    health: HealthCache | None = None,
 ) -> PublicPage:
     ledger = ledger_page(session, verifier, chain, None)
-    return PublicPage(fleet_health(session, now, missed), verifier.fairness(now), ledger, now)
+    fleet = health.get(session, now, missed) if health else fleet_health(session, now, missed)
+    return PublicPage(fleet, verifier.fairness(now), ledger, now)
+
+
+class HealthCache:
+    """The fleet's health as the public page last computed it, for HEALTH_TTL: every visitor
+    within those seconds is shown the same counts and chart (read from every host's row and
+    30 days of findings) instead of each computing them again. Operator pages read afresh."""
+
+    def __init__(self, ttl: timedelta = HEALTH_TTL) -> None:
+        self._ttl, self._lock = ttl, threading.Lock()
+        self._held: tuple[datetime, int, FleetHealth] | None = None
+
+    def get(self, session: Session, now: datetime, missed: int) -> FleetHealth:
+        with self._lock:
+            held = self._held
+        if held is not None and held[1] == missed and timedelta(0) <= now - held[0] < self._ttl:
+            return held[2]
+        fresh = fleet_health(session, now, missed)
+        with self._lock:
+            self._held = (now, missed, fresh)
+        return fresh
 
 
 @dataclass(frozen=True)

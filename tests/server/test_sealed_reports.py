@@ -19,8 +19,10 @@ from sqlalchemy import select
 
 from patchguard.fleet import client
 from patchguard.fleet.report import MAX_SCAN, from_scan
+from patchguard.fleet.wire import Message, envelope
 from patchguard.sealed_report import seal
 from patchguard.server.db import Alert, FindingRow, Report, engine, session_factory
+from patchguard.server.ingest import check
 from patchguard.signing import HostKey
 
 TAINT_FINDING = {
@@ -195,7 +197,7 @@ def test_reading_a_scan_document_for_a_report(tmp_path: Path) -> None:
     assert (broken.findings, broken.scan) == ([], text[:100])
     assert "not JSON" in broken.notes[0]
     odd = b'{"findings": [{"surface": "x"}, 5], "boot_id": "' + b"b" * 65 + b'"}\xff'
-    assert from_scan("odd", odd).scan == odd.decode("utf-8", "surrogateescape")
+    assert from_scan("odd", odd).scan == odd.decode("utf-8", "replace")
     doc = json.loads(text)
     doc["findings"][1]["subject"] = "a\x00b"
     nul = from_scan("nul.json", json.dumps(doc).encode())
@@ -203,3 +205,15 @@ def test_reading_a_scan_document_for_a_report(tmp_path: Path) -> None:
     assert "1 entries are not findings" in nul.notes[0]
     with pytest.raises(client.FleetError, match=f"more than {MAX_SCAN}"):
         from_scan("big.json", b" " * (MAX_SCAN + 1))
+
+
+def test_a_scan_with_bytes_that_are_not_utf8_is_taken_and_found_altered() -> None:
+    key = HostKey.generate()
+    text = scan_text(key).encode()
+    at = text.index(b"kill_hook")
+    found = from_scan("scan.json", text[:at] + b"\xff" + text[at + 1 :])
+    payload = {"findings": found.findings, "gaps": found.gaps, "scan": found.scan}
+    raw = envelope(Message(key.fingerprint(), 1, "report", payload), key)
+    checked = check(raw, lambda _: key.public_key_bytes().hex())
+    assert checked.seal is not None and not checked.seal.intact
+    assert "SHA-256" in checked.seal.detail or "bytes where the seal says" in checked.seal.detail

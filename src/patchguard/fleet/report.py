@@ -114,7 +114,9 @@ def from_scan(source: str, raw: bytes) -> Collected:
         raise FleetError(
             f"{source}: {len(raw)} bytes, more than {MAX_SCAN} (scan without --records)"
         )
-    text = raw.decode("utf-8", "surrogateescape")  # undecodable bytes travel as they were
+    # Bytes that are not UTF-8 become U+FFFD: a sealed document is ASCII, so the server
+    # finds it altered either way, and the message stays valid JSON text.
+    text = raw.decode("utf-8", "replace")
     notes: list[str] = []
     try:
         doc = json.loads(raw)

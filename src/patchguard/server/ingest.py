@@ -207,9 +207,7 @@ def _seal_verdict(scan: str | None, public_key: str) -> Seal | None:
     its own length, SHA-256 and signature (`sealed_report.verify`)."""
     if scan is None:
         return None
-    # surrogateescape: bytes the host read that were not UTF-8 come back as they were
-    text = scan.encode("utf-8", "surrogateescape")
-    verdict = verify(text, bytes.fromhex(public_key))
+    verdict = verify(scan.encode("utf-8"), bytes.fromhex(public_key))
     return Seal(verdict.intact, verdict.detail)
 
 

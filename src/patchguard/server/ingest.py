@@ -2,8 +2,10 @@
 new, store it once, and draw the server's own conclusions (baseline attestation, silence).
 
 Every refusal is a `Refused` with an HTTP status and one line saying why; nothing is stored
-for a refused message. A message's effects run in one transaction that first locks its
-host's row, so two server processes taking the same host's messages agree on the order.
+for a refused message. `check` parses a message and verifies its signature (and the seal of
+a scan document it carries) before any transaction; `store` then runs its effects in one
+transaction that first locks its host's row, so two server processes taking the same host's
+messages agree on the order.
 """
 
 from __future__ import annotations
@@ -156,12 +158,8 @@ def check(raw: bytes, public_key_of: Callable[[str], str | None]) -> Checked:
 
 
 def public_key(session: Session, fingerprint: str) -> str | None:
+    """The host's enrolled key (hex), for `check`; None if no host has that fingerprint."""
     return session.scalar(select(Host.public_key).where(Host.fingerprint == fingerprint))
-
-
-def ingest(session: Session, raw: bytes, now: datetime, look_up_id: bool = False) -> Stored:
-    """Check and store one message in one transaction (`check`, then `store`)."""
-    return store(session, check(raw, lambda fp: public_key(session, fp)), now, look_up_id)
 
 
 def store(session: Session, checked: Checked, now: datetime, look_up_id: bool = False) -> Stored:

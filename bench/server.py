@@ -9,8 +9,17 @@ per report (the database's own is not counted), which does not depend on what el
 machine runs; the load average says how busy it was. Messages are signed before the clock
 starts: signing is the hosts' work, not the server's.
 
+Then, on the same database (the hosts, reports and findings just stored), --entries ledger
+entries (100,000; real keys and signatures) are added and the public page `/` is timed: median
+and p99 of --rounds renders in process (queries and templates: what the page costs the
+server; target <= 100 ms). The machine (CPUs, model) and its load average are printed: on a
+shared 2-core machine the rates follow the load, the CPU per report does not, and
+"capacity" is what the two cores would carry at that CPU cost (2 s / (server + database CPU
+per report)).
+
 Run as root (PostgreSQL runs as the postgres user):
   .venv/bin/python bench/server.py [--hosts 1000] [--reports 3] [--concurrency 32] [--workers 2]
+      [--entries 100000] [--rounds 30] [--db both|postgresql|sqlite]
 """
 
 from __future__ import annotations
@@ -27,12 +36,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "server"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fleet_support import ServerProcess, make_token, new_pg_database, postgres_cluster
+from support.synthetic_ledger import Builder, build, store
 
 from patchguard.fleet.wire import Message, enrol_proof, envelope
+from patchguard.server.app import Settings, create_app
+from patchguard.server.db import engine, session_factory, transaction
 from patchguard.signing import HostKey
 
 JSON = {"Content-Type": "application/json"}
@@ -65,7 +78,9 @@ def findings(host: int, round_: int) -> list[dict[str, object]]:
     ]
 
 
-async def enrol_all(client: httpx.AsyncClient, url: str, token: str, keys: list[HostKey]) -> None:
+async def enrol_all(
+    client: aiohttp.ClientSession, url: str, token: str, keys: list[HostKey]
+) -> None:
     limit = asyncio.Semaphore(32)
     headers = {**JSON, "Authorization": f"Bearer {token}"}
 
@@ -73,17 +88,17 @@ async def enrol_all(client: httpx.AsyncClient, url: str, token: str, keys: list[
         public = key.public_key_bytes().hex()
         name = f"host-{n:04d}"
         body = {"name": name, "public_key": public, "proof": enrol_proof(name, public, key)}
-        async with limit:
-            answer = await client.post(
-                f"{url}/api/v1/enrol", content=json.dumps(body), headers=headers
-            )
-        answer.raise_for_status()
+        async with (
+            limit,
+            client.post(f"{url}/api/v1/enrol", data=json.dumps(body), headers=headers) as answer,
+        ):
+            answer.raise_for_status()
 
     await asyncio.gather(*(one(n, key) for n, key in enumerate(keys)))
 
 
 async def send_all(
-    client: httpx.AsyncClient, url: str, bodies: list[list[bytes]], concurrency: int
+    client: aiohttp.ClientSession, url: str, bodies: list[list[bytes]], concurrency: int
 ) -> tuple[float, list[float]]:
     limit = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
@@ -92,10 +107,11 @@ async def send_all(
         for body in messages:  # a host's reports go in order, one at a time
             async with limit:
                 t0 = time.perf_counter()
-                answer = await client.post(f"{url}/api/v1/reports", content=body, headers=JSON)
+                async with client.post(f"{url}/api/v1/reports", data=body, headers=JSON) as answer:
+                    text = await answer.read()
                 latencies.append(time.perf_counter() - t0)
-            if answer.status_code != 200 or not answer.json()["stored"]:
-                raise SystemExit(f"report refused: {answer.status_code} {answer.text}")
+            if answer.status != 200 or not json.loads(text)["stored"]:
+                raise SystemExit(f"report refused: {answer.status} {text[:500]!r}")
 
     t0 = time.perf_counter()
     await asyncio.gather(*(host(messages) for messages in bodies))
@@ -103,7 +119,8 @@ async def send_all(
 
 
 def cpu_seconds(root: int) -> float:
-    """User+system CPU of a process and its children (uvicorn's workers), from /proc."""
+    """User+system CPU of a process and its descendants (uvicorn's workers, PostgreSQL's
+    backends), from /proc."""
     parents: dict[int, int] = {}
     times: dict[int, float] = {}
     tick = os.sysconf("SC_CLK_TCK")
@@ -112,7 +129,8 @@ def cpu_seconds(root: int) -> float:
             fields = stat.read_text().rsplit(")", 1)[1].split()
             pid = int(stat.parent.name)
             parents[pid] = int(fields[1])
-            times[pid] = (int(fields[11]) + int(fields[12])) / tick
+            # own time, and that of children already reaped (PostgreSQL's closed backends)
+            times[pid] = sum(int(n) for n in fields[11:15]) / tick
     tree, grew = {root}, True
     while grew:
         more = {pid for pid, parent in parents.items() if parent in tree} - tree
@@ -142,6 +160,14 @@ def signed_reports(keys: list[HostKey], rounds: int) -> list[list[bytes]]:
     ]
 
 
+def postmaster(url: str) -> int | None:
+    """The PostgreSQL server's pid (its data directory sits beside the socket's)."""
+    if "host=" not in url:
+        return None
+    sock = Path(url.rsplit("host=", 1)[1])
+    return int((sock.parent / "data" / "postmaster.pid").read_text().split()[0])
+
+
 def run(url: str, workdir: Path, args: argparse.Namespace, label: str) -> None:
     server = ServerProcess(url, workdir, workers=args.workers, silence_check=60).start()
     try:
@@ -153,27 +179,78 @@ def run(url: str, workdir: Path, args: argparse.Namespace, label: str) -> None:
         assert server.process is not None
         pid = server.process.pid
 
-        async def go() -> tuple[float, list[float], float]:
-            limits = httpx.Limits(max_connections=args.concurrency + 8)
-            async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-                await enrol_all(client, server.url, token, keys)
-                cpu0 = cpu_seconds(pid)
-                seconds, latencies = await send_all(client, server.url, bodies, args.concurrency)
-                return seconds, latencies, cpu_seconds(pid) - cpu0
+        database_pid = postmaster(url)
 
-        seconds, latencies, cpu = asyncio.run(go())
+        def cpus() -> tuple[float, float, float]:
+            pg = cpu_seconds(database_pid) if database_pid else 0.0
+            mine = sum(os.times()[:2])
+            return cpu_seconds(pid), pg, mine
+
+        async def go() -> tuple[float, list[float], tuple[float, ...]]:
+            connector = aiohttp.TCPConnector(limit=args.concurrency + 8)
+            timeout = aiohttp.ClientTimeout(total=60)
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
+                await enrol_all(client, server.url, token, keys)
+                before = cpus()
+                seconds, latencies = await send_all(client, server.url, bodies, args.concurrency)
+                spent = tuple(b - a for a, b in zip(before, cpus(), strict=True))
+                return seconds, latencies, spent
+
+        seconds, latencies, (cpu, pg_cpu, client_cpu) = asyncio.run(go())
     finally:
         server.stop()
     total = len(latencies)
     quantiles = statistics.quantiles(latencies, n=100)
+    capacity = os.cpu_count() or 1
+    capacity_rate = total * capacity / (cpu + pg_cpu) if cpu + pg_cpu else 0.0
     print(
         f"{label:10s} {args.hosts} hosts x {args.reports} reports ({size / 1024:.1f} KiB each), "
         f"{args.workers} workers, {args.concurrency} in flight: {total / seconds:7.1f} reports/s "
         f"(target >= 300), latency p50 {quantiles[49] * 1000:6.1f} ms, "
         f"p99 {quantiles[98] * 1000:6.1f} ms (target <= 200); server CPU "
-        f"{cpu / total * 1000:.1f} ms per report (load average {os.getloadavg()[0]:.1f})",
+        f"{cpu / total * 1000:.1f} ms per report, database {pg_cpu / total * 1000:.1f} ms, "
+        f"bench client {client_cpu / total * 1000:.1f} ms: capacity {capacity_rate:.0f} "
+        f"reports/s on {capacity} CPUs (load average {os.getloadavg()[0]:.1f})",
         flush=True,
     )
+
+
+def page_times(url: str, workdir: Path, ledger: Builder, rounds: int, label: str) -> None:
+    """The public page with the ledger added to what the ingest run stored."""
+    from fastapi.testclient import TestClient
+
+    bound = engine(url)
+    with transaction(session_factory(bound)) as session:
+        store(session, ledger.rows())
+    bound.dispose()
+    app = create_app(Settings(db_url=url, key_path=workdir / "server.key"))
+    with TestClient(app) as client:
+        for _ in range(3):  # warm: templates compiled, the chain's replay under way
+            client.get("/")
+        times = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            answer = client.get("/")
+            times.append((time.perf_counter() - t0) * 1000)
+            assert answer.status_code == 200, answer.status_code
+    times.sort()
+    p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
+    print(
+        f"{label:10s} public page / with {len(ledger.entries)} ledger entries and the hosts "
+        f"above: median {statistics.median(times):.1f} ms, p99 {p99:.1f} ms (target <= 100; "
+        f"load average {os.getloadavg()[0]:.1f})",
+        flush=True,
+    )
+
+
+def machine() -> str:
+    model = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"machine: {os.cpu_count()} CPUs ({model}), load average {os.getloadavg()[0]:.1f}"
 
 
 @contextlib.contextmanager
@@ -195,12 +272,20 @@ def main() -> None:
         "--sqlite-workers", type=int, default=1, help="on SQLite (one writer at a time anyway)"
     )
     parser.add_argument("--db", choices=("postgresql", "sqlite", "both"), default="both")
+    parser.add_argument("--entries", type=int, default=100_000, help="ledger entries; 0: no page")
+    parser.add_argument("--rounds", type=int, default=30, help="renders of the public page")
     args = parser.parse_args()
+    print(machine(), flush=True)
     kinds = ("postgresql", "sqlite") if args.db == "both" else (args.db,)
-    for kind in kinds:
-        with tempfile.TemporaryDirectory() as tmp, database(kind, Path(tmp)) as url:
-            workers = args.workers if kind == "postgresql" else args.sqlite_workers
-            run(url, Path(tmp), argparse.Namespace(**{**vars(args), "workers": workers}), kind)
+    with tempfile.TemporaryDirectory() as keys:
+        ledger = build(Path(keys), args.entries) if args.entries else None
+        for kind in kinds:
+            with tempfile.TemporaryDirectory() as tmp, database(kind, Path(tmp)) as url:
+                workers = args.workers if kind == "postgresql" else args.sqlite_workers
+                given = argparse.Namespace(**{**vars(args), "workers": workers})
+                run(url, Path(tmp), given, kind)
+                if ledger is not None:
+                    page_times(url, Path(tmp), ledger, args.rounds, kind)
 
 
 if __name__ == "__main__":

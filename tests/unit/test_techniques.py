@@ -29,7 +29,8 @@ NOT_TECHNIQUES = {
     "max-expiry", "utf-8", "log-init", "witness-collect", "gpg-agent", "ssh-agent", "sshd-session",
     "polkit-agent-helper-1", "patchguard-read", "verify-report", "rotate-log-key",
     # fleet: message kinds, alert kinds of the server, state files, CLI words, HTTP header values
-    "baseline-changed", "baseline-rotated", "fleet-rejected", "fleet-server", "fleet-spool",
+    "baseline-changed", "report-altered", "baseline-rotated", "fleet-rejected", "fleet-server",
+    "fleet-spool",
     "fetch-policy", "ledger-replay", "content-length", "content-type", "no-referrer", "no-store",
     "no-cache",
     "same-origin",

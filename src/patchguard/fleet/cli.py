@@ -57,7 +57,7 @@ def _message(args: argparse.Namespace, key: HostKey, directory: Path) -> tuple[s
     from pathlib import Path
 
     from patchguard.fleet import client  # the client stack only when a command needs it
-    from patchguard.fleet.report import collect
+    from patchguard.fleet.report import collect, from_scan
     from patchguard.signing import default_key_path
 
     baseline = args.baseline or Path(os.environ.get("PATCHGUARD_BASELINE") or DEFAULT_BASELINE)
@@ -74,15 +74,31 @@ def _message(args: argparse.Namespace, key: HostKey, directory: Path) -> tuple[s
         return "baseline rotation", client.queue(
             directory, key, "baseline-rotated", payload, baseline_digest=digest
         )
-    ledger = args.ledger or _ledger_for(directory)
-    found = collect(baseline, args.key or default_key_path(), ledger)
+    if args.scan_json is not None:
+        found = from_scan(str(args.scan_json), _read_scan(args.scan_json))
+    else:
+        found = collect(
+            baseline, args.key or default_key_path(), args.ledger or _ledger_for(directory)
+        )
     for note in found.notes:
         _say(f"patchguard: {note}", err=True)
     payload = {"findings": found.findings, "gaps": found.gaps}
+    if found.scan is not None:
+        payload["scan"] = found.scan
     seq = client.queue(
         directory, key, "report", payload, baseline_digest=digest, boot_id=found.boot_id
     )
     return f"report ({len(found.findings)} findings)", seq
+
+
+def _read_scan(path: Path) -> bytes:
+    """The scan document's bytes as they are (at most one byte past the bound)."""
+    from patchguard.fleet.report import MAX_SCAN
+
+    if str(path) == "-":
+        return sys.stdin.buffer.read(MAX_SCAN + 1)
+    with path.open("rb") as f:
+        return f.read(MAX_SCAN + 1)
 
 
 def _ledger_for(directory: Path) -> Path:
@@ -197,6 +213,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     kind.add_argument("--stop", metavar="REASON", help="say that the guard stops cleanly")
     kind.add_argument(
         "--rotated", metavar="REASON", help="announce the current baseline as a deliberate rotation"
+    )
+    kind.add_argument(
+        "--scan-json",
+        type=path_arg,
+        metavar="FILE",
+        help="send this sealed `patchguard scan --json` document (- reads stdin) instead of "
+        "scanning; the server checks its seal against this host's key",
     )
     _common(report)
     report.set_defaults(handler=_guarded(_report))

@@ -47,13 +47,15 @@ from patchguard.server.db import (
     utcnow,
 )
 from patchguard.server.errors import Refused
-from patchguard.server.ingest import Stored, ingest, mark_silent, validation_text
+from patchguard.server.ingest import Stored, check, mark_silent, store, validation_text
+from patchguard.server.ingest import public_key as ingest_public_key
 from patchguard.server.schemas import EnrolIn
 from patchguard.signing import HostKey
 
 log = logging.getLogger("patchguard.server")
 DEFAULT_KEY = Path("/var/lib/patchguard/server.key")
 T = TypeVar("T")
+MAX_CACHED_KEYS = 1_000_000  # about 150 bytes each: a bound on memory, not on the fleet
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,9 @@ class Server:
     key: HostKey
 
     writer: threading.Lock = field(default_factory=threading.Lock, compare=False)
+    # fingerprint -> enrolled public key (hex): a fingerprint is its key's digest, so an entry
+    # never goes stale; revocation is read in each message's transaction
+    keys: dict[str, str] = field(default_factory=dict, compare=False)
 
     def run(self, work: Callable[[Session, datetime], T]) -> T:
         """`work(session, now)` in one transaction, committed if it returns. On SQLite the
@@ -99,6 +104,14 @@ class Server:
         lock = self.writer if self.engine.dialect.name == "sqlite" else contextlib.nullcontext()
         with lock, transaction(self.sessions) as session:
             return work(session, utcnow())
+
+    def public_key(self, fingerprint: str) -> str | None:
+        known = self.keys.get(fingerprint)
+        if known is None:
+            known = self.run(lambda session, _now: ingest_public_key(session, fingerprint))
+            if known is not None and len(self.keys) < MAX_CACHED_KEYS:
+                self.keys[fingerprint] = known
+        return known
 
 
 def server_of(request: Request) -> Server:
@@ -258,14 +271,16 @@ def _alerts(session: Session, open_only: bool) -> list[dict[str, Any]]:
 
 
 def _take_report(server: Server, raw: bytes) -> Stored:
+    # Parsing and signatures before any transaction: on SQLite, outside the write lock.
+    checked = check(raw, server.public_key)
     try:
-        return server.run(lambda session, now: ingest(session, raw, now))
+        return server.run(lambda session, now: store(session, checked, now))
     except IntegrityError:
         # Another process stored the same report (or seq) between our check and insert, or
         # the id is another report's: the retry looks and answers as for a resend or replay.
         pass
     try:
-        return server.run(lambda session, now: ingest(session, raw, now, look_up_id=True))
+        return server.run(lambda session, now: store(session, checked, now, look_up_id=True))
     except IntegrityError:
         raise Refused(409, "conflicts with a stored report") from None
 

@@ -28,14 +28,19 @@ Tables (what the web pages read):
   `sweep`, `finding`, `stop`, `baseline-rotated`), `sent_at` (the host's clock),
   `received_at` (the server's), `baseline_digest`, `body` (the exact signed canonical JSON
   text), `signature` (hex); anyone with the host's public key can re-verify a stored report.
+  `seal`: when the report carried a sealed `patchguard scan --json` document
+  (`payload.scan`), the server's verdict on it against the host's enrolled key, `intact` or
+  `altered` (None: no document); `seal_detail` says why in one line
+  (`sealed_report.verify`).
 - `findings`: the findings the reports carried. `host_id`, `report_pk` (reports.id),
   `severity` (info, low, medium, high, critical), `technique`, `subject`, `summary`,
   `disposition`, `evidence` (JSON object), `seen_at` (received_at of the report). Text from
   a host: escape it.
 - `alerts`: what the server itself concluded. `kind` (`silent`: missed heartbeats;
   `baseline-changed`: a new baseline digest without a signed baseline-rotated event before
-  it), `host_id`, `severity`, `created_at`, `resolved_at` (None: open; a silent host that
-  reports again resolves its alert), `evidence` (JSON object).
+  it; `report-altered`: a report carried a scan document whose seal does not hold), `host_id`,
+  `severity`, `created_at`, `resolved_at` (None: open; a silent host that reports again
+  resolves its alert), `evidence` (JSON object).
 - `ledger_entries`: the exception ledger as the server holds it (loaded with
   `patchguard server ledger import`, verified before it is stored): the columns of
   `policy.chain.Entry` (`seq` is the key), served by `GET /api/v1/policy`.
@@ -74,9 +79,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 DEFAULT_URL = "sqlite:////var/lib/patchguard/server.db"
 HOST_STATUSES = ("active", "silent", "stopped", "revoked")
 REPORT_KINDS = ("report", "heartbeat", "sweep", "finding", "stop", "baseline-rotated")
-ALERT_KINDS = ("silent", "baseline-changed")
+ALERT_KINDS = ("silent", "baseline-changed", "report-altered")
+SEALS = ("intact", "altered")  # reports.seal: the verdict on a scan document a report carried
 ROLES = ("operator", "enrol")
 MISSED_HEARTBEATS = 3  # K: a host that misses this many heartbeats is silent
+PG_POOL = 16  # PostgreSQL connections per server process
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -140,7 +147,7 @@ class Report(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     report_id: Mapped[str] = mapped_column(String(64), unique=True)
-    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id"), index=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id"))  # uq_reports_host_seq leads
     seq: Mapped[int]
     kind: Mapped[str] = mapped_column(String(32))
     sent_at: Mapped[datetime]
@@ -148,6 +155,8 @@ class Report(Base):
     baseline_digest: Mapped[str | None] = mapped_column(String(64))
     body: Mapped[str] = mapped_column(Text)
     signature: Mapped[str] = mapped_column(String(128))
+    seal: Mapped[str | None] = mapped_column(String(16))
+    seal_detail: Mapped[str | None] = mapped_column(Text)
 
 
 class FindingRow(Base):
@@ -231,8 +240,10 @@ def engine(url: str) -> Engine:
         event.listen(made, "begin", _sqlite_begin)
         return made
     # No pre-ping (a round trip per request): a connection lost to a database restart fails
-    # one request with a 503, which hosts retry from their spool.
-    return create_engine(url, pool_size=10, max_overflow=10, pool_recycle=3600)
+    # one request with a 503, which hosts retry from their spool. No overflow: a connection
+    # opened for a burst and closed after it costs PostgreSQL a backend process each time (a
+    # fork and its start-up, more CPU than a report); requests beyond the pool wait their turn.
+    return create_engine(url, pool_size=PG_POOL, max_overflow=0, pool_timeout=30, pool_recycle=3600)
 
 
 def session_factory(bound: Engine) -> sessionmaker[Session]:

@@ -13,6 +13,7 @@ from patchguard.policy.chain import canonical
 MAX_TEXT = 4096  # subject, summary, reason: one finding's text
 MAX_FINDINGS = 2000
 MAX_EVIDENCE = 64 * 1024  # canonical JSON of one finding's evidence
+MAX_SCAN = 512 * 1024  # a sealed `scan --json` document carried whole (without --records)
 HEX64 = r"^[0-9a-f]{64}$"
 FINGERPRINT = r"^[0-9a-f]{16}$"
 
@@ -69,6 +70,10 @@ class Payload(Strict):
     gaps: Annotated[int, Field(ge=0, le=100_000)] = 0
     interval: Annotated[int, Field(ge=1, le=86_400)] | None = None
     reason: LongText | None = None
+    # The exact text of a sealed `patchguard scan --json` document, as the host's report
+    # command read it: text, not a JSON object, so that a document altered into something
+    # that no longer parses (a truncation, a dropped line) still arrives to be judged.
+    scan: Annotated[str, Field(max_length=MAX_SCAN)] | None = None
 
 
 class Body(Strict):

@@ -8,6 +8,7 @@ rule every server process applies on read."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -33,11 +34,14 @@ from patchguard.server.pages.views import (
     HostsPage,
     LedgerPage,
     PublicPage,
+    SealView,
 )
 
 PAGE_SIZE = 50  # ledger entries per page
 HOSTS_PER_PAGE = 100
+SEALS_SHOWN = 10  # the newest sealed scan documents' verdicts on a host's page
 CHART_DAYS = 30
+HEALTH_TTL = timedelta(seconds=5)  # how old the public page's fleet counts and chart may be
 MAX_EVIDENCE_TEXT = 4000  # characters of one evidence value shown; the rest is elided
 SHOWN_STATUS = {"active": "reporting"}  # the pages' word for db.host_status's "active"
 FULL_SWEEP_KINDS = ("report", "sweep")  # a whole scan: it replaces the host's open findings
@@ -91,10 +95,36 @@ def entry_page(
 
 
 def public_page(
-    session: Session, verifier: ChainVerifier, chain: ChainStatus, now: datetime, missed: int
+    session: Session,
+    verifier: ChainVerifier,
+    chain: ChainStatus,
+    now: datetime,
+    missed: int,
+    health: HealthCache | None = None,
 ) -> PublicPage:
     ledger = ledger_page(session, verifier, chain, None)
-    return PublicPage(fleet_health(session, now, missed), verifier.fairness(now), ledger, now)
+    fleet = health.get(session, now, missed) if health else fleet_health(session, now, missed)
+    return PublicPage(fleet, verifier.fairness(now), ledger, now)
+
+
+class HealthCache:
+    """The fleet's health as the public page last computed it, for HEALTH_TTL: every visitor
+    within those seconds is shown the same counts and chart (read from every host's row and
+    30 days of findings) instead of each computing them again. Operator pages read afresh."""
+
+    def __init__(self, ttl: timedelta = HEALTH_TTL) -> None:
+        self._ttl, self._lock = ttl, threading.Lock()
+        self._held: tuple[datetime, int, FleetHealth] | None = None
+
+    def get(self, session: Session, now: datetime, missed: int) -> FleetHealth:
+        with self._lock:
+            held = self._held
+        if held is not None and held[1] == missed and timedelta(0) <= now - held[0] < self._ttl:
+            return held[2]
+        fresh = fleet_health(session, now, missed)
+        with self._lock:
+            self._held = (now, missed, fresh)
+        return fresh
 
 
 @dataclass(frozen=True)
@@ -291,6 +321,19 @@ def _open_alerts(session: Session, host: Host) -> tuple[AlertView, ...]:
     return tuple(AlertView(a.kind, a.severity, a.created_at, _evidence(a.evidence)) for a in found)
 
 
+def _seals(session: Session, host: Host) -> tuple[SealView, ...]:
+    query = (
+        select(Report.seq, Report.received_at, Report.seal, Report.seal_detail)
+        .where(Report.host_id == host.id, Report.seal.is_not(None))
+        .order_by(Report.seq.desc())
+        .limit(SEALS_SHOWN)
+    )
+    return tuple(
+        SealView(seq, at, seal or "", detail or "")
+        for seq, at, seal, detail in session.execute(query)
+    )
+
+
 def host_page(
     session: Session, fingerprint: str, now: datetime, missed: int, csrf: str
 ) -> HostPage | None:
@@ -306,4 +349,5 @@ def host_page(
         _open_findings(session, host),
         _open_alerts(session, host),
         csrf,
+        _seals(session, host),
     )

@@ -51,6 +51,7 @@ def verifier_of(request: Request) -> ChainVerifier:
 def register(app: FastAPI) -> None:
     """Mount the pages on the server's app (called by app.create_app)."""
     app.state.ledger_verifier = ChainVerifier(app.state.server.sessions)
+    app.state.fleet_health = queries.HealthCache()
     compile_all()
     app.include_router(router)
 
@@ -89,9 +90,12 @@ async def _read_ledger(
 @router.get("/", response_class=HTMLResponse)
 async def public(request: Request) -> Response:
     missed = server_of(request).settings.missed_heartbeats
+    health = getattr(request.app.state, "fleet_health", None)
     found = await _read_ledger(
         request,
-        lambda s, verifier, chain, now: queries.public_page(s, verifier, chain, now, missed),
+        lambda s, verifier, chain, now: queries.public_page(
+            s, verifier, chain, now, missed, health
+        ),
     )
     return page(render("public.html", page=found, generated_at=_stamp(found.generated_at)))
 

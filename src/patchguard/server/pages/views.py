@@ -148,6 +148,16 @@ class AlertView:
 
 
 @dataclass(frozen=True)
+class SealView:
+    """The server's verdict on a sealed scan document one report carried."""
+
+    seq: int
+    received_at: datetime
+    seal: str  # intact, altered
+    detail: str
+
+
+@dataclass(frozen=True)
 class HostPage:
     host: HostRow
     public_key: str
@@ -157,3 +167,4 @@ class HostPage:
     findings: tuple[FindingView, ...]
     alerts: tuple[AlertView, ...]
     csrf: str
+    seals: tuple[SealView, ...] = ()  # the newest sealed scan documents' verdicts

@@ -99,6 +99,7 @@ def lkrg() -> dict[str, object]:
     time.sleep(5)  # LKRG hashes the kernel once at load
     Path("/proc/sys/lkrg/heartbeat").write_text("1\n")  # "System is clean" after each check
     Path("/proc/sys/lkrg/interval").write_text("1800\n")  # no timed check between ours
+    Path("/proc/sys/kernel/printk_devkmsg").write_text("on\n")  # no rate limit on our markers
     fd = os.open("/dev/kmsg", os.O_RDWR | os.O_NONBLOCK)
     times = []
     try:

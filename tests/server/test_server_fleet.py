@@ -304,3 +304,33 @@ def test_fetch_policy_command_applies_the_ledger_to_the_pinned_root(
     refused = patchguard("fetch-policy", "--root", other, env=env)
     assert refused.returncode == 2 and f"not root {other}" in refused.stderr
     assert refused.stderr.count("\n") == 1
+
+
+def test_fetch_policy_takes_the_root_the_signed_guard_config_pins(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    ledger, root = make_ledger(tmp_path)
+    assert server_cli(server.db_url, "ledger", "import", str(ledger)).returncode == 0
+    env = {**os.environ, "PATCHGUARD_KEY": str(tmp_path / "host.key")}
+    env["PATCHGUARD_STATE_DIR"] = str(tmp_path / "state")
+    token = make_token(server.db_url, "enrol")
+    assert patchguard("enrol", server.url, "--token", token, env=env).returncode == 0
+    config = tmp_path / "guard.toml"
+
+    def pin(fingerprint: str) -> None:
+        config.write_text(
+            f'[guard]\nbaseline = ""\nledger = ""\nkey = "{tmp_path / "host.key"}"\n'
+            f'ledger_root = "{fingerprint}"\n'
+        )
+
+    pin(root.fingerprint())
+    unsigned = patchguard("fetch-policy", "--config", str(config), env=env)
+    assert unsigned.returncode == 2 and "cannot be trusted" in unsigned.stderr, unsigned.stderr
+    signed = patchguard("config", "sign", str(config), env=env)
+    assert signed.returncode == 0, signed.stderr
+    fetched = patchguard("fetch-policy", "--config", str(config), env=env)
+    assert fetched.returncode == 0, fetched.stderr
+    assert f"ledger verified to root {root.fingerprint()}" in fetched.stdout
+    pin(HostKey.generate().fingerprint())  # edited after signing: not trusted
+    edited = patchguard("fetch-policy", "--config", str(config), env=env)
+    assert edited.returncode == 2 and edited.stderr.count("\n") == 1, edited.stderr

@@ -131,15 +131,40 @@ def _fetch_policy(args: argparse.Namespace) -> int:
     from patchguard.fleet.policy import apply_policy
 
     directory = client.state_dir(args.state_dir)
-    root = args.root or client.Enrolment.load(directory).ledger_root
+    root = args.root or _pinned_root(args.config, client.Enrolment.load(directory).ledger_root)
     if not root:
         raise client.FleetError(
-            "no ledger root key pinned: pass --root FINGERPRINT (or enrol with it)"
+            "no ledger root key pinned: set ledger_root in the guard's signed config, pass "
+            "--root FINGERPRINT, or enrol with it"
         )
     document = client.fetch_policy(directory, args.server)
     done = apply_policy(directory, document, root)
     _say(f"ledger verified to root {root}: {done.entries} entries ({done.new} new) in {done.path}")
     return EXIT_OK
+
+
+def _pinned_root(config: Path | None, enrolled: str | None) -> str | None:
+    """The ledger root the guard's config pins (its signature checked with the host key, as
+    the guard does), else the one pinned at enrolment; the two must agree where both are."""
+    from patchguard.fleet.client import FleetError
+    from patchguard.guard.config import DEFAULT_PATH, load_config
+    from patchguard.guard.config_sig import check_with_host_key
+
+    path = config or (DEFAULT_PATH if DEFAULT_PATH.exists() else None)
+    if path is None:
+        return enrolled
+    settings = load_config(path)
+    pinned = settings.ledger_root
+    if pinned is None:
+        return enrolled
+    signed = check_with_host_key(path, settings.key)
+    if not signed.ok:
+        raise FleetError(f"{path}: the ledger root it pins cannot be trusted: {signed.reason}")
+    if enrolled and pinned != enrolled:
+        raise FleetError(
+            f"{path}: ledger_root {pinned} is not the root {enrolled} pinned at enrolment"
+        )
+    return pinned or enrolled
 
 
 def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -227,5 +252,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fetch = sub.add_parser("fetch-policy", help="fetch, verify and apply the server's ledger")
     fetch.add_argument("--server", help="fetch from this URL instead of the enrolled one")
     fetch.add_argument("--root", metavar="FINGERPRINT", help="override the pinned root key")
+    fetch.add_argument(
+        "--config",
+        type=path_arg,
+        metavar="PATH",
+        help="the guard's signed config whose ledger_root pins the ledger (default "
+        "/etc/patchguard/guard.toml if present)",
+    )
     _common(fetch)
     fetch.set_defaults(handler=_guarded(_fetch_policy))

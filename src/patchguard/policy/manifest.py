@@ -59,6 +59,9 @@ class DeclaredBpfProgram:
     kfuncs: tuple[str, ...]
     loader: Loader | None = None  # the process that holds it; None: no process may hold it
     pins: tuple[str, ...] = ()  # bpffs paths of the program's and its links' pins, all of them
+    # Kept alive by its attachment alone (a tc filter, say): no process holds it, nothing pins
+    # it, and `attach` (device, netns, direction, handle) is then what identifies it.
+    kept_by_attachment: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,8 @@ def _program_dict(p: DeclaredBpfProgram) -> dict[str, Any]:
         out["loader"] = {"path": p.loader.path, "sha256": p.loader.sha256}
     if p.pins:
         out["pins"] = list(p.pins)
+    if p.kept_by_attachment:
+        out["kept_by_attachment"] = True
     return out
 
 
@@ -215,16 +220,19 @@ class _Reader:
 
 def _bpf_program(r: _Reader, where: str, raw: object) -> DeclaredBpfProgram:
     allowed = ("name", "prog_type", "attach", "helpers", "kfuncs", "loader", "pins")
-    t = r.table(raw, where, allowed)
+    t = r.table(raw, where, (*allowed, "kept_by_attachment"))
     prog_type = r.string(t, "prog_type", where)
     if prog_type not in PROG_TYPES:
         r.fail(f"{where}.prog_type", f"unknown program type {prog_type!r}")
     attach = t.get("attach")
     if isinstance(attach, str):
         attach = [attach]  # one attach point may be written without the list
-    if attach == []:
+    if attach == [] and prog_type != "perf_event":
+        # perf_event programs alone: the kernel does not say which perf event runs one
+        # (BPF_TASK_FD_QUERY refuses them), so scan reports no attach point to declare
         r.fail(f"{where}.attach", "expected at least one attach point")
-    if "loader" not in t and "pins" not in t:
+    kept = _kept_by_attachment(r, where, t)
+    if "loader" not in t and "pins" not in t and not kept:
         r.fail(f"{where}.loader", "missing (a table: {path, sha256}), and no pins either")
     return DeclaredBpfProgram(
         name=r.string(t, "name", where),
@@ -234,7 +242,20 @@ def _bpf_program(r: _Reader, where: str, raw: object) -> DeclaredBpfProgram:
         kfuncs=r.strings(t, "kfuncs", where, symbols=True, default=True),
         loader=_loader(r, where, t) if "loader" in t else None,
         pins=_pins(r, where, t) if "pins" in t else (),
+        kept_by_attachment=kept,
     )
+
+
+def _kept_by_attachment(r: _Reader, where: str, t: dict[str, Any]) -> bool:
+    kept = t.get("kept_by_attachment", False)
+    if not isinstance(kept, bool):
+        r.fail(f"{where}.kept_by_attachment", "expected true or false")
+    if kept and ("loader" in t or "pins" in t or not t.get("attach")):
+        r.fail(
+            f"{where}.kept_by_attachment",
+            "a program kept by its attachment alone declares attach, and no loader or pins",
+        )
+    return kept
 
 
 def _loader(r: _Reader, where: str, t: dict[str, Any]) -> Loader:

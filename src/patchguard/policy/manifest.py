@@ -31,6 +31,7 @@ MAX_MANIFEST = LIMITS["manifest"]  # a manifest lists hooks; a megabyte of it is
 _SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")  # kallsyms names: "foo", "foo.isra.0"
 _MODULE = re.compile(r"[A-Za-z0-9_-]+\Z")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}\Z")
+_TAINTS = re.compile(r"[A-Z]+\Z")  # the kernel's taint letters (taint_flags[].c_true)
 KPROBE_KINDS = ("kprobe", "kretprobe")
 MAX_OFFSET = 1 << 32  # a kprobe offset lies inside one function
 
@@ -82,7 +83,12 @@ class DeclaredKprobe:
 @dataclass(frozen=True)
 class DeclaredModule:
     name: str
-    signer: str  # the module signature's signer, as modinfo prints it
+    signer: str | None = None  # the module signature's signer, as modinfo prints it
+    # The taint letters the module itself shows (/sys/module/<name>/taint) that are declared:
+    # "OE" for a module built out of tree and not signed with a key the kernel trusts. The
+    # kernel's own taint flags with these letters are then the module's, while it alone
+    # shows them.
+    taints: str = ""
 
 
 @dataclass(frozen=True)
@@ -125,7 +131,9 @@ class Manifest:
                 some(symbol=k.symbol, offset=k.offset, kind=k.kind, module=k.module)
                 for k in self.kprobes
             ],
-            "module": [{"name": m.name, "signer": m.signer} for m in self.modules],
+            "module": [
+                some(name=m.name, signer=m.signer, taints=m.taints or None) for m in self.modules
+            ],
             "livepatch": [
                 {"name": p.name, "functions": list(p.functions)} for p in self.livepatches
             ],
@@ -301,11 +309,15 @@ def _kprobe(r: _Reader, where: str, raw: object) -> DeclaredKprobe:
 
 
 def _module(r: _Reader, where: str, raw: object) -> DeclaredModule:
-    t = r.table(raw, where, ("name", "signer"))
+    t = r.table(raw, where, ("name", "signer", "taints"))
     name = r.string(t, "name", where)
     if not _MODULE.match(name):
         r.fail(f"{where}.name", f"{name!r} is not a module name")
-    return DeclaredModule(name, r.string(t, "signer", where))
+    taints = r.string(t, "taints", where, optional=True) or ""
+    if taints and (not _TAINTS.match(taints) or len(set(taints)) != len(taints)):
+        r.fail(f"{where}.taints", f'{taints!r} is not a set of taint letters (as in "OE")')
+    signer = r.string(t, "signer", where, optional=not taints)
+    return DeclaredModule(name, signer, "".join(sorted(taints)))
 
 
 def _ftrace(r: _Reader, where: str, raw: object) -> DeclaredFtrace:

@@ -202,7 +202,9 @@ def ledger_policy(path: Path) -> tuple[Policy | None, str | None]:
     from patchguard.policy.exceptions import live_exceptions  # only where there is a ledger
     from patchguard.policy.ledger import LedgerError
     from patchguard.policy.match_hooks import apply_hook_exceptions
+    from patchguard.policy.match_taint import apply_taint_exceptions
     from patchguard.surfaces.modules import NAME as MODULES
+    from patchguard.surfaces.posture import NAME as POSTURE
     from patchguard.surfaces.tracing import NAME as TRACING
 
     try:
@@ -215,6 +217,8 @@ def ledger_policy(path: Path) -> tuple[Policy | None, str | None]:
             return apply_exceptions(findings, state.records, live)
         if state.surface in (TRACING, MODULES):
             return apply_hook_exceptions(findings, live)
+        if state.surface == POSTURE:
+            return apply_taint_exceptions(findings, live)
         return findings
 
     return policy, None

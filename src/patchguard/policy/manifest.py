@@ -316,7 +316,7 @@ def _module(r: _Reader, where: str, raw: object) -> DeclaredModule:
     taints = r.string(t, "taints", where, optional=True) or ""
     if taints and (not _TAINTS.match(taints) or len(set(taints)) != len(taints)):
         r.fail(f"{where}.taints", f'{taints!r} is not a set of taint letters (as in "OE")')
-    signer = r.string(t, "signer", where, optional=not taints)
+    signer = r.string(t, "signer", where, optional=bool(taints))  # taints stand in for it
     return DeclaredModule(name, signer, "".join(sorted(taints)))
 
 

@@ -18,6 +18,7 @@ from support import bpfprogs as bp
 
 from patchguard.findings import Finding, Severity
 from patchguard.kernel import Kernel
+from patchguard.kernel.bpf import syscall as bpf
 from patchguard.scan import run_scan
 from patchguard.surfaces import all_surfaces
 from patchguard.surfaces.ebpf import BpfProgram
@@ -104,7 +105,7 @@ def test_a_program_named_like_patchguards_stays_the_hosts() -> None:
     impostor = subprocess.Popen(
         [sys.executable, "-c", IMPOSTOR, tests, "-m", "patchguard.cli"], stdout=subprocess.PIPE
     )
-    ours = bp.bpf.prog_load(SOCKET_FILTER, bp.return_zero(), "pg_symbolize")
+    ours = bpf.prog_load(SOCKET_FILTER, bp.return_zero(), "pg_symbolize")
     kernel = Kernel()
     try:
         assert impostor.stdout is not None and impostor.stdout.readline() == b"loaded\n"

@@ -141,7 +141,8 @@ def test_bpftrace_probes_are_quiet_and_named_then_findings_once_expired(
         ["sys_enter_kill", "readline", "readline", "100", "1", "49"]
     )
     marker = (f"pid {pid} ",)
-    assert acting(about(allowed, ids, marker)) == []
+    loud = acting(about(allowed, ids, marker))
+    assert loud == [], [(f["subject"], f["summary"]) for f in loud]
     _allowed_and_named(about(allowed, ids), ids, vendor)
     _changes_explained(check, marker)
     back = acting(about(lapsed, set(programs_held_by(lapsed, pid)), marker))
@@ -225,11 +226,20 @@ def test_nftables_rules_are_quiet_and_named(env: dict[str, str]) -> None:
             "this kernel's netfilter hook lists are unreadable here (no nfnetlink hook dump, "
             f"no kernel memory view): {views['dump_unavailable']}"
         )
-    ours = [r for r in records if r["kind"] == "NetfilterHook" and r.get("table") == "corpus_fw"]
-    assert {(r["hook"], r["chain"]) for r in ours} >= {("input", "input"), ("output", "output")}
-    assert all(r["hook_type"] == "nftables" and r["function"] for r in ours), ours
-    assert all(r["netns"] in (None, inode) for r in ours), ours
-    assert acting(about(doc, set(), ("corpus_fw",))) == []
+    # The hook dump names the table (in this process's namespace only); the memory view
+    # names the namespace of each hook, not its table
+    ours = [
+        r
+        for r in records
+        if r["kind"] == "NetfilterHook"
+        and r["hook_type"] == "nftables"
+        and (r.get("table") == "corpus_fw" or r.get("netns") == inode)
+    ]
+    assert {r["hook"] for r in ours} >= {"input", "output"}, (inode, records[:40])
+    assert all(r["function"] and r["function"].startswith("nft_do_chain") for r in ours), ours
+    # findings do not say the namespace: no nftables hook anywhere may be above info
+    loud = [f for f in acting(doc["findings"]) if "nft_do_chain" in str(f["evidence"])]
+    assert loud == [], loud
 
 
 @contextlib.contextmanager

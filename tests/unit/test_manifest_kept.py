@@ -4,6 +4,8 @@ and an empty `attach`, checked like every other key (file, line, key), and what 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from patchguard.policy.manifest import Manifest, ManifestError, parse_manifest
@@ -110,3 +112,17 @@ def test_a_kept_program_matches_only_while_nothing_else_keeps_it() -> None:
     assert differences(held, declared) == ["held by /opt/agent (pid 42), but no loader is declared"]
     pinned = program(pins=("/sys/fs/bpf/tc",))
     assert differences(pinned, declared) == ["pinned at ['/sys/fs/bpf/tc'], declared no pins"]
+
+
+def test_a_declared_lookup_the_verifier_inlined_is_not_a_difference() -> None:
+    """bpftrace's counters look up their per-CPU slot, then update it; 6.10 and later inline
+    the lookup, so the instructions call only the update. Any other declared helper must be
+    called, and an undeclared one is a difference on every kernel."""
+    body = KEPT.replace("helpers = []", 'helpers = ["bpf_map_lookup_elem", "bpf_map_update_elem"]')
+    (declared,) = parse(HEAD + body).bpf_programs
+    prog = program()
+    assert differences(dataclasses.replace(prog, helpers=("bpf_map_update_elem",)), declared) == []
+    assert differences(dataclasses.replace(prog, helpers=()), declared) == [
+        "does not call declared helpers: bpf_map_update_elem"
+    ]
+    assert differences(dataclasses.replace(prog, helpers=("bpf_probe_write_user",)), declared)

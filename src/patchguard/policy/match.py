@@ -27,6 +27,11 @@ from patchguard.surfaces.base import SurfaceState
 from patchguard.surfaces.ebpf import NAME as EBPF
 from patchguard.surfaces.ebpf import BpfLink, BpfProgram
 
+# Helpers the verifier may replace with inline code, depending on the kernel's version and the
+# map's type (a per-CPU array lookup is inlined since 6.10): a declared one the program's
+# instructions no longer call is not a difference. Calling an undeclared one still is.
+INLINED = frozenset({"bpf_map_lookup_elem", "bpf_get_smp_processor_id"})
+
 
 def exe_sha256(path: str) -> str | None:
     """SHA-256 of a loader executable; None if it is not a regular file that can be read (a
@@ -76,7 +81,7 @@ def _shape_differences(prog: BpfProgram, declared: DeclaredBpfProgram) -> list[s
     if _targets(prog) != set(declared.attach):
         out.append(f"attached to {sorted(_targets(prog))}, declared {sorted(declared.attach)}")
     extra = sorted(set(prog.helpers) - set(declared.helpers))
-    missing = sorted(set(declared.helpers) - set(prog.helpers))
+    missing = sorted(set(declared.helpers) - set(prog.helpers) - INLINED)
     if extra:
         out.append(f"calls helpers not declared: {', '.join(extra)}")
     if missing:

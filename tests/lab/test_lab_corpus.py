@@ -1,5 +1,5 @@
 """The truth corpus in the lab guest (Debian's stock 6.1, where the netfilter hook lists are read
-from kernel memory): tests/live/test_corpus_live.py's bpftrace and nftables members, run there
+from kernel memory): tests/live/test_corpus_live.py's bpftrace members (its kprobes too) and nftables member, run there
 in one boot. The guest has no clang and no perf, so the tc and perf members run only live."""
 
 from __future__ import annotations
@@ -19,4 +19,4 @@ def test_corpus_members_in_the_lab_guest(tmp_path: Path) -> None:
     run = run_lab(tmp_path, (), command, timeout=600)
     assert run.returncode == 0, f"lab/run exited {run.returncode}:\n{run.stdout[-6000:]}"
     summary = run.stdout.strip().splitlines()[-1]
-    assert summary.startswith("2 passed") and "skipped" not in summary, run.stdout[-3000:]
+    assert summary.startswith("3 passed") and "skipped" not in summary, run.stdout[-3000:]

@@ -1,6 +1,7 @@
-"""The truth corpus in the lab guest (Debian's stock 6.1, where the netfilter hook lists are read
-from kernel memory): tests/live/test_corpus_live.py's bpftrace members (its kprobes too) and nftables member, run there
-in one boot. The guest has no clang and no perf, so the tc and perf members run only live."""
+"""The truth corpus in the lab guest (Debian's stock 6.1, with kprobes, and the netfilter hook
+lists read from kernel memory): tests/live/test_corpus_live.py's bpftrace members (its kprobes
+too) and its nftables member, in one boot. The guest has no clang and no perf: the tc and perf
+members run only live."""
 
 from __future__ import annotations
 

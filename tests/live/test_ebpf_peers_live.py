@@ -92,12 +92,18 @@ def test_another_patchguard_process_objects_are_patchguards(
 
 
 def _held_by_scans(prog: BpfProgram) -> bool:
-    """Whether every process holding `prog` is one of the other scans (`-m patchguard.cli`)."""
-    return bool(prog.owners) and all(
-        b"patchguard.cli" in Path(f"/proc/{o.pid}/cmdline").read_bytes()
-        for o in prog.owners
-        if Path(f"/proc/{o.pid}").exists()
-    )
+    """Whether every process holding `prog` is one of the other scans: this checkout's Python
+    running `-m patchguard.cli` (another checkout's patchguard, of other code, may load other
+    bytes under the same names: those stay the host's, by design)."""
+    ours = f"{sys.executable}\0-m\0patchguard.cli\0".encode()
+    return bool(prog.owners) and all(_cmdline(o.pid).startswith(ours) for o in prog.owners)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""  # gone: it holds nothing now
 
 
 def test_a_program_named_like_patchguards_stays_the_hosts() -> None:

@@ -13,12 +13,14 @@ A program is another patchguard process's when both hold:
   it looks up, the tag of the lookup program rebuilt from the name read back out of its
   instructions. The kernel hashes with SHA-256 since 6.18 and with SHA-1 before: both count.
 A program another patchguard of a different version loaded has other bytes, and stays the
-host's, as does one of a kind this process did not load (its surface did not run)."""
+host's, as does one of a kind this process did not load (its surface did not run). A lookup a
+patchguard process held and released before its instructions could be read is gone: it is
+no one's to report, and is left out."""
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
+import errno
 import hashlib
 import itertools
 import os
@@ -29,7 +31,7 @@ from pathlib import Path
 from patchguard.kernel.bpf import syscall as bpf
 from patchguard.kernel.bpf.insn import R1, R3, R10, decode
 from patchguard.kernel.bpf.lookup import address_program, finder_program
-from patchguard.kernel.bpf.objects import PROG_INFO_SIZE, ProgInfo
+from patchguard.kernel.bpf.objects import PROG_INFO_SIZE, ProgInfo, prog_info
 
 PREFIX = "pg_"  # every program patchguard loads is named so
 LOOKUPS = ("pg_btf_find", "pg_ksym_addr")  # one-shot: the bytecode carries the name looked up
@@ -71,11 +73,18 @@ def is_patchguard(pid: int, proc: Path = Path("/proc")) -> bool:
     return module or any(os.path.basename(a) == b"patchguard" for a in argv[:2])
 
 
+class Gone(Exception):
+    """The program was released after it was listed (a one-shot lookup lives microseconds)."""
+
+
 def xlated(prog_id: int) -> bytes | None:
-    """The program's instructions as the verifier left them; None once it is gone."""
+    """The program's instructions as the verifier left them; None if they cannot be read.
+    Gone if the program no longer exists."""
     try:
         fd = bpf.fd_by_id(bpf.BPF_PROG_GET_FD_BY_ID, prog_id, "PROG_GET_FD_BY_ID")
-    except bpf.BpfError:
+    except bpf.BpfError as exc:
+        if exc.errno == errno.ENOENT:
+            raise Gone(prog_id) from None
         return None
     try:
         first = bpf.info_by_fd(fd, bytes(PROG_INFO_SIZE))
@@ -114,7 +123,8 @@ def lookup_program(prog_name: str, insns: bytes) -> bytes | None:
 
 
 def verified(prog: ProgInfo, own: Iterable[ProgInfo]) -> bool:
-    """Whether `prog`'s bytecode is patchguard's own (its tag; see the module docstring)."""
+    """Whether `prog`'s bytecode is patchguard's own (its tag; see the module docstring).
+    Gone if it was released before its instructions could be read."""
     if not prog.name.startswith(PREFIX):
         return False
     if any(o.name == prog.name and o.tag == prog.tag for o in own):
@@ -124,19 +134,44 @@ def verified(prog: ProgInfo, own: Iterable[ProgInfo]) -> bool:
     return rebuilt is not None and prog.tag in tags_of(rebuilt)
 
 
+def _own_programs(listed: list[ProgInfo], own_ids: set[int]) -> list[ProgInfo]:
+    """This process's own programs: those listed, and those it loaded since the list was read
+    (the scan's surfaces run side by side)."""
+    own = [p for p in listed if p.prog_id in own_ids]
+    for prog_id in own_ids - {p.prog_id for p in own}:
+        try:
+            fd = bpf.fd_by_id(bpf.BPF_PROG_GET_FD_BY_ID, prog_id, "PROG_GET_FD_BY_ID")
+        except bpf.BpfError:
+            continue  # a one-shot lookup of ours, already released
+        try:
+            own.append(prog_info(fd))
+        except bpf.BpfError:
+            pass
+        finally:
+            os.close(fd)
+    return own
+
+
 def peer_programs(
     progs: Iterable[ProgInfo], own_ids: set[int], holders: dict[int, set[int]]
-) -> dict[int, int]:
-    """prog_id -> the pid of the patchguard process holding it, for every program that is
-    another patchguard process's (`holders`: prog_id -> pids of processes holding it)."""
+) -> tuple[dict[int, int], set[int]]:
+    """(prog_id -> the pid of the patchguard process holding it, for every program that is
+    another patchguard process's; the ids of those that patchguard processes held and that
+    were released before they could be verified: gone, they are no one's to report).
+    `holders`: prog_id -> pids of the processes holding it."""
     listed = list(progs)
-    own = [p for p in listed if p.prog_id in own_ids]
+    own = _own_programs(listed, own_ids)
     found: dict[int, int] = {}
+    gone: set[int] = set()
     for prog in listed:
         pids = holders.get(prog.prog_id, set())
         if prog.prog_id in own_ids or not pids or not all(is_patchguard(p) for p in pids):
             continue
-        with contextlib.suppress(OSError):
+        try:
             if verified(prog, own):
                 found[prog.prog_id] = min(pids)
-    return found
+        except Gone:
+            gone.add(prog.prog_id)
+        except OSError:
+            continue
+    return found, gone

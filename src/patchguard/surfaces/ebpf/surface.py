@@ -78,7 +78,8 @@ class EbpfSurface:
         # other surfaces run beside this one) is known by identity now, after the owner walk.
         own |= kernel.own_prog_ids
         own_maps |= kernel.own_map_ids
-        peers = _peers(progs, own, seen)
+        peers, gone = _peers(progs, own, seen)
+        own |= gone
         own_maps |= {m for p in progs if p.prog_id in peers for m in p.map_ids}
         seen.links = [link for link in seen.links if link.prog_id not in peers]
         seen.maps = {i: m for i, m in seen.maps.items() if i not in own_maps}
@@ -311,7 +312,9 @@ def _attachments(p: objs.ProgInfo, seen: _Seen) -> list[Attachment]:
     return list(found.values())
 
 
-def _peers(progs: Sequence[objs.ProgInfo], own: set[int], seen: _Seen) -> dict[int, int]:
+def _peers(
+    progs: Sequence[objs.ProgInfo], own: set[int], seen: _Seen
+) -> tuple[dict[int, int], set[int]]:
     """Programs of other patchguard processes (peers.py): held by them alone, never pinned."""
     holders: dict[int, set[int]] = {}
     for (kind, obj_id), held in seen.owners.holders.items():

@@ -30,8 +30,11 @@ from pathlib import Path
 
 from patchguard.kernel.bpf import syscall as bpf
 from patchguard.kernel.bpf.insn import R1, R3, R10, decode
+from patchguard.kernel.bpf.iterators import TaskOffsets, task_iter_program
 from patchguard.kernel.bpf.lookup import address_program, finder_program
 from patchguard.kernel.bpf.objects import PROG_INFO_SIZE, ProgInfo, prog_info
+from patchguard.kernel.btf import Btf
+from patchguard.kernel.errors import KernelAccessError
 
 PREFIX = "pg_"  # every program patchguard loads is named so
 LOOKUPS = ("pg_btf_find", "pg_ksym_addr")  # one-shot: the bytecode carries the name looked up
@@ -122,38 +125,74 @@ def lookup_program(prog_name: str, insns: bytes) -> bytes | None:
     return finder_program(name, kind) if prog_name == "pg_btf_find" and kind is not None else None
 
 
-def verified(prog: ProgInfo, own: Iterable[ProgInfo]) -> bool:
+def rebuilt_programs(name: str, btf: Btf | None) -> list[bytes]:
+    """The bytecode patchguard loads under `name` that needs no instructions read back: the
+    task iterator, from this kernel's BTF (this process may have released its own before the
+    ebpf surface looks: the processes surface runs beside it)."""
+    if name != "pg_task_iter" or btf is None:
+        return []
+    try:
+        off = TaskOffsets.from_btf(btf)
+    except KernelAccessError:
+        return []
+    return [task_iter_program(off), task_iter_program(off, probe_read=True)]
+
+
+def verified(prog: ProgInfo, own: Iterable[ProgInfo], btf: Btf | None = None) -> bool:
     """Whether `prog`'s bytecode is patchguard's own (its tag; see the module docstring).
     Gone if it was released before its instructions could be read."""
     if not prog.name.startswith(PREFIX):
         return False
     if any(o.name == prog.name and o.tag == prog.tag for o in own):
         return True
+    if (prog.name, prog.tag) in _REMEMBERED:
+        return True
+    if any(prog.tag in tags_of(p) for p in rebuilt_programs(prog.name, btf)):
+        return True
     insns = xlated(prog.prog_id) if prog.name in LOOKUPS else None
     rebuilt = lookup_program(prog.name, insns) if insns is not None else None
     return rebuilt is not None and prog.tag in tags_of(rebuilt)
+
+
+# (name, tag) of the programs this process loaded that it releases within a scan (the socket
+# iterators): told at load time, while they are alive to be read.
+_REMEMBERED: set[tuple[str, str]] = set()
+
+
+def remember_own(prog_ids: Iterable[int]) -> None:
+    """Note the name and tag of these programs of ours (loaded just now, still held)."""
+    for prog_id in prog_ids:
+        info = _info(prog_id)
+        if info is not None:
+            _REMEMBERED.add((info.name, info.tag))
+
+
+def _info(prog_id: int) -> ProgInfo | None:
+    try:
+        fd = bpf.fd_by_id(bpf.BPF_PROG_GET_FD_BY_ID, prog_id, "PROG_GET_FD_BY_ID")
+    except bpf.BpfError:
+        return None
+    try:
+        return prog_info(fd)
+    except bpf.BpfError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _own_programs(listed: list[ProgInfo], own_ids: set[int]) -> list[ProgInfo]:
     """This process's own programs: those listed, and those it loaded since the list was read
     (the scan's surfaces run side by side)."""
     own = [p for p in listed if p.prog_id in own_ids]
-    for prog_id in own_ids - {p.prog_id for p in own}:
-        try:
-            fd = bpf.fd_by_id(bpf.BPF_PROG_GET_FD_BY_ID, prog_id, "PROG_GET_FD_BY_ID")
-        except bpf.BpfError:
-            continue  # a one-shot lookup of ours, already released
-        try:
-            own.append(prog_info(fd))
-        except bpf.BpfError:
-            pass
-        finally:
-            os.close(fd)
-    return own
+    later = [_info(i) for i in own_ids - {p.prog_id for p in own}]  # a lookup may be gone
+    return own + [p for p in later if p is not None]
 
 
 def peer_programs(
-    progs: Iterable[ProgInfo], own_ids: set[int], holders: dict[int, set[int]]
+    progs: Iterable[ProgInfo],
+    own_ids: set[int],
+    holders: dict[int, set[int]],
+    btf: Btf | None = None,
 ) -> tuple[dict[int, int], set[int]]:
     """(prog_id -> the pid of the patchguard process holding it, for every program that is
     another patchguard process's; the ids of those that patchguard processes held and that
@@ -168,7 +207,7 @@ def peer_programs(
         if prog.prog_id in own_ids or not pids or not all(is_patchguard(p) for p in pids):
             continue
         try:
-            if verified(prog, own):
+            if verified(prog, own, btf):
                 found[prog.prog_id] = min(pids)
         except Gone:
             gone.add(prog.prog_id)

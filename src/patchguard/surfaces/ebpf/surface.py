@@ -320,7 +320,13 @@ def _peers(
     for (kind, obj_id), held in seen.owners.holders.items():
         if kind == "prog" and not seen.owners.pins.get((kind, obj_id)):
             holders[obj_id] = {h.process.pid for h in held}
-    return peer_programs(progs, own, holders)
+    if not holders:
+        return {}, set()
+    try:
+        btf: Btf | None = seen.kernel.vmlinux_btf
+    except KernelAccessError:
+        btf = None  # then a peer's task iterator is verified by our own, if it is alive
+    return peer_programs(progs, own, holders, btf)
 
 
 def _program(p: objs.ProgInfo, seen: _Seen, peer: int | None = None) -> BpfProgram:

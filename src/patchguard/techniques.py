@@ -688,6 +688,12 @@ _CATALOGUE: tuple[Technique, ...] = (
         "The CPUs do not enforce smap: the kernel will read and write data an attacker placed in "
         "user space",
     ),
+    Technique(
+        "patchguard-object",
+        Severity.INFO,
+        None,
+        "A BPF program of another patchguard process (verified by its process and its tag)",
+    ),
     # Exceptions (policy).
     Technique(
         "exception-match",

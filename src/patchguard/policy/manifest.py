@@ -31,6 +31,7 @@ MAX_MANIFEST = LIMITS["manifest"]  # a manifest lists hooks; a megabyte of it is
 _SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")  # kallsyms names: "foo", "foo.isra.0"
 _MODULE = re.compile(r"[A-Za-z0-9_-]+\Z")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}\Z")
+_TAINTS = re.compile(r"[A-Z]+\Z")  # the kernel's taint letters (taint_flags[].c_true)
 KPROBE_KINDS = ("kprobe", "kretprobe")
 MAX_OFFSET = 1 << 32  # a kprobe offset lies inside one function
 
@@ -59,6 +60,9 @@ class DeclaredBpfProgram:
     kfuncs: tuple[str, ...]
     loader: Loader | None = None  # the process that holds it; None: no process may hold it
     pins: tuple[str, ...] = ()  # bpffs paths of the program's and its links' pins, all of them
+    # Kept alive by its attachment alone (a tc filter, say): no process holds it, nothing pins
+    # it, and `attach` (device, netns, direction, handle) is then what identifies it.
+    kept_by_attachment: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,12 @@ class DeclaredKprobe:
 @dataclass(frozen=True)
 class DeclaredModule:
     name: str
-    signer: str  # the module signature's signer, as modinfo prints it
+    signer: str | None = None  # the module signature's signer, as modinfo prints it
+    # The taint letters the module itself shows (/sys/module/<name>/taint) that are declared:
+    # "OE" for a module built out of tree and not signed with a key the kernel trusts. The
+    # kernel's own taint flags with these letters are then the module's, while it alone
+    # shows them.
+    taints: str = ""
 
 
 @dataclass(frozen=True)
@@ -122,7 +131,9 @@ class Manifest:
                 some(symbol=k.symbol, offset=k.offset, kind=k.kind, module=k.module)
                 for k in self.kprobes
             ],
-            "module": [{"name": m.name, "signer": m.signer} for m in self.modules],
+            "module": [
+                some(name=m.name, signer=m.signer, taints=m.taints or None) for m in self.modules
+            ],
             "livepatch": [
                 {"name": p.name, "functions": list(p.functions)} for p in self.livepatches
             ],
@@ -141,6 +152,8 @@ def _program_dict(p: DeclaredBpfProgram) -> dict[str, Any]:
         out["loader"] = {"path": p.loader.path, "sha256": p.loader.sha256}
     if p.pins:
         out["pins"] = list(p.pins)
+    if p.kept_by_attachment:
+        out["kept_by_attachment"] = True
     return out
 
 
@@ -215,16 +228,19 @@ class _Reader:
 
 def _bpf_program(r: _Reader, where: str, raw: object) -> DeclaredBpfProgram:
     allowed = ("name", "prog_type", "attach", "helpers", "kfuncs", "loader", "pins")
-    t = r.table(raw, where, allowed)
+    t = r.table(raw, where, (*allowed, "kept_by_attachment"))
     prog_type = r.string(t, "prog_type", where)
     if prog_type not in PROG_TYPES:
         r.fail(f"{where}.prog_type", f"unknown program type {prog_type!r}")
     attach = t.get("attach")
     if isinstance(attach, str):
         attach = [attach]  # one attach point may be written without the list
-    if attach == []:
+    if attach == [] and prog_type != "perf_event":
+        # perf_event programs alone: the kernel does not say which perf event runs one
+        # (BPF_TASK_FD_QUERY refuses them), so scan reports no attach point to declare
         r.fail(f"{where}.attach", "expected at least one attach point")
-    if "loader" not in t and "pins" not in t:
+    kept = _kept_by_attachment(r, where, t)
+    if "loader" not in t and "pins" not in t and not kept:
         r.fail(f"{where}.loader", "missing (a table: {path, sha256}), and no pins either")
     return DeclaredBpfProgram(
         name=r.string(t, "name", where),
@@ -234,7 +250,20 @@ def _bpf_program(r: _Reader, where: str, raw: object) -> DeclaredBpfProgram:
         kfuncs=r.strings(t, "kfuncs", where, symbols=True, default=True),
         loader=_loader(r, where, t) if "loader" in t else None,
         pins=_pins(r, where, t) if "pins" in t else (),
+        kept_by_attachment=kept,
     )
+
+
+def _kept_by_attachment(r: _Reader, where: str, t: dict[str, Any]) -> bool:
+    kept = t.get("kept_by_attachment", False)
+    if not isinstance(kept, bool):
+        r.fail(f"{where}.kept_by_attachment", "expected true or false")
+    if kept and ("loader" in t or "pins" in t or not t.get("attach")):
+        r.fail(
+            f"{where}.kept_by_attachment",
+            "a program kept by its attachment alone declares attach, and no loader or pins",
+        )
+    return kept
 
 
 def _loader(r: _Reader, where: str, t: dict[str, Any]) -> Loader:
@@ -280,11 +309,15 @@ def _kprobe(r: _Reader, where: str, raw: object) -> DeclaredKprobe:
 
 
 def _module(r: _Reader, where: str, raw: object) -> DeclaredModule:
-    t = r.table(raw, where, ("name", "signer"))
+    t = r.table(raw, where, ("name", "signer", "taints"))
     name = r.string(t, "name", where)
     if not _MODULE.match(name):
         r.fail(f"{where}.name", f"{name!r} is not a module name")
-    return DeclaredModule(name, r.string(t, "signer", where))
+    taints = r.string(t, "taints", where, optional=True) or ""
+    if taints and (not _TAINTS.match(taints) or len(set(taints)) != len(taints)):
+        r.fail(f"{where}.taints", f'{taints!r} is not a set of taint letters (as in "OE")')
+    signer = r.string(t, "signer", where, optional=bool(taints))  # taints stand in for it
+    return DeclaredModule(name, signer, "".join(sorted(taints)))
 
 
 def _ftrace(r: _Reader, where: str, raw: object) -> DeclaredFtrace:

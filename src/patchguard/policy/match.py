@@ -27,6 +27,11 @@ from patchguard.surfaces.base import AnyState
 from patchguard.surfaces.ebpf import NAME as EBPF
 from patchguard.surfaces.ebpf import BpfLink, BpfProgram
 
+# Helpers the verifier may replace with inline code, depending on the kernel's version and the
+# map's type (a per-CPU array lookup is inlined since 6.10): a declared one the program's
+# instructions no longer call is not a difference. Calling an undeclared one still is.
+INLINED = frozenset({"bpf_map_lookup_elem", "bpf_get_smp_processor_id"})
+
 
 def exe_sha256(path: str) -> str | None:
     """SHA-256 of a loader executable; None if it is not a regular file that can be read (a
@@ -76,7 +81,7 @@ def _shape_differences(prog: BpfProgram, declared: DeclaredBpfProgram) -> list[s
     if _targets(prog) != set(declared.attach):
         out.append(f"attached to {sorted(_targets(prog))}, declared {sorted(declared.attach)}")
     extra = sorted(set(prog.helpers) - set(declared.helpers))
-    missing = sorted(set(declared.helpers) - set(prog.helpers))
+    missing = sorted(set(declared.helpers) - set(prog.helpers) - INLINED)
     if extra:
         out.append(f"calls helpers not declared: {', '.join(extra)}")
     if missing:
@@ -213,7 +218,9 @@ def exceptions_policy(live: Sequence[Request]) -> Policy:
     """The policy that applies exactly the exceptions `live` (the ledger's, or the witnessed
     ones among them: policy/transparency/gate.py)."""
     from patchguard.policy.match_hooks import apply_hook_exceptions
+    from patchguard.policy.match_taint import apply_taint_exceptions
     from patchguard.surfaces.modules import NAME as MODULES
+    from patchguard.surfaces.posture import NAME as POSTURE
     from patchguard.surfaces.tracing import NAME as TRACING
 
     def policy(findings: list[Finding], state: AnyState) -> list[Finding]:
@@ -221,6 +228,8 @@ def exceptions_policy(live: Sequence[Request]) -> Policy:
             return apply_exceptions(findings, list(state.records), live)
         if state.surface in (TRACING, MODULES):
             return apply_hook_exceptions(findings, live)
+        if state.surface == POSTURE:
+            return apply_taint_exceptions(findings, live)
         return findings
 
     return policy

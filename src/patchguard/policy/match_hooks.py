@@ -10,9 +10,14 @@ The evidence of the tracing and modules findings is what is compared, exactly:
 - kprobe: function, offset, kind and module of the probe point (kprobes/list does not say
   which module registered a probe, so the declaration is of the probe point);
 - livepatch: the patch name and each function it replaces;
-- module: the name, and the signer of its signature as `modinfo -F signer` reads it from the
-  module file; a module that tainted the kernel with E was loaded without a valid signature,
-  whatever its file says.
+- module: the name, the taint letters it shows (each must be declared), and, unless it is
+  declared unsigned (taint E), the signer of its signature as `modinfo -F signer` reads it
+  from the module file; a module that tainted the kernel with E was loaded without a valid
+  signature, whatever its file says.
+- the kernel's own module taint flags (posture's `taint E`, `taint O`...): the sanctioned
+  module's while every loaded module that shows the letter is covered by an exception that
+  declares it; a letter that no loaded module shows (set by one since unloaded, or by
+  something else) stays a finding.
 """
 
 from __future__ import annotations
@@ -92,9 +97,17 @@ def livepatch_differences(finding: Finding, declared: DeclaredLivepatch) -> list
 def module_differences(
     finding: Finding, declared: DeclaredModule, signer: Signer, taints: dict[str, set[str]]
 ) -> list[str]:
-    name = declared.name
-    if "E" in taints.get(name, set()):
+    name, shown = declared.name, taints.get(declared.name, set())
+    if declared.taints:  # each letter it shows must be declared; E is then declared unsigned
+        undeclared = "".join(sorted(shown - set(declared.taints)))
+        if undeclared:
+            return [f"tainted the kernel with {undeclared}, declared {declared.taints}"]
+        if "E" in shown:
+            return []
+    elif "E" in shown:
         return [f"loaded without a valid signature (taint E), declared signer {declared.signer}"]
+    if declared.signer is None:
+        return []
     found = signer(name)
     if found is None:
         return [f"no module file for {name} to read its signer from (modinfo)"]

@@ -235,6 +235,8 @@ def _owner_words(pid: int, exe: str, fds: int) -> str:
 
 def assess_program(prog: BpfProgram) -> list[Finding]:
     """Findings for one program, each with the program's identity as evidence."""
+    if prog.patchguard_pid is not None:
+        return [_patchguard_object(prog, prog.patchguard_pid)]
     out = _Findings(prog, [])
     _rootkit_helpers(out)
     _sensitive_hooks(out)
@@ -245,6 +247,19 @@ def assess_program(prog: BpfProgram) -> list[Finding]:
     _orphan(out)
     _deleted_loaders(out)
     return out.found
+
+
+def _patchguard_object(prog: BpfProgram, pid: int) -> Finding:
+    return Finding(
+        NAME,
+        "patchguard-object",
+        Severity.INFO,
+        f"prog {prog.prog_id} ({prog.name}, {prog.prog_type})",
+        f"patchguard's own program, loaded by another patchguard process (pid {pid}): its "
+        "process runs patchguard and its tag is that of patchguard's bytecode",
+        Disposition.EXPLAINED,
+        evidence={"prog_id": prog.prog_id, "name": prog.name, "tag": prog.tag, "pid": pid},
+    )
 
 
 def _rootkit_helpers(out: _Findings) -> None:

@@ -79,6 +79,8 @@ class BpfProgram:
     tail_calls: tuple[int, ...] = ()  # program ids in the prog_arrays it tail-calls through
     maps: tuple[str, ...] = ()  # "map 7 (name, type) pinned at /sys/fs/bpf/x" per map used
     kept_by: tuple[str, ...] = ()  # what keeps it alive, in words
+    # Another patchguard process's (kernel/bpf/peers.py verified it): the pid holding it.
+    patchguard_pid: int | None = None
 
 
 @dataclass(frozen=True)

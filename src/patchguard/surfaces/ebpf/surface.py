@@ -14,6 +14,7 @@ from patchguard.findings import Finding, Gap
 from patchguard.kernel import Kernel, KernelAccessError
 from patchguard.kernel.bpf import objects as objs
 from patchguard.kernel.bpf.owners import Holder, Owners, PerfAttachment, find_owners
+from patchguard.kernel.bpf.peers import peer_programs
 from patchguard.kernel.bpf.syscall import BpfError
 from patchguard.kernel.btf import Btf
 from patchguard.surfaces.base import SurfaceState
@@ -77,8 +78,12 @@ class EbpfSurface:
         # other surfaces run beside this one) is known by identity now, after the owner walk.
         own |= kernel.own_prog_ids
         own_maps |= kernel.own_map_ids
+        peers, gone = _peers(progs, own, seen)
+        own |= gone
+        own_maps |= {m for p in progs if p.prog_id in peers for m in p.map_ids}
+        seen.links = [link for link in seen.links if link.prog_id not in peers]
         seen.maps = {i: m for i, m in seen.maps.items() if i not in own_maps}
-        programs = [_program(p, seen) for p in progs if p.prog_id not in own]
+        programs = [_program(p, seen, peers.get(p.prog_id)) for p in progs if p.prog_id not in own]
         records: list[object] = [*programs]
         records += [_link(link, seen) for link in seen.links]
         records += [_map(m, seen.owners) for m in seen.maps.values()]
@@ -307,7 +312,24 @@ def _attachments(p: objs.ProgInfo, seen: _Seen) -> list[Attachment]:
     return list(found.values())
 
 
-def _program(p: objs.ProgInfo, seen: _Seen) -> BpfProgram:
+def _peers(
+    progs: Sequence[objs.ProgInfo], own: set[int], seen: _Seen
+) -> tuple[dict[int, int], set[int]]:
+    """Programs of other patchguard processes (peers.py): held by them alone, never pinned."""
+    holders: dict[int, set[int]] = {}
+    for (kind, obj_id), held in seen.owners.holders.items():
+        if kind == "prog" and not seen.owners.pins.get((kind, obj_id)):
+            holders[obj_id] = {h.process.pid for h in held}
+    if not holders:
+        return {}, set()
+    try:
+        btf: Btf | None = seen.kernel.vmlinux_btf
+    except KernelAccessError:
+        btf = None  # then a peer's task iterator is verified by our own, if it is alive
+    return peer_programs(progs, own, holders, btf)
+
+
+def _program(p: objs.ProgInfo, seen: _Seen, peer: int | None = None) -> BpfProgram:
     attachments = _attachments(p, seen)
     perf = [a.holder for a in seen.owners.perf if a.prog_id == p.prog_id]
     owners = _by_process([*seen.owners.holders.get(("prog", p.prog_id), []), *perf])
@@ -336,6 +358,7 @@ def _program(p: objs.ProgInfo, seen: _Seen) -> BpfProgram:
         tail_calls=tail,
         maps=tuple(_map_words(m, seen) for m in p.map_ids),
         kept_by=tuple(_kept_by(p.prog_id, attachments, owners, pins, seen)),
+        patchguard_pid=peer,
     )
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from patchguard.kernel.bpf.peers import remember_own
 from patchguard.kernel.errors import KernelAccessError, oserror_reason
 from patchguard.surfaces.processes import in_child_pid_namespace
 from patchguard.surfaces.reading import Reading
@@ -239,6 +240,7 @@ def _open_fd_iterator(r: _Reading) -> None:
         return
     r.kernel.own_prog_ids.update(r.fd_iterator.prog_ids)
     r.kernel.own_map_ids.update(r.fd_iterator.map_ids)
+    remember_own(r.fd_iterator.prog_ids)  # its tag, for another patchguard's copy of it
 
 
 def _open_iterators(r: _Reading) -> None:
@@ -251,6 +253,7 @@ def _open_iterators(r: _Reading) -> None:
     # Our own programs and maps: the ebpf surface, collected beside this one, leaves them out.
     r.kernel.own_prog_ids.update(r.iterators.prog_ids)
     r.kernel.own_map_ids.update(r.iterators.map_ids)
+    remember_own(r.iterators.prog_ids)
     for target, why in r.iterators.refused.items():
         r.gap(f"BPF socket iterator {target}", why)
 

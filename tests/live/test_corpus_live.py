@@ -1,0 +1,326 @@
+"""The truth corpus on the running kernel: software people run on purpose, each run for real,
+and what patchguard says of it. With the manifest the project ships for it approved through a
+ledger, nothing of it is above info and every hook it holds is named with the exception that
+allows it; every kernel code change it causes is explained with its owner; once the exception
+has expired, its hooks are findings again. README's corpus table lists the members.
+
+Members here (this kernel allows BPF with BTF, no kprobes, no modules, no fentry):
+- bpftrace (Debian's 0.17.0-1) running bpftrace-sre-probes.bt: a syscall tracepoint, a uprobe
+  and a uretprobe on bash's readline, a software perf event, interval and profile probes
+  (raw tracepoints: this bpftrace has no such probe type); and bpftrace-kprobes.bt (kprobes
+  and a kretprobe) where the kernel allows kprobes (the lab: tests/lab/test_lab_corpus.py);
+- a tc BPF classifier that tc attaches in a network namespace the test creates and deletes;
+- nftables rules in a network namespace of the test's own;
+- `perf record` and `perf trace` (Debian's linux-perf): perf events, no BPF, nothing to
+  sanction: it needs no manifest, and nothing of it may be above info.
+Objects of other processes on the machine are left out by what marks the member's own (the
+tracer's pid, its programs, the test's namespace)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from support.corpus import (
+    MANIFESTS,
+    Doc,
+    about,
+    acting,
+    base_env,
+    cli,
+    ledger,
+    programs_held_by,
+)
+
+pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
+PROBES = 6  # programs bpftrace-sre-probes.bt loads
+TC_NETNS, NFT_NETNS = "pg-corpus-tc", "pg-corpus-nft"
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: scripts/setup --dev installs it")
+    return found
+
+
+def run(*argv: str) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, f"{' '.join(argv)}: {done.stdout}{done.stderr}"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """A baseline of this kernel taken before the member starts (so `check` sees the code
+    changes it causes), with a host key of the test's own."""
+    found = base_env(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "patchguard.cli", "baseline", "create"],
+        env=found,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return found
+
+
+def prog_fds(pid: int) -> int:
+    """How many BPF programs process `pid` holds an fd of."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fdinfo").iterdir():
+        with contextlib.suppress(OSError):
+            count += "prog_id:" in fd.read_text()
+    return count
+
+
+@contextlib.contextmanager
+def tracing(
+    program: Path, probes: int = PROBES, refused: str | None = None
+) -> Iterator[subprocess.Popen[str]]:
+    """bpftrace running `program` until its `probes` programs are attached; stopped with SIGINT
+    (it detaches and prints its maps) on the way out. `refused`: why a bpftrace that exits
+    before then is a skip (the kernel has no such probes), not a failure."""
+    tracer = subprocess.Popen(
+        [tool("bpftrace"), str(program)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    said: list[str] = []  # read all along: bpftrace must never block on a full pipe
+    threading.Thread(target=lambda: said.extend(tracer.stdout or ()), daemon=True).start()
+    try:
+        deadline = time.monotonic() + 60
+        while not any("Attaching" in line for line in said) or prog_fds(tracer.pid) < probes:
+            if tracer.poll() is not None and refused is not None:
+                pytest.skip(f"{refused}: bpftrace said {' '.join(said)[-300:]}")
+            assert tracer.poll() is None and time.monotonic() < deadline, f"bpftrace: {said}"
+            time.sleep(0.2)
+        time.sleep(1)  # "Attaching" is said before the attach: give it its moment
+        yield tracer
+    finally:
+        tracer.send_signal(2)
+        try:
+            tracer.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            tracer.kill()
+            tracer.wait()
+
+
+def _allowed_and_named(findings: list[Doc], prog_ids: set[int], vendor: str) -> None:
+    """Every program has a finding that says which exception allows it, and whose it is."""
+    for prog_id in prog_ids:
+        named = [f for f in findings if f["evidence"].get("prog_id") == prog_id]
+        assert named, f"prog {prog_id} is shown, not hidden"
+        for f in named:
+            assert f["disposition"] == "allowed", f
+            assert re.match(
+                rf"allowed by exception #\d+ \({re.escape(vendor)}, until ", f["summary"]
+            )
+
+
+@dataclass(frozen=True)
+class Tracer:
+    """A bpftrace corpus member: its script, its manifest, what it loads and what comes back
+    as findings once its exception has expired."""
+
+    script: str
+    manifest: str
+    programs: tuple[str, ...]
+    back: frozenset[str]
+    refused: str | None = None  # why the kernel may refuse it (then a skip)
+    markers: tuple[str, ...] = ()  # what names its hooks in findings beside its pid
+
+
+SRE_PROBES = Tracer(
+    "bpftrace-sre-probes.bt",
+    "bpftrace-sre-probes.toml",
+    ("sys_enter_kill", "readline", "readline", "100", "1", "49"),
+    frozenset({"uprobe-credential-theft", "sensitive-hook"}),
+)
+KPROBES = Tracer(
+    "bpftrace-kprobes.bt",
+    "bpftrace-kprobes.toml",
+    ("do_sys_openat2", "do_sys_openat2", "vfs_read"),
+    frozenset({"sensitive-hook", "kprobe-sensitive-function"}),
+    refused="this kernel does not let bpftrace attach kprobes (the lab runs this member)",
+    markers=("do_sys_openat2+0x0", "vfs_read+0x0"),
+)
+
+
+@pytest.mark.parametrize("member", [SRE_PROBES, KPROBES], ids=["sre-probes", "kprobes"])
+def test_bpftrace_is_quiet_and_named_then_findings_once_expired(
+    env: dict[str, str], tmp_path: Path, member: Tracer
+) -> None:
+    manifest = MANIFESTS / member.manifest
+    vendor = "Debian (bpftrace packaging)"
+    approved = ledger(tmp_path / "approved", manifest, "bpftrace packagers")
+    expired = ledger(tmp_path / "expired", manifest, "bpftrace packagers", expired=True)
+    script = MANIFESTS / member.script
+    with tracing(script, len(member.programs), member.refused) as tracer:
+        allowed = cli(env, "scan", "--records", ledger_path=approved)
+        check = cli(env, "check", ledger_path=approved)
+        lapsed = cli(env, "scan", "--records", ledger_path=expired)
+        pid = tracer.pid
+    ids = set(programs_held_by(allowed, pid))
+    assert sorted(programs_held_by(allowed, pid).values()) == sorted(member.programs)
+    marker = (f"pid {pid} ", *member.markers)
+    loud = acting(about(allowed, ids, marker))
+    assert loud == [], [(f["subject"], f["summary"]) for f in loud]
+    _allowed_and_named(about(allowed, ids), ids, vendor)
+    hooks = [f for f in about(allowed, set(), member.markers) if f["surface"] == "tracing"]
+    assert all(f["disposition"] == "allowed" for f in hooks), hooks
+    _changes_explained(check, marker)
+    back = acting(about(lapsed, set(programs_held_by(lapsed, pid)), marker))
+    assert {f["technique"] for f in back} >= member.back, back
+    assert not [f for f in about(lapsed, ids, marker) if f["disposition"] == "allowed"]
+
+
+def _changes_explained(check: Doc, markers: tuple[str, ...]) -> None:
+    """The code changes `check` finds that name the member are explained, each with an owner;
+    nothing is tampering."""
+    mine = about(check, set(), markers)
+    for f in mine:
+        assert f["disposition"] == "explained" and f["severity"] == "info", f
+        assert f["evidence"].get("owner"), f
+    assert not [f for f in check["findings"] if f["disposition"] == "tampering" and f in mine]
+
+
+@contextlib.contextmanager
+def netns(name: str) -> Iterator[None]:
+    if Path(f"/run/netns/{name}").exists():
+        pytest.fail(f"network namespace {name} exists already: delete it (not this test's)")
+    run(tool("ip"), "netns", "add", name)
+    try:
+        run("ip", "-n", name, "link", "add", "pgc0", "type", "veth", "peer", "name", "pgc1")
+        yield
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False, timeout=60)
+
+
+def test_tc_classifier_is_quiet_and_named_then_findings_once_expired(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    manifest = MANIFESTS / "tc-pass-counter.toml"
+    obj = tmp_path / "tc-pass-counter.bpf.o"
+    source = MANIFESTS / "tc-pass-counter.bpf.c"
+    include = "-I/usr/include/x86_64-linux-gnu"  # asm/types.h of Debian's multiarch layout
+    run(tool("clang"), "-O2", "-g", "-target", "bpf", include, "-c", str(source), "-o", str(obj))
+    approved = ledger(tmp_path / "approved", manifest, "netops")
+    expired = ledger(tmp_path / "expired", manifest, "netops", expired=True)
+    with netns(TC_NETNS):
+        run(tool("tc"), "-n", TC_NETNS, "qdisc", "add", "dev", "pgc0", "clsact")
+        attach = ("filter", "add", "dev", "pgc0", "ingress", "bpf", "da", "obj", str(obj))
+        run("tc", "-n", TC_NETNS, *attach, "sec", "classifier")
+        allowed = cli(env, "scan", "--records", "--surface", "ebpf", ledger_path=approved)
+        lapsed = cli(env, "scan", "--records", "--surface", "ebpf", ledger_path=expired)
+    marker = (f"in netns {TC_NETNS} ",)
+    mine = about(allowed, set(), marker)
+    ids = {f["evidence"]["prog_id"] for f in mine if "prog_id" in f["evidence"]}
+    assert len(ids) == 1, mine
+    assert acting(mine) == []
+    _allowed_and_named(about(allowed, ids), ids, "Debian (iproute2 packaging)")
+    back = acting(about(lapsed, ids, marker))
+    assert {f["technique"] for f in back} == {"covert-trigger", "orphan-program"}, back
+
+
+NFT_RULES = """
+table inet corpus_fw {
+  chain input { type filter hook input priority 0; policy accept; tcp dport 22 accept; }
+  chain output { type filter hook output priority 0; policy accept; }
+}
+"""
+
+
+def test_nftables_rules_are_quiet_and_named(env: dict[str, str]) -> None:
+    with netns(NFT_NETNS):
+        loaded = subprocess.run(
+            ["ip", "netns", "exec", NFT_NETNS, tool("nft"), "-f", "-"],
+            input=NFT_RULES,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert loaded.returncode == 0, loaded.stderr
+        inode = os.stat(f"/run/netns/{NFT_NETNS}").st_ino
+        doc = cli(env, "scan", "--records", "--surface", "netfilter")
+    records = [r for s in doc["surfaces"] for r in s["records"]]
+    (views,) = [r for r in records if r["kind"] == "NetfilterViews"]
+    if not views["hook_lists_read"]:
+        pytest.skip(
+            "this kernel's netfilter hook lists are unreadable here (no nfnetlink hook dump, "
+            f"no kernel memory view): {views['dump_unavailable']}"
+        )
+    # The hook dump names the table (in this process's namespace only); the memory view
+    # names the namespace of each hook, not its table
+    ours = [
+        r
+        for r in records
+        if r["kind"] == "NetfilterHook"
+        and r["hook_type"] == "nftables"
+        and (r.get("table") == "corpus_fw" or r.get("netns") == inode)
+    ]
+    assert {r["hook"] for r in ours} >= {"input", "output"}, (inode, records[:40])
+    assert all(r["function"] and r["function"].startswith("nft_do_chain") for r in ours), ours
+    # findings do not say the namespace: no nftables hook anywhere may be above info
+    loud = [f for f in acting(doc["findings"]) if "nft_do_chain" in str(f["evidence"])]
+    assert loud == [], loud
+
+
+@contextlib.contextmanager
+def perf(*argv: str) -> Iterator[subprocess.Popen[bytes]]:
+    session = subprocess.Popen(
+        [tool("perf"), *argv, "--", "sleep", "120"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        time.sleep(2)  # perf opens its events before it runs the workload
+        if session.poll() is not None:
+            said = (session.stderr.read() if session.stderr else b"").decode(errors="replace")
+            pytest.skip(f"perf {argv[0]} cannot run on this kernel: {said[-400:]}")
+        yield session
+    finally:
+        session.send_signal(2)
+        try:
+            session.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            session.kill()
+            session.wait()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [("record", "-e", "cpu-clock", "-a", "-o"), ("trace", "-o")],
+    ids=["perf-record", "perf-trace"],
+)
+def test_perf_sessions_need_no_exception(
+    env: dict[str, str], tmp_path: Path, argv: tuple[str, ...]
+) -> None:
+    """perf opens perf events (and perf trace enables the syscall tracepoints) with no BPF:
+    nothing of it is above info without any exception, and each code change it causes, a
+    tracepoint turned on, is explained with perf's probe as its owner."""
+    with perf(*argv, str(tmp_path / "perf.out")) as session:
+        scan = cli(env, "scan", "--records")
+        check = cli(env, "check")
+        marker = (f"pid {session.pid} ", "perf_trace_sys", "perf_syscall")
+    assert acting(about(scan, set(), marker)) == []
+    _changes_explained(check, marker)
+    if argv[0] == "trace":
+        # The syscall tracepoint's key, if this run turned it on (it may have been on at the
+        # baseline already), names perf's probe among its owners.
+        entry = [f for f in check["findings"] if f["subject"].startswith("syscall_trace_enter")]
+        for f in entry:
+            assert re.search(r"perf_(trace_sys|syscall)_enter", f["evidence"]["owner"]), f

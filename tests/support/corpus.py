@@ -1,0 +1,95 @@
+"""The truth corpus's tools (tests/live/test_corpus_live.py): a ledger where a reviewer
+approved a shipped manifest, the same exception past its expiry (requested and approved days
+ago, expiring at 00:00 UTC today, its expiry recorded in the ledger), and patchguard run by
+its CLI against either, with the findings a corpus member's own markers pick out."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from patchguard.policy import exceptions as ops
+from patchguard.policy.manifest import load_manifest
+from patchguard.signing import HostKey
+
+MANIFESTS = Path(__file__).resolve().parents[2] / "src/patchguard/policy/manifests"
+Doc = dict[str, Any]
+
+
+def ledger(folder: Path, manifest: Path, vendor: str, expired: bool = False) -> Path:
+    """A ledger in `folder` (made for it) where a security team approved `manifest` on a
+    request by a key of `vendor`: for 30 days from now or, `expired`, from four days ago
+    until 00:00 UTC today, with the expiry entry the guard would write."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "ledger.db"
+    owner = HostKey.load_or_create(folder / "owner.key")
+    requester = HostKey.load_or_create(folder / "vendor.key")
+    approver = HostKey.load_or_create(folder / "approver.key")
+    now = datetime.now(UTC)
+    start = now - timedelta(days=4) if expired else now
+    until = now.date() if expired else date.today() + timedelta(days=30)
+    ops.init_ledger(path, owner, "SRE team", now=start)
+    ops.grant_key(path, owner, requester.public_key_bytes(), vendor, [], now=start)
+    ops.grant_key(path, owner, approver.public_key_bytes(), "Security", ["approve"], now=start)
+    asked = ops.request_exception(path, requester, load_manifest(manifest), until, now=start)
+    ops.decide(path, approver, asked.entry.seq, True, "corpus member reviewed", now=start)
+    if expired:
+        assert ops.record_expiries(path, owner), "the exception is past its expiry"
+    return path
+
+
+def cli(env: dict[str, str], *args: str, ledger_path: Path | None = None) -> Doc:
+    """`patchguard <args> --json` (exit 0 or 1), with PATCHGUARD_LEDGER=`ledger_path` or the
+    environment's (base_env: none); its JSON document."""
+    run_env = {**env, "PATCHGUARD_LEDGER": str(ledger_path)} if ledger_path else env
+    done = subprocess.run(
+        [sys.executable, "-m", "patchguard.cli", *args, "--json"],
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode in (0, 1), f"patchguard {' '.join(args)}: {done.stderr[-2000:]}"
+    doc: Doc = json.loads(done.stdout)
+    return doc
+
+
+def base_env(folder: Path) -> dict[str, str]:
+    """Host key and baseline of the corpus run, in `folder` (never the machine's own), and a
+    ledger path where there is none: no exception unless a test gives its ledger."""
+    return {
+        **os.environ,
+        "PATCHGUARD_LEDGER": str(folder / "no-ledger.db"),
+        "PATCHGUARD_KEY": str(folder / "host.key"),
+        "PATCHGUARD_BASELINE": str(folder / "baseline.zip"),
+    }
+
+
+def programs_held_by(doc: Doc, pid: int) -> dict[int, str]:
+    """prog_id -> name of the BPF programs that process `pid` holds, from scan's records."""
+    return {
+        r["prog_id"]: r["name"]
+        for s in doc["surfaces"]
+        for r in s["records"]
+        if r.get("kind") == "BpfProgram" and pid in {o["pid"] for o in r["owners"]}
+    }
+
+
+def about(doc: Doc, prog_ids: set[int], markers: tuple[str, ...] = ()) -> list[Doc]:
+    """The findings about these programs, or whose text holds one of `markers`."""
+    return [
+        f
+        for f in doc["findings"]
+        if f["evidence"].get("prog_id") in prog_ids or any(m in json.dumps(f) for m in markers)
+    ]
+
+
+def acting(findings: list[Doc]) -> list[Doc]:
+    """Those above info that no exception allows: what would page someone."""
+    return [f for f in findings if f["severity"] != "info" and f["disposition"] != "allowed"]

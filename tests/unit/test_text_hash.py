@@ -54,3 +54,11 @@ def test_the_program_jumps_where_its_comments_say() -> None:
     assert slots[17] == (0x85, 0, 0, 0, BPF_FUNC_loop)
     assert slots[18][0] == slots[20][0] == 0x95  # exits
     assert slots[-1][0] == 0x95 and len(slots) > MAIN_SLOTS
+
+
+def test_another_patchguards_page_hasher_is_known_by_its_tag() -> None:
+    """The tag leaves the map references out: any process's pg_text_hash has the same one."""
+    from patchguard.kernel.bpf.peers import rebuilt_programs, tags_of
+
+    (rebuilt,) = rebuilt_programs("pg_text_hash", None)
+    assert tags_of(rebuilt) == tags_of(program(7, 8, 9))

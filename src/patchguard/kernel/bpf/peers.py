@@ -33,6 +33,7 @@ from patchguard.kernel.bpf.insn import R1, R3, R10, decode
 from patchguard.kernel.bpf.iterators import TaskOffsets, task_iter_program
 from patchguard.kernel.bpf.lookup import address_program, finder_program
 from patchguard.kernel.bpf.objects import PROG_INFO_SIZE, ProgInfo, prog_info
+from patchguard.kernel.bpf.text_hash import program as text_hash_program
 from patchguard.kernel.btf import Btf
 from patchguard.kernel.errors import KernelAccessError
 
@@ -127,15 +128,22 @@ def lookup_program(prog_name: str, insns: bytes) -> bytes | None:
 
 def rebuilt_programs(name: str, btf: Btf | None) -> list[bytes]:
     """The bytecode patchguard loads under `name` that needs no instructions read back: the
-    task iterator, from this kernel's BTF (this process may have released its own before the
-    ebpf surface looks: the processes surface runs beside it)."""
+    guard's page hasher, and the task iterator from this kernel's BTF (this process may have
+    released its own before the ebpf surface looks: the processes surface runs beside it)."""
+    if name == "pg_text_hash":  # the guard's sweeps (text_hash.py): no BTF needed
+        return [text_hash_program(0, 0, 0)]
     if name != "pg_task_iter" or btf is None:
         return []
     try:
         off = TaskOffsets.from_btf(btf)
     except KernelAccessError:
         return []
-    return [task_iter_program(off), task_iter_program(off, probe_read=True)]
+    # with and without the map copy (the processes surface's); the tag leaves map fds out
+    return [
+        task_iter_program(off, probe_read, map_fd)
+        for probe_read in (False, True)
+        for map_fd in (-1, 0)
+    ]
 
 
 def verified(prog: ProgInfo, own: Iterable[ProgInfo], btf: Btf | None = None) -> bool:

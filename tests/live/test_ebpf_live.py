@@ -179,7 +179,6 @@ def test_scan_leaves_out_its_own_objects() -> None:
     from patchguard.kernel.bpf.peers import is_patchguard
     from patchguard.scan import run_scan
     from patchguard.surfaces import all_surfaces
-    from patchguard.surfaces.ebpf import BpfLink, BpfMap, BpfProgram
 
     kernel = Kernel()
     try:
@@ -188,14 +187,14 @@ def test_scan_leaves_out_its_own_objects() -> None:
         assert alive >= OWN_MAPS
         [ebpf] = [r for r in report.results if r.surface.name == "ebpf"]
         own = kernel.own_prog_ids
-        programs = [r for r in ebpf.state.records if isinstance(r, BpfProgram)]
+        programs = list(ebpf.state.records.programs)
         assert not {p.prog_id for p in programs} & own
         for prog in programs:
             if prog.name in OWN_PROGRAMS and prog.patchguard_pid is None:
                 assert not prog.owners or not all(is_patchguard(o.pid) for o in prog.owners)
-        maps = {r.map_id for r in ebpf.state.records if isinstance(r, BpfMap)}
+        maps = {r.map_id for r in ebpf.state.records.maps}
         assert not maps & kernel.own_map_ids
-        links = [r for r in ebpf.state.records if isinstance(r, BpfLink)]
+        links = list(ebpf.state.records.links)
         assert not [r for r in links if r.link_type == "iter" and r.prog_id in own]
         assert report.memory_reader == "ebpf"
     finally:

@@ -48,7 +48,7 @@ def ebpf_records(kernel: Kernel) -> tuple[list[BpfProgram], list[Finding]]:
     surface's programs, and its findings."""
     report = run_scan(kernel, all_surfaces())
     (ebpf,) = [r for r in report.results if r.surface.name == "ebpf"]
-    programs = [r for r in ebpf.state.records if isinstance(r, BpfProgram)]
+    programs = list(ebpf.state.records.programs)
     return programs, list(ebpf.findings)
 
 

@@ -11,7 +11,8 @@ from patchguard.kernel import Kernel
 from patchguard.kernel.ftrace_ops import direct_functions, layout, list_head, read_ops
 from patchguard.surfaces.ftrace_sites import check_sites
 from patchguard.surfaces.reading import Reading
-from patchguard.surfaces.tracing.ops import DirectMismatch, OpsRecord, collect_ops
+from patchguard.surfaces.tracing.ops import collect_ops
+from patchguard.surfaces.tracing.records import DirectMismatch, OpsRecord
 
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
 

@@ -15,9 +15,9 @@ import pytest
 
 from patchguard.findings import Finding, Severity
 from patchguard.kernel import Kernel
-from patchguard.kernel.proc_modules import ProcModule, parse_proc_modules
+from patchguard.kernel.proc_modules import parse_proc_modules
 from patchguard.surfaces.base import Status, SurfaceState
-from patchguard.surfaces.modules import NO_MODULE_SUPPORT, ModulesSurface, SysfsModule
+from patchguard.surfaces.modules import NO_MODULE_SUPPORT, ModulesSurface
 
 pytestmark = [
     pytest.mark.live,
@@ -59,7 +59,7 @@ def test_module_list(
         return
     case(request, "/proc/modules present: records asserted")
     listed = {m.name for m in parse_proc_modules(PROC_MODULES.read_text())}
-    recorded = {r.name for r in state.records if isinstance(r, ProcModule)}
+    recorded = {r.name for r in state.records.proc_modules}
     assert len(listed ^ recorded) <= 2  # a module may load or unload between the two reads
     assert state.counts["proc_modules"] == len(recorded)
 
@@ -68,7 +68,7 @@ def test_sysfs_view(
     scanned: tuple[SurfaceState, list[Finding]], request: pytest.FixtureRequest
 ) -> None:
     state, _ = scanned
-    recorded = {r.name for r in state.records if isinstance(r, SysfsModule)}
+    recorded = {r.name for r in state.records.sysfs_modules}
     truth = loaded_in_sysfs()
     case(request, f"{len(truth)} loaded modules in /sys/module")
     assert len(truth ^ recorded) <= 2

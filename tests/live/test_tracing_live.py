@@ -20,9 +20,6 @@ from patchguard.kernel import Kernel
 from patchguard.surfaces.base import SurfaceState
 from patchguard.surfaces.tracing import (
     NO_KPROBES,
-    DynamicEvent,
-    FtraceHook,
-    Kprobe,
     TracingSurface,
     parse_dynamic_events,
 )
@@ -66,7 +63,7 @@ def test_enabled_functions(
 ) -> None:
     state, _ = scanned
     truth = read(TRACEFS / "enabled_functions")
-    hooks = [r for r in state.records if isinstance(r, FtraceHook)]
+    hooks = list(state.records.ftrace_hooks)
     if isinstance(truth, int):
         case(request, f"enabled_functions refused: {errno.errorcode[truth]}")
         reason = gap_reasons(state)["ftrace enabled_functions"]
@@ -84,7 +81,7 @@ def test_kprobes(
     scanned: tuple[SurfaceState, list[Finding]], request: pytest.FixtureRequest
 ) -> None:
     state, _ = scanned
-    probes = [r for r in state.records if isinstance(r, Kprobe)]
+    probes = list(state.records.kprobes)
     if not KPROBE_LIST.exists():
         case(request, "no kprobes/list: kprobes not built")
         assert gap_reasons(state)["kprobes (debugfs kprobes/list)"].startswith(NO_KPROBES)
@@ -104,7 +101,7 @@ def test_dynamic_events(
 ) -> None:
     state, findings = scanned
     truth = read(TRACEFS / "dynamic_events")
-    events = [r for r in state.records if isinstance(r, DynamicEvent)]
+    events = list(state.records.events)
     if isinstance(truth, int):
         case(request, f"dynamic_events unreadable: {errno.errorcode[truth]}")
         assert errno.errorcode[truth] in gap_reasons(state)["dynamic trace events (dynamic_events)"]

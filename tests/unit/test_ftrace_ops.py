@@ -22,6 +22,7 @@ from patchguard.surfaces.tracing.ops import (
     ops_findings,
     ops_record,
 )
+from patchguard.surfaces.tracing.records import TracingRecords
 
 FIXTURES = Path(__file__).parent.parent / "fixtures/6.18-fc"
 CAPTURED: dict[str, Any] = json.loads((FIXTURES / "ftrace_ops.json").read_text())
@@ -94,7 +95,7 @@ def test_a_site_calling_elsewhere_than_direct_functions_is_found() -> None:
     now[ip] += 0x100  # ftrace's record says one trampoline, the site calls another
     (found,) = direct_mismatches(memory(with_sites=True), ops, now)
     assert found.function == "commit_creds" and found.calls == now[ip] - 0x100
-    (finding,) = ops_findings([found])
+    (finding,) = ops_findings(TracingRecords.of([found]))
     assert finding.technique == "ftrace-direct-mismatch" and "commit_creds" in finding.summary
 
 
@@ -111,12 +112,12 @@ def test_enabled_functions_hiding_what_memory_traces_is_a_filtered_view() -> Non
     ops = named(read_ops(memory(), HEAD, AT))
     everything = frozenset(f for n in ops for f in n.functions.values())
     records = [ops_record(n, everything - {"commit_creds"}) for n in ops]
-    (finding,) = ops_findings(records)
+    (finding,) = ops_findings(TracingRecords.of(records))
     assert finding.technique == "filtered-view"
     assert finding.summary.startswith(
         "enabled_functions hides 1 function that ftrace ops call_direct_funcs traces (commit_creds)"
     )
-    assert ops_findings([ops_record(n, everything) for n in ops]) == []
+    assert ops_findings(TracingRecords.of([ops_record(n, everything) for n in ops])) == []
 
 
 def test_unread_enabled_functions_hides_nothing() -> None:

@@ -23,7 +23,7 @@ from patchguard.policy.manifest import (
 )
 from patchguard.policy.match import apply_exceptions, differences, pinned_at
 from patchguard.policy.rules import Request
-from patchguard.surfaces.ebpf import Attachment, BpfLink, BpfProgram, Owner
+from patchguard.surfaces.ebpf import Attachment, BpfLink, BpfProgram, EbpfRecords, Owner
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "src/patchguard/policy/manifests/bpftool-list-tasks.toml"
@@ -235,7 +235,7 @@ def test_a_loader_only_declaration_still_needs_a_loader_process() -> None:
 
 def test_a_covered_program_without_findings_is_shown_allowed() -> None:
     records = [iterator(), iter_link(PIN)]
-    out = apply_exceptions([], records, [exception(HEAD + PROGRAM)], host="vm")
+    out = apply_exceptions([], EbpfRecords.of(records), [exception(HEAD + PROGRAM)], host="vm")
     assert [(f.technique, f.severity, f.disposition) for f in out] == [
         ("exception-match", Severity.INFO, Disposition.ALLOWED)
     ]
@@ -246,13 +246,15 @@ def test_a_covered_program_without_findings_is_shown_allowed() -> None:
 def test_a_covered_program_with_findings_has_them_allowed_and_no_extra_one() -> None:
     finding = Finding("ebpf", "sensitive-hook", Severity.MEDIUM, "prog 111", "runs on x")
     finding = dataclasses.replace(finding, evidence={"prog_id": 111})
-    out = apply_exceptions([finding], [iterator(), iter_link(PIN)], [exception(HEAD + PROGRAM)])
+    out = apply_exceptions(
+        [finding], EbpfRecords.of([iterator(), iter_link(PIN)]), [exception(HEAD + PROGRAM)]
+    )
     assert [(f.technique, f.disposition) for f in out] == [("sensitive-hook", "allowed")]
 
 
 def test_the_same_program_pinned_elsewhere_gets_a_mismatch_naming_the_pins() -> None:
     records = [iterator(), iter_link("/sys/fs/bpf/moved")]
-    out = apply_exceptions([], records, [exception(HEAD + PROGRAM)], host="vm")
+    out = apply_exceptions([], EbpfRecords.of(records), [exception(HEAD + PROGRAM)], host="vm")
     assert [(f.technique, f.severity) for f in out] == [("exception-mismatch", Severity.HIGH)]
     assert out[0].evidence["differences"] == [
         f"pinned at ['/sys/fs/bpf/moved'], declared ['{PIN}']"

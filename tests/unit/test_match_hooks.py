@@ -25,7 +25,7 @@ from patchguard.policy.rules import Request
 from patchguard.signing import HostKey
 from patchguard.surfaces import tracing
 from patchguard.surfaces.modules import assess as modules
-from patchguard.surfaces.tracing import FtraceCallback, FtraceHook, Kprobe
+from patchguard.surfaces.tracing import FtraceCallback, FtraceHook, Kprobe, TracingRecords
 
 T0 = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
 HEAD = """\
@@ -71,7 +71,7 @@ def techniques(found: list[Finding]) -> list[tuple[str, str]]:
 
 
 def test_declared_ftrace_callback_is_allowed(tmp_path: Path) -> None:
-    findings = tracing.assess_records([IPMODIFY])
+    findings = tracing.assess_records(TracingRecords.of([IPMODIFY]))
     body = '[[ftrace]]\nfunction = "__x64_sys_getdents64"\nowner = "acme_cb"\nmodule = "acme_mod"\n'
     out = apply_hook_exceptions(findings, exceptions(tmp_path, body))
     assert techniques(out) == [("ftrace-ipmodify", "allowed")]
@@ -79,7 +79,7 @@ def test_declared_ftrace_callback_is_allowed(tmp_path: Path) -> None:
 
 
 def test_another_callback_on_the_declared_function_is_not_covered(tmp_path: Path) -> None:
-    findings = tracing.assess_records([IPMODIFY])
+    findings = tracing.assess_records(TracingRecords.of([IPMODIFY]))
     body = '[[ftrace]]\nfunction = "__x64_sys_getdents64"\nowner = "acme_cb"\n'  # no module
     out = apply_hook_exceptions(findings, exceptions(tmp_path, body))
     assert techniques(out) == [
@@ -92,7 +92,7 @@ def test_another_callback_on_the_declared_function_is_not_covered(tmp_path: Path
 
 
 def test_kprobe_point_must_match_exactly(tmp_path: Path) -> None:
-    findings = tracing.assess_records([KPROBE])
+    findings = tracing.assess_records(TracingRecords.of([KPROBE]))
     assert techniques(findings) == [("kprobe-sensitive-function", "suspicious")]
     allowed = apply_hook_exceptions(
         findings, exceptions(tmp_path / "a", '[[kprobe]]\nsymbol = "commit_creds"\n')
@@ -104,7 +104,7 @@ def test_kprobe_point_must_match_exactly(tmp_path: Path) -> None:
 
 
 def test_livepatch_is_allowed_only_for_its_declared_functions(tmp_path: Path) -> None:
-    findings = tracing.assess_records([KLP, PATCHED])
+    findings = tracing.assess_records(TracingRecords.of([KLP, PATCHED]))
     assert techniques(findings) == [("livepatch", "explained")]
     body = '[[livepatch]]\nname = "acme_lp"\nfunctions = ["cmdline_proc_show"]\n'
     assert techniques(apply_hook_exceptions(findings, exceptions(tmp_path / "a", body))) == [
@@ -144,6 +144,6 @@ def test_module_needs_its_declared_signer(
 
 
 def test_no_exception_changes_nothing() -> None:
-    findings = tracing.assess_records([IPMODIFY, KPROBE])
+    findings = tracing.assess_records(TracingRecords.of([IPMODIFY, KPROBE]))
     assert apply_hook_exceptions(findings, []) == findings
     assert all(f.disposition != Disposition.ALLOWED for f in findings)

@@ -15,12 +15,13 @@ from support.memory_image import Image
 from patchguard.kernel.btf import Btf
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.module_symbols import ModuleLayout, layout, read_module, walk_modules
-from patchguard.surfaces.modules.memory_views import (
+from patchguard.surfaces.modules.memory_views import memory_view_findings
+from patchguard.surfaces.modules.records import (
     BY_NAME_ONLY,
     GONE,
     LISTED,
     ModuleMemoryViews,
-    memory_view_findings,
+    ModulesRecords,
 )
 
 VMLINUX = Path(__file__).parent.parent / "fixtures/6.18-fc/sys/kernel/btf/vmlinux.gz"
@@ -82,7 +83,9 @@ def views(sysfs: str, hidden: tuple[str, ...] = (), in_kset: bool = True) -> Mod
 
 
 def test_symbols_kallsyms_does_not_print_are_a_filtered_view() -> None:
-    (found,) = memory_view_findings([views(LISTED, ("pg_filldir", "pg_hide_me"))])
+    (found,) = memory_view_findings(
+        ModulesRecords(memory_views=(views(LISTED, ("pg_filldir", "pg_hide_me")),))
+    )
     assert found.technique == "filtered-view" and found.subject == "/proc/kallsyms"
     assert found.summary.startswith(
         "/proc/kallsyms, as this process reads it, hides 2 of the 3 symbols module pg_mod's "
@@ -91,10 +94,10 @@ def test_symbols_kallsyms_does_not_print_are_a_filtered_view() -> None:
 
 
 def test_a_filtered_listing_and_a_removed_kobject_are_told_apart() -> None:
-    (filtered,) = memory_view_findings([views(BY_NAME_ONLY)])
-    (removed,) = memory_view_findings([views(GONE, in_kset=False)])
+    (filtered,) = memory_view_findings(ModulesRecords(memory_views=(views(BY_NAME_ONLY),)))
+    (removed,) = memory_view_findings(ModulesRecords(memory_views=(views(GONE, in_kset=False),)))
     assert filtered.technique == "filtered-view" and filtered.subject == "/sys/module"
     assert "getdents" in filtered.summary and "opens by name" in filtered.summary
     assert removed.technique == "hidden-module" and removed.subject == "pg_mod"
     assert "kobject_del" in removed.summary and "no longer on" in removed.summary
-    assert memory_view_findings([views(LISTED)]) == []
+    assert memory_view_findings(ModulesRecords(memory_views=(views(LISTED),))) == []

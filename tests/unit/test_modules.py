@@ -26,7 +26,6 @@ from patchguard.scan import run_scan
 from patchguard.surfaces.base import Status, SurfaceState
 from patchguard.surfaces.modules import (
     NO_MODULE_SUPPORT,
-    ModuleMemory,
     ModulesSurface,
     ModuleViews,
     SysfsModule,
@@ -181,10 +180,11 @@ def test_surface_finds_the_hidden_module() -> None:
         "kallsyms": 5,
         "loader_allocations": 7,
     }
-    sysfs = {r.name: r for r in state.records if isinstance(r, SysfsModule)}
+    sysfs = {r.name: r for r in state.records.sysfs_modules}
     assert "printk" not in sysfs  # a built-in: no initstate
     assert sysfs["rkit"] == SysfsModule("rkit", "live", "OE", 20480)
-    (memory,) = [r for r in state.records if isinstance(r, ModuleMemory)]
+    memory = state.records.memory
+    assert memory is not None
     assert memory.unaccounted == ("0xffffffffc0a60000-0xffffffffc0a67000",)
     assert (memory.per_module_max, memory.addresses_real) == (AREAS_PER_MODULE_OLD, True)
 
@@ -210,10 +210,8 @@ def test_section_addresses_account_for_data_areas(tmp_path: Path) -> None:
     # vboxdrv's data area holds no symbol: only /sys/module/vboxdrv/sections/.data names it.
     shutil.copytree(HIDDEN, tmp_path, dirs_exist_ok=True)
     shutil.rmtree(tmp_path / "sys/module/vboxdrv/sections")
-    (memory,) = [
-        r for r in ModulesSurface().collect(Kernel(tmp_path)).records if isinstance(r, ModuleMemory)
-    ]
-    assert memory.unaccounted == (
+    memory = ModulesSurface().collect(Kernel(tmp_path)).records.memory
+    assert memory is not None and memory.unaccounted == (
         "0xffffffffc0690000-0xffffffffc06ab000",
         "0xffffffffc0a60000-0xffffffffc0a67000",
     )
@@ -275,7 +273,7 @@ def test_surface_on_the_fc_capture() -> None:
         ("loadable module list (/proc/modules)", NO_MODULE_SUPPORT)
     ]
     assert state.status is Status.UNAVAILABLE
-    assert state.records == ()
+    assert not state.records
     assert state.counts == {
         "modules": 0,
         "hidden": 0,

@@ -30,6 +30,7 @@ from patchguard.surfaces.tracing import (
     FtraceCallback,
     FtraceHook,
     Kprobe,
+    TracingRecords,
     TracingSurface,
     assess_records,
     parse_dynamic_events,
@@ -275,24 +276,28 @@ def test_kprobe_sites_are_assessed_once() -> None:
     # commit_creds: a kprobe on its ftrace site is reported as the kprobe, not twice.
     hook = FtraceHook("commit_creds", None, 1, "R", (KP_TRAMP,))
     probe = Kprobe(0xFFFFFFFF810D2A10, "kprobe", "commit_creds", 0, None, ("FTRACE",))
-    techniques = [f.technique for f in assess_records([hook, probe])]
+    techniques = [f.technique for f in assess_records(TracingRecords.of([hook, probe]))]
     assert techniques == ["kprobe-sensitive-function"]
     # Without the kprobe record the same hook is a finding of its own.
-    assert [f.technique for f in assess_records([hook])] == ["ftrace-hook-sensitive-function"]
+    assert [f.technique for f in assess_records(TracingRecords.of([hook]))] == [
+        "ftrace-hook-sensitive-function"
+    ]
 
 
 def test_a_whole_kernel_tracer_is_one_finding() -> None:
     hooks: list[object] = [FtraceHook(f"__x64_sys_n{i}", None, 1, "") for i in range(1001)]
     hooks.append(FtraceHook("tcp4_seq_show", None, 1, "RI"))
-    found = assess_records(hooks)
+    found = assess_records(TracingRecords.of(hooks))
     assert sorted(f.technique for f in found) == ["ftrace-global-tracer", "ftrace-ipmodify"]
 
 
 def test_bpf_trampoline_direct_calls_are_accounted() -> None:
     bpf = FtraceHook("do_unlinkat", None, 1, "DM", direct="bpf_trampoline_42+0x0/0xa9 [bpf]")
     unnamed = FtraceHook("do_unlinkat", None, 1, "DM", direct=None)
-    assert assess_records([bpf]) == []
-    assert [f.technique for f in assess_records([unnamed])] == ["ftrace-direct-unaccounted"]
+    assert assess_records(TracingRecords.of([bpf])) == []
+    assert [f.technique for f in assess_records(TracingRecords.of([unnamed]))] == [
+        "ftrace-direct-unaccounted"
+    ]
 
 
 def test_surface_on_the_fc_capture() -> None:

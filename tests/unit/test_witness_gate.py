@@ -29,7 +29,7 @@ from patchguard.policy.transparency.gate import Gated, gate
 from patchguard.policy.transparency.note import NoteError, Signer
 from patchguard.signing import HostKey
 from patchguard.surfaces.base import SurfaceState
-from patchguard.surfaces.ebpf import Attachment, BpfLink, BpfProgram
+from patchguard.surfaces.ebpf import Attachment, BpfLink, BpfProgram, EbpfRecords
 
 __all__ = ["world"]  # the fixture (tests/support/witnesses.py)
 
@@ -45,7 +45,7 @@ def hook_finding(policy_of: Gated) -> Finding:
     link = BpfLink(91, "iter", 111, None, "task", (), (PIN,))
     seen = Finding("ebpf", "sensitive-hook", Severity.MEDIUM, "prog 111", "runs on task")
     seen = dataclasses.replace(seen, evidence={"prog_id": 111})
-    state = SurfaceState("ebpf", (prog, link))
+    state = SurfaceState("ebpf", EbpfRecords.of((prog, link)))
     (out,) = exceptions_policy(policy_of.applied)([seen], state)
     return out
 

@@ -14,7 +14,7 @@ from patchguard.findings import Gap
 from patchguard.kernel import Kernel
 from patchguard.kernel.livepatch import read_livepatches
 from patchguard.kernel.tracepoints import tracepoint_of_event
-from patchguard.surfaces.ebpf import Attachment, BpfLink, BpfProgram, EbpfSurface, Owner
+from patchguard.surfaces.ebpf import Attachment, BpfProgram, EbpfSurface, Owner
 from patchguard.surfaces.ftrace_sites import trampolines
 from patchguard.surfaces.tracing import FtraceHook, Kprobe, TracingSurface
 
@@ -56,27 +56,26 @@ def current_owners(kernel: Kernel) -> tuple[Owners, list[Gap]]:
     ebpf, tracing = EbpfSurface().collect(kernel), TracingSurface().collect(kernel)
     owners = Owners({}, trampolines(kernel.kallsyms), {})
     dispatch = {a: n for n in FTRACE_DISPATCH if (a := syms.address_of(n)) is not None}
-    for prog in ebpf.records:
-        if isinstance(prog, BpfProgram):
-            _add_tracepoint_user(owners, prog)
-    for link in ebpf.records:
-        if isinstance(link, BpfLink) and link.link_type == "tracing" and link.target:
+    for prog in ebpf.records.programs:
+        _add_tracepoint_user(owners, prog)
+    for link in ebpf.records.links:
+        if link.link_type == "tracing" and link.target:
             address = syms.address_of(link.target.split(" [")[0])
             if address is not None:
                 holders = ", ".join(f"pid {o.pid} {o.exe or o.comm}" for o in link.owners)
                 who = holders or ", ".join(link.pins) or "no process or pin"
                 owners.ftrace[address] = f"BPF link {link.link_id} (prog {link.prog_id}; {who})"
     patched = livepatched(kernel)
-    probes = [r for r in tracing.records if isinstance(r, Kprobe) and r.active]
+    probes = [r for r in tracing.records.kprobes if r.active]
     on_ftrace = {(r.symbol, r.module): kprobe_said(r) for r in probes if "FTRACE" in r.flags}
-    for rec in tracing.records:
-        if isinstance(rec, FtraceHook):
-            _add_hook(kernel, owners, dispatch, patched, rec)
-            if (said := on_ftrace.get((rec.function, rec.module))) is not None:
-                _kprobe_behind(owners, kernel, rec, said)
-        elif isinstance(rec, Kprobe) and rec.address and rec.active and "FTRACE" not in rec.flags:
+    for hook in tracing.records.ftrace_hooks:
+        _add_hook(kernel, owners, dispatch, patched, hook)
+        if (said := on_ftrace.get((hook.function, hook.module))) is not None:
+            _kprobe_behind(owners, kernel, hook, said)
+    for probe in probes:
+        if probe.address and "FTRACE" not in probe.flags:
             # an [FTRACE] kprobe uses the function's ftrace site, owned through ftrace
-            owners.kprobes[rec.address] = kprobe_said(rec)
+            owners.kprobes[probe.address] = kprobe_said(probe)
     _kprobes_behind(dispatch, [r for r in probes if "FTRACE" in r.flags])
     for label in FTRACE_CALL_LABELS:
         if (address := syms.address_of(label)) is not None:
@@ -141,10 +140,12 @@ def _add_tracepoint_user(owners: Owners, prog: BpfProgram) -> None:
 
 
 def _add_hook(
-    kernel: Kernel, owners: Owners, dispatch: dict[int, str], patched: dict[str, str], hook: object
+    kernel: Kernel,
+    owners: Owners,
+    dispatch: dict[int, str],
+    patched: dict[str, str],
+    hook: FtraceHook,
 ) -> None:
-
-    assert isinstance(hook, FtraceHook)
     address = kernel.kallsyms.address_of(hook.function, hook.module)
     if address is None:
         return

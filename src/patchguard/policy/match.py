@@ -25,7 +25,7 @@ from patchguard.policy.rules import Request
 from patchguard.scan import Policy
 from patchguard.surfaces.base import AnyState
 from patchguard.surfaces.ebpf import NAME as EBPF
-from patchguard.surfaces.ebpf import BpfLink, BpfProgram
+from patchguard.surfaces.ebpf import BpfLink, BpfProgram, EbpfRecords
 
 # Helpers the verifier may replace with inline code, depending on the kernel's version and the
 # map's type (a per-CPU array lookup is inlined since 6.10): a declared one the program's
@@ -126,7 +126,7 @@ def in_scope(request: Request, host: str) -> bool:
 
 def apply_exceptions(
     findings: Sequence[Finding],
-    records: Sequence[object],
+    records: EbpfRecords,
     exceptions: Sequence[Request],
     host: str | None = None,
 ) -> list[Finding]:
@@ -136,10 +136,10 @@ def apply_exceptions(
     covered program that no finding is about: every approved hook in force is shown."""
     host = host or platform.node()
     live = [r for r in exceptions if in_scope(r, host)]
-    links = [r for r in records if isinstance(r, BpfLink)]
+    links = list(records.links)
     allowed: dict[int, tuple[BpfProgram, Request]] = {}
     out: list[Finding] = []
-    for prog in (r for r in records if isinstance(r, BpfProgram)):
+    for prog in records.programs:
         request, mismatches = _verdict(prog, pinned_at(prog, links), live)
         if request is not None:
             allowed[prog.prog_id] = (prog, request)
@@ -225,7 +225,9 @@ def exceptions_policy(live: Sequence[Request]) -> Policy:
 
     def policy(findings: list[Finding], state: AnyState) -> list[Finding]:
         if state.surface == EBPF:
-            return apply_exceptions(findings, list(state.records), live)
+            records = state.records
+            typed = records if isinstance(records, EbpfRecords) else EbpfRecords.of(records)
+            return apply_exceptions(findings, typed, live)
         if state.surface in (TRACING, MODULES):
             return apply_hook_exceptions(findings, live)
         if state.surface == POSTURE:

@@ -1,5 +1,6 @@
 """What every surface's collect() shares: reading pseudo files into records while keeping a
-gap for each one that could not be read, and picking records of one kind back out."""
+gap for each one that could not be read, and picking records of one kind back out while
+collect() still reads."""
 
 from __future__ import annotations
 
@@ -59,9 +60,6 @@ class Reading:
 
 
 def records_of(records: Sequence[object], kind: type[T]) -> list[T]:
+    """Records of one kind from what a collect() has read so far (a surface's state holds
+    them by kind: base.RecordSet)."""
     return [r for r in records if isinstance(r, kind)]
-
-
-def one_of(records: Sequence[object], kind: type[T]) -> T | None:
-    found = records_of(records, kind)
-    return found[0] if found else None

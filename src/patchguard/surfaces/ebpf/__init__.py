@@ -24,6 +24,7 @@ from patchguard.surfaces.ebpf.records import (
     BpfLink,
     BpfMap,
     BpfProgram,
+    EbpfRecords,
     NetAttach,
     Owner,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "BpfLink",
     "BpfMap",
     "BpfProgram",
+    "EbpfRecords",
     "EbpfSurface",
     "NetAttach",
     "Owner",

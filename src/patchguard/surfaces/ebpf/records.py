@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from patchguard.surfaces.base import RecordSet
 from patchguard.surfaces.ebpf.uprobes import ProbedSite, SecretHit
 
 
@@ -101,3 +102,12 @@ class BpfMap:
     name: str
     owners: tuple[Owner, ...]
     pins: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EbpfRecords(RecordSet):
+    """The ebpf surface's records by kind: the host's programs, links and maps."""
+
+    programs: tuple[BpfProgram, ...] = ()
+    links: tuple[BpfLink, ...] = ()
+    maps: tuple[BpfMap, ...] = ()

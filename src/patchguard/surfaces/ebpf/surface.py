@@ -25,6 +25,7 @@ from patchguard.surfaces.ebpf.records import (
     BpfLink,
     BpfMap,
     BpfProgram,
+    EbpfRecords,
     Owner,
 )
 from patchguard.surfaces.ebpf.uprobes import SecretHit
@@ -60,15 +61,13 @@ class EbpfSurface:
     name = NAME
     title = "eBPF programs and links"
 
-    def collect(self, kernel: Kernel) -> SurfaceState[Sequence[object]]:
+    def collect(self, kernel: Kernel) -> SurfaceState[EbpfRecords]:
         if not kernel.live:
-            return SurfaceState(
-                NAME, [], gaps=[Gap(NAME, "bpf objects", "bpf(2) reads only the live kernel")]
-            )
+            return _unread("bpf(2) reads only the live kernel")
         try:
             progs, links, maps = objs.all_progs(), objs.all_links(), objs.all_maps()
         except BpfError as exc:
-            return SurfaceState(NAME, [], gaps=[Gap(NAME, "bpf objects", str(exc))])
+            return _unread(str(exc))
         # patchguard's own objects (memory reader, task iterator, symbolizer) are not the host's
         own, own_maps = set(kernel.own_prog_ids), set(kernel.own_map_ids)
         seen = _Seen(kernel, [link for link in links if link.prog_id not in own])
@@ -84,18 +83,20 @@ class EbpfSurface:
         seen.links = [link for link in seen.links if link.prog_id not in peers]
         seen.maps = {i: m for i, m in seen.maps.items() if i not in own_maps}
         programs = [_program(p, seen, peers.get(p.prog_id)) for p in progs if p.prog_id not in own]
-        records: list[object] = [*programs]
-        records += [_link(link, seen) for link in seen.links]
-        records += [_map(m, seen.owners) for m in seen.maps.values()]
+        records = EbpfRecords(
+            tuple(programs),
+            tuple(_link(link, seen) for link in seen.links),
+            tuple(_map(m, seen.owners) for m in seen.maps.values()),
+        )
         counts = {"programs": len(programs), "links": len(seen.links), "maps": len(seen.maps)}
         return SurfaceState(NAME, records, counts, seen.gaps)
 
-    def assess(self, state: SurfaceState[Sequence[object]]) -> list[Finding]:
-        findings: list[Finding] = []
-        for prog in state.records:
-            if isinstance(prog, BpfProgram):
-                findings += assess_program(prog)
-        return findings
+    def assess(self, state: SurfaceState[EbpfRecords]) -> list[Finding]:
+        return [f for prog in state.records.programs for f in assess_program(prog)]
+
+
+def _unread(reason: str) -> SurfaceState[EbpfRecords]:
+    return SurfaceState(NAME, EbpfRecords(), gaps=[Gap(NAME, "bpf objects", reason)])
 
 
 @dataclass

@@ -3,8 +3,6 @@ modules in transition, a removed module list."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from patchguard.findings import Disposition, Evidence, Finding, Severity
 from patchguard.kernel.proc_modules import PROC_MODULES, ProcModule
 from patchguard.surfaces.base import finding
@@ -12,11 +10,10 @@ from patchguard.surfaces.modules.paths import MODULE_LOAD, NAME
 from patchguard.surfaces.modules.records import (
     ModuleListMissing,
     ModuleMemory,
+    ModulesRecords,
     ModuleViews,
-    SysfsModule,
 )
 from patchguard.surfaces.modules.rules import MODULE_TAINTS, TRANSIENT_STATES
-from patchguard.surfaces.reading import records_of
 
 # --- assess -------------------------------------------------------------------------------------
 
@@ -113,10 +110,10 @@ def _assess_taints(name: str, letters: str) -> list[Finding]:
     return found
 
 
-def _taints_by_module(records: Sequence[object]) -> dict[str, str]:
+def _taints_by_module(records: ModulesRecords) -> dict[str, str]:
     taints: dict[str, str] = {}
-    for name, letters in [(m.name, m.taints) for m in records_of(records, ProcModule)] + [
-        (m.name, m.taints) for m in records_of(records, SysfsModule)
+    for name, letters in [(m.name, m.taints) for m in records.proc_modules] + [
+        (m.name, m.taints) for m in records.sysfs_modules
     ]:
         taints[name] = "".join(sorted(set(taints.get(name, "") + letters)))
     return taints
@@ -148,12 +145,12 @@ def _assess_missing_list(missing: ModuleListMissing) -> Finding:
     )
 
 
-def assess_records(records: Sequence[object]) -> list[Finding]:
-    found = [f for v in records_of(records, ModuleViews) for f in _assess_views(v)]
-    found += [f for m in records_of(records, ModuleMemory) for f in _assess_memory(m)]
-    found += [f for m in records_of(records, ProcModule) for f in _assess_state(m)]
+def assess_records(records: ModulesRecords) -> list[Finding]:
+    found = [f for v in records.views for f in _assess_views(v)]
+    found += _assess_memory(records.memory) if records.memory else []
+    found += [f for m in records.proc_modules for f in _assess_state(m)]
     found += [
         f for n, t in sorted(_taints_by_module(records).items()) for f in _assess_taints(n, t)
     ]
-    found += [_assess_missing_list(m) for m in records_of(records, ModuleListMissing)]
-    return found
+    missing = records.list_missing
+    return found + ([_assess_missing_list(missing)] if missing else [])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from patchguard.findings import Disposition, Finding
@@ -29,23 +29,17 @@ from patchguard.kernel.module_symbols import (
 )
 from patchguard.surfaces.base import finding
 from patchguard.surfaces.modules.paths import KALLSYMS, NAME, NO_MODULE_SUPPORT, SYS_MODULE
-from patchguard.surfaces.reading import Reading, records_of
+from patchguard.surfaces.modules.records import (
+    BY_NAME_ONLY,
+    GONE,
+    LISTED,
+    ModuleMemoryViews,
+    ModulesRecords,
+)
+from patchguard.surfaces.reading import Reading
 from patchguard.text import visible
 
 SHOWN = 12
-LISTED, BY_NAME_ONLY, GONE = "listed", "opens by name only", "gone"
-
-
-@dataclass(frozen=True)
-class ModuleMemoryViews:
-    """One module of memory's module list, and what the text views show of it."""
-
-    name: str
-    symbols: int  # named entries of its own symbol table in memory
-    shown: int  # of those, how many /proc/kallsyms as read here prints
-    hidden_symbols: tuple[str, ...]  # the first SHOWN of those it does not print
-    sysfs: str  # LISTED, BY_NAME_ONLY or GONE
-    in_kset: bool  # its kobject is on module_kset's list in memory
 
 
 def collect_memory_views(r: Reading) -> None:
@@ -122,9 +116,9 @@ def _second_look(
     return out
 
 
-def memory_view_findings(records: Sequence[object]) -> list[Finding]:
+def memory_view_findings(records: ModulesRecords) -> list[Finding]:
     out = []
-    for v in records_of(records, ModuleMemoryViews):
+    for v in records.memory_views:
         if v.hidden_symbols:
             out.append(_kallsyms_filtered(v))
         if v.sysfs == BY_NAME_ONLY:

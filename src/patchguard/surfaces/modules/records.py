@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from patchguard.kernel.proc_modules import ProcModule
 from patchguard.kernel.vmallocinfo import VmallocArea as VmallocArea
+from patchguard.surfaces.base import RecordSet
+
+LISTED, BY_NAME_ONLY, GONE = "listed", "opens by name only", "gone"  # a module's /sys/module
 
 # --- records ------------------------------------------------------------------------------------
 
@@ -51,3 +55,28 @@ class ModuleListMissing:
     """/proc/modules is gone although the kernel has a module loader."""
 
     loader_symbols: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModuleMemoryViews:
+    """One module of memory's module list, and what the text views show of it."""
+
+    name: str
+    symbols: int  # named entries of its own symbol table in memory
+    shown: int  # of those, how many /proc/kallsyms as read here prints
+    hidden_symbols: tuple[str, ...]  # the first SHOWN of those it does not print
+    sysfs: str  # LISTED, BY_NAME_ONLY or GONE
+    in_kset: bool  # its kobject is on module_kset's list in memory
+
+
+@dataclass(frozen=True)
+class ModulesRecords(RecordSet):
+    """The modules surface's records by kind."""
+
+    proc_modules: tuple[ProcModule, ...] = ()
+    sysfs_modules: tuple[SysfsModule, ...] = ()
+    loader_areas: tuple[VmallocArea, ...] = ()
+    memory: ModuleMemory | None = None
+    list_missing: ModuleListMissing | None = None
+    views: tuple[ModuleViews, ...] = ()
+    memory_views: tuple[ModuleMemoryViews, ...] = ()

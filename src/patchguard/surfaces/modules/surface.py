@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from patchguard.findings import Finding
 from patchguard.surfaces.base import SurfaceState
-from patchguard.surfaces.reading import records_of
 
 if TYPE_CHECKING:
     from patchguard.kernel import Kernel
@@ -24,14 +22,14 @@ from patchguard.surfaces.modules.collect import (
 from patchguard.surfaces.modules.memory_views import collect_memory_views, memory_view_findings
 from patchguard.surfaces.modules.parse import cross_view, second_look
 from patchguard.surfaces.modules.paths import NAME, VMALLOCINFO
-from patchguard.surfaces.modules.records import VmallocArea
+from patchguard.surfaces.modules.records import ModulesRecords
 
 
 class ModulesSurface:
     name = NAME
     title = "Loadable modules (cross-view)"
 
-    def collect(self, kernel: Kernel) -> SurfaceState[Sequence[object]]:
+    def collect(self, kernel: Kernel) -> SurfaceState[ModulesRecords]:
         r = _Reading(NAME, kernel)
         vmallocinfo = r.text("module memory (/proc/vmallocinfo)", VMALLOCINFO)
         _collect_sysfs(r)
@@ -47,13 +45,14 @@ class ModulesSurface:
             views = second_look(views, again)
         r.records.extend(views)
         collect_memory_views(r)
+        records = ModulesRecords.of(r.records)
         counts = {
             "modules": len(views),
             "hidden": sum(bool(v.hidden_from) for v in views),
             **{view: len(names) for view, names in r.full.items()},
-            "loader_allocations": len(records_of(r.records, VmallocArea)),
+            "loader_allocations": len(records.loader_areas),
         }
-        return SurfaceState(NAME, tuple(r.records), counts, tuple(r.gaps))
+        return SurfaceState(NAME, records, counts, tuple(r.gaps))
 
-    def assess(self, state: SurfaceState[Sequence[object]]) -> list[Finding]:
+    def assess(self, state: SurfaceState[ModulesRecords]) -> list[Finding]:
         return assess_records(state.records) + memory_view_findings(state.records)

@@ -22,7 +22,13 @@ from patchguard.surfaces.tracing.parse import (
     parse_kprobe_list,
 )
 from patchguard.surfaces.tracing.paths import NAME, NO_KPROBES
-from patchguard.surfaces.tracing.records import DynamicEvent, FtraceCallback, FtraceHook, Kprobe
+from patchguard.surfaces.tracing.records import (
+    DynamicEvent,
+    FtraceCallback,
+    FtraceHook,
+    Kprobe,
+    TracingRecords,
+)
 from patchguard.surfaces.tracing.sensitive import (
     sensitive_category,
     symbol_module,
@@ -37,6 +43,7 @@ __all__ = [
     "FtraceCallback",
     "FtraceHook",
     "Kprobe",
+    "TracingRecords",
     "TracingSurface",
     "assess_records",
     "parse_dynamic_events",

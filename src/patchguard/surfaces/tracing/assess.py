@@ -3,15 +3,12 @@ sensitive functions, hidden kprobe handlers, livepatches and dynamic events."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from patchguard.findings import Disposition, Evidence, Finding, Severity
 from patchguard.kernel.livepatch import Livepatched
 from patchguard.surfaces.base import finding
 from patchguard.surfaces.ebpf.assess import visible
-from patchguard.surfaces.reading import records_of
 from patchguard.surfaces.tracing.paths import GLOBAL_TRACER_FUNCTIONS, NAME, ROOTKIT
-from patchguard.surfaces.tracing.records import DynamicEvent, FtraceHook, Kprobe
+from patchguard.surfaces.tracing.records import DynamicEvent, FtraceHook, Kprobe, TracingRecords
 from patchguard.surfaces.tracing.sensitive import (
     KLP_HANDLER,
     KPROBE_HANDLER,
@@ -246,10 +243,10 @@ def _assess_event(event: DynamicEvent) -> list[Finding]:
     ]
 
 
-def assess_records(records: Sequence[object]) -> list[Finding]:
-    probed = {p.symbol for p in records_of(records, Kprobe) if p.symbol and "FTRACE" in p.flags}
-    patched = {p.function: p for p in records_of(records, Livepatched)}
-    found = _assess_ftrace(records_of(records, FtraceHook), probed, patched)
-    found += [f for probe in records_of(records, Kprobe) for f in _assess_kprobe(probe)]
-    found += [f for event in records_of(records, DynamicEvent) for f in _assess_event(event)]
+def assess_records(records: TracingRecords) -> list[Finding]:
+    probed = {p.symbol for p in records.kprobes if p.symbol and "FTRACE" in p.flags}
+    patched = {p.function: p for p in records.livepatched}
+    found = _assess_ftrace(list(records.ftrace_hooks), probed, patched)
+    found += [f for probe in records.kprobes for f in _assess_kprobe(probe)]
+    found += [f for event in records.events for f in _assess_event(event)]
     return found

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from patchguard.kernel.errors import KernelAccessError, is_enoent
 from patchguard.kernel.mounts import ensure_mounted
 from patchguard.surfaces.ebpf import uprobes
-from patchguard.surfaces.reading import Reading, records_of
+from patchguard.surfaces.reading import Reading
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -21,7 +21,7 @@ from patchguard.surfaces.tracing.parse import (
     parse_kprobe_list,
 )
 from patchguard.surfaces.tracing.paths import EVENT_FILES, KPROBE_LIST, NO_KPROBES, TRACEFS_DIRS
-from patchguard.surfaces.tracing.records import DynamicEvent, FtraceHook, Kprobe
+from patchguard.surfaces.tracing.records import DynamicEvent, Kprobe, TracingRecords
 
 # --- collect ------------------------------------------------------------------------------------
 
@@ -130,16 +130,15 @@ def _with_handlers(r: Reading, probes: list[Kprobe]) -> list[Kprobe]:
     return out
 
 
-def _counts(r: Reading) -> dict[str, int]:
-    hooks = records_of(r.records, FtraceHook)
-    events = records_of(r.records, DynamicEvent)
+def _counts(records: TracingRecords, files_read: int) -> dict[str, int]:
+    hooks, events = records.ftrace_hooks, records.events
     return {
         "ftrace_functions": len(hooks),
         "ipmodify": sum(h.ipmodify for h in hooks),
         "direct": sum(h.direct_call for h in hooks),
-        "kprobes": len(records_of(r.records, Kprobe)),
+        "kprobes": len(records.kprobes),
         "dynamic_events": len(events),
         "uprobes": sum(e.binary is not None for e in events),
         # Says that files were read and held nothing, which zero hooks alone cannot say.
-        "files_read": r.files_read,
+        "files_read": files_read,
     }

@@ -30,38 +30,17 @@ from patchguard.kernel.proc_modules import function_name
 from patchguard.surfaces.base import finding
 from patchguard.surfaces.reading import Reading, records_of
 from patchguard.surfaces.tracing.paths import NAME
-from patchguard.surfaces.tracing.records import FtraceHook
+from patchguard.surfaces.tracing.records import (
+    DirectMismatch,
+    FtraceHook,
+    OpsRecord,
+    TracingRecords,
+)
 from patchguard.text import visible
 from patchguard.x86 import insn as x86
 
 SHOWN = 12  # function names a record or finding lists
 SETTLE = 0.05  # seconds before a site that disagrees with its ops is read again
-
-
-@dataclass(frozen=True)
-class OpsRecord:
-    """One enabled ftrace_ops as memory holds it, named."""
-
-    handler: str  # ops->func, named by bounds (kernel/attribution.py)
-    handler_module: str | None
-    flags: tuple[str, ...]
-    functions: int  # how many functions its filter hash holds
-    all_functions: bool  # an empty filter hash: it traces every function
-    names: tuple[str, ...]  # the first SHOWN of them
-    # enabled_functions was read and does not print these functions the ops traces
-    hidden: tuple[str, ...] = ()
-    hidden_count: int = 0
-
-
-@dataclass(frozen=True)
-class DirectMismatch:
-    """A function whose ftrace site calls elsewhere than its direct ops records."""
-
-    function: str
-    handler: str
-    recorded: int  # the direct target ftrace's direct_functions records
-    calls: int | None  # what the site's CALL goes to (None: not a call)
-    code: str
 
 
 @dataclass(frozen=True)
@@ -162,9 +141,9 @@ def _disagrees(memory: KernelMemory, ip: int, direct: int) -> tuple[str, int | N
     return code.hex(" "), calls
 
 
-def ops_findings(records: Sequence[object]) -> list[Finding]:
-    found = [_hidden(o) for o in records_of(records, OpsRecord) if o.hidden_count]
-    return found + [_mismatch(m) for m in records_of(records, DirectMismatch)]
+def ops_findings(records: TracingRecords) -> list[Finding]:
+    found = [_hidden(o) for o in records.ops if o.hidden_count]
+    return found + [_mismatch(m) for m in records.direct_mismatches]
 
 
 def _hidden(o: OpsRecord) -> Finding:

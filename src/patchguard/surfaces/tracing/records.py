@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from patchguard.kernel.livepatch import Livepatched
+from patchguard.surfaces.base import RecordSet
 from patchguard.surfaces.ebpf.uprobes import ProbedSite, SecretHit
 
 USER_PROBES = ("uprobe", "uretprobe")
@@ -95,3 +97,41 @@ class DynamicEvent:
         if self.binary is None or self.target is None:
             return None
         return int(self.target.rpartition("+")[2], 16)
+
+
+@dataclass(frozen=True)
+class OpsRecord:
+    """One enabled ftrace_ops as memory holds it, named."""
+
+    handler: str  # ops->func, named by bounds (kernel/attribution.py)
+    handler_module: str | None
+    flags: tuple[str, ...]
+    functions: int  # how many functions its filter hash holds
+    all_functions: bool  # an empty filter hash: it traces every function
+    names: tuple[str, ...]  # the first SHOWN of them
+    # enabled_functions was read and does not print these functions the ops traces
+    hidden: tuple[str, ...] = ()
+    hidden_count: int = 0
+
+
+@dataclass(frozen=True)
+class DirectMismatch:
+    """A function whose ftrace site calls elsewhere than its direct ops records."""
+
+    function: str
+    handler: str
+    recorded: int  # the direct target ftrace's direct_functions records
+    calls: int | None  # what the site's CALL goes to (None: not a call)
+    code: str
+
+
+@dataclass(frozen=True)
+class TracingRecords(RecordSet):
+    """The tracing surface's records by kind."""
+
+    ftrace_hooks: tuple[FtraceHook, ...] = ()
+    kprobes: tuple[Kprobe, ...] = ()
+    events: tuple[DynamicEvent, ...] = ()
+    ops: tuple[OpsRecord, ...] = ()
+    direct_mismatches: tuple[DirectMismatch, ...] = ()
+    livepatched: tuple[Livepatched, ...] = ()

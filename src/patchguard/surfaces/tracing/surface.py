@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from patchguard.findings import Finding
 from patchguard.surfaces.base import SurfaceState
-from patchguard.surfaces.reading import Reading, records_of
+from patchguard.surfaces.reading import Reading
 
 if TYPE_CHECKING:
     from patchguard.kernel import Kernel
@@ -20,15 +19,16 @@ from patchguard.surfaces.tracing.collect import (
     _counts,
     _tracefs,
 )
-from patchguard.surfaces.tracing.ops import OpsRecord, collect_ops, ops_findings
+from patchguard.surfaces.tracing.ops import collect_ops, ops_findings
 from patchguard.surfaces.tracing.paths import NAME
+from patchguard.surfaces.tracing.records import TracingRecords
 
 
 class TracingSurface:
     name = NAME
     title = "ftrace, kprobes and trace events"
 
-    def collect(self, kernel: Kernel) -> SurfaceState[Sequence[object]]:
+    def collect(self, kernel: Kernel) -> SurfaceState[TracingRecords]:
         r = Reading(NAME, kernel)
         tracefs = _tracefs(r)
         if tracefs is not None:
@@ -37,8 +37,9 @@ class TracingSurface:
         _collect_kprobes(r)
         collect_ops(r)
         r.records.extend(read_livepatches(kernel))
-        counts = {**_counts(r), "ftrace_ops": len(records_of(r.records, OpsRecord))}
-        return SurfaceState(NAME, tuple(r.records), counts, tuple(r.gaps))
+        records = TracingRecords.of(r.records)
+        counts = {**_counts(records, r.files_read), "ftrace_ops": len(records.ops)}
+        return SurfaceState(NAME, records, counts, tuple(r.gaps))
 
-    def assess(self, state: SurfaceState[Sequence[object]]) -> list[Finding]:
+    def assess(self, state: SurfaceState[TracingRecords]) -> list[Finding]:
         return assess_records(state.records) + ops_findings(state.records)

@@ -7,11 +7,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,52 +17,15 @@ from typing import Any
 
 import pytest
 from support import bpfprogs as bp
+from support.guard_process import Guard
 from support.receiver import Receiver
 
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
 
 
-class GuardProcess:
-    def __init__(self, config: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "patchguard.cli", "guard", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            # A guard that does not stop is sent SIGABRT: faulthandler prints every thread
-            # of it on stderr, for the failure message.
-            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
-        )
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.seen: list[dict[str, Any]] = []
-        self.stderr: list[str] = []  # read all along: a full pipe would block the guard
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.events.put(json.loads(line))
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr.append(line)
-
-    def wait_event(self, predicate: Any, timeout: float) -> dict[str, Any] | None:
-        deadline = time.monotonic() + timeout
-        for event in self.seen:
-            if predicate(event):
-                return event
-        while time.monotonic() < deadline:
-            try:
-                event = self.events.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            self.seen.append(event)
-            if predicate(event):
-                return event
-        return None
+class GuardProcess(Guard):
+    """The guard process of support.guard_process, with the stop these tests want: SIGTERM,
+    and a guard that does not stop is sent SIGABRT so faulthandler prints every thread."""
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)

@@ -216,19 +216,17 @@ def _alert_altered(
     is what the host's report command read; refusing it would throw away the evidence that
     something on the host rewrites what patchguard writes."""
     evidence = {"report_id": body.id, "seq": body.seq, "seal": seal.detail}
-    connection.execute(
-        insert(Alert).values(
-            kind="report-altered",
-            host_id=host.id,
-            severity="critical",
-            created_at=now,
-            resolved_at=None,
-            evidence=evidence,
-        )
-    )
+    _critical_alert(connection, "report-altered", host, evidence, now)
     log.warning(
         "host %s: report %d carried an altered scan: %s", host.fingerprint, body.seq, seal.detail
     )
+
+
+def _critical_alert(
+    connection: Connection, kind: str, host: HostState, evidence: dict[str, Any], now: datetime
+) -> None:
+    values = {"kind": kind, "host_id": host.id, "severity": "critical", "created_at": now}
+    connection.execute(insert(Alert).values(**values, resolved_at=None, evidence=evidence))
 
 
 def _findings(host_id: int, report_pk: int, body: Body, now: datetime) -> list[dict[str, Any]]:
@@ -264,16 +262,7 @@ def _attest_baseline(
             "seq": body.seq,
             "boot_id": body.boot_id,
         }
-        connection.execute(
-            insert(Alert).values(
-                kind="baseline-changed",
-                host_id=host.id,
-                severity="critical",
-                created_at=now,
-                resolved_at=None,
-                evidence=evidence,
-            )
-        )
+        _critical_alert(connection, "baseline-changed", host, evidence, now)
         log.warning(
             "host %s: baseline digest changed from %s to %s without a rotation",
             host.fingerprint,

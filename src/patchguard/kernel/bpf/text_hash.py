@@ -248,6 +248,7 @@ class TextHasher:
     def __init__(self) -> None:
         self._fds: list[int] = []
         self._maps: list[mmap.mmap] = []
+        self._prog = -1
         self._lock = threading.Lock()
         try:
             self._buf = self._map("pg_th_copy", CHUNK, mmap.PROT_READ)
@@ -310,6 +311,7 @@ class TextHasher:
     def close(self) -> None:
         for m in self._maps:
             m.close()
-        for fd in self._fds + ([self._prog] if hasattr(self, "_prog") else []):
-            os.close(fd)
-        self._maps, self._fds = [], []
+        for fd in [*self._fds, self._prog]:
+            if fd >= 0:
+                os.close(fd)
+        self._maps, self._fds, self._prog = [], [], -1

@@ -10,7 +10,6 @@ root that nobody else may write. The guard takes it only for the file and digest
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -18,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from patchguard.atomic import write_atomic
 from patchguard.findings import Disposition, Finding
 from patchguard.guard import state as guard_state
 from patchguard.guard import stops
@@ -43,20 +41,12 @@ class Rotation:
 
 def _rotation_body(r: Rotation) -> bytes:
     doc = {"path": r.path, "from": r.before, "to": r.after, "reason": r.reason, "time": r.time}
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return guard_state.canonical(doc)
 
 
 def write_rotation(directory: Path, rotation: Rotation, key: HostKey) -> Path:
-    body = _rotation_body(rotation)
-    doc = {
-        "format": ROTATION_FORMAT,
-        "request": json.loads(body),
-        "key": key.fingerprint(),
-        "signature": key.sign(ROTATION_FORMAT.encode() + b"\n" + body).hex(),
-    }
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = directory / ROTATION
-    write_atomic(path, (json.dumps(doc, indent=1) + "\n").encode(), 0o600)
+    guard_state.write_signed(path, ROTATION_FORMAT, "request", _rotation_body(rotation), key)
     return path
 
 
@@ -85,7 +75,7 @@ def read_rotation(directory: Path, public_key: bytes) -> Rotation | None:
         signature = bytes.fromhex(str(doc["signature"]))
     except (OSError, InputError, KeyError, TypeError, ValueError):
         return None
-    signed = ROTATION_FORMAT.encode() + b"\n" + _rotation_body(rotation)
+    signed = guard_state.signed_text(ROTATION_FORMAT, _rotation_body(rotation))
     return rotation if verify_signature(public_key, signed, signature) else None
 
 

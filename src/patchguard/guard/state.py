@@ -33,26 +33,41 @@ class GuardState:
         return replace(self, run={**self.run, **changes})
 
 
-def _body(state: GuardState) -> bytes:
-    doc = {
-        "baseline_sha256": state.baseline_sha256,
-        "ledger_seq": state.ledger_seq,
-        "ledger_hash": state.ledger_hash,
-        "run": state.run,
-    }
+def canonical(doc: dict[str, Any]) -> bytes:
+    """The body a guard file's signature covers: its fields, sorted, without spaces."""
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def save(path: Path, state: GuardState, key: HostKey) -> None:
-    body = _body(state)
+def signed_text(form: str, body: bytes) -> bytes:
+    """What is signed: the file's format line, then its canonical body."""
+    return form.encode() + b"\n" + body
+
+
+def write_signed(path: Path, form: str, name: str, body: bytes, key: HostKey) -> None:
+    """A root-only file holding `body` under `name`, signed by the host key (atomically)."""
     doc = {
-        "format": FORMAT,
-        "state": json.loads(body),
+        "format": form,
+        name: json.loads(body),
         "key": key.fingerprint(),
-        "signature": key.sign(FORMAT.encode() + b"\n" + body).hex(),
+        "signature": key.sign(signed_text(form, body)).hex(),
     }
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_atomic(path, (json.dumps(doc, indent=1) + "\n").encode(), 0o600)
+
+
+def _body(state: GuardState) -> bytes:
+    return canonical(
+        {
+            "baseline_sha256": state.baseline_sha256,
+            "ledger_seq": state.ledger_seq,
+            "ledger_hash": state.ledger_hash,
+            "run": state.run,
+        }
+    )
+
+
+def save(path: Path, state: GuardState, key: HostKey) -> None:
+    write_signed(path, FORMAT, "state", _body(state), key)
 
 
 def _state_of(raw: Any) -> GuardState:
@@ -81,7 +96,7 @@ def load(path: Path, public_key: bytes) -> tuple[GuardState | None, str | None]:
         return None, f"{path}: not a guard state file: {exc}"
     if doc.get("format") != FORMAT:
         return None, f"{path}: not a guard state file ({FORMAT})"
-    if not verify_signature(public_key, FORMAT.encode() + b"\n" + _body(state), signature):
+    if not verify_signature(public_key, signed_text(FORMAT, _body(state)), signature):
         signer = str(doc.get("key", "?"))[:16]
         mine = fingerprint_of(public_key)
         return None, f"{path}: not signed by this host's key {mine} (says {signer})"

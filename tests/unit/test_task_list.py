@@ -11,8 +11,9 @@ from __future__ import annotations
 import gzip
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from support.memory_image import Image
@@ -335,12 +336,18 @@ OLD_OFFSETS = {
 }
 
 
+T = TypeVar("T")
+
+
 class OldBtf:
     """task_struct as kernels before 6.7 lay it out (threads on thread_group, a ring with no
     head; signal_struct has no thread_head): offsets of a small made-up struct."""
 
     def member_offset(self, struct_name: str, member: str) -> int | None:
         return OLD_OFFSETS.get((struct_name, member))
+
+    def derived(self, make: Callable[[Any], T]) -> T:
+        return make(self)
 
 
 def old_tasks() -> tuple[Image, dict[int, int]]:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TypeVar, cast
 
 from patchguard.kernel.errors import KernelAccessError, oserror_reason
 
@@ -67,6 +68,9 @@ def btf_info_kind(info: int) -> int:
 
 def btf_info_vlen(info: int) -> int:
     return info & 0xFFFF
+
+
+T = TypeVar("T")
 
 
 class BtfFormatError(KernelAccessError):
@@ -149,6 +153,15 @@ class Btf:
     # far as a lookup needs: a whole walk is ~35 ms of Python for vmlinux, and a scan asks
     # about a few types near its start (task_struct is id 114 of 126k).
     _walk: _Walk = field(default_factory=lambda: _Walk(), repr=False)
+    # What readers derive from this BTF once (a struct layout's offsets), by the function
+    # that derives it: a scan asks for the same layout many times.
+    _derived: dict[Callable[[Btf], object], object] = field(default_factory=dict, repr=False)
+
+    def derived(self, make: Callable[[Btf], T]) -> T:
+        """`make(self)`, computed once per Btf."""
+        if make not in self._derived:
+            self._derived[make] = make(self)
+        return cast(T, self._derived[make])
 
     @classmethod
     def parse(

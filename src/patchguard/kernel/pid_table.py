@@ -17,7 +17,6 @@ pointer is an internal entry above 4096, a node holds XA_CHUNK_SIZE (64) slots, 
 from __future__ import annotations
 
 import struct
-import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -48,13 +47,7 @@ class PidLayout:
 
 def layout(btf: Btf) -> PidLayout:
     """The offsets, found in BTF once per Btf (a scan of one kernel asks many times)."""
-    found = _LAYOUTS.get(btf)
-    if found is None:
-        found = _LAYOUTS[btf] = _layout(btf)
-    return found
-
-
-_LAYOUTS: weakref.WeakKeyDictionary[Btf, PidLayout] = weakref.WeakKeyDictionary()
+    return btf.derived(_layout)
 
 
 def _layout(btf: Btf) -> PidLayout:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import struct
-import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -90,13 +89,7 @@ class TaskLayout:
 
 def layout(btf: Btf) -> TaskLayout:
     """The offsets, found in BTF once per Btf (a scan of one kernel asks many times)."""
-    found = _LAYOUTS.get(btf)
-    if found is None:
-        found = _LAYOUTS[btf] = _layout(btf)
-    return found
-
-
-_LAYOUTS: weakref.WeakKeyDictionary[Btf, TaskLayout] = weakref.WeakKeyDictionary()
+    return btf.derived(_layout)
 
 
 def _layout(btf: Btf) -> TaskLayout:

@@ -6,6 +6,10 @@ iterator's seq output; the task list in kernel memory (walked on 6.1 through
 task_struct.thread_group), the pid table and the iterator's map copy still have it, so the
 scan reports a critical hidden process that names the views that lie and those that tell
 the truth.
+With unlink=1 pg_hide_task takes the victim off the task list and out of the pid table (DKOM)
+instead; a /proc/<pid> entry held open still shows it, and the scan names it unlinked, with the
+lists it still sits on (its parent's children list, its cgroup's task list, its struct pid).
+pg_hide_pid, a getdents64 filter alone, stays a view that lies: memory has the task.
 pg_write_filter drops every line with a word from every write: a sealed report written
 through it fails verify-report, which says it was altered."""
 
@@ -16,7 +20,8 @@ from support.lab_guest import Results, findings, run_script
 
 pytestmark = pytest.mark.lab
 
-MODULES = ("pg_hide_task", "pg_write_filter")
+MODULES = ("pg_hide_task", "pg_write_filter", "pg_hide_pid")
+OFF_LIST = ("task-unlinked", "process-invented", "memory-missed-task", "task-off-task-list")
 LYING = ["proc_listing", "task_listing", "kill", "bpf_task_iter", "proc_stat"]
 
 
@@ -70,6 +75,44 @@ def test_an_iterator_whose_output_alone_lies(guest: Results) -> None:
     evidence = found["evidence"]
     assert isinstance(evidence, dict) and evidence["missing_from"] == ["bpf_task_iter"]
     assert {"bpf_task_iter_map", "kernel_memory", "proc_listing"} <= set(evidence["seen_by"])
+
+
+def test_a_task_unlinked_from_both_structures_is_named_with_where_it_sits(
+    guest: Results,
+) -> None:
+    assert guest["insmod_unlink"]["rc"] == 0, guest["insmod_unlink"]["stderr"]
+    # the held /proc entry is the one view left; every lookup by pid fails
+    assert guest["views_unlinked"] == {"listed": False, "stat": True, "kill": False}
+    assert guest["views_relinked"] == {"listed": True, "stat": True, "kill": True}
+    (found,) = about_victim(guest, "scan_unlinked")
+    assert (found["technique"], found["severity"]) == ("task-unlinked", "critical"), found
+    evidence = found["evidence"]
+    assert isinstance(evidence, dict)
+    assert evidence["shown_again"] == ["proc_stat"] and evidence["seen_by"] == ["proc_stat"]
+    assert {"kernel_memory", "pid_table", "kill", "proc_listing"} <= set(evidence["missing_from"])
+    assert evidence["pidfd_open"] is False and evidence["proc_stat_read"] is True
+    places = evidence["still_on"]
+    assert isinstance(places, list)
+    assert f"children list of pid {guest['guest_pid']}" in places, places
+    assert "its own struct pid" in places
+    assert any(str(p).startswith("cgroup task list") for p in places)
+    assert str(evidence["task_struct"]).startswith("0xff") and evidence["comm"] == "sleep"
+    assert "unlinked from the task list and its pid taken out of the pid table" in str(
+        found["summary"]
+    )
+    others = [f for f in findings(guest, "scan_unlinked") if f["technique"] in OFF_LIST]
+    assert others == [found]
+
+
+def test_a_getdents_filter_stays_a_view_that_lies(guest: Results) -> None:
+    """pg_hide_pid filters listings only: memory has the task, nothing calls it unlinked."""
+    assert guest["insmod_filter_pid"]["rc"] == 0, guest["insmod_filter_pid"]["stderr"]
+    (found,) = about_victim(guest, "scan_filter_pid")
+    assert (found["technique"], found["severity"]) == ("hidden-process", "critical"), found
+    evidence = found["evidence"]
+    assert isinstance(evidence, dict)
+    assert {"kernel_memory", "pid_table", "kill"} <= set(evidence["seen_by"])
+    assert [f for f in findings(guest, "scan_filter_pid") if f["technique"] in OFF_LIST] == []
 
 
 def test_a_report_written_through_the_filter_fails_verification(guest: Results) -> None:

@@ -20,8 +20,9 @@ from patchguard.kernel.bpf.current_task import current_task
 from patchguard.kernel.bpf.iterators import TaskIterator
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.pid_table import pid_table, pids_in_table
-from patchguard.kernel.pids import answering, stat_answers
-from patchguard.kernel.tasks import MemTask, tasks_in_place, walk_tasks
+from patchguard.kernel.pids import answering, pidfd_finds, stat_answers, stat_file_reads
+from patchguard.kernel.task_lists import off_list_tasks
+from patchguard.kernel.tasks import ATTEMPTS, MemTask, tasks_in_place, walk_tasks
 from patchguard.surfaces.processes.records import (
     BPF_ITER,
     ITER_MAP,
@@ -31,8 +32,10 @@ from patchguard.surfaces.processes.records import (
     PID_TABLE,
     STAT,
     TASKS,
+    TEXT_VIEWS,
     HiddenPid,
     ProcessViews,
+    TaskWitness,
 )
 from patchguard.surfaces.processes.views import (
     Verdict,
@@ -74,6 +77,7 @@ class ProcessReading(Reading):
     on_list: dict[int, int] = field(default_factory=dict)  # pid -> task, memory's last look
     pid_table_failed: bool = False
     probed: int = 0
+    witnesses: dict[int, TaskWitness] = field(default_factory=dict)
 
     def listing(self, path: str) -> set[int] | None:
         try:
@@ -275,6 +279,56 @@ def _look(r: ProcessReading, suspects: set[int]) -> Views:
     return views
 
 
+def _off_list(r: ProcessReading, pid: int) -> tuple[tuple[str, ...], int | None, bool]:
+    """(the other lists the pid's task sits on, that task, whether the lists were read): the
+    children and cgroup lists of the tasks memory's last whole walk found. A walk that breaks
+    (a child reaped under it) is taken again, ATTEMPTS in all."""
+    if r.start is None:
+        return (), None, False
+    known = {task: pid for pid, task in r.on_list.items()}
+    for _ in range(ATTEMPTS):
+        try:
+            found = off_list_tasks(r.kernel.memory(), r.kernel.vmlinux_btf, known, {pid})
+        except KernelAccessError:
+            continue
+        task = found.get(pid)
+        return (task.places, task.task, True) if task is not None else ((), None, True)
+    return (), None, False
+
+
+def _witness(r: ProcessReading, pid: int) -> TaskWitness | None:
+    """What says where a pid that neither memory structure has comes from: the other kernel
+    lists and the kernel's own lookups first, then every view once more, last, so that a pid
+    that exited meanwhile is shown by no view (None: not reported), and one memory has again
+    was a race (None too); a view still showing it after all that is not timing."""
+    places, task, lists_read = _off_list(r, pid)
+    pidfd, proc_stat = pidfd_finds(pid), stat_file_reads(r.kernel.path(PROC), pid)
+    again = _look(r, {pid})
+    shown = tuple(view for view in TEXT_VIEWS if pid in again.get(view, ()))
+    if not shown or pid in again.get(MEMORY, set()) | again.get(PID_TABLE, set()):
+        return None
+    return TaskWitness(shown, pidfd, proc_stat, places, task, lists_read)
+
+
+def _needs_witness(r: ProcessReading, verdict: Verdict) -> bool:
+    """Read from memory, the task list lacks it and the pid table does not show it."""
+    seen, missing = verdict
+    return MEMORY in r.views and MEMORY in missing and PID_TABLE not in seen
+
+
+def witness_off_both(r: ProcessReading, confirmed: dict[int, Verdict]) -> dict[int, Verdict]:
+    """`confirmed` less the pids a witness shows gone; each other's witness kept in r."""
+    kept = dict(confirmed)
+    for pid, verdict in confirmed.items():
+        if not _needs_witness(r, verdict):
+            continue
+        if (witness := _witness(r, pid)) is None:
+            del kept[pid]
+        else:
+            r.witnesses[pid] = witness
+    return kept
+
+
 def _exe(r: ProcessReading, pid: int) -> str | None:
     with contextlib.suppress(OSError):
         return os.readlink(r.kernel.path(f"{PROC}/{pid}/exe"))
@@ -293,6 +347,7 @@ def _hidden(r: ProcessReading, leader: int, threads: list[int], verdict: Verdict
         exe=_exe(r, leader),
         threads=tuple(threads),
         task=r.task_of.get(leader),
+        witness=r.witnesses.get(leader),
     )
 
 
@@ -304,6 +359,7 @@ def probe_live(r: ProcessReading, pid_max: int | None) -> tuple[int, int]:
         r.views.update(_kernel_views(r, None))
         first = {view: set(pids) for view, pids in r.views.items()}
         confirmed, rechecks = settle(first, lambda suspects: _look(r, suspects))
+        confirmed = witness_off_both(r, confirmed)
     finally:
         if r.iterator is not None:
             r.iterator.close()
@@ -334,4 +390,4 @@ def summary(r: ProcessReading, pid_max: int | None, suspects: int, rechecks: int
     )
 
 
-__all__ = ["ProcessReading", "collect_listings", "probe_live", "summary"]
+__all__ = ["ProcessReading", "collect_listings", "probe_live", "summary", "witness_off_both"]

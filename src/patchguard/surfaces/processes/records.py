@@ -20,6 +20,7 @@ MEMORY = "kernel_memory"  # task_struct.tasks and each thread group, read from m
 PID_TABLE = "pid_table"  # the pid namespace's pid table (idr), read from memory
 LISTED = (LISTING, TASKS)
 ITERATOR = (BPF_ITER, ITER_MAP)  # the two copies of one walk of the kernel's iterator
+TEXT_VIEWS = (LISTING, TASKS, KILL, STAT, BPF_ITER, ITER_MAP)  # every view but memory's
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,20 @@ class ProcessViews:
 
 
 @dataclass(frozen=True)
+class TaskWitness:
+    """What was asked about a pid views show and neither the task list nor the pid table in
+    memory has: the views read once more, the kernel's own lookups by pid, and the other
+    kernel lists its task could still sit on (kernel/task_lists.py)."""
+
+    shown_again: tuple[str, ...]  # the views that still show it, read once more
+    pidfd: bool  # pidfd_open(pid) found it: the pid table, as the kernel looks it up
+    proc_stat: bool  # /proc/<pid>/stat was read
+    places: tuple[str, ...] = ()  # the other lists its task_struct sits on
+    task: int | None = None  # that task_struct, where a list held it
+    lists_read: bool = True  # False: memory failed, so `places` is no evidence either way
+
+
+@dataclass(frozen=True)
 class HiddenPid:
     """A pid the views disagree on in every look, with the views on each side."""
 
@@ -51,6 +66,7 @@ class HiddenPid:
     exe: str | None = None
     threads: tuple[int, ...] = ()  # tids of its threads that are hidden with it
     task: int | None = None  # its task_struct's address, where memory or the map has it
+    witness: TaskWitness | None = None  # for a pid neither memory structure has
 
     @property
     def listed(self) -> bool:

@@ -127,6 +127,8 @@ def test_nothing_hidden(scanned: Scanned, request: pytest.FixtureRequest) -> Non
     """Memory agrees with every text view here: nothing hidden, nothing off the task list,
     no read() filtered; whatever is flagged is listed and seen by kill, stat and memory."""
     grave = ("hidden-process", "task-off-task-list", "filtered-view", "process-view-mismatch")
+    off_both = ("task-unlinked", "process-invented", "memory-missed-task")
+    assert [f for f in scanned.findings if f.technique in off_both] == []
     assert [f for f in scanned.findings if f.technique in grave] == []
     assert scanned.counts["hidden"] == 0
     skipped = [f.subject for f in scanned.findings if f.technique == "iterator-skips-task"]

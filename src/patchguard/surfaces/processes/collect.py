@@ -363,6 +363,7 @@ def probe_live(r: ProcessReading, pid_max: int | None) -> tuple[int, int]:
     finally:
         if r.iterator is not None:
             r.iterator.close()
+            r.iterator = None  # a later look goes without it, not through closed fds
     for pid in confirmed:
         _tgid(r, pid)
     for leader, threads in fold_threads(confirmed, r.tgid_of).items():

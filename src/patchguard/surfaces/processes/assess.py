@@ -25,6 +25,7 @@ from patchguard.surfaces.processes.records import (
     ITER_MAP,
     ITERATOR,
     MEMORY,
+    MEMORY_LISTS,
     NAME,
     PID_TABLE,
     HiddenPid,
@@ -43,6 +44,7 @@ VIEW_WORDS = {
     ITER_MAP: "the BPF task iterator's map copy",
     MEMORY: "the task list in kernel memory",
     PID_TABLE: "the pid table in kernel memory",
+    MEMORY_LISTS: "the task list and children lists in kernel memory",
 }
 
 

@@ -18,6 +18,9 @@ BPF_ITER = "bpf_task_iter"  # bpf_iter_task, as read() of its seq file returns i
 ITER_MAP = "bpf_task_iter_map"  # the same walk, as the program copied it into a map
 MEMORY = "kernel_memory"  # task_struct.tasks and each thread group, read from memory
 PID_TABLE = "pid_table"  # the pid namespace's pid table (idr), read from memory
+# the task list and its tasks' children lists, read from memory: a task on a children list only
+# (a stray) is off the task list, yet its parent still holds it
+MEMORY_LISTS = "kernel_lists"
 LISTED = (LISTING, TASKS)
 ITERATOR = (BPF_ITER, ITER_MAP)  # the two copies of one walk of the kernel's iterator
 TEXT_VIEWS = (LISTING, TASKS, KILL, STAT, BPF_ITER, ITER_MAP)  # every view but memory's
@@ -38,6 +41,7 @@ class ProcessViews:
     copied: int | None = None  # tasks in the iterator's map copy; None where it could not run
     in_memory: int | None = None  # tasks on the task list in memory; None where unread
     in_pid_table: int | None = None  # pids of tasks in the pid table; None where unread
+    strays: int | None = None  # tasks on a children list and off the task list; None: unread
 
 
 @dataclass(frozen=True)

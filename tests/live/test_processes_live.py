@@ -144,6 +144,8 @@ def test_memory_view(scanned: Scanned, request: pytest.FixtureRequest) -> None:
     assert views is not None
     assert MEMORY_WHAT not in scanned.gaps, scanned.gaps
     assert views.in_memory is not None
+    # every child on a walked task's children list is on the task list or a thread group
+    assert views.strays == 0, views
     # other processes on this shared machine come and go between the two views
     assert abs(views.in_memory - views.answered) <= max(10, views.answered // 10), views
     assert {scanned.child, scanned.thread, os.getpid()}.isdisjoint(flagged(scanned))

@@ -25,7 +25,9 @@ from patchguard.kernel.memory import MemoryReadError
 from patchguard.kernel.pid_table import layout as pid_layout
 from patchguard.kernel.pid_table import pid_table, pids_in_table
 from patchguard.kernel.tasks import (
+    MAX_TASKS,
     MemTask,
+    _Walk,
     layout,
     read_spans,
     tasks_in_place,
@@ -414,6 +416,14 @@ def test_a_child_off_the_task_list_is_a_stray() -> None:
     listed, strays = walk_with_strays(memory, at[10], btf)
     assert sorted(t.pid for t in listed) == [0, 10, 11, 12]
     assert strays == [MemTask(13, 13, "t13", at[13])]
+    # 13 forked after the walk passed its place: linked between 10 and init_task by the time
+    # the children lists are followed, so it is no stray (the race every busy machine has)
+    walk = _Walk(memory, layout(btf), MAX_TASKS)
+    walk.run(at[10])
+    for at_word, value in ((at[13], at[0]), (at[13] + 8, at[10]), (at[10], at[13])):
+        put_word(memory, at_word, value)
+    put_word(memory, at[0] + 8, at[13])
+    assert walk.strays() == []
 
 
 def test_a_walk_told_where_tasks_are_finds_the_same(vmlinux: Btf, capture: dict[str, Any]) -> None:

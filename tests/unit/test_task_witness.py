@@ -64,6 +64,20 @@ def test_a_task_still_on_other_lists_was_unlinked() -> None:
     assert evidence["shown_again"] == [STAT] and evidence["missing_from"] == list(MISSING)
 
 
+def test_a_stray_no_lookup_shows_is_unlinked() -> None:
+    """On its parent's children list only (the walk's strays): no text view needs to show it."""
+    lists = ("kernel_lists",)
+    missing = (LISTING, KILL, BPF_ITER, ITER_MAP, MEMORY, PID_TABLE, STAT)
+    found = assess_hidden(
+        HiddenPid(
+            4242, None, lists, missing, "sleep", witness=TaskWitness(lists, False, False, PLACES)
+        )
+    )
+    assert (found.technique, found.severity) == ("task-unlinked", Severity.CRITICAL)
+    assert "Shown by the task list and children lists in kernel memory;" in found.summary
+    assert "/proc/<pid>/stat cannot be read" in found.summary
+
+
 def test_a_lookup_finding_what_memory_lacks_names_no_culprit() -> None:
     found = judged(witness(pidfd=True))
     assert (found.technique, found.severity) == ("memory-missed-task", Severity.MEDIUM)

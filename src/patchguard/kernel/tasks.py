@@ -313,10 +313,20 @@ class _Walk:
                 if node < KERNEL_SPACE or count >= self.limit:
                     raise KernelAccessError(WHAT, f"implausible child link {node:#x}")
                 child, count = node - o.sibling, count + 1
-                if child not in self.seen:
+                if child not in self.seen and not self.linked_now(child):
                     found[child] = self.record(child)
                 node = self.fields(child).sibling
         return list(found.values())
+
+    def linked_now(self, task: int) -> bool:
+        """Read afresh, the task's neighbours on the task list point back at it: a task forked
+        after the walk passed its place is no stray (the walk's own reads are older)."""
+        here = self.o.tasks + task
+        after, before = struct.unpack("<2Q", self.memory.read(here, 16))
+        if min(after, before) < KERNEL_SPACE or here in (after, before):
+            return False  # never linked, unlinked, or linked to itself by INIT_LIST_HEAD
+        after_prev = int.from_bytes(self.memory.read(after + 8, 8), "little")
+        return after_prev == here and int.from_bytes(self.memory.read(before, 8), "little") == here
 
     def still_there(self, task: int, pid: int) -> MemTask | None:
         """The task at `task` if it still has `pid`, its leader is still linked between its

@@ -54,7 +54,7 @@ def test_memory_finds_the_task_and_names_the_lying_views(guest: Results) -> None
     evidence = found["evidence"]
     assert isinstance(evidence, dict)
     assert sorted(evidence["missing_from"]) == sorted(LYING), evidence
-    seen = ["bpf_task_iter_map", "kernel_memory", "pid_table"]
+    seen = ["bpf_task_iter_map", "kernel_lists", "kernel_memory", "pid_table"]
     assert sorted(evidence["seen_by"]) == seen, evidence
     assert evidence["comm"] == "sleep" and str(evidence["task_struct"]).startswith("0xff")
     others = [

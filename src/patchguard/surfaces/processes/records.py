@@ -23,7 +23,7 @@ PID_TABLE = "pid_table"  # the pid namespace's pid table (idr), read from memory
 MEMORY_LISTS = "kernel_lists"
 LISTED = (LISTING, TASKS)
 ITERATOR = (BPF_ITER, ITER_MAP)  # the two copies of one walk of the kernel's iterator
-TEXT_VIEWS = (LISTING, TASKS, KILL, STAT, BPF_ITER, ITER_MAP)  # every view but memory's
+TEXT_VIEWS = (LISTING, TASKS, KILL, STAT, BPF_ITER, ITER_MAP)  # all but the memory walks
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,10 @@
 table in kernel memory; then the re-checks of every pid they disagree on. A re-check reads the
 kernel for the suspects alone: their pids looked up in the pid table, their tasks looked at where
 memory's last look had them. The task list is walked whole again only when a view still shows a
-pid that memory lacked or cannot find there, since only a whole walk shows a task off the list.
+pid that memory lacked or cannot find there, since only a whole walk shows a task off the list
+(and the strays: children its tasks' children lists hold that the task list does not). A pid
+that neither the task list nor the pid table has after the re-checks gets a witness
+(witness_off_both): the other lists its task may sit on, pidfd_open, and every view read last.
 
 Pid namespaces: /proc, kill and the iterator are of the pid namespace patchguard runs in. The
 iterator's and memory's pid and tgid are the init namespace's numbers (task->pid), so in a child

@@ -10,6 +10,8 @@ rmmod. pg_hide_task with unlink=1 (DKOM: off the task list and out of the pid ta
 /proc/<pid> entry of the victim held open first, the one view that still shows it; the scan;
 rmmod (the module links it back). pg_hide_pid (a getdents64 filter only) and the scan: memory
 still has the task, so it stays a view that lies, never an unlinked task; rmmod.
+pg_hide_task with invent=1 makes kill(2) answer for the pid of a reaped child, which no task
+has: a view that invents a process; the scan; rmmod.
 Then a host key; pg_write_filter drops every line containing "kernel_release" from every
 write; `scan --json --surface processes` written to a file through it; `verify-report` on it
 (it must say altered) and, after rmmod, on a report written without the filter (intact)."""
@@ -42,6 +44,13 @@ def views_of(pid: int) -> dict[str, bool]:
     except ProcessLookupError:
         seen["kill"] = False
     return seen
+
+
+def reaped_pid() -> int:
+    """The pid of a child that has been reaped: no task has it (pids are handed out upward)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
 
 
 def sealed(name: str) -> dict[str, Any]:
@@ -87,6 +96,11 @@ try:
     step("insmod_filter_pid", lambda: steps.insmod("pg_hide_pid", f"pid={victim.pid}"))
     step("scan_filter_pid", lambda: patchguard("scan", "--json", "--surface", "processes"))
     step("rmmod_filter_pid", lambda: run("rmmod", "pg_hide_pid"))
+    out["invented"] = invented = reaped_pid()
+    step("insmod_invent", lambda: steps.insmod("pg_hide_task", f"pid={invented}", "invent=1"))
+    step("scan_invented", lambda: patchguard("scan", "--json", "--surface", "processes"))
+    step("invent_params", lambda: module_params("pg_hide_task"))
+    step("rmmod_invent", lambda: run("rmmod", "pg_hide_task"))
 finally:
     victim.kill()  # our own child, by its pid
     victim.wait()

@@ -10,6 +10,8 @@ With unlink=1 pg_hide_task takes the victim off the task list and out of the pid
 instead; a /proc/<pid> entry held open still shows it, and the scan names it unlinked, with the
 lists it still sits on (its parent's children list, its cgroup's task list, its struct pid).
 pg_hide_pid, a getdents64 filter alone, stays a view that lies: memory has the task.
+With invent=1 pg_hide_task makes kill(2) answer for a pid no task has: the scan says the view
+invents it (no list holds it, pidfd_open finds nothing, kill still answers when read again).
 pg_write_filter drops every line with a word from every write: a sealed report written
 through it fails verify-report, which says it was altered."""
 
@@ -115,6 +117,24 @@ def test_a_getdents_filter_stays_a_view_that_lies(guest: Results) -> None:
     assert isinstance(evidence, dict)
     assert {"kernel_memory", "pid_table", "kill"} <= set(evidence["seen_by"])
     assert [f for f in findings(guest, "scan_filter_pid") if f["technique"] in OFF_LIST] == []
+
+
+def test_a_pid_only_a_lying_view_shows_is_invented(guest: Results) -> None:
+    assert guest["insmod_invent"]["rc"] == 0, guest["insmod_invent"]["stderr"]
+    assert int(guest["invent_params"]["killed"]) > 0
+    mine = [
+        f for f in findings(guest, "scan_invented") if f["evidence"].get("pid") == guest["invented"]
+    ]
+    (found,) = mine
+    assert (found["technique"], found["severity"]) == ("process-invented", "high"), found
+    assert found["disposition"] == "tampering"
+    evidence = found["evidence"]
+    assert evidence["seen_by"] == ["kill"] and evidence["shown_again"] == ["kill"], evidence
+    assert evidence["pidfd_open"] is False and evidence["proc_stat_read"] is False
+    assert evidence["still_on"] == [] and evidence["task_struct"] is None
+    assert "those views invent it" in str(found["summary"])
+    others = [f for f in findings(guest, "scan_invented") if f["technique"] in OFF_LIST]
+    assert others == [found]
 
 
 def test_a_report_written_through_the_filter_fails_verification(guest: Results) -> None:

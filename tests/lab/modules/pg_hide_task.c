@@ -22,7 +22,10 @@
  * list, its cgroup's css_set task list and its struct pid; a /proc/<pid> dentry cached before
  * keeps answering stat. rmmod links it back, if it is still alive.
  *
- *   insmod pg_hide_task.ko pid=1234 [only_iterator=1 | unlink=1]
+ * With invent=1 only the kill(2) probe is registered, and it answers 0 for `pid`, which no task
+ * has: a view that invents a process.
+ *
+ *   insmod pg_hide_task.ko pid=1234 [only_iterator=1 | unlink=1 | invent=1]
  */
 #include <linux/dcache.h>
 #include <linux/err.h>
@@ -49,6 +52,9 @@ MODULE_PARM_DESC(only_iterator, "filter the task iterator's output only");
 static bool unlink_task;
 module_param_named(unlink, unlink_task, bool, 0444);
 MODULE_PARM_DESC(unlink, "unlink the task from the task list and the pid table instead");
+static bool invent;
+module_param(invent, bool, 0444);
+MODULE_PARM_DESC(invent, "make kill(2) answer for a pid no task has instead");
 static unsigned long listed, looked_up, killed, iterated;
 module_param(listed, ulong, 0444);
 module_param(looked_up, ulong, 0444);
@@ -109,7 +115,7 @@ static int pg_kill(struct kprobe *p, struct pt_regs *regs)
 	if ((int)user->di != pid)
 		return 0;
 	pg_count(&killed);
-	return pg_override(regs, (unsigned long)-ESRCH);
+	return pg_override(regs, invent ? 0 : (unsigned long)-ESRCH);
 }
 
 /* u64 bpf_seq_write(u64 seq, u64 data, u64 len): data is the program's stack */
@@ -130,9 +136,18 @@ static struct kprobe pg_probes[] = {
 };
 static struct kprobe *pg_list[ARRAY_SIZE(pg_probes)];
 
+enum { PG_KILL = 3 }; /* pg_probes[PG_KILL] is the kill(2) probe */
+
 static int pg_first(void)
 {
+	if (invent)
+		return PG_KILL;
 	return only_iterator ? ARRAY_SIZE(pg_probes) - 1 : 0;
+}
+
+static int pg_many(void)
+{
+	return invent ? 1 : ARRAY_SIZE(pg_probes) - pg_first();
 }
 
 /* --- unlink=1: DKOM --------------------------------------------------------------------- */
@@ -219,7 +234,7 @@ static int __init pg_hide_task_init(void)
 	name_len = snprintf(name, sizeof(name), "%d", pid);
 	for (i = 0; i < ARRAY_SIZE(pg_probes); i++)
 		pg_list[i] = &pg_probes[i];
-	err = register_kprobes(pg_list + pg_first(), ARRAY_SIZE(pg_list) - pg_first());
+	err = register_kprobes(pg_list + pg_first(), pg_many());
 	if (err)
 		pr_err("pg_hide_task: register_kprobes: %d\n", err);
 	else
@@ -233,7 +248,7 @@ static void __exit pg_hide_task_exit(void)
 		pg_relink();
 		return;
 	}
-	unregister_kprobes(pg_list + pg_first(), ARRAY_SIZE(pg_list) - pg_first());
+	unregister_kprobes(pg_list + pg_first(), pg_many());
 }
 
 module_init(pg_hide_task_init);

@@ -29,7 +29,7 @@ from patchguard.kernel import Kernel
 from patchguard.kernel.bpf.current_task import current_task
 from patchguard.kernel.bpf.iterators import TaskIterator
 from patchguard.kernel.pids import answering
-from patchguard.kernel.tasks import tasks_in_place, walk_tasks
+from patchguard.kernel.tasks import MAX_TASKS, _Walk, layout, tasks_in_place, walk_tasks
 from patchguard.surfaces.processes import ProcessesSurface
 
 PIDS = 30_000
@@ -83,6 +83,26 @@ def memory_walk(kernel: Kernel, rounds: int) -> None:
         f"({iter_ms * 1000 / max(iterated, 1):.1f} us per task)"
     )
     in_place(kernel, start, rounds)
+    strays_share(kernel, start, rounds)
+
+
+def strays_share(kernel: Kernel, start: int, rounds: int) -> None:
+    """What following every walked task's children list (the strays) adds to the walk: both
+    parts of one walk timed in each round, the ratio their medians'."""
+    walks, strays = [], []
+    for _ in range(rounds):
+        walk = _Walk(kernel.memory(), layout(kernel.vmlinux_btf), MAX_TASKS)
+        t0 = time.perf_counter()
+        walk.run(start)
+        t1 = time.perf_counter()
+        walk.strays()
+        walks.append(t1 - t0)
+        strays.append(time.perf_counter() - t1)
+    walk_ms, strays_ms = statistics.median(walks) * 1e3, statistics.median(strays) * 1e3
+    print(
+        f"children lists (strays): {strays_ms:.3f} ms after a walk of {walk_ms:.2f} ms "
+        f"(ratio {strays_ms / walk_ms:.3f}; {load_note()})"
+    )
 
 
 def in_place(kernel: Kernel, start: int, rounds: int) -> None:

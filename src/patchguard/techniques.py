@@ -326,7 +326,30 @@ _CATALOGUE: tuple[Technique, ...] = (
         Severity.HIGH,
         ROOTKIT,
         "A task /proc, kill(2) or the BPF task iterator shows is not on the kernel's task list "
-        "in memory: unlinked from the list to hide it (DKOM), or invented by the view",
+        "in memory while the pid table has it: unlinked from the list to hide it (DKOM); "
+        "also a task off both whose other lists could not be read",
+    ),
+    Technique(
+        "task-unlinked",
+        Severity.CRITICAL,
+        ROOTKIT,
+        "A task neither the task list nor the pid table in memory has still sits on its "
+        "parent's children list, its cgroup's task list or its own struct pid: unlinked from "
+        "both to hide it (DKOM)",
+    ),
+    Technique(
+        "process-invented",
+        Severity.HIGH,
+        ROOTKIT,
+        "A pid some views show, read twice, that no kernel structure has (task list, pid "
+        "table, children and cgroup lists) and pidfd_open(2) does not find: the views invent it",
+    ),
+    Technique(
+        "memory-missed-task",
+        Severity.MEDIUM,
+        ROOTKIT,
+        "A pid the kernel's own lookup (pidfd_open) finds but the task list and pid table "
+        "read from memory lack: the memory walk missed it, so memory is no witness for it",
     ),
     Technique(
         "iterator-skips-task",

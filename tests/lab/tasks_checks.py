@@ -6,7 +6,12 @@ Steps: start a victim (`sleep`); `scan --json --surface processes`; pg_hide_task
 from the /proc listings, stat, kill(2) and the task iterator's seq output; what this process
 sees of it then; the scan again (memory has it: the finding names the views that lie); rmmod.
 pg_hide_task again with only_iterator=1 (the iterator's seq output alone lies) and the scan;
-rmmod.
+rmmod. pg_hide_task with unlink=1 (DKOM: off the task list and out of the pid table), with a
+/proc/<pid> entry of the victim held open first, the one view that still shows it; the scan;
+rmmod (the module links it back). pg_hide_pid (a getdents64 filter only) and the scan: memory
+still has the task, so it stays a view that lies, never an unlinked task; rmmod.
+pg_hide_task with invent=1 makes kill(2) answer for the pid of a reaped child, which no task
+has: a view that invents a process; the scan; rmmod.
 Then a host key; pg_write_filter drops every line containing "kernel_release" from every
 write; `scan --json --surface processes` written to a file through it; `verify-report` on it
 (it must say altered) and, after rmmod, on a report written without the filter (intact)."""
@@ -41,6 +46,13 @@ def views_of(pid: int) -> dict[str, bool]:
     return seen
 
 
+def reaped_pid() -> int:
+    """The pid of a child that has been reaped: no task has it (pids are handed out upward)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
 def sealed(name: str) -> dict[str, Any]:
     """A processes scan written to a file by patchguard itself, and verify-report on it."""
     report = WORK / f"{name}.json"
@@ -58,6 +70,7 @@ def sealed(name: str) -> dict[str, Any]:
 
 victim = subprocess.Popen(["sleep", "600"])
 out["victim"] = victim.pid
+out["guest_pid"] = os.getpid()  # the victim's parent: its children list holds it
 try:
     step("scan_before", lambda: patchguard("scan", "--json", "--surface", "processes"))
     step("insmod_hide", lambda: steps.insmod("pg_hide_task", f"pid={victim.pid}"))
@@ -72,6 +85,22 @@ try:
     step("scan_iter", lambda: patchguard("scan", "--json", "--surface", "processes"))
     step("iter_params", lambda: module_params("pg_hide_task"))
     step("rmmod_iter", lambda: run("rmmod", "pg_hide_task"))
+    # the dentry a stat caches holds the task's struct pid: it answers after the unlinking
+    held = os.open(f"/proc/{victim.pid}", os.O_PATH | os.O_DIRECTORY)
+    step("insmod_unlink", lambda: steps.insmod("pg_hide_task", f"pid={victim.pid}", "unlink=1"))
+    step("views_unlinked", lambda: views_of(victim.pid))
+    step("scan_unlinked", lambda: patchguard("scan", "--json", "--surface", "processes"))
+    step("rmmod_unlink", lambda: run("rmmod", "pg_hide_task"))
+    os.close(held)
+    step("views_relinked", lambda: views_of(victim.pid))
+    step("insmod_filter_pid", lambda: steps.insmod("pg_hide_pid", f"pid={victim.pid}"))
+    step("scan_filter_pid", lambda: patchguard("scan", "--json", "--surface", "processes"))
+    step("rmmod_filter_pid", lambda: run("rmmod", "pg_hide_pid"))
+    out["invented"] = invented = reaped_pid()
+    step("insmod_invent", lambda: steps.insmod("pg_hide_task", f"pid={invented}", "invent=1"))
+    step("scan_invented", lambda: patchguard("scan", "--json", "--surface", "processes"))
+    step("invent_params", lambda: module_params("pg_hide_task"))
+    step("rmmod_invent", lambda: run("rmmod", "pg_hide_task"))
 finally:
     victim.kill()  # our own child, by its pid
     victim.wait()
@@ -82,5 +111,5 @@ step("filter_params", lambda: module_params("pg_write_filter"))
 step("rmmod_filter", lambda: run("rmmod", "pg_write_filter"))
 step("sealed_intact", lambda: sealed("intact"))
 with contextlib.suppress(Exception):
-    step("kernel_log", lambda: steps.kernel_log("hide_task", "write_filter"))
+    step("kernel_log", lambda: steps.kernel_log("hide_task", "write_filter", "hide_pid"))
 steps.finish()

@@ -127,6 +127,8 @@ def test_nothing_hidden(scanned: Scanned, request: pytest.FixtureRequest) -> Non
     """Memory agrees with every text view here: nothing hidden, nothing off the task list,
     no read() filtered; whatever is flagged is listed and seen by kill, stat and memory."""
     grave = ("hidden-process", "task-off-task-list", "filtered-view", "process-view-mismatch")
+    off_both = ("task-unlinked", "process-invented", "memory-missed-task")
+    assert [f for f in scanned.findings if f.technique in off_both] == []
     assert [f for f in scanned.findings if f.technique in grave] == []
     assert scanned.counts["hidden"] == 0
     skipped = [f.subject for f in scanned.findings if f.technique == "iterator-skips-task"]
@@ -142,6 +144,8 @@ def test_memory_view(scanned: Scanned, request: pytest.FixtureRequest) -> None:
     assert views is not None
     assert MEMORY_WHAT not in scanned.gaps, scanned.gaps
     assert views.in_memory is not None
+    # every child on a walked task's children list is on the task list or a thread group
+    assert views.strays == 0, views
     # other processes on this shared machine come and go between the two views
     assert abs(views.in_memory - views.answered) <= max(10, views.answered // 10), views
     assert {scanned.child, scanned.thread, os.getpid()}.isdisjoint(flagged(scanned))

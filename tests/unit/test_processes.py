@@ -217,6 +217,7 @@ def test_collect_on_captured_tree(tmp_path: Path) -> None:
         "tasks_iterated": 0,
         "tasks_in_memory": 0,
         "pids_in_pid_table": 0,
+        "strays": 0,
         "hidden": 0,
         "iterator_skipped": 0,
         "mismatched": 0,

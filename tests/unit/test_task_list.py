@@ -24,7 +24,16 @@ from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.memory import MemoryReadError
 from patchguard.kernel.pid_table import layout as pid_layout
 from patchguard.kernel.pid_table import pid_table, pids_in_table
-from patchguard.kernel.tasks import MemTask, layout, read_spans, tasks_in_place, walk_tasks
+from patchguard.kernel.tasks import (
+    MAX_TASKS,
+    MemTask,
+    _Walk,
+    layout,
+    read_spans,
+    tasks_in_place,
+    walk_tasks,
+    walk_with_strays,
+)
 from patchguard.surfaces.processes import (
     BPF_ITER,
     ITER_MAP,
@@ -333,6 +342,8 @@ OLD_OFFSETS = {
     ("task_struct", "thread_group"): 32,
     ("task_struct", "comm"): 48,
     ("task_struct", "signal"): 64,
+    ("task_struct", "children"): 80,
+    ("task_struct", "sibling"): 96,
 }
 
 
@@ -350,24 +361,31 @@ class OldBtf:
         return make(self)
 
 
-def old_tasks() -> tuple[Image, dict[int, int]]:
-    """init_task (pid 0) and process 10 on the task list; 10's threads 11 and 12 on its ring."""
+def old_tasks(stray: bool = False) -> tuple[Image, dict[int, int]]:
+    """init_task (pid 0) and process 10 on the task list; 10's threads 11 and 12 on its ring;
+    10 on init_task's children list. With `stray`, process 13 is 10's child and on no list
+    but its parent's children list."""
     base = 0xFFFF_8880_0000_0000
-    at = {pid: base + 0x1000 * i for i, pid in enumerate((0, 10, 11, 12))}
-    tgid = {0: 0, 10: 10, 11: 10, 12: 10}
-    tasks = {0: (at[10], at[10]), 10: (at[0], at[0]), 11: (0, 0), 12: (0, 0)}  # threads: off
-    ring = {10: (at[11], at[12]), 11: (at[12], at[10]), 12: (at[10], at[11]), 0: (at[0], at[0])}
+    at = {pid: base + 0x1000 * i for i, pid in enumerate((0, 10, 11, 12, 13))}
+    tgid = {0: 0, 10: 10, 11: 10, 12: 10, 13: 13}
+    tasks = {0: (at[10], at[10]), 10: (at[0], at[0]), 11: (0, 0), 12: (0, 0), 13: (0, 0)}
+    ring = {10: (at[11], at[12]), 11: (at[12], at[10]), 12: (at[10], at[11])}
+    ring |= {0: (at[0], at[0]), 13: (at[13], at[13])}
+    children = {pid: at[pid] + 80 for pid in at} | {0: at[10] + 96}  # heads: 0 -> 10
+    sibling = {10: at[0] + 80, 13: at[10] + 80}  # back round to the parent's head
+    if stray:
+        children[10] = at[13] + 96
     memory = Image()
     for pid, address in at.items():
         leader = at[tgid[pid]]
         nxt, prv = tasks[pid]
         group = tuple(a + 32 for a in ring[pid])
-        memory.put(
-            address,
-            struct.pack(
-                "<2QiiQ2Q16sQQ", nxt, prv, pid, tgid[pid], leader, *group, f"t{pid}".encode(), 0, 0
-            ),
+        name = f"t{pid}".encode()
+        kin = (children[pid], 0, sibling.get(pid, 0), 0)
+        raw = struct.pack(
+            "<2QiiQ2Q16sQQ4Q", nxt, prv, pid, tgid[pid], leader, *group, name, 0, 0, *kin
         )
+        memory.put(address, raw)
     return memory, at
 
 
@@ -387,6 +405,25 @@ def test_threads_on_thread_group_before_6_7() -> None:
     put_word(memory, at[11] + 32, at[10] + 32)  # 11 -> 10: 12 is off its group's ring
     put_word(memory, at[10] + 40, at[11] + 32)
     assert set(tasks_in_place(memory, btf, known)) == {10, 11}
+
+
+def test_a_child_off_the_task_list_is_a_stray() -> None:
+    """Its parent's children list still holds it: the walk names it, and only it."""
+    btf: Any = OldBtf()
+    memory, at = old_tasks()
+    assert walk_with_strays(memory, at[10], btf)[1] == []
+    memory, at = old_tasks(stray=True)
+    listed, strays = walk_with_strays(memory, at[10], btf)
+    assert sorted(t.pid for t in listed) == [0, 10, 11, 12]
+    assert strays == [MemTask(13, 13, "t13", at[13])]
+    # 13 forked after the walk passed its place: linked between 10 and init_task by the time
+    # the children lists are followed, so it is no stray (the race every busy machine has)
+    walk = _Walk(memory, layout(btf), MAX_TASKS)
+    walk.run(at[10])
+    for at_word, value in ((at[13], at[0]), (at[13] + 8, at[10]), (at[10], at[13])):
+        put_word(memory, at_word, value)
+    put_word(memory, at[0] + 8, at[13])
+    assert walk.strays() == []
 
 
 def test_a_walk_told_where_tasks_are_finds_the_same(vmlinux: Btf, capture: dict[str, Any]) -> None:

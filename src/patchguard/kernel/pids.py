@@ -43,4 +43,26 @@ def stat_answers(proc_dir: str | os.PathLike[str], pid: int) -> bool:
     return True
 
 
-__all__ = ["answering", "stat_answers"]
+def pidfd_finds(pid: int) -> bool:
+    """pidfd_open(2): the kernel's own lookup by pid (find_get_pid(), the pid table), with no
+    /proc on the way. EINVAL means it found the pid, but not as a process's leader (a thread,
+    before PIDFD_THREAD); only ESRCH means no task has it."""
+    try:
+        os.close(os.pidfd_open(pid))
+    except OSError as exc:
+        return exc.errno != errno.ESRCH
+    return True
+
+
+def stat_file_reads(proc_dir: str | os.PathLike[str], pid: int) -> bool:
+    """/proc/<pid>/stat can be opened and read: a /proc entry for the pid answers. A dentry
+    cached before still answers for a task whose pid left the pid table (pid_revalidate()
+    asks the struct pid the entry holds, not the table)."""
+    try:
+        with open(os.path.join(proc_dir, str(pid), "stat"), "rb") as f:
+            return bool(f.read(4096))
+    except OSError:
+        return False
+
+
+__all__ = ["answering", "pidfd_finds", "stat_answers", "stat_file_reads"]

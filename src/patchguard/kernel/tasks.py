@@ -12,6 +12,11 @@ break it, so a failed walk is taken again (ATTEMPTS) before it is given up. Each
 are fetched by one read of the span that covers them and unpacked by one struct call: the walk's
 cost is a read per task, not Python per member.
 
+Beside the list, each walked task's `children` list (its children linked through their
+`sibling`) is followed: the members are leaders the walk has read already, so it costs no read,
+and a child the walk did not reach (a stray) is a task off the task list that its parent still
+holds, which wait(2) needs and a rootkit's unlinking leaves (walk_with_strays).
+
 A re-check of a few tasks (tasks_in_place) reads only those tasks, their leaders' neighbours on
 the list and their thread groups, not the whole list.
 
@@ -62,6 +67,8 @@ class TaskLayout:
     tgid: int
     comm: int
     group_leader: int
+    children: int  # the head of its children's `sibling` links
+    sibling: int
     signal: int | None  # with thread_head/thread_node (6.7+)
     thread_head: int | None
     thread_node: int | None
@@ -71,6 +78,7 @@ class TaskLayout:
     def span(self) -> tuple[int, int]:
         """The bytes of a task_struct one read fetches: every member the walk needs."""
         members = [self.tasks, self.pid, self.tgid, self.group_leader, self.comm + COMM_LEN]
+        members += [self.children, self.sibling]
         members += [m for m in (self.signal, self.link) if m is not None]
         return min(members), max(members) + 16  # a list_head's next and prev
 
@@ -105,6 +113,8 @@ def _layout(btf: Btf) -> TaskLayout:
         tgid=need("tgid"),
         comm=need("comm"),
         group_leader=need("group_leader"),
+        children=need("children"),
+        sibling=need("sibling"),
         signal=btf.member_offset("task_struct", "signal"),
         thread_head=btf.member_offset("signal_struct", "thread_head"),
         thread_node=btf.member_offset("task_struct", "thread_node"),
@@ -158,6 +168,8 @@ class _Fields(NamedTuple):
     leader: int
     tasks: tuple[int, int]  # tasks.next, tasks.prev
     link: tuple[int, int]  # the thread link's next, prev
+    children: int  # children.next
+    sibling: int  # sibling.next
     signal: int
 
 
@@ -175,6 +187,8 @@ class _Unpacker:
             (o.group_leader, "Q", 1),
             (o.tasks, "2Q", 2),
             (o.link, "2Q", 2),
+            (o.children, "Q", 1),
+            (o.sibling, "Q", 1),
             *([(o.signal, "Q", 1)] if o.signal is not None and o.has_thread_head else []),
         ]
         fmt, at = "<", self.low
@@ -199,7 +213,7 @@ class _Unpacker:
 
     def unpack(self, raw: bytes) -> _Fields:
         v = self.struct.unpack(raw[: self.struct.size])
-        pid, tgid, comm, leader, tasks, link, *signal = self.order
+        pid, tgid, comm, leader, tasks, link, children, sibling, *signal = self.order
         return _Fields(
             v[pid],
             v[tgid],
@@ -207,6 +221,8 @@ class _Unpacker:
             v[leader],
             (v[tasks], v[tasks + 1]),
             (v[link], v[link + 1]),
+            v[children],
+            v[sibling],
             v[signal[0]] if signal else 0,
         )
 
@@ -288,6 +304,30 @@ class _Walk:
                 self.add(thread)
         return list(self.seen.values())
 
+    def strays(self) -> list[MemTask]:
+        """The tasks on the walked tasks' children lists that the walk did not reach."""
+        o, found = self.o, {}
+        for parent in list(self.seen):
+            head, node, count = parent + o.children, self.fields(parent).children, 0
+            while node != head:
+                if node < KERNEL_SPACE or count >= self.limit:
+                    raise KernelAccessError(WHAT, f"implausible child link {node:#x}")
+                child, count = node - o.sibling, count + 1
+                if child not in self.seen and not self.linked_now(child):
+                    found[child] = self.record(child)
+                node = self.fields(child).sibling
+        return list(found.values())
+
+    def linked_now(self, task: int) -> bool:
+        """Read afresh, the task's neighbours on the task list point back at it: a task forked
+        after the walk passed its place is no stray (the walk's own reads are older)."""
+        here = self.o.tasks + task
+        after, before = struct.unpack("<2Q", self.memory.read(here, 16))
+        if min(after, before) < KERNEL_SPACE or here in (after, before):
+            return False  # never linked, unlinked, or linked to itself by INIT_LIST_HEAD
+        after_prev = int.from_bytes(self.memory.read(after + 8, 8), "little")
+        return after_prev == here and int.from_bytes(self.memory.read(before, 8), "little") == here
+
     def still_there(self, task: int, pid: int) -> MemTask | None:
         """The task at `task` if it still has `pid`, its leader is still linked between its
         neighbours on the task list, and it is still in its leader's group; else None."""
@@ -324,6 +364,14 @@ def walk_tasks(
     """Every task on the kernel's task list and in each thread group, from the task at
     `start`; a walk that breaks (a task freed under it) is taken again, ATTEMPTS in all.
     `near`: where tasks likely are (the pid table's, the iterator's), read ahead in runs."""
+    return walk_with_strays(memory, start, btf, limit, near)[0]
+
+
+def walk_with_strays(
+    memory: KernelMemory, start: int, btf: Btf, limit: int = MAX_TASKS, near: Iterable[int] = ()
+) -> tuple[list[MemTask], list[MemTask]]:
+    """walk_tasks(), and the strays: tasks on the walked tasks' children lists that are not
+    on the task list (nor in a thread group of it)."""
     offsets = layout(btf)
     near = list(near)
     failure: KernelAccessError | None = None
@@ -331,7 +379,7 @@ def walk_tasks(
         try:
             walk = _Walk(memory, offsets, limit)
             walk.prefetch(near)
-            return walk.run(start)
+            return walk.run(start), walk.strays()
         except KernelAccessError as exc:
             failure = exc
     assert failure is not None
@@ -357,4 +405,12 @@ def tasks_in_place(memory: KernelMemory, btf: Btf, known: Mapping[int, int]) -> 
     return found
 
 
-__all__ = ["MemTask", "TaskLayout", "layout", "read_spans", "tasks_in_place", "walk_tasks"]
+__all__ = [
+    "MemTask",
+    "TaskLayout",
+    "layout",
+    "read_spans",
+    "tasks_in_place",
+    "walk_tasks",
+    "walk_with_strays",
+]

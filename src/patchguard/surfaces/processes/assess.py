@@ -3,11 +3,15 @@
 Kernel memory (the task list and the pid table, read through BTF) is the ground truth wherever it
 was read: a task memory has and a view lacks is hidden by that view, and the finding names the views
 that hide it and those that show it; a task the task list lacks is off it (unlinked, when the pid
-table still has it). A task the task list has and the pid table lacks had its pid taken out of the
-table, which hides it from every lookup by pid. The BPF iterator is judged by its two copies of one
-walk: a task its program copied into the map but read() did not return is filtered out of read(); a
-task in neither copy was never handed to the program, which is the kernel's own walk, not a filter
-on what this process reads, and nothing hides such a task from ps.
+table still has it). A pid neither structure has is judged by a witness (TaskWitness): its task
+found on a parent's children list, a cgroup's task list or its own struct pid was unlinked to hide
+it; one the kernel's own pidfd_open finds was missed by the walk; one nothing finds, shown by the
+views read once more, is invented by those views. A task the task list has and the pid table
+lacks had its pid taken out of the table, which hides it from every lookup by pid. The BPF
+iterator is judged by its two copies of one walk: a task its program copied into the map but
+read() did not return is filtered out of read(); a task in neither copy was never handed to the
+program, which is the kernel's own walk, not a filter on what this process reads, and nothing
+hides such a task from ps.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ from patchguard.surfaces.processes.records import (
     ITER_MAP,
     ITERATOR,
     MEMORY,
+    MEMORY_LISTS,
     NAME,
     PID_TABLE,
     HiddenPid,
     ProcessRecords,
+    TaskWitness,
 )
 from patchguard.text import visible
 
@@ -38,10 +44,13 @@ VIEW_WORDS = {
     ITER_MAP: "the BPF task iterator's map copy",
     MEMORY: "the task list in kernel memory",
     PID_TABLE: "the pid table in kernel memory",
+    MEMORY_LISTS: "the task list and children lists in kernel memory",
 }
 
 
 def _words(views: Sequence[str]) -> str:
+    if not views:
+        return "no view"
     words = [VIEW_WORDS.get(v, v) for v in views]
     return " and ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
 
@@ -111,20 +120,112 @@ def _hidden_from_memory(hidden: HiddenPid) -> Finding:
 
 
 def _off_task_list(hidden: HiddenPid) -> Finding:
-    why = (
-        "it was unlinked from the task list to hide it (the pid table still has it)"
-        if PID_TABLE in hidden.seen_by
-        else "it was unlinked from the task list to hide it, or those views invent it"
-    )
+    """Off the task list with its pid still in the table; or off both, judged by the witness."""
+    if PID_TABLE not in hidden.seen_by:
+        return _off_both(hidden)
     return finding(
         NAME,
         "task-off-task-list",
         _subject(hidden),
         f"Process {hidden.pid}{_name(hidden)} is seen by {_words(hidden.seen_by)} but is not "
         f"on the kernel's task list in memory (missing from {_words(hidden.missing_from)}): "
-        f"{why}.",
+        "it was unlinked from the task list to hide it (the pid table still has it).",
         _evidence(hidden),
         disposition=Disposition.TAMPERING,
+    )
+
+
+def _off_both(hidden: HiddenPid) -> Finding:
+    """Neither the task list nor the pid table has it: where else memory finds it says whether
+    it was unlinked to hide it, missed by the walk, or invented by the views."""
+    w = hidden.witness
+    if w is None or not w.lists_read:
+        return _unwitnessed(hidden)
+    if w.places:
+        return _unlinked(hidden, w)
+    if w.pidfd:
+        return _walk_missed(hidden, w)
+    return _invented(hidden, w)
+
+
+def _lookups(w: TaskWitness) -> str:
+    """What the kernel's own lookups by pid said, in a finding's words."""
+    pidfd = "finds it" if w.pidfd else "finds no such process"
+    stat = "can" if w.proc_stat else "cannot"
+    return (
+        f"pidfd_open(2), the kernel's own lookup by pid, {pidfd}; /proc/<pid>/stat {stat} be read"
+    )
+
+
+def _witness_evidence(hidden: HiddenPid, w: TaskWitness) -> Evidence:
+    return {
+        **_evidence(hidden),
+        "shown_again": list(w.shown_again),
+        "pidfd_open": w.pidfd,
+        "proc_stat_read": w.proc_stat,
+        "still_on": list(w.places),
+        "task_struct": f"{w.task:#x}" if w.task is not None else _evidence(hidden)["task_struct"],
+    }
+
+
+def _unlinked(hidden: HiddenPid, w: TaskWitness) -> Finding:
+    task = f" (task_struct {w.task:#x})" if w.task is not None else ""
+    return finding(
+        NAME,
+        "task-unlinked",
+        _subject(hidden),
+        f"Process {hidden.pid}{_name(hidden)} is on neither the task list nor the pid table in "
+        f"kernel memory, yet its task{task} still sits on {_places(w.places)}: it was unlinked "
+        "from the task list and its pid taken out of the pid table to hide it. "
+        f"Shown by {_words(w.shown_again)}; {_lookups(w)}.",
+        _witness_evidence(hidden, w),
+        disposition=Disposition.TAMPERING,
+    )
+
+
+def _places(places: tuple[str, ...]) -> str:
+    return _words([p if p.startswith("its ") else f"the {p}" for p in places])
+
+
+def _walk_missed(hidden: HiddenPid, w: TaskWitness) -> Finding:
+    return finding(
+        NAME,
+        "memory-missed-task",
+        _subject(hidden),
+        f"Process {hidden.pid}{_name(hidden)} is shown by {_words(w.shown_again)} and "
+        "pidfd_open(2), the kernel's own lookup by pid, finds it, but neither the task list "
+        "nor the pid table read from kernel memory has it, and no children or cgroup list "
+        "read holds it: the memory walk missed it, so memory is no witness for this pid and "
+        "no culprit is named.",
+        _witness_evidence(hidden, w),
+    )
+
+
+def _invented(hidden: HiddenPid, w: TaskWitness) -> Finding:
+    also = " (/proc/<pid>/stat answers too, through the same /proc)" if w.proc_stat else ""
+    return finding(
+        NAME,
+        "process-invented",
+        _subject(hidden),
+        f"Process {hidden.pid}{_name(hidden)} is shown by {_words(w.shown_again)}, read twice, "
+        "but no kernel structure has it: not the task list, not the pid table, not the "
+        "children or cgroup list of any task, and pidfd_open(2) finds no such process"
+        f"{also}: those views invent it.",
+        _witness_evidence(hidden, w),
+        disposition=Disposition.TAMPERING,
+    )
+
+
+def _unwitnessed(hidden: HiddenPid) -> Finding:
+    return finding(
+        NAME,
+        "task-off-task-list",
+        _subject(hidden),
+        f"Process {hidden.pid}{_name(hidden)} is seen by {_words(hidden.seen_by)} but neither "
+        f"the task list nor the pid table in memory has it (missing from "
+        f"{_words(hidden.missing_from)}), and the other kernel lists could not be read: "
+        "whether it was unlinked to hide it or those views invent it is not known.",
+        _evidence(hidden),
     )
 
 

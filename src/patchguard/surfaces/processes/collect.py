@@ -3,7 +3,10 @@
 table in kernel memory; then the re-checks of every pid they disagree on. A re-check reads the
 kernel for the suspects alone: their pids looked up in the pid table, their tasks looked at where
 memory's last look had them. The task list is walked whole again only when a view still shows a
-pid that memory lacked or cannot find there, since only a whole walk shows a task off the list.
+pid that memory lacked or cannot find there, since only a whole walk shows a task off the list
+(and the strays: children its tasks' children lists hold that the task list does not). A pid
+that neither the task list nor the pid table has after the re-checks gets a witness
+(witness_off_both): the other lists its task may sit on, pidfd_open, and every view read last.
 
 Pid namespaces: /proc, kill and the iterator are of the pid namespace patchguard runs in. The
 iterator's and memory's pid and tgid are the init namespace's numbers (task->pid), so in a child
@@ -20,19 +23,23 @@ from patchguard.kernel.bpf.current_task import current_task
 from patchguard.kernel.bpf.iterators import TaskIterator
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.pid_table import pid_table, pids_in_table
-from patchguard.kernel.pids import answering, stat_answers
-from patchguard.kernel.tasks import MemTask, tasks_in_place, walk_tasks
+from patchguard.kernel.pids import answering, pidfd_finds, stat_answers, stat_file_reads
+from patchguard.kernel.task_lists import off_list_tasks
+from patchguard.kernel.tasks import ATTEMPTS, MemTask, tasks_in_place, walk_with_strays
 from patchguard.surfaces.processes.records import (
     BPF_ITER,
     ITER_MAP,
     KILL,
     LISTING,
     MEMORY,
+    MEMORY_LISTS,
     PID_TABLE,
     STAT,
     TASKS,
+    TEXT_VIEWS,
     HiddenPid,
     ProcessViews,
+    TaskWitness,
 )
 from patchguard.surfaces.processes.views import (
     Verdict,
@@ -72,8 +79,11 @@ class ProcessReading(Reading):
     iterator: TaskIterator | None = None
     start: int | None = None  # our own task_struct: where the memory walks begin
     on_list: dict[int, int] = field(default_factory=dict)  # pid -> task, memory's last look
+    strays: dict[int, int] = field(default_factory=dict)  # pid -> task, on a children list only
+    walked: dict[int, int] = field(default_factory=dict)  # task -> pid, the last whole walk
     pid_table_failed: bool = False
     probed: int = 0
+    witnesses: dict[int, TaskWitness] = field(default_factory=dict)
 
     def listing(self, path: str) -> set[int] | None:
         try:
@@ -158,18 +168,27 @@ def _walk_iterator(r: ProcessReading) -> tuple[set[int], set[int]] | None:
     return {t.pid for t in walk.read}, {t.pid for _, t in walk.copied}
 
 
-def _remember(r: ProcessReading, tasks: list[MemTask]) -> set[int]:
-    for task in tasks:
+def _remember(
+    r: ProcessReading, tasks: list[MemTask], strays: list[MemTask] | None = None
+) -> tuple[set[int], set[int]]:
+    """(pids on the task list, those and the strays); strays None: the last walk's stand."""
+    for task in [*tasks, *(strays or ())]:
         r.tgid_of[task.pid] = task.tgid
         r.task_of[task.pid] = task.address
         r.comm_of[task.pid] = task.comm  # memory's name wins: no read() filtered it
     r.on_list = {task.pid: task.address for task in tasks if task.pid}
-    return set(r.on_list)  # pid 0, the idle task, has no /proc
+    if strays is not None:
+        r.strays = {task.pid: task.address for task in strays if task.pid}
+        r.walked = {task.address: task.pid for task in tasks}
+    return set(r.on_list), set(r.on_list) | set(r.strays)  # pid 0, the idle task, has no /proc
 
 
-def _walk_memory(r: ProcessReading, suspects: set[int] | None, seen: set[int]) -> set[int] | None:
-    """The task list in memory, for the suspects only (None: every pid; `seen`: the suspects
-    the look's other views show); None (with a gap) when it cannot be read."""
+def _walk_memory(
+    r: ProcessReading, suspects: set[int] | None, seen: set[int]
+) -> tuple[set[int], set[int]] | None:
+    """The task list in memory, and it with the strays of its children lists, for the
+    suspects only (None: every pid; `seen`: the suspects the look's other views show); None
+    (with a gap) when it cannot be read."""
     if r.start is None:
         return None
     try:  # the reader and BTF are opened on first use: their failure is a gap too
@@ -177,7 +196,8 @@ def _walk_memory(r: ProcessReading, suspects: set[int] | None, seen: set[int]) -
         if suspects is not None and (in_place := _memory_in_place(r, suspects, seen)) is not None:
             return _remember(r, in_place)
         # where the pid table and the iterator put tasks: read ahead, neighbours together
-        return _remember(r, walk_tasks(memory, r.start, btf, near=set(r.task_of.values())))
+        walked = walk_with_strays(memory, r.start, btf, near=set(r.task_of.values()))
+        return _remember(r, *walked)
     except KernelAccessError as exc:
         r.gap(MEMORY_WHAT, str(exc))
         r.start = None
@@ -190,8 +210,8 @@ def _memory_in_place(r: ProcessReading, suspects: set[int], seen: set[int]) -> l
     not where memory had it (it may be off the task list). A suspect no view shows any more
     has exited, and memory lacking it is all there is to know."""
     shown = suspects & seen
-    if not shown <= r.on_list.keys():
-        return None
+    if not shown <= r.on_list.keys() or suspects & r.strays.keys():
+        return None  # only a whole walk finds strays
     known = {pid: r.on_list[pid] for pid in suspects if pid in r.on_list}
     found = tasks_in_place(r.kernel.memory(), r.kernel.vmlinux_btf, known)
     return list(found.values()) if shown <= found.keys() else None
@@ -253,7 +273,7 @@ def _kernel_views(
         views[PID_TABLE] = in_table
     seen = set().union(*views.values(), *(shown or {}).values()) & (suspects or set())
     if (in_memory := _walk_memory(r, suspects, seen)) is not None:
-        views[MEMORY] = in_memory
+        views[MEMORY], views[MEMORY_LISTS] = in_memory
     if suspects is None:
         return views
     return {view: pids & suspects for view, pids in views.items()}
@@ -275,6 +295,55 @@ def _look(r: ProcessReading, suspects: set[int]) -> Views:
     return views
 
 
+def _off_list(r: ProcessReading, pid: int) -> tuple[tuple[str, ...], int | None, bool]:
+    """(the other lists the pid's task sits on, that task, whether the lists were read): the
+    children and cgroup lists of the tasks memory's last whole walk found (init_task too). A
+    walk that breaks (a child reaped under it) is taken again, ATTEMPTS in all."""
+    if r.start is None or not r.walked:
+        return (), None, False
+    for _ in range(ATTEMPTS):
+        try:
+            found = off_list_tasks(r.kernel.memory(), r.kernel.vmlinux_btf, r.walked, {pid})
+        except KernelAccessError:
+            continue
+        task = found.get(pid)
+        return (task.places, task.task, True) if task is not None else ((), None, True)
+    return (), None, False
+
+
+def _witness(r: ProcessReading, pid: int) -> TaskWitness | None:
+    """What says where a pid that neither memory structure has comes from: the other kernel
+    lists and the kernel's own lookups first, then every view once more, last, so that a pid
+    that exited meanwhile is shown by no view (None: not reported), and one memory has again
+    was a race (None too); a view still showing it after all that is not timing."""
+    places, task, lists_read = _off_list(r, pid)
+    pidfd, proc_stat = pidfd_finds(pid), stat_file_reads(r.kernel.path(PROC), pid)
+    again = _look(r, {pid})
+    shown = tuple(view for view in (*TEXT_VIEWS, MEMORY_LISTS) if pid in again.get(view, ()))
+    if not shown or pid in again.get(MEMORY, set()) | again.get(PID_TABLE, set()):
+        return None
+    return TaskWitness(shown, pidfd, proc_stat, places, task, lists_read)
+
+
+def _needs_witness(r: ProcessReading, verdict: Verdict) -> bool:
+    """Read from memory, the task list lacks it and the pid table does not show it."""
+    seen, missing = verdict
+    return MEMORY in r.views and MEMORY in missing and PID_TABLE not in seen
+
+
+def witness_off_both(r: ProcessReading, confirmed: dict[int, Verdict]) -> dict[int, Verdict]:
+    """`confirmed` less the pids a witness shows gone; each other's witness kept in r."""
+    kept = dict(confirmed)
+    for pid, verdict in confirmed.items():
+        if not _needs_witness(r, verdict):
+            continue
+        if (witness := _witness(r, pid)) is None:
+            del kept[pid]
+        else:
+            r.witnesses[pid] = witness
+    return kept
+
+
 def _exe(r: ProcessReading, pid: int) -> str | None:
     with contextlib.suppress(OSError):
         return os.readlink(r.kernel.path(f"{PROC}/{pid}/exe"))
@@ -293,6 +362,7 @@ def _hidden(r: ProcessReading, leader: int, threads: list[int], verdict: Verdict
         exe=_exe(r, leader),
         threads=tuple(threads),
         task=r.task_of.get(leader),
+        witness=r.witnesses.get(leader),
     )
 
 
@@ -304,9 +374,11 @@ def probe_live(r: ProcessReading, pid_max: int | None) -> tuple[int, int]:
         r.views.update(_kernel_views(r, None))
         first = {view: set(pids) for view, pids in r.views.items()}
         confirmed, rechecks = settle(first, lambda suspects: _look(r, suspects))
+        confirmed = witness_off_both(r, confirmed)
     finally:
         if r.iterator is not None:
             r.iterator.close()
+            r.iterator = None  # a later look goes without it, not through closed fds
     for pid in confirmed:
         _tgid(r, pid)
     for leader, threads in fold_threads(confirmed, r.tgid_of).items():
@@ -331,7 +403,8 @@ def summary(r: ProcessReading, pid_max: int | None, suspects: int, rechecks: int
         copied=_count(r, ITER_MAP),
         in_memory=_count(r, MEMORY),
         in_pid_table=_count(r, PID_TABLE),
+        strays=len(r.strays) if MEMORY in r.views else None,
     )
 
 
-__all__ = ["ProcessReading", "collect_listings", "probe_live", "summary"]
+__all__ = ["ProcessReading", "collect_listings", "probe_live", "summary", "witness_off_both"]

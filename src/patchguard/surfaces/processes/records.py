@@ -18,8 +18,12 @@ BPF_ITER = "bpf_task_iter"  # bpf_iter_task, as read() of its seq file returns i
 ITER_MAP = "bpf_task_iter_map"  # the same walk, as the program copied it into a map
 MEMORY = "kernel_memory"  # task_struct.tasks and each thread group, read from memory
 PID_TABLE = "pid_table"  # the pid namespace's pid table (idr), read from memory
+# the task list and its tasks' children lists, read from memory: a task on a children list only
+# (a stray) is off the task list, yet its parent still holds it
+MEMORY_LISTS = "kernel_lists"
 LISTED = (LISTING, TASKS)
 ITERATOR = (BPF_ITER, ITER_MAP)  # the two copies of one walk of the kernel's iterator
+TEXT_VIEWS = (LISTING, TASKS, KILL, STAT, BPF_ITER, ITER_MAP)  # all but the memory walks
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,21 @@ class ProcessViews:
     copied: int | None = None  # tasks in the iterator's map copy; None where it could not run
     in_memory: int | None = None  # tasks on the task list in memory; None where unread
     in_pid_table: int | None = None  # pids of tasks in the pid table; None where unread
+    strays: int | None = None  # tasks on a children list and off the task list; None: unread
+
+
+@dataclass(frozen=True)
+class TaskWitness:
+    """What was asked about a pid views show and neither the task list nor the pid table in
+    memory has: the views read once more, the kernel's own lookups by pid, and the other
+    kernel lists its task could still sit on (kernel/task_lists.py)."""
+
+    shown_again: tuple[str, ...]  # the views that still show it, read once more
+    pidfd: bool  # pidfd_open(pid) found it: the pid table, as the kernel looks it up
+    proc_stat: bool  # /proc/<pid>/stat was read
+    places: tuple[str, ...] = ()  # the other lists its task_struct sits on
+    task: int | None = None  # that task_struct, where a list held it
+    lists_read: bool = True  # False: memory failed, so `places` is no evidence either way
 
 
 @dataclass(frozen=True)
@@ -51,6 +70,7 @@ class HiddenPid:
     exe: str | None = None
     threads: tuple[int, ...] = ()  # tids of its threads that are hidden with it
     task: int | None = None  # its task_struct's address, where memory or the map has it
+    witness: TaskWitness | None = None  # for a pid neither memory structure has
 
     @property
     def listed(self) -> bool:

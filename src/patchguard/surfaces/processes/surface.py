@@ -40,6 +40,7 @@ def _counts(records: ProcessRecords) -> dict[str, int]:
         "tasks_iterated": views.iterated or 0,
         "tasks_in_memory": views.in_memory or 0,
         "pids_in_pid_table": views.in_pid_table or 0,
+        "strays": views.strays or 0,
         "hidden": techniques.count("hidden-process"),
         "iterator_skipped": techniques.count("iterator-skips-task"),
         "mismatched": len(techniques)

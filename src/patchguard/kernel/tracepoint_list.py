@@ -1,0 +1,165 @@
+"""Every tracepoint of the running kernel read from memory, with the probes registered on it:
+the core kernel's found from their iterators' code, each module's from its `struct module`.
+
+No data symbol is needed. Each core tracepoint has a text symbol `__traceiter_<name>` whose
+first RIP-relative load is `__tracepoint_<name>.funcs`, so the struct lies at that address
+minus offsetof(struct tracepoint, funcs); it is taken only if its trampoline (or iterator)
+member is the text symbol of the same name, as kernel/tracepoints.py proves a tracepoint. A
+module's tracepoints are listed by its own `struct module` (tracepoints_ptrs, num_tracepoints:
+x86-64 stores them as 32-bit offsets from each entry, CONFIG_HAVE_ARCH_PREL32_RELOCATIONS),
+read for every module on the kernel's module list in memory, so a module a text view hides
+still has its tracepoints read. Reads are grouped: the iterators' code and the core structs
+lie close together, a few page-sized reads cover them all.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from patchguard.kernel.btf import Btf
+from patchguard.kernel.errors import KernelAccessError
+from patchguard.kernel.ftrace_records import first_rip_load
+from patchguard.kernel.memory import KERNEL_SPACE, KernelMemory, read_u32, read_u64
+from patchguard.kernel.tracepoints import (
+    ITERATOR_PREFIX,
+    Layout,
+    Tracepoint,
+    TracepointReader,
+    read_probes,
+)
+
+CODE = 48  # bytes of an iterator read for its first load (past endbr, the ftrace NOP, pushes)
+GAP = 4096  # addresses closer than this share one read
+MAX_SPAN = 256 << 10  # bytes of one grouped read
+MAX_TRACEPOINTS = 1 << 14  # of one module
+
+
+@dataclass(frozen=True)
+class ModuleTracepoints:
+    """The tracepoints a module's own struct module lists."""
+
+    module: str
+    tracepoints: tuple[Tracepoint, ...]
+
+
+def spans(addresses: Iterable[int], size: int) -> Iterator[tuple[int, int]]:
+    """[start, end) ranges covering `size` bytes at each address, near ones merged."""
+    start = end = -1
+    for at in sorted(set(addresses)):
+        if start >= 0 and at - end < GAP and at + size - start <= MAX_SPAN:
+            end = max(end, at + size)
+            continue
+        if start >= 0:
+            yield start, end
+        start, end = at, at + size
+    if start >= 0:
+        yield start, end
+
+
+def read_grouped(memory: KernelMemory, addresses: Sequence[int], size: int) -> dict[int, bytes]:
+    """`size` bytes at each address, in grouped reads; an address whose group cannot be read
+    is read alone, and left out where that fails too."""
+    out: dict[int, bytes] = {}
+    ordered = sorted(set(addresses))
+    for start, end in spans(ordered, size):
+        try:
+            raw = memory.read(start, end - start)
+        except KernelAccessError:
+            raw = b""
+        for at in ordered[bisect.bisect_left(ordered, start) : bisect.bisect_left(ordered, end)]:
+            chunk = raw[at - start : at - start + size]
+            out[at] = chunk if len(chunk) == size else _alone(memory, at, size)
+    return {a: raw for a, raw in out.items() if raw}
+
+
+def _alone(memory: KernelMemory, address: int, size: int) -> bytes:
+    try:
+        return memory.read(address, size)
+    except KernelAccessError:
+        return b""
+
+
+def core_tracepoints(
+    memory: KernelMemory, lay: Layout, iterators: Mapping[str, int], proofs: Mapping[int, str]
+) -> list[Tracepoint]:
+    """Every core tracepoint whose iterator leads to a proven struct (see the docstring).
+
+    `iterators`: tracepoint name -> address of its `__traceiter_` text symbol; `proofs`: as
+    TracepointReader takes them (the trampolines, or the iterators before static calls)."""
+    code = read_grouped(memory, list(iterators.values()), CODE)
+    at: dict[int, str] = {}
+    for name, start in iterators.items():
+        load = first_rip_load(code.get(start, b""), start)
+        if load is not None and load >= KERNEL_SPACE:
+            at[load - lay.funcs] = name
+    structs = read_grouped(memory, list(at), lay.size)
+    found = []
+    for address, raw in sorted(structs.items()):
+        tp = _proven(memory, lay, proofs, address, at[address], raw)
+        if tp is not None:
+            found.append(tp)
+    return found
+
+
+def _proven(
+    memory: KernelMemory,
+    lay: Layout,
+    proofs: Mapping[int, str],
+    address: int,
+    name: str,
+    raw: bytes,
+) -> Tracepoint | None:
+    if proofs.get(_u64(raw, lay.check)) != lay.check_prefix + name:
+        return None
+    sck = _u64(raw, lay.static_call_key) if lay.static_call_key is not None else None
+    try:
+        entries = read_probes(memory, lay, _u64(raw, lay.funcs))
+    except KernelAccessError:
+        return None
+    return Tracepoint(address, name, sck, entries)
+
+
+def _u64(raw: bytes, at: int) -> int:
+    return int.from_bytes(raw[at : at + 8], "little")
+
+
+def iterator_names(symbols: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """name -> address of each core `__traceiter_<name>` (symbols: (name, address))."""
+    return {n.removeprefix(ITERATOR_PREFIX): a for n, a in symbols if n.startswith(ITERATOR_PREFIX)}
+
+
+@dataclass(frozen=True)
+class ModuleOffsets:
+    tracepoints_ptrs: int
+    num_tracepoints: int
+
+
+def module_offsets(btf: Btf) -> ModuleOffsets | None:
+    """Where struct module keeps its tracepoints; None on kernels built without them."""
+    ptrs = btf.member_offset("module", "tracepoints_ptrs")
+    count = btf.member_offset("module", "num_tracepoints")
+    return ModuleOffsets(ptrs, count) if ptrs is not None and count is not None else None
+
+
+def module_tracepoints(
+    memory: KernelMemory, lay: Layout, at: ModuleOffsets, module: int
+) -> list[Tracepoint]:
+    """The tracepoints the struct module at `module` lists, each named by its own name
+    field (a module's trampolines are in kallsyms only while it is listed there)."""
+    count = read_u32(memory, module + at.num_tracepoints)
+    table = read_u64(memory, module + at.tracepoints_ptrs)
+    if not count or table < KERNEL_SPACE:
+        return []
+    if count > MAX_TRACEPOINTS:
+        raise KernelAccessError(f"struct module {module:#x}", f"{count} tracepoints")
+    raw = memory.read(table, 4 * count)
+    reader = TracepointReader(memory, lay, {})
+    found = []
+    for i in range(count):
+        offset = int.from_bytes(raw[4 * i : 4 * i + 4], "little", signed=True)
+        tp = reader.named_at(table + 4 * i + offset)
+        if tp is not None:
+            found.append(tp)
+    return found

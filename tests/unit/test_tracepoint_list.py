@@ -31,7 +31,6 @@ from patchguard.kernel.tracepoints import Layout, Probe, layout, read_probes
 VMLINUX = Path(__file__).parent.parent / "fixtures/6.18-fc/sys/kernel/btf/vmlinux.gz"
 TEXT = 0xFFFFFFFF81000000
 ITER_A, ITER_B = TEXT + 0x100, TEXT + 0x180
-SCT_A, SCT_B = TEXT + 0x1000, TEXT + 0x1008
 DATA = 0xFFFFFFFF82A00000
 TP_A, TP_B = DATA, DATA + 0x80
 FUNCS = 0xFFFF888100000000
@@ -58,9 +57,10 @@ def iterator_code(at: int, loads: int) -> bytes:
     return head + b"\x48\x8b\x1d" + struct.pack("<i", disp) + b"\xcc" * 40
 
 
-def tp_struct(lay: Layout, tramp: int, funcs: int) -> list[int]:
+def tp_struct(lay: Layout, iterator: int, funcs: int) -> list[int]:
+    assert lay.iterator is not None
     words = [0] * (lay.size // 8 + 1)
-    words[lay.check // 8], words[lay.funcs // 8] = tramp, funcs
+    words[lay.iterator // 8], words[lay.funcs // 8] = iterator, funcs
     return words
 
 
@@ -78,8 +78,8 @@ def core_image(lay: Layout, funcs_tail: int = 0) -> Image:
     mem = Image()
     mem.put(ITER_A, iterator_code(ITER_A, TP_A + lay.funcs))
     mem.put(ITER_B, iterator_code(ITER_B, TP_B + lay.funcs))
-    mem.put_words(TP_A, *tp_struct(lay, SCT_A, FUNCS))
-    mem.put_words(TP_B, *tp_struct(lay, SCT_A, 0))  # B's trampoline is A's: not B
+    mem.put_words(TP_A, *tp_struct(lay, ITER_A, FUNCS))
+    mem.put_words(TP_B, *tp_struct(lay, ITER_A, 0))  # points at A's iterator: not B
     array = probe_array(lay, Probe(PROBE, HEAP, 10), Probe(GLUE, HEAP + 8, -5))
     mem.put(FUNCS, array + b"\0" * funcs_tail)
     return mem
@@ -92,8 +92,7 @@ def test_near_addresses_share_a_read_and_far_ones_do_not() -> None:
 
 def test_core_tracepoints_are_found_from_their_iterators_and_proven(lay: Layout) -> None:
     iterators = iterator_names([("__traceiter_a", ITER_A), ("__traceiter_b", ITER_B)])
-    proofs = {SCT_A: "__SCT__tp_func_a", SCT_B: "__SCT__tp_func_b"}
-    (tp,) = core_tracepoints(core_image(lay, 4096), lay, iterators, proofs)
+    (tp,) = core_tracepoints(core_image(lay, 4096), lay, iterators)
     assert (tp.name, tp.address) == ("a", TP_A)
     assert tp.entries == (Probe(PROBE, HEAP, 10), Probe(GLUE, HEAP + 8, -5))
 

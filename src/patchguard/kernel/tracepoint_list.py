@@ -3,8 +3,8 @@ the core kernel's found from their iterators' code, each module's from its `stru
 
 No data symbol is needed. Each core tracepoint has a text symbol `__traceiter_<name>` whose
 first RIP-relative load is `__tracepoint_<name>.funcs`, so the struct lies at that address
-minus offsetof(struct tracepoint, funcs); it is taken only if its trampoline (or iterator)
-member is the text symbol of the same name, as kernel/tracepoints.py proves a tracepoint. A
+minus offsetof(struct tracepoint, funcs); it is taken only if its `iterator` member points
+back at that same function (one search of kallsyms: the trampolines need not be looked up). A
 module's tracepoints are listed by its own `struct module` (tracepoints_ptrs, num_tracepoints:
 x86-64 stores them as 32-bit offsets from each entry, CONFIG_HAVE_ARCH_PREL32_RELOCATIONS),
 read for every module on the kernel's module list in memory, so a module a text view hides
@@ -82,12 +82,13 @@ def _alone(memory: KernelMemory, address: int, size: int) -> bytes:
 
 
 def core_tracepoints(
-    memory: KernelMemory, lay: Layout, iterators: Mapping[str, int], proofs: Mapping[int, str]
+    memory: KernelMemory, lay: Layout, iterators: Mapping[str, int]
 ) -> list[Tracepoint]:
-    """Every core tracepoint whose iterator leads to a proven struct (see the docstring).
+    """Every core tracepoint whose iterator leads to a struct that points back at it.
 
-    `iterators`: tracepoint name -> address of its `__traceiter_` text symbol; `proofs`: as
-    TracepointReader takes them (the trampolines, or the iterators before static calls)."""
+    `iterators`: tracepoint name -> address of its `__traceiter_` text symbol."""
+    if lay.iterator is None:
+        raise KernelAccessError("vmlinux BTF", "struct tracepoint has no iterator (before 5.10)")
     code = read_grouped(memory, list(iterators.values()), CODE)
     at: dict[int, str] = {}
     for name, start in iterators.items():
@@ -97,7 +98,7 @@ def core_tracepoints(
     structs = read_grouped(memory, list(at), lay.size)
     found = []
     for address, raw in sorted(structs.items()):
-        tp = _proven(memory, lay, proofs, address, at[address], raw)
+        tp = _proven(memory, lay, iterators, address, at[address], raw)
         if tp is not None:
             found.append(tp)
     return found
@@ -106,12 +107,12 @@ def core_tracepoints(
 def _proven(
     memory: KernelMemory,
     lay: Layout,
-    proofs: Mapping[int, str],
+    iterators: Mapping[str, int],
     address: int,
     name: str,
     raw: bytes,
 ) -> Tracepoint | None:
-    if proofs.get(_u64(raw, lay.check)) != lay.check_prefix + name:
+    if lay.iterator is None or _u64(raw, lay.iterator) != iterators[name]:
         return None
     sck = _u64(raw, lay.static_call_key) if lay.static_call_key is not None else None
     try:

@@ -39,6 +39,7 @@ class Layout:
     func_size: int  # sizeof(struct tracepoint_func); its `func` is the first member
     data: int = 8  # tracepoint_func.data
     prio: int = 16  # tracepoint_func.prio
+    iterator: int | None = None  # tracepoint.iterator: its __traceiter_ function (5.10+)
 
 
 def layout(btf: Btf) -> Layout | None:
@@ -53,11 +54,11 @@ def layout(btf: Btf) -> Layout | None:
     if name is None or key is None or funcs is None or check is None or not func_size:
         return None
     sck = btf.member_offset("tracepoint", "static_call_key")
-    size = max(name, key, funcs, check, sck or 0) + 8
+    size = max(name, key, funcs, check, sck or 0, iterator or 0) + 8
     data, prio = (btf.member_offset("tracepoint_func", m) for m in ("data", "prio"))
     if data is None or prio is None:
         return None
-    return Layout(key, name, sck, check, prefix, funcs, size, func_size, data, prio)
+    return Layout(key, name, sck, check, prefix, funcs, size, func_size, data, prio, iterator)
 
 
 @dataclass(frozen=True)

@@ -102,14 +102,13 @@ def collect_probes(r: Reading, tracefs: str | None) -> None:
 def _read_all(r: Reading, memory: KernelMemory, lay: Layout) -> Read:
     symbols = r.kernel.kallsyms
     core = [(s.name, s.address) for s in symbols.with_prefix(ITERATOR_PREFIX) if not s.module]
-    proofs = {s.address: s.name for s in symbols.with_prefix(lay.check_prefix) if s.is_text}
     found: list[tuple[str | None, Tracepoint]] = [
-        (None, tp) for tp in core_tracepoints(memory, lay, iterator_names(core), proofs)
+        (None, tp) for tp in core_tracepoints(memory, lay, iterator_names(core))
     ]
     if not found:
         raise KernelAccessError("tracepoints", f"no __traceiter_ of {len(core)} leads to one")
     names = _module_tracepoints(r, memory, lay, found)
-    return Read(tuple(found), names, TracepointReader(memory, lay, proofs))
+    return Read(tuple(found), names, TracepointReader(memory, lay, {}))
 
 
 def _module_tracepoints(
@@ -119,8 +118,8 @@ def _module_tracepoints(
     the module list. None of it on a kernel without modules."""
     kernel = r.kernel
     at = module_offsets(kernel.vmlinux_btf)
-    if at is None or not any(kernel.symbol_address(f) for f in READERS):
-        return frozenset()  # no module loader built: struct module is only in BTF
+    if at is None or not _loader(kernel):
+        return frozenset()
     try:
         mod = module_layout(kernel.vmlinux_btf)
         modules = walk_modules(memory, modules_head(kernel, memory, mod)[0], mod)
@@ -134,6 +133,15 @@ def _module_tracepoints(
         with contextlib.suppress(KernelAccessError):
             found.extend((name, tp) for tp in module_tracepoints(memory, lay, at, module))
     return frozenset(names)
+
+
+def _loader(kernel: Kernel) -> bool:
+    """Whether a module loader is built (else struct module is only in BTF): /proc/modules,
+    else the loader's find_module in kallsyms (where a rootkit removed /proc/modules, the
+    modules surface says so). One symbol: each absent name costs a search of all kallsyms."""
+    if kernel.path("/proc/modules").exists():
+        return True
+    return kernel.kallsyms.address_of(READERS[0]) is not None
 
 
 def kind_of(attribution: Attribution) -> str:

@@ -34,7 +34,7 @@ def test_a_trace_event_probe_agrees_with_set_event(guest: Results) -> None:
     done = guest["event_and_raw"]
     assert "sched:sched_kthread_stop" in done["set_event"]
     (event,) = _probes(done, "scan", "sched_kthread_stop")
-    assert event["kind"] == "trace-event" and event["event_shown"] is True
+    assert event["callback_kind"] == "trace-event" and event["event_shown"] is True
     assert event["callback"].startswith("trace_event_raw_event_sched_kthread_stop+0x0")
     assert not findings(done, "scan", technique="filtered-view")
 
@@ -42,15 +42,16 @@ def test_a_trace_event_probe_agrees_with_set_event(guest: Results) -> None:
 def test_a_raw_tracepoint_is_named_with_its_program(guest: Results) -> None:
     done = guest["event_and_raw"]
     (raw,) = _probes(done, "scan", "sched_process_hang")
-    assert raw["kind"] == "bpf" and raw["prog_ids"] == [done["prog_id"]]
-    assert "pg_t_rawtp" in raw["owner"] and raw["callback"].startswith("__bpf_trace_")
+    assert raw["callback_kind"] == "bpf" and raw["prog_ids"] == [done["prog_id"]]
+    assert raw["owner"].startswith(f"BPF prog {done['prog_id']} pg_t_rawtp tag ")
+    assert raw["callback"] == "__bpf_trace_sched_process_hang+0x0"
 
 
 def test_a_module_probe_is_named_with_its_module_and_not_flagged(guest: Results) -> None:
     assert guest["insmod_tp_probe"]["rc"] == 0, guest["insmod_tp_probe"]["stderr"]
     assert int(guest["tp_probe_params"]["owned_calls"]) > 0
     (owned,) = _probes(guest, "scan_tp_probe", "sched_process_fork")
-    assert owned["kind"] == "module" and owned["callback_module"] == MODULE
+    assert owned["callback_kind"] == "module" and owned["callback_module"] == MODULE
     assert owned["callback"] == f"pg_tp_owned_probe+0x0 [{MODULE}]"
     flagged = findings(guest, "scan_tp_probe", technique=TECHNIQUE)
     assert [f["subject"] for f in flagged] == ["tracepoint sched_process_exec"]
@@ -90,7 +91,10 @@ def test_a_probe_of_a_module_off_the_list_names_it_and_the_views_that_hide_it(
     owned = flagged["tracepoint sched_process_fork"]
     assert owned["evidence"]["hidden_module"] == MODULE
     assert owned["evidence"]["hidden_from"] == ["/proc/modules", "the kernel's module list"]
-    assert f"memory of module {MODULE}, which /proc/modules" in owned["summary"]
+    assert (
+        f"memory of module {MODULE}, which /proc/modules and the kernel's module list do not"
+        in owned["summary"]
+    )
     stub = flagged["tracepoint sched_process_exec"]
     assert stub["evidence"]["hidden_module"] is None  # the stub is still no module's
 

@@ -34,7 +34,9 @@ def on(found: list[TracepointProbe], tracepoint: str, prog_id: int) -> list[Trac
 def test_a_raw_tracepoint_program_is_named_on_its_tracepoint(kernel: Kernel) -> None:
     with bp.attach_raw_tracepoint("sched_process_hang", "pg_tp_raw") as prog:
         (mine,) = on(probes(kernel), "sched_process_hang", prog.prog_id)
-    assert mine.kind == "bpf" and mine.callback.startswith("__bpf_trace_sched_process_hang+0x0")
+    assert mine.callback_kind == "bpf" and mine.callback.startswith(
+        "__bpf_trace_sched_process_hang+0x0"
+    )
     assert mine.callback_module is None and "pg_tp_raw" in mine.owner
     # closed: the probe is gone from the tracepoint's funcs
     assert not on(probes(kernel), "sched_process_hang", prog.prog_id)
@@ -43,7 +45,7 @@ def test_a_raw_tracepoint_program_is_named_on_its_tracepoint(kernel: Kernel) -> 
 def test_a_perf_event_program_is_named_on_its_tracepoint(kernel: Kernel) -> None:
     with bp.attach_tracepoint("sched", "sched_kthread_stop_ret", "pg_tp_perf") as prog:
         (mine,) = on(probes(kernel), "sched_kthread_stop_ret", prog.prog_id)
-    assert mine.kind == "perf" and mine.callback.startswith("perf_trace_")
+    assert mine.callback_kind == "perf" and mine.callback.startswith("perf_trace_")
     assert mine.owner.startswith("perf events running ") and "pg_tp_perf" in mine.owner
 
 
@@ -51,7 +53,7 @@ def test_no_probe_of_this_kernel_runs_from_memory_of_no_module(kernel: Kernel) -
     surface = TracingSurface()
     state = surface.collect(kernel)
     assert state.counts["tracepoint_probes"] == len(state.records.tracepoint_probes)
-    unowned = [p for p in state.records.tracepoint_probes if p.kind == "no-module"]
+    unowned = [p for p in state.records.tracepoint_probes if p.callback_kind == "no-module"]
     assert unowned == []
     kinds = {f.technique for f in surface.assess(state)}
     assert "tracepoint-probe-unowned-code" not in kinds

@@ -69,15 +69,19 @@ def test_a_probe_in_memory_of_no_module_is_critical() -> None:
 def test_a_hidden_modules_probe_names_it_and_the_views_that_hide_it() -> None:
     hidden = probe(hidden_module="rk", hidden_from=("/proc/modules", "/sys/module"))
     (found,) = probe_findings(TracingRecords(tracepoint_probes=(hidden,)))
-    assert "memory of module rk, which /proc/modules, /sys/module do not list" in found.summary
+    assert "memory of module rk, which /proc/modules and /sys/module do not list" in found.summary
     assert found.evidence["hidden_from"] == ["/proc/modules", "/sys/module"]
 
 
 def test_named_probes_are_no_finding_and_a_hidden_event_is_a_lying_view() -> None:
-    named = probe(kind="module", callback="mod_probe+0x0 [mymod]", callback_module="mymod")
-    event = probe(kind="trace-event", callback="trace_event_raw_event_x+0x0", event_shown=True)
+    named = probe(callback_kind="module", callback="mod_probe+0x0 [mymod]", callback_module="mymod")
+    event = probe(
+        callback_kind="trace-event", callback="trace_event_raw_event_x+0x0", event_shown=True
+    )
     assert probe_findings(TracingRecords(tracepoint_probes=(named, event))) == []
-    lied = probe(kind="trace-event", callback="trace_event_raw_event_x+0x0", event_shown=False)
+    lied = probe(
+        callback_kind="trace-event", callback="trace_event_raw_event_x+0x0", event_shown=False
+    )
     (found,) = probe_findings(TracingRecords(tracepoint_probes=(lied,)))
     assert found.technique == "filtered-view" and found.subject == "set_event"
 

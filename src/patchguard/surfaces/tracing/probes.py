@@ -209,17 +209,19 @@ def _against_set_event(
     r: Reading, tracefs: str | None, probes: list[TracepointProbe], read: Read
 ) -> list[TracepointProbe]:
     """The probes, each trace-event probe marked with whether a set_event lists its event."""
-    if not any(p.kind == EVENT_KIND for p in probes):
+    if not any(p.callback_kind == EVENT_KIND for p in probes):
         return probes
     shown = _shown_events(r, tracefs)
     if shown is None:
         return probes
-    missing = {p.tracepoint for p in probes if p.kind == EVENT_KIND and p.tracepoint not in shown}
+    missing = {
+        p.tracepoint for p in probes if p.callback_kind == EVENT_KIND and p.tracepoint not in shown
+    }
     if missing:  # read both again: an event switched off between the two reads is no lie
         shown |= _shown_events(r, tracefs) or frozenset()
         missing = {n for n in missing if n not in shown and _still_probed(read, n)}
     return [
-        replace(p, event_shown=p.tracepoint not in missing) if p.kind == EVENT_KIND else p
+        replace(p, event_shown=p.tracepoint not in missing) if p.callback_kind == EVENT_KIND else p
         for p in probes
     ]
 
@@ -256,7 +258,7 @@ def _instances(r: Reading, tracefs: str) -> list[str]:
 
 
 def probe_findings(records: TracingRecords) -> list[Finding]:
-    found = [_unowned(p) for p in records.tracepoint_probes if p.kind == NO_MODULE]
+    found = [_unowned(p) for p in records.tracepoint_probes if p.callback_kind == NO_MODULE]
     hidden = [p for p in records.tracepoint_probes if p.event_shown is False]
     return found + [_set_event_hides(p) for p in hidden]
 
@@ -273,7 +275,7 @@ def _evidence(p: TracepointProbe) -> dict[str, str | int | list[str] | None]:
         "tracepoint_module": visible(p.tracepoint_module) if p.tracepoint_module else None,
         "callback": visible(p.callback),
         "callback_address": f"{p.address:#x}",
-        "kind": p.kind,
+        "callback_kind": p.callback_kind,
         "prio": p.prio,
         "hidden_module": visible(p.hidden_module) if p.hidden_module else None,
         "hidden_from": list(p.hidden_from),
@@ -283,7 +285,7 @@ def _evidence(p: TracepointProbe) -> dict[str, str | int | list[str] | None]:
 def _unowned(p: TracepointProbe) -> Finding:
     module = visible(p.hidden_module) if p.hidden_module else None
     whose = (
-        f"the memory of module {module}, which {', '.join(p.hidden_from)} do not list"
+        f"the memory of module {module}, which {_listed(p.hidden_from)} do not list"
         if module
         else "memory no kernel or listed module symbol covers"
     )
@@ -297,6 +299,10 @@ def _unowned(p: TracepointProbe) -> Finding:
         _evidence(p),
         disposition=Disposition.TAMPERING,
     )
+
+
+def _listed(views: tuple[str, ...]) -> str:
+    return " and ".join([", ".join(views[:-1]), views[-1]] if len(views) > 1 else views)
 
 
 def _set_event_hides(p: TracepointProbe) -> Finding:

@@ -134,7 +134,7 @@ class TracepointProbe:
     tracepoint_module: str | None  # None: a core kernel tracepoint
     callback: str  # symbol+off [module], or the memory of no listed module holding it
     callback_module: str | None
-    kind: str  # bpf, perf, trace-event, kernel, module, no-module (see probes.py)
+    callback_kind: str  # bpf, perf, trace-event, kernel, module, no-module (see probes.py)
     owner: str  # what its data names: the BPF program, the perf event's programs, ...
     prio: int
     address: int  # of the callback

@@ -271,6 +271,13 @@ _CATALOGUE: tuple[Technique, ...] = (
         "memory no module owns",
     ),
     Technique(
+        "tracepoint-probe-hidden-bpf",
+        Severity.CRITICAL,
+        ROOTKIT,
+        "A tracepoint probe runs a BPF program (read from kernel memory) whose id bpf(2) does "
+        "not list: BPF on a tracepoint out of sight",
+    ),
+    Technique(
         "kprobe-sensitive-function",
         Severity.MEDIUM,
         ROOTKIT,

@@ -38,6 +38,7 @@ def test_a_raw_tracepoint_program_is_named_on_its_tracepoint(kernel: Kernel) -> 
         "__bpf_trace_sched_process_hang+0x0"
     )
     assert mine.callback_module is None and "pg_tp_raw" in mine.owner
+    assert mine.unlisted_ids == ()  # bpf(2) lists it: no view hides it
     # closed: the probe is gone from the tracepoint's funcs
     assert not on(probes(kernel), "sched_process_hang", prog.prog_id)
 

@@ -90,3 +90,13 @@ def test_names_from_the_kernel_are_escaped() -> None:
     (found,) = probe_findings(TracingRecords(tracepoint_probes=(probe(tracepoint="a\x1b[2Jb"),)))
     assert "\x1b" not in found.summary and "\x1b" not in found.subject
     assert "\x1b" not in str(found.evidence["tracepoint"])
+
+
+def test_a_program_bpf2_does_not_list_is_a_hidden_bpf_probe() -> None:
+    said = "BPF prog 9 x tag 00"
+    hidden = probe(callback_kind="bpf", owner=said, prog_ids=(9,), unlisted_ids=(9,))
+    (found,) = probe_findings(TracingRecords(tracepoint_probes=(hidden,)))
+    assert found.technique == "tracepoint-probe-hidden-bpf"
+    assert found.severity == Severity.CRITICAL and "lack 9" in found.summary
+    listed = probe(callback_kind="bpf", owner=said, prog_ids=(9,))
+    assert probe_findings(TracingRecords(tracepoint_probes=(listed,))) == []

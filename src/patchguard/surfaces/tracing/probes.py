@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from patchguard.findings import Disposition, Finding
 from patchguard.kernel.attribution import Attribution, Attributor
+from patchguard.kernel.bpf import syscall as bpf
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.memory import KernelMemory
 from patchguard.kernel.module_layout import MODULE_NAME_LEN, plausible_name
@@ -96,6 +97,7 @@ def collect_probes(r: Reading, tracefs: str | None) -> None:
         return
     namer = _Namer(kernel, memory, owner_layout(kernel.vmlinux_btf), read.modules)
     probes = [namer.probe(m, tp, p) for m, tp in read.tracepoints for p in tp.entries]
+    probes = _against_bpf_ids(r, probes, read)
     r.records.extend(_against_set_event(r, tracefs, probes, read))
 
 
@@ -202,6 +204,44 @@ class _Namer:
         return tuple(views)
 
 
+# --- bpf(2)'s program ids -----------------------------------------------------------------------
+
+
+def _against_bpf_ids(
+    r: Reading, probes: list[TracepointProbe], read: Read
+) -> list[TracepointProbe]:
+    """The probes, each marked with the ids of its programs bpf(2) does not list: listed
+    after memory was read, and again (with the probe's tracepoint) for an id it lacks, so a
+    program loaded or freed in between is no lie."""
+    ids = {i for p in probes for i in p.prog_ids}
+    if not ids:
+        return probes
+    try:
+        unlisted = ids - _listed_ids()
+        if unlisted:
+            unlisted -= _listed_ids()
+    except bpf.BpfError as exc:
+        r.gap("BPF programs of tracepoint probes against bpf(2)'s ids", str(exc))
+        return probes
+    unlisted = {i for i in unlisted if _still_running(read, probes, i)}
+    return [_unlisted(p, unlisted) for p in probes]
+
+
+def _listed_ids() -> set[int]:
+    return set(bpf.next_ids(bpf.BPF_PROG_GET_NEXT_ID, "PROG_GET_NEXT_ID"))
+
+
+def _still_running(read: Read, probes: list[TracepointProbe], prog_id: int) -> bool:
+    """Whether a probe running program `prog_id` is still on its tracepoint."""
+    held = [p for p in probes if prog_id in p.prog_ids]
+    return any(_still_probed(read, p.tracepoint, p.address) for p in held)
+
+
+def _unlisted(p: TracepointProbe, unlisted: set[int]) -> TracepointProbe:
+    missing = tuple(i for i in p.prog_ids if i in unlisted)
+    return replace(p, unlisted_ids=missing) if missing else p
+
+
 # --- set_event ----------------------------------------------------------------------------------
 
 
@@ -226,11 +266,13 @@ def _against_set_event(
     ]
 
 
-def _still_probed(read: Read, name: str) -> bool:
+def _still_probed(read: Read, name: str, func: int | None = None) -> bool:
+    """Whether tracepoint `name` still holds a probe (calling `func`, where given)."""
     for _, tp in read.tracepoints:
         if tp.name == name:
             again = read.reader.named_at(tp.address)
-            return again is not None and bool(again.entries)
+            probes = again.probes if again is not None else ()
+            return func in probes if func is not None else bool(probes)
     return False
 
 
@@ -258,9 +300,10 @@ def _instances(r: Reading, tracefs: str) -> list[str]:
 
 
 def probe_findings(records: TracingRecords) -> list[Finding]:
-    found = [_unowned(p) for p in records.tracepoint_probes if p.callback_kind == NO_MODULE]
-    hidden = [p for p in records.tracepoint_probes if p.event_shown is False]
-    return found + [_set_event_hides(p) for p in hidden]
+    probes = records.tracepoint_probes
+    found = [_unowned(p) for p in probes if p.callback_kind == NO_MODULE]
+    found += [_hidden_bpf(p) for p in probes if p.unlisted_ids]
+    return found + [_set_event_hides(p) for p in probes if p.event_shown is False]
 
 
 def _subject(p: TracepointProbe) -> str:
@@ -297,6 +340,20 @@ def _unowned(p: TracepointProbe) -> Finding:
         "legitimate probe is a kernel or listed module function; this one was registered by "
         "code that hides where it lives.",
         _evidence(p),
+        disposition=Disposition.TAMPERING,
+    )
+
+
+def _hidden_bpf(p: TracepointProbe) -> Finding:
+    ids = ", ".join(map(str, p.unlisted_ids))
+    return finding(
+        NAME,
+        "tracepoint-probe-hidden-bpf",
+        _subject(p),
+        f"A probe on {_subject(p)} runs {visible(p.owner)}, read from kernel memory, and "
+        f"bpf(2)'s program ids, listed twice, lack {ids}: the bpf(2) view as this process "
+        "sees it hides a program that runs",
+        {**_evidence(p), "owner": visible(p.owner), "unlisted_ids": list(p.unlisted_ids)},
         disposition=Disposition.TAMPERING,
     )
 

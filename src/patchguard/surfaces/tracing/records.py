@@ -142,6 +142,7 @@ class TracepointProbe:
     hidden_module: str | None = None  # the hidden module whose memory holds the callback
     hidden_from: tuple[str, ...] = ()  # the views that do not list that module
     event_shown: bool | None = None  # trace-event: tracefs set_event lists it (None: unread)
+    unlisted_ids: tuple[int, ...] = ()  # of prog_ids, those bpf(2)'s id list lacks
 
 
 @dataclass(frozen=True)

@@ -62,11 +62,16 @@ _RIP_LOAD = re.compile(rb"[\x48\x4c]\x8b[\x05\x0d\x15\x1d\x25\x2d\x35\x3d](.{4})
 
 def first_rip_load(code: bytes, address: int) -> int | None:
     """The address the first `mov r64, qword [rip+disp32]` in `code` (at `address`) loads."""
-    found = _RIP_LOAD.search(code)
+    return rip_load_in(code, 0, len(code), address)
+
+
+def rip_load_in(buffer: bytes, start: int, end: int, address: int) -> int | None:
+    """first_rip_load of buffer[start:end] (code at `address`), without copying the slice."""
+    found = _RIP_LOAD.search(buffer, start, end)
     if found is None:
         return None
     disp = int.from_bytes(found.group(1), "little", signed=True)
-    return (address + found.end() + disp) & ((1 << 64) - 1)
+    return (address + found.end() - start + disp) & ((1 << 64) - 1)
 
 
 def variable_address(

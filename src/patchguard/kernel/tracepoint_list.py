@@ -15,12 +15,13 @@ lie close together, a few page-sized reads cover them all.
 from __future__ import annotations
 
 import bisect
+import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from patchguard.kernel.btf import Btf
 from patchguard.kernel.errors import KernelAccessError
-from patchguard.kernel.ftrace_records import first_rip_load
+from patchguard.kernel.ftrace_records import rip_load_in
 from patchguard.kernel.memory import KERNEL_SPACE, KernelMemory, read_u32, read_u64
 from patchguard.kernel.tracepoints import (
     ITERATOR_PREFIX,
@@ -30,6 +31,7 @@ from patchguard.kernel.tracepoints import (
     read_probes,
 )
 
+_U64 = struct.Struct("<Q")
 CODE = 48  # bytes of an iterator read for its first load (past endbr, the ftrace NOP, pushes)
 GAP = 4096  # addresses closer than this share one read
 MAX_SPAN = 256 << 10  # bytes of one grouped read
@@ -58,10 +60,12 @@ def spans(addresses: Iterable[int], size: int) -> Iterator[tuple[int, int]]:
         yield start, end
 
 
-def read_grouped(memory: KernelMemory, addresses: Sequence[int], size: int) -> dict[int, bytes]:
-    """`size` bytes at each address, in grouped reads; an address whose group cannot be read
-    is read alone, and left out where that fails too."""
-    out: dict[int, bytes] = {}
+def read_grouped(
+    memory: KernelMemory, addresses: Sequence[int], size: int
+) -> Iterator[tuple[int, bytes, int]]:
+    """(address, buffer, offset): `size` bytes at each address lie at buffer[offset:], read
+    in grouped reads (no copy per address); an address whose group cannot be read is read
+    alone, and left out where that fails too."""
     ordered = sorted(set(addresses))
     for start, end in spans(ordered, size):
         try:
@@ -69,9 +73,10 @@ def read_grouped(memory: KernelMemory, addresses: Sequence[int], size: int) -> d
         except KernelAccessError:
             raw = b""
         for at in ordered[bisect.bisect_left(ordered, start) : bisect.bisect_left(ordered, end)]:
-            chunk = raw[at - start : at - start + size]
-            out[at] = chunk if len(chunk) == size else _alone(memory, at, size)
-    return {a: raw for a, raw in out.items() if raw}
+            if at - start + size <= len(raw):
+                yield at, raw, at - start
+            elif alone := _alone(memory, at, size):
+                yield at, alone, 0
 
 
 def _alone(memory: KernelMemory, address: int, size: int) -> bytes:
@@ -89,41 +94,31 @@ def core_tracepoints(
     `iterators`: tracepoint name -> address of its `__traceiter_` text symbol."""
     if lay.iterator is None:
         raise KernelAccessError("vmlinux BTF", "struct tracepoint has no iterator (before 5.10)")
-    code = read_grouped(memory, list(iterators.values()), CODE)
+    names = {start: name for name, start in iterators.items()}
     at: dict[int, str] = {}
-    for name, start in iterators.items():
-        load = first_rip_load(code.get(start, b""), start)
+    for start, raw, off in read_grouped(memory, list(names), CODE):
+        load = rip_load_in(raw, off, off + CODE, start)
         if load is not None and load >= KERNEL_SPACE:
-            at[load - lay.funcs] = name
-    structs = read_grouped(memory, list(at), lay.size)
-    found = []
-    for address, raw in sorted(structs.items()):
-        tp = _proven(memory, lay, iterators, address, at[address], raw)
-        if tp is not None:
-            found.append(tp)
-    return found
+            at[load - lay.funcs] = names[start]
+    check = lay.iterator
+    return [
+        _proven(memory, lay, address, at[address], raw, off)
+        for address, raw, off in read_grouped(memory, list(at), lay.size)
+        if _U64.unpack_from(raw, off + check)[0] == iterators[at[address]]
+    ]
 
 
 def _proven(
-    memory: KernelMemory,
-    lay: Layout,
-    iterators: Mapping[str, int],
-    address: int,
-    name: str,
-    raw: bytes,
-) -> Tracepoint | None:
-    if lay.iterator is None or _u64(raw, lay.iterator) != iterators[name]:
-        return None
-    sck = _u64(raw, lay.static_call_key) if lay.static_call_key is not None else None
+    memory: KernelMemory, lay: Layout, address: int, name: str, raw: bytes, off: int
+) -> Tracepoint:
+    """The tracepoint, with its probes where it has any (most have none: nothing read)."""
+    funcs = _U64.unpack_from(raw, off + lay.funcs)[0]
+    sck = _U64.unpack_from(raw, off + lay.static_call_key)[0] if lay.static_call_key else None
     try:
-        entries = read_probes(memory, lay, _u64(raw, lay.funcs))
+        entries = read_probes(memory, lay, funcs) if funcs else ()
     except KernelAccessError:
-        return None
+        entries = ()  # freed under us (probes changing): read as none, as a moment later
     return Tracepoint(address, name, sck, entries)
-
-
-def _u64(raw: bytes, at: int) -> int:
-    return int.from_bytes(raw[at : at + 8], "little")
 
 
 def iterator_names(symbols: Iterable[tuple[str, int]]) -> dict[str, int]:

@@ -30,8 +30,8 @@ from patchguard.kernel.bpf import syscall as bpf
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.memory import KernelMemory
 from patchguard.kernel.module_layout import MODULE_NAME_LEN, plausible_name
-from patchguard.kernel.module_symbols import READERS, modules_head, walk_modules
 from patchguard.kernel.module_symbols import layout as module_layout
+from patchguard.kernel.module_symbols import modules_head, walk_modules
 from patchguard.kernel.tracepoint_list import (
     core_tracepoints,
     iterator_names,
@@ -103,7 +103,7 @@ def collect_probes(r: Reading, tracefs: str | None) -> None:
 
 def _read_all(r: Reading, memory: KernelMemory, lay: Layout) -> Read:
     symbols = r.kernel.kallsyms
-    core = [(s.name, s.address) for s in symbols.with_prefix(ITERATOR_PREFIX) if not s.module]
+    core = symbols.core_text_with_prefix(ITERATOR_PREFIX).items()
     found: list[tuple[str | None, Tracepoint]] = [
         (None, tp) for tp in core_tracepoints(memory, lay, iterator_names(core))
     ]
@@ -138,12 +138,10 @@ def _module_tracepoints(
 
 
 def _loader(kernel: Kernel) -> bool:
-    """Whether a module loader is built (else struct module is only in BTF): /proc/modules,
-    else the loader's find_module in kallsyms (where a rootkit removed /proc/modules, the
-    modules surface says so). One symbol: each absent name costs a search of all kallsyms."""
-    if kernel.path("/proc/modules").exists():
-        return True
-    return kernel.kallsyms.address_of(READERS[0]) is not None
+    """Whether modules can be loaded (else struct module is only in BTF): /proc/modules is
+    there. Where a rootkit removed it the modules surface says so; asking kallsyms for a
+    loader function instead costs a search of all of it when the name is absent."""
+    return kernel.path("/proc/modules").exists()
 
 
 def kind_of(attribution: Attribution) -> str:

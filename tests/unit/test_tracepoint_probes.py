@@ -4,15 +4,25 @@ hiding an event memory holds; names from the kernel are escaped."""
 
 from __future__ import annotations
 
+import gzip
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import pytest
+from support.memory_image import Image
+
 from patchguard.findings import Severity
+from patchguard.kernel import Kernel
 from patchguard.kernel.attribution import Attributor
+from patchguard.kernel.btf import Btf
 from patchguard.kernel.kallsyms import AddressRange, SymbolTable
-from patchguard.surfaces.tracing.probes import kind_of, probe_findings
+from patchguard.kernel.tracepoints import Layout, Probe, Tracepoint, TracepointReader, layout
+from patchguard.surfaces.reading import Reading
+from patchguard.surfaces.tracing.probes import Read, against_set_event, kind_of, probe_findings
 from patchguard.surfaces.tracing.records import TracepointProbe, TracingRecords
 
+VMLINUX = Path(__file__).parent.parent / "fixtures/6.18-fc/sys/kernel/btf/vmlinux.gz"
 TEXT = 0xFFFFFFFF81000000
 MOD = 0xFFFFFFFFC0000000
 SYMS = SymbolTable.parse(
@@ -100,3 +110,50 @@ def test_a_program_bpf2_does_not_list_is_a_hidden_bpf_probe() -> None:
     assert found.severity == Severity.CRITICAL and "lack 9" in found.summary
     listed = probe(callback_kind="bpf", owner=said, prog_ids=(9,))
     assert probe_findings(TracingRecords(tracepoint_probes=(listed,))) == []
+
+
+# --- set_event, on a captured tracefs tree and a memory image of the tracepoint ---------------
+
+TRACEFS = "/sys/kernel/tracing"
+TP, NAME, FUNCS = 0xFFFFFFFF82A00000, 0xFFFFFFFF82B00000, 0xFFFF888100000000
+
+
+def held(lay: Layout, probes: int) -> Read:
+    """sched_switch's struct tracepoint with `probes` probes, as memory holds it."""
+    mem = Image()
+    words = [0] * (lay.size // 8 + 1)
+    words[lay.name // 8], words[lay.funcs // 8] = NAME, FUNCS
+    mem.put_words(TP, *words)
+    mem.put(NAME, b"sched_switch\0" + b"x" * 200)
+    entry = [TEXT + 0x300] + [0] * (lay.func_size // 8 - 1)
+    mem.put_words(FUNCS, *(entry * probes + [0] * (lay.func_size // 8) * 8))
+    tp = Tracepoint(TP, "sched_switch", None, (Probe(TEXT + 0x300, 0, 10),))
+    return Read(((None, tp),), frozenset(), TracepointReader(mem, lay, {}))
+
+
+def event_shown(tmp_path: Path, set_event: str, lay: Layout, probes: int = 1) -> bool | None:
+    (tmp_path / TRACEFS.lstrip("/")).mkdir(parents=True)
+    (tmp_path / TRACEFS.lstrip("/") / "set_event").write_text(set_event)
+    r = Reading("tracing", Kernel(tmp_path))
+    event = probe(callback_kind="trace-event", callback="trace_event_raw_event_sched_switch")
+    (marked,) = against_set_event(r, TRACEFS, [event], held(lay, probes))
+    return marked.event_shown
+
+
+@pytest.fixture(scope="module")
+def lay() -> Layout:
+    found = layout(Btf.parse(gzip.decompress(VMLINUX.read_bytes())))
+    assert found is not None
+    return found
+
+
+def test_set_event_listing_the_event_agrees(tmp_path: Path, lay: Layout) -> None:
+    assert event_shown(tmp_path, "sched:sched_switch\n", lay) is True
+
+
+def test_set_event_lacking_an_event_memory_still_holds_lies(tmp_path: Path, lay: Layout) -> None:
+    assert event_shown(tmp_path, "sched:sched_wakeup\n", lay) is False
+
+
+def test_an_event_switched_off_meanwhile_is_no_lie(tmp_path: Path, lay: Layout) -> None:
+    assert event_shown(tmp_path, "", lay, probes=0) is True

@@ -98,7 +98,7 @@ def collect_probes(r: Reading, tracefs: str | None) -> None:
     namer = _Namer(kernel, memory, owner_layout(kernel.vmlinux_btf), read.modules)
     probes = [namer.probe(m, tp, p) for m, tp in read.tracepoints for p in tp.entries]
     probes = _against_bpf_ids(r, probes, read)
-    r.records.extend(_against_set_event(r, tracefs, probes, read))
+    r.records.extend(against_set_event(r, tracefs, probes, read))
 
 
 def _read_all(r: Reading, memory: KernelMemory, lay: Layout) -> Read:
@@ -243,7 +243,7 @@ def _unlisted(p: TracepointProbe, unlisted: set[int]) -> TracepointProbe:
 # --- set_event ----------------------------------------------------------------------------------
 
 
-def _against_set_event(
+def against_set_event(
     r: Reading, tracefs: str | None, probes: list[TracepointProbe], read: Read
 ) -> list[TracepointProbe]:
     """The probes, each trace-event probe marked with whether a set_event lists its event."""

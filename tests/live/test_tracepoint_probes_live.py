@@ -6,10 +6,15 @@ lab.)"""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from support import bpfprogs as bp
 
+from patchguard.findings import Severity
 from patchguard.kernel import Kernel
+from patchguard.kernel.bpf import syscall as bpf
+from patchguard.kernel.bpf.syscall import BpfError
 from patchguard.surfaces.reading import Reading
 from patchguard.surfaces.tracing import TracingSurface
 from patchguard.surfaces.tracing.probes import collect_probes
@@ -58,3 +63,19 @@ def test_no_probe_of_this_kernel_runs_from_memory_of_no_module(kernel: Kernel) -
     assert unowned == []
     kinds = {f.technique for f in surface.assess(state)}
     assert "tracepoint-probe-unowned-code" not in kinds
+
+
+def test_a_program_called_hidden_is_one_bpf2_cannot_open_by_id(kernel: Kernel) -> None:
+    """On these VMs an agent outside our view runs BPF programs on tracepoints that bpf(2)
+    does not list; each one the surface calls hidden, bpf(2) cannot open by its id either (a
+    machine without any checks nothing)."""
+    surface = TracingSurface()
+    state = surface.collect(kernel)
+    hidden = [f for f in surface.assess(state) if f.technique == "tracepoint-probe-hidden-bpf"]
+    for found in hidden:
+        assert found.severity == Severity.CRITICAL
+        ids = found.evidence["unlisted_ids"]
+        assert isinstance(ids, list) and ids
+        for prog_id in ids:
+            with pytest.raises(BpfError):
+                os.close(bpf.fd_by_id(bpf.BPF_PROG_GET_FD_BY_ID, int(prog_id), "GET_FD_BY_ID"))

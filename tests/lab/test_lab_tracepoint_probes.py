@@ -2,9 +2,9 @@
 tracepoint_probes_checks.py) on Debian's 6.1: a trace event's probe agreeing with set_event, a
 BPF raw tracepoint named with its program (6.1 passes the program, not a link, as data), and
 pg_tp_probe (tests/lab/modules/pg_tp_probe.c): its own probe named with its module and not
-flagged, its stub in memory of no module a critical finding that names the allocation and no
-innocent module; once it takes itself off the module list, its own probe names the hidden
-module and the views that do not list it."""
+flagged; its stub in memory of no module a critical finding that names the allocation and no
+innocent module; its filter on set_event a view that lies; once it takes itself off the module
+list, its own probe names the hidden module and the views that do not list it."""
 
 from __future__ import annotations
 
@@ -65,9 +65,22 @@ def test_a_probe_in_a_stub_of_no_module_is_critical(guest: Results) -> None:
     callback = found["evidence"]["callback"]
     assert int(found["evidence"]["callback_address"], 16) == stub
     assert callback.startswith(f"{stub:#x} (memory of no listed module"), callback
-    assert f"vmalloc {stub:#x}+0x" in callback and "[" not in callback, callback
+    assert f"vmalloc {stub:#x}+0x" in callback, callback
+    # no module is named as the owner: only the allocation's caller as vmallocinfo prints it
+    # (pg_tp_probe's init function, or its address once init memory is freed)
+    assert "[" not in callback.split(" by ")[0], callback
     assert found["evidence"]["hidden_module"] is None
     assert guest["scan_tp_probe"]["rc"] == 1
+
+
+def test_set_event_hiding_an_event_memory_holds_is_a_view_that_lies(guest: Results) -> None:
+    assert guest["set_event_filtered"] == "" and int(guest["tp_probe_params"]["cut"]) > 0
+    (event,) = _probes(guest, "scan_tp_probe", "sched_kthread_stop")
+    assert event["callback_kind"] == "trace-event" and event["event_shown"] is False
+    (lie,) = findings(guest, "scan_tp_probe", technique="filtered-view", subject="set_event")
+    assert lie["severity"] == "critical" and lie["disposition"] == "tampering"
+    assert lie["evidence"]["tracepoint"] == "sched_kthread_stop"
+    assert "set_event hides the trace event on tracepoint sched_kthread_stop" in lie["summary"]
 
 
 def test_after_rmmod_no_probe_is_left(guest: Results) -> None:

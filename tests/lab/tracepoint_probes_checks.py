@@ -6,8 +6,9 @@ Steps: kernel.kptr_restrict=1 (root then sees vmallocinfo's real addresses, so t
 allocation is named); a trace event switched on through tracefs (its probe against set_event)
 and a BPF raw tracepoint (6.1 passes the program itself as the probe's data), with a scan;
 pg_tp_probe (a probe of its own function on one tracepoint, a stub in memory of no module on
-another) and a scan; rmmod and a scan; pg_tp_probe again with unlist=1 (off the module list,
-so its own probe runs in memory of a hidden module) and a scan; last, the kernel log."""
+another, every read of set_event cut to nothing) and a scan with a trace event on; rmmod and a
+scan; pg_tp_probe again with unlist=1 (off the module list, so its own probe runs in memory of
+a hidden module) and a scan; last, the kernel log."""
 
 from __future__ import annotations
 
@@ -78,10 +79,13 @@ def fork_and_exec() -> dict[str, Any]:
 
 step("kptr_restrict", lambda: Path("/proc/sys/kernel/kptr_restrict").write_text("1\n"))
 step("event_and_raw", with_event_and_raw_tracepoint)
-step("insmod_tp_probe", insmod)
+step("insmod_tp_probe", lambda: insmod("hide_file=set_event"))
 step("fire", fork_and_exec)
-step("tp_probe_params", lambda: module_params("pg_tp_probe"))
+step("event_on", lambda: EVENT.write_text("1\n"))
+step("set_event_filtered", lambda: Path("/sys/kernel/tracing/set_event").read_text())
 step("scan_tp_probe", lambda: patchguard("scan", "--json", "--surface", "tracing"))
+step("event_off", lambda: EVENT.write_text("0\n"))
+step("tp_probe_params", lambda: module_params("pg_tp_probe"))
 step("rmmod_tp_probe", lambda: run("rmmod", "pg_tp_probe"))
 step("scan_after", lambda: patchguard("scan", "--json", "--surface", "tracing"))
 step("insmod_unlisted", lambda: insmod("unlist=1"))

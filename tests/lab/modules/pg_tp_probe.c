@@ -10,6 +10,10 @@
  *     name it "memory of no listed module", never the module whose memory lies below it.
  *
  *   alloc=<address of module_alloc>, set_x=<address of set_memory_x> (neither is exported)
+ *   hide_file=<name>: every read of a seq_file of that name (tracefs set_event), by every
+ *     process, ends at once (a kretprobe on seq_read_iter() turns it into end of file, as
+ *     pg_ops_filter does for enabled_functions): the text view then hides every trace event
+ *     that is on, while their probes stay in the tracepoints' funcs in memory.
  *   unlist=1: also take itself off the module list (list_del, as pg_hide_module does; its
  *     /sys/module entry stays): its own probe then runs in memory of a hidden module, which
  *     scan must name, with the views that do not list it. Such a module cannot be removed.
@@ -18,6 +22,8 @@
  * stub's page is left allocated (the lab guest is thrown away after the run).
  */
 #include <linux/errno.h>
+#include <linux/fs.h>
+#include <linux/kprobes.h>
 #include <linux/module.h>
 #include <linux/moduleparam.h>
 #include <linux/string.h>
@@ -37,6 +43,12 @@ module_param(alloc, ulong, 0444);
 module_param(set_x, ulong, 0444);
 static bool unlist;
 module_param(unlist, bool, 0444);
+static char hide_file[32];
+module_param_string(hide_file, hide_file, sizeof(hide_file), 0444);
+static unsigned long cut;
+module_param(cut, ulong, 0444);
+MODULE_PARM_DESC(cut, "reads of hide_file turned into end of file");
+static bool probed;
 static unsigned long owned_calls, hidden_calls, stub_address;
 module_param(owned_calls, ulong, 0444);
 module_param(hidden_calls, ulong, 0444);
@@ -78,6 +90,37 @@ static noinline void pg_tp_hidden_probe(void *data)
 {
 	WRITE_ONCE(hidden_calls, READ_ONCE(hidden_calls) + 1);
 }
+
+struct pg_call {
+	struct kiocb *iocb;
+};
+
+static int pg_entry(struct kretprobe_instance *ri, struct pt_regs *regs)
+{
+	((struct pg_call *)ri->data)->iocb = (struct kiocb *)regs->di;
+	return 0;
+}
+
+static int pg_return(struct kretprobe_instance *ri, struct pt_regs *regs)
+{
+	struct kiocb *iocb = ((struct pg_call *)ri->data)->iocb;
+	struct file *file = iocb ? iocb->ki_filp : NULL;
+
+	if (file && (long)regs_return_value(regs) > 0 &&
+	    !strcmp(file->f_path.dentry->d_name.name, hide_file)) {
+		regs_set_return_value(regs, 0);
+		WRITE_ONCE(cut, READ_ONCE(cut) + 1);
+	}
+	return 0;
+}
+
+static struct kretprobe pg_read_probe = {
+	.kp.symbol_name = "seq_read_iter",
+	.entry_handler = pg_entry,
+	.handler = pg_return,
+	.data_size = sizeof(struct pg_call),
+	.maxactive = 64,
+};
 
 static int pg_make_stub(void)
 {
@@ -124,6 +167,15 @@ static int __init pg_tp_probe_init(void)
 		tracepoint_probe_unregister(owned, pg_tp_owned_probe, NULL);
 		return err;
 	}
+	if (hide_file[0]) {
+		err = register_kretprobe(&pg_read_probe);
+		if (err) {
+			tracepoint_probe_unregister(stubbed, stub, NULL);
+			tracepoint_probe_unregister(owned, pg_tp_owned_probe, NULL);
+			return err;
+		}
+		probed = true;
+	}
 	pr_info("pg_tp_probe: probes on %s (module) and %s (stub at %px)\n", owned_tp, stub_tp,
 		stub);
 	if (unlist)
@@ -133,6 +185,8 @@ static int __init pg_tp_probe_init(void)
 
 static void __exit pg_tp_probe_exit(void)
 {
+	if (probed)
+		unregister_kretprobe(&pg_read_probe);
 	tracepoint_probe_unregister(stubbed, stub, NULL);
 	tracepoint_probe_unregister(owned, pg_tp_owned_probe, NULL);
 	tracepoint_synchronize_unregister();

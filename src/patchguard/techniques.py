@@ -263,6 +263,21 @@ _CATALOGUE: tuple[Technique, ...] = (
         "A kprobe's handler is in memory no listed module or the kernel holds",
     ),
     Technique(
+        "tracepoint-probe-unowned-code",
+        Severity.CRITICAL,
+        ROOTKIT,
+        "A probe registered on a tracepoint (struct tracepoint.funcs in kernel memory) runs "
+        "code no kernel or listed module symbol covers: a hidden module's, or code copied to "
+        "memory no module owns",
+    ),
+    Technique(
+        "tracepoint-probe-hidden-bpf",
+        Severity.CRITICAL,
+        ROOTKIT,
+        "A tracepoint probe runs a BPF program (read from kernel memory) whose id bpf(2) does "
+        "not list: BPF on a tracepoint out of sight",
+    ),
+    Technique(
         "kprobe-sensitive-function",
         Severity.MEDIUM,
         ROOTKIT,

@@ -20,6 +20,7 @@ from patchguard.kernel import Kernel
 from patchguard.surfaces.base import SurfaceState
 from patchguard.surfaces.tracing import (
     NO_KPROBES,
+    TracingRecords,
     TracingSurface,
     parse_dynamic_events,
 )
@@ -32,9 +33,11 @@ pytestmark = [
 TRACEFS = Path("/sys/kernel/tracing")
 KPROBE_LIST = Path("/sys/kernel/debug/kprobes/list")
 
+State = SurfaceState[TracingRecords]
+
 
 @pytest.fixture(scope="module")
-def scanned() -> tuple[SurfaceState, list[Finding]]:
+def scanned() -> tuple[State, list[Finding]]:
     surface = TracingSurface()
     state = surface.collect(Kernel())  # mounts tracefs/debugfs read-only if they are missing
     return state, surface.assess(state)
@@ -54,12 +57,12 @@ def case(request: pytest.FixtureRequest, text: str) -> None:
     print(f"case: {text}")
 
 
-def gap_reasons(state: SurfaceState) -> dict[str, str]:
+def gap_reasons(state: State) -> dict[str, str]:
     return {g.what: g.reason for g in state.gaps}
 
 
 def test_enabled_functions(
-    scanned: tuple[SurfaceState, list[Finding]], request: pytest.FixtureRequest
+    scanned: tuple[State, list[Finding]], request: pytest.FixtureRequest
 ) -> None:
     state, _ = scanned
     truth = read(TRACEFS / "enabled_functions")
@@ -77,9 +80,7 @@ def test_enabled_functions(
     assert "ftrace enabled_functions" not in gap_reasons(state)
 
 
-def test_kprobes(
-    scanned: tuple[SurfaceState, list[Finding]], request: pytest.FixtureRequest
-) -> None:
+def test_kprobes(scanned: tuple[State, list[Finding]], request: pytest.FixtureRequest) -> None:
     state, _ = scanned
     probes = list(state.records.kprobes)
     if not KPROBE_LIST.exists():
@@ -97,7 +98,7 @@ def test_kprobes(
 
 
 def test_dynamic_events(
-    scanned: tuple[SurfaceState, list[Finding]], request: pytest.FixtureRequest
+    scanned: tuple[State, list[Finding]], request: pytest.FixtureRequest
 ) -> None:
     state, findings = scanned
     truth = read(TRACEFS / "dynamic_events")
@@ -114,7 +115,7 @@ def test_dynamic_events(
     )
 
 
-def test_kprobe_events_file_matches_the_kernel(scanned: tuple[SurfaceState, list[Finding]]) -> None:
+def test_kprobe_events_file_matches_the_kernel(scanned: tuple[State, list[Finding]]) -> None:
     state, _ = scanned
     reason = gap_reasons(state).get("dynamic trace events (kprobe_events)")
     if (TRACEFS / "kprobe_events").exists():
@@ -123,8 +124,10 @@ def test_kprobe_events_file_matches_the_kernel(scanned: tuple[SurfaceState, list
         assert reason is not None and "does not build these events" in reason
 
 
-def test_no_findings_without_hooks(scanned: tuple[SurfaceState, list[Finding]]) -> None:
+def test_no_findings_without_hooks(scanned: tuple[State, list[Finding]]) -> None:
     state, findings = scanned
     if any(state.counts[k] for k in ("ftrace_functions", "kprobes", "dynamic_events")):
         pytest.skip("this kernel has live hooks; their findings are asserted above")
-    assert findings == []
+    # tracepoint probes (these VMs carry BPF programs bpf(2) does not list) are asserted in
+    # test_tracepoint_probes_live.py
+    assert [f for f in findings if not f.technique.startswith("tracepoint-probe-")] == []

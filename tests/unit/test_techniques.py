@@ -37,6 +37,8 @@ NOT_TECHNIQUES = {
     # taint technique stems, named "taint-<stem>" by the posture surface
     "live-patched", "acpi-table-override", "fwctl-debug-write", "kernel-oops", "user-taint",
     "staging-driver", "auxiliary-taint", "kernel-test", "kernel-warning", "forced-module-unload",
+    # what a tracepoint probe's callback is (surfaces/tracing/probes.py's callback_kind)
+    "trace-event", "no-module",
 }  # fmt: skip
 
 

@@ -28,12 +28,13 @@ PERF, GLUE = TEXT + 0x2000, TEXT + 0x2100
 TP, NAME, FUNCS = 0xFFFFFFFF82A0C2E0, 0xFFFFFFFF82000000, 0xFFFF888100000000
 SCK = 0xFFFFFFFF82A0C400  # the tracepoint's static_call_key
 PLAIN_KEY = 0xFFFFFFFF82B00010  # a static key of no tracepoint, 0x10 past a data symbol
-SYMS = SymbolTable.parse(
+SYMS_TEXT = (
     f"{TEXT:016x} T _stext\n{TEXT:016x} T syscall_trace_enter\n{TEXT + 0x100000:016x} T _etext\n"
     f"{SCT:016x} T __SCT__tp_func_sys_enter\n"
     f"{OTHER_SCT:016x} T __SCT__tp_func_sys_exit\n{PERF:016x} T perf_syscall_enter\n"
     f"{GLUE:016x} t __bpf_trace_sys_enter\n{PLAIN_KEY - 0x10:016x} T __start_once\n"
 )
+SYMS = SymbolTable.parse(SYMS_TEXT)
 USERS = {"sys_enter": ["BPF prog 7 pg_test_tp (tracepoint:sys_enter_kill via perf event)"]}
 
 
@@ -141,3 +142,19 @@ def test_a_kprobe_is_said_once_with_who_registered_it() -> None:
     verdict = classify(ChangedRun(TEXT + 0x20, b"\x48", b"\xcc"), idx, SYMS)
     assert verdict.explanation == f"INT3 of the {owned}" and verdict.owner == owned
     assert verdict.explanation.count("kprobe") == 1
+
+
+def test_a_probe_past_its_symbols_extent_is_named_by_bounds_not_the_symbol_below(
+    lay: Layout,
+) -> None:
+    mem = image(lay)
+    stray = GLUE + 0x80  # inside no function this image's kallsyms bounds it to
+    step = lay.func_size // 8
+    mem.put_words(FUNCS, *([PERF] + [0] * (step - 1) + [stray] + [0] * (step - 1) + [0] * step))
+    bounds = SymbolTable.parse(SYMS_TEXT + f"{GLUE + 0x40:016x} t next_function\n")
+    keys = TracepointKeys(
+        reader(lay, mem), bounds, USERS, lambda: [], lambda a: f"{a:#x} (memory of no module)"
+    )
+    said = keys.jump_key(TP + lay.key).owner or ""
+    assert f"probes perf_syscall_enter, {stray:#x} (memory of no module)" in said
+    assert "next_function" not in said

@@ -225,6 +225,7 @@ def test_surface_on_the_hooked_tree() -> None:
     assert [(g.what, g.reason) for g in state.gaps] == [
         (KPROBE_HANDLERS, no_memory),
         (FTRACE_OPS, no_memory),
+        (TRACEPOINT_PROBES, no_memory),
     ]
     assert state.status is Status.PARTIAL
     assert state.counts == {
@@ -236,6 +237,8 @@ def test_surface_on_the_hooked_tree() -> None:
         "uprobes": 2,
         "files_read": 5,
         "ftrace_ops": 0,
+        "tracepoint_probes": 0,
+        "probed_tracepoints": 0,
     }
     found = {(f.technique, f.subject): f for f in surface.assess(state)}
     assert set(found) == {
@@ -314,6 +317,7 @@ def test_surface_on_the_fc_capture() -> None:
 
 
 FTRACE_OPS = "ftrace ops (ftrace_ops_list in kernel memory)"
+TRACEPOINT_PROBES = "tracepoint probes (struct tracepoint.funcs in kernel memory)"
 
 
 class RefusingKernel(Kernel):
@@ -327,8 +331,9 @@ class RefusingKernel(Kernel):
 
 def test_refused_enabled_functions_is_a_gap() -> None:
     state = TracingSurface().collect(RefusingKernel(HOOKED))
-    gap, handlers, ops = state.gaps
+    gap, handlers, ops, probes = state.gaps
     assert handlers.what == KPROBE_HANDLERS and ops.what == FTRACE_OPS
+    assert probes.what == TRACEPOINT_PROBES
     assert gap.what == "ftrace enabled_functions"
     assert gap.reason.endswith("operation not permitted by the kernel (EPERM)")
     assert state.counts["ftrace_functions"] == 0 and state.counts["kprobes"] == 4
@@ -341,6 +346,7 @@ def test_nothing_mounted(tmp_path: Path) -> None:
         "ftrace enabled_functions and dynamic trace events (tracefs)",
         "kprobes (debugfs kprobes/list)",
         FTRACE_OPS,
+        TRACEPOINT_PROBES,
     ]
     assert state.status is Status.UNAVAILABLE
 
@@ -350,4 +356,8 @@ def test_tracefs_inside_debugfs(tmp_path: Path) -> None:
     shutil.copytree(HOOKED / TRACING, tmp_path / "sys/kernel/debug/tracing")
     state = TracingSurface().collect(Kernel(tmp_path))
     assert state.counts["ftrace_functions"] == 8
-    assert [g.what for g in state.gaps] == ["kprobes (debugfs kprobes/list)", FTRACE_OPS]
+    assert [g.what for g in state.gaps] == [
+        "kprobes (debugfs kprobes/list)",
+        FTRACE_OPS,
+        TRACEPOINT_PROBES,
+    ]

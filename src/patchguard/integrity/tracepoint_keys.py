@@ -28,8 +28,11 @@ class TracepointKeys:
         symbols: Symbols,
         users: Mapping[str, list[str]],
         jump_keys: Callable[[], list[int]],
+        name_of: Callable[[int], str] | None = None,
     ) -> None:
         self.reader, self.symbols, self.users = reader, symbols, users
+        # names an address no symbol's extent holds: the memory of no listed module holding it
+        self.name_of = name_of
         self.plain = PlainKeys(symbols)
         self._jump_keys = jump_keys
         self._by_name: dict[str, Tracepoint] = {}
@@ -70,9 +73,11 @@ class TracepointKeys:
 
     def _probe(self, address: int) -> str:
         loc = self.symbols.lookup(address)
-        if loc is None or loc.offset:
-            return str(loc) if loc else hex(address)
-        return loc.symbol.name + (f" [{loc.symbol.module}]" if loc.symbol.module else "")
+        if loc is not None and not loc.offset:
+            return loc.symbol.name + (f" [{loc.symbol.module}]" if loc.symbol.module else "")
+        if self.name_of is not None:
+            return self.name_of(address)
+        return str(loc) if loc else hex(address)
 
 
 def tracepoint_keys(
@@ -91,4 +96,5 @@ def tracepoint_keys(
     assert prefix in (TRAMPOLINE_PREFIX, ITERATOR_PREFIX)
     proofs = {s.address: s.name for s in kernel.kallsyms.with_prefix(prefix) if s.is_text}
     reader = TracepointReader(memory, lay, proofs)
-    return TracepointKeys(reader, kernel.kallsyms, users, jump_keys)
+    names = kernel.attributor()  # by bounds, as scan names the same probes (probes.py)
+    return TracepointKeys(reader, names, users, jump_keys, names.name)

@@ -12,6 +12,7 @@ checked like any other (record addresses in kernel space, sane counts).
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 from itertools import compress, repeat
@@ -54,14 +55,23 @@ def layout(btf: Btf) -> RecordLayout:
     return RecordLayout(nxt, records, index, ip, flags, size)
 
 
+# REX.W (r64 or r8-r15), MOV r64, r/m64, ModRM mod=00 rm=101 (RIP+disp32), then the disp32:
+# one regex search (a byte loop in Python costs tens of microseconds per function read).
+_RIP_LOAD = re.compile(rb"[\x48\x4c]\x8b[\x05\x0d\x15\x1d\x25\x2d\x35\x3d](.{4})", re.DOTALL)
+
+
 def first_rip_load(code: bytes, address: int) -> int | None:
     """The address the first `mov r64, qword [rip+disp32]` in `code` (at `address`) loads."""
-    for at in range(len(code) - 6):
-        rex, op, modrm = code[at], code[at + 1], code[at + 2]
-        if rex in (0x48, 0x4C) and op == 0x8B and modrm & 0xC7 == 0x05:
-            disp = int.from_bytes(code[at + 3 : at + 7], "little", signed=True)
-            return (address + at + 7 + disp) & ((1 << 64) - 1)
-    return None
+    return rip_load_in(code, 0, len(code), address)
+
+
+def rip_load_in(buffer: bytes, start: int, end: int, address: int) -> int | None:
+    """first_rip_load of buffer[start:end] (code at `address`), without copying the slice."""
+    found = _RIP_LOAD.search(buffer, start, end)
+    if found is None:
+        return None
+    disp = int.from_bytes(found.group(1), "little", signed=True)
+    return (address + found.end() - start + disp) & ((1 << 64) - 1)
 
 
 def variable_address(

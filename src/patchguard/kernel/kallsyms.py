@@ -4,6 +4,7 @@ ranges of core text and of the tables the kernel patches itself through."""
 from __future__ import annotations
 
 import bisect
+import contextlib
 import re
 import sys
 from array import array
@@ -415,6 +416,24 @@ class SymbolTable:
     def with_prefix(self, prefix: str) -> list[Symbol]:
         """Every symbol whose name starts with `prefix` (e.g. the __SCT__ trampolines)."""
         return [s for s in self._lines_with(f" {prefix}") if s.name.startswith(prefix)]
+
+    def core_text_with_prefix(self, prefix: str) -> dict[str, int]:
+        """name -> address of every core kernel text symbol (T or t) whose name starts with
+        `prefix`: one pass of str.find and slicing, no regex or Symbol per line (the scan
+        asks this for the 1,600 tracepoint iterators)."""
+        text, needle = self._text, f" {prefix}"
+        found: dict[str, int] = {}
+        pos = text.find(needle)
+        while pos >= 0:
+            end = text.find("\n", pos)
+            end = end if end >= 0 else len(text)
+            start = text.rfind("\n", 0, pos) + 1
+            name = text[pos + 1 : end].rstrip()
+            if text[pos - 1] in "Tt" and pos - start >= 3 and "\t" not in name:
+                with contextlib.suppress(ValueError):
+                    found.setdefault(name, int(text[start : pos - 2], 16))
+            pos = text.find(needle, end)
+        return found
 
     def in_modules(self, modules: set[str]) -> list[Symbol]:
         """Every symbol of the named modules or pseudo modules ([bpf], [__builtin__ftrace])."""

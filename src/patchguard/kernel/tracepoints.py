@@ -20,6 +20,7 @@ from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.memory import KERNEL_SPACE, KernelMemory
 
 MAX_PROBES = 64  # tp->funcs is NULL-terminated; a longer array is not one
+PROBES_AT_ONCE = 4  # entries read in the first read of tp->funcs (most hold one or two)
 NAME_READS = (128, 64, 32)  # a name near the end of a mapping cannot be read 128 bytes long
 _NAME = re.compile(rb"[A-Za-z0-9_]{1,127}")
 TRAMPOLINE_PREFIX = "__SCT__tp_func_"
@@ -36,6 +37,9 @@ class Layout:
     funcs: int
     size: int  # bytes of the struct read at once
     func_size: int  # sizeof(struct tracepoint_func); its `func` is the first member
+    data: int = 8  # tracepoint_func.data
+    prio: int = 16  # tracepoint_func.prio
+    iterator: int | None = None  # tracepoint.iterator: its __traceiter_ function (5.10+)
 
 
 def layout(btf: Btf) -> Layout | None:
@@ -50,8 +54,21 @@ def layout(btf: Btf) -> Layout | None:
     if name is None or key is None or funcs is None or check is None or not func_size:
         return None
     sck = btf.member_offset("tracepoint", "static_call_key")
-    size = max(name, key, funcs, check, sck or 0) + 8
-    return Layout(key, name, sck, check, prefix, funcs, size, func_size)
+    size = max(name, key, funcs, check, sck or 0, iterator or 0) + 8
+    data, prio = (btf.member_offset("tracepoint_func", m) for m in ("data", "prio"))
+    if data is None or prio is None:
+        return None
+    return Layout(key, name, sck, check, prefix, funcs, size, func_size, data, prio, iterator)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One `struct tracepoint_func`: the function called, the data passed as its first
+    argument (a BPF link or program, a trace event file, a perf event call) and its priority."""
+
+    func: int
+    data: int
+    prio: int
 
 
 @dataclass(frozen=True)
@@ -59,7 +76,12 @@ class Tracepoint:
     address: int  # of its struct tracepoint
     name: str
     static_call_key: int | None
-    probes: tuple[int, ...]  # the functions registered on it (tp->funcs[i].func)
+    entries: tuple[Probe, ...]  # tp->funcs, in calling order
+
+    @property
+    def probes(self) -> tuple[int, ...]:
+        """The functions registered on it (tp->funcs[i].func)."""
+        return tuple(p.func for p in self.entries)
 
 
 def _u64(raw: bytes, at: int) -> int:
@@ -99,6 +121,19 @@ class TracepointReader:
                 self.at_key(key)
         return self._by_call_key.get(call_key)
 
+    def named_at(self, address: int) -> Tracepoint | None:
+        """The struct tracepoint at `address`, taken on its own name field: for addresses a
+        module's own tracepoint list gives, which need no trampoline to prove them."""
+        try:
+            raw = self.memory.read(address, self.layout.size)
+            name = self._name(_u64(raw, self.layout.name))
+            probes = self._probes(_u64(raw, self.layout.funcs)) if name else ()
+        except KernelAccessError:
+            return None
+        lay = self.layout
+        sck = _u64(raw, lay.static_call_key) if lay.static_call_key is not None else None
+        return Tracepoint(address, name, sck, probes) if name else None
+
     def _read(self, address: int) -> Tracepoint | None:
         lay = self.layout
         try:
@@ -127,17 +162,35 @@ class TracepointReader:
             return text.decode() if len(text) < len(raw) and _NAME.fullmatch(text) else None
         return None
 
-    def _probes(self, funcs: int) -> tuple[int, ...]:
-        """tp->funcs: an array of struct tracepoint_func ended by a NULL func (or no array)."""
-        if funcs < KERNEL_SPACE:
-            return ()
-        found: list[int] = []
-        for i in range(MAX_PROBES):  # one read each: the array may end at its allocation's end
-            func = _u64(self.memory.read(funcs + i * self.layout.func_size, 8), 0)
-            if not func:
-                return tuple(found)
-            found.append(func)
-        raise KernelAccessError(f"tracepoint funcs {funcs:#x}", f"over {MAX_PROBES} probes")
+    def _probes(self, funcs: int) -> tuple[Probe, ...]:
+        return read_probes(self.memory, self.layout, funcs)
+
+
+def _entry(lay: Layout, raw: bytes, at: int) -> Probe:
+    prio = int.from_bytes(raw[at + lay.prio : at + lay.prio + 4], "little", signed=True)
+    return Probe(_u64(raw, at), _u64(raw, at + lay.data), prio)
+
+
+def read_probes(memory: KernelMemory, lay: Layout, funcs: int) -> tuple[Probe, ...]:
+    """tp->funcs: an array of struct tracepoint_func (func, data, prio) ended by a NULL func,
+    or no array. Read a few entries at once (kmalloc memory, mapped past the array's end);
+    one at a time where that read fails (the array may end at its mapping's end)."""
+    if funcs < KERNEL_SPACE:
+        return ()
+    func_size = lay.func_size
+    try:
+        raw = memory.read(funcs, func_size * PROBES_AT_ONCE)
+    except KernelAccessError:
+        raw = b""
+    found: list[Probe] = []
+    for i in range(MAX_PROBES):
+        at = i * func_size
+        if at + func_size > len(raw):
+            raw = raw[:at] + memory.read(funcs + at, func_size)
+        if not _u64(raw, at):
+            return tuple(found)
+        found.append(_entry(lay, raw, at))
+    raise KernelAccessError(f"tracepoint funcs {funcs:#x}", f"over {MAX_PROBES} probes")
 
 
 def tracepoint_of_event(event: str) -> str:

@@ -38,8 +38,18 @@ MODULES_TASKS = ("pg_hide_task", "pg_write_filter", "pg_hide_pid")
 # the ftrace ops boot (ftrace_ops_checks.py): an ops hidden from enabled_functions, a module
 # hidden from kallsyms and sysfs listings, a module whose sysfs kobject is removed
 MODULES_OPS = ("pg_ops_filter", "pg_mod_hide", "pg_sysfs_removed")
+# the tracepoint probes boot (tracepoint_probes_checks.py): a probe of a module, and one in a
+# stub of no module
+MODULES_TP = ("pg_tp_probe",)
 ALL_MODULES = (
-    MODULES + MODULES2 + MODULES3 + MODULES_SOCKETS + MODULES_TRUTH + MODULES_TASKS + MODULES_OPS
+    MODULES
+    + MODULES2
+    + MODULES3
+    + MODULES_SOCKETS
+    + MODULES_TRUTH
+    + MODULES_TASKS
+    + MODULES_OPS
+    + MODULES_TP
 )
 COMPILER = "gcc-12"  # what Debian's 6.1 kernels are built with (linux-compiler-gcc-12-x86)
 

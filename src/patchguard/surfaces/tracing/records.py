@@ -126,6 +126,26 @@ class DirectMismatch:
 
 
 @dataclass(frozen=True)
+class TracepointProbe:
+    """One probe registered on a tracepoint (`struct tracepoint_func`), as memory holds it,
+    its callback named by bounds (kernel/attribution.py) and its data by what it points at."""
+
+    tracepoint: str
+    tracepoint_module: str | None  # None: a core kernel tracepoint
+    callback: str  # symbol+off [module], or the memory of no listed module holding it
+    callback_module: str | None
+    callback_kind: str  # bpf, perf, trace-event, kernel, module, no-module (see probes.py)
+    owner: str  # what its data names: the BPF program, the perf event's programs, ...
+    prio: int
+    address: int  # of the callback
+    prog_ids: tuple[int, ...] = ()
+    hidden_module: str | None = None  # the hidden module whose memory holds the callback
+    hidden_from: tuple[str, ...] = ()  # the views that do not list that module
+    event_shown: bool | None = None  # trace-event: tracefs set_event lists it (None: unread)
+    unlisted_ids: tuple[int, ...] = ()  # of prog_ids, those bpf(2)'s id list lacks
+
+
+@dataclass(frozen=True)
 class TracingRecords(RecordSet):
     """The tracing surface's records by kind."""
 
@@ -135,3 +155,4 @@ class TracingRecords(RecordSet):
     ops: tuple[OpsRecord, ...] = ()
     direct_mismatches: tuple[DirectMismatch, ...] = ()
     livepatched: tuple[Livepatched, ...] = ()
+    tracepoint_probes: tuple[TracepointProbe, ...] = ()

@@ -21,6 +21,7 @@ from patchguard.surfaces.tracing.collect import (
 )
 from patchguard.surfaces.tracing.ops import collect_ops, ops_findings
 from patchguard.surfaces.tracing.paths import NAME
+from patchguard.surfaces.tracing.probes import collect_probes, probe_counts, probe_findings
 from patchguard.surfaces.tracing.records import TracingRecords
 
 
@@ -36,10 +37,16 @@ class TracingSurface:
             _collect_events(r, tracefs)
         _collect_kprobes(r)
         collect_ops(r)
+        collect_probes(r, tracefs)
         r.records.extend(read_livepatches(kernel))
         records = TracingRecords.of(r.records)
-        counts = {**_counts(records, r.files_read), "ftrace_ops": len(records.ops)}
+        counts = {
+            **_counts(records, r.files_read),
+            "ftrace_ops": len(records.ops),
+            **probe_counts(records),
+        }
         return SurfaceState(NAME, records, counts, tuple(r.gaps))
 
     def assess(self, state: SurfaceState[TracingRecords]) -> list[Finding]:
-        return assess_records(state.records) + ops_findings(state.records)
+        records = state.records
+        return assess_records(records) + ops_findings(records) + probe_findings(records)

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from patchguard import stored_help
+
 MARK = "MODULES:"
 RUN = (
     "import json, sys\n"
@@ -53,12 +55,13 @@ def imported(tmp_path: Path, *args: str) -> tuple[set[str], str]:
     return tops | {n for n in names if n.startswith("patchguard.")}, out
 
 
-def imported_all(tmp_path: Path, *args: str) -> tuple[set[str], str]:
+def imported_all(tmp_path: Path, *args: str, columns: int = 80) -> tuple[set[str], str]:
     """(every module imported, stdout) of `patchguard *args` in a fresh interpreter."""
     env = {
         "PATCHGUARD_LEDGER": str(tmp_path / "no-ledger.db"),
         "PATCHGUARD_KEY": str(tmp_path / "no-host.key"),  # no key: the report is sealed unsigned
         "PATH": "/usr/bin:/bin",
+        "COLUMNS": str(columns),  # the width help is wrapped at
     }
     done = subprocess.run(
         [sys.executable, "-c", RUN, *args],
@@ -130,14 +133,26 @@ def test_the_cli_role_choices_are_the_ledger_rules_roles() -> None:
     assert cli.ROLES == rules.ROLES
 
 
-def test_help_imports_the_cli_and_argparse_only(tmp_path: Path) -> None:
-    names, out = imported_all(tmp_path, "--help")
+def test_help_at_the_stored_width_imports_the_stored_text_only(tmp_path: Path) -> None:
+    names, out = imported_all(tmp_path, "--help", columns=stored_help.COLUMNS)
     assert "verify-report" in out and "fetch-policy" in out and "witness" in out
+    if tuple(sys.version_info[:2]) != stored_help.PYTHON:
+        pytest.skip(f"stored_help.py was rendered by Python {stored_help.PYTHON}")
+    patchguard = {n for n in names if n.startswith("patchguard")}
+    assert patchguard == {"patchguard", "patchguard.cli", "patchguard.stored_help"}
+    assert "argparse" not in names
+
+
+def test_help_at_another_width_imports_the_cli_and_argparse_only(tmp_path: Path) -> None:
+    names, out = imported_all(tmp_path, "--help", columns=stored_help.COLUMNS + 43)
+    assert "verify-report" in out and "fetch-policy" in out and "witness" in out
+    assert "argparse" in names
     # the other modules' groups are listed from cli.GROUPS, not imported
     assert {n for n in names if n.startswith("patchguard")} == {
         "patchguard",
         "patchguard.arguments",
         "patchguard.cli",
+        "patchguard.stored_help",  # asked which width it was rendered at
     }
     extra = {n.split(".")[0] for n in names - interpreter_modules(tmp_path)}
     # argparse and what it loads for help (re, gettext, shutil for the width); nothing for

@@ -418,7 +418,13 @@ class SymbolTable:
 
     def in_modules(self, modules: set[str]) -> list[Symbol]:
         """Every symbol of the named modules or pseudo modules ([bpf], [__builtin__ftrace])."""
-        return [s for s in self._lines_with("\t[") if s.module in modules]
+        return [s for s in self._module_symbols if s.module in modules]
+
+    @cached_property
+    def _module_symbols(self) -> tuple[Symbol, ...]:
+        """Every module and pseudo-module symbol, in file order: found once, several
+        surfaces ask for some modules' (a scan asked for [bpf]'s three times)."""
+        return tuple(self._lines_with("\t["))
 
     def modules(self) -> set[str]:
         """Names of the modules that have symbols here (one of the module cross-views)."""

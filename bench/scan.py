@@ -21,7 +21,14 @@ import sys
 import time
 from pathlib import Path
 
-from timing import load_note, median_cpu_seconds, median_seconds, process_costs, ratios
+from timing import (
+    load_note,
+    median_cpu_seconds,
+    median_seconds,
+    patchguard_command,
+    process_costs,
+    ratios,
+)
 
 from patchguard.kernel import Kernel
 from patchguard.kernel.kallsyms import SymbolTable
@@ -104,8 +111,7 @@ def main() -> None:
 
 FLOOR = str(Path(__file__).with_name("floor_process.py"))
 # The console script as a user runs it (beside this interpreter in a venv), else the module.
-SCRIPT = Path(sys.executable).with_name("patchguard")
-PATCHGUARD = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "patchguard.cli"]
+PATCHGUARD = patchguard_command()
 
 
 def whole_process(rounds: int) -> None:

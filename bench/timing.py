@@ -8,6 +8,7 @@ import os
 import resource
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,15 @@ def median_cpu_seconds(fn: Callable[[], object], rounds: int) -> float:
         fn()
         times.append(cpu_seconds() - c0)
     return statistics.median(times)
+
+
+def patchguard_command() -> list[str]:
+    """`patchguard` as a user runs it: the script installed beside this interpreter (a venv),
+    else the repository's bin/patchguard run by it (the lab guest, which installs nothing)."""
+    installed = os.path.join(os.path.dirname(sys.executable), "patchguard")
+    if os.path.exists(installed):
+        return [installed]
+    return [sys.executable, os.path.join(os.path.dirname(__file__), "..", "bin", "patchguard")]
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from timing import load_note, median_ms, process_costs, ratios
+from timing import load_note, median_ms, patchguard_command, process_costs, ratios
 
 from patchguard.integrity.check import capture, verify
 from patchguard.integrity.keyed_pages import KeyedPages
@@ -158,9 +158,7 @@ def keyed_sweeps(kernel: Kernel, path: Path, public: bytes, floor: float, rounds
 
 def whole_process(tmp: Path, rounds: int) -> None:
     floor = str(Path(__file__).with_name("floor_process.py"))
-    script = Path(sys.executable).with_name("patchguard")  # the console script, as users run it
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "patchguard.cli"]
-    check = [*command, "check", "--json", "--fail-on", "critical"]
+    check = [*patchguard_command(), "check", "--json", "--fail-on", "critical"]
     check += ["--baseline", str(tmp / "baseline.zip"), "--key", str(tmp / "host.key")]
     t = process_costs({"floor": [sys.executable, floor], "check": check}, rounds)
     print(f"process: floor {t['floor'].wall * 1000:.0f} ms, {t['floor'].cpu * 1000:.0f} ms CPU")

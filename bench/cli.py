@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from timing import load_note, process_costs, ratios
+from timing import load_note, patchguard_command, process_costs, ratios
 
-SCRIPT = Path(sys.executable).with_name("patchguard")
-PATCHGUARD = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "patchguard.cli"]
+PATCHGUARD = patchguard_command()
 
 
 def main() -> None:

@@ -206,6 +206,68 @@ def _parser(command: str | None = None, everything: bool = True) -> argparse.Arg
     return parser
 
 
+def _stored_help() -> str | None:
+    """`patchguard --help` as argparse renders it, stored in stored_help.py: importing
+    argparse and building the parser cost more than Python's start. Used only where argparse
+    would print the same text: the Python it was rendered by, and the width it wraps at."""
+    from patchguard import stored_help
+
+    if tuple(sys.version_info[:2]) != stored_help.PYTHON or _columns() != stored_help.COLUMNS:
+        return None
+    return stored_help.TEXT
+
+
+def _columns() -> int:
+    """shutil.get_terminal_size().columns (argparse wraps help at it), without shutil."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        stdout = sys.__stdout__
+        try:
+            columns = os.get_terminal_size(stdout.fileno()).columns if stdout is not None else 0
+        except (ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+def render_help(columns: int) -> str:
+    """The top-level help as argparse renders it `columns` wide (what stored_help.py keeps)."""
+    import argparse
+
+    parser = _parser(None, everything=False)
+    parser.formatter_class = lambda prog: argparse.HelpFormatter(prog, width=columns - 2)
+    return parser.format_help()
+
+
+def store_help(columns: int = 80) -> None:
+    """Write stored_help.py from this Python's argparse (after a change to the parser)."""
+    from pathlib import Path
+
+    from patchguard.atomic import write_atomic
+
+    version = tuple(sys.version_info[:2])
+    body = (
+        '"""`patchguard --help` as argparse renders it (written by cli.store_help: do not edit;\n'
+        'tests/unit/test_stored_help.py checks it is what argparse prints)."""\n\n'
+        f"PYTHON = {version!r}\nCOLUMNS = {columns!r}\n"
+        f"TEXT = (\n{_literals(render_help(columns))})\n"
+    )
+    write_atomic(Path(__file__).with_name("stored_help.py"), body.encode())
+
+
+def _literals(text: str, width: int = 80) -> str:
+    """`text` as adjacent double-quoted literals, one a line, none longer than ruff allows."""
+    if not all(c == "\n" or " " <= c <= "~" for c in text):  # else escape more than quotes
+        raise ValueError("the help text is not printable ASCII")
+    pieces = [
+        line[i : i + width] for line in text.splitlines(True) for i in range(0, len(line), width)
+    ]
+    quoted = (p.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for p in pieces)
+    return "".join(f'    "{q}"\n' for q in quoted)
+
+
 def _records_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--records",
@@ -545,8 +607,12 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Exit 0 clean, 1 findings (only), 2 anything else: every failure is
     one line on stderr naming the file and what is wrong; a closed pipe exits quietly."""
-    if list(sys.argv[1:] if argv is None else argv) == ["--version"]:  # before argparse loads
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words == ["--version"]:  # before argparse loads
         print(f"patchguard {__version__}")
+        return EXIT_CLEAN
+    if words in (["--help"], ["-h"]) and (text := _stored_help()) is not None:
+        sys.stdout.write(text)  # as argparse's print_help writes it
         return EXIT_CLEAN
     args: argparse.Namespace | None = None
     try:

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from patchguard import stored_help
+
 MARK = "MODULES:"
 RUN = (
     "import json, sys\n"
@@ -53,12 +55,13 @@ def imported(tmp_path: Path, *args: str) -> tuple[set[str], str]:
     return tops | {n for n in names if n.startswith("patchguard.")}, out
 
 
-def imported_all(tmp_path: Path, *args: str) -> tuple[set[str], str]:
+def imported_all(tmp_path: Path, *args: str, columns: int = 80) -> tuple[set[str], str]:
     """(every module imported, stdout) of `patchguard *args` in a fresh interpreter."""
     env = {
         "PATCHGUARD_LEDGER": str(tmp_path / "no-ledger.db"),
         "PATCHGUARD_KEY": str(tmp_path / "no-host.key"),  # no key: the report is sealed unsigned
         "PATH": "/usr/bin:/bin",
+        "COLUMNS": str(columns),  # the width help is wrapped at
     }
     done = subprocess.run(
         [sys.executable, "-c", RUN, *args],
@@ -108,10 +111,12 @@ def test_scan_of_one_surface_imports_only_that_surface(tmp_path: Path) -> None:
 def test_scan_json_imports_a_library_only_where_it_is_used(tmp_path: Path) -> None:
     modules, out = imported(tmp_path, "scan", "--json", "--fail-on", "critical")
     doc: dict[str, Any] = json.loads(out)
-    # pyroute2 is the ebpf surface's (XDP and tc attach points) and the sockets surface's
-    # (sock_diag requests) in every scan of them; elftools is /proc/kcore's and, when a uprobe
-    # is there to resolve, the ebpf surface's: a scan of posture alone imports neither (above).
+    # elftools is /proc/kcore's and, when a uprobe is there to resolve, the ebpf surface's: a
+    # scan of posture alone imports it not (above). pyroute2 is the netfilter hook dump's
+    # alone: sock_diag and rtnetlink (XDP, tc) are read with struct (kernel/netlink.py).
     assert "elftools" in modules or doc["memory_reader"] != "kcore"
+    assert "pyroute2" not in modules or hook_dump_asked(doc)
+    assert "asyncio" not in modules or "pyroute2" in modules
     assert not modules & {"rich", "cryptography"}
     assert not {"patchguard.policy.cli", "patchguard.integrity", "patchguard.guard"} & modules
     assert "patchguard.policy.match" not in modules  # no ledger: no exception matching
@@ -130,14 +135,26 @@ def test_the_cli_role_choices_are_the_ledger_rules_roles() -> None:
     assert cli.ROLES == rules.ROLES
 
 
-def test_help_imports_the_cli_and_argparse_only(tmp_path: Path) -> None:
-    names, out = imported_all(tmp_path, "--help")
+def test_help_at_the_stored_width_imports_the_stored_text_only(tmp_path: Path) -> None:
+    names, out = imported_all(tmp_path, "--help", columns=stored_help.COLUMNS)
     assert "verify-report" in out and "fetch-policy" in out and "witness" in out
+    if tuple(sys.version_info[:2]) != stored_help.PYTHON:
+        pytest.skip(f"stored_help.py was rendered by Python {stored_help.PYTHON}")
+    patchguard = {n for n in names if n.startswith("patchguard")}
+    assert patchguard == {"patchguard", "patchguard.cli", "patchguard.stored_help"}
+    assert "argparse" not in names
+
+
+def test_help_at_another_width_imports_the_cli_and_argparse_only(tmp_path: Path) -> None:
+    names, out = imported_all(tmp_path, "--help", columns=stored_help.COLUMNS + 43)
+    assert "verify-report" in out and "fetch-policy" in out and "witness" in out
+    assert "argparse" in names
     # the other modules' groups are listed from cli.GROUPS, not imported
     assert {n for n in names if n.startswith("patchguard")} == {
         "patchguard",
         "patchguard.arguments",
         "patchguard.cli",
+        "patchguard.stored_help",  # asked which width it was rendered at
     }
     extra = {n.split(".")[0] for n in names - interpreter_modules(tmp_path)}
     # argparse and what it loads for help (re, gettext, shutil for the width); nothing for
@@ -170,17 +187,21 @@ def test_netfilter_asks_no_module_loading_dump_of_a_kernel_without_modules(
     names, out = imported_all(
         tmp_path, "scan", "--json", "--surface", "modules", "--surface", "netfilter"
     )
-    surfaces = json.loads(out)["surfaces"]
-    modules_gaps = json.loads(out)["unavailable"]
-    no_modules = any("/proc/modules absent" in g["reason"] for g in modules_gaps)
-    netfilter = next(s for s in surfaces if s["name"] == "netfilter")
-    hook_dump_asked = netfilter["counts"].get("hooks", 0) > 0 or not any(
-        "not asked" in g["reason"] for g in modules_gaps if g["surface"] == "netfilter"
-    )
+    doc = json.loads(out)
+    no_modules = any("/proc/modules absent" in g["reason"] for g in doc["unavailable"])
     # the prepare step's dump only loads modules: with none loadable it is not asked, so
     # pyroute2 is imported exactly when the hook lists themselves are dumped
-    if no_modules and not hook_dump_asked:
+    if no_modules and not hook_dump_asked(doc):
         assert not any(n.startswith("pyroute2") for n in names)
+
+
+def hook_dump_asked(doc: dict[str, Any]) -> bool:
+    """Whether a scan's netfilter surface asked the kernel for its hook lists."""
+    netfilter = next(s for s in doc["surfaces"] if s["name"] == "netfilter")
+    gaps = [g for g in doc["unavailable"] if g["surface"] == "netfilter"]
+    return netfilter["counts"].get("hooks", 0) > 0 or not any(
+        "not asked" in g["reason"] for g in gaps
+    )
 
 
 def test_pyroute2_modules_load_alone_and_the_package_whole_on_first_use() -> None:

@@ -46,9 +46,9 @@ from patchguard.kernel.memory import KernelMemory, read_chunks
 from patchguard.scan import ScanReport, SurfaceResult, report_for
 from patchguard.surfaces.base import AnyState, SurfaceState
 from patchguard.surfaces.kernel_text import NAME, KernelTextSurface
-from patchguard.surfaces.syscalls import TABLE_DISPATCH
 from patchguard.x86.dispatch import (
     DISPATCH_FUNCTIONS,
+    TABLE_DISPATCH,
     DispatchEntry,
     KallsymsNames,
     dispatch_entries,

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import compress, count, islice, pairwise
-from operator import gt
+from operator import gt, itemgetter
 from typing import TypeVar, Union
 
 from patchguard.kernel.errors import KernelAccessError
@@ -85,7 +85,8 @@ class AddressRange:
 T = TypeVar("T")
 Range = tuple[int, int]
 MAX_RUNS = 64  # more ascending runs (modules list symbols unsorted): one argsort instead
-_AFTER_ADDRESS = re.compile(r" [^\n]*\n?")
+_ADDRESS = itemgetter(slice(0, 16))  # a line's address: 16 hex digits on 64-bit kernels
+_AFTER_ADDRESS = itemgetter(16)  # the space after it
 
 
 class _Rows:
@@ -177,16 +178,26 @@ class SymbolTable:
         return cls(text)
 
     @cached_property
-    def _in_file_order(self) -> array[int] | None:
-        """Every line's address, in file order, converted at C speed: the text after each
-        line's address cut away by one substitution and the rest read by bytes.fromhex (a tenth
-        of the regex parse of 122k lines). None where a line's address is not 16 hex digits
-        followed by a space (a 32-bit kernel's table, a damaged capture): the regex parse then.
-        A line with such an address whose rest the regex refuses (never in the kernel's own
-        file) still counts as a start here; naming through it falls back to the regex parse."""
+    def _lines(self) -> list[str]:
+        """The table's lines, split once: the address parse and the rows share them."""
         body = self._text[:-1] if self._text.endswith("\n") else self._text
-        digits = _AFTER_ADDRESS.sub("", body)
-        if not body or len(digits) != 16 * (body.count("\n") + 1):
+        return body.split("\n")
+
+    @cached_property
+    def _in_file_order(self) -> array[int] | None:
+        """Every line's address, in file order, converted at C speed: each line's first 16
+        characters joined and read by bytes.fromhex (a tenth of the regex parse of 122k
+        lines). None where a line's address is not 16 hex digits followed by a space (a
+        32-bit kernel's table, a damaged capture): the regex parse then. A line with such an
+        address whose rest the regex refuses (never in the kernel's own file) still counts as
+        a start here; naming through it falls back to the regex parse."""
+        lines = self._lines
+        try:
+            digits = "".join(map(_ADDRESS, lines))
+            spaces = "".join(map(_AFTER_ADDRESS, lines))
+        except IndexError:  # a line shorter than an address and its space
+            return None
+        if not self._text or spaces != " " * len(lines) or len(digits) != 16 * len(lines):
             return None
         try:
             words = array("Q", bytes.fromhex(digits))
@@ -194,7 +205,7 @@ class SymbolTable:
             return None
         if sys.byteorder == "little":
             words.byteswap()  # the digits are big-endian
-        return words if len(words) == body.count("\n") + 1 else None
+        return words if len(words) == len(lines) else None
 
     @cached_property
     def _table(self) -> tuple[list[int], Rows]:
@@ -203,7 +214,7 @@ class SymbolTable:
         words = self._in_file_order
         if words is None or self._slow:
             return self._parsed()
-        lines = self._text.split("\n")
+        lines = self._lines
         runs = _ascending_runs(words)
         if len(runs) <= MAX_RUNS:  # the core kernel's lines, then bpf's: sorted at C speed
             addresses = sorted(words)
@@ -437,7 +448,13 @@ class SymbolTable:
 
     def in_modules(self, modules: set[str]) -> list[Symbol]:
         """Every symbol of the named modules or pseudo modules ([bpf], [__builtin__ftrace])."""
-        return [s for s in self._lines_with("\t[") if s.module in modules]
+        return [s for s in self._module_symbols if s.module in modules]
+
+    @cached_property
+    def _module_symbols(self) -> tuple[Symbol, ...]:
+        """Every module and pseudo-module symbol, in file order: found once, several
+        surfaces ask for some modules' (a scan asked for [bpf]'s three times)."""
+        return tuple(self._lines_with("\t["))
 
     def modules(self) -> set[str]:
         """Names of the modules that have symbols here (one of the module cross-views)."""

@@ -79,9 +79,11 @@ def identify(
 
 
 def trampoline_helpers(symbols: SymbolTable) -> dict[str, int]:
-    """name -> address of the trampoline helpers this kernel has (one search of kallsyms)."""
+    """name -> address of the trampoline helpers this kernel has (two searches of kallsyms by
+    prefix: "__bpf_" alone finds ~1,900 lines, the tracepoints' __bpf_trace_* among them)."""
     wanted = set(shape.HELPER_NAMES)
-    return {s.name: s.address for s in symbols.containing("__bpf_") if s.name in wanted}
+    found = [*symbols.with_prefix("__bpf_prog_"), *symbols.with_prefix("__bpf_tramp_")]
+    return {s.name: s.address for s in found if s.name in wanted}
 
 
 def _code(memory: KernelMemory, address: int) -> bytes:

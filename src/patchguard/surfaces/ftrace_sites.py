@@ -27,9 +27,14 @@ from patchguard.kernel.ftrace_records import (
 )
 from patchguard.kernel.kallsyms import SymbolTable
 from patchguard.kernel.memory import KernelMemory
-from patchguard.surfaces import bpf_trampolines
 from patchguard.surfaces.base import finding
 from patchguard.x86 import insn as x86
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    # imported where a site calls code no view names: `check`, which imports this module
+    # for the surface alone, never pays for the BPF object and trampoline readers
+    from patchguard.surfaces import bpf_trampolines
 
 TRAMPOLINE_MODULES = frozenset({"__builtin__ftrace", "bpf"})
 DISPATCH = ("ftrace_caller", "ftrace_regs_caller")
@@ -164,6 +169,8 @@ def check_sites(kernel: Kernel, memory: KernelMemory, text: bytes, start: int) -
         else:
             bad.append((site, code, target))
     called = {t for _, c, t in bad if t is not None and c[0] == x86.CALL}
+    from patchguard.surfaces import bpf_trampolines
+
     tramps = bpf_trampolines.identify(kernel, memory, called)
     hooks = tuple(_hook(kernel, s, c, t, tramps.get(t) if t else None) for s, c, t in bad)
     named, unnamed, count = _unlisted(kernel, sites, records.disabled)
@@ -262,6 +269,8 @@ def _unlisted_findings(surface: str, state: FtraceSites) -> list[Finding]:
 
 def _finding(surface: str, hook: SiteHook) -> Finding:
     if hook.trampoline is not None:
+        from patchguard.surfaces import bpf_trampolines
+
         return bpf_trampolines.site_finding(surface, hook.function, hook.site, hook.trampoline)
     goes = f": it goes to {hook.target_name}" if hook.target_name else ""
     return finding(

@@ -23,13 +23,14 @@ from patchguard.kernel.kallsyms import Location
 from patchguard.surfaces.base import SurfaceState, finding
 from patchguard.x86.dispatch import (
     DISPATCH_FUNCTIONS,
+    TABLE_DISPATCH,
     dispatch_entries,
     is_syscall_function,
     preferred,
 )
 
 NAME = "syscalls"
-TABLES = ("sys_call_table", "ia32_sys_call_table", "x32_sys_call_table")
+TABLES = tuple(TABLE_DISPATCH)  # sys_call_table, ia32_sys_call_table, x32_sys_call_table
 MAX_TABLE_ENTRIES = 1024
 
 
@@ -208,7 +209,6 @@ class SyscallsSurface:
 
 # The code that replaced each table where the kernel dispatches through code (6.9+, and the
 # stable backports of "x86/syscall: Don't force use of indirect calls for system calls").
-TABLE_DISPATCH = dict(zip(TABLES, ("x64_sys_call", "ia32_sys_call", "x32_sys_call"), strict=True))
 
 
 def _hook_finding(r: SyscallTarget, coded: set[str]) -> Finding:

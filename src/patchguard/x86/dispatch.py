@@ -15,6 +15,12 @@ from patchguard.kernel.kallsyms import Symbol, SymbolTable
 from patchguard.x86.inputs import KernelRead, Symbols
 
 DISPATCH_FUNCTIONS = ("x64_sys_call", "x32_sys_call", "ia32_sys_call")
+# The syscall tables and the switch each one's syscalls are dispatched through since 6.9
+TABLE_DISPATCH = {
+    "sys_call_table": "x64_sys_call",
+    "ia32_sys_call_table": "ia32_sys_call",
+    "x32_sys_call_table": "x32_sys_call",
+}
 U32 = 0xFFFFFFFF
 # What the dispatch jumps to: the pt_regs wrappers, or the inner function where the compiler
 # inlined the wrapper (argument-less syscalls such as getpid).

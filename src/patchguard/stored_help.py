@@ -1,0 +1,36 @@
+"""`patchguard --help` as argparse renders it (written by cli.store_help: do not edit;
+tests/unit/test_stored_help.py checks it is what argparse prints)."""
+
+PYTHON = (3, 11)
+COLUMNS = 80
+TEXT = (
+    "usage: patchguard [-h] [--version]\n"
+    "                  {scan,baseline,check,guard,exceptions,ledger,witness,enrol,rep"
+    "ort,fetch-policy,server,verify-report,config,techniques}\n"
+    "                  ...\n"
+    "\n"
+    "Kernel patch protection for Linux: scan the live kernel, baseline and check\n"
+    "its code, guard it, and keep a public ledger of sanctioned hooks.\n"
+    "\n"
+    "positional arguments:\n"
+    "  {scan,baseline,check,guard,exceptions,ledger,witness,enrol,report,fetch-policy"
+    ",server,verify-report,config,techniques}\n"
+    "    scan                read every surface of the live kernel and report\n"
+    "    baseline            the trusted picture of the kernel's code\n"
+    "    check               compare the running kernel with the baseline\n"
+    "    guard               run the guard daemon in the foreground\n"
+    "    exceptions          request and decide hook exceptions\n"
+    "    ledger              the signed, hash-chained exception ledger\n"
+    "    witness             cosign a log's checkpoints (C2SP witness)\n"
+    "    enrol               register this host with a fleet server\n"
+    "    report              scan, check and send one signed report\n"
+    "    fetch-policy        fetch, verify and apply the server's ledger\n"
+    "    server              the fleet server (run, migrate, tokens, ledger)\n"
+    "    verify-report       say whether a scan/check --json report was altered\n"
+    "    config              guard configuration\n"
+    "    techniques          list every technique a finding can name\n"
+    "\n"
+    "options:\n"
+    "  -h, --help            show this help message and exit\n"
+    "  --version             show program's version number and exit\n"
+)

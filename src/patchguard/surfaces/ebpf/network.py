@@ -17,9 +17,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from patchguard.findings import Gap
-from patchguard.kernel import netlink, rtnetlink
 from patchguard.kernel.bpf import objects as objs
 from patchguard.kernel.bpf import syscall as bpf
 from patchguard.surfaces.ebpf.records import NetAttach
@@ -27,12 +27,12 @@ from patchguard.surfaces.ebpf.records import NetAttach
 NAME = "ebpf"
 CLONE_NEWNET = 0x40000000
 TC_PARENTS = {0xFFFFFFF2: "ingress", 0xFFFFFFF3: "egress"}  # clsact's two hooks
-TCA_BPF_FLAGS, TCA_BPF_ID = 8, 11  # in a bpf filter's TCA_OPTIONS
+TCA_BPF_ID = 11  # pyroute2's tcmsg table stops at TCA_BPF_FLAGS: the id is read raw
 TCA_BPF_FLAG_ACT_DIRECT = 1
-XDP_MODES = (  # IFLA_XDP_{DRV,SKB,HW}_PROG_ID in IFLA_XDP
-    (5, "native"),
-    (6, "generic"),
-    (7, "offload"),
+XDP_MODES = (
+    ("IFLA_XDP_DRV_PROG_ID", "native"),
+    ("IFLA_XDP_SKB_PROG_ID", "generic"),
+    ("IFLA_XDP_HW_PROG_ID", "offload"),
 )
 QUERY_HOOKS = (
     ("tcx", "tcx_ingress", "ingress"),
@@ -147,42 +147,64 @@ def _join(path: str) -> None:
 
 
 def _read_devices(label: str) -> list[tuple[int, NetAttach]]:
+    from patchguard.kernel.pyroute2_modules import without_package_init
+
+    without_package_init()  # IPRoute's modules alone, not all of pyroute2's
+    from pyroute2.iproute.linux import IPRoute  # slow to import: only when a scan needs it
+
     found: list[tuple[int, NetAttach]] = []
-    for link in rtnetlink.links():
-        found += _xdp(link, label)
-        for parent, direction in TC_PARENTS.items():
-            filters = rtnetlink.filters(link.index, parent)
-            found += _tc(filters, link.name, link.index, label, direction)
-        found += _queried(link.name, link.index, label)
+    with IPRoute() as ipr:
+        for link in ipr.get_links():
+            device, index = str(link.get_attr("IFLA_IFNAME")), int(link["index"])
+            found += _xdp(link, device, index, label)
+            for parent, direction in TC_PARENTS.items():
+                filters = ipr.get_filters(index=index, parent=parent)
+                found += _tc(filters, device, index, label, direction)
+            found += _queried(device, index, label)
     return found
 
 
-def _xdp(link: rtnetlink.Link, label: str) -> list[tuple[int, NetAttach]]:
+def _xdp(link: Any, device: str, index: int, label: str) -> list[tuple[int, NetAttach]]:
+    xdp = link.get_attr("IFLA_XDP")
+    if xdp is None:
+        return []
     out = []
     for attr, mode in XDP_MODES:
-        prog_id = netlink.u32(link.xdp.get(attr))
+        prog_id = xdp.get_attr(attr)
         if prog_id:
-            where = NetAttach("xdp", link.name, link.index, label, "ingress", mode)
-            out.append((prog_id, replace(where, kept_by="XDP attachment")))
+            where = NetAttach("xdp", device, index, label, "ingress", mode)
+            out.append((int(prog_id), replace(where, kept_by="XDP attachment")))
     return out
 
 
 def _tc(
-    filters: list[rtnetlink.Filter], device: str, index: int, label: str, direction: str
+    filters: Any, device: str, index: int, label: str, direction: str
 ) -> list[tuple[int, NetAttach]]:
     out = []
     for f in filters:
-        if f.kind != "bpf" or f.options is None:
+        options = f.get_attr("TCA_OPTIONS")
+        if f.get_attr("TCA_KIND") != "bpf" or options is None:
             continue
-        prog_id = netlink.u32(f.options.get(TCA_BPF_ID))
+        prog_id = _raw_u32(options, TCA_BPF_ID)
         if prog_id is None:
             continue
-        flags = netlink.u32(f.options.get(TCA_BPF_FLAGS)) or 0
+        flags = options.get_attr("TCA_BPF_FLAGS") or 0
         mode = "direct action" if flags & TCA_BPF_FLAG_ACT_DIRECT else None
-        prio, handle = f.info >> 16, f"{f.handle:#x}"
+        prio, handle = int(f["info"]) >> 16, f"{int(f['handle']):#x}"
         where = NetAttach("tc", device, index, label, direction, mode, prio, handle, "tc filter")
         out.append((prog_id, where))
     return out
+
+
+def _raw_u32(nested: Any, nla_type: int) -> int | None:
+    """The u32 value of attribute `nla_type` that pyroute2 could not name (kept as UNKNOWN
+    with its header only): read from the message buffer at the attribute's offset."""
+    for slot in nested.get("attrs", []):
+        cell = slot.nla  # decoded: its header carries the type
+        if slot.name == "UNKNOWN" and cell["header"]["type"] == nla_type:
+            raw = bytes(cell.data[cell.offset + 4 : cell.offset + 8])
+            return int.from_bytes(raw, "little") if len(raw) == 4 else None
+    return None
 
 
 def _netns_hooks(ns: Netns) -> list[tuple[int, NetAttach]]:

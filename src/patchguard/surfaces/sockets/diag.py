@@ -5,12 +5,11 @@ inet_diag (tcp, udp, raw; IPv4 and IPv6) and unix_diag walk the same hash tables
 unix_diag_dump(), never through tcp4_seq_show() and its kin: a rootkit that filters the seq
 files leaves this view alone unless it hooks the netlink path too.
 
-The requests (struct inet_diag_req_v2, struct unix_diag_req) are packed, and the replies
-unpacked, with struct from their fixed headers (kernel/netlink.py): pyroute2's decoder costs
-about 40 us per socket, 400 ms at 10,000 sockets, twice the surface's whole budget, and its
-import ~60 ms of CPU, for two fixed headers. The netlink socket is the standard library's: it
-is created in the calling thread, so in the network namespace that thread is in (netns.py),
-which pyroute2's sockets do not promise.
+The requests are pyroute2's encodings (inet_diag_req, unix_diag_req). The replies are unpacked
+here with struct from their fixed headers: pyroute2's decoder costs about 40 us per socket,
+400 ms at 10,000 sockets, twice the surface's whole budget, and only the fixed header is used.
+The netlink socket is the standard library's: it is created in the calling thread, so in the
+network namespace that thread is in (netns.py), which pyroute2's sockets do not promise.
 """
 
 from __future__ import annotations
@@ -19,20 +18,17 @@ import errno
 import functools
 import socket
 import struct
+from collections.abc import Iterator
 
-from patchguard.kernel import netlink
 from patchguard.kernel.errors import KernelAccessError, explain_errno
-from patchguard.kernel.netlink import Body, DumpInterrupted
 from patchguard.surfaces.sockets.procnet import UNIX_STATES, state_name
 from patchguard.surfaces.sockets.records import SocketEntry
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
-# struct inet_diag_req_v2: family, protocol, ext, pad, states, then the socket id (ports,
-# addresses, interface, cookie: 48 bytes, zero to dump every socket)
-INET_REQ = struct.Struct("=BBBBI48x")
-# struct unix_diag_req: family, protocol, pad, states, ino, show, cookie
-UNIX_REQ = struct.Struct("=BBHIIIQ")
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_DUMP_INTR = 0x10
+NLMSG = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 # struct inet_diag_msg: family, state, timer, retrans, sport, dport (network order), src,
 # dst, if, cookie, expires, rqueue, wqueue, uid, inode
 INET_MSG = struct.Struct("=BBBB2s2s16s16sIQIIIII")
@@ -41,6 +37,7 @@ UNIX_MSG = struct.Struct("=BBBBIQ")  # struct unix_diag_msg: family, type, state
 # 6.7 dump TCP sockets only bound (older kernels ignore the bit).
 ALL_STATES = (1 << 14) - 1
 MAX_SOCKETS = 4_000_000  # per dump: memory stays bounded whatever the kernel sends
+RECV_SIZE = 1 << 20
 UNIX_DIAG_STATES = {1: 3, 2: 2, 7: 1}  # sk_state -> the /proc/net/unix St column
 TCP_LISTEN = 10
 TIMEWAIT = 3  # idiag_timer of a TIME_WAIT mini socket (inet_twsk_diag_fill)
@@ -57,18 +54,37 @@ INET_DUMPS = {
 DUMPED = (*INET_DUMPS, "unix")
 
 
+class DumpInterrupted(Exception):
+    """The tables changed during the dump (NLM_F_DUMP_INTR): a fresh dump is needed."""
+
+
 @functools.cache
 def request(protocol: str) -> bytes:
-    """The dump request for one protocol: every socket in every state, no extensions."""
+    """The dump request for one protocol, in pyroute2's encoding (imported only here: it is
+    slow to import and only the live kernel needs it)."""
+    from patchguard.kernel.pyroute2_modules import without_package_init
+
+    without_package_init()
+    from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
+    from pyroute2.netlink.diag import inet_diag_req, unix_diag_req
+
     if protocol == "unix":
-        body = UNIX_REQ.pack(socket.AF_UNIX, 0, 0, ALL_STATES, 0, 0, 0)
+        msg = unix_diag_req()
+        msg["udiag_states"] = ALL_STATES
+        msg["udiag_show"] = 0
+        msg["sdiag_family"] = socket.AF_UNIX
     else:
         family, proto = INET_DUMPS[protocol]
-        body = INET_REQ.pack(family, proto, 0, 0, ALL_STATES)
-    return netlink.request(SOCK_DIAG_BY_FAMILY, body)
+        msg = inet_diag_req()
+        msg["sdiag_family"], msg["sdiag_protocol"] = family, proto
+        msg["idiag_states"] = ALL_STATES
+    msg["header"]["type"] = SOCK_DIAG_BY_FAMILY
+    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
+    msg.encode()
+    return bytes(msg.data)
 
 
-def _inet_entries(protocol: str, buf: bytearray, bodies: list[Body]) -> list[SocketEntry]:
+def _inet_entries(protocol: str, buf: bytearray, bodies: list[int]) -> list[SocketEntry]:
     """The rows of one batch of inet_diag_msg (one comprehension: there is one per socket)."""
     names = {n: state_name(protocol, n) for n in range(256)}
     unpack = INET_MSG.unpack_from
@@ -84,24 +100,55 @@ def _inet_entries(protocol: str, buf: bytearray, bodies: list[Body]) -> list[Soc
             dp[0] << 8 | dp[1],
         )
         for _, st, tm, _, sp, dp, src, dst, _, _, _, _, _, _, ino in (
-            unpack(buf, b) for b, _ in bodies
+            unpack(buf, b) for b in bodies
         )
     ]
 
 
-def _unix_entries(buf: bytearray, bodies: list[Body]) -> list[SocketEntry]:
+def _unix_entries(buf: bytearray, bodies: list[int]) -> list[SocketEntry]:
     found = []
-    for body, _ in bodies:
+    for body in bodies:
         _, _, state, _, inode, _ = UNIX_MSG.unpack_from(buf, body)
         name = "LISTEN" if state == TCP_LISTEN else UNIX_STATES.get(UNIX_DIAG_STATES.get(state, 0))
         found.append(SocketEntry("unix", name or f"state {state}", inode))
     return found
 
 
+def _errno(buf: bytearray, at: int) -> int:
+    return -int(struct.unpack_from("=i", buf, at)[0])
+
+
+def _batches(sock: socket.socket, protocol: str) -> Iterator[tuple[bytearray, list[int]]]:
+    """Each received buffer with the offsets of the socket messages in it, up to NLMSG_DONE
+    (the buffer is reused: each batch is read before the next is asked for)."""
+    buf = bytearray(RECV_SIZE)
+    where = f"sock_diag {protocol}"
+    while True:
+        size, at = sock.recv_into(buf), 0
+        bodies: list[int] = []
+        while at + NLMSG.size <= size:
+            length, kind, flags, _, _ = NLMSG.unpack_from(buf, at)
+            if length < NLMSG.size:
+                raise KernelAccessError(where, "malformed netlink reply")
+            if kind == NLMSG_DONE:
+                # A dump the kernel cannot make (no raw_diag built) ends at once with -errno.
+                if length >= NLMSG.size + 4 and (err := _errno(buf, at + NLMSG.size)):
+                    raise KernelAccessError(where, explain_errno(err))
+                yield buf, bodies
+                return
+            if kind == NLMSG_ERROR:
+                raise KernelAccessError(where, explain_errno(_errno(buf, at + NLMSG.size)))
+            if flags & NLM_F_DUMP_INTR:
+                raise DumpInterrupted(protocol)
+            bodies.append(at + NLMSG.size)
+            at += (length + 3) & ~3
+        yield buf, bodies
+
+
 def _dump(sock: socket.socket, protocol: str) -> list[SocketEntry]:
     sock.send(request(protocol))
     entries: list[SocketEntry] = []
-    for buf, bodies in netlink.batches(sock.recv_into, f"sock_diag {protocol}"):
+    for buf, bodies in _batches(sock, protocol):
         if protocol == "unix":
             entries += _unix_entries(buf, bodies)
         else:

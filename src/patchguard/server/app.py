@@ -17,13 +17,14 @@ import importlib
 import logging
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -87,6 +88,25 @@ class Settings:
 
 
 @dataclass(frozen=True)
+class Timing:
+    """Where one request's time went on the server, sent back in a Server-Timing header (W3C):
+    a client or a bench can then tell the server's phases from the time spent before the
+    request reached it. One thread at a time adds to it, in the request's order."""
+
+    started: float = field(default_factory=time.perf_counter)
+    spans: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, name: str, since: float) -> float:
+        """Add the time from `since` to now to span `name`; returns now, the next `since`."""
+        now = time.perf_counter()
+        self.spans[name] = self.spans.get(name, 0.0) + now - since
+        return now
+
+    def header(self) -> str:
+        return ", ".join(f"{name};dur={s * 1000:.2f}" for name, s in self.spans.items())
+
+
+@dataclass(frozen=True)
 class Server:
     settings: Settings
     engine: Engine
@@ -98,12 +118,22 @@ class Server:
     # never goes stale; revocation is read in each message's transaction
     keys: dict[str, str] = field(default_factory=dict, compare=False)
 
-    def run(self, work: Callable[[Session, datetime], T]) -> T:
+    def run(self, work: Callable[[Session, datetime], T], timing: Timing | None = None) -> T:
         """`work(session, now)` in one transaction, committed if it returns. On SQLite the
-        process's threads take turns here, in order, rather than polling SQLite's lock."""
+        process's threads take turns here, in order, rather than polling SQLite's lock.
+        `timing` gets the lock wait, the pool's checkout, the work and the commit."""
+        spans = timing if timing is not None else Timing()
         lock = self.writer if self.engine.dialect.name == "sqlite" else contextlib.nullcontext()
-        with lock, transaction(self.sessions) as session:
-            return work(session, utcnow())
+        mark = time.perf_counter()
+        with lock:
+            mark = spans.mark("lock", mark)
+            with transaction(self.sessions) as session:
+                session.connection()  # the pool's checkout, timed apart from the work
+                mark = spans.mark("pool", mark)
+                result = work(session, utcnow())
+                mark = spans.mark("work", mark)
+            spans.mark("commit", mark)
+        return result
 
     def public_key(self, fingerprint: str) -> str | None:
         known = self.keys.get(fingerprint)
@@ -270,11 +300,13 @@ def _alerts(session: Session, open_only: bool) -> list[dict[str, Any]]:
     return [alert_json(alert, fingerprint) for alert, fingerprint in rows]
 
 
-def _take_report(server: Server, raw: bytes) -> Stored:
+def _take_report(server: Server, raw: bytes, timing: Timing, queued: float) -> Stored:
     # Parsing and signatures before any transaction: on SQLite, outside the write lock.
+    mark = timing.mark("queue", queued)  # waiting for a thread of the pool
     checked = check(raw, server.public_key)
+    timing.mark("check", mark)
     try:
-        return server.run(lambda session, now: store(session, checked, now))
+        return server.run(lambda session, now: store(session, checked, now), timing)
     except IntegrityError:
         # Another process stored the same report (or seq) between our check and insert, or
         # the id is another report's: the retry looks and answers as for a resend or replay.
@@ -298,10 +330,12 @@ def routes(app: FastAPI) -> None:
         return await run_in_threadpool(_enrol, server, header, given)
 
     @app.post("/api/v1/reports")
-    async def report(request: Request) -> dict[str, Any]:
-        server = server_of(request)
+    async def report(request: Request, response: Response) -> dict[str, Any]:
+        server, timing = server_of(request), Timing()
         raw = await read_json_body(request, server.settings.max_body)
-        stored = await run_in_threadpool(_take_report, server, raw)
+        queued = timing.mark("body", timing.started)
+        stored = await run_in_threadpool(_take_report, server, raw, timing, queued)
+        response.headers["Server-Timing"] = timing.header()
         return {"stored": not stored.duplicate, "duplicate": stored.duplicate, "seq": stored.seq}
 
     @app.get("/api/v1/policy")
@@ -417,10 +451,13 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             watcher.cancel()
+            for close in app.state.closers:  # background work first, then the connections
+                await asyncio.to_thread(close)
             server.engine.dispose()
 
     app = FastAPI(title="patchguard fleet server", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = server
+    app.state.closers = []  # called at shutdown, before the engine closes: list[() -> None]
     error_handlers(app)
     routes(app)
     tlog.register(app)

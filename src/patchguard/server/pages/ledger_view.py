@@ -211,7 +211,7 @@ class ChainVerifier:
         """Catch up with the stored ledger as far as this page may wait, and say where it is."""
         with self._lock:
             stored = self._check_head()
-            if not self._busy():
+            if not self._busy() and not self._stopping.is_set():  # closed: no new work
                 self._catch_up(stored)
             return self._status(stored)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import logging
 import os
 import threading
@@ -48,7 +49,7 @@ from patchguard.server.db import (
     utcnow,
 )
 from patchguard.server.errors import Refused
-from patchguard.server.ingest import Stored, check, mark_silent, store, validation_text
+from patchguard.server.ingest import Checked, Stored, check, mark_silent, store, validation_text
 from patchguard.server.ingest import public_key as ingest_public_key
 from patchguard.server.schemas import EnrolIn
 from patchguard.signing import HostKey
@@ -57,6 +58,7 @@ log = logging.getLogger("patchguard.server")
 DEFAULT_KEY = Path("/var/lib/patchguard/server.key")
 T = TypeVar("T")
 MAX_CACHED_KEYS = 1_000_000  # about 150 bytes each: a bound on memory, not on the fleet
+MAX_BATCH = 64  # messages in one POST /api/v1/reports/batch
 
 
 @dataclass(frozen=True)
@@ -317,6 +319,72 @@ def _take_report(server: Server, raw: bytes, timing: Timing, queued: float) -> S
         raise Refused(409, "conflicts with a stored report") from None
 
 
+def _batch_messages(raw: bytes) -> list[bytes]:
+    """The envelopes of a batch body `{"messages": [envelope, ...]}`, each as its own JSON
+    text for `check`; Refused when the batch itself is malformed."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise Refused(400, "malformed JSON") from None
+    if not isinstance(data, dict) or set(data) != {"messages"}:
+        raise Refused(422, 'a batch is {"messages": [envelope, ...]} and nothing else')
+    messages = data["messages"]
+    if not isinstance(messages, list) or not 1 <= len(messages) <= MAX_BATCH:
+        raise Refused(422, f"messages: a list of 1 to {MAX_BATCH} envelopes")
+    return [json.dumps(m).encode() for m in messages]
+
+
+def _answer(stored: Stored) -> dict[str, Any]:
+    return {"status": 200, "stored": not stored.duplicate, "duplicate": stored.duplicate}
+
+
+def _refusal(exc: Refused, where: int) -> dict[str, Any]:
+    log.warning("refused batch message %d: %d %s", where, exc.status, exc.reason)
+    return {"status": exc.status, "error": exc.reason}
+
+
+def _store_all(
+    session: Session, checked: list[Checked | Refused], now: datetime
+) -> list[dict[str, Any]]:
+    answers = []
+    for where, one in enumerate(checked):
+        try:
+            if isinstance(one, Refused):
+                raise one
+            answers.append({**_answer(store(session, one, now)), "seq": one.body.seq})
+        except Refused as exc:  # refused before it wrote anything: the others go on
+            answers.append(_refusal(exc, where))
+    return answers
+
+
+def _take_batch(server: Server, raws: list[bytes]) -> list[dict[str, Any]]:
+    """Each message checked, then all stored in order in one transaction: one commit (one
+    fsync) for a host's backlog instead of one each, which is what kept a guard's stop
+    waiting behind its findings. A message refused is answered as it would be alone; a
+    conflict with another process's insert sends each again on its own."""
+    checked: list[Checked | Refused] = []
+    for raw in raws:
+        try:
+            checked.append(check(raw, server.public_key))
+        except Refused as exc:
+            checked.append(exc)
+    # one host's row locked per transaction: two batches can never wait on each other
+    if len({one.body.host for one in checked if not isinstance(one, Refused)}) > 1:
+        raise Refused(422, "a batch carries the messages of one host")
+    try:
+        return server.run(lambda session, now: _store_all(session, checked, now))
+    except IntegrityError:
+        return [_alone(server, raw, where) for where, raw in enumerate(raws)]
+
+
+def _alone(server: Server, raw: bytes, where: int) -> dict[str, Any]:
+    try:
+        stored = _take_report(server, raw, Timing(), time.perf_counter())
+    except Refused as exc:
+        return _refusal(exc, where)
+    return {**_answer(stored), "seq": stored.seq}
+
+
 def routes(app: FastAPI) -> None:
     @app.post("/api/v1/enrol")
     async def enrol(request: Request) -> dict[str, Any]:
@@ -337,6 +405,13 @@ def routes(app: FastAPI) -> None:
         stored = await run_in_threadpool(_take_report, server, raw, timing, queued)
         response.headers["Server-Timing"] = timing.header()
         return {"stored": not stored.duplicate, "duplicate": stored.duplicate, "seq": stored.seq}
+
+    @app.post("/api/v1/reports/batch")
+    async def batch(request: Request) -> dict[str, Any]:
+        server = server_of(request)
+        raw = await read_json_body(request, 2 * server.settings.max_body)
+        raws = await run_in_threadpool(_batch_messages, raw)
+        return {"results": await run_in_threadpool(_take_batch, server, raws)}
 
     @app.get("/api/v1/policy")
     async def policy(request: Request) -> dict[str, Any]:

@@ -97,11 +97,39 @@ async def enrol_all(
     await asyncio.gather(*(one(n, key) for n, key in enumerate(keys)))
 
 
+Spans = dict[str, float]  # a Server-Timing header: phase -> milliseconds
+
+
+def server_timing(header: str) -> Spans:
+    """`queue;dur=0.12, check;dur=3.40` -> {"queue": 0.12, "check": 3.4}."""
+    spans = {}
+    for part in header.split(","):
+        name, _, duration = part.strip().partition(";dur=")
+        if name and duration:
+            spans[name] = float(duration)
+    return spans
+
+
+def breakdown(latencies: list[float], spans: list[Spans], share: float) -> str:
+    """The mean of each server phase over the slowest `share` of requests, and what the server
+    did not see (the client's own wait: its event loop, the network, the server's accept and
+    HTTP parsing before the handler ran)."""
+    ranked = sorted(range(len(latencies)), key=latencies.__getitem__, reverse=True)
+    chosen = ranked[: max(1, int(len(ranked) * share))]
+    names = list(dict.fromkeys(name for n in chosen for name in spans[n]))
+    means = {name: statistics.mean(spans[n].get(name, 0.0) for n in chosen) for name in names}
+    total = statistics.mean(latencies[n] * 1000 for n in chosen)
+    parts = [f"{name} {ms:.1f}" for name, ms in means.items()]
+    parts.append(f"outside the handler {total - sum(means.values()):.1f}")
+    return f"mean {total:.1f} ms = " + ", ".join(parts)
+
+
 async def send_all(
     client: aiohttp.ClientSession, url: str, bodies: list[list[bytes]], concurrency: int
-) -> tuple[float, list[float]]:
+) -> tuple[float, list[float], list[Spans]]:
     limit = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
+    spans: list[Spans] = []
 
     async def host(messages: list[bytes]) -> None:
         for body in messages:  # a host's reports go in order, one at a time
@@ -110,12 +138,13 @@ async def send_all(
                 async with client.post(f"{url}/api/v1/reports", data=body, headers=JSON) as answer:
                     text = await answer.read()
                 latencies.append(time.perf_counter() - t0)
+                spans.append(server_timing(answer.headers.get("Server-Timing", "")))
             if answer.status != 200 or not json.loads(text)["stored"]:
                 raise SystemExit(f"report refused: {answer.status} {text[:500]!r}")
 
     t0 = time.perf_counter()
     await asyncio.gather(*(host(messages) for messages in bodies))
-    return time.perf_counter() - t0, latencies
+    return time.perf_counter() - t0, latencies, spans
 
 
 def cpu_seconds(root: int) -> float:
@@ -186,17 +215,17 @@ def run(url: str, workdir: Path, args: argparse.Namespace, label: str) -> None:
             mine = sum(os.times()[:2])
             return cpu_seconds(pid), pg, mine
 
-        async def go() -> tuple[float, list[float], tuple[float, ...]]:
+        async def go() -> tuple[float, list[float], list[Spans], tuple[float, ...]]:
             connector = aiohttp.TCPConnector(limit=args.concurrency + 8)
             timeout = aiohttp.ClientTimeout(total=60)
             async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
                 await enrol_all(client, server.url, token, keys)
                 before = cpus()
-                seconds, latencies = await send_all(client, server.url, bodies, args.concurrency)
+                sent = await send_all(client, server.url, bodies, args.concurrency)
                 spent = tuple(b - a for a, b in zip(before, cpus(), strict=True))
-                return seconds, latencies, spent
+                return (*sent, spent)
 
-        seconds, latencies, (cpu, pg_cpu, client_cpu) = asyncio.run(go())
+        seconds, latencies, spans, (cpu, pg_cpu, client_cpu) = asyncio.run(go())
     finally:
         server.stop()
     total = len(latencies)
@@ -205,7 +234,8 @@ def run(url: str, workdir: Path, args: argparse.Namespace, label: str) -> None:
     capacity_rate = total * capacity / (cpu + pg_cpu) if cpu + pg_cpu else 0.0
     print(
         f"{label:10s} {args.hosts} hosts x {args.reports} reports ({size / 1024:.1f} KiB each), "
-        f"{args.workers} workers, {args.concurrency} in flight: {total / seconds:7.1f} reports/s "
+        f"{args.workers} workers, {args.concurrency} in flight: "
+        f"{total / seconds:7.1f} reports/s "
         f"(target >= 300), latency p50 {quantiles[49] * 1000:6.1f} ms, "
         f"p99 {quantiles[98] * 1000:6.1f} ms (target <= 200); server CPU "
         f"{cpu / total * 1000:.1f} ms per report, database {pg_cpu / total * 1000:.1f} ms, "
@@ -213,6 +243,8 @@ def run(url: str, workdir: Path, args: argparse.Namespace, label: str) -> None:
         f"reports/s on {capacity} CPUs (load average {os.getloadavg()[0]:.1f})",
         flush=True,
     )
+    print(f"{'':10s} slowest 1%: {breakdown(latencies, spans, 0.01)}", flush=True)
+    print(f"{'':10s} all:        {breakdown(latencies, spans, 1.0)}", flush=True)
 
 
 def page_times(url: str, workdir: Path, ledger: Builder, rounds: int, label: str) -> None:

@@ -21,7 +21,10 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
+    """`durable=False`: renamed in place without waiting for the disk (the old file or the new
+    one, whole, for every reader; a power cut may bring the old one back until `sync(path)`).
+    For a write that must not wait behind other processes' fsyncs; `sync` it afterwards."""
     # mkstemp creates the file 0600: nothing is readable by others before the chmod.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -29,9 +32,21 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
             os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def sync(path: Path) -> None:
+    """Make a `write_atomic(..., durable=False)` durable: the file, then its directory."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     fsync_dir(path.parent)

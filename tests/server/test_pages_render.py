@@ -65,7 +65,7 @@ def days(counts: list[tuple[int, ...]], first: date = date(2026, 2, 1)) -> tuple
 
 
 def chain(entries: int = 3) -> ChainStatus:
-    return ChainStatus(entries, entries, "ab" * 32, None, None, NOW)
+    return ChainStatus(entries, entries, "ab" * 32, None, None, NOW, NOW)
 
 
 def ledger(rows: tuple[LedgerRow, ...], newer: int | None, older: int | None) -> LedgerPage:

@@ -1,15 +1,19 @@
 """The real guard with a `[server]` table, against the real server: it reports its sweep and
 heartbeats, a bad `[server]` table is one line at `config check`, and `systemctl stop` (SIGTERM)
-reaches the server as a clean stop, so the host is `stopped`, never `silent`."""
+reaches the server as a clean stop within the guard's 2 s, so the host is `stopped`, never
+`silent`: also while the guard is still sending its sweep's findings, and with the machine
+made busy by processes that spin and fsync (started and stopped here) around the stop."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,28 @@ def guard_config(tmp_path: Path, key: Path, state: Path, server_table: str) -> P
     return config
 
 
+SPIN = "while True: pass"
+FSYNC = (  # rewrites a file and waits for the disk, as a busy database or build does
+    "import os, sys\nwhile True:\n    with open(sys.argv[1], 'wb') as f:\n"
+    "        f.write(os.urandom(1 << 20)); f.flush(); os.fsync(f.fileno())"
+)
+
+
+@contextlib.contextmanager
+def busy_machine(tmp_path: Path) -> Iterator[None]:
+    """Two spinning processes per CPU and one that fsyncs, until the block ends."""
+    cpus = os.cpu_count() or 1
+    scripts = [["-c", SPIN]] * (2 * cpus) + [["-c", FSYNC, str(tmp_path / "fsync.bin")]]
+    busy = [subprocess.Popen([sys.executable, *argv]) for argv in scripts]
+    try:
+        time.sleep(1)  # the load is there before the stop
+        yield
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait(timeout=30)
+
+
 def test_the_guard_reports_its_sweep_and_its_stop(server: ServerProcess, tmp_path: Path) -> None:
     host = enrolled_host(server, tmp_path)
     token = make_token(server.db_url, "operator")
@@ -54,11 +80,13 @@ def test_the_guard_reports_its_sweep_and_its_stop(server: ServerProcess, tmp_pat
         else:
             raise AssertionError("the server never got the guard's sweep")
     finally:
-        guard.send_signal(signal.SIGTERM)
-        out, err = guard.communicate(timeout=60)
+        with busy_machine(tmp_path):
+            guard.send_signal(signal.SIGTERM)
+            out, err = guard.communicate(timeout=60)
     assert guard.returncode == 0, err
     events = [json.loads(line)["event"] for line in out.splitlines()]
     assert "start" in events and "stop" in events and "server-unavailable" not in events
+    # read once, right after the guard exited: the stop arrived while the guard ran
     assert host_view(server, token, host.fingerprint)["status"] == "stopped", err
 
 

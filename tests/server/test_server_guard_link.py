@@ -45,7 +45,7 @@ def test_guard_link_heartbeats_sweeps_and_stops(server: ServerProcess, tmp_path:
     link = ServerLink(ServerSettings(host.directory, heartbeat=1), host.key, None)
     try:
         link.sweep([HOOK], gaps=1)
-        link.finding(HOOK)
+        link.findings([HOOK])
         wait_until(lambda: host_view(server, token, host.fingerprint)["last_seq"] >= 5)
     finally:
         link.stop("systemctl stop patchguard-guard")

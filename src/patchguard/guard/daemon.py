@@ -455,6 +455,9 @@ class Guard:
         new = [f for f in findings if _key(f) not in before]
         for finding in new:
             self.respond(finding, why)
+        if self.server is not None:  # one message for the look, not one per finding
+            quiet = (Disposition.EXPLAINED, Disposition.ALLOWED)
+            self.server.findings(f for f in new if f.disposition not in quiet)
         return findings
 
     def respond(self, finding: Finding, why: str) -> None:
@@ -466,11 +469,6 @@ class Guard:
             actions = tuple(dict.fromkeys(("log", "alert", *actions)))
         if finding.disposition in (Disposition.EXPLAINED, Disposition.ALLOWED):
             actions = tuple(a for a in actions if a == "log")  # shown, never acted on
-        if self.server is not None and finding.disposition not in (
-            Disposition.EXPLAINED,
-            Disposition.ALLOWED,
-        ):
-            self.server.finding(finding)
         if "log" in actions:
             self.log.send(event)
         if "alert" in actions:

@@ -66,11 +66,12 @@ class Spool:
         names = [p.name for p in directory.glob("*.json")]
         self._next = max((int(n.split(".")[0]) for n in names), default=0) + 1
 
-    def put(self, event: Event) -> Path:
+    def put(self, event: Event, durable: bool = True) -> Path:
+        """`durable=False`: not waiting for the disk (atomic.write_atomic); sync it after."""
         with self._lock:
             seq, self._next = self._next, self._next + 1
         path = self.directory / f"{seq:012d}.json"
-        write_atomic(path, json.dumps(event, sort_keys=True).encode(), 0o600)
+        write_atomic(path, json.dumps(event, sort_keys=True).encode(), 0o600, durable)
         return path
 
     def pending(self) -> list[Path]:

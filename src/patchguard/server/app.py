@@ -14,16 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import logging
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -47,7 +49,7 @@ from patchguard.server.db import (
     utcnow,
 )
 from patchguard.server.errors import Refused
-from patchguard.server.ingest import Stored, check, mark_silent, store, validation_text
+from patchguard.server.ingest import Checked, Stored, check, mark_silent, store, validation_text
 from patchguard.server.ingest import public_key as ingest_public_key
 from patchguard.server.schemas import EnrolIn
 from patchguard.signing import HostKey
@@ -56,6 +58,7 @@ log = logging.getLogger("patchguard.server")
 DEFAULT_KEY = Path("/var/lib/patchguard/server.key")
 T = TypeVar("T")
 MAX_CACHED_KEYS = 1_000_000  # about 150 bytes each: a bound on memory, not on the fleet
+MAX_BATCH = 64  # messages in one POST /api/v1/reports/batch
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,25 @@ class Settings:
 
 
 @dataclass(frozen=True)
+class Timing:
+    """Where one request's time went on the server, sent back in a Server-Timing header (W3C):
+    a client or a bench can then tell the server's phases from the time spent before the
+    request reached it. One thread at a time adds to it, in the request's order."""
+
+    started: float = field(default_factory=time.perf_counter)
+    spans: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, name: str, since: float) -> float:
+        """Add the time from `since` to now to span `name`; returns now, the next `since`."""
+        now = time.perf_counter()
+        self.spans[name] = self.spans.get(name, 0.0) + now - since
+        return now
+
+    def header(self) -> str:
+        return ", ".join(f"{name};dur={s * 1000:.2f}" for name, s in self.spans.items())
+
+
+@dataclass(frozen=True)
 class Server:
     settings: Settings
     engine: Engine
@@ -98,12 +120,22 @@ class Server:
     # never goes stale; revocation is read in each message's transaction
     keys: dict[str, str] = field(default_factory=dict, compare=False)
 
-    def run(self, work: Callable[[Session, datetime], T]) -> T:
+    def run(self, work: Callable[[Session, datetime], T], timing: Timing | None = None) -> T:
         """`work(session, now)` in one transaction, committed if it returns. On SQLite the
-        process's threads take turns here, in order, rather than polling SQLite's lock."""
+        process's threads take turns here, in order, rather than polling SQLite's lock.
+        `timing` gets the lock wait, the pool's checkout, the work and the commit."""
+        spans = timing if timing is not None else Timing()
         lock = self.writer if self.engine.dialect.name == "sqlite" else contextlib.nullcontext()
-        with lock, transaction(self.sessions) as session:
-            return work(session, utcnow())
+        mark = time.perf_counter()
+        with lock:
+            mark = spans.mark("lock", mark)
+            with transaction(self.sessions) as session:
+                session.connection()  # the pool's checkout, timed apart from the work
+                mark = spans.mark("pool", mark)
+                result = work(session, utcnow())
+                mark = spans.mark("work", mark)
+            spans.mark("commit", mark)
+        return result
 
     def public_key(self, fingerprint: str) -> str | None:
         known = self.keys.get(fingerprint)
@@ -270,11 +302,13 @@ def _alerts(session: Session, open_only: bool) -> list[dict[str, Any]]:
     return [alert_json(alert, fingerprint) for alert, fingerprint in rows]
 
 
-def _take_report(server: Server, raw: bytes) -> Stored:
+def _take_report(server: Server, raw: bytes, timing: Timing, queued: float) -> Stored:
     # Parsing and signatures before any transaction: on SQLite, outside the write lock.
+    mark = timing.mark("queue", queued)  # waiting for a thread of the pool
     checked = check(raw, server.public_key)
+    timing.mark("check", mark)
     try:
-        return server.run(lambda session, now: store(session, checked, now))
+        return server.run(lambda session, now: store(session, checked, now), timing)
     except IntegrityError:
         # Another process stored the same report (or seq) between our check and insert, or
         # the id is another report's: the retry looks and answers as for a resend or replay.
@@ -283,6 +317,72 @@ def _take_report(server: Server, raw: bytes) -> Stored:
         return server.run(lambda session, now: store(session, checked, now, look_up_id=True))
     except IntegrityError:
         raise Refused(409, "conflicts with a stored report") from None
+
+
+def _batch_messages(raw: bytes) -> list[bytes]:
+    """The envelopes of a batch body `{"messages": [envelope, ...]}`, each as its own JSON
+    text for `check`; Refused when the batch itself is malformed."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise Refused(400, "malformed JSON") from None
+    if not isinstance(data, dict) or set(data) != {"messages"}:
+        raise Refused(422, 'a batch is {"messages": [envelope, ...]} and nothing else')
+    messages = data["messages"]
+    if not isinstance(messages, list) or not 1 <= len(messages) <= MAX_BATCH:
+        raise Refused(422, f"messages: a list of 1 to {MAX_BATCH} envelopes")
+    return [json.dumps(m).encode() for m in messages]
+
+
+def _answer(stored: Stored) -> dict[str, Any]:
+    return {"status": 200, "stored": not stored.duplicate, "duplicate": stored.duplicate}
+
+
+def _refusal(exc: Refused, where: int) -> dict[str, Any]:
+    log.warning("refused batch message %d: %d %s", where, exc.status, exc.reason)
+    return {"status": exc.status, "error": exc.reason}
+
+
+def _store_all(
+    session: Session, checked: list[Checked | Refused], now: datetime
+) -> list[dict[str, Any]]:
+    answers = []
+    for where, one in enumerate(checked):
+        try:
+            if isinstance(one, Refused):
+                raise one
+            answers.append({**_answer(store(session, one, now)), "seq": one.body.seq})
+        except Refused as exc:  # refused before it wrote anything: the others go on
+            answers.append(_refusal(exc, where))
+    return answers
+
+
+def _take_batch(server: Server, raws: list[bytes]) -> list[dict[str, Any]]:
+    """Each message checked, then all stored in order in one transaction: one commit (one
+    fsync) for a host's backlog instead of one each, which is what kept a guard's stop
+    waiting behind its findings. A message refused is answered as it would be alone; a
+    conflict with another process's insert sends each again on its own."""
+    checked: list[Checked | Refused] = []
+    for raw in raws:
+        try:
+            checked.append(check(raw, server.public_key))
+        except Refused as exc:
+            checked.append(exc)
+    # one host's row locked per transaction: two batches can never wait on each other
+    if len({one.body.host for one in checked if not isinstance(one, Refused)}) > 1:
+        raise Refused(422, "a batch carries the messages of one host")
+    try:
+        return server.run(lambda session, now: _store_all(session, checked, now))
+    except IntegrityError:
+        return [_alone(server, raw, where) for where, raw in enumerate(raws)]
+
+
+def _alone(server: Server, raw: bytes, where: int) -> dict[str, Any]:
+    try:
+        stored = _take_report(server, raw, Timing(), time.perf_counter())
+    except Refused as exc:
+        return _refusal(exc, where)
+    return {**_answer(stored), "seq": stored.seq}
 
 
 def routes(app: FastAPI) -> None:
@@ -298,11 +398,20 @@ def routes(app: FastAPI) -> None:
         return await run_in_threadpool(_enrol, server, header, given)
 
     @app.post("/api/v1/reports")
-    async def report(request: Request) -> dict[str, Any]:
-        server = server_of(request)
+    async def report(request: Request, response: Response) -> dict[str, Any]:
+        server, timing = server_of(request), Timing()
         raw = await read_json_body(request, server.settings.max_body)
-        stored = await run_in_threadpool(_take_report, server, raw)
+        queued = timing.mark("body", timing.started)
+        stored = await run_in_threadpool(_take_report, server, raw, timing, queued)
+        response.headers["Server-Timing"] = timing.header()
         return {"stored": not stored.duplicate, "duplicate": stored.duplicate, "seq": stored.seq}
+
+    @app.post("/api/v1/reports/batch")
+    async def batch(request: Request) -> dict[str, Any]:
+        server = server_of(request)
+        raw = await read_json_body(request, 2 * server.settings.max_body)
+        raws = await run_in_threadpool(_batch_messages, raw)
+        return {"results": await run_in_threadpool(_take_batch, server, raws)}
 
     @app.get("/api/v1/policy")
     async def policy(request: Request) -> dict[str, Any]:
@@ -417,10 +526,13 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             watcher.cancel()
+            for close in app.state.closers:  # background work first, then the connections
+                await asyncio.to_thread(close)
             server.engine.dispose()
 
     app = FastAPI(title="patchguard fleet server", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = server
+    app.state.closers = []  # called at shutdown, before the engine closes: list[() -> None]
     error_handlers(app)
     routes(app)
     tlog.register(app)

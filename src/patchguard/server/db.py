@@ -49,6 +49,13 @@ Tables (what the web pages read):
 - `ledger_checkpoints`: the latest signed checkpoint of each import of a log (`size` is the
   key, `note` the signed note's exact bytes), checked against the entries before it is
   stored; the largest is served with the log's tiles (server/tlog.py).
+- `ledger_replays`: the newest replays of `ledger_entries` a server process made
+  (pages/signed_replay.py): `seq` and `head_hash` (the verified head), `rows_digest` (a
+  running SHA-256 over every row 1..seq, all columns), `started_at` (when the replay from
+  entry 1 it continues began), `checked_at` (when the rows were last read and compared),
+  `derived` (the rules' state and one description per entry, compressed), `signer` and
+  `signature` (the server's key over all of it). Written by the server, trusted only when
+  the signature verifies under the server's own key.
 """
 
 from __future__ import annotations
@@ -214,6 +221,19 @@ class LedgerCheckpoint(Base):
 
     size: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     note: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class LedgerReplay(Base):
+    __tablename__ = "ledger_replays"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    rows_digest: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime]
+    checked_at: Mapped[datetime]
+    derived: Mapped[bytes] = mapped_column(LargeBinary)
+    signer: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(128))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

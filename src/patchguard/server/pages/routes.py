@@ -43,14 +43,17 @@ def verifier_of(request: Request) -> ChainVerifier:
     """The app's one ChainVerifier, made on first use (register() makes it up front)."""
     state = request.app.state
     if getattr(state, "ledger_verifier", None) is None:
-        state.ledger_verifier = ChainVerifier(server_of(request).sessions)
+        server = server_of(request)
+        state.ledger_verifier = ChainVerifier(server.sessions, server.key)
     found: ChainVerifier = state.ledger_verifier
     return found
 
 
 def register(app: FastAPI) -> None:
     """Mount the pages on the server's app (called by app.create_app)."""
-    app.state.ledger_verifier = ChainVerifier(app.state.server.sessions)
+    server: Server = app.state.server
+    app.state.ledger_verifier = ChainVerifier(server.sessions, server.key)
+    app.state.closers.append(app.state.ledger_verifier.close)
     app.state.fleet_health = queries.HealthCache()
     compile_all()
     app.include_router(router)

@@ -37,8 +37,9 @@ class ChainStatus:
     verified: int  # entries 1..verified replayed and verified
     head: str | None  # hash of the last verified entry
     problem: str | None  # the first bad entry's reason; None: no problem found
-    progress: int | None  # a replay from entry 1 running in the background: where it is
-    started: datetime  # when the replay shown began reading the ledger
+    progress: int | None  # a replay running in the background: where it is
+    started: datetime  # when the replay shown began reading the ledger at entry 1
+    checked: datetime  # when the stored rows were last read and compared with the replay
 
     @property
     def complete(self) -> bool:

@@ -61,7 +61,11 @@ def show(pg: dict[str, Any], lkrg: dict[str, Any]) -> None:
     print("LKRG SipHash-2-4s " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in hashed.items()))
     print(f"  and the modules' text (the {pg['bytes_modules'] / 1e6:.1f} MB above)")
     n, rate = len(lkrg["rounds_ms"]), lkrg["kmsg_clock_rate"]
-    print(f"LKRG forced check, kernel log clock: {lkrg['check_ms']:.1f} ms (median of {n})")
+    low, high = min(lkrg["rounds_ms"]), max(lkrg["rounds_ms"])
+    print(
+        f"LKRG forced check, kernel log clock: {lkrg['check_ms']:.1f} ms "
+        f"(median of {n}, {low:.1f}-{high:.1f})"
+    )
     print(f"  kernel log clock runs at {rate:.3f} x CLOCK_MONOTONIC over 2 s")
     lkrg_ms = lkrg["check_log_ms_at_monotonic_rate"]
     print(f"  at CLOCK_MONOTONIC's rate: {lkrg_ms:.1f} ms")

@@ -222,7 +222,8 @@ def test_verify_with_sweeps_hashed_in_the_kernel_equals_verify(
             assert swept.state.counts["pages"] == plain.state.counts["pages"]
             assert unexplained(swept) == unexplained(plain) == []
         assert keyed.counts.pages > 0 and keyed.counts.hashed < keyed.counts.pages
-        assert keyed.stored_verified == file_stamp(path)
+        assert keyed.verified_manifest(file_stamp(path), public) is not None
+        assert keyed.verified_manifest(file_stamp(path), bytes(32)) is None  # another key
         # the stored streams are verified again once the file is another: one flipped byte
         with zipfile.ZipFile(path) as zf:
             members = [(i, zf.read(i)) for i in zf.infolist()]

@@ -19,7 +19,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from patchguard.integrity.store import FileStamp
+from patchguard.integrity.store import FileStamp, Manifest
 from patchguard.kernel.bpf.text_hash import CHUNK_PAGES, PAGE, TextHasher
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.memory import KernelMemory, MemoryReadError
@@ -57,10 +57,7 @@ class KeyedPages:
         self._sweep = 0
         self._judged: dict[int, _Judged] = {}
         self.counts = SweepCounts()
-        # the baseline file whose stored region streams a sweep verified: later sweeps skip
-        # that SHA-256 of every stored byte while the file is the same (by its stat), since
-        # each region's stream is verified again whenever it is read to explain a change
-        self.stored_verified: FileStamp | None = None
+        self._verified: tuple[FileStamp, bytes, Manifest] | None = None
 
     @classmethod
     def open(cls, kernel: Kernel, rotate_every: int = ROTATE_EVERY) -> KeyedPages | None:
@@ -76,6 +73,19 @@ class KeyedPages:
 
     def close(self) -> None:
         self._hasher.close()
+
+    def verified_manifest(self, stamp: FileStamp | None, public_key: bytes) -> Manifest | None:
+        """The manifest a sweep read, verified, and verified the stored region streams
+        against, while the baseline file is that one by its stat (and the key the same): later
+        sweeps skip reading it and SHA-256ing every stored byte. Each region's stream is still
+        verified whenever it is read to explain a change (docs/guard.md)."""
+        if stamp is None or self._verified is None:
+            return None
+        known_stamp, known_key, manifest = self._verified
+        return manifest if (known_stamp, known_key) == (stamp, public_key) else None
+
+    def note_verified(self, stamp: FileStamp | None, public_key: bytes, manifest: Manifest) -> None:
+        self._verified = None if stamp is None else (stamp, public_key, manifest)
 
     def begin_sweep(self) -> None:
         """The first sweep hashes under the fresh key the hasher drew (nothing to compare);

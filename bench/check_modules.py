@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,7 +77,7 @@ def build(work: Path, count: int) -> list[Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--modules", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--built", type=Path, help="a directory of .ko files built before")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work, tempfile.TemporaryDirectory() as out:
@@ -93,19 +94,29 @@ def main() -> None:
 
 
 def show(found: dict[str, Any]) -> None:
+    """Each phase's min and median; per added module, the difference of the minimums, and the
+    same with the second phase's times put at the first phase's guest speed (the floor, per
+    byte, measures that speed in each phase)."""
     none, loaded = found["without"], found["with"]
     added = loaded["modules"] - none["modules"]
     print(f"lab guest: {none['modules']} modules, then {loaded['modules']} ({added} added)")
     for name, phase in (("without", none), ("with", loaded)):
-        print(
-            f"  {name:7}: {phase['bytes'] / 1e6:.2f} MB, floor {phase['floor_ms']:.1f} ms, "
-            f"check {phase['check_ms']:.1f} ms, sweep {phase.get('sweep_ms', float('nan')):.1f} ms"
-        )
-    for key in ("floor_ms", "check_ms", "sweep_ms"):
-        if key in none and key in loaded:
-            per = (loaded[key] - none[key]) / added
-            print(f"{key.removesuffix('_ms')} per added module: {per:.2f} ms (target <= 1)")
+        times = phase["times_ms"]
+        each = ", ".join(f"{k} {min(v):.1f} / {statistics.median(v):.1f}" for k, v in times.items())
+        print(f"  {name:7}: {phase['bytes'] / 1e6:.2f} MB in {phase['regions']} regions; {each} ms")
+    speed = (min(loaded["times_ms"]["floor"]) / loaded["bytes"]) / (
+        min(none["times_ms"]["floor"]) / none["bytes"]
+    )
+    print(f"guest speed, with / without (floor per byte): {speed:.2f}")
+    for key in ("check", "sweep"):
+        if key in none["times_ms"] and key in loaded["times_ms"]:
+            before, after = min(none["times_ms"][key]), min(loaded["times_ms"][key])
+            print(
+                f"{key} per added module: {(after - before) / added:.2f} ms, "
+                f"at the same guest speed {(after / speed - before) / added:.2f} ms (target <= 1)"
+            )
     print(f"guest load average at the end: {found['load']}")
+    print("check with the modules, by own time:\n" + loaded["check_profile"])
 
 
 if __name__ == "__main__":

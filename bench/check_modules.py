@@ -94,29 +94,30 @@ def main() -> None:
 
 
 def show(found: dict[str, Any]) -> None:
-    """Each phase's min and median; per added module, the difference of the minimums, and the
-    same with the second phase's times put at the first phase's guest speed (the floor, per
-    byte, measures that speed in each phase)."""
-    none, loaded = found["without"], found["with"]
-    added = loaded["modules"] - none["modules"]
-    print(f"lab guest: {none['modules']} modules, then {loaded['modules']} ({added} added)")
-    for name, phase in (("without", none), ("with", loaded)):
-        times = phase["times_ms"]
-        each = ", ".join(f"{k} {min(v):.1f} / {statistics.median(v):.1f}" for k, v in times.items())
-        print(f"  {name:7}: {phase['bytes'] / 1e6:.2f} MB in {phase['regions']} regions; {each} ms")
-    speed = (min(loaded["times_ms"]["floor"]) / loaded["bytes"]) / (
-        min(none["times_ms"]["floor"]) / none["bytes"]
-    )
-    print(f"guest speed, with / without (floor per byte): {speed:.2f}")
-    for key in ("check", "sweep"):
-        if key in none["times_ms"] and key in loaded["times_ms"]:
-            before, after = min(none["times_ms"][key]), min(loaded["times_ms"][key])
-            print(
-                f"{key} per added module: {(after - before) / added:.2f} ms, "
-                f"at the same guest speed {(after / speed - before) / added:.2f} ms (target <= 1)"
-            )
+    """Per round, the difference with and without the modules; per added module the median
+    over rounds, and the same with each round's "with" times put at its "without" guest
+    speed (the floor per byte measures that speed on each side)."""
+    base, loaded = found["base"], found["loaded"]
+    added = loaded - base
+    without_bytes, with_bytes = found["bytes"]
+    rounds = len(found["sides"]["with"])
+    print(f"lab guest: {base} modules, then {loaded} ({added} added), {rounds} rounds")
+    print(f"  bytes covered {without_bytes / 1e6:.2f} MB, then {with_bytes / 1e6:.2f} MB")
+    pairs = list(zip(found["sides"]["without"], found["sides"]["with"], strict=True))
+    for key in pairs[0][0]:
+        raw, same_speed = [], []
+        for off, on in pairs:
+            speed = (on["floor"] / with_bytes) / (off["floor"] / without_bytes)
+            raw.append((on[key] - off[key]) / added)
+            same_speed.append((on[key] / speed - off[key]) / added)
+        sides = ", ".join(f"{off[key]:.0f}->{on[key]:.0f}" for off, on in pairs)
+        print(f"{key}: {sides} ms")
+        print(
+            f"  per added module: median {statistics.median(raw):.2f} ms, at the same guest "
+            f"speed {statistics.median(same_speed):.2f} ms (target <= 1)"
+        )
     print(f"guest load average at the end: {found['load']}")
-    print("check with the modules, by own time:\n" + loaded["check_profile"])
+    print("check with the modules, by own time:\n" + found["check_profile"])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Run INSIDE the lab guest by bench/check_modules.py: check and the guard's sweep with none of
-the bench's modules loaded, then with all of them loaded (<results>/modules/*.ko), each phase
-with its own baseline taken in that state, so that nothing changed in either. Writes
-<results>/check_modules.json.
+the bench's modules loaded, then with all of them loaded (<results>/modules/*.ko), round after
+round (loaded and unloaded again each round), each side against a baseline taken in its state,
+so that nothing changed in either. Writes <results>/check_modules.json.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, "/src/src")
@@ -39,16 +41,6 @@ def timed(fn: Callable[[], object]) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def rounds(variants: dict[str, Callable[[], object]]) -> dict[str, list[float]]:
-    """ROUNDS rounds, each timing every variant once: the host's load (other guests share its
-    CPUs) then falls on each alike, and the floor measures the guest's speed in each round."""
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(ROUNDS):
-        for name, fn in variants.items():
-            times[name].append(timed(fn))
-    return times
-
-
 def top_of(fn: Callable[[], object], lines: int = 25) -> str:
     """Where one run's time goes: cProfile's top functions by their own time."""
     profile = cProfile.Profile()
@@ -58,45 +50,78 @@ def top_of(fn: Callable[[], object], lines: int = 25) -> str:
     return text.getvalue()
 
 
-def phase(tmp: Path) -> dict[str, object]:
-    """Baseline now, then the floor, check and the sweep (after its first) against it."""
-    kernel = Kernel()
-    key = HostKey.load_or_create(tmp / "host.key")
+@dataclass
+class State:
+    """One side of the comparison: its baseline and the guard's sweeps against it."""
+
+    path: Path
+    public: bytes
+    spans: list[tuple[int, int]]
+    keyed: KeyedPages | None
+
+
+def baseline(kernel: Kernel, tmp: Path, key: HostKey) -> State:
+    kernel.refresh()  # modules came or went: kallsyms and the module list anew
     path = tmp / "baseline.zip"
     save_baseline(capture(kernel).baseline, path, key)
     public = key.public_key_bytes()
     spans = [(e.start, e.size) for e in read_manifest(path, public).regions.values()]
-    out: dict[str, object] = {"bytes": sum(s for _, s in spans), "regions": len(spans)}
-    out["modules"] = len(Path("/proc/modules").read_text().splitlines())
-    out["check_findings"] = len(verify(kernel, path, public).findings)
-    variants: dict[str, Callable[[], object]] = {
-        "floor": lambda: floor(kernel, spans),
-        "check": lambda: verify(kernel, path, public),
+    return State(path, public, spans, KeyedPages.open(kernel))
+
+
+def measure(kernel: Kernel, state: State) -> dict[str, float]:
+    """floor, check and a sweep (after one that is not timed: the chain's first, or the
+    first since the other side's) once each."""
+    times = {
+        "floor": timed(lambda: floor(kernel, state.spans)),
+        "check": timed(lambda: verify(kernel, state.path, state.public)),
     }
-    keyed = KeyedPages.open(kernel)
-    if keyed is not None:
-        verify(kernel, path, public, keyed)  # the first sweep SHA-256s every page
-        variants["sweep"] = lambda: verify(kernel, path, public, keyed)
-    out["times_ms"] = rounds(variants)
-    out["check_profile"] = top_of(lambda: verify(kernel, path, public))
-    if keyed is not None:
-        keyed.close()
-    kernel.close()
+    if state.keyed is not None:
+        verify(kernel, state.path, state.public, state.keyed)
+        times["sweep"] = timed(lambda: verify(kernel, state.path, state.public, state.keyed))
+    return times
+
+
+def modules(command: str) -> None:
+    for ko in sorted((RESULTS / "modules").glob("*.ko")):
+        target = str(ko) if command == "insmod" else ko.stem
+        subprocess.run([command, target], check=True, capture_output=True)
+
+
+def rounds(kernel: Kernel, tmp: Path) -> dict[str, object]:
+    """Each round: without the modules (against the first baseline), then with them (against
+    a baseline taken right after loading them), then unloaded again. The two sides of a round
+    are seconds apart, so the host's load (other guests share its CPUs) falls on both alike."""
+    key = HostKey.load_or_create(tmp / "host.key")
+    without = baseline(kernel, tmp / "without", key)
+    sides: dict[str, list[dict[str, float]]] = {"without": [], "with": []}
+    out: dict[str, object] = {"sides": sides}
+    for i in range(ROUNDS):
+        kernel.refresh()
+        sides["without"].append(measure(kernel, without))
+        modules("insmod")
+        loaded = baseline(kernel, tmp / "with", key)
+        sides["with"].append(measure(kernel, loaded))
+        if i == ROUNDS - 1:
+            out["regions"] = [len(without.spans), len(loaded.spans)]
+            out["check_profile"] = top_of(partial(verify, kernel, loaded.path, loaded.public))
+            out["bytes"] = [sum(s for _, s in st.spans) for st in (without, loaded)]
+            out["loaded"] = len(Path("/proc/modules").read_text().splitlines())
+        if loaded.keyed is not None:
+            loaded.keyed.close()
+        modules("rmmod")
     return out
 
 
-def load_all() -> None:
-    for ko in sorted((RESULTS / "modules").glob("*.ko")):
-        subprocess.run(["insmod", str(ko)], check=True, capture_output=True)
-
-
 def main() -> None:
-    result: dict[str, object] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        result["without"] = phase(Path(tmp))
-    load_all()
-    with tempfile.TemporaryDirectory() as tmp:
-        result["with"] = phase(Path(tmp))
+    kernel = Kernel()
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        (tmp / "without").mkdir()
+        (tmp / "with").mkdir()
+        result = rounds(kernel, tmp)
+    kernel.close()
+    result["base"] = len(Path("/proc/modules").read_text().splitlines())
     result["load"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     (RESULTS / "check_modules.json").write_text(json.dumps(result, indent=2))
 

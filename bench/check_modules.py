@@ -111,7 +111,7 @@ def show(found: dict[str, Any]) -> None:
             raw.append((on[key] - off[key]) / added)
             same_speed.append((on[key] / speed - off[key]) / added)
         sides = ", ".join(f"{off[key]:.0f}->{on[key]:.0f}" for off, on in pairs)
-        print(f"{key}: {sides} ms")
+        print(f"{key}: {sides} ms of CPU")
         print(
             f"  per added module: median {statistics.median(raw):.2f} ms, at the same guest "
             f"speed {statistics.median(same_speed):.2f} ms (target <= 1)"

@@ -36,10 +36,10 @@ ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 7
 
 
 def timed(fn: Callable[[], object]) -> float:
-    """CPU ms of this process (every thread) while `fn` runs. Not wall time: when the host
-    leaves the guest's vCPU waiting, the guest's clock runs on but its tick charges the task
-    once, so the guest's CPU time holds little of the host's load (wall time, 2-4 x apart
-    between rounds, did not tell a 100 ms difference)."""
+    """CPU ms of this process (every thread) while `fn` runs. Under a loaded host neither this
+    nor wall time is steady in the guest (both moved 2-6 x between rounds here): the floor
+    timed beside it in each round is what puts a round's times at one guest speed, and the
+    profile printed at the end counts what check does per module."""
     t0 = time.process_time()
     fn()
     return (time.process_time() - t0) * 1e3

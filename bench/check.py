@@ -3,8 +3,9 @@
 floor = read and SHA-256 the same bytes (every baseline region) through the same memory
 reader; check = verify the signed manifest and the boot, re-read every region, hash each page,
 explain what changed. Target: check (nothing changed) <= 1.3 x floor. Then the guard's sweep
-as it runs after its first: pages hashed in the kernel under keys that change every sweep,
-only moved pages SHA-256'd (integrity/keyed_pages.py); target below the floor.
+as it runs after its first: pages hashed in the kernel under a secret key (a fresh one every
+8 sweeps), only moved pages SHA-256'd, the baseline file read and verified once while it is the
+same file (integrity/keyed_pages.py); target below the floor.
 Scaling: the same with 0, 10 and 100 programs attached to distinct tracepoints (each flips its
 tracepoint's jump labels and static calls), or with --fentry to distinct kernel functions (each
 patches the function's ftrace site to call a BPF trampoline), printing the cost per explained

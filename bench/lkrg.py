@@ -5,15 +5,21 @@ LKRG is built here from the pinned source (../shared/thirdparty/lkrg-ae1edab.tar
 copied into the project) against the lab's headers, as tests/lab/test_lab_lkrg.py does; the
 guest runs bench/lkrg_guest.py. Prints the floor (read + SHA-256 every page), check, the
 guard's sweep hashed in the kernel, LKRG's check, and the ratios; target: the sweep <= 5 x LKRG.
-Run as root, after lab/build: .venv/bin/python bench/lkrg.py
+LKRG's check is timed two ways: the kernel log's clock (marker to "System is clean"), and
+perf_counter (the clock our own times use) to the moment we read that record. Under TCG the
+log's clock need not run at CLOCK_MONOTONIC's rate; the guest measures the two against each
+other over 2 s and the ratios use LKRG's time at CLOCK_MONOTONIC's rate.
+Run as root, after lab/build: .venv/bin/python bench/lkrg.py [--lkrg-ko built/lkrg.ko]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / p) for p in ("tests", "tests/lab")]
 from support.lab_guest import run_lab  # noqa: E402
@@ -21,16 +27,25 @@ from test_lab_lkrg import build_lkrg  # noqa: E402
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--lkrg-ko", type=Path, help="an lkrg.ko built before (else built now)")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work, tempfile.TemporaryDirectory() as out:
         results = Path(out)
-        (results / "lkrg.ko").write_bytes(build_lkrg(Path(work)).read_bytes())
+        built = args.lkrg_ko or build_lkrg(Path(work))
+        (results / "lkrg.ko").write_bytes(built.read_bytes())
         command = ["python3", "/src/bench/lkrg_guest.py", "/results"]
         run = run_lab(results, (), command, timeout=1200)
         if run.returncode != 0:
             sys.exit(f"lab/run exited {run.returncode}: {run.stderr[-2000:]}")
         found = json.loads((results / "lkrg_bench.json").read_text())
-    pg, lkrg = found["patchguard"], found["lkrg"]
+    show(found["patchguard"], found["lkrg"])
+
+
+def show(pg: dict[str, Any], lkrg: dict[str, Any]) -> None:
     print(f"lab guest, {pg['bytes'] / 1e6:.1f} MB of kernel code through {pg['reader']}")
+    parts = ("core_text", "rodata", "modules")
+    print("  of which " + ", ".join(f"{p} {pg[f'bytes_{p}'] / 1e6:.1f} MB" for p in parts))
     print(f"floor (read + SHA-256 every page): {pg['floor_ms']:.1f} ms")
     ratio = pg["check_ms"] / pg["floor_ms"]
     print(f"check, nothing changed: {pg['check_ms']:.1f} ms ({ratio:.2f} x floor)")
@@ -42,10 +57,22 @@ def main() -> None:
         )
     if "check_ms" not in lkrg:
         sys.exit(f"LKRG did not load: {lkrg}")
-    print(f"LKRG forced check: {lkrg['check_ms']:.1f} ms (median of {len(lkrg['rounds_ms'])})")
-    print(f"check / LKRG: {pg['check_ms'] / lkrg['check_ms']:.1f} x")
+    hashed = lkrg["hashed_bytes"]
+    print("LKRG SipHash-2-4s " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in hashed.items()))
+    print(f"  and the modules' text (the {pg['bytes_modules'] / 1e6:.1f} MB above)")
+    n, rate = len(lkrg["rounds_ms"]), lkrg["kmsg_clock_rate"]
+    low, high = min(lkrg["rounds_ms"]), max(lkrg["rounds_ms"])
+    print(
+        f"LKRG forced check, kernel log clock: {lkrg['check_ms']:.1f} ms "
+        f"(median of {n}, {low:.1f}-{high:.1f})"
+    )
+    print(f"  kernel log clock runs at {rate:.3f} x CLOCK_MONOTONIC over 2 s")
+    lkrg_ms = lkrg["check_log_ms_at_monotonic_rate"]
+    print(f"  at CLOCK_MONOTONIC's rate: {lkrg_ms:.1f} ms")
+    print(f"  perf_counter, trigger write to reading the record: {lkrg['check_wall_ms']:.1f} ms")
+    print(f"check / LKRG: {pg['check_ms'] / lkrg_ms:.1f} x")
     if "sweep_ms" in pg:
-        print(f"sweep / LKRG: {pg['sweep_ms'] / lkrg['check_ms']:.1f} x (target <= 5)")
+        print(f"sweep / LKRG: {pg['sweep_ms'] / lkrg_ms:.1f} x (target <= 5)")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import os
 import struct
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import pytest
 from patchguard.findings import Disposition
 from patchguard.integrity.check import CheckOutcome, changed_pages, verify
 from patchguard.integrity.keyed_pages import KeyedPages
+from patchguard.integrity.store import BaselineError, file_stamp
 from patchguard.kernel import Kernel
 from patchguard.kernel.bpf import syscall as bpf
 from patchguard.kernel.bpf.insn import R0, R1, exit_insn, ld_map_value, mov64_imm, stx_mem
@@ -67,6 +69,21 @@ def test_digests_are_nh_of_the_pages_under_both_keys(kernel: Kernel, hasher: Tex
     for i, (a, b) in enumerate(digests):
         page = kernel.memory().read(start + i * PAGE, PAGE)
         assert (a, b) == (nh(page, key_a), nh(page, key_b))
+
+
+def test_one_key_digests_are_nh_under_it_in_both_columns(
+    kernel: Kernel, hasher: TextHasher
+) -> None:
+    text = kernel.kallsyms.range("text")
+    assert text is not None
+    before = hasher.hash_range(text.start, text.start + 3 * PAGE)
+    key = hasher.keep_key()
+    assert key == bytes(hasher._keys[:PAGE]) == bytes(hasher._keys[PAGE:])
+    after = hasher.hash_range(text.start, text.start + 3 * PAGE)
+    for i, (a, b) in enumerate(after):
+        page = kernel.memory().read(text.start + i * PAGE, PAGE)
+        assert a == b == nh(page, key)
+    assert [a for a, _ in after] == [b for _, b in before]  # the kept key is the last B
 
 
 def test_new_keys_chain_a_to_the_last_b(kernel: Kernel, hasher: TextHasher) -> None:
@@ -127,10 +144,11 @@ def value() -> Iterator[MapValue]:
         v.close()
 
 
+@pytest.mark.parametrize("rotate_every", [1, 2, 8])  # a fresh key every sweep .. one key
 def test_sweeps_see_a_changed_byte_and_only_it_is_hashed_again(
-    kernel: Kernel, value: MapValue
+    kernel: Kernel, value: MapValue, rotate_every: int
 ) -> None:
-    keyed = KeyedPages.open(kernel)
+    keyed = KeyedPages.open(kernel, rotate_every)
     assert keyed is not None
     try:
         baseline = value.page_digests()
@@ -204,5 +222,16 @@ def test_verify_with_sweeps_hashed_in_the_kernel_equals_verify(
             assert swept.state.counts["pages"] == plain.state.counts["pages"]
             assert unexplained(swept) == unexplained(plain) == []
         assert keyed.counts.pages > 0 and keyed.counts.hashed < keyed.counts.pages
+        assert keyed.verified_manifest(file_stamp(path), public) is not None
+        assert keyed.verified_manifest(file_stamp(path), bytes(32)) is None  # another key
+        # the stored streams are verified again once the file is another: one flipped byte
+        with zipfile.ZipFile(path) as zf:
+            members = [(i, zf.read(i)) for i in zf.infolist()]
+        with zipfile.ZipFile(path, "w") as zf:
+            for info, data in members:
+                flip = info.filename == "regions/core_text.zlib"
+                zf.writestr(info, data[:99] + bytes([data[99] ^ 1]) + data[100:] if flip else data)
+        with pytest.raises(BaselineError, match="stored data does not match its manifest"):
+            verify(kernel, path, public, keyed)
     finally:
         keyed.close()

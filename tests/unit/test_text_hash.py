@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import struct
 
+import pytest
+
 from patchguard.kernel.bpf.insn import decode
 from patchguard.kernel.bpf.text_hash import (
     BPF_PSEUDO_FUNC,
@@ -13,6 +15,7 @@ from patchguard.kernel.bpf.text_hash import (
     BPF_FUNC_loop,
     nh,
     program,
+    program_parts,
 )
 
 ZERO = bytes(PAGE)
@@ -46,14 +49,31 @@ def test_one_changed_bit_changes_the_digest_under_a_key() -> None:
 
 
 def test_the_program_jumps_where_its_comments_say() -> None:
-    slots = decode(program(3, 4, 5))
-    assert slots[4][0] & 0xF0 == 0x20 and 4 + 1 + slots[4][3] == 19  # jgt -> the refusal
-    assert slots[8][0] & 0xF0 == 0x50 and 8 + 1 + slots[8][3] == 18  # jne -> the exit
+    main, one, two = program_parts(3, 4, 5)
+    slots = decode(main + one + two)
+    assert slots[4][0] & 0xF0 == 0x20 and 4 + 1 + slots[4][3] == 23  # jgt -> the refusal
+    assert slots[8][0] & 0xF0 == 0x50 and 8 + 1 + slots[8][3] == 22  # jne -> the exit
     code, _, src, _, imm = slots[12]
-    assert (code, src) == (0x18, BPF_PSEUDO_FUNC) and 12 + 1 + imm == MAIN_SLOTS
-    assert slots[17] == (0x85, 0, 0, 0, BPF_FUNC_loop)
-    assert slots[18][0] == slots[20][0] == 0x95  # exits
-    assert slots[-1][0] == 0x95 and len(slots) > MAIN_SLOTS
+    assert (code, src) == (0x18, BPF_PSEUDO_FUNC) and 12 + 1 + imm == MAIN_SLOTS  # one key
+    assert slots[15][0] & 0xF0 == 0x50 and slots[15][4] == 2 and 15 + 1 + slots[15][3] == 18
+    code, _, src, _, imm = slots[16]
+    assert (code, src) == (0x18, BPF_PSEUDO_FUNC) and 16 + 1 + imm == MAIN_SLOTS + len(one) // 8
+    assert slots[21] == (0x85, 0, 0, 0, BPF_FUNC_loop)
+    assert slots[22][0] == slots[24][0] == 0x95  # exits
+    for callback in (one, two):  # each ends in an exit; its page loop jumps back to the
+        # first word's load, just after r6 = 0
+        code_slots = decode(callback)
+        assert code_slots[-1][0] == 0x95
+        (back,) = [i for i, s in enumerate(code_slots) if s[0] == 0xA5]  # jlt imm
+        top = back + 1 + code_slots[back][3]
+        assert code_slots[top - 1] == (0xB7, 6, 0, 0, 0) and code_slots[top][0] == 0x79  # r6 = 0
+    assert len(two) > len(one)  # the second key's multiplies
+
+
+def test_unroll_factors_that_do_not_divide_a_page_are_refused() -> None:
+    assert len(program(3, 4, 5, unroll=8)) < len(program(3, 4, 5, unroll=64))
+    with pytest.raises(ValueError, match="do not divide"):
+        program_parts(3, 4, 5, unroll=48)
 
 
 def test_another_patchguards_page_hasher_is_known_by_its_tag() -> None:

@@ -35,6 +35,7 @@ from patchguard.integrity.store import (
     Manifest,
     RegionEntry,
     check_boot,
+    file_stamp,
     read_manifest,
     read_region,
     verify_stored,
@@ -452,20 +453,27 @@ def verify(
 ) -> CheckOutcome:
     """Compare the live kernel with the signed baseline at `path` (BaselineError if it cannot be
     trusted or belongs to another boot). `keyed`: the guard's sweeps, hashed in the kernel."""
-    manifest = read_manifest(path, public_key, stored=False)
+    stamp = file_stamp(path)  # before the read: a file replaced after it differs next sweep
+    known = keyed.verified_manifest(stamp, public_key) if keyed is not None else None
+    manifest = known or read_manifest(path, public_key, stored=False)
     check_boot(manifest, kernel.boot_id(), os.uname().release, path)
     modules = live_modules(kernel)
     stale, findings = stale_modules(manifest.regions, modules.modules)
     entries = [e for e in manifest.regions.values() if module_of(e.name) not in stale]
     # The stored region bytes are verified beside the kernel reads (both mostly wait on the
     # kernel or hash with the GIL released); any region data is used only after it passed.
+    # The guard's sweeps skip both reads while the file is the one they verified
+    # (keyed_pages.py: verified_manifest).
     with ThreadPoolExecutor(max_workers=1) as pool:
-        stored = pool.submit(verify_stored, path, manifest)
+        stored = pool.submit(verify_stored, path, manifest) if known is None else None
         pages = changed_pages if keyed is None else keyed.changed_pages
         if keyed is not None:
             keyed.begin_sweep()
         changed = {e.name: pages(kernel.memory(), e.start, e.page_digests, e.size) for e in entries}
-        stored.result()
+        if stored is not None:
+            stored.result()
+    if keyed is not None:
+        keyed.note_verified(stamp, public_key, manifest)
     gaps: list[Gap] = list(modules.gaps)
     counts = {
         "bytes": sum(e.size for e in entries),

@@ -1,14 +1,16 @@
 """Sweeps that hash in the kernel: the guard's repeated check compares keyed page digests the
 kernel computes (kernel/bpf/text_hash.py) and SHA-256s only the pages whose digest moved.
 
-Each sweep draws a fresh key B and hashes every page under the previous sweep's key B (now
-key A) and the new B, from one copy of the page made in the kernel. A page whose A digest
-equals the B digest kept from the last sweep holds the bytes that sweep judged, so its verdict
-(matches the baseline, or changed with these bytes) stands; any other page is SHA-256'd from
-that same copy and judged against the signed baseline afresh. The B digests are kept for the
-next sweep. Every verdict thus rests on a SHA-256 of the bytes once, and on a comparison under
-a key no one outside this process and the kernel saw since. The first sweep, a region whose
-baseline changed, or one skipped for a sweep, is judged by SHA-256 whole.
+A sweep hashes every page, from one copy of it made in the kernel, under the key the last
+sweep kept (key A) and, every ROTATE_EVERY sweeps, under a fresh key B too; the other sweeps
+keep the key (B is A: one NH pass, half the multiplies). A page whose A digest equals the
+digest kept from the last sweep holds the bytes that sweep judged, so its verdict (matches the
+baseline, or changed with these bytes) stands; any other page is SHA-256'd from that same copy
+and judged against the signed baseline afresh. The B digests are kept for the next sweep.
+Every verdict thus rests on a SHA-256 of the bytes once, and on a comparison under a key no
+one outside this process and the kernel saw. The first sweep, a region whose baseline
+changed, or one skipped for a sweep, is judged by SHA-256 whole. docs/guard.md says why one
+key may serve several sweeps, and what a collision that slipped through costs.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from patchguard.integrity.store import FileStamp, Manifest
 from patchguard.kernel.bpf.text_hash import CHUNK_PAGES, PAGE, TextHasher
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.memory import KernelMemory, MemoryReadError
@@ -42,17 +45,22 @@ class SweepCounts:
     hashed: int = 0  # SHA-256'd in user space
 
 
+ROTATE_EVERY = 8  # sweeps between fresh keys: a leaked key serves at most this many sweeps
+
+
 class KeyedPages:
     """The guard keeps one across sweeps; `begin_sweep()` before each."""
 
-    def __init__(self, hasher: TextHasher) -> None:
+    def __init__(self, hasher: TextHasher, rotate_every: int = ROTATE_EVERY) -> None:
         self._hasher = hasher
+        self._rotate_every = rotate_every
         self._sweep = 0
         self._judged: dict[int, _Judged] = {}
         self.counts = SweepCounts()
+        self._verified: tuple[FileStamp, bytes, Manifest] | None = None
 
     @classmethod
-    def open(cls, kernel: Kernel) -> KeyedPages | None:
+    def open(cls, kernel: Kernel, rotate_every: int = ROTATE_EVERY) -> KeyedPages | None:
         """None where the kernel refuses the program (no bpf_loop before 5.17, no BTF): the
         sweeps then SHA-256 every page in user space, as `check` does."""
         try:
@@ -61,14 +69,32 @@ class KeyedPages:
             return None
         kernel.own_prog_ids.add(hasher.prog_id)
         kernel.own_map_ids.update(hasher.map_ids)
-        return cls(hasher)
+        return cls(hasher, rotate_every)
 
     def close(self) -> None:
         self._hasher.close()
 
+    def verified_manifest(self, stamp: FileStamp | None, public_key: bytes) -> Manifest | None:
+        """The manifest a sweep read, verified, and verified the stored region streams
+        against, while the baseline file is that one by its stat (and the key the same): later
+        sweeps skip reading it and SHA-256ing every stored byte. Each region's stream is still
+        verified whenever it is read to explain a change (docs/guard.md)."""
+        if stamp is None or self._verified is None:
+            return None
+        known_stamp, known_key, manifest = self._verified
+        return manifest if (known_stamp, known_key) == (stamp, public_key) else None
+
+    def note_verified(self, stamp: FileStamp | None, public_key: bytes, manifest: Manifest) -> None:
+        self._verified = None if stamp is None else (stamp, public_key, manifest)
+
     def begin_sweep(self) -> None:
-        self._hasher.new_keys()
+        """The first sweep hashes under the fresh key the hasher drew (nothing to compare);
+        then every `rotate_every` sweeps one changes it (two keys), the others keep it."""
         self._sweep += 1
+        if self._sweep > 1 and (self._sweep - 1) % self._rotate_every == 0:
+            self._hasher.new_keys()
+        else:
+            self._hasher.keep_key()
         self.counts = SweepCounts()
 
     def changed_pages(

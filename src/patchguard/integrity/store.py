@@ -529,6 +529,20 @@ def read_manifest(path: Path, public_key: bytes, stored: bool = True) -> Manifes
         return manifest
 
 
+FileStamp = tuple[int, int, int, int, int]
+
+
+def file_stamp(path: Path) -> FileStamp | None:
+    """What tells a file apart from the one read before without reading it: device, inode,
+    size, modification and change times (the kernel sets ctime to the clock's time on every
+    change; no call sets it). None where it cannot be stat'ed."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def verify_stored(path: Path, manifest: Manifest) -> None:
     """Hash every region's stored stream against the verified manifest (BaselineError if one
     was changed after signing); nothing is decompressed."""

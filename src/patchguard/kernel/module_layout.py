@@ -61,6 +61,15 @@ class Layout:
     static_call_sites: int | None
     num_static_call_sites: int | None
 
+    @property
+    def span(self) -> int:
+        """Bytes of struct module from its start to the end of the last field read here."""
+        fields = (self.jump_entries, self.static_call_sites, self.text_base)
+        counts = (self.num_jump_entries, self.num_static_call_sites, self.text_size)
+        ends = [at + 8 for at in fields if at is not None]
+        ends += [at + 4 for at in counts if at is not None]
+        return max(self.name + MODULE_NAME_LEN, *ends)
+
 
 def layout(btf: Btf) -> Layout:
     name = btf.member_offset("module", "name")
@@ -99,36 +108,38 @@ def struct_module_address(sysfs_text: str | None) -> int | None:
         return None
 
 
-def _table(
-    memory: KernelMemory, module: int, at: int | None, count: int | None, what: str
-) -> tuple[int, int]:
+def _u64(raw: bytes, at: int) -> int:
+    return int.from_bytes(raw[at : at + 8], "little")
+
+
+def _u32(raw: bytes, at: int) -> int:
+    return int.from_bytes(raw[at : at + 4], "little")
+
+
+def _table(raw: bytes, at: int | None, count: int | None, what: str) -> tuple[int, int]:
     if at is None or count is None:  # kernel built without jump labels or static calls
         return 0, 0
-    address, n = read_u64(memory, module + at), read_u32(memory, module + count)
+    address, n = _u64(raw, at), _u32(raw, count)
     if n and (address < KERNEL_SPACE or n > MAX_ENTRIES):
         raise KernelAccessError("struct module", f"implausible {what}: {n} at {address:#x}")
     return (address, n) if n else (0, 0)
 
 
 def read_module(memory: KernelMemory, offsets: Layout, name: str, module: int) -> ModuleText:
-    """The text and tables of the module whose struct module is at `module`."""
+    """The text and tables of the module whose struct module is at `module`: one read of the
+    struct up to its last field used (a check reads every module's: one BPF run each, not
+    seven)."""
     where = f"struct module of {name} at {module:#x}"
-    raw_name = memory.read(module + offsets.name, MODULE_NAME_LEN)
+    raw = memory.read(module, offsets.span)
+    raw_name = raw[offsets.name : offsets.name + MODULE_NAME_LEN]
     if raw_name.split(b"\0", 1)[0].decode(errors="replace") != name:
         raise KernelAccessError(where, "its name field does not name it: not a struct module")
-    text = read_u64(memory, module + offsets.text_base)
-    size = read_u32(memory, module + offsets.text_size)
+    text, size = _u64(raw, offsets.text_base), _u32(raw, offsets.text_size)
     if text < KERNEL_SPACE or not 0 < size <= MAX_TEXT:
         raise KernelAccessError(where, f"implausible text: {size} bytes at {text:#x}")
-    jump, jumps = _table(
-        memory, module, offsets.jump_entries, offsets.num_jump_entries, "jump table"
-    )
+    jump, jumps = _table(raw, offsets.jump_entries, offsets.num_jump_entries, "jump table")
     calls, ncalls = _table(
-        memory,
-        module,
-        offsets.static_call_sites,
-        offsets.num_static_call_sites,
-        "static call sites",
+        raw, offsets.static_call_sites, offsets.num_static_call_sites, "static call sites"
     )
     return ModuleText(name, module, text, size, jump, jumps, calls, ncalls)
 

@@ -65,6 +65,7 @@ WORDS = PAGE // 8
 CHUNK_PAGES = 256
 CHUNK = CHUNK_PAGES * PAGE  # one test run: one copy, then CHUNK_PAGES pages hashed
 OUT_PAGES = 16384  # digests kept per pass: 64 MiB of text
+UNROLL = int(os.environ.get("PG_UNROLL", "16"))  # words hashed per turn of the page loop
 DIGEST = 16  # two 64-bit NH values, one per key
 KEYS = 2 * PAGE  # key A then key B, each one u64 per page word
 
@@ -104,99 +105,121 @@ def _alu64_imm(op: int, dst: int, imm: int) -> bytes:
     return insn(BPF_ALU64 | op | BPF_K, dst, imm=imm)
 
 
-def _nh_step(acc: int, key_off: int) -> list[bytes]:
-    """acc += (low(m) + low(k)) * (high(m) + high(k)), the 32-bit sums wrapping: m in r4, the
-    key word at r9 + key_off."""
+def _nh_word(acc: int, high_m: int, key_off: int) -> list[bytes]:
+    """acc += (low(m) + low(k)) * (high(m) + high(k)), the 32-bit sums wrapping: m in r1, its
+    high half in `high_m`, the key word at r9 + key_off."""
     return [
         ldx_mem(8, R2, R9, key_off),
-        _alu32_reg(BPF_MOV, R1, R4),  # w1 = low(m), zero-extended
-        _alu32_reg(BPF_ADD, R1, R2),  # w1 += low(k), mod 2^32
-        mov64_reg(R7, R4),
-        rsh64_imm(R7, 32),  # high(m)
+        _alu32_reg(BPF_MOV, R3, R1),  # w3 = low(m), zero-extended
+        _alu32_reg(BPF_ADD, R3, R2),  # w3 += low(k), mod 2^32
         rsh64_imm(R2, 32),  # high(k)
-        _alu32_reg(BPF_ADD, R7, R2),
-        _alu64_reg(BPF_MUL, R1, R7),
-        _alu64_reg(BPF_ADD, acc, R1),
+        _alu32_reg(BPF_ADD, R2, high_m),  # w2 = high(k) + high(m), mod 2^32
+        _alu64_reg(BPF_MUL, R2, R3),
+        _alu64_reg(BPF_ADD, acc, R2),
     ]
 
 
-def _page_callback(buf_fd: int, keys_fd: int, out_fd: int) -> list[bytes]:
-    """long cb(u64 index, u64 *first): hash page `index` of the copy under both keys into
-    out[first + index]. Indices are masked so the verifier can bound every access."""
-    loop = [
-        ldx_mem(8, R4, R8, 0),  # m
-        *_nh_step(R0, 0),
-        *_nh_step(R3, PAGE),
-        add64_imm(R8, 8),
-        add64_imm(R9, 8),
-        add64_imm(R5, 1),
-    ]
-    back = -(len(loop) + 1)
+def _page_words(keys: int, unroll: int) -> list[bytes]:
+    """Every word of the page at r8: `unroll` words per turn of a loop (no counter or branch
+    per word), NH under key A into r0 and, with two keys, under key B into r7; r8 and r9
+    move on by `unroll` words a turn, r6 counts the bytes done."""
+    body: list[bytes] = []
+    for word in range(unroll):
+        off = 8 * word
+        body += [ldx_mem(8, R1, R8, off), mov64_reg(R4, R1), rsh64_imm(R4, 32)]
+        body += _nh_word(R0, R4, off)
+        if keys == 2:
+            body += _nh_word(R7, R4, PAGE + off)
+    body += [add64_imm(R8, 8 * unroll), add64_imm(R9, 8 * unroll), add64_imm(R6, 8 * unroll)]
+    back = -(len(body) + 1)
+    return [mov64_imm(R6, 0), *body, insn(BPF_JMP | BPF_JLT | BPF_K, R6, off=back, imm=PAGE)]
+
+
+def _page_callback(fds: tuple[int, int, int], keys: int, unroll: int) -> list[bytes]:
+    """long cb(u64 index, u64 *first): hash page `index` of the copy under key A (and key B)
+    into out[first + index] as (A, B); with one key B is A's digest (key B is key A then).
+    Indices are masked so the verifier can bound every access."""
+    buf_fd, keys_fd, out_fd = fds
     return [
-        ldx_mem(8, R6, R2, 0),  # first output slot
+        ldx_mem(8, R5, R2, 0),  # first output slot
         _alu64_imm(BPF_AND, R1, CHUNK_PAGES - 1),
-        _alu64_reg(BPF_ADD, R6, R1),
-        _alu64_imm(BPF_AND, R6, OUT_PAGES - 1),
-        _alu64_imm(BPF_LSH, R6, 4),  # byte offset of the digest
+        _alu64_reg(BPF_ADD, R5, R1),
+        _alu64_imm(BPF_AND, R5, OUT_PAGES - 1),
+        _alu64_imm(BPF_LSH, R5, 4),  # byte offset of the digest
         _alu64_imm(BPF_LSH, R1, 12),  # byte offset of the page in the copy
         ld_map_value(R8, buf_fd, 0),
         _alu64_reg(BPF_ADD, R8, R1),
         ld_map_value(R9, keys_fd, 0),
         mov64_imm(R0, 0),
-        mov64_imm(R3, 0),
-        mov64_imm(R5, 0),
-        *loop,
-        insn(BPF_JMP | BPF_JLT | BPF_K, R5, off=back, imm=WORDS),
+        mov64_imm(R7, 0),
+        *_page_words(keys, unroll),
         ld_map_value(R1, out_fd, 0),
-        _alu64_reg(BPF_ADD, R1, R6),
+        _alu64_reg(BPF_ADD, R1, R5),
         stx_mem(8, R1, R0, 0),
-        stx_mem(8, R1, R3, 8),
+        stx_mem(8, R1, R7 if keys == 2 else R0, 8),
         mov64_imm(R0, 0),  # go on with the next page
         exit_insn(),
     ]
 
 
-MAIN_SLOTS = 21  # the callback starts right after main
+MAIN_SLOTS = 25  # the callbacks start right after main
 
 
-def _main(buf_fd: int) -> list[bytes]:
-    """ctx args: address, pages (<= CHUNK_PAGES), first output slot. Copy, then hash each
-    page; r0 is the copy's error or the number of pages hashed. Jump offsets count slots:
-    the jgt at 4 goes to the refusal at 19, the jne at 8 to the exit at 18, the callback
-    (ld_imm64 at 12-13) is at MAIN_SLOTS."""
+def _main(buf_fd: int, one_key: int, two_keys: int) -> list[bytes]:
+    """ctx args: address, pages (<= CHUNK_PAGES), first output slot, keys (1 or 2). Copy,
+    then hash each page; r0 is the copy's error or the number of pages hashed. Jump offsets
+    count slots: the jgt at 4 goes to the refusal at 23, the jne at 8 to the exit at 22, the
+    jne at 15 over the second callback's ld_imm64; the callbacks are at `one_key` and
+    `two_keys`."""
     return [
         mov64_reg(R6, R1),  # 0
         ld_map_value(R1, buf_fd, 0),  # 1-2: dst, the copy
         ldx_mem(8, R2, R6, 8),  # 3: pages
-        jgt_imm(R2, CHUNK_PAGES, 19 - 5),  # 4
+        jgt_imm(R2, CHUNK_PAGES, 23 - 5),  # 4
         _alu64_imm(BPF_LSH, R2, 12),  # 5: size
         ldx_mem(8, R3, R6, 0),  # 6: src
         call(BPF_FUNC_probe_read_kernel),  # 7
-        insn(BPF_JMP | BPF_JNE | BPF_K, R0, off=18 - 9, imm=0),  # 8
+        insn(BPF_JMP | BPF_JNE | BPF_K, R0, off=22 - 9, imm=0),  # 8
         ldx_mem(8, R1, R6, 16),  # 9: first output slot, on the stack for the callback
         stx_mem(8, R10, R1, -8),  # 10
         ldx_mem(8, R1, R6, 8),  # 11: loops
-        insn(0x18, R2, BPF_PSEUDO_FUNC, imm=MAIN_SLOTS - 13) + insn(0),  # 12-13
-        mov64_reg(R3, R10),  # 14
-        add64_imm(R3, -8),  # 15
-        mov64_imm(R4, 0),  # 16
-        call(BPF_FUNC_loop),  # 17
-        exit_insn(),  # 18
-        mov64_imm(R0, -22),  # 19: -EINVAL, too many pages
-        exit_insn(),  # 20
+        insn(0x18, R2, BPF_PSEUDO_FUNC, imm=one_key - 13) + insn(0),  # 12-13
+        ldx_mem(8, R3, R6, 24),  # 14: keys
+        insn(BPF_JMP | BPF_JNE | BPF_K, R3, off=18 - 16, imm=2),  # 15
+        insn(0x18, R2, BPF_PSEUDO_FUNC, imm=two_keys - 17) + insn(0),  # 16-17
+        mov64_reg(R3, R10),  # 18
+        add64_imm(R3, -8),  # 19
+        mov64_imm(R4, 0),  # 20
+        call(BPF_FUNC_loop),  # 21
+        exit_insn(),  # 22
+        mov64_imm(R0, -22),  # 23: -EINVAL, too many pages
+        exit_insn(),  # 24
     ]
 
 
-def program(buf_fd: int, keys_fd: int, out_fd: int) -> bytes:
-    main = b"".join(_main(buf_fd))
+def program_parts(
+    buf_fd: int, keys_fd: int, out_fd: int, unroll: int = UNROLL
+) -> tuple[bytes, bytes, bytes]:
+    """main, the one-key callback, the two-key callback."""
+    if WORDS % unroll:
+        raise ValueError(f"{unroll} words a turn do not divide a page's {WORDS}")
+    fds = (buf_fd, keys_fd, out_fd)
+    one = b"".join(_page_callback(fds, 1, unroll))
+    two = b"".join(_page_callback(fds, 2, unroll))
+    main = b"".join(_main(buf_fd, MAIN_SLOTS, MAIN_SLOTS + len(one) // 8))
     assert len(main) == MAIN_SLOTS * 8
-    return main + b"".join(_page_callback(buf_fd, keys_fd, out_fd))
+    return main, one, two
+
+
+def program(buf_fd: int, keys_fd: int, out_fd: int, unroll: int = UNROLL) -> bytes:
+    return b"".join(program_parts(buf_fd, keys_fd, out_fd, unroll))
 
 
 def _btf() -> bytes:
-    """long pg_text_hash(void *ctx) and static long pg_nh_page(long index, void *ctx)."""
-    strings = b"\0long\0ctx\0pg_text_hash\0index\0pg_nh_page\0"
-    names = (b"long", b"ctx", b"pg_text_hash", b"index", b"pg_nh_page")
+    """long pg_text_hash(void *ctx), static long pg_nh_page(long index, void *ctx) and
+    static long pg_nh_page2(long index, void *ctx)."""
+    strings = b"\0long\0ctx\0pg_text_hash\0index\0pg_nh_page\0pg_nh_page2\0"
+    names = (b"long", b"ctx", b"pg_text_hash", b"index", b"pg_nh_page", b"pg_nh_page2")
     off = {name: strings.index(b"\0" + name + b"\0") + 1 for name in names}
     types = b"".join(
         [
@@ -207,6 +230,7 @@ def _btf() -> bytes:
             struct.pack("<III", 0, (13 << 24) | 2, 1)
             + struct.pack("<IIII", off[b"index"], 1, off[b"ctx"], 2),  # [5]
             struct.pack("<III", off[b"pg_nh_page"], 12 << 24, 5),  # [6] static
+            struct.pack("<III", off[b"pg_nh_page2"], 12 << 24, 5),  # [7] static
         ]
     )
     header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
@@ -216,14 +240,19 @@ def _btf() -> bytes:
 # --- loading and running it ----------------------------------------------------------------------
 
 
-def _load(insns: bytes) -> int:
+def _load(main: bytes, one: bytes, two: bytes) -> int:
+    insns = main + one + two
     blob = ctypes.create_string_buffer(_btf())
     attr = struct.pack("<QQII", ctypes.addressof(blob), 0, len(blob.raw) - 1, 0)
     btf_fd, _ = bpf.sys_bpf(BPF_BTF_LOAD, attr, "BTF_LOAD")
     try:
         code = ctypes.create_string_buffer(insns, len(insns))
         lic = ctypes.create_string_buffer(b"GPL")
-        func_info = ctypes.create_string_buffer(struct.pack("<IIII", 0, 4, MAIN_SLOTS, 6), 16)
+        starts = (0, len(main) // 8, (len(main) + len(one)) // 8)
+        info = b"".join(
+            struct.pack("<II", at, btf_id) for at, btf_id in zip(starts, (4, 6, 7), strict=True)
+        )
+        func_info = ctypes.create_string_buffer(info, len(info))
         raw = bytearray(bpf.ATTR_SIZE)
         # no verifier log: it walks 13k instructions, whose log would not fit a buffer
         # (ENOSPC); a refusal still says its errno
@@ -231,7 +260,7 @@ def _load(insns: bytes) -> int:
         addresses = (ctypes.addressof(code), ctypes.addressof(lic))
         struct.pack_into("<IIQQ", raw, 0, BPF_PROG_TYPE_RAW_TRACEPOINT, insn_count, *addresses)
         struct.pack_into("<16s", raw, 48, b"pg_text_hash")
-        struct.pack_into("<IIQI", raw, 72, btf_fd, 8, ctypes.addressof(func_info), 2)
+        struct.pack_into("<IIQI", raw, 72, btf_fd, 8, ctypes.addressof(func_info), len(starts))
         try:
             fd, _ = bpf.sys_bpf(bpf.BPF_PROG_LOAD, raw, "PROG_LOAD")
         except bpf.BpfError as exc:
@@ -245,16 +274,18 @@ class TextHasher:
     """The program and its three maps: the copy (read-only here), the keys (written here),
     the digests (read here), each mapped into this process."""
 
-    def __init__(self) -> None:
+    def __init__(self, unroll: int = UNROLL) -> None:
         self._fds: list[int] = []
         self._maps: list[mmap.mmap] = []
         self._prog = -1
+        self._key_count = 2
         self._lock = threading.Lock()
         try:
             self._buf = self._map("pg_th_copy", CHUNK, mmap.PROT_READ)
             self._keys = self._map("pg_th_keys", KEYS, mmap.PROT_READ | mmap.PROT_WRITE)
             self._out = self._map("pg_th_out", OUT_PAGES * DIGEST, mmap.PROT_READ)
-            self._prog = _load(program(*self._fds))
+            buf, keys, out = self._fds
+            self._prog = _load(*program_parts(buf, keys, out, unroll))
         except BaseException:
             self.close()
             raise
@@ -270,18 +301,26 @@ class TextHasher:
         return self._maps[-1]
 
     def new_keys(self, key_b: bytes | None = None) -> tuple[bytes, bytes]:
-        """Key A is the old key B (or fresh), key B fresh: what a chained sweep wants."""
+        """Key A is the old key B (or fresh), key B fresh: a sweep that changes the key."""
         key_a = self._keys[PAGE:KEYS] if key_b is None else key_b
         keys = (bytes(key_a), os.urandom(PAGE))
-        self._keys[:] = keys[0] + keys[1]
+        self.set_keys(*keys)
         return keys
+
+    def keep_key(self) -> bytes:
+        """Key A and key B both the old key B: a sweep under one key, one NH pass."""
+        key = bytes(self._keys[PAGE:KEYS])
+        self.set_keys(key, key)
+        return key
 
     def set_keys(self, key_a: bytes, key_b: bytes) -> None:
         self._keys[:] = key_a + key_b
+        self._key_count = 1 if key_a == key_b else 2
 
     def hash_chunk(self, address: int, pages: int, first: int) -> None:
         """Digests of `pages` pages at `address` (page-aligned) into slots first.."""
-        ret = bpf.prog_test_run(self._prog, struct.pack("<QQQ", address, pages, first))
+        ctx = struct.pack("<QQQQ", address, pages, first, self._key_count)
+        ret = bpf.prog_test_run(self._prog, ctx)
         if ret != pages:
             why = explain_errno(-ret) if ret < 0 else f"{ret} of {pages} pages hashed"
             raise MemoryReadError(address, pages * PAGE, f"in-kernel hash: {why}")

@@ -37,8 +37,17 @@ MODULES_TASKS = ("pg_hide_task", "pg_write_filter")
 # the ftrace ops boot (ftrace_ops_checks.py): an ops hidden from enabled_functions, a module
 # hidden from kallsyms and sysfs listings, a module whose sysfs kobject is removed
 MODULES_OPS = ("pg_ops_filter", "pg_mod_hide", "pg_sysfs_removed")
+# the truth corpus's boot (test_lab_corpus.py): a live patch as a distribution ships one
+MODULES_CORPUS = ("pg_klp_version",)
 ALL_MODULES = (
-    MODULES + MODULES2 + MODULES3 + MODULES_SOCKETS + MODULES_TRUTH + MODULES_TASKS + MODULES_OPS
+    MODULES
+    + MODULES2
+    + MODULES3
+    + MODULES_SOCKETS
+    + MODULES_TRUTH
+    + MODULES_TASKS
+    + MODULES_OPS
+    + MODULES_CORPUS
 )
 COMPILER = "gcc-12"  # what Debian's 6.1 kernels are built with (linux-compiler-gcc-12-x86)
 

@@ -46,7 +46,12 @@ pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
 KLP = "pg_klp_version"
 KLP_SYSFS = Path("/sys/kernel/livepatch") / KLP
 TC_NETNS = "pg-corpus-cls"
-UNIT = "pg-corpus-sandboxed.service"
+UNIT = "systemd-sandboxed.service"
+# The surfaces that see a live patch: its ftrace ops, its module and the kernel's taint flags
+KLP_SCAN = ("scan", "--records") + tuple(
+    word for surface in ("tracing", "modules", "posture") for word in ("--surface", surface)
+)
+EBPF_SCAN = ("scan", "--records", "--surface", "ebpf")
 
 
 @pytest.fixture
@@ -94,9 +99,9 @@ def test_livepatch_is_quiet_and_named_then_findings_once_expired(
     expired = ledger(tmp_path / "expired", manifest, "kernel live patch team", expired=True)
     with livepatched(module):
         patched = Path("/proc/version").read_text()
-        allowed = cli(env, "scan", "--records", ledger_path=approved)
+        allowed = cli(env, *KLP_SCAN, ledger_path=approved)
         check = cli(env, "check", ledger_path=approved)
-        lapsed = cli(env, "scan", "--records", ledger_path=expired)
+        lapsed = cli(env, *KLP_SCAN, ledger_path=expired)
     assert "(gcc" not in patched and patched.startswith("Linux version "), patched
     marker = (KLP, "version_proc_show")
     mine = about(allowed, set(), marker)
@@ -201,19 +206,21 @@ def test_systemd_sandboxing_is_quiet_and_named_then_findings_once_expired(
     manifest = MANIFESTS / "systemd.toml"
     approved = ledger(tmp_path / "approved", manifest, "Debian systemd maintainers")
     expired = ledger(tmp_path / "expired", manifest, "Debian systemd maintainers", expired=True)
-    with started(MANIFESTS / "systemd-sandboxed.service"):
-        bare = cli(env, "scan", "--records")
-        allowed = cli(env, "scan", "--records", ledger_path=approved)
+    with started(MANIFESTS / UNIT):
+        bare = cli(env, *EBPF_SCAN)
+        allowed = cli(env, *EBPF_SCAN, ledger_path=approved)
         check = cli(env, "check", ledger_path=approved)
-        lapsed = cli(env, "scan", "--records", ledger_path=expired)
+        lapsed = cli(env, *EBPF_SCAN, ledger_path=expired)
     unit = _unit_programs(allowed)
     assert sorted(unit.values()) == sorted(SYSTEMD_PROGRAMS), programs_held_by(allowed, 1)
     ids = set(programs_held_by(allowed, 1))
     assert set(unit) <= ids
-    marker = ("pid 1 (systemd)", "/usr/lib/systemd/systemd")
-    assert acting(about(allowed, ids, marker)) == [], acting(about(allowed, ids, marker))
-    ours = {i for i in ids if about(bare, {i})}  # those scan has something to say of
-    allowed_and_named(about(allowed, ours), ours, "Debian (systemd packaging)")
-    changes_explained(check, marker)
-    back = acting(about(lapsed, set(programs_held_by(lapsed, 1)), marker))
-    assert back and not [f for f in about(lapsed, ids) if f["disposition"] == "allowed"], back
+    loud = acting(about(allowed, ids))
+    assert loud == [], [(f["subject"], f["summary"], f["evidence"]) for f in loud]
+    said = {i for i in unit if about(bare, {i})}  # the unit's programs scan speaks of
+    allowed_and_named(about(allowed, said), said, "Debian (systemd packaging)")
+    changes_explained(check, ("pid 1 (systemd)", "/usr/lib/systemd/systemd"))
+    # past the expiry, what scan says of systemd's programs is what it says with no ledger
+    back = acting(about(lapsed, set(programs_held_by(lapsed, 1))))
+    assert {f["technique"] for f in back} == {f["technique"] for f in acting(about(bare, ids))}
+    assert not [f for f in about(lapsed, ids) if f["disposition"] == "allowed"], back

@@ -48,9 +48,8 @@ KLP_SYSFS = Path("/sys/kernel/livepatch") / KLP
 TC_NETNS = "pg-corpus-cls"
 UNIT = "systemd-sandboxed.service"
 # The surfaces that see a live patch: its ftrace ops, its module and the kernel's taint flags
-KLP_SCAN = ("scan", "--records") + tuple(
-    word for surface in ("tracing", "modules", "posture") for word in ("--surface", surface)
-)
+KLP_SCAN: tuple[str, ...] = ("scan", "--records", "--surface", "tracing", "--surface", "modules")
+KLP_SCAN += ("--surface", "posture")
 EBPF_SCAN = ("scan", "--records", "--surface", "ebpf")
 
 
@@ -145,8 +144,8 @@ def test_classic_tc_classifiers_need_no_exception(env: dict[str, str]) -> None:
             done = _classify(kind, "drop" if kind[-1] != "matchall" else "pass")
             if done.returncode != 0:
                 pytest.skip(
-                    f"this kernel has no {kind[4 if kind[0] == 'protocol' else 2]} "
-                    f"classifier (the lab's has): {done.stderr.strip()[-200:]}"
+                    f"this kernel lacks the {kind[4 if kind[0] == 'protocol' else 2]} classifier "
+                    f"or the gact action (the lab has both): {done.stderr.strip()[-200:]}"
                 )
         shown = subprocess.run(
             ["tc", "-n", TC_NETNS, "filter", "show", "dev", "pgc0", "ingress"],

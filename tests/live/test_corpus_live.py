@@ -7,8 +7,9 @@ has expired, its hooks are findings again. README's corpus table lists the membe
 Members here (this kernel allows BPF with BTF, no kprobes, no modules, no fentry):
 - bpftrace (Debian's 0.17.0-1) running bpftrace-sre-probes.bt: a syscall tracepoint, a uprobe
   and a uretprobe on bash's readline, a software perf event, interval and profile probes
-  (raw tracepoints: this bpftrace has no such probe type); and bpftrace-kprobes.bt (kprobes
-  and a kretprobe) where the kernel allows kprobes (the lab: tests/lab/test_lab_corpus.py);
+  (raw tracepoints: this bpftrace has no such probe type); bpftrace-kprobes.bt (kprobes and a
+  kretprobe) where the kernel allows kprobes and bpftrace-fentry.bt (kfunc and kretfunc: BPF
+  trampolines) where it allows fentry (both in the lab: tests/lab/test_lab_corpus.py);
 - a tc BPF classifier that tc attaches in a network namespace the test creates and deletes;
 - nftables rules in a network namespace of the test's own;
 - `perf record` and `perf trace` (Debian's linux-perf): perf events, no BPF, nothing to
@@ -21,9 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,47 +32,29 @@ from pathlib import Path
 import pytest
 from support.corpus import (
     MANIFESTS,
-    Doc,
     about,
     acting,
-    base_env,
+    allowed_and_named,
+    baseline_env,
+    changes_explained,
     cli,
     ledger,
+    netns,
     programs_held_by,
+    run,
+    tool,
 )
 
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
-PROBES = 6  # programs bpftrace-sre-probes.bt loads
-TC_NETNS, NFT_NETNS = "pg-corpus-tc", "pg-corpus-nft"
-
-
-def tool(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} is not installed: scripts/setup --dev installs it")
-    return found
-
-
-def run(*argv: str) -> None:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, f"{' '.join(argv)}: {done.stdout}{done.stderr}"
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    """A baseline of this kernel taken before the member starts (so `check` sees the code
-    changes it causes), with a host key of the test's own."""
-    found = base_env(tmp_path)
-    done = subprocess.run(
-        [sys.executable, "-m", "patchguard.cli", "baseline", "create"],
-        env=found,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return found
+    return baseline_env(tmp_path)
+
+
+PROBES = 6  # programs bpftrace-sre-probes.bt loads
+TC_NETNS, NFT_NETNS = "pg-corpus-tc", "pg-corpus-nft"
 
 
 def prog_fds(pid: int) -> int:
@@ -118,18 +99,6 @@ def tracing(
             tracer.wait()
 
 
-def _allowed_and_named(findings: list[Doc], prog_ids: set[int], vendor: str) -> None:
-    """Every program has a finding that says which exception allows it, and whose it is."""
-    for prog_id in prog_ids:
-        named = [f for f in findings if f["evidence"].get("prog_id") == prog_id]
-        assert named, f"prog {prog_id} is shown, not hidden"
-        for f in named:
-            assert f["disposition"] == "allowed", f
-            assert re.match(
-                rf"allowed by exception #\d+ \({re.escape(vendor)}, until ", f["summary"]
-            )
-
-
 @dataclass(frozen=True)
 class Tracer:
     """A bpftrace corpus member: its script, its manifest, what it loads and what comes back
@@ -159,7 +128,19 @@ KPROBES = Tracer(
 )
 
 
-@pytest.mark.parametrize("member", [SRE_PROBES, KPROBES], ids=["sre-probes", "kprobes"])
+FENTRY = Tracer(
+    "bpftrace-fentry.bt",
+    "bpftrace-fentry.toml",
+    ("vfs_read", "vfs_read"),
+    frozenset({"sensitive-hook", "ftrace-hook-sensitive-function"}),
+    refused="this kernel refuses fentry programs (the lab runs this member)",
+    markers=("vfs_read",),
+)
+
+
+@pytest.mark.parametrize(
+    "member", [SRE_PROBES, KPROBES, FENTRY], ids=["sre-probes", "kprobes", "fentry"]
+)
 def test_bpftrace_is_quiet_and_named_then_findings_once_expired(
     env: dict[str, str], tmp_path: Path, member: Tracer
 ) -> None:
@@ -178,35 +159,13 @@ def test_bpftrace_is_quiet_and_named_then_findings_once_expired(
     marker = (f"pid {pid} ", *member.markers)
     loud = acting(about(allowed, ids, marker))
     assert loud == [], [(f["subject"], f["summary"]) for f in loud]
-    _allowed_and_named(about(allowed, ids), ids, vendor)
+    allowed_and_named(about(allowed, ids), ids, vendor)
     hooks = [f for f in about(allowed, set(), member.markers) if f["surface"] == "tracing"]
     assert all(f["disposition"] == "allowed" for f in hooks), hooks
-    _changes_explained(check, marker)
+    changes_explained(check, marker)
     back = acting(about(lapsed, set(programs_held_by(lapsed, pid)), marker))
     assert {f["technique"] for f in back} >= member.back, back
     assert not [f for f in about(lapsed, ids, marker) if f["disposition"] == "allowed"]
-
-
-def _changes_explained(check: Doc, markers: tuple[str, ...]) -> None:
-    """The code changes `check` finds that name the member are explained, each with an owner;
-    nothing is tampering."""
-    mine = about(check, set(), markers)
-    for f in mine:
-        assert f["disposition"] == "explained" and f["severity"] == "info", f
-        assert f["evidence"].get("owner"), f
-    assert not [f for f in check["findings"] if f["disposition"] == "tampering" and f in mine]
-
-
-@contextlib.contextmanager
-def netns(name: str) -> Iterator[None]:
-    if Path(f"/run/netns/{name}").exists():
-        pytest.fail(f"network namespace {name} exists already: delete it (not this test's)")
-    run(tool("ip"), "netns", "add", name)
-    try:
-        run("ip", "-n", name, "link", "add", "pgc0", "type", "veth", "peer", "name", "pgc1")
-        yield
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False, timeout=60)
 
 
 def test_tc_classifier_is_quiet_and_named_then_findings_once_expired(
@@ -230,7 +189,7 @@ def test_tc_classifier_is_quiet_and_named_then_findings_once_expired(
     ids = {f["evidence"]["prog_id"] for f in mine if "prog_id" in f["evidence"]}
     assert len(ids) == 1, mine
     assert acting(mine) == []
-    _allowed_and_named(about(allowed, ids), ids, "Debian (iproute2 packaging)")
+    allowed_and_named(about(allowed, ids), ids, "Debian (iproute2 packaging)")
     back = acting(about(lapsed, ids, marker))
     assert {f["technique"] for f in back} == {"covert-trigger", "orphan-program"}, back
 
@@ -317,7 +276,7 @@ def test_perf_sessions_need_no_exception(
         check = cli(env, "check")
         marker = (f"pid {session.pid} ", "perf_trace_sys", "perf_syscall")
     assert acting(about(scan, set(), marker)) == []
-    _changes_explained(check, marker)
+    changes_explained(check, marker)
     if argv[0] == "trace":
         # The syscall tracepoint's key, if this run turned it on (it may have been on at the
         # baseline already), names perf's probe among its owners.

@@ -1,17 +1,24 @@
-"""The truth corpus's tools (tests/live/test_corpus_live.py): a ledger where a reviewer
-approved a shipped manifest, the same exception past its expiry (requested and approved days
-ago, expiring at 00:00 UTC today, its expiry recorded in the ledger), and patchguard run by
-its CLI against either, with the findings a corpus member's own markers pick out."""
+"""The truth corpus's tools (tests/live/test_corpus_live.py, test_corpus_kernel_live.py): a
+ledger where a reviewer approved a shipped manifest, the same exception past its expiry
+(requested and approved days ago, expiring at 00:00 UTC today, its expiry recorded in the
+ledger), patchguard run by its CLI against either, the findings a corpus member's own markers
+pick out and what must hold of them, and the tools the members are run with."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from patchguard.policy import exceptions as ops
 from patchguard.policy.manifest import load_manifest
@@ -19,6 +26,9 @@ from patchguard.signing import HostKey
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "src/patchguard/policy/manifests"
 Doc = dict[str, Any]
+# A module a member loads (a live patch, a tc classifier) after the baseline: its text is not
+# in the baseline, so check cannot verify it and says so (info). No code change to explain.
+UNVERIFIED_MODULE = "module-not-in-baseline"
 
 
 def ledger(folder: Path, manifest: Path, vendor: str, expired: bool = False) -> Path:
@@ -93,3 +103,66 @@ def about(doc: Doc, prog_ids: set[int], markers: tuple[str, ...] = ()) -> list[D
 def acting(findings: list[Doc]) -> list[Doc]:
     """Those above info that no exception allows: what would page someone."""
     return [f for f in findings if f["severity"] != "info" and f["disposition"] != "allowed"]
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: scripts/setup --dev installs it")
+    return found
+
+
+def run(*argv: str) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, f"{' '.join(argv)}: {done.stdout}{done.stderr}"
+
+
+def baseline_env(folder: Path) -> dict[str, str]:
+    """base_env with a baseline of this kernel taken now, before the member starts (so `check`
+    sees the code changes it causes)."""
+    found = base_env(folder)
+    done = subprocess.run(
+        [sys.executable, "-m", "patchguard.cli", "baseline", "create"],
+        env=found,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return found
+
+
+def allowed_and_named(findings: list[Doc], prog_ids: set[int], vendor: str) -> None:
+    """Every program has a finding that says which exception allows it, and whose it is."""
+    for prog_id in prog_ids:
+        named = [f for f in findings if f["evidence"].get("prog_id") == prog_id]
+        assert named, f"prog {prog_id} is shown, not hidden"
+        for f in named:
+            assert f["disposition"] == "allowed", f
+            assert re.match(
+                rf"allowed by exception #\d+ \({re.escape(vendor)}, until ", f["summary"]
+            )
+
+
+def changes_explained(check: Doc, markers: tuple[str, ...]) -> list[Doc]:
+    """The code changes `check` finds that name the member are explained, each with an owner,
+    and none is tampering; they are returned."""
+    mine = [f for f in about(check, set(), markers) if f["technique"] != UNVERIFIED_MODULE]
+    for f in mine:
+        assert f["disposition"] == "explained" and f["severity"] == "info", f
+        assert f["evidence"].get("owner"), f
+    return mine
+
+
+@contextlib.contextmanager
+def netns(name: str) -> Iterator[None]:
+    """A network namespace `name` with a veth pair pgc0/pgc1 in it, deleted on the way out."""
+    if Path(f"/run/netns/{name}").exists():
+        pytest.fail(f"network namespace {name} exists already: delete it (not this test's)")
+    run(tool("ip"), "netns", "add", name)
+    try:
+        run("ip", "-n", name, "link", "add", "pgc0", "type", "veth", "peer", "name", "pgc1")
+        yield
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False, timeout=60)

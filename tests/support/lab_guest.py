@@ -45,10 +45,11 @@ def run_lab(
     command: Sequence[str],
     timeout: float = 900,
     kernel: str = "stock",
+    init: str = "sh",
 ) -> subprocess.CompletedProcess[str]:
     """Copy `modules` (.ko, built for the guest) into `results`, the guest's /results, and run
     `command` in one boot of `kernel` ("stock" 6.1 or "newer", see lab/run --kernel) with the
-    whole kernel log on stderr."""
+    whole kernel log on stderr; `init` "systemd" boots systemd as PID 1 (lab/run --init)."""
     if not (CACHE / "current" / "lab.json").is_file():
         pytest.skip("lab not built: run lab/build")
     if modules:
@@ -60,7 +61,7 @@ def run_lab(
         for name in modules:
             shutil.copy2(built / f"{name}.ko", results / f"{name}.ko")
     lab = [sys.executable, str(REPO / "lab" / "run"), "--timeout", str(timeout), "--console"]
-    lab += ["--kernel", kernel]
+    lab += ["--kernel", kernel, "--init", init]
     lab += ["--results", str(results), "--", *command]
     for attempt in (1, 2):
         run = subprocess.run(lab, capture_output=True, text=True, timeout=timeout + 60, check=False)

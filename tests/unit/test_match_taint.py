@@ -21,6 +21,7 @@ from patchguard.surfaces.posture.parsers import decode_taint
 from patchguard.surfaces.posture.records import Taint
 
 UNSIGNED, OUT_OF_TREE = 1 << 13, 1 << 12  # TAINT_UNSIGNED_MODULE, TAINT_OOT_MODULE
+LIVEPATCH = 1 << 15  # TAINT_LIVEPATCH
 LKRG = '[[module]]\nname = "lkrg"\nsigner = "DKMS module signing key"\ntaints = "OE"\n'
 
 
@@ -44,6 +45,27 @@ def test_taints_shown_by_the_sanctioned_module_alone_are_allowed(tmp_path: Path)
     assert all(f.evidence["modules"] == ["lkrg"] and f.evidence["exception"] == 4 for f in out)
     assert "Shown by lkrg alone, as declared." in out[0].summary
     assert out[0].summary.startswith("allowed by exception #4 (Acme Security, until 2026-06-01)")
+
+
+KLP = '[[module]]\nname = "pg_klp_version"\ntaints = "EKO"\n'
+
+
+@pytest.mark.parametrize(
+    ("shown", "left"),
+    [
+        ({"pg_klp_version": {"E", "K", "O"}}, "allowed"),
+        ({"pg_klp_version": {"E", "O"}}, "weakness"),
+    ],
+    ids=["shown-by-the-live-patch", "no-module-shows-it"],
+)
+def test_the_live_patch_taint_is_the_declared_live_patchs(
+    tmp_path: Path, shown: dict[str, set[str]], left: str
+) -> None:
+    """A livepatch module shows K in its own taint file, as O and E: declared, it is allowed."""
+    everything = posture(UNSIGNED | OUT_OF_TREE | LIVEPATCH)
+    out = apply_taint_exceptions(everything, exceptions(tmp_path, KLP), shown, never_signed)
+    (patched,) = [f for f in out if f.technique == "taint-live-patched"]
+    assert patched.disposition.value == left
 
 
 @pytest.mark.parametrize(

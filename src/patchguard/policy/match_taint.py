@@ -18,7 +18,9 @@ from patchguard.policy.rules import Request
 
 SYS_MODULE = Path("/sys/module")
 MAX_MODULES = 65536  # far above any kernel's module count: a bound, not a limit in practice
-MODULE_LETTERS = frozenset("PFOEC")  # proprietary, forced, out of tree, unsigned, staging
+# proprietary, forced, out of tree, unsigned, staging, and live patch (a livepatch module
+# shows K in its own taint file)
+MODULE_LETTERS = frozenset("PFOECK")
 
 
 def module_taints(root: Path = SYS_MODULE) -> dict[str, set[str]]:

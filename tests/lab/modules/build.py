@@ -41,6 +41,8 @@ MODULES_OPS = ("pg_ops_filter", "pg_mod_hide", "pg_sysfs_removed")
 # the tracepoint probes boot (tracepoint_probes_checks.py): a probe of a module, and one in a
 # stub of no module
 MODULES_TP = ("pg_tp_probe",)
+# the truth corpus's boot (test_lab_corpus.py): a live patch as a distribution ships one
+MODULES_CORPUS = ("pg_klp_version",)
 ALL_MODULES = (
     MODULES
     + MODULES2
@@ -50,6 +52,7 @@ ALL_MODULES = (
     + MODULES_TASKS
     + MODULES_OPS
     + MODULES_TP
+    + MODULES_CORPUS
 )
 COMPILER = "gcc-12"  # what Debian's 6.1 kernels are built with (linux-compiler-gcc-12-x86)
 

@@ -535,10 +535,25 @@ def prog_query(
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """BPF_PROG_QUERY: the program ids (and link ids, 0 where none) on one hook; `target` is
     an ifindex (tcx, netkit: in the caller's network namespace) or a cgroup or netns fd."""
+    try:
+        return _prog_query(target, attach_type, name, with_links=True)
+    except BpfError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+    # Before 6.6 the query has no link_ids: such a kernel refuses a nonzero field past the
+    # ones it knows with EINVAL, which would read as "no such hook" and hide every program
+    # attached there (systemd's cgroup firewall on 6.1). Asked again without it: no link ids.
+    return _prog_query(target, attach_type, name, with_links=False)
+
+
+def _prog_query(
+    target: int, attach_type: int, name: str, with_links: bool
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
     progs = ctypes.create_string_buffer(MAX_QUERY * 4)
     links = ctypes.create_string_buffer(MAX_QUERY * 4)
+    links_at = addr_of(links) if with_links else 0
     attr = struct.pack(
-        "<IIIIQI4xQQ", target, attach_type, 0, 0, addr_of(progs), MAX_QUERY, 0, addr_of(links)
+        "<IIIIQI4xQQ", target, attach_type, 0, 0, addr_of(progs), MAX_QUERY, 0, links_at
     )
     _, out = sys_bpf(BPF_PROG_QUERY, attr, name)
     count = min(struct.unpack_from("<I", out, 24)[0], MAX_QUERY)

@@ -4,11 +4,13 @@ findings out of the patchguard reports in it."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import warnings
@@ -67,7 +69,7 @@ def run_lab(
     lab += ["--kernel", kernel] + ([] if kaslr else ["--no-kaslr"])
     lab += ["--results", str(results), "--", *command]
     for attempt in (1, 2):
-        run = subprocess.run(lab, capture_output=True, text=True, timeout=timeout + 60, check=False)
+        run = boot(lab, timeout + 60)
         print(run.stdout[-4000:], run.stderr[-8000:], sep="\n", file=sys.stderr)
         if timing := TIMING.search(run.stderr):
             test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
@@ -81,6 +83,22 @@ def run_lab(
             f"the lab guest wedged; booting it again:\n{run.stderr[-3000:]}", stacklevel=1
         )
     return run
+
+
+def boot(lab: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """lab/run in a session of its own, stopped with its QEMU if the test is: killing lab/run
+    alone (what subprocess.run does on a timeout or Ctrl-C) left the guest emulating on,
+    taking the CPU from every boot after it."""
+    with subprocess.Popen(
+        lab, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):  # the whole group already ended
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    return subprocess.CompletedProcess(lab, proc.returncode, stdout, stderr)
 
 
 def lab_build() -> dict[str, Any]:

@@ -23,7 +23,7 @@ PASSED = 7  # bpftrace: sre-probes, kprobes, fentry; nftables; livepatch; classi
 def test_corpus_members_in_the_lab_guest(tmp_path: Path) -> None:
     command = ["env", "PATCHGUARD_CORPUS_MODULES=/results", "python3", "-m", "pytest"]
     command += [LIVE, KERNEL, "-k", MEMBERS, "-q", "-p", "no:cacheprovider", "-rs"]
-    run = run_lab(tmp_path, ("pg_klp_version",), command, timeout=2400, init="systemd")
+    run = run_lab(tmp_path, ("pg_klp_version",), command, timeout=2400, init="systemd", kaslr=False)
     assert run.returncode == 0, f"lab/run exited {run.returncode}:\n{run.stdout[-6000:]}"
     summary = run.stdout.strip().splitlines()[-1]
     assert summary.startswith(f"{PASSED} passed") and "skipped" not in summary, run.stdout

@@ -20,7 +20,9 @@ MODULES = ("pg_ops_filter", "pg_mod_hide", "pg_sysfs_removed")
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Results:
-    return run_script(tmp_path_factory.mktemp("ftrace-ops"), "ftrace_ops_checks.py", MODULES)
+    return run_script(
+        tmp_path_factory.mktemp("ftrace-ops"), "ftrace_ops_checks.py", MODULES, kaslr=False
+    )
 
 
 def _ops(guest: Results, step: str) -> list[dict[str, Any]]:

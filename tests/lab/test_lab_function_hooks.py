@@ -43,7 +43,8 @@ FTRACE_TARGET, KPROBE_TARGET, LIVEPATCH_TARGET = (
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Results:
     modules = module_builder().MODULES2
-    return run_script(tmp_path_factory.mktemp("rootkits2"), "guest_function_hooks.py", modules)
+    results = tmp_path_factory.mktemp("rootkits2")
+    return run_script(results, "guest_function_hooks.py", modules, kaslr=False)
 
 
 def _address(guest: Results, name: str) -> int:

@@ -29,7 +29,7 @@ LYING = ["proc_listing", "task_listing", "kill", "bpf_task_iter", "proc_stat"]
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Results:
-    return run_script(tmp_path_factory.mktemp("tasks"), "tasks_checks.py", MODULES)
+    return run_script(tmp_path_factory.mktemp("tasks"), "tasks_checks.py", MODULES, kaslr=False)
 
 
 def about_victim(guest: Results, step: str) -> list[dict[str, object]]:

@@ -28,7 +28,8 @@ MODULES = ("pg_hide_pid", "pg_lstar", "pg_nf_hook")
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Results:
-    return run_script(tmp_path_factory.mktemp("rootkits3"), "guest_hiding_and_entry.py", MODULES)
+    results = tmp_path_factory.mktemp("rootkits3")
+    return run_script(results, "guest_hiding_and_entry.py", MODULES, kaslr=False)
 
 
 def test_the_rootkits_load_and_take_effect(guest: Results) -> None:
@@ -135,7 +136,7 @@ def bugcheck(
     (results / "guard.toml").write_text(GUARD_CONFIG)
     command = "modprobe msr && insmod /results/pg_lstar.ko && "
     command += "exec python3 -m patchguard.cli guard --config /results/guard.toml"
-    run = run_lab(results, ["pg_lstar"], ["sh", "-c", command], timeout=300)
+    run = run_lab(results, ["pg_lstar"], ["sh", "-c", command], timeout=300, kaslr=False)
     return run, results
 
 

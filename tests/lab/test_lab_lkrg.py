@@ -16,7 +16,9 @@ guest).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import subprocess
 import tarfile
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.lab_guest import CACHE, Results, report, run_lab
+from support.lab_guest import CACHE, Results, lab_build, report, run_lab
 
 pytestmark = pytest.mark.lab
 
@@ -40,13 +42,17 @@ SIGNATURE = {
 }
 
 
-def build_lkrg(work: Path) -> Path:
-    """lkrg.ko built from the pinned source in `work` against the lab kernel's headers."""
-    if not SOURCE.is_file():
-        pytest.skip(f"no pinned LKRG source at {SOURCE}")
-    kbuild = CACHE / "current" / "kbuild"
-    if not kbuild.is_dir() or shutil.which(COMPILER) is None:
-        pytest.skip("lab headers or gcc-12 missing: run lab/build")
+def lkrg_cache() -> Path:
+    """Where lkrg.ko built from this source against these headers is kept: the key hashes the
+    pinned source and the lab build's key (the kernel and headers versions), so a second run on
+    the same machine builds nothing (the build is minutes of the lab's time under load)."""
+    lab = lab_build()
+    digest = hashlib.sha256(f"{lab['key']} {lab['kernel_release']} {COMPILER}\n".encode())
+    digest.update(SOURCE.read_bytes())
+    return CACHE / "lkrg" / digest.hexdigest()[:16]
+
+
+def compile_lkrg(work: Path, kbuild: Path) -> Path:
     with tarfile.open(SOURCE) as archive:
         archive.extractall(work, filter="data")
     (tree,) = [p for p in work.iterdir() if p.is_dir()]
@@ -56,6 +62,36 @@ def build_lkrg(work: Path) -> Path:
     return tree / "lkrg.ko"
 
 
+def keep(built: Path, cached: Path) -> None:
+    """Put `built` at `cached` by a rename of a complete copy (a run stopped halfway leaves no
+    partial .ko for the next one), and drop the builds of older sources or headers."""
+    staged = cached.parent / f".{cached.name}.{os.getpid()}"
+    staged.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(built, staged / "lkrg.ko")
+    shutil.rmtree(cached, ignore_errors=True)
+    staged.rename(cached)
+    for old in cached.parent.iterdir():
+        if old != cached and not old.name.startswith("."):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def build_lkrg(work: Path) -> Path:
+    """lkrg.ko built from the pinned source (in `work`) against the lab kernel's headers, or
+    the one an earlier run built from the same source and headers."""
+    if not SOURCE.is_file():
+        pytest.skip(f"no pinned LKRG source at {SOURCE}")
+    kbuild = CACHE / "current" / "kbuild"
+    if not kbuild.is_dir() or shutil.which(COMPILER) is None:
+        pytest.skip("lab headers or gcc-12 missing: run lab/build")
+    cached = lkrg_cache()
+    if not (cached / "lkrg.ko").is_file():
+        built = compile_lkrg(work, kbuild)
+        if not os.access(CACHE, os.W_OK):
+            return built
+        keep(built, cached)
+    return cached / "lkrg.ko"
+
+
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Results:
     if not (CACHE / "current" / "lab.json").is_file():
@@ -63,7 +99,7 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Results:
     results = tmp_path_factory.mktemp("lkrg")
     shutil.copy2(build_lkrg(tmp_path_factory.mktemp("lkrg-build")), results / "lkrg.ko")
     command = ["python3", "/src/tests/lab/lkrg_checks.py", "/results"]
-    run = run_lab(results, (), command, timeout=900)
+    run = run_lab(results, (), command, timeout=900, kaslr=False)
     assert run.returncode == 0, f"lab/run exited {run.returncode}:\n{run.stderr[-8000:]}"
     found: Results = json.loads((results / "lkrg_checks.json").read_text())
     assert "errors" not in found, found["errors"]

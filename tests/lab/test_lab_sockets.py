@@ -23,7 +23,7 @@ PORT = 4444
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Results:
-    return run_script(tmp_path_factory.mktemp("sockets"), "sockets_checks.py", MODULES)
+    return run_script(tmp_path_factory.mktemp("sockets"), "sockets_checks.py", MODULES, kaslr=False)
 
 
 def test_the_rootkit_loads_and_hides_the_socket(guest: Results) -> None:

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -55,6 +56,7 @@ ALL_MODULES = (
     + MODULES_CORPUS
 )
 COMPILER = "gcc-12"  # what Debian's 6.1 kernels are built with (linux-compiler-gcc-12-x86)
+STALE_AFTER = 86400.0  # seconds
 
 
 class BuildError(RuntimeError):
@@ -129,10 +131,19 @@ def build() -> Path:
         (staged / "build.log").write_text(run.stdout + run.stderr)
         shutil.rmtree(out, ignore_errors=True)  # an incomplete earlier attempt
         staged.rename(out)
-    for old in root.iterdir():  # builds of older sources
-        if old != out and old.is_dir() and not old.name.startswith("pg-modules-"):
-            shutil.rmtree(old, ignore_errors=True)
+    drop_stale(root, out)
     return out
+
+
+def drop_stale(root: Path, kept: Path) -> None:
+    """Remove builds of other sources once a day has passed since they were made. Not at
+    once: on a machine shared by several branches, each with its own module sources, deleting
+    every other build made each branch's next lab run build them all again."""
+    for old in root.iterdir():
+        if old == kept or not old.is_dir() or old.name.startswith("pg-modules-"):
+            continue
+        if time.time() - old.stat().st_mtime > STALE_AFTER:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -94,11 +94,21 @@ class Guard:
 
 
 def signals_blocked(pid: int) -> bool:
-    """Whether the process has SIGTERM blocked: the guard's supervisor has set its mask."""
+    """Whether a thread of the process has SIGTERM blocked: the guard's supervisor has set its
+    mask and started its worker, which keeps it. The main thread's own mask does not say so:
+    sigtimedwait(2) unblocks the signals it waits for while it waits, almost all the time."""
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return False
+    return any(_blocks_sigterm(task / "status") for task in tasks)
+
+
+def _blocks_sigterm(status_path: Path) -> bool:
+    try:
+        status = status_path.read_text()
+    except OSError:
+        return False  # the thread ended between the listing and the read
     line = next(x for x in status.splitlines() if x.startswith("SigBlk:"))
     return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
 

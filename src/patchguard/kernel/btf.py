@@ -309,6 +309,14 @@ class Btf:
         type_id = self.struct_id(struct_name)
         return None if type_id is None else self._member_bits(type_id, member, 0)
 
+    def required_offset(self, struct_name: str, member: str) -> int:
+        """member_offset for a layout that cannot do without the member: KernelAccessError
+        naming the struct and member when this kernel's BTF has no such member."""
+        found = self.member_offset(struct_name, member)
+        if found is None:
+            raise KernelAccessError("vmlinux BTF", f"no struct {struct_name}.{member}")
+        return found
+
     def _member_bits(self, type_id: int, member: str, depth: int) -> int | None:
         btf = self._owner(type_id)
         at = btf._at(type_id)

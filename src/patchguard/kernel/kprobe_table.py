@@ -43,11 +43,7 @@ class Layout:
 
 
 def layout(btf: Btf) -> Layout:
-    def need(struct_name: str, member: str) -> int:
-        found = btf.member_offset(struct_name, member)
-        if found is None:
-            raise KernelAccessError("vmlinux BTF", f"no struct {struct_name}.{member}")
-        return found
+    need = btf.required_offset
 
     return Layout(
         hlist=need("kprobe", "hlist"),

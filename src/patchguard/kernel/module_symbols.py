@@ -45,11 +45,7 @@ class ModuleLayout:
 
 
 def layout(btf: Btf) -> ModuleLayout:
-    def need(struct: str, member: str) -> int:
-        found = btf.member_offset(struct, member)
-        if found is None:
-            raise KernelAccessError("vmlinux BTF", f"no struct {struct}.{member}")
-        return found
+    need = btf.required_offset
 
     mkobj = need("module", "mkobj") + need("module_kobject", "kobj") + need("kobject", "entry")
     return ModuleLayout(

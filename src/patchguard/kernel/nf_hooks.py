@@ -54,11 +54,7 @@ class Layout:
 def layout(btf: Btf) -> Layout:
     """The offsets this kernel's BTF gives; KernelAccessError naming what is missing."""
 
-    def need(struct_name: str, member: str) -> int:
-        found = btf.member_offset(struct_name, member)
-        if found is None:
-            raise KernelAccessError("vmlinux BTF", f"no struct {struct_name}.{member}")
-        return found
+    need = btf.required_offset
 
     nf = need("net", "nf")
     ns = btf.member_offset("net", "ns")

@@ -51,11 +51,7 @@ def layout(btf: Btf) -> PidLayout:
 
 
 def _layout(btf: Btf) -> PidLayout:
-    def need(struct_name: str, member: str) -> int:
-        found = btf.member_offset(struct_name, member)
-        if found is None:
-            raise KernelAccessError("vmlinux BTF", f"no struct {struct_name}.{member}")
-        return found
+    need = btf.required_offset
 
     upid_size = btf.struct_size("upid")
     if upid_size is None:

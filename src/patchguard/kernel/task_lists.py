@@ -60,11 +60,7 @@ def layout(btf: Btf) -> ListsLayout:
 
 
 def _layout(btf: Btf) -> ListsLayout:
-    def need(struct_name: str, member: str) -> int:
-        found = btf.member_offset(struct_name, member)
-        if found is None:
-            raise KernelAccessError("vmlinux BTF", f"no struct {struct_name}.{member}")
-        return found
+    need = btf.required_offset
 
     return ListsLayout(
         pid=need("task_struct", "pid"),

@@ -38,6 +38,7 @@ from support.corpus import (
     baseline_env,
     changes_explained,
     cli,
+    interrupt,
     ledger,
     netns,
     programs_held_by,
@@ -91,12 +92,7 @@ def tracing(
         time.sleep(1)  # "Attaching" is said before the attach: give it its moment
         yield tracer
     finally:
-        tracer.send_signal(2)
-        try:
-            tracer.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            tracer.kill()
-            tracer.wait()
+        interrupt(tracer)
 
 
 @dataclass(frozen=True)
@@ -252,12 +248,7 @@ def perf(*argv: str) -> Iterator[subprocess.Popen[bytes]]:
             pytest.skip(f"perf {argv[0]} cannot run on this kernel: {said[-400:]}")
         yield session
     finally:
-        session.send_signal(2)
-        try:
-            session.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            session.kill()
-            session.wait()
+        interrupt(session)
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 from support import bpfprogs as bp
+from support.corpus import interrupt
 
 from patchguard.kernel.bpf.objects import all_progs
 from patchguard.kernel.bpf.syscall import BpfError
@@ -98,12 +98,7 @@ def scan_under(
         )
         doc: dict[str, Any] = json.loads(out.stdout)
     finally:
-        tracer.send_signal(signal.SIGINT)  # bpftrace prints its maps and detaches
-        try:
-            tracer.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            tracer.kill()
-            tracer.wait()
+        interrupt(tracer)  # bpftrace prints its maps and detaches
     return out.returncode, doc
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -166,3 +167,14 @@ def netns(name: str) -> Iterator[None]:
         yield
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False, timeout=60)
+
+
+def interrupt(tool_process: subprocess.Popen[Any]) -> None:
+    """Stop a tracer as its user does (SIGINT: it prints what it gathered and detaches), and
+    kill it if it has not ended within a minute."""
+    tool_process.send_signal(signal.SIGINT)
+    try:
+        tool_process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        tool_process.kill()
+        tool_process.wait()

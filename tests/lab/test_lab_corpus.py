@@ -2,9 +2,10 @@
 netfilter hook lists read from kernel memory), in one boot with systemd as PID 1 (lab/run
 --init systemd): tests/live/test_corpus_live.py's bpftrace members (its kprobes and fentry
 too), libbpf-tools' runqlat (raw tracepoints) and its nftables member, and
-tests/live/test_corpus_kernel_live.py's members: a live patch (pg_klp_version, built here against the lab's headers), classic tc classifiers and a
-systemd unit's cgroup firewall and device filter. The guest has no clang and no perf: the tc
-BPF and perf members run only live."""
+tests/live/test_corpus_kernel_live.py's members: a live patch (pg_klp_version, built here
+against the lab's headers), classic tc classifiers and a systemd unit's cgroup firewall and
+device filter. The guest has no clang and no perf: the tc BPF and perf members run only
+live."""
 
 from __future__ import annotations
 

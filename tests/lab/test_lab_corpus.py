@@ -24,7 +24,7 @@ PASSED = 8
 
 def test_corpus_members_in_the_lab_guest(tmp_path: Path) -> None:
     command = ["env", "PATCHGUARD_CORPUS_MODULES=/results", "python3", "-m", "pytest"]
-    command += [LIVE, KERNEL, "-k", MEMBERS, "-q", "-p", "no:cacheprovider", "-rs"]
+    command += [LIVE, KERNEL, "-k", MEMBERS, "-q", "-p", "no:cacheprovider", "-rs", "--durations=0"]
     run = run_lab(tmp_path, ("pg_klp_version",), command, timeout=2400, init="systemd", kaslr=False)
     assert run.returncode == 0, f"lab/run exited {run.returncode}:\n{run.stdout[-6000:]}"
     summary = run.stdout.strip().splitlines()[-1]

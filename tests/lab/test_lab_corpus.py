@@ -1,10 +1,11 @@
 """The truth corpus in the lab guest (Debian's stock 6.1, with modules, kprobes, fentry and the
 netfilter hook lists read from kernel memory), in one boot with systemd as PID 1 (lab/run
 --init systemd): tests/live/test_corpus_live.py's bpftrace members (its kprobes and fentry
-too) and its nftables member, and tests/live/test_corpus_kernel_live.py's members: a live
-patch (pg_klp_version, built here against the lab's headers), classic tc classifiers and a
-systemd unit's cgroup firewall and device filter. The guest has no clang and no perf: the tc
-BPF and perf members run only live."""
+too), libbpf-tools' runqlat (raw tracepoints) and its nftables member, and
+tests/live/test_corpus_kernel_live.py's members: a live patch (pg_klp_version, built here
+against the lab's headers), classic tc classifiers and a systemd unit's cgroup firewall and
+device filter. The guest has no clang and no perf: the tc BPF and perf members run only
+live."""
 
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ from support.lab_guest import run_lab
 pytestmark = pytest.mark.lab
 LIVE = "/src/tests/live/test_corpus_live.py"
 KERNEL = "/src/tests/live/test_corpus_kernel_live.py"
-MEMBERS = "bpftrace or nftables or livepatch or classic or systemd"
-PASSED = 7  # bpftrace: sre-probes, kprobes, fentry; nftables; livepatch; classic tc; systemd
+MEMBERS = "bpftrace or runqlat or nftables or livepatch or classic or systemd"
+# bpftrace: sre-probes, kprobes, fentry; runqlat; nftables; livepatch; classic tc; systemd
+PASSED = 8
 
 
 def test_corpus_members_in_the_lab_guest(tmp_path: Path) -> None:
     command = ["env", "PATCHGUARD_CORPUS_MODULES=/results", "python3", "-m", "pytest"]
-    command += [LIVE, KERNEL, "-k", MEMBERS, "-q", "-p", "no:cacheprovider", "-rs"]
+    command += [LIVE, KERNEL, "-k", MEMBERS, "-q", "-p", "no:cacheprovider", "-rs", "--durations=0"]
     run = run_lab(tmp_path, ("pg_klp_version",), command, timeout=2400, init="systemd", kaslr=False)
     assert run.returncode == 0, f"lab/run exited {run.returncode}:\n{run.stdout[-6000:]}"
     summary = run.stdout.strip().splitlines()[-1]

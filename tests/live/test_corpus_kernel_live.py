@@ -36,6 +36,7 @@ from support.corpus import (
     changes_explained,
     cli,
     ledger,
+    loader_release,
     netns,
     programs_held_by,
     run,
@@ -203,6 +204,7 @@ def test_systemd_sandboxing_is_quiet_and_named_then_findings_once_expired(
 ) -> None:
     _systemd()
     manifest = MANIFESTS / "systemd.toml"
+    loader_release(manifest)  # a stale pin fails here, naming the release and hash to add
     approved = ledger(tmp_path / "approved", manifest, "Debian systemd maintainers")
     expired = ledger(tmp_path / "expired", manifest, "Debian systemd maintainers", expired=True)
     with started(MANIFESTS / UNIT):

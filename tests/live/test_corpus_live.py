@@ -40,6 +40,7 @@ from support.corpus import (
     cli,
     interrupt,
     ledger,
+    loader_release,
     netns,
     programs_held_by,
     run,
@@ -58,12 +59,12 @@ PROBES = 6  # programs bpftrace-sre-probes.bt loads
 TC_NETNS, NFT_NETNS = "pg-corpus-tc", "pg-corpus-nft"
 
 
-def prog_fds(pid: int) -> int:
-    """How many BPF programs process `pid` holds an fd of."""
+def prog_fds(pid: int, key: str = "prog_id:") -> int:
+    """How many BPF programs (`key` "link_id:": links) process `pid` holds an fd of."""
     count = 0
     for fd in Path(f"/proc/{pid}/fdinfo").iterdir():
         with contextlib.suppress(OSError):
-            count += "prog_id:" in fd.read_text()
+            count += key in fd.read_text()
     return count
 
 
@@ -74,22 +75,29 @@ def tracing(
     """bpftrace running `program` until its `probes` programs are attached; stopped with SIGINT
     (it detaches and prints its maps) on the way out. `refused`: why a bpftrace that exits
     before then is a skip (the kernel has no such probes), not a failure."""
-    tracer = subprocess.Popen(
-        [tool("bpftrace"), str(program)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    said: list[str] = []  # read all along: bpftrace must never block on a full pipe
+    with running([tool("bpftrace"), str(program)], "Attaching", probes, refused) as tracer:
+        time.sleep(1)  # "Attaching" is said before the attach: give it its moment
+        yield tracer
+
+
+@contextlib.contextmanager
+def running(
+    argv: list[str], ready: str, probes: int, refused: str | None = None
+) -> Iterator[subprocess.Popen[str]]:
+    """A tracer running `argv` until it has said `ready` and holds `probes` programs (`ready`
+    "": until it holds `probes` links, for one whose output waits in a pipe's buffer); stopped
+    as its user stops it on the way out. `refused`: why one that exits before then is a skip."""
+    tracer = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    said: list[str] = []  # read all along: a tracer must never block on a full pipe
     threading.Thread(target=lambda: said.extend(tracer.stdout or ()), daemon=True).start()
     try:
         deadline = time.monotonic() + 60
-        while not any("Attaching" in line for line in said) or prog_fds(tracer.pid) < probes:
+        held = "link_id:" if not ready else "prog_id:"
+        while not _said(ready, said) or prog_fds(tracer.pid, held) < probes:
             if tracer.poll() is not None and refused is not None:
-                pytest.skip(f"{refused}: bpftrace said {' '.join(said)[-300:]}")
-            assert tracer.poll() is None and time.monotonic() < deadline, f"bpftrace: {said}"
+                pytest.skip(f"{refused}: {argv[0]} said {' '.join(said)[-300:]}")
+            assert tracer.poll() is None and time.monotonic() < deadline, f"{argv}: {said}"
             time.sleep(0.2)
-        time.sleep(1)  # "Attaching" is said before the attach: give it its moment
         yield tracer
     finally:
         interrupt(tracer)
@@ -162,6 +170,51 @@ def test_bpftrace_is_quiet_and_named_then_findings_once_expired(
     back = acting(about(lapsed, set(programs_held_by(lapsed, pid)), marker))
     assert {f["technique"] for f in back} >= member.back, back
     assert not [f for f in about(lapsed, ids, marker) if f["disposition"] == "allowed"]
+
+
+def _said(ready: str, said: list[str]) -> bool:
+    return not ready or any(ready in line for line in said)
+
+
+RUNQLAT = ("sched_switch", "sched_wakeup", "sched_wakeup_new")  # its raw tracepoints
+# The surfaces that can speak of a raw tracepoint program: its program and its tracepoints'
+# probes. What scan says with no exception and past the expiry is compared on these alone: the
+# lab boot runs every scan under emulation.
+RAW_TP_SCAN = ("scan", "--records", "--surface", "ebpf", "--surface", "tracing")
+
+
+def test_runqlat_raw_tracepoints_are_quiet_and_named_then_back_to_unsanctioned_once_expired(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """libbpf-tools' runqlat: BTF raw tracepoint programs (tp_btf) through raw tracepoint
+    links. Approved, each program is shown allowed by the exception, with its id, and each code
+    change on its tracepoints names the tracepoint and the program; past the expiry nothing of
+    it is allowed, and scan says of it what it says with no exception at all."""
+    manifest = MANIFESTS / "runqlat.toml"
+    loader_release(manifest)
+    approved = ledger(tmp_path / "approved", manifest, "libbpf-tools packagers")
+    expired = ledger(tmp_path / "expired", manifest, "libbpf-tools packagers", expired=True)
+    # Its "Tracing run queue latency..." waits in the pipe's buffer: its links say it attached
+    with running([tool("runqlat")], "", len(RUNQLAT), "no BTF raw tracepoints") as tracer:
+        bare = cli(env, *RAW_TP_SCAN)
+        allowed = cli(env, "scan", "--records", ledger_path=approved)
+        check = cli(env, "check", ledger_path=approved)
+        lapsed = cli(env, *RAW_TP_SCAN, ledger_path=expired)
+        pid = tracer.pid
+    held = programs_held_by(allowed, pid)
+    assert sorted(held.values()) == sorted(RUNQLAT), held
+    ids, marker = set(held), (f"pid {pid} ",)
+    loud = acting(about(allowed, ids, marker))
+    assert loud == [], [(f["subject"], f["summary"]) for f in loud]
+    allowed_and_named(about(allowed, ids), ids, "Debian (libbpf-tools packaging)")
+    owners = [f["evidence"]["owner"] for f in changes_explained(check, marker)]
+    for prog_id, name in held.items():
+        named = f"tracepoint {name}: BPF prog {prog_id} {name} (raw_tracepoint:{name} via link "
+        assert any(o.startswith(named) for o in owners), (named, owners)
+    back = about(lapsed, set(programs_held_by(lapsed, pid)), marker)
+    assert not [f for f in back if f["disposition"] == "allowed"], back
+    unsanctioned = about(bare, set(programs_held_by(bare, pid)), marker)
+    assert {f["technique"] for f in acting(back)} == {f["technique"] for f in acting(unsanctioned)}
 
 
 def test_tc_classifier_is_quiet_and_named_then_findings_once_expired(

@@ -7,6 +7,7 @@ pick out and what must hold of them, and the tools the members are run with."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -178,3 +179,39 @@ def interrupt(tool_process: subprocess.Popen[Any]) -> None:
     except subprocess.TimeoutExpired:
         tool_process.kill()
         tool_process.wait()
+
+
+def installed_release(path: str) -> str:
+    """`<package> <version>` of the Debian package that installed `path` (dpkg's database
+    names merged-/usr files by their /lib, /bin or /sbin path), or why it is unknown."""
+    for name in (path, path.removeprefix("/usr")):
+        found = subprocess.run(["dpkg", "-S", name], capture_output=True, text=True, check=False)
+        if found.returncode == 0:
+            package = found.stdout.split(":", 1)[0]
+            version = subprocess.run(
+                ["dpkg-query", "-W", "-f=${Version}", package],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            return f"{package} {version}"
+    return "a file no Debian package installed"
+
+
+def loader_release(manifest: Path) -> str:
+    """The release of `manifest`'s loader this machine runs, matched by its executable's
+    sha256; when it matches none, a failure that says which pin went stale: the package
+    version installed here, its hash, and the line to add once it is reviewed."""
+    (loader,) = {p.loader for p in load_manifest(manifest).bpf_programs if p.loader}
+    digest = hashlib.sha256(Path(loader.path).read_bytes()).hexdigest()
+    pins = loader.releases or (("(one build)", loader.sha256),)
+    for release, pinned in pins:
+        if pinned == digest:
+            return release
+    installed = installed_release(loader.path)
+    listed = ", ".join(f"{release} = {pinned[:12]}..." for release, pinned in pins)
+    pytest.fail(
+        f"{manifest.name}: {loader.path} here is {installed}, sha256 {digest}, which no pin "
+        f"matches ({listed}): review it, then add "
+        f'"{installed.rsplit(" ", 1)[-1]}" = "{digest}" to its loader\'s releases'
+    )

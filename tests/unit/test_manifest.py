@@ -95,7 +95,8 @@ def test_load_manifest_reads_the_file_and_hashes_its_bytes(tmp_path: Path) -> No
     path.write_text(HEAD + PROGRAM)
     m = load_manifest(path)
     assert m.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert m.bpf_programs[0].loader.sha256 == SHA
+    loader = m.bpf_programs[0].loader
+    assert loader is not None and loader.sha256 == SHA
 
 
 def test_the_brief_example_error_names_file_line_and_key() -> None:

@@ -48,7 +48,15 @@ class ManifestError(Exception):
 @dataclass(frozen=True)
 class Loader:
     path: str  # absolute path of the executable that loads the programs
-    sha256: str  # lowercase hex of its contents
+    sha256: str = ""  # lowercase hex of its contents; "" when `releases` lists its builds
+    # (release, sha256) of each build that is the loader, such as a distribution's package
+    # versions: a fleet mid-upgrade runs two, and each is still an exact hash the approver saw.
+    releases: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def digests(self) -> frozenset[str]:
+        """Every sha256 the loader's executable may have."""
+        return frozenset([self.sha256] if self.sha256 else [d for _, d in self.releases])
 
 
 @dataclass(frozen=True)
@@ -149,12 +157,18 @@ def _program_dict(p: DeclaredBpfProgram) -> dict[str, Any]:
         "kfuncs": list(p.kfuncs),
     }
     if p.loader is not None:
-        out["loader"] = {"path": p.loader.path, "sha256": p.loader.sha256}
+        out["loader"] = _loader_dict(p.loader)
     if p.pins:
         out["pins"] = list(p.pins)
     if p.kept_by_attachment:
         out["kept_by_attachment"] = True
     return out
+
+
+def _loader_dict(loader: Loader) -> dict[str, Any]:
+    if loader.releases:  # a single build keeps the old form: ledgers replay it unchanged
+        return {"path": loader.path, "releases": dict(loader.releases)}
+    return {"path": loader.path, "sha256": loader.sha256}
 
 
 class _Reader:
@@ -267,14 +281,36 @@ def _kept_by_attachment(r: _Reader, where: str, t: dict[str, Any]) -> bool:
 
 
 def _loader(r: _Reader, where: str, t: dict[str, Any]) -> Loader:
-    loader = r.table(t["loader"], f"{where}.loader", ("path", "sha256"))
-    path = r.string(loader, "path", f"{where}.loader")
-    digest = r.string(loader, "sha256", f"{where}.loader")
+    key = f"{where}.loader"
+    loader = r.table(t["loader"], key, ("path", "sha256", "releases"))
+    path = r.string(loader, "path", key)
     if not path.startswith("/"):
-        r.fail(f"{where}.loader.path", "expected an absolute path")
-    if not _SHA256.match(digest):
-        r.fail(f"{where}.loader.sha256", "expected 64 hex digits (sha256sum of the loader)")
-    return Loader(path, digest.lower())
+        r.fail(f"{key}.path", "expected an absolute path")
+    if ("sha256" in loader) == ("releases" in loader):
+        r.fail(f"{key}.sha256", "expected either sha256 or releases (one build, or several)")
+    if "releases" in loader:
+        return Loader(path, releases=_releases(r, key, loader["releases"]))
+    return Loader(path, _digest(r, f"{key}.sha256", r.string(loader, "sha256", key)))
+
+
+def _digest(r: _Reader, key: str, digest: object) -> str:
+    if not isinstance(digest, str) or not _SHA256.match(digest):
+        r.fail(key, "expected 64 hex digits (sha256sum of the loader)")
+    return digest.lower()
+
+
+def _releases(r: _Reader, key: str, raw: object) -> tuple[tuple[str, str], ...]:
+    """`{ "<release>" = "<sha256>", ... }`: at least one; a release names one build."""
+    if not isinstance(raw, dict):
+        r.fail(f"{key}.releases", 'expected a table: { "<release>" = "<sha256>" }')
+    releases: dict[str, object] = raw
+    if not releases:
+        r.fail(f"{key}.releases", "expected at least one release = sha256")
+    for release in releases:
+        r.printable(f"{key}.releases", release)
+        if not release.strip():
+            r.fail(f"{key}.releases", "a release name is empty")
+    return tuple((name, _digest(r, f"{key}.releases", d)) for name, d in releases.items())
 
 
 def _pins(r: _Reader, where: str, t: dict[str, Any]) -> tuple[str, ...]:

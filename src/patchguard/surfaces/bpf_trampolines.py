@@ -26,6 +26,7 @@ from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.ftrace_records import variable_address
 from patchguard.kernel.kallsyms import SymbolTable
 from patchguard.kernel.memory import KernelMemory
+from patchguard.kernel.page_cache import PageCache
 from patchguard.surfaces.base import finding
 from patchguard.text import visible
 from patchguard.x86 import bpf_trampoline as shape
@@ -65,6 +66,7 @@ def identify(
 ) -> dict[int, HiddenTrampoline]:
     """The targets that are BPF trampolines, each with its programs and their views."""
     symbols = kernel.kallsyms
+    memory = PageCache(memory)  # ~1,800 small reads in ~220 pages: one bpf(2) run a page
     helpers = shape.helper_addresses(trampoline_helpers(symbols))
     found = {}
     for target in set(targets):

@@ -21,6 +21,7 @@ from patchguard.kernel import Kernel
 from patchguard.kernel.child_read import ChildRead
 from patchguard.kernel.ftrace_records import (
     ITER_CODE,
+    Records,
     layout,
     sites_of,
     variable_address,
@@ -154,10 +155,22 @@ def _hook(
 
 def check_sites(kernel: Kernel, memory: KernelMemory, text: bytes, start: int) -> FtraceSites:
     """Read ftrace's records and judge every site (`text`: core text read from `start`)."""
+    records, source = read_records(kernel, memory)
+    codes = site_code(records.sites, text, start, memory.read, skip=x86.NOP5)  # NOP5: most
+    return judge_sites(kernel, memory, records, source, codes)
+
+
+def read_records(kernel: Kernel, memory: KernelMemory) -> tuple[Records, str]:
+    """ftrace's records, and how their list was found."""
     head, source = record_list(kernel, memory)
-    records = sites_of(memory, head, layout(kernel.vmlinux_btf))
+    return sites_of(memory, head, layout(kernel.vmlinux_btf)), source
+
+
+def judge_sites(
+    kernel: Kernel, memory: KernelMemory, records: Records, source: str, codes: dict[int, bytes]
+) -> FtraceSites:
+    """Judge the sites whose bytes are not a NOP5 (`codes`, in the records' order)."""
     sites = records.sites
-    codes = site_code(sites, text, start, memory.read, skip=x86.NOP5)  # NOP5: most sites
     allowed = trampolines(kernel.kallsyms) if codes else frozenset()
     calls, bad = 0, []
     for site, code in codes.items():

@@ -182,12 +182,20 @@ def judge_sites(
         else:
             bad.append((site, code, target))
     called = {t for _, c, t in bad if t is not None and c[0] == x86.CALL}
-    from patchguard.surfaces import bpf_trampolines
-
-    tramps = bpf_trampolines.identify(kernel, memory, called)
+    tramps = _trampolines(kernel, memory, called) if called else {}
     hooks = tuple(_hook(kernel, s, c, t, tramps.get(t) if t else None) for s, c, t in bad)
     named, unnamed, count = _unlisted(kernel, sites, records.disabled)
     return FtraceSites(len(sites), calls, source, hooks, count, named, unnamed)
+
+
+def _trampolines(
+    kernel: Kernel, memory: KernelMemory, called: set[int]
+) -> dict[int, bpf_trampolines.HiddenTrampoline]:
+    """The called targets that are BPF trampolines no view names (imported only for such
+    calls: a clean kernel has none)."""
+    from patchguard.surfaces import bpf_trampolines
+
+    return bpf_trampolines.identify(kernel, memory, called)
 
 
 SHOWN = 12  # unlisted functions named in a finding

@@ -10,7 +10,7 @@ floor process (bench/floor_process.py: Python start, kallsyms, the core text rea
 SHA-256'd through the eBPF reader; target <= 1.3), and `patchguard --version` and `--help`
 against `python3 -c pass` (target <= 1.2).
 Run as root: .venv/bin/python bench/scan.py [--rounds N] [--process | --process-only]
-[--against OTHER_TREE/src]
+[--against OTHER_CHECKOUT]
 """
 
 from __future__ import annotations
@@ -64,9 +64,9 @@ def main() -> None:
     parser.add_argument(
         "--against",
         type=Path,
-        metavar="SRC",
-        help="with --process(-only): also `scan --json` of another tree's src/ (a change's "
-        "before), in the same interleaved rounds",
+        metavar="TREE",
+        help="with --process(-only): also `scan --json` of another checkout (its bin/ and src/: "
+        "a change's before), in the same interleaved rounds",
     )
     args = parser.parse_args()
     rounds = args.rounds
@@ -134,7 +134,9 @@ def whole_process(rounds: int, against: Path | None = None) -> None:
         "records": [*PATCHGUARD, "scan", "--json", "--records", "--fail-on", "critical"],
     }
     if against is not None:
-        commands["before"] = ["env", f"PYTHONPATH={_compiled(against)}", *PATCHGUARD, *scan]
+        script = str(against / "bin" / "patchguard")
+        commands["before"] = ["env", f"PYTHONPATH={_compiled(against / 'src')}", sys.executable]
+        commands["before"] += [script, *scan]
     t = process_costs(commands, rounds)
     print(f"process: python3 -c pass {t['python'].wall * 1000:.0f} ms")
     print(f"process: --version {ratios(t, 'version', 'python')} (target <= 1.2)")

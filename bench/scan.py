@@ -10,6 +10,7 @@ floor process (bench/floor_process.py: Python start, kallsyms, the core text rea
 SHA-256'd through the eBPF reader; target <= 1.3), and `patchguard --version` and `--help`
 against `python3 -c pass` (target <= 1.2).
 Run as root: .venv/bin/python bench/scan.py [--rounds N] [--process | --process-only]
+[--against OTHER_CHECKOUT]
 """
 
 from __future__ import annotations
@@ -60,10 +61,17 @@ def main() -> None:
     parser.add_argument(
         "--process-only", action="store_true", help="whole processes alone (the lab: TCG is slow)"
     )
+    parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="TREE",
+        help="with --process(-only): also `scan --json` of another checkout (its bin/ and src/: "
+        "a change's before), in the same interleaved rounds",
+    )
     args = parser.parse_args()
     rounds = args.rounds
     if args.process_only:
-        whole_process(rounds)
+        whole_process(rounds, args.against)
         print(load_note())
         return
 
@@ -105,7 +113,7 @@ def main() -> None:
     )
     print("each surface alone (collect + assess, kernel state shared, median ms): " + alone)
     if args.process:
-        whole_process(rounds)
+        whole_process(rounds, args.against)
     print(load_note())
 
 
@@ -114,25 +122,39 @@ FLOOR = str(Path(__file__).with_name("floor_process.py"))
 PATCHGUARD = patchguard_command()
 
 
-def whole_process(rounds: int) -> None:
+def whole_process(rounds: int, against: Path | None = None) -> None:
     """The commands as a user runs them, each a fresh interpreter, against their floors."""
-    t = process_costs(
-        {
-            "python": [sys.executable, "-c", "pass"],
-            "version": [*PATCHGUARD, "--version"],
-            "help": [*PATCHGUARD, "--help"],
-            "floor": [sys.executable, FLOOR],
-            "scan": [*PATCHGUARD, "scan", "--json", "--fail-on", "critical"],
-            "records": [*PATCHGUARD, "scan", "--json", "--records", "--fail-on", "critical"],
-        },
-        rounds,
-    )
+    scan = ["scan", "--json", "--fail-on", "critical"]
+    commands = {
+        "python": [sys.executable, "-c", "pass"],
+        "version": [*PATCHGUARD, "--version"],
+        "help": [*PATCHGUARD, "--help"],
+        "floor": [sys.executable, FLOOR],
+        "scan": [*PATCHGUARD, *scan],
+        "records": [*PATCHGUARD, "scan", "--json", "--records", "--fail-on", "critical"],
+    }
+    if against is not None:
+        script = str(against / "bin" / "patchguard")
+        commands["before"] = ["env", f"PYTHONPATH={_compiled(against / 'src')}", sys.executable]
+        commands["before"] += [script, *scan]
+    t = process_costs(commands, rounds)
     print(f"process: python3 -c pass {t['python'].wall * 1000:.0f} ms")
     print(f"process: --version {ratios(t, 'version', 'python')} (target <= 1.2)")
     print(f"process: --help {ratios(t, 'help', 'python')} (target <= 1.2)")
     print(f"process: floor {t['floor'].wall * 1000:.0f} ms, {t['floor'].cpu * 1000:.0f} ms CPU")
     print(f"process: scan --json {ratios(t, 'scan', 'floor')} (target <= 1.3)")
     print(f"process: scan --json --records {ratios(t, 'records', 'floor')}")
+    if against is not None:
+        print(f"process: scan --json of {against} {ratios(t, 'before', 'floor')}")
+
+
+def _compiled(src: Path) -> Path:
+    """`src` (holding patchguard/) with its bytecode written, as this tree's is."""
+    import compileall
+
+    if not (src / "patchguard").is_dir() or not compileall.compile_dir(src, quiet=2):
+        raise SystemExit(f"{src}: no patchguard package to compile there")
+    return src.resolve()
 
 
 def per_surface(rounds: int) -> str:

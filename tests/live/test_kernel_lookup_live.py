@@ -37,3 +37,17 @@ def test_lookup_programs_are_our_own(kernel: Kernel) -> None:
     from support.bpfprogs import wait_gone
 
     assert wait_gone(owned[0])
+
+
+def test_a_range_the_kernel_has_no_symbols_for_is_not_searched_for() -> None:
+    """Where the kernel's lookup finds no start marker (no CONFIG_KALLSYMS_ALL: no rodata
+    markers), /proc/kallsyms, which prints the same table, has none either: the range is
+    absent without reading it; where it finds them, the range is the one kallsyms gives."""
+    kernel = Kernel()
+    try:
+        rodata = kernel.range("rodata")
+        if symbol_address("__start_rodata") is None:
+            assert rodata is None and kernel._kallsyms is None
+        assert rodata == kernel.kallsyms.range("rodata")
+    finally:
+        kernel.close()

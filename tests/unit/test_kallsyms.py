@@ -143,3 +143,26 @@ def test_starting_at_agrees_with_at_on_a_captured_kernel(table: SymbolTable) -> 
     assert set(found) == set(addresses)
     for address in addresses:
         assert found[address] == table.at(address), hex(address)
+
+
+def test_at_from_the_table_agrees_with_the_text_search(table: SymbolTable) -> None:
+    """Once the address table is built, at() bisects it: the same symbols, in file order,
+    as a search of the text finds, on the captured kernel and where aliases lie in runs of
+    addresses the file does not print in order (modules, then BPF)."""
+    text = (
+        "ffffffff81000000 T _stext\n"
+        "ffffffff81000000 T startup_64\n"
+        "ffffffff82000000 T _etext\n"
+        "ffffffffc0a00000 t hook_kill\t[evil]\n"
+        "ffffffffc0a00000 t hook_kill_alias\t[evil]\n"
+        "ffffffffc0900000 t early\t[other]\n"
+        "ffffffffc0a00000 t bpf_prog_1_f\t[bpf]\n"
+    )
+    for symbols in (SymbolTable.parse(text), Kernel(FIXTURE).kallsyms):
+        addresses = sorted({int(line[:16], 16) for line in symbols._lines})
+        searched = {a: symbols.at(a) for a in [*addresses, addresses[0] + 1]}
+        symbols.build()
+        assert {a: symbols.at(a) for a in searched} == searched
+    built = SymbolTable.parse(text).build()
+    names = ["hook_kill", "hook_kill_alias", "bpf_prog_1_f"]
+    assert [s.name for s in built.at(0xFFFFFFFFC0A00000)] == names

@@ -307,7 +307,10 @@ class SymbolTable:
 
     def at(self, address: int) -> list[Symbol]:
         """The symbols that start exactly at `address`, found in the text without building the
-        address table (naming a BPF helper needs only this)."""
+        address table (naming a BPF helper needs only this), or from the table where a scan
+        has built it already: one search of the text costs ~2.5 ms, a bisection microseconds."""
+        if "_table" in self.__dict__:
+            return self._exactly(lambda: self._at_in_table(address))
         text, needle = self._text, f"{address:016x} "
         found: list[Symbol] = []
         pos = text.find(needle)
@@ -320,6 +323,13 @@ class SymbolTable:
                     found.append(Symbol(int(a, 16), t, n, m or None))
             pos = text.find(needle, pos + len(needle))
         return found
+
+    def _at_in_table(self, address: int) -> list[Symbol]:
+        """The symbols at `address` in file order: a stable sort keeps it among equals."""
+        addresses = self._addresses
+        first = bisect.bisect_left(addresses, address)
+        last = bisect.bisect_right(addresses, address, first)
+        return [self._symbol(i) for i in range(first, last)]
 
     def starting_at(self, addresses: Iterable[int]) -> dict[int, list[Symbol]]:
         """The symbols that start exactly at each of `addresses` (those where some do), for

@@ -21,6 +21,7 @@ from patchguard.kernel import Kernel
 from patchguard.kernel.child_read import ChildRead
 from patchguard.kernel.ftrace_records import (
     ITER_CODE,
+    Records,
     layout,
     sites_of,
     variable_address,
@@ -154,10 +155,22 @@ def _hook(
 
 def check_sites(kernel: Kernel, memory: KernelMemory, text: bytes, start: int) -> FtraceSites:
     """Read ftrace's records and judge every site (`text`: core text read from `start`)."""
+    records, source = read_records(kernel, memory)
+    codes = site_code(records.sites, text, start, memory.read, skip=x86.NOP5)  # NOP5: most
+    return judge_sites(kernel, memory, records, source, codes)
+
+
+def read_records(kernel: Kernel, memory: KernelMemory) -> tuple[Records, str]:
+    """ftrace's records, and how their list was found."""
     head, source = record_list(kernel, memory)
-    records = sites_of(memory, head, layout(kernel.vmlinux_btf))
+    return sites_of(memory, head, layout(kernel.vmlinux_btf)), source
+
+
+def judge_sites(
+    kernel: Kernel, memory: KernelMemory, records: Records, source: str, codes: dict[int, bytes]
+) -> FtraceSites:
+    """Judge the sites whose bytes are not a NOP5 (`codes`, in the records' order)."""
     sites = records.sites
-    codes = site_code(sites, text, start, memory.read, skip=x86.NOP5)  # NOP5: most sites
     allowed = trampolines(kernel.kallsyms) if codes else frozenset()
     calls, bad = 0, []
     for site, code in codes.items():
@@ -169,12 +182,20 @@ def check_sites(kernel: Kernel, memory: KernelMemory, text: bytes, start: int) -
         else:
             bad.append((site, code, target))
     called = {t for _, c, t in bad if t is not None and c[0] == x86.CALL}
-    from patchguard.surfaces import bpf_trampolines
-
-    tramps = bpf_trampolines.identify(kernel, memory, called)
+    tramps = _trampolines(kernel, memory, called) if called else {}
     hooks = tuple(_hook(kernel, s, c, t, tramps.get(t) if t else None) for s, c, t in bad)
     named, unnamed, count = _unlisted(kernel, sites, records.disabled)
     return FtraceSites(len(sites), calls, source, hooks, count, named, unnamed)
+
+
+def _trampolines(
+    kernel: Kernel, memory: KernelMemory, called: set[int]
+) -> dict[int, bpf_trampolines.HiddenTrampoline]:
+    """The called targets that are BPF trampolines no view names (imported only for such
+    calls: a clean kernel has none)."""
+    from patchguard.surfaces import bpf_trampolines
+
+    return bpf_trampolines.identify(kernel, memory, called)
 
 
 SHOWN = 12  # unlisted functions named in a finding

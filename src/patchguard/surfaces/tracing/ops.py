@@ -26,6 +26,7 @@ from patchguard.kernel.ftrace_ops import (
     read_ops,
 )
 from patchguard.kernel.memory import KernelMemory
+from patchguard.kernel.page_cache import PageCache
 from patchguard.kernel.proc_modules import function_name
 from patchguard.surfaces.base import finding
 from patchguard.surfaces.reading import Reading, records_of
@@ -56,8 +57,11 @@ def collect_ops(r: Reading) -> None:
     kernel = r.kernel
     try:
         memory = kernel.memory()
-        head, _ = list_head(kernel, memory)
-        ops = [o for o in read_ops(memory, head, layout(kernel.vmlinux_btf)) if o.enabled]
+        # the ops and their hashes, ~1,200 words in few pages, read a page at a time; a site
+        # that disagrees is read again afresh (direct_mismatches), never from these pages
+        pages = PageCache(memory)
+        head, _ = list_head(kernel, pages)
+        ops = [o for o in read_ops(pages, head, layout(kernel.vmlinux_btf)) if o.enabled]
     except KernelAccessError as exc:
         r.gap("ftrace ops (ftrace_ops_list in kernel memory)", str(exc))
         return
@@ -71,7 +75,7 @@ def collect_ops(r: Reading) -> None:
     shown = _shown(r)
     r.records.extend(ops_record(n, shown) for n in named)
     try:
-        current = direct_functions(kernel, memory, layout(kernel.vmlinux_btf))
+        current = direct_functions(kernel, pages, layout(kernel.vmlinux_btf))
     except KernelAccessError as exc:
         r.gap("ftrace direct calls (direct_functions in kernel memory)", str(exc))
         return

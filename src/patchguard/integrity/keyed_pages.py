@@ -16,11 +16,12 @@ key may serve several sweeps, and what a collision that slipped through costs.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from patchguard.integrity.store import FileStamp, Manifest
-from patchguard.kernel.bpf.text_hash import CHUNK_PAGES, PAGE, TextHasher
+from patchguard.kernel.bpf.text_hash import CHUNK_PAGES, DIGEST, PAGE, RANGES, TextHasher
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.memory import KernelMemory, MemoryReadError
 
@@ -43,6 +44,7 @@ class _Judged:
 class SweepCounts:
     pages: int = 0
     hashed: int = 0  # SHA-256'd in user space
+    runs: int = 0  # BPF runs
 
 
 ROTATE_EVERY = 8  # sweeps between fresh keys: a leaked key serves at most this many sweeps
@@ -101,33 +103,71 @@ class KeyedPages:
         self, memory: KernelMemory, start: int, page_digests: bytes, size: int
     ) -> dict[int, bytes]:
         """As integrity.check.changed_pages: live bytes of each page unlike the baseline."""
+        return self.changed_regions(memory, [Swept(start, page_digests, size)])[0]
+
+    def changed_regions(
+        self, memory: KernelMemory, regions: Sequence[Swept]
+    ) -> list[dict[int, bytes]]:
+        """changed_pages of each region, the regions packed into as few BPF runs as hold
+        them (a module's text or table is a page or two: one run each would cost more than
+        its hashing). A region a run could not copy is read again by the memory reader,
+        which says which page failed."""
+        now = [self._start(r) for r in regions]
+        failed: set[int] = set()
+        for batch in _batches(regions):
+            failed |= self._run(batch, regions, now)
+        return [
+            self._finish(memory, r, j, i in failed)
+            for i, (r, j) in enumerate(zip(regions, now, strict=True))
+        ]
+
+    def _start(self, region: Swept) -> _Sweeping:
+        last = self._trusted(region.start, region.page_digests, region.size)
+        return _Sweeping(last, _Judged(region.page_digests, region.size, self._sweep, b""))
+
+    def _run(self, batch: list[_Piece], regions: Sequence[Swept], now: list[_Sweeping]) -> set[int]:
+        """One BPF run over the batch's pieces: each piece's pages compared, the moved ones
+        judged from the copy; the regions whose copy failed."""
+        ranges = [(regions[p.region].start + p.first * PAGE, p.pages) for p in batch]
+        self.counts.runs += 1
+        try:
+            statuses = self._hasher.hash_ranges(ranges)
+        except MemoryReadError:
+            return {p.region for p in batch}
+        live = self._hasher.records(sum(p.pages for p in batch))
+        failed, at = set(), 0
+        for piece, status in zip(batch, statuses, strict=True):
+            if status:
+                failed.add(piece.region)
+            else:
+                self._compare(piece, at, live, now[piece.region])
+            at += piece.pages
+        return failed
+
+    def _compare(self, piece: _Piece, at: int, live: bytes, sweeping: _Sweeping) -> None:
+        """The piece's digests (from page `at` of the run) against the last sweep's."""
+        mine = live[at * DIGEST : (at + piece.pages) * DIGEST]
+        sweeping.records += mine
+        last, now = sweeping.last, sweeping.now
+        moved = _moved(mine, last, piece.first, piece.pages)
+        for page in moved:
+            self._judge(now, page, at + page - piece.first)
+        if last is not None:  # the verdicts of unmoved pages stand, bytes and all
+            kept = set(range(piece.first, piece.first + piece.pages)) - set(moved)
+            now.changed |= {p: last.changed[p] for p in kept & last.changed.keys()}
+
+    def _finish(
+        self, memory: KernelMemory, region: Swept, sweeping: _Sweeping, failed: bool
+    ) -> dict[int, bytes]:
         from patchguard.integrity.check import changed_pages
 
-        try:
-            return self._changed(start, page_digests, size)
-        except MemoryReadError:  # a page the kernel copy could not read: the reader says which
-            self._judged.pop(start, None)
-            return changed_pages(memory, start, page_digests, size)
-
-    def _changed(self, start: int, page_digests: bytes, size: int) -> dict[int, bytes]:
-        pages = -(-size // PAGE)
-        last = self._trusted(start, page_digests, size)
-        now = _Judged(page_digests, size, self._sweep, b"")
-        records = bytearray()
-        for first in range(0, pages, CHUNK_PAGES):
-            n = min(CHUNK_PAGES, pages - first)
-            self._hasher.hash_chunk(start + first * PAGE, n, 0)
-            live = self._hasher.records(n)
-            records += live
-            moved = _moved(live, last, first, n)
-            for page in moved:
-                self._judge(now, page, first, size)
-            if last is not None:  # the verdicts of unmoved pages stand, bytes and all
-                kept = set(range(first, first + n)) - set(moved)
-                now.changed |= {p: last.changed[p] for p in kept & last.changed.keys()}
-        now.records = bytes(records)
-        self._judged[start] = now
-        self.counts.pages += pages
+        if failed:  # a page the kernel copy could not read: the reader says which
+            self._judged.pop(region.start, None)
+            return changed_pages(memory, region.start, region.page_digests, region.size)
+        now = sweeping.now
+        now.records = bytes(sweeping.records)
+        self._judged[region.start] = now
+        self.counts.pages += -(-region.size // PAGE)
         return dict(now.changed)
 
     def _trusted(self, start: int, page_digests: bytes, size: int) -> _Judged | None:
@@ -136,12 +176,57 @@ class KeyedPages:
             return None
         return last if (last.page_digests, last.size) == (page_digests, size) else None
 
-    def _judge(self, now: _Judged, page: int, first: int, size: int) -> None:
-        at = (page - first) * PAGE
-        data = self._hasher.copy(page - first + 1)[at : at + min(PAGE, size - page * PAGE)]
+    def _judge(self, now: _Judged, page: int, copied: int) -> None:
+        """SHA-256 of the region's page `page`, page `copied` of the run's copy."""
+        data = self._hasher.copy(copied + 1)[copied * PAGE :][: min(PAGE, now.size - page * PAGE)]
         self.counts.hashed += 1
         if hashlib.sha256(data).digest() != now.page_digests[32 * page : 32 * page + 32]:
             now.changed[page] = bytes(data)
+
+
+@dataclass(frozen=True)
+class Swept:
+    """A region a sweep judges: where it is, and its baseline's page digests."""
+
+    start: int
+    page_digests: bytes
+    size: int
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Pages [first, first + pages) of region `region`, in one run."""
+
+    region: int
+    first: int
+    pages: int
+
+
+@dataclass
+class _Sweeping:
+    """One region during a sweep: the last sweep's judgment it is compared with, this one's."""
+
+    last: _Judged | None
+    now: _Judged
+    records: bytearray = field(default_factory=bytearray)
+
+
+def _batches(regions: Sequence[Swept]) -> Iterator[list[_Piece]]:
+    """The regions' pages in order, cut into runs of at most CHUNK_PAGES pages and RANGES
+    ranges (a region bigger than what is left of a run continues in the next)."""
+    batch: list[_Piece] = []
+    room = CHUNK_PAGES
+    for index, region in enumerate(regions):
+        pages, first = -(-region.size // PAGE), 0
+        while first < pages:
+            n = min(room, pages - first)
+            batch.append(_Piece(index, first, n))
+            first, room = first + n, room - n
+            if room == 0 or len(batch) == RANGES:
+                yield batch
+                batch, room = [], CHUNK_PAGES
+    if batch:
+        yield batch
 
 
 def _moved(live: bytes, last: _Judged | None, first: int, n: int) -> list[int]:
@@ -155,4 +240,4 @@ def _moved(live: bytes, last: _Judged | None, first: int, n: int) -> list[int]:
     return [first + i for i, (a, b) in enumerate(zip(now_a, kept_b, strict=True)) if a != b]
 
 
-__all__ = ["KeyedPages", "SweepCounts"]
+__all__ = ["KeyedPages", "SweepCounts", "Swept"]

@@ -29,7 +29,7 @@ from patchguard.kernel import Kernel
 from patchguard.kernel.bpf import syscall as bpf
 from patchguard.kernel.bpf.insn import R0, R1, exit_insn, ld_map_value, mov64_imm, stx_mem
 from patchguard.kernel.bpf.objects import all_progs
-from patchguard.kernel.bpf.text_hash import CHUNK_PAGES, PAGE, TextHasher, nh
+from patchguard.kernel.bpf.text_hash import CHUNK_PAGES, PAGE, RANGES, TextHasher, nh
 from patchguard.signing import HostKey
 
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
@@ -124,9 +124,23 @@ def test_many_ranges_in_one_run_each_hashed_and_a_fault_only_fails_its_own(
         at += pages
 
 
+def test_gather_copies_each_span_and_hashes_nothing(kernel: Kernel, hasher: TextHasher) -> None:
+    text = kernel.kallsyms.range("text")
+    assert text is not None
+    before = hasher.hash_range(text.start, text.start + PAGE)
+    spans = [(text.start + 5, 100), (0x10, 8), (text.start + 3 * PAGE - 7, 20)]
+    found = hasher.gather(spans)
+    assert found[1] is None
+    for (address, size), data in zip(spans[::2], found[::2], strict=True):
+        assert data == kernel.memory().read(address, size)
+    assert hasher.digests(1) == before  # no page hashed: the digests are the last run's
+
+
 def test_a_run_refuses_more_than_it_holds(hasher: TextHasher) -> None:
     with pytest.raises(ValueError, match="more than one run holds"):
         hasher.hash_ranges([(0x10, CHUNK_PAGES), (0x10, 1)])
+    with pytest.raises(ValueError, match="more than one run holds"):
+        hasher.gather([(0x10, 8)] * (RANGES + 1))
 
 
 # --- kernel memory this test can change: a BPF array map's value -------------------------------

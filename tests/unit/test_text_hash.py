@@ -10,7 +10,7 @@ import pytest
 from patchguard.kernel.bpf.insn import decode
 from patchguard.kernel.bpf.text_hash import (
     BPF_PSEUDO_FUNC,
-    CHUNK_PAGES,
+    CHUNK,
     KEYS,
     MAIN_SLOTS,
     PAGE,
@@ -79,10 +79,11 @@ def test_the_program_jumps_where_its_comments_say() -> None:
 def test_the_copy_callback_stores_each_ranges_status_even_when_refused() -> None:
     _, copy, _, _ = program_parts(3, 4, 5)
     slots = decode(copy)
-    assert slots[7][0] & 0xF0 == 0x20 and slots[7][4] == CHUNK_PAGES  # pages > CHUNK_PAGES
-    assert 7 + 1 + slots[7][3] == 17 and slots[5] == (0xB7, 0, 0, 0, -22)
-    assert slots[16] == (0x85, 0, 0, 0, BPF_FUNC_probe_read_kernel)
-    assert slots[17] == (0x7B, 6, 0, 24, 0)  # *(u64 *)(r6 + 24) = r0: the status
+    assert slots[7][0] & 0xF0 == 0x20 and slots[7][4] == CHUNK  # size > CHUNK
+    assert 7 + 1 + slots[7][3] == 15 and slots[5] == (0xB7, 0, 0, 0, -22)
+    assert slots[9][0] == 0x57 and slots[9][4] == CHUNK - 1  # the offset masked
+    assert slots[14] == (0x85, 0, 0, 0, BPF_FUNC_probe_read_kernel)
+    assert slots[15] == (0x7B, 6, 0, 24, 0)  # *(u64 *)(r6 + 24) = r0: the status
     assert slots[2][4] == 4 and slots[3][4] == KEYS  # the table, after the keys
 
 

@@ -457,7 +457,7 @@ def verify(
     known = keyed.verified_manifest(stamp, public_key) if keyed is not None else None
     manifest = known or read_manifest(path, public_key, stored=False)
     check_boot(manifest, kernel.boot_id(), os.uname().release, path)
-    modules = live_modules(kernel)
+    modules = live_modules(kernel) if keyed is None else keyed.live_modules(kernel)
     stale, findings = stale_modules(manifest.regions, modules.modules)
     entries = [e for e in manifest.regions.values() if module_of(e.name) not in stale]
     # The stored region bytes are verified beside the kernel reads (both mostly wait on the

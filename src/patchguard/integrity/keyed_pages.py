@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from patchguard.integrity.module_regions import KnownStructs, LiveModules, live_modules
 from patchguard.integrity.store import FileStamp, Manifest
 from patchguard.kernel.bpf.text_hash import CHUNK_PAGES, DIGEST, PAGE, RANGES, TextHasher
 from patchguard.kernel.errors import KernelAccessError
@@ -60,6 +61,7 @@ class KeyedPages:
         self._judged: dict[int, _Judged] = {}
         self.counts = SweepCounts()
         self._verified: tuple[FileStamp, bytes, Manifest] | None = None
+        self._module_structs: KnownStructs = {}
 
     @classmethod
     def open(cls, kernel: Kernel, rotate_every: int = ROTATE_EVERY) -> KeyedPages | None:
@@ -75,6 +77,11 @@ class KeyedPages:
 
     def close(self) -> None:
         self._hasher.close()
+
+    def live_modules(self, kernel: Kernel) -> LiveModules:
+        """module_regions.live_modules, each struct module where the last sweep found it
+        while /proc/modules says the module is where it was, all read in one run."""
+        return live_modules(kernel, self._module_structs, self._hasher.gather)
 
     def verified_manifest(self, stamp: FileStamp | None, public_key: bytes) -> Manifest | None:
         """The manifest a sweep read, verified, and verified the stored region streams

@@ -170,31 +170,29 @@ def _page_callback(fds: tuple[int, int, int], keys: int, unroll: int) -> list[by
 
 
 def _copy_callback(buf_fd: int, params_fd: int) -> list[bytes]:
-    """long cb(u64 index, void *unused): copy range `index` of the table (address, pages,
-    page of the copy it goes to, status) into the copy and write the helper's result (0 or
-    -errno; -EINVAL for more than CHUNK_PAGES pages) into its status. The copy is 2 x CHUNK
-    bytes: its page index and its length are each masked or bounded below CHUNK, which is all
-    the verifier can tell of two registers, and user space keeps the ranges inside CHUNK.
-    The jgt at 7 goes to the status store at 17."""
+    """long cb(u64 index, void *unused): copy range `index` of the table (address, bytes,
+    offset in the copy, status) into the copy and write the helper's result (0 or -errno;
+    -EINVAL for more than CHUNK bytes) into its status. The copy is 2 x CHUNK bytes: the
+    offset is masked and the length bounded below CHUNK each, which is all the verifier can
+    tell of two registers, and user space keeps the ranges inside CHUNK. The jgt at 7 goes
+    to the status store at 15."""
     return [
         _alu64_imm(BPF_AND, R1, RANGES - 1),  # 0
         _alu64_imm(BPF_LSH, R1, 5),  # 1: RANGE bytes an entry
         ld_map_value(R6, params_fd, KEYS),  # 2-3: the range table, after the keys
         _alu64_reg(BPF_ADD, R6, R1),  # 4: this entry
         mov64_imm(R0, -22),  # 5
-        ldx_mem(8, R2, R6, 8),  # 6: pages
-        jgt_imm(R2, CHUNK_PAGES, 17 - 8),  # 7
-        _alu64_imm(BPF_LSH, R2, 12),  # 8: size
-        ldx_mem(8, R1, R6, 16),  # 9: the page of the copy it goes to
-        _alu64_imm(BPF_AND, R1, CHUNK_PAGES - 1),  # 10
-        _alu64_imm(BPF_LSH, R1, 12),  # 11
-        ld_map_value(R3, buf_fd, 0),  # 12-13
-        _alu64_reg(BPF_ADD, R1, R3),  # 14: dst
-        ldx_mem(8, R3, R6, 0),  # 15: src
-        call(BPF_FUNC_probe_read_kernel),  # 16
-        stx_mem(8, R6, R0, 24),  # 17: status
-        mov64_imm(R0, 0),  # 18: go on with the next range
-        exit_insn(),  # 19
+        ldx_mem(8, R2, R6, 8),  # 6: size
+        jgt_imm(R2, CHUNK, 15 - 8),  # 7
+        ldx_mem(8, R1, R6, 16),  # 8: where in the copy
+        _alu64_imm(BPF_AND, R1, CHUNK - 1),  # 9
+        ld_map_value(R3, buf_fd, 0),  # 10-11
+        _alu64_reg(BPF_ADD, R1, R3),  # 12: dst
+        ldx_mem(8, R3, R6, 0),  # 13: src
+        call(BPF_FUNC_probe_read_kernel),  # 14
+        stx_mem(8, R6, R0, 24),  # 15: status
+        mov64_imm(R0, 0),  # 16: go on with the next range
+        exit_insn(),  # 17
     ]
 
 
@@ -368,16 +366,34 @@ class TextHasher:
         pages = sum(n for _, n in ranges)
         if len(ranges) > RANGES or pages > CHUNK_PAGES:
             raise ValueError(f"{len(ranges)} ranges of {pages} pages: more than one run holds")
+        return self._run([(address, n * PAGE) for address, n in ranges], pages, first)
+
+    def gather(self, spans: Sequence[tuple[int, int]]) -> list[bytes | None]:
+        """The bytes of each (address, size), all copied in one run and none hashed (a
+        module's struct module each: one run for all, not one each); None where the copy
+        failed. At most RANGES spans, CHUNK bytes in all."""
+        if len(spans) > RANGES or sum(size for _, size in spans) > CHUNK:
+            raise ValueError(f"{len(spans)} spans: more than one run holds")
+        statuses, at, found = self._run(spans, 0, 0), 0, []
+        for (_, size), status in zip(spans, statuses, strict=True):
+            found.append(None if status else bytes(self._buf[at : at + size]))
+            at += size
+        return found
+
+    def _run(self, spans: Sequence[tuple[int, int]], pages: int, first: int) -> list[int]:
+        """One run: each (address, size) copied after the one before, then `pages` pages of
+        the copy hashed; each span's copy result."""
         table, at = bytearray(), 0
-        for address, n in ranges:
-            table += struct.pack("<QQQq", address, n, at, -1)
-            at += n
+        for address, size in spans:
+            table += struct.pack("<QQQq", address, size, at, -1)
+            at += size
         self._keys[KEYS : KEYS + len(table)] = table
-        ctx = struct.pack("<QQQQ", len(ranges), pages, first, self._key_count)
+        ctx = struct.pack("<QQQQ", len(spans), pages, first, self._key_count)
         ret = bpf.prog_test_run(self._prog, ctx)
         if ret != pages:
             why = explain_errno(-ret) if ret < 0 else f"{ret} of {pages} pages hashed"
-            raise MemoryReadError(ranges[0][0], pages * PAGE, f"in-kernel hash: {why}")
+            address = spans[0][0] if spans else 0
+            raise MemoryReadError(address, pages * PAGE, f"in-kernel hash: {why}")
         return [s for (s,) in struct.iter_unpack("<24xq", self._keys[KEYS : KEYS + len(table)])]
 
     def hash_chunk(self, address: int, pages: int, first: int) -> None:

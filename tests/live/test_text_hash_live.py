@@ -24,6 +24,7 @@ import pytest
 from patchguard.findings import Disposition
 from patchguard.integrity.check import CheckOutcome, changed_pages, verify
 from patchguard.integrity.keyed_pages import KeyedPages, Swept
+from patchguard.integrity.module_regions import live_modules
 from patchguard.integrity.store import BaselineError, file_stamp
 from patchguard.kernel import Kernel
 from patchguard.kernel.bpf import syscall as bpf
@@ -299,5 +300,30 @@ def test_verify_with_sweeps_hashed_in_the_kernel_equals_verify(
                 zf.writestr(info, data[:99] + bytes([data[99] ^ 1]) + data[100:] if flip else data)
         with pytest.raises(BaselineError, match="stored data does not match its manifest"):
             verify(kernel, path, public, keyed)
+    finally:
+        keyed.close()
+
+
+# --- modules (the lab's guest has them; these machines have none) -----------------------------
+
+
+def test_sweeps_find_every_module_as_check_does_and_keep_where_they_are(kernel: Kernel) -> None:
+    kernel.refresh()
+    plain = live_modules(kernel)
+    if not plain.modules:
+        pytest.skip("no loaded modules here (the lab's guest has them)")
+    keyed = KeyedPages.open(kernel)
+    assert keyed is not None
+    try:
+        assert keyed.live_modules(kernel) == plain  # the first: looked up in kallsyms
+        kernel.refresh()
+        assert keyed.live_modules(kernel) == plain
+        assert kernel._kallsyms is None  # the second: not one kallsyms read
+        # a struct module no longer where it was kept (reloaded elsewhere, say): looked up
+        known = keyed._module_structs
+        name = sorted(known)[0]
+        known[name] = (known[name][0], known[name][1] + 8)
+        assert keyed.live_modules(kernel) == plain
+        assert known[name][1] == plain.modules[name].module
     finally:
         keyed.close()

@@ -240,6 +240,37 @@ def test_regions_swept_together_each_see_only_their_own_change(kernel: Kernel) -
             v.close()
 
 
+def test_a_carried_collision_ends_at_the_pages_turn_to_be_rechecked(
+    kernel: Kernel, value: MapValue
+) -> None:
+    """An NH collision cannot be found without the key, so this test, which has it, forges
+    one: after a byte changes, the digest the last sweep kept for that page is set to the
+    changed page's own, so the next sweep sees it unmoved and carries the clean verdict. The
+    rolling recheck SHA-256s it at its turn (within 4 sweeps here) and says the change."""
+    keyed = KeyedPages.open(kernel, recheck_every=4)
+    assert keyed is not None
+    try:
+        size, memory, baseline = PAGES * PAGE, kernel.memory(), value.page_digests()
+
+        def sweep() -> dict[int, bytes]:
+            keyed.begin_sweep()
+            return keyed.changed_pages(memory, value.address, baseline, size)
+
+        assert sweep() == {}
+        value.view[PAGE + 100] ^= 0x40
+        key = keyed._hasher.keys()[1]  # the key the next sweep keeps
+        kept = bytearray(keyed._judged[value.address].records)
+        struct.pack_into("<Q", kept, 16 + 8, nh(bytes(value.view[PAGE : 2 * PAGE]), key))
+        keyed._judged[value.address].records = bytes(kept)
+        turn = next(s for s in range(2, 6) if (s - value.address // PAGE - 1) % 4 == 0)
+        for number in range(2, 7):
+            changed = sweep()
+            assert list(changed) == ([1] if number >= turn else []), number
+            assert keyed.counts.hashed == 0  # never moved: found by the recheck alone
+    finally:
+        keyed.close()
+
+
 def test_a_skipped_sweep_or_a_new_baseline_is_judged_whole(kernel: Kernel, value: MapValue) -> None:
     keyed = KeyedPages.open(kernel)
     assert keyed is not None

@@ -44,19 +44,29 @@ class _Judged:
 @dataclass
 class SweepCounts:
     pages: int = 0
-    hashed: int = 0  # SHA-256'd in user space
+    hashed: int = 0  # SHA-256'd in user space: moved, or not chained
+    rechecked: int = 0  # unmoved, SHA-256'd anyway: this sweep's share of the rolling recheck
     runs: int = 0  # BPF runs
 
 
 ROTATE_EVERY = 8  # sweeps between fresh keys: a leaked key serves at most this many sweeps
+# Every page is SHA-256'd again, moved or not, at least once in this many sweeps (1/N of them
+# each sweep): a change whose NH digest collided is carried no longer (docs/guard.md)
+RECHECK_EVERY = 64
 
 
 class KeyedPages:
     """The guard keeps one across sweeps; `begin_sweep()` before each."""
 
-    def __init__(self, hasher: TextHasher, rotate_every: int = ROTATE_EVERY) -> None:
+    def __init__(
+        self,
+        hasher: TextHasher,
+        rotate_every: int = ROTATE_EVERY,
+        recheck_every: int = RECHECK_EVERY,
+    ) -> None:
         self._hasher = hasher
         self._rotate_every = rotate_every
+        self._recheck_every = recheck_every
         self._sweep = 0
         self._judged: dict[int, _Judged] = {}
         self.counts = SweepCounts()
@@ -64,7 +74,9 @@ class KeyedPages:
         self._module_structs: KnownStructs = {}
 
     @classmethod
-    def open(cls, kernel: Kernel, rotate_every: int = ROTATE_EVERY) -> KeyedPages | None:
+    def open(
+        cls, kernel: Kernel, rotate_every: int = ROTATE_EVERY, recheck_every: int = RECHECK_EVERY
+    ) -> KeyedPages | None:
         """None where the kernel refuses the program (no bpf_loop before 5.17, no BTF): the
         sweeps then SHA-256 every page in user space, as `check` does."""
         try:
@@ -73,7 +85,7 @@ class KeyedPages:
             return None
         kernel.own_prog_ids.add(hasher.prog_id)
         kernel.own_map_ids.update(hasher.map_ids)
-        return cls(hasher, rotate_every)
+        return cls(hasher, rotate_every, recheck_every)
 
     def close(self) -> None:
         self._hasher.close()
@@ -147,21 +159,35 @@ class KeyedPages:
             if status:
                 failed.add(piece.region)
             else:
-                self._compare(piece, at, live, now[piece.region])
+                self._compare(piece, at, live, now[piece.region], regions[piece.region].start)
             at += piece.pages
         return failed
 
-    def _compare(self, piece: _Piece, at: int, live: bytes, sweeping: _Sweeping) -> None:
-        """The piece's digests (from page `at` of the run) against the last sweep's."""
+    def _compare(
+        self, piece: _Piece, at: int, live: bytes, sweeping: _Sweeping, start: int
+    ) -> None:
+        """The piece's digests (from page `at` of the run) against the last sweep's: moved
+        pages judged, and this sweep's share of the unmoved ones judged again all the same."""
         mine = live[at * DIGEST : (at + piece.pages) * DIGEST]
         sweeping.records += mine
         last, now = sweeping.last, sweeping.now
         moved = _moved(mine, last, piece.first, piece.pages)
-        for page in moved:
+        again = self._recheck(piece, start, moved) if last is not None else []
+        for page in moved + again:
             self._judge(now, page, at + page - piece.first)
+        self.counts.hashed += len(moved)
+        self.counts.rechecked += len(again)
         if last is not None:  # the verdicts of unmoved pages stand, bytes and all
-            kept = set(range(piece.first, piece.first + piece.pages)) - set(moved)
+            kept = set(range(piece.first, piece.first + piece.pages)) - set(moved) - set(again)
             now.changed |= {p: last.changed[p] for p in kept & last.changed.keys()}
+
+    def _recheck(self, piece: _Piece, start: int, moved: list[int]) -> list[int]:
+        """The piece's unmoved pages whose turn it is: page p of a region at `start` when
+        start / PAGE + p = this sweep, mod RECHECK_EVERY (regions' first pages spread over the
+        sweeps, not all at once)."""
+        every = self._recheck_every
+        first = piece.first + (self._sweep - start // PAGE - piece.first) % every
+        return [p for p in range(first, piece.first + piece.pages, every) if p not in moved]
 
     def _finish(
         self, memory: KernelMemory, region: Swept, sweeping: _Sweeping, failed: bool
@@ -186,7 +212,6 @@ class KeyedPages:
     def _judge(self, now: _Judged, page: int, copied: int) -> None:
         """SHA-256 of the region's page `page`, page `copied` of the run's copy."""
         data = self._hasher.copy(copied + 1)[copied * PAGE :][: min(PAGE, now.size - page * PAGE)]
-        self.counts.hashed += 1
         if hashlib.sha256(data).digest() != now.page_digests[32 * page : 32 * page + 32]:
             now.changed[page] = bytes(data)
 

@@ -340,9 +340,10 @@ def test_verify_with_sweeps_hashed_in_the_kernel_equals_verify(
 
 def test_sweeps_find_every_module_as_check_does_and_keep_where_they_are(kernel: Kernel) -> None:
     kernel.refresh()
-    plain = live_modules(kernel)
+    plain = live_modules(kernel)  # the struct modules gathered by the memory reader
     if not plain.modules:
         pytest.skip("no loaded modules here (the lab's guest has them)")
+    assert live_modules(kernel, gather=lambda spans: [None] * len(spans)) == plain  # one each
     keyed = KeyedPages.open(kernel)
     assert keyed is not None
     try:

@@ -60,7 +60,8 @@ def live_modules(
     while /proc/modules shows the module at the same address and the struct read there names
     it and starts its text at that address; the others are looked up in kallsyms (the
     guard's sweep then reads no kallsyms at all while no module came or went). `gather`:
-    the structs read in one run each GATHER_BATCH, not one run each."""
+    the structs read in one run each GATHER_BATCH, not one run each (without one, six a run
+    through the eBPF memory reader)."""
     try:
         listed = parse_proc_modules(kernel.read_text(PROC_MODULES))
     except KernelAccessError:
@@ -73,7 +74,7 @@ def live_modules(
         memory = kernel.memory()
     except (KernelAccessError, OSError, ValueError) as exc:
         return LiveModules({}, [Gap(NAME, "module_text", f"module layout unknown: {exc}")])
-    reads = _StructReads(memory, offsets, gather)
+    reads = _StructReads(memory, offsets, gather or _reader_gather(memory))
     found = _from_known(reads, live, known or {})
     looked_up = _struct_addresses(kernel, [n for n in live if n not in found])
     read = reads.read({n: a for n, a in looked_up.items() if isinstance(a, int)})
@@ -86,6 +87,13 @@ def live_modules(
                 known[name] = (at, module.module)
     gaps = [Gap(NAME, TEXT + n, str(e)) for n, e in read.items() if isinstance(e, Exception)]
     return LiveModules({n: found[n] for n in live if n in found}, gaps)
+
+
+def _reader_gather(memory: KernelMemory) -> Gather | None:
+    """A check's gather (it has no in-kernel hasher): the eBPF reader's, six a run."""
+    from patchguard.kernel.bpf.reader import EbpfReader
+
+    return memory.read_many if isinstance(memory, EbpfReader) else None
 
 
 def _from_known(
@@ -145,7 +153,7 @@ class _StructReads:
             batch = addresses[at : at + GATHER_BATCH]
             try:
                 raws += self.gather([(a, self.offsets.span) for a in batch])
-            except KernelAccessError:  # the run itself refused: each read alone
+            except (KernelAccessError, ValueError):  # refused, or too big: each read alone
                 raws += [None] * len(batch)
         return raws
 

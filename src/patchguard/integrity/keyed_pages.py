@@ -179,9 +179,13 @@ class KeyedPages:
             self._judge(now, page, at + page - piece.first)
         self.counts.hashed += len(moved)
         self.counts.rechecked += len(again)
-        if last is not None:  # the verdicts of unmoved pages stand, bytes and all
-            kept = set(range(piece.first, piece.first + piece.pages)) - set(moved) - set(again)
-            now.changed |= {p: last.changed[p] for p in kept & last.changed.keys()}
+        if last is not None and last.changed:  # verdicts of unmoved pages stand, bytes and all
+            judged, end = {*moved, *again}, piece.first + piece.pages
+            now.changed |= {
+                p: data
+                for p, data in last.changed.items()
+                if piece.first <= p < end and p not in judged
+            }
 
     def _recheck(self, piece: _Piece, start: int, moved: list[int]) -> list[int]:
         """The piece's unmoved pages whose turn it is: page p of a region at `start` when

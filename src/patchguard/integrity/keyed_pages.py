@@ -9,8 +9,11 @@ baseline, or changed with these bytes) stands; any other page is SHA-256'd from 
 and judged against the signed baseline afresh. The B digests are kept for the next sweep.
 Every verdict thus rests on a SHA-256 of the bytes once, and on a comparison under a key no
 one outside this process and the kernel saw. The first sweep, a region whose baseline
-changed, or one skipped for a sweep, is judged by SHA-256 whole. docs/guard.md says why one
-key may serve several sweeps, and what a collision that slipped through costs.
+changed, or one skipped for a sweep, is judged by SHA-256 whole; and each sweep SHA-256s
+1/RECHECK_EVERY of the unmoved pages all the same, so a collision is carried RECHECK_EVERY
+sweeps at most. docs/guard.md says why one key may serve several sweeps, and what a collision
+that slipped through costs. All regions of a sweep are packed into as few BPF runs as hold
+them (a run: up to 256 ranges, 1 MiB).
 """
 
 from __future__ import annotations

@@ -347,14 +347,18 @@ def test_sweeps_find_every_module_as_check_does_and_keep_where_they_are(kernel: 
     keyed = KeyedPages.open(kernel)
     assert keyed is not None
     try:
-        assert keyed.live_modules(kernel) == plain  # the first: looked up in kallsyms
+        first = keyed.live_modules(kernel)  # the first: looked up in kallsyms
+        assert first == plain
         kernel.refresh()
+        assert keyed.live_modules(kernel) is first  # /proc/modules as it was: nothing read
+        keyed._modules = None  # as if /proc/modules changed (a refcount, say)
         assert keyed.live_modules(kernel) == plain
-        assert kernel._kallsyms is None  # the second: not one kallsyms read
+        assert kernel._kallsyms is None  # structs where they were: not one kallsyms read
         # a struct module no longer where it was kept (reloaded elsewhere, say): looked up
         known = keyed._module_structs
         name = sorted(known)[0]
         known[name] = (known[name][0], known[name][1] + 8)
+        keyed._modules = None
         assert keyed.live_modules(kernel) == plain
         assert known[name][1] == plain.modules[name].module
     finally:

@@ -23,7 +23,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from patchguard.integrity.module_regions import KnownStructs, LiveModules, live_modules
+from patchguard.integrity.module_regions import (
+    KnownStructs,
+    LiveModules,
+    live_modules,
+    module_listing,
+)
 from patchguard.integrity.store import FileStamp, Manifest
 from patchguard.kernel.bpf.text_hash import CHUNK_PAGES, DIGEST, PAGE, RANGES, TextHasher
 from patchguard.kernel.errors import KernelAccessError
@@ -77,6 +82,7 @@ class KeyedPages:
         self.counts = SweepCounts()
         self._verified: tuple[FileStamp, bytes, Manifest] | None = None
         self._module_structs: KnownStructs = {}
+        self._modules: tuple[str, LiveModules] | None = None  # /proc/modules, what it gave
 
     @classmethod
     def open(
@@ -97,8 +103,18 @@ class KeyedPages:
 
     def live_modules(self, kernel: Kernel) -> LiveModules:
         """module_regions.live_modules, each struct module where the last sweep found it
-        while /proc/modules says the module is where it was, all read in one run."""
-        return live_modules(kernel, self._module_structs, self._hasher.gather)
+        while /proc/modules says the module is where it was, all read in one run; or, while
+        /proc/modules reads as it did, the last sweep's (found with no gap). A module can
+        neither come, go nor move without /proc/modules changing; what its struct module
+        says of its text cannot change while it is loaded, and a write there would only make
+        a sweep that read it again compare less (the baseline's regions are what is
+        compared)."""
+        listing = module_listing(kernel)
+        if listing is not None and self._modules is not None and self._modules[0] == listing:
+            return self._modules[1]
+        found = live_modules(kernel, self._module_structs, self._hasher.gather, listing)
+        self._modules = (listing, found) if listing is not None and not found.gaps else None
+        return found
 
     def verified_manifest(self, stamp: FileStamp | None, public_key: bytes) -> Manifest | None:
         """The manifest a sweep read, verified, and verified the stored region streams

@@ -51,8 +51,19 @@ Gather = Callable[[Sequence[tuple[int, int]]], list[bytes | None]]
 KnownStructs = dict[str, tuple[int, int]]  # name -> (its /proc/modules address, struct module)
 
 
+def module_listing(kernel: Kernel) -> str | None:
+    """/proc/modules as it reads now (None: no module support)."""
+    try:
+        return kernel.read_text(PROC_MODULES)
+    except KernelAccessError:
+        return None
+
+
 def live_modules(
-    kernel: Kernel, known: KnownStructs | None = None, gather: Gather | None = None
+    kernel: Kernel,
+    known: KnownStructs | None = None,
+    gather: Gather | None = None,
+    listing: str | None = None,
 ) -> LiveModules:
     """Every Live module's text and tables; a module that cannot be read is a gap.
 
@@ -61,12 +72,11 @@ def live_modules(
     it and starts its text at that address; the others are looked up in kallsyms (the
     guard's sweep then reads no kallsyms at all while no module came or went). `gather`:
     the structs read in one run each GATHER_BATCH, not one run each (without one, six a run
-    through the eBPF memory reader)."""
-    try:
-        listed = parse_proc_modules(kernel.read_text(PROC_MODULES))
-    except KernelAccessError:
+    through the eBPF memory reader). `listing`: /proc/modules, if the caller read it."""
+    listing = listing if listing is not None else module_listing(kernel)
+    if listing is None:
         return LiveModules({}, [])  # no module support: nothing to baseline (modules says so)
-    live = {m.name: m.address for m in listed if m.state == "Live"}
+    live = {m.name: m.address for m in parse_proc_modules(listing) if m.state == "Live"}
     if not live:
         return LiveModules({}, [])
     try:

@@ -148,10 +148,11 @@ def keyed_sweeps(kernel: Kernel, path: Path, public: bytes, floor: float, rounds
     try:
         first = median_ms(lambda: verify(kernel, path, public, keyed), 1)
         sweep = median_ms(lambda: verify(kernel, path, public, keyed), rounds)
-        hashed = keyed.counts.hashed
+        counts = keyed.counts
         print(
             f"guard sweep hashed in the kernel: first {first:.1f} ms, then {sweep:.1f} ms "
-            f"({hashed} pages SHA-256'd), ratio sweep/floor {sweep / floor:.2f}"
+            f"({counts.hashed} pages SHA-256'd as moved, {counts.rechecked} rechecked, "
+            f"{counts.runs} BPF runs), ratio sweep/floor {sweep / floor:.2f}"
         )
     finally:
         keyed.close()

@@ -118,6 +118,8 @@ def show(found: dict[str, Any]) -> None:
         )
     print(f"guest load average at the end: {found['load']}")
     print("check with the modules, by own time:\n" + found["check_profile"])
+    if "sweep_profile" in found:
+        print("the guard's sweep with the modules, by own time:\n" + found["sweep_profile"])
 
 
 if __name__ == "__main__":

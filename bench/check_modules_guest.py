@@ -109,6 +109,9 @@ def rounds(kernel: Kernel, tmp: Path) -> dict[str, object]:
         if i == ROUNDS - 1:
             out["regions"] = [len(without.spans), len(loaded.spans)]
             out["check_profile"] = top_of(partial(verify, kernel, loaded.path, loaded.public))
+            if loaded.keyed is not None:
+                sweep = partial(verify, kernel, loaded.path, loaded.public, loaded.keyed)
+                out["sweep_profile"] = top_of(sweep)
             out["bytes"] = [sum(s for _, s in st.spans) for st in (without, loaded)]
             out["loaded"] = len(Path("/proc/modules").read_text().splitlines())
         if loaded.keyed is not None:

@@ -53,7 +53,9 @@ def show(pg: dict[str, Any], lkrg: dict[str, Any]) -> None:
         print(
             f"guard sweep hashed in the kernel: first {pg['sweep_first_ms']:.1f} ms, then "
             f"{pg['sweep_ms']:.1f} ms ({pg['sweep_ms'] / pg['floor_ms']:.2f} x floor, "
-            f"{pg['sweep_sha256_pages']} pages SHA-256'd)"
+            f"{pg['sweep_sha256_pages']} pages SHA-256'd as moved, "
+            f"{pg.get('sweep_rechecked_pages', 0)} as the rolling recheck's share, "
+            f"{pg.get('sweep_runs', '?')} BPF runs)"
         )
     if "check_ms" not in lkrg:
         sys.exit(f"LKRG did not load: {lkrg}")

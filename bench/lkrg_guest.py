@@ -81,6 +81,8 @@ def patchguard(tmp: Path) -> dict[str, float | int | str]:
         out["sweep_first_ms"] = median_ms(lambda: verify(kernel, path, public, keyed), 1)
         out["sweep_ms"] = median_ms(lambda: verify(kernel, path, public, keyed))
         out["sweep_sha256_pages"] = keyed.counts.hashed
+        out["sweep_rechecked_pages"] = keyed.counts.rechecked
+        out["sweep_runs"] = keyed.counts.runs
         keyed.close()
     kernel.close()
     return out

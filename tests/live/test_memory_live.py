@@ -9,7 +9,7 @@ import pytest
 
 from patchguard.kernel import Kernel
 from patchguard.kernel.bpf.objects import all_progs
-from patchguard.kernel.bpf.reader import CHUNK, EbpfReader
+from patchguard.kernel.bpf.reader import CHUNK, GATHER, PAGE, EbpfReader
 from patchguard.kernel.memory import MemoryReadError
 from patchguard.surfaces.kernel_text import hash_range
 
@@ -47,6 +47,23 @@ def test_core_text_hashes_the_same_twice(kernel: Kernel) -> None:
 def test_unmapped_address_is_a_clear_error(kernel: Kernel) -> None:
     with pytest.raises(MemoryReadError, match=r"kernel memory 0x10\+0x8: bpf_probe_read_kernel"):
         kernel.memory().read(0x10, 8)
+
+
+def test_many_small_reads_in_one_run_each_as_read_alone(kernel: Kernel) -> None:
+    memory = kernel.memory()
+    if not isinstance(memory, EbpfReader):
+        pytest.skip(f"the {memory.name} reader has no gathered reads")
+    text = kernel.kallsyms.range("text")
+    assert text is not None
+    spans = [(text.start + 4096 * i + 3 * i, 64 + 500 * i) for i in range(GATHER + 2)]
+    spans[2] = (0x10, 8)  # fails alone: the others of its run are read alone too
+    found = memory.read_many(spans)
+    assert found[2] is None
+    for (address, size), data in zip(spans, found, strict=True):
+        if address != 0x10:
+            assert data == memory.read(address, size)
+    with pytest.raises(ValueError, match="one page at most"):
+        memory.read_many([(text.start, PAGE + 1)])
 
 
 def test_reader_closes_its_program() -> None:

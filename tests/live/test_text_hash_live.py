@@ -23,13 +23,14 @@ import pytest
 
 from patchguard.findings import Disposition
 from patchguard.integrity.check import CheckOutcome, changed_pages, verify
-from patchguard.integrity.keyed_pages import KeyedPages
+from patchguard.integrity.keyed_pages import KeyedPages, Swept
+from patchguard.integrity.module_regions import live_modules
 from patchguard.integrity.store import BaselineError, file_stamp
 from patchguard.kernel import Kernel
 from patchguard.kernel.bpf import syscall as bpf
 from patchguard.kernel.bpf.insn import R0, R1, exit_insn, ld_map_value, mov64_imm, stx_mem
 from patchguard.kernel.bpf.objects import all_progs
-from patchguard.kernel.bpf.text_hash import PAGE, TextHasher, nh
+from patchguard.kernel.bpf.text_hash import CHUNK_PAGES, PAGE, RANGES, TextHasher, nh
 from patchguard.signing import HostKey
 
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
@@ -65,7 +66,7 @@ def test_digests_are_nh_of_the_pages_under_both_keys(kernel: Kernel, hasher: Tex
     assert text is not None
     start = text.start + 64 * PAGE
     digests = hasher.hash_range(start, start + 4 * PAGE)
-    key_a, key_b = bytes(hasher._keys[:PAGE]), bytes(hasher._keys[PAGE:])
+    key_a, key_b = hasher.keys()
     for i, (a, b) in enumerate(digests):
         page = kernel.memory().read(start + i * PAGE, PAGE)
         assert (a, b) == (nh(page, key_a), nh(page, key_b))
@@ -78,7 +79,7 @@ def test_one_key_digests_are_nh_under_it_in_both_columns(
     assert text is not None
     before = hasher.hash_range(text.start, text.start + 3 * PAGE)
     key = hasher.keep_key()
-    assert key == bytes(hasher._keys[:PAGE]) == bytes(hasher._keys[PAGE:])
+    assert (key, key) == hasher.keys()
     after = hasher.hash_range(text.start, text.start + 3 * PAGE)
     for i, (a, b) in enumerate(after):
         page = kernel.memory().read(text.start + i * PAGE, PAGE)
@@ -106,14 +107,51 @@ def test_the_whole_core_text_hashes_and_the_program_is_patchguards(
     assert hasher.prog_id in {p.prog_id for p in all_progs()}
 
 
+def test_many_ranges_in_one_run_each_hashed_and_a_fault_only_fails_its_own(
+    kernel: Kernel, hasher: TextHasher
+) -> None:
+    text = kernel.kallsyms.range("text")
+    assert text is not None
+    ranges = [(text.start + 7 * PAGE, 2), (0x10, 1), (text.start, 3), (text.start + PAGE, 1)]
+    statuses = hasher.hash_ranges(ranges)
+    assert statuses[1] < 0 and statuses[:1] + statuses[2:] == [0, 0, 0]
+    digests, key_a, at = hasher.digests(7), hasher.keys()[0], 0
+    for (start, pages), status in zip(ranges, statuses, strict=True):
+        for i in range(pages):
+            if status == 0:
+                page = kernel.memory().read(start + i * PAGE, PAGE)
+                assert digests[at + i][0] == nh(page, key_a)
+                assert bytes(hasher.copy(at + i + 1)[(at + i) * PAGE :]) == page
+        at += pages
+
+
+def test_gather_copies_each_span_and_hashes_nothing(kernel: Kernel, hasher: TextHasher) -> None:
+    text = kernel.kallsyms.range("text")
+    assert text is not None
+    before = hasher.hash_range(text.start, text.start + PAGE)
+    spans = [(text.start + 5, 100), (0x10, 8), (text.start + 3 * PAGE - 7, 20)]
+    found = hasher.gather(spans)
+    assert found[1] is None
+    for (address, size), data in zip(spans[::2], found[::2], strict=True):
+        assert data == kernel.memory().read(address, size)
+    assert hasher.digests(1) == before  # no page hashed: the digests are the last run's
+
+
+def test_a_run_refuses_more_than_it_holds(hasher: TextHasher) -> None:
+    with pytest.raises(ValueError, match="more than one run holds"):
+        hasher.hash_ranges([(0x10, CHUNK_PAGES), (0x10, 1)])
+    with pytest.raises(ValueError, match="more than one run holds"):
+        hasher.gather([(0x10, 8)] * (RANGES + 1))
+
+
 # --- kernel memory this test can change: a BPF array map's value -------------------------------
 
 
 class MapValue:
     """A mapped array-map value and its kernel address."""
 
-    def __init__(self) -> None:
-        size = PAGES * PAGE
+    def __init__(self, pages: int = PAGES) -> None:
+        size = pages * PAGE
         self.fd = bpf.map_create(bpf.BPF_MAP_TYPE_ARRAY, 4, size, 1, "pg_t_hashed", 1 << 10)
         self.view = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         prog = ld_map_value(R1, self.fd, 0) + stx_mem(8, R1, R1, 0) + mov64_imm(R0, 0)
@@ -169,6 +207,66 @@ def test_sweeps_see_a_changed_byte_and_only_it_is_hashed_again(
         assert changed == changed_pages(memory, value.address, baseline, size)
         value.view[PAGE + 5] ^= 0xFF  # put back: the page matches the baseline again
         assert sweep() == {} and keyed.counts.hashed == 1
+    finally:
+        keyed.close()
+
+
+def test_regions_swept_together_each_see_only_their_own_change(kernel: Kernel) -> None:
+    """Map values of 3, 300 (more than one run holds), 3 and 3 pages in one sweep: two runs,
+    and a byte changed in one value is that value's change alone."""
+    values = [MapValue(pages) for pages in (3, 300, 3, 3)]
+    keyed = KeyedPages.open(kernel)
+    assert keyed is not None
+    try:
+        regions = [Swept(v.address, v.page_digests(), len(v.view)) for v in values]
+        memory = kernel.memory()
+
+        def sweep() -> list[dict[int, bytes]]:
+            keyed.begin_sweep()
+            return keyed.changed_regions(memory, regions)
+
+        assert sweep() == [{}] * 4 and keyed.counts.runs == 2  # 309 pages
+        assert keyed.counts.hashed == 309
+        values[3].view[2 * PAGE + 9] ^= 0x01
+        values[1].view[257 * PAGE] ^= 0x80  # in the second run
+        changed = sweep()
+        assert changed[0] == changed[2] == {} and list(changed[1]) == [257]
+        assert list(changed[3]) == [2] and changed[3][2] == bytes(values[3].view[2 * PAGE :])
+        assert changed[1][257] == bytes(values[1].view[257 * PAGE : 258 * PAGE])
+        assert keyed.counts.hashed == 2 and keyed.counts.pages == 309
+    finally:
+        keyed.close()
+        for v in values:
+            v.close()
+
+
+def test_a_carried_collision_ends_at_the_pages_turn_to_be_rechecked(
+    kernel: Kernel, value: MapValue
+) -> None:
+    """An NH collision cannot be found without the key, so this test, which has it, forges
+    one: after a byte changes, the digest the last sweep kept for that page is set to the
+    changed page's own, so the next sweep sees it unmoved and carries the clean verdict. The
+    rolling recheck SHA-256s it at its turn (within 4 sweeps here) and says the change."""
+    keyed = KeyedPages.open(kernel, recheck_every=4)
+    assert keyed is not None
+    try:
+        size, memory, baseline = PAGES * PAGE, kernel.memory(), value.page_digests()
+
+        def sweep() -> dict[int, bytes]:
+            keyed.begin_sweep()
+            return keyed.changed_pages(memory, value.address, baseline, size)
+
+        assert sweep() == {}
+        value.view[PAGE + 100] ^= 0x40
+        key = keyed._hasher.keys()[1]  # the key the next sweep keeps
+        kept = bytearray(keyed._judged[value.address].records)
+        struct.pack_into("<Q", kept, 16 + 8, nh(bytes(value.view[PAGE : 2 * PAGE]), key))
+        keyed._judged[value.address].records = bytes(kept)
+        turn = next(s for s in range(2, 6) if (s - value.address // PAGE - 1) % 4 == 0)
+        for number in range(2, 7):
+            changed = sweep()
+            assert list(changed) == ([1] if number >= turn else []), number
+            assert keyed.counts.hashed == 0  # never moved: found by the recheck alone
     finally:
         keyed.close()
 
@@ -233,5 +331,35 @@ def test_verify_with_sweeps_hashed_in_the_kernel_equals_verify(
                 zf.writestr(info, data[:99] + bytes([data[99] ^ 1]) + data[100:] if flip else data)
         with pytest.raises(BaselineError, match="stored data does not match its manifest"):
             verify(kernel, path, public, keyed)
+    finally:
+        keyed.close()
+
+
+# --- modules (the lab's guest has them; these machines have none) -----------------------------
+
+
+def test_sweeps_find_every_module_as_check_does_and_keep_where_they_are(kernel: Kernel) -> None:
+    kernel.refresh()
+    plain = live_modules(kernel)  # the struct modules gathered by the memory reader
+    if not plain.modules:
+        pytest.skip("no loaded modules here (the lab's guest has them)")
+    assert live_modules(kernel, gather=lambda spans: [None] * len(spans)) == plain  # one each
+    keyed = KeyedPages.open(kernel)
+    assert keyed is not None
+    try:
+        first = keyed.live_modules(kernel)  # the first: looked up in kallsyms
+        assert first == plain
+        kernel.refresh()
+        assert keyed.live_modules(kernel) is first  # /proc/modules as it was: nothing read
+        keyed._modules = None  # as if /proc/modules changed (a refcount, say)
+        assert keyed.live_modules(kernel) == plain
+        assert kernel._kallsyms is None  # structs where they were: not one kallsyms read
+        # a struct module no longer where it was kept (reloaded elsewhere, say): looked up
+        known = keyed._module_structs
+        name = sorted(known)[0]
+        known[name] = (known[name][0], known[name][1] + 8)
+        keyed._modules = None
+        assert keyed.live_modules(kernel) == plain
+        assert known[name][1] == plain.modules[name].module
     finally:
         keyed.close()

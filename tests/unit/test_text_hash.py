@@ -10,9 +10,12 @@ import pytest
 from patchguard.kernel.bpf.insn import decode
 from patchguard.kernel.bpf.text_hash import (
     BPF_PSEUDO_FUNC,
+    CHUNK,
+    KEYS,
     MAIN_SLOTS,
     PAGE,
     BPF_FUNC_loop,
+    BPF_FUNC_probe_read_kernel,
     nh,
     program,
     program_parts,
@@ -49,16 +52,19 @@ def test_one_changed_bit_changes_the_digest_under_a_key() -> None:
 
 
 def test_the_program_jumps_where_its_comments_say() -> None:
-    main, one, two = program_parts(3, 4, 5)
-    slots = decode(main + one + two)
-    assert slots[4][0] & 0xF0 == 0x20 and 4 + 1 + slots[4][3] == 23  # jgt -> the refusal
-    assert slots[8][0] & 0xF0 == 0x50 and 8 + 1 + slots[8][3] == 22  # jne -> the exit
-    code, _, src, _, imm = slots[12]
-    assert (code, src) == (0x18, BPF_PSEUDO_FUNC) and 12 + 1 + imm == MAIN_SLOTS  # one key
+    main, copy, one, two = program_parts(3, 4, 5)
+    slots = decode(main + copy + one + two)
+    for at in (2, 11):  # too many ranges, too many pages -> the refusal
+        assert slots[at][0] & 0xF0 == 0x20 and at + 1 + slots[at][3] == 23
+    assert slots[23] == (0xB7, 0, 0, 0, -22)
+    for at, target in ((3, MAIN_SLOTS), (12, MAIN_SLOTS + len(copy) // 8)):
+        code, _, src, _, imm = slots[at]  # the copy callback, the one-key callback
+        assert (code, src) == (0x18, BPF_PSEUDO_FUNC) and at + 1 + imm == target
     assert slots[15][0] & 0xF0 == 0x50 and slots[15][4] == 2 and 15 + 1 + slots[15][3] == 18
     code, _, src, _, imm = slots[16]
-    assert (code, src) == (0x18, BPF_PSEUDO_FUNC) and 16 + 1 + imm == MAIN_SLOTS + len(one) // 8
-    assert slots[21] == (0x85, 0, 0, 0, BPF_FUNC_loop)
+    assert (code, src) == (0x18, BPF_PSEUDO_FUNC)
+    assert 16 + 1 + imm == MAIN_SLOTS + (len(copy) + len(one)) // 8
+    assert slots[7] == slots[21] == (0x85, 0, 0, 0, BPF_FUNC_loop)
     assert slots[22][0] == slots[24][0] == 0x95  # exits
     for callback in (one, two):  # each ends in an exit; its page loop jumps back to the
         # first word's load, just after r6 = 0
@@ -68,6 +74,17 @@ def test_the_program_jumps_where_its_comments_say() -> None:
         top = back + 1 + code_slots[back][3]
         assert code_slots[top - 1] == (0xB7, 6, 0, 0, 0) and code_slots[top][0] == 0x79  # r6 = 0
     assert len(two) > len(one)  # the second key's multiplies
+
+
+def test_the_copy_callback_stores_each_ranges_status_even_when_refused() -> None:
+    _, copy, _, _ = program_parts(3, 4, 5)
+    slots = decode(copy)
+    assert slots[7][0] & 0xF0 == 0x20 and slots[7][4] == CHUNK  # size > CHUNK
+    assert 7 + 1 + slots[7][3] == 15 and slots[5] == (0xB7, 0, 0, 0, -22)
+    assert slots[9][0] == 0x57 and slots[9][4] == CHUNK - 1  # the offset masked
+    assert slots[14] == (0x85, 0, 0, 0, BPF_FUNC_probe_read_kernel)
+    assert slots[15] == (0x7B, 6, 0, 24, 0)  # *(u64 *)(r6 + 24) = r0: the status
+    assert slots[2][4] == 4 and slots[3][4] == KEYS  # the table, after the keys
 
 
 def test_unroll_factors_that_do_not_divide_a_page_are_refused() -> None:

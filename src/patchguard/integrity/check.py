@@ -457,7 +457,7 @@ def verify(
     known = keyed.verified_manifest(stamp, public_key) if keyed is not None else None
     manifest = known or read_manifest(path, public_key, stored=False)
     check_boot(manifest, kernel.boot_id(), os.uname().release, path)
-    modules = live_modules(kernel)
+    modules = live_modules(kernel) if keyed is None else keyed.live_modules(kernel)
     stale, findings = stale_modules(manifest.regions, modules.modules)
     entries = [e for e in manifest.regions.values() if module_of(e.name) not in stale]
     # The stored region bytes are verified beside the kernel reads (both mostly wait on the
@@ -466,10 +466,7 @@ def verify(
     # (keyed_pages.py: verified_manifest).
     with ThreadPoolExecutor(max_workers=1) as pool:
         stored = pool.submit(verify_stored, path, manifest) if known is None else None
-        pages = changed_pages if keyed is None else keyed.changed_pages
-        if keyed is not None:
-            keyed.begin_sweep()
-        changed = {e.name: pages(kernel.memory(), e.start, e.page_digests, e.size) for e in entries}
+        changed = _changed(kernel.memory(), entries, keyed)
         if stored is not None:
             stored.result()
     if keyed is not None:
@@ -523,6 +520,20 @@ def verify(
     counts["explained"] = sum(f.disposition == Disposition.EXPLAINED for f in findings)
     counts["tampering"] = sum(f.disposition == Disposition.TAMPERING for f in findings)
     return CheckOutcome(SurfaceState(NAME, [how], counts, gaps), findings)
+
+
+def _changed(
+    memory: KernelMemory, entries: list[RegionEntry], keyed: KeyedPages | None
+) -> dict[str, dict[int, bytes]]:
+    """changed_pages of every region: SHA-256 in user space, or the guard's sweep hashed in
+    the kernel, all regions in as few BPF runs as hold them."""
+    if keyed is None:
+        return {e.name: changed_pages(memory, e.start, e.page_digests, e.size) for e in entries}
+    from patchguard.integrity.keyed_pages import Swept
+
+    keyed.begin_sweep()
+    swept = keyed.changed_regions(memory, [Swept(e.start, e.page_digests, e.size) for e in entries])
+    return {e.name: c for e, c in zip(entries, swept, strict=True)}
 
 
 def _reader(memory: KernelMemory) -> KernelRead:

@@ -8,16 +8,18 @@ module the baseline lacks, are said (info, with their addresses), never compared
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from patchguard.findings import Disposition, Finding, Gap, Severity
 from patchguard.integrity.store import RegionEntry
 from patchguard.kernel import Kernel, KernelAccessError
+from patchguard.kernel.memory import KernelMemory
 from patchguard.kernel.module_layout import (
+    Layout,
     ModuleText,
     layout,
-    read_module,
+    parse_module,
     struct_module_address,
 )
 from patchguard.kernel.proc_modules import PROC_MODULES, parse_proc_modules
@@ -43,35 +45,127 @@ class LiveModules:
     gaps: list[Gap]
 
 
-def live_modules(kernel: Kernel) -> LiveModules:
-    """Every Live module's text and tables; a module that cannot be read is a gap."""
+# A module's struct module read in batches of this many (the in-kernel hasher's copy: one run)
+GATHER_BATCH = 64
+Gather = Callable[[Sequence[tuple[int, int]]], list[bytes | None]]
+KnownStructs = dict[str, tuple[int, int]]  # name -> (its /proc/modules address, struct module)
+
+
+def module_listing(kernel: Kernel) -> str | None:
+    """/proc/modules as it reads now (None: no module support)."""
     try:
-        listed = parse_proc_modules(kernel.read_text(PROC_MODULES))
+        return kernel.read_text(PROC_MODULES)
     except KernelAccessError:
+        return None
+
+
+def live_modules(
+    kernel: Kernel,
+    known: KnownStructs | None = None,
+    gather: Gather | None = None,
+    listing: str | None = None,
+) -> LiveModules:
+    """Every Live module's text and tables; a module that cannot be read is a gap.
+
+    `known` (the guard's, kept across sweeps): where each module's struct module was, kept
+    while /proc/modules shows the module at the same address and the struct read there names
+    it and starts its text at that address; the others are looked up in kallsyms (the
+    guard's sweep then reads no kallsyms at all while no module came or went). `gather`:
+    the structs read in one run each GATHER_BATCH, not one run each (without one, six a run
+    through the eBPF memory reader). `listing`: /proc/modules, if the caller read it."""
+    listing = listing if listing is not None else module_listing(kernel)
+    if listing is None:
         return LiveModules({}, [])  # no module support: nothing to baseline (modules says so)
-    names = [m.name for m in listed if m.state == "Live"]
-    if not names:
+    live = {m.name: m.address for m in parse_proc_modules(listing) if m.state == "Live"}
+    if not live:
         return LiveModules({}, [])
     try:
         offsets = kernel.vmlinux_btf.derived(layout)  # once per kernel: ~20 ms of BTF lookups
-        memory, syms = kernel.memory(), kernel.kallsyms
+        memory = kernel.memory()
     except (KernelAccessError, OSError, ValueError) as exc:
         return LiveModules({}, [Gap(NAME, "module_text", f"module layout unknown: {exc}")])
-    found: dict[str, ModuleText] = {}
-    gaps: list[Gap] = []
-    # one search of kallsyms for every module's __this_module, not one per module
-    structs = {s.module: s.address for s in syms.find("__this_module") if s.module}
+    reads = _StructReads(memory, offsets, gather or _reader_gather(memory))
+    found = _from_known(reads, live, known or {})
+    looked_up = _struct_addresses(kernel, [n for n in live if n not in found])
+    read = reads.read({n: a for n, a in looked_up.items() if isinstance(a, int)})
+    read |= {n: e for n, e in looked_up.items() if not isinstance(e, int)}
+    found |= {n: m for n, m in read.items() if isinstance(m, ModuleText)}
+    if known is not None:
+        known.clear()
+        for name, module in found.items():
+            if (at := live[name]) is not None:
+                known[name] = (at, module.module)
+    gaps = [Gap(NAME, TEXT + n, str(e)) for n, e in read.items() if isinstance(e, Exception)]
+    return LiveModules({n: found[n] for n in live if n in found}, gaps)
+
+
+def _reader_gather(memory: KernelMemory) -> Gather | None:
+    """A check's gather (it has no in-kernel hasher): the eBPF reader's, six a run."""
+    from patchguard.kernel.bpf.reader import EbpfReader
+
+    return memory.read_many if isinstance(memory, EbpfReader) else None
+
+
+def _from_known(
+    reads: _StructReads, live: dict[str, int | None], known: KnownStructs
+) -> dict[str, ModuleText]:
+    """The modules still where `known` says: same /proc/modules address, and the struct read
+    there names the module and starts its text at that address (any other: looked up)."""
+    cached = {n: s for n, (at, s) in known.items() if live.get(n) == at}
+    read = reads.read(cached)
+    return {n: m for n, m in read.items() if isinstance(m, ModuleText) and m.text == live[n]}
+
+
+def _struct_addresses(kernel: Kernel, names: list[str]) -> dict[str, int | KernelAccessError]:
+    """Where each module's struct module is: its __this_module in kallsyms (one search for
+    all), else its sysfs section address."""
+    if not names:
+        return {}
+    try:
+        symbols = kernel.kallsyms.find("__this_module")
+    except (KernelAccessError, OSError):
+        symbols = []  # sysfs still says where each is
+    structs = {s.module: s.address for s in symbols if s.module}
+    found: dict[str, int | KernelAccessError] = {}
     for name in names:
-        try:
-            address = structs.get(name) or struct_module_address(
-                _sysfs_struct_address(kernel, name)
-            )
-            if address is None:
-                raise KernelAccessError(name, "no __this_module symbol or sysfs section address")
-            found[name] = read_module(memory, offsets, name, address)
-        except KernelAccessError as exc:
-            gaps.append(Gap(NAME, TEXT + name, str(exc)))
-    return LiveModules(found, gaps)
+        address = structs.get(name) or struct_module_address(_sysfs_struct_address(kernel, name))
+        found[name] = address or KernelAccessError(
+            name, "no __this_module symbol or sysfs section address"
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class _StructReads:
+    """Struct modules read: one memory read each, or gathered in batches."""
+
+    memory: KernelMemory
+    offsets: Layout
+    gather: Gather | None
+
+    def read(self, addresses: dict[str, int]) -> dict[str, ModuleText | KernelAccessError]:
+        raws = self._raws(list(addresses.values()))
+        found: dict[str, ModuleText | KernelAccessError] = {}
+        for (name, address), raw in zip(addresses.items(), raws, strict=True):
+            try:
+                data = raw if raw is not None else self.memory.read(address, self.offsets.span)
+                found[name] = parse_module(data, self.offsets, name, address)
+            except KernelAccessError as exc:
+                found[name] = exc
+        return found
+
+    def _raws(self, addresses: list[int]) -> list[bytes | None]:
+        """Gathered where a gather is given (None: read it alone, so its error says why)."""
+        if self.gather is None:
+            return [None] * len(addresses)
+        raws: list[bytes | None] = []
+        for at in range(0, len(addresses), GATHER_BATCH):
+            batch = addresses[at : at + GATHER_BATCH]
+            try:
+                raws += self.gather([(a, self.offsets.span) for a in batch])
+            except (KernelAccessError, ValueError):  # refused, or too big: each read alone
+                raws += [None] * len(batch)
+        return raws
 
 
 def _sysfs_struct_address(kernel: Kernel, name: str) -> str | None:

@@ -129,8 +129,13 @@ def read_module(memory: KernelMemory, offsets: Layout, name: str, module: int) -
     """The text and tables of the module whose struct module is at `module`: one read of the
     struct up to its last field used (a check reads every module's: one BPF run each, not
     seven)."""
+    return parse_module(memory.read(module, offsets.span), offsets, name, module)
+
+
+def parse_module(raw: bytes, offsets: Layout, name: str, module: int) -> ModuleText:
+    """The text and tables of the module `name` from `raw`, its struct module (at `module`)
+    up to offsets.span, each value checked before it is used."""
     where = f"struct module of {name} at {module:#x}"
-    raw = memory.read(module, offsets.span)
     raw_name = raw[offsets.name : offsets.name + MODULE_NAME_LEN]
     if raw_name.split(b"\0", 1)[0].decode(errors="replace") != name:
         raise KernelAccessError(where, "its name field does not name it: not a struct module")

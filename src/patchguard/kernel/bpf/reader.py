@@ -15,7 +15,7 @@ import mmap
 import os
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from patchguard.kernel.bpf import syscall as bpf
 from patchguard.kernel.bpf.insn import (
@@ -24,8 +24,12 @@ from patchguard.kernel.bpf.insn import (
     R2,
     R3,
     R6,
+    R7,
+    add64_imm,
     call,
     exit_insn,
+    insn,
+    jeq_imm,
     jgt_imm,
     ldx_mem,
     mov64_imm,
@@ -46,19 +50,50 @@ PAGE = 4096
 CHUNK = 1 << 20
 
 
+GATHER = 6  # (address, size) pairs one run reads: the 12 u64 a raw tracepoint's ctx holds
+CTX = 16 * GATHER
+PAIR_SLOTS = 8  # instructions a pair after the first takes
+BPF_JMP, BPF_JNE = 0x05, 0x50
+
+
 def reader_program(map_fd: int, chunk: int) -> bytes:
+    """args[0], args[1]: address and size (<= chunk) of a read into the value's start; then,
+    while args[2i + 1] is not 0, up to GATHER - 1 more reads of at most a page each into the
+    value's page i (many small reads, a struct module each, in one run). r0: 0, or the first
+    failed read's error (its later pairs are not read), or -EINVAL for a size out of bounds."""
+    gathered = b"".join(_gathered(i, PAIR_SLOTS * (GATHER - 1 - i)) for i in range(1, GATHER))
     return b"".join(
         [
             mov64_reg(R6, R1),  # r6 = ctx (struct bpf_raw_tracepoint_args *)
-            *value_at_key_0(map_fd, 6),  # no value: return 0 - the caller sees no data
+            *value_at_key_0(map_fd, 6 + 1 + len(gathered) // 8),  # no value: -EINVAL
             mov64_reg(R1, R0),  # dst = map value
             ldx_mem(8, R2, R6, 8),  # size = args[1]
-            jgt_imm(R2, chunk, 3),  # bound it for the verifier (and for safety)
+            jgt_imm(R2, chunk, 3 + len(gathered) // 8 + 1),  # bound it for the verifier
             ldx_mem(8, R3, R6, 0),  # src = args[0]
+            mov64_reg(R7, R1),  # the value, kept for the pairs after the first
             call(BPF_FUNC_probe_read_kernel),
+            gathered,
             exit_insn(),  # r0 = 0 or -EFAULT
             mov64_imm(R0, -22),  # -EINVAL: size out of bounds
             exit_insn(),
+        ]
+    )
+
+
+def _gathered(i: int, rest: int) -> bytes:
+    """Pair i: stop (r0 as it is) after a failed read or at a size of 0; else read at most a
+    page into the value's page i. `rest`: instructions of the pairs after it, to jump over
+    them to the exit (or, for a size out of bounds, to the refusal after it)."""
+    return b"".join(
+        [
+            insn(BPF_JMP | BPF_JNE, R0, off=7 + rest),  # the last read failed: say so
+            ldx_mem(8, R2, R6, 16 * i + 8),
+            jeq_imm(R2, 0, 5 + rest),  # no more pairs: r0 is 0
+            jgt_imm(R2, PAGE, 5 + rest),  # -> the refusal
+            mov64_reg(R1, R7),
+            add64_imm(R1, i * PAGE),
+            ldx_mem(8, R3, R6, 16 * i),
+            call(BPF_FUNC_probe_read_kernel),
         ]
     )
 
@@ -113,9 +148,36 @@ class EbpfReader:
             out += self._read_chunk(at, min(size - len(out), PAGE - (at % PAGE)))
         return bytes(out)
 
+    def read_many(self, spans: Sequence[tuple[int, int]]) -> list[bytes | None]:
+        """The bytes of each (address, size <= PAGE), GATHER to a run (a struct module each:
+        one run for six, not one each); None where that read failed."""
+        found: list[bytes | None] = []
+        for at in range(0, len(spans), GATHER):
+            found += self._gathered(spans[at : at + GATHER])
+        return found
+
+    def _gathered(self, spans: Sequence[tuple[int, int]]) -> list[bytes | None]:
+        if any(not 0 < size <= PAGE for _, size in spans):
+            raise ValueError("a gathered read is one page at most")
+        ctx = b"".join(struct.pack("<QQ", address, size) for address, size in spans)
+        with self._lock:
+            ret = bpf.prog_test_run(self._prog_fd, ctx.ljust(CTX, b"\0"))
+            data = None if ret != 0 else self._fetch(len(spans) * PAGE)
+        if data is None:  # one failed: each read alone says which
+            return [self._or_none(address, size) for address, size in spans]
+        return [data[i * PAGE : i * PAGE + size] for i, (_, size) in enumerate(spans)]
+
+    def _or_none(self, address: int, size: int) -> bytes | None:
+        try:
+            return self._read_chunk(address, size)
+        except MemoryReadError:
+            return None
+
     def _read_chunk(self, address: int, size: int) -> bytes:
         with self._lock:
-            ret = bpf.prog_test_run(self._prog_fd, struct.pack("<QQ", address, size))
+            ret = bpf.prog_test_run(
+                self._prog_fd, struct.pack("<QQ", address, size).ljust(CTX, b"\0")
+            )
             data = None if ret < 0 else self._fetch(size)
         if data is None:
             raise MemoryReadError(address, size, f"bpf_probe_read_kernel: {explain_errno(-ret)}")

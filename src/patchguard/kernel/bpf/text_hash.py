@@ -12,10 +12,13 @@ Two keys per pass let a guard chain sweeps: it compares under the key it drew la
 keeps the digests under the next key (docs/guard.md says why that is as safe as SHA-256 for
 change detection, and why a changed digest is then read again and SHA-256'd).
 
-The program copies up to CHUNK bytes into a map value with one bpf_probe_read_kernel (like the
-memory reader), then bpf_loop runs a callback per page that hashes it from that copy: so a
-caller that also reads the copy (to SHA-256 it) gets digests of exactly the bytes it hashed.
-bpf_loop wants BTF for its callback (func_info), so the program carries a minimal BTF.
+One run copies up to RANGES ranges of kernel memory, each with one bpf_probe_read_kernel, one
+after another into a map value of up to CHUNK bytes, then bpf_loop runs a callback per page that
+hashes it from that copy: so a caller that also reads the copy (to SHA-256 it) gets digests of
+exactly the bytes it hashed, and a sweep of many small regions (each module's text and tables)
+costs a few runs, not one or more per region. Each range's copy says its own result, so a fault
+in one region fails only that one. bpf_loop wants BTF for its callbacks (func_info), so the
+program carries a minimal BTF.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import mmap
 import os
 import struct
 import threading
+from collections.abc import Sequence
 
 from patchguard.kernel.bpf import syscall as bpf
 from patchguard.kernel.bpf.insn import (
@@ -63,11 +67,14 @@ from patchguard.kernel.memory import MemoryReadError
 PAGE = 4096
 WORDS = PAGE // 8
 CHUNK_PAGES = 256
-CHUNK = CHUNK_PAGES * PAGE  # one test run: one copy, then CHUNK_PAGES pages hashed
+CHUNK = CHUNK_PAGES * PAGE  # one test run: its ranges copied, then up to CHUNK_PAGES hashed
+RANGES = 256  # ranges one run copies (each is a page at least: CHUNK_PAGES of them fill it)
+RANGE = 32  # a range table entry: address, pages, page of the copy, status (u64 each)
 OUT_PAGES = 16384  # digests kept per pass: 64 MiB of text
 UNROLL = int(os.environ.get("PG_UNROLL", "16"))  # words hashed per turn of the page loop
 DIGEST = 16  # two 64-bit NH values, one per key
 KEYS = 2 * PAGE  # key A then key B, each one u64 per page word
+PARAMS = KEYS + RANGES * RANGE  # the keys, then the range table
 
 BPF_PROG_TYPE_RAW_TRACEPOINT = 17
 BPF_FUNC_probe_read_kernel, BPF_FUNC_loop = 113, 181
@@ -162,27 +169,54 @@ def _page_callback(fds: tuple[int, int, int], keys: int, unroll: int) -> list[by
     ]
 
 
-MAIN_SLOTS = 25  # the callbacks start right after main
+def _copy_callback(buf_fd: int, params_fd: int) -> list[bytes]:
+    """long cb(u64 index, void *unused): copy range `index` of the table (address, bytes,
+    offset in the copy, status) into the copy and write the helper's result (0 or -errno;
+    -EINVAL for more than CHUNK bytes) into its status. The copy is 2 x CHUNK bytes: the
+    offset is masked and the length bounded below CHUNK each, which is all the verifier can
+    tell of two registers, and user space keeps the ranges inside CHUNK. The jgt at 7 goes
+    to the status store at 15."""
+    return [
+        _alu64_imm(BPF_AND, R1, RANGES - 1),  # 0
+        _alu64_imm(BPF_LSH, R1, 5),  # 1: RANGE bytes an entry
+        ld_map_value(R6, params_fd, KEYS),  # 2-3: the range table, after the keys
+        _alu64_reg(BPF_ADD, R6, R1),  # 4: this entry
+        mov64_imm(R0, -22),  # 5
+        ldx_mem(8, R2, R6, 8),  # 6: size
+        jgt_imm(R2, CHUNK, 15 - 8),  # 7
+        ldx_mem(8, R1, R6, 16),  # 8: where in the copy
+        _alu64_imm(BPF_AND, R1, CHUNK - 1),  # 9
+        ld_map_value(R3, buf_fd, 0),  # 10-11
+        _alu64_reg(BPF_ADD, R1, R3),  # 12: dst
+        ldx_mem(8, R3, R6, 0),  # 13: src
+        call(BPF_FUNC_probe_read_kernel),  # 14
+        stx_mem(8, R6, R0, 24),  # 15: status
+        mov64_imm(R0, 0),  # 16: go on with the next range
+        exit_insn(),  # 17
+    ]
 
 
-def _main(buf_fd: int, one_key: int, two_keys: int) -> list[bytes]:
-    """ctx args: address, pages (<= CHUNK_PAGES), first output slot, keys (1 or 2). Copy,
-    then hash each page; r0 is the copy's error or the number of pages hashed. Jump offsets
-    count slots: the jgt at 4 goes to the refusal at 23, the jne at 8 to the exit at 22, the
-    jne at 15 over the second callback's ld_imm64; the callbacks are at `one_key` and
-    `two_keys`."""
+MAIN_SLOTS = 25  # the callbacks start right after main: the copy's, then the two page hashers
+
+
+def _main(copy: int, one_key: int, two_keys: int) -> list[bytes]:
+    """ctx args: ranges (<= RANGES, in the table), pages (<= CHUNK_PAGES, the ranges' sum),
+    first output slot, keys (1 or 2). Copy each range, then hash each page of the copy; r0 is
+    the number of pages hashed (each range's copy says its result in the table). Jump offsets
+    count slots: the jgts at 2 and 11 go to the refusal at 23, the jne at 15 over the second
+    page callback's ld_imm64; the callbacks are at `copy`, `one_key` and `two_keys`."""
     return [
         mov64_reg(R6, R1),  # 0
-        ld_map_value(R1, buf_fd, 0),  # 1-2: dst, the copy
-        ldx_mem(8, R2, R6, 8),  # 3: pages
-        jgt_imm(R2, CHUNK_PAGES, 23 - 5),  # 4
-        _alu64_imm(BPF_LSH, R2, 12),  # 5: size
-        ldx_mem(8, R3, R6, 0),  # 6: src
-        call(BPF_FUNC_probe_read_kernel),  # 7
-        insn(BPF_JMP | BPF_JNE | BPF_K, R0, off=22 - 9, imm=0),  # 8
-        ldx_mem(8, R1, R6, 16),  # 9: first output slot, on the stack for the callback
-        stx_mem(8, R10, R1, -8),  # 10
-        ldx_mem(8, R1, R6, 8),  # 11: loops
+        ldx_mem(8, R1, R6, 0),  # 1: ranges
+        jgt_imm(R1, RANGES, 23 - 3),  # 2
+        insn(0x18, R2, BPF_PSEUDO_FUNC, imm=copy - 4) + insn(0),  # 3-4
+        mov64_imm(R3, 0),  # 5: no context
+        mov64_imm(R4, 0),  # 6
+        call(BPF_FUNC_loop),  # 7
+        ldx_mem(8, R1, R6, 16),  # 8: first output slot, on the stack for the callback
+        stx_mem(8, R10, R1, -8),  # 9
+        ldx_mem(8, R1, R6, 8),  # 10: pages
+        jgt_imm(R1, CHUNK_PAGES, 23 - 12),  # 11
         insn(0x18, R2, BPF_PSEUDO_FUNC, imm=one_key - 13) + insn(0),  # 12-13
         ldx_mem(8, R3, R6, 24),  # 14: keys
         insn(BPF_JMP | BPF_JNE | BPF_K, R3, off=18 - 16, imm=2),  # 15
@@ -192,23 +226,26 @@ def _main(buf_fd: int, one_key: int, two_keys: int) -> list[bytes]:
         mov64_imm(R4, 0),  # 20
         call(BPF_FUNC_loop),  # 21
         exit_insn(),  # 22
-        mov64_imm(R0, -22),  # 23: -EINVAL, too many pages
+        mov64_imm(R0, -22),  # 23: -EINVAL, too many ranges or pages
         exit_insn(),  # 24
     ]
 
 
 def program_parts(
     buf_fd: int, keys_fd: int, out_fd: int, unroll: int = UNROLL
-) -> tuple[bytes, bytes, bytes]:
-    """main, the one-key callback, the two-key callback."""
+) -> tuple[bytes, bytes, bytes, bytes]:
+    """main, the copy callback, the one-key callback, the two-key callback (`keys_fd`: the
+    map of the keys and the range table)."""
     if WORDS % unroll:
         raise ValueError(f"{unroll} words a turn do not divide a page's {WORDS}")
     fds = (buf_fd, keys_fd, out_fd)
+    copy = b"".join(_copy_callback(buf_fd, keys_fd))
     one = b"".join(_page_callback(fds, 1, unroll))
     two = b"".join(_page_callback(fds, 2, unroll))
-    main = b"".join(_main(buf_fd, MAIN_SLOTS, MAIN_SLOTS + len(one) // 8))
+    at = [MAIN_SLOTS, MAIN_SLOTS + len(copy) // 8, MAIN_SLOTS + (len(copy) + len(one)) // 8]
+    main = b"".join(_main(*at))
     assert len(main) == MAIN_SLOTS * 8
-    return main, one, two
+    return main, copy, one, two
 
 
 def program(buf_fd: int, keys_fd: int, out_fd: int, unroll: int = UNROLL) -> bytes:
@@ -216,11 +253,11 @@ def program(buf_fd: int, keys_fd: int, out_fd: int, unroll: int = UNROLL) -> byt
 
 
 def _btf() -> bytes:
-    """long pg_text_hash(void *ctx), static long pg_nh_page(long index, void *ctx) and
-    static long pg_nh_page2(long index, void *ctx)."""
-    strings = b"\0long\0ctx\0pg_text_hash\0index\0pg_nh_page\0pg_nh_page2\0"
+    """long pg_text_hash(void *ctx), and the static long (long index, void *ctx) callbacks
+    pg_th_copy, pg_nh_page and pg_nh_page2."""
+    strings = b"\0long\0ctx\0pg_text_hash\0index\0pg_nh_page\0pg_nh_page2\0pg_th_copy\0"
     names = (b"long", b"ctx", b"pg_text_hash", b"index", b"pg_nh_page", b"pg_nh_page2")
-    off = {name: strings.index(b"\0" + name + b"\0") + 1 for name in names}
+    off = {name: strings.index(b"\0" + name + b"\0") + 1 for name in (*names, b"pg_th_copy")}
     types = b"".join(
         [
             struct.pack("<IIII", off[b"long"], 1 << 24, 8, (1 << 24) | 64),  # [1] long
@@ -231,6 +268,7 @@ def _btf() -> bytes:
             + struct.pack("<IIII", off[b"index"], 1, off[b"ctx"], 2),  # [5]
             struct.pack("<III", off[b"pg_nh_page"], 12 << 24, 5),  # [6] static
             struct.pack("<III", off[b"pg_nh_page2"], 12 << 24, 5),  # [7] static
+            struct.pack("<III", off[b"pg_th_copy"], 12 << 24, 5),  # [8] static
         ]
     )
     header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
@@ -240,17 +278,17 @@ def _btf() -> bytes:
 # --- loading and running it ----------------------------------------------------------------------
 
 
-def _load(main: bytes, one: bytes, two: bytes) -> int:
-    insns = main + one + two
+def _load(*parts: bytes) -> int:
+    insns = b"".join(parts)
     blob = ctypes.create_string_buffer(_btf())
     attr = struct.pack("<QQII", ctypes.addressof(blob), 0, len(blob.raw) - 1, 0)
     btf_fd, _ = bpf.sys_bpf(BPF_BTF_LOAD, attr, "BTF_LOAD")
     try:
         code = ctypes.create_string_buffer(insns, len(insns))
         lic = ctypes.create_string_buffer(b"GPL")
-        starts = (0, len(main) // 8, (len(main) + len(one)) // 8)
+        starts = [sum(len(p) for p in parts[:i]) // 8 for i in range(len(parts))]
         info = b"".join(
-            struct.pack("<II", at, btf_id) for at, btf_id in zip(starts, (4, 6, 7), strict=True)
+            struct.pack("<II", at, btf_id) for at, btf_id in zip(starts, (4, 8, 6, 7), strict=True)
         )
         func_info = ctypes.create_string_buffer(info, len(info))
         raw = bytearray(bpf.ATTR_SIZE)
@@ -271,8 +309,8 @@ def _load(main: bytes, one: bytes, two: bytes) -> int:
 
 
 class TextHasher:
-    """The program and its three maps: the copy (read-only here), the keys (written here),
-    the digests (read here), each mapped into this process."""
+    """The program and its three maps: the copy (read-only here), the keys and range table
+    (written here), the digests (read here), each mapped into this process."""
 
     def __init__(self, unroll: int = UNROLL) -> None:
         self._fds: list[int] = []
@@ -281,8 +319,8 @@ class TextHasher:
         self._key_count = 2
         self._lock = threading.Lock()
         try:
-            self._buf = self._map("pg_th_copy", CHUNK, mmap.PROT_READ)
-            self._keys = self._map("pg_th_keys", KEYS, mmap.PROT_READ | mmap.PROT_WRITE)
+            self._buf = self._map("pg_th_copy", 2 * CHUNK, mmap.PROT_READ)
+            self._keys = self._map("pg_th_keys", PARAMS, mmap.PROT_READ | mmap.PROT_WRITE)
             self._out = self._map("pg_th_out", OUT_PAGES * DIGEST, mmap.PROT_READ)
             buf, keys, out = self._fds
             self._prog = _load(*program_parts(buf, keys, out, unroll))
@@ -313,20 +351,60 @@ class TextHasher:
         self.set_keys(key, key)
         return key
 
+    def keys(self) -> tuple[bytes, bytes]:
+        """Key A and key B as the next run hashes under them."""
+        return bytes(self._keys[:PAGE]), bytes(self._keys[PAGE:KEYS])
+
     def set_keys(self, key_a: bytes, key_b: bytes) -> None:
-        self._keys[:] = key_a + key_b
+        self._keys[:KEYS] = key_a + key_b
         self._key_count = 1 if key_a == key_b else 2
 
-    def hash_chunk(self, address: int, pages: int, first: int) -> None:
-        """Digests of `pages` pages at `address` (page-aligned) into slots first.."""
-        ctx = struct.pack("<QQQQ", address, pages, first, self._key_count)
+    def hash_ranges(self, ranges: Sequence[tuple[int, int]], first: int = 0) -> list[int]:
+        """Copy each (address, pages) one after another into the copy (at most RANGES, and
+        CHUNK_PAGES pages in all), then hash every page of it into slots first..; each
+        range's copy result: 0, or -errno (the copy's pages are zeros then)."""
+        pages = sum(n for _, n in ranges)
+        if len(ranges) > RANGES or pages > CHUNK_PAGES:
+            raise ValueError(f"{len(ranges)} ranges of {pages} pages: more than one run holds")
+        return self._run([(address, n * PAGE) for address, n in ranges], pages, first)
+
+    def gather(self, spans: Sequence[tuple[int, int]]) -> list[bytes | None]:
+        """The bytes of each (address, size), all copied in one run and none hashed (a
+        module's struct module each: one run for all, not one each); None where the copy
+        failed. At most RANGES spans, CHUNK bytes in all."""
+        if len(spans) > RANGES or sum(size for _, size in spans) > CHUNK:
+            raise ValueError(f"{len(spans)} spans: more than one run holds")
+        statuses, at, found = self._run(spans, 0, 0), 0, []
+        for (_, size), status in zip(spans, statuses, strict=True):
+            found.append(None if status else bytes(self._buf[at : at + size]))
+            at += size
+        return found
+
+    def _run(self, spans: Sequence[tuple[int, int]], pages: int, first: int) -> list[int]:
+        """One run: each (address, size) copied after the one before, then `pages` pages of
+        the copy hashed; each span's copy result."""
+        table, at = bytearray(), 0
+        for address, size in spans:
+            table += struct.pack("<QQQq", address, size, at, -1)
+            at += size
+        self._keys[KEYS : KEYS + len(table)] = table
+        ctx = struct.pack("<QQQQ", len(spans), pages, first, self._key_count)
         ret = bpf.prog_test_run(self._prog, ctx)
         if ret != pages:
             why = explain_errno(-ret) if ret < 0 else f"{ret} of {pages} pages hashed"
+            address = spans[0][0] if spans else 0
+            raise MemoryReadError(address, pages * PAGE, f"in-kernel hash: {why}")
+        return [s for (s,) in struct.iter_unpack("<24xq", self._keys[KEYS : KEYS + len(table)])]
+
+    def hash_chunk(self, address: int, pages: int, first: int) -> None:
+        """Digests of `pages` pages at `address` into slots first.."""
+        (status,) = self.hash_ranges([(address, pages)], first)
+        if status:
+            why = f"bpf_probe_read_kernel: {explain_errno(-status)}"
             raise MemoryReadError(address, pages * PAGE, f"in-kernel hash: {why}")
 
     def copy(self, pages: int) -> memoryview:
-        """The bytes the last hash_chunk hashed (valid until the next one)."""
+        """The bytes the last run hashed (valid until the next one)."""
         return memoryview(self._buf)[: pages * PAGE]
 
     def records(self, count: int) -> bytes:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+from support.bpf_records import bpf_program
+
 from patchguard.findings import Severity
 from patchguard.kernel.bpf import insn as bi
 from patchguard.kernel.bpf.objects import _decode_link, call_sites
@@ -94,24 +96,8 @@ def test_mountinfo_finds_pseudo_filesystems() -> None:
 
 
 def _program(**overrides: object) -> BpfProgram:
-    base: dict[str, object] = dict(
-        prog_id=7,
-        prog_type="kprobe",
-        name="x",
-        tag="00",
-        loaded_at="",
-        created_by_uid=0,
-        map_ids=(),
-        btf_id=0,
-        attach_btf=None,
-        helpers=(),
-        kfuncs=(),
-        attachments=(),
-        owners=(Owner(1, "agent", "/usr/bin/agent", False, False, 3),),
-        pins=(),
-    )
-    base.update(overrides)
-    return BpfProgram(**base)  # type: ignore[arg-type]
+    agent = Owner(1, "agent", "/usr/bin/agent", False, False, 3)
+    return bpf_program(**{"owners": (agent,), **overrides})
 
 
 def techniques(prog: BpfProgram) -> dict[str, Severity]:

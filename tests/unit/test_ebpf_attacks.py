@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support.bpf_records import bpf_program
 
 from patchguard.findings import Severity
 from patchguard.kernel.bpf.objects import _decode_link
@@ -183,24 +184,7 @@ def test_user_probe_links_decode_to_kind_file_and_offsets() -> None:
 
 
 def _program(**overrides: object) -> BpfProgram:
-    base: dict[str, object] = dict(
-        prog_id=7,
-        prog_type="kprobe",
-        name="x",
-        tag="00",
-        loaded_at="",
-        created_by_uid=0,
-        map_ids=(),
-        btf_id=0,
-        attach_btf=None,
-        helpers=(),
-        kfuncs=(),
-        attachments=(),
-        owners=(),
-        pins=("/sys/fs/bpf/x",),
-    )
-    base.update(overrides)
-    return BpfProgram(**base)  # type: ignore[arg-type]
+    return bpf_program(**{"pins": ("/sys/fs/bpf/x",), **overrides})
 
 
 def techniques(prog: BpfProgram) -> set[str]:

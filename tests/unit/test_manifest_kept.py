@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from support.bpf_records import bpf_program
 
 from patchguard.policy.manifest import Manifest, ManifestError, parse_manifest
 from patchguard.policy.match import differences
@@ -42,19 +43,11 @@ def error_of(text: str) -> str:
 
 
 def program(owners: tuple[Owner, ...] = (), pins: tuple[str, ...] = ()) -> BpfProgram:
-    return BpfProgram(
-        prog_id=7,
+    attachments = (Attachment("tc", TC),)
+    return bpf_program(
         prog_type="sched_cls",
         name="tc_pass_count",
-        tag="00" * 8,
-        loaded_at="2026-12-07T07:00:00+00:00",
-        created_by_uid=0,
-        map_ids=(),
-        btf_id=0,
-        attach_btf=None,
-        helpers=(),
-        kfuncs=(),
-        attachments=(Attachment("tc", TC),),
+        attachments=attachments,
         owners=owners,
         pins=pins,
     )

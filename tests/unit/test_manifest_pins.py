@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+from support.bpf_records import ITERATOR, bpf_program
 
 from patchguard.findings import Disposition, Finding, Severity
 from patchguard.policy.manifest import (
@@ -23,7 +24,7 @@ from patchguard.policy.manifest import (
 )
 from patchguard.policy.match import apply_exceptions, differences, pinned_at
 from patchguard.policy.rules import Request
-from patchguard.surfaces.ebpf import Attachment, BpfLink, BpfProgram, EbpfRecords, Owner
+from patchguard.surfaces.ebpf import BpfLink, BpfProgram, EbpfRecords, Owner
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "src/patchguard/policy/manifests/bpftool-list-tasks.toml"
@@ -144,22 +145,7 @@ def test_the_documented_pinned_example_parses() -> None:
 
 
 def iterator(owners: tuple[Owner, ...] = (), pins: tuple[str, ...] = ()) -> BpfProgram:
-    return BpfProgram(
-        prog_id=111,
-        prog_type="tracing",
-        name="list_tasks",
-        tag="18ec12fd53df5169",
-        loaded_at="2026-01-10T12:00:00+00:00",
-        created_by_uid=0,
-        map_ids=(32,),
-        btf_id=40,
-        attach_btf="bpf_iter_task",
-        helpers=("bpf_seq_printf",),
-        kfuncs=(),
-        attachments=(Attachment("link", "task", 91, "iter", None),),
-        owners=owners,
-        pins=pins,
-    )
+    return bpf_program(**ITERATOR, owners=owners, pins=pins)
 
 
 def iter_link(*pins: str) -> BpfLink:

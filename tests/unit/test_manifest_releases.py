@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+from support.bpf_records import bpf_program
 
 from patchguard.policy.manifest import (
     DeclaredBpfProgram,
@@ -103,26 +104,11 @@ def test_malformed_releases_name_file_line_and_key(body: str, key: str, reason: 
 
 def held_by_this_process() -> BpfProgram:
     me = Owner(os.getpid(), "python3", os.path.realpath("/proc/self/exe"), False, False, 5)
-    return BpfProgram(
-        prog_id=7,
-        prog_type="cgroup_skb",
-        name="sd_fw_ingress",
-        tag="00" * 8,
-        loaded_at="2026-01-10T12:00:00+00:00",
-        created_by_uid=0,
-        map_ids=(),
-        btf_id=0,
-        attach_btf=None,
-        helpers=(),
-        kfuncs=(),
-        attachments=(
-            Attachment(
-                "cgroup", "cgroup on /sys/fs/cgroup/a.service inet_ingress", None, None, None
-            ),
-        ),
-        owners=(me,),
-        pins=(),
+    cgroup = Attachment(
+        "cgroup", "cgroup on /sys/fs/cgroup/a.service inet_ingress", None, None, None
     )
+    return bpf_program(prog_type="cgroup_skb", name="sd_fw_ingress", attachments=(cgroup,),
+                       owners=(me,))  # fmt: skip
 
 
 def test_any_declared_release_matches_the_running_loader_and_no_other_hash_does() -> None:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.bpf_records import ITERATOR, bpf_program
 from support.tlog import make_log
 from support.witnesses import PIN, World, running, world
 
@@ -29,19 +30,14 @@ from patchguard.policy.transparency.gate import Gated, gate
 from patchguard.policy.transparency.note import NoteError, Signer
 from patchguard.signing import HostKey
 from patchguard.surfaces.base import SurfaceState
-from patchguard.surfaces.ebpf import Attachment, BpfLink, BpfProgram, EbpfRecords
+from patchguard.surfaces.ebpf import BpfLink, EbpfRecords
 
 __all__ = ["world"]  # the fixture (tests/support/witnesses.py)
 
 
 def hook_finding(policy_of: Gated) -> Finding:
     """A finding about the pinned bpftool iterator, through the gated exceptions' policy."""
-    prog = BpfProgram(
-        prog_id=111, prog_type="tracing", name="list_tasks", tag="18ec12fd53df5169",
-        loaded_at="2026-01-10T12:00:00+00:00", created_by_uid=0, map_ids=(32,), btf_id=40,
-        attach_btf="bpf_iter_task", helpers=("bpf_seq_printf",), kfuncs=(),
-        attachments=(Attachment("link", "task", 91, "iter", None),), owners=(), pins=(),
-    )  # fmt: skip
+    prog = bpf_program(**ITERATOR)
     link = BpfLink(91, "iter", 111, None, "task", (), (PIN,))
     seen = Finding("ebpf", "sensitive-hook", Severity.MEDIUM, "prog 111", "runs on task")
     seen = dataclasses.replace(seen, evidence={"prog_id": 111})

@@ -1,5 +1,6 @@
 """Shipped manifests under an approved exception, for the live tests that prove them: a ledger
-where a reviewer approved one manifest, and `scan --json --surface ebpf` run against it."""
+where a reviewer approved one manifest, and `scan --json --surface ebpf` run against it; and the
+one line a manifest that does not parse gives, for the unit tests of its checks."""
 
 from __future__ import annotations
 
@@ -12,10 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from patchguard.policy import exceptions as ops
-from patchguard.policy.manifest import load_manifest
+from patchguard.policy.manifest import ManifestError, load_manifest, parse_manifest
 from patchguard.signing import HostKey
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "src/patchguard/policy/manifests"
+
+
+def manifest_error(text: str, name: str) -> str:
+    """The message parsing `text` as the manifest file `name` fails with."""
+    try:
+        parse_manifest(text.encode(), name)
+    except ManifestError as error:
+        return str(error)
+    raise AssertionError(f"{name} parsed, but should not have")
 
 
 def approved_ledger(tmp_path: Path, manifest: Path, vendor_owner: str) -> Path:

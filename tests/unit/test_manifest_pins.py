@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 from support.bpf_records import ITERATOR, bpf_program
+from support.manifests import manifest_error
 
 from patchguard.findings import Disposition, Finding, Severity
 from patchguard.policy.manifest import (
     DeclaredBpfProgram,
     Loader,
-    ManifestError,
     load_manifest,
     manifest_from_dict,
     parse_manifest,
@@ -53,9 +53,7 @@ def parse(text: str) -> DeclaredBpfProgram:
 
 
 def error_of(text: str) -> str:
-    with pytest.raises(ManifestError) as caught:
-        parse_manifest(text.encode(), "bpftool.toml")
-    return str(caught.value)
+    return manifest_error(text, "bpftool.toml")
 
 
 def line_with(text: str, needle: str) -> int:

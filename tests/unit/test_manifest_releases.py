@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 from support.bpf_records import bpf_program
+from support.manifests import manifest_error
 
 from patchguard.policy.manifest import (
     DeclaredBpfProgram,
     Loader,
-    ManifestError,
     load_manifest,
     manifest_from_dict,
     parse_manifest,
@@ -51,9 +51,7 @@ def parse(text: str) -> DeclaredBpfProgram:
 
 
 def error_of(text: str) -> str:
-    with pytest.raises(ManifestError) as caught:
-        parse_manifest(text.encode(), "systemd.toml")
-    return str(caught.value)
+    return manifest_error(text, "systemd.toml")
 
 
 def test_releases_name_each_build_by_its_release() -> None:

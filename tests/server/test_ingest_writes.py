@@ -2,10 +2,11 @@
 (one statement for all three): the report, its findings in the order sent, and the host's
 row, which keeps every column a message does not change. And a forged message is refused
 whether the server verifies it before its transaction (the host's key cached) or inside it
-(a host's first message to this process)."""
+(a host's first message to this process), alone or in a batch."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -119,3 +120,32 @@ def test_findings_keep_their_order_and_text_and_the_host_row_what_is_unchanged(
     assert last.last_clean_sweep_at is not None and last.status == "stopped"
     assert last.last_report_at is not None and last.last_report_at > after_report.last_report_at
     assert last.heartbeat_interval == 30 and last.baseline_digest == DIGEST_A
+
+
+def test_a_forged_message_in_a_batch_is_refused_and_the_rest_stored(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    host = enrolled_host(server, tmp_path)
+    forger = new_host(tmp_path, "forger").key
+    fp = host.fingerprint
+
+    def batch(*signed: tuple[HostKey, int]) -> list[int]:
+        messages = [json.loads(envelope(Message(fp, seq, "heartbeat"), key)) for key, seq in signed]
+        status, answer = call(
+            f"{server.url}/api/v1/reports/batch",
+            json.dumps({"messages": messages}).encode(),
+            {"Content-Type": "application/json"},
+        )
+        assert status == 200, answer
+        return [result["status"] for result in answer["results"]]
+
+    # the key not cached yet: each message is verified inside the batch's transaction
+    assert batch((host.key, 1), (forger, 2), (host.key, 3)) == [200, 401, 200]
+    # cached now: verified before it
+    assert batch((forger, 4), (host.key, 4)) == [401, 200]
+    bound = engine(server.db_url)
+    try:
+        with session_factory(bound)() as session:
+            assert list(session.scalars(select(Report.seq).order_by(Report.id))) == [1, 3, 4]
+    finally:
+        bound.dispose()

@@ -38,6 +38,7 @@ from patchguard.signing import verify_signature
 
 log = logging.getLogger("patchguard.server")
 CLEAN_BELOW = ("info", "low")  # a sweep whose findings are all below medium is clean
+Row = dict[str, Any]  # a statement's parameters
 
 
 @dataclass(frozen=True)
@@ -275,9 +276,6 @@ def _report_row(host: HostState, checked: Checked, now: datetime) -> dict[str, A
         "seal": seal.word if seal else None,
         "seal_detail": seal.detail if seal else None,
     }
-
-
-Row = dict[str, Any]
 
 
 def _write_each(connection: Connection, report: Row, host: Row, findings: list[Row]) -> int:

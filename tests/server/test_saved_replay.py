@@ -100,10 +100,11 @@ def test_a_saved_replay_not_signed_by_this_server_is_not_used(
 ) -> None:
     key = HostKey.generate()
     assert _settled(_verifier(factory, key)).verified == 120
-    altered = {
+    changes: dict[str, dict[str, object]] = {
         "signature": {"signature": "00" * 64},
         "derived": {"derived": b"not the bytes that were signed"},
-    }.get(change, {})
+    }
+    altered = changes.get(change, {})
     if altered:
         with transaction(factory) as session:
             session.execute(update(LedgerReplay).values(**altered))

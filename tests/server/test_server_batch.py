@@ -26,7 +26,7 @@ def _stored(db_url: str) -> list[tuple[int, str, object]]:
     try:
         with session_factory(bound)() as session:
             query = select(Report.seq, Report.kind, Report.received_at).order_by(Report.id)
-            return [tuple(row) for row in session.execute(query)]
+            return [(seq, kind, at) for seq, kind, at in session.execute(query)]
     finally:
         bound.dispose()
 

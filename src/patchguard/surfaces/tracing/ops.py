@@ -76,6 +76,20 @@ def collect_ops(r: Reading) -> None:
         r.gap("ftrace direct calls (direct_functions in kernel memory)", str(exc))
         return
     r.records.extend(direct_mismatches(memory, named, current))
+    _collect_direct(r, memory, current)
+
+
+def _collect_direct(r: Reading, memory: KernelMemory, current: dict[int, int]) -> None:
+    """What each direct call reaches (surfaces/bpf_trampolines.py): its owner is the BPF
+    trampoline and programs there, never ftrace's direct-call ops (call_direct_funcs) alone."""
+    if not any(current.values()):
+        return
+    from patchguard.surfaces.bpf_trampolines import direct_calls
+
+    try:
+        r.records.extend(direct_calls(r.kernel, memory, current))
+    except KernelAccessError as exc:
+        r.gap("what ftrace's direct calls reach (BPF trampolines in kernel memory)", str(exc))
 
 
 def _shown(r: Reading) -> frozenset[str] | None:

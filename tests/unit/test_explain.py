@@ -341,6 +341,22 @@ def test_ftrace_call_to_bpf_trampoline_with_a_live_owner_is_explained() -> None:
     assert "bpf_trampoline_6442450945+0x0 [bpf]" in verdict.explanation
 
 
+def test_a_direct_calls_site_must_call_the_trampoline_it_reaches() -> None:
+    """The owner of a direct call is the trampoline memory found at its target (owners.py):
+    the site calling another BPF trampoline is not explained by it."""
+    site = VFS_READ + 4
+    said = "BPF trampoline bpf_trampoline_6442450945 at 0xffffffffc0203000 running fentry prog 42"
+    owners, elsewhere = {VFS_READ: said}, BPF_TRAMPOLINE + 0x800
+    call = index(ftrace_owners=owners, ftrace_direct={VFS_READ: BPF_TRAMPOLINE})
+    calls = {"ftrace_trampolines": [BPF_TRAMPOLINE, elsewhere]}
+    ok = judge(site, x86.NOP5, jmp32(site, BPF_TRAMPOLINE, x86.CALL), call, before=x86.ENDBR64)
+    assert ok.explained and ok.owner == said
+    moved = index(ftrace_owners=owners, ftrace_direct={VFS_READ: BPF_TRAMPOLINE}, **calls)
+    bad = judge(site, x86.NOP5, jmp32(site, elsewhere, x86.CALL), moved, before=x86.ENDBR64)
+    assert not bad.explained and "which its direct call reaches" in bad.explanation
+    assert "bpf_trampoline_6442450945+0x0 [bpf]" in bad.explanation
+
+
 def test_ftrace_site_of_a_weak_function_is_one_too() -> None:
     # kallsyms types __weak functions W (seen in the lab: fentry on calibration_delay_done)
     weak = 0xFFFFFFFF81249A50

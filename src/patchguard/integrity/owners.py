@@ -35,6 +35,9 @@ class Owners:
     ipmodify_hooks: dict[int, str] = field(default_factory=dict)  # function -> module handler
     # tracepoint name -> the BPF programs attached to it, each said whole
     tracepoint_users: dict[str, list[str]] = field(default_factory=dict)
+    # function address -> the BPF trampoline its ftrace site must call: a direct call with no
+    # other callback on the function (ftrace then calls the trampoline itself)
+    direct: dict[int, int] = field(default_factory=dict)
 
 
 def livepatched(kernel: Kernel) -> dict[str, str]:
@@ -99,10 +102,11 @@ def _direct_owner(kernel: Kernel, owners: Owners, call: DirectCall) -> None:
         owners.ftrace.pop(address, None)
         return
     others = owners.ftrace.get(address, "")
-    kept = (
-        f"; beside it {others}" if others.startswith("ftrace ops") and _not_direct(others) else ""
-    )
-    owners.ftrace[address] = call.said + kept
+    if others.startswith("ftrace ops") and _not_direct(others):
+        owners.ftrace[address] = f"{call.said}; beside it {others}"
+        return
+    owners.ftrace[address] = call.said
+    owners.direct[address] = call.target
 
 
 def _not_direct(owner: str) -> bool:

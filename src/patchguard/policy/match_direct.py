@@ -43,8 +43,8 @@ def direct_verdict(call: DirectCall | None, live: Sequence[Request]) -> Verdict:
     """(the exception that covers every program the call's trampoline runs, or None and the
     differences of each exception that declares one of them)."""
     if call is None or not call.known:
-        said = "no direct call read from memory" if call is None else call.said
-        return None, [(r, [f"the direct call is {said}"]) for r in _declaring(call, live)]
+        said = "no direct call was read from memory" if call is None else call.said
+        return None, [(r, [f"unknown to bpf(2): {said}"]) for r in _declaring(call, live)]
     covering: Request | None = None
     for program in call.programs:
         request, diffs = _program_verdict(program, live)

@@ -19,6 +19,7 @@ from patchguard.integrity.owners import Owners, _direct_owner
 from patchguard.kernel import Kernel
 from patchguard.kernel.attribution import Attributor
 from patchguard.kernel.bpf.tramp_memory import TrampolineMemory
+from patchguard.kernel.ftrace_records import site_function
 from patchguard.kernel.kallsyms import AddressRange, SymbolTable
 from patchguard.policy.match_hooks import apply_hook_exceptions
 from patchguard.surfaces.bpf_trampolines import HiddenProgram, HiddenTrampoline, _direct_call
@@ -220,3 +221,15 @@ def test_another_callback_is_kept_beside_the_trampoline(tmp_path: Path) -> None:
     owners = Owners({SITE: beside}, frozenset(), {})
     _direct_owner(Kernel(tmp_path), owners, call())
     assert owners.ftrace[SITE].startswith(call().said) and beside in owners.ftrace[SITE]
+
+
+@pytest.mark.parametrize(
+    ("ip", "named"),
+    [
+        (SITE, ("__x64_sys_iopl", None)),
+        (SITE + 4, ("__x64_sys_iopl", None)),  # after its ENDBR64 (IBT), as on the lab's 6.12
+        (SITE + 8, ("__x64_sys_iopl+0x8", None)),
+    ],
+)
+def test_a_site_is_named_as_enabled_functions_names_it(ip: int, named: tuple[str, None]) -> None:
+    assert site_function(names(), ip) == named

@@ -24,7 +24,7 @@ from patchguard.kernel.bpf import syscall as bpf
 from patchguard.kernel.bpf.objects import PROG
 from patchguard.kernel.bpf.tramp_memory import Ksym, ProgInMemory, TrampolineMemory, offsets
 from patchguard.kernel.errors import KernelAccessError
-from patchguard.kernel.ftrace_records import variable_address
+from patchguard.kernel.ftrace_records import site_function, variable_address
 from patchguard.kernel.kallsyms import SymbolTable
 from patchguard.kernel.memory import KernelMemory
 from patchguard.surfaces.base import finding
@@ -295,21 +295,13 @@ def _direct_call(
     tramp: HiddenTrampoline | None,
     records: Mapping[int, tuple[BpfProgram, tuple[str, ...]]],
 ) -> DirectCall:
-    function, module = _site_function(names, ip)
+    function, module = site_function(names, ip)
     reached = names.name(target)
     if tramp is None:
         return DirectCall(function, module, target, reached)
     programs = tuple(_direct_program(p, records) for p in tramp.programs)
     known = _known(tramp, programs, function)
     return DirectCall(function, module, target, reached, _tramp_name(tramp), known, programs)
-
-
-def _site_function(names: Attributor, ip: int) -> tuple[str, str | None]:
-    """The function whose ftrace site `ip` is: at its start, or after its ENDBR64 (IBT)."""
-    loc = names.lookup(ip)
-    if loc is None or loc.offset not in (0, 4):
-        return names.name(ip), None
-    return loc.symbol.name, loc.symbol.module
 
 
 def _known(tramp: HiddenTrampoline, programs: tuple[DirectProgram, ...], function: str) -> bool:

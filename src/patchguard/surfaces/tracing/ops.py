@@ -25,6 +25,7 @@ from patchguard.kernel.ftrace_ops import (
     list_head,
     read_ops,
 )
+from patchguard.kernel.ftrace_records import site_function
 from patchguard.kernel.memory import KernelMemory
 from patchguard.kernel.proc_modules import function_name
 from patchguard.surfaces.base import finding
@@ -62,9 +63,11 @@ def collect_ops(r: Reading) -> None:
         r.gap("ftrace ops (ftrace_ops_list in kernel memory)", str(exc))
         return
     names = kernel.attributor()
+    # a traced ip is a function's ftrace site: after its ENDBR64 under IBT, named as
+    # enabled_functions names it (the function), not as vfs_read+0x4
     named = [
         NamedOps(
-            o, function_name(o.func, names), {ip: function_name(ip, names)[0] for ip in o.traced}
+            o, function_name(o.func, names), {ip: site_function(names, ip)[0] for ip in o.traced}
         )
         for o in ops
     ]

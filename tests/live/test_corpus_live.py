@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 from support.corpus import (
     MANIFESTS,
+    Doc,
     about,
     acting,
     allowed_and_named,
@@ -114,6 +115,7 @@ class Tracer:
     back: frozenset[str]
     refused: str | None = None  # why the kernel may refuse it (then a skip)
     markers: tuple[str, ...] = ()  # what names its hooks in findings beside its pid
+    direct_on: str | None = None  # the function its BPF trampoline is called on (fentry)
 
 
 SRE_PROBES = Tracer(
@@ -139,6 +141,7 @@ FENTRY = Tracer(
     frozenset({"sensitive-hook", "ftrace-hook-sensitive-function"}),
     refused="this kernel refuses fentry programs (the lab runs this member)",
     markers=("vfs_read",),
+    direct_on="vfs_read",
 )
 
 
@@ -167,6 +170,8 @@ def test_bpftrace_is_quiet_and_named_then_findings_once_expired(
     hooks = [f for f in about(allowed, set(), member.markers) if f["surface"] == "tracing"]
     assert all(f["disposition"] == "allowed" for f in hooks), hooks
     changes_explained(check, marker)
+    if member.direct_on is not None:
+        named_by_programs(allowed, check, member.direct_on, ids)
     back = acting(about(lapsed, set(programs_held_by(lapsed, pid)), marker))
     assert {f["technique"] for f in back} >= member.back, back
     assert not [f for f in about(lapsed, ids, marker) if f["disposition"] == "allowed"]
@@ -215,6 +220,26 @@ def test_runqlat_raw_tracepoints_are_quiet_and_named_then_back_to_unsanctioned_o
     assert not [f for f in back if f["disposition"] == "allowed"], back
     unsanctioned = about(bare, set(programs_held_by(bare, pid)), marker)
     assert {f["technique"] for f in acting(back)} == {f["technique"] for f in acting(unsanctioned)}
+
+
+def named_by_programs(allowed: Doc, check: Doc, function: str, ids: set[int]) -> None:
+    """The ftrace hook of a direct call is allowed as what the call reaches, read from memory:
+    a BPF trampoline running exactly the tracer's programs; check names that trampoline and
+    those programs as the site's owner, never ftrace's direct-call ops (call_direct_funcs)."""
+    hooks = [
+        f
+        for f in allowed["findings"]
+        if f["surface"] == "tracing" and f["evidence"].get("function") == function
+    ]
+    assert hooks, f"no ftrace hook on {function} in {allowed['findings']}"
+    for f in hooks:
+        ev = f["evidence"]
+        assert ev.get("direct_known") is True and set(ev["direct_prog_ids"]) == ids, ev
+        assert str(ev["direct_trampoline"]).startswith("bpf_trampoline_"), ev
+    owners = [str(f["evidence"]["owner"]) for f in changes_explained(check, (function,))]
+    direct = [o for o in owners if o.startswith("BPF trampoline ")]
+    assert direct and all(f"prog {i} " in o for o in direct for i in ids), owners
+    assert not [o for o in owners if "call_direct_funcs" in o], owners
 
 
 def test_tc_classifier_is_quiet_and_named_then_findings_once_expired(

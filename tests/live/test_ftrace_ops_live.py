@@ -8,7 +8,10 @@ from __future__ import annotations
 import pytest
 
 from patchguard.kernel import Kernel
+from patchguard.kernel.bpf import syscall as bpf
+from patchguard.kernel.bpf.objects import PROG
 from patchguard.kernel.ftrace_ops import direct_functions, layout, list_head, read_ops
+from patchguard.surfaces.bpf_trampolines import direct_calls
 from patchguard.surfaces.ftrace_sites import check_sites
 from patchguard.surfaces.reading import Reading
 from patchguard.surfaces.tracing.ops import collect_ops
@@ -39,3 +42,27 @@ def test_every_hidden_trampoline_is_a_direct_call_ftrace_records(kernel: Kernel)
     for site, tramp in hidden.items():
         assert direct.get(site) == tramp.address, hex(site)
         assert all(p.memory is not None and p.memory.prog_id for p in tramp.programs)
+
+
+def test_each_direct_call_is_named_by_what_it_reaches(kernel: Kernel) -> None:
+    """Every direct call ftrace records is named by the code at its target, read from memory:
+    a BPF trampoline with the programs it runs (bpf(2) listing each id, or said not to), and
+    the hidden trampolines of the agent here are never taken for known ones."""
+    memory = kernel.memory()
+    direct = direct_functions(kernel, memory, layout(kernel.vmlinux_btf))
+    if not any(direct.values()):
+        pytest.skip("no direct ftrace call on this kernel now")
+    calls = direct_calls(kernel, memory, direct)
+    assert len(calls) == sum(1 for t in direct.values() if t)
+    listed = set(bpf.next_ids(PROG.next_id_cmd, "PROG_GET_NEXT_ID"))
+    hidden = {
+        h.trampoline.address for h in check_sites(kernel, memory, b"", 0).hooks if h.trampoline
+    }
+    for call in calls:
+        assert call.target in direct.values()
+        assert all(p.listed == (p.prog_id in listed) for p in call.programs), call
+        if call.known:
+            assert call.trampoline and call.programs and set(call.prog_ids) <= listed, call
+            assert call.target not in hidden, call
+        if call.target in hidden:
+            assert call.trampoline is not None and not call.known, call

@@ -341,6 +341,34 @@ def test_ftrace_call_to_bpf_trampoline_with_a_live_owner_is_explained() -> None:
     assert "bpf_trampoline_6442450945+0x0 [bpf]" in verdict.explanation
 
 
+def test_a_direct_calls_site_must_call_the_trampoline_it_reaches() -> None:
+    """The owner of a direct call is the trampoline memory found at its target (owners.py):
+    the site calling another BPF trampoline is not explained by it."""
+    site = VFS_READ + 4
+    said = "BPF trampoline bpf_trampoline_6442450945 at 0xffffffffc0203000 running fentry prog 42"
+    owners, elsewhere = {VFS_READ: said}, BPF_TRAMPOLINE + 0x800
+    call = index(ftrace_owners=owners, ftrace_direct={VFS_READ: BPF_TRAMPOLINE})
+    calls = {"ftrace_trampolines": [BPF_TRAMPOLINE, elsewhere]}
+    ok = judge(site, x86.NOP5, jmp32(site, BPF_TRAMPOLINE, x86.CALL), call, before=x86.ENDBR64)
+    assert ok.explained and ok.owner == said
+    moved = index(ftrace_owners=owners, ftrace_direct={VFS_READ: BPF_TRAMPOLINE}, **calls)
+    bad = judge(site, x86.NOP5, jmp32(site, elsewhere, x86.CALL), moved, before=x86.ENDBR64)
+    assert not bad.explained and "which its direct call reaches" in bad.explanation
+    assert "bpf_trampoline_6442450945+0x0 [bpf]" in bad.explanation
+
+
+@pytest.mark.parametrize("sealed", [x86.ENDBR_POISON, x86.ENDBR_POISON_OSP], ids=["6.15", "6.12"])
+def test_the_ftrace_site_after_a_sealed_endbr_is_one(sealed: bytes) -> None:
+    """IBT seals the ENDBR64 of a function nothing calls indirectly; the lab's 6.12 with
+    `osp nopl (%rax)` (66 0f 1f 00), later kernels with `nopl -42(%rax)`: its ftrace site is
+    still the 5 bytes after it (seen in the lab: vfs_read under bpftrace's fentry)."""
+    site = VFS_READ + 4
+    owners = {VFS_READ: "BPF trampoline bpf_trampoline_6442450945 running fentry prog 42"}
+    new = jmp32(site, BPF_TRAMPOLINE, x86.CALL)
+    verdict = judge(site, x86.NOP5, new, index(ftrace_owners=owners), before=sealed)
+    assert verdict.explained and verdict.technique == "ftrace-site", verdict.explanation
+
+
 def test_ftrace_site_of_a_weak_function_is_one_too() -> None:
     # kallsyms types __weak functions W (seen in the lab: fentry on calibration_delay_done)
     weak = 0xFFFFFFFF81249A50

@@ -248,6 +248,7 @@ def site_index(path: Path, manifest: Manifest, owners: Owners, stale: set[str]) 
         ftrace_trampolines=owners.trampolines,
         kprobes=owners.kprobes,
         ftrace_callers=owners.callers,
+        ftrace_direct=owners.direct,
     )
 
 

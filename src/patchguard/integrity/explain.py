@@ -140,6 +140,9 @@ class SiteIndex:
         # function with several, or a registered ops' own function
         ftrace_callers: Mapping[int, Mapping[int, str]] | None = None,
         keys: KeyNamer | None = None,  # what the keys belong to; default PlainKeys
+        # function address -> the BPF trampoline its direct call reaches (owners.py): the one
+        # thing its ftrace site may call
+        ftrace_direct: Mapping[int, int] | None = None,
     ) -> None:
         self.keys = keys
         # Init sites are never patched after boot (jump_label_can_update(), static_call's
@@ -154,6 +157,7 @@ class SiteIndex:
         self.ftrace_owners = dict(ftrace_owners or {})
         self.ftrace_trampolines = frozenset(ftrace_trampolines)
         self.ftrace_callers = {a: dict(t) for a, t in (ftrace_callers or {}).items()}
+        self.ftrace_direct = dict(ftrace_direct or {})
 
     def jump_keys(self) -> list[int]:
         """The distinct static keys of the jump labels, in table order."""
@@ -375,6 +379,9 @@ def _ftrace(run: ChangedRun, view: _View, index: SiteIndex, symbols: Symbols) ->
     elif owner is None:
         owners = "ftrace ops, BPF link or livepatch"
         judged = _no(f"ftrace site calls {dest} but no {owners} owns this function")
+    elif (direct := index.ftrace_direct.get(func)) is not None and hop.dest != direct:
+        reached = _name(symbols, direct)
+        judged = _no(f"ftrace site calls {dest}, not {reached}, which its direct call reaches")
     else:
         judged = (True, f"ftrace site calls {dest} for {owner}", owner)
     return _verdict(site, old, new, judged, "ftrace-site", symbols)

@@ -17,11 +17,13 @@ from patchguard.kernel.tracepoints import tracepoint_of_event
 from patchguard.surfaces.ebpf import Attachment, BpfProgram, EbpfSurface, Owner
 from patchguard.surfaces.ftrace_sites import trampolines
 from patchguard.surfaces.tracing import FtraceHook, Kprobe, TracingSurface
+from patchguard.surfaces.tracing.records import DirectCall
 
 FTRACE_CALL_LABELS = ("ftrace_call", "ftrace_regs_call")  # inside ftrace_(regs_)caller
 FTRACE_DISPATCH = ("ftrace_stub", "arch_ftrace_ops_list_func", "ftrace_ops_list_func")
 KLP_HANDLER = "klp_ftrace_handler"
 KPROBE_FTRACE_HANDLER = "kprobe_ftrace_handler"
+DIRECT_HANDLER = "call_direct_funcs"  # ops->func of ftrace's direct-call ops
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,9 @@ class Owners:
     ipmodify_hooks: dict[int, str] = field(default_factory=dict)  # function -> module handler
     # tracepoint name -> the BPF programs attached to it, each said whole
     tracepoint_users: dict[str, list[str]] = field(default_factory=dict)
+    # function address -> the BPF trampoline its ftrace site must call: a direct call with no
+    # other callback on the function (ftrace then calls the trampoline itself)
+    direct: dict[int, int] = field(default_factory=dict)
 
 
 def livepatched(kernel: Kernel) -> dict[str, str]:
@@ -72,6 +77,8 @@ def current_owners(kernel: Kernel) -> tuple[Owners, list[Gap]]:
         _add_hook(kernel, owners, dispatch, patched, hook)
         if (said := on_ftrace.get((hook.function, hook.module))) is not None:
             _kprobe_behind(owners, kernel, hook, said)
+    for call in tracing.records.direct_calls:
+        _direct_owner(kernel, owners, call)
     for probe in probes:
         if probe.address and "FTRACE" not in probe.flags:
             # an [FTRACE] kprobe uses the function's ftrace site, owned through ftrace
@@ -81,6 +88,31 @@ def current_owners(kernel: Kernel) -> tuple[Owners, list[Gap]]:
         if (address := syms.address_of(label)) is not None:
             owners.callers[address] = dispatch
     return owners, [*ebpf.gaps, *tracing.gaps]
+
+
+def _direct_owner(kernel: Kernel, owners: Owners, call: DirectCall) -> None:
+    """A function's ftrace site owned through ftrace's direct-call ops is owned by what the
+    direct call reaches: the BPF trampoline there and every program it runs (not
+    call_direct_funcs, nor one of its links alone). A direct call to anything else, or to a
+    trampoline whose programs bpf(2) does not list, owns nothing: the change stays unexplained."""
+    address = kernel.kallsyms.address_of(call.function, call.module)
+    if address is None:
+        return
+    if not call.known:
+        owners.ftrace.pop(address, None)
+        return
+    others = owners.ftrace.get(address, "")
+    if others.startswith("ftrace ops") and _not_direct(others):
+        owners.ftrace[address] = f"{call.said}; beside it {others}"
+        return
+    owners.ftrace[address] = call.said
+    owners.direct[address] = call.target
+
+
+def _not_direct(owner: str) -> bool:
+    """An ftrace ops owner naming a handler other than the direct-call ops'."""
+    handlers = owner.removeprefix("ftrace ops (").removesuffix(")").split(", ")
+    return any(not h.startswith(DIRECT_HANDLER) for h in handlers)
 
 
 def _kprobe_behind(owners: Owners, kernel: Kernel, hook: FtraceHook, said: str) -> None:

@@ -25,6 +25,7 @@ from patchguard.kernel.memory import KERNEL_SPACE, KernelMemory, read_u32, read_
 
 if TYPE_CHECKING:
     from patchguard.kernel import Kernel
+    from patchguard.kernel.attribution import Attributor
 
 MAX_PAGES = 1 << 14  # a kernel has a few hundred ftrace pages; more is a loop or a misread
 MAX_RECORDS = 1 << 16  # records in one page group (order <= 6 pages of 16-byte records)
@@ -143,3 +144,12 @@ def sites_of(memory: KernelMemory, head: int, offsets: RecordLayout) -> Records:
         disabled += compress(ips, map(and_, flags, repeat(FL_DISABLED)))  # C speed: 48k records
         page = read_u64(memory, page + offsets.next)
     return Records(sites, frozenset(disabled))
+
+
+def site_function(names: Attributor, ip: int) -> tuple[str, str | None]:
+    """(function, module) whose ftrace site `ip` is: at its start, or after its ENDBR64 under
+    IBT (+0x4), named as enabled_functions prints it; else the address named by bounds."""
+    loc = names.lookup(ip)
+    if loc is None or loc.offset not in (0, 4):
+        return names.name(ip), None
+    return loc.symbol.name, loc.symbol.module

@@ -26,6 +26,7 @@ from patchguard.scan import Policy
 from patchguard.surfaces.base import AnyState
 from patchguard.surfaces.ebpf import NAME as EBPF
 from patchguard.surfaces.ebpf import BpfLink, BpfProgram, EbpfRecords
+from patchguard.surfaces.tracing.records import DirectCall
 
 # Helpers the verifier may replace with inline code, depending on the kernel's version and the
 # map's type (a per-CPU array lookup is inlined since 6.10): a declared one the program's
@@ -228,10 +229,21 @@ def exceptions_policy(live: Sequence[Request]) -> Policy:
             records = state.records
             typed = records if isinstance(records, EbpfRecords) else EbpfRecords.of(records)
             return apply_exceptions(findings, typed, live)
-        if state.surface in (TRACING, MODULES):
+        if state.surface == TRACING:
+            return apply_hook_exceptions(findings, live, direct=_direct_calls(state))
+        if state.surface == MODULES:
             return apply_hook_exceptions(findings, live)
         if state.surface == POSTURE:
             return apply_taint_exceptions(findings, live)
         return findings
 
     return policy
+
+
+def _direct_calls(state: AnyState) -> tuple[DirectCall, ...]:
+    """What the tracing surface read each direct ftrace call to reach."""
+    from patchguard.surfaces.tracing import TracingRecords
+
+    records = state.records
+    typed = records if isinstance(records, TracingRecords) else TracingRecords.of(records)
+    return typed.direct_calls

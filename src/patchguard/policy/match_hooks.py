@@ -36,6 +36,7 @@ from patchguard.policy.manifest import (
 )
 from patchguard.policy.rules import Request
 from patchguard.surfaces.tracing import symbol_module, symbol_name
+from patchguard.surfaces.tracing.records import DirectCall
 
 FTRACE_TECHNIQUES = frozenset(
     {"ftrace-ipmodify", "ftrace-hook-sensitive-function", "ftrace-direct-unaccounted"}
@@ -66,8 +67,14 @@ def modinfo_signer(module: str) -> str | None:
 
 
 def ftrace_differences(finding: Finding, declared: DeclaredFtrace) -> list[str]:
-    owners = finding.evidence.get("owners")
-    callbacks = [o for o in owners if isinstance(o, str)] if isinstance(owners, list) else []
+    """What of the hook's callbacks the declaration does not name. The direct-call ops'
+    callback is not compared: what its call reaches is (policy/match_direct.py)."""
+    from patchguard.policy.match_direct import direct_handlers
+
+    direct, callbacks = direct_handlers(finding)
+    if direct and not callbacks:
+        return [f"{declared.owner} is no owner to declare: a direct call is sanctioned by the "
+                "[[bpf_program]] entries of what it reaches"]  # fmt: skip
     if not callbacks:
         return ["enabled_functions names no callback to compare"]
     return [
@@ -139,11 +146,18 @@ def _taints(findings: Sequence[Finding]) -> dict[str, set[str]]:
     return found
 
 
+Verdict = tuple[Request | None, list[tuple[Request, list[str]]]]
+
+
 def apply_hook_exceptions(
-    findings: Sequence[Finding], live: Sequence[Request], signer: Signer = modinfo_signer
+    findings: Sequence[Finding],
+    live: Sequence[Request],
+    signer: Signer = modinfo_signer,
+    direct: Sequence[DirectCall] = (),
 ) -> list[Finding]:
     """`findings` of the tracing and modules surfaces with those an exception in force covers
-    allowed, and an `exception-mismatch` after each one whose declaration it differs from."""
+    allowed, and an `exception-mismatch` after each one whose declaration it differs from.
+    `direct`: what each direct ftrace call reaches, read from memory (the tracing records)."""
     taints = _taints(findings)
     signers: dict[str, str | None] = {}
 
@@ -155,17 +169,7 @@ def apply_hook_exceptions(
     out: list[Finding] = []
     said: set[tuple[int, str]] = set()  # one mismatch per exception and subject
     for finding in findings:
-        mismatches: list[tuple[Request, list[str]]] = []
-        covering = None
-        for request in live:
-            for declared in _declared(request.manifest, finding):
-                diff = _differences(finding, declared, cached_signer, taints)
-                if not diff:
-                    covering = request
-                    break
-                mismatches.append((request, diff))
-            if covering is not None:
-                break
+        covering, mismatches = _verdict(finding, live, cached_signer, taints, direct)
         if covering is not None:
             out.append(allowed_by(finding, covering))
             continue
@@ -175,6 +179,47 @@ def apply_hook_exceptions(
                 said.add((request.id, finding.subject))
                 out.append(_mismatch(finding, request, diff))
     return out
+
+
+def _verdict(
+    finding: Finding,
+    live: Sequence[Request],
+    signer: Signer,
+    taints: dict[str, set[str]],
+    calls: Sequence[DirectCall],
+) -> Verdict:
+    """The exception covering the finding, or the mismatches of those declaring its subject. A
+    hook with ftrace's direct-call ops on it is covered only where what the call reaches is
+    (policy/match_direct.py), and any other callback on it by an [[ftrace]] declaration."""
+    if finding.technique not in FTRACE_TECHNIQUES:
+        return _declared_verdict(finding, live, signer, taints)
+    from patchguard.policy.match_direct import direct_handlers, direct_verdict, the_call
+
+    direct, others = direct_handlers(finding)
+    if not direct:
+        return _declared_verdict(finding, live, signer, taints)
+    by_programs, mismatches = direct_verdict(the_call(finding, calls), live)
+    if not others:
+        return by_programs, mismatches
+    by_ftrace, more = _declared_verdict(finding, live, signer, taints)
+    if by_programs is None or by_ftrace is None:
+        return None, mismatches + more
+    return by_ftrace, []
+
+
+def _declared_verdict(
+    finding: Finding, live: Sequence[Request], signer: Signer, taints: dict[str, set[str]]
+) -> Verdict:
+    """The first exception with a declaration the finding matches exactly, or None and the
+    differences of each declaration of its subject."""
+    mismatches: list[tuple[Request, list[str]]] = []
+    for request in live:
+        for declared in _declared(request.manifest, finding):
+            diff = _differences(finding, declared, signer, taints)
+            if not diff:
+                return request, []
+            mismatches.append((request, diff))
+    return None, mismatches
 
 
 def _differences(

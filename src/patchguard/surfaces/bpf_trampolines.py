@@ -13,21 +13,24 @@ bpf(2) are a rootkit's work, or an agent outside patchguard's view: critical eit
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from patchguard.findings import Disposition, Finding
 from patchguard.kernel import Kernel
+from patchguard.kernel.attribution import Attributor
 from patchguard.kernel.bpf import syscall as bpf
 from patchguard.kernel.bpf.objects import PROG
 from patchguard.kernel.bpf.tramp_memory import Ksym, ProgInMemory, TrampolineMemory, offsets
 from patchguard.kernel.errors import KernelAccessError
-from patchguard.kernel.ftrace_records import variable_address
+from patchguard.kernel.ftrace_records import site_function, variable_address
 from patchguard.kernel.kallsyms import SymbolTable
 from patchguard.kernel.memory import KernelMemory
 from patchguard.kernel.page_cache import PageCache
 from patchguard.surfaces.base import finding
+from patchguard.surfaces.ebpf.records import BpfLink, BpfProgram
+from patchguard.surfaces.tracing.records import DirectCall, DirectProgram
 from patchguard.text import visible
 from patchguard.x86 import bpf_trampoline as shape
 
@@ -272,3 +275,79 @@ def _program_evidence(progs: tuple[HiddenProgram, ...]) -> dict[str, list[str] |
             visible(m.ksym.name) for m in read if m.ksym and m.ksym.listed
         ],
     }
+
+
+# --- what a direct ftrace call reaches ----------------------------------------------------------
+
+
+def direct_calls(
+    kernel: Kernel, memory: KernelMemory, current: Mapping[int, int]
+) -> list[DirectCall]:
+    """What each direct call ftrace's direct_functions records (`current`: site -> target)
+    reaches: the BPF trampoline there and the programs it runs, named from memory and held
+    against bpf(2), or the code of no trampoline."""
+    wanted = {ip: t for ip, t in current.items() if t}
+    tramps = identify(kernel, memory, wanted.values()) if wanted else {}
+    programs = _bpf_records(kernel, tramps.values())
+    names = kernel.attributor()
+    return [_direct_call(names, ip, t, tramps.get(t), programs) for ip, t in wanted.items()]
+
+
+def _direct_call(
+    names: Attributor,
+    ip: int,
+    target: int,
+    tramp: HiddenTrampoline | None,
+    records: Mapping[int, tuple[BpfProgram, tuple[str, ...]]],
+) -> DirectCall:
+    function, module = site_function(names, ip)
+    reached = names.name(target)
+    if tramp is None:
+        return DirectCall(function, module, target, reached)
+    programs = tuple(_direct_program(p, records) for p in tramp.programs)
+    known = _known(tramp, programs, function)
+    return DirectCall(function, module, target, reached, _tramp_name(tramp), known, programs)
+
+
+def _known(tramp: HiddenTrampoline, programs: tuple[DirectProgram, ...], function: str) -> bool:
+    """A trampoline the BPF subsystem holds (on the kernel's bpf_kallsyms list and shown by
+    /proc/kallsyms), each of whose programs bpf(2) lists and was verified for `function`."""
+    listed = tramp.in_kallsyms and (tramp.ksym is None or tramp.ksym.listed)
+    return (
+        listed
+        and bool(programs)
+        and all(p.listed and p.record is not None and p.attach_to == function for p in programs)
+    )
+
+
+def _direct_program(
+    p: HiddenProgram, records: Mapping[int, tuple[BpfProgram, tuple[str, ...]]]
+) -> DirectProgram:
+    m = p.memory
+    if m is None:
+        return DirectProgram(p.prog, None, "", "", p.attach, None, False)
+    record, pins = records.get(m.prog_id, (None, ())) if p.in_bpf else (None, ())
+    return DirectProgram(p.prog, m.prog_id, m.name, m.tag, p.attach, m.attach_to, p.in_bpf,
+                         record, pins)  # fmt: skip
+
+
+def _bpf_records(
+    kernel: Kernel, tramps: Iterable[HiddenTrampoline]
+) -> dict[int, tuple[BpfProgram, tuple[str, ...]]]:
+    """prog id -> (the ebpf surface's record, the bpffs paths keeping it or its links) of the
+    listed programs the trampolines run: what a [[bpf_program]] entry is matched against. Read
+    only where there is such a program (the ebpf surface reads every object)."""
+    ids = {p.memory.prog_id for t in tramps for p in t.programs if p.memory and p.in_bpf}
+    if not ids:
+        return {}
+    from patchguard.surfaces.ebpf import EbpfSurface
+
+    records = EbpfSurface().collect(kernel).records
+    return {p.prog_id: (p, _pins(p, records.links)) for p in records.programs if p.prog_id in ids}
+
+
+def _pins(prog: BpfProgram, links: Iterable[BpfLink]) -> tuple[str, ...]:
+    """Every bpffs path that keeps `prog` alive: its own pins and those of its links."""
+    ids = {a.link_id for a in prog.attachments if a.link_id is not None}
+    found = set(prog.pins) | {p for link in links if link.link_id in ids for p in link.pins}
+    return tuple(sorted(found))

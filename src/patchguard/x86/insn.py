@@ -15,7 +15,9 @@ NOP2 = bytes.fromhex("6690")  # x86_nops[2]: osp nop
 NOP5 = bytes.fromhex("0f1f440000")  # x86_nops[5]: nopl 0x0(%rax,%rax,1)
 ENDBR64 = bytes.fromhex("f30f1efa")
 ENDBR_POISON = bytes.fromhex("0f1f40d6")  # nopl -42(%rax): an ENDBR64 sealed at boot (IBT)
-ENDBRS = (ENDBR64, ENDBR_POISON)
+# osp nopl (%rax): what earlier kernels seal an ENDBR64 with (the lab's 6.12: vfs_read's start)
+ENDBR_POISON_OSP = bytes.fromhex("660f1f00")
+ENDBRS = (ENDBR64, ENDBR_POISON, ENDBR_POISON_OSP)
 TRAMP_UD = bytes.fromhex("0fb9cc")  # ud1 %esp,%ecx: the signature after a static call trampoline
 # A static call site of __static_call_return0 is inlined as a 5-byte "return 0":
 # "cs cs cs xorl %eax,%eax" since 6.1, "data16 data16 xorq %rax,%rax" before.

@@ -44,6 +44,8 @@ MODULES_OPS = ("pg_ops_filter", "pg_mod_hide", "pg_sysfs_removed")
 MODULES_TP = ("pg_tp_probe",)
 # the truth corpus's boot (test_lab_corpus.py): a live patch as a distribution ships one
 MODULES_CORPUS = ("pg_klp_version",)
+# the direct call boot (direct_call_checks.py): a direct ftrace call to code of a module
+MODULES_DIRECT = ("pg_direct_call",)
 ALL_MODULES = (
     MODULES
     + MODULES2
@@ -54,6 +56,7 @@ ALL_MODULES = (
     + MODULES_OPS
     + MODULES_TP
     + MODULES_CORPUS
+    + MODULES_DIRECT
 )
 COMPILER = "gcc-12"  # what Debian's 6.1 kernels are built with (linux-compiler-gcc-12-x86)
 STALE_AFTER = 86400.0  # seconds

@@ -8,7 +8,13 @@ from patchguard.kernel.livepatch import Livepatched
 from patchguard.surfaces.base import finding
 from patchguard.surfaces.ebpf.assess import visible
 from patchguard.surfaces.tracing.paths import GLOBAL_TRACER_FUNCTIONS, NAME, ROOTKIT
-from patchguard.surfaces.tracing.records import DynamicEvent, FtraceHook, Kprobe, TracingRecords
+from patchguard.surfaces.tracing.records import (
+    DirectCall,
+    DynamicEvent,
+    FtraceHook,
+    Kprobe,
+    TracingRecords,
+)
 from patchguard.surfaces.tracing.sensitive import (
     KLP_HANDLER,
     KPROBE_HANDLER,
@@ -20,7 +26,10 @@ from patchguard.surfaces.tracing.sensitive import (
 # --- assess -------------------------------------------------------------------------------------
 
 
-def _hook_evidence(hook: FtraceHook) -> dict[str, str | int | bool | list[str] | None]:
+HookEvidence = dict[str, str | int | bool | list[str] | list[int] | None]
+
+
+def _hook_evidence(hook: FtraceHook, call: DirectCall | None = None) -> HookEvidence:
     return {
         "function": hook.function,
         "module": hook.module,
@@ -29,6 +38,20 @@ def _hook_evidence(hook: FtraceHook) -> dict[str, str | int | bool | list[str] |
         "owners": list(hook.owners),
         "trampolines": [cb.address for cb in hook.callbacks if cb.via == "tramp"],
         "direct": hook.direct,
+        **(_direct_evidence(call) if call is not None else {}),
+    }
+
+
+def _direct_evidence(call: DirectCall) -> HookEvidence:
+    """What the direct call reaches, read from memory: the owner a [[bpf_program]] entry
+    sanctions (policy/match_direct.py)."""
+    return {
+        "direct_target": f"{call.target:#x}",
+        "direct_reaches": visible(call.target_name),
+        "direct_trampoline": visible(call.trampoline) if call.trampoline else None,
+        "direct_known": call.known,
+        "direct_prog_ids": call.prog_ids,
+        "direct_programs": [p.said for p in call.programs],
     }
 
 
@@ -51,7 +74,7 @@ def _kprobe_site(hook: FtraceHook, probed: set[str]) -> bool:
     return owners == {KPROBE_HANDLER} and hook.function in probed
 
 
-def _ipmodify(hook: FtraceHook) -> Finding:
+def _ipmodify(hook: FtraceHook, call: DirectCall | None) -> Finding:
     owners = ", ".join(hook.owners) or "an unnamed ops"
     return finding(
         NAME,
@@ -59,23 +82,33 @@ def _ipmodify(hook: FtraceHook) -> Finding:
         _subject(hook.function, hook.module),
         f"An ftrace callback ({owners}) may change where {hook.function} returns to "
         "(IPMODIFY): the way loadable rootkits replace kernel functions; livepatch does it too.",
-        {**_hook_evidence(hook), "category": sensitive_category(hook.function)},
+        {**_hook_evidence(hook, call), "category": sensitive_category(hook.function)},
     )
 
 
-def _direct_unaccounted(hook: FtraceHook) -> Finding:
+def _direct_unaccounted(hook: FtraceHook, call: DirectCall | None) -> Finding:
     target = hook.direct or "a target ftrace could not name"
+    if call is not None:  # named from memory: by bounds, and by the trampoline's programs
+        target = call.said
     return finding(
         NAME,
         "ftrace-direct-unaccounted",
         _subject(hook.function, hook.module),
         f"{hook.function} calls {target} directly from its ftrace site, and no BPF trampoline "
-        "accounts for it.",
-        _hook_evidence(hook),
+        "that bpf(2) and the kernel's BPF symbols know accounts for it.",
+        _hook_evidence(hook, call),
     )
 
 
-def _sensitive_hook(hook: FtraceHook, category: str) -> Finding:
+def _unaccounted(hook: FtraceHook, call: DirectCall | None) -> bool:
+    """A direct call that no known BPF trampoline accounts for: read from memory where it
+    could be (its code and programs), else by the name enabled_functions prints."""
+    if not hook.direct_call:
+        return False
+    return not call.known if call is not None else not _bpf_trampoline(hook.direct)
+
+
+def _sensitive_hook(hook: FtraceHook, category: str, call: DirectCall | None) -> Finding:
     kprobe_owned = {symbol_name(o) for o in hook.owners} == {KPROBE_HANDLER}
     unlisted = " (a kprobe handler, yet kprobes/list shows no kprobe there)" if kprobe_owned else ""
     return finding(
@@ -84,7 +117,7 @@ def _sensitive_hook(hook: FtraceHook, category: str) -> Finding:
         _subject(hook.function, hook.module),
         f"ftrace hooks {hook.function} ({category}){unlisted}: a callback sees or changes every "
         "call, the place rootkits hook to hide and to raise privileges.",
-        {**_hook_evidence(hook), "category": category},
+        {**_hook_evidence(hook, call), "category": category},
         severity=Severity.HIGH if category in ROOTKIT_ONLY else Severity.MEDIUM,
     )
 
@@ -104,26 +137,40 @@ def _livepatch(hook: FtraceHook, patch: Livepatched) -> Finding:
 
 
 def _assess_hook(
-    hook: FtraceHook, per_function: bool, probed: set[str], patched: dict[str, Livepatched]
+    hook: FtraceHook,
+    per_function: bool,
+    probed: set[str],
+    patched: dict[str, Livepatched],
+    call: DirectCall | None = None,
 ) -> list[Finding]:
     patch = patched.get(hook.function)
     if patch is not None and {symbol_name(o) for o in hook.owners} == {KLP_HANDLER}:
         return [_livepatch(hook, patch)]
-    found = [_ipmodify(hook)] if hook.ipmodify else []
-    if hook.direct_call and not _bpf_trampoline(hook.direct):
-        found.append(_direct_unaccounted(hook))
+    found = [_ipmodify(hook, call)] if hook.ipmodify else []
+    if _unaccounted(hook, call):
+        found.append(_direct_unaccounted(hook, call))
     category = sensitive_category(hook.function)
     # IPMODIFY already says more; a kprobe's own site is assessed with the kprobe.
     if category and not hook.ipmodify and per_function and not _kprobe_site(hook, probed):
-        found.append(_sensitive_hook(hook, category))
+        found.append(_sensitive_hook(hook, category, call))
     return found
 
 
 def _assess_ftrace(
-    hooks: list[FtraceHook], probed: set[str], patched: dict[str, Livepatched]
+    hooks: list[FtraceHook],
+    probed: set[str],
+    patched: dict[str, Livepatched],
+    calls: tuple[DirectCall, ...] = (),
 ) -> list[Finding]:
     per_function = len(hooks) <= GLOBAL_TRACER_FUNCTIONS
-    found = [f for hook in hooks for f in _assess_hook(hook, per_function, probed, patched)]
+    by_function = {(c.function, c.module): c for c in calls}
+    found = [
+        f
+        for hook in hooks
+        for f in _assess_hook(
+            hook, per_function, probed, patched, by_function.get((hook.function, hook.module))
+        )
+    ]
     if not per_function:
         found.append(
             finding(
@@ -246,7 +293,7 @@ def _assess_event(event: DynamicEvent) -> list[Finding]:
 def assess_records(records: TracingRecords) -> list[Finding]:
     probed = {p.symbol for p in records.kprobes if p.symbol and "FTRACE" in p.flags}
     patched = {p.function: p for p in records.livepatched}
-    found = _assess_ftrace(list(records.ftrace_hooks), probed, patched)
+    found = _assess_ftrace(list(records.ftrace_hooks), probed, patched, records.direct_calls)
     found += [f for probe in records.kprobes for f in _assess_kprobe(probe)]
     found += [f for event in records.events for f in _assess_event(event)]
     return found

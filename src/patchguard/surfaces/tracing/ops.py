@@ -25,6 +25,7 @@ from patchguard.kernel.ftrace_ops import (
     list_head,
     read_ops,
 )
+from patchguard.kernel.ftrace_records import site_function
 from patchguard.kernel.memory import KernelMemory
 from patchguard.kernel.page_cache import PageCache
 from patchguard.kernel.proc_modules import function_name
@@ -66,9 +67,11 @@ def collect_ops(r: Reading) -> None:
         r.gap("ftrace ops (ftrace_ops_list in kernel memory)", str(exc))
         return
     names = kernel.attributor()
+    # a traced ip is a function's ftrace site: after its ENDBR64 under IBT, named as
+    # enabled_functions names it (the function), not as vfs_read+0x4
     named = [
         NamedOps(
-            o, function_name(o.func, names), {ip: function_name(ip, names)[0] for ip in o.traced}
+            o, function_name(o.func, names), {ip: site_function(names, ip)[0] for ip in o.traced}
         )
         for o in ops
     ]
@@ -80,6 +83,20 @@ def collect_ops(r: Reading) -> None:
         r.gap("ftrace direct calls (direct_functions in kernel memory)", str(exc))
         return
     r.records.extend(direct_mismatches(memory, named, current))
+    _collect_direct(r, memory, current)
+
+
+def _collect_direct(r: Reading, memory: KernelMemory, current: dict[int, int]) -> None:
+    """What each direct call reaches (surfaces/bpf_trampolines.py): its owner is the BPF
+    trampoline and programs there, never ftrace's direct-call ops (call_direct_funcs) alone."""
+    if not any(current.values()):
+        return
+    from patchguard.surfaces.bpf_trampolines import direct_calls
+
+    try:
+        r.records.extend(direct_calls(r.kernel, memory, current))
+    except KernelAccessError as exc:
+        r.gap("what ftrace's direct calls reach (BPF trampolines in kernel memory)", str(exc))
 
 
 def _shown(r: Reading) -> frozenset[str] | None:

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 from patchguard.kernel.livepatch import Livepatched
 from patchguard.surfaces.base import RecordSet
+from patchguard.surfaces.ebpf.records import BpfProgram
 from patchguard.surfaces.ebpf.uprobes import ProbedSite, SecretHit
+from patchguard.text import visible
 
 USER_PROBES = ("uprobe", "uretprobe")
 
@@ -126,6 +128,59 @@ class DirectMismatch:
 
 
 @dataclass(frozen=True)
+class DirectProgram:
+    """One program the BPF trampoline of a direct call runs, as memory names it, and the ebpf
+    surface's record of it (None: bpf(2) does not list its id, or its struct was unreadable)."""
+
+    struct: int  # its struct bpf_prog
+    prog_id: int | None  # None: the struct could not be read
+    name: str
+    tag: str
+    attach: str  # fentry or fexit: before or after the traced function
+    attach_to: str | None  # the function it was verified for (prog->aux->attach_func_name)
+    listed: bool  # bpf(2) lists its id
+    record: BpfProgram | None = None
+    pins: tuple[str, ...] = ()  # bpffs paths that keep it or its links alive
+
+    @property
+    def said(self) -> str:
+        if self.prog_id is None:
+            return f"{self.attach} program struct bpf_prog {self.struct:#x} (unreadable)"
+        on = f" on {visible(self.attach_to)}" if self.attach_to else ""
+        unlisted = "" if self.listed else ", which bpf(2) does not list"
+        named = f"{self.attach} prog {self.prog_id} {visible(self.name)!r}"
+        return f"{named} (tag {self.tag}{on}{unlisted})"
+
+
+@dataclass(frozen=True)
+class DirectCall:
+    """A function whose ftrace site ftrace's direct_functions sends to a direct target, and what
+    memory finds there: a BPF trampoline and its programs, or code of no trampoline."""
+
+    function: str
+    module: str | None
+    target: int
+    target_name: str  # named by bounds: a [bpf] symbol, a module's, or memory of no module
+    trampoline: str | None = None  # its symbol, where the code there is a BPF trampoline
+    # a BPF trampoline the kernel's BPF symbol list and /proc/kallsyms hold, each of whose
+    # programs bpf(2) lists: the only direct call a [[bpf_program]] entry can sanction
+    known: bool = False
+    programs: tuple[DirectProgram, ...] = ()
+
+    @property
+    def prog_ids(self) -> list[int]:
+        return [p.prog_id for p in self.programs if p.prog_id is not None]
+
+    @property
+    def said(self) -> str:
+        """Its owner said whole: the trampoline and each program it runs."""
+        if self.trampoline is None:
+            return f"a direct call to {visible(self.target_name)}, which is no BPF trampoline"
+        runs = ", ".join(p.said for p in self.programs)
+        return f"BPF trampoline {visible(self.trampoline)} at {self.target:#x} running {runs}"
+
+
+@dataclass(frozen=True)
 class TracepointProbe:
     """One probe registered on a tracepoint (`struct tracepoint_func`), as memory holds it,
     its callback named by bounds (kernel/attribution.py) and its data by what it points at."""
@@ -154,5 +209,6 @@ class TracingRecords(RecordSet):
     events: tuple[DynamicEvent, ...] = ()
     ops: tuple[OpsRecord, ...] = ()
     direct_mismatches: tuple[DirectMismatch, ...] = ()
+    direct_calls: tuple[DirectCall, ...] = ()
     livepatched: tuple[Livepatched, ...] = ()
     tracepoint_probes: tuple[TracepointProbe, ...] = ()

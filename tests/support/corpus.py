@@ -203,6 +203,8 @@ def loader_release(manifest: Path) -> str:
     sha256; when it matches none, a failure that says which pin went stale: the package
     version installed here, its hash, and the line to add once it is reviewed."""
     (loader,) = {p.loader for p in load_manifest(manifest).bpf_programs if p.loader}
+    if not Path(loader.path).is_file():
+        pytest.fail(f"{loader.path} is not installed: scripts/setup --dev installs it")
     digest = hashlib.sha256(Path(loader.path).read_bytes()).hexdigest()
     pins = loader.releases or (("(one build)", loader.sha256),)
     for release, pinned in pins:

@@ -2,10 +2,10 @@
 in one run: direct_calls() alone (each target's code recognised as a BPF trampoline or not, its
 programs read from memory and held against bpf(2)), against the tracing surface's whole collect
 (which now includes it), each in a look of its own (Kernel.end_look before every round); and
-the tracing surface in a look where kernel_text's ftrace sites have already identified those
-trampolines, as in a scan (each is read and decoded once a look). CPU medians beside wall
-medians: on a loaded machine CPU time says what wall time cannot. On the 6.18 VMs the agent's
-~80 hidden trampolines are what is read.
+the tracing surface in a look where the kernel_text surface (untimed) has already identified
+those trampolines at its ftrace sites, as in a scan (each is read and decoded once a look).
+CPU medians beside wall medians: on a loaded machine CPU time says what wall time cannot. On
+the 6.18 VMs the agent's ~80 hidden trampolines are what is read.
 Run as root: .venv/bin/python bench/direct_calls.py [--rounds N]
 """
 
@@ -20,7 +20,8 @@ from timing import cpu_seconds, load_note
 
 from patchguard.kernel import Kernel
 from patchguard.kernel.ftrace_ops import direct_functions, layout
-from patchguard.surfaces.bpf_trampolines import direct_calls, identify
+from patchguard.surfaces.bpf_trampolines import direct_calls
+from patchguard.surfaces.kernel_text import KernelTextSurface
 from patchguard.surfaces.tracing import TracingSurface
 
 
@@ -48,7 +49,6 @@ def main() -> None:
         kernel.attributor()  # shared by every surface in a scan: built once, not timed here
         memory = kernel.memory()
         current = direct_functions(kernel, memory, layout(kernel.vmlinux_btf))
-        targets = {t for t in current.values() if t}
         print(f"direct calls: {sum(1 for t in current.values() if t)}")
 
         def nothing() -> None:
@@ -60,8 +60,8 @@ def main() -> None:
         def surface() -> None:
             TracingSurface().collect(kernel)
 
-        def sites_first() -> None:  # what kernel_text's ftrace sites ask of the same targets
-            identify(kernel, memory, targets)
+        def sites_first() -> None:  # its ftrace sites reach the same trampolines
+            KernelTextSurface().collect(kernel)
 
         alone = in_new_looks(kernel, nothing, reach, rounds)
         whole = in_new_looks(kernel, nothing, surface, rounds)

@@ -11,7 +11,8 @@ from patchguard.kernel import Kernel
 from patchguard.kernel.bpf import syscall as bpf
 from patchguard.kernel.bpf.objects import PROG
 from patchguard.kernel.ftrace_ops import direct_functions, layout, list_head, read_ops
-from patchguard.surfaces.bpf_trampolines import direct_calls
+from patchguard.kernel.memory import KernelMemory
+from patchguard.surfaces.bpf_trampolines import HiddenTrampoline, direct_calls, identify
 from patchguard.surfaces.ftrace_sites import check_sites
 from patchguard.surfaces.reading import Reading
 from patchguard.surfaces.tracing.ops import collect_ops
@@ -66,3 +67,44 @@ def test_each_direct_call_is_named_by_what_it_reaches(kernel: Kernel) -> None:
             assert call.target not in hidden, call
         if call.target in hidden:
             assert call.trampoline is not None and not call.known, call
+
+
+class _Counted:
+    """The real reader, with its reads counted."""
+
+    def __init__(self, memory: KernelMemory) -> None:
+        self.memory, self.name, self.reads = memory, memory.name, 0
+
+    def read(self, address: int, size: int) -> bytes:
+        self.reads += 1
+        return self.memory.read(address, size)
+
+    def close(self) -> None:
+        self.memory.close()
+
+
+def _programs(tramps: dict[int, HiddenTrampoline]) -> dict[int, tuple[int, ...]]:
+    """Each trampoline's struct bpf_progs: what another look of the same agent finds again
+    (the bpf_kallsyms list's counts move with other processes' programs)."""
+    return {t: tuple(p.prog for p in h.programs) for t, h in tramps.items()}
+
+
+def test_a_look_reads_each_trampoline_once(kernel: Kernel) -> None:
+    """kernel_text's ftrace sites and tracing's direct calls reach the same trampolines: the
+    second to ask in a look reads no memory and gets what the first found; a new look reads
+    memory again."""
+    memory = kernel.memory()
+    targets = [t for t in direct_functions(kernel, memory, layout(kernel.vmlinux_btf)).values()]
+    targets = sorted({t for t in targets if t})
+    if len(targets) < 2:
+        pytest.skip("fewer than two direct ftrace calls on this kernel now")
+    half, first, second, again = (_Counted(memory) for _ in range(4))
+    some = identify(kernel, half, targets[: len(targets) // 2])
+    found = identify(kernel, first, targets)
+    assert first.reads > 0 and half.reads > 0
+    assert {t: found[t] for t in some} == some  # the half already read is not read again
+    assert identify(kernel, second, targets) == found and second.reads == 0
+    kernel.end_look()
+    fresh = identify(kernel, again, targets)
+    assert again.reads > first.reads  # all of them read again, in one go
+    assert _programs(fresh) == _programs(found)

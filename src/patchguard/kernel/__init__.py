@@ -44,6 +44,9 @@ class Kernel:
         # refresh() keeps it (the guard's trigger looks then need no kallsyms read).
         self.helper_names: dict[int, str] = {}
         self._attributor: Attributor | None = None
+        # What one look decoded from memory, by its holder's class (per_look); end_look()
+        # drops it, so the next look reads memory afresh.
+        self._look: dict[type, object] = {}
         # Surfaces are collected in parallel: what they share is loaded once, under this lock.
         self._lock = threading.RLock()
 
@@ -212,11 +215,28 @@ class Kernel:
         # A split BTF resolves vmlinux ids too: only its own ids are the module's functions.
         return f"{func} [{name}]" if func and type_id >= module_btf.start_id else func
 
+    def per_look(self, kind: type[_T]) -> _T:
+        """The one `kind()` of this look, made at its first use: what two surfaces of a scan
+        would otherwise each read and decode from memory (the BPF trampolines that both
+        kernel_text's ftrace sites and tracing's direct calls reach)."""
+        with self._lock:
+            held = self._look.get(kind)
+            if not isinstance(held, kind):
+                held = self._look[kind] = kind()
+            return held
+
+    def end_look(self) -> None:
+        """Drop what this look decoded from memory: a handle kept for another look (the
+        guard's next sweep, a bench's next round) reads memory afresh."""
+        with self._lock:
+            self._look.clear()
+
     def refresh(self) -> None:
         """Forget what changes while the kernel runs: kallsyms (modules, BPF programs and
         trampolines come and go with their symbols) and the BTF objects of modules. A handle
         kept across sweeps (the guard) calls this before each one, or a trampoline created
         since would be code no symbol names. vmlinux BTF and the memory reader stay."""
+        self.end_look()
         with self._lock:
             self._kallsyms = None
             self._attributor = None
@@ -251,6 +271,7 @@ class Kernel:
         return self._memory
 
     def close(self) -> None:
+        self.end_look()
         if self._symbolizer is not None:
             self._symbolizer.close()
             self._symbolizer = None

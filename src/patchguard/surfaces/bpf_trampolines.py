@@ -13,6 +13,7 @@ bpf(2) are a rootkit's work, or an agent outside patchguard's view: critical eit
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -64,13 +65,37 @@ class HiddenTrampoline:
     list_name: str | None = None  # the name that list gives the trampoline's start
 
 
+class Identified:
+    """What one look found at each target: its trampoline, or None where the code is none.
+    kernel_text's ftrace sites and tracing's direct calls reach the same ~80 trampolines of
+    an agent here; each is read and decoded once a look (~20 ms), by whichever surface asks
+    first, while the other waits on the lock rather than decode them too."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.found: dict[int, HiddenTrampoline | None] = {}
+
+
 def identify(
     kernel: Kernel, memory: KernelMemory, targets: Iterable[int]
 ) -> dict[int, HiddenTrampoline]:
-    """The targets that are BPF trampolines, each with its programs and their views."""
+    """The targets that are BPF trampolines, each with its programs and their views, read
+    once a look (Kernel.per_look): `memory` must be the kernel's own reader."""
     targets = set(targets)
     if not targets:
         return {}  # a clean kernel: no helper search of kallsyms (~6 ms)
+    known = kernel.per_look(Identified)
+    with known.lock:
+        new = targets - known.found.keys()
+        if new:
+            fresh = _identify(kernel, memory, new)
+            known.found.update((t, fresh.get(t)) for t in new)
+        return {t: h for t in targets if (h := known.found[t]) is not None}
+
+
+def _identify(
+    kernel: Kernel, memory: KernelMemory, targets: set[int]
+) -> dict[int, HiddenTrampoline]:
     symbols = kernel.kallsyms
     memory = PageCache(memory)  # ~1,800 small reads in ~220 pages: one bpf(2) run a page
     helpers = shape.helper_addresses(trampoline_helpers(symbols))

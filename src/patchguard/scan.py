@@ -118,6 +118,7 @@ def run_scan(
     that may not, the guard's trigger checks, leaves it to whoever asks)."""
     started = datetime.now(UTC)
     t0 = time.perf_counter()
+    kernel.end_look()  # a scan is one look: nothing an earlier one decoded is served again
     if any(s.name == "modules" for s in surfaces):
         prepare_surfaces(kernel, surfaces)
     if read_ahead:

@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 from patchguard.kernel import Kernel
+from patchguard.scan import run_scan
 
 
 class _Found:
@@ -52,3 +53,11 @@ def test_surfaces_in_parallel_share_one(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert len(got) == 8 and all(g is got[0] for g in got)
+
+
+def test_every_scan_is_a_look_of_its_own(tmp_path: Path) -> None:
+    """A handle kept across scans (a test's, a bench's) never serves an earlier scan's reads."""
+    kernel = Kernel(tmp_path)
+    kept = kernel.per_look(_Found)
+    run_scan(kernel, [], read_ahead=False)
+    assert kernel.per_look(_Found) is not kept

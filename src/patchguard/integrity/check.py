@@ -470,7 +470,7 @@ def verify(
     # kernel or hash with the GIL released); any region data is used only after it passed.
     # The guard's sweeps skip both reads while the file is the one they verified
     # (keyed_pages.py: verified_manifest).
-    stored = _Beside(verify_stored, path, manifest) if known is None else None
+    stored = _Beside(functools.partial(verify_stored, path, manifest)) if known is None else None
     try:
         changed = _changed(kernel.memory(), entries, keyed)
     finally:
@@ -539,14 +539,14 @@ class _Beside:
     concurrent.futures: its import (and the logging it pulls in) cost a check's process more
     than the one worker it would give."""
 
-    def __init__(self, call: Callable[[Path, Manifest], None], path: Path, m: Manifest) -> None:
+    def __init__(self, call: Callable[[], None]) -> None:
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(call, path, m), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
         self._thread.start()
 
-    def _run(self, call: Callable[[Path, Manifest], None], path: Path, m: Manifest) -> None:
+    def _run(self, call: Callable[[], None]) -> None:
         try:
-            call(path, m)
+            call()
         except BaseException as exc:  # handed to the caller's thread by result()
             self._error = exc
 

@@ -393,14 +393,14 @@ def _syscall_slots(
 def _slot_finding(
     entry: RegionEntry, kernel: Kernel, old: bytes, table: str, start: int, nr: int
 ) -> Finding:
+    from patchguard.x86.dispatch import TABLE_DISPATCH
+
     at = start + 8 * nr
     was = int.from_bytes(old[at - entry.start : at - entry.start + 8], "little")
     now = int.from_bytes(kernel.memory().read(at, 8), "little")
     names = kernel.attributor()
     was_loc, now_loc = names.lookup(was), names.lookup(now)
     said = f"{table} entry {nr} redirected from {names.name(was)} to {names.name(now)}"
-    from patchguard.x86.dispatch import TABLE_DISPATCH
-
     dispatch = TABLE_DISPATCH.get(table)
     if dispatch is not None and kernel.symbol_address(dispatch) is not None:
         said += (
@@ -541,6 +541,7 @@ class _Beside:
 
     def __init__(self, call: Callable[[], None]) -> None:
         self._error: BaseException | None = None
+        # a daemon: an interrupted check exits without waiting (verify joins it otherwise)
         self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
         self._thread.start()
 

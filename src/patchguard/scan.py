@@ -6,7 +6,6 @@ import os
 import platform
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -133,6 +132,9 @@ def run_scan(
     rank = {name: i for i, name in enumerate(START_FIRST)}
     rank |= {name: len(rank) + 1 for name in START_LAST}
     order = sorted(range(len(surfaces)), key=lambda i: rank.get(surfaces[i].name, len(START_FIRST)))
+    # imported here: `check` builds its report with this module and runs no pool
+    from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = {i: pool.submit(run, surfaces[i]) for i in order}
         results = [futures[i].result() for i in range(len(surfaces))]

@@ -9,21 +9,21 @@ import functools
 import hashlib
 import os
 import platform
+import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from patchguard import __version__
 from patchguard.findings import Disposition, Finding, Gap, Severity
 from patchguard.integrity.baseline import PAGE, Baseline, BaselineMeta, Region, page_hashes
-from patchguard.integrity.explain import ChangedRun, SiteIndex, Verdict, diff_runs, explain
 from patchguard.integrity.module_regions import (
     CALLS,
     JUMPS,
+    NAME,
     TEXT,
     is_text,
     live_modules,
@@ -40,32 +40,21 @@ from patchguard.integrity.store import (
     read_region,
     verify_stored,
 )
-from patchguard.integrity.tracepoint_keys import tracepoint_keys
 from patchguard.kernel import Kernel, KernelAccessError
 from patchguard.kernel.kallsyms import X86_64_DEFAULT_STEXT
 from patchguard.kernel.memory import KernelMemory, read_chunks
 from patchguard.scan import ScanReport, SurfaceResult, report_for
 from patchguard.surfaces.base import AnyState, SurfaceState
-from patchguard.surfaces.kernel_text import NAME, KernelTextSurface
-from patchguard.x86.dispatch import (
-    DISPATCH_FUNCTIONS,
-    TABLE_DISPATCH,
-    DispatchEntry,
-    KallsymsNames,
-    dispatch_entries,
-    redirected,
-)
-from patchguard.x86.inputs import KernelRead, Symbols
-from patchguard.x86.insn import (
-    JumpEntry,
-    StaticCallSite,
-    decode_jump_table,
-    decode_static_call_sites,
-)
 
+# What explains a change (explain.py, the x86 decoders, the syscall dispatch, the tracepoint
+# keys) is imported only once something changed: a check with nothing changed, the usual one,
+# does not pay for it (tests/unit/test_lazy_imports.py holds it to that).
 if TYPE_CHECKING:
+    from patchguard.integrity.explain import ChangedRun, SiteIndex, Verdict
     from patchguard.integrity.keyed_pages import KeyedPages
     from patchguard.integrity.owners import Owners
+    from patchguard.x86.dispatch import DispatchEntry
+    from patchguard.x86.inputs import KernelRead, Symbols
 
 SYSCALL_TABLES = ("sys_call_table", "ia32_sys_call_table", "x32_sys_call_table")
 
@@ -162,6 +151,8 @@ def capture(kernel: Kernel) -> Capture:
 def syscall_dispatch(kernel: Kernel, text: Region) -> list[DispatchEntry]:
     """The direct jumps of x64_sys_call and friends (kernels that dispatch through code), each
     with the syscall numbers it serves, from the captured text."""
+    from patchguard.x86.dispatch import DISPATCH_FUNCTIONS, KallsymsNames, dispatch_entries
+
     syms = kernel.kallsyms
     entries: list[DispatchEntry] = []
     for function in DISPATCH_FUNCTIONS:
@@ -175,6 +166,8 @@ def syscall_dispatch(kernel: Kernel, text: Region) -> list[DispatchEntry]:
 
 
 def dispatch_of(manifest: Manifest) -> list[DispatchEntry]:
+    from patchguard.x86.dispatch import DispatchEntry
+
     raw = manifest.sites.get("syscall_dispatch", [])
     assert isinstance(raw, list)
     return [
@@ -228,6 +221,14 @@ def site_index(path: Path, manifest: Manifest, owners: Owners, stale: set[str]) 
     """Where the kernel may patch itself, from the baseline's own copies of its tables and of
     the tables of its modules still where they were (the live tables are verified as regions
     like any other read-only data)."""
+    from patchguard.integrity.explain import SiteIndex
+    from patchguard.x86.insn import (
+        JumpEntry,
+        StaticCallSite,
+        decode_jump_table,
+        decode_static_call_sites,
+    )
+
     trampolines = manifest.sites.get("static_call_trampolines", [])
     assert isinstance(trampolines, list)
     jumps: list[JumpEntry] = []
@@ -292,6 +293,8 @@ def dispatch_finding(
     v: Verdict, dispatch: list[DispatchEntry], read: KernelRead, symbols: Symbols
 ) -> Finding | None:
     """A tampered jump inside x64_sys_call (or friends) said as what it is: a syscall hook."""
+    from patchguard.x86.dispatch import redirected
+
     if v.explained:
         return None
     # only the bytes that changed: the verdict's context can reach the next dispatch jump
@@ -390,6 +393,8 @@ def _syscall_slots(
 def _slot_finding(
     entry: RegionEntry, kernel: Kernel, old: bytes, table: str, start: int, nr: int
 ) -> Finding:
+    from patchguard.x86.dispatch import TABLE_DISPATCH
+
     at = start + 8 * nr
     was = int.from_bytes(old[at - entry.start : at - entry.start + 8], "little")
     now = int.from_bytes(kernel.memory().read(at, 8), "little")
@@ -465,11 +470,14 @@ def verify(
     # kernel or hash with the GIL released); any region data is used only after it passed.
     # The guard's sweeps skip both reads while the file is the one they verified
     # (keyed_pages.py: verified_manifest).
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        stored = pool.submit(verify_stored, path, manifest) if known is None else None
+    stored = _Beside(functools.partial(verify_stored, path, manifest)) if known is None else None
+    try:
         changed = _changed(kernel.memory(), entries, keyed)
+    finally:
         if stored is not None:
-            stored.result()
+            stored.join()
+    if stored is not None:
+        stored.result()
     if keyed is not None:
         keyed.note_verified(stamp, public_key, manifest)
     gaps: list[Gap] = list(modules.gaps)
@@ -485,6 +493,8 @@ def verify(
     for entry in entries:
         if not changed[entry.name]:
             continue
+        from patchguard.integrity.explain import diff_runs, explain
+
         old = read_region(path, entry.name, manifest)
         runs = [
             run
@@ -500,6 +510,7 @@ def verify(
             # who may patch code is asked only once code changed: it reads the ebpf and
             # tracing surfaces, whose imports are a third of a clean check's process
             from patchguard.integrity.owners import current_owners
+            from patchguard.integrity.tracepoint_keys import tracepoint_keys
 
             owners, owner_gaps = current_owners(kernel)
             gaps += owner_gaps
@@ -521,6 +532,33 @@ def verify(
     counts["explained"] = sum(f.disposition == Disposition.EXPLAINED for f in findings)
     counts["tampering"] = sum(f.disposition == Disposition.TAMPERING for f in findings)
     return CheckOutcome(SurfaceState(NAME, [how], counts, gaps), findings)
+
+
+class _Beside:
+    """One call run on a thread of its own beside the caller's work. A plain thread, not
+    concurrent.futures: its import (and the logging it pulls in) cost a check's process more
+    than the one worker it would give."""
+
+    def __init__(self, call: Callable[[], None]) -> None:
+        self._error: BaseException | None = None
+        # a daemon: an interrupted check exits without waiting (verify joins it otherwise)
+        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
+        self._thread.start()
+
+    def _run(self, call: Callable[[], None]) -> None:
+        try:
+            call()
+        except BaseException as exc:  # handed to the caller's thread by result()
+            self._error = exc
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> None:
+        """Wait for the call; raise what it raised."""
+        self.join()
+        if self._error is not None:
+            raise self._error
 
 
 def _changed(
@@ -552,7 +590,24 @@ def run_check(kernel: Kernel, path: Path, public_key: bytes) -> ScanReport:
 
     started, t0 = datetime.now(UTC), time.perf_counter()
     outcome = verify(kernel, path, public_key)
-    result = SurfaceResult(
-        KernelTextSurface(), outcome.state, outcome.findings, time.perf_counter() - t0
-    )
+    result = SurfaceResult(CheckedText(), outcome.state, outcome.findings, time.perf_counter() - t0)
     return report_for(kernel, [result], t0, started, command="check")
+
+
+class CheckedText:
+    """The kernel_text surface as a check's report names it. The surface itself (its scan reads
+    ftrace's records and judges every ftrace site) is imported only when asked to collect or
+    assess, which a check never does."""
+
+    name = NAME
+    title = "Kernel text"
+
+    def collect(self, kernel: Kernel) -> SurfaceState[Any]:
+        from patchguard.surfaces.kernel_text import KernelTextSurface
+
+        return KernelTextSurface().collect(kernel)
+
+    def assess(self, state: SurfaceState[Any]) -> list[Finding]:
+        from patchguard.surfaces.kernel_text import KernelTextSurface
+
+        return KernelTextSurface().assess(state)

@@ -10,20 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from patchguard.findings import Disposition, Finding, Gap, Severity
 from patchguard.integrity.store import RegionEntry
 from patchguard.kernel import Kernel, KernelAccessError
 from patchguard.kernel.memory import KernelMemory
-from patchguard.kernel.module_layout import (
-    Layout,
-    ModuleText,
-    layout,
-    parse_module,
-    struct_module_address,
-)
 from patchguard.kernel.proc_modules import PROC_MODULES, parse_proc_modules
-from patchguard.surfaces.kernel_text import NAME
+
+# struct module's layout (and the BTF it is derived from) is imported only once a module is
+# live: a kernel without modules, as here, checks without it
+if TYPE_CHECKING:
+    from patchguard.kernel.module_layout import Layout, ModuleText
+
+# The kernel_text surface's name (surfaces/kernel_text.py), said here so that a check does not
+# import that surface and its ftrace site reader; tests/unit/test_lazy_imports.py holds the two
+# equal.
+NAME = "kernel_text"
 
 TEXT, JUMPS, CALLS = "module_text.", "module_jump_table.", "module_static_call_sites."
 
@@ -79,6 +82,8 @@ def live_modules(
     live = {m.name: m.address for m in parse_proc_modules(listing) if m.state == "Live"}
     if not live:
         return LiveModules({}, [])
+    from patchguard.kernel.module_layout import ModuleText, layout
+
     try:
         offsets = kernel.vmlinux_btf.derived(layout)  # once per kernel: ~20 ms of BTF lookups
         memory = kernel.memory()
@@ -111,6 +116,8 @@ def _from_known(
 ) -> dict[str, ModuleText]:
     """The modules still where `known` says: same /proc/modules address, and the struct read
     there names the module and starts its text at that address (any other: looked up)."""
+    from patchguard.kernel.module_layout import ModuleText
+
     cached = {n: s for n, (at, s) in known.items() if live.get(n) == at}
     read = reads.read(cached)
     return {n: m for n, m in read.items() if isinstance(m, ModuleText) and m.text == live[n]}
@@ -121,6 +128,8 @@ def _struct_addresses(kernel: Kernel, names: list[str]) -> dict[str, int | Kerne
     all), else its sysfs section address."""
     if not names:
         return {}
+    from patchguard.kernel.module_layout import struct_module_address
+
     try:
         symbols = kernel.kallsyms.find("__this_module")
     except (KernelAccessError, OSError):
@@ -144,6 +153,8 @@ class _StructReads:
     gather: Gather | None
 
     def read(self, addresses: dict[str, int]) -> dict[str, ModuleText | KernelAccessError]:
+        from patchguard.kernel.module_layout import parse_module
+
         raws = self._raws(list(addresses.values()))
         found: dict[str, ModuleText | KernelAccessError] = {}
         for (name, address), raw in zip(addresses.items(), raws, strict=True):

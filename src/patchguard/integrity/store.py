@@ -49,7 +49,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import IO, NoReturn
 
-from patchguard.atomic import write_atomic
 from patchguard.integrity.baseline import PAGE, Baseline, BaselineMeta, Region, page_hashes
 from patchguard.safe_read import InputError, open_regular
 from patchguard.signing import HostKey, fingerprint_of, verify_signature
@@ -227,6 +226,8 @@ def save_baseline(baseline: Baseline, path: Path, key: HostKey) -> None:
     signature = key.sign(manifest)
     archive = io.BytesIO()
     _write_zip(archive, packed, manifest, sites, signature)
+    from patchguard.atomic import write_atomic  # only a baseline's writer: check reads
+
     try:
         write_atomic(path, archive.getvalue(), 0o600)
     except OSError as exc:

@@ -54,6 +54,11 @@ def baseline(env: dict[str, str]) -> Path:
     return Path(env["PATCHGUARD_BASELINE"])
 
 
+def said(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """What a failed assertion shows: each finding's severity, disposition, subject, summary."""
+    return [(f["severity"], f["disposition"], f["subject"], f["summary"]) for f in doc["findings"]]
+
+
 def unexplained(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """Findings other than the kernel's own explained patching. Other software on the machine
     (QEMU's io_uring, a tracer) can flip a static key between two checks: that is shown as
@@ -64,7 +69,7 @@ def unexplained(doc: dict[str, Any]) -> list[dict[str, Any]]:
 def test_unchanged_kernel_checks_clean_twice(env: dict[str, str], baseline: Path) -> None:
     for _ in range(2):
         code, doc = check(env)
-        assert code == 0 and doc["command"] == "check"
+        assert code == 0 and doc["command"] == "check", said(doc)
         assert unexplained(doc) == []
         counts = doc["surfaces"][0]["counts"]
         assert counts["bytes"] > 18_000_000 and counts["tampering"] == 0
@@ -83,7 +88,7 @@ def test_tracepoint_attach_is_explained_then_clean(env: dict[str, str], baseline
     with bp.attach_tracepoint("syscalls", "sys_enter_kill"):
         code, doc = check(env)
         found = _explained(doc)
-    assert code == 0
+    assert code == 0, said(doc)
     # The jump label in syscall_trace_enter flips NOP -> JMP, and the tracepoint's static call
     # (trampoline, and the inline call site) is retargeted. Seen on 6.18-fc: the label at
     # syscall_trace_enter+0xe2, 66 90 -> eb 61; Debian's 6.1 (the lab) names the function
@@ -98,7 +103,7 @@ def test_tracepoint_attach_is_explained_then_clean(env: dict[str, str], baseline
     assert old in ("66 90", "0f 1f 44 00 00") and new[:2] in ("eb", "e9"), (old, new)
     assert found.get("__SCT__tp_func_sys_enter+0x0") == "static-call-trampoline", found
     code, doc = check(env)
-    assert code == 0 and unexplained(doc) == []
+    assert code == 0 and unexplained(doc) == [], said(doc)
     assert not set(found) & {f["subject"] for f in doc["findings"]}, "still patched after detach"
 
 
@@ -106,10 +111,10 @@ def test_raw_tracepoint_link_is_explained_then_clean(env: dict[str, str], baseli
     with bp.attach_raw_tracepoint("sys_enter") as prog:
         code, doc = check(env)
         found = _explained(doc)
-    assert code == 0 and found, "attaching to sys_enter patches the kernel's code"
+    assert code == 0 and found, ("attaching to sys_enter patches the kernel's code", said(doc))
     assert bp.wait_gone(prog.prog_id)
     code, doc = check(env)
-    assert code == 0 and unexplained(doc) == []
+    assert code == 0 and unexplained(doc) == [], said(doc)
     assert not set(found) & {f["subject"] for f in doc["findings"]}, "still patched after detach"
 
 
@@ -166,7 +171,7 @@ def test_module_tracepoint_attach_is_explained_in_module_text(
     with bp.attach_tracepoint(category, event) as prog:
         code, doc = check(env)
         found = _explained(doc)
-    assert code == 0
+    assert code == 0, said(doc)
     for f in doc["findings"]:  # the module's tracepoint, read from its struct in module data
         if f["subject"].endswith(f" [{module}]"):
             assert f["evidence"]["owner"].startswith(f"tracepoint {event}: "), f
@@ -175,7 +180,7 @@ def test_module_tracepoint_attach_is_explained_in_module_text(
     assert "jump-label" in in_module.values(), found  # the key's site in the module's code
     assert in_module.get(f"__SCT__tp_func_{event}+0x0 [{module}]") == "static-call-trampoline"
     code, doc = check(env)
-    assert code == 0 and unexplained(doc) == []
+    assert code == 0 and unexplained(doc) == [], said(doc)
     assert not set(found) & {f["subject"] for f in doc["findings"]}, "still patched after detach"
 
 

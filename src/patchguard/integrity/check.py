@@ -12,7 +12,7 @@ import platform
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -487,51 +487,89 @@ def verify(
         "changed_pages": sum(len(c) for c in changed.values()),
         "modules": sum(e.name.startswith(TEXT) for e in entries),
     }
-    index: SiteIndex | None = None
-    owners: Owners | None = None
-    dispatch: list[DispatchEntry] = []
+    judge = _Judge(kernel, path, manifest, stale)
     for entry in entries:
-        if not changed[entry.name]:
-            continue
-        from patchguard.integrity.explain import diff_runs, explain
-
-        old = read_region(path, entry.name, manifest)
-        runs = [
-            run
-            for first, live in page_spans(changed[entry.name])
-            for run in diff_runs(
-                old[first * PAGE : first * PAGE + len(live)], live, entry.start + first * PAGE
-            )
-        ]
-        if not is_text(entry.name):
-            findings += [f for run in runs for f in _table_findings(entry, run, kernel, old)]
-            continue
-        if index is None:
-            # who may patch code is asked only once code changed: it reads the ebpf and
-            # tracing surfaces, whose imports are a third of a clean check's process
-            from patchguard.integrity.owners import current_owners
-            from patchguard.integrity.tracepoint_keys import tracepoint_keys
-
-            owners, owner_gaps = current_owners(kernel)
-            gaps += owner_gaps
-            index = site_index(path, manifest, owners, stale)
-            keys = functools.cache(index.jump_keys)
-            index.keys = tracepoint_keys(kernel, owners.tracepoint_users, keys)
-            dispatch = dispatch_of(manifest)
-        assert owners is not None
-        read, names = _reader(kernel.memory()), kernel.attributor()
-        verdicts = explain(runs, index, names, read)
-        findings += [
-            dispatch_finding(v, dispatch, read, names)
-            or ipmodify_finding(v, owners, names)
-            or verdict_finding(v)
-            for v in verdicts
-        ]
+        if changed[entry.name]:
+            again = functools.partial(_judge_again, judge, kernel.memory(), entry)
+            findings += settled(judge.entry(entry, changed[entry.name]), again)
+    gaps += judge.gaps
     how = dispatch_record(kernel, manifest)
     counts["syscalls_mapped"] = how.syscalls_mapped
     counts["explained"] = sum(f.disposition == Disposition.EXPLAINED for f in findings)
     counts["tampering"] = sum(f.disposition == Disposition.TAMPERING for f in findings)
     return CheckOutcome(SurfaceState(NAME, [how], counts, gaps), findings)
+
+
+# How long a second look at code judged as tampering waits: text_poke_bp() writes an INT3
+# first and the rest of the instruction after the CPUs have synced, microseconds apart.
+SECOND_LOOK_AFTER = 0.05
+
+
+def settled(first: list[Finding], again: Callable[[], list[Finding]]) -> list[Finding]:
+    """A region whose changes include tampering is read and judged once more, a moment later:
+    a patch in flight (a jump label or static call another process turned on while the check
+    read, caught between text_poke_bp's steps) is then seen whole and explained. What the
+    second look judges counts; tampering that held says so in its evidence."""
+    if not any(f.disposition == Disposition.TAMPERING for f in first):
+        return first
+    time.sleep(SECOND_LOOK_AFTER)
+    return [_held(f) if f.disposition == Disposition.TAMPERING else f for f in again()]
+
+
+def _held(finding: Finding) -> Finding:
+    return replace(finding, evidence={**finding.evidence, "second_look": "held"})
+
+
+def _judge_again(judge: _Judge, memory: KernelMemory, entry: RegionEntry) -> list[Finding]:
+    return judge.entry(entry, changed_pages(memory, entry.start, entry.page_digests, entry.size))
+
+
+class _Judge:
+    """Judges the changed pages of one region after another. Who may patch code (the ebpf and
+    tracing surfaces' owners) and the baseline's site index are read at the first change, and
+    only then: their imports are a third of a clean check's process."""
+
+    def __init__(self, kernel: Kernel, path: Path, manifest: Manifest, stale: set[str]) -> None:
+        self.kernel, self.path, self.manifest, self.stale = kernel, path, manifest, stale
+        self.gaps: list[Gap] = []
+        self._index: SiteIndex | None = None
+        self._owners: Owners | None = None
+        self._dispatch: list[DispatchEntry] = []
+
+    def entry(self, entry: RegionEntry, pages: dict[int, bytes]) -> list[Finding]:
+        from patchguard.integrity.explain import diff_runs, explain
+
+        old = read_region(self.path, entry.name, self.manifest)
+        runs = [
+            run
+            for first, live in page_spans(pages)
+            for run in diff_runs(
+                old[first * PAGE : first * PAGE + len(live)], live, entry.start + first * PAGE
+            )
+        ]
+        if not is_text(entry.name):
+            return [f for run in runs for f in _table_findings(entry, run, self.kernel, old)]
+        index, owners = self._sites()
+        read, names = _reader(self.kernel.memory()), self.kernel.attributor()
+        return [
+            dispatch_finding(v, self._dispatch, read, names)
+            or ipmodify_finding(v, owners, names)
+            or verdict_finding(v)
+            for v in explain(runs, index, names, read)
+        ]
+
+    def _sites(self) -> tuple[SiteIndex, Owners]:
+        if self._index is None or self._owners is None:
+            from patchguard.integrity.owners import current_owners
+            from patchguard.integrity.tracepoint_keys import tracepoint_keys
+
+            self._owners, owner_gaps = current_owners(self.kernel)
+            self.gaps += owner_gaps
+            self._index = site_index(self.path, self.manifest, self._owners, self.stale)
+            keys = functools.cache(self._index.jump_keys)
+            self._index.keys = tracepoint_keys(self.kernel, self._owners.tracepoint_users, keys)
+            self._dispatch = dispatch_of(self.manifest)
+        return self._index, self._owners
 
 
 class _Beside:

@@ -12,7 +12,10 @@ findings again.
   sanction, nothing of them above info;
 - a systemd unit (systemd-sandboxed.service) with IPAddressDeny=/IPAddressAllow= and
   DeviceAllow=, whose cgroup firewall and device filter systemd (PID 1) loads, declared by
-  systemd.toml."""
+  systemd.toml;
+- a systemd unit (systemd-restrictfs.service) with RestrictFileSystems=, whose BPF LSM
+  program a systemd built with its BPF framework loads (Debian 13's 257: the lab boots its
+  trixie root image for it, lab/run --root trixie), declared by systemd-restrictfs.toml."""
 
 from __future__ import annotations
 
@@ -225,3 +228,79 @@ def test_systemd_sandboxing_is_quiet_and_named_then_findings_once_expired(
     back = acting(about(lapsed, set(programs_held_by(lapsed, 1))))
     assert {f["technique"] for f in back} == {f["technique"] for f in acting(about(bare, ids))}
     assert not [f for f in about(lapsed, ids) if f["disposition"] == "allowed"], back
+
+
+RESTRICT_UNIT = "systemd-restrictfs.service"
+# The surfaces that can speak of an LSM program: the program, and the ftrace site of the BPF
+# trampoline that runs it (bpf_lsm_file_open)
+# What scan says of it unsanctioned (medium each): the program is an LSM hook, on a path
+# rootkits hook, and bpf_lsm_file_open's ftrace site calls into its trampoline
+RESTRICT_FS_BACK = {"lsm-hook", "sensitive-hook", "ftrace-hook-sensitive-function"}
+LSM_SCAN = ("scan", "--records", "--surface", "ebpf", "--surface", "tracing")
+
+
+def _bpf_framework() -> None:
+    """Skips unless PID 1 is a systemd that loads BPF LSM programs: built +BPF_FRAMEWORK."""
+    _systemd()
+    said = subprocess.run(
+        [tool("systemctl"), "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    if "+BPF_FRAMEWORK" not in said:
+        pytest.skip(
+            f"this systemd is built -BPF_FRAMEWORK: {said.splitlines()[0]} (lab: --root trixie)"
+        )
+
+
+def _lsm_programs(doc: Doc) -> dict[int, str]:
+    """prog_id -> name of the LSM programs that systemd (PID 1) holds."""
+    return {
+        r["prog_id"]: r["name"]
+        for s in doc["surfaces"]
+        for r in s["records"]
+        if r.get("kind") == "BpfProgram"
+        and r["prog_type"] == "lsm"
+        and 1 in {o["pid"] for o in r["owners"]}
+    }
+
+
+def _refused_sysfs() -> bool:
+    """The unit's ExecStartPre was refused a file on sysfs, which its allow-list leaves out."""
+    said = Path("/run/restrictfs.read").read_text()
+    return "Operation not permitted" in said and "bpf" not in said
+
+
+def test_restrict_file_systems_lsm_is_quiet_and_named_then_findings_once_expired(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    _bpf_framework()
+    manifest = MANIFESTS / "systemd-restrictfs.toml"
+    loader_release(manifest)  # a stale pin fails here, naming the release and hash to add
+    approved = ledger(tmp_path / "approved", manifest, "Debian systemd maintainers")
+    expired = ledger(tmp_path / "expired", manifest, "Debian systemd maintainers", expired=True)
+    with started(MANIFESTS / RESTRICT_UNIT):
+        assert _refused_sysfs(), Path("/run/restrictfs.read").read_text()  # it enforces
+        bare = cli(env, *LSM_SCAN)
+        allowed = cli(env, *LSM_SCAN, ledger_path=approved)
+        check = cli(env, "check", ledger_path=approved)
+        lapsed = cli(env, *LSM_SCAN, ledger_path=expired)
+    lsm = _lsm_programs(allowed)
+    assert sorted(lsm.values()) == ["restrict_filesystems"], programs_held_by(allowed, 1)
+    ids = set(lsm)
+    marker = ("bpf_lsm_file_open",)
+    loud = acting(about(allowed, ids, marker))
+    assert loud == [], [(f["subject"], f["summary"], f["evidence"]) for f in loud]
+    allowed_and_named(about(allowed, ids), ids, "Debian (systemd packaging)")
+    # its trampoline's ftrace hook is allowed as what the direct call reaches: this program
+    hooks = [f for f in about(allowed, set(), marker) if f["surface"] == "tracing"]
+    assert hooks, allowed["findings"]
+    for f in hooks:
+        assert f["disposition"] == "allowed", f
+        assert set(f["evidence"]["direct_prog_ids"]) == ids, f
+    changes_explained(check, marker)
+    # past the expiry, what scan says of the LSM program is what it says with no ledger
+    back = acting(about(lapsed, ids, marker))
+    assert {f["technique"] for f in back} >= RESTRICT_FS_BACK, back
+    assert {f["technique"] for f in back} == {
+        f["technique"] for f in acting(about(bare, ids, marker))
+    }
+    assert not [f for f in about(lapsed, ids, marker) if f["disposition"] == "allowed"], back

@@ -49,10 +49,12 @@ def run_lab(
     kernel: str = "stock",
     init: str = "sh",
     kaslr: bool = True,
+    root: str = "bookworm",
 ) -> subprocess.CompletedProcess[str]:
     """Copy `modules` (.ko, built for the guest) into `results`, the guest's /results, and run
     `command` in one boot of `kernel` ("stock" 6.1 or "newer", see lab/run --kernel) with the
-    whole kernel log on stderr; `init` "systemd" boots systemd as PID 1 (lab/run --init).
+    whole kernel log on stderr; `init` "systemd" boots systemd as PID 1 (lab/run --init), from
+    `root` "bookworm" or "trixie" (lab/run --root: trixie's systemd has its BPF framework).
     kaslr=False boots the stock kernel's vmlinux through PVH
     (lab/run --no-kaslr: seconds faster a boot under TCG), for the tests whose subject is not
     where the kernel sits; the boot facts, the live suite and the syscall and inline hooks keep
@@ -68,7 +70,8 @@ def run_lab(
         for name in modules:
             shutil.copy2(built / f"{name}.ko", results / f"{name}.ko")
     lab = [sys.executable, str(REPO / "lab" / "run"), "--timeout", str(timeout), "--console"]
-    lab += ["--kernel", kernel, "--init", init] + ([] if kaslr else ["--no-kaslr"])
+    lab += ["--kernel", kernel, "--init", init, "--root", root]
+    lab += [] if kaslr else ["--no-kaslr"]
     lab += ["--results", str(results), "--", *command]
     for attempt in (1, 2):
         run = boot(lab, timeout + 60)

@@ -208,10 +208,19 @@ def test_check_names_the_trampoline_and_programs_as_owner(tmp_path: Path) -> Non
     (tmp_path / "proc").mkdir()
     (tmp_path / "proc/kallsyms").write_text(KALLSYMS)
     owners = Owners({SITE: "ftrace ops (call_direct_funcs+0x0/0x20)"}, frozenset(), {})
-    _direct_owner(Kernel(tmp_path), owners, call())
+    _direct_owner(Kernel(tmp_path), owners, call(), {})
     assert owners.ftrace[SITE] == call().said and "call_direct_funcs" not in owners.ftrace[SITE]
-    _direct_owner(Kernel(tmp_path), owners, call(trampoline(in_bpf=False)))
+    _direct_owner(Kernel(tmp_path), owners, call(trampoline(in_bpf=False)), {})
     assert SITE not in owners.ftrace  # an unknown reach explains nothing
+
+
+def test_the_owner_says_through_which_links_held_by_whom(tmp_path: Path) -> None:
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/kallsyms").write_text(KALLSYMS)
+    owners = Owners({SITE: "ftrace ops (call_direct_funcs+0x0/0x20)"}, frozenset(), {})
+    link = "BPF link 7 (prog 10; /sys/fs/bpf/kept-link)"
+    _direct_owner(Kernel(tmp_path), owners, call(), {SITE: [link]})
+    assert owners.ftrace[SITE] == f"{call().said}; {link}"
 
 
 def test_another_callback_is_kept_beside_the_trampoline(tmp_path: Path) -> None:
@@ -219,7 +228,7 @@ def test_another_callback_is_kept_beside_the_trampoline(tmp_path: Path) -> None:
     (tmp_path / "proc/kallsyms").write_text(KALLSYMS)
     beside = "ftrace ops (call_direct_funcs+0x0/0x20, kprobe_ftrace_handler+0x0/0x100)"
     owners = Owners({SITE: beside}, frozenset(), {})
-    _direct_owner(Kernel(tmp_path), owners, call())
+    _direct_owner(Kernel(tmp_path), owners, call(), {})
     assert owners.ftrace[SITE].startswith(call().said) and beside in owners.ftrace[SITE]
 
 

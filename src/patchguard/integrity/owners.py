@@ -63,6 +63,7 @@ def current_owners(kernel: Kernel) -> tuple[Owners, list[Gap]]:
     dispatch = {a: n for n in FTRACE_DISPATCH if (a := syms.address_of(n)) is not None}
     for prog in ebpf.records.programs:
         _add_tracepoint_user(owners, prog)
+    links: dict[int, list[str]] = {}  # function -> its tracing links, said with their holders
     for link in ebpf.records.links:
         if link.link_type == "tracing" and link.target:
             address = syms.address_of(link.target.split(" [")[0])
@@ -70,6 +71,7 @@ def current_owners(kernel: Kernel) -> tuple[Owners, list[Gap]]:
                 holders = ", ".join(f"pid {o.pid} {o.exe or o.comm}" for o in link.owners)
                 who = holders or ", ".join(link.pins) or "no process or pin"
                 owners.ftrace[address] = f"BPF link {link.link_id} (prog {link.prog_id}; {who})"
+                links.setdefault(address, []).append(owners.ftrace[address])
     patched = livepatched(kernel)
     probes = [r for r in tracing.records.kprobes if r.active]
     on_ftrace = {(r.symbol, r.module): kprobe_said(r) for r in probes if "FTRACE" in r.flags}
@@ -78,7 +80,7 @@ def current_owners(kernel: Kernel) -> tuple[Owners, list[Gap]]:
         if (said := on_ftrace.get((hook.function, hook.module))) is not None:
             _kprobe_behind(owners, kernel, hook, said)
     for call in tracing.records.direct_calls:
-        _direct_owner(kernel, owners, call)
+        _direct_owner(kernel, owners, call, links)
     for probe in probes:
         if probe.address and "FTRACE" not in probe.flags:
             # an [FTRACE] kprobe uses the function's ftrace site, owned through ftrace
@@ -90,22 +92,26 @@ def current_owners(kernel: Kernel) -> tuple[Owners, list[Gap]]:
     return owners, [*ebpf.gaps, *tracing.gaps]
 
 
-def _direct_owner(kernel: Kernel, owners: Owners, call: DirectCall) -> None:
+def _direct_owner(
+    kernel: Kernel, owners: Owners, call: DirectCall, links: dict[int, list[str]]
+) -> None:
     """A function's ftrace site owned through ftrace's direct-call ops is owned by what the
     direct call reaches: the BPF trampoline there and every program it runs (not
-    call_direct_funcs, nor one of its links alone). A direct call to anything else, or to a
-    trampoline whose programs bpf(2) does not list, owns nothing: the change stays unexplained."""
+    call_direct_funcs, nor one of its links alone), and through which links, held by whom. A
+    direct call to anything else, or to a trampoline whose programs bpf(2) does not list, owns
+    nothing: the change stays unexplained."""
     address = kernel.kallsyms.address_of(call.function, call.module)
     if address is None:
         return
     if not call.known:
         owners.ftrace.pop(address, None)
         return
+    said = "; ".join([call.said, *links.get(address, [])])
     others = owners.ftrace.get(address, "")
     if others.startswith("ftrace ops") and _not_direct(others):
-        owners.ftrace[address] = f"{call.said}; beside it {others}"
+        owners.ftrace[address] = f"{said}; beside it {others}"
         return
-    owners.ftrace[address] = call.said
+    owners.ftrace[address] = said
     owners.direct[address] = call.target
 
 

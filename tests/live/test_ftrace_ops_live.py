@@ -6,12 +6,12 @@ call ftrace's own direct_functions records (a machine without any checks the sam
 from __future__ import annotations
 
 import pytest
+from support.counted_reads import Counted
 
 from patchguard.kernel import Kernel
 from patchguard.kernel.bpf import syscall as bpf
 from patchguard.kernel.bpf.objects import PROG
 from patchguard.kernel.ftrace_ops import direct_functions, layout, list_head, read_ops
-from patchguard.kernel.memory import KernelMemory
 from patchguard.surfaces.bpf_trampolines import HiddenTrampoline, direct_calls, identify
 from patchguard.surfaces.ftrace_sites import check_sites
 from patchguard.surfaces.reading import Reading
@@ -69,20 +69,6 @@ def test_each_direct_call_is_named_by_what_it_reaches(kernel: Kernel) -> None:
             assert call.trampoline is not None and not call.known, call
 
 
-class _Counted:
-    """The real reader, with its reads counted."""
-
-    def __init__(self, memory: KernelMemory) -> None:
-        self.memory, self.name, self.reads = memory, memory.name, 0
-
-    def read(self, address: int, size: int) -> bytes:
-        self.reads += 1
-        return self.memory.read(address, size)
-
-    def close(self) -> None:
-        self.memory.close()
-
-
 def _programs(tramps: dict[int, HiddenTrampoline]) -> dict[int, tuple[int, ...]]:
     """Each trampoline's struct bpf_progs: what another look of the same agent finds again
     (the bpf_kallsyms list's counts move with other processes' programs)."""
@@ -98,7 +84,7 @@ def test_a_look_reads_each_trampoline_once(kernel: Kernel) -> None:
     targets = sorted({t for t in targets if t})
     if len(targets) < 2:
         pytest.skip("fewer than two direct ftrace calls on this kernel now")
-    half, first, second, again = (_Counted(memory) for _ in range(4))
+    half, first, second, again = (Counted(memory) for _ in range(4))
     some = identify(kernel, half, targets[: len(targets) // 2])
     found = identify(kernel, first, targets)
     assert first.reads > 0 and half.reads > 0

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from support.counted_reads import Counted
 
 from patchguard.kernel import Kernel
-from patchguard.kernel.memory import KernelMemory, MemoryReadError
+from patchguard.kernel.memory import MemoryReadError
 from patchguard.kernel.page_cache import PAGE, PageCache
 
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
-
-
-class _Counted:
-    """The real reader, with its reads counted."""
-
-    def __init__(self, memory: KernelMemory) -> None:
-        self.memory, self.name, self.reads = memory, memory.name, 0
-
-    def read(self, address: int, size: int) -> bytes:
-        self.reads += 1
-        return self.memory.read(address, size)
-
-    def close(self) -> None:
-        self.memory.close()
 
 
 def test_reads_through_pages_are_the_bytes_read_directly(kernel: Kernel) -> None:
@@ -31,7 +18,7 @@ def test_reads_through_pages_are_the_bytes_read_directly(kernel: Kernel) -> None
     memory = kernel.memory()
     page = (text.start + 5 * PAGE) & ~(PAGE - 1)
     asked = [(page, 8), (page + 8, 8), (page + PAGE - 3, 8), (page + 100, 3 * PAGE), (page, 0)]
-    counted = _Counted(memory)
+    counted = Counted(memory)
     cached = PageCache(counted)
     for address, size in asked:
         assert cached.read(address, size) == memory.read(address, size), (hex(address), size)

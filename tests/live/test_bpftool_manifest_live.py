@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.corpus import run, tool
 from support.manifests import MANIFESTS, approved_ledger, scan_ebpf
 
 from patchguard.kernel.bpf import syscall as bpf
@@ -27,19 +26,6 @@ MANIFEST = MANIFESTS / "bpftool-list-tasks.toml"
 SOURCE = MANIFESTS / "bpftool-list-tasks.bpf.c"
 NAME = "list_tasks"
 PIN = "/sys/fs/bpf/list_tasks"  # as the manifest declares it
-
-
-def tool(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} is not installed: scripts/setup --dev installs it")
-    return found
-
-
-def run(*argv: str) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, f"{' '.join(argv)}: {done.stdout}{done.stderr}"
-    return done.stdout
 
 
 @pytest.fixture(scope="module")

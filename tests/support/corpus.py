@@ -114,9 +114,11 @@ def tool(name: str) -> str:
     return found
 
 
-def run(*argv: str) -> None:
+def run(*argv: str) -> str:
+    """Run a command that must succeed; its output."""
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, f"{' '.join(argv)}: {done.stdout}{done.stderr}"
+    return done.stdout
 
 
 def baseline_env(folder: Path) -> dict[str, str]:

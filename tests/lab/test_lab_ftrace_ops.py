@@ -102,7 +102,10 @@ def test_a_module_hidden_from_kallsyms_and_sysfs_listings(guest: Results) -> Non
         "module": "pg_mod_hide",
         "opens_by_name": True,
         "kobject_in_kset": True,
+        "second_look": True,
     }
+    assert kallsyms["evidence"]["second_look"] is True
+    assert "on a second look too" in sysfs["summary"]
     assert "getdents" in sysfs["summary"] and "not removed" in sysfs["summary"]
 
 
@@ -120,6 +123,7 @@ def test_a_removed_kobject_is_said_removed(guest: Results) -> None:
         "module": "pg_sysfs_removed",
         "opens_by_name": False,
         "kobject_in_kset": False,
+        "second_look": True,
     }
     assert "kobject_del" in removed["summary"] and "not filtered" in removed["summary"]
     assert not [f for f in findings(guest, "scan_sysfs_removed", technique="filtered-view")]

@@ -14,8 +14,14 @@ from support.memory_image import Image
 
 from patchguard.kernel.btf import Btf
 from patchguard.kernel.errors import KernelAccessError
-from patchguard.kernel.module_symbols import ModuleLayout, layout, read_module, walk_modules
-from patchguard.surfaces.modules.memory_views import memory_view_findings
+from patchguard.kernel.module_symbols import (
+    ModuleInMemory,
+    ModuleLayout,
+    layout,
+    read_module,
+    walk_modules,
+)
+from patchguard.surfaces.modules.memory_views import memory_view_findings, settled_sysfs
 from patchguard.surfaces.modules.records import (
     BY_NAME_ONLY,
     GONE,
@@ -101,3 +107,32 @@ def test_a_filtered_listing_and_a_removed_kobject_are_told_apart() -> None:
     assert removed.technique == "hidden-module" and removed.subject == "pg_mod"
     assert "kobject_del" in removed.summary and "no longer on" in removed.summary
     assert memory_view_findings(ModulesRecords(memory_views=(views(LISTED),))) == []
+
+
+def in_memory(in_kset: bool = True) -> ModuleInMemory:
+    return ModuleInMemory(MOD, "pg_mod", (), in_kset)
+
+
+def test_a_module_that_left_the_list_meanwhile_is_no_hidden_module(tmp_path: Path) -> None:
+    """Unloading: its kobject went before it left the module list; gone now, nothing to say."""
+    assert settled_sysfs([views(GONE, in_kset=False)], [], frozenset(), tmp_path) == []
+
+
+def test_a_module_listed_on_the_second_look_was_loading(tmp_path: Path) -> None:
+    (loading,) = settled_sysfs([views(GONE)], [in_memory()], frozenset({"pg_mod"}), tmp_path)
+    assert loading.sysfs == LISTED and not loading.second_look
+    assert memory_view_findings(ModulesRecords(memory_views=(loading,))) == []
+
+
+def test_what_held_on_the_second_look_says_so(tmp_path: Path) -> None:
+    (tmp_path / "pg_mod").mkdir()  # opens by name, left out of the listing: filtered
+    (held,) = settled_sysfs([views(GONE)], [in_memory()], frozenset({"other"}), tmp_path)
+    assert held.sysfs == BY_NAME_ONLY and held.second_look
+    (found,) = memory_view_findings(ModulesRecords(memory_views=(held,)))
+    assert found.technique == "filtered-view" and found.evidence["second_look"] is True
+    assert "module_kset's list in memory, on a second look too:" in found.summary
+
+
+def test_views_that_agreed_are_not_looked_at_again(tmp_path: Path) -> None:
+    listed = views(LISTED)
+    assert settled_sysfs([listed], [], None, tmp_path) == [listed]

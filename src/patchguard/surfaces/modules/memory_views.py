@@ -6,12 +6,15 @@ A module whose own table holds symbols /proc/kallsyms, as this process reads it,
 print is a filtered view. A module /sys/module does not list is told apart two ways: its
 directory still opens by name and its kobject is on module_kset's list (a getdents filter hides
 the entry: a filtered view), or there is no directory and the kobject is off the list
-(kobject_del removed it: a hidden module).
+(kobject_del removed it: a hidden module). Either is looked at once more before it is said: a
+module loading is on the list before its kobject is added, one unloading loses its kobject
+before it leaves the list.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -20,8 +23,10 @@ from patchguard.findings import Disposition, Finding
 from patchguard.kernel.child_read import ChildRead
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.kallsyms import SymbolTable
+from patchguard.kernel.memory import KernelMemory
 from patchguard.kernel.module_symbols import (
     ModuleInMemory,
+    ModuleLayout,
     layout,
     modules_head,
     read_module,
@@ -40,6 +45,7 @@ from patchguard.surfaces.reading import Reading
 from patchguard.text import visible
 
 SHOWN = 12
+SETTLE_SECONDS = 0.05  # before a second look at /sys/module
 
 
 def collect_memory_views(r: Reading) -> None:
@@ -59,8 +65,10 @@ def collect_memory_views(r: Reading) -> None:
         return
     listing = _listing(kernel.path(SYS_MODULE))
     views = [_views(m, shown, listing, kernel.path(SYS_MODULE)) for m in modules]
-    if any(v.hidden_symbols for v in views) and kernel.live:
+    if any(v.hidden_symbols for v in views):
         views = _second_look(views, modules, kernel.path(KALLSYMS))
+    if any(v.sysfs != LISTED for v in views):
+        views = _sysfs_second_look(views, memory, head, at, kernel.path(SYS_MODULE))
     r.records.extend(views)
 
 
@@ -111,7 +119,47 @@ def _second_look(
     for v in views:
         if v.hidden_symbols:
             again = _views(by_name[v.name], fresh, None, path)
-            v = replace(v, shown=again.shown, hidden_symbols=again.hidden_symbols)
+            held = bool(again.hidden_symbols)
+            v = replace(v, shown=again.shown, hidden_symbols=again.hidden_symbols, second_look=held)
+        out.append(v)
+    return out
+
+
+def _sysfs_second_look(
+    views: list[ModuleMemoryViews],
+    memory: KernelMemory,
+    head: int,
+    at: ModuleLayout,
+    sys_module: Path,
+) -> list[ModuleMemoryViews]:
+    """The module list and /sys/module read again after a moment (a load or unload passes the
+    gap between them in far less); on a failed re-read the first look stands."""
+    time.sleep(SETTLE_SECONDS)
+    try:
+        now = [read_module(memory, m, at) for m in walk_modules(memory, head, at)]
+    except KernelAccessError:
+        return views
+    return settled_sysfs(views, now, _listing(sys_module), sys_module)
+
+
+def settled_sysfs(
+    views: Sequence[ModuleMemoryViews],
+    now: Sequence[ModuleInMemory],
+    listing: frozenset[str] | None,
+    sys_module: Path,
+) -> list[ModuleMemoryViews]:
+    """Each view whose module /sys/module left out, judged again: gone from memory's list (it
+    was unloading) it is dropped; listed now (it was loading) it is listed; else what the
+    second look saw, marked as held."""
+    by_name = {m.name: m for m in now}
+    out = []
+    for v in views:
+        again = by_name.get(v.name)
+        if v.sysfs != LISTED and again is None:
+            continue
+        if v.sysfs != LISTED and again is not None:
+            sysfs = _sysfs(v.name, listing, sys_module)
+            v = replace(v, sysfs=sysfs, in_kset=again.in_kset, second_look=sysfs != LISTED)
         out.append(v)
     return out
 
@@ -136,13 +184,14 @@ def _kallsyms_filtered(v: ModuleMemoryViews) -> Finding:
         "/proc/kallsyms",
         f"/proc/kallsyms, as this process reads it, hides {missing} of the {v.symbols} symbols "
         f"module {name}'s own symbol table in kernel memory holds "
-        f"({', '.join(visible(s) for s in v.hidden_symbols)}): something filters what this "
-        "process reads",
+        f"({', '.join(visible(s) for s in v.hidden_symbols)}){_again(v)}: something filters "
+        "what this process reads",
         {
             "module": name,
             "symbols_in_memory": v.symbols,
             "symbols_shown": v.shown,
             "hidden_symbols": [visible(s) for s in v.hidden_symbols],
+            "second_look": v.second_look,
         },
         disposition=Disposition.TAMPERING,
     )
@@ -156,9 +205,9 @@ def _sysfs_filtered(v: ModuleMemoryViews) -> Finding:
         "filtered-view",
         SYS_MODULE,
         f"{SYS_MODULE}, as this process lists it, leaves out {name}, whose directory still "
-        f"opens by name and whose kobject {kset} module_kset's list in memory: a filter on "
-        "directory listings (getdents) hides it; its kobject was not removed",
-        {"module": name, "opens_by_name": True, "kobject_in_kset": v.in_kset},
+        f"opens by name and whose kobject {kset} module_kset's list in memory{_again(v)}: a "
+        "filter on directory listings (getdents) hides it; its kobject was not removed",
+        _sysfs_evidence(v, opens_by_name=True),
         disposition=Disposition.TAMPERING,
     )
 
@@ -171,8 +220,21 @@ def _sysfs_removed(v: ModuleMemoryViews) -> Finding:
         name,
         f"{name} is on the kernel's module list in memory but has no {SYS_MODULE} directory, "
         f"not even by name, and its kobject is {'still' if v.in_kset else 'no longer'} on "
-        "module_kset's list: its kobject was removed from sysfs (kobject_del), not filtered "
-        "from a listing",
-        {"module": name, "opens_by_name": False, "kobject_in_kset": v.in_kset},
+        f"module_kset's list{_again(v)}: its kobject was removed from sysfs (kobject_del), not "
+        "filtered from a listing",
+        _sysfs_evidence(v, opens_by_name=False),
         disposition=Disposition.TAMPERING,
     )
+
+
+def _again(v: ModuleMemoryViews) -> str:
+    return ", on a second look too" if v.second_look else ""
+
+
+def _sysfs_evidence(v: ModuleMemoryViews, opens_by_name: bool) -> dict[str, str | bool]:
+    return {
+        "module": visible(v.name),
+        "opens_by_name": opens_by_name,
+        "kobject_in_kset": v.in_kset,
+        "second_look": v.second_look,
+    }

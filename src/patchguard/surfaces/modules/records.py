@@ -67,6 +67,7 @@ class ModuleMemoryViews:
     hidden_symbols: tuple[str, ...]  # the first SHOWN of those it does not print
     sysfs: str  # LISTED, BY_NAME_ONLY or GONE
     in_kset: bool  # its kobject is on module_kset's list in memory
+    second_look: bool = False  # a view that left it out did so again when read once more
 
 
 @dataclass(frozen=True)

@@ -116,8 +116,10 @@ def test_program_kept_only_by_a_map_is_an_orphan() -> None:
         doc = scan_json("ebpf")
         record = programs(doc)[prog.prog_id]
         assert record["owners"] == [] and record["pins"] == [] and record["attachments"] == []
+        assert record["second_look"] is True
         orphan = [f for f in findings_for(doc, prog.prog_id) if f["technique"] == "orphan-program"]
         assert orphan and orphan[0]["severity"] == "medium"
+        assert "no link, on a second look too: kept alive only by" in orphan[0]["summary"]
     finally:
         prog.close()
     assert bp.wait_gone(prog.prog_id)

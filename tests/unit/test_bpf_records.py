@@ -13,7 +13,10 @@ from patchguard.kernel.bpf import insn as bi
 from patchguard.kernel.bpf.objects import _decode_link, call_sites
 from patchguard.kernel.bpf.owners import parse_exe_link, parse_fdinfo
 from patchguard.kernel.mounts import mounted_types
+from patchguard.surfaces.base import SurfaceState
 from patchguard.surfaces.ebpf import Attachment, BpfProgram, Owner, assess_program
+from patchguard.surfaces.ebpf.records import BpfLink, EbpfRecords
+from patchguard.surfaces.ebpf.surface import settle_orphans
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "6.18-fc"
 
@@ -182,3 +185,28 @@ def test_no_surface_record_has_a_field_named_kind() -> None:
             if is_record and any(f.name == "kind" for f in dataclasses.fields(obj)):
                 clashes.append(f"{obj.__module__}.{name}")
     assert clashes == []
+
+
+def _state(*programs: BpfProgram, links: tuple[BpfLink, ...] = ()) -> SurfaceState[EbpfRecords]:
+    return SurfaceState("ebpf", EbpfRecords(programs, links))
+
+
+def test_an_orphan_is_said_only_when_a_second_look_agrees() -> None:
+    loader = (Owner(9, "ldr", "/usr/sbin/ldr", False, False, 4),)
+    link = BpfLink(5, "perf_event", 3, None, None, loader, ())
+    linked = _program(prog_id=3, owners=(), attachments=(Attachment("link", "tracepoint:x", 5),))
+    first = _state(
+        _program(prog_id=1, owners=loader),  # kept: not looked at again
+        _program(prog_id=2, owners=()),  # gone by the second read: freed, not an orphan
+        _program(prog_id=3, owners=()),  # its loader took a link meanwhile
+        _program(prog_id=4, owners=()),  # kept by nothing both times
+    )
+    second = _state(linked, _program(prog_id=4, owners=()), links=(link,))
+    settled = settle_orphans(first, second, {2, 3, 4})
+    by_id = {p.prog_id: p for p in settled.records.programs}
+    assert sorted(by_id) == [1, 3, 4] and settled.records.links == (link,)
+    assert settled.counts == {"programs": 3, "links": 1, "maps": 0}
+    assert "orphan-program" not in techniques(by_id[3])
+    assert by_id[4].second_look and not by_id[3].second_look
+    (orphan,) = [f for f in assess_program(by_id[4]) if f.technique == "orphan-program"]
+    assert orphan.summary.startswith("no process holds it, no pin, no link, on a second look too:")

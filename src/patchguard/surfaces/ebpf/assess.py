@@ -354,23 +354,29 @@ def _special_types(out: _Findings) -> None:
         )
 
 
+def kept_by_nothing(prog: BpfProgram) -> bool:
+    """No process holds it, no pin, no link: what keeps it is inside the kernel."""
+    return not (prog.owners or prog.pins or any(a.via == "link" for a in prog.attachments))
+
+
 def _orphan(out: _Findings) -> None:
     prog = out.prog
-    if prog.owners or prog.pins or any(a.via == "link" for a in prog.attachments):
+    if not kept_by_nothing(prog):
         return
+    lead = "no process holds it, no pin, no link" + (
+        ", on a second look too" if prog.second_look else ""
+    )
     if prog.kept_by:
-        summary = (
-            f"no process holds it, no pin, no link: kept alive only by {'; '.join(prog.kept_by)}"
-        )
+        summary = f"{lead}: kept alive only by {'; '.join(prog.kept_by)}"
     elif prog.prog_type in SOCKET_HELD:
         summary = (
-            f"no process holds it, no pin, no link: {SOCKET_HELD[prog.prog_type]}, which no "
-            "interface names (a socket passed to or kept by another process, or a hidden owner)"
+            f"{lead}: {SOCKET_HELD[prog.prog_type]}, which no interface names (a socket passed "
+            "to or kept by another process, or a hidden owner)"
         )
     else:
         summary = (
-            "no process holds it, no pin, no link: something in the kernel keeps it alive "
-            "(a cgroup or netlink attachment without a link, a tail-call map, or a hidden owner)"
+            f"{lead}: something in the kernel keeps it alive (a cgroup or netlink attachment "
+            "without a link, a tail-call map, or a hidden owner)"
         )
     out.add("orphan-program", Severity.MEDIUM, summary)
 

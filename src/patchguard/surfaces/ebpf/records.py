@@ -82,6 +82,7 @@ class BpfProgram:
     kept_by: tuple[str, ...] = ()  # what keeps it alive, in words
     # Another patchguard process's (kernel/bpf/peers.py verified it): the pid holding it.
     patchguard_pid: int | None = None
+    second_look: bool = False  # kept by nothing when listed, and again when read once more
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from patchguard.findings import Finding, Gap
@@ -19,7 +19,7 @@ from patchguard.kernel.bpf.syscall import BpfError
 from patchguard.kernel.btf import Btf
 from patchguard.surfaces.base import SurfaceState
 from patchguard.surfaces.ebpf import network, uprobes
-from patchguard.surfaces.ebpf.assess import NAME, assess_program
+from patchguard.surfaces.ebpf.assess import NAME, assess_program, kept_by_nothing
 from patchguard.surfaces.ebpf.records import (
     Attachment,
     BpfLink,
@@ -45,6 +45,7 @@ MAP_OPS = (
 # A tail call's xlated instruction reads `call 12` (BPF_FUNC_tail_call, as bpf_insn_prepare_dump
 # leaves it), not an offset from __bpf_call_base like every other helper.
 BPF_FUNC_TAIL_CALL = 12
+SETTLE_SECONDS = 0.05  # before a second look at programs nothing keeps
 
 
 def helper_name(function: str) -> str:
@@ -65,34 +66,76 @@ class EbpfSurface:
         if not kernel.live:
             return _unread("bpf(2) reads only the live kernel")
         try:
-            progs, links, maps = objs.all_progs(), objs.all_links(), objs.all_maps()
+            first = _read(kernel)
         except BpfError as exc:
             return _unread(str(exc))
-        # patchguard's own objects (memory reader, task iterator, symbolizer) are not the host's
-        own, own_maps = set(kernel.own_prog_ids), set(kernel.own_map_ids)
-        seen = _Seen(kernel, [link for link in links if link.prog_id not in own])
-        seen.maps = {m.map_id: m for m in maps if m.map_id not in own_maps}
-        seen.read(progs)
-        # Read again: a lookup program patchguard loaded while these were listed (the scan's
-        # other surfaces run beside this one) is known by identity now, after the owner walk.
-        own |= kernel.own_prog_ids
-        own_maps |= kernel.own_map_ids
-        peers, gone = _peers(progs, own, seen)
-        own |= gone
-        own_maps |= {m for p in progs if p.prog_id in peers for m in p.map_ids}
-        seen.links = [link for link in seen.links if link.prog_id not in peers]
-        seen.maps = {i: m for i, m in seen.maps.items() if i not in own_maps}
-        programs = [_program(p, seen, peers.get(p.prog_id)) for p in progs if p.prog_id not in own]
-        records = EbpfRecords(
-            tuple(programs),
-            tuple(_link(link, seen) for link in seen.links),
-            tuple(_map(m, seen.owners) for m in seen.maps.values()),
-        )
-        counts = {"programs": len(programs), "links": len(seen.links), "maps": len(seen.maps)}
-        return SurfaceState(NAME, records, counts, seen.gaps)
+        suspects = {p.prog_id for p in first.records.programs if kept_by_nothing(p)}
+        if not suspects:
+            return first
+        # a loader may take a link or pass its fd on while this read went by: read once more
+        time.sleep(SETTLE_SECONDS)
+        try:
+            return settle_orphans(first, _read(kernel), suspects)
+        except BpfError:
+            return first  # unread the second time: the first look stands
 
     def assess(self, state: SurfaceState[EbpfRecords]) -> list[Finding]:
         return [f for prog in state.records.programs for f in assess_program(prog)]
+
+
+def _read(kernel: Kernel) -> SurfaceState[EbpfRecords]:
+    """One look at every program, link and map; BpfError where they cannot be listed."""
+    progs, links, maps = objs.all_progs(), objs.all_links(), objs.all_maps()
+    # patchguard's own objects (memory reader, task iterator, symbolizer) are not the host's
+    own, own_maps = set(kernel.own_prog_ids), set(kernel.own_map_ids)
+    seen = _Seen(kernel, [link for link in links if link.prog_id not in own])
+    seen.maps = {m.map_id: m for m in maps if m.map_id not in own_maps}
+    seen.read(progs)
+    # Read again: a lookup program patchguard loaded while these were listed (the scan's
+    # other surfaces run beside this one) is known by identity now, after the owner walk.
+    own |= kernel.own_prog_ids
+    own_maps |= kernel.own_map_ids
+    peers, gone = _peers(progs, own, seen)
+    own |= gone
+    own_maps |= {m for p in progs if p.prog_id in peers for m in p.map_ids}
+    seen.links = [link for link in seen.links if link.prog_id not in peers]
+    seen.maps = {i: m for i, m in seen.maps.items() if i not in own_maps}
+    programs = [_program(p, seen, peers.get(p.prog_id)) for p in progs if p.prog_id not in own]
+    records = EbpfRecords(
+        tuple(programs),
+        tuple(_link(link, seen) for link in seen.links),
+        tuple(_map(m, seen.owners) for m in seen.maps.values()),
+    )
+    return SurfaceState(NAME, records, _counts(records), seen.gaps)
+
+
+def settle_orphans(
+    first: SurfaceState[EbpfRecords], second: SurfaceState[EbpfRecords], suspects: set[int]
+) -> SurfaceState[EbpfRecords]:
+    """The first read, with each program it found kept by nothing as the second read saw it:
+    kept now, or an orphan on a second look too; one gone meanwhile is dropped. Programs new in
+    the second read are left to the next scan, as any loaded after the first was."""
+    again = {p.prog_id: p for p in second.records.programs}
+    programs: list[BpfProgram] = []
+    for p in first.records.programs:
+        if p.prog_id not in suspects:
+            programs.append(p)
+        elif p.prog_id in again:
+            q = again[p.prog_id]
+            programs.append(replace(q, second_look=kept_by_nothing(q)))
+    links = {link.link_id: link for link in first.records.links}
+    links |= {link.link_id: link for link in second.records.links if link.prog_id in suspects}
+    records = replace(first.records, programs=tuple(programs), links=tuple(links.values()))
+    gaps = [*first.gaps, *(g for g in second.gaps if g not in first.gaps)]
+    return SurfaceState(NAME, records, _counts(records), gaps)
+
+
+def _counts(records: EbpfRecords) -> dict[str, int]:
+    return {
+        "programs": len(records.programs),
+        "links": len(records.links),
+        "maps": len(records.maps),
+    }
 
 
 def _unread(reason: str) -> SurfaceState[EbpfRecords]:

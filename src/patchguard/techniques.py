@@ -235,8 +235,8 @@ _CATALOGUE: tuple[Technique, ...] = (
         "ftrace-direct-mismatch",
         Severity.HIGH,
         ROOTKIT,
-        "A function's ftrace site calls elsewhere than ftrace's own direct ops records for it: "
-        "the site was changed behind ftrace",
+        "A function's ftrace site, or its direct ops' own direct_call, leads elsewhere than "
+        "ftrace's direct_functions records for it: changed behind ftrace",
     ),
     Technique(
         "ftrace-global-tracer",

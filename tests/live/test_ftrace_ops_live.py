@@ -30,6 +30,23 @@ def test_every_direct_call_is_what_its_site_calls(kernel: Kernel) -> None:
     assert [x for x in r.records if isinstance(x, DirectMismatch)] == []
 
 
+def test_each_direct_ops_holds_the_call_ftrace_records(kernel: Kernel) -> None:
+    """6.6+: a direct ops' own direct_call, which call_direct_funcs follows on a shared site,
+    is the target direct_functions records for each function the ops traces."""
+    memory = kernel.memory()
+    at = layout(kernel.vmlinux_btf)
+    if at.direct_call is None:
+        pytest.skip("this kernel's ftrace_ops has no direct_call (before 6.6)")
+    direct = direct_functions(kernel, memory, at)
+    ops = [o for o in read_ops(memory, list_head(kernel, memory)[0], at) if o.enabled]
+    held = [o for o in ops if "DIRECT" in o.flag_names]
+    if not held:
+        pytest.skip("no direct ftrace ops on this kernel now")
+    assert all(o.direct_call is None for o in ops if o not in held)
+    for o in held:
+        assert o.direct_call and {direct[ip] for ip in o.traced} == {o.direct_call}, o
+
+
 def test_every_hidden_trampoline_is_a_direct_call_ftrace_records(kernel: Kernel) -> None:
     memory = kernel.memory()
     at = layout(kernel.vmlinux_btf)

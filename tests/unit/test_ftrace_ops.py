@@ -18,6 +18,7 @@ from patchguard.kernel.ftrace_ops import FtraceOps, OpsLayout, filter_entries, r
 from patchguard.kernel.memory import read_u64
 from patchguard.surfaces.tracing.ops import (
     NamedOps,
+    direct_call_disagreements,
     direct_mismatches,
     ops_findings,
     ops_record,
@@ -106,6 +107,37 @@ def test_a_function_two_ops_trace_is_not_compared() -> None:
     now[ip] += 0x100
     twice = [*ops, replace(ops[0], ops=replace(ops[0].ops, address=1))]
     assert direct_mismatches(memory(with_sites=True), twice, now) == []
+
+
+def _holding(ops: list[NamedOps], now: dict[int, int]) -> dict[int, int | None]:
+    """Each ops' direct_call as a 6.6+ kernel keeps it: the target of its one function."""
+    return {n.ops.address: now[next(iter(n.ops.traced))] for n in ops}
+
+
+def test_direct_ops_holding_what_ftrace_records_are_no_finding() -> None:
+    ops, now = named(read_ops(memory(), HEAD, AT)), current()
+    assert direct_call_disagreements(ops, now, _holding(ops, now)) == []
+    assert direct_call_disagreements(ops, now, dict.fromkeys(_holding(ops, now))) == []  # < 6.6
+
+
+def test_a_direct_ops_whose_direct_call_leads_elsewhere_is_found() -> None:
+    """What call_direct_funcs calls where the site is shared: the ops' field, not the hash."""
+    ops, now = named(read_ops(memory(), HEAD, AT)), current()
+    calls = _holding(ops, now)
+    (ip,) = [ip for ip in now if function(ip) == "commit_creds"]
+    (op,) = [n.ops.address for n in ops if ip in n.ops.traced]
+    calls[op] = 0xFFFFFFFFC0DE0000  # rewritten in the ops, direct_functions left as it was
+    (found,) = direct_call_disagreements(ops, now, calls)
+    assert (found.function, found.via, found.recorded) == ("commit_creds", "direct_call", now[ip])
+    found = replace(found, calls_name="pg_stub+0x0 [pg_rootkit]")
+    (finding,) = ops_findings(TracingRecords.of([found]))
+    assert finding.technique == "ftrace-direct-mismatch" and finding.disposition == "tampering"
+    assert finding.summary.startswith(
+        f"ftrace's own direct_functions records that commit_creds's direct call goes to "
+        f"{now[ip]:#x}, but its direct ops (call_direct_funcs) holds direct_call "
+        "0xffffffffc0de0000 (pg_stub+0x0 [pg_rootkit]): call_direct_funcs follows direct_call"
+    )
+    assert finding.evidence["ops_direct_call_reaches"] == "pg_stub+0x0 [pg_rootkit]"
 
 
 def test_enabled_functions_hiding_what_memory_traces_is_a_filtered_view() -> None:

@@ -3,7 +3,8 @@ variable: found with ftrace_records.variable_address, from the first load of
 ftrace_ops_trampoline(), which walks it), each `struct ftrace_ops` with its handler (`func`),
 its flags, and the functions its filter hash holds (`func_hash->filter_hash`, a hash of
 `struct ftrace_func_entry` { ip, direct }): which functions each ops traces, and for a direct
-ops (BPF trampolines) where each one's site calls.
+ops (BPF trampolines) where each one's site calls, and (6.6+) the `direct_call` the ops itself
+holds, which call_direct_funcs follows where other ftrace users share the site.
 
 This is the ground truth that tracefs `enabled_functions` prints from; a function memory's ops
 trace that the text does not show is a filtered view. Offsets come from vmlinux BTF.
@@ -11,7 +12,7 @@ trace that the text does not show is a filtered view. Offsets come from vmlinux 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from patchguard.kernel.btf import Btf
@@ -50,7 +51,7 @@ FLAG_NAMES = (
     "SUBOP",
     "GRAPH",
 )
-ENABLED, STUB = 1 << 0, 1 << 5
+ENABLED, STUB, DIRECT = 1 << 0, 1 << 5, 1 << 17
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class OpsLayout:
     count: int
     ip: int
     direct: int
+    direct_call: int | None = None  # ftrace_ops.direct_call, 6.6+
 
 
 def layout(btf: Btf) -> OpsLayout:
@@ -86,7 +88,8 @@ def layout(btf: Btf) -> OpsLayout:
     missing = [f"{s}.{m}" for (s, m), at in zip(wanted, found, strict=True) if at is None]
     if missing:
         raise KernelAccessError("vmlinux BTF", f"no {', '.join(missing)} (no ftrace)")
-    return OpsLayout(*(at for at in found if at is not None))
+    direct_call = btf.member_offset("ftrace_ops", "direct_call")
+    return replace(OpsLayout(*(at for at in found if at is not None)), direct_call=direct_call)
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,8 @@ class FtraceOps:
     # empty with `all_functions`: the ops traces every function (the hash is empty)
     traced: dict[int, int]
     all_functions: bool
+    # a DIRECT ops' own target (6.6+): call_direct_funcs calls it where the site is shared
+    direct_call: int | None = None
 
     @property
     def enabled(self) -> bool:
@@ -137,7 +142,16 @@ def _ops(memory: KernelMemory, op: int, flags: int, at: OpsLayout) -> FtraceOps:
     hash_ = read_u64(memory, func_hash + at.filter_hash) if func_hash >= KERNEL_SPACE else 0
     traced = filter_entries(memory, hash_, at) if hash_ >= KERNEL_SPACE else {}
     func, tramp = read_u64(memory, op + at.func), read_u64(memory, op + at.trampoline)
-    return FtraceOps(op, func, flags, tramp, traced, not traced)
+    return FtraceOps(
+        op, func, flags, tramp, traced, not traced, ops_direct_call(memory, op, flags, at)
+    )
+
+
+def ops_direct_call(memory: KernelMemory, op: int, flags: int, at: OpsLayout) -> int | None:
+    """The direct_call of a DIRECT ops, where the kernel has the field (6.6+); else None."""
+    if at.direct_call is None or not flags & DIRECT:
+        return None
+    return read_u64(memory, op + at.direct_call)
 
 
 def filter_entries(memory: KernelMemory, hash_: int, at: OpsLayout) -> dict[int, int]:

@@ -5,8 +5,9 @@ its function's site calls against the site's bytes.
 Memory is the ground truth: a function an enabled ops traces that enabled_functions does not
 print is hidden by a filter on what this process reads ("enabled_functions hides N functions
 that ftrace ops <handler> traces"); a site calling elsewhere than its direct ops records was
-rewritten behind ftrace. Where enabled_functions cannot be read (EPERM on these VMs) the ops are
-still reported, and the comparison is a gap.
+rewritten behind ftrace, and so was a direct ops whose own direct_call (6.6+) leads elsewhere
+than direct_functions records. Where enabled_functions cannot be read (EPERM on these VMs) the
+ops are still reported, and the comparison is a gap.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from patchguard.findings import Disposition, Finding
+from patchguard.kernel.attribution import Attributor
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.ftrace_ops import (
     FtraceOps,
     direct_functions,
     layout,
     list_head,
+    ops_direct_call,
     read_ops,
 )
 from patchguard.kernel.ftrace_records import site_function
@@ -83,6 +86,7 @@ def collect_ops(r: Reading) -> None:
         r.gap("ftrace direct calls (direct_functions in kernel memory)", str(exc))
         return
     r.records.extend(direct_mismatches(memory, named, current))
+    r.records.extend(direct_call_mismatches(r, memory, named, current))
     _collect_direct(r, memory, current)
 
 
@@ -162,6 +166,48 @@ def _disagrees(memory: KernelMemory, ip: int, direct: int) -> tuple[str, int | N
     return code.hex(" "), calls
 
 
+def direct_call_mismatches(
+    r: Reading, memory: KernelMemory, named: Sequence[NamedOps], current: dict[int, int]
+) -> list[DirectMismatch]:
+    """The functions whose direct ops holds a direct_call other than the target ftrace's
+    direct_functions records for them. call_direct_funcs follows direct_call wherever another
+    ftrace user shares the site, so those calls go where the bookkeeping does not say. Read
+    again after a moment (modify_ftrace_direct updates the hash, then the field) and from
+    memory, not from the pages the ops were read through."""
+    calls = {n.ops.address: n.ops.direct_call for n in named}
+    if not direct_call_disagreements(named, current, calls):
+        return []
+    time.sleep(SETTLE)
+    try:
+        at = layout(r.kernel.vmlinux_btf)
+        fresh = direct_functions(r.kernel, memory, at)
+        calls = {n.ops.address: ops_direct_call(memory, n.ops.address, n.ops.flags, at)
+                 for n in named}  # fmt: skip
+    except KernelAccessError as exc:
+        r.gap("ftrace direct calls read again (direct_functions in kernel memory)", str(exc))
+        return []
+    names = r.kernel.attributor()
+    return [_named_call(m, names) for m in direct_call_disagreements(named, fresh, calls)]
+
+
+def direct_call_disagreements(
+    named: Sequence[NamedOps], current: dict[int, int], calls: dict[int, int | None]
+) -> list[DirectMismatch]:
+    found = []
+    for n in named:
+        target = calls.get(n.ops.address)
+        for ip in n.ops.traced if target is not None else ():
+            recorded = current.get(ip)
+            if recorded is not None and recorded != target:
+                found.append(DirectMismatch(n.functions[ip], n.handler[0], recorded, target, "",
+                                            "direct_call"))  # fmt: skip
+    return found
+
+
+def _named_call(m: DirectMismatch, names: Attributor) -> DirectMismatch:
+    return replace(m, calls_name=names.name(m.calls) if m.calls else None)
+
+
 def ops_findings(records: TracingRecords) -> list[Finding]:
     found = [_hidden(o) for o in records.ops if o.hidden_count]
     return found + [_mismatch(m) for m in records.direct_mismatches]
@@ -190,6 +236,8 @@ def _hidden(o: OpsRecord) -> Finding:
 
 
 def _mismatch(m: DirectMismatch) -> Finding:
+    if m.via == "direct_call":
+        return _direct_call_mismatch(m)
     calls = f"calls {m.calls:#x}" if m.calls is not None else f"holds {m.code}"
     return finding(
         NAME,
@@ -203,6 +251,27 @@ def _mismatch(m: DirectMismatch) -> Finding:
             "recorded_direct": f"{m.recorded:#x}",
             "site_calls": f"{m.calls:#x}" if m.calls is not None else None,
             "code": m.code,
+        },
+        disposition=Disposition.TAMPERING,
+    )
+
+
+def _direct_call_mismatch(m: DirectMismatch) -> Finding:
+    target = f"{m.calls:#x}" if m.calls is not None else "?"
+    reaches = f" ({visible(m.calls_name)})" if m.calls_name else ""
+    return finding(
+        NAME,
+        "ftrace-direct-mismatch",
+        visible(m.function),
+        f"ftrace's own direct_functions records that {visible(m.function)}'s direct call goes "
+        f"to {m.recorded:#x}, but its direct ops ({visible(m.handler)}) holds direct_call "
+        f"{target}{reaches}: call_direct_funcs follows direct_call wherever another ftrace user "
+        "shares the site, so those calls go where ftrace's bookkeeping does not say",
+        {
+            "function": visible(m.function),
+            "recorded_direct": f"{m.recorded:#x}",
+            "ops_direct_call": target,
+            "ops_direct_call_reaches": visible(m.calls_name) if m.calls_name else None,
         },
         disposition=Disposition.TAMPERING,
     )

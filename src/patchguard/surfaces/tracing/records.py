@@ -118,13 +118,17 @@ class OpsRecord:
 
 @dataclass(frozen=True)
 class DirectMismatch:
-    """A function whose ftrace site calls elsewhere than its direct ops records."""
+    """A function whose ftrace site calls elsewhere than its direct ops records (`via` "site"),
+    or whose direct ops' own direct_call does (`via` "direct_call", 6.6+: what call_direct_funcs
+    calls where the site is shared)."""
 
     function: str
     handler: str
     recorded: int  # the direct target ftrace's direct_functions records
-    calls: int | None  # what the site's CALL goes to (None: not a call)
-    code: str
+    calls: int | None  # what the site's CALL goes to (None: not a call), or direct_call
+    code: str  # the site's bytes ("" for direct_call)
+    via: str = "site"
+    calls_name: str | None = None  # what direct_call reaches, named (symbol [module])
 
 
 @dataclass(frozen=True)

@@ -113,8 +113,9 @@ def exceptions_at(path: Path, now: datetime | None = None) -> tuple[list[Request
     """(live_exceptions, lapsed_exceptions) at one `now`, from one read of the ledger."""
     when = now or datetime.now(UTC)
     replay = load(path)
-    requests = sorted(replay.state.requests.values(), key=lambda r: r.id)
-    return [r for r in requests if r.live(when)], lapses(requests, replay.entries, when)
+    requests = replay.state.requests.values()
+    live = sorted((r for r in requests if r.live(when)), key=lambda r: r.id)
+    return live, lapses(requests, replay.entries, when)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,13 @@ from patchguard.findings import Disposition, Finding, Severity
 from patchguard.kernel.errors import oserror_reason
 from patchguard.policy.manifest import DeclaredBpfProgram
 from patchguard.policy.match_hooks import allowed_by
-from patchguard.policy.match_lapsed import Lapsed, lapsed_finding, newest_lapsed
+from patchguard.policy.match_lapsed import (
+    Declared,
+    Lapsed,
+    declared_by_name,
+    lapsed_finding,
+    newest_lapsed,
+)
 from patchguard.policy.rules import Request
 from patchguard.scan import Policy
 from patchguard.surfaces.base import AnyState
@@ -141,7 +147,7 @@ def apply_exceptions(
     `exception-lapsed` for each uncovered one exactly as a `lapsed` exception declared it."""
     host = host or platform.node()
     live = [r for r in exceptions if in_scope(r, host)]
-    ended = [lapse for lapse in lapsed if in_scope(lapse.request, host)]
+    ended = declared_by_name(lapse for lapse in lapsed if in_scope(lapse.request, host))
     links = list(records.links)
     allowed: dict[int, tuple[BpfProgram, Request]] = {}
     out: list[Finding] = []
@@ -150,7 +156,7 @@ def apply_exceptions(
         request, mismatches = _verdict(prog, pins, live)
         if request is not None:
             allowed[prog.prog_id] = (prog, request)
-        out += mismatches + _lapsed(prog, pins, ended if request is None else [])
+        out += mismatches + _lapsed(prog, pins, ended if request is None else {})
     about = {f.evidence.get("prog_id") for f in findings if f.surface == EBPF}
     out += [_mark(f, allowed) for f in findings]
     out += [_match(p, r) for i, (p, r) in allowed.items() if i not in about]
@@ -169,7 +175,7 @@ def _verdict(
     return None, [_mismatch(prog, request, diff) for request, diff in found]
 
 
-def _lapsed(prog: BpfProgram, pins: set[str], lapsed: Sequence[Lapsed]) -> list[Finding]:
+def _lapsed(prog: BpfProgram, pins: set[str], lapsed: Declared) -> list[Finding]:
     lapse = newest_lapsed(prog, pins, lapsed)
     return [] if lapse is None else [lapsed_finding(prog, lapse)]
 

@@ -17,12 +17,13 @@ the program most recently had."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from patchguard.findings import Disposition, Finding, Severity
 from patchguard.policy.chain import Entry
+from patchguard.policy.manifest import DeclaredBpfProgram
 from patchguard.policy.rules import Request
 from patchguard.surfaces.ebpf import NAME as EBPF
 from patchguard.surfaces.ebpf import BpfProgram
@@ -65,21 +66,34 @@ def lapse_of(request: Request, revoked: Mapping[int, datetime], now: datetime) -
 
 def lapses(requests: Iterable[Request], entries: Iterable[Entry], now: datetime) -> list[Lapsed]:
     """The lapsed exceptions among `requests` at `now`, by number (`entries`: the ledger's,
-    for the revocation times)."""
-    revoked = revocation_times(entries)
-    found = (lapse_of(r, revoked, now) for r in sorted(requests, key=lambda r: r.id))
+    read for the revocation times only when one was revoked)."""
+    approved = sorted((r for r in requests if r.decision == "approved"), key=lambda r: r.id)
+    revoked = revocation_times(entries) if any(r.status == "revoked" for r in approved) else {}
+    found = (lapse_of(r, revoked, now) for r in approved)
     return [lapse for lapse in found if lapse is not None]
 
 
-def newest_lapsed(prog: BpfProgram, pins: set[str], lapsed: Sequence[Lapsed]) -> Lapsed | None:
+# The declarations of lapsed exceptions by program name: a scan holds hundreds of programs
+# and a ledger may hold hundreds of lapsed exceptions; each program looks up its own name.
+Declared = dict[str, list[tuple[Lapsed, DeclaredBpfProgram]]]
+
+
+def declared_by_name(lapsed: Iterable[Lapsed]) -> Declared:
+    index: Declared = {}
+    for lapse in lapsed:
+        for declared in lapse.request.manifest.bpf_programs:
+            index.setdefault(declared.name, []).append((lapse, declared))
+    return index
+
+
+def newest_lapsed(prog: BpfProgram, pins: set[str], index: Declared) -> Lapsed | None:
     """The lapsed exception that declared `prog` exactly and lapsed last, if any."""
     from patchguard.policy.match import differences  # match.py imports this module
 
     matching = [
         lapse
-        for lapse in lapsed
-        for declared in lapse.request.manifest.bpf_programs
-        if declared.name == prog.name and not differences(prog, declared, pins)
+        for lapse, declared in index.get(prog.name, ())
+        if not differences(prog, declared, pins)
     ]
     return max(matching, key=lambda lapse: (lapse.at, lapse.request.id), default=None)
 

@@ -746,6 +746,13 @@ _CATALOGUE: tuple[Technique, ...] = (
         "A hook that a live exception covers differs from what it declares",
     ),
     Technique(
+        "exception-lapsed",
+        Severity.LOW,
+        None,
+        "A BPF program still runs exactly as an exception declared it, but that exception "
+        "expired or was revoked and none in force covers it",
+    ),
+    Technique(
         "ledger-split-view",
         Severity.CRITICAL,
         STORED_DATA,

@@ -5,7 +5,9 @@ libbpf-tools' runqlat (raw tracepoints) and its nftables member, and
 tests/live/test_corpus_kernel_live.py's members: a live patch (pg_klp_version, built here
 against the lab's headers), classic tc classifiers and a systemd unit's cgroup firewall and
 device filter. The guest has no clang and no perf: the tc BPF and perf members run only
-live. The fentry member boots on its own, so it can be run alone.
+live. The fentry member boots on its own, so it can be run alone. Past expiry, each member's
+BPF programs (runqlat's, the systemd unit's, bpftrace's) are one exception-lapsed each, naming
+the exception (support.corpus.lapsed_named), beside what scan says of them with no ledger.
 """
 
 from __future__ import annotations

@@ -36,8 +36,11 @@ from support.corpus import (
     acting,
     allowed_and_named,
     baseline_env,
+    but_lapsed,
     changes_explained,
     cli,
+    lapsed_named,
+    lapsed_of,
     ledger,
     loader_release,
     netns,
@@ -224,10 +227,14 @@ def test_systemd_sandboxing_is_quiet_and_named_then_findings_once_expired(
     said = {i for i in unit if about(bare, {i})}  # the unit's programs scan speaks of
     allowed_and_named(about(allowed, said), said, "Debian (systemd packaging)")
     changes_explained(check, ("pid 1 (systemd)", "/usr/lib/systemd/systemd"))
-    # past the expiry, what scan says of systemd's programs is what it says with no ledger
+    # past the expiry, what scan says of systemd's programs is what it says with no ledger,
+    # and each of the unit's programs is named as running under the exception that ended
     back = acting(about(lapsed, set(programs_held_by(lapsed, 1))))
-    assert {f["technique"] for f in back} == {f["technique"] for f in acting(about(bare, ids))}
+    besides = {f["technique"] for f in but_lapsed(back)}
+    assert besides == {f["technique"] for f in acting(about(bare, ids))}
     assert not [f for f in about(lapsed, ids) if f["disposition"] == "allowed"], back
+    lapsed_named(lapsed, set(unit), "Debian (systemd packaging)")
+    assert lapsed_of(bare) == [] and lapsed_of(allowed) == []
 
 
 RESTRICT_UNIT = "systemd-restrictfs.service"
@@ -300,7 +307,8 @@ def test_restrict_file_systems_lsm_is_quiet_and_named_then_findings_once_expired
     # past the expiry, what scan says of the LSM program is what it says with no ledger
     back = acting(about(lapsed, ids, marker))
     assert {f["technique"] for f in back} >= RESTRICT_FS_BACK, back
-    assert {f["technique"] for f in back} == {
+    assert {f["technique"] for f in but_lapsed(back)} == {
         f["technique"] for f in acting(about(bare, ids, marker))
     }
+    lapsed_named(lapsed, ids, "Debian (systemd packaging)")
     assert not [f for f in about(lapsed, ids, marker) if f["disposition"] == "allowed"], back

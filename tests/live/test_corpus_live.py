@@ -37,9 +37,12 @@ from support.corpus import (
     acting,
     allowed_and_named,
     baseline_env,
+    but_lapsed,
     changes_explained,
     cli,
     interrupt,
+    lapsed_named,
+    lapsed_of,
     ledger,
     loader_release,
     netns,
@@ -176,6 +179,7 @@ def test_bpftrace_is_quiet_and_named_then_findings_once_expired(
     back = acting(about(lapsed, set(programs_held_by(lapsed, pid)), marker))
     assert {f["technique"] for f in back} >= member.back, back
     assert not [f for f in about(lapsed, ids, marker) if f["disposition"] == "allowed"]
+    lapsed_named(lapsed, ids, vendor)
 
 
 def _said(ready: str, said: list[str]) -> bool:
@@ -195,7 +199,8 @@ def test_runqlat_raw_tracepoints_are_quiet_and_named_then_back_to_unsanctioned_o
     """libbpf-tools' runqlat: BTF raw tracepoint programs (tp_btf) through raw tracepoint
     links. Approved, each program is shown allowed by the exception, with its id, and each code
     change on its tracepoints names the tracepoint and the program; past the expiry nothing of
-    it is allowed, and scan says of it what it says with no exception at all."""
+    it is allowed, scan says of it what it says with no exception at all, and one more finding
+    per program, exception-lapsed (low), names the exception that ended while it runs."""
     manifest = MANIFESTS / "runqlat.toml"
     loader_release(manifest)
     approved = ledger(tmp_path / "approved", manifest, "libbpf-tools packagers")
@@ -219,8 +224,12 @@ def test_runqlat_raw_tracepoints_are_quiet_and_named_then_back_to_unsanctioned_o
         assert any(o.startswith(named) for o in owners), (named, owners)
     back = about(lapsed, set(programs_held_by(lapsed, pid)), marker)
     assert not [f for f in back if f["disposition"] == "allowed"], back
+    assert set(programs_held_by(lapsed, pid)) == ids
+    lapsed_named(lapsed, ids, "Debian (libbpf-tools packaging)")
     unsanctioned = about(bare, set(programs_held_by(bare, pid)), marker)
-    assert {f["technique"] for f in acting(back)} == {f["technique"] for f in acting(unsanctioned)}
+    assert lapsed_of(bare) == [] and lapsed_of(allowed) == []  # none without a lapsed exception
+    besides = {f["technique"] for f in acting(but_lapsed(back))}
+    assert besides == {f["technique"] for f in acting(unsanctioned)}
 
 
 def named_by_programs(allowed: Doc, check: Doc, function: str, ids: set[int]) -> None:
@@ -266,7 +275,8 @@ def test_tc_classifier_is_quiet_and_named_then_findings_once_expired(
     assert acting(mine) == []
     allowed_and_named(about(allowed, ids), ids, "Debian (iproute2 packaging)")
     back = acting(about(lapsed, ids, marker))
-    assert {f["technique"] for f in back} == {"covert-trigger", "orphan-program"}, back
+    assert {f["technique"] for f in but_lapsed(back)} == {"covert-trigger", "orphan-program"}, back
+    lapsed_named(lapsed, ids, "Debian (iproute2 packaging)")
 
 
 NFT_RULES = """

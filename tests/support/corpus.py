@@ -31,6 +31,7 @@ Doc = dict[str, Any]
 # A module a member loads (a live patch, a tc classifier) after the baseline: its text is not
 # in the baseline, so check cannot verify it and says so (info). No code change to explain.
 UNVERIFIED_MODULE = "module-not-in-baseline"
+LAPSED = "exception-lapsed"  # a program still running as an exception that ended declared it
 
 
 def ledger(folder: Path, manifest: Path, vendor: str, expired: bool = False) -> Path:
@@ -147,6 +148,33 @@ def allowed_and_named(findings: list[Doc], prog_ids: set[int], vendor: str) -> N
             assert re.match(
                 rf"allowed by exception #\d+ \({re.escape(vendor)}, until ", f["summary"]
             )
+
+
+def lapsed_named(doc: Doc, prog_ids: set[int], vendor: str) -> None:
+    """Past the expiry (support.corpus.ledger's: 00:00 UTC today), each program has exactly one
+    `exception-lapsed` (low, not allowed) that names the exception, its vendor and the date."""
+    today = datetime.now(UTC).date().isoformat()
+    assert prog_ids, "no program to find lapsed"
+    for prog_id in prog_ids:
+        named = [f for f in lapsed_of(doc) if f["evidence"]["prog_id"] == prog_id]
+        assert len(named) == 1, (prog_id, lapsed_of(doc))
+        (f,) = named
+        ev = f["evidence"]
+        assert (f["severity"], f["disposition"], ev["lapse"]) == ("low", "suspicious", "expired")
+        assert ev["date"] == today, f
+        said = rf"exception #{ev['exception']} \({re.escape(vendor)}, .* expired on {today}; "
+        assert re.match(said, f["summary"]), f
+
+
+def lapsed_of(doc: Doc) -> list[Doc]:
+    """The document's exception-lapsed findings."""
+    return [f for f in doc["findings"] if f["technique"] == LAPSED]
+
+
+def but_lapsed(findings: list[Doc]) -> list[Doc]:
+    """The findings other than exception-lapsed: what scan says of a member past its expiry
+    besides the lapse, to be what it says with no ledger."""
+    return [f for f in findings if f["technique"] != LAPSED]
 
 
 def changes_explained(check: Doc, markers: tuple[str, ...]) -> list[Doc]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from patchguard.policy.ledger import Appended, append, load
 from patchguard.policy.manifest import Manifest
+from patchguard.policy.match_lapsed import Lapsed, lapses
 from patchguard.policy.rules import Request
 from patchguard.signing import HostKey, fingerprint_of
 
@@ -100,6 +101,21 @@ def live_exceptions(path: Path, now: datetime | None = None) -> list[Request]:
     from the verified ledger alone; a ledger that does not verify grants nothing (LedgerError)."""
     when = now or datetime.now(UTC)
     return [r for r in requests(path) if r.live(when)]
+
+
+def lapsed_exceptions(path: Path, now: datetime | None = None) -> list[Lapsed]:
+    """The exceptions approved once and no longer in force at `now` (expired, recorded or not,
+    or revoked), with how and when each ended; from the verified ledger alone (LedgerError)."""
+    return exceptions_at(path, now)[1]
+
+
+def exceptions_at(path: Path, now: datetime | None = None) -> tuple[list[Request], list[Lapsed]]:
+    """(live_exceptions, lapsed_exceptions) at one `now`, from one read of the ledger."""
+    when = now or datetime.now(UTC)
+    replay = load(path)
+    requests = replay.state.requests.values()
+    live = sorted((r for r in requests if r.live(when)), key=lambda r: r.id)
+    return live, lapses(requests, replay.entries, when)
 
 
 @dataclass(frozen=True)

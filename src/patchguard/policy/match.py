@@ -1,6 +1,7 @@
 """Findings against the exceptions in force: a hook that matches an approved manifest exactly
 is `allowed (exception #N)` — shown, not hidden; one that differs keeps its findings and gets
-one more that says what differed. An expired or revoked exception covers nothing.
+one more that says what differed. An expired or revoked exception covers nothing; a program
+still running exactly as one declared it is an `exception-lapsed` finding (match_lapsed.py).
 
 A program is tied to its product by what keeps it alive, as the ebpf surface recorded it: the
 processes that hold it must be the declared loader (path and sha256), and the bpffs pins of it
@@ -21,6 +22,13 @@ from patchguard.findings import Disposition, Finding, Severity
 from patchguard.kernel.errors import oserror_reason
 from patchguard.policy.manifest import DeclaredBpfProgram
 from patchguard.policy.match_hooks import allowed_by
+from patchguard.policy.match_lapsed import (
+    Declared,
+    Lapsed,
+    declared_by_name,
+    lapsed_finding,
+    newest_lapsed,
+)
 from patchguard.policy.rules import Request
 from patchguard.scan import Policy
 from patchguard.surfaces.base import AnyState
@@ -130,21 +138,25 @@ def apply_exceptions(
     records: EbpfRecords,
     exceptions: Sequence[Request],
     host: str | None = None,
+    lapsed: Sequence[Lapsed] = (),
 ) -> list[Finding]:
     """The findings with the ones that a live exception covers marked allowed, plus an
     `exception-mismatch` finding for each program whose name an exception declares but whose
-    hook differs from the declaration, and an `exception-match` (info, allowed) for each
-    covered program that no finding is about: every approved hook in force is shown."""
+    hook differs from the declaration, an `exception-match` (info, allowed) for each covered
+    program that no finding is about (every approved hook in force is shown), and an
+    `exception-lapsed` for each uncovered one exactly as a `lapsed` exception declared it."""
     host = host or platform.node()
     live = [r for r in exceptions if in_scope(r, host)]
+    ended = declared_by_name(lapse for lapse in lapsed if in_scope(lapse.request, host))
     links = list(records.links)
     allowed: dict[int, tuple[BpfProgram, Request]] = {}
     out: list[Finding] = []
     for prog in records.programs:
-        request, mismatches = _verdict(prog, pinned_at(prog, links), live)
+        pins = pinned_at(prog, links)
+        request, mismatches = _verdict(prog, pins, live)
         if request is not None:
             allowed[prog.prog_id] = (prog, request)
-        out += mismatches
+        out += mismatches + _lapsed(prog, pins, ended if request is None else {})
     about = {f.evidence.get("prog_id") for f in findings if f.surface == EBPF}
     out += [_mark(f, allowed) for f in findings]
     out += [_match(p, r) for i, (p, r) in allowed.items() if i not in about]
@@ -161,6 +173,11 @@ def _verdict(
         if not diff:
             return request, []
     return None, [_mismatch(prog, request, diff) for request, diff in found]
+
+
+def _lapsed(prog: BpfProgram, pins: set[str], lapsed: Declared) -> list[Finding]:
+    lapse = newest_lapsed(prog, pins, lapsed)
+    return [] if lapse is None else [lapsed_finding(prog, lapse)]
 
 
 def _mark(finding: Finding, allowed: dict[int, tuple[BpfProgram, Request]]) -> Finding:
@@ -197,27 +214,29 @@ def _mismatch(prog: BpfProgram, request: Request, diff: list[str]) -> Finding:
 
 
 def ledger_policy(path: Path) -> tuple[Policy | None, str | None]:
-    """The policy of the exceptions in force in the ledger at `path`, or (None, why not): no
-    ledger, or one that does not verify (which grants nothing)."""
+    """The policy of the exceptions in force in the ledger at `path` (and of those that lapsed,
+    for exception-lapsed), or (None, why not): no ledger, or one that does not verify (which
+    grants nothing)."""
     try:
         path.stat()
     except FileNotFoundError:
         return None, None
     except OSError as exc:  # not root: /var/lib/patchguard is 0700
         return None, f"cannot read the exception ledger {path}: {oserror_reason(exc)}"
-    from patchguard.policy.exceptions import live_exceptions  # only where there is a ledger
+    from patchguard.policy.exceptions import exceptions_at  # only where there is a ledger
     from patchguard.policy.ledger import LedgerError
 
     try:
-        live = live_exceptions(path)
+        live, lapsed = exceptions_at(path)
     except LedgerError as exc:
         return None, f"the exception ledger grants nothing: {exc}"
-    return exceptions_policy(live), None
+    return exceptions_policy(live, lapsed=lapsed), None
 
 
-def exceptions_policy(live: Sequence[Request]) -> Policy:
+def exceptions_policy(live: Sequence[Request], lapsed: Sequence[Lapsed] = ()) -> Policy:
     """The policy that applies exactly the exceptions `live` (the ledger's, or the witnessed
-    ones among them: policy/transparency/gate.py)."""
+    ones among them: policy/transparency/gate.py), and names the programs still running as
+    an exception in `lapsed` declared them (exception-lapsed)."""
     from patchguard.policy.match_hooks import apply_hook_exceptions
     from patchguard.policy.match_taint import apply_taint_exceptions
     from patchguard.surfaces.modules import NAME as MODULES
@@ -228,7 +247,7 @@ def exceptions_policy(live: Sequence[Request]) -> Policy:
         if state.surface == EBPF:
             records = state.records
             typed = records if isinstance(records, EbpfRecords) else EbpfRecords.of(records)
-            return apply_exceptions(findings, typed, live)
+            return apply_exceptions(findings, typed, live, lapsed=lapsed)
         if state.surface == TRACING:
             return apply_hook_exceptions(findings, live, direct=_direct_calls(state))
         if state.surface == MODULES:

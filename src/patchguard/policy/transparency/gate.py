@@ -19,6 +19,10 @@ checkpoint (from the directory or URL the table names), and applies an exception
    `exception-not-witnessed` finding names it and says how many witnesses signed. A
    revocation or an expiry takes effect at once, witnessed or not (it only narrows).
 
+The exceptions that lapsed (expired or revoked: policy/match_lapsed.py) are passed on as the
+ledger says, witnessed or not: a lapsed exception grants nothing, it only names the programs
+still running as it declared them (exception-lapsed, low), so there is nothing to withhold.
+
 A checkpoint that cannot be fetched is not a lie: the last witnessed one remembered is used,
 and what came after it waits. Without the table, exceptions apply as the ledger says
 (unwitnessed mode).
@@ -37,6 +41,7 @@ from patchguard.findings import Disposition, Evidence, Finding
 from patchguard.kernel import Kernel
 from patchguard.policy import ledger
 from patchguard.policy.chain import Entry
+from patchguard.policy.match_lapsed import Lapsed, lapses
 from patchguard.policy.rules import LedgerState, Request
 from patchguard.policy.transparency import (
     TransparencyError,
@@ -74,6 +79,7 @@ class Gated:
     findings: tuple[Finding, ...]
     witnessed: int  # size of the newest witnessed checkpoint the host's ledger is in (0: none)
     notes: tuple[str, ...] = ()  # no finding, but worth a line (a checkpoint not reachable)
+    lapsed: tuple[Lapsed, ...] = ()  # expired or revoked: grant nothing, need no witness
 
 
 @dataclass
@@ -338,7 +344,8 @@ def gate(
     pending = [r for i, r in sorted(every.items()) if i not in under]
     if pending:
         run.findings.append(_not_witnessed(run, pending, covered, seen.latest, seen.found))
-    return Gated(applied, tuple(run.findings), covered, tuple(run.notes))
+    lapsed = tuple(lapses(loaded.state.requests.values(), run.entries, when))
+    return Gated(applied, tuple(run.findings), covered, tuple(run.notes), lapsed)
 
 
 _CACHE: dict[tuple[Path, GateSettings], tuple[object, float, Gated]] = {}

@@ -17,9 +17,10 @@ from support.corpus import ledger
 from support.witnesses import World, world
 
 from patchguard.findings import Disposition, Finding, Severity
+from patchguard.guard.witnessed import witnessed_policy
 from patchguard.policy import exceptions as ops
 from patchguard.policy.manifest import parse_manifest
-from patchguard.policy.match import apply_exceptions, exceptions_policy, ledger_policy
+from patchguard.policy.match import apply_exceptions, ledger_policy
 from patchguard.signing import HostKey
 from patchguard.surfaces.base import SurfaceState
 from patchguard.surfaces.ebpf import Attachment, BpfLink, BpfProgram, EbpfRecords
@@ -230,5 +231,8 @@ def test_the_witness_gate_passes_lapsed_exceptions_on_unwitnessed(world: World) 
     assert gated.applied == () and gated.findings == ()
     assert [(x.request.id, x.how) for x in gated.lapsed] == [(seq, "revoked")]
     state = SurfaceState("ebpf", EbpfRecords.of((ITER, LINK)))
-    (found,) = exceptions_policy(gated.applied, lapsed=gated.lapsed)([], state)
+    # as a gated scan and the guard apply it (guard/witnessed.py)
+    policy, _, _ = witnessed_policy(world.log.path, world.settings(), fresh=True)
+    assert policy is not None
+    (found,) = policy([], state)
     assert found.technique == "exception-lapsed" and ": withdrawn;" in found.summary

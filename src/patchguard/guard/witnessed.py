@@ -30,7 +30,7 @@ def witnessed_policy(
     except LedgerError as exc:
         return None, f"the exception ledger grants nothing: {exc}", []
     note = "; ".join(gated.notes) or None
-    return exceptions_policy(gated.applied), note, list(gated.findings)
+    return exceptions_policy(gated.applied, lapsed=gated.lapsed), note, list(gated.findings)
 
 
 def settings_for_scan(config: Path | None) -> GateSettings | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -147,18 +148,27 @@ def _join(path: str) -> None:
 
 
 def _read_devices(label: str) -> list[tuple[int, NetAttach]]:
+    """XDP programs and tc filters on every device of the namespace this thread is in, from
+    rtnetlink dumps (pyroute2's ifinfmsg and tcmsg; kernel/netlink_dump.py)."""
     from patchguard.kernel.pyroute2_modules import without_package_init
 
-    without_package_init()  # IPRoute's modules alone, not all of pyroute2's
-    from pyroute2.iproute.linux import IPRoute  # slow to import: only when a scan needs it
+    without_package_init()  # the rtnetlink codecs alone, not all of pyroute2's
+    from pyroute2.netlink.rtnl import RTM_GETLINK, RTM_GETTFILTER, RTM_NEWLINK, RTM_NEWTFILTER
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+    from pyroute2.netlink.rtnl.tcmsg import tcmsg
+
+    from patchguard.kernel.netlink_dump import NetlinkDump
 
     found: list[tuple[int, NetAttach]] = []
-    with IPRoute() as ipr:
-        for link in ipr.get_links():
+    policy = {RTM_NEWLINK: ifinfmsg, RTM_NEWTFILTER: tcmsg}
+    with NetlinkDump(socket.NETLINK_ROUTE, policy) as rtnl:
+        for link in rtnl.dump(ifinfmsg(), RTM_GETLINK, f"links of {label}"):
             device, index = str(link.get_attr("IFLA_IFNAME")), int(link["index"])
             found += _xdp(link, device, index, label)
             for parent, direction in TC_PARENTS.items():
-                filters = ipr.get_filters(index=index, parent=parent)
+                ask = tcmsg()
+                ask["index"], ask["parent"] = index, parent
+                filters = rtnl.dump(ask, RTM_GETTFILTER, f"tc filters of {device} in {label}")
                 found += _tc(filters, device, index, label, direction)
             found += _queried(device, index, label)
     return found

@@ -30,6 +30,14 @@ class DumpError(KernelAccessError):
         self.errno = err
 
 
+def _refusal(where: str, error: Exception) -> Exception:
+    """The kernel's errno as a DumpError; a reply pyroute2 could not decode as ValueError."""
+    code = getattr(error, "code", None) or getattr(error, "errno", None)
+    if code is None:
+        return ValueError(f"{where}: undecodable reply: {error}")
+    return DumpError(where, abs(code))
+
+
 class NetlinkDump:
     """One netlink socket of `protocol` whose replies are decoded as `policy` says (message
     type -> pyroute2 message class); use it in a `with` block."""
@@ -47,7 +55,8 @@ class NetlinkDump:
         self._seq = 0
 
     def dump(self, msg: Any, msg_type: int, where: str) -> list[Any]:
-        """Every message of the dump `msg` (a pyroute2 message, its fields set) asks for."""
+        """Every message of the dump `msg` (a pyroute2 message, its fields set) asks for;
+        DumpError for what the kernel refused, ValueError for a reply that does not decode."""
         from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
 
         self._seq += 1
@@ -74,7 +83,7 @@ class NetlinkDump:
                 header = reply["header"]
                 interrupted |= bool(header["flags"] & NLM_F_DUMP_INTR)
                 if header["error"] is not None:
-                    raise DumpError(where, abs(getattr(header["error"], "code", errno.EIO)))
+                    raise _refusal(where, header["error"])
                 if header["type"] == NLMSG_DONE:
                     return found, interrupted
                 found.append(reply)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from patchguard.findings import Severity
     from patchguard.scan import ScanReport
+    from patchguard.signing import HostKey
     from patchguard.surfaces.base import Surface
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
@@ -359,9 +360,11 @@ def _emit(
     args: argparse.Namespace,
     out: Console,
     threshold: Severity,
-    key_path: Path | None = None,
+    signer: HostKey | None = None,
 ) -> int:
-    """Print a scan or check report and turn its worst finding into the exit code."""
+    """Print a scan or check report and turn its worst finding into the exit code. A JSON
+    report is sealed by `signer` (check: the key it already loaded), else by the host key if
+    there is one."""
     if args.json:
         import json
 
@@ -369,7 +372,7 @@ def _emit(
         from patchguard.sealed_report import host_key_if_any, seal
         from patchguard.signing import default_key_path
 
-        key = host_key_if_any(key_path or default_key_path())
+        key = signer or host_key_if_any(default_key_path())
         print(json.dumps(seal(to_json(report, records=args.records), key), indent=2))
     else:
         from patchguard.report import render
@@ -458,7 +461,7 @@ def cmd_check(args: argparse.Namespace, out: Console, err: Console) -> int:
         report = run_check(kernel, _baseline_path(args.baseline), key.public_key_bytes())
     finally:
         kernel.close()
-    return _emit(report, args, out, threshold, key.path)
+    return _emit(report, args, out, threshold, key)
 
 
 def cmd_guard(args: argparse.Namespace, out: Console, err: Console) -> int:

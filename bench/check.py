@@ -104,9 +104,16 @@ def main() -> None:
     parser.add_argument("--fentry", action="store_true", help="fentry programs, not tracepoints")
     parser.add_argument("--process", action="store_true", help="whole processes too")
     parser.add_argument("--process-only", action="store_true", help="whole processes alone")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="SRC",
+        help="with --process-only: also time the check of another source tree's patchguard "
+        "package (SRC/patchguard, e.g. `git archive <commit> src | tar -x -C DIR`, SRC=DIR/src)",
+    )
     args = parser.parse_args()
     if args.process_only:
-        processes_alone(args.rounds)
+        processes_alone(args.rounds, args.before)
         return
     rounds, kind = args.rounds, "fentry" if args.fentry else "tracepoint"
     bp.tracepoint_id("sched", "sched_switch")  # mounts tracefs if needed
@@ -164,8 +171,8 @@ def keyed_sweeps(kernel: Kernel, path: Path, public: bytes, floor: float, rounds
         keyed.close()
 
 
-def processes_alone(rounds: int) -> None:
-    """A baseline taken through the patchguard command, then the two processes timed."""
+def processes_alone(rounds: int, before: Path | None = None) -> None:
+    """A baseline taken through the patchguard command, then the processes timed."""
     with tempfile.TemporaryDirectory() as tmp:
         where = ["--out", str(Path(tmp) / "baseline.zip"), "--key", str(Path(tmp) / "host.key")]
         made = subprocess.run(
@@ -177,17 +184,32 @@ def processes_alone(rounds: int) -> None:
         if made.returncode != 0:
             raise SystemExit(f"baseline create: exit {made.returncode}: {made.stderr.strip()}")
         print(made.stdout.strip())
-        whole_process(Path(tmp), rounds)
+        whole_process(Path(tmp), rounds, before)
     print(load_note())
 
 
-def whole_process(tmp: Path, rounds: int) -> None:
+def whole_process(tmp: Path, rounds: int, before: Path | None = None) -> None:
     floor = str(Path(__file__).with_name("floor_process.py"))
-    check = [*patchguard_command(), "check", "--json", "--fail-on", "critical"]
-    check += ["--baseline", str(tmp / "baseline.zip"), "--key", str(tmp / "host.key")]
-    t = process_costs({"floor": [sys.executable, floor], "check": check}, rounds)
+    words = ["check", "--json", "--fail-on", "critical"]
+    words += ["--baseline", str(tmp / "baseline.zip"), "--key", str(tmp / "host.key")]
+    commands = {"floor": [sys.executable, floor], "check": [*patchguard_command(), *words]}
+    if before is not None:
+        commands["before"] = [sys.executable, "-c", _command_line_of(before), *words]
+    t = process_costs(commands, rounds)
     print(f"process: floor {t['floor'].wall * 1000:.0f} ms, {t['floor'].cpu * 1000:.0f} ms CPU")
     print(f"process: check --json {ratios(t, 'check', 'floor')} (target <= 1.3)")
+    if before is not None:
+        print(f"process: check --json of {before} {ratios(t, 'before', 'floor')}")
+
+
+def _command_line_of(src: Path) -> str:
+    """The patchguard command run from another source tree, compiled as an install has it."""
+    import compileall
+
+    if not compileall.compile_dir(str(src / "patchguard"), quiet=2):
+        raise SystemExit(f"{src}: compileall failed")
+    path = f"import sys; sys.path.insert(0, {str(src)!r}); "
+    return path + "import patchguard.cli as c; c.command_line()"
 
 
 if __name__ == "__main__":

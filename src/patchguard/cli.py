@@ -112,6 +112,9 @@ def _parser(command: str | None = None, everything: bool = True) -> argparse.Arg
     )
     parser.add_argument("--version", action="version", version=f"patchguard {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    if command == "check" and not everything:  # its words alone: the process is the product
+        _check_parser(sub)
+        return parser
     scan = sub.add_parser("scan", help="read every surface of the live kernel and report")
     scan.add_argument("--json", action="store_true", help="print the patchguard.scan/1 document")
     _records_option(scan)
@@ -165,17 +168,7 @@ def _parser(command: str | None = None, everything: bool = True) -> argparse.Arg
     guard_commands = _guard_commands(command, everything)
     if guard_commands is not None:
         guard_commands.register_baseline(base_sub)  # baseline rotate
-    check = sub.add_parser("check", help="compare the running kernel with the baseline")
-    check.add_argument("--baseline", type=path_arg, default=None, metavar="PATH")
-    check.add_argument("--key", type=path_arg, default=None, metavar="PATH")
-    check.add_argument("--json", action="store_true", help="print the patchguard.scan/1 document")
-    _records_option(check)
-    check.add_argument(
-        "--fail-on",
-        default="high",
-        metavar="SEVERITY",
-        help="exit 1 if a finding is at or above this (default high)",
-    )
+    _check_parser(sub)
     guard = sub.add_parser("guard", help="run the guard daemon in the foreground")
     guard.add_argument(
         "--config",
@@ -205,6 +198,22 @@ def _parser(command: str | None = None, everything: bool = True) -> argparse.Arg
     techniques.add_argument("--json", action="store_true", help="as a JSON array")
     techniques.add_argument("--markdown", action="store_true", help="as docs/techniques.md")
     return parser
+
+
+def _check_parser(sub: Any) -> None:
+    from patchguard.arguments import path as path_arg
+
+    check = sub.add_parser("check", help="compare the running kernel with the baseline")
+    check.add_argument("--baseline", type=path_arg, default=None, metavar="PATH")
+    check.add_argument("--key", type=path_arg, default=None, metavar="PATH")
+    check.add_argument("--json", action="store_true", help="print the patchguard.scan/1 document")
+    _records_option(check)
+    check.add_argument(
+        "--fail-on",
+        default="high",
+        metavar="SEVERITY",
+        help="exit 1 if a finding is at or above this (default high)",
+    )
 
 
 def _stored_help() -> str | None:

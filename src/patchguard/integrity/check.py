@@ -25,6 +25,7 @@ from patchguard.integrity.module_regions import (
     JUMPS,
     NAME,
     TEXT,
+    KnownStructs,
     is_text,
     live_modules,
     module_of,
@@ -89,6 +90,32 @@ class Capture:
     gaps: list[Gap]
 
 
+# Where each module's struct module was when the baseline was taken: {name: [its /proc/modules
+# address, the struct's address]} (hex strings: kernel addresses do not fit JSON's 2**53).
+MODULE_STRUCTS = "module_structs"
+
+
+def known_structs(manifest: Manifest) -> KnownStructs:
+    """The baseline's module_structs, for live_modules: a check is of the baseline's own boot,
+    so a module still at its /proc/modules address is looked for where its struct was, and
+    kallsyms is read only for the others. live_modules takes a struct only if the struct read
+    there names the module and starts its text at that address, so an entry that no longer
+    holds costs one read, never a wrong module. An entry that does not parse is left out."""
+    raw = manifest.summary.get(MODULE_STRUCTS, {})
+    pairs = {str(n): _addresses(p) for n, p in raw.items()} if isinstance(raw, dict) else {}
+    return {name: pair for name, pair in pairs.items() if pair is not None}
+
+
+def _addresses(pair: object) -> tuple[int, int] | None:
+    """Two hex addresses, as capture writes them; anything else None."""
+    if not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(x, str) for x in pair):
+        return None
+    try:
+        return int(pair[0], 16), int(pair[1], 16)
+    except ValueError:
+        return None
+
+
 def capture(kernel: Kernel) -> Capture:
     """Read everything a baseline keeps from the live kernel; what cannot be read is a gap."""
     memory = kernel.memory()
@@ -111,7 +138,8 @@ def capture(kernel: Kernel) -> Capture:
             regions[region] = capture_region(memory, region, bounds.start, bounds.end)
         except KernelAccessError as exc:
             gaps.append(Gap(NAME, region, str(exc)))
-    modules = live_modules(kernel)
+    structs: KnownStructs = {}
+    modules = live_modules(kernel, structs)
     gaps += modules.gaps
     for module in modules.modules.values():
         for region, start, end in region_bounds(module):
@@ -143,7 +171,8 @@ def capture(kernel: Kernel) -> Capture:
         "syscall_dispatch": {
             "functions": list(dict.fromkeys(e.function for e in dispatch)),
             "syscalls_mapped": sum(e.lo == e.hi for e in dispatch),
-        }
+        },
+        MODULE_STRUCTS: {n: [f"{at:#x}", f"{struct:#x}"] for n, (at, struct) in structs.items()},
     }
     return Capture(Baseline(meta, regions, sites, summary), gaps)
 
@@ -463,7 +492,10 @@ def verify(
     known = keyed.verified_manifest(stamp, public_key) if keyed is not None else None
     manifest = known or read_manifest(path, public_key, stored=False)
     check_boot(manifest, kernel.boot_id(), os.uname().release, path)
-    modules = live_modules(kernel) if keyed is None else keyed.live_modules(kernel)
+    if keyed is None:
+        modules = live_modules(kernel, known_structs(manifest))
+    else:
+        modules = keyed.live_modules(kernel)
     stale, findings = stale_modules(manifest.regions, modules.modules)
     entries = [e for e in manifest.regions.values() if module_of(e.name) not in stale]
     # The stored region bytes are verified beside the kernel reads (both mostly wait on the

@@ -1,7 +1,7 @@
 """Run INSIDE the lab guest by tests/lab/test_lab_check_structs.py: a baseline of a kernel with
 modules, then `check` run in this process twice, watched by an audit hook (every file opened,
 every fork): against that baseline, and against the same baseline signed again without the
-module structs it recorded. Writes <results>/guest_check_structs.json.
+module records it holds (integrity/module_records.py). Writes <results>/guest_check_structs.json.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 sys.path.insert(0, "/src/src")
 
 from patchguard.cli import main as patchguard
-from patchguard.integrity.check import MODULE_STRUCTS
+from patchguard.integrity.module_records import MODULE_LAYOUT, MODULE_STRUCTS
 from patchguard.integrity.store import load_baseline, save_baseline
 from patchguard.signing import HostKey
 
@@ -54,9 +54,9 @@ def key() -> Path:
 
 
 def without_structs(baseline: Path) -> Path:
-    """The same baseline, with no module structs in its summary, signed by the same key."""
+    """The same baseline, with no module records in its summary, signed by the same key."""
     whole = load_baseline(baseline, HostKey.load(key()).public_key_bytes())
-    summary = {k: v for k, v in whole.summary.items() if k != MODULE_STRUCTS}
+    summary = {k: v for k, v in whole.summary.items() if k not in (MODULE_STRUCTS, MODULE_LAYOUT)}
     bare = WORK / "bare.zip"
     save_baseline(
         type(whole)(whole.meta, whole.regions, whole.sites, summary), bare, HostKey.load(key())
@@ -79,6 +79,7 @@ def run() -> dict[str, Any]:
         return found
     summary = load_baseline(baseline, HostKey.load(key()).public_key_bytes()).summary
     found["module_structs"] = summary.get(MODULE_STRUCTS)
+    found["module_layout"] = summary.get(MODULE_LAYOUT)
     sys.addaudithook(watch)
     found["with_structs"] = checked(baseline)
     found["without_structs"] = checked(without_structs(baseline))

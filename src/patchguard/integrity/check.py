@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from patchguard import __version__
 from patchguard.findings import Disposition, Finding, Gap, Severity
 from patchguard.integrity.baseline import PAGE, Baseline, BaselineMeta, Region, page_hashes
+from patchguard.integrity.module_records import known_structs, module_summary, recorded_layout
 from patchguard.integrity.module_regions import (
     CALLS,
     JUMPS,
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from patchguard.integrity.explain import ChangedRun, SiteIndex, Verdict
     from patchguard.integrity.keyed_pages import KeyedPages
     from patchguard.integrity.owners import Owners
+    from patchguard.kernel.module_layout import Layout
     from patchguard.x86.dispatch import DispatchEntry
     from patchguard.x86.inputs import KernelRead, Symbols
 
@@ -90,30 +92,11 @@ class Capture:
     gaps: list[Gap]
 
 
-# Where each module's struct module was when the baseline was taken: {name: [its /proc/modules
-# address, the struct's address]} (hex strings: kernel addresses do not fit JSON's 2**53).
-MODULE_STRUCTS = "module_structs"
+def _layout(kernel: Kernel) -> Layout:
+    """struct module's layout, as live_modules derived it from vmlinux BTF (cached there)."""
+    from patchguard.kernel.module_layout import layout
 
-
-def known_structs(manifest: Manifest) -> KnownStructs:
-    """The baseline's module_structs, for live_modules: a check is of the baseline's own boot,
-    so a module still at its /proc/modules address is looked for where its struct was, and
-    kallsyms is read only for the others. live_modules takes a struct only if the struct read
-    there names the module and starts its text at that address, so an entry that no longer
-    holds costs one read, never a wrong module. An entry that does not parse is left out."""
-    raw = manifest.summary.get(MODULE_STRUCTS, {})
-    pairs = {str(n): _addresses(p) for n, p in raw.items()} if isinstance(raw, dict) else {}
-    return {name: pair for name, pair in pairs.items() if pair is not None}
-
-
-def _addresses(pair: object) -> tuple[int, int] | None:
-    """Two hex addresses, as capture writes them; anything else None."""
-    if not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(x, str) for x in pair):
-        return None
-    try:
-        return int(pair[0], 16), int(pair[1], 16)
-    except ValueError:
-        return None
+    return kernel.vmlinux_btf.derived(layout)
 
 
 def capture(kernel: Kernel) -> Capture:
@@ -172,7 +155,7 @@ def capture(kernel: Kernel) -> Capture:
             "functions": list(dict.fromkeys(e.function for e in dispatch)),
             "syscalls_mapped": sum(e.lo == e.hi for e in dispatch),
         },
-        MODULE_STRUCTS: {n: [f"{at:#x}", f"{struct:#x}"] for n, (at, struct) in structs.items()},
+        **module_summary(structs, _layout(kernel) if structs else None),
     }
     return Capture(Baseline(meta, regions, sites, summary), gaps)
 
@@ -493,7 +476,7 @@ def verify(
     manifest = known or read_manifest(path, public_key, stored=False)
     check_boot(manifest, kernel.boot_id(), os.uname().release, path)
     if keyed is None:
-        modules = live_modules(kernel, known_structs(manifest))
+        modules = live_modules(kernel, known_structs(manifest), offsets=recorded_layout(manifest))
     else:
         modules = keyed.live_modules(kernel)
     stale, findings = stale_modules(manifest.regions, modules.modules)

@@ -3,13 +3,16 @@ guest (Debian's 6.1 under QEMU, TCG; --kernel newer for 6.12): bench/check.py --
 run in the guest, which takes a baseline with the patchguard command and times both processes
 in interleaved rounds (wall and CPU). Target: check <= 1.3 x the floor process.
 Under TCG a guest's speed follows the host's load: only the ratios of one run compare.
-Run as root, after lab/build: .venv/bin/python bench/check_guest.py [--rounds 7]
+--before SRC also times another source tree's check (its SRC/patchguard, copied into the
+guest's /results) in the same rounds, as bench/check.py --before does here.
+Run as root, after lab/build: .venv/bin/python bench/check_guest.py [--rounds 7] [--before SRC]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -22,9 +25,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--kernel", choices=("stock", "newer"), default="stock")
+    parser.add_argument("--before", type=Path, metavar="SRC", help="another tree's src/")
     args = parser.parse_args()
     command = ["python3", "/src/bench/check.py", "--process-only", "--rounds", str(args.rounds)]
     with tempfile.TemporaryDirectory() as out:
+        if args.before is not None:
+            shutil.copytree(
+                args.before / "patchguard",
+                Path(out) / "before" / "patchguard",
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
+            command += ["--before", "/results/before"]
         run = run_lab(Path(out), (), command, timeout=1500, kernel=args.kernel)
     if run.returncode != 0:
         sys.exit(f"lab/run exited {run.returncode}: {run.stderr[-2000:]}")

@@ -82,6 +82,7 @@ def run() -> dict[str, Any]:
     found["module_layout"] = summary.get(MODULE_LAYOUT)
     sys.addaudithook(watch)
     found["with_structs"] = checked(baseline)
+    found["btf_parser_imported"] = "patchguard.kernel.btf" in sys.modules
     found["without_structs"] = checked(without_structs(baseline))
     return found
 

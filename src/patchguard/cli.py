@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from patchguard.findings import Severity
     from patchguard.scan import ScanReport
+    from patchguard.signing import HostKey
     from patchguard.surfaces.base import Surface
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
@@ -111,6 +112,9 @@ def _parser(command: str | None = None, everything: bool = True) -> argparse.Arg
     )
     parser.add_argument("--version", action="version", version=f"patchguard {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    if command == "check" and not everything:  # its words alone: the process is the product
+        _check_parser(sub)
+        return parser
     scan = sub.add_parser("scan", help="read every surface of the live kernel and report")
     scan.add_argument("--json", action="store_true", help="print the patchguard.scan/1 document")
     _records_option(scan)
@@ -164,17 +168,7 @@ def _parser(command: str | None = None, everything: bool = True) -> argparse.Arg
     guard_commands = _guard_commands(command, everything)
     if guard_commands is not None:
         guard_commands.register_baseline(base_sub)  # baseline rotate
-    check = sub.add_parser("check", help="compare the running kernel with the baseline")
-    check.add_argument("--baseline", type=path_arg, default=None, metavar="PATH")
-    check.add_argument("--key", type=path_arg, default=None, metavar="PATH")
-    check.add_argument("--json", action="store_true", help="print the patchguard.scan/1 document")
-    _records_option(check)
-    check.add_argument(
-        "--fail-on",
-        default="high",
-        metavar="SEVERITY",
-        help="exit 1 if a finding is at or above this (default high)",
-    )
+    _check_parser(sub)
     guard = sub.add_parser("guard", help="run the guard daemon in the foreground")
     guard.add_argument(
         "--config",
@@ -204,6 +198,22 @@ def _parser(command: str | None = None, everything: bool = True) -> argparse.Arg
     techniques.add_argument("--json", action="store_true", help="as a JSON array")
     techniques.add_argument("--markdown", action="store_true", help="as docs/techniques.md")
     return parser
+
+
+def _check_parser(sub: Any) -> None:
+    from patchguard.arguments import path as path_arg
+
+    check = sub.add_parser("check", help="compare the running kernel with the baseline")
+    check.add_argument("--baseline", type=path_arg, default=None, metavar="PATH")
+    check.add_argument("--key", type=path_arg, default=None, metavar="PATH")
+    check.add_argument("--json", action="store_true", help="print the patchguard.scan/1 document")
+    _records_option(check)
+    check.add_argument(
+        "--fail-on",
+        default="high",
+        metavar="SEVERITY",
+        help="exit 1 if a finding is at or above this (default high)",
+    )
 
 
 def _stored_help() -> str | None:
@@ -359,9 +369,11 @@ def _emit(
     args: argparse.Namespace,
     out: Console,
     threshold: Severity,
-    key_path: Path | None = None,
+    signer: HostKey | None = None,
 ) -> int:
-    """Print a scan or check report and turn its worst finding into the exit code."""
+    """Print a scan or check report and turn its worst finding into the exit code. A JSON
+    report is sealed by `signer` (check: the key it already loaded), else by the host key if
+    there is one."""
     if args.json:
         import json
 
@@ -369,7 +381,7 @@ def _emit(
         from patchguard.sealed_report import host_key_if_any, seal
         from patchguard.signing import default_key_path
 
-        key = host_key_if_any(key_path or default_key_path())
+        key = signer or host_key_if_any(default_key_path())
         print(json.dumps(seal(to_json(report, records=args.records), key), indent=2))
     else:
         from patchguard.report import render
@@ -458,7 +470,7 @@ def cmd_check(args: argparse.Namespace, out: Console, err: Console) -> int:
         report = run_check(kernel, _baseline_path(args.baseline), key.public_key_bytes())
     finally:
         kernel.close()
-    return _emit(report, args, out, threshold, key.path)
+    return _emit(report, args, out, threshold, key)
 
 
 def cmd_guard(args: argparse.Namespace, out: Console, err: Console) -> int:

@@ -317,3 +317,48 @@ def test_check_with_nothing_changed_keeps_its_slim_set(tmp_path: Path) -> None:
     # struct module's layout (from BTF) exactly when a module is live to read
     live = Path("/proc/modules").exists() and " Live " in Path("/proc/modules").read_text()
     assert ("patchguard.kernel.module_layout" in names) == live
+
+
+# What no check process needs: cryptography's key formats (its key is read in the one form
+# patchguard writes, signing._canonical_seed) and the atomic writer's tempfile (no key is made).
+CHECK_NEVER = {"cryptography.hazmat.primitives.serialization", "bcrypt", "tempfile"}
+# ... and what a check with nothing changed needs none of, besides the explainers.
+UNCHANGED_NEVER = {"patchguard.atomic", "patchguard.kernel.module_layout"}
+
+
+@pytest.mark.usefixtures("live_kernel")
+def test_a_check_process_imports_no_key_format_and_unchanged_no_explainer(
+    tmp_path: Path,
+) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PATCHGUARD_KEY": str(tmp_path / "keys" / "host.key"),
+        "PATCHGUARD_BASELINE": str(tmp_path / "baseline.zip"),
+    }
+    made = subprocess.run(
+        [sys.executable, "-m", "patchguard.cli", "baseline", "create"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    done = subprocess.run(
+        [sys.executable, "-c", RUN, "check", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    line = next(x for x in done.stderr.splitlines() if x.startswith(MARK))
+    names = set(json.loads(line[len(MARK) :]))
+    doc = json.loads(done.stdout)
+    assert doc["integrity"]["signature"]  # sealed by the key the check read
+    assert "cryptography.hazmat.primitives.asymmetric.ed25519" in names
+    assert not names & (CHECK_NEVER | POOL)
+    assert not {n.split(".")[0] for n in names} & (SERVER | {"rich"})
+    if doc["surfaces"][0]["counts"]["changed_pages"]:
+        pytest.skip("another process patched kernel text since the baseline: explainers ran")
+    assert not names & (UNCHANGED_NEVER | EXPLAINERS)

@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Any
 from patchguard import __version__
 from patchguard.findings import Disposition, Finding, Gap, Severity
 from patchguard.integrity.baseline import PAGE, Baseline, BaselineMeta, Region, page_hashes
+from patchguard.integrity.module_records import known_structs, module_summary, recorded_layout
 from patchguard.integrity.module_regions import (
     CALLS,
     JUMPS,
     NAME,
     TEXT,
+    KnownStructs,
     is_text,
     live_modules,
     module_of,
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
     from patchguard.integrity.explain import ChangedRun, SiteIndex, Verdict
     from patchguard.integrity.keyed_pages import KeyedPages
     from patchguard.integrity.owners import Owners
+    from patchguard.kernel.module_layout import Layout
     from patchguard.x86.dispatch import DispatchEntry
     from patchguard.x86.inputs import KernelRead, Symbols
 
@@ -89,6 +92,13 @@ class Capture:
     gaps: list[Gap]
 
 
+def _layout(kernel: Kernel) -> Layout:
+    """struct module's layout, as live_modules derived it from vmlinux BTF (cached there)."""
+    from patchguard.kernel.module_layout import layout
+
+    return kernel.vmlinux_btf.derived(layout)
+
+
 def capture(kernel: Kernel) -> Capture:
     """Read everything a baseline keeps from the live kernel; what cannot be read is a gap."""
     memory = kernel.memory()
@@ -111,7 +121,8 @@ def capture(kernel: Kernel) -> Capture:
             regions[region] = capture_region(memory, region, bounds.start, bounds.end)
         except KernelAccessError as exc:
             gaps.append(Gap(NAME, region, str(exc)))
-    modules = live_modules(kernel)
+    structs: KnownStructs = {}
+    modules = live_modules(kernel, structs)
     gaps += modules.gaps
     for module in modules.modules.values():
         for region, start, end in region_bounds(module):
@@ -143,7 +154,8 @@ def capture(kernel: Kernel) -> Capture:
         "syscall_dispatch": {
             "functions": list(dict.fromkeys(e.function for e in dispatch)),
             "syscalls_mapped": sum(e.lo == e.hi for e in dispatch),
-        }
+        },
+        **module_summary(structs, _layout(kernel) if structs else None),
     }
     return Capture(Baseline(meta, regions, sites, summary), gaps)
 
@@ -463,7 +475,10 @@ def verify(
     known = keyed.verified_manifest(stamp, public_key) if keyed is not None else None
     manifest = known or read_manifest(path, public_key, stored=False)
     check_boot(manifest, kernel.boot_id(), os.uname().release, path)
-    modules = live_modules(kernel) if keyed is None else keyed.live_modules(kernel)
+    if keyed is None:
+        modules = live_modules(kernel, known_structs(manifest), offsets=recorded_layout(manifest))
+    else:
+        modules = keyed.live_modules(kernel)
     stale, findings = stale_modules(manifest.regions, modules.modules)
     entries = [e for e in manifest.regions.values() if module_of(e.name) not in stale]
     # The stored region bytes are verified beside the kernel reads (both mostly wait on the

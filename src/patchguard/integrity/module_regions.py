@@ -67,6 +67,7 @@ def live_modules(
     known: KnownStructs | None = None,
     gather: Gather | None = None,
     listing: str | None = None,
+    offsets: Layout | None = None,
 ) -> LiveModules:
     """Every Live module's text and tables; a module that cannot be read is a gap.
 
@@ -75,7 +76,9 @@ def live_modules(
     it and starts its text at that address; the others are looked up in kallsyms (the
     guard's sweep then reads no kallsyms at all while no module came or went). `gather`:
     the structs read in one run each GATHER_BATCH, not one run each (without one, six a run
-    through the eBPF memory reader). `listing`: /proc/modules, if the caller read it."""
+    through the eBPF memory reader). `listing`: /proc/modules, if the caller read it.
+    `offsets`: struct module's layout as a baseline of this boot recorded it (check), else
+    derived from vmlinux BTF."""
     listing = listing if listing is not None else module_listing(kernel)
     if listing is None:
         return LiveModules({}, [])  # no module support: nothing to baseline (modules says so)
@@ -85,7 +88,7 @@ def live_modules(
     from patchguard.kernel.module_layout import ModuleText, layout
 
     try:
-        offsets = kernel.vmlinux_btf.derived(layout)  # once per kernel: ~20 ms of BTF lookups
+        offsets = offsets or kernel.vmlinux_btf.derived(layout)  # once a kernel: ~20 ms
         memory = kernel.memory()
     except (KernelAccessError, OSError, ValueError) as exc:
         return LiveModules({}, [Gap(NAME, "module_text", f"module layout unknown: {exc}")])

@@ -11,7 +11,8 @@ Format `patchguard.baseline/2` is a zip archive with these members:
                 whole data), page_sha256 (hex of each 4 KiB page from start, last one short),
                 stored {encoding "zlib", size, sha256 of the stored zlib stream}}
     sites       {size, sha256} of the member sites.json
-    summary     small JSON-able facts every check reports, as given
+    summary     small JSON-able facts every check uses, as given (integrity/check.py: how
+                syscalls are dispatched; module_structs, where each module's struct was)
     signer      {public_key (raw ed25519, hex), fingerprint (16 hex of its sha256)}
 `regions/<name>.zlib` (stored), each region's bytes as a zlib stream (level 1); names are
     [A-Za-z0-9_.-], not starting with a dot. The manifest signs the stored stream's hash, so

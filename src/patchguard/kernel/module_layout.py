@@ -17,10 +17,13 @@ the struct, a kernel address, a sane size) before it is used.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from patchguard.kernel.btf import Btf
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.memory import KERNEL_SPACE, KernelMemory, read_u32, read_u64
+
+if TYPE_CHECKING:  # the BTF parser only where a layout is derived (a check reads its baseline's)
+    from patchguard.kernel.btf import Btf
 
 MODULE_NAME_LEN = 56  # MODULE_NAME_LEN: 64 - sizeof(unsigned long)
 MAX_TEXT = 256 << 20  # no module has 256 MiB of code: a bigger value is a misread

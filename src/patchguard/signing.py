@@ -9,8 +9,6 @@ A key file that group or others can reach is refused, as ssh refuses a loose pri
 
 from __future__ import annotations
 
-import base64
-import binascii
 import errno
 import hashlib
 import os
@@ -19,9 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 # cryptography is imported where a key is used: commands that never sign or verify (scan,
-# --version, --help) do not pay for it. Its serialization package (PEM, SSH and PKCS12 readers,
-# bcrypt, every algorithm's key classes) only where a key is written or is not in the form
-# patchguard writes (_canonical_seed): a check reads its key without it.
+# --version, --help) do not pay for it.
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -118,29 +114,6 @@ def _check_owners(path: Path, st: os.stat_result) -> None:
         )
 
 
-# RFC 8410 section 7: an ed25519 private key as PKCS8 (version 1, no attributes, no public key)
-# is this 16-byte DER header and the 32-byte seed, the form cryptography writes (load_or_create).
-PKCS8_ED25519_HEADER = bytes.fromhex("302e020100300506032b657004220420")
-PEM_BEGIN, PEM_END = b"-----BEGIN PRIVATE KEY-----", b"-----END PRIVATE KEY-----"
-
-
-def _canonical_seed(pem: bytes) -> bytes | None:
-    """The seed of a PEM that is exactly the form patchguard writes (one base64 line of the
-    RFC 8410 encoding), else None: anything else, valid or not, is the library's to read and
-    to name what is wrong with it. Recognising one fixed encoding is all this does; it spares a
-    check the import of cryptography's serialization package (~6 ms of its process's CPU)."""
-    lines = pem.strip().split(b"\n")
-    if len(lines) != 3 or lines[0] != PEM_BEGIN or lines[2] != PEM_END:
-        return None
-    try:
-        der = base64.b64decode(lines[1], validate=True)
-    except binascii.Error:
-        return None
-    if len(der) != 48 or not der.startswith(PKCS8_ED25519_HEADER):
-        return None
-    return der[len(PKCS8_ED25519_HEADER) :]
-
-
 def _read_key_file(path: Path) -> bytes:
     """The key file's bytes, refused unless it is a regular file only its owner (root or
     this user) can reach, in a directory no one else can write."""
@@ -173,17 +146,8 @@ def _read_key_file(path: Path) -> bytes:
 
 
 def _read_private_key(path: Path) -> Ed25519PrivateKey:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
+    """The key file's PEM, read by cryptography, which says what is wrong with it."""
     pem = _read_key_file(path)
-    seed = _canonical_seed(pem)
-    if seed is not None:
-        return Ed25519PrivateKey.from_private_bytes(seed)
-    return _parse_pem(path, pem)
-
-
-def _parse_pem(path: Path, pem: bytes) -> Ed25519PrivateKey:
-    """Any other PEM, read by cryptography, which says what is wrong with it."""
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -29,7 +30,10 @@ from test_lab_lkrg import build_lkrg  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lkrg-ko", type=Path, help="an lkrg.ko built before (else built now)")
+    parser.add_argument("--save", type=Path, help="write the guest's JSON here too")
+    parser.add_argument("--profile", action="store_true", help="print the sweeps' profile")
     args = parser.parse_args()
+    load_at_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as work, tempfile.TemporaryDirectory() as out:
         results = Path(out)
         built = args.lkrg_ko or build_lkrg(Path(work))
@@ -39,7 +43,12 @@ def main() -> None:
         if run.returncode != 0:
             sys.exit(f"lab/run exited {run.returncode}: {run.stderr[-2000:]}")
         found = json.loads((results / "lkrg_bench.json").read_text())
+    if args.save:
+        args.save.write_text(json.dumps(found, indent=2))
+    print(f"host load average at the start {load_at_start}, at the end {os.getloadavg()}")
     show(found["patchguard"], found["lkrg"])
+    if args.profile and "sweep_profile" in found["patchguard"]:
+        print(found["patchguard"]["sweep_profile"])
 
 
 def show(pg: dict[str, Any], lkrg: dict[str, Any]) -> None:

@@ -259,9 +259,9 @@ def test_a_carried_collision_ends_at_the_pages_turn_to_be_rechecked(
         assert sweep() == {}
         value.view[PAGE + 100] ^= 0x40
         key = keyed._hasher.keys()[1]  # the key the next sweep keeps
-        kept = bytearray(keyed._judged[value.address].records)
-        struct.pack_into("<Q", kept, 16 + 8, nh(bytes(value.view[PAGE : 2 * PAGE]), key))
-        keyed._judged[value.address].records = bytes(kept)
+        state = keyed._state
+        assert state is not None  # kept: the digest under the next key A, 8 bytes a page
+        struct.pack_into("<Q", state.digests, 8, nh(bytes(value.view[PAGE : 2 * PAGE]), key))
         turn = next(s for s in range(2, 6) if (s - value.address // PAGE - 1) % 4 == 0)
         for number in range(2, 7):
             changed = sweep()

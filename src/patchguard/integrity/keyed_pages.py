@@ -14,11 +14,19 @@ changed, or one skipped for a sweep, is judged by SHA-256 whole; and each sweep 
 sweeps at most. docs/guard.md says why one key may serve several sweeps, and what a collision
 that slipped through costs. All regions of a sweep are packed into as few BPF runs as hold
 them (a run: up to 256 ranges, 1 MiB).
+
+What is Python in a sweep is kept to a few C-level operations a run: the runs' range tables
+are made once per set of regions (a plan, made again only when the baseline or the modules
+change), each page has a slot in the sweep, the digests kept are one buffer of 8 bytes a
+slot, and a run's A digests are compared with the kept ones as one bytes compare; only a run
+whose compare fails is looked at page by page.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -30,23 +38,12 @@ from patchguard.integrity.module_regions import (
     module_listing,
 )
 from patchguard.integrity.store import FileStamp, Manifest
-from patchguard.kernel.bpf.text_hash import CHUNK_PAGES, DIGEST, PAGE, RANGES, TextHasher
+from patchguard.kernel.bpf.text_hash import CHUNK_PAGES, PAGE, RANGES, TextHasher, range_table
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.memory import KernelMemory, MemoryReadError
 
 if TYPE_CHECKING:
     from patchguard.kernel import Kernel
-
-
-@dataclass
-class _Judged:
-    """What the last sweep judged of one region."""
-
-    page_digests: bytes  # the baseline's, to tell a rotated baseline
-    size: int
-    sweep: int
-    records: bytes  # (A, B) digests per page, 16 bytes a page
-    changed: dict[int, bytes] = field(default_factory=dict)  # page -> bytes unlike baseline
 
 
 @dataclass
@@ -78,7 +75,7 @@ class KeyedPages:
         self._rotate_every = rotate_every
         self._recheck_every = recheck_every
         self._sweep = 0
-        self._judged: dict[int, _Judged] = {}
+        self._state: _State | None = None  # what the last sweep kept
         self.counts = SweepCounts()
         self._verified: tuple[FileStamp, bytes, Manifest] | None = None
         self._module_structs: KnownStructs = {}
@@ -152,93 +149,106 @@ class KeyedPages:
         them (a module's text or table is a page or two: one run each would cost more than
         its hashing). A region a run could not copy is read again by the memory reader,
         which says which page failed."""
-        now = [self._start(r) for r in regions]
-        failed: set[int] = set()
-        for batch in _batches(regions):
-            failed |= self._run(batch, regions, now)
-        return [
-            self._finish(memory, r, j, i in failed)
-            for i, (r, j) in enumerate(zip(regions, now, strict=True))
-        ]
+        plan = self._plan_for(regions)
+        sweeping = _Sweeping(plan, self._carried(plan), bytearray(8 * plan.pages))
+        turns = plan.recheck_slots(self._sweep)
+        for run in plan.runs:
+            self._sweep_run(sweeping, run, turns)
+        return self._finish(memory, sweeping)
 
-    def _start(self, region: Swept) -> _Sweeping:
-        last = self._trusted(region.start, region.page_digests, region.size)
-        return _Sweeping(last, _Judged(region.page_digests, region.size, self._sweep, b""))
+    def _plan_for(self, regions: Sequence[Swept]) -> _Plan:
+        """The last sweep's plan while the regions are those (the baseline and the modules
+        as they were): ranges tables, slots and recheck turns are not made again."""
+        if self._state is not None and self._state.plan.regions == tuple(regions):
+            return self._state.plan
+        return _Plan.of(tuple(regions), self._recheck_every)
 
-    def _run(self, batch: list[_Piece], regions: Sequence[Swept], now: list[_Sweeping]) -> set[int]:
-        """One BPF run over the batch's pieces: each piece's pages compared, the moved ones
-        judged from the copy; the regions whose copy failed."""
-        ranges = [(regions[p.region].start + p.first * PAGE, p.pages) for p in batch]
+    def _carried(self, plan: _Plan) -> _State:
+        """What the last sweep kept that this one may trust: per region, the chain (its
+        digests under this sweep's key A, and its verdicts) if the last sweep was the one
+        before and judged that region, with this baseline and size; else nothing."""
+        last = self._state
+        kept = _State(plan, self._sweep - 1, bytearray(8 * plan.pages), [None] * len(plan.regions))
+        if last is None or last.sweep != self._sweep - 1:
+            return kept
+        if last.plan is plan:
+            return last
+        where = {r: i for i, r in enumerate(last.plan.regions) if last.changed[i] is not None}
+        for i, region in enumerate(plan.regions):
+            if (j := where.get(region)) is not None:
+                at, was, n = 8 * plan.slots[i], 8 * last.plan.slots[j], 8 * plan.sizes[i]
+                kept.digests[at : at + n] = last.digests[was : was + n]
+                kept.changed[i] = last.changed[j]
+        return kept
+
+    def _sweep_run(self, sweeping: _Sweeping, run: _Run, turns: dict[int, list[int]]) -> None:
+        """One BPF run: its pages' A digests compared with the kept ones in one compare; the
+        moved pages, and those whose recheck turn it is, SHA-256'd from the copy."""
         self.counts.runs += 1
         try:
-            statuses = self._hasher.hash_ranges(ranges)
+            copied = self._hasher.run_table(run.table, run.ranges, run.pages)
         except MemoryReadError:
-            return {p.region for p in batch}
-        live = self._hasher.records(sum(p.pages for p in batch))
-        failed, at = set(), 0
-        for piece, status in zip(batch, statuses, strict=True):
-            if status:
-                failed.add(piece.region)
-            else:
-                self._compare(piece, at, live, now[piece.region], regions[piece.region].start)
-            at += piece.pages
-        return failed
-
-    def _compare(
-        self, piece: _Piece, at: int, live: bytes, sweeping: _Sweeping, start: int
-    ) -> None:
-        """The piece's digests (from page `at` of the run) against the last sweep's: moved
-        pages judged, and this sweep's share of the unmoved ones judged again all the same."""
-        mine = live[at * DIGEST : (at + piece.pages) * DIGEST]
-        sweeping.records += mine
-        last, now = sweeping.last, sweeping.now
-        moved = _moved(mine, last, piece.first, piece.pages)
-        again = self._recheck(piece, start, moved) if last is not None else []
-        for page in moved + again:
-            self._judge(now, page, at + page - piece.first)
+            sweeping.failed.update(run.regions)
+            return
+        if not copied:
+            self._note_failed(sweeping, run)
+        now_a, at = self._hasher.column_a(0, run.pages), 8 * run.slot
+        sweeping.digests[at : at + 8 * run.pages] = self._hasher.column_b(0, run.pages)
+        moved = self._moved(sweeping, run, now_a)
+        again = [s for s in turns.get(run.index, ()) if s not in moved]
+        for slot in moved + again:
+            self._judge(sweeping, run, slot)
         self.counts.hashed += len(moved)
         self.counts.rechecked += len(again)
-        if last is not None and last.changed:  # verdicts of unmoved pages stand, bytes and all
-            judged, end = {*moved, *again}, piece.first + piece.pages
-            now.changed |= {
-                p: data
-                for p, data in last.changed.items()
-                if piece.first <= p < end and p not in judged
-            }
 
-    def _recheck(self, piece: _Piece, start: int, moved: list[int]) -> list[int]:
-        """The piece's unmoved pages whose turn it is: page p of a region at `start` when
-        start / PAGE + p = this sweep, mod RECHECK_EVERY (regions' first pages spread over the
-        sweeps, not all at once)."""
-        every = self._recheck_every
-        first = piece.first + (self._sweep - start // PAGE - piece.first) % every
-        return [p for p in range(first, piece.first + piece.pages, every) if p not in moved]
+    def _moved(self, sweeping: _Sweeping, run: _Run, now_a: bytes) -> list[int]:
+        """Slots of the run whose A digest is not the one the last sweep kept, or whose region
+        it did not judge (all of that region's pages)."""
+        kept, at = sweeping.kept, 8 * run.slot
+        last = kept.digests[at : at + 8 * run.pages]
+        untrusted = run.slots_of(kept.changed)
+        if now_a == last:
+            return untrusted
+        pairs = zip(memoryview(now_a).cast("Q"), memoryview(last).cast("Q"), strict=True)
+        differ = {run.slot + i for i, (a, b) in enumerate(pairs) if a != b}
+        return sorted(differ.union(untrusted))
 
-    def _finish(
-        self, memory: KernelMemory, region: Swept, sweeping: _Sweeping, failed: bool
-    ) -> dict[int, bytes]:
+    def _note_failed(self, sweeping: _Sweeping, run: _Run) -> None:
+        """The regions of ranges whose copy failed: read again by the memory reader."""
+        for status, region in zip(self._hasher.statuses(run.ranges), run.owners, strict=True):
+            if status:
+                sweeping.failed.add(region)
+
+    def _judge(self, sweeping: _Sweeping, run: _Run, slot: int) -> None:
+        """SHA-256 of the page in `slot` (from the run's copy) against the baseline's."""
+        plan = sweeping.plan
+        region = plan.region_of(slot)
+        if region in sweeping.failed:
+            return
+        swept, page = plan.regions[region], slot - plan.slots[region]
+        copied = slot - run.slot
+        data = self._hasher.copy(copied + 1)[copied * PAGE :][: min(PAGE, swept.size - page * PAGE)]
+        changed = sweeping.changed(region)
+        if hashlib.sha256(data).digest() != swept.page_digests[32 * page : 32 * page + 32]:
+            changed[page] = bytes(data)
+        else:
+            changed.pop(page, None)
+
+    def _finish(self, memory: KernelMemory, sweeping: _Sweeping) -> list[dict[int, bytes]]:
         from patchguard.integrity.check import changed_pages
 
-        if failed:  # a page the kernel copy could not read: the reader says which
-            self._judged.pop(region.start, None)
-            return changed_pages(memory, region.start, region.page_digests, region.size)
-        now = sweeping.now
-        now.records = bytes(sweeping.records)
-        self._judged[region.start] = now
-        self.counts.pages += -(-region.size // PAGE)
-        return dict(now.changed)
-
-    def _trusted(self, start: int, page_digests: bytes, size: int) -> _Judged | None:
-        last = self._judged.get(start)
-        if last is None or last.sweep != self._sweep - 1:
-            return None
-        return last if (last.page_digests, last.size) == (page_digests, size) else None
-
-    def _judge(self, now: _Judged, page: int, copied: int) -> None:
-        """SHA-256 of the region's page `page`, page `copied` of the run's copy."""
-        data = self._hasher.copy(copied + 1)[copied * PAGE :][: min(PAGE, now.size - page * PAGE)]
-        if hashlib.sha256(data).digest() != now.page_digests[32 * page : 32 * page + 32]:
-            now.changed[page] = bytes(data)
+        plan, found = sweeping.plan, []
+        changed: list[dict[int, bytes] | None] = []
+        for i, region in enumerate(plan.regions):
+            if i in sweeping.failed:  # a page the kernel copy could not read: the reader says
+                found.append(changed_pages(memory, region.start, region.page_digests, region.size))
+                changed.append(None)
+            else:
+                found.append(dict(sweeping.changed(i)))
+                changed.append(sweeping.changed(i))
+                self.counts.pages += plan.sizes[i]
+        self._state = _State(plan, self._sweep, sweeping.digests, changed)
+        return found
 
 
 @dataclass(frozen=True)
@@ -259,13 +269,101 @@ class _Piece:
     pages: int
 
 
+@dataclass(frozen=True)
+class _Run:
+    """One BPF run of a plan: its range table made once, its pages' slots in the sweep."""
+
+    index: int
+    table: bytes
+    slot: int  # the sweep's slot of the run's first page
+    pages: int
+    owners: tuple[int, ...]  # each range's region
+    pieces: tuple[tuple[int, int, int], ...]  # (region, first slot, pages) of each range
+
+    @property
+    def ranges(self) -> int:
+        return len(self.owners)
+
+    @property
+    def regions(self) -> set[int]:
+        return set(self.owners)
+
+    def slots_of(self, changed: list[dict[int, bytes] | None]) -> list[int]:
+        """The run's slots of regions the last sweep did not judge (changed is None)."""
+        return [
+            s for region, at, n in self.pieces if changed[region] is None for s in range(at, at + n)
+        ]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A sweep's regions cut into runs, and where each region's pages sit in the sweep's
+    slots (one slot a page, in order): made again only when the regions change."""
+
+    regions: tuple[Swept, ...]
+    sizes: tuple[int, ...]  # pages of each region
+    slots: tuple[int, ...]  # each region's first slot
+    pages: int
+    runs: tuple[_Run, ...]
+    recheck_every: int
+
+    @classmethod
+    def of(cls, regions: tuple[Swept, ...], recheck_every: int) -> _Plan:
+        sizes = tuple(-(-r.size // PAGE) for r in regions)
+        slots = tuple(itertools.accumulate(sizes, initial=0))
+        runs, at = [], 0
+        for index, batch in enumerate(_batches(regions)):
+            spans = [(regions[p.region].start + p.first * PAGE, p.pages * PAGE) for p in batch]
+            pieces = tuple((p.region, slots[p.region] + p.first, p.pages) for p in batch)
+            pages = sum(p.pages for p in batch)
+            owners = tuple(p.region for p in batch)
+            runs.append(_Run(index, range_table(spans), at, pages, owners, pieces))
+            at += pages
+        return cls(regions, sizes, slots[:-1], slots[-1], tuple(runs), recheck_every)
+
+    def region_of(self, slot: int) -> int:
+        return bisect.bisect_right(self.slots, slot) - 1
+
+    def recheck_slots(self, sweep: int) -> dict[int, list[int]]:
+        """This sweep's share of the rolling recheck, by run: page p of a region at `start`
+        when start / PAGE + p = sweep, mod recheck_every (regions' first pages spread over
+        the sweeps, not all at once)."""
+        every, found = self.recheck_every, list[int]()
+        for region, at, n in zip(self.regions, self.slots, self.sizes, strict=True):
+            found += range(at + (sweep - region.start // PAGE) % every, at + n, every)
+        starts = [run.slot for run in self.runs]
+        turns: dict[int, list[int]] = {}
+        for slot in found:
+            turns.setdefault(bisect.bisect_right(starts, slot) - 1, []).append(slot)
+        return turns
+
+
+@dataclass
+class _State:
+    """What a sweep kept for the next: its plan, the digests under the key the next sweep
+    compares with (8 bytes a slot), and each region's verdicts (None: not judged)."""
+
+    plan: _Plan
+    sweep: int
+    digests: bytearray
+    changed: list[dict[int, bytes] | None]
+
+
 @dataclass
 class _Sweeping:
-    """One region during a sweep: the last sweep's judgment it is compared with, this one's."""
+    """One sweep in progress: what it may trust, the digests it keeps, its regions whose copy
+    failed, its verdicts (copied from the kept ones when first changed)."""
 
-    last: _Judged | None
-    now: _Judged
-    records: bytearray = field(default_factory=bytearray)
+    plan: _Plan
+    kept: _State
+    digests: bytearray
+    failed: set[int] = field(default_factory=set)
+    _changed: dict[int, dict[int, bytes]] = field(default_factory=dict)
+
+    def changed(self, region: int) -> dict[int, bytes]:
+        if region not in self._changed:
+            self._changed[region] = dict(self.kept.changed[region] or {})
+        return self._changed[region]
 
 
 def _batches(regions: Sequence[Swept]) -> Iterator[list[_Piece]]:
@@ -284,17 +382,6 @@ def _batches(regions: Sequence[Swept]) -> Iterator[list[_Piece]]:
                 batch, room = [], CHUNK_PAGES
     if batch:
         yield batch
-
-
-def _moved(live: bytes, last: _Judged | None, first: int, n: int) -> list[int]:
-    """Pages of this chunk whose A digest is not the B digest the last sweep kept."""
-    if last is None:
-        return list(range(first, first + n))
-    now_a = memoryview(live).cast("Q")[0::2]
-    kept_b = memoryview(last.records).cast("Q")[2 * first + 1 : 2 * (first + n) : 2]
-    if now_a == kept_b:
-        return []
-    return [first + i for i, (a, b) in enumerate(zip(now_a, kept_b, strict=True)) if a != b]
 
 
 __all__ = ["KeyedPages", "SweepCounts", "Swept"]

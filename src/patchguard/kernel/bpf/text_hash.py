@@ -308,6 +308,16 @@ def _load(*parts: bytes) -> int:
     return fd
 
 
+def range_table(spans: Sequence[tuple[int, int]]) -> bytes:
+    """The run's range table: each (address, size) copied after the one before, its status
+    -1 until the run writes it."""
+    table, at = bytearray(), 0
+    for address, size in spans:
+        table += struct.pack("<QQQq", address, size, at, -1)
+        at += size
+    return bytes(table)
+
+
 class TextHasher:
     """The program and its three maps: the copy (read-only here), the keys and range table
     (written here), the digests (read here), each mapped into this process."""
@@ -316,6 +326,8 @@ class TextHasher:
         self._fds: list[int] = []
         self._maps: list[mmap.mmap] = []
         self._prog = -1
+        self._words: memoryview | None = None
+        self._table: memoryview | None = None
         self._key_count = 2
         self._lock = threading.Lock()
         try:
@@ -327,6 +339,9 @@ class TextHasher:
         except BaseException:
             self.close()
             raise
+        self._runner = bpf.PreparedTestRun(self._prog, 32)
+        self._words = memoryview(self._out).cast("Q")  # the digests as (A, B) u64 pairs
+        self._table = memoryview(self._keys).cast("q")[KEYS // 8 :]  # the range table
         # patchguard's own objects: the ebpf surface leaves them out by identity
         self.prog_id = prog_info(self._prog).prog_id
         self.map_ids = [map_info(fd).map_id for fd in self._fds]
@@ -383,18 +398,38 @@ class TextHasher:
     def _run(self, spans: Sequence[tuple[int, int]], pages: int, first: int) -> list[int]:
         """One run: each (address, size) copied after the one before, then `pages` pages of
         the copy hashed; each span's copy result."""
-        table, at = bytearray(), 0
-        for address, size in spans:
-            table += struct.pack("<QQQq", address, size, at, -1)
-            at += size
+        self.run_table(range_table(spans), len(spans), pages, first)
+        return self.statuses(len(spans))
+
+    def run_table(self, table: bytes, ranges: int, pages: int, first: int = 0) -> bool:
+        """One run of a range table made by range_table(): True if every range was copied
+        (else statuses() says which were not). MemoryReadError if the run was refused."""
+        assert self._table is not None
         self._keys[KEYS : KEYS + len(table)] = table
-        ctx = struct.pack("<QQQQ", len(spans), pages, first, self._key_count)
-        ret = bpf.prog_test_run(self._prog, ctx)
+        struct.pack_into("<QQQQ", self._runner.ctx, 0, ranges, pages, first, self._key_count)
+        ret = self._runner.run()
         if ret != pages:
             why = explain_errno(-ret) if ret < 0 else f"{ret} of {pages} pages hashed"
-            address = spans[0][0] if spans else 0
+            address = struct.unpack_from("<Q", table)[0] if table else 0
             raise MemoryReadError(address, pages * PAGE, f"in-kernel hash: {why}")
-        return [s for (s,) in struct.iter_unpack("<24xq", self._keys[KEYS : KEYS + len(table)])]
+        # each status is 0 or -errno: all copied when they are all zero (one compare in C)
+        found = self._table[3 : 4 * ranges : 4].tobytes()
+        return found == bytes(len(found))
+
+    def statuses(self, ranges: int) -> list[int]:
+        """Each range's copy result in the last run: 0, or -errno."""
+        assert self._table is not None
+        return self._table[3 : 4 * ranges : 4].tolist()
+
+    def column_a(self, start: int, count: int) -> bytes:
+        """Digests under key A of slots start..start+count, 8 bytes each (little-endian)."""
+        assert self._words is not None
+        return self._words[2 * start : 2 * (start + count) : 2].tobytes()
+
+    def column_b(self, start: int, count: int) -> bytes:
+        """Digests under key B of slots start..start+count, 8 bytes each."""
+        assert self._words is not None
+        return self._words[2 * start + 1 : 2 * (start + count) : 2].tobytes()
 
     def hash_chunk(self, address: int, pages: int, first: int) -> None:
         """Digests of `pages` pages at `address` into slots first.."""
@@ -426,6 +461,10 @@ class TextHasher:
             return self.digests(pages)
 
     def close(self) -> None:
+        for view in (self._words, self._table):
+            if view is not None:
+                view.release()  # an mmap with views exported cannot close
+        self._words = self._table = None
         for m in self._maps:
             m.close()
         for fd in [*self._fds, self._prog]:

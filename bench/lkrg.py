@@ -66,6 +66,13 @@ def show(pg: dict[str, Any], lkrg: dict[str, Any]) -> None:
             f"{pg.get('sweep_rechecked_pages', 0)} as the rolling recheck's share, "
             f"{pg.get('sweep_runs', '?')} BPF runs)"
         )
+    if "part_bpf_ms" in pg:
+        bpf, copy, sha = pg["part_bpf_ms"], pg["part_copy_ms"], pg["part_sha256_ms"]
+        rest = pg["sweep_ms"] - bpf - sha
+        print(
+            f"  of a sweep: BPF runs {bpf:.1f} ms (copying alone {copy:.1f}), SHA-256 of the "
+            f"judged pages {sha:.1f} ms, the rest (Python, /proc/modules) {rest:.1f} ms"
+        )
     if "check_ms" not in lkrg:
         sys.exit(f"LKRG did not load: {lkrg}")
     hashed = lkrg["hashed_bytes"]

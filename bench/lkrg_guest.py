@@ -86,10 +86,32 @@ def patchguard(tmp: Path) -> dict[str, float | int | str]:
         out["sweep_sha256_pages"] = keyed.counts.hashed
         out["sweep_rechecked_pages"] = keyed.counts.rechecked
         out["sweep_runs"] = keyed.counts.runs
+        out |= sweep_parts(keyed)
         out["sweep_profile"] = profile(lambda: verify(kernel, path, public, keyed))
         keyed.close()
     kernel.close()
     return out
+
+
+def sweep_parts(keyed: KeyedPages) -> dict[str, float]:
+    """What of a sweep is the kernel's: its BPF runs alone (copy and NH), the runs copying
+    only, and the SHA-256 of as many pages as the sweep judged; the rest is Python."""
+    state = getattr(keyed, "_state", None)  # the plan the sweeps above used
+    if state is None:
+        return {}
+    hasher, runs = keyed._hasher, state.plan.runs
+    judged = keyed.counts.hashed + keyed.counts.rechecked
+    page = bytes(hasher.copy(1))
+
+    def bpf_runs(hash_pages: bool) -> None:
+        for run in runs:
+            hasher.run_table(run.table, run.ranges, run.pages if hash_pages else 0)
+
+    return {
+        "part_bpf_ms": median_ms(lambda: bpf_runs(True)),
+        "part_copy_ms": median_ms(lambda: bpf_runs(False)),
+        "part_sha256_ms": median_ms(lambda: [hashlib.sha256(page).digest() for _ in range(judged)]),
+    }
 
 
 def profile(fn: object, rounds: int = ROUNDS) -> str:

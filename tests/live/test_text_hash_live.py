@@ -24,7 +24,7 @@ import pytest
 from patchguard.findings import Disposition
 from patchguard.integrity.check import CheckOutcome, changed_pages, verify
 from patchguard.integrity.keyed_pages import KeyedPages, Swept
-from patchguard.integrity.module_regions import live_modules
+from patchguard.integrity.module_regions import live_modules, module_listing
 from patchguard.integrity.store import BaselineError, file_stamp
 from patchguard.kernel import Kernel
 from patchguard.kernel.bpf import syscall as bpf
@@ -336,6 +336,19 @@ def test_verify_with_sweeps_hashed_in_the_kernel_equals_verify(
 
 
 # --- modules (the lab's guest has them; these machines have none) -----------------------------
+
+
+def test_sweeps_read_proc_modules_as_a_check_does_through_one_kept_descriptor(
+    kernel: Kernel,
+) -> None:
+    keyed = KeyedPages.open(kernel)
+    assert keyed is not None
+    try:
+        for _ in range(2):  # the second read: the same descriptor, from offset 0 again
+            assert keyed._module_listing(kernel) == module_listing(kernel)
+    finally:
+        keyed.close()
+    assert keyed._listing_fd is None
 
 
 def test_sweeps_find_every_module_as_check_does_and_keep_where_they_are(kernel: Kernel) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import itertools
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -41,6 +42,7 @@ from patchguard.integrity.store import FileStamp, Manifest
 from patchguard.kernel.bpf.text_hash import CHUNK_PAGES, PAGE, RANGES, TextHasher, range_table
 from patchguard.kernel.errors import KernelAccessError
 from patchguard.kernel.memory import KernelMemory, MemoryReadError
+from patchguard.kernel.proc_modules import PROC_MODULES
 
 if TYPE_CHECKING:
     from patchguard.kernel import Kernel
@@ -80,6 +82,7 @@ class KeyedPages:
         self._verified: tuple[FileStamp, bytes, Manifest] | None = None
         self._module_structs: KnownStructs = {}
         self._modules: tuple[str, LiveModules] | None = None  # /proc/modules, what it gave
+        self._listing_fd: int | None = None
 
     @classmethod
     def open(
@@ -97,6 +100,9 @@ class KeyedPages:
 
     def close(self) -> None:
         self._hasher.close()
+        if self._listing_fd is not None:
+            os.close(self._listing_fd)
+            self._listing_fd = None
 
     def live_modules(self, kernel: Kernel) -> LiveModules:
         """module_regions.live_modules, each struct module where the last sweep found it
@@ -106,12 +112,27 @@ class KeyedPages:
         says of its text cannot change while it is loaded, and a write there would only make
         a sweep that read it again compare less (the baseline's regions are what is
         compared)."""
-        listing = module_listing(kernel)
+        listing = self._module_listing(kernel)
         if listing is not None and self._modules is not None and self._modules[0] == listing:
             return self._modules[1]
         found = live_modules(kernel, self._module_structs, self._hasher.gather, listing)
         self._modules = (listing, found) if listing is not None and not found.gaps else None
         return found
+
+    def _module_listing(self, kernel: Kernel) -> str | None:
+        """/proc/modules through one descriptor kept open (module_listing's text): each read
+        from offset 0 makes the kernel write it afresh, and a sweep saves the open."""
+        if self._listing_fd is None:
+            try:
+                self._listing_fd = os.open(kernel.path(PROC_MODULES), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return module_listing(kernel)  # no module support: None, as a check says
+        try:
+            return _read_whole(self._listing_fd).decode(errors="replace")
+        except OSError:
+            os.close(self._listing_fd)
+            self._listing_fd = None
+            return module_listing(kernel)  # as a check reads it, error and all
 
     def verified_manifest(self, stamp: FileStamp | None, public_key: bytes) -> Manifest | None:
         """The manifest a sweep read, verified, and verified the stored region streams
@@ -364,6 +385,20 @@ class _Sweeping:
         if region not in self._changed:
             self._changed[region] = dict(self.kept.changed[region] or {})
         return self._changed[region]
+
+
+LISTING_LIMIT = 8 << 20  # /proc/modules of thousands of modules is well under 1 MiB
+
+
+def _read_whole(fd: int) -> bytes:
+    """All of a pseudo file from offset 0, at most LISTING_LIMIT bytes."""
+    parts, at = [], 0
+    while data := os.pread(fd, 1 << 16, at):
+        parts.append(data)
+        at += len(data)
+        if at > LISTING_LIMIT:
+            raise KernelAccessError(PROC_MODULES, f"more than {LISTING_LIMIT} bytes")
+    return b"".join(parts)
 
 
 def _batches(regions: Sequence[Swept]) -> Iterator[list[_Piece]]:

@@ -28,9 +28,11 @@ import bisect
 import hashlib
 import itertools
 import os
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from patchguard.integrity.module_regions import (
     KnownStructs,
@@ -54,6 +56,7 @@ class SweepCounts:
     hashed: int = 0  # SHA-256'd in user space: moved, or not chained
     rechecked: int = 0  # unmoved, SHA-256'd anyway: this sweep's share of the rolling recheck
     runs: int = 0  # BPF runs
+    kernel_seconds: float = 0.0  # in those runs
 
 
 ROTATE_EVERY = 8  # sweeps between fresh keys: a leaked key serves at most this many sweeps
@@ -72,12 +75,16 @@ class KeyedPages:
         hasher: TextHasher,
         rotate_every: int = ROTATE_EVERY,
         recheck_every: int = RECHECK_EVERY,
+        judge_beside: bool = False,
     ) -> None:
         self._hasher = hasher
+        self._beside = _JudgeThread() if judge_beside else None
+        hasher.release_gil = judge_beside  # the thread hashes while a run works
         self._rotate_every = rotate_every
         self._recheck_every = recheck_every
         self._sweep = 0
         self._state: _State | None = None  # what the last sweep kept
+        self._turns: tuple[_Plan | None, dict[int, dict[int, list[int]]]] = (None, {})
         self.counts = SweepCounts()
         self._verified: tuple[FileStamp, bytes, Manifest] | None = None
         self._module_structs: KnownStructs = {}
@@ -86,7 +93,11 @@ class KeyedPages:
 
     @classmethod
     def open(
-        cls, kernel: Kernel, rotate_every: int = ROTATE_EVERY, recheck_every: int = RECHECK_EVERY
+        cls,
+        kernel: Kernel,
+        rotate_every: int = ROTATE_EVERY,
+        recheck_every: int = RECHECK_EVERY,
+        judge_beside: bool = False,
     ) -> KeyedPages | None:
         """None where the kernel refuses the program (no bpf_loop before 5.17, no BTF): the
         sweeps then SHA-256 every page in user space, as `check` does."""
@@ -96,10 +107,12 @@ class KeyedPages:
             return None
         kernel.own_prog_ids.add(hasher.prog_id)
         kernel.own_map_ids.update(hasher.map_ids)
-        return cls(hasher, rotate_every, recheck_every)
+        return cls(hasher, rotate_every, recheck_every, judge_beside)
 
     def close(self) -> None:
         self._hasher.close()
+        if self._beside is not None:
+            self._beside.close()
         if self._listing_fd is not None:
             os.close(self._listing_fd)
             self._listing_fd = None
@@ -172,10 +185,21 @@ class KeyedPages:
         which says which page failed."""
         plan = self._plan_for(regions)
         sweeping = _Sweeping(plan, self._carried(plan), bytearray(8 * plan.pages))
-        turns = plan.recheck_slots(self._sweep)
+        sweeping.run_seconds = self._hasher.run_seconds
+        turns = self._recheck_turns(plan)
         for run in plan.runs:
             self._sweep_run(sweeping, run, turns)
         return self._finish(memory, sweeping)
+
+    def _recheck_turns(self, plan: _Plan) -> dict[int, list[int]]:
+        """plan.recheck_slots of this sweep, made once per plan and turn (they repeat every
+        recheck_every sweeps)."""
+        if self._turns[0] is not plan:
+            self._turns = (plan, {})
+        turn = self._sweep % self._recheck_every
+        if turn not in self._turns[1]:
+            self._turns[1][turn] = plan.recheck_slots(self._sweep)
+        return self._turns[1][turn]
 
     def _plan_for(self, regions: Sequence[Swept]) -> _Plan:
         """The last sweep's plan while the regions are those (the baseline and the modules
@@ -249,15 +273,21 @@ class KeyedPages:
         swept, page = plan.regions[region], slot - plan.slots[region]
         copied = slot - run.slot
         data = self._hasher.copy(copied + 1)[copied * PAGE :][: min(PAGE, swept.size - page * PAGE)]
-        changed = sweeping.changed(region)
-        if hashlib.sha256(data).digest() != swept.page_digests[32 * page : 32 * page + 32]:
-            changed[page] = bytes(data)
+        digest = swept.page_digests[32 * page : 32 * page + 32]
+        if self._beside is not None:  # hashed while the next runs work; applied at the end
+            self._beside.put((region, page), bytes(data), digest)
         else:
-            changed.pop(page, None)
+            unlike = hashlib.sha256(data).digest() != digest
+            _apply(sweeping, region, page, data if unlike else None)
 
     def _finish(self, memory: KernelMemory, sweeping: _Sweeping) -> list[dict[int, bytes]]:
         from patchguard.integrity.check import changed_pages
 
+        if self._beside is not None:  # the verdicts hashed beside the runs
+            for (at, page), data in self._beside.results():
+                if at not in sweeping.failed:
+                    _apply(sweeping, at, page, data)
+        self.counts.kernel_seconds = self._hasher.run_seconds - sweeping.run_seconds
         plan, found = sweeping.plan, []
         changed: list[dict[int, bytes] | None] = []
         for i, region in enumerate(plan.regions):
@@ -379,12 +409,61 @@ class _Sweeping:
     kept: _State
     digests: bytearray
     failed: set[int] = field(default_factory=set)
+    run_seconds: float = 0.0  # the hasher's time in runs when the sweep began
     _changed: dict[int, dict[int, bytes]] = field(default_factory=dict)
 
     def changed(self, region: int) -> dict[int, bytes]:
         if region not in self._changed:
             self._changed[region] = dict(self.kept.changed[region] or {})
         return self._changed[region]
+
+
+def _apply(sweeping: _Sweeping, region: int, page: int, data: bytes | memoryview | None) -> None:
+    """A judged page's verdict: its bytes if unlike the baseline (None: like it)."""
+    changed = sweeping.changed(region)
+    if data is None:
+        changed.pop(page, None)
+    else:
+        changed[page] = bytes(data)
+
+
+_STOP = object()
+_Key = tuple[int, int]  # (region, page)
+
+
+class _JudgeThread:
+    """SHA-256 of the pages a sweep judges, on a thread of its own: one run's pages are hashed
+    while the kernel copies and hashes the next run's (each run releases the GIL), so the
+    recheck's share costs the sweep little beyond copying the pages out. Verdicts are
+    applied once every run is done, before the sweep says anything."""
+
+    def __init__(self) -> None:
+        self._todo: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[list[tuple[_Key, bytes | None]]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name="pg-judge", daemon=True)
+        self._thread.start()
+
+    def put(self, key: _Key, data: bytes, digest: bytes) -> None:
+        self._todo.put((key, data, digest))
+
+    def results(self) -> list[tuple[_Key, bytes | None]]:
+        """Each page put since the last call: its bytes if unlike its digest, else None."""
+        self._todo.put(None)
+        return self._done.get()
+
+    def close(self) -> None:
+        self._todo.put(_STOP)
+        self._thread.join()
+
+    def _work(self) -> None:
+        found: list[tuple[_Key, bytes | None]] = []
+        while (item := self._todo.get()) is not _STOP:
+            if item is None:
+                self._done.put(found)
+                found = []
+                continue
+            key, data, digest = cast(tuple[_Key, bytes, bytes], item)
+            found.append((key, data if hashlib.sha256(data).digest() != digest else None))
 
 
 LISTING_LIMIT = 8 << 20  # /proc/modules of thousands of modules is well under 1 MiB

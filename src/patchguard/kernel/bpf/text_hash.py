@@ -28,6 +28,7 @@ import mmap
 import os
 import struct
 import threading
+import time
 from collections.abc import Sequence
 
 from patchguard.kernel.bpf import syscall as bpf
@@ -330,6 +331,8 @@ class TextHasher:
         self._table: memoryview | None = None
         self._key_count = 2
         self._lock = threading.Lock()
+        self.release_gil = False  # while a run works, may another thread of ours?
+        self.run_seconds = 0.0  # in runs, all told (what of a sweep the kernel took)
         try:
             self._buf = self._map("pg_th_copy", 2 * CHUNK, mmap.PROT_READ)
             self._keys = self._map("pg_th_keys", PARAMS, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -407,7 +410,9 @@ class TextHasher:
         assert self._table is not None
         self._keys[KEYS : KEYS + len(table)] = table
         struct.pack_into("<QQQQ", self._runner.ctx, 0, ranges, pages, first, self._key_count)
-        ret = self._runner.run()
+        started = time.perf_counter()
+        ret = self._runner.run(self.release_gil)
+        self.run_seconds += time.perf_counter() - started
         if ret != pages:
             why = explain_errno(-ret) if ret < 0 else f"{ret} of {pages} pages hashed"
             address = struct.unpack_from("<Q", table)[0] if table else 0

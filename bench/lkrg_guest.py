@@ -83,7 +83,7 @@ def patchguard(tmp: Path) -> dict[str, float | int | str]:
     if keyed is not None:
         out["sweep_first_ms"] = median_ms(lambda: verify(kernel, path, public, keyed), 1)
         out["sweep_ms"] = median_ms(lambda: verify(kernel, path, public, keyed))
-        out |= beside_or_not(kernel, path, public, keyed)
+        out |= sweep_split(kernel, path, public, keyed)
         out["sweep_sha256_pages"] = keyed.counts.hashed
         out["sweep_rechecked_pages"] = keyed.counts.rechecked
         out["sweep_runs"] = keyed.counts.runs
@@ -94,22 +94,19 @@ def patchguard(tmp: Path) -> dict[str, float | int | str]:
     return out
 
 
-def beside_or_not(kernel: Kernel, path: Path, public: bytes, keyed: KeyedPages) -> dict[str, float]:
-    """Sweeps with the judged pages SHA-256'd in line and on a thread beside the runs
-    (KeyedPages(judge_beside=True)), interleaved round by round in this boot; and the time a
-    sweep spent in its BPF runs, measured inside the sweep."""
-    beside = KeyedPages.open(kernel, judge_beside=True)
-    if beside is None or getattr(keyed.counts, "kernel_seconds", None) is None:
+def sweep_split(kernel: Kernel, path: Path, public: bytes, keyed: KeyedPages) -> dict[str, float]:
+    """More sweeps, each split as it ran: its time in BPF runs (counted inside the sweep) and
+    the rest (Python, SHA-256 of the judged pages, /proc/modules, the manifest's checks)."""
+    if getattr(keyed.counts, "kernel_seconds", None) is None:
         return {}
-    verify(kernel, path, public, beside)  # its first sweep: SHA-256 of every page
-    times: dict[str, list[float]] = {"inline": [], "beside": [], "kernel": []}
+    times: dict[str, list[float]] = {"whole": [], "kernel": [], "rest": []}
     for _ in range(ROUNDS):
-        for name, which in (("inline", keyed), ("beside", beside)):
-            t0 = time.perf_counter()
-            verify(kernel, path, public, which)
-            times[name].append(time.perf_counter() - t0)
-        times["kernel"].append(keyed.counts.kernel_seconds)
-    beside.close()
+        t0 = time.perf_counter()
+        verify(kernel, path, public, keyed)
+        whole, in_kernel = time.perf_counter() - t0, keyed.counts.kernel_seconds
+        times["whole"].append(whole)
+        times["kernel"].append(in_kernel)
+        times["rest"].append(whole - in_kernel)
     return {f"sweep_{k}_ms": statistics.median(v) * 1e3 for k, v in times.items()}
 
 

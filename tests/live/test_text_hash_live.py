@@ -182,12 +182,11 @@ def value() -> Iterator[MapValue]:
         v.close()
 
 
-@pytest.mark.parametrize("beside", [False, True])  # SHA-256 in line, or on its own thread
 @pytest.mark.parametrize("rotate_every", [1, 2, 8])  # a fresh key every sweep .. one key
 def test_sweeps_see_a_changed_byte_and_only_it_is_hashed_again(
-    kernel: Kernel, value: MapValue, rotate_every: int, beside: bool
+    kernel: Kernel, value: MapValue, rotate_every: int
 ) -> None:
-    keyed = KeyedPages.open(kernel, rotate_every, judge_beside=beside)
+    keyed = KeyedPages.open(kernel, rotate_every)
     assert keyed is not None
     try:
         baseline = value.page_digests()
@@ -212,14 +211,11 @@ def test_sweeps_see_a_changed_byte_and_only_it_is_hashed_again(
         keyed.close()
 
 
-@pytest.mark.parametrize("beside", [False, True])
-def test_regions_swept_together_each_see_only_their_own_change(
-    kernel: Kernel, beside: bool
-) -> None:
+def test_regions_swept_together_each_see_only_their_own_change(kernel: Kernel) -> None:
     """Map values of 3, 300 (more than one run holds), 3 and 3 pages in one sweep: two runs,
     and a byte changed in one value is that value's change alone."""
     values = [MapValue(pages) for pages in (3, 300, 3, 3)]
-    keyed = KeyedPages.open(kernel, judge_beside=beside)
+    keyed = KeyedPages.open(kernel)
     assert keyed is not None
     try:
         regions = [Swept(v.address, v.page_digests(), len(v.view)) for v in values]
@@ -244,15 +240,14 @@ def test_regions_swept_together_each_see_only_their_own_change(
             v.close()
 
 
-@pytest.mark.parametrize("beside", [False, True])
 def test_a_carried_collision_ends_at_the_pages_turn_to_be_rechecked(
-    kernel: Kernel, value: MapValue, beside: bool
+    kernel: Kernel, value: MapValue
 ) -> None:
     """An NH collision cannot be found without the key, so this test, which has it, forges
     one: after a byte changes, the digest the last sweep kept for that page is set to the
     changed page's own, so the next sweep sees it unmoved and carries the clean verdict. The
     rolling recheck SHA-256s it at its turn (within 4 sweeps here) and says the change."""
-    keyed = KeyedPages.open(kernel, recheck_every=4, judge_beside=beside)
+    keyed = KeyedPages.open(kernel, recheck_every=4)
     assert keyed is not None
     try:
         size, memory, baseline = PAGES * PAGE, kernel.memory(), value.page_digests()

@@ -28,11 +28,9 @@ import bisect
 import hashlib
 import itertools
 import os
-import queue
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from patchguard.integrity.module_regions import (
     KnownStructs,
@@ -75,11 +73,8 @@ class KeyedPages:
         hasher: TextHasher,
         rotate_every: int = ROTATE_EVERY,
         recheck_every: int = RECHECK_EVERY,
-        judge_beside: bool = False,
     ) -> None:
         self._hasher = hasher
-        self._beside = _JudgeThread() if judge_beside else None
-        hasher.release_gil = judge_beside  # the thread hashes while a run works
         self._rotate_every = rotate_every
         self._recheck_every = recheck_every
         self._sweep = 0
@@ -93,11 +88,7 @@ class KeyedPages:
 
     @classmethod
     def open(
-        cls,
-        kernel: Kernel,
-        rotate_every: int = ROTATE_EVERY,
-        recheck_every: int = RECHECK_EVERY,
-        judge_beside: bool = False,
+        cls, kernel: Kernel, rotate_every: int = ROTATE_EVERY, recheck_every: int = RECHECK_EVERY
     ) -> KeyedPages | None:
         """None where the kernel refuses the program (no bpf_loop before 5.17, no BTF): the
         sweeps then SHA-256 every page in user space, as `check` does."""
@@ -107,12 +98,10 @@ class KeyedPages:
             return None
         kernel.own_prog_ids.add(hasher.prog_id)
         kernel.own_map_ids.update(hasher.map_ids)
-        return cls(hasher, rotate_every, recheck_every, judge_beside)
+        return cls(hasher, rotate_every, recheck_every)
 
     def close(self) -> None:
         self._hasher.close()
-        if self._beside is not None:
-            self._beside.close()
         if self._listing_fd is not None:
             os.close(self._listing_fd)
             self._listing_fd = None
@@ -251,7 +240,7 @@ class KeyedPages:
         it did not judge (all of that region's pages)."""
         kept, at = sweeping.kept, 8 * run.slot
         last = kept.digests[at : at + 8 * run.pages]
-        untrusted = run.slots_of(kept.changed)
+        untrusted = run.slots_of(kept.changed) if sweeping.untrusted else []
         if now_a == last:
             return untrusted
         pairs = zip(memoryview(now_a).cast("Q"), memoryview(last).cast("Q"), strict=True)
@@ -274,19 +263,12 @@ class KeyedPages:
         copied = slot - run.slot
         data = self._hasher.copy(copied + 1)[copied * PAGE :][: min(PAGE, swept.size - page * PAGE)]
         digest = swept.page_digests[32 * page : 32 * page + 32]
-        if self._beside is not None:  # hashed while the next runs work; applied at the end
-            self._beside.put((region, page), bytes(data), digest)
-        else:
-            unlike = hashlib.sha256(data).digest() != digest
-            _apply(sweeping, region, page, data if unlike else None)
+        unlike = hashlib.sha256(data).digest() != digest
+        _apply(sweeping, region, page, data if unlike else None)
 
     def _finish(self, memory: KernelMemory, sweeping: _Sweeping) -> list[dict[int, bytes]]:
         from patchguard.integrity.check import changed_pages
 
-        if self._beside is not None:  # the verdicts hashed beside the runs
-            for (at, page), data in self._beside.results():
-                if at not in sweeping.failed:
-                    _apply(sweeping, at, page, data)
         self.counts.kernel_seconds = self._hasher.run_seconds - sweeping.run_seconds
         plan, found = sweeping.plan, []
         changed: list[dict[int, bytes] | None] = []
@@ -294,9 +276,10 @@ class KeyedPages:
             if i in sweeping.failed:  # a page the kernel copy could not read: the reader says
                 found.append(changed_pages(memory, region.start, region.page_digests, region.size))
                 changed.append(None)
-            else:
-                found.append(dict(sweeping.changed(i)))
-                changed.append(sweeping.changed(i))
+            else:  # a region none of whose pages was judged keeps the last verdicts' dict
+                verdicts = sweeping.judged(i)
+                found.append(dict(verdicts))
+                changed.append(verdicts)
                 self.counts.pages += plan.sizes[i]
         self._state = _State(plan, self._sweep, sweeping.digests, changed)
         return found
@@ -412,7 +395,18 @@ class _Sweeping:
     run_seconds: float = 0.0  # the hasher's time in runs when the sweep began
     _changed: dict[int, dict[int, bytes]] = field(default_factory=dict)
 
+    @property
+    def untrusted(self) -> bool:
+        """Whether some region was not judged by the last sweep (its pages all SHA-256'd)."""
+        return None in self.kept.changed
+
+    def judged(self, region: int) -> dict[int, bytes]:
+        """The region's verdicts now (never changed after the sweep: a later one copies)."""
+        found = self._changed.get(region)
+        return found if found is not None else self.kept.changed[region] or {}
+
     def changed(self, region: int) -> dict[int, bytes]:
+        """The region's verdicts, to change: copied from the kept ones the first time."""
         if region not in self._changed:
             self._changed[region] = dict(self.kept.changed[region] or {})
         return self._changed[region]
@@ -425,45 +419,6 @@ def _apply(sweeping: _Sweeping, region: int, page: int, data: bytes | memoryview
         changed.pop(page, None)
     else:
         changed[page] = bytes(data)
-
-
-_STOP = object()
-_Key = tuple[int, int]  # (region, page)
-
-
-class _JudgeThread:
-    """SHA-256 of the pages a sweep judges, on a thread of its own: one run's pages are hashed
-    while the kernel copies and hashes the next run's (each run releases the GIL), so the
-    recheck's share costs the sweep little beyond copying the pages out. Verdicts are
-    applied once every run is done, before the sweep says anything."""
-
-    def __init__(self) -> None:
-        self._todo: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._done: queue.SimpleQueue[list[tuple[_Key, bytes | None]]] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._work, name="pg-judge", daemon=True)
-        self._thread.start()
-
-    def put(self, key: _Key, data: bytes, digest: bytes) -> None:
-        self._todo.put((key, data, digest))
-
-    def results(self) -> list[tuple[_Key, bytes | None]]:
-        """Each page put since the last call: its bytes if unlike its digest, else None."""
-        self._todo.put(None)
-        return self._done.get()
-
-    def close(self) -> None:
-        self._todo.put(_STOP)
-        self._thread.join()
-
-    def _work(self) -> None:
-        found: list[tuple[_Key, bytes | None]] = []
-        while (item := self._todo.get()) is not _STOP:
-            if item is None:
-                self._done.put(found)
-                found = []
-                continue
-            key, data, digest = cast(tuple[_Key, bytes, bytes], item)
-            found.append((key, data if hashlib.sha256(data).digest() != digest else None))
 
 
 LISTING_LIMIT = 8 << 20  # /proc/modules of thousands of modules is well under 1 MiB

@@ -331,7 +331,6 @@ class TextHasher:
         self._table: memoryview | None = None
         self._key_count = 2
         self._lock = threading.Lock()
-        self.release_gil = False  # while a run works, may another thread of ours?
         self.run_seconds = 0.0  # in runs, all told (what of a sweep the kernel took)
         try:
             self._buf = self._map("pg_th_copy", 2 * CHUNK, mmap.PROT_READ)
@@ -411,7 +410,7 @@ class TextHasher:
         self._keys[KEYS : KEYS + len(table)] = table
         struct.pack_into("<QQQQ", self._runner.ctx, 0, ranges, pages, first, self._key_count)
         started = time.perf_counter()
-        ret = self._runner.run(self.release_gil)
+        ret = self._runner.run()
         self.run_seconds += time.perf_counter() - started
         if ret != pages:
             why = explain_errno(-ret) if ret < 0 else f"{ret} of {pages} pages hashed"

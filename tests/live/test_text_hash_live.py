@@ -240,6 +240,33 @@ def test_regions_swept_together_each_see_only_their_own_change(kernel: Kernel) -
             v.close()
 
 
+def test_a_region_that_comes_or_goes_leaves_the_others_chained(kernel: Kernel) -> None:
+    """A module loaded or unloaded changes the sweep's regions (a new plan, other slots): the
+    regions that stay keep their chain and their verdicts, and only the new one is judged
+    whole."""
+    values = [MapValue(pages) for pages in (3, 5, 2)]
+    keyed = KeyedPages.open(kernel)
+    assert keyed is not None
+    try:
+        regions = [Swept(v.address, v.page_digests(), len(v.view)) for v in values]
+        memory = kernel.memory()
+
+        def sweep(*which: int) -> list[dict[int, bytes]]:
+            keyed.begin_sweep()
+            return keyed.changed_regions(memory, [regions[i] for i in which])
+
+        assert sweep(0, 2) == [{}, {}] and keyed.counts.hashed == 5
+        values[2].view[PAGE + 1] ^= 0x10
+        changed = sweep(1, 0, 2)  # region 1 comes, before the others: their slots move
+        assert changed[:2] == [{}, {}] and list(changed[2]) == [1]
+        assert keyed.counts.hashed == 5 + 1  # region 1 whole, and the moved page
+        assert sweep(0, 2) == [{}, changed[2]] and keyed.counts.hashed == 0  # 1 goes
+    finally:
+        keyed.close()
+        for v in values:
+            v.close()
+
+
 def test_a_carried_collision_ends_at_the_pages_turn_to_be_rechecked(
     kernel: Kernel, value: MapValue
 ) -> None:

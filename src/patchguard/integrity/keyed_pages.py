@@ -217,18 +217,20 @@ class KeyedPages:
 
     def _sweep_run(self, sweeping: _Sweeping, run: _Run, turns: dict[int, list[int]]) -> None:
         """One BPF run: its pages' A digests compared with the kept ones in one compare; the
-        moved pages, and those whose recheck turn it is, SHA-256'd from the copy."""
-        self.counts.runs += 1
+        moved pages, and those whose recheck turn it is, SHA-256'd from the copy. (Under
+        emulation a Python call costs microseconds: the common path here makes few.)"""
         try:
-            copied = self._hasher.run_table(run.table, run.ranges, run.pages)
+            copied, now_a, now_b = self._hasher.run_digests(run.table, run.ranges, run.pages)
         except MemoryReadError:
-            sweeping.failed.update(run.regions)
+            sweeping.failed.update(run.owners)
             return
         if not copied:
             self._note_failed(sweeping, run)
-        now_a, at = self._hasher.column_a(0, run.pages), 8 * run.slot
-        sweeping.digests[at : at + 8 * run.pages] = self._hasher.column_b(0, run.pages)
-        moved = self._moved(sweeping, run, now_a)
+        at, end = 8 * run.slot, 8 * (run.slot + run.pages)
+        sweeping.digests[at:end] = now_b
+        moved: list[int] = []
+        if sweeping.untrusted or now_a != sweeping.kept.digests[at:end]:
+            moved = self._moved(sweeping, run, now_a)
         again = [s for s in turns.get(run.index, ()) if s not in moved]
         for slot in moved + again:
             self._judge(sweeping, run, slot)
@@ -240,12 +242,9 @@ class KeyedPages:
         it did not judge (all of that region's pages)."""
         kept, at = sweeping.kept, 8 * run.slot
         last = kept.digests[at : at + 8 * run.pages]
-        untrusted = run.slots_of(kept.changed) if sweeping.untrusted else []
-        if now_a == last:
-            return untrusted
         pairs = zip(memoryview(now_a).cast("Q"), memoryview(last).cast("Q"), strict=True)
         differ = {run.slot + i for i, (a, b) in enumerate(pairs) if a != b}
-        return sorted(differ.union(untrusted))
+        return sorted(differ.union(run.slots_of(kept.changed)))
 
     def _note_failed(self, sweeping: _Sweeping, run: _Run) -> None:
         """The regions of ranges whose copy failed: read again by the memory reader."""
@@ -267,21 +266,24 @@ class KeyedPages:
         _apply(sweeping, region, page, data if unlike else None)
 
     def _finish(self, memory: KernelMemory, sweeping: _Sweeping) -> list[dict[int, bytes]]:
+        """Each region's verdicts (a region none of whose pages was judged keeps the last
+        sweep's dict); a region whose copy failed is judged by the memory reader, and is not
+        chained to the next sweep."""
         from patchguard.integrity.check import changed_pages
 
+        plan, failed, touched = sweeping.plan, sweeping.failed, sweeping.touched
+        kept: list[dict[int, bytes] | None] = [
+            touched.get(i, last or {}) for i, last in enumerate(sweeping.kept.changed)
+        ]
+        found = [dict(v) if v else {} for v in kept]
+        for i in failed:  # the reader says which page failed
+            region = plan.regions[i]
+            found[i] = changed_pages(memory, region.start, region.page_digests, region.size)
+            kept[i] = None
+        self._state = _State(plan, self._sweep, sweeping.digests, kept)
+        self.counts.runs = len(plan.runs)
+        self.counts.pages = plan.pages - sum(plan.sizes[i] for i in failed)
         self.counts.kernel_seconds = self._hasher.run_seconds - sweeping.run_seconds
-        plan, found = sweeping.plan, []
-        changed: list[dict[int, bytes] | None] = []
-        for i, region in enumerate(plan.regions):
-            if i in sweeping.failed:  # a page the kernel copy could not read: the reader says
-                found.append(changed_pages(memory, region.start, region.page_digests, region.size))
-                changed.append(None)
-            else:  # a region none of whose pages was judged keeps the last verdicts' dict
-                verdicts = sweeping.judged(i)
-                found.append(dict(verdicts))
-                changed.append(verdicts)
-                self.counts.pages += plan.sizes[i]
-        self._state = _State(plan, self._sweep, sweeping.digests, changed)
         return found
 
 
@@ -317,10 +319,6 @@ class _Run:
     @property
     def ranges(self) -> int:
         return len(self.owners)
-
-    @property
-    def regions(self) -> set[int]:
-        return set(self.owners)
 
     def slots_of(self, changed: list[dict[int, bytes] | None]) -> list[int]:
         """The run's slots of regions the last sweep did not judge (changed is None)."""
@@ -393,23 +391,18 @@ class _Sweeping:
     digests: bytearray
     failed: set[int] = field(default_factory=set)
     run_seconds: float = 0.0  # the hasher's time in runs when the sweep began
-    _changed: dict[int, dict[int, bytes]] = field(default_factory=dict)
+    touched: dict[int, dict[int, bytes]] = field(default_factory=dict)  # verdicts changed
+    untrusted: bool = field(init=False, default=False)
 
-    @property
-    def untrusted(self) -> bool:
-        """Whether some region was not judged by the last sweep (its pages all SHA-256'd)."""
-        return None in self.kept.changed
-
-    def judged(self, region: int) -> dict[int, bytes]:
-        """The region's verdicts now (never changed after the sweep: a later one copies)."""
-        found = self._changed.get(region)
-        return found if found is not None else self.kept.changed[region] or {}
+    def __post_init__(self) -> None:
+        # some region the last sweep did not judge: its pages are all SHA-256'd
+        self.untrusted = None in self.kept.changed
 
     def changed(self, region: int) -> dict[int, bytes]:
         """The region's verdicts, to change: copied from the kept ones the first time."""
-        if region not in self._changed:
-            self._changed[region] = dict(self.kept.changed[region] or {})
-        return self._changed[region]
+        if region not in self.touched:
+            self.touched[region] = dict(self.kept.changed[region] or {})
+        return self.touched[region]
 
 
 def _apply(sweeping: _Sweeping, region: int, page: int, data: bytes | memoryview | None) -> None:

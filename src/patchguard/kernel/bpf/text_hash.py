@@ -420,20 +420,21 @@ class TextHasher:
         found = self._table[3 : 4 * ranges : 4].tobytes()
         return found == bytes(len(found))
 
+    def run_digests(self, table: bytes, ranges: int, pages: int) -> tuple[bool, bytes, bytes]:
+        """run_table() into slots 0.., then its A and B digests (8 bytes a page each): a
+        sweep's one call a run."""
+        copied = self.run_table(table, ranges, pages)
+        assert self._words is not None
+        return (
+            copied,
+            self._words[0 : 2 * pages : 2].tobytes(),
+            self._words[1 : 2 * pages : 2].tobytes(),
+        )
+
     def statuses(self, ranges: int) -> list[int]:
         """Each range's copy result in the last run: 0, or -errno."""
         assert self._table is not None
         return self._table[3 : 4 * ranges : 4].tolist()
-
-    def column_a(self, start: int, count: int) -> bytes:
-        """Digests under key A of slots start..start+count, 8 bytes each (little-endian)."""
-        assert self._words is not None
-        return self._words[2 * start : 2 * (start + count) : 2].tobytes()
-
-    def column_b(self, start: int, count: int) -> bytes:
-        """Digests under key B of slots start..start+count, 8 bytes each."""
-        assert self._words is not None
-        return self._words[2 * start + 1 : 2 * (start + count) : 2].tobytes()
 
     def hash_chunk(self, address: int, pages: int, first: int) -> None:
         """Digests of `pages` pages at `address` into slots first.."""

@@ -30,6 +30,9 @@ from test_lab_lkrg import build_lkrg  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lkrg-ko", type=Path, help="an lkrg.ko built before (else built now)")
+    parser.add_argument(
+        "--chunk-pages", type=int, help="pages a BPF run hashes (PG_CHUNK_PAGES; 256 if not given)"
+    )
     parser.add_argument("--save", type=Path, help="write the guest's JSON here too")
     parser.add_argument("--profile", action="store_true", help="print the sweeps' profile")
     args = parser.parse_args()
@@ -39,6 +42,8 @@ def main() -> None:
         built = args.lkrg_ko or build_lkrg(Path(work))
         (results / "lkrg.ko").write_bytes(built.read_bytes())
         command = ["python3", "/src/bench/lkrg_guest.py", "/results"]
+        if args.chunk_pages:
+            command[:0] = ["env", f"PG_CHUNK_PAGES={args.chunk_pages}"]
         run = run_lab(results, (), command, timeout=1200)
         if run.returncode != 0:
             sys.exit(f"lab/run exited {run.returncode}: {run.stderr[-2000:]}")

@@ -67,7 +67,7 @@ from patchguard.kernel.memory import MemoryReadError
 
 PAGE = 4096
 WORDS = PAGE // 8
-CHUNK_PAGES = 256
+CHUNK_PAGES = int(os.environ.get("PG_CHUNK_PAGES", "256"))  # a power of two: masks bound it
 CHUNK = CHUNK_PAGES * PAGE  # one test run: its ranges copied, then up to CHUNK_PAGES hashed
 RANGES = 256  # ranges one run copies (each is a page at least: CHUNK_PAGES of them fill it)
 RANGE = 32  # a range table entry: address, pages, page of the copy, status (u64 each)

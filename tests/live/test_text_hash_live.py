@@ -212,9 +212,10 @@ def test_sweeps_see_a_changed_byte_and_only_it_is_hashed_again(
 
 
 def test_regions_swept_together_each_see_only_their_own_change(kernel: Kernel) -> None:
-    """Map values of 3, 300 (more than one run holds), 3 and 3 pages in one sweep: two runs,
-    and a byte changed in one value is that value's change alone."""
-    values = [MapValue(pages) for pages in (3, 300, 3, 3)]
+    """Map values of 3, CHUNK_PAGES + 44 (more than one run holds), 3 and 3 pages in one
+    sweep: two runs, and a byte changed in one value is that value's change alone."""
+    big = CHUNK_PAGES + 44
+    values = [MapValue(pages) for pages in (3, big, 3, 3)]
     keyed = KeyedPages.open(kernel)
     assert keyed is not None
     try:
@@ -225,15 +226,16 @@ def test_regions_swept_together_each_see_only_their_own_change(kernel: Kernel) -
             keyed.begin_sweep()
             return keyed.changed_regions(memory, regions)
 
-        assert sweep() == [{}] * 4 and keyed.counts.runs == 2  # 309 pages
-        assert keyed.counts.hashed == 309
+        assert sweep() == [{}] * 4 and keyed.counts.runs == 2
+        assert keyed.counts.hashed == big + 9
         values[3].view[2 * PAGE + 9] ^= 0x01
-        values[1].view[257 * PAGE] ^= 0x80  # in the second run
+        values[1].view[(CHUNK_PAGES + 1) * PAGE] ^= 0x80  # in the second run
         changed = sweep()
-        assert changed[0] == changed[2] == {} and list(changed[1]) == [257]
+        assert changed[0] == changed[2] == {} and list(changed[1]) == [CHUNK_PAGES + 1]
         assert list(changed[3]) == [2] and changed[3][2] == bytes(values[3].view[2 * PAGE :])
-        assert changed[1][257] == bytes(values[1].view[257 * PAGE : 258 * PAGE])
-        assert keyed.counts.hashed == 2 and keyed.counts.pages == 309
+        page = (CHUNK_PAGES + 1) * PAGE
+        assert changed[1][CHUNK_PAGES + 1] == bytes(values[1].view[page : page + PAGE])
+        assert keyed.counts.hashed == 2 and keyed.counts.pages == big + 9
     finally:
         keyed.close()
         for v in values:

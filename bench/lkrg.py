@@ -31,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lkrg-ko", type=Path, help="an lkrg.ko built before (else built now)")
     parser.add_argument(
-        "--chunk-pages", type=int, help="pages a BPF run hashes (PG_CHUNK_PAGES; 256 if not given)"
+        "--chunk-pages", type=int, help="pages a BPF run hashes (PG_CHUNK_PAGES; 512 if not given)"
     )
     parser.add_argument("--save", type=Path, help="write the guest's JSON here too")
     parser.add_argument("--profile", action="store_true", help="print the sweeps' profile")

@@ -13,7 +13,7 @@ changed, or one skipped for a sweep, is judged by SHA-256 whole; and each sweep 
 1/RECHECK_EVERY of the unmoved pages all the same, so a collision is carried RECHECK_EVERY
 sweeps at most. docs/guard.md says why one key may serve several sweeps, and what a collision
 that slipped through costs. All regions of a sweep are packed into as few BPF runs as hold
-them (a run: up to 256 ranges, 1 MiB).
+them (a run: up to 256 ranges, 2 MiB).
 
 What is Python in a sweep is kept to a few C-level operations a run: the runs' range tables
 are made once per set of regions (a plan, made again only when the baseline or the modules

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -29,17 +30,33 @@ from test_lab_lkrg import build_lkrg  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lkrg-ko", type=Path, help="an lkrg.ko built before (else built now)")
+    parser.add_argument(
+        "--chunk-pages", type=int, help="pages a BPF run hashes (PG_CHUNK_PAGES; 512 if not given)"
+    )
+    parser.add_argument("--save", type=Path, help="write the guest's JSON here too")
+    parser.add_argument("--profile", action="store_true", help="print the sweeps' profile")
     args = parser.parse_args()
+    load_at_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as work, tempfile.TemporaryDirectory() as out:
         results = Path(out)
         built = args.lkrg_ko or build_lkrg(Path(work))
         (results / "lkrg.ko").write_bytes(built.read_bytes())
         command = ["python3", "/src/bench/lkrg_guest.py", "/results"]
+        if args.chunk_pages:
+            command[:0] = ["env", f"PG_CHUNK_PAGES={args.chunk_pages}"]
         run = run_lab(results, (), command, timeout=1200)
         if run.returncode != 0:
             sys.exit(f"lab/run exited {run.returncode}: {run.stderr[-2000:]}")
         found = json.loads((results / "lkrg_bench.json").read_text())
+    if args.save:
+        args.save.write_text(json.dumps(found, indent=2))
+    print(f"host load average at the start {load_at_start}, at the end {os.getloadavg()}")
     show(found["patchguard"], found["lkrg"])
+    if args.profile and "sweep_profile" in found["patchguard"]:
+        print(found["patchguard"]["sweep_profile"])
+
+
+ROUNDS_NOTE = "12 more sweeps, each split as it ran"
 
 
 def show(pg: dict[str, Any], lkrg: dict[str, Any]) -> None:
@@ -56,6 +73,18 @@ def show(pg: dict[str, Any], lkrg: dict[str, Any]) -> None:
             f"{pg['sweep_sha256_pages']} pages SHA-256'd as moved, "
             f"{pg.get('sweep_rechecked_pages', 0)} as the rolling recheck's share, "
             f"{pg.get('sweep_runs', '?')} BPF runs)"
+        )
+    if "part_bpf_ms" in pg:
+        bpf, copy, sha = pg["part_bpf_ms"], pg["part_copy_ms"], pg["part_sha256_ms"]
+        rest = pg["sweep_ms"] - bpf - sha
+        print(
+            f"  of a sweep: BPF runs {bpf:.1f} ms (copying alone {copy:.1f}), SHA-256 of the "
+            f"judged pages {sha:.1f} ms, the rest (Python, /proc/modules) {rest:.1f} ms"
+        )
+    if "sweep_whole_ms" in pg:
+        print(
+            f"  {ROUNDS_NOTE}: {pg['sweep_whole_ms']:.1f} ms, of which in its BPF runs "
+            f"{pg['sweep_kernel_ms']:.1f} ms and the rest {pg['sweep_rest_ms']:.1f} ms (medians)"
         )
     if "check_ms" not in lkrg:
         sys.exit(f"LKRG did not load: {lkrg}")

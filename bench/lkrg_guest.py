@@ -19,9 +19,12 @@ perf_counter from the trigger's write to reading the record (this adds our wake-
 
 from __future__ import annotations
 
+import cProfile
 import hashlib
+import io
 import json
 import os
+import pstats
 import select
 import statistics
 import subprocess
@@ -80,12 +83,67 @@ def patchguard(tmp: Path) -> dict[str, float | int | str]:
     if keyed is not None:
         out["sweep_first_ms"] = median_ms(lambda: verify(kernel, path, public, keyed), 1)
         out["sweep_ms"] = median_ms(lambda: verify(kernel, path, public, keyed))
+        out |= sweep_split(kernel, path, public, keyed)
         out["sweep_sha256_pages"] = keyed.counts.hashed
         out["sweep_rechecked_pages"] = keyed.counts.rechecked
         out["sweep_runs"] = keyed.counts.runs
+        out |= sweep_parts(keyed)
+        out["sweep_profile"] = profile(lambda: verify(kernel, path, public, keyed))
         keyed.close()
     kernel.close()
     return out
+
+
+def sweep_split(kernel: Kernel, path: Path, public: bytes, keyed: KeyedPages) -> dict[str, float]:
+    """More sweeps, each split as it ran: its time in BPF runs (counted inside the sweep) and
+    the rest (Python, SHA-256 of the judged pages, /proc/modules, the manifest's checks)."""
+    if getattr(keyed.counts, "kernel_seconds", None) is None:
+        return {}
+    times: dict[str, list[float]] = {"whole": [], "kernel": [], "rest": []}
+    for _ in range(ROUNDS):
+        t0 = time.perf_counter()
+        verify(kernel, path, public, keyed)
+        whole, in_kernel = time.perf_counter() - t0, keyed.counts.kernel_seconds
+        times["whole"].append(whole)
+        times["kernel"].append(in_kernel)
+        times["rest"].append(whole - in_kernel)
+    return {f"sweep_{k}_ms": statistics.median(v) * 1e3 for k, v in times.items()}
+
+
+def sweep_parts(keyed: KeyedPages) -> dict[str, float]:
+    """What of a sweep is the kernel's: its BPF runs alone (copy and NH), the runs copying
+    only, and the SHA-256 of as many pages as the sweep judged; the rest is Python."""
+    state = getattr(keyed, "_state", None)  # the plan the sweeps above used
+    if state is None:
+        return {}
+    hasher, runs = keyed._hasher, state.plan.runs
+    judged = keyed.counts.hashed + keyed.counts.rechecked
+    page = bytes(hasher.copy(1))
+
+    def bpf_runs(hash_pages: bool) -> None:
+        for run in runs:
+            hasher.run_table(run.table, run.ranges, run.pages if hash_pages else 0)
+
+    return {
+        "part_bpf_ms": median_ms(lambda: bpf_runs(True)),
+        "part_copy_ms": median_ms(lambda: bpf_runs(False)),
+        "part_sha256_ms": median_ms(lambda: [hashlib.sha256(page).digest() for _ in range(judged)]),
+    }
+
+
+def profile(fn: object, rounds: int = ROUNDS) -> str:
+    """cProfile of `rounds` more calls (after the timed ones, so the profiler's own cost is in
+    no time above): the functions that took the most time, own and with their callees."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(rounds):
+        fn()  # type: ignore[operator]
+    profiler.disable()
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    stats.sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats(35)
+    return text.getvalue()
 
 
 def kmsg_records(fd: int, timeout: float) -> Iterator[tuple[int, str, float]]:

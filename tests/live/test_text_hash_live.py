@@ -24,7 +24,7 @@ import pytest
 from patchguard.findings import Disposition
 from patchguard.integrity.check import CheckOutcome, changed_pages, verify
 from patchguard.integrity.keyed_pages import KeyedPages, Swept
-from patchguard.integrity.module_regions import live_modules
+from patchguard.integrity.module_regions import live_modules, module_listing
 from patchguard.integrity.store import BaselineError, file_stamp
 from patchguard.kernel import Kernel
 from patchguard.kernel.bpf import syscall as bpf
@@ -212,9 +212,10 @@ def test_sweeps_see_a_changed_byte_and_only_it_is_hashed_again(
 
 
 def test_regions_swept_together_each_see_only_their_own_change(kernel: Kernel) -> None:
-    """Map values of 3, 300 (more than one run holds), 3 and 3 pages in one sweep: two runs,
-    and a byte changed in one value is that value's change alone."""
-    values = [MapValue(pages) for pages in (3, 300, 3, 3)]
+    """Map values of 3, CHUNK_PAGES + 44 (more than one run holds), 3 and 3 pages in one
+    sweep: two runs, and a byte changed in one value is that value's change alone."""
+    big = CHUNK_PAGES + 44
+    values = [MapValue(pages) for pages in (3, big, 3, 3)]
     keyed = KeyedPages.open(kernel)
     assert keyed is not None
     try:
@@ -225,15 +226,43 @@ def test_regions_swept_together_each_see_only_their_own_change(kernel: Kernel) -
             keyed.begin_sweep()
             return keyed.changed_regions(memory, regions)
 
-        assert sweep() == [{}] * 4 and keyed.counts.runs == 2  # 309 pages
-        assert keyed.counts.hashed == 309
+        assert sweep() == [{}] * 4 and keyed.counts.runs == 2
+        assert keyed.counts.hashed == big + 9
         values[3].view[2 * PAGE + 9] ^= 0x01
-        values[1].view[257 * PAGE] ^= 0x80  # in the second run
+        values[1].view[(CHUNK_PAGES + 1) * PAGE] ^= 0x80  # in the second run
         changed = sweep()
-        assert changed[0] == changed[2] == {} and list(changed[1]) == [257]
+        assert changed[0] == changed[2] == {} and list(changed[1]) == [CHUNK_PAGES + 1]
         assert list(changed[3]) == [2] and changed[3][2] == bytes(values[3].view[2 * PAGE :])
-        assert changed[1][257] == bytes(values[1].view[257 * PAGE : 258 * PAGE])
-        assert keyed.counts.hashed == 2 and keyed.counts.pages == 309
+        page = (CHUNK_PAGES + 1) * PAGE
+        assert changed[1][CHUNK_PAGES + 1] == bytes(values[1].view[page : page + PAGE])
+        assert keyed.counts.hashed == 2 and keyed.counts.pages == big + 9
+    finally:
+        keyed.close()
+        for v in values:
+            v.close()
+
+
+def test_a_region_that_comes_or_goes_leaves_the_others_chained(kernel: Kernel) -> None:
+    """A module loaded or unloaded changes the sweep's regions (a new plan, other slots): the
+    regions that stay keep their chain and their verdicts, and only the new one is judged
+    whole."""
+    values = [MapValue(pages) for pages in (3, 5, 2)]
+    keyed = KeyedPages.open(kernel)
+    assert keyed is not None
+    try:
+        regions = [Swept(v.address, v.page_digests(), len(v.view)) for v in values]
+        memory = kernel.memory()
+
+        def sweep(*which: int) -> list[dict[int, bytes]]:
+            keyed.begin_sweep()
+            return keyed.changed_regions(memory, [regions[i] for i in which])
+
+        assert sweep(0, 2) == [{}, {}] and keyed.counts.hashed == 5
+        values[2].view[PAGE + 1] ^= 0x10
+        changed = sweep(1, 0, 2)  # region 1 comes, before the others: their slots move
+        assert changed[:2] == [{}, {}] and list(changed[2]) == [1]
+        assert keyed.counts.hashed == 5 + 1  # region 1 whole, and the moved page
+        assert sweep(0, 2) == [{}, changed[2]] and keyed.counts.hashed == 0  # 1 goes
     finally:
         keyed.close()
         for v in values:
@@ -259,9 +288,9 @@ def test_a_carried_collision_ends_at_the_pages_turn_to_be_rechecked(
         assert sweep() == {}
         value.view[PAGE + 100] ^= 0x40
         key = keyed._hasher.keys()[1]  # the key the next sweep keeps
-        kept = bytearray(keyed._judged[value.address].records)
-        struct.pack_into("<Q", kept, 16 + 8, nh(bytes(value.view[PAGE : 2 * PAGE]), key))
-        keyed._judged[value.address].records = bytes(kept)
+        state = keyed._state
+        assert state is not None  # kept: the digest under the next key A, 8 bytes a page
+        struct.pack_into("<Q", state.digests, 8, nh(bytes(value.view[PAGE : 2 * PAGE]), key))
         turn = next(s for s in range(2, 6) if (s - value.address // PAGE - 1) % 4 == 0)
         for number in range(2, 7):
             changed = sweep()
@@ -336,6 +365,19 @@ def test_verify_with_sweeps_hashed_in_the_kernel_equals_verify(
 
 
 # --- modules (the lab's guest has them; these machines have none) -----------------------------
+
+
+def test_sweeps_read_proc_modules_as_a_check_does_through_one_kept_descriptor(
+    kernel: Kernel,
+) -> None:
+    keyed = KeyedPages.open(kernel)
+    assert keyed is not None
+    try:
+        for _ in range(2):  # the second read: the same descriptor, from offset 0 again
+            assert keyed._module_listing(kernel) == module_listing(kernel)
+    finally:
+        keyed.close()
+    assert keyed._listing_fd is None
 
 
 def test_sweeps_find_every_module_as_check_does_and_keep_where_they_are(kernel: Kernel) -> None:

@@ -16,6 +16,7 @@ from patchguard.kernel.bpf.text_hash import (
     PAGE,
     BPF_FUNC_loop,
     BPF_FUNC_probe_read_kernel,
+    _chunk_pages,
     nh,
     program,
     program_parts,
@@ -99,3 +100,10 @@ def test_another_patchguards_page_hasher_is_known_by_its_tag() -> None:
 
     (rebuilt,) = rebuilt_programs("pg_text_hash", None)
     assert tags_of(rebuilt) == tags_of(program(7, 8, 9))
+
+
+def test_pages_a_run_holds_must_be_a_power_of_two_the_masks_can_bound() -> None:
+    assert [_chunk_pages(n) for n in ("16", "512", "1024")] == [16, 512, 1024]
+    for bad in ("300", "8", "2048", "0", "-512", "lots", ""):
+        with pytest.raises(ValueError, match="a power of two from 16 to 1024"):
+            _chunk_pages(bad)

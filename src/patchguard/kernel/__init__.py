@@ -49,6 +49,7 @@ class Kernel:
         self._look: dict[type, object] = {}
         # Surfaces are collected in parallel: what they share is loaded once, under this lock.
         self._lock = threading.RLock()
+        self._boot_id: str | None = None
 
     @property
     def live(self) -> bool:
@@ -66,8 +67,12 @@ class Kernel:
             raise KernelAccessError(kernel_path, oserror_reason(exc)) from exc
 
     def boot_id(self) -> str:
-        """/proc/sys/kernel/random/boot_id: which boot a scan or baseline belongs to."""
-        return self.read_text("/proc/sys/kernel/random/boot_id").strip()
+        """/proc/sys/kernel/random/boot_id: which boot a scan or baseline belongs to. Read
+        once: a boot's id cannot change while this process runs in it (the guard's sweeps
+        would otherwise open the file every sweep)."""
+        if self._boot_id is None:
+            self._boot_id = self.read_text("/proc/sys/kernel/random/boot_id").strip()
+        return self._boot_id
 
     def attributor(self) -> Attributor:
         """Names addresses by bounds (attribution.py): what scan and check both say of an

@@ -12,13 +12,13 @@ Two keys per pass let a guard chain sweeps: it compares under the key it drew la
 keeps the digests under the next key (docs/guard.md says why that is as safe as SHA-256 for
 change detection, and why a changed digest is then read again and SHA-256'd).
 
-One run copies up to RANGES ranges of kernel memory, each with one bpf_probe_read_kernel, one
-after another into a map value of up to CHUNK bytes, then bpf_loop runs a callback per page that
-hashes it from that copy: so a caller that also reads the copy (to SHA-256 it) gets digests of
-exactly the bytes it hashed, and a sweep of many small regions (each module's text and tables)
-costs a few runs, not one or more per region. Each range's copy says its own result, so a fault
-in one region fails only that one. bpf_loop wants BTF for its callbacks (func_info), so the
-program carries a minimal BTF.
+One run copies up to RANGES ranges of kernel memory (CHUNK_PAGES pages in all, 2 MiB), each with
+one bpf_probe_read_kernel, one after another into a map value of up to CHUNK bytes, then
+bpf_loop runs a callback per page that hashes it from that copy: so a caller that also reads the
+copy (to SHA-256 it) gets digests of exactly the bytes it hashed, and a sweep of many small
+regions (each module's text and tables) costs a few runs, not one or more per region. Each
+range's copy says its own result, so a fault in one region fails only that one. bpf_loop wants
+BTF for its callbacks (func_info), so the program carries a minimal BTF.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import mmap
 import os
 import struct
 import threading
+import time
 from collections.abc import Sequence
 
 from patchguard.kernel.bpf import syscall as bpf
@@ -66,7 +67,19 @@ from patchguard.kernel.memory import MemoryReadError
 
 PAGE = 4096
 WORDS = PAGE // 8
-CHUNK_PAGES = 256
+
+
+def _chunk_pages(text: str) -> int:
+    """Pages one run copies and hashes: a power of two (the program masks indices with it).
+    512 (2 MiB): in the lab, sweeps of 12 runs took 35.6-36.2 ms against 41.7 ms for 24 runs
+    of 256, interleaved boots (bench/lkrg.py --chunk-pages); PG_CHUNK_PAGES sets it to measure."""
+    pages = int(text) if text.isdigit() else 0
+    if pages not in {1 << n for n in range(4, 11)}:
+        raise ValueError(f"PG_CHUNK_PAGES={text!r}: a power of two from 16 to 1024")
+    return pages
+
+
+CHUNK_PAGES = _chunk_pages(os.environ.get("PG_CHUNK_PAGES", "512"))
 CHUNK = CHUNK_PAGES * PAGE  # one test run: its ranges copied, then up to CHUNK_PAGES hashed
 RANGES = 256  # ranges one run copies (each is a page at least: CHUNK_PAGES of them fill it)
 RANGE = 32  # a range table entry: address, pages, page of the copy, status (u64 each)
@@ -308,6 +321,16 @@ def _load(*parts: bytes) -> int:
     return fd
 
 
+def range_table(spans: Sequence[tuple[int, int]]) -> bytes:
+    """The run's range table: each (address, size) copied after the one before, its status
+    -1 until the run writes it."""
+    table, at = bytearray(), 0
+    for address, size in spans:
+        table += struct.pack("<QQQq", address, size, at, -1)
+        at += size
+    return bytes(table)
+
+
 class TextHasher:
     """The program and its three maps: the copy (read-only here), the keys and range table
     (written here), the digests (read here), each mapped into this process."""
@@ -316,8 +339,11 @@ class TextHasher:
         self._fds: list[int] = []
         self._maps: list[mmap.mmap] = []
         self._prog = -1
+        self._words: memoryview | None = None
+        self._table: memoryview | None = None
         self._key_count = 2
         self._lock = threading.Lock()
+        self.run_seconds = 0.0  # in runs, all told (what of a sweep the kernel took)
         try:
             self._buf = self._map("pg_th_copy", 2 * CHUNK, mmap.PROT_READ)
             self._keys = self._map("pg_th_keys", PARAMS, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -327,6 +353,9 @@ class TextHasher:
         except BaseException:
             self.close()
             raise
+        self._runner = bpf.PreparedTestRun(self._prog, 32)
+        self._words = memoryview(self._out).cast("Q")  # the digests as (A, B) u64 pairs
+        self._table = memoryview(self._keys).cast("q")[KEYS // 8 :]  # the range table
         # patchguard's own objects: the ebpf surface leaves them out by identity
         self.prog_id = prog_info(self._prog).prog_id
         self.map_ids = [map_info(fd).map_id for fd in self._fds]
@@ -383,18 +412,41 @@ class TextHasher:
     def _run(self, spans: Sequence[tuple[int, int]], pages: int, first: int) -> list[int]:
         """One run: each (address, size) copied after the one before, then `pages` pages of
         the copy hashed; each span's copy result."""
-        table, at = bytearray(), 0
-        for address, size in spans:
-            table += struct.pack("<QQQq", address, size, at, -1)
-            at += size
+        self.run_table(range_table(spans), len(spans), pages, first)
+        return self.statuses(len(spans))
+
+    def run_table(self, table: bytes, ranges: int, pages: int, first: int = 0) -> bool:
+        """One run of a range table made by range_table(): True if every range was copied
+        (else statuses() says which were not). MemoryReadError if the run was refused."""
+        assert self._table is not None
         self._keys[KEYS : KEYS + len(table)] = table
-        ctx = struct.pack("<QQQQ", len(spans), pages, first, self._key_count)
-        ret = bpf.prog_test_run(self._prog, ctx)
+        struct.pack_into("<QQQQ", self._runner.ctx, 0, ranges, pages, first, self._key_count)
+        started = time.perf_counter()
+        ret = self._runner.run()
+        self.run_seconds += time.perf_counter() - started
         if ret != pages:
             why = explain_errno(-ret) if ret < 0 else f"{ret} of {pages} pages hashed"
-            address = spans[0][0] if spans else 0
+            address = struct.unpack_from("<Q", table)[0] if table else 0
             raise MemoryReadError(address, pages * PAGE, f"in-kernel hash: {why}")
-        return [s for (s,) in struct.iter_unpack("<24xq", self._keys[KEYS : KEYS + len(table)])]
+        # each status is 0 or -errno: all copied when they are all zero (one compare in C)
+        found = self._table[3 : 4 * ranges : 4].tobytes()
+        return found == bytes(len(found))
+
+    def run_digests(self, table: bytes, ranges: int, pages: int) -> tuple[bool, bytes, bytes]:
+        """run_table() into slots 0.., then its A and B digests (8 bytes a page each): a
+        sweep's one call a run."""
+        copied = self.run_table(table, ranges, pages)
+        assert self._words is not None
+        return (
+            copied,
+            self._words[0 : 2 * pages : 2].tobytes(),
+            self._words[1 : 2 * pages : 2].tobytes(),
+        )
+
+    def statuses(self, ranges: int) -> list[int]:
+        """Each range's copy result in the last run: 0, or -errno."""
+        assert self._table is not None
+        return self._table[3 : 4 * ranges : 4].tolist()
 
     def hash_chunk(self, address: int, pages: int, first: int) -> None:
         """Digests of `pages` pages at `address` into slots first.."""
@@ -426,6 +478,10 @@ class TextHasher:
             return self.digests(pages)
 
     def close(self) -> None:
+        for view in (self._words, self._table):
+            if view is not None:
+                view.release()  # an mmap with views exported cannot close
+        self._words = self._table = None
         for m in self._maps:
             m.close()
         for fd in [*self._fds, self._prog]:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from support.bpf_records import ITERATOR, bpf_program
 from support.corpus import ledger
-from support.witnesses import World, world
+from support.witnesses import MANIFEST as BPFTOOL
+from support.witnesses import PIN, World, world
 
 from patchguard.findings import Disposition, Finding, Severity
 from patchguard.guard.witnessed import witnessed_policy
@@ -28,22 +29,10 @@ from patchguard.surfaces.ebpf import Attachment, BpfLink, BpfProgram, EbpfRecord
 __all__ = ["world"]  # the fixture (tests/support/witnesses.py)
 
 T0 = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
-PIN = "/sys/fs/bpf/list_tasks"
 HOST = "web-1.example"
-MANIFEST = f"""\
-vendor = "{{vendor}}"
-product = "bpftool pinned task list"
-version = "7.1.0+6.1.192-3"
-contact = "sre@example.invalid"
-justification = "Lists every task."
-
-[[bpf_program]]
-name = "list_tasks"
-prog_type = "tracing"
-attach = ["bpf_iter_task", "task"]
-helpers = ["bpf_seq_printf"]
-pins = ["{PIN}"]
-"""
+VENDOR = "Debian (bpftool packaging)"
+# the witness tests' bpftool manifest, its vendor left to each test
+MANIFEST = BPFTOOL.replace(f'vendor = "{VENDOR}"', 'vendor = "{vendor}"')
 ITER = bpf_program(**ITERATOR)
 LINK = BpfLink(91, "iter", 111, None, "task", (), (PIN,))
 
@@ -60,7 +49,7 @@ class Ledger:
     def approved(
         self, expires: date, at: datetime = T0, scope: list[str] | None = None, vendor: str = ""
     ) -> int:
-        text = MANIFEST.replace("{vendor}", vendor or "Debian (bpftool packaging)")
+        text = MANIFEST.replace("{vendor}", vendor or VENDOR)
         manifest = parse_manifest(text.encode(), "bpftool.toml")
         asked = ops.request_exception(self.path, self.vendor, manifest, expires, scope, now=at)
         ops.decide(self.path, self.approver, asked.entry.seq, True, "reviewed", now=at)
@@ -207,7 +196,7 @@ def test_the_ledger_policy_passes_the_lapsed_ones_through(tmp_path: Path) -> Non
     """ledger_policy at the real time, over a ledger whose exception ended at 00:00 UTC today
     (support.corpus.ledger, as the corpus tests use it)."""
     manifest = tmp_path / "bpftool.toml"
-    manifest.write_text(MANIFEST.replace("{vendor}", "Debian (bpftool packaging)"))
+    manifest.write_text(MANIFEST.replace("{vendor}", VENDOR))
     state = SurfaceState("ebpf", EbpfRecords.of((ITER, LINK)))
     approved, why_not = ledger_policy(ledger(tmp_path / "approved", manifest, "Debian"))
     expired, _ = ledger_policy(ledger(tmp_path / "expired", manifest, "Debian", expired=True))

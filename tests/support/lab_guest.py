@@ -53,9 +53,9 @@ def run_lab(
 ) -> subprocess.CompletedProcess[str]:
     """Copy `modules` (.ko, built for the kernel booted) into `results`, the guest's /results,
     and run `command` in one boot of `kernel` ("stock" 6.1 or "newer", see lab/run --kernel)
-    with the whole kernel log on stderr; `init` "systemd" boots systemd as PID 1 (lab/run --init), from
-    `root` "bookworm" or "trixie" (lab/run --root: trixie's systemd has its BPF framework).
-    kaslr=False boots the stock kernel's vmlinux through PVH
+    with the whole kernel log on stderr; `init` "systemd" boots systemd as PID 1 (lab/run
+    --init), from `root` "bookworm" or "trixie" (lab/run --root: trixie's systemd has its BPF
+    framework). kaslr=False boots the stock kernel's vmlinux through PVH
     (lab/run --no-kaslr: seconds faster a boot under TCG), for the tests whose subject is not
     where the kernel sits; the boot facts, the live suite and the syscall and inline hooks keep
     KASLR on, so the suite still proves itself with it."""

@@ -37,6 +37,7 @@ def module_builder() -> Any:
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -51,11 +52,11 @@ def run_lab(
     kaslr: bool = True,
     root: str = "bookworm",
 ) -> subprocess.CompletedProcess[str]:
-    """Copy `modules` (.ko, built for the guest) into `results`, the guest's /results, and run
-    `command` in one boot of `kernel` ("stock" 6.1 or "newer", see lab/run --kernel) with the
-    whole kernel log on stderr; `init` "systemd" boots systemd as PID 1 (lab/run --init), from
-    `root` "bookworm" or "trixie" (lab/run --root: trixie's systemd has its BPF framework).
-    kaslr=False boots the stock kernel's vmlinux through PVH
+    """Copy `modules` (.ko, built for the kernel booted) into `results`, the guest's /results,
+    and run `command` in one boot of `kernel` ("stock" 6.1 or "newer", see lab/run --kernel)
+    with the whole kernel log on stderr; `init` "systemd" boots systemd as PID 1 (lab/run
+    --init), from `root` "bookworm" or "trixie" (lab/run --root: trixie's systemd has its BPF
+    framework). kaslr=False boots the stock kernel's vmlinux through PVH
     (lab/run --no-kaslr: seconds faster a boot under TCG), for the tests whose subject is not
     where the kernel sits; the boot facts, the live suite and the syscall and inline hooks keep
     KASLR on, so the suite still proves itself with it."""
@@ -64,7 +65,7 @@ def run_lab(
     if modules:
         builder = module_builder()
         try:
-            built = builder.build()
+            built = builder.build(kernel)
         except builder.BuildError as exc:
             pytest.fail(f"the test modules did not build: {exc}")
         for name in modules:
@@ -115,12 +116,17 @@ def lab_build() -> dict[str, Any]:
 
 
 def run_script(
-    results: Path, script: str, modules: Sequence[str], timeout: float = 900, kaslr: bool = True
+    results: Path,
+    script: str,
+    modules: Sequence[str],
+    timeout: float = 900,
+    kaslr: bool = True,
+    kernel: str = "stock",
 ) -> Results:
-    """Run tests/lab/`script` in one guest boot and return the document it wrote to
-    <results>/<script stem>.json."""
+    """Run tests/lab/`script` in one guest boot of `kernel` and return the document it wrote
+    to <results>/<script stem>.json."""
     command = ["python3", f"/src/tests/lab/{script}", "/results"]
-    run = run_lab(results, modules, command, timeout, kaslr=kaslr)
+    run = run_lab(results, modules, command, timeout, kernel=kernel, kaslr=kaslr)
     assert run.returncode == 0, f"lab/run exited {run.returncode}:\n{run.stderr[-8000:]}"
     found: Results = json.loads((results / f"{Path(script).stem}.json").read_text())
     assert "errors" not in found, found["errors"]

@@ -1,13 +1,16 @@
 """Build the lab's test rootkits (the *.c here) on the HOST against the lab guest's kernel
 headers, and cache the .ko files by source hash. Never load them on the host.
 
-    python3 tests/lab/modules/build.py      # prints the directory holding the .ko files
+    python3 tests/lab/modules/build.py         # prints the directory holding the .ko files
+    python3 tests/lab/modules/build.py newer   # the same for the newer kernel (MODULES_NEWER)
 
-The cache key hashes every source file here (Makefile, *.c, *.h) and the lab build's key (which
-covers the kernel and headers versions), so a second run, or a run after an unrelated change,
-builds nothing. The .ko files go to $PATCHGUARD_LAB_CACHE/modules/<key>/ (another directory
-under the user's cache if that one is not writable); kbuild runs in a scratch copy, so the
-repository gets no build products.
+The stock 6.1 kernel gets every module; the newer kernel (lab/run --kernel newer) only those a
+newer-kernel test needs (MODULES_NEWER: the others are written for 6.1's API), built against its
+own headers (lab.json's newer kbuild). The cache key hashes every source file here (Makefile,
+*.c, *.h), the lab build's key (which covers the kernel and headers versions) and the kernel
+built for, so a second run, or a run after an unrelated change, builds nothing. The .ko files
+go to $PATCHGUARD_LAB_CACHE/modules/<key>/ (another directory under the user's cache if that
+one is not writable); kbuild runs in a scratch copy, so the repository gets no build products.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("PATCHGUARD_LAB_CACHE", "/var/cache/patchguard-lab"))
@@ -58,7 +63,9 @@ ALL_MODULES = (
     + MODULES_CORPUS
     + MODULES_DIRECT
 )
-COMPILER = "gcc-12"  # what Debian's 6.1 kernels are built with (linux-compiler-gcc-12-x86)
+# the newer kernel's boots: a direct ops whose own direct_call (6.6+) leads elsewhere
+MODULES_NEWER = ("pg_direct_call",)
+COMPILER = "gcc-12"  # what Debian's 6.1 and bookworm's 6.12 kernels are built with
 STALE_AFTER = 86400.0  # seconds
 
 
@@ -66,20 +73,40 @@ class BuildError(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class Target:
+    """What to build for one of the lab's kernels, and against which headers."""
+
+    release: str
+    kbuild: str  # relative to the lab build's directory
+    modules: tuple[str, ...]
+    make_args: tuple[str, ...]
+
+
+def target(lab: dict[str, Any], kernel: str) -> Target:
+    if kernel == "stock":
+        return Target(lab["kernel_release"], lab.get("kbuild", "kbuild"), ALL_MODULES, ())
+    newer = lab.get("newer", {})
+    if kernel != "newer" or "kbuild" not in newer:
+        raise BuildError(f"no headers for the {kernel!r} kernel in this lab build: run lab/build")
+    only = f"PG_MODULES={' '.join(MODULES_NEWER)}"
+    return Target(newer["kernel_release"], newer["kbuild"], MODULES_NEWER, (only,))
+
+
 def sources() -> list[Path]:
     return sorted(p for p in HERE.iterdir() if p.name == "Makefile" or p.suffix in (".c", ".h"))
 
 
-def lab_build() -> dict[str, str]:
+def lab_build() -> dict[str, Any]:
     lab = CACHE / "current" / "lab.json"
     if not lab.is_file():
         raise BuildError(f"lab not built: run lab/build (no {lab})")
-    info: dict[str, str] = json.loads(lab.read_text())
+    info: dict[str, Any] = json.loads(lab.read_text())
     return info
 
 
-def cache_key(lab: dict[str, str]) -> str:
-    digest = hashlib.sha256(f"{lab['key']} {lab['kernel_release']}\n".encode())
+def cache_key(lab: dict[str, Any], release: str) -> str:
+    digest = hashlib.sha256(f"{lab['key']} {release}\n".encode())
     for path in sources():
         digest.update(f"{path.name} {len(path.read_bytes())}\n".encode())
         digest.update(path.read_bytes())
@@ -98,30 +125,39 @@ def cache_root() -> Path:
     return home / "patchguard-lab-modules"
 
 
-def build() -> Path:
-    """The directory of the built .ko files, building them first if the cache has none."""
+def build(kernel: str = "stock") -> Path:
+    """The directory of the .ko files built for `kernel` ("stock" or "newer", as lab/run
+    --kernel), building them first if the cache has none."""
     lab = lab_build()
+    want = target(lab, kernel)
     root = cache_root()
-    out = root / cache_key(lab)
-    if all((out / f"{name}.ko").is_file() for name in ALL_MODULES):
+    out = root / cache_key(lab, want.release)
+    if all((out / f"{name}.ko").is_file() for name in want.modules):
         return out
     for tool in (COMPILER, "make"):
         if shutil.which(tool) is None:
             raise BuildError(f"{tool} not found: the test modules build with {COMPILER} and make")
-    kbuild = CACHE / "current" / lab.get("kbuild", "kbuild")
     root.mkdir(parents=True, exist_ok=True)
+    compile_into(out, CACHE / "current" / want.kbuild, want)
+    drop_stale(root, out)
+    return out
+
+
+def compile_into(out: Path, kbuild: Path, want: Target) -> None:
+    """kbuild in a scratch copy of the sources; `out` gets the .ko files and the log, whole."""
+    root = out.parent
     with tempfile.TemporaryDirectory(prefix="pg-modules-", dir=root) as tmp:
         work = Path(tmp) / "src"
         work.mkdir()
         for path in sources():
             shutil.copy2(path, work / path.name)
         run = subprocess.run(
-            ["make", "-C", str(kbuild), f"M={work}", f"CC={COMPILER}", "modules"],
+            ["make", "-C", str(kbuild), f"M={work}", f"CC={COMPILER}", *want.make_args, "modules"],
             capture_output=True,
             text=True,
             check=False,
         )
-        missing = [name for name in ALL_MODULES if not (work / f"{name}.ko").is_file()]
+        missing = [name for name in want.modules if not (work / f"{name}.ko").is_file()]
         if run.returncode != 0 or missing:
             raise BuildError(
                 f"kbuild failed (exit {run.returncode}, missing {missing}):\n"
@@ -129,13 +165,11 @@ def build() -> Path:
             )
         staged = Path(tmp) / "ko"
         staged.mkdir()
-        for name in ALL_MODULES:
+        for name in want.modules:
             shutil.copy2(work / f"{name}.ko", staged / f"{name}.ko")
         (staged / "build.log").write_text(run.stdout + run.stderr)
         shutil.rmtree(out, ignore_errors=True)  # an incomplete earlier attempt
         staged.rename(out)
-    drop_stale(root, out)
-    return out
 
 
 def drop_stale(root: Path, kept: Path) -> None:
@@ -151,7 +185,7 @@ def drop_stale(root: Path, kept: Path) -> None:
 
 if __name__ == "__main__":
     try:
-        print(build())
+        print(build(sys.argv[1] if len(sys.argv) > 1 else "stock"))
     except BuildError as exc:
         print(f"build.py: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -1,0 +1,59 @@
+"""Run INSIDE the lab guest on the newer kernel (6.12, by test_lab_direct_call_newer.py through
+lab/run --kernel newer): a direct ops whose own direct_call (6.6+) is rewritten behind ftrace's
+direct_functions hash, as one JSON document written to <results>/direct_call_newer_checks.json
+(argv[1], default /results).
+
+Two loads of pg_direct_call on vfs_read, each with a plain ftrace_ops sharing the site (so
+calls go through call_direct_funcs, which follows the ops' direct_call): first with direct_call
+left as registered (shared=1), then with it pointed at the module's second stub (shared=1
+swap=1). Each time: a read through vfs_read, enabled_functions, the module's symbols,
+`scan --surface tracing`, rmmod; then a scan after and the kernel log."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from guest_steps import Steps, pg_symbols
+
+from patchguard.kernel import Kernel
+
+steps = Steps(
+    "direct_call_newer_checks",
+    Path(sys.argv[1] if len(sys.argv) > 1 else "/results"),
+    Path("/tmp/patchguard-direct-call-newer"),
+)
+step, run, patchguard = steps.step, steps.run, steps.patchguard
+
+
+def vfs_read() -> int:
+    kernel = Kernel()
+    try:
+        found = kernel.kallsyms.address_of("vfs_read")
+    finally:
+        kernel.close()
+    if found is None:
+        raise LookupError("vfs_read is not in kallsyms")
+    return found
+
+
+def loaded(name: str, *params: str) -> None:
+    """One load of the module with `params`, everything measured while it is in, and rmmod."""
+    step(f"insmod_{name}", lambda: steps.insmod("pg_direct_call", f"addr={vfs_read():#x}", *params))
+    step(f"read_{name}", lambda: run("cat", "/proc/version"))
+    step(f"enabled_{name}", lambda: Path("/sys/kernel/tracing/enabled_functions").read_text())
+    step(f"symbols_{name}", pg_symbols)
+    step(f"scan_{name}", scan)
+    step(f"rmmod_{name}", lambda: run("rmmod", "pg_direct_call"))
+
+
+def scan() -> dict[str, Any]:
+    return patchguard("scan", "--json", "--surface", "tracing")
+
+
+loaded("shared", "shared=1")
+loaded("swapped", "shared=1", "swap=1")
+step("scan_after", scan)
+step("kernel_log", lambda: steps.kernel_log("direct", "ftrace"))
+steps.finish()

@@ -6,12 +6,14 @@ direct_functions hash, as one JSON document written to <results>/direct_call_new
 Two loads of pg_direct_call on vfs_read, each with a plain ftrace_ops sharing the site (so
 calls go through call_direct_funcs, which follows the ops' direct_call): first with direct_call
 left as registered (shared=1), then with it pointed at the module's second stub (shared=1
-swap=1). Each time: a read through vfs_read, enabled_functions, the module's symbols,
+swap=1). Each time: a read through vfs_read and which stub its calls reached (each stub
+counts them), enabled_functions, the module's symbols,
 `scan --surface tracing`, rmmod; then a scan after and the kernel log."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +43,24 @@ def vfs_read() -> int:
 def loaded(name: str, *params: str) -> None:
     """One load of the module with `params`, everything measured while it is in, and rmmod."""
     step(f"insmod_{name}", lambda: steps.insmod("pg_direct_call", f"addr={vfs_read():#x}", *params))
-    step(f"read_{name}", lambda: run("cat", "/proc/version"))
+    step(f"calls_{name}", lambda: calls_of(lambda: run("cat", "/proc/version")))
     step(f"enabled_{name}", lambda: Path("/sys/kernel/tracing/enabled_functions").read_text())
     step(f"symbols_{name}", pg_symbols)
     step(f"scan_{name}", scan)
     step(f"rmmod_{name}", lambda: run("rmmod", "pg_direct_call"))
+
+
+def calls_of(read: Callable[[], object]) -> dict[str, int]:
+    """How many more calls each stub took across `read` (reads through vfs_read)."""
+    before = stub_calls()
+    read()
+    after = stub_calls()
+    return {stub: after[stub] - before[stub] for stub in after}
+
+
+def stub_calls() -> dict[str, int]:
+    parameters = Path("/sys/module/pg_direct_call/parameters")
+    return {p: int((parameters / p).read_text()) for p in ("stub_calls", "stub2_calls")}
 
 
 def scan() -> dict[str, Any]:

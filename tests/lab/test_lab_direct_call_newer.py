@@ -54,6 +54,14 @@ def test_the_site_goes_through_the_ops_list_and_names_no_stub(guest: Results, lo
     assert " D " in line and "pg_direct_stub" not in line, line
 
 
+def test_the_calls_land_where_the_ops_direct_call_says(guest: Results) -> None:
+    """The redirect is real: with direct_call as registered vfs_read's calls reach the first
+    stub, once swapped they reach the second, though direct_functions still names the first."""
+    shared, swapped = guest["calls_shared"], guest["calls_swapped"]
+    assert shared["stub_calls"] > 0 and shared["stub2_calls"] == 0, shared
+    assert swapped["stub2_calls"] > 0 and swapped["stub_calls"] == 0, swapped
+
+
 def test_the_swapped_direct_call_is_one_mismatch_naming_the_second_stub(guest: Results) -> None:
     (mismatch,) = findings(guest, "scan_swapped", technique=MISMATCH)
     evidence: dict[str, Any] = mismatch["evidence"]

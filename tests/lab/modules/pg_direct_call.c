@@ -45,15 +45,22 @@ MODULE_PARM_DESC(swap, "6.6+: then point the direct ops' direct_call at pg_direc
 
 static bool registered;
 
+/* How many calls each stub took: where the function's calls really land (read as parameters). */
+unsigned long pg_stub_calls, pg_stub2_calls;
+module_param_named(stub_calls, pg_stub_calls, ulong, 0444);
+module_param_named(stub2_calls, pg_stub2_calls, ulong, 0444);
+
 extern void pg_direct_stub(void);
 extern void pg_direct_stub2(void);
 
-/* Two stubs, each a frame and straight back: the function's own arguments are left untouched. */
-#define PG_STUB(name)					\
+/* Two stubs, each a count, a frame and straight back: the function's own arguments are left
+ * untouched (only the flags change, which no function expects at its entry). */
+#define PG_STUB(name, counter)				\
 	"	.type " name ", @function\n"		\
 	"	.globl " name "\n"			\
 	name ":\n"					\
 	ASM_ENDBR					\
+	"	lock incq " counter "(%rip)\n"		\
 	"	pushq %rbp\n"				\
 	"	movq %rsp, %rbp\n"			\
 	PG_DEPTH					\
@@ -63,8 +70,8 @@ extern void pg_direct_stub2(void);
 
 asm(
 "	.pushsection .text, \"ax\", @progbits\n"
-PG_STUB("pg_direct_stub")
-PG_STUB("pg_direct_stub2")
+PG_STUB("pg_direct_stub", "pg_stub_calls")
+PG_STUB("pg_direct_stub2", "pg_stub2_calls")
 "	.popsection\n"
 );
 

@@ -14,13 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from guest_steps import Steps
+from guest_steps import Steps, kernel_address
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the support package
 
 from support.corpus import MANIFESTS, ledger
-
-from patchguard.kernel import Kernel
 
 steps = Steps(
     "direct_call_checks",
@@ -43,17 +41,6 @@ def ledgers() -> dict[str, str]:
     }
 
 
-def vfs_read() -> int:
-    kernel = Kernel()
-    try:
-        found = kernel.kallsyms.address_of("vfs_read")
-    finally:
-        kernel.close()
-    if found is None:
-        raise LookupError("vfs_read is not in kallsyms")
-    return found
-
-
 def scan_under(path: str) -> dict[str, Any]:
     steps.env["PATCHGUARD_LEDGER"] = path
     return patchguard("scan", "--json", "--surface", "tracing")
@@ -61,7 +48,7 @@ def scan_under(path: str) -> dict[str, Any]:
 
 step("baseline", lambda: patchguard("baseline", "create"))
 paths = step("ledgers", ledgers)
-step("insmod", lambda: steps.insmod("pg_direct_call", f"addr={vfs_read():#x}"))
+step("insmod", lambda: steps.insmod("pg_direct_call", f"addr={kernel_address('vfs_read'):#x}"))
 step("read", lambda: run("cat", "/proc/version"))
 step("enabled_functions", lambda: Path("/sys/kernel/tracing/enabled_functions").read_text())
 step("pg_symbols", lambda: run("grep", "pg_direct", "/proc/kallsyms")["stdout"])

@@ -17,9 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from guest_steps import Steps, pg_symbols
-
-from patchguard.kernel import Kernel
+from guest_steps import Steps, kernel_address, module_params, pg_symbols
 
 steps = Steps(
     "direct_call_newer_checks",
@@ -29,20 +27,12 @@ steps = Steps(
 step, run, patchguard = steps.step, steps.run, steps.patchguard
 
 
-def vfs_read() -> int:
-    kernel = Kernel()
-    try:
-        found = kernel.kallsyms.address_of("vfs_read")
-    finally:
-        kernel.close()
-    if found is None:
-        raise LookupError("vfs_read is not in kallsyms")
-    return found
-
-
 def loaded(name: str, *params: str) -> None:
     """One load of the module with `params`, everything measured while it is in, and rmmod."""
-    step(f"insmod_{name}", lambda: steps.insmod("pg_direct_call", f"addr={vfs_read():#x}", *params))
+    step(
+        f"insmod_{name}",
+        lambda: steps.insmod("pg_direct_call", f"addr={kernel_address('vfs_read'):#x}", *params),
+    )
     step(f"calls_{name}", lambda: calls_of(lambda: run("cat", "/proc/version")))
     step(f"enabled_{name}", lambda: Path("/sys/kernel/tracing/enabled_functions").read_text())
     step(f"symbols_{name}", pg_symbols)
@@ -59,8 +49,8 @@ def calls_of(read: Callable[[], object]) -> dict[str, int]:
 
 
 def stub_calls() -> dict[str, int]:
-    parameters = Path("/sys/module/pg_direct_call/parameters")
-    return {p: int((parameters / p).read_text()) for p in ("stub_calls", "stub2_calls")}
+    params = module_params("pg_direct_call")
+    return {p: int(params[p]) for p in ("stub_calls", "stub2_calls")}
 
 
 def scan() -> dict[str, Any]:

@@ -77,6 +77,20 @@ class Steps:
         print(json.dumps({"steps": self.out["steps"], "errors": self.out.get("errors", {})}))
 
 
+def kernel_address(name: str) -> int:
+    """Where /proc/kallsyms puts `name` (a function of the kernel); LookupError if nowhere."""
+    from patchguard.kernel import Kernel
+
+    kernel = Kernel()
+    try:
+        found = kernel.kallsyms.address_of(name)
+    finally:
+        kernel.close()
+    if found is None:
+        raise LookupError(f"{name} is not in kallsyms")
+    return found
+
+
 def module_params(module: str) -> dict[str, str]:
     where = Path("/sys/module") / module / "parameters"
     return {p.name: p.read_text().strip() for p in sorted(where.iterdir())}

@@ -55,13 +55,17 @@ def imported(tmp_path: Path, *args: str) -> tuple[set[str], str]:
     return tops | {n for n in names if n.startswith("patchguard.")}, out
 
 
-def imported_all(tmp_path: Path, *args: str, columns: int = 80) -> tuple[set[str], str]:
-    """(every module imported, stdout) of `patchguard *args` in a fresh interpreter."""
+def imported_all(
+    tmp_path: Path, *args: str, columns: int = 80, env: dict[str, str] | None = None
+) -> tuple[set[str], str]:
+    """(every module imported, stdout) of `patchguard *args` in a fresh interpreter; `env`
+    adds to or replaces the environment it runs with."""
     env = {
         "PATCHGUARD_LEDGER": str(tmp_path / "no-ledger.db"),
         "PATCHGUARD_KEY": str(tmp_path / "no-host.key"),  # no key: the report is sealed unsigned
         "PATH": "/usr/bin:/bin",
         "COLUMNS": str(columns),  # the width help is wrapped at
+        **(env or {}),
     }
     done = subprocess.run(
         [sys.executable, "-c", RUN, *args],
@@ -344,17 +348,8 @@ def test_a_check_process_imports_no_writer_and_unchanged_no_explainer(
         check=False,
     )
     assert made.returncode == 0, made.stderr
-    done = subprocess.run(
-        [sys.executable, "-c", RUN, "check", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    line = next(x for x in done.stderr.splitlines() if x.startswith(MARK))
-    names = set(json.loads(line[len(MARK) :]))
-    doc = json.loads(done.stdout)
+    names, out = imported_all(tmp_path, "check", "--json", env=env)
+    doc = json.loads(out)
     assert doc["integrity"]["signature"]  # sealed by the key the check read
     assert "cryptography.hazmat.primitives.asymmetric.ed25519" in names
     assert not names & (CHECK_NEVER | POOL)

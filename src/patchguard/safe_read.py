@@ -27,7 +27,6 @@ import json
 import os
 import re
 import stat
-import tomllib
 from pathlib import Path
 from typing import IO, Any
 
@@ -197,6 +196,8 @@ def parse_toml(text: str, source: str) -> dict[str, Any]:
     """tomllib.loads with a depth limit (tomllib has none), checked before parsing in linear
     time. TOMLDecodeError passes through, so a caller can place it on a line; deep nesting is
     an InputError."""
+    import tomllib  # here: `check` reads no TOML, and this module is on its path
+
     if toml_nesting(text) > MAX_DEPTH:
         raise _too_deep(source)
     try:

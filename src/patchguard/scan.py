@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -151,7 +150,7 @@ def report_for(
     """The report of results gathered since perf_counter() read `t0`."""
     started = started or datetime.now(UTC)
     return ScanReport(
-        host=platform.node(),
+        host=os.uname().nodename,
         kernel_release=os.uname().release if kernel.live else kernel.root.name,
         boot_id=_boot_id(kernel),
         started_at=started.isoformat(timespec="seconds"),

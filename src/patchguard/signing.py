@@ -13,8 +13,9 @@ import errno
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 # cryptography is imported where a key is used: commands that never sign or verify (scan,
 # --version, --help) do not pay for it.
@@ -145,15 +146,31 @@ def _read_key_file(path: Path) -> bytes:
     return pem
 
 
+def pem_private_key_loader() -> Callable[..., Any]:
+    """cryptography's `serialization.load_pem_private_key`, the same function, taken from the
+    binding module that package re-exports it from: the package's `__init__` also imports its
+    SSH key support (~6 ms of a `check` process here, half a second in the lab's emulated
+    guest), which a PEM key never needs. Any other cryptography gets the public import
+    (tests/unit/test_signing.py holds the two to being one function)."""
+    try:
+        from cryptography.hazmat.bindings._rust import openssl
+
+        loader: Callable[..., Any] = openssl.keys.load_pem_private_key
+    except (ImportError, AttributeError):
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        loader = load_pem_private_key
+    return loader
+
+
 def _read_private_key(path: Path) -> Ed25519PrivateKey:
     """The key file's PEM, read by cryptography, which says what is wrong with it."""
     pem = _read_key_file(path)
     from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     try:
-        key = serialization.load_pem_private_key(pem, password=None)
+        key = pem_private_key_loader()(pem, password=None)
     except TypeError as exc:  # encrypted with a passphrase
         raise KeyFileError(
             path, "the key is encrypted; patchguard needs an unencrypted key"

@@ -19,6 +19,7 @@ from patchguard.signing import (
     KeyFileError,
     default_key_path,
     fingerprint_of,
+    pem_private_key_loader,
     verify_signature,
 )
 
@@ -270,3 +271,9 @@ def test_default_key_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     assert default_key_path() == tmp_path / "k"
     monkeypatch.setenv("PATCHGUARD_KEY", "")
     assert default_key_path() == DEFAULT_KEY_PATH
+
+
+def test_the_pem_loader_is_cryptographys_own() -> None:
+    """The key is read by the very function `serialization` exports, whichever module it is
+    taken from (its package `__init__` is skipped only for speed)."""
+    assert pem_private_key_loader() is serialization.load_pem_private_key

@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import platform
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -139,7 +138,7 @@ def capture(kernel: Kernel) -> Capture:
         kernel_release=os.uname().release,
         kaslr_offset=kaslr_offset(kernel),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        host=platform.node(),
+        host=os.uname().nodename,
         reader=memory.name,
         patchguard_version=__version__,
     )

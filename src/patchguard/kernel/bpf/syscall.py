@@ -10,13 +10,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import struct
 from collections.abc import Iterator
 
 from patchguard.kernel.errors import KernelAccessError, explain_errno
 
-NR_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
+NR_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine, 321)
 ATTR_SIZE = 128  # enough for every command used here; the kernel zero-checks the tail
 
 # enum bpf_cmd

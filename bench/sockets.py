@@ -9,7 +9,7 @@ machine, so other processes' sockets are in the count too. Floor: reading the se
 /proc/net files once, the cheapest of the views.
 CPU time (user and system) is printed beside wall time: on a machine shared with other busy
 processes, wall time also counts waiting for a CPU. The first collect, which also imports
-pyroute2 for the sock_diag requests, is shown apart; so is a probe of every port (mode "all"),
+the surface's lazy modules and reads vmlinux's BTF, is shown apart; so is a probe of every port (mode "all"),
 which costs the same whatever the number of sockets.
 All sockets are closed at the end. Run as root: .venv/bin/python bench/sockets.py
 (on a machine shared with busy processes, `chrt -f 10 .venv/bin/python bench/sockets.py`
@@ -80,7 +80,7 @@ def main() -> None:
     kernel = Kernel()
     t0 = time.perf_counter()
     SocketsSurface().collect(kernel)
-    print(f"first collect (with the pyroute2 import): {(time.perf_counter() - t0) * 1000:.1f} ms")
+    print(f"first collect (with its imports and BTF): {(time.perf_counter() - t0) * 1000:.1f} ms")
     with ExitStack() as stack:
         opened = open_sockets(stack, args.sockets)
         surface = SocketsSurface()

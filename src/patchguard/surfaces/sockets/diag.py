@@ -5,9 +5,10 @@ inet_diag (tcp, udp, raw; IPv4 and IPv6) and unix_diag walk the same hash tables
 unix_diag_dump(), never through tcp4_seq_show() and its kin: a rootkit that filters the seq
 files leaves this view alone unless it hooks the netlink path too.
 
-The requests are pyroute2's encodings (inet_diag_req, unix_diag_req). The replies are unpacked
-here with struct from their fixed headers: pyroute2's decoder costs about 40 us per socket,
-400 ms at 10,000 sockets, twice the surface's whole budget, and only the fixed header is used.
+The requests are pyroute2's encodings (inet_diag_req, unix_diag_req), stored once encoded
+(diag_requests.py). The replies are unpacked here with struct from their fixed headers:
+pyroute2's decoder costs about 40 us per socket, 400 ms at 10,000 sockets, twice the surface's
+whole budget, and only the fixed header is used.
 The netlink socket is the standard library's: it is created in the calling thread, so in the
 network namespace that thread is in (netns.py), which pyroute2's sockets do not promise.
 """
@@ -15,7 +16,6 @@ network namespace that thread is in (netns.py), which pyroute2's sockets do not 
 from __future__ import annotations
 
 import errno
-import functools
 import socket
 import struct
 from collections.abc import Iterator
@@ -58,10 +58,17 @@ class DumpInterrupted(Exception):
     """The tables changed during the dump (NLM_F_DUMP_INTR): a fresh dump is needed."""
 
 
-@functools.cache
 def request(protocol: str) -> bytes:
-    """The dump request for one protocol, in pyroute2's encoding (imported only here: it is
-    slow to import and only the live kernel needs it)."""
+    """The dump request for one protocol: pyroute2's encoding of it, stored (diag_requests.py).
+    Encoding them here imports pyroute2's sock_diag module, whose socket class brings asyncio
+    and ssl: ~20 ms of every scan's CPU for seven constant messages."""
+    from patchguard.surfaces.sockets.diag_requests import REQUESTS
+
+    return REQUESTS[protocol]
+
+
+def encoded_request(protocol: str) -> bytes:
+    """The dump request for one protocol, encoded by pyroute2 (what diag_requests.py stores)."""
     from patchguard.kernel.pyroute2_modules import without_package_init
 
     without_package_init()
@@ -82,6 +89,29 @@ def request(protocol: str) -> bytes:
     msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
     msg.encode()
     return bytes(msg.data)
+
+
+def store_requests() -> None:
+    """Write diag_requests.py from this pyroute2 (after a change to a request)."""
+    from pathlib import Path
+
+    from patchguard.atomic import write_atomic
+
+    rows = "".join(
+        f'    "{p}": bytes.fromhex(\n{_hex_lines(encoded_request(p))}    ),\n' for p in DUMPED
+    )
+    body = (
+        '"""The sock_diag dump requests as pyroute2 encodes them (written by\n'
+        "diag.store_requests: do not edit; tests/unit/test_sockets_diag.py checks they are what\n"
+        'pyroute2 encodes)."""\n\n'
+        f"REQUESTS = {{\n{rows}}}\n"
+    )
+    write_atomic(Path(__file__).with_name("diag_requests.py"), body.encode())
+
+
+def _hex_lines(data: bytes, width: int = 80) -> str:
+    text = data.hex()
+    return "".join(f'        "{text[i : i + width]}"\n' for i in range(0, len(text), width))
 
 
 def _inet_entries(protocol: str, buf: bytearray, bodies: list[int]) -> list[SocketEntry]:

@@ -35,13 +35,13 @@ from support.corpus import (
     about,
     acting,
     allowed_and_named,
+    approved_and_expired,
     baseline_env,
     but_lapsed,
     changes_explained,
     cli,
     lapsed_named,
     lapsed_of,
-    ledger,
     loader_release,
     netns,
     programs_held_by,
@@ -101,8 +101,7 @@ def test_livepatch_is_quiet_and_named_then_findings_once_expired(
 ) -> None:
     module = corpus_module(KLP)
     manifest = MANIFESTS / "klp-version.toml"
-    approved = ledger(tmp_path / "approved", manifest, "kernel live patch team")
-    expired = ledger(tmp_path / "expired", manifest, "kernel live patch team", expired=True)
+    approved, expired = approved_and_expired(tmp_path, manifest, "kernel live patch team")
     with livepatched(module):
         patched = Path("/proc/version").read_text()
         allowed = cli(env, *KLP_SCAN, ledger_path=approved)
@@ -211,8 +210,7 @@ def test_systemd_sandboxing_is_quiet_and_named_then_findings_once_expired(
     _systemd()
     manifest = MANIFESTS / "systemd.toml"
     loader_release(manifest)  # a stale pin fails here, naming the release and hash to add
-    approved = ledger(tmp_path / "approved", manifest, "Debian systemd maintainers")
-    expired = ledger(tmp_path / "expired", manifest, "Debian systemd maintainers", expired=True)
+    approved, expired = approved_and_expired(tmp_path, manifest, "Debian systemd maintainers")
     with started(MANIFESTS / UNIT):
         bare = cli(env, *EBPF_SCAN)
         allowed = cli(env, *EBPF_SCAN, ledger_path=approved)
@@ -282,8 +280,7 @@ def test_restrict_file_systems_lsm_is_quiet_and_named_then_findings_once_expired
     _bpf_framework()
     manifest = MANIFESTS / "systemd-restrictfs.toml"
     loader_release(manifest)  # a stale pin fails here, naming the release and hash to add
-    approved = ledger(tmp_path / "approved", manifest, "Debian systemd maintainers")
-    expired = ledger(tmp_path / "expired", manifest, "Debian systemd maintainers", expired=True)
+    approved, expired = approved_and_expired(tmp_path, manifest, "Debian systemd maintainers")
     with started(MANIFESTS / RESTRICT_UNIT):
         assert _refused_sysfs(), Path("/run/restrictfs.read").read_text()  # it enforces
         bare = cli(env, *LSM_SCAN)

@@ -36,6 +36,7 @@ from support.corpus import (
     about,
     acting,
     allowed_and_named,
+    approved_and_expired,
     baseline_env,
     but_lapsed,
     changes_explained,
@@ -43,7 +44,6 @@ from support.corpus import (
     interrupt,
     lapsed_named,
     lapsed_of,
-    ledger,
     loader_release,
     netns,
     programs_held_by,
@@ -157,8 +157,7 @@ def test_bpftrace_is_quiet_and_named_then_findings_once_expired(
     manifest = MANIFESTS / member.manifest
     loader_release(manifest)  # a stale pin fails here, naming the release and hash to add
     vendor = "Debian (bpftrace packaging)"
-    approved = ledger(tmp_path / "approved", manifest, "bpftrace packagers")
-    expired = ledger(tmp_path / "expired", manifest, "bpftrace packagers", expired=True)
+    approved, expired = approved_and_expired(tmp_path, manifest, "bpftrace packagers")
     script = MANIFESTS / member.script
     with tracing(script, len(member.programs), member.refused) as tracer:
         allowed = cli(env, "scan", "--records", ledger_path=approved)
@@ -203,8 +202,7 @@ def test_runqlat_raw_tracepoints_are_quiet_and_named_then_back_to_unsanctioned_o
     per program, exception-lapsed (low), names the exception that ended while it runs."""
     manifest = MANIFESTS / "runqlat.toml"
     loader_release(manifest)
-    approved = ledger(tmp_path / "approved", manifest, "libbpf-tools packagers")
-    expired = ledger(tmp_path / "expired", manifest, "libbpf-tools packagers", expired=True)
+    approved, expired = approved_and_expired(tmp_path, manifest, "libbpf-tools packagers")
     # Its "Tracing run queue latency..." waits in the pipe's buffer: its links say it attached
     with running([tool("runqlat")], "", len(RUNQLAT), "no BTF raw tracepoints") as tracer:
         bare = cli(env, *RAW_TP_SCAN)
@@ -260,8 +258,7 @@ def test_tc_classifier_is_quiet_and_named_then_findings_once_expired(
     source = MANIFESTS / "tc-pass-counter.bpf.c"
     include = "-I/usr/include/x86_64-linux-gnu"  # asm/types.h of Debian's multiarch layout
     run(tool("clang"), "-O2", "-g", "-target", "bpf", include, "-c", str(source), "-o", str(obj))
-    approved = ledger(tmp_path / "approved", manifest, "netops")
-    expired = ledger(tmp_path / "expired", manifest, "netops", expired=True)
+    approved, expired = approved_and_expired(tmp_path, manifest, "netops")
     with netns(TC_NETNS):
         run(tool("tc"), "-n", TC_NETNS, "qdisc", "add", "dev", "pgc0", "clsact")
         attach = ("filter", "add", "dev", "pgc0", "ingress", "bpf", "da", "obj", str(obj))

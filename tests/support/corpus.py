@@ -56,6 +56,15 @@ def ledger(folder: Path, manifest: Path, vendor: str, expired: bool = False) -> 
     return path
 
 
+def approved_and_expired(folder: Path, manifest: Path, vendor: str) -> tuple[Path, Path]:
+    """Two ledgers under `folder` (see `ledger`): one where `manifest`'s exception is in force,
+    one where it expired; a member's test runs each scan against both."""
+    return (
+        ledger(folder / "approved", manifest, vendor),
+        ledger(folder / "expired", manifest, vendor, expired=True),
+    )
+
+
 def cli(env: dict[str, str], *args: str, ledger_path: Path | None = None) -> Doc:
     """`patchguard <args> --json` (exit 0 or 1), with PATCHGUARD_LEDGER=`ledger_path` or the
     environment's (base_env: none); its JSON document."""

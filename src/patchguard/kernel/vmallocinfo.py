@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from itertools import accumulate
 
 from patchguard.kernel.memory import KERNEL_SPACE  # %pK prints hashed or zeroed values below it
 
@@ -80,3 +82,62 @@ def area_holding(areas: Sequence[VmallocArea], address: int) -> VmallocArea | No
     """The allocation `address` lies in; `areas` sorted by start (vmallocinfo's order)."""
     i = bisect.bisect_right([a.start for a in areas], address) - 1
     return areas[i] if i >= 0 and address < areas[i].end else None
+
+
+def distinct(areas: Iterable[VmallocArea]) -> list[VmallocArea]:
+    """Each area once, in address order where the addresses are real. vmallocinfo is printed
+    4 KiB a read(2), and before 6.9 the kernel finds its place again by line number: an area
+    allocated meanwhile below that place prints one line twice (seen in the lab, 6.1)."""
+    kept = {a.start: a for a in areas}
+    return sorted(kept.values(), key=lambda a: a.start) if kept else []
+
+
+def runs(areas: Sequence[VmallocArea]) -> list[list[VmallocArea]]:
+    """Areas that follow one another in memory: one's end is the next one's start. This holds
+    for hashed addresses too: %pK hashes one address the same way all through a boot."""
+    by_start = {a.start: a for a in areas}
+    ends = {a.end for a in areas}
+    found = []
+    for head in (a for a in areas if a.start not in ends):
+        run = [head]
+        while (after := by_start.get(run[-1].end)) is not None and len(run) <= len(areas):
+            run.append(after)
+        found.append(run)
+    return found
+
+
+def _offsets(run: Sequence[VmallocArea]) -> list[int]:
+    return list(accumulate((a.size for a in run[:-1]), initial=0))
+
+
+def _consistent(start: int, run: Sequence[VmallocArea], bases: Sequence[int]) -> bool:
+    """No base inside the run's span falls anywhere but at the start of one of its areas."""
+    starts = {start + o for o in _offsets(run)}
+    end = start + sum(a.size for a in run)
+    return all(b in starts for b in bases if start <= b < end)
+
+
+def run_start(run: Sequence[VmallocArea], bases: Sequence[int]) -> int | None:
+    """Where a run of hashed areas lies, from real addresses known to start areas (modules'
+    bases): the start most bases agree on (two at least) among those no base contradicts;
+    None if two such starts tie. Module sizes repeat, so a wrong start can win as many votes."""
+    votes = Counter(b - o for b in bases for o in _offsets(run))
+    ranked = [(n, s) for s, n in votes.items() if n >= 2 and _consistent(s, run, bases)]
+    ranked.sort(reverse=True)
+    if not ranked or (len(ranked) > 1 and ranked[1][0] == ranked[0][0]):
+        return None
+    return ranked[0][1]
+
+
+def placed(areas: Sequence[VmallocArea], bases: Sequence[int]) -> list[VmallocArea]:
+    """Hashed areas (kptr_restrict 0) at their real addresses, where run_start places their
+    run; areas of runs it cannot place are left out."""
+    found = []
+    for run in runs(areas):
+        start = run_start(run, bases)
+        if start is not None:
+            found += [
+                replace(a, start=start + o, end=start + o + a.size)
+                for a, o in zip(run, _offsets(run), strict=True)
+            ]
+    return sorted(found, key=lambda a: a.start)

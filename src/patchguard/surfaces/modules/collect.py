@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -14,6 +15,7 @@ from patchguard.surfaces.reading import Reading, records_of
 if TYPE_CHECKING:
     from patchguard.kernel import Kernel
 from patchguard.kernel.proc_modules import PROC_MODULES, ProcModule, parse_proc_modules
+from patchguard.kernel.vmallocinfo import VmallocArea, distinct, placed
 from patchguard.surfaces.modules.parse import (
     areas_per_module,
     kallsyms_module_names,
@@ -23,6 +25,7 @@ from patchguard.surfaces.modules.parse import (
     unaccounted_areas,
 )
 from patchguard.surfaces.modules.paths import (
+    INIT_SECTIONS,
     KALLSYMS,
     KALLSYMS_VIEW,
     LOADER_CALLERS,
@@ -33,6 +36,7 @@ from patchguard.surfaces.modules.paths import (
     SYS_MODULE,
     SYSFS_VIEW,
     VMALLOC_CALLER_VIEW,
+    VMALLOCINFO,
 )
 from patchguard.surfaces.modules.records import ModuleListMissing, ModuleMemory, SysfsModule
 from patchguard.surfaces.modules.rules import TRANSIENT_STATES
@@ -134,13 +138,16 @@ def read_views_again(kernel: Kernel) -> tuple[dict[str, set[str]], set[str]]:
     return r.full, _transient(r.records)
 
 
-def _section_addresses(r: _Reading, name: str) -> list[int]:
-    """/sys/module/<name>/sections/*: one "0x..." start address per ELF section."""
+def _section_addresses(r: _Reading, name: str, live: bool) -> list[int]:
+    """/sys/module/<name>/sections/*: one "0x..." start address per ELF section; for a live
+    module, none of the sections in its freed init memory (INIT_SECTIONS)."""
     base = f"{SYS_MODULE}/{name}/sections"
     try:
         sections = sorted(p.name for p in r.kernel.path(base).iterdir())
     except OSError:
         return []
+    if live:
+        sections = [s for s in sections if not s.startswith(INIT_SECTIONS)]
     values = ((r.optional(f"{base}/{s}") or "").strip() for s in sections)
     return [int(v, 16) for v in values if v.startswith("0x")]
 
@@ -148,8 +155,9 @@ def _section_addresses(r: _Reading, name: str) -> list[int]:
 def _known_addresses(r: _Reading, names: set[str]) -> list[int]:
     """Every address of a visible module: /proc/modules bases, sysfs sections, kallsyms."""
     found = [m.address for m in records_of(r.records, ProcModule) if m.address]
+    moving = _transient(r.records)
     for name in sorted(names):
-        found += _section_addresses(r, name)
+        found += _section_addresses(r, name, live=name not in moving)
     with contextlib.suppress(KernelAccessError):  # its gap is recorded by the kallsyms view
         found += [s.address for s in r.kernel.kallsyms.in_modules(names)]
     return [a for a in found if a]
@@ -166,17 +174,62 @@ def _module_area_lines(text: str) -> str:
     )
 
 
+def _loader_of(text: str) -> list[VmallocArea]:
+    return distinct(loader_areas(parse_vmallocinfo(_module_area_lines(text))))
+
+
+SETTLE_PAUSE = 0.05  # seconds before a third read, when the first two disagree
+
+
+@dataclass(frozen=True)
+class LoaderLook:
+    """The loader's areas as vmallocinfo read settles them."""
+
+    areas: list[VmallocArea]
+    reads: int  # reads of /proc/vmallocinfo taken
+    settled: bool  # the last two agreed; else the areas are the union of the last two
+
+
+def settled_loader_areas(r: _Reading, first: list[VmallocArea]) -> LoaderLook:
+    """The loader's areas as two reads in a row agree on them (the 2nd and, if need be, a 3rd
+    50 ms later), and how many reads that took; the union of the last two if none agree.
+    One read can skip lines: before 6.9 vmallocinfo finds its place again by line number
+    every 4 KiB, so an area freed meanwhile below that place hides the line after it (in the
+    lab on 6.1, 8 of 600 reads under fork churn missed a module's area)."""
+    looks = [first]
+    while len(looks) < 3:
+        if len(looks) == 2:
+            time.sleep(SETTLE_PAUSE)
+        text = r.optional(VMALLOCINFO)
+        if text is None:  # it was read a moment ago: nothing to settle against
+            return LoaderLook(looks[-1], len(looks), len(looks) > 1)
+        looks.append(_loader_of(text))
+        if looks[-1] == looks[-2]:
+            return LoaderLook(looks[-1], len(looks), True)
+    return LoaderLook(distinct(looks[-2] + looks[-1]), len(looks), False)
+
+
+def _unaccounted(r: _Reading, loader: list[VmallocArea], names: set[str]) -> list[VmallocArea]:
+    """Loader areas no visible module's address lies in; with hashed addresses, of the areas
+    that the modules' bases place (vmallocinfo.placed)."""
+    if not all(a.real_addresses for a in loader):
+        bases = [m.address for m in records_of(r.records, ProcModule) if m.address]
+        loader = placed(loader, bases)
+    return unaccounted_areas(loader, _known_addresses(r, names))
+
+
 def _collect_vmalloc(r: _Reading, text: str) -> None:
     areas = parse_vmallocinfo(_module_area_lines(text))
     r.partial[VMALLOC_CALLER_VIEW] = {
         a.caller_module for a in areas if a.caller_module and a.caller_module not in PSEUDO_MODULES
     }
-    loader = loader_areas(areas)
+    look = settled_loader_areas(r, distinct(loader_areas(areas)))
+    loader = look.areas
     if not loader:
         return
     names = set().union(*r.full.values(), *r.partial.values())
     real = all(a.real_addresses for a in loader)
-    lonely = unaccounted_areas(loader, _known_addresses(r, names)) if real else []
+    lonely = _unaccounted(r, loader, names)
     r.records.extend(loader)
     r.records.append(
         ModuleMemory(
@@ -187,6 +240,8 @@ def _collect_vmalloc(r: _Reading, text: str) -> None:
             loading=len(_transient(r.records)),
             unaccounted=tuple(f"{a.start:#x}-{a.end:#x}" for a in lonely),
             addresses_real=real,
+            reads=look.reads,
+            settled=look.settled,
         )
     )
 

@@ -1,0 +1,117 @@
+"""The module loader's memory in /proc/vmallocinfo, on text captured in the lab's 6.1 guest
+(tests/fixtures/6.1-lab-hidden-module, see its README): pg_nf_hook hidden (`hide=1`), with
+kptr_restrict 0, so vmallocinfo's addresses are hashed; and a read that skipped lines."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from patchguard.findings import Disposition, Severity
+from patchguard.kernel import Kernel
+from patchguard.kernel.proc_modules import parse_proc_modules
+from patchguard.kernel.vmallocinfo import VmallocArea, distinct, placed, run_start, runs
+from patchguard.surfaces.modules import ModulesSurface, loader_areas, parse_vmallocinfo
+from patchguard.surfaces.modules.collect import _Reading, settled_loader_areas
+from patchguard.surfaces.modules.records import ModuleMemory
+
+ROOT = Path(__file__).parent.parent / "fixtures" / "6.1-lab-hidden-module"
+HIDDEN = "0xffffffffc0381000-0xffffffffc0386000"  # where pg_nf_hook's hook function ran
+HIDDEN_LINE = "0x000000005111f417-"  # its line in proc/vmallocinfo (hashed)
+
+
+def loader(path: Path) -> list[VmallocArea]:
+    return distinct(loader_areas(parse_vmallocinfo(path.read_text())))
+
+
+def bases() -> list[int]:
+    modules = parse_proc_modules((ROOT / "proc/modules").read_text())
+    return [m.address for m in modules if m.address]
+
+
+def memory_of(root: Path) -> ModuleMemory:
+    memory = ModulesSurface().collect(Kernel(root)).records.memory
+    assert memory is not None
+    return memory
+
+
+def hidden_findings(root: Path) -> list[str]:
+    surface = ModulesSurface()
+    found = surface.assess(surface.collect(Kernel(root)))
+    return [f.summary for f in found if f.technique == "hidden-module"]
+
+
+def copy_without(tmp_path: Path, needle: str) -> Path:
+    shutil.copytree(ROOT, tmp_path, dirs_exist_ok=True)
+    vmalloc = tmp_path / "proc/vmallocinfo"
+    lines = vmalloc.read_text().splitlines(True)
+    vmalloc.write_text("".join(line for line in lines if needle not in line))
+    return tmp_path
+
+
+def test_hidden_module_memory_is_named_although_addresses_are_hashed() -> None:
+    memory = memory_of(ROOT)
+    assert memory.addresses_real is False
+    assert memory.unaccounted == (HIDDEN,)
+    assert (memory.allocations, memory.modules, memory.reads, memory.settled) == (19, 18, 2, True)
+    surface = ModulesSurface()
+    found = [
+        f for f in surface.assess(surface.collect(Kernel(ROOT))) if f.subject == "module memory"
+    ]
+    assert [(f.severity, f.disposition) for f in found] == [(Severity.HIGH, Disposition.TAMPERING)]
+    assert f"at {HIDDEN} (vmallocinfo hashes addresses here" in found[0].summary
+    assert found[0].evidence["unaccounted"] == [HIDDEN]
+
+
+def test_runs_are_placed_where_the_bases_agree_and_nothing_contradicts() -> None:
+    areas = loader(ROOT / "proc/vmallocinfo")
+    assert sorted(len(run) for run in runs(areas)) == [3, 4, 12]
+    where = placed(areas, bases())
+    assert len(where) == 19
+    assert [f"{a.start:#x}-{a.end:#x}" for a in where if a.start not in bases()] == [HIDDEN]
+    # virtio_ring's run: 0xffffffffc021d000 gets as many votes (module sizes repeat), but
+    # virtio_pci's base would lie inside one of its areas there.
+    (virtio,) = [run for run in runs(areas) if len(run) == 3]
+    assert run_start(virtio, bases()) == 0xFFFFFFFFC0201000
+    hidden = [a for a in areas if f"{a.start:#018x}-" == HIDDEN_LINE]
+    assert len(hidden) == 1 and run_start(hidden, bases()) is None  # one area: one vote at most
+
+
+def test_freed_init_sections_do_not_account_for_memory(tmp_path: Path) -> None:
+    strtab = int((ROOT / "sys/module/9pnet/sections/.strtab").read_text(), 16)
+    assert 0xFFFFFFFFC0381000 <= strtab < 0xFFFFFFFFC0386000  # stale: 9pnet's init memory
+    # While 9pnet is coming, its init memory is live and its .strtab does account for it.
+    shutil.copytree(ROOT, tmp_path, dirs_exist_ok=True)
+    (tmp_path / "sys/module/9pnet/initstate").write_text("coming\n")
+    assert memory_of(tmp_path).unaccounted == ()
+
+
+def test_without_the_hidden_area_nothing_is_reported(tmp_path: Path) -> None:
+    clean = copy_without(tmp_path, HIDDEN_LINE)
+    memory = memory_of(clean)
+    assert (memory.allocations, memory.unaccounted) == (18, ())
+    assert hidden_findings(clean) == []
+
+
+def test_a_line_printed_twice_is_counted_once(tmp_path: Path) -> None:
+    # Under fork churn the lab's reads printed lines twice (221 in 600 reads): seq_file finds
+    # its place again by line number, and an area allocated meanwhile below it shifts them.
+    clean = copy_without(tmp_path, HIDDEN_LINE)
+    vmalloc = clean / "proc/vmallocinfo"
+    lines = vmalloc.read_text().splitlines(True)
+    twice = next(i for i, line in enumerate(lines) if "load_module+" in line)
+    vmalloc.write_text("".join(lines[: twice + 1] + lines[twice:]))
+    assert memory_of(clean).allocations == 18
+    assert hidden_findings(clean) == []
+
+
+def test_a_read_that_skipped_lines_is_read_again(tmp_path: Path) -> None:
+    skipped = loader(ROOT / "reads/vmallocinfo-skipped")
+    after = loader(ROOT / "reads/vmallocinfo-after")
+    assert len(set(after) - set(skipped)) == 2 and set(skipped) < set(after)
+    shutil.copytree(ROOT, tmp_path, dirs_exist_ok=True)
+    shutil.copy(ROOT / "reads/vmallocinfo-after", tmp_path / "proc/vmallocinfo")
+    look = settled_loader_areas(_Reading("modules", Kernel(tmp_path)), skipped)
+    assert (look.areas, look.reads, look.settled) == (after, 3, True)
+    agreed = settled_loader_areas(_Reading("modules", Kernel(tmp_path)), after)
+    assert (agreed.reads, agreed.settled) == (2, True)

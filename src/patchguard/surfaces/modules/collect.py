@@ -185,28 +185,27 @@ SETTLE_PAUSE = 0.05  # seconds before a third read, when the first two disagree
 class LoaderLook:
     """The loader's areas as vmallocinfo read settles them."""
 
-    areas: list[VmallocArea]
+    areas: tuple[VmallocArea, ...]
     reads: int  # reads of /proc/vmallocinfo taken
     settled: bool  # the last two agreed; else the areas are the union of the last two
 
 
 def settled_loader_areas(r: _Reading, first: list[VmallocArea]) -> LoaderLook:
-    """The loader's areas as two reads in a row agree on them (the 2nd and, if need be, a 3rd
-    50 ms later), and how many reads that took; the union of the last two if none agree.
+    """The loader's areas once two reads in a row agree on them (the 2nd read at once, a 3rd
+    50 ms later if need be); the union of the last two if none agree.
     One read can skip lines: before 6.9 vmallocinfo finds its place again by line number
     every 4 KiB, so an area freed meanwhile below that place hides the line after it (in the
     lab on 6.1, 8 of 600 reads under fork churn missed a module's area)."""
     looks = [first]
-    while len(looks) < 3:
-        if len(looks) == 2:
-            time.sleep(SETTLE_PAUSE)
+    for pause in (0.0, SETTLE_PAUSE):
+        time.sleep(pause)
         text = r.optional(VMALLOCINFO)
-        if text is None:  # it was read a moment ago: nothing to settle against
-            return LoaderLook(looks[-1], len(looks), len(looks) > 1)
+        if text is None:  # unreadable since the first read: nothing to settle against
+            return LoaderLook(tuple(looks[-1]), len(looks), False)
         looks.append(_loader_of(text))
         if looks[-1] == looks[-2]:
-            return LoaderLook(looks[-1], len(looks), True)
-    return LoaderLook(distinct(looks[-2] + looks[-1]), len(looks), False)
+            return LoaderLook(tuple(looks[-1]), len(looks), True)
+    return LoaderLook(tuple(distinct(looks[-2] + looks[-1])), len(looks), False)
 
 
 def _unaccounted(r: _Reading, loader: list[VmallocArea], names: set[str]) -> list[VmallocArea]:
@@ -224,7 +223,7 @@ def _collect_vmalloc(r: _Reading, text: str) -> None:
         a.caller_module for a in areas if a.caller_module and a.caller_module not in PSEUDO_MODULES
     }
     look = settled_loader_areas(r, distinct(loader_areas(areas)))
-    loader = look.areas
+    loader = list(look.areas)
     if not loader:
         return
     names = set().union(*r.full.values(), *r.partial.values())

@@ -152,15 +152,17 @@ def _section_addresses(r: _Reading, name: str, live: bool) -> list[int]:
     return [int(v, 16) for v in values if v.startswith("0x")]
 
 
-def _known_addresses(r: _Reading, names: set[str]) -> list[int]:
-    """Every address of a visible module: /proc/modules bases, sysfs sections, kallsyms."""
+def _symbol_addresses(r: _Reading, names: set[str]) -> list[int]:
+    """Addresses of visible modules that cost no extra read: /proc/modules bases, kallsyms."""
     found = [m.address for m in records_of(r.records, ProcModule) if m.address]
-    moving = _transient(r.records)
-    for name in sorted(names):
-        found += _section_addresses(r, name, live=name not in moving)
     with contextlib.suppress(KernelAccessError):  # its gap is recorded by the kallsyms view
         found += [s.address for s in r.kernel.kallsyms.in_modules(names)]
     return [a for a in found if a]
+
+
+def _all_section_addresses(r: _Reading, names: set[str]) -> list[int]:
+    moving = _transient(r.records)
+    return [a for n in sorted(names) for a in _section_addresses(r, n, n not in moving) if a]
 
 
 # Only the lines that can matter here: a caller inside a module ("[mod]") or the loader's own.
@@ -210,11 +212,13 @@ def settled_loader_areas(r: _Reading, first: list[VmallocArea]) -> LoaderLook:
 
 def _unaccounted(r: _Reading, loader: list[VmallocArea], names: set[str]) -> list[VmallocArea]:
     """Loader areas no visible module's address lies in; with hashed addresses, of the areas
-    that the modules' bases place (vmallocinfo.placed)."""
+    that the modules' bases place (vmallocinfo.placed). Sysfs sections (a file each, hundreds)
+    are read only for areas that the bases and symbols leave unaccounted."""
     if not all(a.real_addresses for a in loader):
         bases = [m.address for m in records_of(r.records, ProcModule) if m.address]
         loader = placed(loader, bases)
-    return unaccounted_areas(loader, _known_addresses(r, names))
+    lonely = unaccounted_areas(loader, _symbol_addresses(r, names))
+    return unaccounted_areas(lonely, _all_section_addresses(r, names)) if lonely else []
 
 
 def _collect_vmalloc(r: _Reading, text: str) -> None:

@@ -113,8 +113,9 @@ def test_hook_of_a_hidden_module_is_tampering(guest: Results) -> None:
     assert memory["severity"] == "high" and memory["subject"] == "module memory"
     # kptr_restrict 0 hashes vmallocinfo: the area is placed by the listed modules' bases, and
     # the hook's function lies in it (the module's text comes first in its area on 6.1)
-    assert memory["evidence"]["addresses_real"] is False and memory["evidence"]["settled"]
-    (area,) = memory["evidence"]["unaccounted"]
+    evidence = memory["evidence"]
+    assert evidence["addresses_real"] is False and evidence["settled"] and evidence["second_look"]
+    (area,) = evidence["unaccounted"]
     start, end = (int(a, 16) for a in area.split("-"))
     assert start == int(finding["evidence"]["function"], 16) < end
     assert area in memory["summary"]

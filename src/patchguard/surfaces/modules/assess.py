@@ -64,6 +64,7 @@ def _memory_evidence(memory: ModuleMemory) -> Evidence:
         "addresses_real": memory.addresses_real,
         "vmallocinfo_reads": memory.reads,
         "settled": memory.settled,
+        "second_look": memory.second_look,
     }
 
 
@@ -76,8 +77,8 @@ def _unaccounted_summary(memory: ModuleMemory) -> str:
         "to them)"
     )
     return (
-        f"Module-loader memory at {where}{how} holds no address of any listed module: "
-        "memory of no listed module."
+        f"Module-loader memory at {where}{how} holds no address of any listed module"
+        f"{', on a second look too' if memory.second_look else ''}: memory of no listed module."
     )
 
 
@@ -87,8 +88,9 @@ def _assess_memory(memory: ModuleMemory) -> list[Finding]:
     elif memory.excess > 0:
         summary = (
             f"vmallocinfo shows {memory.allocations} module-loader allocations, more than "
-            f"the {memory.modules} visible modules can hold ({memory.per_module_max} each): "
-            "memory of a module no view lists."
+            f"the {memory.modules} visible modules can hold ({memory.per_module_max} each)"
+            f"{', on a second look too' if memory.second_look else ''}: memory of a module no "
+            "view lists."
         )
     else:
         return []

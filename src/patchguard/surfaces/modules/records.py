@@ -46,6 +46,7 @@ class ModuleMemory:
     addresses_real: bool = False  # False: %pK hashed them; unaccounted from placed areas only
     reads: int = 1  # reads of vmallocinfo taken: one read can skip a line (collect.py)
     settled: bool = True  # two reads in a row agreed; else the union of the last two
+    second_look: bool = False  # what looked hidden was read again 50 ms later: this is that
 
     @property
     def excess(self) -> int:

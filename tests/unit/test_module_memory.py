@@ -154,3 +154,15 @@ def test_what_a_second_look_no_longer_sees_is_not_reported() -> None:
     # an area seen only on the second look waits for a scan of its own
     late = ModuleMemory(19, 18, 1, unaccounted=(init_area,))
     assert held(ModuleMemory(18, 18, 1), late).unaccounted == ()
+
+
+RELOADED = ROOT.parent / "6.12-lab-modules-reloaded"
+
+
+def test_sections_place_the_runs_the_bases_cannot() -> None:
+    areas = loader(RELOADED / "proc/vmallocinfo")
+    modules = parse_proc_modules((RELOADED / "proc/modules").read_text())
+    assert (len(areas), len(placed(areas, [m.address for m in modules if m.address]))) == (57, 53)
+    memory = memory_of(RELOADED)
+    assert (memory.addresses_real, memory.unplaced, memory.unaccounted) == (False, 0, ())
+    assert hidden_findings(RELOADED) == []

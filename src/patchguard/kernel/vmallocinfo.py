@@ -117,11 +117,15 @@ def _consistent(start: int, run: Sequence[VmallocArea], bases: Sequence[int]) ->
     return all(b in starts for b in bases if start <= b < end)
 
 
-def run_start(run: Sequence[VmallocArea], bases: Sequence[int]) -> int | None:
-    """Where a run of hashed areas lies, from real addresses known to start areas (modules'
-    bases): the start most bases agree on (two at least) among those no base contradicts;
-    None if two such starts tie. Module sizes repeat, so a wrong start can win as many votes."""
-    votes = Counter(b - o for b in bases for o in _offsets(run))
+def run_start(
+    run: Sequence[VmallocArea], bases: Sequence[int], starts: Sequence[int] = ()
+) -> int | None:
+    """Where a run of hashed areas lies, from real addresses known to start areas (`bases`,
+    modules' bases) or that may (`starts`, section addresses): the start most of them agree on
+    (two at least) among those no base contradicts; None if two such starts tie. Module sizes
+    repeat, so a wrong start can win as many votes."""
+    offsets = _offsets(run)
+    votes = Counter(b - o for b in (*bases, *starts) for o in offsets)
     ranked = [(n, s) for s, n in votes.items() if n >= 2 and _consistent(s, run, bases)]
     ranked.sort(reverse=True)
     if not ranked or (len(ranked) > 1 and ranked[1][0] == ranked[0][0]):
@@ -129,12 +133,14 @@ def run_start(run: Sequence[VmallocArea], bases: Sequence[int]) -> int | None:
     return ranked[0][1]
 
 
-def placed(areas: Sequence[VmallocArea], bases: Sequence[int]) -> list[VmallocArea]:
+def placed(
+    areas: Sequence[VmallocArea], bases: Sequence[int], starts: Sequence[int] = ()
+) -> list[VmallocArea]:
     """Hashed areas (kptr_restrict 0) at their real addresses, where run_start places their
     run; areas of runs it cannot place are left out."""
     found = []
     for run in runs(areas):
-        start = run_start(run, bases)
+        start = run_start(run, bases, starts)
         if start is not None:
             found += [
                 replace(a, start=start + o, end=start + o + a.size)

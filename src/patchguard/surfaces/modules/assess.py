@@ -62,6 +62,7 @@ def _memory_evidence(memory: ModuleMemory) -> Evidence:
         "per_module_max": memory.per_module_max,
         "unaccounted": list(memory.unaccounted),
         "addresses_real": memory.addresses_real,
+        "unplaced": memory.unplaced,
         "vmallocinfo_reads": memory.reads,
         "settled": memory.settled,
         "second_look": memory.second_look,

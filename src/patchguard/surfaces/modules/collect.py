@@ -180,7 +180,7 @@ def _loader_of(text: str) -> list[VmallocArea]:
     return distinct(loader_areas(parse_vmallocinfo(_module_area_lines(text))))
 
 
-SETTLE_PAUSE = 0.05  # seconds before a third read, when the first two disagree
+SETTLE_PAUSE = 0.05  # seconds between reads that must agree, and before a second look
 
 
 @dataclass(frozen=True)
@@ -210,27 +210,47 @@ def settled_loader_areas(r: _Reading, first: list[VmallocArea]) -> LoaderLook:
     return LoaderLook(tuple(distinct(looks[-2] + looks[-1])), len(looks), False)
 
 
-def _unaccounted(r: _Reading, loader: list[VmallocArea], names: set[str]) -> list[VmallocArea]:
-    """Loader areas no visible module's address lies in; with hashed addresses, of the areas
-    that the modules' bases place (vmallocinfo.placed). Sysfs sections (a file each, hundreds)
-    are read only for areas that the bases and symbols leave unaccounted."""
+def _placed(
+    r: _Reading, loader: list[VmallocArea], names: set[str]
+) -> tuple[list[VmallocArea], list[int] | None]:
+    """Hashed areas placed by the modules' bases (vmallocinfo.placed), and by their sections'
+    addresses too if the bases leave a run unplaced (from 6.4 a run may hold only modules'
+    data areas, which no base starts); the sections, if they were read."""
+    bases = [m.address for m in records_of(r.records, ProcModule) if m.address]
+    where = placed(loader, bases)
+    if len(where) == len(loader):
+        return where, None
+    sections = _all_section_addresses(r, names)
+    return placed(loader, bases, sections), sections
+
+
+def _unaccounted(
+    r: _Reading, loader: list[VmallocArea], names: set[str]
+) -> tuple[list[VmallocArea], int]:
+    """Loader areas no visible module's address lies in, and how many hashed areas could not
+    be placed to be judged. Sysfs sections (a file each, hundreds) are read only if needed."""
+    sections, unplaced = None, 0
     if not all(a.real_addresses for a in loader):
-        bases = [m.address for m in records_of(r.records, ProcModule) if m.address]
-        loader = placed(loader, bases)
+        where, sections = _placed(r, loader, names)
+        loader, unplaced = where, len(loader) - len(where)
     lonely = unaccounted_areas(loader, _symbol_addresses(r, names))
-    return unaccounted_areas(lonely, _all_section_addresses(r, names)) if lonely else []
+    if lonely:
+        lonely = unaccounted_areas(lonely, sections or _all_section_addresses(r, names))
+    return lonely, unplaced
 
 
 def _memory(r: _Reading, look: LoaderLook, names: set[str]) -> ModuleMemory:
     loader = list(look.areas)
+    lonely, unplaced = _unaccounted(r, loader, names)
     return ModuleMemory(
         allocations=len(loader),
         # the modules the lists show: one seen only as a vmalloc caller is itself hidden
         modules=len(set().union(*r.full.values())),
         per_module_max=areas_per_module(r.optional(OSRELEASE)),
         loading=len(_transient(r.records)),
-        unaccounted=tuple(f"{a.start:#x}-{a.end:#x}" for a in _unaccounted(r, loader, names)),
+        unaccounted=tuple(f"{a.start:#x}-{a.end:#x}" for a in lonely),
         addresses_real=all(a.real_addresses for a in loader),
+        unplaced=unplaced,
         reads=look.reads,
         settled=look.settled,
     )

@@ -1,6 +1,7 @@
 """/proc/vmallocinfo: every vmalloc allocation with the function that made it. The modules
 surface counts the loader's allocations in it; attribution names the allocation that holds an
-address no listed module owns."""
+address no listed module owns. Where %pK hashes the addresses (kptr_restrict 0), runs of
+adjacent areas are placed at their real addresses from addresses known to start areas."""
 
 from __future__ import annotations
 

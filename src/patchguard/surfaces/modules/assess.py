@@ -74,8 +74,8 @@ def _unaccounted_summary(memory: ModuleMemory) -> str:
     how = (
         ""
         if memory.addresses_real
-        else " (vmallocinfo hashes addresses here: placed by the listed modules' bases next "
-        "to them)"
+        else " (vmallocinfo hashes addresses here: placed by the listed modules' addresses "
+        "around it)"
     )
     return (
         f"Module-loader memory at {where}{how} holds no address of any listed module"

@@ -166,3 +166,23 @@ def test_sections_place_the_runs_the_bases_cannot() -> None:
     memory = memory_of(RELOADED)
     assert (memory.addresses_real, memory.unplaced, memory.unaccounted) == (False, 0, ())
     assert hidden_findings(RELOADED) == []
+
+
+def test_a_run_that_ties_is_placed_once_other_runs_claim_their_bases() -> None:
+    root = ROOT.parent / "6.1-lab-modules-reloaded"
+    areas = loader(root / "proc/vmallocinfo")
+    modules = {m.address: m.name for m in parse_proc_modules((root / "proc/modules").read_text())}
+    bases = [a for a in modules if a]
+    (tie,) = [run for run in runs(areas) if [a.size for a in run] == [24576, 20480]]
+    assert run_start(tie, bases) is None  # 9pnet_virtio + dummy fit as well
+    where = placed(areas, bases)
+    assert [a.start for a in where] == sorted(bases)
+    tied = {
+        modules[a.start]: a.size
+        for a in where
+        if a.start in (0xFFFFFFFFC0226000, 0xFFFFFFFFC022C000)
+    }
+    assert tied == {"virtio_pci_modern_dev": 24576, "virtio_pci_legacy_dev": 20480}
+    memory = memory_of(root)
+    assert (memory.unplaced, memory.unaccounted) == (0, ())
+    assert hidden_findings(root) == []

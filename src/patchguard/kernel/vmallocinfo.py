@@ -119,14 +119,18 @@ def _consistent(start: int, run: Sequence[VmallocArea], bases: Sequence[int]) ->
 
 
 def run_start(
-    run: Sequence[VmallocArea], bases: Sequence[int], starts: Sequence[int] = ()
+    run: Sequence[VmallocArea],
+    bases: Sequence[int],
+    starts: Sequence[int] = (),
+    claimed: frozenset[int] = frozenset(),
 ) -> int | None:
     """Where a run of hashed areas lies, from real addresses known to start areas (`bases`,
-    modules' bases) or that may (`starts`, section addresses): the start most of them agree on
-    (two at least) among those no base contradicts; None if two such starts tie. Module sizes
-    repeat, so a wrong start can win as many votes."""
+    modules' bases) or that may (`starts`, section addresses), leaving out those `claimed` by
+    runs placed already: the start most of them agree on (two at least) among those no base
+    contradicts; None if two such starts tie. Module sizes repeat, so a wrong start can win
+    as many votes."""
     offsets = _offsets(run)
-    votes = Counter(b - o for b in (*bases, *starts) for o in offsets)
+    votes = Counter(b - o for b in (*bases, *starts) if b not in claimed for o in offsets)
     ranked = [(n, s) for s, n in votes.items() if n >= 2 and _consistent(s, run, bases)]
     ranked.sort(reverse=True)
     if not ranked or (len(ranked) > 1 and ranked[1][0] == ranked[0][0]):
@@ -134,17 +138,28 @@ def run_start(
     return ranked[0][1]
 
 
+def _at(run: Sequence[VmallocArea], start: int) -> list[VmallocArea]:
+    return [
+        replace(a, start=start + o, end=start + o + a.size)
+        for a, o in zip(run, _offsets(run), strict=True)
+    ]
+
+
 def placed(
     areas: Sequence[VmallocArea], bases: Sequence[int], starts: Sequence[int] = ()
 ) -> list[VmallocArea]:
     """Hashed areas (kptr_restrict 0) at their real addresses, where run_start places their
-    run; areas of runs it cannot place are left out."""
-    found = []
-    for run in runs(areas):
-        start = run_start(run, bases, starts)
-        if start is not None:
-            found += [
-                replace(a, start=start + o, end=start + o + a.size)
-                for a, o in zip(run, _offsets(run), strict=True)
-            ]
+    run; areas of runs it cannot place are left out. A run that ties is tried again once
+    others are placed: the addresses they start vote no more (two runs of the same sizes,
+    one of them placed by a third module's base, in the lab on 6.1)."""
+    found: list[VmallocArea] = []
+    left = runs(areas)
+    while left:
+        claimed = frozenset(a.start for a in found)
+        now = [(run, run_start(run, bases, starts, claimed)) for run in left]
+        found += [a for run, start in now if start is not None for a in _at(run, start)]
+        still = [run for run, start in now if start is None]
+        if len(still) == len(left):
+            break
+        left = still
     return sorted(found, key=lambda a: a.start)

@@ -15,6 +15,8 @@ from patchguard.surfaces.modules.records import (
 )
 from patchguard.surfaces.modules.rules import MODULE_TAINTS, TRANSIENT_STATES
 
+TAMPERING = Disposition.TAMPERING
+
 # --- assess -------------------------------------------------------------------------------------
 
 
@@ -53,41 +55,50 @@ def _assess_views(views: ModuleViews) -> list[Finding]:
     ]
 
 
-def _assess_memory(memory: ModuleMemory) -> list[Finding]:
-    evidence: Evidence = {
+def _memory_evidence(memory: ModuleMemory) -> Evidence:
+    return {
         "loader_allocations": memory.allocations,
         "visible_modules": memory.modules,
         "per_module_max": memory.per_module_max,
         "unaccounted": list(memory.unaccounted),
         "addresses_real": memory.addresses_real,
+        "unplaced": memory.unplaced,
+        "vmallocinfo_reads": memory.reads,
+        "settled": memory.settled,
+        "second_look": memory.second_look,
     }
-    found = []
+
+
+def _unaccounted_summary(memory: ModuleMemory) -> str:
+    where = ", ".join(memory.unaccounted)
+    how = (
+        ""
+        if memory.addresses_real
+        else " (vmallocinfo hashes addresses here: placed by the listed modules' addresses "
+        "around it)"
+    )
+    return (
+        f"Module-loader memory at {where}{how} holds no address of any listed module"
+        f"{', on a second look too' if memory.second_look else ''}: memory of no listed module."
+    )
+
+
+def _assess_memory(memory: ModuleMemory) -> list[Finding]:
     if memory.unaccounted:
-        found.append(
-            finding(
-                NAME,
-                "hidden-module",
-                "module memory",
-                f"Module-loader allocations in vmallocinfo ({len(memory.unaccounted)}) hold no "
-                "address of any visible module: memory of a module no view lists.",
-                evidence,
-                disposition=Disposition.TAMPERING,
-            )
-        )
+        summary = _unaccounted_summary(memory)
     elif memory.excess > 0:
-        found.append(
-            finding(
-                NAME,
-                "hidden-module",
-                "module memory",
-                f"vmallocinfo shows {memory.allocations} module-loader allocations, more than "
-                f"the {memory.modules} visible modules can hold ({memory.per_module_max} each): "
-                "memory of a module no view lists.",
-                evidence,
-                disposition=Disposition.TAMPERING,
-            )
+        summary = (
+            f"vmallocinfo shows {memory.allocations} module-loader allocations, more than "
+            f"the {memory.modules} visible modules can hold ({memory.per_module_max} each)"
+            f"{', on a second look too' if memory.second_look else ''}: memory of a module no "
+            "view lists."
         )
-    return found
+    else:
+        return []
+    evidence = _memory_evidence(memory)
+    return [
+        finding(NAME, "hidden-module", "module memory", summary, evidence, disposition=TAMPERING)
+    ]
 
 
 def _assess_taints(name: str, letters: str) -> list[Finding]:

@@ -31,3 +31,9 @@ LOADER_SYMBOLS = ("load_module", "do_init_module")
 # A module still loading holds one more before 6.4 (its init area).
 AREAS_PER_MODULE_OLD = 1
 AREAS_PER_MODULE = 7
+
+# Sections the loader puts in a module's init memory, freed once the module is live: the
+# .init ones, and the whole symbol and string tables (the core keeps a copy of the part
+# kallsyms needs). /sys/module/<name>/sections still prints where they were, which later
+# modules reuse: in the lab 9pnet's .strtab pointed into the area of a module hidden after it.
+INIT_SECTIONS = (".init", ".symtab", ".strtab")

@@ -43,7 +43,11 @@ class ModuleMemory:
     per_module_max: int  # most allocations one module holds on this kernel
     loading: int = 0  # modules still initialising, whose init area is not freed yet
     unaccounted: tuple[str, ...] = ()  # "start-end" of areas no visible module lies in
-    addresses_real: bool = False  # False: %pK hashed them, only counts can be compared
+    addresses_real: bool = False  # False: %pK hashed them; unaccounted from placed areas only
+    unplaced: int = 0  # hashed areas no known address could place: not judged one by one
+    reads: int = 1  # reads of vmallocinfo taken: one read can skip a line (collect.py)
+    settled: bool = True  # two reads in a row agreed; else the union of the last two
+    second_look: bool = False  # what looked hidden was read again 50 ms later: this is that
 
     @property
     def excess(self) -> int:

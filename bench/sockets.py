@@ -9,8 +9,8 @@ machine, so other processes' sockets are in the count too. Floor: reading the se
 /proc/net files once, the cheapest of the views.
 CPU time (user and system) is printed beside wall time: on a machine shared with other busy
 processes, wall time also counts waiting for a CPU. The first collect, which also imports
-the surface's lazy modules and reads vmlinux's BTF, is shown apart; so is a probe of every port (mode "all"),
-which costs the same whatever the number of sockets.
+the surface's lazy modules and reads vmlinux's BTF, is shown apart; so is a probe of every
+port (mode "all"), which costs the same whatever the number of sockets.
 All sockets are closed at the end. Run as root: .venv/bin/python bench/sockets.py
 (on a machine shared with busy processes, `chrt -f 10 .venv/bin/python bench/sockets.py`
 measures the surface's own time, not its wait for a CPU).

@@ -3,12 +3,21 @@ ring buffer it waits on, so a program loaded while it runs is reported at once, 
 poll. The poll is set to 10 s here and the report must say the ring buffer woke it (the
 mechanism is asserted, never a time); the guard's own program is never a finding of its own,
 it is gone when the guard stops, and another scan shows it allowed under the manifest the
-project ships."""
+project ships.
+
+A write to a control file the guard watches (guard/control_files.py) wakes it through inotify.
+This host's tracefs is mounted read-only, so the write here goes to the posture trigger's
+/proc/sys/kernel/tainted, and writes 0, which adds no flag; the tracefs writes (a kprobe in
+kprobe_events) are proven in the lab (tests/lab/test_lab_guard_wake.py)."""
 
 from __future__ import annotations
 
 import os
+import re
+import socket
 import subprocess
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,12 +31,24 @@ pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
 POLL = 10.0  # the fallback poll (the longest a config allows): far longer than the wait below
 
 
+TAINTED = "/proc/sys/kernel/tainted"
+
+
 @pytest.fixture
-def guard(tmp_path: Path) -> Iterator[tuple[GuardProcess, dict[str, Any]]]:
+def metrics_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def guard(tmp_path: Path, metrics_port: int) -> Iterator[tuple[GuardProcess, dict[str, Any]]]:
     config = tmp_path / "guard.toml"
     config.write_text(
         f'[guard]\nbaseline = ""\nspool = "{tmp_path / "spool"}"\n'
         f"trigger_interval = {POLL}\nsweep_mean = 600\n"
+        f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
     )
     g = GuardProcess(config)
     try:
@@ -54,6 +75,32 @@ def test_a_program_loaded_while_the_guard_runs_is_told_by_the_ring_buffer(
         assert event["why"] == "trigger:bpf"
         assert event["woken_by"] == "ringbuf"
     assert not [e for e in g.seen if is_prog(own)(e)], "the guard reported its own program"
+
+
+def wakes(port: int, by: str) -> float:
+    """The guard's patchguard_wakes counter for `by`, read from its metrics endpoint."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    found = re.search(rf'^patchguard_wakes_total{{by="{by}"}} (\S+)$', body, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_a_write_to_a_watched_control_file_wakes_the_guard_through_inotify(
+    guard: tuple[GuardProcess, dict[str, Any]], metrics_port: int
+) -> None:
+    g, start = guard
+    assert start["watched_files"] is not None, start["watched_files_unavailable"]
+    assert TAINTED in start["watched_files"]
+    assert "/sys/kernel/tracing/current_tracer" in start["watched_files"]
+    before = wakes(metrics_port, "inotify")
+    with open(TAINTED, "w") as tainted:
+        tainted.write("0\n")  # taints with no flag: the write is all this test needs
+    deadline = time.monotonic() + POLL * 0.6
+    while wakes(metrics_port, "inotify") == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert wakes(metrics_port, "inotify") > before, "no inotify wake before the poll was due"
+    g.wait_event(lambda e: False, 1.0)  # what the wake's trigger check reports
+    posture = [e for e in g.seen if e.get("why") == "trigger:posture"]
+    assert not posture, "a write that adds no taint flag fired the posture trigger"
 
 
 def test_the_guards_program_is_gone_when_it_stops(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import select
 import struct
 import time
 from pathlib import Path
+from typing import Protocol
 
 from patchguard.kernel.bpf import syscall as bpf
 from patchguard.kernel.bpf.insn import (
@@ -209,19 +210,34 @@ def _map_positions(ring_fd: int) -> tuple[mmap.mmap, mmap.mmap]:
         raise KernelAccessError("ring buffer mmap", str(exc)) from exc
 
 
+class Doorbell(Protocol):
+    """What the guard waits on besides its signals: readable when told of a change."""
+
+    def fileno(self) -> int: ...
+
+    def drain(self) -> int: ...
+
+
 class Waiter:
-    """Waits up to a timeout for a kernel event or a wake-up (a signal's byte on a pipe)."""
+    """Waits up to a timeout for a doorbell (the ring buffer, the control-file watch) or a
+    wake-up (a signal's byte on a pipe)."""
 
     def __init__(self) -> None:
         self.events: KernelEvents | None = None
         self._poll = select.epoll()
         self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._poll.register(self._read, select.EPOLLIN)
+        self._doorbells: dict[int, tuple[str, Doorbell]] = {}
         self._last_event = 0.0
 
     def watch(self, events: KernelEvents) -> None:
         self.events = events
-        self._poll.register(events.fileno(), select.EPOLLIN)
+        self.listen("ringbuf", events)
+
+    def listen(self, name: str, doorbell: Doorbell) -> None:
+        """`wait` ends when `doorbell` is readable, and says `name`."""
+        self._doorbells[doorbell.fileno()] = (name, doorbell)
+        self._poll.register(doorbell.fileno(), select.EPOLLIN)
 
     def wake(self) -> None:
         """Safe in a signal handler: one write to a non-blocking pipe."""
@@ -229,18 +245,21 @@ class Waiter:
             os.write(self._write, b"x")
 
     def wait(self, timeout: float) -> str:
-        """ "ringbuf" if the kernel told of a hook call, "signal" if woken, else "poll"."""
+        """ "signal" if woken, the name of the first doorbell that rang (each rung one is
+        drained), else "poll"."""
         ready = {fd for fd, _ in self._poll.poll(timeout)}
         if self._read in ready:
             with contextlib.suppress(BlockingIOError):
                 os.read(self._read, 4096)
             return "signal"
-        if self.events is not None and self.events.fileno() in ready:
-            time.sleep(max(0.0, self._last_event + MIN_GAP - time.monotonic()))
-            self._last_event = time.monotonic()
-            self.events.drain()
-            return "ringbuf"
-        return "poll"
+        rung = [self._doorbells[fd] for fd in self._doorbells if fd in ready]
+        if not rung:
+            return "poll"
+        time.sleep(max(0.0, self._last_event + MIN_GAP - time.monotonic()))
+        self._last_event = time.monotonic()
+        for _, doorbell in rung:
+            doorbell.drain()
+        return rung[0][0]
 
     def close(self) -> None:
         self._poll.close()

@@ -1,5 +1,6 @@
 """Told by the kernel: the guard's own BPF program on the syscall-exit tracepoints of the calls
-that add hooks (bpf, perf_event_open, init_module, finit_module) writes to a ring buffer
+that add hooks (bpf, perf_event_open, init_module, finit_module) or remove a module
+(delete_module) writes to a ring buffer
 (BPF_MAP_TYPE_RINGBUF) the guard waits on with epoll, so a new BPF program or link, module,
 kprobe or ftrace user wakes the trigger check at once instead of at the next poll.
 
@@ -64,6 +65,9 @@ TRACEPOINTS = (
     "sys_exit_perf_event_open",
     "sys_exit_init_module",
     "sys_exit_finit_module",
+    # A module gone is seen at once too: its findings end, and the same module loaded again
+    # is new (findings are reported once while they last).
+    "sys_exit_delete_module",
 )
 SYSCALL_EVENTS = Path("/sys/kernel/tracing/events/syscalls")
 NR_PERF_EVENT_OPEN = 298

@@ -8,14 +8,20 @@ project ships.
 A write to a control file the guard watches (guard/control_files.py) wakes it through inotify.
 This host's tracefs is mounted read-only, so the write here goes to the posture trigger's
 /proc/sys/kernel/tainted, and writes 0, which adds no flag; the tracefs writes (a kprobe in
-kprobe_events) are proven in the lab (tests/lab/test_lab_guard_wake.py)."""
+kprobe_events) are proven in the lab (tests/lab/test_lab_guard_wake.py).
+
+Only the bpf(2) commands that add, change or remove a hook ring: a process holding the guard's
+programs reads the ring's records (syscall number, tgid) and this test's own process is
+looked for among them, so other processes on the host do not matter."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,7 +33,10 @@ from support import bpfprogs as bp
 from support.manifests import MANIFESTS, approved_ledger, scan_ebpf
 from test_guard_live import GuardProcess, is_prog
 
+from patchguard.kernel.bpf import syscall as bpf
+
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
+BPF_MAP_TYPE_ARRAY = 2
 POLL = 10.0  # the fallback poll (the longest a config allows): far longer than the wait below
 
 
@@ -122,7 +131,7 @@ HOLD = (
     "import sys\n"
     "from patchguard.guard.kernel_events import KernelEvents\n"
     "events = KernelEvents.open()\n"
-    "print(events.prog_id, flush=True)\n"
+    "print(*events.own_prog_ids, flush=True)\n"
     "sys.stdin.read()\n"
     "events.close()\n"
 )
@@ -143,15 +152,90 @@ def test_the_shipped_manifest_shows_the_guards_program_allowed(tmp_path: Path) -
     )
     try:
         assert holder.stdout is not None
-        prog_id = int(holder.stdout.readline())
+        prog_ids = [int(i) for i in holder.stdout.readline().split()]
         ledger = approved_ledger(tmp_path, MANIFESTS / "patchguard-guard.toml", "patchguard")
         _, doc = scan_ebpf(ledger)
     finally:
         assert holder.stdin is not None
         holder.stdin.close()  # the holder detaches its program and exits
         holder.wait(timeout=30)
-    mine = [f for f in doc["findings"] if f["evidence"].get("prog_id") == prog_id]
-    assert mine, "the scan saw the guard's program"
-    assert all(f["disposition"] == "allowed" for f in mine), mine
-    assert all(f["severity"] == "info" or f["technique"] != "exception-mismatch" for f in mine)
-    assert bp.wait_gone(prog_id)
+    assert len(prog_ids) == 2, prog_ids  # pg_guard_wake and pg_guard_bpfcmd
+    for prog_id in prog_ids:
+        mine = [f for f in doc["findings"] if f["evidence"].get("prog_id") == prog_id]
+        assert mine, f"the scan saw the guard's program {prog_id}"
+        assert all(f["disposition"] == "allowed" for f in mine), mine
+        assert all(f["severity"] == "info" or f["technique"] != "exception-mismatch" for f in mine)
+        assert bp.wait_gone(prog_id)
+
+
+HOLD_RECORDS = (
+    "import json, sys\n"
+    "from patchguard.guard.kernel_events import KernelEvents\n"
+    "events = KernelEvents.open()\n"
+    "print(json.dumps(events.own_prog_ids), flush=True)\n"
+    "for line in sys.stdin:\n"
+    "    pid = int(line)\n"
+    "    print(json.dumps([nr for nr, tgid in events.records() if tgid == pid]), flush=True)\n"
+    "events.close()\n"
+)
+
+
+class RingReader:
+    """A process holding the guard's programs and ring buffer (its own calls are left out, as
+    the guard's are): `told()` is what this test's process rang since the last look."""
+
+    def __init__(self) -> None:
+        src = Path(__file__).resolve().parents[2] / "src"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", HOLD_RECORDS],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(src)},
+        )
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
+        self.prog_ids: list[int] = json.loads(self.stdout.readline())
+
+    def told(self) -> list[int]:
+        self.stdin.write(f"{os.getpid()}\n")
+        self.stdin.flush()
+        found: list[int] = json.loads(self.stdout.readline())
+        return found
+
+    def close(self) -> None:
+        self.stdin.close()  # the holder detaches its programs and exits
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def ring() -> Iterator[RingReader]:
+    reader = RingReader()
+    try:
+        yield reader
+    finally:
+        reader.close()
+    for prog_id in reader.prog_ids:
+        assert bp.wait_gone(prog_id)
+
+
+def test_bpf_queries_that_return_an_fd_do_not_ring(ring: RingReader) -> None:
+    ring.told()  # whatever came before
+    list(bpf.next_ids(bpf.BPF_PROG_GET_NEXT_ID, "PROG_GET_NEXT_ID"))
+    os.close(bpf.fd_by_id(bpf.BPF_PROG_GET_FD_BY_ID, ring.prog_ids[0], "PROG_GET_FD_BY_ID"))
+    os.close(bpf.map_create(BPF_MAP_TYPE_ARRAY, 4, 8, 1, "pg_g_query"))
+    assert ring.told() == []
+
+
+def test_a_program_loaded_and_attached_rings_once_a_command(ring: RingReader) -> None:
+    ring.told()
+    with bp.attach_raw_tracepoint("sys_enter", "pg_g_cmds"):  # PROG_LOAD, RAW_TRACEPOINT_OPEN
+        pass
+    assert ring.told() == [bpf.NR_BPF, bpf.NR_BPF]
+
+
+def test_a_failed_load_does_not_ring(ring: RingReader) -> None:
+    ring.told()
+    with pytest.raises(bpf.BpfError):
+        bpf.prog_load(bp.BPF_PROG_TYPE_RAW_TRACEPOINT, b"", "pg_g_bad")  # no instructions
+    assert ring.told() == []

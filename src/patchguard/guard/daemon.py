@@ -130,8 +130,8 @@ class Guard:
             events = KernelEvents.open()
         except KernelAccessError as exc:
             return None, str(exc)
-        self.kernel.own_prog_ids.add(events.prog_id)
-        self.kernel.own_map_ids.add(events.map_id)
+        self.kernel.own_prog_ids.update(events.own_prog_ids)
+        self.kernel.own_map_ids.update(events.own_map_ids)
         return events, None
 
     def _doorbells(self) -> None:

@@ -45,7 +45,7 @@ TRIGGERS = (
     Trigger("modules", ("modules",), lambda k: _file_digest(k, "/proc/modules")),
     Trigger("kprobes", ("tracing",), lambda k: _file_digest(k, "/sys/kernel/debug/kprobes/list")),
     Trigger(
-        "trace-events",  # uprobes, which kprobes/list leaves out, and every other dynamic event
+        "dynamic_events",  # uprobes, which kprobes/list leaves out, and every other dynamic event
         ("tracing",),
         lambda k: (
             _file_digest(k, "/sys/kernel/tracing/dynamic_events")

@@ -4,8 +4,8 @@
   percentage of one core (target < 0.5 %), and its RSS;
 - reaction: --attachments (default 100) raw tracepoint programs attached at random moments;
   time from attach to the guard's finding line; median, p99 and max (target p99 <= 250 ms),
-  and how many findings the kernel's ring buffer woke the guard for (guard/kernel_events.py;
-  the others waited for the 1 s poll).
+  and what woke the guard for each finding: the kernel's ring buffer (guard/kernel_events.py),
+  the control-file watch (guard/control_files.py: not for BPF programs), or the 1 s poll.
 --process adds the guard as a whole process: from its start to its first full sweep, against
 the floor process (bench/floor_process.py), in the same run.
 Run: .venv/bin/python bench/guard.py [--idle 60] [--attachments 100] [--process]
@@ -84,7 +84,8 @@ def main() -> None:
             f"idle guard, 1 s triggers: {100 * used / wall:.2f} % of one core over "
             f"{wall:.0f} s (target < 0.5 %), RSS {rss_mib(proc.pid):.1f} MiB"
         )
-        latencies, woken, swept = [], 0, 0
+        latencies, swept = [], 0
+        woken: dict[str, int] = {}
         for i in range(args.attachments):
             with bp.attach_raw_tracepoint("sys_enter", f"pg_bench_{i}") as prog:
                 start = time.monotonic()
@@ -99,7 +100,8 @@ def main() -> None:
                         and finding.get("evidence", {}).get("prog_id") == prog.prog_id
                     ):
                         latencies.append(time.monotonic() - start)
-                        woken += event.get("woken_by") == "ringbuf"
+                        by = str(event.get("woken_by", "sweep"))
+                        woken[by] = woken.get(by, 0) + 1
                         swept += event.get("why") == "sweep"  # a sweep under way found it
                         break
             bp.wait_gone(prog.prog_id)
@@ -110,8 +112,9 @@ def main() -> None:
         print(
             f"detection latency over {len(latencies)} attachments: median "
             f"{statistics.median(latencies) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max "
-            f"{latencies[-1] * 1000:.0f} ms (target p99 <= 250 ms); {woken} woken by the "
-            f"kernel's ring buffer, {swept} found by a sweep under way, the rest by the 1 s poll"
+            f"{latencies[-1] * 1000:.0f} ms (target p99 <= 250 ms); woken by: "
+            + ", ".join(f"{n} {by}" for by, n in sorted(woken.items()))
+            + f"; {swept} found by a sweep under way"
         )
         proc.terminate()
         proc.wait(timeout=15)

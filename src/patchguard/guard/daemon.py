@@ -191,6 +191,7 @@ class Guard:
                 # the syscall exits the guard's own program tells it of, and that program
                 "told_by": self.events.attached if self.events else None,
                 "told_by_prog_id": self.events.prog_id if self.events else None,
+                "told_by_prog_ids": list(self.events.own_prog_ids) if self.events else None,
                 "told_by_unavailable": self.events_problem,
                 # the control files whose writes wake it (inotify)
                 "watched_files": self.control.watched if self.control else None,

@@ -272,10 +272,10 @@ class KernelEvents:
         for fd in self.perf_fds:
             os.close(fd)  # detaches the program from that tracepoint
         self.perf_fds = []
-        for attr in ("prog_fd", "cmd_prog_fd", "cmds_fd"):
-            if getattr(self, attr) >= 0:
-                os.close(getattr(self, attr))
-                setattr(self, attr, -1)
+        for fd in (self.prog_fd, self.cmd_prog_fd, self.cmds_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.prog_fd = self.cmd_prog_fd = self.cmds_fd = -1
         self._ring.close()
         if self.ring_fd >= 0:
             os.close(self.ring_fd)

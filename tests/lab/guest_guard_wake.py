@@ -7,7 +7,9 @@ argv: RESULTS ROUNDS POLL. Each round adds, in a random order and with random pa
 - module: pg_noop (tests/lab/modules/pg_noop.c) loaded with insmod (finit_module: the ring
   buffer), reported by the modules surface for its taint; then rmmod;
 - kprobe_events: a kprobe written to tracefs kprobe_events (write(2): only inotify sees it);
-- perf_kprobe: a kprobe opened through perf's kprobe PMU (perf_event_open: the ring buffer).
+- perf_kprobe: a kprobe opened through perf's kprobe PMU (perf_event_open: the ring buffer);
+- uprobe_events: a uprobe written to tracefs uprobe_events (inotify; the kprobes list leaves
+  uprobes out, so the dynamic_events trigger finds it).
 Each kprobe is on another syscall function (__x64_sys_*, which the tracing surface reports as
 sensitive), so each is new to the guard. The time is from the call's return to the finding
 line the guard prints: what an attacker races, with Python's own latency in it.
@@ -73,9 +75,10 @@ def module_loaded() -> Iterator[str]:
         subprocess.run(["rmmod", "pg_noop"], check=True)
 
 
-def _kprobe_events(line: str) -> None:
-    """One write, appended (Python's "a" mode seeks to the end, which tracefs refuses)."""
-    fd = os.open(TRACEFS / "kprobe_events", os.O_WRONLY | os.O_APPEND)
+def _append(name: str, line: str) -> None:
+    """One write to tracefs file `name`, appended (Python's "a" mode seeks to the end, which
+    tracefs refuses)."""
+    fd = os.open(TRACEFS / name, os.O_WRONLY | os.O_APPEND)
     try:
         os.write(fd, line.encode() + b"\n")
     finally:
@@ -84,11 +87,21 @@ def _kprobe_events(line: str) -> None:
 
 @contextmanager
 def kprobe_event(function: str, n: int) -> Iterator[str]:
-    _kprobe_events(f"p:kprobes/pg_wake_{n} {function}")
+    _append("kprobe_events", f"p:kprobes/pg_wake_{n} {function}")
     try:
         yield function
     finally:
-        _kprobe_events(f"-:kprobes/pg_wake_{n}")
+        _append("kprobe_events", f"-:kprobes/pg_wake_{n}")
+
+
+@contextmanager
+def uprobe_event(n: int) -> Iterator[str]:
+    """A uprobe event at the start of /bin/true (defined, not enabled: nothing runs it)."""
+    _append("uprobe_events", f"p:uprobes/pg_wake_u{n} /bin/true:0x0")
+    try:
+        yield f"uprobes/pg_wake_u{n}"
+    finally:
+        _append("uprobe_events", f"-:uprobes/pg_wake_u{n}")
 
 
 @contextmanager
@@ -115,6 +128,10 @@ def is_kprobe(function: str) -> Callable[[Event], bool]:
         f.get("technique") == "kprobe-sensitive-function"
         and f.get("evidence", {}).get("function") == function
     )
+
+
+def is_event(subject: str) -> Callable[[Event], bool]:
+    return lambda f: f.get("technique") == "dynamic-uprobe-event" and f.get("subject") == subject
 
 
 def next_finding(guard: Guard, match: Callable[[Event], bool], timeout: float) -> Event | None:
@@ -166,7 +183,7 @@ def rounds(guard: Guard) -> list[Event]:
     functions = iter(syscall_functions())
     done: list[Event] = []
     for n in range(ROUNDS):
-        kinds = ["module", "kprobe_events", "perf_kprobe"]
+        kinds = ["module", "kprobe_events", "perf_kprobe", "uprobe_events"]
         random.shuffle(kinds)
         for kind in kinds:
             time.sleep(random.uniform(0.2, 1.2) * POLL)  # a random phase of the poll
@@ -176,8 +193,10 @@ def rounds(guard: Guard) -> list[Event]:
                 time.sleep(max(POLL, 3.0))
             elif kind == "kprobe_events":
                 done.append(timed(guard, kind, kprobe_event(next(functions), n), is_kprobe))
-            else:
+            elif kind == "perf_kprobe":
                 done.append(timed(guard, kind, perf_kprobe(next(functions)), is_kprobe))
+            else:
+                done.append(timed(guard, kind, uprobe_event(n), is_event))
             print(f"guest_guard_wake: {done[-1]}", file=sys.stderr, flush=True)
     return done
 

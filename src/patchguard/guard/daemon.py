@@ -208,7 +208,8 @@ class Guard:
         notify("READY=1")
         while not self.stop.is_set():
             self.mark("wait")
-            # A hook call told by the kernel ends the wait at once; else poll each interval.
+            # A hook call told by the kernel, or a control file written, ends the wait at once; else
+            # poll each interval.
             self.woken_by = self.waiter.wait(self.config.trigger_interval)
             self.metrics.woke(self.woken_by)
             if self.stop.is_set():

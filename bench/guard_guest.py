@@ -1,11 +1,11 @@
-"""The guard's reaction to module loads and kprobe and uprobe registrations, in one boot of the
-lab guest (Debian's 6.1 under QEMU, TCG): tests/lab/guest_guard_wake.py runs the guard with its
-trigger poll every second (the default) and adds --rounds (default 30) of each at random
-moments: pg_noop loaded with insmod (and unloaded), a kprobe written to tracefs kprobe_events,
-a kprobe opened through perf's kprobe PMU, and a uprobe written to uprobe_events. Printed per
-kind and over all: median, p99 and max reaction (from the call's return to the guard's finding
-line; target p99 <= 250 ms) and how many the kernel woke the guard for (ring buffer or inotify)
-rather than the poll.
+"""The guard's reaction to new hooks in one boot of the lab guest (Debian's 6.1 under QEMU,
+TCG): tests/lab/guest_guard_wake.py runs the guard with its trigger poll every second (the
+default) and adds --rounds (default 30) of each at random moments: pg_noop loaded with insmod
+(and unloaded), a kprobe written to tracefs kprobe_events, a kprobe opened through perf's
+kprobe PMU, a uprobe written to uprobe_events, and a function tracer set in a new tracefs
+instance. Printed per kind and over all: median, p99 and max reaction (from the call's return
+to the guard's finding line; target p99 <= 250 ms) and how many the kernel woke the guard for
+(ring buffer or inotify) rather than the poll.
 TCG emulates every instruction: the guest runs many times slower than the host, and its speed
 follows the host's load. The times here are an upper bound of what a real machine shows; what
 compares across runs is the share woken by the kernel and the ratio to the poll.
@@ -65,7 +65,7 @@ def main() -> None:
         sys.exit(f"the guest run failed: {found['error']}\n{found['stderr']}")
     reactions = found["reactions"]
     print(f"lab guest (6.1, TCG), guard poll {POLL} s, {args.rounds} rounds:")
-    for kind in ("module", "kprobe_events", "perf_kprobe", "uprobe_events"):
+    for kind in ("module", "kprobe_events", "perf_kprobe", "uprobe_events", "instance_tracer"):
         print(summary(kind, [r for r in reactions if r["kind"] == kind]))
     print(summary("all", reactions) + " (target p99 <= 250 ms)")
     one, five, _ = os.getloadavg()

@@ -9,7 +9,10 @@ argv: RESULTS ROUNDS POLL. Each round adds, in a random order and with random pa
 - kprobe_events: a kprobe written to tracefs kprobe_events (write(2): only inotify sees it);
 - perf_kprobe: a kprobe opened through perf's kprobe PMU (perf_event_open: the ring buffer);
 - uprobe_events: a uprobe written to tracefs uprobe_events (inotify; the kprobes list leaves
-  uprobes out, so the dynamic_events trigger finds it).
+  uprobes out, so the dynamic_events trigger finds it);
+- instance_tracer: a tracefs instance made (mkdir instances/<name>) and its own function tracer
+  set on one function (its set_ftrace_filter, then its current_tracer: inotify, on files the
+  guard began to watch when the instance appeared).
 Each kprobe is on another syscall function (__x64_sys_*, which the tracing surface reports as
 sensitive), so each is new to the guard. The time is from the call's return to the finding
 line the guard prints: what an attacker races, with Python's own latency in it.
@@ -75,6 +78,29 @@ def module_loaded() -> Iterator[str]:
         subprocess.run(["rmmod", "pg_noop"], check=True)
 
 
+def _write(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def instance_tracer(function: str, n: int) -> Iterator[str]:
+    instance = TRACEFS / "instances" / f"pg_wake_i{n}"
+    instance.mkdir()
+    try:
+        _write(instance / "set_ftrace_filter", function + "\n")
+        _write(instance / "current_tracer", "function\n")
+        try:
+            yield function
+        finally:
+            _write(instance / "current_tracer", "nop\n")
+    finally:
+        instance.rmdir()
+
+
 def _append(name: str, line: str) -> None:
     """One write to tracefs file `name`, appended (Python's "a" mode seeks to the end, which
     tracefs refuses)."""
@@ -127,6 +153,13 @@ def is_kprobe(function: str) -> Callable[[Event], bool]:
     return lambda f: (
         f.get("technique") == "kprobe-sensitive-function"
         and f.get("evidence", {}).get("function") == function
+    )
+
+
+def is_hooked(function: str) -> Callable[[Event], bool]:
+    return lambda f: (
+        f.get("technique") == "ftrace-hook-sensitive-function"
+        and str(f.get("subject", "")).split(" ")[0] == function
     )
 
 
@@ -183,7 +216,7 @@ def rounds(guard: Guard) -> list[Event]:
     functions = iter(syscall_functions())
     done: list[Event] = []
     for n in range(ROUNDS):
-        kinds = ["module", "kprobe_events", "perf_kprobe", "uprobe_events"]
+        kinds = ["module", "kprobe_events", "perf_kprobe", "uprobe_events", "instance_tracer"]
         random.shuffle(kinds)
         for kind in kinds:
             time.sleep(random.uniform(0.2, 1.2) * POLL)  # a random phase of the poll
@@ -195,8 +228,11 @@ def rounds(guard: Guard) -> list[Event]:
                 done.append(timed(guard, kind, kprobe_event(next(functions), n), is_kprobe))
             elif kind == "perf_kprobe":
                 done.append(timed(guard, kind, perf_kprobe(next(functions)), is_kprobe))
-            else:
+            elif kind == "uprobe_events":
                 done.append(timed(guard, kind, uprobe_event(n), is_event))
+            else:
+                hooked = instance_tracer(next(functions), n)
+                done.append(timed(guard, kind, hooked, is_hooked))
             print(f"guest_guard_wake: {done[-1]}", file=sys.stderr, flush=True)
     return done
 

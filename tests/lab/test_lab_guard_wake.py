@@ -1,7 +1,8 @@
 """The guard woken by the kernel in the lab guest (Debian's 6.1, which has modules and
 kprobes; one boot running guest_guard_wake.py): with its trigger poll every 10 s, a kprobe
 written to tracefs kprobe_events and a uprobe to uprobe_events are reported woken by inotify
-(guard/control_files.py; the uprobe through the dynamic_events trigger), and
+(guard/control_files.py; the uprobe through the dynamic_events trigger), and so is a function
+tracer set in a tracefs instance made while the guard runs, and
 a module load and a kprobe opened through perf's kprobe PMU woken by its ring buffer
 (guard/kernel_events.py), each before the poll. What woke the guard is asserted, never a
 time (bench/guard_guest.py measures the times)."""
@@ -21,6 +22,7 @@ WOKEN_BY = {
     "kprobe_events": "inotify",
     "perf_kprobe": "ringbuf",
     "uprobe_events": "inotify",
+    "instance_tracer": "inotify",
 }
 
 

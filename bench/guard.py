@@ -4,11 +4,14 @@
   percentage of one core (target < 0.5 %), and its RSS;
 - reaction: --attachments (default 100) raw tracepoint programs attached at random moments;
   time from attach to the guard's finding line; median, p99 and max (target p99 <= 250 ms),
-  and how many findings the kernel's ring buffer woke the guard for (guard/kernel_events.py;
-  the others waited for the 1 s poll).
+  and what woke the guard for each finding: the kernel's ring buffer (guard/kernel_events.py),
+  the control-file watch (guard/control_files.py: not for BPF programs), or the 1 s poll.
+--before SRC runs a second guard from another tree's src/ (PYTHONPATH) beside it through the
+idle window, so the two idle costs are measured in the same run, under the same load (the
+host's other BPF and tracefs users wake both).
 --process adds the guard as a whole process: from its start to its first full sweep, against
 the floor process (bench/floor_process.py), in the same run.
-Run: .venv/bin/python bench/guard.py [--idle 60] [--attachments 100] [--process]
+Run: .venv/bin/python bench/guard.py [--idle 60] [--attachments 100] [--process] [--before SRC]
 """
 
 from __future__ import annotations
@@ -52,11 +55,28 @@ def _read_lines(out: IO[str], lines: Queue[dict[str, object]]) -> None:
         lines.put(json.loads(line))
 
 
+def _started(config: Path, src: Path) -> subprocess.Popen[str]:
+    """A guard from `src`, past its first sweep (its lines are read and dropped)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "patchguard.cli", "guard", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(src), "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if json.loads(line).get("event") == "sweep":
+            break
+    threading.Thread(target=proc.stdout.read, daemon=True).start()
+    return proc
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--idle", type=float, default=60)
     parser.add_argument("--attachments", type=int, default=100)
     parser.add_argument("--process", action="store_true", help="start to first sweep, too")
+    parser.add_argument("--before", type=Path, metavar="SRC", help="another tree's src/")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "guard.toml"
@@ -77,14 +97,22 @@ def main() -> None:
         while lines.get(timeout=120).get("event") != "sweep":
             pass
         first_sweep = time.monotonic() - t_start
-        c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        before = None if args.before is None else _started(config, args.before)
+        pids = {"guard": proc.pid, **({"before": before.pid} if before else {})}
+        c0, t0 = {n: cpu_seconds(pid) for n, pid in pids.items()}, time.monotonic()
         time.sleep(args.idle)
-        used, wall = cpu_seconds(proc.pid) - c0, time.monotonic() - t0
-        print(
-            f"idle guard, 1 s triggers: {100 * used / wall:.2f} % of one core over "
-            f"{wall:.0f} s (target < 0.5 %), RSS {rss_mib(proc.pid):.1f} MiB"
-        )
-        latencies, woken, swept = [], 0, 0
+        wall = time.monotonic() - t0
+        for name, pid in pids.items():
+            used = cpu_seconds(pid) - c0[name]
+            print(
+                f"idle {name}, 1 s triggers: {100 * used / wall:.2f} % of one core over "
+                f"{wall:.0f} s (target < 0.5 %), RSS {rss_mib(pid):.1f} MiB"
+            )
+        if before is not None:
+            before.terminate()
+            before.wait(timeout=15)
+        latencies, swept = [], 0
+        woken: dict[str, int] = {}
         for i in range(args.attachments):
             with bp.attach_raw_tracepoint("sys_enter", f"pg_bench_{i}") as prog:
                 start = time.monotonic()
@@ -99,7 +127,8 @@ def main() -> None:
                         and finding.get("evidence", {}).get("prog_id") == prog.prog_id
                     ):
                         latencies.append(time.monotonic() - start)
-                        woken += event.get("woken_by") == "ringbuf"
+                        by = str(event.get("woken_by", "sweep"))
+                        woken[by] = woken.get(by, 0) + 1
                         swept += event.get("why") == "sweep"  # a sweep under way found it
                         break
             bp.wait_gone(prog.prog_id)
@@ -110,8 +139,9 @@ def main() -> None:
         print(
             f"detection latency over {len(latencies)} attachments: median "
             f"{statistics.median(latencies) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max "
-            f"{latencies[-1] * 1000:.0f} ms (target p99 <= 250 ms); {woken} woken by the "
-            f"kernel's ring buffer, {swept} found by a sweep under way, the rest by the 1 s poll"
+            f"{latencies[-1] * 1000:.0f} ms (target p99 <= 250 ms); woken by: "
+            + ", ".join(f"{n} {by}" for by, n in sorted(woken.items()))
+            + f"; {swept} found by a sweep under way"
         )
         proc.terminate()
         proc.wait(timeout=15)

@@ -17,6 +17,7 @@ from patchguard.fleet.client import FleetError
 from patchguard.fleet.guard_link import ServerLink
 from patchguard.guard.config import GuardConfig, load_config
 from patchguard.guard.config_sig import check_with_host_key
+from patchguard.guard.control_files import ControlFileWatch
 from patchguard.guard.kernel_events import KernelEvents
 from patchguard.guard.ledger_feed import LedgerFeed
 from patchguard.guard.metrics import Metrics
@@ -92,7 +93,10 @@ class Guard:
         self.watch = SurfaceWatch()
         self.events: KernelEvents | None = None  # loaded by run(), closed when it ends
         self.events_problem: str | None = None
-        self.woken_by = "poll"  # what woke the last trigger check: "ringbuf" or "poll"
+        self.control: ControlFileWatch | None = None  # the same, for the control files
+        self.control_problem: str | None = None
+        # what woke the last trigger check: "ringbuf", "inotify" or "poll"
+        self.woken_by = "poll"
         self._keyed: KeyedPages | None = None
         self._keyed_tried = False
 
@@ -126,9 +130,21 @@ class Guard:
             events = KernelEvents.open()
         except KernelAccessError as exc:
             return None, str(exc)
-        self.kernel.own_prog_ids.add(events.prog_id)
-        self.kernel.own_map_ids.add(events.map_id)
+        self.kernel.own_prog_ids.update(events.own_prog_ids)
+        self.kernel.own_map_ids.update(events.own_map_ids)
         return events, None
+
+    def _doorbells(self) -> None:
+        """What ends a wait before the poll: the ring buffer, and the control files' watch
+        (guard/control_files.py: tracefs writes, which the ring buffer does not see)."""
+        self.events, self.events_problem = self._kernel_events()
+        if self.events is not None:
+            self.waiter.watch(self.events)
+        try:
+            self.control = ControlFileWatch.open()
+            self.waiter.listen("inotify", self.control)
+        except KernelAccessError as exc:
+            self.control_problem = str(exc)
 
     def _ledger_feed(self) -> LedgerFeed | None:
         ledger = self.config.ledger
@@ -150,14 +166,14 @@ class Guard:
     # --- the loop --------------------------------------------------------------------------
     def run(self) -> None:
         self.mark("start")
-        self.events, self.events_problem = self._kernel_events()
-        if self.events is not None:
-            self.waiter.watch(self.events)
+        self._doorbells()
         try:
             self._run()
         finally:  # the guard's own program is detached whatever ends the loop
             if self.events is not None:
                 self.events.close()
+            if self.control is not None:
+                self.control.close()
             if self._keyed is not None:
                 self._keyed.close()
             self.kernel.close()
@@ -175,7 +191,11 @@ class Guard:
                 # the syscall exits the guard's own program tells it of, and that program
                 "told_by": self.events.attached if self.events else None,
                 "told_by_prog_id": self.events.prog_id if self.events else None,
+                "told_by_prog_ids": list(self.events.own_prog_ids) if self.events else None,
                 "told_by_unavailable": self.events_problem,
+                # the control files whose writes wake it (inotify)
+                "watched_files": self.control.watched if self.control else None,
+                "watched_files_unavailable": self.control_problem,
             }
         )
         # Read the triggers before the first sweep: whatever appears after this reading is
@@ -188,8 +208,10 @@ class Guard:
         notify("READY=1")
         while not self.stop.is_set():
             self.mark("wait")
-            # A hook call told by the kernel ends the wait at once; else poll each interval.
+            # A hook call told by the kernel, or a control file written, ends the wait at once; else
+            # poll each interval.
             self.woken_by = self.waiter.wait(self.config.trigger_interval)
+            self.metrics.woke(self.woken_by)
             if self.stop.is_set():
                 break
             if self.reload.is_set():

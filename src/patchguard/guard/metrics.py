@@ -37,6 +37,12 @@ class Metrics:
         self.triggers = Counter(
             "patchguard_triggers_fired", "Cheap triggers that fired", ["trigger"], registry=r
         )
+        self.wakes = Counter(
+            "patchguard_wakes",
+            "Trigger checks, by what woke them: ringbuf, inotify, poll or signal",
+            ["by"],
+            registry=r,
+        )
         if listen:
             host, _, port = listen.rpartition(":")
             start_http_server(int(port), addr=host, registry=r)
@@ -59,3 +65,6 @@ class Metrics:
     def triggered(self, names: Sequence[str]) -> None:
         for name in names:
             self.triggers.labels(name).inc()
+
+    def woke(self, by: str) -> None:
+        self.wakes.labels(by).inc()

@@ -45,6 +45,14 @@ TRIGGERS = (
     Trigger("modules", ("modules",), lambda k: _file_digest(k, "/proc/modules")),
     Trigger("kprobes", ("tracing",), lambda k: _file_digest(k, "/sys/kernel/debug/kprobes/list")),
     Trigger(
+        "dynamic_events",  # uprobes, which kprobes/list leaves out, and every other dynamic event
+        ("tracing",),
+        lambda k: (
+            _file_digest(k, "/sys/kernel/tracing/dynamic_events")
+            + _file_digest(k, "/sys/kernel/tracing/uprobe_events")
+        ),
+    ),
+    Trigger(
         "ftrace", ("tracing",), lambda k: _file_digest(k, "/sys/kernel/tracing/enabled_functions")
     ),
     Trigger(

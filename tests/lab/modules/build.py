@@ -51,6 +51,8 @@ MODULES_TP = ("pg_tp_probe",)
 MODULES_CORPUS = ("pg_klp_version",)
 # the direct call boot (direct_call_checks.py): a direct ftrace call to code of a module
 MODULES_DIRECT = ("pg_direct_call",)
+# the guard's wake boot (guest_guard_wake.py): a module that does nothing, loaded again and again
+MODULES_GUARD = ("pg_noop",)
 ALL_MODULES = (
     MODULES
     + MODULES2
@@ -62,6 +64,7 @@ ALL_MODULES = (
     + MODULES_TP
     + MODULES_CORPUS
     + MODULES_DIRECT
+    + MODULES_GUARD
 )
 # the newer kernel's boots: a direct ops whose own direct_call (6.6+) leads elsewhere
 MODULES_NEWER = ("pg_direct_call",)

@@ -325,12 +325,13 @@ def test_check_with_nothing_changed_keeps_its_slim_set(tmp_path: Path) -> None:
     assert ("patchguard.kernel.module_layout" in names) == live
 
 
-# What no check process needs: the atomic writer's tempfile (no key is made), TOML (no manifest
-# is parsed) and the package `__init__` of cryptography's serialization with its SSH key support:
-# the key is read by the function that package exports, taken from its binding module.
-CHECK_NEVER = {"tempfile", "tomllib", "cryptography.hazmat.primitives.serialization.ssh"}
-# ... and what a check with nothing changed needs none of, besides the explainers.
-UNCHANGED_NEVER = {"patchguard.atomic", "patchguard.kernel.module_layout"}
+# What no check process needs: the atomic writer's tempfile (no key is made) and the package
+# `__init__` of cryptography's serialization with its SSH key support: the key is read by the
+# function that package exports, taken from its binding module.
+CHECK_NEVER = {"tempfile", "cryptography.hazmat.primitives.serialization.ssh"}
+# ... and what a check with nothing changed needs none of, besides the explainers (who owns a
+# change may be told by a manifest: TOML).
+UNCHANGED_NEVER = {"patchguard.atomic", "patchguard.kernel.module_layout", "tomllib"}
 
 
 @pytest.mark.usefixtures("live_kernel")

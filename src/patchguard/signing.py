@@ -151,7 +151,7 @@ def pem_private_key_loader() -> Callable[..., Any]:
     binding module that package re-exports it from: the package's `__init__` also imports its
     SSH key support (~6 ms of a `check` process here, half a second in the lab's emulated
     guest), which a PEM key never needs. Any other cryptography gets the public import
-    (tests/unit/test_signing.py holds the two to being one function)."""
+    (tests/unit/test_keys.py holds the two to being one function)."""
     try:
         from cryptography.hazmat.bindings._rust import openssl
 

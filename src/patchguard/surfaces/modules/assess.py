@@ -79,8 +79,12 @@ def _unaccounted_summary(memory: ModuleMemory) -> str:
     )
     return (
         f"Module-loader memory at {where}{how} holds no address of any listed module"
-        f"{', on a second look too' if memory.second_look else ''}: memory of no listed module."
+        f"{_held_note(memory)}: memory of no listed module."
     )
+
+
+def _held_note(memory: ModuleMemory) -> str:
+    return ", on a second look too" if memory.second_look else ""
 
 
 def _assess_memory(memory: ModuleMemory) -> list[Finding]:
@@ -90,7 +94,7 @@ def _assess_memory(memory: ModuleMemory) -> list[Finding]:
         summary = (
             f"vmallocinfo shows {memory.allocations} module-loader allocations, more than "
             f"the {memory.modules} visible modules can hold ({memory.per_module_max} each)"
-            f"{', on a second look too' if memory.second_look else ''}: memory of a module no "
+            f"{_held_note(memory)}: memory of a module no "
             "view lists."
         )
     else:

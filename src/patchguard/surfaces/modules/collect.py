@@ -235,7 +235,9 @@ def _unaccounted(
         loader, unplaced = where, len(loader) - len(where)
     lonely = unaccounted_areas(loader, _symbol_addresses(r, names))
     if lonely:
-        lonely = unaccounted_areas(lonely, sections or _all_section_addresses(r, names))
+        if sections is None:  # not read for placing (an empty list was read: no re-read)
+            sections = _all_section_addresses(r, names)
+        lonely = unaccounted_areas(lonely, sections)
     return lonely, unplaced
 
 

@@ -8,6 +8,7 @@ The scan uses whichever works and says which (kernel/readers.py opens it).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -34,6 +35,14 @@ def read_chunks(memory: KernelMemory, start: int, end: int) -> Iterator[tuple[in
     """(address, bytes) for [start, end) in READ_SIZE reads."""
     for at in range(start, end, READ_SIZE):
         yield at, memory.read(at, min(READ_SIZE, end - at))
+
+
+def sha256_of(memory: KernelMemory, start: int, end: int) -> str:
+    """SHA-256 of [start, end) as one stream: one hash call per READ_SIZE read, no bytes kept."""
+    whole = hashlib.sha256()
+    for _, chunk in read_chunks(memory, start, end):
+        whole.update(chunk)
+    return whole.hexdigest()
 
 
 class MemoryReadError(KernelAccessError):

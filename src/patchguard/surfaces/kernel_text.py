@@ -36,11 +36,6 @@ class TextImage:
     sha256: str  # of the whole range
 
 
-def hash_range(memory: KernelMemory, start: int, end: int) -> str:
-    """SHA-256 of [start, end), read in READ_SIZE chunks."""
-    return read_and_hash(memory, start, end)[0]
-
-
 def read_and_hash(memory: KernelMemory, start: int, end: int) -> tuple[str, bytes]:
     """SHA-256 of [start, end) and the bytes, read in READ_SIZE chunks."""
     whole, chunks = hashlib.sha256(), []

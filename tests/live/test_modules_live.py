@@ -18,6 +18,7 @@ from patchguard.kernel import Kernel
 from patchguard.kernel.proc_modules import parse_proc_modules
 from patchguard.surfaces.base import Status, SurfaceState
 from patchguard.surfaces.modules import NO_MODULE_SUPPORT, ModulesSurface
+from patchguard.surfaces.modules.collect import _memory_starts, _Reading
 
 pytestmark = [
     pytest.mark.live,
@@ -82,3 +83,32 @@ def test_no_module_is_hidden(
     hidden = [f for f in findings if f.technique == "hidden-module" and f.severity >= Severity.HIGH]
     case(request, f"{state.counts['modules']} modules across the views")
     assert hidden == [], [f.summary for f in hidden]
+
+
+def test_module_areas_start_where_struct_module_says(request: pytest.FixtureRequest) -> None:
+    """Each listed module's base (/proc/modules, real addresses for root) is one of the area
+    starts read from the modules' struct module: what places hashed vmallocinfo areas."""
+    kernel = Kernel()
+    starts = _memory_starts(_Reading("modules", kernel))
+    if not PROC_MODULES.exists():
+        case(request, "no /proc/modules: no module list in memory either")
+        assert starts is None
+        return
+    bases = {m.address for m in parse_proc_modules(PROC_MODULES.read_text()) if m.address}
+    case(request, f"{len(bases)} module bases against {len(starts or ())} area starts")
+    assert starts is not None and bases and bases <= set(starts)
+
+
+def test_every_loader_area_is_placed(
+    scanned: tuple[SurfaceState, list[Finding]], request: pytest.FixtureRequest
+) -> None:
+    """Hashed or not, every area the module loader holds is placed and held by a listed
+    module on a clean kernel (the lab's Debian guests hash them: kptr_restrict 0)."""
+    memory = scanned[0].records.memory
+    if memory is None:
+        case(request, "no module-loader areas in vmallocinfo")
+        assert not PROC_MODULES.exists()
+        return
+    real = "real" if memory.addresses_real else "hashed"
+    case(request, f"{memory.allocations} module-loader areas, {real} addresses")
+    assert memory.unplaced == 0 and memory.unaccounted == (), memory

@@ -99,16 +99,20 @@ def test_module_areas_start_where_struct_module_says(request: pytest.FixtureRequ
     assert starts is not None and bases and bases <= set(starts)
 
 
-def test_every_loader_area_is_placed(
+def test_every_loader_area_is_held_by_a_listed_module(
     scanned: tuple[SurfaceState, list[Finding]], request: pytest.FixtureRequest
 ) -> None:
-    """Hashed or not, every area the module loader holds is placed and held by a listed
-    module on a clean kernel (the lab's Debian guests hash them: kptr_restrict 0)."""
+    """On a clean kernel no area of the module loader is unaccounted, hashed or not (the lab's
+    Debian guests hash them: kptr_restrict 0), and hashed ones number exactly what the listed
+    modules' struct module records, placed or not (an area lying alone cannot be placed: one
+    of 17 in a 6.1 boot)."""
     memory = scanned[0].records.memory
     if memory is None:
         case(request, "no module-loader areas in vmallocinfo")
         assert not PROC_MODULES.exists()
         return
     real = "real" if memory.addresses_real else "hashed"
-    case(request, f"{memory.allocations} module-loader areas, {real} addresses")
-    assert memory.unplaced == 0 and memory.unaccounted == (), memory
+    case(request, f"{memory.allocations} module-loader areas, {real}, {memory.unplaced} unplaced")
+    assert memory.unaccounted == () and memory.excess <= 0, memory
+    if not memory.addresses_real:
+        assert memory.module_areas == memory.allocations, memory

@@ -13,6 +13,7 @@ from patchguard.kernel import Kernel
 from patchguard.kernel.proc_modules import parse_proc_modules
 from patchguard.kernel.vmallocinfo import VmallocArea, distinct, placed, run_start, runs
 from patchguard.surfaces.modules import ModulesSurface, loader_areas, parse_vmallocinfo
+from patchguard.surfaces.modules.assess import _assess_memory
 from patchguard.surfaces.modules.collect import _Reading, held, settled_loader_areas
 from patchguard.surfaces.modules.records import ModuleMemory
 
@@ -154,6 +155,21 @@ def test_what_a_second_look_no_longer_sees_is_not_reported() -> None:
     # an area seen only on the second look waits for a scan of its own
     late = ModuleMemory(19, 18, 1, unaccounted=(init_area,))
     assert held(ModuleMemory(18, 18, 1), late).unaccounted == ()
+
+
+def test_areas_struct_module_records_are_counted_exactly() -> None:
+    # The clean 6.12 guest: 11 listed modules, 39 loader areas, 39 recorded in their struct
+    # modules (tests/live/test_modules_live.py there). Four areas more, hashed and lying alone
+    # so that no start places them, are four no listed module holds; counting 7 a module
+    # (77) would let them pass.
+    clean = ModuleMemory(39, 11, 7, addresses_real=False, module_areas=39)
+    assert clean.excess == 0 and _assess_memory(clean) == []
+    hidden = ModuleMemory(43, 11, 7, addresses_real=False, unplaced=4, module_areas=39)
+    assert hidden.excess == 4
+    (found,) = _assess_memory(hidden)
+    assert found.disposition is Disposition.TAMPERING and found.evidence["module_areas"] == 39
+    assert "more than the 39 areas the listed modules' struct module records" in found.summary
+    assert ModuleMemory(43, 11, 7, addresses_real=False, unplaced=4).excess < 0
 
 
 RELOADED = ROOT.parent / "6.12-lab-modules-reloaded"

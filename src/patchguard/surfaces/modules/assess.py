@@ -66,6 +66,7 @@ def _memory_evidence(memory: ModuleMemory) -> Evidence:
         "vmallocinfo_reads": memory.reads,
         "settled": memory.settled,
         "second_look": memory.second_look,
+        "module_areas": memory.module_areas,
     }
 
 
@@ -83,6 +84,12 @@ def _unaccounted_summary(memory: ModuleMemory) -> str:
     )
 
 
+def _what_modules_hold(memory: ModuleMemory) -> str:
+    if memory.module_areas is None:
+        return f"the {memory.modules} visible modules can hold ({memory.per_module_max} each)"
+    return f"the {memory.module_areas} areas the listed modules' struct module records"
+
+
 def _held_note(memory: ModuleMemory) -> str:
     return ", on a second look too" if memory.second_look else ""
 
@@ -93,8 +100,7 @@ def _assess_memory(memory: ModuleMemory) -> list[Finding]:
     elif memory.excess > 0:
         summary = (
             f"vmallocinfo shows {memory.allocations} module-loader allocations, more than "
-            f"the {memory.modules} visible modules can hold ({memory.per_module_max} each)"
-            f"{_held_note(memory)}: memory of a module no "
+            f"{_what_modules_hold(memory)}{_held_note(memory)}: memory of a module no "
             "view lists."
         )
     else:

@@ -237,7 +237,7 @@ def settled_loader_areas(r: _Reading, first: list[VmallocArea]) -> LoaderLook:
 
 
 def _placed(
-    r: _Reading, loader: list[VmallocArea], names: set[str]
+    r: _Reading, loader: list[VmallocArea], names: set[str], starts: list[int] | None
 ) -> tuple[list[VmallocArea], list[int] | None]:
     """Hashed areas placed by the modules' bases (vmallocinfo.placed), and by their areas'
     starts too if the bases leave a run unplaced (from 6.4 a run may hold only modules' data
@@ -245,19 +245,20 @@ def _placed(
     bases = [m.address for m in records_of(r.records, ProcModule) if m.address]
     where = placed(loader, bases)
     if len(where) == len(loader):
-        return where, None
-    starts = _area_starts(r, names)
+        return where, starts
+    starts = _area_starts(r, names) if starts is None else starts
     return placed(loader, bases, starts), starts
 
 
 def _unaccounted(
-    r: _Reading, loader: list[VmallocArea], names: set[str]
+    r: _Reading, loader: list[VmallocArea], names: set[str], starts: list[int] | None
 ) -> tuple[list[VmallocArea], int]:
     """Loader areas no visible module's address lies in, and how many hashed areas could not
-    be placed to be judged. The areas' starts are read only if needed."""
-    starts, unplaced = None, 0
+    be placed to be judged. `starts`: the listed modules' area starts if read already; else
+    read only if needed."""
+    unplaced = 0
     if not all(a.real_addresses for a in loader):
-        where, starts = _placed(r, loader, names)
+        where, starts = _placed(r, loader, names, starts)
         loader, unplaced = where, len(loader) - len(where)
     lonely = unaccounted_areas(loader, _symbol_addresses(r, names))
     if lonely:
@@ -269,7 +270,10 @@ def _unaccounted(
 
 def _memory(r: _Reading, look: LoaderLook, names: set[str]) -> ModuleMemory:
     loader = list(look.areas)
-    lonely, unplaced = _unaccounted(r, loader, names)
+    # Hashed addresses: the areas struct module records are both where they start and how
+    # many there are, so a run of areas too short to place is still counted.
+    starts = None if all(a.real_addresses for a in loader) else _memory_starts(r)
+    lonely, unplaced = _unaccounted(r, loader, names, starts)
     return ModuleMemory(
         allocations=len(loader),
         # the modules the lists show: one seen only as a vmalloc caller is itself hidden
@@ -281,6 +285,7 @@ def _memory(r: _Reading, look: LoaderLook, names: set[str]) -> ModuleMemory:
         unplaced=unplaced,
         reads=look.reads,
         settled=look.settled,
+        module_areas=None if starts is None else len(starts),
     )
 
 

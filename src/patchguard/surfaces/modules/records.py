@@ -48,10 +48,15 @@ class ModuleMemory:
     reads: int = 1  # reads of vmallocinfo taken: one read can skip a line (collect.py)
     settled: bool = True  # two reads in a row agreed; else the union of the last two
     second_look: bool = False  # what looked hidden was read again 50 ms later: this is that
+    module_areas: int | None = None  # areas the listed modules' struct module records, if read
 
     @property
     def excess(self) -> int:
-        return self.allocations - self.modules * self.per_module_max - self.loading
+        """Loader areas beyond what the listed modules hold: exactly where their struct module
+        says how many each has, else counting per_module_max for each."""
+        if self.module_areas is None:
+            return self.allocations - self.modules * self.per_module_max - self.loading
+        return self.allocations - self.module_areas - self.loading
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,10 @@ calls go through call_direct_funcs, which follows the ops' direct_call): first w
 left as registered (shared=1), then with it pointed at the module's second stub (shared=1
 swap=1). Each time: a read through vfs_read and which stub its calls reached (each stub
 counts them), enabled_functions, the module's symbols,
-`scan --surface tracing`, rmmod; then a scan after and the kernel log."""
+`scan --surface tracing`, rmmod; then a scan after. Last, in the same boot, pg_nf_hook
+hide=1 (off the module list and out of sysfs, its hook left registered) and `scan --surface
+modules --surface netfilter`: on 6.12 a module holds several loader areas, and vmallocinfo
+hashes their addresses here. Then the kernel log."""
 
 from __future__ import annotations
 
@@ -60,5 +63,10 @@ def scan() -> dict[str, Any]:
 loaded("shared", "shared=1")
 loaded("swapped", "shared=1", "swap=1")
 step("scan_after", scan)
+step("insmod_nf_hidden", lambda: steps.insmod("pg_nf_hook", "hide=1"))
+step(
+    "scan_nf_hidden",
+    lambda: patchguard("scan", "--json", "--surface", "modules", "--surface", "netfilter"),
+)
 step("kernel_log", lambda: steps.kernel_log("direct", "ftrace"))
 steps.finish()

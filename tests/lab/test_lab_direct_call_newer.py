@@ -6,17 +6,19 @@ another ftrace user shares the function's site. pg_direct_call (tests/lab/module
 pg_direct_call.c) registers a direct call to its stub on vfs_read and a plain ftrace_ops beside
 it (shared=1); with swap=1 it then rewrites the direct ops' direct_call to a second stub and
 leaves ftrace's direct_functions hash on the first. patchguard must report exactly that one
-redirect, naming the second stub and the recorded first one, and nothing while the two agree."""
+redirect, naming the second stub and the recorded first one, and nothing while the two agree.
+Last in the same boot, a hidden module (pg_nf_hook hide=1) on 6.12's hashed vmallocinfo."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from support.lab_guest import Results, findings, records, run_script
+from support.lab_guest import Results, findings, one, records, run_script
 
 pytestmark = pytest.mark.lab
 MODULE = "pg_direct_call"
+HIDDEN = "pg_nf_hook"  # loaded last with hide=1: a hidden module on 6.12
 MISMATCH = "ftrace-direct-mismatch"
 
 
@@ -25,7 +27,7 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Results:
     found = run_script(
         tmp_path_factory.mktemp("direct-call-newer"),
         "direct_call_newer_checks.py",
-        (MODULE,),
+        (MODULE, HIDDEN),
         kernel="newer",  # no vmlinux for PVH: KASLR stays on
     )
     for load in ("insmod_shared", "insmod_swapped"):
@@ -92,3 +94,21 @@ def test_after_rmmod_nothing_is_left(guest: Results) -> None:
 def test_the_kernel_stayed_well(guest: Results) -> None:
     bad = ("BUG", "Oops", "WARNING", "general protection")
     assert not [ln for ln in guest["kernel_log"] if any(word in ln for word in bad)]
+
+
+def test_a_hidden_module_is_memory_of_no_listed_module(guest: Results) -> None:
+    """pg_nf_hook takes itself off the module list and out of sysfs. On 6.12 each module holds
+    several loader areas (text, data, rodata, ro_after_init) and vmallocinfo hashes their
+    addresses (kptr_restrict 0): the modules surface places the areas by the starts the listed
+    modules' struct module records, or counts them against those, and names no module. Its
+    netfilter hook is tampering; 6.12's own hook dump names the hook's function and module
+    (the kernel's module tree still holds it: only the list and sysfs lost it)."""
+    assert guest["insmod_nf_hidden"]["rc"] == 0, guest["insmod_nf_hidden"]
+    memory = one(guest, "scan_nf_hidden", technique="hidden-module", subject="module memory")
+    assert memory["severity"] == "high" and memory["disposition"] == "tampering", memory
+    assert HIDDEN not in memory["summary"] + str(memory["evidence"])
+    evidence = memory["evidence"]
+    assert evidence["addresses_real"] is False and evidence["module_areas"], evidence
+    assert evidence["unaccounted"] or evidence["loader_allocations"] > evidence["module_areas"]
+    hook = one(guest, "scan_nf_hidden", technique="hidden-netfilter-hook")
+    assert hook["disposition"] == "tampering" and hook["evidence"]["module"] == HIDDEN, hook

@@ -67,7 +67,7 @@ ALL_MODULES = (
     + MODULES_GUARD
 )
 # the newer kernel's boots: a direct ops whose own direct_call (6.6+) leads elsewhere
-MODULES_NEWER = ("pg_direct_call",)
+MODULES_NEWER = ("pg_direct_call", "pg_nf_hook")
 COMPILER = "gcc-12"  # what Debian's 6.1 and bookworm's 6.12 kernels are built with
 STALE_AFTER = 86400.0  # seconds
 

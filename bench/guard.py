@@ -1,7 +1,9 @@
 """The guard's cost and speed, measured in one run on the live kernel (root).
 
 - idle: CPU time used by a guard with 1 s trigger polls over --idle seconds (default 60), as a
-  percentage of one core (target < 0.5 %), and its RSS;
+  percentage of one core (target < 0.5 %);
+- memory: RSS, PSS and USS (smaps_rollup) and the peak RSS after the first sweep and after the
+  idle window, so what a sweep leaves behind and any growth while idle show;
 - reaction: --attachments (default 100) raw tracepoint programs attached at random moments;
   time from attach to the guard's finding line; median, p99 and max (target p99 <= 250 ms),
   and what woke the guard for each finding: the kernel's ring buffer (guard/kernel_events.py),
@@ -11,7 +13,10 @@ idle window, so the two idle costs are measured in the same run, under the same 
 host's other BPF and tracefs users wake both).
 --process adds the guard as a whole process: from its start to its first full sweep, against
 the floor process (bench/floor_process.py), in the same run.
+--sweeps N adds growth: a guard sweeping every ~1 s (and the --before one beside it), its
+memory after 1, 10, 100, ... N sweeps; memory that rises with the count is a leak.
 Run: .venv/bin/python bench/guard.py [--idle 60] [--attachments 100] [--process] [--before SRC]
+     [--sweeps 100]
 """
 
 from __future__ import annotations
@@ -43,11 +48,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def _kib_fields(path: Path) -> dict[str, int]:
+    """The `Name: <n> kB` lines of a /proc file, in KiB."""
+    fields = {}
+    for line in path.read_text().splitlines():
+        name, _, value = line.partition(":")
+        if value.strip().endswith("kB"):
+            fields[name] = int(value.split()[0])
+    return fields
+
+
+def memory_text(pid: int) -> str:
+    """RSS; PSS (shared pages split among their users); USS (pages no other process shares:
+    what ending the guard would free); anonymous; the peak RSS so far (VmHWM)."""
+    rollup = _kib_fields(Path(f"/proc/{pid}/smaps_rollup"))
+    peak = _kib_fields(Path(f"/proc/{pid}/status"))["VmHWM"]
+    uss = rollup["Private_Clean"] + rollup["Private_Dirty"]
+    sizes = (rollup["Rss"], rollup["Pss"], uss, rollup["Anonymous"], peak)
+    return "RSS {:.1f}, PSS {:.1f}, USS {:.1f}, anonymous {:.1f}, peak RSS {:.1f} MiB".format(
+        *(kib / 1024 for kib in sizes)
+    )
 
 
 def _read_lines(out: IO[str], lines: Queue[dict[str, object]]) -> None:
@@ -55,14 +75,31 @@ def _read_lines(out: IO[str], lines: Queue[dict[str, object]]) -> None:
         lines.put(json.loads(line))
 
 
-def _started(config: Path, src: Path) -> subprocess.Popen[str]:
-    """A guard from `src`, past its first sweep (its lines are read and dropped)."""
-    proc = subprocess.Popen(
+def _guard(config: Path, src: Path | None) -> subprocess.Popen[str]:
+    """A guard process, from this tree or from another tree's `src`."""
+    env = dict(os.environ)
+    if src is not None:
+        env |= {"PYTHONPATH": str(src), "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.Popen(
         [sys.executable, "-m", "patchguard.cli", "guard", "--config", str(config)],
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(src), "PYTHONDONTWRITEBYTECODE": "1"},
+        env=env,
     )
+
+
+def _write_config(tmp: str, name: str, sweep_mean: float) -> Path:
+    config = Path(tmp) / f"{name}.toml"
+    config.write_text(
+        f'[guard]\nbaseline = ""\nspool = "{tmp}/{name}-spool"\n'
+        f"trigger_interval = 1.0\nsweep_mean = {sweep_mean}\n"
+    )
+    return config
+
+
+def _started(config: Path, src: Path) -> subprocess.Popen[str]:
+    """A guard from `src`, past its first sweep (its lines are read and dropped)."""
+    proc = _guard(config, src)
     assert proc.stdout is not None
     for line in proc.stdout:
         if json.loads(line).get("event") == "sweep":
@@ -71,24 +108,59 @@ def _started(config: Path, src: Path) -> subprocess.Popen[str]:
     return proc
 
 
+def _milestones(n: int) -> list[int]:
+    """1, 10, 100, ... up to n, and n."""
+    marks = [10**i for i in range(len(str(n))) if 10**i <= n]
+    return marks + ([n] if marks[-1] != n else [])
+
+
+def _count_sweeps(proc: subprocess.Popen[str], marks: list[int], seen: dict[int, str]) -> None:
+    """Read the guard's lines; at each milestone's sweep, its memory (the guard has just
+    finished that sweep, so what the sweep left behind is what is measured)."""
+    assert proc.stdout is not None
+    count = 0
+    for line in proc.stdout:
+        if json.loads(line).get("event") == "sweep":
+            count += 1
+            if count in marks:
+                seen[count] = memory_text(proc.pid)
+
+
+def growth(tmp: str, n: int, before: Path | None) -> None:
+    """Guards sweeping every ~1 s (sweep_mean 1, the least a config allows): their memory
+    after 1, 10, 100, ... n sweeps."""
+    config, marks = _write_config(tmp, "growth", 1.0), _milestones(n)
+    procs = {"guard": _guard(config, None)}
+    if before is not None:
+        procs["before"] = _guard(config, before)
+    seen: dict[str, dict[int, str]] = {name: {} for name in procs}
+    readers = [
+        threading.Thread(target=_count_sweeps, args=(p, marks, seen[name]), daemon=True)
+        for name, p in procs.items()
+    ]
+    for reader in readers:
+        reader.start()
+    deadline = time.monotonic() + 30 + 5 * n
+    while time.monotonic() < deadline and any(len(seen[name]) < len(marks) for name in procs):
+        time.sleep(1)
+    for name, proc in procs.items():
+        proc.terminate()
+        proc.wait(timeout=15)
+        for count in marks:
+            print(f"memory {name} after {count} sweeps: {seen[name].get(count, 'not reached')}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--idle", type=float, default=60)
     parser.add_argument("--attachments", type=int, default=100)
     parser.add_argument("--process", action="store_true", help="start to first sweep, too")
     parser.add_argument("--before", type=Path, metavar="SRC", help="another tree's src/")
+    parser.add_argument("--sweeps", type=int, default=0, help="memory after up to N sweeps")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "guard.toml"
-        config.write_text(
-            f'[guard]\nbaseline = ""\nspool = "{tmp}/spool"\n'
-            "trigger_interval = 1.0\nsweep_mean = 300\n"
-        )
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "patchguard.cli", "guard", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        config = _write_config(tmp, "guard", 300)
+        proc = _guard(config, None)
         lines: Queue[dict[str, object]] = Queue()
         assert proc.stdout is not None
         out = proc.stdout
@@ -99,6 +171,8 @@ def main() -> None:
         first_sweep = time.monotonic() - t_start
         before = None if args.before is None else _started(config, args.before)
         pids = {"guard": proc.pid, **({"before": before.pid} if before else {})}
+        for name, pid in pids.items():
+            print(f"memory {name} after its first sweep: {memory_text(pid)}")
         c0, t0 = {n: cpu_seconds(pid) for n, pid in pids.items()}, time.monotonic()
         time.sleep(args.idle)
         wall = time.monotonic() - t0
@@ -106,8 +180,9 @@ def main() -> None:
             used = cpu_seconds(pid) - c0[name]
             print(
                 f"idle {name}, 1 s triggers: {100 * used / wall:.2f} % of one core over "
-                f"{wall:.0f} s (target < 0.5 %), RSS {rss_mib(pid):.1f} MiB"
+                f"{wall:.0f} s (target < 0.5 %)"
             )
+            print(f"memory {name} after the idle window: {memory_text(pid)}")
         if before is not None:
             before.terminate()
             before.wait(timeout=15)
@@ -151,6 +226,8 @@ def main() -> None:
                 f"process: guard start to first sweep {first_sweep * 1000:.0f} ms, floor "
                 f"{floor * 1000:.0f} ms, ratio {first_sweep / floor:.2f}"
             )
+        if args.sweeps > 0:
+            growth(tmp, args.sweeps, args.before)
     print(load_note())
 
 

@@ -261,6 +261,9 @@ def test_metrics_endpoint_serves_the_guards_counters(tmp_path: Path) -> None:
     assert "patchguard_sweeps_total 1.0" in body
     assert "patchguard_sweep_duration_seconds_count 1.0" in body
     assert 'patchguard_findings{severity="medium",surface="posture"}' in body
+    # the process's memory, as prometheus_client reads it from /proc/self
+    resident = [ln for ln in body.splitlines() if ln.startswith("process_resident_memory_bytes ")]
+    assert len(resident) == 1 and float(resident[0].split()[1]) > 0
 
 
 def test_ledger_entries_reach_the_sinks_once(tmp_path: Path, receiver: Receiver) -> None:

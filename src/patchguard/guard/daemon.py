@@ -18,6 +18,7 @@ from patchguard.fleet.guard_link import ServerLink
 from patchguard.guard.config import GuardConfig, load_config
 from patchguard.guard.config_sig import check_with_host_key
 from patchguard.guard.control_files import ControlFileWatch
+from patchguard.guard.heap import fix_mmap_threshold
 from patchguard.guard.kernel_events import KernelEvents
 from patchguard.guard.ledger_feed import LedgerFeed
 from patchguard.guard.metrics import Metrics
@@ -323,6 +324,8 @@ class Guard:
         except Exception as exc:  # a reader taken away mid-run: a finding, never an exit
             reason = f"{type(exc).__name__}: {exc}"
             return self._lost([(s.name, Status.UNAVAILABLE, reason) for s in surfaces], why)
+        finally:
+            self.let_go()
         self.metrics.unavailable(sum(1 for r in report.results if r.state.gaps))
         found: list[Finding] = []
         for result in report.results:
@@ -339,6 +342,12 @@ class Guard:
         for name, _status, _why in looks:
             found += self.handle(f"lost:{name}", [lost[name]] if name in lost else [], why)
         return found
+
+    def let_go(self) -> None:
+        """Drop what the look just ended read (kallsyms' table, ~17 MiB of Python objects
+        here, its attributor, module BTF): the next look refreshes the kernel handle before it
+        reads anyway, so holding them through the idle minutes between looks bought nothing."""
+        self.kernel.refresh()
 
     def keyed_pages(self) -> KeyedPages | None:
         """The in-kernel page hasher for the sweeps, opened at the first (None: refused)."""
@@ -375,6 +384,8 @@ class Guard:
                     {"error": str(exc)},
                 )
             ]
+        finally:
+            self.let_go()
 
     def self_check(self) -> list[Finding]:
         """The guard's own files and its config, against what they were when it started."""
@@ -525,6 +536,7 @@ def main(config_path: Path | None, out: IO[str] = sys.stdout) -> int:
     # No bytecode written by the guard: every file of its code is pinned at start, and a cache
     # file appearing later is reported, not explained away.
     sys.dont_write_bytecode = True
+    fix_mmap_threshold()  # before the first sweep allocates (heap.py)
     ledger.READ_LOCK_WAIT = ledger.WRITE_LOCK_WAIT = LOCK_WAIT
     config = load_config(config_path) if config_path is not None else GuardConfig()
     return Supervisor(config, config_path, out).run()

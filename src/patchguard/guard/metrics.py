@@ -5,7 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 
 from patchguard.findings import Disposition, Finding
 
@@ -43,6 +50,9 @@ class Metrics:
             ["by"],
             registry=r,
         )
+        # The process's own: resident and virtual memory, CPU seconds, open fds, start time
+        # (process_resident_memory_bytes ...), what an SRE team budgets a daemon by per host.
+        ProcessCollector(registry=r)
         if listen:
             host, _, port = listen.rpartition(":")
             start_http_server(int(port), addr=host, registry=r)

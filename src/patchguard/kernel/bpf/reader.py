@@ -129,6 +129,15 @@ class EbpfReader:
         return cls(map_fd, prog_fd, value)
 
     def read(self, address: int, size: int) -> bytes:
+        if 0 < size <= CHUNK - (address % CHUNK):
+            # One run serves it: its bytes as they are, not copied twice more through a
+            # bytearray (a MiB read made three MiB buffers, which a guard's heap then kept).
+            try:
+                return self._read_chunk(address, size)
+            except MemoryReadError:
+                if size <= PAGE:
+                    raise
+                return self._read_pages(address, size)
         out = bytearray()
         while len(out) < size:
             at = address + len(out)

@@ -10,8 +10,7 @@ import pytest
 from patchguard.kernel import Kernel
 from patchguard.kernel.bpf.objects import all_progs
 from patchguard.kernel.bpf.reader import CHUNK, GATHER, PAGE, EbpfReader
-from patchguard.kernel.memory import MemoryReadError
-from patchguard.surfaces.kernel_text import hash_range
+from patchguard.kernel.memory import MemoryReadError, sha256_of
 
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
 
@@ -32,8 +31,8 @@ def test_core_text_hashes_the_same_twice(kernel: Kernel) -> None:
     text = kernel.kallsyms.range("text")
     assert text is not None and text.size > 1 << 20
     memory = kernel.memory()
-    first = hash_range(memory, text.start, text.end)
-    assert first == hash_range(memory, text.start, text.end)
+    first = sha256_of(memory, text.start, text.end)
+    assert first == sha256_of(memory, text.start, text.end)
     # and the same bytes read in other slices hash the same: page splitting is right
     odd = hashlib.sha256()
     at = text.start

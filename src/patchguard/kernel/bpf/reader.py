@@ -132,23 +132,21 @@ class EbpfReader:
         if 0 < size <= CHUNK - (address % CHUNK):
             # One run serves it: its bytes as they are, not copied twice more through a
             # bytearray (a MiB read made three MiB buffers, which a guard's heap then kept).
-            try:
-                return self._read_chunk(address, size)
-            except MemoryReadError:
-                if size <= PAGE:
-                    raise
-                return self._read_pages(address, size)
+            return self._read_run(address, size)
         out = bytearray()
         while len(out) < size:
             at = address + len(out)
-            n = min(size - len(out), CHUNK - (at % CHUNK))  # chunks stay CHUNK-aligned
-            try:
-                out += self._read_chunk(at, n)
-            except MemoryReadError:
-                if n <= PAGE:
-                    raise
-                out += self._read_pages(at, n)
+            out += self._read_run(at, min(size - len(out), CHUNK - (at % CHUNK)))  # aligned
         return bytes(out)
+
+    def _read_run(self, address: int, size: int) -> bytes:
+        """One run's bytes; page by page where the run failed (the page that fails raises)."""
+        try:
+            return self._read_chunk(address, size)
+        except MemoryReadError:
+            if size <= PAGE:
+                raise
+            return self._read_pages(address, size)
 
     def _read_pages(self, address: int, size: int) -> bytes:
         out = bytearray()

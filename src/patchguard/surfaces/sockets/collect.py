@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 NAME = "sockets"
 MAX_FILE = 256 << 20  # a /proc/net file larger than this is refused, not read into memory
+READ_CHUNK = 1 << 20
 SOCKSTAT = ("sockstat", "sockstat6")
 NOT_LIVE = "only the live kernel answers sock_diag, bpf(2), bind(2) and setns(2)"
 LISTENING = ("LISTEN", "UNCONN")
@@ -68,11 +69,17 @@ class NsLook:
 
 
 def _read_bounded(path: str) -> str:
-    with open(path, "rb") as f:
-        data = f.read(MAX_FILE + 1)
-    if len(data) > MAX_FILE:
+    """The whole file, READ_CHUNK at a time. One read of MAX_FILE + 1 reserved 256 MiB of
+    address space every time, which a host with strict overcommit (vm.overcommit_memory=2)
+    may refuse; the kernel hands a /proc/net file out a page per read(2) either way."""
+    chunks, size = [], 0
+    with open(path, "rb", buffering=0) as f:
+        while size <= MAX_FILE and (chunk := f.read(min(READ_CHUNK, MAX_FILE + 1 - size))):
+            chunks.append(chunk)
+            size += len(chunk)
+    if size > MAX_FILE:
         raise ValueError(f"larger than {MAX_FILE >> 20} MiB")
-    return data.decode(errors="replace")
+    return b"".join(chunks).decode(errors="replace")
 
 
 def _read_proc(ns: NsLook, net_dir: str, protocols: Sequence[str] = PROTOCOLS) -> None:

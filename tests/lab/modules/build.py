@@ -15,6 +15,8 @@ one is not writable); kbuild runs in a scratch copy, so the repository gets no b
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,9 +144,22 @@ def build(kernel: str = "stock") -> Path:
         if shutil.which(tool) is None:
             raise BuildError(f"{tool} not found: the test modules build with {COMPILER} and make")
     root.mkdir(parents=True, exist_ok=True)
-    compile_into(out, CACHE / "current" / want.kbuild, want)
-    drop_stale(root, out)
+    # Two pytest processes (tests/lab runs as two streams) may both find the build missing: the
+    # second waits for the first and takes its .ko files, rather than replacing the directory
+    # while the first copies from it.
+    with exclusive(root / f"{out.name}.lock"):
+        if not all((out / f"{name}.ko").is_file() for name in want.modules):
+            compile_into(out, CACHE / "current" / want.kbuild, want)
+            drop_stale(root, out)
     return out
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path) -> Iterator[None]:
+    """Hold an flock on `lock` (created if missing); the kernel drops it if we die."""
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def compile_into(out: Path, kbuild: Path, want: Target) -> None:

@@ -241,12 +241,13 @@ def _placed(
 ) -> tuple[list[VmallocArea], list[int] | None]:
     """Hashed areas placed by the modules' bases (vmallocinfo.placed), and by their areas'
     starts too if the bases leave a run unplaced (from 6.4 a run may hold only modules' data
-    areas, which no base starts); the starts, if they were read."""
+    areas, which no base starts): `starts` as memory gave them, else the section files'; the
+    starts, if there were any."""
     bases = [m.address for m in records_of(r.records, ProcModule) if m.address]
     where = placed(loader, bases)
     if len(where) == len(loader):
         return where, starts
-    starts = _area_starts(r, names) if starts is None else starts
+    starts = _all_section_addresses(r, names) if starts is None else starts
     return placed(loader, bases, starts), starts
 
 

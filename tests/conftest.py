@@ -30,16 +30,21 @@ def bpf_usable() -> str | None:
     return None
 
 
+def is_live(nodeid: str) -> bool:
+    return "/live/" in nodeid or nodeid.startswith("live/")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if not config.getoption("--require-live") or config.getoption("collectonly"):
         return
     if bpf_usable() is not None:
         return  # the machine truly cannot run them; each skip says why
+    if not any(is_live(item.nodeid) for item in session.items):
+        return  # none asked for (`scripts/test tests/unit`): nothing to require
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     passed = reporter.stats.get("passed", []) if reporter is not None else []
-    live = [r for r in passed if "/live/" in r.nodeid or r.nodeid.startswith("live/")]
-    if not live:
+    if not any(is_live(r.nodeid) for r in passed):
         if reporter is not None:
             reporter.write_line(
                 "FAILED: --require-live: this machine has root and BPF, but no live test passed",

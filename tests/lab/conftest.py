@@ -46,7 +46,10 @@ def bytecode_for_the_guest() -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Only the selected stream's lab tests (PATCHGUARD_LAB_STREAM); every test if unset."""
-    stream = selected()
+    try:
+        stream = selected()
+    except ValueError as exc:  # one line from pytest, no traceback
+        raise pytest.UsageError(str(exc)) from None
     lab = [i for i in items if i.nodeid.startswith("tests/lab/")]
     if stream is None or not lab:
         return

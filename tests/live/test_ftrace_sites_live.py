@@ -6,8 +6,8 @@ import pytest
 
 from patchguard.kernel import Kernel
 from patchguard.kernel.ftrace_records import layout, site_addresses
+from patchguard.kernel.memory import read_chunks
 from patchguard.surfaces.ftrace_sites import check_sites, record_list
-from patchguard.surfaces.kernel_text import read_and_hash
 
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
 
@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.live, pytest.mark.usefixtures("live_kernel")]
 def test_every_record_is_a_functions_entry_holding_no_jmp(kernel: Kernel) -> None:
     memory, text = kernel.memory(), kernel.range("text")
     assert text is not None
-    _, code = read_and_hash(memory, text.start, text.end)
+    code = b"".join(chunk for _, chunk in read_chunks(memory, text.start, text.end))
     head, _ = record_list(kernel, memory)
     found = check_sites(kernel, memory, code, text.start)
     assert found.sites > 10000, found  # a distribution kernel traces tens of thousands

@@ -36,15 +36,6 @@ class TextImage:
     sha256: str  # of the whole range
 
 
-def read_and_hash(memory: KernelMemory, start: int, end: int) -> tuple[str, bytes]:
-    """SHA-256 of [start, end) and the bytes, read in READ_SIZE chunks."""
-    whole, chunks = hashlib.sha256(), []
-    for _, chunk in read_chunks(memory, start, end):
-        whole.update(chunk)
-        chunks.append(chunk)
-    return whole.hexdigest(), b"".join(chunks)
-
-
 class SiteBytes:
     """The 5 bytes at each ftrace site of the core text but those holding a NOP5, taken from
     each chunk of the text as it is hashed: the 19 MB are never kept or joined (that cost a

@@ -111,21 +111,29 @@ def open_regular(path: Path, kind: str) -> IO[bytes]:
     return os.fdopen(fd, "rb")
 
 
+def read_up_to(fd: int, limit: int) -> bytes:
+    """What `fd` holds, up to limit + 1 bytes (more than `limit`: too big, the rest unread),
+    _READ_CHUNK a read: never a buffer of the whole limit at once."""
+    chunks, size = list[bytes](), 0
+    while size <= limit and (chunk := os.read(fd, min(_READ_CHUNK, limit + 1 - size))):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def read_bounded(path: Path, kind: str) -> bytes:
     """The bytes of `path`: a regular file of at most LIMITS[kind] bytes (InputError if not)."""
     fd, _st = _open_fd(path, kind)
-    limit, chunks, size = LIMITS[kind], list[bytes](), 0
+    limit = LIMITS[kind]
     try:
-        while size <= limit and (chunk := os.read(fd, min(_READ_CHUNK, limit + 1 - size))):
-            chunks.append(chunk)
-            size += len(chunk)
+        data = read_up_to(fd, limit)
     except OSError as exc:
         raise InputError(path, os_reason(exc)) from None
     finally:
         os.close(fd)
-    if size > limit:
+    if len(data) > limit:
         raise InputError(path, f"larger than {size_text(limit)}: not a {kind} file")
-    return b"".join(chunks)
+    return data
 
 
 def depth(value: object) -> int:

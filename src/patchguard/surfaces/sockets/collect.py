@@ -4,6 +4,7 @@ at whatever the views disagree on, and the records of what survived it."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from patchguard.kernel.bpf.peers import remember_own
 from patchguard.kernel.errors import KernelAccessError, oserror_reason
+from patchguard.safe_read import read_up_to
 from patchguard.surfaces.processes import in_child_pid_namespace
 from patchguard.surfaces.reading import Reading
 from patchguard.surfaces.sockets import diag, netns, probe, procnet
@@ -51,7 +53,6 @@ if TYPE_CHECKING:
 
 NAME = "sockets"
 MAX_FILE = 256 << 20  # a /proc/net file larger than this is refused, not read into memory
-READ_CHUNK = 1 << 20
 SOCKSTAT = ("sockstat", "sockstat6")
 NOT_LIVE = "only the live kernel answers sock_diag, bpf(2), bind(2) and setns(2)"
 LISTENING = ("LISTEN", "UNCONN")
@@ -69,17 +70,18 @@ class NsLook:
 
 
 def _read_bounded(path: str) -> str:
-    """The whole file, READ_CHUNK at a time. One read of MAX_FILE + 1 reserved 256 MiB of
-    address space every time, which a host with strict overcommit (vm.overcommit_memory=2)
-    may refuse; the kernel hands a /proc/net file out a page per read(2) either way."""
-    chunks, size = [], 0
-    with open(path, "rb", buffering=0) as f:
-        while size <= MAX_FILE and (chunk := f.read(min(READ_CHUNK, MAX_FILE + 1 - size))):
-            chunks.append(chunk)
-            size += len(chunk)
-    if size > MAX_FILE:
+    """The whole file, a MiB at a time (safe_read.read_up_to). One read of MAX_FILE + 1
+    reserved 256 MiB of address space every time, which a host with strict overcommit
+    (vm.overcommit_memory=2) may refuse; the kernel hands a /proc/net file out a page per
+    read(2) either way."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = read_up_to(fd, MAX_FILE)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE:
         raise ValueError(f"larger than {MAX_FILE >> 20} MiB")
-    return b"".join(chunks).decode(errors="replace")
+    return data.decode(errors="replace")
 
 
 def _read_proc(ns: NsLook, net_dir: str, protocols: Sequence[str] = PROTOCOLS) -> None:

@@ -271,9 +271,10 @@ def _unaccounted(
 
 def _memory(r: _Reading, look: LoaderLook, names: set[str]) -> ModuleMemory:
     loader = list(look.areas)
+    real = all(a.real_addresses for a in loader)
     # Hashed addresses: the areas struct module records are both where they start and how
     # many there are, so a run of areas too short to place is still counted.
-    starts = None if all(a.real_addresses for a in loader) else _memory_starts(r)
+    starts = None if real else _memory_starts(r)
     lonely, unplaced = _unaccounted(r, loader, names, starts)
     return ModuleMemory(
         allocations=len(loader),
@@ -282,7 +283,7 @@ def _memory(r: _Reading, look: LoaderLook, names: set[str]) -> ModuleMemory:
         per_module_max=areas_per_module(r.optional(OSRELEASE)),
         loading=len(_transient(r.records)),
         unaccounted=tuple(f"{a.start:#x}-{a.end:#x}" for a in lonely),
-        addresses_real=all(a.real_addresses for a in loader),
+        addresses_real=real,
         unplaced=unplaced,
         reads=look.reads,
         settled=look.settled,
